@@ -1,0 +1,44 @@
+// One logger factory for the agent and the control plane. JSON lines by default (what a
+// service manager's journal wants), readable when stderr is a TTY. Redaction is compiled
+// once by pino: any field that can hold a secret is censored wherever it appears.
+import { pino, type Logger, type DestinationStream } from "pino";
+
+export type { Logger };
+export type LogFormat = "json" | "pretty" | "auto";
+export type LogLevel = "trace" | "debug" | "info" | "warn" | "error" | "fatal" | "silent";
+
+/** Field names that may carry a secret, at the top level or one or two levels down. */
+const SECRET_FIELDS = ["credential", "token", "registrationToken", "adminToken", "authorization", "password", "secret"];
+export const REDACT_PATHS = [
+  ...SECRET_FIELDS,
+  ...SECRET_FIELDS.map((f) => `*.${f}`),
+  ...SECRET_FIELDS.map((f) => `*.*.${f}`),
+  'headers["authorization"]',
+  'req.headers["authorization"]',
+];
+
+export interface LoggerOptions {
+  level?: LogLevel;
+  format?: LogFormat;
+  name?: string;
+  /** Where lines go; stderr by default so that stdout stays for command output. */
+  destination?: DestinationStream;
+}
+
+export function createLogger(options: LoggerOptions = {}): Logger {
+  const format = options.format ?? "auto";
+  const pretty = format === "pretty" || (format === "auto" && process.stderr.isTTY === true && !options.destination);
+  const base = {
+    level: options.level ?? "info",
+    name: options.name ?? "runner",
+    redact: { paths: REDACT_PATHS, censor: "[redacted]" },
+    base: { pid: process.pid },
+  };
+  if (pretty) {
+    return pino({
+      ...base,
+      transport: { target: "pino-pretty", options: { destination: 2, colorize: true, ignore: "pid,hostname" } },
+    });
+  }
+  return pino(base, options.destination ?? pino.destination({ dest: 2, sync: true }));
+}

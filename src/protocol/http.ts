@@ -1,0 +1,128 @@
+// The HTTP half of protocol v1: every request and response body, declared once. Types are
+// inferred from the schemas, and both the agent and the reference control plane validate
+// with them at the boundary. PROTOCOL.md documents each of these.
+import { z } from "zod";
+
+export const API_PREFIX = "/api/v1";
+
+const name = z.string().min(1).max(128).regex(/^[A-Za-z0-9][A-Za-z0-9._-]*$/, "letters, digits, '.', '_' or '-'");
+const label = z.string().min(1).max(64).regex(/^[A-Za-z0-9][A-Za-z0-9._:-]*$/, "letters, digits, '.', '_', ':' or '-'");
+export const labelsSchema = z.array(label).max(64);
+export const runnerIdSchema = z.string().regex(/^rnr_[A-Za-z0-9]{16,64}$/, "a runner id (rnr_...)");
+
+/** What a runner tells about its host. The fingerprint binds a credential to one machine. */
+export const hostFactsSchema = z.object({
+  hostname: z.string().min(1).max(255),
+  platform: z.string().min(1).max(32),
+  arch: z.string().min(1).max(32),
+  fingerprint: z.string().regex(/^[a-f0-9]{64}$/, "a sha256 hex digest"),
+});
+export type HostFacts = z.infer<typeof hostFactsSchema>;
+
+const versions = {
+  protocolVersion: z.number().int().positive(),
+  agentVersion: z.string().min(1).max(64),
+};
+
+// ---- runner API (Authorization: Bearer <registration token | runner credential>) ----
+
+export const registerRequestSchema = z.object({
+  ...versions,
+  name,
+  labels: labelsSchema.default([]),
+  host: hostFactsSchema,
+  /** Replace an existing runner of the same name instead of failing with name_taken. */
+  replace: z.boolean().default(false),
+});
+export type RegisterRequest = z.input<typeof registerRequestSchema>;
+
+export const registerResponseSchema = z.object({
+  runnerId: runnerIdSchema,
+  /** The runner credential. Shown once; the control plane keeps only its hash. */
+  credential: z.string().min(20),
+  name,
+  labels: labelsSchema,
+});
+export type RegisterResponse = z.infer<typeof registerResponseSchema>;
+
+export const verifyRequestSchema = z.object({
+  ...versions,
+  runnerId: runnerIdSchema,
+  host: hostFactsSchema,
+});
+export type VerifyRequest = z.infer<typeof verifyRequestSchema>;
+
+export const runnerViewSchema = z.object({
+  runnerId: runnerIdSchema,
+  name,
+  labels: labelsSchema,
+  host: hostFactsSchema,
+  registeredAt: z.string(),
+  lastSeenAt: z.string().nullable(),
+  revoked: z.boolean(),
+});
+export type RunnerView = z.infer<typeof runnerViewSchema>;
+
+export const verifyResponseSchema = z.object({ ok: z.literal(true), runner: runnerViewSchema });
+export type VerifyResponse = z.infer<typeof verifyResponseSchema>;
+
+/** Re-bind a runner to a changed host. Same body as verify; allowed while the credential is valid. */
+export const repairRequestSchema = verifyRequestSchema;
+export type RepairRequest = VerifyRequest;
+export const repairResponseSchema = z.object({
+  ok: z.literal(true),
+  runner: runnerViewSchema,
+  previousFingerprint: z.string(),
+});
+export type RepairResponse = z.infer<typeof repairResponseSchema>;
+
+// ---- admin API (Authorization: Bearer <admin token>) ----
+
+export const createRegistrationTokenRequestSchema = z.object({
+  /** Seconds until the token expires; default one hour, at most 30 days. */
+  expiresInSeconds: z.number().int().positive().max(30 * 24 * 3600).default(3600),
+});
+export type CreateRegistrationTokenRequest = z.input<typeof createRegistrationTokenRequestSchema>;
+
+export const createRegistrationTokenResponseSchema = z.object({
+  /** One-time token; the control plane keeps only its hash. */
+  token: z.string().min(20),
+  tokenId: z.string(),
+  expiresAt: z.string(),
+});
+export type CreateRegistrationTokenResponse = z.infer<typeof createRegistrationTokenResponseSchema>;
+
+export const listRunnersResponseSchema = z.object({ runners: z.array(runnerViewSchema) });
+export type ListRunnersResponse = z.infer<typeof listRunnersResponseSchema>;
+
+export const healthResponseSchema = z.object({
+  ok: z.literal(true),
+  protocolVersions: z.array(z.number().int()),
+  minAgentVersion: z.string(),
+});
+export type HealthResponse = z.infer<typeof healthResponseSchema>;
+
+// ---- errors: every non-2xx answer has this body ----
+
+export const ERROR_CODES = [
+  "bad_request", //             400: the body or a parameter failed validation
+  "unauthorized", //            401: no or unknown bearer token
+  "registration_token_invalid", // 401: unknown, used or expired registration token
+  "credential_revoked", //      401: the runner credential was revoked by an admin
+  "runner_not_found", //        404: the runner was deleted (or never existed)
+  "not_found", //               404: no such route or object
+  "name_taken", //              409: another runner has this name (use replace)
+  "host_fingerprint_mismatch", // 409: the credential is bound to another host; call repair
+  "payload_too_large", //       413
+  "upgrade_required", //        426: protocol or agent version not supported
+  "internal", //                500
+] as const;
+export type ApiErrorCode = (typeof ERROR_CODES)[number];
+
+export const errorBodySchema = z.object({
+  error: z.object({
+    code: z.string(),
+    message: z.string(),
+  }),
+});
+export type ErrorBody = { error: { code: ApiErrorCode; message: string } };
