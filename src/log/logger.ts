@@ -1,7 +1,7 @@
 // One logger factory for the agent and the control plane. JSON lines by default (what a
 // service manager's journal wants), readable when stderr is a TTY. Redaction is compiled
 // once by pino: any field that can hold a secret is censored wherever it appears.
-import { pino, type Logger, type DestinationStream } from "pino";
+import { pino, destination, type Logger, type DestinationStream } from "pino";
 
 export type { Logger };
 export type LogFormat = "json" | "pretty" | "auto";
@@ -40,5 +40,5 @@ export function createLogger(options: LoggerOptions = {}): Logger {
       transport: { target: "pino-pretty", options: { destination: 2, colorize: true, ignore: "pid,hostname" } },
     });
   }
-  return pino(base, options.destination ?? pino.destination({ dest: 2, sync: true }));
+  return pino(base, options.destination ?? destination({ dest: 2, sync: true }));
 }

@@ -76,6 +76,11 @@ export const repairResponseSchema = z.object({
 });
 export type RepairResponse = z.infer<typeof repairResponseSchema>;
 
+/** The runner removes itself (`runner unregister`). Same auth and errors as verify, except 409. */
+export const unregisterRequestSchema = z.object({ ...versions, runnerId: runnerIdSchema });
+export type UnregisterRequest = z.infer<typeof unregisterRequestSchema>;
+export const unregisterResponseSchema = z.object({ ok: z.literal(true) });
+
 // ---- admin API (Authorization: Bearer <admin token>) ----
 
 export const createRegistrationTokenRequestSchema = z.object({

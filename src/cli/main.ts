@@ -1,0 +1,50 @@
+// The CLI's entry: one commander program, one file per verb in src/commands.
+import { Command, CommanderError } from "commander";
+import { ExitCode } from "../errors.js";
+import { AGENT_VERSION } from "../protocol/version.js";
+import { createLogger } from "../log/logger.js";
+import { defineControlPlaneCommand } from "../commands/control-plane.js";
+import { defineRegisterCommand } from "../commands/register.js";
+import { defineRepairCommand } from "../commands/repair.js";
+import { defineStartCommand } from "../commands/start.js";
+import { defineStatusCommand } from "../commands/status.js";
+import { defineUnregisterCommand } from "../commands/unregister.js";
+import { defineVerifyCommand } from "../commands/verify.js";
+
+export function buildProgram(): Command {
+  const program = new Command("runner")
+    .description("A runner agent: takes jobs from a control plane over one WebSocket and runs them on this machine.")
+    .version(AGENT_VERSION)
+    .showHelpAfterError()
+    .exitOverride();
+  program.addHelpText(
+    "after",
+    `
+Exit codes: ${ExitCode.OK} ok, ${ExitCode.INTERNAL} unexpected error, ${ExitCode.USAGE} usage or config error, ${ExitCode.UNHEALTHY} verify found problems,
+${ExitCode.ALREADY_RUNNING} another runner holds the lock, ${ExitCode.UNAVAILABLE} control plane unreachable (try later),
+${ExitCode.NEEDS_OPERATOR} needs an operator (do not restart), ${ExitCode.UPGRADE_REQUIRED} upgrade required.`,
+  );
+  defineRegisterCommand(program);
+  defineVerifyCommand(program);
+  defineRepairCommand(program);
+  defineUnregisterCommand(program);
+  defineStatusCommand(program);
+  defineStartCommand(program);
+  defineControlPlaneCommand(program, { logger: () => createLogger({ name: "control-plane" }) });
+  // Subcommands inherit exitOverride only if set before they are added; set it on each too.
+  for (const command of program.commands) command.exitOverride();
+  return program;
+}
+
+export async function main(argv: string[]): Promise<number> {
+  process.exitCode = undefined;
+  try {
+    await buildProgram().parseAsync(argv, { from: "user" });
+  } catch (error) {
+    if (error instanceof CommanderError) {
+      return error.exitCode === 0 ? ExitCode.OK : ExitCode.USAGE;
+    }
+    throw error;
+  }
+  return typeof process.exitCode === "number" ? process.exitCode : ExitCode.OK;
+}

@@ -1,0 +1,46 @@
+// runner repair: apply every fix that is safe, say what each did, and name the command for the rest.
+import { Command } from "commander";
+import { ExitCode } from "../errors.js";
+import { checkContextFor, loadContext, withSettings } from "../cli/context.js";
+import { action, describeFinding, exitCodeForRemaining, print, printRepairReport } from "../cli/output.js";
+import { readToken } from "../cli/token-input.js";
+import { findProblems, repairProblems, repairStateDirFirst, withEarlierSteps } from "../startup/check.js";
+import { acquireLock } from "../state/lock.js";
+
+export function defineRepairCommand(program: Command): void {
+  const command = program
+    .command("repair")
+    .summary("fix stale credentials and local state, saying what was done")
+    .description(
+      "Finds the same problems as `runner verify` and fixes those that are safe to fix: directory and file permissions,\n" +
+        "half-written state files (kept aside, never deleted), stale locks, a host that changed. Given a registration token it\n" +
+        "also re-registers a runner whose credential was revoked or lost or whose registration the control plane deleted,\n" +
+        "keeping its name and labels. The outbox of unsent results is never touched.",
+    )
+    .option("--dry-run", "only print what would be done")
+    .option("--token <token>", "a registration token, for re-registering (prefer --token-file)")
+    .option("--token-file <file>", "read the registration token from this file, or - for standard input");
+  withSettings(command).action(
+    action(async (options: Record<string, unknown> & { dryRun?: boolean; token?: string; tokenFile?: string }) => {
+      const ctx = await loadContext(options);
+      const check = await checkContextFor(ctx, await readToken(options));
+      if (options.dryRun) {
+        const findings = await findProblems(check);
+        for (const finding of findings) describeFinding(finding).forEach((l) => print(l));
+        print(findings.length === 0 ? "✓ nothing to repair" : "(dry run: nothing was changed)");
+        return findings.length === 0 ? ExitCode.OK : ExitCode.UNHEALTHY;
+      }
+      // Repairs must not race a running daemon; the lock (taking over a stale one) keeps them apart.
+      const stateDirStep = await repairStateDirFirst(check);
+      const lock = await acquireLock(ctx.files.lock);
+      try {
+        if (lock.tookOver?.kind === "stale") print(`✓ took over a stale lock (${lock.tookOver.reason})`);
+        const report = withEarlierSteps(await repairProblems(check), stateDirStep);
+        printRepairReport(report);
+        return exitCodeForRemaining(report.remaining);
+      } finally {
+        await lock.release();
+      }
+    }),
+  );
+}

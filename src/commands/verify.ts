@@ -1,0 +1,30 @@
+// runner verify: report every problem with the local state and the registration; change nothing.
+import { Command } from "commander";
+import { ExitCode } from "../errors.js";
+import { checkContextFor, loadContext, withSettings } from "../cli/context.js";
+import { action, describeFinding, print, printJson } from "../cli/output.js";
+import { findProblems } from "../startup/check.js";
+
+export function defineVerifyCommand(program: Command): void {
+  const command = program
+    .command("verify")
+    .summary("check local state, credential and registration; exit 0 when healthy")
+    .description(
+      `Checks the state dir, its files and their permissions, the lock, the credential store and the control plane's\n` +
+        `view of this runner. Changes nothing. Exits ${ExitCode.OK} when healthy, ${ExitCode.UNHEALTHY} with the list of findings otherwise.`,
+    )
+    .option("--json", "print the findings as JSON");
+  withSettings(command).action(
+    action(async (options: Record<string, unknown>) => {
+      const ctx = await loadContext(options);
+      const findings = await findProblems(await checkContextFor(ctx, undefined));
+      if (options.json) printJson({ healthy: findings.length === 0, stateDir: ctx.files.stateDir, findings });
+      else if (findings.length === 0) print(`✓ healthy (state dir ${ctx.files.stateDir})`);
+      else {
+        for (const finding of findings) describeFinding(finding).forEach((l) => print(l));
+        print(`${findings.length} problem(s); \`runner repair\` applies the fixes marked "fix"`);
+      }
+      return findings.length === 0 ? ExitCode.OK : ExitCode.UNHEALTHY;
+    }),
+  );
+}

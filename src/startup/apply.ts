@@ -1,0 +1,121 @@
+// Carries out one automatic fix. Each returns a sentence saying what it did; a failure throws
+// and the caller reports it as the fix's outcome.
+import { promises as fs } from "node:fs";
+import { RunnerError } from "../errors.js";
+import { repair, verify } from "../api-client/runner-api.js";
+import type { StateFiles } from "../config/paths.js";
+import { openStore } from "../credentials/select.js";
+import type { StoredCredential } from "../credentials/store.js";
+import type { HostFacts } from "../protocol/http.js";
+import { AGENT_VERSION, PROTOCOL_VERSION } from "../protocol/version.js";
+import { DIR_MODE, ensureDir, moveAside } from "../state/files.js";
+import { inspectLock } from "../state/lock.js";
+import { readRegistration, writeRegistration, type CredentialStoreKind, type Registration } from "../state/registration.js";
+import { enroll, registrationFrom } from "./enroll.js";
+import type { Action } from "./plan.js";
+
+export interface ApplyContext {
+  files: StateFiles;
+  host: HostFacts;
+  requestTimeoutMs: number;
+  registrationToken: string | undefined;
+  now: () => Date;
+}
+
+export async function applyFix(action: Action, ctx: ApplyContext): Promise<string> {
+  const { files } = ctx;
+  switch (action.kind) {
+    case "create_state_dir":
+      await makePrivateDir(files.stateDir);
+      await makePrivateDir(files.outbox);
+      return `created ${files.stateDir} and its outbox (0700)`;
+    case "create_outbox":
+      await makePrivateDir(files.outbox);
+      return `created ${files.outbox} (0700)`;
+    case "tighten_mode":
+      await fs.chmod(action.path, action.mode);
+      return `set ${action.path} to 0${action.mode.toString(8)}`;
+    case "set_aside_registration": {
+      const kept = await moveAside(files.registration, ctx.now());
+      return `moved the bad file to ${kept}`;
+    }
+    case "rebuild_registration":
+      return rebuildRegistration(action.from, ctx);
+    case "remove_stale_lock": {
+      const state = await inspectLock(files.lock);
+      if (state.kind !== "stale") return "the lock is no longer stale; left alone";
+      await fs.rm(files.lock, { force: true });
+      return `removed the stale lock (${state.reason})`;
+    }
+    case "reregister":
+      return reregister(ctx);
+    case "rebind_host":
+      return rebindHost(ctx);
+  }
+}
+
+async function makePrivateDir(dir: string): Promise<void> {
+  await ensureDir(dir);
+  await fs.chmod(dir, DIR_MODE); // mkdir's mode is filtered by the umask
+}
+
+async function rebuildRegistration(from: CredentialStoreKind, ctx: ApplyContext): Promise<string> {
+  const read = await openStore(from, ctx.files).read();
+  if (read.kind !== "ok") throw new RunnerError("credential_missing", `the ${from} store no longer holds the credential`);
+  const stored = read.value;
+  const registration = await describeFromControlPlane(stored, from, ctx);
+  await writeRegistration(ctx.files.registration, registration);
+  return `rebuilt registration.json for runner ${registration.runnerId} (${registration.name}) from the ${from} store`;
+}
+
+/** Asks the control plane who this credential belongs to; re-binds the host when it moved. */
+async function describeFromControlPlane(stored: StoredCredential, store: CredentialStoreKind, ctx: ApplyContext): Promise<Registration> {
+  const api = { url: stored.url, timeoutMs: ctx.requestTimeoutMs };
+  const body = { protocolVersion: PROTOCOL_VERSION, agentVersion: AGENT_VERSION, runnerId: stored.runnerId, host: ctx.host };
+  try {
+    const { runner } = await verify(api, stored.credential, body);
+    return registrationFrom(runner, stored.url, store);
+  } catch (error) {
+    if (!(error instanceof RunnerError) || error.code !== "host_fingerprint_mismatch") throw error;
+    const { runner } = await repair(api, stored.credential, body);
+    return registrationFrom(runner, stored.url, store);
+  }
+}
+
+async function currentRegistration(ctx: ApplyContext): Promise<Registration> {
+  const read = await readRegistration(ctx.files.registration);
+  if (read.kind !== "ok") throw new RunnerError("not_registered", "registration.json is missing or unusable");
+  return read.value;
+}
+
+async function reregister(ctx: ApplyContext): Promise<string> {
+  if (!ctx.registrationToken) throw new RunnerError("needs_operator", "re-registering needs a registration token");
+  const old = await currentRegistration(ctx);
+  const fresh = await enroll({
+    url: old.url,
+    registrationToken: ctx.registrationToken,
+    name: old.name,
+    labels: old.labels,
+    replace: true,
+    store: openStore(old.credentialStore, ctx.files),
+    files: ctx.files,
+    host: ctx.host,
+    timeoutMs: ctx.requestTimeoutMs,
+    now: ctx.now(),
+  });
+  return `registered again as ${fresh.runnerId} (was ${old.runnerId}), name ${fresh.name}, credential in the ${fresh.credentialStore} store`;
+}
+
+async function rebindHost(ctx: ApplyContext): Promise<string> {
+  const old = await currentRegistration(ctx);
+  const read = await openStore(old.credentialStore, ctx.files).read();
+  if (read.kind !== "ok") throw new RunnerError("credential_missing", "the credential is no longer in its store");
+  const { runner, previousFingerprint } = await repair({ url: old.url, timeoutMs: ctx.requestTimeoutMs }, read.value.credential, {
+    protocolVersion: PROTOCOL_VERSION,
+    agentVersion: AGENT_VERSION,
+    runnerId: old.runnerId,
+    host: ctx.host,
+  });
+  await writeRegistration(ctx.files.registration, { ...registrationFrom(runner, old.url, old.credentialStore), registeredAt: old.registeredAt });
+  return `the control plane re-bound runner ${runner.runnerId} from host ${previousFingerprint.slice(0, 12)}… to ${ctx.host.fingerprint.slice(0, 12)}…`;
+}

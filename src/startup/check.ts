@@ -1,0 +1,74 @@
+// The verify-and-repair loop shared by `runner verify`, `runner repair` and `runner start`:
+// observe, plan, apply the automatic fixes, and observe again, until nothing more can be
+// fixed without a person. A fix that enables another (a rebuilt registration lets the
+// credential be checked) is why it loops; the round limit guarantees it ends.
+import type { Logger } from "../log/logger.js";
+import { applyFix, type ApplyContext } from "./apply.js";
+import { observe, observeStateDirOnly, type ObserveContext } from "./observe.js";
+import { planRepairs, type Finding } from "./plan.js";
+
+export type CheckContext = ObserveContext & ApplyContext & { logger: Logger };
+
+export interface RepairStep {
+  finding: Finding;
+  ok: boolean;
+  outcome: string;
+}
+
+export interface RepairReport {
+  /** What was found before anything was changed. */
+  found: Finding[];
+  steps: RepairStep[];
+  /** What still stands afterwards: operator work, or a control plane to wait for. */
+  remaining: Finding[];
+}
+
+const MAX_ROUNDS = 5;
+
+export async function findProblems(ctx: CheckContext): Promise<Finding[]> {
+  return planRepairs(await observe(ctx), { haveRegistrationToken: ctx.registrationToken !== undefined });
+}
+
+export async function repairProblems(ctx: CheckContext): Promise<RepairReport> {
+  const found = await findProblems(ctx);
+  const steps: RepairStep[] = [];
+  const failed = new Set<string>();
+  let current = found;
+  for (let round = 0; round < MAX_ROUNDS; round++) {
+    const todo = current.filter((f) => f.fix.kind === "auto" && !failed.has(f.code));
+    if (todo.length === 0) break;
+    for (const finding of todo) {
+      if (finding.fix.kind !== "auto") continue;
+      try {
+        const outcome = await applyFix(finding.fix.action, ctx);
+        steps.push({ finding, ok: true, outcome });
+        ctx.logger.info({ finding: finding.code, outcome }, `repaired: ${finding.problem}`);
+      } catch (error) {
+        failed.add(finding.code);
+        const outcome = error instanceof Error ? error.message : String(error);
+        steps.push({ finding, ok: false, outcome });
+        ctx.logger.warn({ finding: finding.code, outcome }, `repair failed: ${finding.problem}`);
+      }
+    }
+    current = await findProblems(ctx);
+  }
+  return { found, steps, remaining: current };
+}
+
+/**
+ * Creates a missing state dir on its own, before anything else, so that the lock inside it
+ * can be taken before the other repairs run. Returns the step, or null when it existed.
+ */
+export async function repairStateDirFirst(ctx: CheckContext): Promise<RepairStep | null> {
+  const [first] = planRepairs(await observeStateDirOnly(ctx), { haveRegistrationToken: false });
+  if (first?.code !== "state_dir_missing" || first.fix.kind !== "auto") return null;
+  const outcome = await applyFix(first.fix.action, ctx);
+  ctx.logger.info({ finding: first.code, outcome }, `repaired: ${first.problem}`);
+  return { finding: first, ok: true, outcome };
+}
+
+/** Folds steps taken before the main loop into its report. */
+export function withEarlierSteps(report: RepairReport, earlier: RepairStep | null): RepairReport {
+  if (!earlier) return report;
+  return { found: [earlier.finding, ...report.found], steps: [earlier, ...report.steps], remaining: report.remaining };
+}

@@ -1,0 +1,89 @@
+// Gathers the facts the repair planner needs: the state dir, its files and their modes, the
+// lock, the credential, and the control plane's view of this runner. Reads only.
+import { RunnerError } from "../errors.js";
+import { openStore } from "../credentials/select.js";
+import type { CredentialRead } from "../credentials/store.js";
+import { verify } from "../api-client/runner-api.js";
+import { PROTOCOL_VERSION, AGENT_VERSION } from "../protocol/version.js";
+import type { HostFacts } from "../protocol/http.js";
+import type { StateFiles } from "../config/paths.js";
+import { modeOf } from "../state/files.js";
+import { inspectLock } from "../state/lock.js";
+import { readRegistration } from "../state/registration.js";
+import type { Observations } from "./plan.js";
+
+export interface ObserveContext {
+  files: StateFiles;
+  host: HostFacts;
+  requestTimeoutMs: number;
+}
+
+export async function observe(ctx: ObserveContext): Promise<Observations> {
+  const seen = await observeStateDirOnly(ctx);
+  if (seen.stateDirMode === null) return seen;
+  const { files } = ctx;
+  seen.outboxMode = await modeFor(files.outbox);
+  seen.fileModes = [
+    { path: files.registration, mode: await modeFor(files.registration) },
+    { path: files.credentialFile, mode: await modeFor(files.credentialFile) },
+  ];
+  seen.lock = await inspectLock(files.lock);
+  if (seen.lock.kind === "held" && seen.lock.owner.pid === process.pid) seen.lock = { kind: "free" };
+  seen.registration = await readRegistration(files.registration);
+
+  if (seen.registration.kind === "missing") {
+    seen.recoverable = await findRecoverable(files);
+    return seen;
+  }
+  if (seen.registration.kind !== "ok") return seen;
+
+  const registration = seen.registration.value;
+  seen.credential = await openStore(registration.credentialStore, files).read();
+  const credential = seen.credential;
+  if (credential.kind !== "ok" || credential.value.runnerId !== registration.runnerId) return seen;
+
+  try {
+    await verify({ url: registration.url, timeoutMs: ctx.requestTimeoutMs }, credential.value.credential, {
+      protocolVersion: PROTOCOL_VERSION,
+      agentVersion: AGENT_VERSION,
+      runnerId: registration.runnerId,
+      host: ctx.host,
+    });
+    seen.controlPlane = { kind: "ok" };
+  } catch (error) {
+    if (!(error instanceof RunnerError)) throw error;
+    seen.controlPlane = { kind: "error", code: error.code, message: error.message };
+  }
+  return seen;
+}
+
+/** Only whether the state dir exists; the rest of the observations are left empty. */
+export async function observeStateDirOnly(ctx: ObserveContext): Promise<Observations> {
+  return {
+    stateDir: ctx.files.stateDir,
+    stateDirMode: await modeFor(ctx.files.stateDir),
+    outboxMode: null,
+    registration: { kind: "missing" },
+    fileModes: [],
+    lock: { kind: "free" },
+    credential: null,
+    recoverable: null,
+    controlPlane: null,
+  };
+}
+
+/** Without a registration file: is there a credential for this state dir in either store? */
+async function findRecoverable(files: StateFiles): Promise<Observations["recoverable"]> {
+  for (const kind of ["keychain", "file"] as const) {
+    const read: CredentialRead = await openStore(kind, files).read();
+    if (read.kind === "ok") return { store: kind, value: read.value };
+  }
+  return null;
+}
+
+/** File modes mean nothing on Windows (ACLs do): report the wanted mode there. */
+async function modeFor(path: string): Promise<number | null> {
+  const mode = await modeOf(path);
+  if (mode === null || process.platform !== "win32") return mode;
+  return 0o600;
+}

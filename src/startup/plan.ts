@@ -1,0 +1,232 @@
+// The repair planner: a pure function from what was observed to the list of findings, each
+// with the fix that applies. `runner verify` prints the findings, `runner repair` and
+// `runner start` apply the automatic fixes and re-observe until nothing more can be done.
+import type { ErrorCode } from "../errors.js";
+import type { JsonRead } from "../state/files.js";
+import type { LockState } from "../state/lock.js";
+import type { Registration } from "../state/registration.js";
+import type { CredentialRead, StoredCredential } from "../credentials/store.js";
+import { DIR_MODE, SECRET_FILE_MODE } from "../state/files.js";
+
+/** Everything the planner needs to know, gathered by `observe`. */
+export interface Observations {
+  stateDir: string;
+  stateDirMode: number | null;
+  outboxMode: number | null;
+  registration: JsonRead<Registration>;
+  /** Modes of files that hold secrets or identity; null when absent. */
+  fileModes: { path: string; mode: number | null }[];
+  lock: LockState;
+  /** The credential from the store the registration names; null without a valid registration. */
+  credential: CredentialRead | null;
+  /** Without a valid registration: a credential found in a store that can rebuild it. */
+  recoverable: { store: "keychain" | "file"; value: StoredCredential } | null;
+  /** The control plane's answer to verify; null when it could not be asked. */
+  controlPlane: { kind: "ok" } | { kind: "error"; code: ErrorCode; message: string } | null;
+}
+
+export interface PlanContext {
+  /** A registration token was given (to `repair --token...`), so re-registering is possible. */
+  haveRegistrationToken: boolean;
+}
+
+export type Action =
+  | { kind: "create_state_dir" }
+  | { kind: "tighten_mode"; path: string; mode: number }
+  | { kind: "create_outbox" }
+  | { kind: "set_aside_registration" }
+  | { kind: "rebuild_registration"; from: "keychain" | "file" }
+  | { kind: "remove_stale_lock" }
+  | { kind: "reregister" }
+  | { kind: "rebind_host" };
+
+export type Fix =
+  | { kind: "auto"; action: Action; description: string }
+  /** Only a person can fix it; `command` is the exact command to run, when there is one. */
+  | { kind: "operator"; description: string; command?: string }
+  /** Nothing to do but try again later (the control plane is down, say). */
+  | { kind: "retry"; description: string };
+
+export type FindingCode =
+  | "state_dir_missing"
+  | "state_dir_permissions"
+  | "outbox_missing"
+  | "outbox_permissions"
+  | "file_permissions"
+  | "registration_invalid"
+  | "not_registered"
+  | "stale_lock"
+  | "credential_missing"
+  | "credential_invalid"
+  | "credential_store_unavailable"
+  | "credential_revoked"
+  | "runner_deleted"
+  | "host_changed"
+  | "control_plane_unavailable"
+  | "upgrade_required"
+  | "control_plane_rejected";
+
+export interface Finding {
+  code: FindingCode;
+  problem: string;
+  fix: Fix;
+}
+
+const REPAIR_WITH_TOKEN = "runner repair --token-file <file with a new registration token>";
+
+export function planRepairs(seen: Observations, context: PlanContext): Finding[] {
+  if (seen.stateDirMode === null) {
+    return [
+      {
+        code: "state_dir_missing",
+        problem: `the state dir ${seen.stateDir} does not exist`,
+        fix: { kind: "auto", action: { kind: "create_state_dir" }, description: `create ${seen.stateDir} with mode 0700` },
+      },
+    ];
+  }
+  return [...planLocal(seen), ...planIdentity(seen, context)];
+}
+
+function planLocal(seen: Observations): Finding[] {
+  const findings: Finding[] = [];
+  if (looser(seen.stateDirMode, DIR_MODE)) {
+    findings.push({
+      code: "state_dir_permissions",
+      problem: `the state dir ${seen.stateDir} has mode ${octal(seen.stateDirMode)}; others can read it`,
+      fix: { kind: "auto", action: { kind: "tighten_mode", path: seen.stateDir, mode: DIR_MODE }, description: "set its mode to 0700" },
+    });
+  }
+  if (seen.outboxMode === null) {
+    findings.push({
+      code: "outbox_missing",
+      problem: "the durable outbox dir is missing",
+      fix: { kind: "auto", action: { kind: "create_outbox" }, description: "create it with mode 0700" },
+    });
+  } else if (looser(seen.outboxMode, DIR_MODE)) {
+    findings.push({
+      code: "outbox_permissions",
+      problem: `the outbox dir has mode ${octal(seen.outboxMode)}`,
+      fix: { kind: "auto", action: { kind: "tighten_mode", path: `${seen.stateDir}/outbox`, mode: DIR_MODE }, description: "set its mode to 0700" },
+    });
+  }
+  for (const file of seen.fileModes) {
+    if (looser(file.mode, SECRET_FILE_MODE)) {
+      findings.push({
+        code: "file_permissions",
+        problem: `${file.path} has mode ${octal(file.mode)}; only its owner should read it`,
+        fix: { kind: "auto", action: { kind: "tighten_mode", path: file.path, mode: SECRET_FILE_MODE }, description: "set its mode to 0600" },
+      });
+    }
+  }
+  if (seen.lock.kind === "stale") {
+    findings.push({
+      code: "stale_lock",
+      problem: `a stale lock: ${seen.lock.reason}`,
+      fix: { kind: "auto", action: { kind: "remove_stale_lock" }, description: "remove it (the next start would take it over anyway)" },
+    });
+  }
+  return findings;
+}
+
+function planIdentity(seen: Observations, context: PlanContext): Finding[] {
+  const reg = seen.registration;
+  if (reg.kind === "invalid") {
+    return [
+      {
+        code: "registration_invalid",
+        problem: `registration.json is unusable: ${reg.reason}`,
+        fix: {
+          kind: "auto",
+          action: { kind: "set_aside_registration" },
+          description: "move it aside (kept as registration.json.corrupt-<time>) and rebuild it from the credential store",
+        },
+      },
+    ];
+  }
+  if (reg.kind === "missing") {
+    if (seen.recoverable) {
+      return [
+        {
+          code: "not_registered",
+          problem: `registration.json is missing, but the ${seen.recoverable.store} store still holds the credential of runner ${seen.recoverable.value.runnerId}`,
+          fix: {
+            kind: "auto",
+            action: { kind: "rebuild_registration", from: seen.recoverable.store },
+            description: "rebuild registration.json from the stored credential and the control plane's record",
+          },
+        },
+      ];
+    }
+    return [
+      {
+        code: "not_registered",
+        problem: "this runner is not registered",
+        fix: { kind: "operator", description: "register it with a registration token from the control plane", command: "runner register --url <control plane URL> --token-file <file>" },
+      },
+    ];
+  }
+  const credential = seen.credential;
+  const storeName = reg.value.credentialStore === "keychain" ? "keychain" : "credential file";
+  if (credential && credential.kind !== "ok") {
+    if (credential.kind === "unavailable") {
+      return [
+        {
+          code: "credential_store_unavailable",
+          problem: `the credential cannot be read: ${credential.reason}`,
+          fix: { kind: "operator", description: "make the keychain usable (unlock it, or start the user session's keyring), then run again; re-registering would only hide the problem" },
+        },
+      ];
+    }
+    const code = credential.kind === "missing" ? "credential_missing" : "credential_invalid";
+    const problem = credential.kind === "missing" ? `credential missing from ${storeName}` : `the credential in the ${storeName} is unusable: ${credential.reason}`;
+    return [reregisterFinding(code, problem, context)];
+  }
+  if (credential?.kind === "ok" && credential.value.runnerId !== reg.value.runnerId) {
+    return [reregisterFinding("credential_invalid", `the ${storeName} holds the credential of another runner (${credential.value.runnerId})`, context)];
+  }
+  return planControlPlane(seen, context);
+}
+
+function planControlPlane(seen: Observations, context: PlanContext): Finding[] {
+  const answer = seen.controlPlane;
+  if (answer === null || answer.kind === "ok") return [];
+  switch (answer.code) {
+    case "credential_revoked":
+      return [reregisterFinding("credential_revoked", `the control plane no longer accepts this runner's credential: ${answer.message}`, context)];
+    case "runner_deleted":
+      return [reregisterFinding("runner_deleted", `the control plane has no record of this runner any more: ${answer.message}`, context)];
+    case "host_fingerprint_mismatch":
+      return [
+        {
+          code: "host_changed",
+          problem: "the host fingerprint changed since registration (new machine id, or the state dir was moved)",
+          fix: { kind: "auto", action: { kind: "rebind_host" }, description: "ask the control plane to re-bind this runner to this host (its credential is still valid)" },
+        },
+      ];
+    case "upgrade_required":
+      return [{ code: "upgrade_required", problem: answer.message, fix: { kind: "operator", description: "install a runner version the control plane accepts" } }];
+    case "control_plane_unavailable":
+      return [{ code: "control_plane_unavailable", problem: answer.message, fix: { kind: "retry", description: "nothing local is wrong; try again when the control plane is reachable" } }];
+    default:
+      return [{ code: "control_plane_rejected", problem: answer.message, fix: { kind: "operator", description: "check the control plane URL and version" } }];
+  }
+}
+
+function reregisterFinding(code: FindingCode, problem: string, context: PlanContext): Finding {
+  if (context.haveRegistrationToken) {
+    return { code, problem, fix: { kind: "auto", action: { kind: "reregister" }, description: "register again with the given registration token, keeping name and labels" } };
+  }
+  return {
+    code,
+    problem,
+    fix: { kind: "operator", description: "get a new registration token from the control plane and re-register", command: REPAIR_WITH_TOKEN },
+  };
+}
+
+function looser(mode: number | null, wanted: number): boolean {
+  return mode !== null && (mode & ~wanted & 0o777) !== 0;
+}
+
+function octal(mode: number | null): string {
+  return mode === null ? "none" : "0" + mode.toString(8).padStart(3, "0");
+}

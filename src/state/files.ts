@@ -1,0 +1,94 @@
+// Durable file primitives: atomic writes (temp file, fsync, rename, fsync of the dir) and
+// schema-checked reads that tell "missing" from "invalid" so the caller can repair.
+import { promises as fs, constants } from "node:fs";
+import path from "node:path";
+import type { z } from "zod";
+
+export const DIR_MODE = 0o700;
+export const SECRET_FILE_MODE = 0o600;
+
+export async function writeFileAtomic(file: string, data: string | Uint8Array, mode = SECRET_FILE_MODE): Promise<void> {
+  const dir = path.dirname(file);
+  const temp = path.join(dir, `.${path.basename(file)}.${process.pid}.${Date.now()}.tmp`);
+  const handle = await fs.open(temp, constants.O_CREAT | constants.O_EXCL | constants.O_WRONLY, mode);
+  try {
+    await handle.writeFile(data);
+    await handle.sync();
+  } finally {
+    await handle.close();
+  }
+  try {
+    await fs.rename(temp, file);
+  } catch (error) {
+    await fs.rm(temp, { force: true });
+    throw error;
+  }
+  await syncDir(dir);
+}
+
+export async function writeJsonAtomic(file: string, value: unknown, mode = SECRET_FILE_MODE): Promise<void> {
+  await writeFileAtomic(file, JSON.stringify(value, null, 2) + "\n", mode);
+}
+
+/** Makes a rename or create durable. Not supported on Windows, where it is skipped. */
+export async function syncDir(dir: string): Promise<void> {
+  if (process.platform === "win32") return;
+  const handle = await fs.open(dir, "r");
+  try {
+    await handle.sync();
+  } finally {
+    await handle.close();
+  }
+}
+
+export type JsonRead<T> =
+  | { kind: "missing" }
+  | { kind: "ok"; value: T }
+  | { kind: "invalid"; reason: string };
+
+/** Reads a JSON file and checks it against a schema. Never throws for bad content. */
+export async function readJsonFile<T>(file: string, schema: z.ZodType<T>): Promise<JsonRead<T>> {
+  let text: string;
+  try {
+    text = await fs.readFile(file, "utf8");
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code === "ENOENT") return { kind: "missing" };
+    throw error;
+  }
+  if (text.trim() === "") return { kind: "invalid", reason: "the file is empty" };
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(text);
+  } catch (error) {
+    return { kind: "invalid", reason: `not valid JSON (${(error as Error).message}); the file may be truncated` };
+  }
+  const result = schema.safeParse(parsed);
+  if (!result.success) {
+    const issues = result.error.issues.map((i) => `${i.path.join(".") || "(root)"}: ${i.message}`).join("; ");
+    return { kind: "invalid", reason: `does not match the expected shape (${issues})` };
+  }
+  return { kind: "ok", value: result.data };
+}
+
+/** Moves a bad file out of the way, keeping it for a person to look at. Returns the new path. */
+export async function moveAside(file: string, now: Date): Promise<string> {
+  const stamp = now.toISOString().replace(/[:.]/g, "-");
+  const target = `${file}.corrupt-${stamp}`;
+  await fs.rename(file, target);
+  await syncDir(path.dirname(file));
+  return target;
+}
+
+/** The permission bits of a path, or null when it does not exist. */
+export async function modeOf(p: string): Promise<number | null> {
+  try {
+    return (await fs.stat(p)).mode & 0o777;
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code === "ENOENT") return null;
+    throw error;
+  }
+}
+
+export async function ensureDir(dir: string): Promise<void> {
+  await fs.mkdir(dir, { recursive: true, mode: DIR_MODE });
+}

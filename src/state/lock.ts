@@ -1,0 +1,129 @@
+// Single instance per state dir. The lock file records the owner's pid and the process's
+// start time, so a lock left by a dead process, or by a pid the OS has since given to
+// another process, is recognised as stale and taken over.
+import { promises as fs, constants } from "node:fs";
+import os from "node:os";
+import { z } from "zod";
+import { execFile } from "node:child_process";
+import { promisify } from "node:util";
+import { RunnerError } from "../errors.js";
+import { SECRET_FILE_MODE, readJsonFile } from "./files.js";
+
+const lockRecordSchema = z.object({
+  pid: z.number().int().positive(),
+  /** Opaque per-platform start time of the process; null where it cannot be read. */
+  startTime: z.string().nullable(),
+  hostname: z.string(),
+  acquiredAt: z.string(),
+});
+export type LockRecord = z.infer<typeof lockRecordSchema>;
+
+export type LockState =
+  | { kind: "free" }
+  | { kind: "held"; owner: LockRecord }
+  | { kind: "stale"; owner: LockRecord | null; reason: string };
+
+/** What is known about the process a lock names; gathered by `probeProcess`. */
+export interface ProcessProbe {
+  alive: boolean;
+  startTime: string | null;
+}
+
+/** Pure: is the lock's owner still the process that took it? */
+export function classifyLock(owner: LockRecord, probe: ProcessProbe): LockState {
+  if (!probe.alive) return { kind: "stale", owner, reason: `its owner, pid ${owner.pid}, is not running` };
+  if (owner.startTime !== null && probe.startTime !== null && owner.startTime !== probe.startTime) {
+    return { kind: "stale", owner, reason: `pid ${owner.pid} now belongs to another process (start time differs)` };
+  }
+  return { kind: "held", owner };
+}
+
+export async function probeProcess(pid: number): Promise<ProcessProbe> {
+  try {
+    process.kill(pid, 0);
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code === "ESRCH") return { alive: false, startTime: null };
+  }
+  return { alive: true, startTime: await processStartTime(pid) };
+}
+
+const execFileAsync = promisify(execFile);
+
+export async function processStartTime(pid: number): Promise<string | null> {
+  try {
+    if (process.platform === "linux") {
+      const stat = await fs.readFile(`/proc/${pid}/stat`, "utf8");
+      // Field 22 (starttime, clock ticks since boot); the command name in field 2 may hold spaces.
+      const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+      return fields[19] ?? null;
+    }
+    if (process.platform === "darwin") {
+      const { stdout } = await execFileAsync("ps", ["-o", "lstart=", "-p", String(pid)]);
+      return stdout.trim() || null;
+    }
+  } catch {
+    return null;
+  }
+  return null;
+}
+
+export async function inspectLock(file: string): Promise<LockState> {
+  const read = await readJsonFile(file, lockRecordSchema);
+  if (read.kind === "missing") return { kind: "free" };
+  if (read.kind === "invalid") return { kind: "stale", owner: null, reason: `the lock file is unreadable: ${read.reason}` };
+  return classifyLock(read.value, await probeProcess(read.value.pid));
+}
+
+export interface LockHandle {
+  readonly file: string;
+  /** What was taken over to get the lock, if anything. */
+  readonly tookOver: LockState | null;
+  release(): Promise<void>;
+}
+
+export async function acquireLock(file: string, now: Date = new Date()): Promise<LockHandle> {
+  const mine: LockRecord = {
+    pid: process.pid,
+    startTime: await processStartTime(process.pid),
+    hostname: os.hostname(),
+    acquiredAt: now.toISOString(),
+  };
+  let tookOver: LockState | null = null;
+  for (let attempt = 0; attempt < 3; attempt++) {
+    try {
+      const handle = await fs.open(file, constants.O_CREAT | constants.O_EXCL | constants.O_WRONLY, SECRET_FILE_MODE);
+      try {
+        await handle.writeFile(JSON.stringify(mine) + "\n");
+        await handle.sync();
+      } finally {
+        await handle.close();
+      }
+      return { file, tookOver, release: () => releaseLock(file, mine) };
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code !== "EEXIST") throw error;
+    }
+    const state = await inspectLock(file);
+    if (state.kind === "held") {
+      throw new RunnerError("lock_held", `another runner (pid ${state.owner.pid}, since ${state.owner.acquiredAt}) is using ${file}`, {
+        hint: "stop that runner first, or give this one its own --state-dir",
+      });
+    }
+    if (state.kind === "stale") {
+      tookOver = state;
+      await removeIfUnchanged(file, state.owner);
+    }
+  }
+  throw new RunnerError("lock_held", `could not take the lock ${file}: another process keeps creating it`);
+}
+
+async function releaseLock(file: string, mine: LockRecord): Promise<void> {
+  await removeIfUnchanged(file, mine);
+}
+
+/** Removes the lock only if it still names `owner`, so a racing runner's fresh lock survives. */
+async function removeIfUnchanged(file: string, owner: LockRecord | null): Promise<void> {
+  const read = await readJsonFile(file, lockRecordSchema);
+  if (read.kind === "missing") return;
+  const same = owner === null ? read.kind === "invalid" : read.kind === "ok" && read.value.pid === owner.pid && read.value.startTime === owner.startTime;
+  if (same) await fs.rm(file, { force: true });
+}

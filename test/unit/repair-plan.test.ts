@@ -1,0 +1,153 @@
+import { describe, test } from "node:test";
+import assert from "node:assert/strict";
+import { planRepairs, type Observations } from "../../src/startup/plan.js";
+import type { Registration } from "../../src/state/registration.js";
+
+const registration: Registration = {
+  version: 1,
+  runnerId: "rnr_abcdefghijklmnopqrstuvwx",
+  url: "http://127.0.0.1:1",
+  name: "box",
+  labels: [],
+  credentialStore: "keychain",
+  hostFingerprint: "a".repeat(64),
+  registeredAt: "2026-01-01T00:00:00.000Z",
+};
+const credential = { v: 1 as const, runnerId: registration.runnerId, url: registration.url, credential: "rnc_" + "x".repeat(40) };
+
+function healthy(): Observations {
+  return {
+    stateDir: "/s",
+    stateDirMode: 0o700,
+    outboxMode: 0o700,
+    registration: { kind: "ok", value: registration },
+    fileModes: [{ path: "/s/registration.json", mode: 0o600 }],
+    lock: { kind: "free" },
+    credential: { kind: "ok", value: credential },
+    recoverable: null,
+    controlPlane: { kind: "ok" },
+  };
+}
+const noToken = { haveRegistrationToken: false };
+const withToken = { haveRegistrationToken: true };
+const codes = (o: Observations, c = noToken) => planRepairs(o, c).map((f) => f.code);
+
+describe("the repair planner", () => {
+  test("healthy state yields no findings", () => {
+    assert.deepEqual(planRepairs(healthy(), noToken), []);
+  });
+
+  test("a missing state dir is created, and nothing else is judged until it exists", () => {
+    const findings = planRepairs({ ...healthy(), stateDirMode: null }, noToken);
+    assert.deepEqual(findings.map((f) => f.code), ["state_dir_missing"]);
+    assert.deepEqual(findings[0]?.fix, { kind: "auto", action: { kind: "create_state_dir" }, description: "create /s with mode 0700" });
+  });
+
+  test("a group- or world-readable state dir is tightened to 0700", () => {
+    const [finding] = planRepairs({ ...healthy(), stateDirMode: 0o755 }, noToken);
+    assert.equal(finding?.code, "state_dir_permissions");
+    assert.deepEqual(finding?.fix.kind === "auto" && finding.fix.action, { kind: "tighten_mode", path: "/s", mode: 0o700 });
+  });
+
+  test("a stricter mode than required is not a finding", () => {
+    assert.deepEqual(codes({ ...healthy(), stateDirMode: 0o500, fileModes: [{ path: "/s/x", mode: 0o400 }] }), []);
+  });
+
+  test("a secret file readable by others is tightened to 0600", () => {
+    const [finding] = planRepairs({ ...healthy(), fileModes: [{ path: "/s/credential", mode: 0o644 }] }, noToken);
+    assert.equal(finding?.code, "file_permissions");
+    assert.deepEqual(finding?.fix.kind === "auto" && finding.fix.action, { kind: "tighten_mode", path: "/s/credential", mode: 0o600 });
+  });
+
+  test("a missing outbox is recreated", () => {
+    assert.deepEqual(codes({ ...healthy(), outboxMode: null }), ["outbox_missing"]);
+  });
+
+  test("a stale lock is removed automatically", () => {
+    const findings = planRepairs({ ...healthy(), lock: { kind: "stale", owner: null, reason: "dead" } }, noToken);
+    assert.equal(findings[0]?.code, "stale_lock");
+    assert.equal(findings[0]?.fix.kind, "auto");
+  });
+
+  test("a lock held by a live runner is not a finding", () => {
+    const owner = { pid: 1, startTime: "1", hostname: "h", acquiredAt: "t" };
+    assert.deepEqual(codes({ ...healthy(), lock: { kind: "held", owner } }), []);
+  });
+
+  test("an invalid registration file is set aside first", () => {
+    const findings = planRepairs({ ...healthy(), registration: { kind: "invalid", reason: "truncated" }, credential: null, controlPlane: null }, noToken);
+    assert.deepEqual(findings.map((f) => f.code), ["registration_invalid"]);
+    assert.deepEqual(findings[0]?.fix.kind === "auto" && findings[0].fix.action, { kind: "set_aside_registration" });
+  });
+
+  test("a missing registration is rebuilt when a store still holds the credential", () => {
+    const findings = planRepairs(
+      { ...healthy(), registration: { kind: "missing" }, credential: null, controlPlane: null, recoverable: { store: "keychain", value: credential } },
+      noToken,
+    );
+    assert.deepEqual(findings[0]?.fix.kind === "auto" && findings[0].fix.action, { kind: "rebuild_registration", from: "keychain" });
+  });
+
+  test("a missing registration with nothing to rebuild from tells the operator to register", () => {
+    const [finding] = planRepairs({ ...healthy(), registration: { kind: "missing" }, credential: null, controlPlane: null }, noToken);
+    assert.equal(finding?.code, "not_registered");
+    assert.equal(finding?.fix.kind, "operator");
+    assert.match(finding?.fix.kind === "operator" ? (finding.fix.command ?? "") : "", /^runner register --url/);
+  });
+
+  test("a credential missing from the keychain is reported as such, and needs a token", () => {
+    const [finding] = planRepairs({ ...healthy(), credential: { kind: "missing" }, controlPlane: null }, noToken);
+    assert.equal(finding?.code, "credential_missing");
+    assert.equal(finding?.problem, "credential missing from keychain");
+    assert.equal(finding?.fix.kind, "operator");
+    assert.match(finding?.fix.kind === "operator" ? (finding.fix.command ?? "") : "", /runner repair --token-file/);
+  });
+
+  test("with a registration token, a missing credential is fixed by registering again", () => {
+    const [finding] = planRepairs({ ...healthy(), credential: { kind: "missing" }, controlPlane: null }, withToken);
+    assert.deepEqual(finding?.fix.kind === "auto" && finding.fix.action, { kind: "reregister" });
+  });
+
+  test("an unusable keychain is an operator problem, never a silent re-registration", () => {
+    const [finding] = planRepairs({ ...healthy(), credential: { kind: "unavailable", reason: "locked" }, controlPlane: null }, withToken);
+    assert.equal(finding?.code, "credential_store_unavailable");
+    assert.equal(finding?.fix.kind, "operator");
+  });
+
+  test("a credential that belongs to another runner is treated as invalid", () => {
+    const other = { ...credential, runnerId: "rnr_zzzzzzzzzzzzzzzzzzzzzzzz" };
+    assert.deepEqual(codes({ ...healthy(), credential: { kind: "ok", value: other }, controlPlane: null }), ["credential_invalid"]);
+  });
+
+  test("a revoked credential needs a token, and is re-registered when one is given", () => {
+    const seen = { ...healthy(), controlPlane: { kind: "error" as const, code: "credential_revoked" as const, message: "revoked" } };
+    assert.equal(planRepairs(seen, noToken)[0]?.fix.kind, "operator");
+    assert.deepEqual(planRepairs(seen, withToken)[0]?.fix, {
+      kind: "auto",
+      action: { kind: "reregister" },
+      description: "register again with the given registration token, keeping name and labels",
+    });
+  });
+
+  test("a runner deleted on the control plane is reported as deleted", () => {
+    const seen = { ...healthy(), controlPlane: { kind: "error" as const, code: "runner_deleted" as const, message: "gone" } };
+    assert.deepEqual(codes(seen), ["runner_deleted"]);
+  });
+
+  test("a changed host is re-bound automatically while the credential is valid", () => {
+    const seen = { ...healthy(), controlPlane: { kind: "error" as const, code: "host_fingerprint_mismatch" as const, message: "409" } };
+    const [finding] = planRepairs(seen, noToken);
+    assert.equal(finding?.code, "host_changed");
+    assert.deepEqual(finding?.fix.kind === "auto" && finding.fix.action, { kind: "rebind_host" });
+  });
+
+  test("an unreachable control plane is something to wait for, not to fix", () => {
+    const seen = { ...healthy(), controlPlane: { kind: "error" as const, code: "control_plane_unavailable" as const, message: "ECONNREFUSED" } };
+    assert.equal(planRepairs(seen, withToken)[0]?.fix.kind, "retry");
+  });
+
+  test("local findings and identity findings are reported together", () => {
+    const seen = { ...healthy(), stateDirMode: 0o777, controlPlane: { kind: "error" as const, code: "runner_deleted" as const, message: "gone" } };
+    assert.deepEqual(codes(seen), ["state_dir_permissions", "runner_deleted"]);
+  });
+});

@@ -1,0 +1,111 @@
+import { describe, test } from "node:test";
+import assert from "node:assert/strict";
+import { SETTINGS, type SettingSpec } from "../../src/config/settings.js";
+import { resolveSettings } from "../../src/config/resolve.js";
+import { buildProgram } from "../../src/cli/main.js";
+import { RunnerError } from "../../src/errors.js";
+
+const specs = Object.entries(SETTINGS) as [string, SettingSpec<unknown>][];
+
+describe("every setting is declared completely", () => {
+  for (const [key, spec] of specs) {
+    test(`${key} has a flag, an env var, a config key, a default and help`, () => {
+      assert.equal(spec.key, key);
+      assert.match(spec.flag, /^--[a-z][a-z-]*$/);
+      assert.match(spec.env, /^RUNNER_[A-Z_]+$/);
+      assert.ok(spec.help.length > 15, "help says something");
+      assert.ok(spec.defaultValue !== undefined || (spec.defaultHelp ?? "").length > 10, "a default, or help saying how it is worked out");
+      if (spec.defaultValue !== undefined) assert.ok(spec.schema.safeParse(spec.defaultValue).success, "the default passes its own schema");
+    });
+  }
+
+  test("flags, env vars and config keys are all distinct", () => {
+    for (const field of ["flag", "env", "key"] as const) {
+      const values = specs.map(([, s]) => s[field]);
+      assert.equal(new Set(values).size, values.length, `duplicate ${field}`);
+    }
+  });
+
+  test("every verb that reads settings offers every setting's flag", () => {
+    const program = buildProgram();
+    for (const verb of ["register", "verify", "repair", "status", "start", "unregister"]) {
+      const command = program.commands.find((c) => c.name() === verb);
+      assert.ok(command, verb);
+      const flags = command.options.map((o) => o.long);
+      for (const [, spec] of specs) assert.ok(flags.includes(spec.flag), `${verb} lacks ${spec.flag}`);
+    }
+  });
+});
+
+describe("settings precedence is flag > env > file > default", () => {
+  test("a flag beats the env var, the file and the default", () => {
+    const { settings, sources } = resolveSettings({
+      flags: { logLevel: "debug" },
+      env: { RUNNER_LOG_LEVEL: "warn" },
+      file: { logLevel: "error" },
+    });
+    assert.equal(settings.logLevel, "debug");
+    assert.equal(sources.logLevel, "flag");
+  });
+
+  test("the env var beats the file and the default", () => {
+    const { settings, sources } = resolveSettings({ flags: {}, env: { RUNNER_LOG_LEVEL: "warn" }, file: { logLevel: "error" } });
+    assert.equal(settings.logLevel, "warn");
+    assert.equal(sources.logLevel, "env");
+  });
+
+  test("the file beats the default", () => {
+    const { settings, sources } = resolveSettings({ flags: {}, env: {}, file: { logLevel: "error" } });
+    assert.equal(settings.logLevel, "error");
+    assert.equal(sources.logLevel, "file");
+  });
+
+  test("with nothing given, each setting takes its default", () => {
+    const { settings, sources } = resolveSettings({ flags: {}, env: {} });
+    for (const [key, spec] of specs) {
+      assert.equal(settings[key as keyof typeof settings], spec.defaultValue);
+      assert.equal(sources[key as keyof typeof sources], "default");
+    }
+  });
+
+  test("precedence holds for every setting, each with its own kind of value", () => {
+    const samples: Record<string, [string, unknown]> = {
+      stateDir: ["/from/env", "/from/file"],
+      system: ["true", false],
+      credentialStore: ["file", "keychain"],
+      logLevel: ["warn", "error"],
+      logFormat: ["json", "pretty"],
+      machineId: ["env-id", "file-id"],
+      requestTimeoutMs: ["2500", 4000],
+      insecurePlaintext: ["1", false],
+    };
+    for (const [key, spec] of specs) {
+      const sample = samples[key];
+      assert.ok(sample, `add a sample for ${key}`);
+      const [envValue, fileValue] = sample;
+      const fromEnv = resolveSettings({ flags: {}, env: { [spec.env]: envValue }, file: { [key]: fileValue } });
+      assert.equal(fromEnv.sources[key as keyof typeof fromEnv.sources], "env", key);
+      assert.deepEqual(fromEnv.settings[key as keyof typeof fromEnv.settings], spec.schema.parse(spec.fromString(envValue)));
+      const fromFile = resolveSettings({ flags: {}, env: {}, file: { [key]: fileValue } });
+      assert.deepEqual(fromFile.settings[key as keyof typeof fromFile.settings], fileValue, key);
+    }
+  });
+
+  test("a bad value is refused with the source and the setting named", () => {
+    assert.throws(
+      () => resolveSettings({ flags: {}, env: { RUNNER_REQUEST_TIMEOUT_MS: "soon" } }),
+      (e: unknown) => e instanceof RunnerError && e.code === "config_invalid" && /RUNNER_REQUEST_TIMEOUT_MS/.test(e.message),
+    );
+    assert.throws(
+      () => resolveSettings({ flags: {}, env: {}, file: { credentialStore: "vault" }, fileName: "/etc/runner/config.json" }),
+      (e: unknown) => e instanceof RunnerError && /\/etc\/runner\/config.json: "credentialStore"/.test(e.message),
+    );
+  });
+
+  test("an unknown key in the config file is refused by name", () => {
+    assert.throws(
+      () => resolveSettings({ flags: {}, env: {}, file: { stateDirectory: "/x" }, fileName: "c.json" }),
+      (e: unknown) => e instanceof RunnerError && /unknown key "stateDirectory"/.test(e.message),
+    );
+  });
+});
