@@ -1,0 +1,122 @@
+// `runner control-plane`: runs the reference control plane in the foreground until SIGINT or
+// SIGTERM. It speaks plain HTTP, so it refuses non-loopback addresses unless told otherwise.
+import { readFileSync } from "node:fs";
+import { isIP } from "node:net";
+import type { Command } from "commander";
+import { ExitCode, RunnerError } from "../errors.js";
+import { action, print } from "../cli/output.js";
+import type { Logger } from "../log/logger.js";
+import { startControlPlane } from "../control-plane/server.js";
+
+export const ADMIN_TOKEN_ENV = "RUNNER_CP_ADMIN_TOKEN";
+const DEFAULT_LISTEN = "127.0.0.1:8080";
+
+interface ControlPlaneFlags {
+  listen: string;
+  data?: string;
+  adminTokenFile?: string;
+  allowRemote?: boolean;
+  minAgentVersion?: string;
+}
+
+export function defineControlPlaneCommand(program: Command, deps: { logger: () => Logger }): void {
+  program
+    .command("control-plane")
+    .description("run the reference control plane (HTTP API) in the foreground")
+    .option("--listen <host:port>", "address to listen on", DEFAULT_LISTEN)
+    .option("--data <dir>", "directory for the SQLite database (kept in memory when absent)")
+    .option("--admin-token-file <file>", `read the admin token from this file (or set ${ADMIN_TOKEN_ENV})`)
+    .option("--allow-remote", "allow a non-loopback listen address (plain HTTP: put TLS in front)")
+    .option("--min-agent-version <version>", "answer 426 upgrade_required to older agents")
+    .action(action((flags: ControlPlaneFlags) => runControlPlane(flags, deps.logger())));
+}
+
+async function runControlPlane(flags: ControlPlaneFlags, logger: Logger): Promise<number> {
+  const { host, port } = parseListenAddress(flags.listen);
+  if (!isLoopback(host)) {
+    if (!flags.allowRemote) {
+      throw new RunnerError(
+        "usage",
+        `refusing to listen on ${host}: it is not a loopback address, and the control plane speaks plain HTTP, ` +
+          "so tokens and credentials would cross the network unencrypted",
+        { hint: "pass --allow-remote if a TLS-terminating proxy is in front of it, or listen on 127.0.0.1" },
+      );
+    }
+    console.error(`warning: listening on ${host} with plain HTTP (--allow-remote); put TLS in front of it`);
+  }
+  const givenToken = readAdminToken(flags.adminTokenFile);
+  const controlPlane = await startControlPlane({
+    host,
+    port,
+    dataDir: flags.data,
+    adminToken: givenToken,
+    minAgentVersion: flags.minAgentVersion,
+    logger,
+  });
+
+  print(`control plane listening on ${controlPlane.url}`);
+  print(flags.data ? `data: ${flags.data}` : "data: in memory (lost at exit; use --data <dir> to keep it)");
+  if (givenToken !== undefined) {
+    print(`admin token: the one from ${flags.adminTokenFile ?? ADMIN_TOKEN_ENV}`);
+  } else if (controlPlane.adminToken !== null) {
+    print(`admin token: ${controlPlane.adminToken}`);
+    print("The admin token is shown once: store it now (only its hash is kept).");
+  } else {
+    print(`admin token: unchanged (stored in ${flags.data}; it was shown when it was created)`);
+  }
+
+  const signal = await waitForStopSignal();
+  print(`${signal}: stopping the control plane`);
+  await controlPlane.close();
+  return ExitCode.OK;
+}
+
+/** "host:port", "[::1]:port" or ":port" (loopback). */
+export function parseListenAddress(value: string): { host: string; port: number } {
+  const match = /^(?:\[([^\]]+)\]|([^:]*)):(\d{1,5})$/.exec(value.trim());
+  const port = Number(match?.[3]);
+  if (!match || port > 65535) {
+    throw new RunnerError("usage", `--listen ${value}: expected host:port, e.g. ${DEFAULT_LISTEN} or [::1]:8080`);
+  }
+  return { host: match[1] ?? (match[2] || "127.0.0.1"), port };
+}
+
+export function isLoopback(host: string): boolean {
+  if (host === "localhost") return true;
+  if (isIP(host) === 4) return host.startsWith("127.");
+  return host === "::1" || host === "0:0:0:0:0:0:0:1";
+}
+
+/** The file wins over the environment; an empty value is an error, not "generate one". */
+function readAdminToken(file: string | undefined): string | undefined {
+  if (file !== undefined) {
+    let text: string;
+    try {
+      text = readFileSync(file, "utf8");
+    } catch (error) {
+      throw new RunnerError("usage", `cannot read the admin token file ${file}: ${(error as Error).message}`, { cause: error });
+    }
+    if (text.trim() === "") throw new RunnerError("usage", `the admin token file ${file} is empty`);
+    return text.trim();
+  }
+  const fromEnv = process.env[ADMIN_TOKEN_ENV];
+  if (fromEnv === undefined) return undefined;
+  if (fromEnv.trim() === "") throw new RunnerError("usage", `${ADMIN_TOKEN_ENV} is set but empty`);
+  return fromEnv.trim();
+}
+
+/**
+ * Resolves at the first SIGINT or SIGTERM. Both listeners go away then, so a second signal
+ * during a slow shutdown gets Node's default behaviour and ends the process.
+ */
+function waitForStopSignal(): Promise<NodeJS.Signals> {
+  return new Promise((resolve) => {
+    const stop = (signal: NodeJS.Signals) => {
+      process.off("SIGINT", stop);
+      process.off("SIGTERM", stop);
+      resolve(signal);
+    };
+    process.on("SIGINT", stop);
+    process.on("SIGTERM", stop);
+  });
+}

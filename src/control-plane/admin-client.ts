@@ -1,0 +1,108 @@
+// A small typed client for the admin API, used by tests, the demo and the CLI. Answers are
+// validated with the protocol schemas; errors say status, code and message but never carry
+// the admin token.
+import type { z } from "zod";
+import {
+  API_PREFIX,
+  createRegistrationTokenResponseSchema,
+  errorBodySchema,
+  listRunnersResponseSchema,
+  verifyResponseSchema,
+  type CreateRegistrationTokenResponse,
+  type RunnerView,
+} from "../protocol/http.js";
+import { RunnerError } from "../errors.js";
+
+/** A non-2xx answer from the admin API. */
+export class AdminRequestError extends RunnerError {
+  constructor(
+    readonly status: number,
+    /** The protocol's error code, e.g. "unauthorized" or "runner_not_found". */
+    readonly apiCode: string,
+    message: string,
+  ) {
+    super(status >= 500 ? "control_plane_unavailable" : "control_plane_rejected", message);
+  }
+}
+
+export class AdminClient {
+  private readonly baseUrl: string;
+
+  constructor(
+    url: string,
+    private readonly adminToken: string,
+  ) {
+    this.baseUrl = url.replace(/\/+$/, "") + API_PREFIX;
+  }
+
+  /** Creates a one-time registration token (default lifetime: the server's, one hour). */
+  async createRegistrationToken(expiresInSeconds?: number): Promise<CreateRegistrationTokenResponse> {
+    const body = expiresInSeconds === undefined ? {} : { expiresInSeconds };
+    return this.request("POST", "/admin/registration-tokens", createRegistrationTokenResponseSchema, body);
+  }
+
+  async listRunners(): Promise<RunnerView[]> {
+    return (await this.request("GET", "/admin/runners", listRunnersResponseSchema)).runners;
+  }
+
+  /** Revokes the runner's credential; returns the runner as it is now. */
+  async revokeRunner(id: string): Promise<RunnerView> {
+    // The revoke answer, `{ ok: true, runner }`, has the shape of verify's.
+    const answer = await this.request("POST", `/admin/runners/${encodeURIComponent(id)}/revoke`, verifyResponseSchema, {});
+    return answer.runner;
+  }
+
+  async deleteRunner(id: string): Promise<void> {
+    await this.request("DELETE", `/admin/runners/${encodeURIComponent(id)}`, null);
+  }
+
+  private async request<S extends z.ZodTypeAny>(method: string, path: string, schema: S, body?: unknown): Promise<z.output<S>>;
+  private async request(method: string, path: string, schema: null, body?: unknown): Promise<undefined>;
+  private async request(method: string, path: string, schema: z.ZodTypeAny | null, body?: unknown): Promise<unknown> {
+    const url = this.baseUrl + path;
+    let response: Response;
+    try {
+      response = await fetch(url, {
+        method,
+        headers: {
+          authorization: `Bearer ${this.adminToken}`,
+          ...(body === undefined ? {} : { "content-type": "application/json" }),
+        },
+        body: body === undefined ? undefined : JSON.stringify(body),
+      });
+    } catch (error) {
+      throw new RunnerError("control_plane_unavailable", `cannot reach the control plane at ${url}: ${describeCause(error)}`, {
+        cause: error,
+      });
+    }
+    const text = await response.text();
+    if (!response.ok) throw toRequestError(method, path, response.status, text);
+    if (schema === null) return undefined;
+    const parsed = schema.safeParse(safeParseJson(text));
+    if (!parsed.success) {
+      throw new RunnerError("control_plane_rejected", `${method} ${path}: unexpected answer from the control plane: ${parsed.error.message}`);
+    }
+    return parsed.data;
+  }
+}
+
+function toRequestError(method: string, path: string, status: number, text: string): AdminRequestError {
+  const parsed = errorBodySchema.safeParse(safeParseJson(text));
+  const code = parsed.success ? parsed.data.error.code : "unknown";
+  const message = parsed.success ? parsed.data.error.message : text.slice(0, 200);
+  return new AdminRequestError(status, code, `${method} ${path} failed: ${status} ${code}: ${message}`);
+}
+
+function safeParseJson(text: string): unknown {
+  try {
+    return JSON.parse(text) as unknown;
+  } catch {
+    return undefined;
+  }
+}
+
+/** fetch hides the useful part ("ECONNREFUSED") in `cause`. */
+function describeCause(error: unknown): string {
+  const cause = (error as { cause?: { code?: string; message?: string } }).cause;
+  return cause?.code ?? cause?.message ?? (error as Error).message;
+}

@@ -1,0 +1,244 @@
+// Persistence of the reference control plane: one SQLite file (or memory) through
+// better-sqlite3. The schema evolves by numbered migrations kept in this file and tracked
+// with `PRAGMA user_version`; a later issue adds its tables (jobs, ...) by appending one.
+// Secrets never reach this layer in plain text: callers pass sha256 hashes.
+import Database from "better-sqlite3";
+import { hostFactsSchema, labelsSchema, type HostFacts } from "../protocol/http.js";
+
+/**
+ * Migration N (1-based) brings the schema from user_version N-1 to N. Append only: a
+ * migration that has shipped is never edited. Times are integer milliseconds since the epoch.
+ */
+const MIGRATIONS: readonly string[] = [
+  `
+  CREATE TABLE settings (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+  ) STRICT;
+
+  CREATE TABLE runners (
+    id              TEXT PRIMARY KEY,
+    name            TEXT NOT NULL UNIQUE,
+    labels          TEXT NOT NULL,   -- JSON array of strings
+    host            TEXT NOT NULL,   -- JSON HostFacts, fingerprint included
+    credential_hash TEXT NOT NULL,   -- sha256 hex of the runner credential
+    registered_at   INTEGER NOT NULL,
+    last_seen_at    INTEGER,
+    revoked_at      INTEGER
+  ) STRICT;
+
+  CREATE TABLE registration_tokens (
+    id             TEXT PRIMARY KEY,
+    token_hash     TEXT NOT NULL UNIQUE, -- sha256 hex of the one-time token
+    created_at     INTEGER NOT NULL,
+    expires_at     INTEGER NOT NULL,
+    used_at        INTEGER,
+    used_by_runner TEXT              -- no foreign key: the runner may be deleted later
+  ) STRICT;
+  `,
+];
+
+export const SCHEMA_VERSION = MIGRATIONS.length;
+
+export interface RunnerRecord {
+  id: string;
+  name: string;
+  labels: string[];
+  host: HostFacts;
+  credentialHash: string;
+  registeredAt: Date;
+  lastSeenAt: Date | null;
+  revokedAt: Date | null;
+}
+
+export interface NewRunner {
+  id: string;
+  name: string;
+  labels: string[];
+  host: HostFacts;
+  credentialHash: string;
+}
+
+export type RegisterOutcome =
+  | { outcome: "registered"; runner: RunnerRecord; replaced: RunnerRecord | null }
+  | { outcome: "token_invalid" }
+  | { outcome: "name_taken" };
+
+interface RunnerRow {
+  id: string;
+  name: string;
+  labels: string;
+  host: string;
+  credential_hash: string;
+  registered_at: number;
+  last_seen_at: number | null;
+  revoked_at: number | null;
+}
+
+export class ControlPlaneStore {
+  private readonly db: Database.Database;
+  private readonly statements = new Map<string, Database.Statement>();
+
+  constructor(path: string) {
+    this.db = new Database(path);
+    // WAL lets readers run while a writer commits; `:memory:` ignores it and stays "memory".
+    this.db.pragma("journal_mode = WAL");
+    this.db.pragma("foreign_keys = ON");
+    migrate(this.db);
+  }
+
+  /** The schema version of the open database (`PRAGMA user_version`). */
+  schemaVersion(): number {
+    return this.db.pragma("user_version", { simple: true }) as number;
+  }
+
+  close(): void {
+    if (this.db.open) this.db.close();
+  }
+
+  // ---- settings ----
+
+  getSetting(key: string): string | undefined {
+    const row = this.statement("SELECT value FROM settings WHERE key = ?").get(key) as { value: string } | undefined;
+    return row?.value;
+  }
+
+  setSetting(key: string, value: string): void {
+    this.statement(
+      "INSERT INTO settings (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+    ).run(key, value);
+  }
+
+  // ---- registration tokens ----
+
+  insertRegistrationToken(token: { id: string; tokenHash: string; createdAt: Date; expiresAt: Date }): void {
+    this.statement(
+      "INSERT INTO registration_tokens (id, token_hash, created_at, expires_at) VALUES (?, ?, ?, ?)",
+    ).run(token.id, token.tokenHash, token.createdAt.getTime(), token.expiresAt.getTime());
+  }
+
+  /**
+   * Consumes the one-time token `tokenHash` and creates the runner, atomically. The token is
+   * checked before the name so that a caller without a valid token learns nothing about
+   * which names exist; on `name_taken` the token stays usable. The transaction is IMMEDIATE
+   * (it takes the write lock at BEGIN) and the consuming UPDATE is conditional, so two
+   * requests with one token, even from two processes on one file, register exactly one runner.
+   */
+  registerRunner(input: { tokenHash: string; runner: NewRunner; replace: boolean; now: Date }): RegisterOutcome {
+    const now = input.now.getTime();
+    const register = this.db.transaction((): RegisterOutcome => {
+      const token = this.statement(
+        "SELECT id FROM registration_tokens WHERE token_hash = ? AND used_at IS NULL AND expires_at > ?",
+      ).get(input.tokenHash, now) as { id: string } | undefined;
+      if (!token) return { outcome: "token_invalid" };
+
+      const existing = this.statement("SELECT * FROM runners WHERE name = ?").get(input.runner.name) as RunnerRow | undefined;
+      if (existing && !input.replace) return { outcome: "name_taken" };
+
+      const consumed = this.statement(
+        `UPDATE registration_tokens SET used_at = ?, used_by_runner = ?
+         WHERE id = ? AND used_at IS NULL AND expires_at > ?`,
+      ).run(now, input.runner.id, token.id, now);
+      if (consumed.changes !== 1) return { outcome: "token_invalid" };
+
+      if (existing) this.statement("DELETE FROM runners WHERE id = ?").run(existing.id);
+      const { id, name, labels, host, credentialHash } = input.runner;
+      this.statement(
+        `INSERT INTO runners (id, name, labels, host, credential_hash, registered_at, last_seen_at)
+         VALUES (?, ?, ?, ?, ?, ?, ?)`,
+      ).run(id, name, JSON.stringify(labels), JSON.stringify(host), credentialHash, now, now);
+      return {
+        outcome: "registered",
+        runner: this.requireRunner(id),
+        replaced: existing ? toRunnerRecord(existing) : null,
+      };
+    });
+    return register.immediate();
+  }
+
+  // ---- runners ----
+
+  findRunner(id: string): RunnerRecord | undefined {
+    const row = this.statement("SELECT * FROM runners WHERE id = ?").get(id) as RunnerRow | undefined;
+    return row ? toRunnerRecord(row) : undefined;
+  }
+
+  listRunners(): RunnerRecord[] {
+    const rows = this.statement("SELECT * FROM runners ORDER BY name").all() as RunnerRow[];
+    return rows.map(toRunnerRecord);
+  }
+
+  /** Records that the runner was seen; returns the updated runner, undefined if it is gone. */
+  touchRunner(id: string, now: Date): RunnerRecord | undefined {
+    this.statement("UPDATE runners SET last_seen_at = ? WHERE id = ?").run(now.getTime(), id);
+    return this.findRunner(id);
+  }
+
+  /** Binds the runner to new host facts (and marks it seen); undefined if it is gone. */
+  rebindRunnerHost(id: string, host: HostFacts, now: Date): RunnerRecord | undefined {
+    this.statement("UPDATE runners SET host = ?, last_seen_at = ? WHERE id = ?").run(JSON.stringify(host), now.getTime(), id);
+    return this.findRunner(id);
+  }
+
+  /** Revokes the runner's credential; revoking twice keeps the first time. */
+  revokeRunner(id: string, now: Date): RunnerRecord | undefined {
+    this.statement("UPDATE runners SET revoked_at = COALESCE(revoked_at, ?) WHERE id = ?").run(now.getTime(), id);
+    return this.findRunner(id);
+  }
+
+  /** Deletes the runner; false if there was none. */
+  deleteRunner(id: string): boolean {
+    return this.statement("DELETE FROM runners WHERE id = ?").run(id).changes === 1;
+  }
+
+  /** Prepares each SQL text once; better-sqlite3 statements are reusable. */
+  private statement(sql: string): Database.Statement {
+    let prepared = this.statements.get(sql);
+    if (!prepared) {
+      prepared = this.db.prepare(sql);
+      this.statements.set(sql, prepared);
+    }
+    return prepared;
+  }
+
+  private requireRunner(id: string): RunnerRecord {
+    const runner = this.findRunner(id);
+    if (!runner) throw new Error(`runner ${id} vanished inside its own transaction`);
+    return runner;
+  }
+}
+
+/**
+ * Brings the schema up to date. The version is read inside the IMMEDIATE transaction so that
+ * two processes opening one file at once cannot both apply the same migration.
+ */
+function migrate(db: Database.Database): void {
+  const applyPending = db.transaction(() => {
+    const current = db.pragma("user_version", { simple: true }) as number;
+    if (current > MIGRATIONS.length) {
+      throw new Error(
+        `the control-plane database has schema version ${current}, newer than this program knows (${MIGRATIONS.length}); upgrade runner`,
+      );
+    }
+    for (let version = current; version < MIGRATIONS.length; version++) {
+      db.exec(MIGRATIONS[version]!);
+      // user_version cannot be bound as a parameter; `version` is a number we control.
+      db.pragma(`user_version = ${version + 1}`);
+    }
+  });
+  applyPending.immediate();
+}
+
+/** Rows come from disk: their JSON columns are validated, not trusted. */
+function toRunnerRecord(row: RunnerRow): RunnerRecord {
+  return {
+    id: row.id,
+    name: row.name,
+    labels: labelsSchema.parse(JSON.parse(row.labels)),
+    host: hostFactsSchema.parse(JSON.parse(row.host)),
+    credentialHash: row.credential_hash,
+    registeredAt: new Date(row.registered_at),
+    lastSeenAt: row.last_seen_at === null ? null : new Date(row.last_seen_at),
+    revokedAt: row.revoked_at === null ? null : new Date(row.revoked_at),
+  };
+}

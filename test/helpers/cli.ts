@@ -1,0 +1,44 @@
+// Runs the real CLI (bin/runner.js) as a child process, the way an operator would.
+import { spawn } from "node:child_process";
+import path from "node:path";
+import { fileURLToPath } from "node:url";
+
+export const REPO_ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../../..");
+export const RUNNER_BIN = path.join(REPO_ROOT, "bin", "runner.js");
+
+export interface CliResult {
+  code: number;
+  stdout: string;
+  stderr: string;
+  /** stdout and stderr together, for "appears nowhere" checks. */
+  all: string;
+}
+
+export interface CliOptions {
+  env?: Record<string, string | undefined>;
+  input?: string;
+  timeoutMs?: number;
+}
+
+export function runCli(args: string[], options: CliOptions = {}): Promise<CliResult> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, [RUNNER_BIN, ...args], {
+      env: { ...process.env, RUNNER_LOG_FORMAT: "json", ...options.env },
+      stdio: [options.input === undefined ? "ignore" : "pipe", "pipe", "pipe"],
+    });
+    let stdout = "";
+    let stderr = "";
+    child.stdout?.on("data", (d: Buffer) => (stdout += d.toString()));
+    child.stderr?.on("data", (d: Buffer) => (stderr += d.toString()));
+    if (options.input !== undefined) child.stdin?.end(options.input);
+    const timer = setTimeout(() => {
+      child.kill("SIGKILL");
+      reject(new Error(`runner ${args.join(" ")} did not finish within ${options.timeoutMs ?? 30_000} ms\n${stdout}\n${stderr}`));
+    }, options.timeoutMs ?? 30_000);
+    child.on("error", reject);
+    child.on("close", (code) => {
+      clearTimeout(timer);
+      resolve({ code: code ?? -1, stdout, stderr, all: stdout + stderr });
+    });
+  });
+}

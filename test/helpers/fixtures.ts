@@ -1,0 +1,91 @@
+// Shared set-up for integration tests: temp dirs, an in-process control plane on loopback,
+// and a runner registered against it through the real CLI.
+import { promises as fs } from "node:fs";
+import os from "node:os";
+import path from "node:path";
+import { Writable } from "node:stream";
+import type { TestContext } from "node:test";
+import assert from "node:assert/strict";
+import { pino } from "pino";
+import { startControlPlane, type ControlPlane } from "../../src/control-plane/server.js";
+import { AdminClient } from "../../src/control-plane/admin-client.js";
+import { runCli, type CliResult } from "./cli.js";
+
+export async function tempDir(t: TestContext, prefix = "runner-test-"): Promise<string> {
+  const dir = await fs.mkdtemp(path.join(os.tmpdir(), prefix));
+  t.after(() => fs.rm(dir, { recursive: true, force: true }));
+  return dir;
+}
+
+/** A logger that keeps every line in memory, for checks on what was logged. */
+export function captureLogger(level = "debug") {
+  const lines: string[] = [];
+  const stream = new Writable({
+    write(chunk: Buffer, _encoding, done) {
+      lines.push(chunk.toString());
+      done();
+    },
+  });
+  return { logger: pino({ level }, stream), lines, text: () => lines.join("") };
+}
+
+export interface TestControlPlane {
+  cp: ControlPlane;
+  admin: AdminClient;
+  logs: () => string;
+  /** Writes a fresh one-time registration token to a file and returns the path. */
+  tokenFile(dir: string): Promise<string>;
+}
+
+export async function startTestControlPlane(t: TestContext, options: { dataDir?: string } = {}): Promise<TestControlPlane> {
+  const capture = captureLogger();
+  const cp = await startControlPlane({ logger: capture.logger, adminToken: "adm_test-admin-token-0123456789", ...options });
+  t.after(() => cp.close());
+  const admin = new AdminClient(cp.url, "adm_test-admin-token-0123456789");
+  let n = 0;
+  return {
+    cp,
+    admin,
+    logs: capture.text,
+    async tokenFile(dir) {
+      const { token } = await admin.createRegistrationToken(600);
+      const file = path.join(dir, `token-${n++}`);
+      await fs.writeFile(file, token + "\n", { mode: 0o600 });
+      return file;
+    },
+  };
+}
+
+export interface RegisteredRunner {
+  stateDir: string;
+  /** The settings flags every CLI call of this runner needs. */
+  flags: string[];
+  register: CliResult;
+}
+
+export async function registerRunner(
+  t: TestContext,
+  plane: TestControlPlane,
+  options: { store?: "file" | "keychain" | "auto"; name?: string; machineId?: string; extra?: string[] } = {},
+): Promise<RegisteredRunner> {
+  const root = await tempDir(t);
+  const stateDir = path.join(root, "state");
+  const flags = ["--state-dir", stateDir, "--credential-store", options.store ?? "file", "--machine-id", options.machineId ?? "machine-A"];
+  const tokenFile = await plane.tokenFile(root);
+  const register = await runCli(["register", "--url", plane.cp.url, "--token-file", tokenFile, "--name", options.name ?? `runner-${path.basename(root)}`, ...flags, ...(options.extra ?? [])]);
+  assert.equal(register.code, 0, `register failed: ${register.all}`);
+  return { stateDir, flags, register };
+}
+
+/** Whether this run has a real Secret Service (set by scripts/run-tests.mjs). */
+export function secretServiceAvailable(): boolean {
+  return process.env.RUNNER_TEST_SECRET_SERVICE === "1";
+}
+
+/** Skip keychain tests only where no Secret Service can be had; in CI its absence is a failure. */
+export function requireKeychain(t: TestContext): boolean {
+  if (secretServiceAvailable()) return true;
+  if (process.env.CI) assert.fail("CI must provide a Secret Service (dbus-run-session + gnome-keyring-daemon); see .ci/run");
+  t.skip("no Secret Service here: run the tests through `npm test`, which starts one");
+  return false;
+}
