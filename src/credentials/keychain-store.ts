@@ -76,6 +76,9 @@ export function keychainName(): string {
 }
 
 function reasonOf(error: unknown): string {
+  if (process.platform === "linux" && !process.env.DBUS_SESSION_BUS_ADDRESS) {
+    return `the ${keychainName()} is not usable: there is no D-Bus session bus (DBUS_SESSION_BUS_ADDRESS is not set)`;
+  }
   const message = error instanceof Error ? error.message : String(error);
   if (/timed? ?out|abort/i.test(message)) return `the ${keychainName()} did not answer within ${CALL_TIMEOUT_MS / 1000} s`;
   return `the ${keychainName()} is not usable: ${message}`;

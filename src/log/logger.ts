@@ -2,6 +2,7 @@
 // service manager's journal wants), readable when stderr is a TTY. Redaction is compiled
 // once by pino: any field that can hold a secret is censored wherever it appears.
 import { pino, destination, type Logger, type DestinationStream } from "pino";
+import { PinoPretty } from "pino-pretty";
 
 export type { Logger };
 export type LogFormat = "json" | "pretty" | "auto";
@@ -35,10 +36,8 @@ export function createLogger(options: LoggerOptions = {}): Logger {
     base: { pid: process.pid },
   };
   if (pretty) {
-    return pino({
-      ...base,
-      transport: { target: "pino-pretty", options: { destination: 2, colorize: true, ignore: "pid,hostname" } },
-    });
+    // In-thread and synchronous: lines appear in order with command output, and at exit.
+    return pino(base, PinoPretty({ destination: 2, sync: true, colorize: process.stderr.isTTY === true, ignore: "pid,hostname" }));
   }
   return pino(base, options.destination ?? destination({ dest: 2, sync: true }));
 }

@@ -26,7 +26,9 @@ export interface RepairReport {
 const MAX_ROUNDS = 5;
 
 export async function findProblems(ctx: CheckContext): Promise<Finding[]> {
-  return planRepairs(await observe(ctx), { haveRegistrationToken: ctx.registrationToken !== undefined });
+  const findings = planRepairs(await observe(ctx), { haveRegistrationToken: ctx.registrationToken !== undefined });
+  ctx.logger.debug({ findings: findings.map((f) => f.code) }, `checked ${ctx.files.stateDir}: ${findings.length} finding(s)`);
+  return findings;
 }
 
 export async function repairProblems(ctx: CheckContext): Promise<RepairReport> {

@@ -109,3 +109,14 @@ describe("settings precedence is flag > env > file > default", () => {
     );
   });
 });
+
+test("the README's settings table lists every setting's flag, env var and key", async () => {
+  const { readFile } = await import("node:fs/promises");
+  const { REPO_ROOT } = await import("../helpers/cli.js");
+  const readme = await readFile(`${REPO_ROOT}/README.md`, "utf8");
+  for (const [key, spec] of specs) {
+    const row = readme.split("\n").find((line) => line.includes(`\`${spec.env}\``));
+    assert.ok(row, `README lacks ${spec.env}`);
+    assert.ok(row.includes(`\`${spec.flag}`) && row.includes(`\`${key}\``), `README row for ${key} is incomplete`);
+  }
+});
