@@ -2,6 +2,7 @@
 // inferred from the schemas, and both the agent and the reference control plane validate
 // with them at the boundary. PROTOCOL.md documents each of these.
 import { z } from "zod";
+import { jobResultSchema, jobSpecSchema } from "./channel.js";
 
 export const API_PREFIX = "/api/v1";
 
@@ -99,6 +100,54 @@ export type CreateRegistrationTokenResponse = z.infer<typeof createRegistrationT
 
 export const listRunnersResponseSchema = z.object({ runners: z.array(runnerViewSchema) });
 export type ListRunnersResponse = z.infer<typeof listRunnersResponseSchema>;
+
+// ---- admin API: jobs ----
+
+export const JOB_STATUSES = ["queued", "assigned", "running", "succeeded", "failed", "cancelled", "timed_out"] as const;
+export const jobStatusSchema = z.enum(JOB_STATUSES);
+export type JobStatus = z.infer<typeof jobStatusSchema>;
+
+export const submitJobRequestSchema = z.object({
+  job: jobSpecSchema,
+  /** Whole-job deadline on the runner; default 10 minutes. */
+  timeoutMs: z.number().int().positive().max(7 * 24 * 3600 * 1000).default(600_000),
+  /** Grace between SIGTERM and SIGKILL on cancel or timeout; default 10 s. */
+  cancelGraceMs: z.number().int().min(0).max(600_000).default(10_000),
+  /** Only a runner having every one of these labels gets the job. */
+  requiredLabels: labelsSchema.default([]),
+});
+export type SubmitJobRequest = z.input<typeof submitJobRequestSchema>;
+
+export const jobLogChunkSchema = z.object({
+  attempt: z.number().int(),
+  seq: z.number().int(),
+  stream: z.enum(["stdout", "stderr"]),
+  data: z.string(),
+});
+
+export const jobViewSchema = z.object({
+  jobId: z.string(),
+  status: jobStatusSchema,
+  /** 0 until first handed out; raised on each hand-out. */
+  attempt: z.number().int().min(0),
+  runnerId: runnerIdSchema.nullable(),
+  job: jobSpecSchema,
+  timeoutMs: z.number().int(),
+  cancelGraceMs: z.number().int(),
+  requiredLabels: labelsSchema,
+  cancelRequested: z.boolean(),
+  submittedAt: z.string(),
+  assignedAt: z.string().nullable(),
+  startedAt: z.string().nullable(),
+  finishedAt: z.string().nullable(),
+  result: jobResultSchema.nullable(),
+});
+export type JobView = z.infer<typeof jobViewSchema>;
+
+export const submitJobResponseSchema = z.object({ job: jobViewSchema });
+export const getJobResponseSchema = z.object({ job: jobViewSchema, logs: z.array(jobLogChunkSchema) });
+export const listJobsResponseSchema = z.object({ jobs: z.array(jobViewSchema) });
+export const cancelJobResponseSchema = z.object({ job: jobViewSchema });
 
 export const healthResponseSchema = z.object({
   ok: z.literal(true),

@@ -1,0 +1,177 @@
+// The WebSocket half of protocol v1: every channel message, declared once as a zod schema
+// (the TypeScript types are inferred from them), plus encode/decode with the frame limit.
+// Both the agent and the reference control plane decode every frame through `decode*`.
+import { z } from "zod";
+import { labelsSchema, runnerIdSchema } from "./http.js";
+
+/** The upgrade path. Auth: `Authorization: Bearer <credential>`, `X-Runner-Id`, `X-Runner-Protocol`. */
+export const CHANNEL_PATH = "/api/v1/channel";
+export const RUNNER_ID_HEADER = "x-runner-id";
+export const PROTOCOL_HEADER = "x-runner-protocol";
+export const AGENT_VERSION_HEADER = "x-runner-agent-version";
+
+/** Neither side accepts a frame larger than this (ws `maxPayload`); the control plane may announce less. */
+export const DEFAULT_MAX_FRAME_BYTES = 1024 * 1024;
+
+const jobId = z.string().min(1).max(128);
+/** The fencing token: raised each time the job is handed out; a result for an older attempt is stale. */
+const attempt = z.number().int().positive();
+const jobRef = { jobId, attempt };
+export const jobRefSchema = z.object(jobRef);
+export type JobRef = z.infer<typeof jobRefSchema>;
+
+// ---- job specs ----
+
+export const commandJobSchema = z.object({
+  kind: z.literal("command"),
+  /** argv[0] is the program; no shell is involved. */
+  argv: z.array(z.string().max(64 * 1024)).min(1).max(4096),
+  env: z.record(z.string(), z.string()).default({}),
+  cwd: z.string().optional(),
+});
+export type CommandJob = z.infer<typeof commandJobSchema>;
+
+export const jobSpecSchema = z.discriminatedUnion("kind", [commandJobSchema]);
+export type JobSpec = z.infer<typeof jobSpecSchema>;
+
+export const OUTCOMES = ["succeeded", "failed", "cancelled", "timed_out"] as const;
+export const outcomeSchema = z.enum(OUTCOMES);
+export type Outcome = z.infer<typeof outcomeSchema>;
+
+export const jobResultSchema = z.object({
+  ...jobRef,
+  outcome: outcomeSchema,
+  exitCode: z.number().int().nullable(),
+  signal: z.string().nullable(),
+  /** Why it failed or was cancelled, in words or a stable code (e.g. "agent restarted"). */
+  reason: z.string().max(4096).nullable(),
+  startedAt: z.string().nullable(),
+  finishedAt: z.string(),
+});
+export type JobResult = z.infer<typeof jobResultSchema>;
+
+// ---- runner → control plane ----
+
+export const helloSchema = z.object({
+  type: z.literal("hello"),
+  protocolVersion: z.number().int().positive(),
+  agentVersion: z.string(),
+  runnerId: runnerIdSchema,
+  capacity: z.number().int().min(0).max(1024),
+  /** Jobs this runner is still running (survived a disconnect). */
+  running: z.array(jobRefSchema),
+  /** Results this runner holds that the control plane has not acknowledged; they follow as `result` messages. */
+  pendingResults: z.array(jobRefSchema),
+  labels: labelsSchema.optional(),
+});
+
+/** Credit-based flow control: grants `slots` more job assignments. */
+export const readySchema = z.object({ type: z.literal("ready"), slots: z.number().int().min(1).max(1024) });
+export const acceptSchema = z.object({ type: z.literal("accept"), ...jobRef });
+export const rejectSchema = z.object({ type: z.literal("reject"), ...jobRef, reason: z.string().max(1024) });
+export const startedSchema = z.object({ type: z.literal("started"), ...jobRef, startedAt: z.string() });
+export const logSchema = z.object({
+  type: z.literal("log"),
+  ...jobRef,
+  /** Per job attempt, from 0, without gaps: a receiver can tell a lost or repeated chunk. */
+  seq: z.number().int().min(0),
+  stream: z.enum(["stdout", "stderr"]),
+  data: z.string(),
+});
+export const resultSchema = z.object({ type: z.literal("result"), result: jobResultSchema });
+/** The runner is going away (drain finished, or shutting down): no more assignments. */
+export const goodbyeSchema = z.object({ type: z.literal("goodbye"), reason: z.string().max(1024) });
+
+export const runnerMessageSchema = z.discriminatedUnion("type", [
+  helloSchema,
+  readySchema,
+  acceptSchema,
+  rejectSchema,
+  startedSchema,
+  logSchema,
+  resultSchema,
+  goodbyeSchema,
+]);
+export type RunnerMessage = z.infer<typeof runnerMessageSchema>;
+
+// ---- control plane → runner ----
+
+export const welcomeSchema = z.object({
+  type: z.literal("welcome"),
+  protocolVersion: z.number().int().positive(),
+  /** The runner pings this often; no pong within the same interval means the connection is dead. */
+  heartbeatIntervalMs: z.number().int().min(100).max(600_000),
+  /** How long a job's lease lasts without the runner being heard from. */
+  leaseMs: z.number().int().min(1000),
+  maxFrameBytes: z.number().int().min(1024),
+  /** Of the jobs the runner reported running, those the control plane no longer gives it (they come with `cancel`). */
+  fenced: z.array(jobRefSchema).default([]),
+});
+
+export const assignSchema = z.object({
+  type: z.literal("assign"),
+  ...jobRef,
+  job: jobSpecSchema,
+  timeoutMs: z.number().int().positive(),
+  /** Grace between SIGTERM and SIGKILL when the job is cancelled or times out. */
+  cancelGraceMs: z.number().int().min(0).max(600_000).default(10_000),
+  leaseExpiresAt: z.string(),
+});
+export type Assignment = z.infer<typeof assignSchema>;
+
+export const resultAckSchema = z.object({ type: z.literal("result_ack"), ...jobRef, applied: z.boolean() });
+export const cancelSchema = z.object({ type: z.literal("cancel"), ...jobRef, reason: z.string().max(1024) });
+/** The control plane asks the runner to finish its jobs and take no more. */
+export const drainSchema = z.object({ type: z.literal("drain"), reason: z.string().max(1024) });
+/** A frame the control plane could not use; informational, the connection stays up. */
+export const protocolErrorSchema = z.object({ type: z.literal("error"), code: z.string(), message: z.string() });
+
+export const controlMessageSchema = z.discriminatedUnion("type", [
+  welcomeSchema,
+  assignSchema,
+  resultAckSchema,
+  cancelSchema,
+  drainSchema,
+  protocolErrorSchema,
+]);
+export type ControlMessage = z.infer<typeof controlMessageSchema>;
+
+// ---- encode / decode ----
+
+export type Decoded<T> =
+  | { ok: true; message: T }
+  | { ok: false; problem: "not_json" | "unknown_type" | "invalid"; detail: string };
+
+function decodeWith<T>(schema: z.ZodType<T, z.ZodTypeDef, unknown>, knownTypes: ReadonlySet<string>, data: string): Decoded<T> {
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(data);
+  } catch {
+    return { ok: false, problem: "not_json", detail: `not JSON: ${JSON.stringify(data.slice(0, 80))}` };
+  }
+  const type = typeof parsed === "object" && parsed !== null ? (parsed as { type?: unknown }).type : undefined;
+  if (typeof type !== "string" || !knownTypes.has(type)) {
+    return { ok: false, problem: "unknown_type", detail: `unknown message type ${JSON.stringify(type)}` };
+  }
+  const result = schema.safeParse(parsed);
+  if (!result.success) {
+    const issues = result.error.issues.map((i) => `${i.path.join(".") || "(root)"}: ${i.message}`).join("; ");
+    return { ok: false, problem: "invalid", detail: `${type}: ${issues}` };
+  }
+  return { ok: true, message: result.data };
+}
+
+const runnerTypes = new Set(runnerMessageSchema.options.map((o) => o.shape.type.value));
+const controlTypes = new Set(controlMessageSchema.options.map((o) => o.shape.type.value));
+
+export function decodeRunnerMessage(data: string): Decoded<RunnerMessage> {
+  return decodeWith(runnerMessageSchema, runnerTypes, data);
+}
+
+export function decodeControlMessage(data: string): Decoded<ControlMessage> {
+  return decodeWith(controlMessageSchema, controlTypes, data);
+}
+
+export function encode(message: RunnerMessage | ControlMessage): string {
+  return JSON.stringify(message);
+}
