@@ -1,0 +1,254 @@
+// The thin driver around the channel state machine: it turns socket events, timer expiries
+// and job events into inputs, feeds them to `step` one at a time, and carries out the
+// effects in order (awaiting each, so a result is on disk before it is sent).
+import WebSocket from "ws";
+import type { IncomingMessage } from "node:http";
+import type { Logger } from "../log/logger.js";
+import {
+  AGENT_VERSION_HEADER,
+  PROTOCOL_HEADER,
+  RUNNER_ID_HEADER,
+  decodeControlMessage,
+  encode,
+  type Assignment,
+  type JobRef,
+  type JobResult,
+} from "../protocol/channel.js";
+import { initialState, step, type Effect, type Input, type MachineConfig, type State, type TimerName } from "./machine.js";
+
+/** What the driver needs from the rest of the daemon. */
+export interface DriverPorts {
+  startJob(assignment: Assignment): Promise<void>;
+  cancelJob(ref: JobRef, reason: string): void;
+  persistResult(result: JobResult): Promise<void>;
+  discardResult(ref: JobRef): Promise<void>;
+}
+
+export interface DriverOptions {
+  /** ws:// or wss:// URL of the channel endpoint. */
+  url: string;
+  credential: string;
+  maxFrameBytes: number;
+  logger: Logger;
+  ports: DriverPorts;
+  now?: () => number;
+  random?: () => number;
+}
+
+export interface DriverExit {
+  code: number;
+  reason: string;
+}
+
+export class ChannelDriver {
+  private state: State;
+  private readonly queue: Input[] = [];
+  private processing = false;
+  private socket: WebSocket | null = null;
+  /** Events from an older socket than this one are dropped. */
+  private generation = 0;
+  private readonly timers = new Map<TimerName, NodeJS.Timeout>();
+  private resolveExit!: (exit: DriverExit) => void;
+  readonly exited: Promise<DriverExit>;
+
+  constructor(
+    config: MachineConfig,
+    held: { running?: JobRef[]; pending?: JobResult[] },
+    private readonly options: DriverOptions,
+  ) {
+    this.state = initialState(config, held);
+    this.exited = new Promise((resolve) => (this.resolveExit = resolve));
+  }
+
+  /** The machine's state, read-only, for status output and tests. */
+  get current(): Readonly<State> {
+    return this.state;
+  }
+
+  start(): Promise<DriverExit> {
+    this.input({ type: "start" });
+    return this.exited;
+  }
+
+  input(input: Input): void {
+    this.queue.push(input);
+    if (!this.processing) void this.process();
+  }
+
+  private async process(): Promise<void> {
+    this.processing = true;
+    try {
+      while (this.queue.length > 0) {
+        const input = this.queue.shift()!;
+        const now = this.options.now?.() ?? Date.now();
+        const next = step(this.state, input, { now, random: this.options.random?.() ?? Math.random() });
+        this.state = next.state;
+        for (const effect of next.effects) await this.carryOut(effect);
+      }
+    } finally {
+      this.processing = false;
+    }
+  }
+
+  private async carryOut(effect: Effect): Promise<void> {
+    const { logger, ports } = this.options;
+    switch (effect.type) {
+      case "connect":
+        return this.connect();
+      case "close":
+        return this.closeSocket(effect.code, effect.reason);
+      case "send":
+        return this.send(effect.message);
+      case "ping":
+        this.socket?.ping();
+        return;
+      case "set_timer":
+        return this.setTimer(effect.timer, effect.ms);
+      case "clear_timer":
+        return this.clearTimer(effect.timer);
+      case "start_job":
+        try {
+          await ports.startJob(effect.assignment);
+        } catch (error) {
+          logger.error({ err: error, jobId: effect.assignment.jobId }, "could not start a job");
+        }
+        return;
+      case "cancel_job":
+        return ports.cancelJob(effect.ref, effect.reason);
+      case "persist_result":
+        return this.persist(effect.result);
+      case "discard_result":
+        return ports.discardResult(effect.ref);
+      case "log":
+        logger[effect.level](effect.fields ?? {}, effect.message);
+        return;
+      case "exit":
+        for (const timer of this.timers.keys()) this.clearTimer(timer);
+        this.closeSocket(1000, "runner stopping");
+        this.resolveExit({ code: effect.code, reason: effect.reason });
+        return;
+    }
+  }
+
+  /** A result that cannot be written is retried: losing it is the one thing not allowed. */
+  private async persist(result: JobResult): Promise<void> {
+    for (let attempt = 1; ; attempt++) {
+      try {
+        return await this.options.ports.persistResult(result);
+      } catch (error) {
+        this.options.logger.error({ err: error, jobId: result.jobId, attempt }, "could not write a result to the outbox; retrying");
+        await new Promise((r) => setTimeout(r, Math.min(5000, 100 * 2 ** attempt)));
+      }
+    }
+  }
+
+  private connect(): void {
+    const generation = ++this.generation;
+    const { url, credential, maxFrameBytes } = this.options;
+    const config = this.state.config;
+    const socket = new WebSocket(url, {
+      headers: {
+        authorization: `Bearer ${credential}`,
+        [RUNNER_ID_HEADER]: config.runnerId,
+        [PROTOCOL_HEADER]: String(config.protocolVersion),
+        [AGENT_VERSION_HEADER]: config.agentVersion,
+      },
+      maxPayload: maxFrameBytes,
+      handshakeTimeout: config.handshakeTimeoutMs,
+      perMessageDeflate: false,
+    });
+    this.socket = socket;
+    let opened = false;
+    let failed = false;
+    const current = () => generation === this.generation;
+    const fail = (status: number | null, reason: string) => {
+      if (failed || opened || !current()) return;
+      failed = true;
+      this.input({ type: "connect_failed", status, reason });
+    };
+    socket.on("unexpected-response", (request, response: IncomingMessage) => {
+      void readErrorBody(response).then((detail) => {
+        fail(response.statusCode ?? null, `HTTP ${response.statusCode}${detail ? ` ${detail}` : ""}`);
+        request.destroy();
+      });
+    });
+    socket.on("open", () => {
+      opened = true;
+      if (current()) this.input({ type: "socket_open" });
+    });
+    socket.on("message", (data, isBinary) => {
+      if (!current()) return;
+      if (isBinary) return this.input({ type: "bad_frame", detail: "a binary frame" });
+      const decoded = decodeControlMessage(data.toString());
+      this.input(decoded.ok ? { type: "message", message: decoded.message } : { type: "bad_frame", detail: decoded.detail });
+    });
+    socket.on("pong", () => current() && this.input({ type: "pong" }));
+    socket.on("error", (error: NodeJS.ErrnoException) => {
+      if (!opened) fail(null, error.code ?? error.message);
+      else this.options.logger.debug({ err: error }, "socket error");
+    });
+    socket.on("close", (code, reason) => {
+      if (!current()) return;
+      if (!opened) fail(null, `closed before opening (${code})`);
+      else this.input({ type: "socket_closed", code, reason: reason.toString() });
+    });
+  }
+
+  private send(message: Parameters<typeof encode>[0]): void {
+    const socket = this.socket;
+    if (!socket || socket.readyState !== WebSocket.OPEN) {
+      this.options.logger.debug({ type: message.type }, "not connected; message not sent");
+      return;
+    }
+    const frame = encode(message);
+    if (Buffer.byteLength(frame) > this.options.maxFrameBytes) {
+      this.options.logger.error({ type: message.type, bytes: Buffer.byteLength(frame) }, "message larger than the frame limit; not sent");
+      return;
+    }
+    socket.send(frame);
+  }
+
+  private closeSocket(code: number, reason: string): void {
+    const socket = this.socket;
+    if (!socket) return;
+    this.socket = null;
+    this.generation++;
+    // A socket given up for silence may be half-open: a close handshake would never finish.
+    if (code === 1000 && socket.readyState === WebSocket.OPEN) socket.close(code, reason);
+    else socket.terminate();
+  }
+
+  private setTimer(timer: TimerName, ms: number): void {
+    this.clearTimer(timer);
+    this.timers.set(
+      timer,
+      setTimeout(() => {
+        this.timers.delete(timer);
+        this.input({ type: "timer", timer });
+      }, ms),
+    );
+  }
+
+  private clearTimer(timer: TimerName): void {
+    const handle = this.timers.get(timer);
+    if (handle) clearTimeout(handle);
+    this.timers.delete(timer);
+  }
+}
+
+/** The control plane's JSON error body, shortened, for the log line. */
+async function readErrorBody(response: IncomingMessage): Promise<string> {
+  const chunks: Buffer[] = [];
+  let size = 0;
+  try {
+    for await (const chunk of response) {
+      size += (chunk as Buffer).length;
+      if (size > 4096) break;
+      chunks.push(chunk as Buffer);
+    }
+    const body = JSON.parse(Buffer.concat(chunks).toString()) as { error?: { code?: string; message?: string } };
+    return body.error ? `${body.error.code}: ${body.error.message}` : "";
+  } catch {
+    return "";
+  }
+}

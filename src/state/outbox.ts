@@ -1,0 +1,50 @@
+// The durable outbox: every job result is written here (fsync) before it is sent, and stays
+// until the control plane acknowledges it. One file per job attempt; nothing is ever
+// dropped for having been tried too often.
+import { promises as fs } from "node:fs";
+import path from "node:path";
+import { jobResultSchema, type JobRef, type JobResult } from "../protocol/channel.js";
+import { moveAside, readJsonFile, syncDir, writeJsonAtomic } from "./files.js";
+
+export class Outbox {
+  constructor(readonly dir: string) {}
+
+  async put(result: JobResult): Promise<void> {
+    await writeJsonAtomic(this.fileFor(result), jobResultSchema.parse(result));
+  }
+
+  /** Forgets an acknowledged result. Removing one that is not there is fine (acks can repeat). */
+  async remove(ref: JobRef): Promise<void> {
+    await fs.rm(this.fileFor(ref), { force: true });
+    await syncDir(this.dir);
+  }
+
+  /** Every held result. A damaged file is moved aside (kept) and named in `setAside`. */
+  async list(now: Date = new Date()): Promise<{ results: JobResult[]; setAside: { file: string; reason: string }[] }> {
+    const results: JobResult[] = [];
+    const setAside: { file: string; reason: string }[] = [];
+    let names: string[];
+    try {
+      names = await fs.readdir(this.dir);
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code === "ENOENT") return { results, setAside };
+      throw error;
+    }
+    for (const name of names.filter((n) => n.endsWith(".json")).sort()) {
+      const file = path.join(this.dir, name);
+      const read = await readJsonFile(file, jobResultSchema);
+      if (read.kind === "ok") results.push(read.value);
+      else if (read.kind === "invalid") setAside.push({ file: await moveAside(file, now), reason: read.reason });
+    }
+    return { results, setAside };
+  }
+
+  private fileFor(ref: JobRef): string {
+    return path.join(this.dir, `${fileSafe(ref.jobId)}.${ref.attempt}.json`);
+  }
+}
+
+/** Job ids come from the network: keep them to a harmless file-name alphabet. */
+export function fileSafe(id: string): string {
+  return id.replace(/[^A-Za-z0-9_-]/g, (c) => `~${c.charCodeAt(0).toString(16)}`);
+}
