@@ -1,13 +1,15 @@
 // runner start: the daemon in the foreground (what the service units run). Before it takes
 // any work it runs the same verify-and-repair plan as `runner repair`: safe fixes are applied
 // and logged; anything that needs a person stops it with the "needs an operator" exit code,
-// which the service units treat as "do not restart".
+// which the service units treat as "do not restart". Then the daemon runs until drained.
 import { Command } from "commander";
 import { ExitCode } from "../errors.js";
 import { checkContextFor, loadContext, withSettings } from "../cli/context.js";
 import { action, describeFinding, exitCodeForRemaining } from "../cli/output.js";
 import { repairProblems, repairStateDirFirst } from "../startup/check.js";
 import { acquireLock } from "../state/lock.js";
+import { loadIdentity } from "../startup/identity.js";
+import { runDaemon } from "../daemon/daemon.js";
 
 export function defineStartCommand(program: Command): void {
   const command = program
@@ -33,7 +35,19 @@ export function defineStartCommand(program: Command): void {
           return exitCodeForRemaining(report.remaining);
         }
         log.info({ stateDir: ctx.files.stateDir }, "startup checks passed");
-        return ExitCode.OK;
+        const { registration, credential } = await loadIdentity(ctx.files);
+        const s = ctx.settings;
+        return await runDaemon({
+          registration,
+          credential,
+          files: ctx.files,
+          logger: log,
+          capacity: s.capacity ?? 1,
+          drainTimeoutMs: s.drainTimeoutMs ?? 600_000,
+          reconnectBaseMs: s.reconnectBaseMs ?? 1_000,
+          reconnectCapMs: s.reconnectCapMs ?? 60_000,
+          insecurePlaintext: s.insecurePlaintext === true,
+        });
       } finally {
         await lock.release();
       }

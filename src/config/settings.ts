@@ -104,6 +104,42 @@ export const SETTINGS = {
     fromString: bool,
     defaultValue: false,
   }),
+  capacity: setting<number>({
+    key: "capacity",
+    flag: "--capacity",
+    arg: "<n>",
+    help: "how many jobs this runner runs at once",
+    schema: z.number().int().min(1).max(1024),
+    fromString: int,
+    defaultValue: 1,
+  }),
+  drainTimeoutMs: setting<number>({
+    key: "drainTimeoutMs",
+    flag: "--drain-timeout-ms",
+    arg: "<ms>",
+    help: "on SIGTERM, how long running jobs may take to finish before they are cancelled (a second signal cancels at once)",
+    schema: z.number().int().min(0).max(24 * 3600 * 1000),
+    fromString: int,
+    defaultValue: 600_000,
+  }),
+  reconnectBaseMs: setting<number>({
+    key: "reconnectBaseMs",
+    flag: "--reconnect-base-ms",
+    arg: "<ms>",
+    help: "first reconnect delay ceiling; it doubles per failure, with full jitter",
+    schema: z.number().int().min(1).max(600_000),
+    fromString: int,
+    defaultValue: 1_000,
+  }),
+  reconnectCapMs: setting<number>({
+    key: "reconnectCapMs",
+    flag: "--reconnect-cap-ms",
+    arg: "<ms>",
+    help: "the longest reconnect delay",
+    schema: z.number().int().min(1).max(3_600_000),
+    fromString: int,
+    defaultValue: 60_000,
+  }),
 } as const;
 
 export type SettingKey = keyof typeof SETTINGS;

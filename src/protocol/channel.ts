@@ -2,7 +2,7 @@
 // (the TypeScript types are inferred from them), plus encode/decode with the frame limit.
 // Both the agent and the reference control plane decode every frame through `decode*`.
 import { z } from "zod";
-import { labelsSchema, runnerIdSchema } from "./http.js";
+import { labelsSchema, runnerIdSchema } from "./common.js";
 
 /** The upgrade path. Auth: `Authorization: Bearer <credential>`, `X-Runner-Id`, `X-Runner-Protocol`. */
 export const CHANNEL_PATH = "/api/v1/channel";

@@ -6,10 +6,9 @@ import { jobResultSchema, jobSpecSchema } from "./channel.js";
 
 export const API_PREFIX = "/api/v1";
 
-const name = z.string().min(1).max(128).regex(/^[A-Za-z0-9][A-Za-z0-9._-]*$/, "letters, digits, '.', '_' or '-'");
-const label = z.string().min(1).max(64).regex(/^[A-Za-z0-9][A-Za-z0-9._:-]*$/, "letters, digits, '.', '_', ':' or '-'");
-export const labelsSchema = z.array(label).max(64);
-export const runnerIdSchema = z.string().regex(/^rnr_[A-Za-z0-9]{16,64}$/, "a runner id (rnr_...)");
+import { labelsSchema, nameSchema as name, runnerIdSchema } from "./common.js";
+
+export { labelsSchema, runnerIdSchema };
 
 /** What a runner tells about its host. The fingerprint binds a credential to one machine. */
 export const hostFactsSchema = z.object({

@@ -7,13 +7,17 @@ import type { z } from "zod";
 export const DIR_MODE = 0o700;
 export const SECRET_FILE_MODE = 0o600;
 
-export async function writeFileAtomic(file: string, data: string | Uint8Array, mode = SECRET_FILE_MODE): Promise<void> {
+/**
+ * `durable: false` skips the fsyncs: the rename stays atomic and survives a crash of this
+ * process (the page cache keeps it), but not a crash of the machine.
+ */
+export async function writeFileAtomic(file: string, data: string | Uint8Array, mode = SECRET_FILE_MODE, durable = true): Promise<void> {
   const dir = path.dirname(file);
   const temp = path.join(dir, `.${path.basename(file)}.${process.pid}.${Date.now()}.tmp`);
   const handle = await fs.open(temp, constants.O_CREAT | constants.O_EXCL | constants.O_WRONLY, mode);
   try {
     await handle.writeFile(data);
-    await handle.sync();
+    if (durable) await handle.sync();
   } finally {
     await handle.close();
   }
@@ -23,11 +27,11 @@ export async function writeFileAtomic(file: string, data: string | Uint8Array, m
     await fs.rm(temp, { force: true });
     throw error;
   }
-  await syncDir(dir);
+  if (durable) await syncDir(dir);
 }
 
-export async function writeJsonAtomic(file: string, value: unknown, mode = SECRET_FILE_MODE): Promise<void> {
-  await writeFileAtomic(file, JSON.stringify(value, null, 2) + "\n", mode);
+export async function writeJsonAtomic(file: string, value: unknown, mode = SECRET_FILE_MODE, durable = true): Promise<void> {
+  await writeFileAtomic(file, JSON.stringify(value, null, 2) + "\n", mode, durable);
 }
 
 /** Makes a rename or create durable. Not supported on Windows, where it is skipped. */

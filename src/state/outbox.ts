@@ -3,6 +3,7 @@
 // dropped for having been tried too often.
 import { promises as fs } from "node:fs";
 import path from "node:path";
+import { createHash } from "node:crypto";
 import { jobResultSchema, type JobRef, type JobResult } from "../protocol/channel.js";
 import { moveAside, readJsonFile, syncDir, writeJsonAtomic } from "./files.js";
 
@@ -44,7 +45,12 @@ export class Outbox {
   }
 }
 
-/** Job ids come from the network: keep them to a harmless file-name alphabet. */
+/**
+ * Job ids come from the network: keep them to a harmless file-name alphabet, one-to-one
+ * (fixed-width escapes), and short enough for any file system (a hash stands in for the tail).
+ */
 export function fileSafe(id: string): string {
-  return id.replace(/[^A-Za-z0-9_-]/g, (c) => `~${c.charCodeAt(0).toString(16)}`);
+  const escaped = id.replace(/[^A-Za-z0-9_-]/g, (c) => `~${c.charCodeAt(0).toString(16).padStart(4, "0")}`);
+  if (escaped.length <= 120) return escaped;
+  return `${escaped.slice(0, 80)}~${createHash("sha256").update(id).digest("hex").slice(0, 32)}`;
 }

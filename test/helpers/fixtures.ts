@@ -7,7 +7,7 @@ import { Writable } from "node:stream";
 import type { TestContext } from "node:test";
 import assert from "node:assert/strict";
 import { pino } from "pino";
-import { startControlPlane, type ControlPlane } from "../../src/control-plane/server.js";
+import { startControlPlane, type ControlPlane, type ControlPlaneOptions } from "../../src/control-plane/server.js";
 import { AdminClient } from "../../src/control-plane/admin-client.js";
 import { runCli, type CliResult } from "./cli.js";
 
@@ -37,7 +37,7 @@ export interface TestControlPlane {
   tokenFile(dir: string): Promise<string>;
 }
 
-export async function startTestControlPlane(t: TestContext, options: { dataDir?: string } = {}): Promise<TestControlPlane> {
+export async function startTestControlPlane(t: TestContext, options: Omit<ControlPlaneOptions, "logger" | "adminToken"> = {}): Promise<TestControlPlane> {
   const capture = captureLogger();
   const cp = await startControlPlane({ logger: capture.logger, adminToken: "adm_test-admin-token-0123456789", ...options });
   t.after(() => cp.close());
@@ -66,13 +66,13 @@ export interface RegisteredRunner {
 export async function registerRunner(
   t: TestContext,
   plane: TestControlPlane,
-  options: { store?: "file" | "keychain" | "auto"; name?: string; machineId?: string; extra?: string[] } = {},
+  options: { store?: "file" | "keychain" | "auto"; name?: string; machineId?: string; extra?: string[]; url?: string } = {},
 ): Promise<RegisteredRunner> {
   const root = await tempDir(t);
   const stateDir = path.join(root, "state");
   const flags = ["--state-dir", stateDir, "--credential-store", options.store ?? "file", "--machine-id", options.machineId ?? "machine-A"];
   const tokenFile = await plane.tokenFile(root);
-  const register = await runCli(["register", "--url", plane.cp.url, "--token-file", tokenFile, "--name", options.name ?? `runner-${path.basename(root)}`, ...flags, ...(options.extra ?? [])]);
+  const register = await runCli(["register", "--url", options.url ?? plane.cp.url, "--token-file", tokenFile, "--name", options.name ?? `runner-${path.basename(root)}`, ...flags, ...(options.extra ?? [])]);
   assert.equal(register.code, 0, `register failed: ${register.all}`);
   return { stateDir, flags, register };
 }

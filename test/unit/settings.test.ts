@@ -78,6 +78,10 @@ describe("settings precedence is flag > env > file > default", () => {
       machineId: ["env-id", "file-id"],
       requestTimeoutMs: ["2500", 4000],
       insecurePlaintext: ["1", false],
+      capacity: ["4", 2],
+      drainTimeoutMs: ["1000", 2000],
+      reconnectBaseMs: ["50", 100],
+      reconnectCapMs: ["5000", 9000],
     };
     for (const [key, spec] of specs) {
       const sample = samples[key];

@@ -1,0 +1,111 @@
+// The composition root of `runner start` after its checks: recovers what a crash left
+// behind (orphaned jobs, unacknowledged results), then wires the channel driver to the
+// job host, the outbox and the signals, and runs until the driver exits.
+import path from "node:path";
+import type { Logger } from "../log/logger.js";
+import { ChannelDriver } from "../channel/driver.js";
+import type { MachineConfig } from "../channel/machine.js";
+import { checkControlPlaneUrl } from "../config/transport.js";
+import { CHANNEL_PATH, DEFAULT_MAX_FRAME_BYTES, type JobResult } from "../protocol/channel.js";
+import { AGENT_VERSION, PROTOCOL_VERSION } from "../protocol/version.js";
+import { JobJournal, recoverOrphans } from "../jobs/journal.js";
+import type { StateFiles } from "../config/paths.js";
+import { ensureDir } from "../state/files.js";
+import { Outbox } from "../state/outbox.js";
+import type { Registration } from "../state/registration.js";
+import { JobHost } from "./job-host.js";
+
+export interface DaemonOptions {
+  registration: Registration;
+  credential: string;
+  files: StateFiles;
+  logger: Logger;
+  capacity: number;
+  drainTimeoutMs: number;
+  reconnectBaseMs: number;
+  reconnectCapMs: number;
+  insecurePlaintext: boolean;
+}
+
+const HANDSHAKE_TIMEOUT_MS = 10_000;
+const STABLE_AFTER_MS = 30_000;
+
+export async function runDaemon(options: DaemonOptions): Promise<number> {
+  const { registration, files, logger } = options;
+  const url = channelUrl(registration.url, options.insecurePlaintext);
+  const outbox = new Outbox(files.outbox);
+  const journal = new JobJournal(path.join(files.stateDir, "running"));
+  await ensureDir(files.outbox);
+  await ensureDir(journal.dir);
+
+  await recoverAfterCrash(journal, outbox, logger);
+  const held = await outbox.list();
+  for (const bad of held.setAside) logger.error({ file: bad.file, reason: bad.reason }, "set aside a damaged result file in the outbox");
+
+  const config: MachineConfig = {
+    runnerId: registration.runnerId,
+    protocolVersion: PROTOCOL_VERSION,
+    agentVersion: AGENT_VERSION,
+    labels: registration.labels,
+    capacity: options.capacity,
+    reconnectBaseMs: options.reconnectBaseMs,
+    reconnectCapMs: options.reconnectCapMs,
+    stableAfterMs: STABLE_AFTER_MS,
+    handshakeTimeoutMs: HANDSHAKE_TIMEOUT_MS,
+    drainTimeoutMs: options.drainTimeoutMs,
+  };
+  const host = new JobHost(journal, outbox, logger, (input) => driver.input(input));
+  const driver = new ChannelDriver(config, { pending: held.results }, {
+    url,
+    credential: options.credential,
+    maxFrameBytes: DEFAULT_MAX_FRAME_BYTES,
+    logger,
+    ports: host,
+  });
+
+  let signals = 0;
+  const onSignal = (signal: NodeJS.Signals) => {
+    signals++;
+    if (signals === 1) driver.input({ type: "drain", reason: signal });
+    else driver.input({ type: "stop_now", reason: `second signal (${signal})` });
+  };
+  process.on("SIGTERM", onSignal);
+  process.on("SIGINT", onSignal);
+  logger.info({ url, runnerId: registration.runnerId, capacity: options.capacity, heldResults: held.results.length }, "runner started");
+  try {
+    const exit = await driver.start();
+    // Stopping for a reason other than a drain (a revoked credential, say) may leave jobs running.
+    await host.stopAll("the runner is stopping: " + exit.reason);
+    return exit.code;
+  } finally {
+    process.off("SIGTERM", onSignal);
+    process.off("SIGINT", onSignal);
+  }
+}
+
+/** After a kill -9: kill the jobs it left running and record each as failed, exactly once. */
+async function recoverAfterCrash(journal: JobJournal, outbox: Outbox, logger: Logger): Promise<void> {
+  const { results, killed, setAside } = await recoverOrphans(journal, new Date());
+  for (const bad of setAside) logger.error(bad, "set aside a damaged file in the running-jobs journal");
+  for (const orphan of killed) logger.warn(orphan, "killed the process tree of a job orphaned by an earlier crash");
+  // A crash between writing a real result and clearing the journal leaves both: the real one wins.
+  const held = new Set((await outbox.list()).results.map((r) => `${r.jobId}#${r.attempt}`));
+  for (const result of results) {
+    if (held.has(`${result.jobId}#${result.attempt}`)) await journal.remove(result);
+    else await storeResult(journal, outbox, result);
+  }
+  if (results.length > 0) logger.warn({ jobs: results.map((r) => r.jobId) }, `reported ${results.length} orphaned job(s) as failed: agent restarted`);
+}
+
+/** Outbox first, journal second: a crash between the two repeats the write, never loses it. */
+export async function storeResult(journal: JobJournal, outbox: Outbox, result: JobResult): Promise<void> {
+  await outbox.put(result);
+  await journal.remove(result);
+}
+
+export function channelUrl(controlPlaneUrl: string, insecurePlaintext: boolean): string {
+  const base = new URL(checkControlPlaneUrl(controlPlaneUrl, insecurePlaintext));
+  base.protocol = base.protocol === "https:" ? "wss:" : "ws:";
+  base.pathname = base.pathname.replace(/\/$/, "") + CHANNEL_PATH;
+  return base.toString();
+}

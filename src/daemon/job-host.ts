@@ -1,0 +1,73 @@
+// Runs the jobs the channel assigns and reports back to it: the daemon's side of the
+// driver's ports. Every job is in the journal before its process exists, and its result is
+// in the outbox before the journal forgets it, so a crash at any point loses nothing.
+import type { Logger } from "../log/logger.js";
+import type { DriverPorts } from "../channel/driver.js";
+import { keyOf, type Input } from "../channel/machine.js";
+import { startCommandJob, type RunningJob } from "../jobs/command.js";
+import type { JobJournal } from "../jobs/journal.js";
+import type { Assignment, JobRef, JobResult } from "../protocol/channel.js";
+import { processStartTime } from "../state/lock.js";
+import type { Outbox } from "../state/outbox.js";
+
+export class JobHost implements DriverPorts {
+  private readonly running = new Map<string, RunningJob>();
+  /** The journal write of each job's pid; its result must not clear the journal before it lands. */
+  private readonly pidWrites = new Map<string, Promise<void>>();
+
+  constructor(
+    private readonly journal: JobJournal,
+    private readonly outbox: Outbox,
+    private readonly logger: Logger,
+    private readonly feed: (input: Input) => void,
+  ) {}
+
+  async startJob(assignment: Assignment): Promise<void> {
+    const ref = { jobId: assignment.jobId, attempt: assignment.attempt };
+    await this.journal.record({ ...ref, pid: null, pgid: null, processStartTime: null, startedAt: null });
+    const job = startCommandJob(assignment, {
+      onStarted: ({ pid, startedAt }) => {
+        this.pidWrites.set(keyOf(ref), this.recordPid(ref, pid, startedAt));
+        this.feed({ type: "job_started", ref, startedAt });
+      },
+      onLog: ({ stream, data }) => this.feed({ type: "job_output", ref, stream, data }),
+    });
+    this.running.set(keyOf(ref), job);
+    void job.done.then((result) => {
+      this.running.delete(keyOf(ref));
+      this.feed({ type: "job_finished", result });
+    });
+  }
+
+  cancelJob(ref: JobRef, reason: string): void {
+    this.running.get(keyOf(ref))?.cancel(reason);
+  }
+
+  async persistResult(result: JobResult): Promise<void> {
+    await this.outbox.put(result);
+    await this.pidWrites.get(keyOf(result));
+    this.pidWrites.delete(keyOf(result));
+    await this.journal.remove(result);
+  }
+
+  async discardResult(ref: JobRef): Promise<void> {
+    await this.outbox.remove(ref);
+  }
+
+  /** Cancels whatever still runs and keeps each result in the outbox for the next start. */
+  async stopAll(reason: string): Promise<void> {
+    const jobs = [...this.running.values()];
+    if (jobs.length === 0) return;
+    this.logger.warn({ jobs: jobs.length }, `cancelling running jobs: ${reason}`);
+    for (const job of jobs) job.cancel(reason);
+    for (const result of await Promise.all(jobs.map((j) => j.done))) await this.persistResult(result);
+  }
+
+  private async recordPid(ref: JobRef, pid: number, startedAt: string): Promise<void> {
+    try {
+      await this.journal.record({ ...ref, pid, pgid: pid, processStartTime: await processStartTime(pid), startedAt });
+    } catch (error) {
+      this.logger.error({ err: error, jobId: ref.jobId }, "could not record a job's pid in the journal");
+    }
+  }
+}

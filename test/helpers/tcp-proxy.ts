@@ -1,0 +1,52 @@
+// A loopback TCP proxy that can stop forwarding without closing anything: the way a
+// half-open connection looks to both ends (a NAT that forgot the flow, a cable pulled).
+import net from "node:net";
+import type { TestContext } from "node:test";
+
+export interface TcpProxy {
+  port: number;
+  url: string;
+  /** Silently drop every byte of existing connections, and refuse new ones, until `resume`. */
+  blackhole(): void;
+  resume(): void;
+  close(): Promise<void>;
+}
+
+export async function startTcpProxy(t: TestContext, targetPort: number): Promise<TcpProxy> {
+  let blackholed = false;
+  const sockets = new Set<net.Socket>();
+  const server = net.createServer((client) => {
+    if (blackholed) return void client.destroy();
+    const upstream = net.connect(targetPort, "127.0.0.1");
+    for (const s of [client, upstream]) {
+      sockets.add(s);
+      s.on("close", () => sockets.delete(s));
+      s.on("error", () => undefined);
+    }
+    // Each pipe is tied to the moment it was made: a connection made before a blackhole stays dead.
+    let dead = false;
+    const forward = (to: net.Socket) => (chunk: Buffer) => {
+      if (blackholed) dead = true;
+      if (!dead) to.write(chunk);
+    };
+    client.on("data", forward(upstream));
+    upstream.on("data", forward(client));
+    client.on("end", () => !blackholed && upstream.end());
+    upstream.on("end", () => !blackholed && client.end());
+  });
+  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+  const port = (server.address() as net.AddressInfo).port;
+  const proxy: TcpProxy = {
+    port,
+    url: `http://127.0.0.1:${port}`,
+    blackhole: () => void (blackholed = true),
+    resume: () => void (blackholed = false),
+    close: () =>
+      new Promise((resolve) => {
+        for (const s of sockets) s.destroy();
+        server.close(() => resolve());
+      }),
+  };
+  t.after(() => proxy.close());
+  return proxy;
+}
