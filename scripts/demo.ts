@@ -1,13 +1,15 @@
 // The README's first command: the whole system on one machine. Starts the embedded
 // reference control plane on loopback, registers a runner through the real CLI in a
-// temporary state dir, and prints what `runner verify` and `runner status` say.
-import { spawn } from "node:child_process";
+// temporary state dir, prints what `runner verify` and `runner status` say, starts the
+// daemon, submits a few jobs and prints their results and logs, then drains the daemon.
+import { spawn, type ChildProcess } from "node:child_process";
 import { promises as fs } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 import { pino } from "pino";
-import { startControlPlane } from "../src/control-plane/server.js";
+import { startControlPlane, type ControlPlane } from "../src/control-plane/server.js";
+import type { SubmitJobRequest } from "../src/protocol/http.js";
 import { AdminClient } from "../src/control-plane/admin-client.js";
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..");
@@ -25,6 +27,41 @@ function runner(args: string[], options: { quiet?: boolean } = {}): Promise<numb
     env: { ...process.env, RUNNER_LOG_FORMAT: "pretty" },
   });
   return new Promise((resolve) => child.on("close", (code) => resolve(code ?? 1)));
+}
+
+/** `runner start` as a child process; resolves once the control plane sees it connected. */
+async function startDaemon(cp: ControlPlane, args: string[], env: Record<string, string>): Promise<ChildProcess> {
+  process.stdout.write(`$ ${Object.entries(env).map(([k, v]) => `${k}=${v} `).join("")}runner start ${args.join(" ")} &\n`);
+  const connected = new Promise<void>((resolve) => cp.events.on("runner", (e: { event: string }) => e.event === "connected" && resolve()));
+  const child = spawn(process.execPath, [bin, "start", ...args], { stdio: ["ignore", "inherit", "inherit"], env: { ...process.env, ...env } });
+  await connected;
+  return child;
+}
+
+const DEMO_JOBS: { title: string; request: SubmitJobRequest }[] = [
+  { title: "hello", request: { job: { kind: "command", argv: ["sh", "-c", "echo hello from $(hostname); echo to stderr >&2"], env: {} } } },
+  { title: "its own environment only", request: { job: { kind: "command", argv: ["sh", "-c", 'echo "GREETING=$GREETING RUNNER_CAPACITY=${RUNNER_CAPACITY:-unset}"'], env: { GREETING: "hi" } } } },
+  { title: "a failing job", request: { job: { kind: "command", argv: ["sh", "-c", "echo about to fail; exit 3"], env: {} } } },
+  { title: "a job that times out", request: { job: { kind: "command", argv: ["sleep", "30"], env: {} }, timeoutMs: 500, cancelGraceMs: 200 } },
+];
+
+async function runJobs(admin: AdminClient): Promise<void> {
+  const submitted = [];
+  for (const { title, request } of DEMO_JOBS) {
+    const { job } = await admin.submitJob(request);
+    process.stdout.write(`submitted ${job.jobId}: ${title}\n`);
+    submitted.push({ title, jobId: job.jobId });
+  }
+  for (const { title, jobId } of submitted) {
+    let view = await admin.getJob(jobId);
+    while (!view.job.result) {
+      await new Promise((r) => setTimeout(r, 50));
+      view = await admin.getJob(jobId);
+    }
+    const r = view.job.result;
+    process.stdout.write(`\n${jobId} (${title}): ${view.job.status}, attempt ${view.job.attempt}, exit ${r.exitCode ?? "-"}${r.reason ? `, ${r.reason}` : ""}\n`);
+    for (const chunk of view.logs) process.stdout.write(`  ${chunk.stream}| ${chunk.data.trimEnd().split("\n").join(`\n  ${chunk.stream}| `)}\n`);
+  }
 }
 
 async function main(): Promise<number> {
@@ -57,7 +94,16 @@ async function main(): Promise<number> {
     await fs.chmod(stateDir, 0o755);
     await runner(["verify", ...flags]);
     await runner(["repair", ...flags]);
-    return healthy;
+
+    section("start the daemon and run jobs");
+    const daemon = await startDaemon(cp, [...flags, "--log-format", "pretty"], { RUNNER_CAPACITY: "2" });
+    await runJobs(admin);
+
+    section("SIGTERM: drain and stop");
+    daemon.kill("SIGTERM");
+    const code = await new Promise<number>((resolve) => daemon.on("exit", (c) => resolve(c ?? 1)));
+    process.stdout.write(`the daemon exited with code ${code}\n`);
+    return healthy || code;
   } finally {
     // The demo used a throw-away state dir; forget its keychain entry too, if it made one.
     await runner(["unregister", "--local-only", "--state-dir", stateDir], { quiet: true });

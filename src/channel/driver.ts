@@ -70,6 +70,14 @@ export class ChannelDriver {
     return this.exited;
   }
 
+  /** Drops the connection and every timer at once, without a goodbye: for tests and hard exits. */
+  dispose(): void {
+    for (const timer of this.timers.keys()) this.clearTimer(timer);
+    this.closeSocket(4002, "disposed");
+    this.queue.length = 0;
+    this.state = { ...this.state, phase: "stopped" };
+  }
+
   input(input: Input): void {
     this.queue.push(input);
     if (!this.processing) void this.process();
@@ -185,7 +193,7 @@ export class ChannelDriver {
     socket.on("pong", () => current() && this.input({ type: "pong" }));
     socket.on("error", (error: NodeJS.ErrnoException) => {
       if (!opened) fail(null, error.code ?? error.message);
-      else this.options.logger.debug({ err: error }, "socket error");
+      else this.options.logger.warn({ code: error.code }, `socket error: ${error.message}`);
     });
     socket.on("close", (code, reason) => {
       if (!current()) return;

@@ -17,7 +17,9 @@ export function defineStartCommand(program: Command): void {
     .summary("run the runner in the foreground (what the service runs)")
     .description(
       `Takes the state dir's lock (exit ${ExitCode.ALREADY_RUNNING} if another runner holds it), verifies and repairs the local\n` +
-        `state and the registration, then serves the control plane. Exits ${ExitCode.NEEDS_OPERATOR} when a person must act\n` +
+        `state and the registration, then serves the control plane until SIGTERM (which drains: running jobs finish, results\n` +
+        `are delivered; a second signal cancels them). An unreachable control plane is retried for ever, with backoff.\n` +
+        `Exits ${ExitCode.NEEDS_OPERATOR} when a person must act\n` +
         `(revoked credential, deleted registration...) and ${ExitCode.UPGRADE_REQUIRED} when the control plane needs a newer runner.`,
     );
   withSettings(command).action(
@@ -30,10 +32,12 @@ export function defineStartCommand(program: Command): void {
       try {
         if (lock.tookOver?.kind === "stale") log.warn({ reason: lock.tookOver.reason }, "took over a stale lock");
         const report = await repairProblems(check);
-        if (report.remaining.length > 0) {
-          for (const finding of report.remaining) log.error({ finding: finding.code, fix: finding.fix }, describeFinding(finding).join("\n"));
-          return exitCodeForRemaining(report.remaining);
+        // An unreachable control plane is no reason not to start: the channel retries for ever.
+        const blocking = report.remaining.filter((f) => f.fix.kind !== "retry");
+        for (const finding of report.remaining) {
+          log[blocking.includes(finding) ? "error" : "warn"]({ finding: finding.code, fix: finding.fix }, describeFinding(finding).join("\n"));
         }
+        if (blocking.length > 0) return exitCodeForRemaining(blocking);
         log.info({ stateDir: ctx.files.stateDir }, "startup checks passed");
         const { registration, credential } = await loadIdentity(ctx.files);
         const s = ctx.settings;

@@ -5,21 +5,24 @@ import { promises as fs } from "node:fs";
 import { spawn } from "node:child_process";
 import path from "node:path";
 import { runCli } from "../helpers/cli.js";
-import { registerRunner, startTestControlPlane } from "../helpers/fixtures.js";
+import { registerRunner, startTestControlPlane, tempDir } from "../helpers/fixtures.js";
+import { startDaemon } from "../helpers/daemon.js";
 import { processStartTime } from "../../src/state/lock.js";
 import { ExitCode } from "../../src/errors.js";
 
 describe("runner start", { timeout: 60_000 }, () => {
-  test("applies safe fixes, logs them, and passes its checks", async (t) => {
+  test("applies safe fixes, logs them, passes its checks, connects, and exits 0 on SIGTERM", async (t) => {
     const plane = await startTestControlPlane(t);
     const runner = await registerRunner(t, plane);
     await fs.chmod(runner.stateDir, 0o750);
-    const start = await runCli(["start", ...runner.flags]);
-    assert.equal(start.code, ExitCode.OK, start.all);
-    const lines = start.stderr.trim().split("\n").map((l) => JSON.parse(l) as { msg: string; finding?: string });
-    assert.ok(lines.some((l) => l.finding === "state_dir_permissions" && /^repaired:/.test(l.msg)), start.stderr);
-    assert.ok(lines.some((l) => l.msg === "startup checks passed"));
+    const daemon = startDaemon(t, runner.flags);
+    await daemon.waitForLog((l) => l.msg === "connected to the control plane");
+    assert.ok(daemon.lines.some((l) => l.finding === "state_dir_permissions" && /^repaired:/.test(l.msg)), daemon.stderr());
+    assert.ok(daemon.lines.some((l) => l.msg === "startup checks passed"));
     assert.equal((await fs.stat(runner.stateDir)).mode & 0o777, 0o700);
+    const lock = JSON.parse(await fs.readFile(path.join(runner.stateDir, "runner.lock"), "utf8")) as { pid: number };
+    assert.equal(lock.pid, daemon.child.pid, "the daemon holds the lock while it runs");
+    assert.equal(await daemon.stop("SIGTERM"), ExitCode.OK);
     await assert.rejects(fs.stat(path.join(runner.stateDir, "runner.lock")), { code: "ENOENT" }, "the lock is released");
   });
 
@@ -60,12 +63,17 @@ describe("runner start", { timeout: 60_000 }, () => {
     assert.match(start.stderr, new RegExp(`another runner \\(pid ${pid}`));
   });
 
-  test("exits with the unavailable code when the control plane cannot be reached", async (t) => {
-    const plane = await startTestControlPlane(t);
+  test("starts anyway when the control plane cannot be reached, and connects once it is back", async (t) => {
+    const dataDir = await tempDir(t, "runner-cp-");
+    const plane = await startTestControlPlane(t, { dataDir });
     const runner = await registerRunner(t, plane);
+    const port = Number(new URL(plane.cp.url).port);
     await plane.cp.close();
-    const start = await runCli(["start", ...runner.flags, "--request-timeout-ms", "2000"]);
-    assert.equal(start.code, ExitCode.UNAVAILABLE, start.all);
-    assert.match(start.stderr, /cannot reach the control plane/);
+    const daemon = startDaemon(t, [...runner.flags, "--request-timeout-ms", "2000", "--reconnect-base-ms", "100", "--reconnect-cap-ms", "300"]);
+    await daemon.waitForLog((l) => /cannot reach the control plane/.test(l.msg));
+    await daemon.waitForLog((l) => /reconnecting in/.test(l.msg));
+    await startTestControlPlane(t, { dataDir, port });
+    await daemon.waitForLog((l) => l.msg === "connected to the control plane");
+    assert.equal(await daemon.stop("SIGTERM"), ExitCode.OK);
   });
 });

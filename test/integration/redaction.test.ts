@@ -4,6 +4,7 @@ import assert from "node:assert/strict";
 import { promises as fs } from "node:fs";
 import path from "node:path";
 import { runCli } from "../helpers/cli.js";
+import { startDaemon } from "../helpers/daemon.js";
 import { startTestControlPlane, tempDir } from "../helpers/fixtures.js";
 import { ExitCode } from "../../src/errors.js";
 
@@ -28,7 +29,10 @@ test("the registration token and the credential appear nowhere in debug output o
   const outputs = [await runCli(["register", "--url", plane.cp.url, "--token", token, ...flags])];
   assert.equal(outputs[0]?.code, ExitCode.OK, outputs[0]?.all);
   await fs.chmod(stateDir, 0o755); // something for start to repair, so the repair path logs too
-  outputs.push(await runCli(["start", ...flags]));
+  const daemon = startDaemon(t, flags);
+  await daemon.waitForLog((l) => l.msg === "connected to the control plane");
+  const daemonCode = await daemon.stop("SIGTERM");
+  outputs.push({ code: daemonCode, stdout: "", stderr: daemon.stderr(), all: daemon.stderr() });
   outputs.push(await runCli(["verify", ...flags]));
   outputs.push(await runCli(["status", "--json", ...flags]));
   assert.ok(outputs.every((o) => o.code === ExitCode.OK), outputs.map((o) => o.all).join("\n"));

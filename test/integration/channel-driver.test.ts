@@ -1,0 +1,158 @@
+// The channel driver in-process over real loopback sockets: against a hand-written peer
+// that sends bad frames, and as a fleet of 100 reconnecting after a control-plane restart.
+import { describe, test } from "node:test";
+import assert from "node:assert/strict";
+import { WebSocketServer, type WebSocket } from "ws";
+import type { AddressInfo } from "node:net";
+import { ChannelDriver, type DriverPorts } from "../../src/channel/driver.js";
+import type { MachineConfig } from "../../src/channel/machine.js";
+import { encode, type Assignment, type RunnerMessage } from "../../src/protocol/channel.js";
+import { register } from "../../src/api-client/runner-api.js";
+import { AGENT_VERSION, PROTOCOL_VERSION } from "../../src/protocol/version.js";
+import { fingerprintOf } from "../../src/state/host.js";
+import { captureLogger, startTestControlPlane, tempDir } from "../helpers/fixtures.js";
+import { channelUrl } from "../../src/daemon/daemon.js";
+
+const config = (runnerId: string, overrides: Partial<MachineConfig> = {}): MachineConfig => ({
+  runnerId,
+  protocolVersion: PROTOCOL_VERSION,
+  agentVersion: AGENT_VERSION,
+  labels: [],
+  capacity: 1,
+  reconnectBaseMs: 100,
+  reconnectCapMs: 1000,
+  stableAfterMs: 30_000,
+  handshakeTimeoutMs: 5_000,
+  drainTimeoutMs: 1_000,
+  ...overrides,
+});
+
+function recordingPorts() {
+  const started: Assignment[] = [];
+  const ports: DriverPorts = {
+    startJob: async (assignment) => void started.push(assignment),
+    cancelJob: () => undefined,
+    persistResult: async () => undefined,
+    discardResult: async () => undefined,
+  };
+  return { ports, started };
+}
+
+const assignment = (jobId: string): Assignment => ({
+  type: "assign",
+  jobId,
+  attempt: 1,
+  job: { kind: "command", argv: ["true"], env: {} },
+  timeoutMs: 1000,
+  cancelGraceMs: 100,
+  leaseExpiresAt: new Date().toISOString(),
+});
+
+async function until(check: () => boolean, what: string, timeoutMs = 5_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!check()) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 10));
+  }
+}
+
+describe("the channel driver", { timeout: 60_000 }, () => {
+  test("malformed, unknown and oversized frames are logged and survived", async (t) => {
+    const server = new WebSocketServer({ host: "127.0.0.1", port: 0 });
+    t.after(() => {
+      for (const socket of server.clients) socket.terminate();
+      return new Promise<void>((r) => server.close(() => r()));
+    });
+    const hellos: RunnerMessage[] = [];
+    const sockets: WebSocket[] = [];
+    server.on("connection", (socket) => {
+      sockets.push(socket);
+      socket.on("message", (data) => {
+        const message = JSON.parse(data.toString()) as RunnerMessage;
+        if (message.type !== "hello") return;
+        hellos.push(message);
+        socket.send(encode({ type: "welcome", protocolVersion: 1, heartbeatIntervalMs: 5_000, leaseMs: 60_000, maxFrameBytes: 65_536, fenced: [] }));
+      });
+    });
+    await new Promise((r) => server.once("listening", r));
+    const port = (server.address() as AddressInfo).port;
+    const capture = captureLogger();
+    const { ports, started } = recordingPorts();
+    const driver = new ChannelDriver(config("rnr_aaaaaaaaaaaaaaaaaaaaaaaa"), {}, {
+      url: `ws://127.0.0.1:${port}/api/v1/channel`,
+      credential: "rnc_test-credential-not-secret-here",
+      maxFrameBytes: 65_536,
+      logger: capture.logger,
+      ports,
+    });
+    void driver.start();
+    t.after(() => driver.dispose());
+    await until(() => driver.current.phase === "connected", "the welcome");
+
+    const socket = sockets[0]!;
+    socket.send("this is not JSON");
+    socket.send(JSON.stringify({ type: "launch_missiles" }));
+    socket.send(JSON.stringify({ type: "assign", jobId: "j0" }));
+    socket.send(Buffer.from([1, 2, 3]), { binary: true });
+    socket.send(encode(assignment("j1")));
+    await until(() => started.length === 1, "the valid assignment to start");
+    assert.equal(started[0]?.jobId, "j1");
+    const logs = capture.text();
+    assert.match(logs, /ignored a frame from the control plane: not JSON/);
+    assert.match(logs, /unknown message type \\"launch_missiles\\"/);
+    assert.match(logs, /assign: attempt: Required/);
+    assert.match(logs, /a binary frame/);
+    assert.equal(driver.current.phase, "connected", "still connected after four bad frames");
+
+    socket.send("x".repeat(100_000)); // over the 64 KiB frame limit: ws closes with 1009
+    await until(() => hellos.length === 2, "a reconnect after the oversized frame");
+    assert.match(capture.text(), /socket error: Max payload size exceeded/);
+    assert.deepEqual((hellos[1] as Extract<RunnerMessage, { type: "hello" }>).running, [{ jobId: "j1", attempt: 1 }], "the job survived the reconnect");
+  });
+
+  test("100 runners reconnecting after a control-plane restart are spread out by jitter", { timeout: 60_000 }, async (t) => {
+    const dataDir = await tempDir(t, "runner-cp-");
+    const plane = await startTestControlPlane(t, { dataDir, heartbeatIntervalMs: 5_000 });
+    const port = Number(new URL(plane.cp.url).port);
+    const fleet = 100;
+    const identities = await Promise.all(
+      Array.from({ length: fleet }, async (_, i) => {
+        const { token } = await plane.admin.createRegistrationToken(60);
+        const host = { hostname: `host-${i}`, platform: "linux", arch: "x64", fingerprint: fingerprintOf(`machine-${i}`) };
+        return register({ url: plane.cp.url, timeoutMs: 5_000 }, token, { protocolVersion: PROTOCOL_VERSION, agentVersion: AGENT_VERSION, name: `fleet-${i}`, labels: [], host, replace: false });
+      }),
+    );
+    const quiet = captureLogger("warn");
+    const drivers = identities.map(
+      (id) =>
+        new ChannelDriver(config(id.runnerId, { reconnectBaseMs: 1000, reconnectCapMs: 10_000 }), {}, {
+          url: channelUrl(plane.cp.url, false),
+          credential: id.credential,
+          maxFrameBytes: 1 << 20,
+          logger: quiet.logger,
+          ports: recordingPorts().ports,
+        }),
+    );
+    t.after(() => drivers.forEach((d) => d.dispose()));
+    for (const driver of drivers) void driver.start();
+    await until(() => drivers.every((d) => d.current.phase === "connected"), "the whole fleet to connect", 20_000);
+
+    await plane.cp.close();
+    const restartedAt = process.hrtime.bigint();
+    const again = await startTestControlPlane(t, { dataDir, port, heartbeatIntervalMs: 5_000 });
+    const reconnects: number[] = [];
+    again.cp.events.on("runner", (e: { event: string }) => {
+      if (e.event === "connected") reconnects.push(Number(process.hrtime.bigint() - restartedAt) / 1e6);
+    });
+    await until(() => reconnects.length >= fleet, "the whole fleet to reconnect", 20_000);
+
+    const sorted = [...reconnects].sort((a, b) => a - b);
+    const spread = sorted[fleet - 1]! - sorted[0]!;
+    const buckets = new Map<number, number>();
+    for (const ms of sorted) buckets.set(Math.floor(ms / 100), (buckets.get(Math.floor(ms / 100)) ?? 0) + 1);
+    const busiest = Math.max(...buckets.values());
+    console.log(`# 100 runners reconnected over ${spread.toFixed(0)} ms (first ${sorted[0]!.toFixed(0)} ms, median ${sorted[50]!.toFixed(0)} ms, last ${sorted[fleet - 1]!.toFixed(0)} ms after the restart); busiest 100 ms window: ${busiest}`);
+    assert.ok(spread >= 500, `reconnects spread over ${spread} ms`);
+    assert.ok(busiest <= 30, `at most 30 of 100 in any 100 ms window, saw ${busiest}`);
+  });
+});
