@@ -126,7 +126,10 @@ export class ChannelDriver {
       case "persist_result":
         return this.persist(effect.result);
       case "discard_result":
-        return ports.discardResult(effect.ref);
+        // Not awaited: nothing later depends on it, and a removal that fails or is undone by a
+        // crash only means the result is sent once more and acknowledged without applying.
+        void ports.discardResult(effect.ref).catch((error: unknown) => logger.warn({ err: error, ...effect.ref }, "could not remove an acknowledged result"));
+        return;
       case "log":
         logger[effect.level](effect.fields ?? {}, effect.message);
         return;

@@ -5,7 +5,7 @@ import { promises as fs } from "node:fs";
 import path from "node:path";
 import { createHash } from "node:crypto";
 import { jobResultSchema, type JobRef, type JobResult } from "../protocol/channel.js";
-import { moveAside, readJsonFile, syncDir, writeJsonAtomic } from "./files.js";
+import { moveAside, readJsonFile, writeJsonAtomic } from "./files.js";
 
 export class Outbox {
   constructor(readonly dir: string) {}
@@ -14,10 +14,13 @@ export class Outbox {
     await writeJsonAtomic(this.fileFor(result), jobResultSchema.parse(result));
   }
 
-  /** Forgets an acknowledged result. Removing one that is not there is fine (acks can repeat). */
+  /**
+   * Forgets an acknowledged result. Removing one that is not there is fine (acks can repeat).
+   * Not fsynced: if a machine crash undoes the removal, the result is sent once more and the
+   * control plane acknowledges it again without applying it.
+   */
   async remove(ref: JobRef): Promise<void> {
     await fs.rm(this.fileFor(ref), { force: true });
-    await syncDir(this.dir);
   }
 
   /** Every held result. A damaged file is moved aside (kept) and named in `setAside`. */
