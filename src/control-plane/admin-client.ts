@@ -4,12 +4,19 @@
 import type { z } from "zod";
 import {
   API_PREFIX,
+  cancelJobResponseSchema,
   createRegistrationTokenResponseSchema,
   errorBodySchema,
+  getJobResponseSchema,
+  listJobsResponseSchema,
   listRunnersResponseSchema,
+  submitJobResponseSchema,
   verifyResponseSchema,
   type CreateRegistrationTokenResponse,
+  type JobStatus,
+  type JobView,
   type RunnerView,
+  type SubmitJobRequest,
 } from "../protocol/http.js";
 import { RunnerError } from "../errors.js";
 
@@ -54,6 +61,27 @@ export class AdminClient {
 
   async deleteRunner(id: string): Promise<void> {
     await this.request("DELETE", `/admin/runners/${encodeURIComponent(id)}`, null);
+  }
+
+  /** Queues a job; the answer shows it as it is right after dispatch (often already assigned). */
+  async submitJob(request: SubmitJobRequest): Promise<{ job: JobView }> {
+    return this.request("POST", "/admin/jobs", submitJobResponseSchema, request);
+  }
+
+  /** The job with its log chunks, ordered by attempt then seq. */
+  async getJob(id: string): Promise<z.output<typeof getJobResponseSchema>> {
+    return this.request("GET", `/admin/jobs/${encodeURIComponent(id)}`, getJobResponseSchema);
+  }
+
+  /** Every job in submit order, or only those with `status`. */
+  async listJobs(status?: JobStatus): Promise<JobView[]> {
+    const query = status === undefined ? "" : `?status=${encodeURIComponent(status)}`;
+    return (await this.request("GET", `/admin/jobs${query}`, listJobsResponseSchema)).jobs;
+  }
+
+  /** Cancels a queued job at once, asks the runner to cancel an assigned or running one; a finished job comes back unchanged. */
+  async cancelJob(id: string): Promise<{ job: JobView }> {
+    return this.request("POST", `/admin/jobs/${encodeURIComponent(id)}/cancel`, cancelJobResponseSchema, {});
   }
 
   private async request<S extends z.ZodTypeAny>(method: string, path: string, schema: S, body?: unknown): Promise<z.output<S>>;

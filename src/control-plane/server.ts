@@ -1,45 +1,38 @@
-// The reference control plane's HTTP API (protocol v1) on plain node:http. One route table
-// maps method + path to an auth rule and a handler; the driver around it reads and limits
-// bodies, authenticates, turns errors into the protocol's error body and logs each request.
-// The WebSocket channel attaches later to the same `httpServer` through its `upgrade` event.
+// The reference control plane (protocol v1): one node:http server carrying the HTTP API
+// (routes.ts through http-router.ts) and, on its `upgrade` event, the WebSocket channel
+// (channel.ts); a SQLite store; the job queue (jobs.ts) and its lease reaper. This file
+// normalizes the options, wires those parts together and tears them down in order.
 import http from "node:http";
+import { EventEmitter } from "node:events";
 import { chmodSync, mkdirSync } from "node:fs";
 import { join } from "node:path";
 import type { AddressInfo } from "node:net";
-import type { z } from "zod";
-import {
-  API_PREFIX,
-  createRegistrationTokenRequestSchema,
-  createRegistrationTokenResponseSchema,
-  healthResponseSchema,
-  listRunnersResponseSchema,
-  registerRequestSchema,
-  registerResponseSchema,
-  repairRequestSchema,
-  repairResponseSchema,
-  runnerIdSchema,
-  unregisterRequestSchema,
-  unregisterResponseSchema,
-  verifyRequestSchema,
-  verifyResponseSchema,
-  type ApiErrorCode,
-  type ErrorBody,
-  type RunnerView,
-} from "../protocol/http.js";
-import { PROTOCOL_VERSION, compareVersions } from "../protocol/version.js";
+import { DEFAULT_MAX_FRAME_BYTES } from "../protocol/channel.js";
 import { RunnerError } from "../errors.js";
 import { createLogger, type Logger } from "../log/logger.js";
-import { ControlPlaneStore, type RunnerRecord } from "./store.js";
-import { generateRunnerId, generateToken, generateTokenId, hashSecret, secretMatchesHash } from "./tokens.js";
+import { attachChannel, type Channel } from "./channel.js";
+import { ADMIN_TOKEN_HASH_SETTING, type Context } from "./context.js";
+import { createRequestHandler } from "./http-router.js";
+import { JobQueue } from "./jobs.js";
+import { ROUTES } from "./routes.js";
+import { ControlPlaneStore } from "./store.js";
+import { generateToken, hashSecret } from "./tokens.js";
 
-export const MAX_BODY_BYTES = 64 * 1024;
-export const SUPPORTED_PROTOCOL_VERSIONS: readonly number[] = [PROTOCOL_VERSION];
+export { MAX_BODY_BYTES } from "./http-router.js";
+export { SUPPORTED_PROTOCOL_VERSIONS } from "./context.js";
+export type { JobEvent, JobEventStatus, RunnerEvent } from "./jobs.js";
 export const DATABASE_FILE = "control-plane.sqlite";
-const ADMIN_TOKEN_HASH_SETTING = "admin_token_hash";
 /** In-flight requests get this long to finish on close before their sockets are cut. */
 const CLOSE_GRACE_MS = 2000;
-/** The admin revoke answer has the same shape as verify's: `{ ok: true, runner }`. */
-const revokeRunnerResponseSchema = verifyResponseSchema;
+
+/** Channel and queue timings; each has a default and the bounds the welcome message allows. */
+const TIMING_DEFAULTS = {
+  heartbeatIntervalMs: { default: 15_000, min: 100, max: 600_000 },
+  leaseMs: { default: 60_000, min: 1000, max: 7 * 24 * 3600 * 1000 },
+  reaperIntervalMs: { default: 1000, min: 10, max: 600_000 },
+  maxFrameBytes: { default: DEFAULT_MAX_FRAME_BYTES, min: 1024, max: 64 * 1024 * 1024 },
+} as const;
+type Timings = { -readonly [K in keyof typeof TIMING_DEFAULTS]: number };
 
 export interface ControlPlaneOptions {
   host?: string;
@@ -52,8 +45,16 @@ export interface ControlPlaneOptions {
   logger?: Logger;
   /** Agents older than this get 426 upgrade_required. */
   minAgentVersion?: string;
-  /** The clock; tests pass their own to move time. */
+  /** The clock for stored times and leases; tests pass their own to move time. */
   now?: () => Date;
+  /** How often runners ping (announced in welcome); a connection silent for 2.5 intervals is dropped. Default 15000. */
+  heartbeatIntervalMs?: number;
+  /** How long a job's lease lasts without the runner being heard from. Default 60000. */
+  leaseMs?: number;
+  /** How often expired leases are looked for. Default 1000. */
+  reaperIntervalMs?: number;
+  /** Largest channel frame accepted (and announced). Default DEFAULT_MAX_FRAME_BYTES (1 MiB). */
+  maxFrameBytes?: number;
 }
 
 export interface ControlPlane {
@@ -62,28 +63,65 @@ export interface ControlPlane {
   adminToken: string | null;
   httpServer: http.Server;
   store: ControlPlaneStore;
+  /** `"job"` with a JobEvent at each job transition; `"runner"` with a RunnerEvent. */
+  events: EventEmitter;
+  /** Closes the channel's sockets, stops the reaper, stops the server, closes the database. */
   close(): Promise<void>;
 }
 
 export async function startControlPlane(options: ControlPlaneOptions = {}): Promise<ControlPlane> {
+  const timings = normalizeTimings(options);
   const logger = options.logger ?? createLogger({ name: "control-plane" });
   const store = openStore(options.dataDir);
   try {
     const adminToken = setUpAdminToken(store, options.adminToken);
+    const now = options.now ?? (() => new Date());
+    const events = new EventEmitter();
+    // Benchmarks and tests may attach many listeners; none is a leak.
+    events.setMaxListeners(0);
+    const queue = new JobQueue({ store: store.jobs, logger, now, leaseMs: timings.leaseMs, events });
     const context: Context = {
       store,
+      queue,
       logger,
-      now: options.now ?? (() => new Date()),
+      now,
       minAgentVersion: options.minAgentVersion ?? "0.0.0",
+      maxFrameBytes: timings.maxFrameBytes,
     };
-    const httpServer = http.createServer((req, res) => void handleRequest(context, req, res));
+    const httpServer = http.createServer(createRequestHandler(context, ROUTES));
     const address = await listen(httpServer, options.host ?? "127.0.0.1", options.port ?? 0);
+    const channel = attachChannel(httpServer, context, { ...timings, events });
+    context.channel = channel;
+    const reaper = setInterval(() => reap(context), timings.reaperIntervalMs);
     const url = `http://${address.family === "IPv6" ? `[${address.address}]` : address.address}:${address.port}`;
-    logger.info({ url, persistent: options.dataDir !== undefined }, "control plane listening");
-    return { url, adminToken, httpServer, store, close: createCloser(httpServer, store) };
+    logger.info({ url, persistent: options.dataDir !== undefined, ...timings }, "control plane listening");
+    // The time the control plane was down does not count against runners: each gets a full lease to come back.
+    queue.extendLeasesAfterStart();
+    return { url, adminToken, httpServer, store, events, close: createCloser({ httpServer, store, channel, reaper }) };
   } catch (error) {
     store.close();
     throw error;
+  }
+}
+
+function normalizeTimings(options: ControlPlaneOptions): Timings {
+  const timings: Partial<Timings> = {};
+  for (const [name, rule] of Object.entries(TIMING_DEFAULTS) as [keyof Timings, (typeof TIMING_DEFAULTS)[keyof Timings]][]) {
+    const value = options[name] ?? rule.default;
+    if (!Number.isInteger(value) || value < rule.min || value > rule.max) {
+      throw new RunnerError("usage", `${name} must be an integer from ${rule.min} to ${rule.max}, not ${value}`);
+    }
+    timings[name] = value;
+  }
+  return timings as Timings;
+}
+
+/** One reaper pass; a failure is logged, never thrown out of the timer. */
+function reap(context: Context): void {
+  try {
+    context.queue.reapExpiredLeases();
+  } catch (error) {
+    context.logger.error({ err: error }, "lease reaper failed");
   }
 }
 
@@ -123,403 +161,26 @@ function listen(server: http.Server, host: string, port: number): Promise<Addres
   });
 }
 
-function createCloser(server: http.Server, store: ControlPlaneStore): () => Promise<void> {
+function createCloser(parts: { httpServer: http.Server; store: ControlPlaneStore; channel: Channel; reaper: NodeJS.Timeout }): () => Promise<void> {
+  const { httpServer, store, channel, reaper } = parts;
   let closing: Promise<void> | undefined;
   return () => {
-    closing ??= new Promise<void>((resolve) => {
-      const cutOff = setTimeout(() => server.closeAllConnections(), CLOSE_GRACE_MS);
-      server.close(() => {
-        clearTimeout(cutOff);
-        store.close();
-        resolve();
+    closing ??= (async () => {
+      clearInterval(reaper);
+      // Upgraded sockets count as the server's connections: they must go before server.close can finish.
+      const serverClosed = new Promise<void>((resolve) => {
+        const cutOff = setTimeout(() => httpServer.closeAllConnections(), CLOSE_GRACE_MS);
+        httpServer.close(() => {
+          clearTimeout(cutOff);
+          resolve();
+        });
+        // Keep-alive sockets without a request would otherwise hold close() open.
+        httpServer.closeIdleConnections();
       });
-      // Keep-alive sockets without a request would otherwise hold close() open.
-      server.closeIdleConnections();
-    });
+      await channel.close();
+      await serverClosed;
+      store.close();
+    })();
     return closing;
-  };
-}
-
-// ---- routing ----
-
-interface Context {
-  store: ControlPlaneStore;
-  logger: Logger;
-  now: () => Date;
-  minAgentVersion: string;
-}
-
-interface RouteRequest {
-  params: Record<string, string>;
-  /** The bearer token; "" on routes with auth "none". Already checked on "admin" routes. */
-  bearer: string;
-  /** The parsed JSON body of a POST ({} when empty), otherwise undefined. */
-  body: unknown;
-}
-
-interface Reply {
-  status: number;
-  body?: unknown;
-}
-
-/** "none": public; "bearer": a token the handler checks itself; "admin": the admin token. */
-type Auth = "none" | "bearer" | "admin";
-
-interface Route {
-  method: "GET" | "POST" | "DELETE";
-  path: string;
-  auth: Auth;
-  handle: (request: RouteRequest, context: Context) => Reply;
-}
-
-const ROUTES: readonly Route[] = [
-  { method: "GET", path: "/health", auth: "none", handle: getHealth },
-  { method: "POST", path: "/runners/register", auth: "bearer", handle: registerRunner },
-  { method: "POST", path: "/runners/verify", auth: "bearer", handle: verifyRunner },
-  { method: "POST", path: "/runners/repair", auth: "bearer", handle: repairRunner },
-  { method: "POST", path: "/runners/unregister", auth: "bearer", handle: unregisterRunner },
-  { method: "POST", path: "/admin/registration-tokens", auth: "admin", handle: createRegistrationToken },
-  { method: "GET", path: "/admin/runners", auth: "admin", handle: listRunners },
-  { method: "POST", path: "/admin/runners/:id/revoke", auth: "admin", handle: revokeRunner },
-  { method: "DELETE", path: "/admin/runners/:id", auth: "admin", handle: deleteRunner },
-];
-
-const COMPILED_ROUTES = ROUTES.map((route) => ({ route, pattern: compilePath(route.path) }));
-
-/** "/admin/runners/:id" → /^\/admin\/runners\/(?<id>[^/]+)$/ */
-function compilePath(path: string): RegExp {
-  const source = path
-    .split("/")
-    .map((part) => (part.startsWith(":") ? `(?<${part.slice(1)}>[^/]+)` : part.replace(/[.*+?^${}()|[\]\\]/g, "\\$&")))
-    .join("/");
-  return new RegExp(`^${source}$`);
-}
-
-class HttpError extends Error {
-  constructor(
-    readonly status: number,
-    readonly code: ApiErrorCode,
-    message: string,
-    readonly headers: Record<string, string> = {},
-  ) {
-    super(message);
-  }
-}
-
-function matchRoute(method: string, path: string): { route: Route; params: Record<string, string> } {
-  const allowed: string[] = [];
-  for (const { route, pattern } of COMPILED_ROUTES) {
-    const match = pattern.exec(path);
-    if (!match) continue;
-    if (route.method === method) return { route, params: decodeParams(match.groups ?? {}) };
-    allowed.push(route.method);
-  }
-  if (allowed.length === 0) throw new HttpError(404, "not_found", `no such endpoint: ${API_PREFIX}${path}`);
-  // The protocol has no code of its own for 405; not_found says "no such endpoint for this method".
-  throw new HttpError(405, "not_found", `${method} is not allowed on ${API_PREFIX}${path} (allowed: ${allowed.join(", ")})`, {
-    allow: allowed.join(", "),
-  });
-}
-
-function decodeParams(raw: Record<string, string>): Record<string, string> {
-  try {
-    return Object.fromEntries(Object.entries(raw).map(([key, value]) => [key, decodeURIComponent(value)]));
-  } catch {
-    throw new HttpError(400, "bad_request", "the path has an invalid percent-encoding");
-  }
-}
-
-async function handleRequest(context: Context, req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
-  const started = performance.now();
-  // Only the path is logged: never headers (Authorization) or bodies.
-  const path = new URL(req.url ?? "/", "http://localhost").pathname;
-  res.once("close", () => {
-    const ms = Math.round((performance.now() - started) * 10) / 10;
-    context.logger.debug({ method: req.method, path, status: res.statusCode, ms }, "request");
-  });
-  try {
-    sendReply(res, await dispatch(context, req, path));
-  } catch (error) {
-    sendError(context, res, error);
-  }
-}
-
-async function dispatch(context: Context, req: http.IncomingMessage, fullPath: string): Promise<Reply> {
-  if (!fullPath.startsWith(API_PREFIX + "/")) throw new HttpError(404, "not_found", `no such endpoint: ${fullPath}`);
-  const { route, params } = matchRoute(req.method ?? "GET", fullPath.slice(API_PREFIX.length));
-  const bearer = authenticate(context, route.auth, req.headers.authorization);
-  const body = route.method === "POST" ? await readJsonBody(req) : undefined;
-  return route.handle({ params, bearer, body }, context);
-}
-
-function authenticate(context: Context, auth: Auth, header: string | undefined): string {
-  if (auth === "none") return "";
-  const bearer = /^Bearer\s+(\S+)\s*$/i.exec(header ?? "")?.[1];
-  if (bearer === undefined) {
-    throw new HttpError(401, "unauthorized", "missing or malformed header: Authorization: Bearer <token>");
-  }
-  if (auth === "admin") {
-    const storedHash = context.store.getSetting(ADMIN_TOKEN_HASH_SETTING);
-    if (storedHash === undefined || !secretMatchesHash(bearer, storedHash)) {
-      throw new HttpError(401, "unauthorized", "the admin token is not valid");
-    }
-  }
-  return bearer;
-}
-
-/** Reads at most MAX_BODY_BYTES and parses JSON; an empty body is `{}`. */
-async function readJsonBody(req: http.IncomingMessage): Promise<unknown> {
-  const text = (await readBody(req)).toString("utf8");
-  if (text.trim() === "") return {};
-  try {
-    return JSON.parse(text) as unknown;
-  } catch (error) {
-    throw new HttpError(400, "bad_request", `body: not valid JSON (${(error as Error).message})`);
-  }
-}
-
-function readBody(req: http.IncomingMessage): Promise<Buffer> {
-  // The rest of a refused body may still be arriving: the connection is not reused.
-  const tooLarge = () =>
-    new HttpError(413, "payload_too_large", `body: larger than ${MAX_BODY_BYTES} bytes`, { connection: "close" });
-  return new Promise((resolve, reject) => {
-    if (Number(req.headers["content-length"] ?? 0) > MAX_BODY_BYTES) {
-      req.resume(); // discard the body rather than destroy the socket we answer on
-      reject(tooLarge());
-      return;
-    }
-    const chunks: Buffer[] = [];
-    let size = 0;
-    let overflowed = false;
-    req.on("data", (chunk: Buffer) => {
-      if (overflowed) return; // keep draining, keep nothing
-      size += chunk.length;
-      if (size <= MAX_BODY_BYTES) {
-        chunks.push(chunk);
-        return;
-      }
-      overflowed = true;
-      chunks.length = 0;
-      reject(tooLarge());
-    });
-    req.once("end", () => resolve(Buffer.concat(chunks)));
-    req.once("error", reject);
-  });
-}
-
-/** Validates with a protocol schema; failures name each field as "path: message". */
-function parseBody<S extends z.ZodTypeAny>(schema: S, body: unknown): z.output<S> {
-  const result = schema.safeParse(body);
-  if (result.success) return result.data as z.output<S>;
-  const issues = result.error.issues.map((issue) => `${issue.path.join(".") || "body"}: ${issue.message}`);
-  throw new HttpError(400, "bad_request", issues.join("; "));
-}
-
-/** Checks an outgoing body against its schema too: a bug becomes a 500, never a wrong shape. */
-function reply<S extends z.ZodTypeAny>(schema: S, status: number, body: z.input<S>): Reply {
-  return { status, body: schema.parse(body) };
-}
-
-function sendReply(res: http.ServerResponse, { status, body }: Reply): void {
-  if (body === undefined) {
-    res.writeHead(status).end();
-    return;
-  }
-  const text = JSON.stringify(body);
-  res
-    .writeHead(status, {
-      "content-type": "application/json; charset=utf-8",
-      "content-length": Buffer.byteLength(text),
-      "cache-control": "no-store",
-    })
-    .end(text);
-}
-
-function sendError(context: Context, res: http.ServerResponse, error: unknown): void {
-  if (res.headersSent) {
-    res.destroy();
-    return;
-  }
-  let body: ErrorBody;
-  let status: number;
-  if (error instanceof HttpError) {
-    status = error.status;
-    body = { error: { code: error.code, message: error.message } };
-    for (const [name, value] of Object.entries(error.headers)) res.setHeader(name, value);
-  } else {
-    context.logger.error({ err: error }, "request failed");
-    status = 500;
-    body = { error: { code: "internal", message: "internal error; see the control plane's log" } };
-  }
-  sendReply(res, { status, body });
-}
-
-// ---- handlers ----
-
-function getHealth(_request: RouteRequest, context: Context): Reply {
-  return reply(healthResponseSchema, 200, {
-    ok: true,
-    protocolVersions: [...SUPPORTED_PROTOCOL_VERSIONS],
-    minAgentVersion: context.minAgentVersion,
-  });
-}
-
-function requireSupportedVersions(context: Context, sent: { protocolVersion: number; agentVersion: string }): void {
-  if (!SUPPORTED_PROTOCOL_VERSIONS.includes(sent.protocolVersion)) {
-    throw new HttpError(
-      426,
-      "upgrade_required",
-      `protocol version ${sent.protocolVersion} is not supported; this control plane speaks ${SUPPORTED_PROTOCOL_VERSIONS.join(", ")}`,
-    );
-  }
-  if (compareVersions(sent.agentVersion, context.minAgentVersion) < 0) {
-    throw new HttpError(
-      426,
-      "upgrade_required",
-      `agent version ${sent.agentVersion} is older than ${context.minAgentVersion}, the oldest this control plane accepts; upgrade runner`,
-    );
-  }
-}
-
-function registerRunner(request: RouteRequest, context: Context): Reply {
-  const body = parseBody(registerRequestSchema, request.body);
-  requireSupportedVersions(context, body);
-  const credential = generateToken("credential");
-  const result = context.store.registerRunner({
-    tokenHash: hashSecret(request.bearer),
-    replace: body.replace,
-    now: context.now(),
-    runner: {
-      id: generateRunnerId(),
-      name: body.name,
-      labels: body.labels,
-      host: body.host,
-      credentialHash: hashSecret(credential),
-    },
-  });
-  switch (result.outcome) {
-    case "token_invalid":
-      throw new HttpError(
-        401,
-        "registration_token_invalid",
-        "the registration token is unknown, already used or expired; ask an admin for a new one",
-      );
-    case "name_taken":
-      throw new HttpError(
-        409,
-        "name_taken",
-        `a runner named "${body.name}" is already registered; register with replace=true to replace it`,
-      );
-    case "registered": {
-      const { runner, replaced } = result;
-      context.logger.info({ runnerId: runner.id, name: runner.name, replaced: replaced?.id ?? null }, "runner registered");
-      return reply(registerResponseSchema, 201, { runnerId: runner.id, credential, name: runner.name, labels: runner.labels });
-    }
-  }
-}
-
-/** The checks verify and repair share: versions, then the runner, its credential, revocation. */
-function authenticateRunner(context: Context, bearer: string, body: { protocolVersion: number; agentVersion: string; runnerId: string }): RunnerRecord {
-  requireSupportedVersions(context, body);
-  const runner = context.store.findRunner(body.runnerId);
-  if (!runner) throw runnerNotFound(body.runnerId);
-  if (!secretMatchesHash(bearer, runner.credentialHash)) {
-    throw new HttpError(401, "unauthorized", "the credential is not valid for this runner");
-  }
-  if (runner.revokedAt !== null) {
-    throw new HttpError(401, "credential_revoked", `the credential of runner ${runner.id} was revoked by an admin; register again`);
-  }
-  return runner;
-}
-
-function verifyRunner(request: RouteRequest, context: Context): Reply {
-  const body = parseBody(verifyRequestSchema, request.body);
-  const runner = authenticateRunner(context, request.bearer, body);
-  if (runner.host.fingerprint !== body.host.fingerprint) {
-    throw new HttpError(
-      409,
-      "host_fingerprint_mismatch",
-      `the credential of runner ${runner.id} is bound to another host (${runner.host.hostname}); ` +
-        `if this machine is that runner, call POST ${API_PREFIX}/runners/repair (runner repair) to re-bind it`,
-    );
-  }
-  const seen = context.store.touchRunner(runner.id, context.now());
-  if (!seen) throw runnerNotFound(runner.id);
-  return reply(verifyResponseSchema, 200, { ok: true, runner: toRunnerView(seen) });
-}
-
-function repairRunner(request: RouteRequest, context: Context): Reply {
-  const body = parseBody(repairRequestSchema, request.body);
-  const runner = authenticateRunner(context, request.bearer, body);
-  const rebound = context.store.rebindRunnerHost(runner.id, body.host, context.now());
-  if (!rebound) throw runnerNotFound(runner.id);
-  const previousFingerprint = runner.host.fingerprint;
-  if (previousFingerprint !== body.host.fingerprint) {
-    context.logger.info(
-      { runnerId: runner.id, previousFingerprint, fingerprint: body.host.fingerprint },
-      "runner re-bound to a new host",
-    );
-  }
-  return reply(repairResponseSchema, 200, { ok: true, runner: toRunnerView(rebound), previousFingerprint });
-}
-
-/** The runner removes itself; the host does not matter, so there is no fingerprint check. */
-function unregisterRunner(request: RouteRequest, context: Context): Reply {
-  const body = parseBody(unregisterRequestSchema, request.body);
-  const runner = authenticateRunner(context, request.bearer, body);
-  if (!context.store.deleteRunner(runner.id)) throw runnerNotFound(runner.id);
-  context.logger.info({ runnerId: runner.id, name: runner.name }, "runner unregistered itself");
-  return reply(unregisterResponseSchema, 200, { ok: true });
-}
-
-function createRegistrationToken(request: RouteRequest, context: Context): Reply {
-  const body = parseBody(createRegistrationTokenRequestSchema, request.body);
-  const token = generateToken("registration");
-  const createdAt = context.now();
-  const expiresAt = new Date(createdAt.getTime() + body.expiresInSeconds * 1000);
-  const tokenId = generateTokenId();
-  context.store.insertRegistrationToken({ id: tokenId, tokenHash: hashSecret(token), createdAt, expiresAt });
-  context.logger.info({ tokenId, expiresAt: expiresAt.toISOString() }, "registration token created");
-  return reply(createRegistrationTokenResponseSchema, 201, { token, tokenId, expiresAt: expiresAt.toISOString() });
-}
-
-function listRunners(_request: RouteRequest, context: Context): Reply {
-  return reply(listRunnersResponseSchema, 200, { runners: context.store.listRunners().map(toRunnerView) });
-}
-
-function revokeRunner(request: RouteRequest, context: Context): Reply {
-  const id = parseRunnerId(request.params);
-  const runner = context.store.revokeRunner(id, context.now());
-  if (!runner) throw runnerNotFound(id);
-  context.logger.info({ runnerId: id }, "runner credential revoked");
-  return reply(revokeRunnerResponseSchema, 200, { ok: true, runner: toRunnerView(runner) });
-}
-
-function deleteRunner(request: RouteRequest, context: Context): Reply {
-  const id = parseRunnerId(request.params);
-  if (!context.store.deleteRunner(id)) throw runnerNotFound(id);
-  context.logger.info({ runnerId: id }, "runner deleted");
-  return { status: 204 };
-}
-
-function parseRunnerId(params: Record<string, string>): string {
-  const result = runnerIdSchema.safeParse(params.id);
-  if (!result.success) throw new HttpError(400, "bad_request", `id: ${result.error.issues[0]?.message ?? "invalid"}`);
-  return result.data;
-}
-
-function runnerNotFound(id: string): HttpError {
-  return new HttpError(404, "runner_not_found", `runner ${id} does not exist (it may have been deleted); register again`);
-}
-
-function toRunnerView(runner: RunnerRecord): RunnerView {
-  return {
-    runnerId: runner.id,
-    name: runner.name,
-    labels: runner.labels,
-    host: runner.host,
-    registeredAt: runner.registeredAt.toISOString(),
-    lastSeenAt: runner.lastSeenAt?.toISOString() ?? null,
-    revoked: runner.revokedAt !== null,
   };
 }

@@ -1,9 +1,11 @@
 // Persistence of the reference control plane: one SQLite file (or memory) through
 // better-sqlite3. The schema evolves by numbered migrations kept in this file and tracked
-// with `PRAGMA user_version`; a later issue adds its tables (jobs, ...) by appending one.
+// with `PRAGMA user_version`. Runners and tokens are handled here; the job queue's SQL lives
+// in job-store.ts on the same connection (`store.jobs`).
 // Secrets never reach this layer in plain text: callers pass sha256 hashes.
 import Database from "better-sqlite3";
 import { hostFactsSchema, labelsSchema, type HostFacts } from "../protocol/http.js";
+import { JobStore } from "./job-store.js";
 
 /**
  * Migration N (1-based) brings the schema from user_version N-1 to N. Append only: a
@@ -35,6 +37,41 @@ const MIGRATIONS: readonly string[] = [
     used_at        INTEGER,
     used_by_runner TEXT              -- no foreign key: the runner may be deleted later
   ) STRICT;
+  `,
+  // 2: the job queue. `attempt` is the fencing token: 0 until the first hand-out, +1 at each.
+  // `queue_position` is the submit order (an explicit column: VACUUM may renumber rowids).
+  // runner_id has no foreign key: a deleted runner's jobs are recovered by the reaper when
+  // their lease expires.
+  `
+  CREATE TABLE jobs (
+    id               TEXT PRIMARY KEY,
+    queue_position   INTEGER NOT NULL UNIQUE,
+    status           TEXT NOT NULL CHECK (status IN ('queued', 'assigned', 'running', 'succeeded', 'failed', 'cancelled', 'timed_out')),
+    attempt          INTEGER NOT NULL DEFAULT 0,
+    runner_id        TEXT,
+    spec             TEXT NOT NULL,    -- JSON JobSpec
+    timeout_ms       INTEGER NOT NULL,
+    cancel_grace_ms  INTEGER NOT NULL,
+    required_labels  TEXT NOT NULL,    -- JSON array of strings
+    cancel_requested INTEGER NOT NULL DEFAULT 0,
+    submitted_at     INTEGER NOT NULL,
+    assigned_at      INTEGER,
+    started_at       INTEGER,
+    finished_at      INTEGER,
+    lease_expires_at INTEGER,
+    result           TEXT              -- JSON JobResult once applied
+  ) STRICT;
+  CREATE INDEX jobs_by_status ON jobs (status, queue_position);
+  CREATE INDEX jobs_by_runner ON jobs (runner_id) WHERE runner_id IS NOT NULL;
+
+  CREATE TABLE job_logs (
+    job_id  TEXT NOT NULL REFERENCES jobs (id) ON DELETE CASCADE,
+    attempt INTEGER NOT NULL,
+    seq     INTEGER NOT NULL,
+    stream  TEXT NOT NULL CHECK (stream IN ('stdout', 'stderr')),
+    data    TEXT NOT NULL,
+    PRIMARY KEY (job_id, attempt, seq)
+  ) STRICT, WITHOUT ROWID;
   `,
 ];
 
@@ -78,6 +115,8 @@ interface RunnerRow {
 export class ControlPlaneStore {
   private readonly db: Database.Database;
   private readonly statements = new Map<string, Database.Statement>();
+  /** The job queue's tables (migration 2). */
+  readonly jobs: JobStore;
 
   constructor(path: string) {
     this.db = new Database(path);
@@ -85,6 +124,7 @@ export class ControlPlaneStore {
     this.db.pragma("journal_mode = WAL");
     this.db.pragma("foreign_keys = ON");
     migrate(this.db);
+    this.jobs = new JobStore(this.db, (sql) => this.statement(sql));
   }
 
   /** The schema version of the open database (`PRAGMA user_version`). */

@@ -10,6 +10,7 @@ import { join } from "node:path";
 import { Writable } from "node:stream";
 import { startControlPlane, DATABASE_FILE, type ControlPlane, type ControlPlaneOptions } from "../../src/control-plane/server.js";
 import { AdminClient, AdminRequestError } from "../../src/control-plane/admin-client.js";
+import { SCHEMA_VERSION } from "../../src/control-plane/store.js";
 import { createLogger } from "../../src/log/logger.js";
 import {
   errorBodySchema,
@@ -436,7 +437,7 @@ describe("persistence and secrets at rest", () => {
     const second = await startControlPlane({ dataDir, logger: createLogger({ level: "silent" }) });
     t.after(() => second.close());
     assert.equal(second.adminToken, null, "a stored admin token is never shown again");
-    assert.equal(second.store.schemaVersion(), 1);
+    assert.equal(second.store.schemaVersion(), SCHEMA_VERSION);
     const h: Harness = { cp: second, admin: new AdminClient(second.url, firstAdminToken) };
     assert.equal((await verify(h, runner)).status, 200);
     assert.deepEqual((await h.admin.listRunners()).map((r) => r.name), ["durable"]);

@@ -1,0 +1,361 @@
+// The control plane's end of the WebSocket channel (protocol v1): authenticates the upgrade
+// before accepting it, keeps one connection per runner (a new one replaces the old), expects
+// `hello` first, answers `welcome`, then hands each decoded message to the job queue.
+// Liveness is the runner's job (it pings); this side only drops connections it has not
+// heard from (message or ping) within IDLE_HEARTBEATS heartbeat intervals.
+import type http from "node:http";
+import { STATUS_CODES } from "node:http";
+import type { Duplex } from "node:stream";
+import type { EventEmitter } from "node:events";
+import { WebSocket, WebSocketServer, type RawData } from "ws";
+import {
+  AGENT_VERSION_HEADER,
+  CHANNEL_PATH,
+  PROTOCOL_HEADER,
+  RUNNER_ID_HEADER,
+  decodeRunnerMessage,
+  encode,
+  type ControlMessage,
+  type RunnerMessage,
+} from "../protocol/channel.js";
+import { runnerIdSchema } from "../protocol/http.js";
+import { PROTOCOL_VERSION } from "../protocol/version.js";
+import { SUPPORTED_PROTOCOL_VERSIONS, type Context } from "./context.js";
+import { HttpError, parseBearer, toErrorAnswer } from "./http-router.js";
+import type { RunnerEvent, RunnerLink } from "./jobs.js";
+import { authenticateRunner } from "./runner-routes.js";
+import type { RunnerRecord } from "./store.js";
+
+/** A connection not heard from for this many heartbeat intervals is terminated. */
+export const IDLE_HEARTBEATS = 2.5;
+/** Close codes the control plane uses (1008 and 1009 are the standard ones). */
+export const CLOSE_CODES = {
+  goingAway: 1001,
+  policyViolation: 1008,
+  frameTooLarge: 1009,
+  replaced: 4000,
+  /** An admin revoked the credential: a reconnect gets 401 credential_revoked. */
+  revoked: 4001,
+  /** The runner was deleted (or unregistered itself): a reconnect gets 404 runner_not_found. */
+  deleted: 4002,
+} as const;
+/** On close, connections get this long to finish the closing handshake before being cut. */
+const CLOSE_GRACE_MS = 1000;
+
+export interface ChannelOptions {
+  heartbeatIntervalMs: number;
+  leaseMs: number;
+  maxFrameBytes: number;
+  events: EventEmitter;
+}
+
+export interface Channel {
+  /** Closes the runner's open channel, if any (4001 revoked / 4002 deleted). */
+  disconnectRunner(runnerId: string, why: "revoked" | "deleted"): void;
+  /** Closes every connection (1001), stops the idle sweep and detaches from the HTTP server. */
+  close(): Promise<void>;
+}
+
+interface Connection {
+  readonly ws: WebSocket;
+  readonly runner: RunnerRecord;
+  state: "awaiting_hello" | "open" | "closing";
+  link: RunnerLink | undefined;
+  readonly connectedAt: number;
+  /** performance.now() of the last frame or ping from the runner. */
+  lastHeardAt: number;
+}
+
+type Hello = Extract<RunnerMessage, { type: "hello" }>;
+
+export function attachChannel(httpServer: http.Server, context: Context, options: ChannelOptions): Channel {
+  const endpoint = new ChannelEndpoint(context, options);
+  const onUpgrade = (req: http.IncomingMessage, socket: Duplex, head: Buffer) => endpoint.upgrade(req, socket, head);
+  httpServer.on("upgrade", onUpgrade);
+  return {
+    disconnectRunner: (runnerId, why) => endpoint.disconnectRunner(runnerId, why),
+    close: async () => {
+      httpServer.off("upgrade", onUpgrade);
+      await endpoint.close();
+    },
+  };
+}
+
+class ChannelEndpoint {
+  private readonly wss: WebSocketServer;
+  private readonly connections = new Map<string, Connection>();
+  private readonly idleLimitMs: number;
+  private readonly sweepTimer: NodeJS.Timeout;
+
+  constructor(
+    private readonly context: Context,
+    private readonly options: ChannelOptions,
+  ) {
+    // ws closes a connection with 1009 by itself when a frame is over maxPayload.
+    this.wss = new WebSocketServer({ noServer: true, maxPayload: options.maxFrameBytes });
+    this.idleLimitMs = options.heartbeatIntervalMs * IDLE_HEARTBEATS;
+    this.sweepTimer = setInterval(() => this.dropSilentConnections(), Math.max(10, options.heartbeatIntervalMs / 2));
+  }
+
+  // ---- upgrade ----
+
+  upgrade(req: http.IncomingMessage, socket: Duplex, head: Buffer): void {
+    socket.on("error", (error) => this.context.logger.debug({ err: error }, "channel upgrade socket error"));
+    let runner: RunnerRecord;
+    try {
+      runner = this.authenticate(req);
+    } catch (error) {
+      this.refuse(socket, error);
+      return;
+    }
+    this.wss.handleUpgrade(req, socket, head, (ws) => this.open(ws, runner));
+  }
+
+  /** The checks of /runners/verify, without the fingerprint, from the upgrade's headers. */
+  private authenticate(req: http.IncomingMessage): RunnerRecord {
+    const path = new URL(req.url ?? "/", "http://localhost").pathname;
+    if (path !== CHANNEL_PATH) throw new HttpError(404, "not_found", `no such endpoint: ${path}`);
+    const bearer = parseBearer(req.headers.authorization);
+    if (bearer === undefined) throw new HttpError(401, "unauthorized", "missing or malformed header: Authorization: Bearer <credential>");
+    const runnerId = runnerIdSchema.safeParse(header(req, RUNNER_ID_HEADER));
+    if (!runnerId.success) throw new HttpError(400, "bad_request", `header ${RUNNER_ID_HEADER}: a runner id (rnr_...)`);
+    const protocol = header(req, PROTOCOL_HEADER) ?? "";
+    if (!/^\d{1,9}$/.test(protocol)) throw new HttpError(400, "bad_request", `header ${PROTOCOL_HEADER}: the protocol version, an integer`);
+    const agentVersion = header(req, AGENT_VERSION_HEADER) ?? "";
+    if (agentVersion.length === 0 || agentVersion.length > 64) {
+      throw new HttpError(400, "bad_request", `header ${AGENT_VERSION_HEADER}: the agent version, 1-64 characters`);
+    }
+    return authenticateRunner(this.context, bearer, { protocolVersion: Number(protocol), agentVersion, runnerId: runnerId.data });
+  }
+
+  /** Answers the upgrade request with a plain HTTP error (the protocol's JSON body) and drops the socket. */
+  private refuse(socket: Duplex, error: unknown): void {
+    const { status, body } = toErrorAnswer(this.context, error);
+    this.context.logger.info({ status, code: body.error.code, reason: body.error.message }, "channel upgrade refused");
+    const text = JSON.stringify(body);
+    const head = [
+      `HTTP/1.1 ${status} ${STATUS_CODES[status] ?? "Error"}`,
+      "Connection: close",
+      "Content-Type: application/json; charset=utf-8",
+      `Content-Length: ${Buffer.byteLength(text)}`,
+      "Cache-Control: no-store",
+    ];
+    socket.once("finish", () => socket.destroy());
+    socket.end(`${head.join("\r\n")}\r\n\r\n${text}`);
+  }
+
+  // ---- connection lifecycle ----
+
+  private open(ws: WebSocket, runner: RunnerRecord): void {
+    const now = performance.now();
+    const connection: Connection = { ws, runner, state: "awaiting_hello", link: undefined, connectedAt: now, lastHeardAt: now };
+    const previous = this.connections.get(runner.id);
+    this.connections.set(runner.id, connection);
+    if (previous) {
+      this.context.logger.info({ runnerId: runner.id }, "a new channel replaces the runner's previous one");
+      this.closeConnection(previous, CLOSE_CODES.replaced, "replaced");
+    }
+    this.context.store.touchRunner(runner.id, this.context.now());
+    ws.on("message", (data, isBinary) => this.receive(connection, data, isBinary));
+    ws.on("ping", () => this.hear(connection));
+    ws.on("pong", () => this.hear(connection));
+    ws.on("error", (error) => this.logSocketError(connection, error));
+    ws.on("close", (code, reason) => this.closed(connection, code, reason.toString("utf8")));
+    this.context.logger.info({ runnerId: runner.id }, "channel connected; waiting for hello");
+  }
+
+  disconnectRunner(runnerId: string, why: "revoked" | "deleted"): void {
+    const connection = this.connections.get(runnerId);
+    if (!connection) return;
+    this.context.logger.info({ runnerId, why }, "closing the channel of a runner that may no longer connect");
+    this.closeConnection(connection, CLOSE_CODES[why], why === "revoked" ? "credential revoked" : "runner deleted");
+  }
+
+  /** Starts the closing handshake and forgets the runner's link at once (no more assignments on it). */
+  private closeConnection(connection: Connection, code: number, reason: string): void {
+    this.unlink(connection);
+    connection.ws.close(code, reason);
+  }
+
+  private closed(connection: Connection, code: number, reason: string): void {
+    if (this.connections.get(connection.runner.id) === connection) this.connections.delete(connection.runner.id);
+    this.unlink(connection);
+    this.context.logger.info({ runnerId: connection.runner.id, code, reason }, "channel closed");
+  }
+
+  private unlink(connection: Connection): void {
+    connection.state = "closing";
+    const link = connection.link;
+    if (!link) return;
+    connection.link = undefined;
+    this.context.queue.disconnect(link);
+    this.emitRunnerEvent({ runnerId: link.runnerId, event: "disconnected" });
+  }
+
+  private logSocketError(connection: Connection, error: Error): void {
+    const code = (error as { code?: string }).code;
+    if (code === "WS_ERR_UNSUPPORTED_MESSAGE_LENGTH") {
+      this.context.logger.warn(
+        { runnerId: connection.runner.id, maxFrameBytes: this.options.maxFrameBytes },
+        "frame over the size limit: connection closed with 1009",
+      );
+    } else {
+      this.context.logger.warn({ runnerId: connection.runner.id, err: error, code }, "channel socket error");
+    }
+  }
+
+  private dropSilentConnections(): void {
+    const now = performance.now();
+    for (const connection of this.connections.values()) {
+      if (now - connection.lastHeardAt > this.idleLimitMs) {
+        this.context.logger.warn({ runnerId: connection.runner.id, silentMs: Math.round(now - connection.lastHeardAt) }, "runner silent (no frame, no ping): connection terminated");
+        this.unlink(connection);
+        // A peer that went quiet may be gone: no closing handshake to wait for.
+        connection.ws.terminate();
+      } else if (connection.state === "awaiting_hello" && now - connection.connectedAt > this.idleLimitMs) {
+        this.closeConnection(connection, CLOSE_CODES.policyViolation, "no hello");
+      }
+    }
+  }
+
+  async close(): Promise<void> {
+    clearInterval(this.sweepTimer);
+    const closing = [...this.wss.clients].map(
+      (ws) =>
+        new Promise<void>((resolve) => {
+          if (ws.readyState === WebSocket.CLOSED) return resolve();
+          ws.once("close", () => resolve());
+          const cut = setTimeout(() => ws.terminate(), CLOSE_GRACE_MS);
+          ws.once("close", () => clearTimeout(cut));
+          ws.close(CLOSE_CODES.goingAway, "control plane shutting down");
+        }),
+    );
+    for (const connection of this.connections.values()) this.unlink(connection);
+    await Promise.all(closing);
+    await new Promise<void>((resolve) => this.wss.close(() => resolve()));
+  }
+
+  // ---- frames ----
+
+  private hear(connection: Connection): void {
+    connection.lastHeardAt = performance.now();
+    if (connection.link) this.context.queue.renewLeases(connection.link);
+  }
+
+  private receive(connection: Connection, data: RawData, isBinary: boolean): void {
+    this.hear(connection);
+    if (connection.state === "closing") return;
+    if (isBinary) return this.refuseFrame(connection, "binary_frame", "binary frames are not part of the protocol; send JSON text");
+    const decoded = decodeRunnerMessage(toText(data));
+    if (!decoded.ok) return this.refuseFrame(connection, decoded.problem, decoded.detail);
+    const message = decoded.message;
+    try {
+      if (connection.state === "awaiting_hello") {
+        if (message.type === "hello") this.welcome(connection, message);
+        else this.closeConnection(connection, CLOSE_CODES.policyViolation, `expected hello first, got ${message.type}`);
+        return;
+      }
+      if (connection.link) this.route(connection, connection.link, message);
+    } catch (error) {
+      this.context.logger.error({ err: error, runnerId: connection.runner.id, type: message.type }, "channel message failed");
+      this.send(connection, { type: "error", code: "internal", message: `the control plane failed to handle ${message.type}; see its log` });
+    }
+  }
+
+  /** A frame that cannot be used: logged and answered with `error`; before hello it ends the connection. */
+  private refuseFrame(connection: Connection, code: string, detail: string): void {
+    this.context.logger.warn({ runnerId: connection.runner.id, code, detail }, "bad frame from runner");
+    if (connection.state === "awaiting_hello") {
+      this.closeConnection(connection, CLOSE_CODES.policyViolation, `expected hello first (${code})`);
+      return;
+    }
+    this.send(connection, { type: "error", code, message: detail });
+  }
+
+  private welcome(connection: Connection, hello: Hello): void {
+    const { runner } = connection;
+    if (hello.runnerId !== runner.id) {
+      return this.closeConnection(connection, CLOSE_CODES.policyViolation, `hello.runnerId does not match ${RUNNER_ID_HEADER}`);
+    }
+    if (!SUPPORTED_PROTOCOL_VERSIONS.includes(hello.protocolVersion)) {
+      return this.closeConnection(connection, CLOSE_CODES.policyViolation, `protocol version ${hello.protocolVersion} is not supported`);
+    }
+    const link: RunnerLink = {
+      runnerId: runner.id,
+      // Labels stated in hello win over the registered ones: the runner's config may have changed.
+      labels: new Set(hello.labels ?? runner.labels),
+      capacity: hello.capacity,
+      credits: 0,
+      draining: false,
+      lastAssigned: 0,
+      leasesRenewedAt: 0,
+      send: (message) => this.send(connection, message),
+    };
+    const { fenced, cancels } = this.context.queue.reconcileHello(link, hello);
+    connection.state = "open";
+    connection.link = link;
+    this.send(connection, {
+      type: "welcome",
+      protocolVersion: PROTOCOL_VERSION,
+      heartbeatIntervalMs: this.options.heartbeatIntervalMs,
+      leaseMs: this.options.leaseMs,
+      maxFrameBytes: this.options.maxFrameBytes,
+      fenced,
+    });
+    for (const cancel of cancels) this.send(connection, cancel);
+    this.context.queue.connect(link);
+    this.context.logger.info(
+      { runnerId: runner.id, capacity: hello.capacity, running: hello.running.length, pendingResults: hello.pendingResults.length, fenced: fenced.length },
+      "runner said hello",
+    );
+    this.emitRunnerEvent({ runnerId: runner.id, event: "connected" });
+  }
+
+  private route(connection: Connection, link: RunnerLink, message: RunnerMessage): void {
+    const queue = this.context.queue;
+    switch (message.type) {
+      case "hello":
+        return this.send(connection, { type: "error", code: "unexpected_hello", message: "hello was already received on this connection" });
+      case "ready":
+        return queue.grantCredits(link, message.slots);
+      case "accept":
+        return queue.accept(link, message);
+      case "reject":
+        return queue.reject(link, message, message.reason);
+      case "started":
+        return queue.started(link, message);
+      case "log":
+        return queue.appendLog(link, message);
+      case "result":
+        return queue.applyResult(link, message.result);
+      case "goodbye":
+        return queue.drain(link, message.reason);
+      default: {
+        const unhandled: never = message;
+        throw new Error(`unhandled message ${JSON.stringify(unhandled)}`);
+      }
+    }
+  }
+
+  private send(connection: Connection, message: ControlMessage): void {
+    if (connection.ws.readyState !== WebSocket.OPEN) return;
+    connection.ws.send(encode(message), (error) => {
+      if (error) this.context.logger.debug({ runnerId: connection.runner.id, type: message.type, err: error }, "channel send failed");
+    });
+  }
+
+  private emitRunnerEvent(event: RunnerEvent): void {
+    this.options.events.emit("runner", event);
+  }
+}
+
+function header(req: http.IncomingMessage, name: string): string | undefined {
+  const value = req.headers[name];
+  return Array.isArray(value) ? value[0] : value;
+}
+
+function toText(data: RawData): string {
+  if (Buffer.isBuffer(data)) return data.toString("utf8");
+  if (Array.isArray(data)) return Buffer.concat(data).toString("utf8");
+  return Buffer.from(data).toString("utf8");
+}

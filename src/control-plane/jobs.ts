@@ -1,0 +1,336 @@
+// The job queue of the reference control plane: submit, dispatch to connected runners with
+// credits, and every transition a runner or an admin causes, including the reaper's. The
+// database (job-store.ts) decides each transition with a conditional UPDATE; this file
+// decides what to try, keeps the per-connection state that is not worth persisting (credits,
+// labels, draining) and tells runners and listeners what happened.
+import type { EventEmitter } from "node:events";
+import type { ControlMessage, JobRef, JobResult, RunnerMessage } from "../protocol/channel.js";
+import type { Logger } from "../log/logger.js";
+import type { JobRecord, JobStore, NewJob } from "./job-store.js";
+import { generateAlphanumeric } from "./tokens.js";
+
+export type JobEventStatus = "submitted" | "assigned" | "accepted" | "started" | "result_applied" | "requeued" | "cancelled";
+
+/** Emitted as `"job"` on the control plane's `events` at each transition. */
+export interface JobEvent {
+  jobId: string;
+  attempt: number;
+  status: JobEventStatus;
+  /** process.hrtime.bigint() when it happened: for latency measurements. */
+  at: bigint;
+}
+
+/** Emitted as `"runner"` when a runner's channel completes hello/welcome and when it closes. */
+export interface RunnerEvent {
+  runnerId: string;
+  event: "connected" | "disconnected";
+}
+
+/** What the queue knows of a runner whose channel is up (after hello). */
+export interface RunnerLink {
+  readonly runnerId: string;
+  readonly labels: ReadonlySet<string>;
+  /** From hello: credits never exceed it. */
+  readonly capacity: number;
+  /** Assignments the runner has granted (ready) and not yet received. */
+  credits: number;
+  /** Said goodbye: gets no more assignments. */
+  draining: boolean;
+  /** Order of the last hand-out, to share work among runners with equal credits. */
+  lastAssigned: number;
+  /** performance.now() of the last lease renewal written for this runner. */
+  leasesRenewedAt: number;
+  send(message: ControlMessage): void;
+}
+
+export interface JobQueueOptions {
+  store: JobStore;
+  logger: Logger;
+  now: () => Date;
+  leaseMs: number;
+  events: EventEmitter;
+}
+
+type HelloMessage = Extract<RunnerMessage, { type: "hello" }>;
+type CancelMessage = Extract<ControlMessage, { type: "cancel" }>;
+
+/** The dispatcher reads queued jobs in pages of this size. */
+const DISPATCH_PAGE = 256;
+/** A job a runner rejected is not offered to that runner again for this long. */
+export const REJECT_COOLDOWN_MS = 1000;
+/** Lease writes for one runner happen at most this often (and at least every leaseMs / 10). */
+const MAX_RENEWAL_INTERVAL_MS = 1000;
+
+export class JobQueue {
+  private readonly runners = new Map<string, RunnerLink>();
+  /** `${jobId} ${runnerId}` → performance.now() until which that runner is not offered that job. */
+  private readonly rejectCooldowns = new Map<string, number>();
+  private handOuts = 0;
+  private readonly renewalIntervalMs: number;
+
+  constructor(private readonly options: JobQueueOptions) {
+    this.renewalIntervalMs = Math.min(MAX_RENEWAL_INTERVAL_MS, options.leaseMs / 10);
+  }
+
+  // ---- runners coming and going ----
+
+  /**
+   * Squares the runner's hello with the store, before the welcome: jobs it runs with the
+   * attempt the store gave it keep their lease; any other job it runs is fenced (the caller
+   * sends `cancel` for each after the welcome); jobs the store gave it that it mentions
+   * neither as running nor as a pending result are lost, and go back to the queue.
+   */
+  reconcileHello(link: RunnerLink, hello: HelloMessage): { fenced: JobRef[]; cancels: CancelMessage[] } {
+    const { store, now } = this.options;
+    const held = new Map(store.listActiveForRunner(link.runnerId).map((job) => [job.id, job]));
+    const fenced: JobRef[] = [];
+    const cancels: CancelMessage[] = [];
+    const mentioned = new Set<string>();
+    for (const ref of hello.running) {
+      const job = held.get(ref.jobId);
+      if (!job || job.attempt !== ref.attempt) {
+        fenced.push({ jobId: ref.jobId, attempt: ref.attempt });
+        cancels.push(cancelMessage(ref, "fenced: this attempt is no longer assigned to this runner"));
+        continue;
+      }
+      mentioned.add(ref.jobId);
+      // Its `started` may have been lost with the old connection.
+      if (job.status === "assigned" && store.markRunning(ref, link.runnerId, now())) this.emit(ref, "started");
+      if (job.cancelRequested) cancels.push(cancelMessage(ref, "cancelled by an admin"));
+    }
+    for (const ref of hello.pendingResults) {
+      if (held.get(ref.jobId)?.attempt === ref.attempt) mentioned.add(ref.jobId);
+    }
+    let lost = 0;
+    for (const job of held.values()) {
+      if (mentioned.has(job.id)) continue;
+      this.options.logger.warn({ runnerId: link.runnerId, jobId: job.id, attempt: job.attempt }, "runner lost a job it held: re-queued");
+      if (this.releaseJob({ jobId: job.id, attempt: job.attempt }, link.runnerId)) lost++;
+    }
+    if (fenced.length > 0) this.options.logger.info({ runnerId: link.runnerId, fenced }, "runner reported jobs it no longer holds: fenced");
+    this.renewLeases(link, true);
+    // Other runners may take the lost jobs now; this one has no credits before its `ready`.
+    if (lost > 0) this.dispatch();
+    return { fenced, cancels };
+  }
+
+  /** The runner's channel is up (after the welcome). Replaces an older link of the same runner. */
+  connect(link: RunnerLink): void {
+    this.runners.set(link.runnerId, link);
+  }
+
+  /** The runner's channel closed. Its jobs keep their leases: it may come back in time. */
+  disconnect(link: RunnerLink): void {
+    if (this.runners.get(link.runnerId) === link) this.runners.delete(link.runnerId);
+  }
+
+  /** `ready`: the runner grants `slots` more assignments. */
+  grantCredits(link: RunnerLink, slots: number): void {
+    const granted = link.credits + slots;
+    if (granted > link.capacity) {
+      this.options.logger.warn({ runnerId: link.runnerId, credits: granted, capacity: link.capacity }, "ready grants more than the capacity: capped");
+    }
+    link.credits = Math.min(granted, link.capacity);
+    this.dispatch();
+  }
+
+  /** `goodbye`: no more assignments to this runner; what it runs may still report. */
+  drain(link: RunnerLink, reason: string): void {
+    link.draining = true;
+    link.credits = 0;
+    this.options.logger.info({ runnerId: link.runnerId, reason }, "runner said goodbye: no more assignments");
+  }
+
+  /** Every message or ping from a runner extends its leases (written at most every renewalIntervalMs). */
+  renewLeases(link: RunnerLink, force = false): void {
+    const at = performance.now();
+    if (!force && at - link.leasesRenewedAt < this.renewalIntervalMs) return;
+    link.leasesRenewedAt = at;
+    this.options.store.renewLeases(link.runnerId, this.leaseExpiry());
+  }
+
+  /** At start-up, every active lease runs for a full leaseMs from now: runners need time to reconnect. */
+  extendLeasesAfterStart(): void {
+    const extended = this.options.store.extendActiveLeases(this.leaseExpiry());
+    if (extended > 0) this.options.logger.info({ jobs: extended, leaseMs: this.options.leaseMs }, "leases of active jobs extended for their runners to reconnect");
+  }
+
+  // ---- submit and dispatch ----
+
+  submit(input: Omit<NewJob, "id" | "submittedAt">): JobRecord {
+    const job = this.options.store.insert({ ...input, id: "job_" + generateAlphanumeric(24), submittedAt: this.options.now() });
+    this.emit({ jobId: job.id, attempt: 0 }, "submitted");
+    this.dispatch();
+    return job;
+  }
+
+  /** Hands queued jobs, in submit order, to runners that have credits and every required label. */
+  dispatch(): void {
+    let after = 0;
+    while (this.anyCredits()) {
+      const page = this.options.store.listQueued(after, DISPATCH_PAGE);
+      for (const job of page) {
+        after = job.position;
+        const link = this.pickRunner(job.id, job.requiredLabels);
+        if (link) this.handOut(job.id, link);
+        if (!this.anyCredits()) return;
+      }
+      if (page.length < DISPATCH_PAGE) return;
+    }
+  }
+
+  private anyCredits(): boolean {
+    for (const link of this.runners.values()) if (link.credits > 0 && !link.draining) return true;
+    return false;
+  }
+
+  /** The eligible runner with the most credits; among equals, the one served longest ago. */
+  private pickRunner(jobId: string, requiredLabels: readonly string[]): RunnerLink | undefined {
+    let best: RunnerLink | undefined;
+    for (const link of this.runners.values()) {
+      if (link.credits <= 0 || link.draining) continue;
+      if (!requiredLabels.every((label) => link.labels.has(label))) continue;
+      if (this.isCoolingDown(jobId, link.runnerId)) continue;
+      if (!best || link.credits > best.credits || (link.credits === best.credits && link.lastAssigned < best.lastAssigned)) best = link;
+    }
+    return best;
+  }
+
+  private handOut(jobId: string, link: RunnerLink): void {
+    const now = this.options.now();
+    const leaseExpiresAt = this.leaseExpiry(now);
+    const job = this.options.store.claim(jobId, link.runnerId, now, leaseExpiresAt);
+    // Another control plane on the same database may have claimed it first.
+    if (!job) return;
+    link.credits -= 1;
+    link.lastAssigned = ++this.handOuts;
+    this.emit({ jobId, attempt: job.attempt }, "assigned");
+    link.send({
+      type: "assign",
+      jobId,
+      attempt: job.attempt,
+      job: job.spec,
+      timeoutMs: job.timeoutMs,
+      cancelGraceMs: job.cancelGraceMs,
+      leaseExpiresAt: leaseExpiresAt.toISOString(),
+    });
+  }
+
+  // ---- what runners report ----
+
+  accept(link: RunnerLink, ref: JobRef): void {
+    if (!this.options.store.holds(ref, link.runnerId)) return this.fence(link, ref, "accept");
+    this.emit(ref, "accepted");
+  }
+
+  /** `reject`: the job goes back to the queue (attempt + 1 at its next hand-out). */
+  reject(link: RunnerLink, ref: JobRef, reason: string): void {
+    const job = this.releaseJob(ref, link.runnerId);
+    if (!job) return this.fence(link, ref, "reject");
+    this.options.logger.info({ runnerId: link.runnerId, ...ref, reason }, "runner rejected a job: re-queued");
+    this.rejectCooldowns.set(cooldownKey(ref.jobId, link.runnerId), performance.now() + REJECT_COOLDOWN_MS);
+    this.dispatch();
+  }
+
+  started(link: RunnerLink, ref: JobRef): void {
+    const { store, now } = this.options;
+    if (store.markRunning(ref, link.runnerId, now())) this.emit(ref, "started");
+    else if (!store.holds(ref, link.runnerId)) this.fence(link, ref, "started");
+  }
+
+  /** Stores a log chunk of the runner's current attempt; repeats and other attempts are dropped. */
+  appendLog(link: RunnerLink, chunk: Extract<RunnerMessage, { type: "log" }>): void {
+    const stored = this.options.store.insertLog(chunk, link.runnerId, chunk);
+    if (!stored) this.options.logger.debug({ runnerId: link.runnerId, jobId: chunk.jobId, attempt: chunk.attempt, seq: chunk.seq }, "log chunk dropped (repeat or stale attempt)");
+  }
+
+  /** Applies a result at most once and always acknowledges it, so the runner can drop it. */
+  applyResult(link: RunnerLink, result: JobResult): void {
+    const { store, now, logger } = this.options;
+    const applied = store.applyResult(result, link.runnerId, now()) !== undefined;
+    if (applied) {
+      this.emit(result, "result_applied");
+    } else {
+      const current = store.find(result.jobId);
+      logger.info(
+        { runnerId: link.runnerId, jobId: result.jobId, attempt: result.attempt, currentAttempt: current?.attempt, status: current?.status },
+        "result acknowledged without applying it: duplicate, stale attempt or unknown job",
+      );
+    }
+    link.send({ type: "result_ack", jobId: result.jobId, attempt: result.attempt, applied });
+  }
+
+  // ---- admin and reaper ----
+
+  /** Queued: cancelled at once. Assigned/running: cancel requested and sent to the runner if it is connected (else at its hello). */
+  cancel(jobId: string): JobRecord | undefined {
+    const outcome = this.options.store.requestCancel(jobId, this.options.now());
+    if (!outcome) return undefined;
+    const { job, change } = outcome;
+    if (change === "cancelled") this.emit({ jobId, attempt: job.attempt }, "cancelled");
+    if (job.cancelRequested && (job.status === "assigned" || job.status === "running") && job.runnerId !== null) {
+      // Sent again on a repeated request: harmless for the runner, and covers a lost frame.
+      this.runners.get(job.runnerId)?.send(cancelMessage({ jobId, attempt: job.attempt }, "cancelled by an admin"));
+    }
+    this.options.logger.info({ jobId, attempt: job.attempt, status: job.status, change }, "job cancel requested");
+    return job;
+  }
+
+  /** Re-queues (or cancels, when asked to) every job whose lease expired, then dispatches. */
+  reapExpiredLeases(): void {
+    const { store, now, logger } = this.options;
+    const at = now();
+    for (const expired of store.listExpired(at)) {
+      const job = store.releaseExpired(expired, at);
+      if (!job) continue;
+      logger.warn({ jobId: job.id, attempt: expired.attempt, runnerId: expired.runnerId, status: job.status }, "job lease expired");
+      this.emit({ jobId: job.id, attempt: expired.attempt }, job.status === "cancelled" ? "cancelled" : "requeued");
+      // Should the runner still be connected after all, it must stop this attempt.
+      if (expired.runnerId !== null) this.runners.get(expired.runnerId)?.send(cancelMessage(expired, "lease expired"));
+    }
+    this.forgetExpiredCooldowns();
+    this.dispatch();
+  }
+
+  // ---- helpers ----
+
+  private releaseJob(ref: JobRef, runnerId: string): JobRecord | undefined {
+    const job = this.options.store.release(ref, runnerId, this.options.now());
+    if (job) this.emit(ref, job.status === "cancelled" ? "cancelled" : "requeued");
+    return job;
+  }
+
+  /** A runner spoke of an attempt it does not hold: tell it to stop that attempt. */
+  private fence(link: RunnerLink, ref: JobRef, what: string): void {
+    this.options.logger.info({ runnerId: link.runnerId, ...ref, message: what }, "message about an attempt the runner does not hold: fenced");
+    link.send(cancelMessage(ref, "fenced: this attempt is no longer assigned to this runner"));
+  }
+
+  private isCoolingDown(jobId: string, runnerId: string): boolean {
+    if (this.rejectCooldowns.size === 0) return false;
+    const until = this.rejectCooldowns.get(cooldownKey(jobId, runnerId));
+    return until !== undefined && until > performance.now();
+  }
+
+  private forgetExpiredCooldowns(): void {
+    const at = performance.now();
+    for (const [key, until] of this.rejectCooldowns) if (until <= at) this.rejectCooldowns.delete(key);
+  }
+
+  private leaseExpiry(now = this.options.now()): Date {
+    return new Date(now.getTime() + this.options.leaseMs);
+  }
+
+  private emit(ref: JobRef | { jobId: string; attempt: number }, status: JobEventStatus): void {
+    const event: JobEvent = { jobId: ref.jobId, attempt: ref.attempt, status, at: process.hrtime.bigint() };
+    this.options.events.emit("job", event);
+  }
+}
+
+function cancelMessage(ref: JobRef, reason: string): CancelMessage {
+  return { type: "cancel", jobId: ref.jobId, attempt: ref.attempt, reason };
+}
+
+function cooldownKey(jobId: string, runnerId: string): string {
+  return `${jobId} ${runnerId}`;
+}

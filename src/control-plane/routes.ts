@@ -1,0 +1,30 @@
+// The reference control plane's HTTP routes: method, path (under /api/v1), auth rule, handler.
+import type { Route } from "./http-router.js";
+import { cancelJob, getJob, listJobs, submitJob } from "./job-routes.js";
+import {
+  createRegistrationToken,
+  deleteRunner,
+  getHealth,
+  listRunners,
+  registerRunner,
+  repairRunner,
+  revokeRunner,
+  unregisterRunner,
+  verifyRunner,
+} from "./runner-routes.js";
+
+export const ROUTES: readonly Route[] = [
+  { method: "GET", path: "/health", auth: "none", handle: getHealth },
+  { method: "POST", path: "/runners/register", auth: "bearer", handle: registerRunner },
+  { method: "POST", path: "/runners/verify", auth: "bearer", handle: verifyRunner },
+  { method: "POST", path: "/runners/repair", auth: "bearer", handle: repairRunner },
+  { method: "POST", path: "/runners/unregister", auth: "bearer", handle: unregisterRunner },
+  { method: "POST", path: "/admin/registration-tokens", auth: "admin", handle: createRegistrationToken },
+  { method: "GET", path: "/admin/runners", auth: "admin", handle: listRunners },
+  { method: "POST", path: "/admin/runners/:id/revoke", auth: "admin", handle: revokeRunner },
+  { method: "DELETE", path: "/admin/runners/:id", auth: "admin", handle: deleteRunner },
+  { method: "POST", path: "/admin/jobs", auth: "admin", handle: submitJob },
+  { method: "GET", path: "/admin/jobs", auth: "admin", handle: listJobs },
+  { method: "GET", path: "/admin/jobs/:id", auth: "admin", handle: getJob },
+  { method: "POST", path: "/admin/jobs/:id/cancel", auth: "admin", handle: cancelJob },
+];

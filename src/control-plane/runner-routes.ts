@@ -1,0 +1,206 @@
+// Handlers of the runner API (register, verify, repair, unregister), of health, and of the
+// admin endpoints about runners and registration tokens. `authenticateRunner` is also what
+// the channel's upgrade runs, so the WebSocket and HTTP refuse a runner for the same reasons.
+import {
+  API_PREFIX,
+  createRegistrationTokenRequestSchema,
+  createRegistrationTokenResponseSchema,
+  healthResponseSchema,
+  listRunnersResponseSchema,
+  registerRequestSchema,
+  registerResponseSchema,
+  repairRequestSchema,
+  repairResponseSchema,
+  runnerIdSchema,
+  unregisterRequestSchema,
+  unregisterResponseSchema,
+  verifyRequestSchema,
+  verifyResponseSchema,
+  type RunnerView,
+} from "../protocol/http.js";
+import { compareVersions } from "../protocol/version.js";
+import { SUPPORTED_PROTOCOL_VERSIONS, type Context } from "./context.js";
+import { HttpError, parseBody, reply, type Reply, type RouteRequest } from "./http-router.js";
+import type { RunnerRecord } from "./store.js";
+import { generateRunnerId, generateToken, generateTokenId, hashSecret, secretMatchesHash } from "./tokens.js";
+
+/** The admin revoke answer has the same shape as verify's: `{ ok: true, runner }`. */
+const revokeRunnerResponseSchema = verifyResponseSchema;
+
+export function getHealth(_request: RouteRequest, context: Context): Reply {
+  return reply(healthResponseSchema, 200, {
+    ok: true,
+    protocolVersions: [...SUPPORTED_PROTOCOL_VERSIONS],
+    minAgentVersion: context.minAgentVersion,
+  });
+}
+
+function requireSupportedVersions(context: Context, sent: { protocolVersion: number; agentVersion: string }): void {
+  if (!SUPPORTED_PROTOCOL_VERSIONS.includes(sent.protocolVersion)) {
+    throw new HttpError(
+      426,
+      "upgrade_required",
+      `protocol version ${sent.protocolVersion} is not supported; this control plane speaks ${SUPPORTED_PROTOCOL_VERSIONS.join(", ")}`,
+    );
+  }
+  if (compareVersions(sent.agentVersion, context.minAgentVersion) < 0) {
+    throw new HttpError(
+      426,
+      "upgrade_required",
+      `agent version ${sent.agentVersion} is older than ${context.minAgentVersion}, the oldest this control plane accepts; upgrade runner`,
+    );
+  }
+}
+
+export function registerRunner(request: RouteRequest, context: Context): Reply {
+  const body = parseBody(registerRequestSchema, request.body);
+  requireSupportedVersions(context, body);
+  const credential = generateToken("credential");
+  const result = context.store.registerRunner({
+    tokenHash: hashSecret(request.bearer),
+    replace: body.replace,
+    now: context.now(),
+    runner: {
+      id: generateRunnerId(),
+      name: body.name,
+      labels: body.labels,
+      host: body.host,
+      credentialHash: hashSecret(credential),
+    },
+  });
+  switch (result.outcome) {
+    case "token_invalid":
+      throw new HttpError(
+        401,
+        "registration_token_invalid",
+        "the registration token is unknown, already used or expired; ask an admin for a new one",
+      );
+    case "name_taken":
+      throw new HttpError(
+        409,
+        "name_taken",
+        `a runner named "${body.name}" is already registered; register with replace=true to replace it`,
+      );
+    case "registered": {
+      const { runner, replaced } = result;
+      context.logger.info({ runnerId: runner.id, name: runner.name, replaced: replaced?.id ?? null }, "runner registered");
+      return reply(registerResponseSchema, 201, { runnerId: runner.id, credential, name: runner.name, labels: runner.labels });
+    }
+  }
+}
+
+/**
+ * The checks verify, repair, unregister and the channel's upgrade share, in the protocol's
+ * order: versions (426), the runner (404), its credential (401), revocation (401).
+ */
+export function authenticateRunner(
+  context: Context,
+  bearer: string,
+  sent: { protocolVersion: number; agentVersion: string; runnerId: string },
+): RunnerRecord {
+  requireSupportedVersions(context, sent);
+  const runner = context.store.findRunner(sent.runnerId);
+  if (!runner) throw runnerNotFound(sent.runnerId);
+  if (!secretMatchesHash(bearer, runner.credentialHash)) {
+    throw new HttpError(401, "unauthorized", "the credential is not valid for this runner");
+  }
+  if (runner.revokedAt !== null) {
+    throw new HttpError(401, "credential_revoked", `the credential of runner ${runner.id} was revoked by an admin; register again`);
+  }
+  return runner;
+}
+
+export function verifyRunner(request: RouteRequest, context: Context): Reply {
+  const body = parseBody(verifyRequestSchema, request.body);
+  const runner = authenticateRunner(context, request.bearer, body);
+  if (runner.host.fingerprint !== body.host.fingerprint) {
+    throw new HttpError(
+      409,
+      "host_fingerprint_mismatch",
+      `the credential of runner ${runner.id} is bound to another host (${runner.host.hostname}); ` +
+        `if this machine is that runner, call POST ${API_PREFIX}/runners/repair (runner repair) to re-bind it`,
+    );
+  }
+  const seen = context.store.touchRunner(runner.id, context.now());
+  if (!seen) throw runnerNotFound(runner.id);
+  return reply(verifyResponseSchema, 200, { ok: true, runner: toRunnerView(seen) });
+}
+
+export function repairRunner(request: RouteRequest, context: Context): Reply {
+  const body = parseBody(repairRequestSchema, request.body);
+  const runner = authenticateRunner(context, request.bearer, body);
+  const rebound = context.store.rebindRunnerHost(runner.id, body.host, context.now());
+  if (!rebound) throw runnerNotFound(runner.id);
+  const previousFingerprint = runner.host.fingerprint;
+  if (previousFingerprint !== body.host.fingerprint) {
+    context.logger.info(
+      { runnerId: runner.id, previousFingerprint, fingerprint: body.host.fingerprint },
+      "runner re-bound to a new host",
+    );
+  }
+  return reply(repairResponseSchema, 200, { ok: true, runner: toRunnerView(rebound), previousFingerprint });
+}
+
+/** The runner removes itself; the host does not matter, so there is no fingerprint check. */
+export function unregisterRunner(request: RouteRequest, context: Context): Reply {
+  const body = parseBody(unregisterRequestSchema, request.body);
+  const runner = authenticateRunner(context, request.bearer, body);
+  if (!context.store.deleteRunner(runner.id)) throw runnerNotFound(runner.id);
+  context.logger.info({ runnerId: runner.id, name: runner.name }, "runner unregistered itself");
+  context.channel?.disconnectRunner(runner.id, "deleted");
+  return reply(unregisterResponseSchema, 200, { ok: true });
+}
+
+export function createRegistrationToken(request: RouteRequest, context: Context): Reply {
+  const body = parseBody(createRegistrationTokenRequestSchema, request.body);
+  const token = generateToken("registration");
+  const createdAt = context.now();
+  const expiresAt = new Date(createdAt.getTime() + body.expiresInSeconds * 1000);
+  const tokenId = generateTokenId();
+  context.store.insertRegistrationToken({ id: tokenId, tokenHash: hashSecret(token), createdAt, expiresAt });
+  context.logger.info({ tokenId, expiresAt: expiresAt.toISOString() }, "registration token created");
+  return reply(createRegistrationTokenResponseSchema, 201, { token, tokenId, expiresAt: expiresAt.toISOString() });
+}
+
+export function listRunners(_request: RouteRequest, context: Context): Reply {
+  return reply(listRunnersResponseSchema, 200, { runners: context.store.listRunners().map(toRunnerView) });
+}
+
+export function revokeRunner(request: RouteRequest, context: Context): Reply {
+  const id = parseRunnerId(request.params);
+  const runner = context.store.revokeRunner(id, context.now());
+  if (!runner) throw runnerNotFound(id);
+  context.logger.info({ runnerId: id }, "runner credential revoked");
+  context.channel?.disconnectRunner(id, "revoked");
+  return reply(revokeRunnerResponseSchema, 200, { ok: true, runner: toRunnerView(runner) });
+}
+
+export function deleteRunner(request: RouteRequest, context: Context): Reply {
+  const id = parseRunnerId(request.params);
+  if (!context.store.deleteRunner(id)) throw runnerNotFound(id);
+  context.logger.info({ runnerId: id }, "runner deleted");
+  context.channel?.disconnectRunner(id, "deleted");
+  return { status: 204 };
+}
+
+function parseRunnerId(params: Record<string, string>): string {
+  const result = runnerIdSchema.safeParse(params.id);
+  if (!result.success) throw new HttpError(400, "bad_request", `id: ${result.error.issues[0]?.message ?? "invalid"}`);
+  return result.data;
+}
+
+function runnerNotFound(id: string): HttpError {
+  return new HttpError(404, "runner_not_found", `runner ${id} does not exist (it may have been deleted); register again`);
+}
+
+function toRunnerView(runner: RunnerRecord): RunnerView {
+  return {
+    runnerId: runner.id,
+    name: runner.name,
+    labels: runner.labels,
+    host: runner.host,
+    registeredAt: runner.registeredAt.toISOString(),
+    lastSeenAt: runner.lastSeenAt?.toISOString() ?? null,
+    revoked: runner.revokedAt !== null,
+  };
+}

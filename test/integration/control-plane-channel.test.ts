@@ -1,0 +1,841 @@
+// The reference control plane's WebSocket channel, job queue, leases and reaper, driven by a
+// RAW `ws` client over loopback (no agent code): what any implementation of the runner side
+// would see. Timings are small (heartbeat 200 ms) so that each test stays well under a second
+// or two; every wait has its own timeout.
+import { test, describe, type TestContext } from "node:test";
+import assert from "node:assert/strict";
+import { createHash } from "node:crypto";
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { Writable } from "node:stream";
+import WebSocket from "ws";
+import { startControlPlane, type ControlPlane, type ControlPlaneOptions, type JobEvent, type RunnerEvent } from "../../src/control-plane/server.js";
+import { AdminClient, AdminRequestError } from "../../src/control-plane/admin-client.js";
+import { createLogger } from "../../src/log/logger.js";
+import {
+  AGENT_VERSION_HEADER,
+  CHANNEL_PATH,
+  PROTOCOL_HEADER,
+  RUNNER_ID_HEADER,
+  decodeControlMessage,
+  encode,
+  type ControlMessage,
+  type JobRef,
+  type JobResult,
+  type RunnerMessage,
+} from "../../src/protocol/channel.js";
+import { errorBodySchema, registerResponseSchema, type JobView, type SubmitJobRequest } from "../../src/protocol/http.js";
+import { AGENT_VERSION, PROTOCOL_VERSION } from "../../src/protocol/version.js";
+
+const TIMEOUT = { timeout: 10_000 };
+const HEARTBEAT_MS = 200;
+const ADMIN_TOKEN = "adm_channel-test-admin-token-0123456789";
+
+// ---- harness ----
+
+interface Harness {
+  cp: ControlPlane;
+  admin: AdminClient;
+  events: JobEvent[];
+  runnerEvents: RunnerEvent[];
+  logLines: string[];
+}
+
+async function startHarness(t: TestContext, options: ControlPlaneOptions = {}): Promise<Harness> {
+  const logLines: string[] = [];
+  const destination = new Writable({
+    write(chunk: Buffer, _encoding, done) {
+      logLines.push(chunk.toString("utf8"));
+      done();
+    },
+  });
+  const cp = await startControlPlane({
+    logger: createLogger({ level: "debug", destination }),
+    adminToken: ADMIN_TOKEN,
+    heartbeatIntervalMs: HEARTBEAT_MS,
+    reaperIntervalMs: 20,
+    ...options,
+  });
+  t.after(() => cp.close());
+  const events: JobEvent[] = [];
+  const runnerEvents: RunnerEvent[] = [];
+  cp.events.on("job", (event: JobEvent) => events.push(event));
+  cp.events.on("runner", (event: RunnerEvent) => runnerEvents.push(event));
+  return { cp, admin: new AdminClient(cp.url, ADMIN_TOKEN), events, runnerEvents, logLines };
+}
+
+function makeTempDir(t: TestContext): string {
+  const dir = mkdtempSync(join(tmpdir(), "runner-cp-channel-"));
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  return dir;
+}
+
+interface Identity {
+  runnerId: string;
+  credential: string;
+}
+
+async function registerRunner(h: Harness, name: string, labels: string[] = ["linux"]): Promise<Identity> {
+  const { token } = await h.admin.createRegistrationToken();
+  const response = await fetch(`${h.cp.url}/api/v1/runners/register`, {
+    method: "POST",
+    headers: { authorization: `Bearer ${token}`, "content-type": "application/json" },
+    body: JSON.stringify({
+      protocolVersion: PROTOCOL_VERSION,
+      agentVersion: AGENT_VERSION,
+      name,
+      labels,
+      host: { hostname: name, platform: "linux", arch: "x64", fingerprint: createHash("sha256").update(name).digest("hex") },
+    }),
+  });
+  assert.equal(response.status, 201);
+  const { runnerId, credential } = registerResponseSchema.parse(await response.json());
+  return { runnerId, credential };
+}
+
+function channelUrl(cp: ControlPlane): string {
+  return cp.url.replace(/^http/, "ws") + CHANNEL_PATH;
+}
+
+function channelHeaders(runner: Identity): Record<string, string> {
+  return {
+    authorization: `Bearer ${runner.credential}`,
+    [RUNNER_ID_HEADER]: runner.runnerId,
+    [PROTOCOL_HEADER]: String(PROTOCOL_VERSION),
+    [AGENT_VERSION_HEADER]: AGENT_VERSION,
+  };
+}
+
+type Of<T extends ControlMessage["type"]> = Extract<ControlMessage, { type: T }>;
+
+/** A runner reduced to a socket: sends what the test says, queues what arrives. */
+class RawRunner {
+  private readonly pending: ControlMessage[] = [];
+  private readonly waiters: { type: string; resolve: (m: ControlMessage) => void }[] = [];
+  private pinger: NodeJS.Timeout | undefined;
+  readonly closed: Promise<{ code: number; reason: string }>;
+
+  constructor(
+    readonly ws: WebSocket,
+    readonly identity: Identity,
+  ) {
+    ws.on("message", (data: Buffer) => {
+      const decoded = decodeControlMessage(data.toString("utf8"));
+      assert.ok(decoded.ok, `the control plane sent a frame outside the protocol: ${decoded.ok ? "" : decoded.detail}`);
+      const message = decoded.message;
+      const index = this.waiters.findIndex((w) => w.type === message.type);
+      if (index >= 0) this.waiters.splice(index, 1)[0]!.resolve(message);
+      else this.pending.push(message);
+    });
+    this.closed = new Promise((resolve) => ws.once("close", (code, reason) => resolve({ code, reason: reason.toString() })));
+    void this.closed.then(() => clearInterval(this.pinger));
+  }
+
+  static async connect(cp: ControlPlane, identity: Identity, options: { ping?: boolean } = {}): Promise<RawRunner> {
+    const ws = new WebSocket(channelUrl(cp), { headers: channelHeaders(identity) });
+    await new Promise<void>((resolve, reject) => {
+      ws.once("open", resolve);
+      ws.once("error", reject);
+      ws.once("unexpected-response", (_req, res) => reject(new Error(`upgrade refused: ${res.statusCode}`)));
+    });
+    const runner = new RawRunner(ws, identity);
+    // Like an agent: pings keep the connection (and its leases) alive.
+    if (options.ping !== false) runner.pinger = setInterval(() => ws.readyState === WebSocket.OPEN && ws.ping(), HEARTBEAT_MS / 4);
+    return runner;
+  }
+
+  send(message: RunnerMessage | string): void {
+    this.ws.send(typeof message === "string" ? message : encode(message));
+  }
+
+  /** The next message of this type (earlier ones of other types stay queued). */
+  next<T extends ControlMessage["type"]>(type: T, timeoutMs = 2000): Promise<Of<T>> {
+    const index = this.pending.findIndex((m) => m.type === type);
+    if (index >= 0) return Promise.resolve(this.pending.splice(index, 1)[0] as Of<T>);
+    return new Promise((resolve, reject) => {
+      const waiter = { type, resolve: (m: ControlMessage) => (clearTimeout(timer), resolve(m as Of<T>)) };
+      const timer = setTimeout(() => {
+        this.waiters.splice(this.waiters.indexOf(waiter), 1);
+        reject(new Error(`no ${type} within ${timeoutMs} ms`));
+      }, timeoutMs);
+      this.waiters.push(waiter);
+    });
+  }
+
+  /** Asserts that no message of this type arrives within `ms`. */
+  async expectNo(type: ControlMessage["type"], ms = 150): Promise<void> {
+    await delay(ms);
+    const found = this.pending.filter((m) => m.type === type);
+    assert.deepEqual(found, [], `unexpected ${type}`);
+  }
+
+  async hello(options: { capacity?: number; running?: JobRef[]; pendingResults?: JobRef[]; labels?: string[] } = {}): Promise<Of<"welcome">> {
+    this.send({
+      type: "hello",
+      protocolVersion: PROTOCOL_VERSION,
+      agentVersion: AGENT_VERSION,
+      runnerId: this.identity.runnerId,
+      capacity: options.capacity ?? 4,
+      running: options.running ?? [],
+      pendingResults: options.pendingResults ?? [],
+      ...(options.labels ? { labels: options.labels } : {}),
+    });
+    return this.next("welcome");
+  }
+
+  ready(slots: number): void {
+    this.send({ type: "ready", slots });
+  }
+
+  result(ref: JobRef, outcome: JobResult["outcome"] = "succeeded", exitCode: number | null = 0): void {
+    this.send({
+      type: "result",
+      result: { ...ref, outcome, exitCode, signal: null, reason: null, startedAt: new Date().toISOString(), finishedAt: new Date().toISOString() },
+    });
+  }
+
+  close(): Promise<{ code: number; reason: string }> {
+    this.ws.close();
+    return this.closed;
+  }
+
+  /** Drops the TCP connection without a closing handshake (a crash or a cut cable). */
+  drop(): Promise<{ code: number; reason: string }> {
+    this.ws.terminate();
+    return this.closed;
+  }
+}
+
+async function connected(h: Harness, identity: Identity, hello: Parameters<RawRunner["hello"]>[0] = {}): Promise<RawRunner> {
+  const runner = await RawRunner.connect(h.cp, identity);
+  await runner.hello(hello);
+  return runner;
+}
+
+function delay(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}
+
+/** Polls until `check` returns a value (not undefined/false), or fails after `timeoutMs`. */
+async function waitFor<T>(what: string, check: () => T | undefined | false | Promise<T | undefined | false>, timeoutMs = 3000): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const value = await check();
+    if (value !== undefined && value !== false) return value;
+    if (Date.now() > deadline) assert.fail(`timed out waiting for ${what}`);
+    await delay(10);
+  }
+}
+
+function waitForEvent(h: Harness, jobId: string, status: JobEvent["status"], attempt?: number): Promise<JobEvent> {
+  return waitFor(`${status} of ${jobId}`, () => h.events.find((e) => e.jobId === jobId && e.status === status && (attempt === undefined || e.attempt === attempt)));
+}
+
+function commandJob(...argv: string[]): SubmitJobRequest {
+  return { job: { kind: "command", argv: argv.length > 0 ? argv : ["true"], env: {} } };
+}
+
+async function submit(h: Harness, request: SubmitJobRequest = commandJob()): Promise<JobView> {
+  return (await h.admin.submitJob(request)).job;
+}
+
+async function jobOf(h: Harness, jobId: string): Promise<JobView> {
+  return (await h.admin.getJob(jobId)).job;
+}
+
+interface Refusal {
+  status: number;
+  code: string;
+  message: string;
+}
+
+/** Opens a channel expecting the upgrade to be refused; returns the HTTP status and error body. */
+function refusedUpgrade(url: string, headers: Record<string, string>): Promise<Refusal> {
+  return new Promise((resolve, reject) => {
+    const ws = new WebSocket(url, { headers });
+    ws.on("error", () => undefined); // after the refusal the aborted request may report an error
+    ws.once("open", () => {
+      ws.close();
+      reject(new Error("the upgrade was accepted"));
+    });
+    ws.once("unexpected-response", (req, res) => {
+      let text = "";
+      res.setEncoding("utf8");
+      res.on("data", (chunk: string) => (text += chunk));
+      res.on("end", () => {
+        const body = errorBodySchema.parse(JSON.parse(text));
+        assert.match(String(res.headers["content-type"]), /application\/json/);
+        resolve({ status: res.statusCode ?? 0, code: body.error.code, message: body.error.message });
+        req.destroy();
+      });
+    });
+  });
+}
+
+// ---- tests ----
+
+describe("channel upgrade", () => {
+  test("is refused before the upgrade, with the protocol's status and JSON error body", TIMEOUT, async (t) => {
+    const h = await startHarness(t, { minAgentVersion: "0.1.0" });
+    const runner = await registerRunner(h, "upgrader");
+    const other = await registerRunner(h, "other");
+    const url = channelUrl(h.cp);
+    const headers = channelHeaders(runner);
+    const without = (name: string) => Object.fromEntries(Object.entries(headers).filter(([key]) => key !== name));
+
+    const cases: [string, string, Record<string, string>, number, string][] = [
+      ["no credential", url, without("authorization"), 401, "unauthorized"],
+      ["another runner's credential", url, { ...headers, authorization: `Bearer ${other.credential}` }, 401, "unauthorized"],
+      ["unknown runner", url, { ...headers, [RUNNER_ID_HEADER]: "rnr_" + "Z".repeat(24) }, 404, "runner_not_found"],
+      ["unsupported protocol", url, { ...headers, [PROTOCOL_HEADER]: String(PROTOCOL_VERSION + 1) }, 426, "upgrade_required"],
+      ["agent too old", url, { ...headers, [AGENT_VERSION_HEADER]: "0.0.9" }, 426, "upgrade_required"],
+      ["no protocol header", url, without(PROTOCOL_HEADER), 400, "bad_request"],
+      ["no runner id", url, without(RUNNER_ID_HEADER), 400, "bad_request"],
+      ["another path", url.replace("/channel", "/channels"), headers, 404, "not_found"],
+    ];
+    for (const [what, target, sent, status, code] of cases) {
+      const refusal = await refusedUpgrade(target, sent);
+      assert.deepEqual([refusal.status, refusal.code], [status, code], what);
+      assert.ok(refusal.message.length > 0);
+    }
+
+    await h.admin.revokeRunner(runner.runnerId);
+    const revoked = await refusedUpgrade(url, headers);
+    assert.deepEqual([revoked.status, revoked.code], [401, "credential_revoked"]);
+
+    // Refusals cost nothing: the server still answers HTTP and upgrades.
+    assert.equal((await fetch(`${h.cp.url}/api/v1/health`)).status, 200);
+    const ok = await connected(h, other);
+    await ok.close();
+  });
+
+  test("hello gets welcome with the announced timings; the runner is marked seen and reported connected", TIMEOUT, async (t) => {
+    const h = await startHarness(t, { leaseMs: 30_000, maxFrameBytes: 64 * 1024 });
+    const identity = await registerRunner(h, "greeter");
+    const before = Date.now();
+    const runner = await RawRunner.connect(h.cp, identity);
+    const welcome = await runner.hello();
+    assert.deepEqual(welcome, {
+      type: "welcome",
+      protocolVersion: PROTOCOL_VERSION,
+      heartbeatIntervalMs: HEARTBEAT_MS,
+      leaseMs: 30_000,
+      maxFrameBytes: 64 * 1024,
+      fenced: [],
+    });
+    const [view] = await h.admin.listRunners();
+    assert.ok(view?.lastSeenAt !== null && Date.parse(view!.lastSeenAt!) >= before - 5);
+    assert.deepEqual(h.runnerEvents, [{ runnerId: identity.runnerId, event: "connected" }]);
+    await runner.close();
+    await waitFor("disconnected event", () => h.runnerEvents.find((e) => e.event === "disconnected"));
+  });
+
+  test("revoking or deleting a connected runner closes its channel (4001 / 4002); it cannot come back", TIMEOUT, async (t) => {
+    const h = await startHarness(t);
+    const revokedIdentity = await registerRunner(h, "to-revoke");
+    const deletedIdentity = await registerRunner(h, "to-delete");
+    const revoked = await connected(h, revokedIdentity);
+    const deleted = await connected(h, deletedIdentity);
+    await h.admin.revokeRunner(revokedIdentity.runnerId);
+    await h.admin.deleteRunner(deletedIdentity.runnerId);
+    assert.deepEqual(await revoked.closed, { code: 4001, reason: "credential revoked" });
+    assert.deepEqual(await deleted.closed, { code: 4002, reason: "runner deleted" });
+    assert.equal((await refusedUpgrade(channelUrl(h.cp), channelHeaders(revokedIdentity))).code, "credential_revoked");
+    assert.equal((await refusedUpgrade(channelUrl(h.cp), channelHeaders(deletedIdentity))).code, "runner_not_found");
+  });
+
+  test("anything before hello closes the connection with 1008", TIMEOUT, async (t) => {
+    const h = await startHarness(t);
+    const identity = await registerRunner(h, "impatient");
+    const early = await RawRunner.connect(h.cp, identity);
+    early.ready(1);
+    assert.equal((await early.closed).code, 1008);
+    const garbage = await RawRunner.connect(h.cp, identity);
+    garbage.send("{not json");
+    assert.equal((await garbage.closed).code, 1008);
+    const impostor = await RawRunner.connect(h.cp, identity);
+    impostor.send({ type: "hello", protocolVersion: 1, agentVersion: AGENT_VERSION, runnerId: "rnr_" + "Q".repeat(24), capacity: 1, running: [], pendingResults: [] });
+    assert.equal((await impostor.closed).code, 1008, "hello for another runner id");
+  });
+
+  test("a second connection of the same runner replaces the first (4000 replaced)", TIMEOUT, async (t) => {
+    const h = await startHarness(t);
+    const identity = await registerRunner(h, "twice");
+    const first = await connected(h, identity);
+    first.ready(1);
+    const second = await connected(h, identity);
+    assert.deepEqual(await first.closed, { code: 4000, reason: "replaced" });
+    // Credits of the replaced connection are gone: only the new one's count.
+    await submit(h);
+    await first.expectNo("assign", 100);
+    second.ready(1);
+    await second.next("assign");
+  });
+
+  test("a connection heard from neither by frame nor by ping is terminated after 2.5 heartbeats", TIMEOUT, async (t) => {
+    const h = await startHarness(t);
+    const identity = await registerRunner(h, "quiet");
+    const pinging = await connected(h, await registerRunner(h, "chatty"));
+    const silent = await RawRunner.connect(h.cp, identity, { ping: false });
+    const started = Date.now();
+    await silent.hello();
+    const { code } = await silent.closed;
+    const elapsed = Date.now() - started;
+    assert.equal(code, 1006, "terminated, no closing handshake");
+    assert.ok(elapsed >= HEARTBEAT_MS * 2.5 - 20 && elapsed < HEARTBEAT_MS * 2.5 + 400, `after ${elapsed} ms`);
+    await delay(HEARTBEAT_MS * 1.5);
+    assert.equal(pinging.ws.readyState, WebSocket.OPEN, "pings keep a connection alive");
+  });
+});
+
+describe("dispatch", () => {
+  test("credits are respected: one ready, three jobs, exactly one assign until the next ready", TIMEOUT, async (t) => {
+    const h = await startHarness(t);
+    const runner = await connected(h, await registerRunner(h, "credit"));
+    runner.ready(1);
+    const jobs = [await submit(h), await submit(h), await submit(h)];
+    const first = await runner.next("assign");
+    assert.equal(first.jobId, jobs[0]!.jobId, "submit order");
+    assert.equal(first.attempt, 1);
+    await runner.expectNo("assign", 200);
+    assert.deepEqual((await h.admin.listJobs()).map((j) => j.status), ["assigned", "queued", "queued"]);
+    assert.equal((await h.admin.listJobs("queued")).length, 2);
+
+    runner.ready(1);
+    assert.equal((await runner.next("assign")).jobId, jobs[1]!.jobId);
+    await runner.expectNo("assign", 100);
+  });
+
+  test("an assign carries the job, its timeout, grace and lease", TIMEOUT, async (t) => {
+    const h = await startHarness(t, { leaseMs: 45_000 });
+    const runner = await connected(h, await registerRunner(h, "carrier"));
+    runner.ready(1);
+    const job = await submit(h, { job: { kind: "command", argv: ["echo", "hi"], env: { A: "1" }, cwd: "/tmp" }, timeoutMs: 5000, cancelGraceMs: 250 });
+    const assign = await runner.next("assign");
+    assert.deepEqual({ ...assign, leaseExpiresAt: undefined }, {
+      type: "assign",
+      jobId: job.jobId,
+      attempt: 1,
+      job: { kind: "command", argv: ["echo", "hi"], env: { A: "1" }, cwd: "/tmp" },
+      timeoutMs: 5000,
+      cancelGraceMs: 250,
+      leaseExpiresAt: undefined,
+    });
+    assert.ok(Math.abs(Date.parse(assign.leaseExpiresAt) - (Date.now() + 45_000)) < 2000);
+    const view = await jobOf(h, job.jobId);
+    assert.equal(view.status, "assigned");
+    assert.equal(view.runnerId, runner.identity.runnerId);
+    assert.notEqual(view.assignedAt, null);
+  });
+
+  test("a job goes only to a runner having every required label; hello labels win over registered ones", TIMEOUT, async (t) => {
+    const h = await startHarness(t);
+    const plain = await connected(h, await registerRunner(h, "plain", ["linux"]));
+    const gpu = await connected(h, await registerRunner(h, "gpu", ["linux"]), { labels: ["linux", "gpu"] });
+    plain.ready(4);
+    gpu.ready(1);
+    const gpuJob = await submit(h, { ...commandJob(), requiredLabels: ["gpu"] });
+    const macJob = await submit(h, { ...commandJob(), requiredLabels: ["macos"] });
+    const anyJob = await submit(h, { ...commandJob(), requiredLabels: ["linux"] });
+    assert.equal((await gpu.next("assign")).jobId, gpuJob.jobId);
+    assert.equal((await plain.next("assign")).jobId, anyJob.jobId);
+    await plain.expectNo("assign", 100);
+    assert.equal((await jobOf(h, macJob.jobId)).status, "queued", "no runner has macos");
+  });
+
+  test("a goodbye stops assignments to that runner", TIMEOUT, async (t) => {
+    const h = await startHarness(t);
+    const runner = await connected(h, await registerRunner(h, "leaving"));
+    runner.ready(2);
+    runner.send({ type: "goodbye", reason: "draining" });
+    await delay(50);
+    runner.ready(1);
+    const job = await submit(h);
+    await runner.expectNo("assign", 150);
+    assert.equal((await jobOf(h, job.jobId)).status, "queued");
+  });
+
+  test("two runners racing for 50 jobs: each job is assigned exactly once and both get work", TIMEOUT, async (t) => {
+    const h = await startHarness(t);
+    const runners = [await connected(h, await registerRunner(h, "left")), await connected(h, await registerRunner(h, "right"))];
+    const assignedTo = new Map<string, string[]>();
+    // Each runner finishes a job at once and asks for the next, like a fast agent.
+    for (const runner of runners) {
+      runner.ws.on("message", (data: Buffer) => {
+        const message = JSON.parse(data.toString()) as ControlMessage;
+        if (message.type !== "assign") return;
+        assignedTo.set(message.jobId, [...(assignedTo.get(message.jobId) ?? []), `${runner.identity.runnerId}#${message.attempt}`]);
+        runner.send({ type: "accept", jobId: message.jobId, attempt: message.attempt });
+        runner.result(message);
+        runner.ready(1);
+      });
+      runner.ready(3);
+    }
+    const submitted = await Promise.all(Array.from({ length: 50 }, () => submit(h)));
+    await waitFor("all 50 jobs applied", () => h.events.filter((e) => e.status === "result_applied").length === 50);
+    for (const job of submitted) assert.equal(assignedTo.get(job.jobId)?.length, 1, `${job.jobId}: ${assignedTo.get(job.jobId)?.join(", ")}`);
+    const jobs = await h.admin.listJobs();
+    assert.ok(jobs.every((j) => j.status === "succeeded" && j.attempt === 1));
+    const perRunner = runners.map((r) => jobs.filter((j) => j.runnerId === r.identity.runnerId).length);
+    assert.ok(perRunner.every((n) => n > 0), `work shared: ${perRunner.join(" + ")}`);
+  });
+});
+
+describe("results, logs and fencing", () => {
+  test("the happy path: accept, started, logs, result applied once; a repeated result is acked but not applied", TIMEOUT, async (t) => {
+    const h = await startHarness(t);
+    const runner = await connected(h, await registerRunner(h, "worker"));
+    runner.ready(1);
+    const job = await submit(h, commandJob("echo", "out"));
+    const assign = await runner.next("assign");
+    const ref = { jobId: assign.jobId, attempt: assign.attempt };
+    runner.send({ type: "accept", ...ref });
+    runner.send({ type: "started", ...ref, startedAt: new Date().toISOString() });
+    runner.send({ type: "log", ...ref, seq: 0, stream: "stdout", data: "out\n" });
+    runner.send({ type: "log", ...ref, seq: 1, stream: "stderr", data: "err\n" });
+    runner.send({ type: "log", ...ref, seq: 0, stream: "stdout", data: "a repeat must not replace the first\n" });
+    await waitForEvent(h, job.jobId, "started");
+    assert.equal((await jobOf(h, job.jobId)).status, "running");
+
+    runner.result(ref, "failed", 3);
+    assert.deepEqual(await runner.next("result_ack"), { type: "result_ack", ...ref, applied: true });
+    runner.result(ref, "succeeded", 0);
+    assert.deepEqual(await runner.next("result_ack"), { type: "result_ack", ...ref, applied: false });
+
+    const { job: view, logs } = await h.admin.getJob(job.jobId);
+    assert.equal(view.status, "failed", "the first result stands");
+    assert.equal(view.result?.exitCode, 3);
+    assert.notEqual(view.finishedAt, null);
+    assert.deepEqual(logs, [
+      { attempt: 1, seq: 0, stream: "stdout", data: "out\n" },
+      { attempt: 1, seq: 1, stream: "stderr", data: "err\n" },
+    ]);
+    const statuses = h.events.filter((e) => e.jobId === job.jobId).map((e) => `${e.status}:${e.attempt}`);
+    assert.deepEqual(statuses, ["submitted:0", "assigned:1", "accepted:1", "started:1", "result_applied:1"]);
+    const times = h.events.filter((e) => e.jobId === job.jobId).map((e) => e.at);
+    assert.ok(times.every((at, i) => i === 0 || at >= times[i - 1]!), "event times are monotonic");
+    assert.match(h.logLines.join(""), /duplicate, stale attempt or unknown job/);
+  });
+
+  test("pings alone keep the leases of a runner's jobs", TIMEOUT, async (t) => {
+    const h = await startHarness(t, { leaseMs: 1000 });
+    const runner = await connected(h, await registerRunner(h, "pinger"));
+    runner.ready(1);
+    const job = await submit(h);
+    await runner.next("assign");
+    await delay(1500);
+    assert.ok(!h.events.some((e) => e.status === "requeued"), "no lease expired");
+    assert.equal((await jobOf(h, job.jobId)).status, "assigned");
+  });
+
+  test("a stale attempt is fenced: lease expires, job re-queued, re-assigned as attempt 2, the late attempt-1 result is acked but not applied", TIMEOUT, async (t) => {
+    const h = await startHarness(t, { leaseMs: 1000 });
+    const slowIdentity = await registerRunner(h, "slow");
+    const slow = await connected(h, slowIdentity);
+    const fast = await connected(h, await registerRunner(h, "fast"));
+    slow.ready(1);
+    const job = await submit(h);
+    const first = await slow.next("assign");
+    assert.equal(first.attempt, 1);
+    slow.send({ type: "started", jobId: job.jobId, attempt: 1, startedAt: new Date().toISOString() });
+    fast.ready(1);
+    await slow.drop(); // the slow runner vanishes past its lease
+
+    const requeued = await waitForEvent(h, job.jobId, "requeued", 1);
+    const second = await fast.next("assign");
+    assert.equal(second.attempt, 2);
+    const assignedAgain = await waitForEvent(h, job.jobId, "assigned", 2);
+    assert.ok(assignedAgain.at >= requeued.at);
+
+    // The slow runner comes back with its attempt-1 result.
+    const back = await RawRunner.connect(h.cp, slowIdentity);
+    const welcome = await back.hello({ pendingResults: [{ jobId: job.jobId, attempt: 1 }] });
+    assert.deepEqual(welcome.fenced, []);
+    back.send({ type: "log", jobId: job.jobId, attempt: 1, seq: 0, stream: "stdout", data: "stale\n" });
+    back.result({ jobId: job.jobId, attempt: 1 }, "failed", 1);
+    assert.deepEqual(await back.next("result_ack"), { type: "result_ack", jobId: job.jobId, attempt: 1, applied: false });
+    // Anything else it says about attempt 1 is answered with a cancel.
+    back.send({ type: "started", jobId: job.jobId, attempt: 1, startedAt: new Date().toISOString() });
+    assert.equal((await back.next("cancel")).attempt, 1);
+
+    let view = await jobOf(h, job.jobId);
+    assert.deepEqual([view.status, view.attempt, view.runnerId, view.result], ["assigned", 2, fast.identity.runnerId, null]);
+
+    fast.result({ jobId: job.jobId, attempt: 2 });
+    assert.equal((await fast.next("result_ack")).applied, true);
+    const final = await h.admin.getJob(job.jobId);
+    view = final.job;
+    assert.deepEqual([view.status, view.attempt, view.result?.attempt], ["succeeded", 2, 2]);
+    assert.deepEqual(final.logs, [], "attempt-1 logs after the re-queue are not stored");
+    assert.equal(h.events.filter((e) => e.jobId === job.jobId && e.status === "result_applied").length, 1);
+  });
+
+  test("the same runner's own stale attempt is fenced: it holds attempt 2 now, its late attempt-1 result is not applied", TIMEOUT, async (t) => {
+    const h = await startHarness(t, { leaseMs: 1000 });
+    const identity = await registerRunner(h, "lonely");
+    const runner = await connected(h, identity);
+    runner.ready(1);
+    const job = await submit(h);
+    assert.equal((await runner.next("assign")).attempt, 1);
+    await runner.drop();
+    await waitForEvent(h, job.jobId, "requeued", 1);
+
+    const back = await RawRunner.connect(h.cp, identity);
+    await back.hello({ pendingResults: [{ jobId: job.jobId, attempt: 1 }] });
+    back.ready(1);
+    assert.equal((await back.next("assign")).attempt, 2);
+    back.send({ type: "accept", jobId: job.jobId, attempt: 1 });
+    assert.equal((await back.next("cancel")).attempt, 1, "an accept of attempt 1 is answered with cancel");
+    back.send({ type: "log", jobId: job.jobId, attempt: 1, seq: 0, stream: "stdout", data: "from attempt 1\n" });
+    back.result({ jobId: job.jobId, attempt: 1 }, "failed", 1);
+    assert.deepEqual(await back.next("result_ack"), { type: "result_ack", jobId: job.jobId, attempt: 1, applied: false });
+    assert.deepEqual([(await jobOf(h, job.jobId)).status, (await jobOf(h, job.jobId)).attempt], ["assigned", 2]);
+    back.send({ type: "log", jobId: job.jobId, attempt: 2, seq: 0, stream: "stdout", data: "from attempt 2\n" });
+    back.result({ jobId: job.jobId, attempt: 2 });
+    assert.equal((await back.next("result_ack")).applied, true);
+    const { job: view, logs } = await h.admin.getJob(job.jobId);
+    assert.deepEqual([view.status, view.result?.attempt], ["succeeded", 2]);
+    assert.deepEqual(logs.map((l) => [l.attempt, l.data]), [[2, "from attempt 2\n"]]);
+  });
+
+  test("hello reporting a job it no longer holds, or another attempt: fenced and cancelled; the attempt it held is re-queued", TIMEOUT, async (t) => {
+    const h = await startHarness(t);
+    const identity = await registerRunner(h, "confused");
+    const runner = await connected(h, identity);
+    runner.ready(1);
+    const job = await submit(h);
+    await runner.next("assign");
+    await runner.drop();
+
+    const back = await RawRunner.connect(h.cp, identity);
+    const running = [
+      { jobId: job.jobId, attempt: 7 },
+      { jobId: "job_neverexisted", attempt: 1 },
+    ];
+    const welcome = await back.hello({ running });
+    assert.deepEqual(welcome.fenced, running);
+    const cancels = [await back.next("cancel"), await back.next("cancel")];
+    assert.deepEqual(cancels.map((c) => [c.jobId, c.attempt]), running.map((r) => [r.jobId, r.attempt]));
+    const view = await jobOf(h, job.jobId);
+    assert.deepEqual([view.status, view.runnerId, view.attempt], ["queued", null, 1]);
+  });
+
+  test("a job the store gave the runner but missing from its hello is re-queued at once and goes to the next runner", TIMEOUT, async (t) => {
+    const h = await startHarness(t);
+    const identity = await registerRunner(h, "forgetful");
+    const runner = await connected(h, identity);
+    const helper = await connected(h, await registerRunner(h, "helper"));
+    runner.ready(2);
+    const lost = await submit(h);
+    const kept = await submit(h);
+    await runner.next("assign");
+    await runner.next("assign");
+    await runner.drop();
+    helper.ready(1);
+
+    const back = await RawRunner.connect(h.cp, identity);
+    const welcome = await back.hello({ running: [{ jobId: kept.jobId, attempt: 1 }] });
+    assert.deepEqual(welcome.fenced, []);
+    await waitForEvent(h, lost.jobId, "requeued", 1);
+    const reassigned = await helper.next("assign");
+    assert.deepEqual([reassigned.jobId, reassigned.attempt], [lost.jobId, 2]);
+    const keptView = await jobOf(h, kept.jobId);
+    assert.deepEqual([keptView.status, keptView.runnerId], ["running", identity.runnerId], "a job it still runs is kept (and marked running)");
+  });
+
+  test("a reject re-queues the job; the next hand-out is attempt 2, to another runner", TIMEOUT, async (t) => {
+    const h = await startHarness(t);
+    const picky = await connected(h, await registerRunner(h, "picky"));
+    const willing = await connected(h, await registerRunner(h, "willing"));
+    picky.ready(3); // more credits than the other runner: only the cooldown keeps the job away from it
+    const job = await submit(h);
+    const assign = await picky.next("assign");
+    willing.ready(1);
+    picky.send({ type: "reject", jobId: assign.jobId, attempt: 1, reason: "no such tool here" });
+    const again = await willing.next("assign");
+    assert.deepEqual([again.jobId, again.attempt], [job.jobId, 2]);
+    await picky.expectNo("assign", 50);
+    assert.ok(h.events.some((e) => e.jobId === job.jobId && e.status === "requeued" && e.attempt === 1));
+  });
+
+  test("a control plane restarted on the same data dir keeps its jobs, and the runner's result applies once", TIMEOUT, async (t) => {
+    const dataDir = makeTempDir(t);
+    const first = await startHarness(t, { dataDir });
+    const identity = await registerRunner(first, "survivor");
+    const runner = await connected(first, identity);
+    runner.ready(1);
+    const running = await submit(first);
+    const queued = await submit(first, { ...commandJob(), requiredLabels: ["nowhere"] });
+    await runner.next("assign");
+    runner.send({ type: "started", jobId: running.jobId, attempt: 1, startedAt: new Date().toISOString() });
+    await waitForEvent(first, running.jobId, "started");
+    await first.cp.close();
+    assert.equal((await runner.closed).code, 1001, "going away");
+
+    const second = await startHarness(t, { dataDir });
+    const jobs = await second.admin.listJobs();
+    assert.deepEqual(jobs.map((j) => [j.jobId, j.status, j.attempt]), [
+      [running.jobId, "running", 1],
+      [queued.jobId, "queued", 0],
+    ]);
+    const back = await connected(second, identity, { running: [{ jobId: running.jobId, attempt: 1 }] });
+    back.result({ jobId: running.jobId, attempt: 1 });
+    assert.equal((await back.next("result_ack")).applied, true);
+    back.result({ jobId: running.jobId, attempt: 1 });
+    assert.equal((await back.next("result_ack")).applied, false);
+    assert.equal((await jobOf(second, running.jobId)).status, "succeeded");
+  });
+});
+
+describe("cancel", () => {
+  test("a queued job is cancelled at once; a running one gets cancel and ends with the runner's result", TIMEOUT, async (t) => {
+    const h = await startHarness(t);
+    const runner = await connected(h, await registerRunner(h, "cancellable"));
+    const queued = await submit(h, { ...commandJob(), requiredLabels: ["nowhere"] });
+    const cancelled = (await h.admin.cancelJob(queued.jobId)).job;
+    assert.deepEqual([cancelled.status, cancelled.cancelRequested], ["cancelled", false]);
+    await waitForEvent(h, queued.jobId, "cancelled");
+
+    runner.ready(1);
+    const job = await submit(h);
+    const assign = await runner.next("assign");
+    runner.send({ type: "started", jobId: job.jobId, attempt: 1, startedAt: new Date().toISOString() });
+    await waitForEvent(h, job.jobId, "started");
+    const requested = (await h.admin.cancelJob(job.jobId)).job;
+    assert.deepEqual([requested.status, requested.cancelRequested], ["running", true]);
+    const cancel = await runner.next("cancel");
+    assert.deepEqual([cancel.jobId, cancel.attempt], [assign.jobId, 1]);
+    runner.result({ jobId: job.jobId, attempt: 1 }, "cancelled", null);
+    assert.equal((await runner.next("result_ack")).applied, true);
+    const finished = await jobOf(h, job.jobId);
+    assert.equal(finished.status, "cancelled");
+
+    // A finished job comes back unchanged; an unknown one is 404.
+    assert.deepEqual((await h.admin.cancelJob(job.jobId)).job, finished);
+    await assert.rejects(h.admin.cancelJob("job_nope"), (error: AdminRequestError) => error.status === 404 && error.apiCode === "not_found");
+  });
+
+  test("a cancel requested while the runner is away is sent after its next welcome", TIMEOUT, async (t) => {
+    const h = await startHarness(t);
+    const identity = await registerRunner(h, "away");
+    const runner = await connected(h, identity);
+    runner.ready(1);
+    const job = await submit(h);
+    await runner.next("assign");
+    await runner.drop();
+    assert.equal((await h.admin.cancelJob(job.jobId)).job.cancelRequested, true);
+
+    const back = await RawRunner.connect(h.cp, identity);
+    await back.hello({ running: [{ jobId: job.jobId, attempt: 1 }] });
+    const cancel = await back.next("cancel");
+    assert.deepEqual([cancel.jobId, cancel.attempt], [job.jobId, 1]);
+  });
+
+  test("a job with a cancel requested whose runner never comes back ends cancelled when its lease expires", TIMEOUT, async (t) => {
+    const h = await startHarness(t, { leaseMs: 1000 });
+    const runner = await connected(h, await registerRunner(h, "gone"));
+    runner.ready(1);
+    const job = await submit(h);
+    await runner.next("assign");
+    await runner.drop();
+    await h.admin.cancelJob(job.jobId);
+    await waitForEvent(h, job.jobId, "cancelled", 1);
+    const view = await jobOf(h, job.jobId);
+    assert.deepEqual([view.status, view.attempt], ["cancelled", 1]);
+    assert.ok(!h.events.some((e) => e.jobId === job.jobId && e.status === "requeued"));
+  });
+});
+
+describe("bad frames", () => {
+  test("malformed, unknown and invalid frames get an error and the connection stays up", TIMEOUT, async (t) => {
+    const h = await startHarness(t);
+    const runner = await connected(h, await registerRunner(h, "sloppy"));
+    const cases: [string | Buffer, string][] = [
+      ["{not json", "not_json"],
+      [JSON.stringify({ type: "teleport" }), "unknown_type"],
+      [JSON.stringify({ type: "ready", slots: 0 }), "invalid"],
+      [JSON.stringify({ type: "hello", protocolVersion: 1, agentVersion: "x", runnerId: runner.identity.runnerId, capacity: 1, running: [], pendingResults: [] }), "unexpected_hello"],
+      [Buffer.from("binary"), "binary_frame"],
+    ];
+    for (const [frame, code] of cases) {
+      if (typeof frame === "string") runner.send(frame);
+      else runner.ws.send(frame, { binary: true });
+      const error = await runner.next("error");
+      assert.equal(error.code, code);
+      assert.ok(error.message.length > 0);
+    }
+    assert.equal(runner.ws.readyState, WebSocket.OPEN);
+    runner.ready(1);
+    await submit(h);
+    await runner.next("assign");
+    const warnings = h.logLines.map((l) => JSON.parse(l) as { level: number; msg: string; detail?: string }).filter((l) => l.msg === "bad frame from runner");
+    assert.equal(warnings.length, 4);
+    assert.ok(warnings.every((w) => w.level === 40));
+    assert.ok(warnings.some((w) => w.detail?.includes("slots")), "the decode detail is logged");
+  });
+
+  test("a frame over maxFrameBytes closes that connection with 1009; the server keeps serving", TIMEOUT, async (t) => {
+    const h = await startHarness(t, { maxFrameBytes: 2048 });
+    const identity = await registerRunner(h, "verbose");
+    const runner = await connected(h, identity);
+    runner.send({ type: "log", jobId: "job_x", attempt: 1, seq: 0, stream: "stdout", data: "x".repeat(4096) });
+    assert.equal((await runner.closed).code, 1009);
+    await waitFor("the size-limit warning", () => h.logLines.some((l) => l.includes("frame over the size limit")));
+    const again = await connected(h, identity);
+    again.ready(1);
+    await submit(h);
+    await again.next("assign");
+  });
+});
+
+describe("admin job API", () => {
+  test("submit validates the job and refuses one whose assign frame would exceed maxFrameBytes", TIMEOUT, async (t) => {
+    const h = await startHarness(t, { maxFrameBytes: 2048 });
+    const fits = await submit(h, commandJob("echo", "x".repeat(1000)));
+    assert.equal(fits.status, "queued");
+    assert.equal(fits.attempt, 0);
+    assert.deepEqual(fits.requiredLabels, []);
+    assert.equal(fits.timeoutMs, 600_000);
+    assert.equal(fits.cancelGraceMs, 10_000);
+    await assert.rejects(h.admin.submitJob(commandJob("echo", "x".repeat(3000))), (error: AdminRequestError) => error.status === 413 && error.apiCode === "payload_too_large");
+    await assert.rejects(h.admin.submitJob({ job: { kind: "command", argv: [], env: {} } }), (error: AdminRequestError) => error.status === 400 && /job\.argv/.test(error.message));
+    await assert.rejects(h.admin.getJob("job_missing"), (error: AdminRequestError) => error.status === 404);
+    const badStatus = await fetch(`${h.cp.url}/api/v1/admin/jobs?status=lost`, { headers: { authorization: `Bearer ${ADMIN_TOKEN}` } });
+    assert.equal(badStatus.status, 400);
+    const unauthorized = await fetch(`${h.cp.url}/api/v1/admin/jobs`, { method: "POST", body: JSON.stringify(commandJob()) });
+    assert.equal(unauthorized.status, 401);
+    assert.deepEqual((await h.admin.listJobs()).map((j) => j.jobId), [fits.jobId]);
+    assert.match(fits.jobId, /^job_[A-Za-z0-9]{24}$/);
+  });
+});
+
+describe("store guards", () => {
+  test("a job is claimed once: a second claim, even from a second control plane on the same file, fails", TIMEOUT, async (t) => {
+    const dataDir = makeTempDir(t);
+    const left = await startHarness(t, { dataDir });
+    const right = await startHarness(t, { dataDir });
+    const job = await submit(left);
+    const now = new Date();
+    const lease = new Date(now.getTime() + 60_000);
+    const claimed = left.cp.store.jobs.claim(job.jobId, "rnr_" + "L".repeat(24), now, lease);
+    assert.equal(claimed?.attempt, 1);
+    assert.equal(right.cp.store.jobs.claim(job.jobId, "rnr_" + "R".repeat(24), now, lease), undefined);
+    assert.equal(left.cp.store.jobs.claim(job.jobId, "rnr_" + "L".repeat(24), now, lease), undefined);
+    assert.equal((await jobOf(right, job.jobId)).runnerId, "rnr_" + "L".repeat(24));
+  });
+
+  test("a result applies only for the attempt and runner that hold the job, and only once", TIMEOUT, async (t) => {
+    const h = await startHarness(t);
+    const jobs = h.cp.store.jobs;
+    const job = await submit(h);
+    const holder = "rnr_" + "H".repeat(24);
+    const now = new Date();
+    jobs.claim(job.jobId, holder, now, new Date(now.getTime() + 60_000));
+    const result = (attempt: number): JobResult => ({ jobId: job.jobId, attempt, outcome: "succeeded", exitCode: 0, signal: null, reason: null, startedAt: null, finishedAt: now.toISOString() });
+    assert.equal(jobs.applyResult(result(2), holder, now), undefined, "a future attempt");
+    assert.equal(jobs.applyResult(result(1), "rnr_" + "X".repeat(24), now), undefined, "another runner");
+    assert.equal(jobs.applyResult(result(1), holder, now)?.status, "succeeded");
+    assert.equal(jobs.applyResult(result(1), holder, now), undefined, "a repeat");
+  });
+});
