@@ -27,7 +27,8 @@ export class JobHost implements DriverPorts {
     await this.journal.record({ ...ref, pid: null, pgid: null, processStartTime: null, startedAt: null });
     const job = startCommandJob(assignment, {
       onStarted: ({ pid, startedAt }) => {
-        this.pidWrites.set(keyOf(ref), this.recordPid(ref, pid, startedAt));
+        this.journal.recordNow({ ...ref, pid, pgid: pid, processStartTime: null, startedAt });
+        this.pidWrites.set(keyOf(ref), this.recordStartTime(ref, pid, startedAt));
         this.feed({ type: "job_started", ref, startedAt });
       },
       onLog: ({ stream, data }) => this.feed({ type: "job_output", ref, stream, data }),
@@ -63,11 +64,12 @@ export class JobHost implements DriverPorts {
     for (const result of await Promise.all(jobs.map((j) => j.done))) await this.persistResult(result);
   }
 
-  private async recordPid(ref: JobRef, pid: number, startedAt: string): Promise<void> {
+  /** Adds the process start time, which tells the job's leader from a later process with its pid. */
+  private async recordStartTime(ref: JobRef, pid: number, startedAt: string): Promise<void> {
     try {
       await this.journal.record({ ...ref, pid, pgid: pid, processStartTime: await processStartTime(pid), startedAt });
     } catch (error) {
-      this.logger.error({ err: error, jobId: ref.jobId }, "could not record a job's pid in the journal");
+      this.logger.error({ err: error, jobId: ref.jobId }, "could not record a job's start time in the journal");
     }
   }
 }

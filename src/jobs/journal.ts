@@ -7,7 +7,7 @@
 // survives. A crash of the machine kills the jobs too, and an entry lost with it only means
 // the control plane's lease reaper, not this journal, hands the job out again. (The outbox,
 // which holds results, is fsynced.) This keeps an fsync off the path to starting each job.
-import { promises as fs } from "node:fs";
+import { promises as fs, renameSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import { z } from "zod";
 import type { JobRef, JobResult } from "../protocol/channel.js";
@@ -45,6 +45,18 @@ export class JobJournal {
       await ensureDir(this.dir);
       await writeJsonAtomic(file, value, SECRET_FILE_MODE, false);
     });
+  }
+
+  /**
+   * Records synchronously, for the moment right after a spawn: no await stands between the
+   * process existing and the journal naming it. (Call only once the entry's earlier writes
+   * have finished; the daemon awaits the pre-spawn record before it spawns.)
+   */
+  recordNow(entry: JournalEntry): void {
+    const file = this.fileFor(entry);
+    const temp = `${file}.${process.pid}.now.tmp`;
+    writeFileSync(temp, JSON.stringify(journalEntrySchema.parse(entry)), { mode: SECRET_FILE_MODE });
+    renameSync(temp, file);
   }
 
   /** Forgets a job attempt. Removing one that is not there is fine. */
