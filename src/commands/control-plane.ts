@@ -2,7 +2,7 @@
 // SIGTERM. It speaks plain HTTP, so it refuses non-loopback addresses unless told otherwise.
 import { readFileSync } from "node:fs";
 import { isIP } from "node:net";
-import type { Command } from "commander";
+import { InvalidArgumentError, type Command } from "commander";
 import { ExitCode, RunnerError } from "../errors.js";
 import { action, print } from "../cli/output.js";
 import type { Logger } from "../log/logger.js";
@@ -17,17 +17,21 @@ interface ControlPlaneFlags {
   adminTokenFile?: string;
   allowRemote?: boolean;
   minAgentVersion?: string;
+  heartbeatIntervalMs?: number;
+  leaseMs?: number;
 }
 
 export function defineControlPlaneCommand(program: Command, deps: { logger: () => Logger }): void {
   program
     .command("control-plane")
-    .description("run the reference control plane (HTTP API) in the foreground")
+    .description("run the reference control plane (HTTP API and the runners' WebSocket channel) in the foreground")
     .option("--listen <host:port>", "address to listen on", DEFAULT_LISTEN)
     .option("--data <dir>", "directory for the SQLite database (kept in memory when absent)")
     .option("--admin-token-file <file>", `read the admin token from this file (or set ${ADMIN_TOKEN_ENV})`)
     .option("--allow-remote", "allow a non-loopback listen address (plain HTTP: put TLS in front)")
     .option("--min-agent-version <version>", "answer 426 upgrade_required to older agents")
+    .option("--heartbeat-interval-ms <ms>", "how often runners ping (announced in the welcome)", toInt)
+    .option("--lease-ms <ms>", "how long a job's lease lasts without hearing from its runner", toInt)
     .action(action((flags: ControlPlaneFlags) => runControlPlane(flags, deps.logger())));
 }
 
@@ -51,6 +55,8 @@ async function runControlPlane(flags: ControlPlaneFlags, logger: Logger): Promis
     dataDir: flags.data,
     adminToken: givenToken,
     minAgentVersion: flags.minAgentVersion,
+    heartbeatIntervalMs: flags.heartbeatIntervalMs,
+    leaseMs: flags.leaseMs,
     logger,
   });
 
@@ -69,6 +75,11 @@ async function runControlPlane(flags: ControlPlaneFlags, logger: Logger): Promis
   print(`${signal}: stopping the control plane`);
   await controlPlane.close();
   return ExitCode.OK;
+}
+
+function toInt(value: string): number {
+  if (!/^\d+$/.test(value)) throw new InvalidArgumentError("expected a whole number of milliseconds");
+  return Number(value);
 }
 
 /** "host:port", "[::1]:port" or ":port" (loopback). */
