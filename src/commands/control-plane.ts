@@ -6,7 +6,6 @@ import { InvalidArgumentError, type Command } from "commander";
 import { ExitCode, RunnerError } from "../errors.js";
 import { action, print } from "../cli/output.js";
 import type { Logger } from "../log/logger.js";
-import { startControlPlane } from "../control-plane/server.js";
 
 export const ADMIN_TOKEN_ENV = "RUNNER_CP_ADMIN_TOKEN";
 const DEFAULT_LISTEN = "127.0.0.1:8080";
@@ -49,6 +48,8 @@ async function runControlPlane(flags: ControlPlaneFlags, logger: Logger): Promis
     console.error(`warning: listening on ${host} with plain HTTP (--allow-remote); put TLS in front of it`);
   }
   const givenToken = readAdminToken(flags.adminTokenFile);
+  // Loaded here, not at the top: every other verb (the daemon above all) stays free of SQLite.
+  const { startControlPlane } = await import("../control-plane/server.js");
   const controlPlane = await startControlPlane({
     host,
     port,

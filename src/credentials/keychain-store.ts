@@ -2,7 +2,7 @@
 // Manager) through @napi-rs/keyring. One entry per state dir, so several runners on one
 // machine do not share a credential. On Linux the store is pinned to the Secret Service: the
 // library's silent fallback, the kernel keyring, does not survive a reboot.
-import { AsyncEntry } from "@napi-rs/keyring";
+import type { AsyncEntry } from "@napi-rs/keyring";
 import { RunnerError } from "../errors.js";
 import { parseStoredCredential, type CredentialRead, type CredentialStore, type StoredCredential } from "./store.js";
 
@@ -12,16 +12,10 @@ const CALL_TIMEOUT_MS = 5_000;
 export class KeychainCredentialStore implements CredentialStore {
   readonly kind = "keychain" as const;
   readonly location: string;
-  private readonly entry: AsyncEntry | Error;
+  private entry: Promise<AsyncEntry> | null = null;
 
   constructor(readonly account: string) {
     this.location = `the ${keychainName()} (service "${KEYCHAIN_SERVICE}", account "${account}")`;
-    try {
-      this.entry = new AsyncEntry(KEYCHAIN_SERVICE, account, { linux: { store: "secret-service" } });
-    } catch (error) {
-      // No session bus, no keychain: remembered, reported by every call.
-      this.entry = error as Error;
-    }
   }
 
   async read(): Promise<CredentialRead> {
@@ -63,9 +57,11 @@ export class KeychainCredentialStore implements CredentialStore {
   }
 
   private async call<T>(fn: (entry: AsyncEntry, signal: AbortSignal) => Promise<T>): Promise<T> {
-    if (this.entry instanceof Error) throw this.entry;
+    // The native module is loaded on first use: a runner using the file store never loads it.
+    // Creating the entry throws when there is no session bus; every call then reports that.
+    this.entry ??= import("@napi-rs/keyring").then(({ AsyncEntry }) => new AsyncEntry(KEYCHAIN_SERVICE, this.account, { linux: { store: "secret-service" } }));
     const signal = AbortSignal.timeout(CALL_TIMEOUT_MS);
-    return await fn(this.entry, signal);
+    return await fn(await this.entry, signal);
   }
 }
 

@@ -2,7 +2,7 @@
 // service manager's journal wants), readable when stderr is a TTY. Redaction is compiled
 // once by pino: any field that can hold a secret is censored wherever it appears.
 import { pino, destination, type Logger, type DestinationStream } from "pino";
-import { PinoPretty } from "pino-pretty";
+import { createRequire } from "node:module";
 
 export type { Logger };
 export type LogFormat = "json" | "pretty" | "auto";
@@ -37,6 +37,8 @@ export function createLogger(options: LoggerOptions = {}): Logger {
   };
   if (pretty) {
     // In-thread and synchronous: lines appear in order with command output, and at exit.
+    // Required only here, so JSON logging (the daemon under a service manager) never loads it.
+    const { PinoPretty } = createRequire(import.meta.url)("pino-pretty") as typeof import("pino-pretty");
     return pino(base, PinoPretty({ destination: 2, sync: true, colorize: process.stderr.isTTY === true, ignore: "pid,hostname" }));
   }
   return pino(base, options.destination ?? destination({ dest: 2, sync: true }));
