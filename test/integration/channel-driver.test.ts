@@ -4,6 +4,10 @@ import { describe, test } from "node:test";
 import assert from "node:assert/strict";
 import { WebSocketServer, type WebSocket } from "ws";
 import type { AddressInfo } from "node:net";
+import https from "node:https";
+import path from "node:path";
+import { readFileSync } from "node:fs";
+import { spawnSync } from "node:child_process";
 import { ChannelDriver, type DriverPorts } from "../../src/channel/driver.js";
 import type { MachineConfig } from "../../src/channel/machine.js";
 import { encode, type Assignment, type RunnerMessage } from "../../src/protocol/channel.js";
@@ -108,6 +112,33 @@ describe("the channel driver", { timeout: 60_000 }, () => {
     await until(() => hellos.length === 2, "a reconnect after the oversized frame");
     assert.match(capture.text(), /socket error: Max payload size exceeded/);
     assert.deepEqual((hellos[1] as Extract<RunnerMessage, { type: "hello" }>).running, [{ jobId: "j1", attempt: 1 }], "the job survived the reconnect");
+  });
+
+  test("wss:// verifies the certificate: a self-signed one is refused and retried, never trusted", async (t) => {
+    const dir = await tempDir(t);
+    const key = path.join(dir, "key.pem");
+    const cert = path.join(dir, "cert.pem");
+    const made = spawnSync("openssl", ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", cert, "-subj", "/CN=localhost", "-days", "1"], { encoding: "utf8" });
+    if (made.status !== 0) return t.skip(`openssl could not make a certificate: ${made.stderr}`);
+    const server = https.createServer({ key: readFileSync(key), cert: readFileSync(cert) });
+    const wss = new WebSocketServer({ server });
+    let upgrades = 0;
+    wss.on("connection", () => upgrades++);
+    await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
+    t.after(() => new Promise<void>((r) => (wss.close(), server.close(() => r()))));
+    const capture = captureLogger();
+    const driver = new ChannelDriver(config("rnr_bbbbbbbbbbbbbbbbbbbbbbbb"), {}, {
+      url: `wss://localhost:${(server.address() as AddressInfo).port}/api/v1/channel`,
+      credential: "rnc_test-credential-not-secret-here",
+      maxFrameBytes: 65_536,
+      logger: capture.logger,
+      ports: recordingPorts().ports,
+    });
+    void driver.start();
+    t.after(() => driver.dispose());
+    await until(() => (capture.text().match(/cannot connect: .*(SELF_SIGNED|self-signed)/gi) ?? []).length >= 2, "two refused attempts", 10_000);
+    assert.equal(upgrades, 0, "no WebSocket was ever opened to the untrusted server");
+    assert.notEqual(driver.current.phase, "connected");
   });
 
   test("100 runners reconnecting after a control-plane restart are spread out by jitter", { timeout: 60_000 }, async (t) => {
