@@ -11,8 +11,10 @@ import {
   decodeControlMessage,
   encode,
   type Assignment,
+  type ControlMessage,
   type JobRef,
   type JobResult,
+  type RunnerMessage,
 } from "../protocol/channel.js";
 import { initialState, step, type Effect, type Input, type MachineConfig, type State, type TimerName } from "./machine.js";
 
@@ -24,6 +26,21 @@ export interface DriverPorts {
   discardResult(ref: JobRef): Promise<void>;
 }
 
+type Welcome = Extract<ControlMessage, { type: "welcome" }>;
+
+/**
+ * Something else that talks over the same connection (the device sync): told when the
+ * channel is connected (after the welcome) and when it no longer is, and offered each
+ * control-plane message before the state machine.
+ */
+export interface ChannelCompanion {
+  /** `send` writes on this connection only: it returns false once that connection is gone. */
+  onConnected(send: (message: RunnerMessage) => boolean, welcome: Welcome): void;
+  onDisconnected(): void;
+  /** True when the message is the companion's: the state machine never sees it. */
+  onMessage(message: ControlMessage): boolean;
+}
+
 export interface DriverOptions {
   /** ws:// or wss:// URL of the channel endpoint. */
   url: string;
@@ -31,6 +48,7 @@ export interface DriverOptions {
   maxFrameBytes: number;
   logger: Logger;
   ports: DriverPorts;
+  companions?: ChannelCompanion[];
   now?: () => number;
   random?: () => number;
 }
@@ -75,12 +93,50 @@ export class ChannelDriver {
     for (const timer of this.timers.keys()) this.clearTimer(timer);
     this.closeSocket(4002, "disposed");
     this.queue.length = 0;
+    const wasConnected = this.state.phase === "connected";
     this.state = { ...this.state, phase: "stopped" };
+    if (wasConnected) this.notifyCompanions((c) => c.onDisconnected());
   }
 
   input(input: Input): void {
     this.queue.push(input);
     if (!this.processing) void this.process();
+  }
+
+  /** A decoded message: a companion's goes to it, anything else to the state machine. */
+  private receive(message: ControlMessage): void {
+    for (const companion of this.options.companions ?? []) {
+      try {
+        if (companion.onMessage(message)) return;
+      } catch (error) {
+        this.options.logger.error({ err: error, type: message.type }, "a channel companion failed on a message");
+        return;
+      }
+    }
+    this.input({ type: "message", message });
+  }
+
+  /** Tells companions when the machine enters or leaves "connected" (after that step's effects ran). */
+  private followPhase(before: State["phase"], input: Input): void {
+    const after = this.state.phase;
+    if (before !== "connected" && after === "connected" && input.type === "message" && input.message.type === "welcome") {
+      const welcome = input.message;
+      const generation = this.generation;
+      const send = (message: RunnerMessage) => generation === this.generation && this.send(message);
+      this.notifyCompanions((c) => c.onConnected(send, welcome));
+    } else if (before === "connected" && after !== "connected") {
+      this.notifyCompanions((c) => c.onDisconnected());
+    }
+  }
+
+  private notifyCompanions(call: (companion: ChannelCompanion) => void): void {
+    for (const companion of this.options.companions ?? []) {
+      try {
+        call(companion);
+      } catch (error) {
+        this.options.logger.error({ err: error }, "a channel companion failed");
+      }
+    }
   }
 
   private async process(): Promise<void> {
@@ -89,9 +145,11 @@ export class ChannelDriver {
       while (this.queue.length > 0) {
         const input = this.queue.shift()!;
         const now = this.options.now?.() ?? Date.now();
+        const before = this.state.phase;
         const next = step(this.state, input, { now, random: this.options.random?.() ?? Math.random() });
         this.state = next.state;
         for (const effect of next.effects) await this.carryOut(effect);
+        this.followPhase(before, input);
       }
     } finally {
       this.processing = false;
@@ -106,7 +164,8 @@ export class ChannelDriver {
       case "close":
         return this.closeSocket(effect.code, effect.reason);
       case "send":
-        return this.send(effect.message);
+        this.send(effect.message);
+        return;
       case "ping":
         this.socket?.ping();
         return;
@@ -191,7 +250,8 @@ export class ChannelDriver {
       if (!current()) return;
       if (isBinary) return this.input({ type: "bad_frame", detail: "a binary frame" });
       const decoded = decodeControlMessage(data.toString());
-      this.input(decoded.ok ? { type: "message", message: decoded.message } : { type: "bad_frame", detail: decoded.detail });
+      if (decoded.ok) this.receive(decoded.message);
+      else this.input({ type: "bad_frame", detail: decoded.detail });
     });
     socket.on("pong", () => current() && this.input({ type: "pong" }));
     socket.on("error", (error: NodeJS.ErrnoException) => {
@@ -205,18 +265,20 @@ export class ChannelDriver {
     });
   }
 
-  private send(message: Parameters<typeof encode>[0]): void {
+  /** Returns whether the frame was handed to the socket. */
+  private send(message: Parameters<typeof encode>[0]): boolean {
     const socket = this.socket;
     if (!socket || socket.readyState !== WebSocket.OPEN) {
       this.options.logger.debug({ type: message.type }, "not connected; message not sent");
-      return;
+      return false;
     }
     const frame = encode(message);
     if (Buffer.byteLength(frame) > this.options.maxFrameBytes) {
       this.options.logger.error({ type: message.type, bytes: Buffer.byteLength(frame) }, "message larger than the frame limit; not sent");
-      return;
+      return false;
     }
     socket.send(frame);
+    return true;
   }
 
   private closeSocket(code: number, reason: string): void {

@@ -335,6 +335,10 @@ function onControlMessage(state: State, message: ControlMessage): Step {
       return { state, effects: [log("warn", `the control plane could not use a frame: ${message.code}: ${message.message}`)] };
     case "welcome":
       return { state, effects: [log("warn", "ignored a second welcome")] };
+    case "devices_ack":
+    case "devices_resync":
+      // The driver hands these to its companions (the device sync); they only land here without one.
+      return { state, effects: [log("debug", `ignored ${message.type}: no device sync is attached`)] };
   }
 }
 

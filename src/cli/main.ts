@@ -4,6 +4,7 @@ import { ExitCode } from "../errors.js";
 import { AGENT_VERSION } from "../protocol/version.js";
 import { createLogger } from "../log/logger.js";
 import { defineControlPlaneCommand } from "../commands/control-plane.js";
+import { defineDevicesCommand } from "../commands/devices.js";
 import { defineRegisterCommand } from "../commands/register.js";
 import { defineRepairCommand } from "../commands/repair.js";
 import { defineStartCommand } from "../commands/start.js";
@@ -30,6 +31,7 @@ ${ExitCode.NEEDS_OPERATOR} needs an operator (do not restart), ${ExitCode.UPGRAD
   defineUnregisterCommand(program);
   defineStatusCommand(program);
   defineStartCommand(program);
+  defineDevicesCommand(program);
   defineControlPlaneCommand(program, { logger: () => createLogger({ name: "control-plane" }) });
   // Subcommands inherit exitOverride only if set before they are added; set it on each too.
   for (const command of program.commands) command.exitOverride();

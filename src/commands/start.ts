@@ -51,6 +51,7 @@ export function defineStartCommand(program: Command): void {
           reconnectBaseMs: s.reconnectBaseMs ?? 1_000,
           reconnectCapMs: s.reconnectCapMs ?? 60_000,
           insecurePlaintext: s.insecurePlaintext === true,
+          pool: s,
         });
       } finally {
         await lock.release();

@@ -1,6 +1,8 @@
 // Every setting, declared once: its flag, its environment variable, its config-file key, its
 // default and its help text all come from this table. Precedence: flag > env > file > default.
+import path from "node:path";
 import { z } from "zod";
+import { DEVICE_PROVIDER_NAMES, type DeviceProviderName } from "../devices/provider-names.js";
 
 export interface SettingSpec<T> {
   /** The config-file key (camelCase). */
@@ -25,6 +27,19 @@ export interface SettingSpec<T> {
 const text = (raw: string) => raw;
 const bool = (raw: string) => (["1", "true", "yes", "on"].includes(raw.toLowerCase()) ? true : ["0", "false", "no", "off", ""].includes(raw.toLowerCase()) ? false : raw);
 const int = (raw: string) => (/^-?\d+$/.test(raw.trim()) ? Number(raw) : raw);
+/** A worker limit: a whole number, where 0 (or "off" in a flag or env var) turns the limit off. */
+const limit = (raw: string) => (raw.trim().toLowerCase() === "off" ? 0 : int(raw));
+/** "name=/abs/path,other=/abs/path" → { name: "/abs/path", ... }; anything else is left for the schema to refuse. */
+const handlerList = (raw: string) => {
+  const entries = raw.split(",").map((item) => item.trim()).filter((item) => item.length > 0);
+  if (entries.some((item) => !item.includes("="))) return raw;
+  return Object.fromEntries(entries.map((item) => [item.slice(0, item.indexOf("=")).trim(), item.slice(item.indexOf("=") + 1).trim()]));
+};
+/** Same rule as the protocol's moduleJobSchema.handler. */
+const handlerName = z.string().regex(/^[A-Za-z0-9._-]{1,128}$/, "a handler name is 1-128 letters, digits, '.', '_' and '-'");
+
+/** "gpu,usb" → ["gpu", "usb"]; "none" → [] (an empty env var counts as unset). */
+const nameList = (raw: string) => (raw.trim().toLowerCase() === "none" ? [] : raw.split(",").map((item) => item.trim()).filter((item) => item.length > 0));
 
 function setting<T>(spec: Omit<SettingSpec<T>, "env"> & { env?: string }): SettingSpec<T> {
   const env = "RUNNER_" + spec.key.replace(/[A-Z]/g, (c) => "_" + c).toUpperCase();
@@ -131,6 +146,61 @@ export const SETTINGS = {
     fromString: int,
     defaultValue: 1_000,
   }),
+  workerMaxRssMb: setting<number>({
+    key: "workerMaxRssMb",
+    flag: "--worker-max-rss-mb",
+    arg: "<mb|off>",
+    help: "soft memory limit: a worker whose RSS reaches it is replaced after its current job (0 or off: never)",
+    schema: z.number().int().min(0).max(1024 * 1024),
+    fromString: limit,
+    defaultValue: 1024,
+  }),
+  workerHardRssMb: setting<number>({
+    key: "workerHardRssMb",
+    flag: "--worker-hard-rss-mb",
+    arg: "<mb|off>",
+    help: "hard memory ceiling: a worker whose RSS reaches it is killed mid-job and the job fails with worker_memory_limit (0 or off: never)",
+    schema: z.number().int().min(0).max(1024 * 1024),
+    fromString: limit,
+    defaultValue: 2048,
+  }),
+  workerMaxFds: setting<number>({
+    key: "workerMaxFds",
+    flag: "--worker-max-fds",
+    arg: "<n|off>",
+    help: "a worker with this many open file descriptors is replaced after its current job (0 or off: never)",
+    schema: z.number().int().min(0).max(100_000_000),
+    fromString: limit,
+    defaultValue: undefined,
+    defaultHelp: "half of the process's RLIMIT_NOFILE soft limit, at most 65536",
+  }),
+  workerMaxAgeS: setting<number>({
+    key: "workerMaxAgeS",
+    flag: "--worker-max-age-s",
+    arg: "<s|off>",
+    help: "a worker older than this (less up to 10% jitter per worker) is replaced at its next job boundary (0 or off: never)",
+    schema: z.number().int().min(0).max(365 * 24 * 3600),
+    fromString: limit,
+    defaultValue: 3600,
+  }),
+  workerMaxJobs: setting<number>({
+    key: "workerMaxJobs",
+    flag: "--worker-max-jobs",
+    arg: "<n|off>",
+    help: "a worker that has run this many jobs is replaced (1: a fresh worker per job; 0 or off: never)",
+    schema: z.number().int().min(0).max(1_000_000_000),
+    fromString: limit,
+    defaultValue: 0,
+  }),
+  handlers: setting<Record<string, string>>({
+    key: "handlers",
+    flag: "--handlers",
+    arg: "<name=path,...>",
+    help: "module job handlers: the name a job may ask for, mapped to the absolute path of the module that handles it",
+    schema: z.record(handlerName, z.string().refine((file) => path.isAbsolute(file), "the module path must be absolute")),
+    fromString: handlerList,
+    defaultValue: {},
+  }),
   reconnectCapMs: setting<number>({
     key: "reconnectCapMs",
     flag: "--reconnect-cap-ms",
@@ -139,6 +209,51 @@ export const SETTINGS = {
     schema: z.number().int().min(1).max(3_600_000),
     fromString: int,
     defaultValue: 60_000,
+  }),
+  deviceProviders: setting<DeviceProviderName[]>({
+    key: "deviceProviders",
+    flag: "--device-providers",
+    arg: "<list|none>",
+    help: `which device providers scan this machine, comma-separated (${DEVICE_PROVIDER_NAMES.join(", ")}), or none`,
+    schema: z.array(z.enum(DEVICE_PROVIDER_NAMES)),
+    fromString: nameList,
+    defaultValue: [...DEVICE_PROVIDER_NAMES],
+  }),
+  deviceScanIntervalMs: setting<number>({
+    key: "deviceScanIntervalMs",
+    flag: "--device-scan-interval-ms",
+    arg: "<ms>",
+    help: "how often the device inventory is scanned while connected, unless the control plane's welcome says otherwise",
+    schema: z.number().int().min(1000).max(24 * 3600 * 1000),
+    fromString: int,
+    defaultValue: 60_000,
+  }),
+  deviceRefreshMs: setting<number>({
+    key: "deviceRefreshMs",
+    flag: "--device-refresh-ms",
+    arg: "<ms>",
+    help: "an unchanged device is re-sent once its last confirmed sync is this old, so the control plane's last-seen stays fresh (the welcome may say otherwise)",
+    schema: z.number().int().min(1000).max(7 * 24 * 3600 * 1000),
+    fromString: int,
+    defaultValue: 600_000,
+  }),
+  deviceBatchSize: setting<number>({
+    key: "deviceBatchSize",
+    flag: "--device-batch-size",
+    arg: "<n>",
+    help: "at most this many device rows per batch (each batch is acknowledged before the next)",
+    schema: z.number().int().min(1).max(1000),
+    fromString: int,
+    defaultValue: 100,
+  }),
+  deviceProviderTimeoutMs: setting<number>({
+    key: "deviceProviderTimeoutMs",
+    flag: "--device-provider-timeout-ms",
+    arg: "<ms>",
+    help: "a device provider that takes longer fails this scan (its last good rows are kept, marked stale)",
+    schema: z.number().int().min(100).max(600_000),
+    fromString: int,
+    defaultValue: 10_000,
   }),
 } as const;
 

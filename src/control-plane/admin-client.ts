@@ -8,11 +8,13 @@ import {
   createRegistrationTokenResponseSchema,
   errorBodySchema,
   getJobResponseSchema,
+  listDevicesResponseSchema,
   listJobsResponseSchema,
   listRunnersResponseSchema,
   submitJobResponseSchema,
   verifyResponseSchema,
   type CreateRegistrationTokenResponse,
+  type DeviceView,
   type JobStatus,
   type JobView,
   type RunnerView,
@@ -82,6 +84,17 @@ export class AdminClient {
   /** Cancels a queued job at once, asks the runner to cancel an assigned or running one; a finished job comes back unchanged. */
   async cancelJob(id: string): Promise<{ job: JobView }> {
     return this.request("POST", `/admin/jobs/${encodeURIComponent(id)}/cancel`, cancelJobResponseSchema, {});
+  }
+
+  /** One runner's devices, including those it removed (present: false, state offline). */
+  async listRunnerDevices(runnerId: string): Promise<DeviceView[]> {
+    return (await this.request("GET", `/admin/runners/${encodeURIComponent(runnerId)}/devices`, listDevicesResponseSchema)).devices;
+  }
+
+  /** Every runner's devices, optionally of one kind and/or one state. */
+  async listDevices(filter: { kind?: string; state?: string } = {}): Promise<DeviceView[]> {
+    const query = new URLSearchParams(Object.entries(filter).filter((entry): entry is [string, string] => entry[1] !== undefined)).toString();
+    return (await this.request("GET", `/admin/devices${query ? `?${query}` : ""}`, listDevicesResponseSchema)).devices;
   }
 
   private async request<S extends z.ZodTypeAny>(method: string, path: string, schema: S, body?: unknown): Promise<z.output<S>>;

@@ -46,6 +46,8 @@ export interface ChannelOptions {
   heartbeatIntervalMs: number;
   leaseMs: number;
   maxFrameBytes: number;
+  deviceScanIntervalMs: number;
+  deviceRefreshMs: number;
   events: EventEmitter;
 }
 
@@ -301,6 +303,8 @@ class ChannelEndpoint {
       leaseMs: this.options.leaseMs,
       maxFrameBytes: this.options.maxFrameBytes,
       fenced,
+      deviceScanIntervalMs: this.options.deviceScanIntervalMs,
+      deviceRefreshMs: this.options.deviceRefreshMs,
     });
     for (const cancel of cancels) this.send(connection, cancel);
     this.context.queue.connect(link);
@@ -330,6 +334,10 @@ class ChannelEndpoint {
         return queue.applyResult(link, message.result);
       case "goodbye":
         return queue.drain(link, message.reason);
+      case "devices_summary":
+        return this.send(connection, this.context.devices.summarize(link.runnerId, message));
+      case "devices":
+        return this.send(connection, this.context.devices.applyBatch(link.runnerId, message));
       default: {
         const unhandled: never = message;
         throw new Error(`unhandled message ${JSON.stringify(unhandled)}`);

@@ -2,6 +2,7 @@
 // the clock, the logger and the limits, built once in server.ts.
 import type { Logger } from "../log/logger.js";
 import { PROTOCOL_VERSION } from "../protocol/version.js";
+import type { DeviceSyncEndpoint } from "./device-sync.js";
 import type { JobQueue } from "./jobs.js";
 import type { ControlPlaneStore } from "./store.js";
 
@@ -12,6 +13,8 @@ export const ADMIN_TOKEN_HASH_SETTING = "admin_token_hash";
 export interface Context {
   store: ControlPlaneStore;
   queue: JobQueue;
+  /** The channel's device messages (summary, batches). */
+  devices: DeviceSyncEndpoint;
   logger: Logger;
   /** The wall clock for stored times and leases; tests pass their own to move time. */
   now: () => Date;

@@ -38,8 +38,9 @@ export function submitJob(request: RouteRequest, context: Context): Reply {
     timeoutMs: body.timeoutMs,
     cancelGraceMs: body.cancelGraceMs,
     requiredLabels: body.requiredLabels,
+    requiredDevices: body.requiredDevices,
   });
-  context.logger.info({ jobId: job.id, kind: job.spec.kind, requiredLabels: job.requiredLabels }, "job submitted");
+  context.logger.info({ jobId: job.id, kind: job.spec.kind, requiredLabels: job.requiredLabels, requiredDevices: job.requiredDevices }, "job submitted");
   // Dispatch ran inside submit: answer with the job as it is now (often already assigned).
   return reply(submitJobResponseSchema, 201, { job: toJobView(context.store.jobs.find(job.id) ?? job) });
 }
@@ -90,6 +91,7 @@ export function toJobView(job: JobRecord): JobView {
     timeoutMs: job.timeoutMs,
     cancelGraceMs: job.cancelGraceMs,
     requiredLabels: job.requiredLabels,
+    requiredDevices: job.requiredDevices,
     cancelRequested: job.cancelRequested,
     submittedAt: job.submittedAt.toISOString(),
     assignedAt: iso(job.assignedAt),

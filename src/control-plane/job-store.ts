@@ -8,6 +8,7 @@
 import type Database from "better-sqlite3";
 import { jobResultSchema, jobSpecSchema, type JobRef, type JobResult, type JobSpec } from "../protocol/channel.js";
 import { jobStatusSchema, labelsSchema, type JobStatus } from "../protocol/http.js";
+import { deviceRequirementSchema, type DeviceRequirement } from "../protocol/devices.js";
 
 export interface JobRecord {
   id: string;
@@ -20,6 +21,8 @@ export interface JobRecord {
   timeoutMs: number;
   cancelGraceMs: number;
   requiredLabels: string[];
+  /** Only a runner with a matching device online gets the job. */
+  requiredDevices: DeviceRequirement[];
   cancelRequested: boolean;
   submittedAt: Date;
   assignedAt: Date | null;
@@ -35,6 +38,7 @@ export interface NewJob {
   timeoutMs: number;
   cancelGraceMs: number;
   requiredLabels: string[];
+  requiredDevices?: DeviceRequirement[];
   submittedAt: Date;
 }
 
@@ -43,6 +47,7 @@ export interface QueuedJob {
   position: number;
   id: string;
   requiredLabels: string[];
+  requiredDevices: DeviceRequirement[];
 }
 
 export interface LogChunk {
@@ -63,6 +68,7 @@ interface JobRow {
   timeout_ms: number;
   cancel_grace_ms: number;
   required_labels: string;
+  required_devices: string;
   cancel_requested: number;
   submitted_at: number;
   assigned_at: number | null;
@@ -95,9 +101,17 @@ export class JobStore {
 
   insert(job: NewJob): JobRecord {
     const row = this.statement(
-      `INSERT INTO jobs (id, queue_position, status, spec, timeout_ms, cancel_grace_ms, required_labels, submitted_at)
-       VALUES (?, (SELECT COALESCE(MAX(queue_position), 0) + 1 FROM jobs), 'queued', ?, ?, ?, ?, ?) RETURNING *`,
-    ).get(job.id, JSON.stringify(job.spec), job.timeoutMs, job.cancelGraceMs, JSON.stringify(job.requiredLabels), job.submittedAt.getTime());
+      `INSERT INTO jobs (id, queue_position, status, spec, timeout_ms, cancel_grace_ms, required_labels, required_devices, submitted_at)
+       VALUES (?, (SELECT COALESCE(MAX(queue_position), 0) + 1 FROM jobs), 'queued', ?, ?, ?, ?, ?, ?) RETURNING *`,
+    ).get(
+      job.id,
+      JSON.stringify(job.spec),
+      job.timeoutMs,
+      job.cancelGraceMs,
+      JSON.stringify(job.requiredLabels),
+      JSON.stringify(job.requiredDevices ?? []),
+      job.submittedAt.getTime(),
+    );
     return toJobRecord(row as JobRow);
   }
 
@@ -117,10 +131,15 @@ export class JobStore {
   /** Queued jobs after `afterPosition`, in submit order: the dispatcher pages through them. */
   listQueued(afterPosition: number, limit: number): QueuedJob[] {
     const rows = this.statement(
-      `SELECT queue_position AS position, id, required_labels FROM jobs
+      `SELECT queue_position AS position, id, required_labels, required_devices FROM jobs
        WHERE status = 'queued' AND queue_position > ? ORDER BY queue_position LIMIT ?`,
-    ).all(afterPosition, limit) as { position: number; id: string; required_labels: string }[];
-    return rows.map((row) => ({ position: row.position, id: row.id, requiredLabels: parseLabels(row.required_labels) }));
+    ).all(afterPosition, limit) as { position: number; id: string; required_labels: string; required_devices: string }[];
+    return rows.map((row) => ({
+      position: row.position,
+      id: row.id,
+      requiredLabels: parseLabels(row.required_labels),
+      requiredDevices: parseDeviceRequirements(row.required_devices),
+    }));
   }
 
   /** Jobs the store has handed to this runner and not seen finish. */
@@ -258,6 +277,11 @@ function parseLabels(json: string): string[] {
   return labelsSchema.parse(JSON.parse(json));
 }
 
+function parseDeviceRequirements(json: string): DeviceRequirement[] {
+  // Most jobs require no device: skip the parse on the dispatcher's hot path.
+  return json === "[]" ? [] : deviceRequirementSchema.array().parse(JSON.parse(json));
+}
+
 const toDate = (ms: number | null): Date | null => (ms === null ? null : new Date(ms));
 
 /** Rows come from disk: status and JSON columns are validated, not trusted. */
@@ -271,6 +295,7 @@ function toJobRecord(row: JobRow): JobRecord {
     timeoutMs: row.timeout_ms,
     cancelGraceMs: row.cancel_grace_ms,
     requiredLabels: parseLabels(row.required_labels),
+    requiredDevices: parseDeviceRequirements(row.required_devices),
     cancelRequested: row.cancel_requested === 1,
     submittedAt: new Date(row.submitted_at),
     assignedAt: toDate(row.assigned_at),

@@ -5,6 +5,7 @@
 // labels, draining) and tells runners and listeners what happened.
 import type { EventEmitter } from "node:events";
 import type { ControlMessage, JobRef, JobResult, RunnerMessage } from "../protocol/channel.js";
+import type { DeviceRequirement } from "../protocol/devices.js";
 import type { Logger } from "../log/logger.js";
 import type { JobRecord, JobStore, NewJob } from "./job-store.js";
 import { generateAlphanumeric } from "./tokens.js";
@@ -43,8 +44,15 @@ export interface RunnerLink {
   send(message: ControlMessage): void;
 }
 
+/** Answers "does this runner have such a device online?" (the device store). */
+export interface DeviceMatcher {
+  hasOnlineDevice(runnerId: string, requirement: DeviceRequirement): boolean;
+}
+
 export interface JobQueueOptions {
   store: JobStore;
+  /** Without it, a job that requires devices is never dispatched. */
+  devices?: DeviceMatcher;
   logger: Logger;
   now: () => Date;
   leaseMs: number;
@@ -119,6 +127,11 @@ export class JobQueue {
     this.runners.set(link.runnerId, link);
   }
 
+  /** Whether the runner's channel is up (after its welcome). */
+  isConnected(runnerId: string): boolean {
+    return this.runners.has(runnerId);
+  }
+
   /** The runner's channel closed. Its jobs keep their leases: it may come back in time. */
   disconnect(link: RunnerLink): void {
     if (this.runners.get(link.runnerId) === link) this.runners.delete(link.runnerId);
@@ -171,7 +184,7 @@ export class JobQueue {
       const page = this.options.store.listQueued(after, DISPATCH_PAGE);
       for (const job of page) {
         after = job.position;
-        const link = this.pickRunner(job.id, job.requiredLabels);
+        const link = this.pickRunner(job.id, job.requiredLabels, job.requiredDevices);
         if (link) this.handOut(job.id, link);
         if (!this.anyCredits()) return;
       }
@@ -185,12 +198,13 @@ export class JobQueue {
   }
 
   /** The eligible runner with the most credits; among equals, the one served longest ago. */
-  private pickRunner(jobId: string, requiredLabels: readonly string[]): RunnerLink | undefined {
+  private pickRunner(jobId: string, requiredLabels: readonly string[], requiredDevices: readonly DeviceRequirement[]): RunnerLink | undefined {
     let best: RunnerLink | undefined;
     for (const link of this.runners.values()) {
       if (link.credits <= 0 || link.draining) continue;
       if (!requiredLabels.every((label) => link.labels.has(label))) continue;
       if (this.isCoolingDown(jobId, link.runnerId)) continue;
+      if (!this.hasDevices(link.runnerId, requiredDevices)) continue;
       if (!best || link.credits > best.credits || (link.credits === best.credits && link.lastAssigned < best.lastAssigned)) best = link;
     }
     return best;
@@ -304,6 +318,13 @@ export class JobQueue {
   private fence(link: RunnerLink, ref: JobRef, what: string): void {
     this.options.logger.info({ runnerId: link.runnerId, ...ref, message: what }, "message about an attempt the runner does not hold: fenced");
     link.send(cancelMessage(ref, "fenced: this attempt is no longer assigned to this runner"));
+  }
+
+  /** Every requirement met by a device of the runner's that is online (the store is asked only for jobs that need devices). */
+  private hasDevices(runnerId: string, requiredDevices: readonly DeviceRequirement[]): boolean {
+    if (requiredDevices.length === 0) return true;
+    const devices = this.options.devices;
+    return devices !== undefined && requiredDevices.every((requirement) => devices.hasOnlineDevice(runnerId, requirement));
   }
 
   private isCoolingDown(jobId: string, runnerId: string): boolean {

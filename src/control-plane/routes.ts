@@ -1,5 +1,6 @@
 // The reference control plane's HTTP routes: method, path (under /api/v1), auth rule, handler.
 import type { Route } from "./http-router.js";
+import { listDevices, listRunnerDevices } from "./device-routes.js";
 import { cancelJob, getJob, listJobs, submitJob } from "./job-routes.js";
 import {
   createRegistrationToken,
@@ -27,4 +28,6 @@ export const ROUTES: readonly Route[] = [
   { method: "GET", path: "/admin/jobs", auth: "admin", handle: listJobs },
   { method: "GET", path: "/admin/jobs/:id", auth: "admin", handle: getJob },
   { method: "POST", path: "/admin/jobs/:id/cancel", auth: "admin", handle: cancelJob },
+  { method: "GET", path: "/admin/runners/:id/devices", auth: "admin", handle: listRunnerDevices },
+  { method: "GET", path: "/admin/devices", auth: "admin", handle: listDevices },
 ];

@@ -11,6 +11,7 @@ import { DEFAULT_MAX_FRAME_BYTES } from "../protocol/channel.js";
 import { RunnerError } from "../errors.js";
 import { createLogger, type Logger } from "../log/logger.js";
 import { attachChannel, type Channel } from "./channel.js";
+import { DeviceSyncEndpoint } from "./device-sync.js";
 import { ADMIN_TOKEN_HASH_SETTING, type Context } from "./context.js";
 import { createRequestHandler } from "./http-router.js";
 import { JobQueue } from "./jobs.js";
@@ -21,6 +22,7 @@ import { generateToken, hashSecret } from "./tokens.js";
 export { MAX_BODY_BYTES } from "./http-router.js";
 export { SUPPORTED_PROTOCOL_VERSIONS } from "./context.js";
 export type { JobEvent, JobEventStatus, RunnerEvent } from "./jobs.js";
+export type { DeviceEvent } from "./device-sync.js";
 export const DATABASE_FILE = "control-plane.sqlite";
 /** In-flight requests get this long to finish on close before their sockets are cut. */
 const CLOSE_GRACE_MS = 2000;
@@ -31,6 +33,8 @@ const TIMING_DEFAULTS = {
   leaseMs: { default: 60_000, min: 1000, max: 7 * 24 * 3600 * 1000 },
   reaperIntervalMs: { default: 1000, min: 10, max: 600_000 },
   maxFrameBytes: { default: DEFAULT_MAX_FRAME_BYTES, min: 1024, max: 64 * 1024 * 1024 },
+  deviceScanIntervalMs: { default: 60_000, min: 1000, max: 24 * 3600 * 1000 },
+  deviceRefreshMs: { default: 600_000, min: 1000, max: 7 * 24 * 3600 * 1000 },
 } as const;
 type Timings = { -readonly [K in keyof typeof TIMING_DEFAULTS]: number };
 
@@ -55,6 +59,10 @@ export interface ControlPlaneOptions {
   reaperIntervalMs?: number;
   /** Largest channel frame accepted (and announced). Default DEFAULT_MAX_FRAME_BYTES (1 MiB). */
   maxFrameBytes?: number;
+  /** How often runners scan their devices (announced in welcome). Default 60000. */
+  deviceScanIntervalMs?: number;
+  /** Runners re-send an unchanged device once its last confirmed sync is this old (announced in welcome). Default 600000. */
+  deviceRefreshMs?: number;
 }
 
 export interface ControlPlane {
@@ -63,7 +71,7 @@ export interface ControlPlane {
   adminToken: string | null;
   httpServer: http.Server;
   store: ControlPlaneStore;
-  /** `"job"` with a JobEvent at each job transition; `"runner"` with a RunnerEvent. */
+  /** `"job"` with a JobEvent at each job transition; `"runner"` with a RunnerEvent; `"devices"` with a DeviceEvent. */
   events: EventEmitter;
   /** Closes the channel's sockets, stops the reaper, stops the server, closes the database. */
   close(): Promise<void>;
@@ -79,10 +87,12 @@ export async function startControlPlane(options: ControlPlaneOptions = {}): Prom
     const events = new EventEmitter();
     // Benchmarks and tests may attach many listeners; none is a leak.
     events.setMaxListeners(0);
-    const queue = new JobQueue({ store: store.jobs, logger, now, leaseMs: timings.leaseMs, events });
+    const queue = new JobQueue({ store: store.jobs, devices: store.devices, logger, now, leaseMs: timings.leaseMs, events });
+    const devices = new DeviceSyncEndpoint({ store: store.devices, events, logger, now, devicesChanged: () => queue.dispatch() });
     const context: Context = {
       store,
       queue,
+      devices,
       logger,
       now,
       minAgentVersion: options.minAgentVersion ?? "0.0.0",

@@ -1,10 +1,12 @@
 // Persistence of the reference control plane: one SQLite file (or memory) through
 // better-sqlite3. The schema evolves by numbered migrations kept in this file and tracked
 // with `PRAGMA user_version`. Runners and tokens are handled here; the job queue's SQL lives
-// in job-store.ts on the same connection (`store.jobs`).
+// in job-store.ts on the same connection (`store.jobs`), the devices' in device-store.ts
+// (`store.devices`).
 // Secrets never reach this layer in plain text: callers pass sha256 hashes.
 import Database from "better-sqlite3";
 import { hostFactsSchema, labelsSchema, type HostFacts } from "../protocol/http.js";
+import { DeviceStore } from "./device-store.js";
 import { JobStore } from "./job-store.js";
 
 /**
@@ -73,6 +75,29 @@ const MIGRATIONS: readonly string[] = [
     PRIMARY KEY (job_id, attempt, seq)
   ) STRICT, WITHOUT ROWID;
   `,
+  // 3: device inventory, per runner (device-store.ts). A device the runner removes, or leaves
+  // out of a full snapshot, is kept with removed_at set and state 'offline'; only deleting
+  // the runner deletes its devices. Jobs may require devices (JSON array of {kind?, id?}).
+  `
+  CREATE TABLE devices (
+    runner_id    TEXT NOT NULL REFERENCES runners (id) ON DELETE CASCADE,
+    device_id    TEXT NOT NULL,
+    kind         TEXT NOT NULL,
+    name         TEXT NOT NULL,
+    state        TEXT NOT NULL CHECK (state IN ('online', 'offline', 'unavailable')),
+    attributes   TEXT NOT NULL,    -- JSON object
+    stale        INTEGER NOT NULL DEFAULT 0,
+    fingerprint  TEXT NOT NULL,
+    snapshot_id  TEXT,             -- the full snapshot that last upserted it
+    removed_at   INTEGER,          -- gone from the runner's inventory (shown offline)
+    last_seen_at INTEGER NOT NULL, -- last upsert, or last summary that matched
+    updated_at   INTEGER NOT NULL, -- last change of content or presence
+    PRIMARY KEY (runner_id, device_id)
+  ) STRICT, WITHOUT ROWID;
+  CREATE INDEX devices_by_kind ON devices (kind, runner_id);
+
+  ALTER TABLE jobs ADD COLUMN required_devices TEXT NOT NULL DEFAULT '[]';
+  `,
 ];
 
 export const SCHEMA_VERSION = MIGRATIONS.length;
@@ -117,6 +142,8 @@ export class ControlPlaneStore {
   private readonly statements = new Map<string, Database.Statement>();
   /** The job queue's tables (migration 2). */
   readonly jobs: JobStore;
+  /** Devices per runner (migration 3). */
+  readonly devices: DeviceStore;
 
   constructor(path: string) {
     this.db = new Database(path);
@@ -125,6 +152,7 @@ export class ControlPlaneStore {
     this.db.pragma("foreign_keys = ON");
     migrate(this.db);
     this.jobs = new JobStore(this.db, (sql) => this.statement(sql));
+    this.devices = new DeviceStore(this.db, (sql) => this.statement(sql));
   }
 
   /** The schema version of the open database (`PRAGMA user_version`). */

@@ -14,6 +14,7 @@ import { ensureDir } from "../state/files.js";
 import { Outbox } from "../state/outbox.js";
 import type { Registration } from "../state/registration.js";
 import { JobHost } from "./job-host.js";
+import { createPoolFromSettings, type PoolSettings } from "../workers/pool-from-settings.js";
 
 export interface DaemonOptions {
   registration: Registration;
@@ -25,6 +26,8 @@ export interface DaemonOptions {
   reconnectBaseMs: number;
   reconnectCapMs: number;
   insecurePlaintext: boolean;
+  /** Worker limits and module handlers, straight from the settings. */
+  pool: PoolSettings;
 }
 
 const HANDSHAKE_TIMEOUT_MS = 10_000;
@@ -54,7 +57,8 @@ export async function runDaemon(options: DaemonOptions): Promise<number> {
     handshakeTimeoutMs: HANDSHAKE_TIMEOUT_MS,
     drainTimeoutMs: options.drainTimeoutMs,
   };
-  const host = new JobHost(journal, outbox, logger, (input) => driver.input(input));
+  const pool = await createPoolFromSettings({ ...options.pool, capacity: options.capacity }, logger);
+  const host = new JobHost(pool, journal, outbox, logger, (input) => driver.input(input));
   const driver = new ChannelDriver(config, { pending: held.results }, {
     url,
     credential: options.credential,
@@ -76,6 +80,7 @@ export async function runDaemon(options: DaemonOptions): Promise<number> {
     const exit = await driver.start();
     // Stopping for a reason other than a drain (a revoked credential, say) may leave jobs running.
     await host.stopAll("the runner is stopping: " + exit.reason);
+    await pool.close();
     return exit.code;
   } finally {
     process.off("SIGTERM", onSignal);

@@ -1,10 +1,12 @@
-// Runs the jobs the channel assigns and reports back to it: the daemon's side of the
-// driver's ports. Every job is in the journal before its process exists, and its result is
-// in the outbox before the journal forgets it, so a crash at any point loses nothing.
+// Runs the jobs the channel assigns, on the worker pool, and reports back to it: the
+// daemon's side of the driver's ports. Every job is in the journal before its process
+// exists, and its result is in the outbox before the journal forgets it, so a crash at any
+// point loses nothing.
 import type { Logger } from "../log/logger.js";
 import type { DriverPorts } from "../channel/driver.js";
 import { keyOf, type Input } from "../channel/machine.js";
-import { startCommandJob, type RunningJob } from "../jobs/command.js";
+import type { RunningJob } from "../jobs/command.js";
+import type { WorkerPool } from "../workers/pool.js";
 import type { JobJournal } from "../jobs/journal.js";
 import type { Assignment, JobRef, JobResult } from "../protocol/channel.js";
 import { processStartTime } from "../state/lock.js";
@@ -16,6 +18,7 @@ export class JobHost implements DriverPorts {
   private readonly pidWrites = new Map<string, Promise<void>>();
 
   constructor(
+    private readonly pool: WorkerPool,
     private readonly journal: JobJournal,
     private readonly outbox: Outbox,
     private readonly logger: Logger,
@@ -25,7 +28,7 @@ export class JobHost implements DriverPorts {
   async startJob(assignment: Assignment): Promise<void> {
     const ref = { jobId: assignment.jobId, attempt: assignment.attempt };
     await this.journal.record({ ...ref, pid: null, pgid: null, processStartTime: null, startedAt: null });
-    const job = startCommandJob(assignment, {
+    const job = this.pool.start(assignment, {
       onStarted: ({ pid, startedAt }) => {
         this.journal.recordNow({ ...ref, pid, pgid: pid, processStartTime: null, startedAt });
         this.pidWrites.set(keyOf(ref), this.recordStartTime(ref, pid, startedAt));

@@ -6,7 +6,7 @@
 import { promises as fs } from "node:fs";
 import type { Readable } from "node:stream";
 import { execa, type ResultPromise } from "execa";
-import type { Assignment, JobRef, JobResult, Outcome } from "../protocol/channel.js";
+import type { Assignment, CommandJob, JobRef, JobResult, Outcome } from "../protocol/channel.js";
 import { buildJobEnv } from "./job-env.js";
 import { createLogChunker, type LogChunk } from "./log-chunks.js";
 import { isGroupAlive, signalGroup, waitForGroupExit } from "./process-group.js";
@@ -31,6 +31,13 @@ export interface RunningJob {
   readonly done: Promise<JobResult>;
 }
 
+/** A command job whose output reading can be paused: the pipes fill and the job's writes block. */
+export interface RunningCommandJob extends RunningJob {
+  /** Stops reading the job's stdout and stderr (no more onLog calls until resumed). */
+  pauseOutput(): void;
+  resumeOutput(): void;
+}
+
 export interface CommandJobOptions {
   /** Where the job's minimal base environment is taken from; defaults to process.env. */
   baseEnv?: NodeJS.ProcessEnv;
@@ -42,16 +49,22 @@ const GROUP_GONE_AFTER_KILL_MS = 5_000;
 /** After the group is gone, how long to wait for its pipes to close (a setsid escapee may hold them). */
 const OUTPUT_DRAIN_MS = 2_000;
 
-export function startCommandJob(assignment: Assignment, hooks: JobHooks, options: CommandJobOptions = {}): RunningJob {
+export function startCommandJob(assignment: Assignment, hooks: JobHooks, options: CommandJobOptions = {}): RunningCommandJob {
   const now = options.now ?? (() => new Date());
   const ref = { jobId: assignment.jobId, attempt: assignment.attempt };
-  const subprocess = spawnJob(assignment, options.baseEnv ?? process.env);
+  const spec = assignment.job;
+  const inert = { cancel: () => undefined, pauseOutput: () => undefined, resumeOutput: () => undefined };
+  if (spec.kind !== "command") {
+    const done = Promise.resolve(finish(ref, "failed", { reason: `not a command job (kind "${spec.kind}")`, startedAt: null, finishedAt: now() }));
+    return { ref, pid: null, done, ...inert };
+  }
+  const subprocess = spawnJob(spec, options.baseEnv ?? process.env);
   const pid = subprocess.pid ?? null;
   if (pid === null) {
-    const done = describeSpawnFailure(subprocess, assignment)
+    const done = describeSpawnFailure(subprocess, spec)
       .catch((error: unknown) => `cannot start: ${String(error)}`)
       .then((reason) => finish(ref, "failed", { reason, startedAt: null, finishedAt: now() }));
-    return { ref, pid, cancel: () => undefined, done };
+    return { ref, pid, done, ...inert };
   }
   const startedAt = now().toISOString();
   const job = superviseJob({ assignment, hooks, subprocess, pid, startedAt, now, ref });
@@ -64,11 +77,11 @@ export function startCommandJob(assignment: Assignment, hooks: JobHooks, options
   return job;
 }
 
-function spawnJob(assignment: Assignment, baseEnv: NodeJS.ProcessEnv): ResultPromise {
-  const [file, ...args] = assignment.job.argv as [string, ...string[]];
+function spawnJob(spec: CommandJob, baseEnv: NodeJS.ProcessEnv): ResultPromise {
+  const [file, ...args] = spec.argv as [string, ...string[]];
   return execa(file, args, {
-    cwd: assignment.job.cwd,
-    env: buildJobEnv(assignment.job.env, baseEnv),
+    cwd: spec.cwd,
+    env: buildJobEnv(spec.env, baseEnv),
     extendEnv: false,
     detached: true, // its own process group, so the whole tree can be signalled at once
     stdin: "ignore",
@@ -80,17 +93,17 @@ function spawnJob(assignment: Assignment, baseEnv: NodeJS.ProcessEnv): ResultPro
   });
 }
 
-async function describeSpawnFailure(subprocess: ResultPromise, assignment: Assignment): Promise<string> {
+async function describeSpawnFailure(subprocess: ResultPromise, spec: CommandJob): Promise<string> {
   const result = await subprocess;
   const code = result.code ?? "error";
-  const cwd = assignment.job.cwd;
+  const cwd = spec.cwd;
   // A missing cwd also fails with ENOENT, naming the program: say which it was.
   if (cwd !== undefined) {
     const stat = await fs.stat(cwd).catch(() => null);
     if (stat === null) return `cannot start: cwd ${cwd} does not exist`;
     if (!stat.isDirectory()) return `cannot start: cwd ${cwd} is not a directory`;
   }
-  return `cannot start: ${code}: ${assignment.job.argv[0]}`;
+  return `cannot start: ${code}: ${spec.argv[0]}`;
 }
 
 interface Supervised {
@@ -103,7 +116,7 @@ interface Supervised {
   ref: JobRef;
 }
 
-function superviseJob(job: Supervised): RunningJob {
+function superviseJob(job: Supervised): RunningCommandJob {
   const { assignment, pid, subprocess } = job;
   let stopRequest: { outcome: "cancelled" | "timed_out"; reason: string } | null = null;
   let leaderExited = false;
@@ -175,7 +188,7 @@ function superviseJob(job: Supervised): RunningJob {
   };
 
   const done = run().catch((error: unknown) => finish(job.ref, "failed", { reason: `internal error: ${String(error)}`, startedAt: job.startedAt, finishedAt: job.now() }));
-  return { ref: job.ref, pid, cancel, done };
+  return { ref: job.ref, pid, cancel, done, pauseOutput: output.pause, resumeOutput: output.resume };
 }
 
 function describeExit(
@@ -209,7 +222,11 @@ function finish(
   };
 }
 
-/** Feeds both pipes to onLog; `drain` waits (bounded) for them to close and flushes held bytes. */
+/**
+ * Feeds both pipes to onLog; `pause` stops reading them (the kernel's pipe buffer fills and the
+ * job's writes block: that is the backpressure); `drain` waits (bounded) for them to close and
+ * flushes held bytes.
+ */
 function streamOutput(subprocess: ResultPromise, onLog: (chunk: LogChunk) => void) {
   const pipes = (["stdout", "stderr"] as const).map((name) => {
     const stream = subprocess[name] as Readable;
@@ -220,7 +237,11 @@ function streamOutput(subprocess: ResultPromise, onLog: (chunk: LogChunk) => voi
     return { stream, chunker, closed };
   });
   return {
+    pause: () => pipes.forEach((p) => p.stream.pause()),
+    resume: () => pipes.forEach((p) => p.stream.resume()),
     async drain(timeoutMs: number): Promise<void> {
+      // The group is gone: what is left in the pipes is bounded, so read it even if paused.
+      for (const pipe of pipes) pipe.stream.resume();
       let timer: NodeJS.Timeout | undefined;
       const timedOut = new Promise<void>((resolve) => (timer = setTimeout(resolve, timeoutMs)));
       await Promise.race([Promise.all(pipes.map((p) => p.closed)), timedOut]);

@@ -3,6 +3,7 @@
 // Both the agent and the reference control plane decode every frame through `decode*`.
 import { z } from "zod";
 import { labelsSchema, runnerIdSchema } from "./common.js";
+import { devicesAckSchema, devicesBatchSchema, devicesResyncSchema, devicesSummarySchema } from "./devices.js";
 
 /** The upgrade path. Auth: `Authorization: Bearer <credential>`, `X-Runner-Id`, `X-Runner-Protocol`. */
 export const CHANNEL_PATH = "/api/v1/channel";
@@ -31,7 +32,23 @@ export const commandJobSchema = z.object({
 });
 export type CommandJob = z.infer<typeof commandJobSchema>;
 
-export const jobSpecSchema = z.discriminatedUnion("kind", [commandJobSchema]);
+/**
+ * A handler the runner's own config maps to a local module (the control plane names it, it
+ * cannot name a path): the runner's worker imports that module once and calls it per job.
+ */
+export const moduleJobSchema = z.object({
+  kind: z.literal("module"),
+  handler: z
+    .string()
+    .min(1)
+    .max(128)
+    .regex(/^[A-Za-z0-9._-]+$/, "a handler name is letters, digits, '.', '_' and '-'"),
+  /** Any JSON value, handed to the handler as it is. */
+  payload: z.unknown(),
+});
+export type ModuleJob = z.infer<typeof moduleJobSchema>;
+
+export const jobSpecSchema = z.discriminatedUnion("kind", [commandJobSchema, moduleJobSchema]);
 export type JobSpec = z.infer<typeof jobSpecSchema>;
 
 export const OUTCOMES = ["succeeded", "failed", "cancelled", "timed_out"] as const;
@@ -91,6 +108,8 @@ export const runnerMessageSchema = z.discriminatedUnion("type", [
   logSchema,
   resultSchema,
   goodbyeSchema,
+  devicesSummarySchema,
+  devicesBatchSchema,
 ]);
 export type RunnerMessage = z.infer<typeof runnerMessageSchema>;
 
@@ -106,6 +125,10 @@ export const welcomeSchema = z.object({
   maxFrameBytes: z.number().int().min(1024),
   /** Of the jobs the runner reported running, those the control plane no longer gives it (they come with `cancel`). */
   fenced: z.array(jobRefSchema).default([]),
+  /** Device inventory cadence (optional; the runner has local defaults): scan this often... */
+  deviceScanIntervalMs: z.number().int().min(1000).max(24 * 3600 * 1000).optional(),
+  /** ...and re-send an unchanged device once its last confirmed sync is this old. */
+  deviceRefreshMs: z.number().int().min(1000).max(7 * 24 * 3600 * 1000).optional(),
 });
 
 export const assignSchema = z.object({
@@ -133,6 +156,8 @@ export const controlMessageSchema = z.discriminatedUnion("type", [
   cancelSchema,
   drainSchema,
   protocolErrorSchema,
+  devicesAckSchema,
+  devicesResyncSchema,
 ]);
 export type ControlMessage = z.infer<typeof controlMessageSchema>;
 

@@ -3,6 +3,7 @@
 // with them at the boundary. PROTOCOL.md documents each of these.
 import { z } from "zod";
 import { jobResultSchema, jobSpecSchema } from "./channel.js";
+import { attributesSchema, deviceIdSchema, deviceKindSchema, deviceRequirementSchema, deviceStateSchema } from "./devices.js";
 
 export const API_PREFIX = "/api/v1";
 
@@ -114,6 +115,8 @@ export const submitJobRequestSchema = z.object({
   cancelGraceMs: z.number().int().min(0).max(600_000).default(10_000),
   /** Only a runner having every one of these labels gets the job. */
   requiredLabels: labelsSchema.default([]),
+  /** Only a runner with an online device matching each of these ({kind}, {id} or both) gets the job. */
+  requiredDevices: z.array(deviceRequirementSchema).max(16).default([]),
 });
 export type SubmitJobRequest = z.input<typeof submitJobRequestSchema>;
 
@@ -140,6 +143,7 @@ export const jobViewSchema = z.object({
   startedAt: z.string().nullable(),
   finishedAt: z.string().nullable(),
   result: jobResultSchema.nullable(),
+  requiredDevices: z.array(deviceRequirementSchema).default([]),
 });
 export type JobView = z.infer<typeof jobViewSchema>;
 
@@ -179,3 +183,29 @@ export const errorBodySchema = z.object({
   }),
 });
 export type ErrorBody = { error: { code: ApiErrorCode; message: string } };
+
+// ---- admin API: devices ----
+
+/** A runner's device as the control plane stores it. */
+export const deviceViewSchema = z.object({
+  runnerId: runnerIdSchema,
+  id: deviceIdSchema,
+  kind: deviceKindSchema,
+  name: z.string(),
+  /** "offline" once the runner removed it (then `present` is false). */
+  state: deviceStateSchema,
+  attributes: attributesSchema,
+  /** Its provider failed the runner's last scan: this is the last good row. */
+  stale: z.boolean(),
+  /** False once the runner reported it gone, or left it out of a full snapshot. */
+  present: z.boolean(),
+  fingerprint: z.string(),
+  /** When the runner last confirmed it (an upsert, or a summary that matched). */
+  lastSeenAt: z.string(),
+  /** When its content or presence last changed. */
+  updatedAt: z.string(),
+  /** Whether its runner's channel is up now (its rows are kept while it is away). */
+  runnerConnected: z.boolean(),
+});
+export type DeviceView = z.infer<typeof deviceViewSchema>;
+export const listDevicesResponseSchema = z.object({ devices: z.array(deviceViewSchema) });

@@ -323,6 +323,8 @@ describe("channel upgrade", () => {
       leaseMs: 30_000,
       maxFrameBytes: 64 * 1024,
       fenced: [],
+      deviceScanIntervalMs: 60_000,
+      deviceRefreshMs: 600_000,
     });
     const [view] = await h.admin.listRunners();
     assert.ok(view?.lastSeenAt !== null && Date.parse(view!.lastSeenAt!) >= before - 5);

@@ -2,7 +2,7 @@
 // survive control-plane restarts, dropped and half-open connections, and kill -9.
 import { describe, test, type TestContext } from "node:test";
 import assert from "node:assert/strict";
-import { promises as fs, readFileSync } from "node:fs";
+import { promises as fs, readdirSync, readFileSync } from "node:fs";
 import path from "node:path";
 import { registerRunner, startTestControlPlane, tempDir, type TestControlPlane } from "../helpers/fixtures.js";
 import { startDaemon, type DaemonProcess } from "../helpers/daemon.js";
@@ -20,6 +20,21 @@ function isRunning(pid: number): boolean {
   if (process.platform !== "linux") return true;
   const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
   return !["Z", "X"].includes(stat.slice(stat.lastIndexOf(")") + 2).split(" ")[0] ?? "");
+}
+
+/** Linux: the pids whose parent is `pid`. */
+function childrenOf(pid: number): number[] {
+  const children: number[] = [];
+  for (const entry of readdirSync("/proc")) {
+    if (!/^\d+$/.test(entry)) continue;
+    try {
+      const stat = readFileSync(`/proc/${entry}/stat`, "utf8");
+      if (Number(stat.slice(stat.lastIndexOf(")") + 2).split(" ")[1]) === pid) children.push(Number(entry));
+    } catch {
+      // exited while we looked
+    }
+  }
+  return children;
 }
 
 const FAST = ["--reconnect-base-ms", "100", "--reconnect-cap-ms", "400"];
@@ -134,38 +149,50 @@ describe("the daemon and the control plane", { timeout: 120_000 }, () => {
     await daemon.waitForLog((l) => /did not apply the result of .* attempt 1/.test(l.msg), 10_000);
   });
 
-  test("after kill -9 mid-job, the restarted daemon kills the orphaned process tree and reports it failed once", async (t) => {
-    const { plane, runner } = await setUp(t);
-    const pidFile = path.join(runner.stateDir, "..", "pids");
-    const first = startDaemon(t, [...runner.flags, ...FAST]);
-    await connectedLine(first);
-    const { job } = await plane.admin.submitJob({
-      job: { kind: "command", argv: ["sh", "-c", `sleep 300 & echo $$ $! > ${pidFile}; wait`], env: {} },
+  for (const variant of ["the daemon alone", "the daemon and its workers together"] as const) {
+    test(`after kill -9 of ${variant} mid-job, the restarted daemon leaves no process behind and reports the job failed once`, async (t) => {
+      const { plane, runner } = await setUp(t);
+      const pidFile = path.join(runner.stateDir, "..", "pids");
+      const first = startDaemon(t, [...runner.flags, ...FAST]);
+      await connectedLine(first);
+      const { job } = await plane.admin.submitJob({
+        job: { kind: "command", argv: ["sh", "-c", `sleep 300 & echo $$ $! > ${pidFile}; wait`], env: {} },
+      });
+      await waitForJob(plane, job.jobId, (j) => j.status === "running");
+      await waitFor(async () => (await fs.readFile(pidFile, "utf8").catch(() => "")).trim().split(" ").length === 2, "the job's pids");
+      const pids = (await fs.readFile(pidFile, "utf8")).trim().split(" ").map(Number);
+      const workers = childrenOf(first.child.pid!);
+      assert.ok(workers.length >= 1, "the job runs under a worker process");
+      if (variant === "the daemon and its workers together") {
+        for (const worker of workers) process.kill(worker, "SIGKILL");
+      }
+      await first.stop("SIGKILL");
+      if (variant === "the daemon and its workers together") {
+        for (const pid of pids) assert.ok(isRunning(pid), `job process ${pid} outlived its daemon and worker, as orphans do`);
+      }
+
+      const second = startDaemon(t, [...runner.flags, ...FAST]);
+      await second.waitForLog((l) => /orphaned job\(s\) as failed: agent restarted/.test(l.msg));
+      if (variant === "the daemon and its workers together") {
+        assert.ok(second.lines.some((l) => /killed the process tree of a job orphaned/.test(l.msg)), second.stderr());
+      }
+      const done = await waitForJob(plane, job.jobId, finished);
+      assert.equal(done.status, "failed");
+      assert.equal(done.result?.reason, "agent restarted");
+      assert.equal(done.attempt, 1);
+      // Gone, or a zombie waiting for PID 1 to reap it (dead either way: it runs nothing).
+      await waitFor(async () => pids.every((pid) => !isRunning(pid)), "every job process to be gone");
+      await waitFor(async () => (await outboxFiles(runner.stateDir)).length === 0, "the outbox to empty");
+      assert.deepEqual(await fs.readdir(path.join(runner.stateDir, "running")), [], "the journal is clear");
+
+      // A third start finds nothing to report: exactly once.
+      await second.stop("SIGTERM");
+      const third = startDaemon(t, [...runner.flags, ...FAST]);
+      await connectedLine(third);
+      assert.ok(!third.lines.some((l) => /orphaned/.test(l.msg)));
+      assert.equal(await third.stop("SIGTERM"), ExitCode.OK);
     });
-    await waitForJob(plane, job.jobId, (j) => j.status === "running");
-    await waitFor(async () => (await fs.readFile(pidFile, "utf8").catch(() => "")).trim().split(" ").length === 2, "the job's pids");
-    const pids = (await fs.readFile(pidFile, "utf8")).trim().split(" ").map(Number);
-    await first.stop("SIGKILL");
-    for (const pid of pids) assert.ok(isRunning(pid), `job process ${pid} outlived the daemon, as orphans do`);
-
-    const second = startDaemon(t, [...runner.flags, ...FAST]);
-    await second.waitForLog((l) => /orphaned job\(s\) as failed: agent restarted/.test(l.msg));
-    const done = await waitForJob(plane, job.jobId, finished);
-    assert.equal(done.status, "failed");
-    assert.equal(done.result?.reason, "agent restarted");
-    assert.equal(done.attempt, 1);
-    // Gone, or a zombie waiting for PID 1 to reap it (dead either way: it runs nothing).
-    for (const pid of pids) assert.ok(!isRunning(pid), `job process ${pid} is gone`);
-    await waitFor(async () => (await outboxFiles(runner.stateDir)).length === 0, "the outbox to empty");
-    assert.deepEqual(await fs.readdir(path.join(runner.stateDir, "running")), [], "the journal is clear");
-
-    // A third start finds nothing to report: exactly once.
-    await second.stop("SIGTERM");
-    const third = startDaemon(t, [...runner.flags, ...FAST]);
-    await connectedLine(third);
-    assert.ok(!third.lines.some((l) => /orphaned/.test(l.msg)));
-    assert.equal(await third.stop("SIGTERM"), ExitCode.OK);
-  });
+  }
 
   test("a result held in the outbox for an already-applied job is re-sent, acknowledged without applying, and discarded", async (t) => {
     const { plane, runner } = await setUp(t);

@@ -82,6 +82,17 @@ describe("settings precedence is flag > env > file > default", () => {
       drainTimeoutMs: ["1000", 2000],
       reconnectBaseMs: ["50", 100],
       reconnectCapMs: ["5000", 9000],
+      workerMaxRssMb: ["512", 256],
+      workerHardRssMb: ["off", 4096],
+      workerMaxFds: ["300", 0],
+      workerMaxAgeS: ["60", 7200],
+      workerMaxJobs: ["1", 100],
+      handlers: ["build=/opt/handlers/build.mjs,lint=/opt/handlers/lint.mjs", { build: "/srv/build.mjs" }],
+      deviceProviders: ["gpu, android", ["usb"]],
+      deviceScanIntervalMs: ["30000", 120_000],
+      deviceRefreshMs: ["60000", 3_600_000],
+      deviceBatchSize: ["250", 50],
+      deviceProviderTimeoutMs: ["2000", 30_000],
     };
     for (const [key, spec] of specs) {
       const sample = samples[key];

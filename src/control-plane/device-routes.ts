@@ -1,0 +1,47 @@
+// Handlers of the admin device API: one runner's devices, and every runner's (by kind).
+import { deviceKindSchema, deviceStateSchema } from "../protocol/devices.js";
+import { listDevicesResponseSchema, runnerIdSchema, type DeviceView } from "../protocol/http.js";
+import type { Context } from "./context.js";
+import type { DeviceRecord } from "./device-store.js";
+import { HttpError, reply, type Reply, type RouteRequest } from "./http-router.js";
+
+export function listRunnerDevices(request: RouteRequest, context: Context): Reply {
+  const id = runnerIdSchema.safeParse(request.params.id);
+  if (!id.success) throw new HttpError(400, "bad_request", "id: a runner id (rnr_...)");
+  if (!context.store.findRunner(id.data)) throw new HttpError(404, "runner_not_found", `runner ${id.data} does not exist`);
+  const devices = context.store.devices.list({ runnerId: id.data });
+  return reply(listDevicesResponseSchema, 200, { devices: devices.map((device) => toDeviceView(device, context)) });
+}
+
+/** `?kind=gpu` keeps one kind, `?state=online` one state. */
+export function listDevices(request: RouteRequest, context: Context): Reply {
+  const kind = optionalQuery(request, "kind", deviceKindSchema.safeParse.bind(deviceKindSchema));
+  const state = optionalQuery(request, "state", deviceStateSchema.safeParse.bind(deviceStateSchema));
+  const devices = context.store.devices.list({ kind, state });
+  return reply(listDevicesResponseSchema, 200, { devices: devices.map((device) => toDeviceView(device, context)) });
+}
+
+function optionalQuery<T>(request: RouteRequest, name: string, parse: (raw: string) => { success: true; data: T } | { success: false }): T | undefined {
+  const raw = request.query.get(name);
+  if (raw === null) return undefined;
+  const parsed = parse(raw);
+  if (!parsed.success) throw new HttpError(400, "bad_request", `${name}: not a valid device ${name}`);
+  return parsed.data;
+}
+
+function toDeviceView(device: DeviceRecord, context: Context): DeviceView {
+  return {
+    runnerId: device.runnerId,
+    id: device.id,
+    kind: device.kind,
+    name: device.name,
+    state: device.state,
+    attributes: device.attributes,
+    stale: device.stale,
+    present: device.present,
+    fingerprint: device.fingerprint,
+    lastSeenAt: device.lastSeenAt.toISOString(),
+    updatedAt: device.updatedAt.toISOString(),
+    runnerConnected: context.queue.isConnected(device.runnerId),
+  };
+}

@@ -1,0 +1,75 @@
+// Health readings, taken two ways:
+// - inside a worker, with every result: its own RSS (process.memoryUsage.rss(): the current
+//   resident set, not the peak maxRSS and not the V8 heap alone) and its open fds;
+// - from outside, by the daemon, while a worker is busy (the hard ceiling must work even when
+//   the worker's event loop is stuck): /proc/<pid>/statm on Linux, a file read of a few bytes;
+//   pidusage elsewhere, which spawns `ps` per call on macOS, so the pool samples only busy
+//   workers and only every sampleIntervalMs.
+import { readdirSync, readFileSync } from "node:fs";
+import pidusage from "pidusage";
+
+export interface HealthReading {
+  rssBytes: number | null;
+  openFds: number | null;
+}
+
+/** The worker's view of itself, sent with every result. */
+export function readOwnHealth(): HealthReading {
+  return { rssBytes: process.memoryUsage.rss(), openFds: countOpenFds() };
+}
+
+/** Open file descriptors of this process; null where the OS offers no cheap way (Windows). */
+export function countOpenFds(platform: NodeJS.Platform = process.platform): number | null {
+  const dir = platform === "linux" ? "/proc/self/fd" : platform === "darwin" || platform.endsWith("bsd") ? "/dev/fd" : null;
+  if (dir === null) return null;
+  try {
+    // Listing the directory opens one more fd, which shows up in the list: leave it out.
+    return Math.max(0, readdirSync(dir).length - 1);
+  } catch {
+    return null;
+  }
+}
+
+let pageSize: number | null = null;
+
+/**
+ * The kernel's page size, for statm's page counts. Worked out once without native code or a
+ * spawn: /proc/self/status gives VmRSS in kB, statm the same resident set in pages.
+ */
+export function linuxPageSize(): number {
+  if (pageSize !== null) return pageSize;
+  pageSize = 4096;
+  try {
+    const pages = Number(readFileSync("/proc/self/statm", "latin1").split(" ")[1]);
+    const kb = Number(/VmRSS:\s+(\d+) kB/.exec(readFileSync("/proc/self/status", "latin1"))?.[1]);
+    if (pages > 0 && kb > 0) {
+      // The two reads are microseconds apart; round the ratio to the nearest power of two.
+      pageSize = 2 ** Math.round(Math.log2((kb * 1024) / pages));
+    }
+  } catch {
+    // keep 4096
+  }
+  return pageSize;
+}
+
+/** Linux only: a process's RSS from /proc/<pid>/statm (second field, in pages); null if it is gone. */
+export function readRssFromProc(pid: number): number | null {
+  try {
+    const resident = Number(readFileSync(`/proc/${pid}/statm`, "latin1").split(" ")[1]);
+    return Number.isFinite(resident) ? resident * linuxPageSize() : null;
+  } catch {
+    return null;
+  }
+}
+
+/** A process's current RSS from outside; null when it cannot be read (gone, not ours). */
+export async function sampleRss(pid: number, platform: NodeJS.Platform = process.platform): Promise<number | null> {
+  if (platform === "linux") return readRssFromProc(pid);
+  try {
+    // Default options on purpose: pidusage 4.1's /proc reader (Linux, FreeBSD) loops opening
+    // files for ever when told `maxage: 0`. Its history expires by an unref'd timer.
+    return (await pidusage(pid)).memory;
+  } catch {
+    return null;
+  }
+}

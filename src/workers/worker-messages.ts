@@ -1,0 +1,25 @@
+// The IPC messages between the daemon's pool and a worker process. One job at a time per
+// worker, so log messages carry no job reference; `started` and `result` do, as a check.
+import type { Assignment, JobResult } from "../protocol/channel.js";
+import type { LogStream } from "../jobs/log-chunks.js";
+import type { HealthReading } from "./sample.js";
+
+export type StopOutcome = "cancelled" | "timed_out";
+
+export type ToWorker =
+  /** `handlerPath` is set for module jobs: the daemon maps the job's handler name to it. */
+  | { type: "run"; assignment: Assignment; handlerPath: string | null; outputPaused: boolean }
+  /** Command job: SIGTERM its group, SIGKILL after graceMs. Module job: abort its signal. */
+  | { type: "stop"; jobId: string; outcome: StopOutcome; reason: string; graceMs: number }
+  /** The daemon's log consumer is slow (paused) or has caught up. */
+  | { type: "flow"; paused: boolean }
+  /** Finish: run the handlers' cleanup, then exit. Only sent to an idle worker. */
+  | { type: "retire" };
+
+export type FromWorker =
+  | { type: "ready"; health: HealthReading }
+  | { type: "started"; jobId: string; pid: number; startedAt: string }
+  | { type: "log"; stream: LogStream; data: string }
+  | { type: "result"; result: JobResult; health: HealthReading }
+  /** Sent just before the worker exits on an uncaught exception, so the job's reason says why. */
+  | { type: "fatal"; message: string };

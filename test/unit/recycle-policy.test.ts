@@ -1,0 +1,182 @@
+// The recycle decision as a pure function: readings, limits and the time go in, a reason or
+// null comes out. No processes, no timers.
+import { describe, test } from "node:test";
+import assert from "node:assert/strict";
+import {
+  MAX_DEFAULT_OPEN_FDS,
+  defaultLimits,
+  describeRecycle,
+  evaluateRecycle,
+  limitsForWorker,
+  urgentRssBytes,
+  type RecycleLimits,
+  type WorkerHealth,
+} from "../../src/workers/recycle-policy.js";
+import { limitsFromSettings } from "../../src/workers/limits-from-settings.js";
+import { parseProcLimits } from "../../src/workers/rlimit.js";
+
+const MiB = 1024 * 1024;
+const SPAWNED = 1_000_000;
+/** Old enough that the minimum lifetime does not apply. */
+const LATER = SPAWNED + 120_000;
+
+const limits: RecycleLimits = {
+  maxRssBytes: 500 * MiB,
+  hardRssBytes: 1000 * MiB,
+  maxOpenFds: 100,
+  maxAgeMs: 600_000,
+  ageJitter: 0,
+  maxJobs: 50,
+  minLifetimeMs: 60_000,
+};
+const healthy: WorkerHealth = { rssBytes: 100 * MiB, openFds: 20, jobsRun: 3, startedAt: SPAWNED };
+
+describe("evaluateRecycle", () => {
+  test("a worker under every limit is kept", () => {
+    assert.equal(evaluateRecycle(healthy, limits, LATER), null);
+  });
+
+  test("RSS at the soft limit recycles for memory", () => {
+    assert.equal(evaluateRecycle({ ...healthy, rssBytes: 500 * MiB }, limits, LATER), "memory");
+  });
+
+  test("open fds at the limit recycle for fds", () => {
+    assert.equal(evaluateRecycle({ ...healthy, openFds: 100 }, limits, LATER), "fds");
+  });
+
+  test("age at the limit recycles for age", () => {
+    assert.equal(evaluateRecycle(healthy, limits, SPAWNED + 600_000), "age");
+    assert.equal(evaluateRecycle(healthy, limits, SPAWNED + 599_999), null);
+  });
+
+  test("the jobs count at the limit recycles for jobs", () => {
+    assert.equal(evaluateRecycle({ ...healthy, jobsRun: 50 }, limits, LATER), "jobs");
+  });
+
+  test("memory wins over fds, fds over age, age over jobs", () => {
+    const everything = { rssBytes: 600 * MiB, openFds: 500, jobsRun: 99, startedAt: SPAWNED };
+    const old = SPAWNED + 700_000;
+    assert.equal(evaluateRecycle(everything, limits, old), "memory");
+    assert.equal(evaluateRecycle({ ...everything, rssBytes: 1 }, limits, old), "fds");
+    assert.equal(evaluateRecycle({ ...everything, rssBytes: 1, openFds: 1 }, limits, old), "age");
+    assert.equal(evaluateRecycle({ ...everything, rssBytes: 1, openFds: 1 }, limits, LATER), "jobs");
+  });
+
+  test("a null limit turns its signal off", () => {
+    const off = { ...limits, maxRssBytes: null, maxOpenFds: null, maxAgeMs: null, maxJobs: null };
+    assert.equal(evaluateRecycle({ rssBytes: 10_000 * MiB, openFds: 10_000, jobsRun: 10_000, startedAt: SPAWNED }, off, SPAWNED + 1e9), null);
+  });
+
+  test("a missing reading skips its signal and lets the next one decide", () => {
+    const unknown = { ...healthy, rssBytes: null, openFds: null };
+    assert.equal(evaluateRecycle(unknown, limits, LATER), null);
+    assert.equal(evaluateRecycle({ ...unknown, jobsRun: 50 }, limits, LATER), "jobs");
+  });
+
+  describe("the minimum lifetime", () => {
+    const young = SPAWNED + 59_999;
+
+    test("keeps a fresh worker that starts past the soft memory limit, so it is not recycled after every job", () => {
+      assert.equal(evaluateRecycle({ ...healthy, rssBytes: 600 * MiB }, limits, young), null);
+      assert.equal(evaluateRecycle({ ...healthy, rssBytes: 600 * MiB }, limits, SPAWNED + 60_000), "memory");
+    });
+
+    test("keeps a fresh worker past the fd limit and past an age limit set below it", () => {
+      assert.equal(evaluateRecycle({ ...healthy, openFds: 1000 }, limits, young), null);
+      assert.equal(evaluateRecycle(healthy, { ...limits, maxAgeMs: 1_000 }, young), null);
+    });
+
+    test("gives way when RSS is halfway from the soft limit to the hard ceiling", () => {
+      assert.equal(urgentRssBytes(limits), 750 * MiB);
+      assert.equal(evaluateRecycle({ ...healthy, rssBytes: 749 * MiB }, limits, young), null);
+      assert.equal(evaluateRecycle({ ...healthy, rssBytes: 750 * MiB }, limits, young), "memory");
+    });
+
+    test("holds for any RSS when there is no hard ceiling", () => {
+      assert.equal(urgentRssBytes({ ...limits, hardRssBytes: null }), Infinity);
+      assert.equal(evaluateRecycle({ ...healthy, rssBytes: 5000 * MiB }, { ...limits, hardRssBytes: null }, young), null);
+    });
+
+    test("does not hold back the jobs count", () => {
+      assert.equal(evaluateRecycle({ ...healthy, jobsRun: 1 }, { ...limits, maxJobs: 1 }, SPAWNED + 5), "jobs");
+    });
+  });
+});
+
+describe("limitsForWorker", () => {
+  const jittery = { ...limits, maxAgeMs: 1000_000, ageJitter: 0.1 };
+
+  test("jitters the age limit down by up to the jitter fraction, from the random number passed in", () => {
+    assert.equal(limitsForWorker(jittery, 0).maxAgeMs, 1000_000);
+    assert.equal(limitsForWorker(jittery, 0.5).maxAgeMs, 950_000);
+    assert.equal(limitsForWorker(jittery, 0.999_999).maxAgeMs, 900_000);
+  });
+
+  test("marks the jitter as applied and leaves every other limit alone", () => {
+    const drawn = limitsForWorker(jittery, 0.3);
+    assert.equal(drawn.ageJitter, 0);
+    assert.deepEqual({ ...drawn, maxAgeMs: 0 }, { ...jittery, ageJitter: 0, maxAgeMs: 0 });
+  });
+
+  test("keeps an age limit that is off, off", () => {
+    assert.equal(limitsForWorker({ ...jittery, maxAgeMs: null }, 0.5).maxAgeMs, null);
+  });
+
+  test("clamps a jitter or a random number out of range instead of making an age negative", () => {
+    assert.equal(limitsForWorker({ ...jittery, ageJitter: 3 }, 2).maxAgeMs, 0);
+    assert.equal(limitsForWorker({ ...jittery, ageJitter: -1 }, 0.5).maxAgeMs, 1000_000);
+  });
+});
+
+describe("defaultLimits", () => {
+  test("are generous: 1 GiB soft, 2 GiB hard, an hour of age with 10% jitter, no jobs limit", () => {
+    const d = defaultLimits(1024);
+    assert.deepEqual(
+      [d.maxRssBytes, d.hardRssBytes, d.maxAgeMs, d.ageJitter, d.maxJobs, d.minLifetimeMs],
+      [1024 * MiB, 2048 * MiB, 3600_000, 0.1, null, 60_000],
+    );
+  });
+
+  test("set the fd limit to half of RLIMIT_NOFILE, capped", () => {
+    assert.equal(defaultLimits(1024).maxOpenFds, 512);
+    assert.equal(defaultLimits(20_000).maxOpenFds, 10_000);
+    assert.equal(defaultLimits(1_048_576).maxOpenFds, MAX_DEFAULT_OPEN_FDS);
+  });
+});
+
+describe("describeRecycle", () => {
+  test("names the reading and the limit it crossed", () => {
+    assert.equal(describeRecycle("memory", { ...healthy, rssBytes: 512 * MiB }, limits, LATER), "RSS 512.0 MiB reached the soft limit 500.0 MiB");
+    assert.equal(describeRecycle("fds", { ...healthy, openFds: 101 }, limits, LATER), "101 open file descriptors reached the limit 100");
+    assert.equal(describeRecycle("age", healthy, limits, SPAWNED + 600_000), "age 600 s reached its limit 600 s");
+    assert.equal(describeRecycle("jobs", { ...healthy, jobsRun: 50 }, limits, LATER), "50 jobs run reached the limit 50");
+  });
+});
+
+describe("limitsFromSettings", () => {
+  test("turns MB, seconds and 0-for-off into bytes, milliseconds and null", () => {
+    const l = limitsFromSettings({ workerMaxRssMb: 300, workerHardRssMb: 0, workerMaxFds: 64, workerMaxAgeS: 90, workerMaxJobs: 0 }, 1024);
+    assert.deepEqual([l.maxRssBytes, l.hardRssBytes, l.maxOpenFds, l.maxAgeMs, l.maxJobs], [300 * MiB, null, 64, 90_000, null]);
+  });
+
+  test("takes the defaults for what is not set, the fd limit from RLIMIT_NOFILE", () => {
+    assert.deepEqual(limitsFromSettings({}, 4096), defaultLimits(4096));
+    assert.equal(limitsFromSettings({}, 4096).maxOpenFds, 2048);
+  });
+});
+
+describe("parseProcLimits", () => {
+  const limits = [
+    "Limit                     Soft Limit           Hard Limit           Units     ",
+    "Max open files            20000                1048576              files     ",
+  ].join("\n");
+
+  test("reads the soft open-files limit", () => {
+    assert.equal(parseProcLimits(limits), 20_000);
+  });
+
+  test("reads unlimited as no practical limit, and anything else as unknown", () => {
+    assert.equal(parseProcLimits(limits.replace("20000", "unlimited")), Number.MAX_SAFE_INTEGER);
+    assert.equal(parseProcLimits("Max processes 10 10"), null);
+  });
+});
