@@ -39,26 +39,32 @@ async function startDaemon(cp: ControlPlane, args: string[], env: Record<string,
 }
 
 const DEMO_JOBS: { title: string; request: SubmitJobRequest }[] = [
+  { title: "a module job on a warm worker", request: { job: { kind: "module", handler: "hello", payload: { name: "operator" } } } },
   { title: "hello", request: { job: { kind: "command", argv: ["sh", "-c", "echo hello from $(hostname); echo to stderr >&2"], env: {} } } },
   { title: "its own environment only", request: { job: { kind: "command", argv: ["sh", "-c", 'echo "GREETING=$GREETING RUNNER_CAPACITY=${RUNNER_CAPACITY:-unset}"'], env: { GREETING: "hi" } } } },
   { title: "a failing job", request: { job: { kind: "command", argv: ["sh", "-c", "echo about to fail; exit 3"], env: {} } } },
   { title: "a job that times out", request: { job: { kind: "command", argv: ["sleep", "30"], env: {} }, timeoutMs: 500, cancelGraceMs: 200 } },
 ];
 
-async function runJobs(admin: AdminClient): Promise<void> {
+async function waitForResult(admin: AdminClient, jobId: string) {
+  let view = await admin.getJob(jobId);
+  while (!view.job.result) {
+    await new Promise((r) => setTimeout(r, 50));
+    view = await admin.getJob(jobId);
+  }
+  return view;
+}
+
+async function runJobs(admin: AdminClient, jobs: { title: string; request: SubmitJobRequest }[]): Promise<void> {
   const submitted = [];
-  for (const { title, request } of DEMO_JOBS) {
+  for (const { title, request } of jobs) {
     const { job } = await admin.submitJob(request);
     process.stdout.write(`submitted ${job.jobId}: ${title}\n`);
     submitted.push({ title, jobId: job.jobId });
   }
   for (const { title, jobId } of submitted) {
-    let view = await admin.getJob(jobId);
-    while (!view.job.result) {
-      await new Promise((r) => setTimeout(r, 50));
-      view = await admin.getJob(jobId);
-    }
-    const r = view.job.result;
+    const view = await waitForResult(admin, jobId);
+    const r = view.job.result!;
     process.stdout.write(`\n${jobId} (${title}): ${view.job.status}, attempt ${view.job.attempt}, exit ${r.exitCode ?? "-"}${r.reason ? `, ${r.reason}` : ""}\n`);
     for (const chunk of view.logs) process.stdout.write(`  ${chunk.stream}| ${chunk.data.trimEnd().split("\n").join(`\n  ${chunk.stream}| `)}\n`);
   }
@@ -96,8 +102,27 @@ async function main(): Promise<number> {
     await runner(["repair", ...flags]);
 
     section("start the daemon and run jobs");
-    const daemon = await startDaemon(cp, [...flags, "--log-format", "pretty"], { RUNNER_CAPACITY: "2" });
-    await runJobs(admin);
+    const handlers = ["hello", "leaky"].map((name) => `${name}=${path.join(root, "examples", "handlers", `${name}.mjs`)}`).join(",");
+    const daemon = await startDaemon(cp, [...flags, "--log-format", "pretty", "--worker-max-rss-mb", "100", "--worker-hard-rss-mb", "300"], {
+      RUNNER_CAPACITY: "2",
+      RUNNER_HANDLERS: handlers,
+    });
+    await runJobs(admin, DEMO_JOBS);
+
+    section("a module job that leaks: its worker is recycled at a job boundary (soft limit 100 MB)");
+    for (let i = 1; i <= 6; i++) {
+      // One at a time, so they land on the same warm worker until it is recycled.
+      await runJobs(admin, [{ title: `leaky #${i}`, request: { job: { kind: "module", handler: "leaky", payload: { mb: 60 } } } }]);
+    }
+
+    section("a cancelled job");
+    const { job: sleeper } = await admin.submitJob({ job: { kind: "command", argv: ["sleep", "30"], env: {} }, cancelGraceMs: 2000 });
+    while ((await admin.getJob(sleeper.jobId)).job.status !== "running") await new Promise((r) => setTimeout(r, 20));
+    const cancelAt = Date.now();
+    await admin.cancelJob(sleeper.jobId);
+    await waitForResult(admin, sleeper.jobId);
+    const cancelled = (await admin.getJob(sleeper.jobId)).job;
+    process.stdout.write(`${sleeper.jobId} (sleep 30): ${cancelled.status} ${Date.now() - cancelAt} ms after the cancel: ${cancelled.result?.reason}\n`);
 
     section("SIGTERM: drain and stop");
     daemon.kill("SIGTERM");

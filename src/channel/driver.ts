@@ -49,9 +49,15 @@ export interface DriverOptions {
   logger: Logger;
   ports: DriverPorts;
   companions?: ChannelCompanion[];
+  /** Told `true` when the socket has too much queued to send (slow down job output), `false` when it drained. */
+  onBackpressure?: (slow: boolean) => void;
   now?: () => number;
   random?: () => number;
 }
+
+/** Job output is paused while more than this waits in the socket, resumed below the low mark. */
+const HIGH_WATER_BYTES = 4 * 1024 * 1024;
+const LOW_WATER_BYTES = 1024 * 1024;
 
 export interface DriverExit {
   code: number;
@@ -66,6 +72,7 @@ export class ChannelDriver {
   /** Events from an older socket than this one are dropped. */
   private generation = 0;
   private readonly timers = new Map<TimerName, NodeJS.Timeout>();
+  private slowTimer: NodeJS.Timeout | null = null;
   private resolveExit!: (exit: DriverExit) => void;
   readonly exited: Promise<DriverExit>;
 
@@ -91,6 +98,7 @@ export class ChannelDriver {
   /** Drops the connection and every timer at once, without a goodbye: for tests and hard exits. */
   dispose(): void {
     for (const timer of this.timers.keys()) this.clearTimer(timer);
+    this.releaseBackpressure();
     this.closeSocket(4002, "disposed");
     this.queue.length = 0;
     const wasConnected = this.state.phase === "connected";
@@ -194,6 +202,7 @@ export class ChannelDriver {
         return;
       case "exit":
         for (const timer of this.timers.keys()) this.clearTimer(timer);
+        this.releaseBackpressure();
         this.closeSocket(1000, "runner stopping");
         this.resolveExit({ code: effect.code, reason: effect.reason });
         return;
@@ -278,7 +287,29 @@ export class ChannelDriver {
       return false;
     }
     socket.send(frame);
+    this.watchBackpressure(socket);
     return true;
+  }
+
+  /**
+   * ws queues without bound when the peer reads slowly; job output is what fills it. Past the
+   * high-water mark the daemon pauses output at its source (the workers), and a short timer,
+   * running only while paused, resumes it below the low-water mark or once the socket is gone
+   * (output is not sent while disconnected anyway).
+   */
+  private watchBackpressure(socket: WebSocket): void {
+    if (this.slowTimer || socket.bufferedAmount <= HIGH_WATER_BYTES || !this.options.onBackpressure) return;
+    this.options.onBackpressure(true);
+    this.slowTimer = setInterval(() => {
+      if (this.socket !== socket || socket.bufferedAmount < LOW_WATER_BYTES) this.releaseBackpressure();
+    }, 20);
+  }
+
+  private releaseBackpressure(): void {
+    if (!this.slowTimer) return;
+    clearInterval(this.slowTimer);
+    this.slowTimer = null;
+    this.options.onBackpressure?.(false);
   }
 
   private closeSocket(code: number, reason: string): void {

@@ -52,6 +52,7 @@ export function defineStartCommand(program: Command): void {
           reconnectCapMs: s.reconnectCapMs ?? 60_000,
           insecurePlaintext: s.insecurePlaintext === true,
           pool: s,
+          devices: s,
         });
       } finally {
         await lock.release();

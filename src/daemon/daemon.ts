@@ -15,6 +15,7 @@ import { Outbox } from "../state/outbox.js";
 import type { Registration } from "../state/registration.js";
 import { JobHost } from "./job-host.js";
 import { createPoolFromSettings, type PoolSettings } from "../workers/pool-from-settings.js";
+import { createDeviceSync, type DeviceSyncSettings } from "../devices/index.js";
 
 export interface DaemonOptions {
   registration: Registration;
@@ -28,6 +29,7 @@ export interface DaemonOptions {
   insecurePlaintext: boolean;
   /** Worker limits and module handlers, straight from the settings. */
   pool: PoolSettings;
+  devices: DeviceSyncSettings;
 }
 
 const HANDSHAKE_TIMEOUT_MS = 10_000;
@@ -59,12 +61,15 @@ export async function runDaemon(options: DaemonOptions): Promise<number> {
   };
   const pool = await createPoolFromSettings({ ...options.pool, capacity: options.capacity }, logger);
   const host = new JobHost(pool, journal, outbox, logger, (input) => driver.input(input));
+  const deviceSync = createDeviceSync({ stateDir: files.stateDir, settings: options.devices, logger });
   const driver = new ChannelDriver(config, { pending: held.results }, {
     url,
     credential: options.credential,
     maxFrameBytes: DEFAULT_MAX_FRAME_BYTES,
     logger,
     ports: host,
+    companions: [deviceSync.companion],
+    onBackpressure: (slow) => (slow ? pool.pauseOutput() : pool.resumeOutput()),
   });
 
   let signals = 0;
@@ -73,18 +78,22 @@ export async function runDaemon(options: DaemonOptions): Promise<number> {
     if (signals === 1) driver.input({ type: "drain", reason: signal });
     else driver.input({ type: "stop_now", reason: `second signal (${signal})` });
   };
+  // SIGUSR2 (`runner devices --rescan`) rescans the devices now. Without this handler it would kill the daemon.
+  const onRescan = () => void deviceSync.rescan();
   process.on("SIGTERM", onSignal);
   process.on("SIGINT", onSignal);
+  process.on("SIGUSR2", onRescan);
   logger.info({ url, runnerId: registration.runnerId, capacity: options.capacity, heldResults: held.results.length }, "runner started");
   try {
     const exit = await driver.start();
     // Stopping for a reason other than a drain (a revoked credential, say) may leave jobs running.
     await host.stopAll("the runner is stopping: " + exit.reason);
-    await pool.close();
+    await Promise.all([pool.close(), deviceSync.close()]);
     return exit.code;
   } finally {
     process.off("SIGTERM", onSignal);
     process.off("SIGINT", onSignal);
+    process.off("SIGUSR2", onRescan);
   }
 }
 
