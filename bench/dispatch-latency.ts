@@ -1,6 +1,7 @@
 // Dispatch latency on loopback: job submitted → accepted by the runner → started → result
 // applied (and acknowledged), through the persistent WebSocket to a real `runner start`
-// child process. Baseline, measured in the same run: a runner that polls for queued jobs once
+// child process, for a no-op module job on a warm worker and for a `command` job (`true`),
+// which also pays for a process spawn. Baseline, measured in the same run: a runner that polls for queued jobs once
 // a second (what Bencher's server loop and SkyTest's claim loop do), timed to the moment it
 // sees the job, which is a lower bound for its "started".
 //
@@ -12,7 +13,8 @@ import path from "node:path";
 import { pino } from "pino";
 import { startControlPlane } from "../src/control-plane/server.js";
 import { AdminClient } from "../src/control-plane/admin-client.js";
-import { RUNNER_BIN, percentiles, printTable, runCliQuiet } from "./support.js";
+import { REPO_ROOT, RUNNER_BIN, percentiles, printTable, runCliQuiet } from "./support.js";
+import type { SubmitJobRequest } from "../src/protocol/http.js";
 
 interface JobEvent {
   jobId: string;
@@ -38,7 +40,8 @@ async function main(): Promise<void> {
   await fs.writeFile(tokenFile, (await admin.createRegistrationToken()).token);
   await runCliQuiet(["register", "--url", cp.url, "--token-file", tokenFile, "--name", "bench", ...stateFlags]);
   const connected = new Promise<void>((resolve) => cp.events.on("runner", (e: { event: string }) => e.event === "connected" && resolve()));
-  const daemon = spawn(process.execPath, [RUNNER_BIN, "start", ...stateFlags], { stdio: "inherit" });
+  const noop = path.join(REPO_ROOT, "test", "fixtures", "handlers", "noop.mjs");
+  const daemon = spawn(process.execPath, [RUNNER_BIN, "start", ...stateFlags, "--handlers", `noop=${noop}`], { stdio: "inherit" });
   await connected;
 
   const applied = (jobId: string) =>
@@ -51,7 +54,7 @@ async function main(): Promise<void> {
       };
       cp.events.on("job", check);
     });
-  const runOne = async () => {
+  const runOne = async (job: SubmitJobRequest["job"]) => {
     // Subscribe before submitting: on loopback the result can come back before submit returns.
     let jobId = "";
     const pending = new Promise<void>((resolve) => {
@@ -64,18 +67,19 @@ async function main(): Promise<void> {
       };
       cp.events.on("job", wait);
     });
-    await admin.submitJob({ job: { kind: "command", argv: ["true"], env: {} } });
+    await admin.submitJob({ job });
     await pending;
     return jobId;
   };
-
-  for (let i = 0; i < 20; i++) await runOne(); // warm-up
-  const ids: string[] = [];
-  for (let i = 0; i < jobs; i++) ids.push(await runOne());
-  const series = (to: string) => ids.map((id) => ms(times.get(id)!.get("submitted")!, times.get(id)!.get(to)!));
-  const accepted = percentiles(series("accepted"));
-  const started = percentiles(series("started"));
-  const resulted = percentiles(series("result_applied"));
+  const measureKind = async (job: SubmitJobRequest["job"]) => {
+    for (let i = 0; i < 20; i++) await runOne(job); // warm-up
+    const ids: string[] = [];
+    for (let i = 0; i < jobs; i++) ids.push(await runOne(job));
+    const series = (to: string) => percentiles(ids.map((id) => ms(times.get(id)!.get("submitted")!, times.get(id)!.get(to)!)));
+    return { accepted: series("accepted"), started: series("started"), resulted: series("result_applied") };
+  };
+  const moduleJob = await measureKind({ kind: "module", handler: "noop", payload: {} });
+  const commandJob = await measureKind({ kind: "command", argv: ["true"], env: {} });
 
   daemon.kill("SIGTERM");
   await new Promise((r) => daemon.on("exit", r));
@@ -101,14 +105,17 @@ async function main(): Promise<void> {
   await poller;
   const baseline = percentiles(baselineIds.map((id) => ms(times.get(id)!.get("submitted")!, seen.get(id)!)));
 
-  printTable(`dispatch latency on loopback, ${jobs} jobs (command job \`true\`, capacity 1), ms`, [
-    ["submitted → accepted by the runner", accepted],
-    ["submitted → started (process spawned)", started],
-    ["submitted → result applied and acknowledged", resulted],
+  printTable(`dispatch latency on loopback, ${jobs} jobs of each kind, one at a time (capacity 1), ms`, [
+    ["module job (no-op) on a warm worker: submitted → accepted", moduleJob.accepted],
+    ["module job: submitted → started (in the worker)", moduleJob.started],
+    ["module job: submitted → result applied and acknowledged", moduleJob.resulted],
+    ["command job (`true`): submitted → accepted", commandJob.accepted],
+    ["command job: submitted → started (process spawned)", commandJob.started],
+    ["command job: submitted → result applied and acknowledged", commandJob.resulted],
     [`baseline: poll once a second, submitted → seen (${baselineJobs} jobs)`, baseline],
   ]);
-  console.log(`median ratio, baseline seen / persistent socket accepted: ${(baseline.p50 / accepted.p50).toFixed(0)}x`);
-  console.log(`median ratio, baseline seen / persistent socket started:  ${(baseline.p50 / started.p50).toFixed(0)}x`);
+  console.log(`median ratio, baseline / module job started:  ${(baseline.p50 / moduleJob.started.p50).toFixed(0)}x`);
+  console.log(`median ratio, baseline / command job started: ${(baseline.p50 / commandJob.started.p50).toFixed(0)}x`);
   console.log(`targets: submitted → started median < 1 ms, p99 < 5 ms, > 500x below the baseline's median`);
   await cp.close();
   await fs.rm(work, { recursive: true, force: true });

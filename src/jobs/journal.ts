@@ -48,9 +48,9 @@ export class JobJournal {
   }
 
   /**
-   * Records synchronously, for the moment right after a spawn: no await stands between the
-   * process existing and the journal naming it. (Call only once the entry's earlier writes
-   * have finished; the daemon awaits the pre-spawn record before it spawns.)
+   * Records synchronously: before a spawn, and right after it, so that no await stands between
+   * the process existing and the journal naming it. (Call only while no async `record` of the
+   * same entry is pending: the daemon uses it for an entry's first two writes.)
    */
   recordNow(entry: JournalEntry): void {
     const file = this.fileFor(entry);
