@@ -11,8 +11,8 @@ import { promises as fs, renameSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import { z } from "zod";
 import type { JobRef, JobResult } from "../protocol/channel.js";
-import { SECRET_FILE_MODE, ensureDir, moveAside, readJsonFile, writeJsonAtomic } from "../state/files.js";
-import { fileSafe } from "../state/outbox.js";
+import { SECRET_FILE_MODE, ensureDir, readJsonDir, writeJsonAtomic, type SetAsideFile } from "../state/files.js";
+import { jobFileName } from "../state/outbox.js";
 import { processStartTime } from "../state/lock.js";
 import { isGroupAlive, signalGroup, waitForGroupExit } from "./process-group.js";
 
@@ -28,10 +28,7 @@ const journalEntrySchema = z.object({
 });
 export type JournalEntry = z.infer<typeof journalEntrySchema>;
 
-export interface SetAsideFile {
-  file: string;
-  reason: string;
-}
+export type { SetAsideFile };
 
 export class JobJournal {
   /** Writes to one entry run one after the other, so a later record() always lands last. */
@@ -68,27 +65,12 @@ export class JobJournal {
 
   /** Every entry. A damaged file is moved aside (kept for a person) and named in `setAside`. */
   async list(now: Date = new Date()): Promise<{ entries: JournalEntry[]; setAside: SetAsideFile[] }> {
-    const entries: JournalEntry[] = [];
-    const setAside: SetAsideFile[] = [];
-    let names: string[];
-    try {
-      names = await fs.readdir(this.dir);
-    } catch (error) {
-      if ((error as NodeJS.ErrnoException).code === "ENOENT") return { entries, setAside };
-      throw error;
-    }
-    // Skips the temp files of an interrupted atomic write (".name.pid.time.tmp") and set-aside files.
-    for (const name of names.filter((n) => n.endsWith(".json") && !n.startsWith(".")).sort()) {
-      const file = path.join(this.dir, name);
-      const read = await readJsonFile(file, journalEntrySchema);
-      if (read.kind === "ok") entries.push(read.value);
-      else if (read.kind === "invalid") setAside.push({ file: await moveAside(file, now), reason: read.reason });
-    }
-    return { entries, setAside };
+    const { values, setAside } = await readJsonDir(this.dir, journalEntrySchema, now);
+    return { entries: values, setAside };
   }
 
   private fileFor(ref: JobRef): string {
-    return path.join(this.dir, `${fileSafe(ref.jobId)}.${ref.attempt}.json`);
+    return path.join(this.dir, jobFileName(ref));
   }
 
   private async serialize(file: string, write: (file: string) => Promise<void>): Promise<void> {

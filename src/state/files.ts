@@ -96,3 +96,32 @@ export async function modeOf(p: string): Promise<number | null> {
 export async function ensureDir(dir: string): Promise<void> {
   await fs.mkdir(dir, { recursive: true, mode: DIR_MODE });
 }
+
+export interface SetAsideFile {
+  file: string;
+  reason: string;
+}
+
+/**
+ * Reads every `*.json` file of a directory (one record each) against a schema. A damaged file
+ * is moved aside (kept for a person) and named in `setAside`; a missing dir reads as empty.
+ * Temp files of an interrupted atomic write (".name....tmp") and set-aside files are skipped.
+ */
+export async function readJsonDir<T>(dir: string, schema: z.ZodType<T>, now: Date): Promise<{ values: T[]; setAside: SetAsideFile[] }> {
+  const values: T[] = [];
+  const setAside: SetAsideFile[] = [];
+  let names: string[];
+  try {
+    names = await fs.readdir(dir);
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code === "ENOENT") return { values, setAside };
+    throw error;
+  }
+  for (const name of names.filter((n) => n.endsWith(".json") && !n.startsWith(".")).sort()) {
+    const file = path.join(dir, name);
+    const read = await readJsonFile(file, schema);
+    if (read.kind === "ok") values.push(read.value);
+    else if (read.kind === "invalid") setAside.push({ file: await moveAside(file, now), reason: read.reason });
+  }
+  return { values, setAside };
+}

@@ -5,7 +5,7 @@ import { promises as fs } from "node:fs";
 import path from "node:path";
 import { createHash } from "node:crypto";
 import { jobResultSchema, type JobRef, type JobResult } from "../protocol/channel.js";
-import { moveAside, readJsonFile, writeJsonAtomic } from "./files.js";
+import { readJsonDir, writeJsonAtomic, type SetAsideFile } from "./files.js";
 
 export class Outbox {
   constructor(readonly dir: string) {}
@@ -24,28 +24,19 @@ export class Outbox {
   }
 
   /** Every held result. A damaged file is moved aside (kept) and named in `setAside`. */
-  async list(now: Date = new Date()): Promise<{ results: JobResult[]; setAside: { file: string; reason: string }[] }> {
-    const results: JobResult[] = [];
-    const setAside: { file: string; reason: string }[] = [];
-    let names: string[];
-    try {
-      names = await fs.readdir(this.dir);
-    } catch (error) {
-      if ((error as NodeJS.ErrnoException).code === "ENOENT") return { results, setAside };
-      throw error;
-    }
-    for (const name of names.filter((n) => n.endsWith(".json")).sort()) {
-      const file = path.join(this.dir, name);
-      const read = await readJsonFile(file, jobResultSchema);
-      if (read.kind === "ok") results.push(read.value);
-      else if (read.kind === "invalid") setAside.push({ file: await moveAside(file, now), reason: read.reason });
-    }
-    return { results, setAside };
+  async list(now: Date = new Date()): Promise<{ results: JobResult[]; setAside: SetAsideFile[] }> {
+    const { values, setAside } = await readJsonDir(this.dir, jobResultSchema, now);
+    return { results: values, setAside };
   }
 
   private fileFor(ref: JobRef): string {
-    return path.join(this.dir, `${fileSafe(ref.jobId)}.${ref.attempt}.json`);
+    return path.join(this.dir, jobFileName(ref));
   }
+}
+
+/** One file per job attempt, in the outbox and in the running-jobs journal alike. */
+export function jobFileName(ref: JobRef): string {
+  return `${fileSafe(ref.jobId)}.${ref.attempt}.json`;
 }
 
 /**
