@@ -8,6 +8,7 @@ import path from "node:path";
 import { startCommandJob, type RunningJob } from "../../src/jobs/command.js";
 import { MAX_LOG_CHUNK_BYTES, createLogChunker, type LogChunk } from "../../src/jobs/log-chunks.js";
 import type { Assignment } from "../../src/protocol/channel.js";
+import { isRunning } from "../helpers/processes.js";
 
 const node = process.execPath;
 const onLinux = process.platform === "linux";
@@ -99,22 +100,6 @@ function liveMembersOf(pgid: number): number[] {
   return members;
 }
 
-/** Alive and not a zombie (a zombie is dead; only its parent's reaping is pending). */
-function isRunning(pid: number): boolean {
-  if (onLinux) {
-    try {
-      return readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1]?.[0] !== "Z";
-    } catch {
-      return false;
-    }
-  }
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
-}
 
 const nodeScript = (source: string) => [node, "-e", source];
 

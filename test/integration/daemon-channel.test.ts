@@ -2,40 +2,16 @@
 // survive control-plane restarts, dropped and half-open connections, and kill -9.
 import { describe, test, type TestContext } from "node:test";
 import assert from "node:assert/strict";
-import { promises as fs, readdirSync, readFileSync } from "node:fs";
+import { promises as fs } from "node:fs";
 import path from "node:path";
 import { registerRunner, startTestControlPlane, tempDir, type TestControlPlane } from "../helpers/fixtures.js";
 import { startDaemon, type DaemonProcess } from "../helpers/daemon.js";
 import { startTcpProxy } from "../helpers/tcp-proxy.js";
 import type { JobView } from "../../src/protocol/http.js";
 import { ExitCode } from "../../src/errors.js";
+import { isRunning, childrenOf } from "../helpers/processes.js";
 
-/** Alive and not a zombie (Linux reads the state from /proc). */
-function isRunning(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-  } catch {
-    return false;
-  }
-  if (process.platform !== "linux") return true;
-  const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
-  return !["Z", "X"].includes(stat.slice(stat.lastIndexOf(")") + 2).split(" ")[0] ?? "");
-}
 
-/** Linux: the pids whose parent is `pid`. */
-function childrenOf(pid: number): number[] {
-  const children: number[] = [];
-  for (const entry of readdirSync("/proc")) {
-    if (!/^\d+$/.test(entry)) continue;
-    try {
-      const stat = readFileSync(`/proc/${entry}/stat`, "utf8");
-      if (Number(stat.slice(stat.lastIndexOf(")") + 2).split(" ")[1]) === pid) children.push(Number(entry));
-    } catch {
-      // exited while we looked
-    }
-  }
-  return children;
-}
 
 const FAST = ["--reconnect-base-ms", "100", "--reconnect-cap-ms", "400"];
 

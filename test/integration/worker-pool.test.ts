@@ -15,6 +15,7 @@ import { WorkerPool, type WorkerPoolOptions } from "../../src/workers/pool.js";
 import type { RecycleLimits } from "../../src/workers/recycle-policy.js";
 import { HELD_LIMIT_BYTES } from "../../src/workers/worker-output.js";
 import { REPO_ROOT } from "../helpers/cli.js";
+import { isRunning } from "../helpers/processes.js";
 
 const posixOnly = process.platform === "win32" ? "needs POSIX process groups, sh and /dev/null" : false;
 const MiB = 1024 * 1024;
@@ -120,23 +121,6 @@ function killGroupQuietly(pgid: number): void {
   }
 }
 
-function isRunning(pid: number): boolean {
-  if (process.platform === "linux") {
-    try {
-      const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
-      const state = stat.slice(stat.lastIndexOf(")") + 2).split(" ")[0];
-      return state !== "Z" && state !== "X";
-    } catch {
-      return false;
-    }
-  }
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
-}
 
 async function waitUntil(condition: () => boolean, timeoutMs: number, what: string): Promise<void> {
   const deadline = Date.now() + timeoutMs;
