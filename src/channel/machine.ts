@@ -215,8 +215,10 @@ function stepHandshaking(state: State, input: Input, env: StepEnv): Step {
       }
       if (input.timer === "drain") return onDrainDeadline(state);
       return ignoreStaleTimer(state, input.timer);
-    case "socket_closed":
-      return reconnectLater(clearConnectionTimers(state).state, `the control plane closed the connection during the handshake (${input.code} ${input.reason})`, env, clearConnectionTimers(state).effects);
+    case "socket_closed": {
+      const cleared = clearConnectionTimers(state);
+      return reconnectLater(cleared.state, `the control plane closed the connection during the handshake (${input.code} ${input.reason})`, env, cleared.effects);
+    }
     case "pong":
       return { state, effects: [] };
     default:

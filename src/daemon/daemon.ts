@@ -4,7 +4,7 @@
 import path from "node:path";
 import type { Logger } from "../log/logger.js";
 import { ChannelDriver } from "../channel/driver.js";
-import type { MachineConfig } from "../channel/machine.js";
+import { keyOf, type MachineConfig } from "../channel/machine.js";
 import { checkControlPlaneUrl } from "../config/transport.js";
 import { CHANNEL_PATH, DEFAULT_MAX_FRAME_BYTES, type JobResult } from "../protocol/channel.js";
 import { AGENT_VERSION, PROTOCOL_VERSION } from "../protocol/version.js";
@@ -43,9 +43,9 @@ export async function runDaemon(options: DaemonOptions): Promise<number> {
   await ensureDir(files.outbox);
   await ensureDir(journal.dir);
 
-  await recoverAfterCrash(journal, outbox, logger);
   const held = await outbox.list();
   for (const bad of held.setAside) logger.error({ file: bad.file, reason: bad.reason }, "set aside a damaged result file in the outbox");
+  const pending = [...held.results, ...(await recoverAfterCrash(journal, outbox, held.results, logger))];
 
   const config: MachineConfig = {
     runnerId: registration.runnerId,
@@ -62,7 +62,7 @@ export async function runDaemon(options: DaemonOptions): Promise<number> {
   const pool = await createPoolFromSettings({ ...options.pool, capacity: options.capacity }, logger);
   const host = new JobHost(pool, journal, outbox, logger, (input) => driver.input(input));
   const deviceSync = createDeviceSync({ stateDir: files.stateDir, settings: options.devices, logger });
-  const driver = new ChannelDriver(config, { pending: held.results }, {
+  const driver = new ChannelDriver(config, { pending }, {
     url,
     credential: options.credential,
     maxFrameBytes: DEFAULT_MAX_FRAME_BYTES,
@@ -83,7 +83,7 @@ export async function runDaemon(options: DaemonOptions): Promise<number> {
   process.on("SIGTERM", onSignal);
   process.on("SIGINT", onSignal);
   process.on("SIGUSR2", onRescan);
-  logger.info({ url, runnerId: registration.runnerId, capacity: options.capacity, heldResults: held.results.length }, "runner started");
+  logger.info({ url, runnerId: registration.runnerId, capacity: options.capacity, heldResults: pending.length }, "runner started");
   try {
     const exit = await driver.start();
     // Stopping for a reason other than a drain (a revoked credential, say) may leave jobs running.
@@ -97,24 +97,22 @@ export async function runDaemon(options: DaemonOptions): Promise<number> {
   }
 }
 
-/** After a kill -9: kill the jobs it left running and record each as failed, exactly once. */
-async function recoverAfterCrash(journal: JobJournal, outbox: Outbox, logger: Logger): Promise<void> {
+/**
+ * After a kill -9: kill the jobs it left running and record each as failed, exactly once.
+ * Returns the results it added to the outbox. The outbox is written before the journal is
+ * cleared, so a crash in between repeats this step instead of losing a result; and a job whose
+ * real result reached the outbox before the crash keeps it.
+ */
+async function recoverAfterCrash(journal: JobJournal, outbox: Outbox, held: JobResult[], logger: Logger): Promise<JobResult[]> {
   const { results, killed, setAside } = await recoverOrphans(journal, new Date());
   for (const bad of setAside) logger.error(bad, "set aside a damaged file in the running-jobs journal");
   for (const orphan of killed) logger.warn(orphan, "killed the process tree of a job orphaned by an earlier crash");
-  // A crash between writing a real result and clearing the journal leaves both: the real one wins.
-  const held = new Set((await outbox.list()).results.map((r) => `${r.jobId}#${r.attempt}`));
-  for (const result of results) {
-    if (held.has(`${result.jobId}#${result.attempt}`)) await journal.remove(result);
-    else await storeResult(journal, outbox, result);
-  }
-  if (results.length > 0) logger.warn({ jobs: results.map((r) => r.jobId) }, `reported ${results.length} orphaned job(s) as failed: agent restarted`);
-}
-
-/** Outbox first, journal second: a crash between the two repeats the write, never loses it. */
-export async function storeResult(journal: JobJournal, outbox: Outbox, result: JobResult): Promise<void> {
-  await outbox.put(result);
-  await journal.remove(result);
+  const heldKeys = new Set(held.map(keyOf));
+  const added = results.filter((r) => !heldKeys.has(keyOf(r)));
+  for (const result of added) await outbox.put(result);
+  for (const result of results) await journal.remove(result);
+  if (added.length > 0) logger.warn({ jobs: added.map((r) => r.jobId) }, `reported ${added.length} orphaned job(s) as failed: agent restarted`);
+  return added;
 }
 
 export function channelUrl(controlPlaneUrl: string, insecurePlaintext: boolean): string {

@@ -36,12 +36,12 @@ describe("runner start", { timeout: 60_000 }, () => {
     assert.match(start.stderr, /runner repair --token-file <file with a new registration token>/);
   });
 
-  test("exits with the upgrade code when unregistered state is fine but the control plane wants a newer agent", async (t) => {
+  test("exits with the upgrade code when the control plane wants a newer agent", async (t) => {
     const { startControlPlane } = await import("../../src/control-plane/server.js");
     const plane = await startTestControlPlane(t);
     const runner = await registerRunner(t, plane);
     const registration = JSON.parse(await fs.readFile(path.join(runner.stateDir, "registration.json"), "utf8")) as { url: string };
-    // A second control plane sharing nothing but demanding a far newer agent, on the URL the runner knows.
+    // A second control plane on the URL the runner knows, demanding a far newer agent: it answers 426 before any other check.
     await plane.cp.close();
     const port = Number(new URL(registration.url).port);
     const strict = await startControlPlane({ port, minAgentVersion: "999.0.0", logger: (await import("pino")).pino({ level: "silent" }) });
