@@ -357,7 +357,8 @@ function onAssign(state: State, assignment: Assignment): Step {
   }
   return {
     state: { ...state, running: { ...state.running, [key]: { ref, nextLogSeq: 0, started: false } } },
-    effects: [{ type: "send", message: { type: "accept", ...ref } }, { type: "start_job", assignment }],
+    // The job is handed to a worker before `accept` is written: the worker starts it meanwhile.
+    effects: [{ type: "start_job", assignment }, { type: "send", message: { type: "accept", ...ref } }],
   };
 }
 

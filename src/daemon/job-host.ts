@@ -27,17 +27,24 @@ export class JobHost implements DriverPorts {
 
   async startJob(assignment: Assignment): Promise<void> {
     const ref = { jobId: assignment.jobId, attempt: assignment.attempt };
-    // Synchronous (no fsync, see the journal): it costs ~0.1 ms, where an async write's
-    // threadpool hops measured ~0.5 ms on the path from assignment to start.
-    this.journal.recordNow({ ...ref, pid: null, pgid: null, processStartTime: null, startedAt: null });
+    // Journal writes are synchronous (no fsync, see the journal): ~0.1 ms each, where an async
+    // write's threadpool hops measured ~0.5 ms on the path from assignment to start.
+    const recordAssigned = () => this.journal.recordNow({ ...ref, pid: null, pgid: null, processStartTime: null, startedAt: null });
+    // A command job's process group must be in the journal before it can exist. A module job
+    // runs inside its worker, which stops it and exits when the daemon goes: it is handed to
+    // the worker first and journalled while the worker starts it (a crash in between only
+    // means the control plane re-queues the job this runner no longer reports).
+    if (assignment.job.kind === "command") recordAssigned();
     const job = this.pool.start(assignment, {
       onStarted: ({ pid, startedAt }) => {
+        // `started` goes out first: the pid's journal write follows with no await in between.
+        this.feed({ type: "job_started", ref, startedAt });
         this.journal.recordNow({ ...ref, pid, pgid: pid, processStartTime: null, startedAt });
         this.pidWrites.set(keyOf(ref), this.recordStartTime(ref, pid, startedAt));
-        this.feed({ type: "job_started", ref, startedAt });
       },
       onLog: ({ stream, data }) => this.feed({ type: "job_output", ref, stream, data }),
     });
+    if (assignment.job.kind === "module") recordAssigned();
     this.running.set(keyOf(ref), job);
     void job.done.then((result) => {
       this.running.delete(keyOf(ref));

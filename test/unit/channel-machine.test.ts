@@ -93,9 +93,9 @@ describe("the channel state machine", () => {
     ]);
   });
 
-  test("an assignment within capacity is accepted and started", () => {
+  test("an assignment within capacity is started, then accepted", () => {
     const { state, effects } = run(connected(), { type: "message", message: assignment("j1") });
-    assert.deepEqual(types(effects), ["send", "start_job"]);
+    assert.deepEqual(types(effects), ["start_job", "send"]);
     assert.deepEqual(sent(effects), [{ type: "accept", jobId: "j1", attempt: 1 }]);
     assert.ok(state.running["j1#1"]);
   });
