@@ -108,7 +108,8 @@ async function main(): Promise<void> {
   daemon.kill("SIGTERM");
   await new Promise((r) => daemon.on("exit", r));
 
-  const floors = await measureFloors(jobs);
+  const floors = await measureFloors(jobs, 0);
+  const idleFloors = await measureFloors(idleJobs, IDLE_PAUSE_MS);
   const baseline = await measurePollingBaseline(admin, times, baselineJobs);
 
   printTable(`dispatch latency on loopback, ms (one job at a time, capacity 1; ${WARM_UP_JOBS} warm-up jobs per series not counted)`, [
@@ -120,6 +121,8 @@ async function main(): Promise<void> {
     [`module job, idle runner (${IDLE_PAUSE_MS} ms between jobs): submitted → started in the worker`, idleStarted],
     ["floor: bare WebSocket round trip to another process", floors.webSocket],
     ["floor: bare IPC round trip to a forked child", floors.ipc],
+    [`floor, idle (${IDLE_PAUSE_MS} ms between): bare WebSocket round trip`, idleFloors.webSocket],
+    [`floor, idle (${IDLE_PAUSE_MS} ms between): bare IPC round trip`, idleFloors.ipc],
     [`baseline: poll once a second, submitted → seen`, baseline],
   ]);
   const ratio = (p: Percentiles) => baseline.p50 / p.p50;
@@ -133,7 +136,7 @@ async function main(): Promise<void> {
 }
 
 /** Round trips of a small frame to a Node process that echoes it, over ws and over IPC. */
-async function measureFloors(count: number): Promise<{ webSocket: Percentiles; ipc: Percentiles }> {
+async function measureFloors(count: number, pauseMs: number): Promise<{ webSocket: Percentiles; ipc: Percentiles }> {
   const server = new WebSocketServer({ host: "127.0.0.1", port: 0, perMessageDeflate: false });
   await new Promise((resolve) => server.once("listening", resolve));
   const { port } = server.address() as { port: number };
@@ -150,6 +153,7 @@ async function measureFloors(count: number): Promise<{ webSocket: Percentiles; i
         send();
       });
       if (i >= WARM_UP_JOBS) samples.push(ms(start, process.hrtime.bigint()));
+      if (pauseMs > 0) await sleep(pauseMs);
     }
     return percentiles(samples);
   };

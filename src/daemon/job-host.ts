@@ -1,7 +1,8 @@
 // Runs the jobs the channel assigns, on the worker pool, and reports back to it: the
-// daemon's side of the driver's ports. Every job is in the journal before its process
-// exists, and its result is in the outbox before the journal forgets it, so a crash at any
-// point loses nothing.
+// daemon's side of the driver's ports. Every command job is in the journal before its
+// process exists (a module job runs inside its worker, which leaves with the daemon), and
+// every result is in the outbox before the journal forgets the job, so a crash at any point
+// loses nothing.
 import type { Logger } from "../log/logger.js";
 import type { DriverPorts } from "../channel/driver.js";
 import { keyOf, type Input } from "../channel/machine.js";

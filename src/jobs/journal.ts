@@ -1,5 +1,5 @@
-// The durable journal of running jobs: one file per job attempt, written before the job's
-// process exists and again once its pid is known, removed only once the job's result is in
+// The durable journal of running jobs: one file per job attempt, written when the job is
+// taken (before a command job's process can exist) and again once its pid is known, removed only once the job's result is in
 // the outbox. After a kill -9 of the daemon it names the process groups left behind, so the
 // next start can kill them and report each job failed exactly once.
 //
