@@ -115,9 +115,9 @@ async function main(): Promise<void> {
   printTable(`dispatch latency on loopback, ms (one job at a time, capacity 1; ${WARM_UP_JOBS} warm-up jobs per series not counted)`, [
     ["module job (no-op), steady: submitted → started in the worker", moduleStarted],
     ["module job, steady: submitted → control plane records started", since(steadyModule, event("started"))],
-    ["module job, steady: submitted → result applied and acknowledged", since(steadyModule, event("result_applied"))],
+    ["module job, steady: submitted → result applied, ack sent", since(steadyModule, event("result_applied"))],
     ["command job (`true`), steady: submitted → control plane records started", since(steadyCommand, event("started"))],
-    ["command job, steady: submitted → result applied and acknowledged", since(steadyCommand, event("result_applied"))],
+    ["command job, steady: submitted → result applied, ack sent", since(steadyCommand, event("result_applied"))],
     [`module job, idle runner (${IDLE_PAUSE_MS} ms between jobs): submitted → started in the worker`, idleStarted],
     ["floor: bare WebSocket round trip to another process", floors.webSocket],
     ["floor: bare IPC round trip to a forked child", floors.ipc],
