@@ -37,6 +37,7 @@ export type ErrorCode =
   | "control_plane_unavailable"
   | "control_plane_rejected"
   | "needs_operator"
+  | "service_failed"
   | "internal";
 
 const exitCodes: Record<ErrorCode, ExitCode> = {
@@ -55,6 +56,7 @@ const exitCodes: Record<ErrorCode, ExitCode> = {
   control_plane_unavailable: ExitCode.UNAVAILABLE,
   control_plane_rejected: ExitCode.USAGE,
   needs_operator: ExitCode.NEEDS_OPERATOR,
+  service_failed: ExitCode.INTERNAL,
   internal: ExitCode.INTERNAL,
 };
 

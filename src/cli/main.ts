@@ -7,6 +7,7 @@ import { defineControlPlaneCommand } from "../commands/control-plane.js";
 import { defineDevicesCommand } from "../commands/devices.js";
 import { defineRegisterCommand } from "../commands/register.js";
 import { defineRepairCommand } from "../commands/repair.js";
+import { defineServiceCommand } from "../commands/service.js";
 import { defineStartCommand } from "../commands/start.js";
 import { defineStatusCommand } from "../commands/status.js";
 import { defineUnregisterCommand } from "../commands/unregister.js";
@@ -31,6 +32,7 @@ ${ExitCode.NEEDS_OPERATOR} needs an operator (do not restart), ${ExitCode.UPGRAD
   defineUnregisterCommand(program);
   defineStatusCommand(program);
   defineStartCommand(program);
+  defineServiceCommand(program);
   defineDevicesCommand(program);
   defineControlPlaneCommand(program, { logger: () => createLogger({ name: "control-plane" }) });
   // Subcommands inherit exitOverride only if set before they are added; set it on each too.

@@ -2,6 +2,7 @@
 import { Command } from "commander";
 import { ExitCode } from "../errors.js";
 import { checkContextFor, loadContext, withSettings } from "../cli/context.js";
+import { clearBlocked } from "../state/blocked.js";
 import { action, describeFinding, exitCodeForRemaining, print, printRepairReport } from "../cli/output.js";
 import { readToken } from "../cli/token-input.js";
 import { findProblems, repairProblems, repairStateDirFirst, withEarlierSteps } from "../startup/check.js";
@@ -37,6 +38,10 @@ export function defineRepairCommand(program: Command): void {
         if (lock.tookOver?.kind === "stale") print(`✓ took over a stale lock (${lock.tookOver.reason})`);
         const report = withEarlierSteps(await repairProblems(check), stateDirStep);
         printRepairReport(report);
+        // Nothing left for a person: a service stopped for one may start again.
+        if (report.remaining.every((f) => f.fix.kind === "retry") && (await clearBlocked(ctx.files.blocked))) {
+          print("✓ removed the needs-operator marker: the service may start again");
+        }
         return exitCodeForRemaining(report.remaining);
       } finally {
         await lock.release();

@@ -1,7 +1,8 @@
 // runner start: the daemon in the foreground (what the service units run). Before it takes
 // any work it runs the same verify-and-repair plan as `runner repair`: safe fixes are applied
 // and logged; anything that needs a person stops it with the "needs an operator" exit code,
-// which the service units treat as "do not restart". Then the daemon runs until drained.
+// which the service units treat as "do not restart" (and leaves the needs-operator marker,
+// which launchd watches). Then the daemon runs until drained.
 import { Command } from "commander";
 import { ExitCode } from "../errors.js";
 import { checkContextFor, loadContext, withSettings } from "../cli/context.js";
@@ -10,6 +11,8 @@ import { repairProblems, repairStateDirFirst } from "../startup/check.js";
 import { acquireLock } from "../state/lock.js";
 import { loadIdentity } from "../startup/identity.js";
 import { runDaemon } from "../daemon/daemon.js";
+import { clearBlocked, markBlocked } from "../state/blocked.js";
+import type { Context } from "../cli/context.js";
 
 export function defineStartCommand(program: Command): void {
   const command = program
@@ -37,11 +40,12 @@ export function defineStartCommand(program: Command): void {
         for (const finding of report.remaining) {
           log[blocking.includes(finding) ? "error" : "warn"]({ finding: finding.code, fix: finding.fix }, describeFinding(finding).join("\n"));
         }
-        if (blocking.length > 0) return exitCodeForRemaining(blocking);
+        if (blocking.length > 0) return await stopFor(ctx, exitCodeForRemaining(blocking), `start-up checks: ${blocking.map((f) => f.code).join(", ")}`);
         log.info({ stateDir: ctx.files.stateDir }, "startup checks passed");
+        if (await clearBlocked(ctx.files.blocked)) log.info("removed the needs-operator marker an earlier stop left");
         const { registration, credential } = await loadIdentity(ctx.files);
         const s = ctx.settings;
-        return await runDaemon({
+        const code = await runDaemon({
           registration,
           credential,
           files: ctx.files,
@@ -54,9 +58,22 @@ export function defineStartCommand(program: Command): void {
           pool: s,
           devices: s,
         });
+        return await stopFor(ctx, code, "the control plane refused this runner while it ran (see the log above)");
       } finally {
         await lock.release();
       }
     }),
   );
+}
+
+/**
+ * Exits that restarting cannot fix leave the needs-operator marker, so that a service manager
+ * told to keep the runner alive (launchd) leaves it stopped until a person has acted.
+ */
+async function stopFor(ctx: Context, code: number, reason: string): Promise<number> {
+  if (code === ExitCode.NEEDS_OPERATOR || code === ExitCode.UPGRADE_REQUIRED) {
+    await markBlocked(ctx.files.blocked, code, reason, ctx.now());
+    ctx.logger.error({ marker: ctx.files.blocked, exitCode: code }, "stopped until a person acts: `runner repair` (or a clean `runner start`) removes the marker");
+  }
+  return code;
 }

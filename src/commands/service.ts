@@ -1,0 +1,134 @@
+// runner service install | uninstall | status: runs `runner start` under the machine's service
+// manager (systemd on Linux, launchd on macOS), per user by default or machine-wide with
+// --system. The unit runs this node and this runner with the same state dir and config file,
+// plus any setting given on this command line or in the environment, and never a secret.
+import { promises as fs } from "node:fs";
+import os from "node:os";
+import path from "node:path";
+import { fileURLToPath } from "node:url";
+import { Command } from "commander";
+import { ExitCode, RunnerError } from "../errors.js";
+import { loadContext, withSettings, type Context } from "../cli/context.js";
+import { action, print } from "../cli/output.js";
+import { SETTINGS, type SettingKey, type SettingSpec } from "../config/settings.js";
+import { readRegistration } from "../state/registration.js";
+import { clearBlocked, readBlocked } from "../state/blocked.js";
+import { NAME_PATTERN, planService, serviceManagerFor, type ServicePlan } from "../service/render.js";
+import { inspectService, installService, runCommand, uninstallService } from "../service/manager.js";
+
+const PACKAGE_ROOT = fileURLToPath(new URL("../../../", import.meta.url));
+const RUNNER_BIN = path.join(PACKAGE_ROOT, "bin", "runner.js");
+/** Settings the unit always passes itself. */
+const PINNED: readonly SettingKey[] = ["stateDir", "system"];
+
+interface ServiceOptions extends Record<string, unknown> {
+  name: string;
+  runAs?: string;
+  start?: boolean;
+}
+
+export function defineServiceCommand(program: Command): void {
+  const service = program
+    .command("service")
+    .summary("install, remove or inspect the runner's system service (systemd, launchd)")
+    .description(
+      "Runs `runner start` at boot under systemd (Linux) or launchd (macOS).\n" +
+        "Per user by default; machine-wide with --system (installed by root, run as --run-as).\n" +
+        "Stopping the service drains it: running jobs finish and their results are delivered first.\n" +
+        `Exits that a restart cannot fix (${ExitCode.USAGE}, ${ExitCode.NEEDS_OPERATOR}, ${ExitCode.UPGRADE_REQUIRED}) are not restarted: fix the cause, then run \`runner repair\`.`,
+    );
+  const nameOption = (command: Command) => command.option("--name <name>", "the service's name: unit <name>.service, launchd label dev.runner.<name>", "runner");
+
+  const install = nameOption(service.command("install").summary("write the unit, enable it at boot and start it now"))
+    .option("--run-as <user>", "with --system: the user the service runs as (default: $SUDO_USER, else you)")
+    .option("--no-start", "write the unit only; do not load or start it");
+  withSettings(install).action(
+    action(async (options: ServiceOptions) => {
+      const ctx = await loadContext(options);
+      await requireRegistration(ctx);
+      const plan = await planFor(ctx, options);
+      for (const line of await installService(plan, runCommand, { start: options.start !== false })) print(line);
+      if (await clearBlocked(ctx.files.blocked)) print("✓ removed the needs-operator marker an earlier stop left");
+      print(`runner service status${options.name === "runner" ? "" : ` --name ${options.name}`} shows how it is doing`);
+      return ExitCode.OK;
+    }),
+  );
+
+  const uninstall = nameOption(service.command("uninstall").summary("stop the service (draining running jobs) and remove its unit"));
+  withSettings(uninstall).action(
+    action(async (options: ServiceOptions) => {
+      const ctx = await loadContext(options);
+      for (const line of await uninstallService(await planFor(ctx, options), runCommand)) print(line);
+      print("the registration, credential and state dir are kept (`runner unregister` removes the runner)");
+      return ExitCode.OK;
+    }),
+  );
+
+  const status = nameOption(service.command("status").summary(`the unit, what the service manager says, and why it stopped (exit ${ExitCode.UNHEALTHY} unless installed and running)`));
+  withSettings(status).action(
+    action(async (options: ServiceOptions) => {
+      const ctx = await loadContext(options);
+      const plan = await planFor(ctx, options);
+      const state = await inspectService(plan, runCommand);
+      print(`service: ${plan.unit} (${plan.manager}, ${ctx.settings.system ? "machine-wide" : "per user"})`);
+      print(`unit file: ${plan.unitFile} (${state.installed ? "installed" : "not installed"})`);
+      for (const answer of state.manager) print(`${answer.command}: ${answer.output || `exit ${answer.code}`}`);
+      const blocked = await readBlocked(ctx.files.blocked);
+      if (blocked) print(`stopped for a person since ${blocked.at || "?"}: exit ${blocked.exitCode}, ${blocked.reason}; fix it, then \`runner repair\``);
+      const healthy = state.installed && state.manager.every((answer) => answer.code === 0) && blocked === null;
+      return healthy ? ExitCode.OK : ExitCode.UNHEALTHY;
+    }),
+  );
+  for (const command of [install, uninstall, status]) command.exitOverride();
+}
+
+async function planFor(ctx: Context, options: ServiceOptions): Promise<ServicePlan> {
+  if (!NAME_PATTERN.test(options.name)) throw new RunnerError("usage", `--name ${JSON.stringify(options.name)}: use 1-64 letters, digits, '.', '_' and '-'`);
+  if (serviceManagerFor(process.platform) === null) {
+    throw new RunnerError("usage", `no service manager is supported on ${process.platform}`, { hint: "run `runner start` in the foreground, under your own supervisor" });
+  }
+  if (options.runAs !== undefined && !ctx.settings.system) throw new RunnerError("usage", "--run-as needs --system (a per-user service runs as you)");
+  const user = os.userInfo().username;
+  const templates = {
+    systemd: await fs.readFile(path.join(PACKAGE_ROOT, "systemd", "runner.service"), "utf8"),
+    launchd: await fs.readFile(path.join(PACKAGE_ROOT, "launchd", "runner.plist"), "utf8"),
+  };
+  return planService({
+    platform: process.platform,
+    home: os.homedir(),
+    uid: process.getuid?.() ?? 0,
+    user,
+    env: process.env,
+    name: options.name,
+    system: ctx.settings.system === true,
+    runAs: options.runAs ?? process.env.SUDO_USER ?? user,
+    argv: [process.execPath, RUNNER_BIN, "start", "--config", ctx.configFile, "--state-dir", ctx.settings.stateDir, ...(ctx.settings.system ? ["--system"] : []), ...carriedFlags(ctx, options)],
+    stateDir: ctx.settings.stateDir,
+    drainTimeoutMs: ctx.settings.drainTimeoutMs ?? 600_000,
+    templates,
+  });
+}
+
+/** Settings given to this command by flag or environment become flags of the service's `start`. */
+function carriedFlags(ctx: Context, options: ServiceOptions): string[] {
+  const flags: string[] = [];
+  for (const [key, source] of Object.entries(ctx.resolved.sources) as [SettingKey, string][]) {
+    if (PINNED.includes(key) || (source !== "flag" && source !== "env")) continue;
+    const spec = SETTINGS[key] as SettingSpec<unknown>;
+    const raw = source === "flag" ? options[key] : process.env[spec.env];
+    if (spec.arg === undefined) {
+      if (ctx.settings[key] === true) flags.push(spec.flag);
+    } else if (typeof raw === "string") {
+      flags.push(spec.flag, raw);
+    }
+  }
+  return flags;
+}
+
+async function requireRegistration(ctx: Context): Promise<void> {
+  const read = await readRegistration(ctx.files.registration);
+  if (read.kind === "ok") return;
+  throw new RunnerError("not_registered", read.kind === "missing" ? `no runner is registered in ${ctx.files.stateDir}` : `registration.json is unusable: ${read.reason}`, {
+    hint: read.kind === "missing" ? "register first: runner register --url <control plane> --token-file <file>, with the same --state-dir/--system" : "run `runner repair` first",
+  });
+}

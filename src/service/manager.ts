@@ -1,0 +1,124 @@
+// Carries out a service plan: writes or removes the unit file and runs the service manager's
+// commands (systemctl, loginctl, launchctl), each with a timeout. Every step is reported as a
+// line for the person at the terminal; a failing step stops an install with the command,
+// its exit code and what it printed.
+import { execFile } from "node:child_process";
+import { promises as fs } from "node:fs";
+import path from "node:path";
+import { RunnerError } from "../errors.js";
+import { writeFileAtomic } from "../state/files.js";
+import type { ServicePlan } from "./render.js";
+
+export interface CommandOutcome {
+  code: number;
+  stdout: string;
+  stderr: string;
+}
+
+/** Runs a command without a shell. A missing program is `code: 127`, as a shell would say. */
+export type RunCommand = (argv: string[]) => Promise<CommandOutcome>;
+
+const COMMAND_TIMEOUT_MS = 30_000;
+const UNIT_FILE_MODE = 0o644;
+
+export const runCommand: RunCommand = (argv) =>
+  new Promise((resolve) => {
+    execFile(argv[0]!, argv.slice(1), { timeout: COMMAND_TIMEOUT_MS, encoding: "utf8" }, (error, stdout, stderr) => {
+      if (error === null) return resolve({ code: 0, stdout, stderr });
+      const failure = error as NodeJS.ErrnoException & { code?: string | number; killed?: boolean };
+      if (failure.code === "ENOENT") return resolve({ code: 127, stdout, stderr: `${argv[0]}: not found on PATH` });
+      if (failure.killed) return resolve({ code: 124, stdout, stderr: `${stderr}${argv[0]}: timed out after ${COMMAND_TIMEOUT_MS} ms` });
+      resolve({ code: typeof failure.code === "number" ? failure.code : 1, stdout, stderr });
+    });
+  });
+
+/** Writes the unit and loads it; `start: false` only writes it (and enables it for the next boot where the manager can). */
+export async function installService(plan: ServicePlan, run: RunCommand, options: { start: boolean }): Promise<string[]> {
+  const lines: string[] = [];
+  for (const argv of plan.unloadFirst) await run(argv); // not loaded yet is fine
+  for (const dir of [path.dirname(plan.unitFile), ...plan.dirs]) await fs.mkdir(dir, { recursive: true }).catch((error: unknown) => failWrite(dir, error));
+  await writeFileAtomic(plan.unitFile, plan.content, UNIT_FILE_MODE, true).catch((error: unknown) => failWrite(plan.unitFile, error));
+  lines.push(`✓ wrote ${plan.unitFile}`);
+  if (!options.start) {
+    lines.push(`(--no-start: not loaded; load it with: ${plan.load.map((argv) => argv.join(" ")).join(" && ")})`);
+    return lines;
+  }
+  for (const argv of plan.load) {
+    const outcome = await run(argv);
+    if (outcome.code !== 0) {
+      // A unit the manager would not take is not left behind.
+      await fs.rm(plan.unitFile, { force: true });
+      throw commandFailed(argv, outcome);
+    }
+    lines.push(`✓ ${argv.join(" ")}`);
+  }
+  for (const argv of plan.afterLoad) {
+    const outcome = await run(argv);
+    lines.push(outcome.code === 0 ? `✓ ${argv.join(" ")}` : `! ${argv.join(" ")} failed (${describe(outcome)}): the service starts when you log in, not at boot`);
+  }
+  return lines;
+}
+
+export async function uninstallService(plan: ServicePlan, run: RunCommand): Promise<string[]> {
+  const lines: string[] = [];
+  for (const argv of plan.unload) {
+    const outcome = await run(argv);
+    lines.push(outcome.code === 0 ? `✓ ${argv.join(" ")}` : `- ${argv.join(" ")}: ${describe(outcome)} (not loaded?)`);
+  }
+  try {
+    await fs.rm(plan.unitFile);
+    lines.push(`✓ removed ${plan.unitFile}`);
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code !== "ENOENT") failWrite(plan.unitFile, error);
+    lines.push(`- ${plan.unitFile} was not there`);
+  }
+  for (const argv of plan.afterRemove) {
+    const outcome = await run(argv);
+    if (outcome.code !== 0) lines.push(`! ${argv.join(" ")} failed: ${describe(outcome)}`);
+  }
+  return lines;
+}
+
+export interface ServiceStatus {
+  installed: boolean;
+  /** What the manager says, command by command. */
+  manager: { command: string; code: number; output: string }[];
+}
+
+export async function inspectService(plan: ServicePlan, run: RunCommand): Promise<ServiceStatus> {
+  const installed = await fs.stat(plan.unitFile).then(
+    () => true,
+    () => false,
+  );
+  const manager = [];
+  for (const argv of plan.inspect) {
+    const outcome = await run(argv);
+    manager.push({ command: argv.join(" "), code: outcome.code, output: (outcome.stdout + outcome.stderr).trim() });
+  }
+  return { installed, manager };
+}
+
+function describe(outcome: CommandOutcome): string {
+  const said = (outcome.stderr.trim() || outcome.stdout.trim()).split("\n").slice(0, 5).join(" / ");
+  return `exit ${outcome.code}${said ? `: ${said}` : ""}`;
+}
+
+function commandFailed(argv: string[], outcome: CommandOutcome): RunnerError {
+  const hint =
+    outcome.code === 127
+      ? `${argv[0]} is not installed: this machine does not run that service manager; run \`runner start\` under your own supervisor`
+      : argv.includes("--user")
+        ? "a per-user systemd service needs your user manager (a login session, or `loginctl enable-linger`); or install machine-wide: sudo runner service install --system"
+        : argv[0] === "launchctl" && argv.some((a) => a.startsWith("gui/"))
+          ? "a LaunchAgent needs a logged-in (gui) session, which a headless Mac may not have; install a LaunchDaemon instead: sudo runner service install --system"
+          : undefined;
+  return new RunnerError("service_failed", `\`${argv.join(" ")}\` failed (${describe(outcome)})`, { hint });
+}
+
+function failWrite(file: string, error: unknown): never {
+  const code = (error as NodeJS.ErrnoException).code;
+  throw new RunnerError("service_failed", `cannot write ${file}: ${code ?? (error as Error).message}`, {
+    hint: code === "EACCES" || code === "EPERM" ? "a machine-wide service is installed by root: sudo runner service install --system" : undefined,
+    cause: error,
+  });
+}

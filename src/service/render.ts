@@ -1,0 +1,165 @@
+// What `runner service install` puts where, worked out without touching the machine: the
+// service manager for the platform, the unit's path, the unit itself (rendered from the
+// templates in systemd/ and launchd/), and the manager commands that load, unload and
+// inspect it. Pure: the caller passes the platform, the home dir, the user and the templates.
+import path from "node:path";
+import { stateFiles } from "../config/paths.js";
+
+export type ServiceManager = "systemd" | "launchd";
+
+export interface ServiceInputs {
+  platform: NodeJS.Platform;
+  home: string;
+  uid: number;
+  /** The user who installs (and, for a per-user service, runs) the runner. */
+  user: string;
+  env: Record<string, string | undefined>;
+  /** The service's name: the systemd unit `<name>.service`, the launchd label `dev.runner.<name>`. */
+  name: string;
+  /** A machine-wide service (root installs it; it runs as `runAs`) instead of a per-user one. */
+  system: boolean;
+  /** For a machine-wide service: the user it runs as. */
+  runAs: string;
+  /** What the service runs: node, the runner's launcher, `start` and its flags. */
+  argv: string[];
+  /** The state dir the service uses (the needs-operator marker lives there). */
+  stateDir: string;
+  /** The daemon's drain deadline: the manager waits this long plus a margin before killing. */
+  drainTimeoutMs: number;
+  templates: { systemd: string; launchd: string };
+}
+
+export interface ServicePlan {
+  manager: ServiceManager;
+  /** The unit name (systemd) or label (launchd), as the manager's commands name it. */
+  unit: string;
+  unitFile: string;
+  content: string;
+  /** Directories to create before the unit is written (launchd's log dir). */
+  dirs: string[];
+  /** Run in order by install; a failing one stops the install. */
+  load: string[][];
+  /** Run in order by install before `load`; their failures do not matter (nothing loaded yet). */
+  unloadFirst: string[][];
+  /** Run by install after `load`; a failure is a warning (e.g. lingering not allowed). */
+  afterLoad: string[][];
+  /** Run in order by uninstall, before the unit file is removed; failures do not matter. */
+  unload: string[][];
+  /** Run by uninstall after the file is gone. */
+  afterRemove: string[][];
+  /** Print the manager's view of the service. */
+  inspect: string[][];
+}
+
+/** After the drain deadline, how long the service manager still waits before SIGKILL. */
+export const STOP_MARGIN_S = 30;
+export const NAME_PATTERN = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$/;
+
+export function serviceManagerFor(platform: NodeJS.Platform): ServiceManager | null {
+  if (platform === "linux") return "systemd";
+  if (platform === "darwin") return "launchd";
+  return null;
+}
+
+export function planService(inputs: ServiceInputs): ServicePlan {
+  if (!NAME_PATTERN.test(inputs.name)) throw new Error(`service name ${JSON.stringify(inputs.name)}: use 1-64 letters, digits, '.', '_' and '-'`);
+  const manager = serviceManagerFor(inputs.platform);
+  if (manager === "systemd") return planSystemd(inputs);
+  if (manager === "launchd") return planLaunchd(inputs);
+  throw new Error(`no service manager is supported on ${inputs.platform}: run \`runner start\` under your own supervisor`);
+}
+
+function stopTimeoutSeconds(drainTimeoutMs: number): number {
+  return Math.ceil(drainTimeoutMs / 1000) + STOP_MARGIN_S;
+}
+
+function planSystemd(inputs: ServiceInputs): ServicePlan {
+  const unit = `${inputs.name}.service`;
+  const configHome = inputs.env.XDG_CONFIG_HOME && path.isAbsolute(inputs.env.XDG_CONFIG_HOME) ? inputs.env.XDG_CONFIG_HOME : path.join(inputs.home, ".config");
+  const unitFile = inputs.system ? path.join("/etc/systemd/system", unit) : path.join(configHome, "systemd", "user", unit);
+  const systemctl = inputs.system ? ["systemctl"] : ["systemctl", "--user"];
+  const content = fill(inputs.templates.systemd, {
+    NAME: inputs.name,
+    EXEC_START: inputs.argv.map(quoteSystemdArg).join(" "),
+    USER_LINES: inputs.system && inputs.runAs !== "root" ? `User=${inputs.runAs}\n` : "",
+    STOP_TIMEOUT_S: String(stopTimeoutSeconds(inputs.drainTimeoutMs)),
+    WANTED_BY: inputs.system ? "multi-user.target" : "default.target",
+  });
+  return {
+    manager: "systemd",
+    unit,
+    unitFile,
+    content,
+    dirs: [],
+    unloadFirst: [],
+    load: [
+      [...systemctl, "daemon-reload"],
+      [...systemctl, "enable", "--now", unit],
+    ],
+    // A per-user service starts at boot, not at login, only when the user lingers.
+    afterLoad: inputs.system ? [] : [["loginctl", "enable-linger", inputs.user]],
+    unload: [[...systemctl, "disable", "--now", unit]],
+    afterRemove: [[...systemctl, "daemon-reload"]],
+    inspect: [
+      [...systemctl, "is-enabled", unit],
+      [...systemctl, "is-active", unit],
+    ],
+  };
+}
+
+function planLaunchd(inputs: ServiceInputs): ServicePlan {
+  const label = `dev.runner.${inputs.name}`;
+  // A LaunchAgent lives in a login (gui) session, which a headless Mac may never have; a
+  // machine-wide LaunchDaemon runs at boot as `runAs`.
+  const domain = inputs.system ? "system" : `gui/${inputs.uid}`;
+  const unitFile = inputs.system ? path.join("/Library/LaunchDaemons", `${label}.plist`) : path.join(inputs.home, "Library", "LaunchAgents", `${label}.plist`);
+  const logDir = inputs.system ? "/Library/Logs/runner" : path.join(inputs.home, "Library", "Logs", "runner");
+  const content = fill(inputs.templates.launchd, {
+    LABEL: xmlEscape(label),
+    PROGRAM_ARGUMENTS: inputs.argv.map((arg) => `    <string>${xmlEscape(arg)}</string>`).join("\n"),
+    USER_KEYS: inputs.system ? `  <key>UserName</key>\n  <string>${xmlEscape(inputs.runAs)}</string>\n` : "",
+    BLOCKED_MARKER: xmlEscape(stateFiles(inputs.stateDir).blocked),
+    STOP_TIMEOUT_S: String(stopTimeoutSeconds(inputs.drainTimeoutMs)),
+    LOG_FILE: xmlEscape(path.join(logDir, `${inputs.name}.log`)),
+  });
+  const target = `${domain}/${label}`;
+  return {
+    manager: "launchd",
+    unit: label,
+    unitFile,
+    content,
+    dirs: [logDir],
+    unloadFirst: [["launchctl", "bootout", target]],
+    load: [
+      ["launchctl", "enable", target],
+      ["launchctl", "bootstrap", domain, unitFile],
+    ],
+    afterLoad: [],
+    unload: [["launchctl", "bootout", target]],
+    afterRemove: [],
+    inspect: [["launchctl", "print", target]],
+  };
+}
+
+/** Replaces every {{NAME}}; a placeholder without a value is a bug in the caller. */
+export function fill(template: string, values: Record<string, string>): string {
+  return template.replace(/\{\{([A-Z_]+)\}\}/g, (match, name: string) => {
+    const value = values[name];
+    if (value === undefined) throw new Error(`template placeholder ${match} has no value`);
+    return value;
+  });
+}
+
+/**
+ * One ExecStart argument: double-quoted, with backslash and quote escaped, and systemd's own
+ * expansions disabled (`%` specifiers become `%%`, `$` variables `$$`).
+ */
+export function quoteSystemdArg(arg: string): string {
+  if (/[\n\r]/.test(arg)) throw new Error(`a service argument cannot hold a line break: ${JSON.stringify(arg)}`);
+  const escaped = arg.replace(/\\/g, "\\\\").replace(/"/g, '\\"').replace(/%/g, "%%").replace(/\$/g, "$$$$");
+  return `"${escaped}"`;
+}
+
+export function xmlEscape(text: string): string {
+  return text.replace(/&/g, "&amp;").replace(/</g, "&lt;").replace(/>/g, "&gt;").replace(/"/g, "&quot;").replace(/'/g, "&apos;");
+}

@@ -1,0 +1,124 @@
+// Service units rendered from the real templates: what goes where, what the manager is told,
+// and that every argument reaches the daemon exactly as given (systemd quoting, plist XML).
+import { describe, test } from "node:test";
+import assert from "node:assert/strict";
+import { readFileSync } from "node:fs";
+import path from "node:path";
+import * as plist from "plist";
+import { REPO_ROOT } from "../helpers/cli.js";
+import { fill, planService, quoteSystemdArg, type ServiceInputs } from "../../src/service/render.js";
+
+const templates = {
+  systemd: readFileSync(path.join(REPO_ROOT, "systemd", "runner.service"), "utf8"),
+  launchd: readFileSync(path.join(REPO_ROOT, "launchd", "runner.plist"), "utf8"),
+};
+const TRICKY = `/srv/my runner/a&b<c>"d"$HOME%h\\x`;
+
+function inputs(overrides: Partial<ServiceInputs> = {}): ServiceInputs {
+  return {
+    platform: "linux",
+    home: "/home/alice",
+    uid: 1000,
+    user: "alice",
+    env: {},
+    name: "runner",
+    system: false,
+    runAs: "alice",
+    argv: ["/usr/bin/node", "/opt/runner/bin/runner.js", "start", "--state-dir", TRICKY],
+    stateDir: "/home/alice/.local/state/runner",
+    drainTimeoutMs: 600_000,
+    templates,
+    ...overrides,
+  };
+}
+
+function unitValue(content: string, key: string): string[] {
+  return content
+    .split("\n")
+    .filter((line) => line.startsWith(`${key}=`))
+    .map((line) => line.slice(key.length + 1));
+}
+
+describe("systemd units", () => {
+  test("a per-user unit goes to the user's systemd dir, starts at boot via lingering, and is driven with --user", () => {
+    const plan = planService(inputs({ env: { XDG_CONFIG_HOME: "/home/alice/.cfg" } }));
+    assert.equal(plan.unitFile, "/home/alice/.cfg/systemd/user/runner.service");
+    assert.deepEqual(plan.load, [
+      ["systemctl", "--user", "daemon-reload"],
+      ["systemctl", "--user", "enable", "--now", "runner.service"],
+    ]);
+    assert.deepEqual(plan.afterLoad, [["loginctl", "enable-linger", "alice"]]);
+    assert.deepEqual(unitValue(plan.content, "WantedBy"), ["default.target"]);
+    assert.deepEqual(unitValue(plan.content, "User"), []);
+  });
+
+  test("exits that a restart cannot fix are not restarted, and a stop waits out the drain", () => {
+    const { content } = planService(inputs({ drainTimeoutMs: 120_500 }));
+    assert.deepEqual(unitValue(content, "RestartPreventExitStatus"), ["2 78 79"]);
+    assert.deepEqual(unitValue(content, "Restart"), ["on-failure"]);
+    assert.deepEqual(unitValue(content, "KillMode"), ["mixed"], "SIGTERM to the daemon alone, so it drains");
+    assert.deepEqual(unitValue(content, "TimeoutStopSec"), ["151"], "121 s of drain plus the 30 s margin");
+    assert.doesNotMatch(content, /\{\{[A-Z_]+\}\}/, "every placeholder is filled");
+  });
+
+  test("every ExecStart argument is quoted with systemd's expansions turned off", () => {
+    const { content } = planService(inputs());
+    const [execStart] = unitValue(content, "ExecStart");
+    assert.equal(execStart, `"/usr/bin/node" "/opt/runner/bin/runner.js" "start" "--state-dir" "/srv/my runner/a&b<c>\\"d\\"$$HOME%%h\\\\x"`);
+    assert.throws(() => quoteSystemdArg("two\nlines"), /line break/);
+  });
+
+  test("a machine-wide unit goes to /etc/systemd/system and runs as the chosen user, not root", () => {
+    const plan = planService(inputs({ system: true, runAs: "ci", name: "gpu-runner" }));
+    assert.equal(plan.unitFile, "/etc/systemd/system/gpu-runner.service");
+    assert.deepEqual(unitValue(plan.content, "User"), ["ci"]);
+    assert.deepEqual(unitValue(plan.content, "WantedBy"), ["multi-user.target"]);
+    assert.deepEqual(plan.load[1], ["systemctl", "enable", "--now", "gpu-runner.service"]);
+    assert.deepEqual(plan.afterLoad, []);
+    assert.deepEqual(unitValue(planService(inputs({ system: true, runAs: "root" })).content, "User"), []);
+  });
+});
+
+describe("launchd plists", () => {
+  test("a LaunchAgent parses as a plist whose arguments are exactly the given argv", () => {
+    const plan = planService(inputs({ platform: "darwin", home: "/Users/alice", stateDir: "/Users/alice/state" }));
+    assert.equal(plan.unitFile, "/Users/alice/Library/LaunchAgents/dev.runner.runner.plist");
+    const parsed = plist.parse(plan.content) as Record<string, unknown>;
+    assert.equal(parsed.Label, "dev.runner.runner");
+    assert.deepEqual(parsed.ProgramArguments, inputs().argv);
+    assert.equal(parsed.RunAtLoad, true);
+    assert.equal(parsed.UserName, undefined);
+    assert.equal(parsed.ExitTimeOut, 630);
+    assert.equal(parsed.StandardErrorPath, "/Users/alice/Library/Logs/runner/runner.log");
+    assert.deepEqual(plan.dirs, ["/Users/alice/Library/Logs/runner"]);
+  });
+
+  test("launchd keeps the job alive only while the needs-operator marker is absent", () => {
+    const parsed = plist.parse(planService(inputs({ platform: "darwin", stateDir: "/Users/alice/state" })).content) as Record<string, unknown>;
+    assert.deepEqual(parsed.KeepAlive, { PathState: { "/Users/alice/state/needs-operator": false } });
+  });
+
+  test("a LaunchAgent loads into the user's gui domain; a LaunchDaemon into system, as its user", () => {
+    const agent = planService(inputs({ platform: "darwin", uid: 501 }));
+    assert.deepEqual(agent.load, [
+      ["launchctl", "enable", "gui/501/dev.runner.runner"],
+      ["launchctl", "bootstrap", "gui/501", agent.unitFile],
+    ]);
+    const daemon = planService(inputs({ platform: "darwin", system: true, runAs: "ci" }));
+    assert.equal(daemon.unitFile, "/Library/LaunchDaemons/dev.runner.runner.plist");
+    assert.deepEqual(daemon.load[1], ["launchctl", "bootstrap", "system", daemon.unitFile]);
+    assert.equal((plist.parse(daemon.content) as Record<string, unknown>).UserName, "ci");
+  });
+});
+
+describe("service plans", () => {
+  test("a bad service name and an unsupported platform are refused with a reason", () => {
+    assert.throws(() => planService(inputs({ name: "../etc" })), /service name/);
+    assert.throws(() => planService(inputs({ platform: "win32" })), /under your own supervisor/);
+  });
+
+  test("a template placeholder without a value is an error, not an empty string", () => {
+    assert.equal(fill("a {{X}} b", { X: "1" }), "a 1 b");
+    assert.throws(() => fill("a {{Y}} b", {}), /\{\{Y\}\} has no value/);
+  });
+});
