@@ -1,0 +1,202 @@
+// `runner service` for real, with the service managers' commands (systemctl, loginctl,
+// launchctl) replaced by stub programs on PATH that record their arguments: no systemd or
+// launchd runs here. The units it writes are linted with `systemd-analyze verify`.
+import { describe, test, type TestContext } from "node:test";
+import assert from "node:assert/strict";
+import { execFile } from "node:child_process";
+import { promises as fs } from "node:fs";
+import os from "node:os";
+import path from "node:path";
+import { promisify } from "node:util";
+import * as plist from "plist";
+import { runCli, REPO_ROOT } from "../helpers/cli.js";
+import { registerRunner, startTestControlPlane, tempDir } from "../helpers/fixtures.js";
+import { startDaemon } from "../helpers/daemon.js";
+import { ExitCode } from "../../src/errors.js";
+import { planService } from "../../src/service/render.js";
+import { installService, runCommand, uninstallService } from "../../src/service/manager.js";
+
+const execFileAsync = promisify(execFile);
+
+interface Stubs {
+  dir: string;
+  /** Every call of every stub so far, one "program arg arg..." per line. */
+  calls(): Promise<string[]>;
+}
+
+/** Stub programs that log their argv and print `answers[program]` (exit `exits[program]`). */
+async function stubCommands(t: TestContext, programs: string[], behaviour: { answers?: Record<string, string>; exits?: Record<string, number> } = {}): Promise<Stubs> {
+  const dir = await tempDir(t, "runner-stubs-");
+  const log = path.join(dir, "calls.log");
+  for (const program of programs) {
+    const script = `#!/bin/sh\necho "${program} $*" >> "${log}"\n${behaviour.answers?.[program] ? `echo "${behaviour.answers[program]}" >&2\n` : ""}exit ${behaviour.exits?.[program] ?? 0}\n`;
+    await fs.writeFile(path.join(dir, program), script, { mode: 0o755 });
+  }
+  return {
+    dir,
+    calls: async () =>
+      (await fs.readFile(log, "utf8").catch(() => ""))
+        .split("\n")
+        .filter((line) => line.length > 0),
+  };
+}
+
+/** A home of its own, and PATH with only the stubs and the basics (no real systemctl). */
+async function serviceEnv(t: TestContext, stubs: Stubs): Promise<{ home: string; env: Record<string, string> }> {
+  const home = await tempDir(t, "runner-home-");
+  return { home, env: { HOME: home, XDG_CONFIG_HOME: path.join(home, ".config"), PATH: `${stubs.dir}:/usr/bin:/bin` } };
+}
+
+/** What `systemd-analyze verify` prints about a unit: nothing, for a clean one. */
+async function lintUnit(file: string): Promise<string> {
+  const { stdout, stderr, code } = await execFileAsync("systemd-analyze", ["verify", file]).then(
+    (result) => ({ ...result, code: 0 as number | string }),
+    (error: { stdout?: string; stderr?: string; code: number | string }) => ({ stdout: error.stdout ?? "", stderr: error.stderr ?? "", code: error.code }),
+  );
+  if (code === "ENOENT") assert.fail("systemd-analyze is not installed (Debian package systemd; .ci/run installs it)");
+  return `${stdout}${stderr}`.trim() + (code === 0 ? "" : ` (exit ${code})`);
+}
+
+describe("runner service (systemd, stubbed)", { timeout: 60_000 }, () => {
+  test("install writes a per-user unit that lints clean, reloads, enables and starts it, and asks to linger", async (t) => {
+    const plane = await startTestControlPlane(t);
+    const runner = await registerRunner(t, plane);
+    const stubs = await stubCommands(t, ["systemctl", "loginctl"]);
+    const { home, env } = await serviceEnv(t, stubs);
+    const install = await runCli(["service", "install", ...runner.flags, "--capacity", "3"], { env });
+    assert.equal(install.code, ExitCode.OK, install.all);
+
+    const unitFile = path.join(home, ".config", "systemd", "user", "runner.service");
+    const unit = await fs.readFile(unitFile, "utf8");
+    const execStart = unit.split("\n").find((line) => line.startsWith("ExecStart="))!;
+    assert.ok(execStart.includes(`"${process.execPath}" "${path.join(REPO_ROOT, "bin", "runner.js")}" "start"`), execStart);
+    assert.ok(execStart.includes(`"--state-dir" "${runner.stateDir}"`), "the same state dir");
+    assert.ok(execStart.includes(`"--capacity" "3"`) && execStart.includes(`"--credential-store" "file"`), "settings given to install are carried");
+    assert.equal(await lintUnit(unitFile), "", "systemd-analyze verify prints nothing for the unit");
+    assert.deepEqual(await stubs.calls(), [
+      "systemctl --user daemon-reload",
+      "systemctl --user enable --now runner.service",
+      `loginctl enable-linger ${os.userInfo().username}`,
+    ]);
+
+    const uninstall = await runCli(["service", "uninstall", ...runner.flags], { env });
+    assert.equal(uninstall.code, ExitCode.OK, uninstall.all);
+    await assert.rejects(fs.stat(unitFile), { code: "ENOENT" });
+    assert.deepEqual((await stubs.calls()).slice(3), ["systemctl --user disable --now runner.service", "systemctl --user daemon-reload"]);
+    await fs.access(path.join(runner.stateDir, "registration.json")); // the runner itself is kept
+  });
+
+  test("status reports the unit, the manager's answers, and a stop for a person, with exit 3 while stopped", async (t) => {
+    const plane = await startTestControlPlane(t);
+    const runner = await registerRunner(t, plane);
+    const stubs = await stubCommands(t, ["systemctl", "loginctl"], { answers: { systemctl: "active" } });
+    const { env } = await serviceEnv(t, stubs);
+    assert.equal((await runCli(["service", "install", ...runner.flags], { env })).code, ExitCode.OK);
+    const healthy = await runCli(["service", "status", ...runner.flags], { env });
+    assert.equal(healthy.code, ExitCode.OK, healthy.all);
+    assert.match(healthy.stdout, /\(installed\)/);
+    assert.match(healthy.stdout, /systemctl --user is-active runner.service: active/);
+
+    const [record] = await plane.admin.listRunners();
+    await plane.admin.revokeRunner(record!.runnerId);
+    assert.equal((await runCli(["start", ...runner.flags])).code, ExitCode.NEEDS_OPERATOR);
+    const stopped = await runCli(["service", "status", ...runner.flags], { env });
+    assert.equal(stopped.code, ExitCode.UNHEALTHY, stopped.all);
+    assert.match(stopped.stdout, /stopped for a person since .*: exit 78, start-up checks: credential_revoked/);
+  });
+
+  test("a service manager that refuses leaves no unit behind and says what failed and what to do", async (t) => {
+    const plane = await startTestControlPlane(t);
+    const runner = await registerRunner(t, plane);
+    const stubs = await stubCommands(t, ["systemctl"], { answers: { systemctl: "Failed to connect to bus: No medium found" }, exits: { systemctl: 1 } });
+    const { home, env } = await serviceEnv(t, stubs);
+    const install = await runCli(["service", "install", ...runner.flags], { env });
+    assert.equal(install.code, ExitCode.INTERNAL, install.all);
+    assert.match(install.stderr, /`systemctl --user daemon-reload` failed \(exit 1: Failed to connect to bus: No medium found\)/);
+    assert.match(install.stderr, /sudo runner service install --system/);
+    await assert.rejects(fs.stat(path.join(home, ".config", "systemd", "user", "runner.service")), { code: "ENOENT" });
+  });
+
+  test("without systemctl on PATH, install says this machine has no systemd", async (t) => {
+    const plane = await startTestControlPlane(t);
+    const runner = await registerRunner(t, plane);
+    const stubs = await stubCommands(t, ["loginctl"]);
+    const { env } = await serviceEnv(t, stubs);
+    const install = await runCli(["service", "install", ...runner.flags], { env: { ...env, PATH: stubs.dir } });
+    assert.equal(install.code, ExitCode.INTERNAL, install.all);
+    assert.match(install.stderr, /systemctl: not found on PATH/);
+    assert.match(install.stderr, /run `runner start` under your own supervisor/);
+  });
+
+  test("install refuses a state dir with no registration, naming the command to run first", async (t) => {
+    const stubs = await stubCommands(t, ["systemctl", "loginctl"]);
+    const { home, env } = await serviceEnv(t, stubs);
+    const install = await runCli(["service", "install", "--state-dir", path.join(home, "nothing-here")], { env });
+    assert.equal(install.code, ExitCode.NEEDS_OPERATOR, install.all);
+    assert.match(install.stderr, /no runner is registered in .*\n.*register first: runner register/);
+    assert.deepEqual(await stubs.calls(), [], "the service manager is not touched");
+  });
+});
+
+describe("launchd install (stubbed launchctl)", { timeout: 30_000 }, () => {
+  test("writes a LaunchAgent that parses, then boots out any old copy, enables and bootstraps it in the gui domain", async (t) => {
+    const stubs = await stubCommands(t, ["launchctl"], { exits: {} });
+    const home = await tempDir(t, "runner-home-");
+    const templates = {
+      systemd: await fs.readFile(path.join(REPO_ROOT, "systemd", "runner.service"), "utf8"),
+      launchd: await fs.readFile(path.join(REPO_ROOT, "launchd", "runner.plist"), "utf8"),
+    };
+    const argv = [process.execPath, path.join(REPO_ROOT, "bin", "runner.js"), "start", "--state-dir", path.join(home, "state & more")];
+    const plan = planService({ platform: "darwin", home, uid: 501, user: "alice", env: {}, name: "runner", system: false, runAs: "alice", argv, stateDir: path.join(home, "state"), drainTimeoutMs: 60_000, templates });
+    const viaStubs = (command: string[]) => runCommand([path.join(stubs.dir, command[0]!), ...command.slice(1)]);
+
+    const lines = await installService(plan, viaStubs, { start: true });
+    const parsed = plist.parse(await fs.readFile(plan.unitFile, "utf8")) as Record<string, unknown>;
+    assert.deepEqual(parsed.ProgramArguments, argv);
+    await fs.access(path.join(home, "Library", "Logs", "runner")); // launchd does not create the log's dir
+    assert.deepEqual(await stubs.calls(), [
+      "launchctl bootout gui/501/dev.runner.runner",
+      "launchctl enable gui/501/dev.runner.runner",
+      `launchctl bootstrap gui/501 ${plan.unitFile}`,
+    ]);
+    assert.ok(lines.some((line) => line.includes("bootstrap")), lines.join("\n"));
+
+    await uninstallService(plan, viaStubs);
+    await assert.rejects(fs.stat(plan.unitFile), { code: "ENOENT" });
+    assert.equal((await stubs.calls()).at(-1), "launchctl bootout gui/501/dev.runner.runner");
+  });
+});
+
+describe("the needs-operator marker", { timeout: 60_000 }, () => {
+  test("start leaves it when a person must act; repair clears it once nothing is left for one", async (t) => {
+    const plane = await startTestControlPlane(t);
+    const runner = await registerRunner(t, plane);
+    const marker = path.join(runner.stateDir, "needs-operator");
+    const [record] = await plane.admin.listRunners();
+    await plane.admin.revokeRunner(record!.runnerId);
+    assert.equal((await runCli(["start", ...runner.flags])).code, ExitCode.NEEDS_OPERATOR);
+    assert.deepEqual(JSON.parse(await fs.readFile(marker, "utf8")).exitCode, ExitCode.NEEDS_OPERATOR);
+
+    const stillRevoked = await runCli(["repair", ...runner.flags]);
+    assert.equal(stillRevoked.code, ExitCode.NEEDS_OPERATOR, stillRevoked.all);
+    await fs.access(marker); // nothing fixed, so it stays
+
+    const tokenFile = await plane.tokenFile(await tempDir(t));
+    const fixed = await runCli(["repair", ...runner.flags, "--token-file", tokenFile]);
+    assert.equal(fixed.code, ExitCode.OK, fixed.all);
+    assert.match(fixed.stdout, /removed the needs-operator marker/);
+    await assert.rejects(fs.stat(marker), { code: "ENOENT" });
+  });
+
+  test("a start that passes its checks clears a marker an earlier stop left", async (t) => {
+    const plane = await startTestControlPlane(t);
+    const runner = await registerRunner(t, plane);
+    const marker = path.join(runner.stateDir, "needs-operator");
+    await fs.writeFile(marker, JSON.stringify({ exitCode: 78, reason: "earlier", at: new Date().toISOString() }));
+    const daemon = startDaemon(t, runner.flags);
+    await daemon.waitForLog((line) => line.msg === "connected to the control plane");
+    await assert.rejects(fs.stat(marker), { code: "ENOENT" });
+    assert.ok(daemon.lines.some((line) => line.msg === "removed the needs-operator marker an earlier stop left"), daemon.stderr());
+    assert.equal(await daemon.stop("SIGTERM"), ExitCode.OK);
+  });
+});
