@@ -6,11 +6,12 @@ import { action, print, printJson } from "../cli/output.js";
 import { inspectLock } from "../state/lock.js";
 import { readRegistration } from "../state/registration.js";
 import { modeOf } from "../state/files.js";
+import { readBlocked } from "../state/blocked.js";
 
 export function defineStatusCommand(program: Command): void {
   const command = program
     .command("status")
-    .summary("show this runner's local view: registration, credential store, lock owner")
+    .summary("show this runner's local view: registration, credential store, lock owner, a stop for a person")
     .option("--json", "print as JSON");
   withSettings(command).action(
     action(async (options: Record<string, unknown>) => {
@@ -19,6 +20,7 @@ export function defineStatusCommand(program: Command): void {
       const registration = stateDirExists ? await readRegistration(ctx.files.registration) : { kind: "missing" as const };
       const lock = stateDirExists ? await inspectLock(ctx.files.lock) : { kind: "free" as const };
       const reg = registration.kind === "ok" ? registration.value : null;
+      const blocked = stateDirExists ? await readBlocked(ctx.files.blocked) : null;
       const view = {
         registered: reg !== null,
         registrationProblem: registration.kind === "invalid" ? registration.reason : null,
@@ -33,6 +35,8 @@ export function defineStatusCommand(program: Command): void {
           lock.kind === "free" ? { state: "free" as const, pid: null }
           : lock.kind === "held" ? { state: "held" as const, pid: lock.owner.pid, since: lock.owner.acquiredAt }
           : { state: "stale" as const, pid: lock.owner?.pid ?? null, reason: lock.reason },
+        /** Set when the last start stopped for a person (exit 78/79); cleared by repair or a clean start. */
+        stoppedForOperator: blocked,
       };
       if (options.json) {
         printJson(view);
@@ -43,6 +47,7 @@ export function defineStatusCommand(program: Command): void {
       if (reg) print(`  labels: ${reg.labels.join(", ") || "(none)"}\n  credential store: ${reg.credentialStore}`);
       print(`  state dir: ${view.stateDir}`);
       print(`  lock: ${view.lock.state}${view.lock.pid ? ` (pid ${view.lock.pid})` : ""}`);
+      if (blocked) print(`  stopped for a person since ${blocked.at || "?"}: exit ${blocked.exitCode}, ${blocked.reason} (fix it, then \`runner repair\`)`);
       return ExitCode.OK;
     }),
   );

@@ -176,6 +176,8 @@ describe("the needs-operator marker", { timeout: 60_000 }, () => {
     await plane.admin.revokeRunner(record!.runnerId);
     assert.equal((await runCli(["start", ...runner.flags])).code, ExitCode.NEEDS_OPERATOR);
     assert.deepEqual(JSON.parse(await fs.readFile(marker, "utf8")).exitCode, ExitCode.NEEDS_OPERATOR);
+    const status = await runCli(["status", ...runner.flags]);
+    assert.match(status.stdout, /stopped for a person since .*: exit 78/, status.all);
 
     const stillRevoked = await runCli(["repair", ...runner.flags]);
     assert.equal(stillRevoked.code, ExitCode.NEEDS_OPERATOR, stillRevoked.all);
