@@ -5,14 +5,13 @@
 // which launchd watches). Then the daemon runs until drained.
 import { Command } from "commander";
 import { ExitCode } from "../errors.js";
-import { checkContextFor, loadContext, withSettings } from "../cli/context.js";
+import { checkContextFor, loadContext, withSettings, type Context } from "../cli/context.js";
 import { action, describeFinding, exitCodeForRemaining } from "../cli/output.js";
 import { repairProblems, repairStateDirFirst } from "../startup/check.js";
 import { acquireLock } from "../state/lock.js";
 import { loadIdentity } from "../startup/identity.js";
 import { runDaemon } from "../daemon/daemon.js";
 import { clearBlocked, markBlocked } from "../state/blocked.js";
-import type { Context } from "../cli/context.js";
 
 export function defineStartCommand(program: Command): void {
   const command = program
