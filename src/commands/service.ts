@@ -1,7 +1,8 @@
 // runner service install | uninstall | status: runs `runner start` under the machine's service
 // manager (systemd on Linux, launchd on macOS), per user by default or machine-wide with
-// --system. The unit runs this node and this runner with the same state dir and config file,
-// plus any setting given on this command line or in the environment, and never a secret.
+// --system. The unit runs this node and this runner with the same state dir and config file
+// (if there is one), plus any setting given on this command line or in the environment (never
+// a secret), with the installer's PATH.
 import { promises as fs } from "node:fs";
 import os from "node:os";
 import path from "node:path";
@@ -102,11 +103,20 @@ async function planFor(ctx: Context, options: ServiceOptions): Promise<ServicePl
     name: options.name,
     system: ctx.settings.system === true,
     runAs: options.runAs ?? process.env.SUDO_USER ?? user,
-    argv: [process.execPath, RUNNER_BIN, "start", "--config", ctx.configFile, "--state-dir", ctx.settings.stateDir, ...(ctx.settings.system ? ["--system"] : []), ...carriedFlags(ctx, options)],
+    argv: [process.execPath, RUNNER_BIN, "start", ...(await configFlag(ctx)), "--state-dir", ctx.settings.stateDir, ...(ctx.settings.system ? ["--system"] : []), ...carriedFlags(ctx, options)],
     stateDir: ctx.settings.stateDir,
     drainTimeoutMs: ctx.settings.drainTimeoutMs ?? 600_000,
     templates,
   });
+}
+
+/** The config file, when there is one: `--config` makes it required, and a missing one would stop the service. */
+async function configFlag(ctx: Context): Promise<string[]> {
+  const exists = await fs.stat(ctx.configFile).then(
+    () => true,
+    () => false,
+  );
+  return exists ? ["--config", ctx.configFile] : [];
 }
 
 /** Settings given to this command by flag or environment become flags of the service's `start`. */

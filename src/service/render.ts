@@ -80,7 +80,8 @@ function planSystemd(inputs: ServiceInputs): ServicePlan {
   const systemctl = inputs.system ? ["systemctl"] : ["systemctl", "--user"];
   const content = fill(inputs.templates.systemd, {
     NAME: inputs.name,
-    EXEC_START: inputs.argv.map(quoteSystemdArg).join(" "),
+    EXEC_START: inputs.argv.map((arg) => quoteSystemdArg(arg)).join(" "),
+    PATH_ASSIGNMENT: quoteSystemdArg(`PATH=${searchPath(inputs)}`, { expandsVariables: false }),
     USER_LINES: inputs.system && inputs.runAs !== "root" ? `User=${inputs.runAs}\n` : "",
     STOP_TIMEOUT_S: String(stopTimeoutSeconds(inputs.drainTimeoutMs)),
     WANTED_BY: inputs.system ? "multi-user.target" : "default.target",
@@ -121,6 +122,7 @@ function planLaunchd(inputs: ServiceInputs): ServicePlan {
     BLOCKED_MARKER: xmlEscape(stateFiles(inputs.stateDir).blocked),
     STOP_TIMEOUT_S: String(stopTimeoutSeconds(inputs.drainTimeoutMs)),
     LOG_FILE: xmlEscape(path.join(logDir, `${inputs.name}.log`)),
+    PATH: xmlEscape(searchPath(inputs)),
   });
   const target = `${domain}/${label}`;
   return {
@@ -150,13 +152,20 @@ export function fill(template: string, values: Record<string, string>): string {
   });
 }
 
+/** The installer's PATH (a minimal one if it has none), which the service's processes get. */
+function searchPath(inputs: ServiceInputs): string {
+  return inputs.env.PATH || "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin";
+}
+
 /**
- * One ExecStart argument: double-quoted, with backslash and quote escaped, and systemd's own
- * expansions disabled (`%` specifiers become `%%`, `$` variables `$$`).
+ * One ExecStart argument (or Environment= assignment): double-quoted, with backslash and quote
+ * escaped, and systemd's own expansions disabled (`%` specifiers become `%%`; in ExecStart,
+ * `$` variables become `$$`, while Environment= expands none).
  */
-export function quoteSystemdArg(arg: string): string {
+export function quoteSystemdArg(arg: string, options: { expandsVariables: boolean } = { expandsVariables: true }): string {
   if (/[\n\r]/.test(arg)) throw new Error(`a service argument cannot hold a line break: ${JSON.stringify(arg)}`);
-  const escaped = arg.replace(/\\/g, "\\\\").replace(/"/g, '\\"').replace(/%/g, "%%").replace(/\$/g, "$$$$");
+  let escaped = arg.replace(/\\/g, "\\\\").replace(/"/g, '\\"').replace(/%/g, "%%");
+  if (options.expandsVariables) escaped = escaped.replace(/\$/g, "$$$$");
   return `"${escaped}"`;
 }
 

@@ -72,6 +72,8 @@ describe("runner service (systemd, stubbed)", { timeout: 60_000 }, () => {
     assert.ok(execStart.includes(`"${process.execPath}" "${path.join(REPO_ROOT, "bin", "runner.js")}" "start"`), execStart);
     assert.ok(execStart.includes(`"--state-dir" "${runner.stateDir}"`), "the same state dir");
     assert.ok(execStart.includes(`"--capacity" "3"`) && execStart.includes(`"--credential-store" "file"`), "settings given to install are carried");
+    assert.ok(!execStart.includes("--config"), "no config file exists, so none is required of the service");
+    assert.ok(unit.includes(`Environment="PATH=${env.PATH}"`), "the installer's PATH");
     assert.equal(await lintUnit(unitFile), "", "systemd-analyze verify prints nothing for the unit");
     assert.deepEqual(await stubs.calls(), [
       "systemctl --user daemon-reload",
@@ -90,8 +92,13 @@ describe("runner service (systemd, stubbed)", { timeout: 60_000 }, () => {
     const plane = await startTestControlPlane(t);
     const runner = await registerRunner(t, plane);
     const stubs = await stubCommands(t, ["systemctl", "loginctl"], { answers: { systemctl: "active" } });
-    const { env } = await serviceEnv(t, stubs);
+    const { home, env } = await serviceEnv(t, stubs);
+    const configFile = path.join(home, ".config", "runner", "config.json");
+    await fs.mkdir(path.dirname(configFile), { recursive: true });
+    await fs.writeFile(configFile, JSON.stringify({ capacity: 2 }));
     assert.equal((await runCli(["service", "install", ...runner.flags], { env })).code, ExitCode.OK);
+    const unit = await fs.readFile(path.join(home, ".config", "systemd", "user", "runner.service"), "utf8");
+    assert.ok(unit.includes(`"--config" "${configFile}"`), "the config file the install read is the service's");
     const healthy = await runCli(["service", "status", ...runner.flags], { env });
     assert.equal(healthy.code, ExitCode.OK, healthy.all);
     assert.match(healthy.stdout, /\(installed\)/);

@@ -68,6 +68,13 @@ describe("systemd units", () => {
     assert.throws(() => quoteSystemdArg("two\nlines"), /line break/);
   });
 
+  test("the installer's PATH goes into the unit, quoted, with specifiers escaped and $ left alone", () => {
+    const { content } = planService(inputs({ env: { PATH: "/opt/my tools/bin:/x%y:/usr/bin$" } }));
+    assert.deepEqual(unitValue(content, "Environment"), [`"PATH=/opt/my tools/bin:/x%%y:/usr/bin$"`]);
+    const parsed = plist.parse(planService(inputs({ platform: "darwin", env: { PATH: "/opt/homebrew/bin:/usr/bin" } })).content) as Record<string, unknown>;
+    assert.deepEqual(parsed.EnvironmentVariables, { PATH: "/opt/homebrew/bin:/usr/bin" });
+  });
+
   test("a machine-wide unit goes to /etc/systemd/system and runs as the chosen user, not root", () => {
     const plan = planService(inputs({ system: true, runAs: "ci", name: "gpu-runner" }));
     assert.equal(plan.unitFile, "/etc/systemd/system/gpu-runner.service");
