@@ -13,6 +13,7 @@ import { loadContext, withSettings, type Context } from "../cli/context.js";
 import { action, print } from "../cli/output.js";
 import { SETTINGS, type SettingKey, type SettingSpec } from "../config/settings.js";
 import { readRegistration } from "../state/registration.js";
+import { modeOf } from "../state/files.js";
 import { clearBlocked, readBlocked } from "../state/blocked.js";
 import { NAME_PATTERN, planService, serviceManagerFor, type ServicePlan } from "../service/render.js";
 import { inspectService, installService, runCommand, uninstallService } from "../service/manager.js";
@@ -112,11 +113,7 @@ async function planFor(ctx: Context, options: ServiceOptions): Promise<ServicePl
 
 /** The config file, when there is one: `--config` makes it required, and a missing one would stop the service. */
 async function configFlag(ctx: Context): Promise<string[]> {
-  const exists = await fs.stat(ctx.configFile).then(
-    () => true,
-    () => false,
-  );
-  return exists ? ["--config", ctx.configFile] : [];
+  return (await modeOf(ctx.configFile)) === null ? [] : ["--config", ctx.configFile];
 }
 
 /** Settings given to this command by flag or environment become flags of the service's `start`. */

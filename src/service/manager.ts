@@ -6,7 +6,7 @@ import { execFile } from "node:child_process";
 import { promises as fs } from "node:fs";
 import path from "node:path";
 import { RunnerError } from "../errors.js";
-import { writeFileAtomic } from "../state/files.js";
+import { modeOf, writeFileAtomic } from "../state/files.js";
 import type { ServicePlan } from "./render.js";
 
 export interface CommandOutcome {
@@ -86,10 +86,7 @@ export interface ServiceStatus {
 }
 
 export async function inspectService(plan: ServicePlan, run: RunCommand): Promise<ServiceStatus> {
-  const installed = await fs.stat(plan.unitFile).then(
-    () => true,
-    () => false,
-  );
+  const installed = (await modeOf(plan.unitFile)) !== null;
   const manager = [];
   for (const argv of plan.inspect) {
     const outcome = await run(argv);

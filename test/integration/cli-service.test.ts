@@ -147,7 +147,7 @@ describe("runner service (systemd, stubbed)", { timeout: 60_000 }, () => {
 
 describe("launchd install (stubbed launchctl)", { timeout: 30_000 }, () => {
   test("writes a LaunchAgent that parses, then boots out any old copy, enables and bootstraps it in the gui domain", async (t) => {
-    const stubs = await stubCommands(t, ["launchctl"], { exits: {} });
+    const stubs = await stubCommands(t, ["launchctl"]);
     const home = await tempDir(t, "runner-home-");
     const templates = {
       systemd: await fs.readFile(path.join(REPO_ROOT, "systemd", "runner.service"), "utf8"),
