@@ -49,8 +49,9 @@ export function defineServiceCommand(program: Command): void {
       const ctx = await loadContext(options);
       await requireRegistration(ctx);
       const plan = await planFor(ctx, options);
-      for (const line of await installService(plan, runCommand, { start: options.start !== false })) print(line);
+      // Cleared before loading: launchd would not keep alive a job whose marker is present.
       if (await clearBlocked(ctx.files.blocked)) print("✓ removed the needs-operator marker an earlier stop left");
+      for (const line of await installService(plan, runCommand, { start: options.start !== false })) print(line);
       print(`runner service status${options.name === "runner" ? "" : ` --name ${options.name}`} shows how it is doing`);
       return ExitCode.OK;
     }),
