@@ -10,7 +10,7 @@ import { CHANNEL_PATH, DEFAULT_MAX_FRAME_BYTES, type JobResult } from "../protoc
 import { AGENT_VERSION, PROTOCOL_VERSION } from "../protocol/version.js";
 import { JobJournal, recoverOrphans } from "../jobs/journal.js";
 import type { StateFiles } from "../config/paths.js";
-import { ensureDir } from "../state/files.js";
+import { ensureDir, removeInterruptedWrites } from "../state/files.js";
 import { Outbox } from "../state/outbox.js";
 import type { Registration } from "../state/registration.js";
 import { JobHost } from "./job-host.js";
@@ -42,6 +42,11 @@ export async function runDaemon(options: DaemonOptions): Promise<number> {
   const journal = new JobJournal(path.join(files.stateDir, "running"));
   await ensureDir(files.outbox);
   await ensureDir(journal.dir);
+  // `runner start` holds the lock: half-written files here are a killed daemon's debris.
+  for (const dir of [files.outbox, journal.dir]) {
+    const removed = await removeInterruptedWrites(dir);
+    if (removed.length > 0) logger.info({ dir, files: removed }, "removed the temp files of writes a killed runner left unfinished");
+  }
 
   const held = await outbox.list();
   for (const bad of held.setAside) logger.error({ file: bad.file, reason: bad.reason }, "set aside a damaged result file in the outbox");

@@ -103,6 +103,26 @@ export interface SetAsideFile {
 }
 
 /**
+ * Removes the temp files of atomic writes that another process began and never finished (it
+ * was killed between write and rename). Call only while holding the state dir's lock: then no
+ * other process can be writing there. Returns the names removed.
+ */
+export async function removeInterruptedWrites(dir: string): Promise<string[]> {
+  const names = await fs.readdir(dir).catch((error: NodeJS.ErrnoException) => {
+    if (error.code === "ENOENT") return [] as string[];
+    throw error;
+  });
+  const removed: string[] = [];
+  for (const name of names) {
+    const writer = /\.(\d+)\.(?:\d+|now)\.tmp$/.exec(name)?.[1];
+    if (writer === undefined || Number(writer) === process.pid) continue;
+    await fs.rm(path.join(dir, name), { force: true });
+    removed.push(name);
+  }
+  return removed;
+}
+
+/**
  * Reads every `*.json` file of a directory (one record each) against a schema. A damaged file
  * is moved aside (kept for a person) and named in `setAside`; a missing dir reads as empty.
  * Temp files of an interrupted atomic write (".name....tmp") and set-aside files are skipped.

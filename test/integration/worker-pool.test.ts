@@ -266,7 +266,8 @@ describe("recycling at the job boundary", { skip: posixOnly }, () => {
     assert.equal(existsSync(marker), false);
     const second = await runToEnd(pool, moduleJob("counter"));
     assert.equal(second.pid, first.pid);
-    await waitUntil(() => existsSync(marker), 5_000, "the cleanup marker");
+    // Another process writes it: it can exist, still empty, a moment before its content lands.
+    await waitUntil(() => existsSync(marker) && readFileSync(marker, "utf8").length > 0, 5_000, "the cleanup marker's content");
     assert.equal(readFileSync(marker, "utf8"), String(first.pid), "the retired worker's close() ran");
     assert.equal(pool.stats().recycled.jobs, 1);
     const third = await runToEnd(pool, moduleJob("counter"));

@@ -4,7 +4,7 @@ import { promises as fs } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { z } from "zod";
-import { moveAside, readJsonFile, writeJsonAtomic } from "../../src/state/files.js";
+import { moveAside, readJsonFile, removeInterruptedWrites, writeJsonAtomic } from "../../src/state/files.js";
 
 const schema = z.object({ a: z.number() });
 
@@ -45,4 +45,14 @@ test("moving a bad file aside keeps its content under a new name", async () => {
   assert.equal(path.basename(kept), "x.json.corrupt-2026-01-02T03-04-05-678Z");
   assert.equal(await fs.readFile(kept, "utf8"), "garbage");
   await assert.rejects(fs.access(file));
+});
+
+test("the temp files of writes another process never finished are removed; this process's own and real files are kept", async () => {
+  const d = await dir();
+  const other = process.pid + 1;
+  const names = [`.job.1.json.${other}.1795461951811.tmp`, `job.2.json.${other}.now.tmp`, `.job.3.json.${process.pid}.1795461951811.tmp`, "job.4.json", "notes.tmp"];
+  for (const name of names) await fs.writeFile(path.join(d, name), "{}");
+  assert.deepEqual((await removeInterruptedWrites(d)).sort(), [names[0], names[1]].sort());
+  assert.deepEqual((await fs.readdir(d)).sort(), [names[2], names[3], names[4]].sort());
+  assert.deepEqual(await removeInterruptedWrites(path.join(d, "missing")), []);
 });
