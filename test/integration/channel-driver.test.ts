@@ -25,7 +25,6 @@ const config = (runnerId: string, overrides: Partial<MachineConfig> = {}): Machi
   capacity: 1,
   reconnectBaseMs: 100,
   reconnectCapMs: 1000,
-  stableAfterMs: 30_000,
   handshakeTimeoutMs: 5_000,
   drainTimeoutMs: 1_000,
   ...overrides,
