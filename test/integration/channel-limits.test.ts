@@ -8,6 +8,12 @@ import { startDaemon } from "../helpers/daemon.js";
 import { startTcpProxy } from "../helpers/tcp-proxy.js";
 import { HANDSHAKE_FLOOR_MS, HANDSHAKE_HEARTBEATS } from "../../src/channel/machine.js";
 import type { JobView } from "../../src/protocol/http.js";
+import WebSocket from "ws";
+import { register } from "../../src/api-client/runner-api.js";
+import { AGENT_VERSION, PROTOCOL_VERSION } from "../../src/protocol/version.js";
+import { fingerprintOf } from "../../src/state/host.js";
+import { channelUrl } from "../../src/daemon/daemon.js";
+import { AGENT_VERSION_HEADER, PROTOCOL_HEADER, RUNNER_ID_HEADER, decodeControlMessage, encode, type ControlMessage } from "../../src/protocol/channel.js";
 
 const finished = (job: JobView) => ["succeeded", "failed", "cancelled", "timed_out"].includes(job.status);
 
@@ -109,5 +115,38 @@ describe("the channel's limits", { timeout: 120_000 }, () => {
       t.diagnostic(`outage ${outage + 1}: back ${awayMs} ms after the link returned (bound ${boundMs} ms)`);
       assert.ok(awayMs <= boundMs, `back after ${awayMs} ms, over the documented ${boundMs} ms`);
     }
+  });
+
+  test("a huge unknown frame from a runner makes a bounded log line and a bounded error frame at the control plane", { timeout: 30_000 }, async (t) => {
+    const plane = await startTestControlPlane(t, { heartbeatIntervalMs: 5_000 });
+    const { token } = await plane.admin.createRegistrationToken(60);
+    const host = { hostname: "huge", platform: "linux", arch: "x64", fingerprint: fingerprintOf("machine-huge") };
+    const id = await register({ url: plane.cp.url, timeoutMs: 5_000 }, token, { protocolVersion: PROTOCOL_VERSION, agentVersion: AGENT_VERSION, name: "huge", labels: [], host, replace: false });
+    const socket = new WebSocket(channelUrl(plane.cp.url, false), {
+      headers: { authorization: `Bearer ${id.credential}`, [RUNNER_ID_HEADER]: id.runnerId, [PROTOCOL_HEADER]: String(PROTOCOL_VERSION), [AGENT_VERSION_HEADER]: AGENT_VERSION },
+    });
+    t.after(() => socket.terminate());
+    const received: ControlMessage[] = [];
+    socket.on("message", (data) => {
+      const decoded = decodeControlMessage(data.toString());
+      if (decoded.ok) received.push(decoded.message);
+    });
+    await new Promise((resolve, reject) => socket.once("open", resolve).once("error", reject));
+    socket.send(encode({ type: "hello", protocolVersion: PROTOCOL_VERSION, agentVersion: AGENT_VERSION, runnerId: id.runnerId, capacity: 1, running: [], pendingResults: [] }));
+    const until = async (check: () => boolean, what: string) => {
+      const deadline = Date.now() + 10_000;
+      while (!check()) {
+        if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+        await new Promise((r) => setTimeout(r, 10));
+      }
+    };
+    await until(() => received.some((m) => m.type === "welcome"), "the welcome");
+    socket.send(JSON.stringify({ type: "\u0001".repeat(150_000) })); // 900 KB on the wire
+    await until(() => received.some((m) => m.type === "error"), "the error answer");
+    const error = received.find((m) => m.type === "error") as Extract<ControlMessage, { type: "error" }>;
+    assert.equal(error.code, "unknown_type");
+    assert.ok(error.message.length <= 1100, `the error message has ${error.message.length} characters`);
+    const longest = Math.max(...plane.logs().split("\n").map((l) => l.length));
+    assert.ok(longest < 16_000, `the control plane's longest log line has ${longest} characters`);
   });
 });
