@@ -305,6 +305,11 @@ function grantFreeSlots(state: State): Effect[] {
   return free > 0 ? [{ type: "send", message: { type: "ready", slots: free } }] : [];
 }
 
+/** Heartbeat intervals a connection attempt may take once the heartbeat is known... */
+export const HANDSHAKE_HEARTBEATS = 2;
+/** ...but never less than this: a TCP + TLS + upgrade round trip on a slow link needs it. */
+export const HANDSHAKE_FLOOR_MS = 2_000;
+
 /**
  * How long a connection attempt may take, from its start to the welcome. Once a welcome has
  * announced a heartbeat, twice that interval, within [HANDSHAKE_FLOOR_MS, the configured
@@ -316,10 +321,6 @@ export function handshakeTimeout(state: State): number {
   if (state.lastHeartbeatMs === null) return ceiling;
   return Math.min(ceiling, Math.max(HANDSHAKE_FLOOR_MS, HANDSHAKE_HEARTBEATS * state.lastHeartbeatMs));
 }
-/** Heartbeat intervals a connection attempt may take once the heartbeat is known... */
-export const HANDSHAKE_HEARTBEATS = 2;
-/** ...but never less than this: a TCP + TLS + upgrade round trip on a slow link needs it. */
-export const HANDSHAKE_FLOOR_MS = 2_000;
 
 function connectNow(state: State): Step {
   return { state: { ...state, phase: "connecting" }, effects: [{ type: "connect" }, { type: "set_timer", timer: "handshake", ms: handshakeTimeout(state) }] };
@@ -368,6 +369,7 @@ export function replacedDelay(config: MachineConfig, random: number): number {
   return Math.floor((config.reconnectCapMs * (1 + random)) / 2);
 }
 
+/** The close code of a connection another one of the same runner replaced (PROTOCOL.md, Close codes). */
 export const CLOSE_REPLACED = 4000;
 
 function reconnectAfterClose(state: State, what: string, close: { code: number; reason: string }, env: StepEnv, before: Effect[]): Step {
