@@ -163,7 +163,7 @@ async function measureEndToEnd(): Promise<void> {
     const provider = { name: "fake", scan: async () => Array.from({ length: count }, (_, i) => rawDevice(i, revision(i))) };
     const sync = createDeviceSync({ stateDir: work, settings: { deviceBatchSize: BATCH }, logger: quiet, providers: [provider] });
     const driver = new ChannelDriver(
-      { runnerId: identity.runnerId, protocolVersion: PROTOCOL_VERSION, agentVersion: AGENT_VERSION, labels: [], capacity: 1, reconnectBaseMs: 100, reconnectCapMs: 1000, stableAfterMs: 30_000, handshakeTimeoutMs: 5000, drainTimeoutMs: 1000 },
+      { runnerId: identity.runnerId, protocolVersion: PROTOCOL_VERSION, agentVersion: AGENT_VERSION, labels: [], capacity: 1, reconnectBaseMs: 100, reconnectCapMs: 1000, handshakeTimeoutMs: 5000, drainTimeoutMs: 1000 },
       {},
       {
         url: channelUrl(cp.url, false),

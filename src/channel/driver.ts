@@ -45,6 +45,10 @@ export interface DriverOptions {
   /** ws:// or wss:// URL of the channel endpoint. */
   url: string;
   credential: string;
+  /**
+   * The largest frame this runner accepts (ws `maxPayload`; a larger one closes the connection
+   * with 1009). What it sends is bounded by the welcome's `maxFrameBytes` instead.
+   */
   maxFrameBytes: number;
   logger: Logger;
   ports: DriverPorts;
@@ -233,7 +237,7 @@ export class ChannelDriver {
         [AGENT_VERSION_HEADER]: config.agentVersion,
       },
       maxPayload: maxFrameBytes,
-      handshakeTimeout: config.handshakeTimeoutMs,
+      // No ws handshakeTimeout: the machine's handshake timer covers the attempt up to the welcome.
       perMessageDeflate: false,
     });
     this.socket = socket;
@@ -282,8 +286,11 @@ export class ChannelDriver {
       return false;
     }
     const frame = encode(message);
-    if (Buffer.byteLength(frame) > this.options.maxFrameBytes) {
-      this.options.logger.error({ type: message.type, bytes: Buffer.byteLength(frame) }, "message larger than the frame limit; not sent");
+    // The machine sizes its frames to the limit in force; this guard only catches a bug, since
+    // the control plane would close the connection (1009) on a larger frame.
+    const limit = this.state.maxFrameBytes;
+    if (Buffer.byteLength(frame) > limit) {
+      this.options.logger.error({ type: message.type, bytes: Buffer.byteLength(frame), maxFrameBytes: limit }, "message larger than the frame limit; not sent");
       return false;
     }
     socket.send(frame);

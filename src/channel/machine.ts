@@ -4,7 +4,9 @@
 // come in `env`. Each phase has its own handler that deals with every input; anything a
 // phase does not expect is logged and the state kept.
 import { ExitCode } from "../errors.js";
-import type { Assignment, ControlMessage, JobRef, JobResult, RunnerMessage } from "../protocol/channel.js";
+import { capText } from "../log/cap-text.js";
+import { DEFAULT_MAX_FRAME_BYTES, type Assignment, type ControlMessage, type JobRef, type JobResult, type RunnerMessage } from "../protocol/channel.js";
+import { fitResultFrame, splitLogData } from "./frame-fit.js";
 
 export interface MachineConfig {
   runnerId: string;
@@ -12,12 +14,17 @@ export interface MachineConfig {
   agentVersion: string;
   labels: string[];
   capacity: number;
-  /** Reconnect backoff: full jitter over base·2^failures, capped; reset after a stable connection. */
+  /**
+   * Reconnect backoff: full jitter over base·2^failures, capped. The failure count resets when
+   * a connection has answered one heartbeat ping (a full round trip after the welcome).
+   */
   reconnectBaseMs: number;
   reconnectCapMs: number;
-  /** A connection that has lasted this long resets the backoff. */
-  stableAfterMs: number;
-  /** From socket open to welcome. */
+  /**
+   * The longest a connection attempt may take, from its start to the welcome; also the
+   * timeout before any welcome was seen. After a welcome the timeout follows the announced
+   * heartbeat: see `handshakeTimeout`.
+   */
   handshakeTimeoutMs: number;
   /** After a drain starts, running jobs get this long before they are cancelled. */
   drainTimeoutMs: number;
@@ -34,9 +41,15 @@ export interface RunningEntry {
 export interface State {
   phase: Phase;
   config: MachineConfig;
-  /** Consecutive connection failures since the last stable connection. */
+  /** Consecutive connection failures since a connection last answered a heartbeat ping. */
   failures: number;
   heartbeatMs: number | null;
+  /** The heartbeat interval of the last welcome, kept across reconnects: it sets the handshake timeout. */
+  lastHeartbeatMs: number | null;
+  /** The largest frame this runner may send: the last welcome's `maxFrameBytes`. */
+  maxFrameBytes: number;
+  /** Told by the control plane (`pause`, or `welcome.paused`): take no new jobs, keep the rest going. */
+  paused: boolean;
   awaitingPong: boolean;
   /** No new jobs; stop once running jobs are done and their results acknowledged. */
   draining: boolean;
@@ -49,7 +62,7 @@ export interface State {
   droppedLogChunks: number;
 }
 
-export type TimerName = "reconnect" | "handshake" | "heartbeat" | "pong" | "stable" | "drain";
+export type TimerName = "reconnect" | "handshake" | "heartbeat" | "pong" | "drain";
 
 export type Input =
   | { type: "start" }
@@ -64,7 +77,7 @@ export type Input =
   | { type: "job_started"; ref: JobRef; startedAt: string }
   | { type: "job_output"; ref: JobRef; stream: "stdout" | "stderr"; data: string }
   | { type: "job_finished"; result: JobResult }
-  /** First SIGTERM, or the control plane's `drain`. */
+  /** First local SIGTERM/SIGINT (the control plane's `drain` is a `pause`, not this). */
   | { type: "drain"; reason: string }
   /** Second signal: cancel running jobs and stop. */
   | { type: "stop_now"; reason: string };
@@ -109,6 +122,9 @@ export function initialState(config: MachineConfig, held: { running?: JobRef[]; 
     config,
     failures: 0,
     heartbeatMs: null,
+    lastHeartbeatMs: null,
+    maxFrameBytes: DEFAULT_MAX_FRAME_BYTES,
+    paused: false,
     awaitingPong: false,
     draining: false,
     stopping: false,
@@ -123,7 +139,7 @@ export function step(state: State, input: Input, env: StepEnv): Step {
   if (state.phase !== "stopped") {
     switch (input.type) {
       case "bad_frame":
-        return { state, effects: [log("warn", `ignored a frame from the control plane: ${input.detail}`)] };
+        return { state, effects: [log("warn", `ignored a frame from the control plane: ${capText(input.detail)}`)] };
       case "job_started":
         return onJobStarted(state, input.ref, input.startedAt);
       case "job_output":
@@ -155,14 +171,14 @@ export function step(state: State, input: Input, env: StepEnv): Step {
 // ---- per-phase handlers ----
 
 function stepIdle(state: State, input: Input): Step {
-  if (input.type === "start") return { state: { ...state, phase: "connecting" }, effects: [{ type: "connect" }] };
+  if (input.type === "start") return connectNow(state);
   return unexpected(state, input);
 }
 
 function stepDisconnected(state: State, input: Input): Step {
   switch (input.type) {
     case "timer":
-      if (input.timer === "reconnect") return { state: { ...state, phase: "connecting" }, effects: [{ type: "connect" }] };
+      if (input.timer === "reconnect") return connectNow(state);
       if (input.timer === "drain") return onDrainDeadline(state);
       return ignoreStaleTimer(state, input.timer);
     case "socket_closed":
@@ -186,16 +202,15 @@ function stepConnecting(state: State, input: Input, env: StepEnv): Step {
         pendingResults: Object.values(state.pending).map((r) => ({ jobId: r.jobId, attempt: r.attempt })),
         labels: state.config.labels,
       };
-      return {
-        state: { ...state, phase: "handshaking" },
-        effects: [{ type: "send", message: hello }, { type: "set_timer", timer: "handshake", ms: state.config.handshakeTimeoutMs }],
-      };
+      // The handshake timer set at `connect` keeps running until the welcome.
+      return { state: { ...state, phase: "handshaking" }, effects: [{ type: "send", message: hello }] };
     }
     case "connect_failed":
       return onConnectFailed(state, input.status, input.reason, env);
     case "socket_closed":
-      return reconnectLater(state, `the connection closed before it opened (${input.code} ${input.reason})`, env);
+      return reconnectLater(state, `the connection closed before it opened (${input.code} ${capText(input.reason)})`, env, [clearTimer("handshake")]);
     case "timer":
+      if (input.timer === "handshake") return dropConnection(state, `the connection did not open within ${handshakeTimeout(state)} ms`, env);
       if (input.timer === "drain") return onDrainDeadline(state);
       return ignoreStaleTimer(state, input.timer);
     default:
@@ -207,17 +222,17 @@ function stepHandshaking(state: State, input: Input, env: StepEnv): Step {
   switch (input.type) {
     case "message":
       if (input.message.type === "welcome") return onWelcome(state, input.message);
-      if (input.message.type === "error") return { state, effects: [log("warn", `control plane error: ${input.message.code}: ${input.message.message}`)] };
+      if (input.message.type === "error") return { state, effects: [log("warn", `control plane error: ${capText(input.message.code)}: ${capText(input.message.message)}`)] };
       return unexpected(state, input);
     case "timer":
       if (input.timer === "handshake") {
-        return dropConnection(state, "no welcome from the control plane in time", env);
+        return dropConnection(state, `no welcome from the control plane within ${handshakeTimeout(state)} ms`, env);
       }
       if (input.timer === "drain") return onDrainDeadline(state);
       return ignoreStaleTimer(state, input.timer);
     case "socket_closed": {
       const cleared = clearConnectionTimers(state);
-      return reconnectLater(cleared.state, `the control plane closed the connection during the handshake (${input.code} ${input.reason})`, env, cleared.effects);
+      return reconnectAfterClose(cleared.state, "the control plane closed the connection during the handshake", input, env, cleared.effects);
     }
     case "pong":
       return { state, effects: [] };
@@ -231,15 +246,14 @@ function stepConnected(state: State, input: Input, env: StepEnv): Step {
     case "message":
       return onControlMessage(state, input.message);
     case "pong":
-      return { state: { ...state, awaitingPong: false }, effects: [{ type: "clear_timer", timer: "pong" }] };
+      // A full round trip after the welcome: the link works both ways, so the backoff starts over.
+      return { state: { ...state, awaitingPong: false, failures: 0 }, effects: [clearTimer("pong")] };
     case "timer":
       switch (input.timer) {
         case "heartbeat":
           return onHeartbeat(state);
         case "pong":
           return dropConnection(state, `no pong within ${state.heartbeatMs} ms: the connection is presumed dead`, env);
-        case "stable":
-          return { state: { ...state, failures: 0 }, effects: [] };
         case "drain":
           return onDrainDeadline(state);
         default:
@@ -247,7 +261,7 @@ function stepConnected(state: State, input: Input, env: StepEnv): Step {
       }
     case "socket_closed": {
       const cleared = clearConnectionTimers(state);
-      return reconnectLater(cleared.state, `the connection closed (${input.code}${input.reason ? " " + input.reason : ""})`, env, cleared.effects);
+      return reconnectAfterClose(cleared.state, "the connection closed", input, env, cleared.effects);
     }
     default:
       return unexpected(state, input);
@@ -257,33 +271,69 @@ function stepConnected(state: State, input: Input, env: StepEnv): Step {
 // ---- connection life ----
 
 function onWelcome(state: State, welcome: Extract<ControlMessage, { type: "welcome" }>): Step {
-  const next: State = { ...state, phase: "connected", heartbeatMs: welcome.heartbeatIntervalMs, awaitingPong: false };
+  const paused = welcome.paused === true;
+  const next: State = {
+    ...state,
+    phase: "connected",
+    heartbeatMs: welcome.heartbeatIntervalMs,
+    lastHeartbeatMs: welcome.heartbeatIntervalMs,
+    maxFrameBytes: welcome.maxFrameBytes,
+    paused,
+    awaitingPong: false,
+  };
   const effects: Effect[] = [
-    { type: "clear_timer", timer: "handshake" },
+    clearTimer("handshake"),
     { type: "set_timer", timer: "heartbeat", ms: welcome.heartbeatIntervalMs },
-    { type: "set_timer", timer: "stable", ms: state.config.stableAfterMs },
     log("info", "connected to the control plane", {
       heartbeatMs: welcome.heartbeatIntervalMs,
+      maxFrameBytes: welcome.maxFrameBytes,
+      paused,
       running: Object.keys(state.running).length,
       pendingResults: Object.keys(state.pending).length,
     }),
   ];
-  for (const result of Object.values(state.pending)) effects.push({ type: "send", message: { type: "result", result } });
+  for (const result of Object.values(state.pending)) effects.push({ type: "send", message: fitResultFrame(result, next.maxFrameBytes) });
   if (state.draining) effects.push({ type: "send", message: { type: "goodbye", reason: "draining" } });
-  else {
-    const free = state.config.capacity - Object.keys(state.running).length;
-    if (free > 0) effects.push({ type: "send", message: { type: "ready", slots: free } });
-  }
+  else effects.push(...grantFreeSlots(next));
   return finishIfDone({ state: next, effects });
 }
 
-function onConnectFailed(state: State, status: number | null, reason: string, env: StepEnv): Step {
+/** `ready` for every free slot, unless the runner takes no jobs now (paused or draining). */
+function grantFreeSlots(state: State): Effect[] {
+  if (state.paused || state.draining) return [];
+  const free = state.config.capacity - Object.keys(state.running).length;
+  return free > 0 ? [{ type: "send", message: { type: "ready", slots: free } }] : [];
+}
+
+/** Heartbeat intervals a connection attempt may take once the heartbeat is known... */
+export const HANDSHAKE_HEARTBEATS = 2;
+/** ...but never less than this: a TCP + TLS + upgrade round trip on a slow link needs it. */
+export const HANDSHAKE_FLOOR_MS = 2_000;
+
+/**
+ * How long a connection attempt may take, from its start to the welcome. Once a welcome has
+ * announced a heartbeat, twice that interval, within [HANDSHAKE_FLOOR_MS, the configured
+ * timeout]: an attempt made into a dead link then fails about as fast as a dead connection is
+ * noticed. Before any welcome, the configured timeout.
+ */
+export function handshakeTimeout(state: State): number {
+  const ceiling = state.config.handshakeTimeoutMs;
+  if (state.lastHeartbeatMs === null) return ceiling;
+  return Math.min(ceiling, Math.max(HANDSHAKE_FLOOR_MS, HANDSHAKE_HEARTBEATS * state.lastHeartbeatMs));
+}
+
+function connectNow(state: State): Step {
+  return { state: { ...state, phase: "connecting" }, effects: [{ type: "connect" }, { type: "set_timer", timer: "handshake", ms: handshakeTimeout(state) }] };
+}
+
+function onConnectFailed(state: State, status: number | null, wireReason: string, env: StepEnv): Step {
+  const reason = capText(wireReason);
   if (status === 401 || status === 403 || status === 404) {
     const why = status === 404 ? "the control plane has no record of this runner" : "the control plane rejected this runner's credential";
     return stopWith(state, ExitCode.NEEDS_OPERATOR, `${why} (${reason}); run \`runner repair\` to see what to do`);
   }
   if (status === 426) return stopWith(state, ExitCode.UPGRADE_REQUIRED, `the control plane requires a different runner version (${reason})`);
-  return reconnectLater(state, `cannot connect: ${reason}`, env);
+  return reconnectLater(state, `cannot connect: ${reason}`, env, [clearTimer("handshake")]);
 }
 
 function onHeartbeat(state: State): Step {
@@ -294,7 +344,7 @@ function onHeartbeat(state: State): Step {
 }
 
 function clearConnectionTimers(state: State): Step {
-  const effects: Effect[] = (["handshake", "heartbeat", "pong", "stable"] as const).map((timer) => ({ type: "clear_timer", timer }));
+  const effects: Effect[] = (["handshake", "heartbeat", "pong"] as const).map(clearTimer);
   return { state: { ...state, awaitingPong: false, heartbeatMs: null }, effects };
 }
 
@@ -310,8 +360,27 @@ export function reconnectDelay(config: MachineConfig, failures: number, random: 
   return Math.floor(random * ceiling);
 }
 
-function reconnectLater(state: State, reason: string, env: StepEnv, before: Effect[] = []): Step {
-  const ms = reconnectDelay(state.config, state.failures, env.random);
+/**
+ * After close 4000 (another connection of this runner replaced this one): a uniform delay in
+ * [cap/2, cap), whatever the failure count, so that two processes sharing a credential do not
+ * take the connection from each other in a tight loop.
+ */
+export function replacedDelay(config: MachineConfig, random: number): number {
+  return Math.floor((config.reconnectCapMs * (1 + random)) / 2);
+}
+
+/** The close code of a connection another one of the same runner replaced (PROTOCOL.md, Close codes). */
+export const CLOSE_REPLACED = 4000;
+
+function reconnectAfterClose(state: State, what: string, close: { code: number; reason: string }, env: StepEnv, before: Effect[]): Step {
+  const reason = `${what} (${close.code}${close.reason ? " " + capText(close.reason) : ""})`;
+  if (close.code !== CLOSE_REPLACED) return reconnectLater(state, reason, env, before);
+  const why = `${reason}: another connection with this runner's credential took its place`;
+  return reconnectLater(state, why, env, before, replacedDelay(state.config, env.random));
+}
+
+function reconnectLater(state: State, reason: string, env: StepEnv, before: Effect[] = [], delayMs?: number): Step {
+  const ms = delayMs ?? reconnectDelay(state.config, state.failures, env.random);
   return {
     state: { ...state, phase: "disconnected", failures: state.failures + 1, awaitingPong: false },
     effects: [...before, log("warn", `${reason}; reconnecting in ${ms} ms`, { reason, delayMs: ms, failures: state.failures + 1 }), { type: "set_timer", timer: "reconnect", ms }],
@@ -329,12 +398,15 @@ function onControlMessage(state: State, message: ControlMessage): Step {
     case "cancel": {
       const entry = state.running[keyOf(message)];
       if (!entry) return { state, effects: [log("debug", `cancel for ${message.jobId} attempt ${message.attempt}, which is not running here`)] };
-      return { state, effects: [log("info", `cancelling job ${message.jobId}: ${message.reason}`), { type: "cancel_job", ref: entry.ref, reason: message.reason }] };
+      return { state, effects: [log("info", `cancelling job ${message.jobId}: ${capText(message.reason)}`), { type: "cancel_job", ref: entry.ref, reason: message.reason }] };
     }
-    case "drain":
-      return onDrain(state, `the control plane asked: ${message.reason}`);
+    case "pause":
+    case "drain": // the old name of pause
+      return onPause(state, message.reason);
+    case "resume":
+      return onResume(state);
     case "error":
-      return { state, effects: [log("warn", `the control plane could not use a frame: ${message.code}: ${message.message}`)] };
+      return { state, effects: [log("warn", `the control plane could not use a frame: ${capText(message.code)}: ${capText(message.message)}`)] };
     case "welcome":
       return { state, effects: [log("warn", "ignored a second welcome")] };
     case "devices_ack":
@@ -351,7 +423,7 @@ function onAssign(state: State, assignment: Assignment): Step {
     return { state, effects: [log("warn", `ignored a repeated assignment of ${assignment.jobId} attempt ${assignment.attempt}`)] };
   }
   const busy = Object.keys(state.running).length;
-  const refusal = state.draining ? "draining" : busy >= state.config.capacity ? `no free slot (${busy}/${state.config.capacity} busy)` : null;
+  const refusal = state.draining ? "draining" : state.paused ? "paused" : busy >= state.config.capacity ? `no free slot (${busy}/${state.config.capacity} busy)` : null;
   if (refusal) {
     return { state, effects: [log("warn", `rejected job ${assignment.jobId}: ${refusal}`), { type: "send", message: { type: "reject", ...ref, reason: refusal } }] };
   }
@@ -371,6 +443,20 @@ function onResultAck(state: State, ack: Extract<ControlMessage, { type: "result_
   return finishIfDone({ state: { ...state, pending }, effects });
 }
 
+// ---- pause and resume (the control plane's) ----
+
+function onPause(state: State, reason: string): Step {
+  const running = Object.keys(state.running).length;
+  const effects = [log("info", `paused by the control plane: ${capText(reason)}; no new jobs, ${running} running job(s) go on`, { running })];
+  return { state: { ...state, paused: true }, effects };
+}
+
+function onResume(state: State): Step {
+  if (!state.paused) return { state, effects: [log("debug", "resume while not paused; ignored")] };
+  const next = { ...state, paused: false };
+  return { state: next, effects: [log("info", "resumed by the control plane: taking jobs again"), ...grantFreeSlots(next)] };
+}
+
 // ---- jobs ----
 
 function onJobStarted(state: State, ref: JobRef, startedAt: string): Step {
@@ -384,10 +470,15 @@ function onJobOutput(state: State, input: Extract<Input, { type: "job_output" }>
   const key = keyOf(input.ref);
   const entry = state.running[key];
   if (!entry) return { state, effects: [] };
-  const running = { ...state.running, [key]: { ...entry, nextLogSeq: entry.nextLogSeq + 1 } };
-  if (state.phase !== "connected") return { state: { ...state, running, droppedLogChunks: state.droppedLogChunks + 1 }, effects: [] };
-  const message: RunnerMessage = { type: "log", ...input.ref, seq: entry.nextLogSeq, stream: input.stream, data: input.data };
-  return { state: { ...state, running }, effects: [{ type: "send", message }] };
+  if (state.phase !== "connected") {
+    const running = { ...state.running, [key]: { ...entry, nextLogSeq: entry.nextLogSeq + 1 } };
+    return { state: { ...state, running, droppedLogChunks: state.droppedLogChunks + 1 }, effects: [] };
+  }
+  // A chunk whose frame would be over the limit in force goes as several, with consecutive seq.
+  const pieces = splitLogData(input.ref, input.stream, input.data, state.maxFrameBytes);
+  const effects: Effect[] = pieces.map((data, i) => ({ type: "send", message: { type: "log", ...input.ref, seq: entry.nextLogSeq + i, stream: input.stream, data } }));
+  const running = { ...state.running, [key]: { ...entry, nextLogSeq: entry.nextLogSeq + pieces.length } };
+  return { state: { ...state, running }, effects };
 }
 
 function onJobFinished(state: State, result: JobResult): Step {
@@ -397,9 +488,9 @@ function onJobFinished(state: State, result: JobResult): Step {
   const effects: Effect[] = [
     { type: "persist_result", result },
     log("info", `job ${result.jobId} attempt ${result.attempt} ${result.outcome}${result.reason ? `: ${result.reason}` : ""}`),
-    ...whenConnected(state, { type: "result", result }),
+    ...whenConnected(state, fitResultFrame(result, state.maxFrameBytes)),
   ];
-  if (state.phase === "connected" && !state.draining && state.running[key]) effects.push({ type: "send", message: { type: "ready", slots: 1 } });
+  if (state.phase === "connected" && !state.draining && !state.paused && state.running[key]) effects.push({ type: "send", message: { type: "ready", slots: 1 } });
   return finishIfDone({ state: next, effects });
 }
 
@@ -444,7 +535,7 @@ function finishIfDone(current: Step): Step {
 
 function stopWith(state: State, code: number, reason: string): Step {
   const effects: Effect[] = [
-    ...(["reconnect", "handshake", "heartbeat", "pong", "stable", "drain"] as const).map((timer) => ({ type: "clear_timer" as const, timer })),
+    ...(["reconnect", "handshake", "heartbeat", "pong", "drain"] as const).map(clearTimer),
   ];
   if (state.phase === "connected" || state.phase === "handshaking") effects.push({ type: "close", code: 1000, reason: "runner stopping" });
   effects.push(log(code === ExitCode.OK ? "info" : "error", reason), { type: "exit", code, reason });
@@ -452,6 +543,10 @@ function stopWith(state: State, code: number, reason: string): Step {
 }
 
 // ---- helpers ----
+
+function clearTimer(timer: TimerName): Effect {
+  return { type: "clear_timer", timer };
+}
 
 function whenConnected(state: State, message: RunnerMessage): Effect[] {
   return state.phase === "connected" ? [{ type: "send", message }] : [];

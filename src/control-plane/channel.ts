@@ -357,6 +357,14 @@ class ChannelEndpoint {
   }
 }
 
+/**
+ * A plain HTTP request (no `Upgrade: websocket`) on the channel path: 400 with the protocol's
+ * error body, as RFC 6455 §4.2.1 asks of a server given a request that is not a handshake.
+ */
+export function refusePlainChannelRequest(): never {
+  throw new HttpError(400, "bad_request", `${CHANNEL_PATH} is the runner channel: a WebSocket endpoint (send GET with Upgrade: websocket, RFC 6455)`);
+}
+
 function header(req: http.IncomingMessage, name: string): string | undefined {
   const value = req.headers[name];
   return Array.isArray(value) ? value[0] : value;

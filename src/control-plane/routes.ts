@@ -1,5 +1,6 @@
 // The reference control plane's HTTP routes: method, path (under /api/v1), auth rule, handler.
 import type { Route } from "./http-router.js";
+import { refusePlainChannelRequest } from "./channel.js";
 import { listDevices, listRunnerDevices } from "./device-routes.js";
 import { cancelJob, getJob, listJobs, submitJob } from "./job-routes.js";
 import {
@@ -16,6 +17,8 @@ import {
 
 export const ROUTES: readonly Route[] = [
   { method: "GET", path: "/health", auth: "none", handle: getHealth },
+  // The channel itself is served on the HTTP server's `upgrade` event; this answers the rest.
+  { method: "GET", path: "/channel", auth: "none", handle: refusePlainChannelRequest },
   { method: "POST", path: "/runners/register", auth: "bearer", handle: registerRunner },
   { method: "POST", path: "/runners/verify", auth: "bearer", handle: verifyRunner },
   { method: "POST", path: "/runners/repair", auth: "bearer", handle: repairRunner },

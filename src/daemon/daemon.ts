@@ -32,8 +32,8 @@ export interface DaemonOptions {
   devices: DeviceSyncSettings;
 }
 
+/** A connection attempt's timeout before any welcome, and its ceiling after (see handshakeTimeout in the machine). */
 const HANDSHAKE_TIMEOUT_MS = 10_000;
-const STABLE_AFTER_MS = 30_000;
 
 export async function runDaemon(options: DaemonOptions): Promise<number> {
   const { registration, files, logger } = options;
@@ -60,7 +60,6 @@ export async function runDaemon(options: DaemonOptions): Promise<number> {
     capacity: options.capacity,
     reconnectBaseMs: options.reconnectBaseMs,
     reconnectCapMs: options.reconnectCapMs,
-    stableAfterMs: STABLE_AFTER_MS,
     handshakeTimeoutMs: HANDSHAKE_TIMEOUT_MS,
     drainTimeoutMs: options.drainTimeoutMs,
   };
@@ -70,6 +69,7 @@ export async function runDaemon(options: DaemonOptions): Promise<number> {
   const driver = new ChannelDriver(config, { pending }, {
     url,
     credential: options.credential,
+    // What the runner accepts; what it sends follows the welcome's maxFrameBytes.
     maxFrameBytes: DEFAULT_MAX_FRAME_BYTES,
     logger,
     ports: host,

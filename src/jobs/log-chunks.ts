@@ -1,6 +1,9 @@
 // Turns a child's raw output into text chunks for the channel: UTF-8 decoded as a stream (a
-// character split across two reads is held back until it is whole) and never more than
-// MAX_LOG_CHUNK_BYTES of output per chunk, so one log message always fits well inside a frame.
+// character split across two reads is held back until it is whole; bytes that are not UTF-8
+// become U+FFFD) and never more than MAX_LOG_CHUNK_BYTES of output per chunk, which bounds
+// the work per message. This size is of raw output: escaped in JSON a chunk can grow up to 6x,
+// so the channel's state machine splits it again to fit the frame limit in force
+// (src/channel/frame-fit.ts).
 //
 // This does its own carry instead of using StringDecoder: StringDecoder prepends its hidden
 // leftover bytes to the next read, which could push a chunk a few bytes past the limit.

@@ -2,6 +2,7 @@
 // (the TypeScript types are inferred from them), plus encode/decode with the frame limit.
 // Both the agent and the reference control plane decode every frame through `decode*`.
 import { z } from "zod";
+import { capText } from "../log/cap-text.js";
 import { labelsSchema, runnerIdSchema } from "./common.js";
 import { devicesAckSchema, devicesBatchSchema, devicesResyncSchema, devicesSummarySchema } from "./devices.js";
 
@@ -11,8 +12,13 @@ export const RUNNER_ID_HEADER = "x-runner-id";
 export const PROTOCOL_HEADER = "x-runner-protocol";
 export const AGENT_VERSION_HEADER = "x-runner-agent-version";
 
-/** Neither side accepts a frame larger than this (ws `maxPayload`); the control plane may announce less. */
+/**
+ * The runner accepts no frame larger than this (ws `maxPayload`), and the reference control
+ * plane's default limit; a control plane may announce less in `welcome.maxFrameBytes`.
+ */
 export const DEFAULT_MAX_FRAME_BYTES = 1024 * 1024;
+/** The smallest `welcome.maxFrameBytes` a control plane may announce. */
+export const MIN_MAX_FRAME_BYTES = 1024;
 
 const jobId = z.string().min(1).max(128);
 /** The fencing token: raised each time the job is handed out; a result for an older attempt is stale. */
@@ -122,13 +128,16 @@ export const welcomeSchema = z.object({
   heartbeatIntervalMs: z.number().int().min(100).max(600_000),
   /** How long a job's lease lasts without the runner being heard from. */
   leaseMs: z.number().int().min(1000),
-  maxFrameBytes: z.number().int().min(1024),
+  /** The largest frame the runner may send, counted as UTF-8 bytes of the JSON text (escapes included). */
+  maxFrameBytes: z.number().int().min(MIN_MAX_FRAME_BYTES),
   /** Of the jobs the runner reported running, those the control plane no longer gives it (they come with `cancel`). */
   fenced: z.array(jobRefSchema).default([]),
   /** Device inventory cadence (optional; the runner has local defaults): scan this often... */
   deviceScanIntervalMs: z.number().int().min(1000).max(24 * 3600 * 1000).optional(),
   /** ...and re-send an unchanged device once its last confirmed sync is this old. */
   deviceRefreshMs: z.number().int().min(1000).max(7 * 24 * 3600 * 1000).optional(),
+  /** The runner starts this connection paused (see `pause`); absent means false. */
+  paused: z.boolean().optional(),
 });
 
 export const assignSchema = z.object({
@@ -144,7 +153,14 @@ export type Assignment = z.infer<typeof assignSchema>;
 
 export const resultAckSchema = z.object({ type: z.literal("result_ack"), ...jobRef, applied: z.boolean() });
 export const cancelSchema = z.object({ type: z.literal("cancel"), ...jobRef, reason: z.string().max(1024) });
-/** The control plane asks the runner to finish its jobs and take no more. */
+/**
+ * The control plane asks the runner to take no new jobs (it rejects any `assign` with reason
+ * "paused") while its running jobs go on; the connection stays up and the runner does not exit.
+ */
+export const pauseSchema = z.object({ type: z.literal("pause"), reason: z.string().max(1024) });
+/** The end of a pause: the runner takes jobs again and grants its free slots with `ready`. */
+export const resumeSchema = z.object({ type: z.literal("resume") });
+/** The old name of `pause`, with the same meaning (it once made the runner exit). */
 export const drainSchema = z.object({ type: z.literal("drain"), reason: z.string().max(1024) });
 /** A frame the control plane could not use; informational, the connection stays up. */
 export const protocolErrorSchema = z.object({ type: z.literal("error"), code: z.string(), message: z.string() });
@@ -154,6 +170,8 @@ export const controlMessageSchema = z.discriminatedUnion("type", [
   assignSchema,
   resultAckSchema,
   cancelSchema,
+  pauseSchema,
+  resumeSchema,
   drainSchema,
   protocolErrorSchema,
   devicesAckSchema,
@@ -176,12 +194,14 @@ function decodeWith<T>(schema: z.ZodType<T, z.ZodTypeDef, unknown>, knownTypes: 
   }
   const type = typeof parsed === "object" && parsed !== null ? (parsed as { type?: unknown }).type : undefined;
   if (typeof type !== "string" || !knownTypes.has(type)) {
-    return { ok: false, problem: "unknown_type", detail: `unknown message type ${JSON.stringify(type)}` };
+    // Capped: the type is the peer's text, and the detail is logged (and echoed in `error`).
+    return { ok: false, problem: "unknown_type", detail: `unknown message type ${capText(String(JSON.stringify(type)))}` };
   }
   const result = schema.safeParse(parsed);
   if (!result.success) {
     const issues = result.error.issues.map((i) => `${i.path.join(".") || "(root)"}: ${i.message}`).join("; ");
-    return { ok: false, problem: "invalid", detail: `${type}: ${issues}` };
+    // zod quotes received values in some issues (an enum's, say): cap the whole detail.
+    return { ok: false, problem: "invalid", detail: capText(`${type}: ${issues}`) };
   }
   return { ok: true, message: result.data };
 }

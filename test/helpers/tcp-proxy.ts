@@ -6,16 +6,31 @@ import type { TestContext } from "node:test";
 export interface TcpProxy {
   port: number;
   url: string;
-  /** Silently drop every byte of existing connections, and refuse new ones, until `resume`. */
-  blackhole(): void;
+  /**
+   * Silently drop every byte of existing connections until `resume`. New connections are
+   * refused meanwhile, or with `swallowNew` accepted and never answered (a link that drops
+   * everything, SYN-ACK aside): they stay dead after `resume`, as after a real black hole.
+   */
+  blackhole(options?: { swallowNew?: boolean }): void;
+  /** Connections accepted and swallowed while black-holed, so far. */
+  swallowed(): number;
   resume(): void;
   close(): Promise<void>;
 }
 
 export async function startTcpProxy(t: TestContext, targetPort: number): Promise<TcpProxy> {
   let blackholed = false;
+  let swallowNew = false;
+  let swallowed = 0;
   const sockets = new Set<net.Socket>();
   const server = net.createServer((client) => {
+    if (blackholed && swallowNew) {
+      swallowed++;
+      sockets.add(client);
+      client.on("close", () => sockets.delete(client));
+      client.on("error", () => undefined);
+      return void client.resume(); // read and drop, never answer
+    }
     if (blackholed) return void client.destroy();
     const upstream = net.connect(targetPort, "127.0.0.1");
     for (const s of [client, upstream]) {
@@ -39,7 +54,11 @@ export async function startTcpProxy(t: TestContext, targetPort: number): Promise
   const proxy: TcpProxy = {
     port,
     url: `http://127.0.0.1:${port}`,
-    blackhole: () => void (blackholed = true),
+    blackhole: (options = {}) => {
+      blackholed = true;
+      swallowNew = options.swallowNew ?? false;
+    },
+    swallowed: () => swallowed,
     resume: () => void (blackholed = false),
     close: () =>
       new Promise((resolve) => {

@@ -25,7 +25,6 @@ const config = (runnerId: string, overrides: Partial<MachineConfig> = {}): Machi
   capacity: 1,
   reconnectBaseMs: 100,
   reconnectCapMs: 1000,
-  stableAfterMs: 30_000,
   handshakeTimeoutMs: 5_000,
   drainTimeoutMs: 1_000,
   ...overrides,
@@ -185,5 +184,47 @@ describe("the channel driver", { timeout: 60_000 }, () => {
     console.log(`# 100 runners reconnected over ${spread.toFixed(0)} ms (first ${sorted[0]!.toFixed(0)} ms, median ${sorted[50]!.toFixed(0)} ms, last ${sorted[fleet - 1]!.toFixed(0)} ms after the restart); busiest 100 ms window: ${busiest}`);
     assert.ok(spread >= 500, `reconnects spread over ${spread} ms`);
     assert.ok(busiest <= 30, `at most 30 of 100 in any 100 ms window, saw ${busiest}`);
+  });
+
+  test("a huge unknown frame, error message or cancel reason from the control plane makes a bounded log line", async (t) => {
+    const server = new WebSocketServer({ host: "127.0.0.1", port: 0 });
+    t.after(() => {
+      for (const socket of server.clients) socket.terminate();
+      return new Promise<void>((r) => server.close(() => r()));
+    });
+    const sockets: WebSocket[] = [];
+    server.on("connection", (socket) => {
+      sockets.push(socket);
+      socket.on("message", () => socket.send(encode({ type: "welcome", protocolVersion: 1, heartbeatIntervalMs: 5_000, leaseMs: 60_000, maxFrameBytes: 1 << 20, fenced: [] })));
+    });
+    await new Promise((r) => server.once("listening", r));
+    const capture = captureLogger();
+    const { ports, started } = recordingPorts();
+    const driver = new ChannelDriver(config("rnr_cccccccccccccccccccccccc"), {}, {
+      url: `ws://127.0.0.1:${(server.address() as AddressInfo).port}/api/v1/channel`,
+      credential: "rnc_test-credential-not-secret-here",
+      maxFrameBytes: 1 << 20,
+      logger: capture.logger,
+      ports,
+    });
+    void driver.start();
+    t.after(() => driver.dispose());
+    await until(() => driver.current.phase === "connected", "the welcome");
+
+    const huge = "\u0001".repeat(150_000); // 900 KB once escaped
+    const socket = sockets[0]!;
+    socket.send(JSON.stringify({ type: huge }));
+    socket.send(JSON.stringify({ type: "error", code: "invalid", message: huge }));
+    socket.send(JSON.stringify({ type: "cancel", jobId: "j1", attempt: 1, reason: "x" }));
+    socket.send(encode(assignment("j1")));
+    await until(() => started.length === 1, "the assignment after the huge frames");
+    const longestLine = () => Math.max(...capture.lines.map((l) => l.length));
+    assert.ok(longestLine() < 16_000, `the longest log line is ${longestLine()} characters`);
+    socket.send(JSON.stringify({ type: "cancel", jobId: "j1", attempt: 1, reason: "y".repeat(1024) }));
+    socket.send(JSON.stringify({ type: "pause", reason: "z".repeat(1024) }));
+    await until(() => driver.current.paused, "the pause");
+    assert.match(capture.text(), /unknown message type/);
+    assert.match(capture.text(), /could not use a frame/);
+    assert.ok(longestLine() < 16_000, `the longest log line is ${longestLine()} characters`);
   });
 });

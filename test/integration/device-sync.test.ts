@@ -73,7 +73,6 @@ function startRunner(t: TestContext, plane: TestControlPlane, identity: Register
     capacity: options.capacity,
     reconnectBaseMs: 100,
     reconnectCapMs: 1000,
-    stableAfterMs: 30_000,
     handshakeTimeoutMs: 5_000,
     drainTimeoutMs: 1_000,
   };

@@ -1,8 +1,8 @@
 // The channel state machine, driven directly: no sockets, no timers, no clock.
 import { describe, test } from "node:test";
 import assert from "node:assert/strict";
-import { initialState, reconnectDelay, step, type Effect, type Input, type MachineConfig, type State } from "../../src/channel/machine.js";
-import type { Assignment, ControlMessage, JobResult } from "../../src/protocol/channel.js";
+import { initialState, reconnectDelay, replacedDelay, step, type Effect, type Input, type MachineConfig, type State } from "../../src/channel/machine.js";
+import { encode, type Assignment, type ControlMessage, type JobResult } from "../../src/protocol/channel.js";
 import { ExitCode } from "../../src/errors.js";
 
 const config: MachineConfig = {
@@ -13,7 +13,6 @@ const config: MachineConfig = {
   capacity: 2,
   reconnectBaseMs: 1000,
   reconnectCapMs: 30_000,
-  stableAfterMs: 60_000,
   handshakeTimeoutMs: 10_000,
   drainTimeoutMs: 5_000,
 };
@@ -57,10 +56,10 @@ const sent = (effects: Effect[]) => effects.filter((e) => e.type === "send").map
 const types = (effects: Effect[]) => effects.filter((e) => e.type !== "log").map((e) => e.type);
 
 describe("the channel state machine", () => {
-  test("starting connects", () => {
+  test("starting connects, with the configured handshake timeout while no welcome has been seen", () => {
     const { state, effects } = run(initialState(config), { type: "start" });
     assert.equal(state.phase, "connecting");
-    assert.deepEqual(effects, [{ type: "connect" }]);
+    assert.deepEqual(effects, [{ type: "connect" }, { type: "set_timer", timer: "handshake", ms: 10_000 }]);
   });
 
   test("an open socket gets a hello stating capacity, running jobs and held results", () => {
@@ -79,7 +78,7 @@ describe("the channel state machine", () => {
         labels: ["linux"],
       },
     ]);
-    assert.deepEqual(effects[1], { type: "set_timer", timer: "handshake", ms: 10_000 });
+    assert.ok(!effects.some((e) => e.type === "set_timer"), "the handshake timer set at connect keeps running to the welcome");
   });
 
   test("the welcome starts the heartbeat, re-sends held results and grants the free slots", () => {
@@ -207,14 +206,62 @@ describe("the channel state machine", () => {
     assert.equal(reconnectDelay(config, 3, 0.5), 4000);
   });
 
-  test("a connection that stays up resets the backoff", () => {
+  test("a connection that answers one heartbeat ping resets the backoff; a welcome alone does not", () => {
     let state = run(initialState(config), { type: "start" }, { type: "connect_failed", status: null, reason: "x" }).state;
     state = run(state, { type: "timer", timer: "reconnect" }, { type: "connect_failed", status: null, reason: "x" }).state;
     assert.equal(state.failures, 2);
     state = run(state, { type: "timer", timer: "reconnect" }, { type: "socket_open" }, { type: "message", message: welcome }).state;
     assert.equal(state.failures, 2, "not reset by merely connecting");
-    state = run(state, { type: "timer", timer: "stable" }).state;
+    state = run(state, { type: "timer", timer: "heartbeat" }).state;
+    assert.equal(state.failures, 2, "a ping sent is not yet a round trip");
+    state = run(state, { type: "pong" }).state;
     assert.equal(state.failures, 0);
+  });
+
+  test("outages spaced one heartbeat round trip apart each start from the base delay", () => {
+    // Each outage: connected, one ping answered, then the link dies (no pong) and reconnects.
+    let state = connected();
+    const ceilings: number[] = [];
+    for (let outage = 0; outage < 5; outage++) {
+      state = run(state, { type: "timer", timer: "heartbeat" }, { type: "pong" }, { type: "timer", timer: "heartbeat" }).state;
+      const dropped = step(state, { type: "timer", timer: "pong" }, { now: 0, random: 0.999 });
+      ceilings.push((dropped.effects.find((e) => e.type === "set_timer" && e.timer === "reconnect") as { ms: number }).ms);
+      state = run(dropped.state, { type: "timer", timer: "reconnect" }, { type: "socket_open" }, { type: "message", message: welcome }).state;
+    }
+    assert.deepEqual(ceilings, [999, 999, 999, 999, 999]);
+  });
+
+  test("after a welcome, a connection attempt times out after two heartbeat intervals, within [2 s, the configured timeout]", () => {
+    const attemptTimeout = (heartbeatIntervalMs: number) => {
+      const message: ControlMessage = { ...welcome, heartbeatIntervalMs } as ControlMessage;
+      const state = run(initialState(config), { type: "start" }, { type: "socket_open" }, { type: "message", message }).state;
+      const { effects } = run(state, { type: "socket_closed", code: 1006, reason: "" }, { type: "timer", timer: "reconnect" });
+      return (effects.find((e) => e.type === "set_timer" && e.timer === "handshake") as { ms: number }).ms;
+    };
+    assert.equal(attemptTimeout(1000), 2000);
+    assert.equal(attemptTimeout(300), 2000, "never under the floor");
+    assert.equal(attemptTimeout(3000), 6000);
+    assert.equal(attemptTimeout(15_000), 10_000, "never over the configured timeout");
+  });
+
+  test("an attempt that does not open before the handshake timer is given up and retried with backoff", () => {
+    const { state, effects } = run(initialState(config), { type: "start" }, { type: "timer", timer: "handshake" });
+    assert.equal(state.phase, "disconnected");
+    assert.ok(effects.some((e) => e.type === "close"), "the half-made socket is dropped");
+    assert.ok(effects.some((e) => e.type === "set_timer" && e.timer === "reconnect"));
+    assert.equal(state.failures, 1);
+  });
+
+  test("after close 4000 replaced the runner waits between half the reconnect cap and the cap, whatever its failure count", () => {
+    for (const random of [0, 0.5, 0.999]) {
+      const { state, effects } = step(connected(), { type: "socket_closed", code: 4000, reason: "replaced" }, { now: 0, random });
+      const delay = (effects.find((e) => e.type === "set_timer" && e.timer === "reconnect") as { ms: number }).ms;
+      assert.equal(delay, replacedDelay(config, random));
+      assert.ok(delay >= config.reconnectCapMs / 2 && delay < config.reconnectCapMs, `${delay}`);
+      assert.equal(state.phase, "disconnected");
+    }
+    const other = step(connected(), { type: "socket_closed", code: 1001, reason: "going away" }, { now: 0, random: 0.5 });
+    assert.equal((other.effects.find((e) => e.type === "set_timer" && e.timer === "reconnect") as { ms: number }).ms, 500, "other closes use the backoff");
   });
 
   test("401 stops with the needs-operator code instead of reconnecting", () => {
@@ -291,5 +338,121 @@ describe("the channel state machine", () => {
     const next = step(stopped, { type: "timer", timer: "reconnect" }, env);
     assert.equal(next.state, stopped);
     assert.deepEqual(next.effects.map((e) => e.type), ["log"]);
+  });
+
+  describe("frames fit the limit the welcome announces", () => {
+    const small: ControlMessage = { ...welcome, maxFrameBytes: 1024 } as ControlMessage;
+    const smallConnected = () => run(initialState(config), { type: "start" }, { type: "socket_open" }, { type: "message", message: small }).state;
+    const ref = { jobId: "j1", attempt: 1 };
+
+    test("a chunk whose escaped frame is over the limit goes as several log frames with consecutive seq, nothing lost", () => {
+      const data = "\u0001\u0002é€😀\n\"\\".repeat(200) + "tail";
+      const state = run(smallConnected(), { type: "message", message: assignment("j1") }, { type: "job_output", ref, stream: "stdout", data: "first" }).state;
+      const { state: after, effects } = run(state, { type: "job_output", ref, stream: "stdout", data });
+      const frames = sent(effects) as Extract<ReturnType<typeof sent>[number], { type: "log" }>[];
+      assert.ok(frames.length > 5, `${frames.length} frames`);
+      for (const frame of frames) assert.ok(Buffer.byteLength(encode(frame)) <= 1024, `a frame of ${Buffer.byteLength(encode(frame))} bytes`);
+      assert.deepEqual(frames.map((f) => f.seq), frames.map((_, i) => i + 1));
+      assert.equal(frames.map((f) => f.data).join(""), data);
+      assert.equal(after.running["j1#1"]!.nextLogSeq, frames.length + 1);
+    });
+
+    test("the limit in force is the last welcome's", () => {
+      const big = run(connected(), { type: "message", message: assignment("j1") }, { type: "job_output", ref, stream: "stdout", data: "x".repeat(5000) });
+      assert.equal(sent(big.effects).length, 1, "1 MiB: one frame");
+      const state = run(big.state, { type: "socket_closed", code: 1006, reason: "" }, { type: "timer", timer: "reconnect" }, { type: "socket_open" }, { type: "message", message: small }).state;
+      const after = run(state, { type: "job_output", ref, stream: "stdout", data: "x".repeat(5000) });
+      assert.ok(sent(after.effects).length >= 5);
+    });
+
+    test("a result whose reason would not fit is sent with the reason cut and marked; the outbox keeps it whole", () => {
+      const long = { ...result("j1"), outcome: "failed" as const, reason: "\u0007".repeat(4096) };
+      const state = run(smallConnected(), { type: "message", message: assignment("j1") }).state;
+      const { effects } = run(state, { type: "job_finished", result: long });
+      const persisted = effects.find((e) => e.type === "persist_result") as Extract<Effect, { type: "persist_result" }>;
+      assert.equal(persisted.result.reason, long.reason);
+      const frame = sent(effects)[0] as Extract<ReturnType<typeof sent>[number], { type: "result" }>;
+      assert.ok(Buffer.byteLength(encode(frame)) <= 1024);
+      const reason = frame.result.reason ?? "";
+      const kept = reason.indexOf("…");
+      assert.equal(reason.slice(0, kept), "\u0007".repeat(kept), "the start of the reason, unchanged");
+      assert.equal(reason.slice(kept), `… [${4096 - kept} more chars]`);
+      assert.ok(Buffer.byteLength(encode(frame)) > 900, "as much of the reason as fits is kept");
+    });
+  });
+
+  describe("pause and resume from the control plane", () => {
+    const pause: Input = { type: "message", message: { type: "pause", reason: "maintenance" } };
+    const resume: Input = { type: "message", message: { type: "resume" } };
+
+    test("a paused runner rejects assignments with reason paused, keeps its running jobs and connection, and does not exit", () => {
+      const { state, effects } = run(connected(), { type: "message", message: assignment("j1") }, pause, { type: "message", message: assignment("j2") });
+      assert.deepEqual(sent(effects), [{ type: "reject", jobId: "j2", attempt: 1, reason: "paused" }]);
+      assert.equal(state.phase, "connected");
+      assert.ok(state.running["j1#1"]);
+      const finished = run(state, { type: "job_output", ref: { jobId: "j1", attempt: 1 }, stream: "stdout", data: "x" }, { type: "job_finished", result: result("j1") });
+      assert.deepEqual(types(finished.effects), ["persist_result", "send"], "the result flows; no ready while paused");
+      assert.equal(finished.state.phase, "connected");
+    });
+
+    test("resume takes jobs again and grants the free slots", () => {
+      const paused = run(connected(), { type: "message", message: assignment("j1") }, pause).state;
+      const { state, effects } = run(paused, resume);
+      assert.deepEqual(sent(effects), [{ type: "ready", slots: 1 }]);
+      assert.deepEqual(types(run(state, { type: "message", message: assignment("j2") }).effects), ["start_job", "send"]);
+    });
+
+    test("resume with every slot busy grants nothing", () => {
+      const paused = run(connected(), { type: "message", message: assignment("j1") }, { type: "message", message: assignment("j2") }, pause).state;
+      assert.deepEqual(sent(run(paused, resume).effects), []);
+    });
+
+    test("the old drain message is a pause: the runner neither says goodbye nor exits once idle", () => {
+      const { state, effects } = run(connected(), { type: "message", message: { type: "drain", reason: "old control plane" } });
+      assert.equal(state.paused, true);
+      assert.equal(state.draining, false);
+      assert.deepEqual(types(effects), []);
+      assert.deepEqual(sent(run(state, { type: "message", message: assignment("j1") }).effects), [{ type: "reject", jobId: "j1", attempt: 1, reason: "paused" }]);
+    });
+
+    test("a welcome with paused true starts the connection paused: no ready", () => {
+      const message = { ...welcome, paused: true } as ControlMessage;
+      const { state, effects } = run(initialState(config), { type: "start" }, { type: "socket_open" }, { type: "message", message });
+      assert.equal(state.paused, true);
+      assert.deepEqual(sent(effects), []);
+      assert.deepEqual(sent(run(state, resume).effects), [{ type: "ready", slots: 2 }]);
+    });
+
+    test("a welcome without paused ends a pause of the previous connection", () => {
+      const paused = run(connected(), pause, { type: "socket_closed", code: 1006, reason: "" }, { type: "timer", timer: "reconnect" }, { type: "socket_open" }).state;
+      const { state, effects } = run(paused, { type: "message", message: welcome });
+      assert.equal(state.paused, false);
+      assert.deepEqual(sent(effects), [{ type: "ready", slots: 2 }]);
+    });
+
+    test("a local drain still wins over resume: no ready, and the runner stops when idle", () => {
+      const { state, effects } = run(connected(), pause, { type: "drain", reason: "SIGTERM" }, resume);
+      assert.deepEqual(sent(effects), []);
+      assert.equal(state.phase, "stopped");
+    });
+  });
+
+  test("text from the network is capped before it reaches a log line", () => {
+    const huge = "x".repeat(900_000);
+    const running = run(connected(), { type: "message", message: assignment("j1") }).state;
+    const inputs: Input[] = [
+      { type: "bad_frame", detail: huge },
+      { type: "message", message: { type: "error", code: huge, message: huge } },
+      { type: "message", message: { type: "cancel", jobId: "j1", attempt: 1, reason: huge } },
+      { type: "message", message: { type: "pause", reason: huge } },
+      { type: "socket_closed", code: 1011, reason: huge },
+    ];
+    for (const input of inputs) {
+      for (const effect of step(running, input, env).effects) {
+        if (effect.type === "log") assert.ok(JSON.stringify(effect).length < 3000, `${input.type}: ${JSON.stringify(effect).length} chars`);
+      }
+    }
+    const failed = step(run(initialState(config), { type: "start" }).state, { type: "connect_failed", status: 503, reason: huge }, env);
+    for (const effect of failed.effects) if (effect.type === "log") assert.ok(JSON.stringify(effect).length < 3000);
   });
 });
