@@ -129,6 +129,8 @@ export const welcomeSchema = z.object({
   deviceScanIntervalMs: z.number().int().min(1000).max(24 * 3600 * 1000).optional(),
   /** ...and re-send an unchanged device once its last confirmed sync is this old. */
   deviceRefreshMs: z.number().int().min(1000).max(7 * 24 * 3600 * 1000).optional(),
+  /** An admin paused this runner: it takes no new jobs until `resume` (absent from older control planes: false). */
+  paused: z.boolean().default(false),
 });
 
 export const assignSchema = z.object({
@@ -146,6 +148,10 @@ export const resultAckSchema = z.object({ type: z.literal("result_ack"), ...jobR
 export const cancelSchema = z.object({ type: z.literal("cancel"), ...jobRef, reason: z.string().max(1024) });
 /** The control plane asks the runner to finish its jobs and take no more. */
 export const drainSchema = z.object({ type: z.literal("drain"), reason: z.string().max(1024) });
+/** Take no new jobs (running ones go on, the connection stays up) until `resume`. */
+export const pauseSchema = z.object({ type: z.literal("pause"), reason: z.string().max(1024) });
+/** Take jobs again after `pause` (the runner answers with `ready`). */
+export const resumeSchema = z.object({ type: z.literal("resume") });
 /** A frame the control plane could not use; informational, the connection stays up. */
 export const protocolErrorSchema = z.object({ type: z.literal("error"), code: z.string(), message: z.string() });
 
@@ -155,6 +161,8 @@ export const controlMessageSchema = z.discriminatedUnion("type", [
   resultAckSchema,
   cancelSchema,
   drainSchema,
+  pauseSchema,
+  resumeSchema,
   protocolErrorSchema,
   devicesAckSchema,
   devicesResyncSchema,

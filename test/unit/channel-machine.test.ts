@@ -18,7 +18,7 @@ const config: MachineConfig = {
   drainTimeoutMs: 5_000,
 };
 const env = { now: 0, random: 0.5 };
-const welcome: ControlMessage = { type: "welcome", protocolVersion: 1, heartbeatIntervalMs: 1000, leaseMs: 30_000, maxFrameBytes: 1 << 20, fenced: [] };
+const welcome: ControlMessage = { type: "welcome", protocolVersion: 1, heartbeatIntervalMs: 1000, leaseMs: 30_000, maxFrameBytes: 1 << 20, fenced: [], paused: false };
 const assignment = (jobId: string, attempt = 1): Assignment => ({
   type: "assign",
   jobId,
