@@ -793,13 +793,19 @@ describe("bad frames", () => {
   });
 });
 
+/** A connected runner that granted two credits and was assigned one job. */
+async function holdingOneJob(h: Harness, name: string): Promise<{ runner: RawRunner; job: JobView }> {
+  const runner = await connected(h, await registerRunner(h, name));
+  runner.ready(2);
+  const job = await submit(h);
+  assert.equal((await runner.next("assign")).jobId, job.jobId);
+  return { runner, job };
+}
+
 describe("pause and resume", () => {
   test("a paused runner is told at once and gets no new job while its running job still reports; resume tells it and its kept credits are used", TIMEOUT, async (t) => {
     const h = await startHarness(t);
-    const runner = await connected(h, await registerRunner(h, "pausable"));
-    runner.ready(2);
-    const running = await submit(h);
-    assert.equal((await runner.next("assign")).jobId, running.jobId);
+    const { runner, job: running } = await holdingOneJob(h, "pausable");
 
     const paused = await h.admin.pauseRunner(runner.identity.runnerId, "disk maintenance");
     assert.deepEqual([paused.paused, paused.pauseReason], [true, "disk maintenance"]);
@@ -868,10 +874,7 @@ describe("pause and resume", () => {
 describe("replaced runners and labels", () => {
   test("register with replace closes the old runner's channel with 4002 at once; it gets no assign and cannot come back", TIMEOUT, async (t) => {
     const h = await startHarness(t);
-    const old = await connected(h, await registerRunner(h, "taken-over"));
-    old.ready(2);
-    const held = await submit(h);
-    assert.equal((await old.next("assign")).jobId, held.jobId);
+    const { runner: old } = await holdingOneJob(h, "taken-over");
     const successor = await registerRunner(h, "taken-over", ["linux"], true);
     // Submitted right after the registration answered: the old socket must not get it (nor its env).
     const next = await submit(h, { job: { kind: "command", argv: ["true"], env: { SECRET_FOR_NEW_RUNNER: "s" } } });
