@@ -27,6 +27,7 @@ import {
 } from "../../src/protocol/channel.js";
 import { errorBodySchema, registerResponseSchema, type JobView, type SubmitJobRequest } from "../../src/protocol/http.js";
 import { AGENT_VERSION, PROTOCOL_VERSION } from "../../src/protocol/version.js";
+import { initialSyncState, stepSync, type SyncInput } from "../../src/devices/sync.js";
 
 const TIMEOUT = { timeout: 10_000 };
 const HEARTBEAT_MS = 200;
@@ -113,7 +114,7 @@ type Of<T extends ControlMessage["type"]> = Extract<ControlMessage, { type: T }>
 /** A runner reduced to a socket: sends what the test says, queues what arrives. */
 class RawRunner {
   private readonly pending: ControlMessage[] = [];
-  private readonly waiters: { type: string; resolve: (m: ControlMessage) => void }[] = [];
+  private readonly waiters: { types: readonly string[]; resolve: (m: ControlMessage) => void }[] = [];
   private pinger: NodeJS.Timeout | undefined;
   readonly closed: Promise<{ code: number; reason: string }>;
 
@@ -125,7 +126,7 @@ class RawRunner {
       const decoded = decodeControlMessage(data.toString("utf8"));
       assert.ok(decoded.ok, `the control plane sent a frame outside the protocol: ${decoded.ok ? "" : decoded.detail}`);
       const message = decoded.message;
-      const index = this.waiters.findIndex((w) => w.type === message.type);
+      const index = this.waiters.findIndex((w) => w.types.includes(message.type));
       if (index >= 0) this.waiters.splice(index, 1)[0]!.resolve(message);
       else this.pending.push(message);
     });
@@ -152,13 +153,18 @@ class RawRunner {
 
   /** The next message of this type (earlier ones of other types stay queued). */
   next<T extends ControlMessage["type"]>(type: T, timeoutMs = 2000): Promise<Of<T>> {
-    const index = this.pending.findIndex((m) => m.type === type);
+    return this.nextOf([type], timeoutMs);
+  }
+
+  /** The next message of any of these types (earlier ones of other types stay queued). */
+  nextOf<T extends ControlMessage["type"]>(types: readonly T[], timeoutMs = 2000): Promise<Of<T>> {
+    const index = this.pending.findIndex((m) => (types as readonly string[]).includes(m.type));
     if (index >= 0) return Promise.resolve(this.pending.splice(index, 1)[0] as Of<T>);
     return new Promise((resolve, reject) => {
-      const waiter = { type, resolve: (m: ControlMessage) => (clearTimeout(timer), resolve(m as Of<T>)) };
+      const waiter = { types, resolve: (m: ControlMessage) => (clearTimeout(timer), resolve(m as Of<T>)) };
       const timer = setTimeout(() => {
         this.waiters.splice(this.waiters.indexOf(waiter), 1);
-        reject(new Error(`no ${type} within ${timeoutMs} ms`));
+        reject(new Error(`no ${types.join(" or ")} within ${timeoutMs} ms`));
       }, timeoutMs);
       this.waiters.push(waiter);
     });
@@ -874,13 +880,16 @@ describe("pause and resume", () => {
 describe("replaced runners and labels", () => {
   test("register with replace closes the old runner's channel with 4002 at once; it gets no assign and cannot come back", TIMEOUT, async (t) => {
     const h = await startHarness(t);
-    const { runner: old } = await holdingOneJob(h, "taken-over");
+    const { runner: old, job: held } = await holdingOneJob(h, "taken-over");
     const successor = await registerRunner(h, "taken-over", ["linux"], true);
+    // Sent before the old socket has seen its close: it must not be applied.
+    if (old.ws.readyState === WebSocket.OPEN) old.result({ jobId: held.jobId, attempt: 1 });
     // Submitted right after the registration answered: the old socket must not get it (nor its env).
     const next = await submit(h, { job: { kind: "command", argv: ["true"], env: { SECRET_FOR_NEW_RUNNER: "s" } } });
     assert.deepEqual(await old.closed, { code: 4002, reason: "runner replaced by a new registration" });
     await old.expectNo("assign", 50);
     assert.equal((await jobOf(h, next.jobId)).status, "queued");
+    assert.equal((await jobOf(h, held.jobId)).status, "assigned", "the replaced runner's result was not applied");
     assert.equal((await refusedUpgrade(channelUrl(h.cp), channelHeaders(old.identity))).code, "runner_not_found");
     const fresh = await connected(h, successor);
     fresh.ready(1);
@@ -950,6 +959,51 @@ describe("invalid device batches", () => {
     await runner.expectNo("devices_resync", 50);
     const stored = await h.admin.listRunnerDevices(runner.identity.runnerId);
     assert.deepEqual(stored.map((d) => [d.id, d.present]), [["a", true], ["b", true], ["e", true]]);
+  });
+
+  test("the runner's own device sync ends when one of its devices is invalid: one full snapshot, then quiet, again after a reconnect", TIMEOUT, async (t) => {
+    const h = await startHarness(t);
+    const identity = await registerRunner(h, "sync-ends");
+    // The reference runner's sync state machine (src/devices/sync.ts), its frames carried by a raw socket.
+    let state = initialSyncState({ batchSize: 100, refreshMs: 600_000, ackTimeoutMs: 30_000, idPrefix: "t" });
+    const good = { ...device("good"), state: "online" as const, stale: false };
+    const bad = { ...good, id: "bad", kind: "Not A Kind", fingerprint: "fingerprint-bad" };
+
+    /** Feeds the machine until nothing is in flight; returns the types of the messages it sent. */
+    const syncUntilQuiet = async (runner: RawRunner, first: SyncInput): Promise<string[]> => {
+      const sent: string[] = [];
+      let input: SyncInput | undefined = first;
+      while (input) {
+        const step = stepSync(state, input);
+        state = step.state;
+        for (const effect of step.effects) {
+          if (effect.type !== "send") continue;
+          const message = effect.message as Extract<RunnerMessage, { type: "devices" | "devices_summary" }>;
+          sent.push(message.type === "devices" && message.snapshotId !== undefined ? "snapshot" : message.type);
+          runner.send(message);
+        }
+        input = undefined;
+        if (state.inFlight) {
+          const answer = await runner.nextOf(["devices_ack", "devices_resync"]);
+          input = answer.type === "devices_ack" ? { type: "ack", now: 1, batchId: answer.batchId } : { type: "resync", now: 1, batchId: answer.batchId, reason: answer.reason };
+        }
+        assert.ok(sent.length < 10, `the sync does not end: ${sent.join(", ")}`);
+      }
+      return sent;
+    };
+
+    const runner = await connected(h, identity);
+    assert.deepEqual(await syncUntilQuiet(runner, { type: "connected", now: 0, maxFrameBytes: 1 << 20 }), ["devices_summary"]);
+    assert.deepEqual(await syncUntilQuiet(runner, { type: "scanned", now: 1, devices: [good, bad] }), ["devices", "snapshot"]);
+    assert.equal(state.phase, "diff");
+    assert.equal((await runner.next("error")).code, "device_rows_dropped");
+    assert.deepEqual((await h.admin.listRunnerDevices(identity.runnerId)).map((d) => d.id), ["good"]);
+
+    await runner.close();
+    state = stepSync(state, { type: "disconnected" }).state;
+    const back = await connected(h, identity);
+    assert.deepEqual(await syncUntilQuiet(back, { type: "connected", now: 2, maxFrameBytes: 1 << 20 }), ["devices_summary", "snapshot"]);
+    assert.equal(state.phase, "diff");
   });
 
   test("a devices frame without a usable batchId, or a snapshot batch whose envelope is broken, gets error invalid", TIMEOUT, async (t) => {
