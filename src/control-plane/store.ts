@@ -13,7 +13,7 @@ import { JobStore } from "./job-store.js";
  * Migration N (1-based) brings the schema from user_version N-1 to N. Append only: a
  * migration that has shipped is never edited. Times are integer milliseconds since the epoch.
  */
-const MIGRATIONS: readonly string[] = [
+export const MIGRATIONS: readonly string[] = [
   `
   CREATE TABLE settings (
     key   TEXT PRIMARY KEY,
