@@ -298,9 +298,13 @@ function onWelcome(state: State, welcome: Extract<ControlMessage, { type: "welco
   return finishIfDone({ state: next, effects });
 }
 
-/** `ready` for every free slot, unless the runner takes no jobs now (paused or draining). */
+/**
+ * `ready` for every free slot, unless draining. A pause does not change the credits: the
+ * control plane keeps them and does not use them while the runner is paused, so they are
+ * exact again the moment it resumes.
+ */
 function grantFreeSlots(state: State): Effect[] {
-  if (state.paused || state.draining) return [];
+  if (state.draining) return [];
   const free = state.config.capacity - Object.keys(state.running).length;
   return free > 0 ? [{ type: "send", message: { type: "ready", slots: free } }] : [];
 }
@@ -425,7 +429,11 @@ function onAssign(state: State, assignment: Assignment): Step {
   const busy = Object.keys(state.running).length;
   const refusal = state.draining ? "draining" : state.paused ? "paused" : busy >= state.config.capacity ? `no free slot (${busy}/${state.config.capacity} busy)` : null;
   if (refusal) {
-    return { state, effects: [log("warn", `rejected job ${assignment.jobId}: ${refusal}`), { type: "send", message: { type: "reject", ...ref, reason: refusal } }] };
+    const effects: Effect[] = [log("warn", `rejected job ${assignment.jobId}: ${refusal}`), { type: "send", message: { type: "reject", ...ref, reason: refusal } }];
+    // An assignment that crossed the `pause` on the wire used a credit for a slot that is still
+    // free: grant it back, so the credits are exact when the pause ends.
+    if (refusal === "paused") effects.push({ type: "send", message: { type: "ready", slots: 1 } });
+    return { state, effects };
   }
   return {
     state: { ...state, running: { ...state.running, [key]: { ref, nextLogSeq: 0, started: false } } },
@@ -453,8 +461,8 @@ function onPause(state: State, reason: string): Step {
 
 function onResume(state: State): Step {
   if (!state.paused) return { state, effects: [log("debug", "resume while not paused; ignored")] };
-  const next = { ...state, paused: false };
-  return { state: next, effects: [log("info", "resumed by the control plane: taking jobs again"), ...grantFreeSlots(next)] };
+  // No `ready`: the control plane kept this connection's credits through the pause.
+  return { state: { ...state, paused: false }, effects: [log("info", "resumed by the control plane: taking jobs again")] };
 }
 
 // ---- jobs ----
@@ -490,7 +498,7 @@ function onJobFinished(state: State, result: JobResult): Step {
     log("info", `job ${result.jobId} attempt ${result.attempt} ${result.outcome}${result.reason ? `: ${result.reason}` : ""}`),
     ...whenConnected(state, fitResultFrame(result, state.maxFrameBytes)),
   ];
-  if (state.phase === "connected" && !state.draining && !state.paused && state.running[key]) effects.push({ type: "send", message: { type: "ready", slots: 1 } });
+  if (state.phase === "connected" && !state.draining && state.running[key]) effects.push({ type: "send", message: { type: "ready", slots: 1 } });
   return finishIfDone({ state: next, effects });
 }
 

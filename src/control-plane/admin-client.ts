@@ -56,9 +56,25 @@ export class AdminClient {
 
   /** Revokes the runner's credential; returns the runner as it is now. */
   async revokeRunner(id: string): Promise<RunnerView> {
-    // The revoke answer, `{ ok: true, runner }`, has the shape of verify's.
+    // The answers about one runner, `{ ok: true, runner }`, have the shape of verify's.
     const answer = await this.request("POST", `/admin/runners/${encodeURIComponent(id)}/revoke`, verifyResponseSchema, {});
     return answer.runner;
+  }
+
+  /** Pauses the runner (no new jobs; running ones go on); returns the runner as it is now. */
+  async pauseRunner(id: string, reason?: string): Promise<RunnerView> {
+    const body = reason === undefined ? {} : { reason };
+    return (await this.request("POST", `/admin/runners/${encodeURIComponent(id)}/pause`, verifyResponseSchema, body)).runner;
+  }
+
+  /** Lets a paused runner take jobs again; returns the runner as it is now. */
+  async resumeRunner(id: string): Promise<RunnerView> {
+    return (await this.request("POST", `/admin/runners/${encodeURIComponent(id)}/resume`, verifyResponseSchema, {})).runner;
+  }
+
+  /** Replaces the runner's registered labels, the ones jobs' requiredLabels are matched with. */
+  async setRunnerLabels(id: string, labels: string[]): Promise<RunnerView> {
+    return (await this.request("PUT", `/admin/runners/${encodeURIComponent(id)}/labels`, verifyResponseSchema, { labels })).runner;
   }
 
   async deleteRunner(id: string): Promise<void> {

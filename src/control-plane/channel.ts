@@ -36,9 +36,20 @@ export const CLOSE_CODES = {
   replaced: 4000,
   /** An admin revoked the credential: a reconnect gets 401 credential_revoked. */
   revoked: 4001,
-  /** The runner was deleted (or unregistered itself): a reconnect gets 404 runner_not_found. */
+  /**
+   * The runner was deleted, unregistered itself, or a registration with `replace` took its
+   * name (which deletes it): a reconnect gets 404 runner_not_found.
+   */
   deleted: 4002,
 } as const;
+
+/** Why an admin action or a registration ends a runner's channel, and how the close says it. */
+const DISCONNECTS = {
+  revoked: { code: CLOSE_CODES.revoked, reason: "credential revoked" },
+  deleted: { code: CLOSE_CODES.deleted, reason: "runner deleted" },
+  replaced: { code: CLOSE_CODES.deleted, reason: "runner replaced by a new registration" },
+} as const;
+export type DisconnectWhy = keyof typeof DISCONNECTS;
 /** On close, connections get this long to finish the closing handshake before being cut. */
 const CLOSE_GRACE_MS = 1000;
 
@@ -52,8 +63,8 @@ export interface ChannelOptions {
 }
 
 export interface Channel {
-  /** Closes the runner's open channel, if any (4001 revoked / 4002 deleted). */
-  disconnectRunner(runnerId: string, why: "revoked" | "deleted"): void;
+  /** Closes the runner's open channel, if any (4001 revoked / 4002 deleted or replaced). */
+  disconnectRunner(runnerId: string, why: DisconnectWhy): void;
   /** Closes every connection (1001), stops the idle sweep and detaches from the HTTP server. */
   close(): Promise<void>;
 }
@@ -166,11 +177,12 @@ class ChannelEndpoint {
     this.context.logger.info({ runnerId: runner.id }, "channel connected; waiting for hello");
   }
 
-  disconnectRunner(runnerId: string, why: "revoked" | "deleted"): void {
+  disconnectRunner(runnerId: string, why: DisconnectWhy): void {
     const connection = this.connections.get(runnerId);
     if (!connection) return;
     this.context.logger.info({ runnerId, why }, "closing the channel of a runner that may no longer connect");
-    this.closeConnection(connection, CLOSE_CODES[why], why === "revoked" ? "credential revoked" : "runner deleted");
+    const { code, reason } = DISCONNECTS[why];
+    this.closeConnection(connection, code, reason);
   }
 
   /** Starts the closing handshake and forgets the runner's link at once (no more assignments on it). */
@@ -248,19 +260,33 @@ class ChannelEndpoint {
     this.hear(connection);
     if (connection.state === "closing") return;
     if (isBinary) return this.refuseFrame(connection, "binary_frame", "binary frames are not part of the protocol; send JSON text");
-    const decoded = decodeRunnerMessage(toText(data));
+    const text = toText(data);
+    const decoded = decodeRunnerMessage(text);
+    const link = connection.link;
+    if (!decoded.ok && decoded.problem === "invalid" && link) {
+      // "invalid" means JSON of a known type: parsing it again cannot throw.
+      const raw = JSON.parse(text) as unknown;
+      if (typeOf(raw) === "devices") return this.handle(connection, "devices", () => this.answerInvalidDevices(connection, link, raw, decoded.detail));
+    }
     if (!decoded.ok) return this.refuseFrame(connection, decoded.problem, decoded.detail);
     const message = decoded.message;
-    try {
+    this.handle(connection, message.type, () => {
       if (connection.state === "awaiting_hello") {
         if (message.type === "hello") this.welcome(connection, message);
         else this.closeConnection(connection, CLOSE_CODES.policyViolation, `expected hello first, got ${message.type}`);
         return;
       }
       if (connection.link) this.route(connection, connection.link, message);
+    });
+  }
+
+  /** Runs a frame's handler; a failure is logged and answered `error` `internal`, and the connection stays up. */
+  private handle(connection: Connection, type: string, handler: () => void): void {
+    try {
+      handler();
     } catch (error) {
-      this.context.logger.error({ err: error, runnerId: connection.runner.id, type: message.type }, "channel message failed");
-      this.send(connection, { type: "error", code: "internal", message: `the control plane failed to handle ${message.type}; see its log` });
+      this.context.logger.error({ err: error, runnerId: connection.runner.id, type }, "channel message failed");
+      this.send(connection, { type: "error", code: "internal", message: `the control plane failed to handle ${type}; see its log` });
     }
   }
 
@@ -274,8 +300,18 @@ class ChannelEndpoint {
     this.send(connection, { type: "error", code, message: detail });
   }
 
+  /** A `devices` frame that failed validation gets an answer that ends the runner's sync (never `error` alone when it can be addressed). */
+  private answerInvalidDevices(connection: Connection, link: RunnerLink, raw: unknown, detail: string): void {
+    for (const answer of this.context.devices.answerInvalidBatch(link.runnerId, raw, detail)) this.send(connection, answer);
+  }
+
   private welcome(connection: Connection, hello: Hello): void {
-    const { runner } = connection;
+    // Read again: an admin may have paused, relabelled or deleted the runner since the upgrade.
+    const runner = this.context.store.findRunner(connection.runner.id);
+    if (!runner) {
+      const { code, reason } = DISCONNECTS.deleted;
+      return this.closeConnection(connection, code, reason);
+    }
     if (hello.runnerId !== runner.id) {
       return this.closeConnection(connection, CLOSE_CODES.policyViolation, `hello.runnerId does not match ${RUNNER_ID_HEADER}`);
     }
@@ -284,11 +320,12 @@ class ChannelEndpoint {
     }
     const link: RunnerLink = {
       runnerId: runner.id,
-      // Labels stated in hello win over the registered ones: the runner's config may have changed.
-      labels: new Set(hello.labels ?? runner.labels),
+      // The registered labels gate jobs: a runner's credential must not let it claim others.
+      labels: new Set(runner.labels),
       capacity: hello.capacity,
       credits: 0,
       draining: false,
+      paused: runner.pausedAt !== null,
       lastAssigned: 0,
       leasesRenewedAt: 0,
       send: (message) => this.send(connection, message),
@@ -305,14 +342,31 @@ class ChannelEndpoint {
       fenced,
       deviceScanIntervalMs: this.options.deviceScanIntervalMs,
       deviceRefreshMs: this.options.deviceRefreshMs,
+      paused: link.paused,
     });
     for (const cancel of cancels) this.send(connection, cancel);
+    if (hello.labels !== undefined && !sameLabels(hello.labels, runner.labels)) this.ignoreHelloLabels(connection, hello.labels, runner.labels);
     this.context.queue.connect(link);
     this.context.logger.info(
-      { runnerId: runner.id, capacity: hello.capacity, running: hello.running.length, pendingResults: hello.pendingResults.length, fenced: fenced.length },
+      { runnerId: runner.id, capacity: hello.capacity, running: hello.running.length, pendingResults: hello.pendingResults.length, fenced: fenced.length, paused: link.paused },
       "runner said hello",
     );
     this.emitRunnerEvent({ runnerId: runner.id, event: "connected" });
+  }
+
+  /** The runner claims other labels than it has: matching keeps the registered ones, and both sides hear of it. */
+  private ignoreHelloLabels(connection: Connection, claimed: readonly string[], registered: readonly string[]): void {
+    this.context.logger.warn(
+      { runnerId: connection.runner.id, claimed, registered },
+      "hello.labels differ from the registered labels: ignored (an admin changes labels with PUT /admin/runners/{id}/labels)",
+    );
+    this.send(connection, {
+      type: "error",
+      code: "labels_ignored",
+      message:
+        `hello.labels are ignored: jobs are matched with the registered labels [${registered.join(", ")}]; ` +
+        "an admin changes them with PUT /api/v1/admin/runners/{id}/labels (or register again)",
+    });
   }
 
   private route(connection: Connection, link: RunnerLink, message: RunnerMessage): void {
@@ -365,9 +419,19 @@ export function refusePlainChannelRequest(): never {
   throw new HttpError(400, "bad_request", `${CHANNEL_PATH} is the runner channel: a WebSocket endpoint (send GET with Upgrade: websocket, RFC 6455)`);
 }
 
+function sameLabels(a: readonly string[], b: readonly string[]): boolean {
+  const left = new Set(a);
+  const right = new Set(b);
+  return left.size === right.size && [...left].every((label) => right.has(label));
+}
+
 function header(req: http.IncomingMessage, name: string): string | undefined {
   const value = req.headers[name];
   return Array.isArray(value) ? value[0] : value;
+}
+
+function typeOf(parsed: unknown): unknown {
+  return typeof parsed === "object" && parsed !== null ? (parsed as { type?: unknown }).type : undefined;
 }
 
 function toText(data: RawData): string {

@@ -2,6 +2,7 @@
 // the clock, the logger and the limits, built once in server.ts.
 import type { Logger } from "../log/logger.js";
 import { PROTOCOL_VERSION } from "../protocol/version.js";
+import type { DisconnectWhy } from "./channel.js";
 import type { DeviceSyncEndpoint } from "./device-sync.js";
 import type { JobQueue } from "./jobs.js";
 import type { ControlPlaneStore } from "./store.js";
@@ -21,6 +22,6 @@ export interface Context {
   minAgentVersion: string;
   /** The largest channel frame either side accepts; a job whose `assign` would not fit is refused. */
   maxFrameBytes: number;
-  /** Set once the channel is attached: ends a runner's open channel when an admin revokes or deletes it. */
-  channel?: { disconnectRunner(runnerId: string, why: "revoked" | "deleted"): void };
+  /** Set once the channel is attached: ends a runner's open channel when an admin revokes or deletes it, or a registration replaces it. */
+  channel?: { disconnectRunner(runnerId: string, why: DisconnectWhy): void };
 }

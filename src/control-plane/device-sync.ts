@@ -1,11 +1,21 @@
 // The control plane's half of the device sync: a runner's summary is compared with the
 // stored devices (match: acknowledged; else: the runner is asked for a full snapshot), a
 // batch is applied and acknowledged. Each is reported as a `"devices"` event, and a change
-// lets the queue dispatch jobs that wait for a device.
+// lets the queue dispatch jobs that wait for a device. A batch that fails validation is
+// answered so that the runner's sync always ends (answerInvalidBatch).
 import type { EventEmitter } from "node:events";
+import type { z } from "zod";
 import type { Logger } from "../log/logger.js";
 import type { ControlMessage } from "../protocol/channel.js";
-import type { DevicesBatchMessage, DevicesSummaryMessage } from "../protocol/devices.js";
+import {
+  batchIdSchema,
+  deviceIdSchema,
+  deviceSchema,
+  devicesBatchEnvelopeSchema,
+  type Device,
+  type DevicesBatchMessage,
+  type DevicesSummaryMessage,
+} from "../protocol/devices.js";
 import type { DeviceStore } from "./device-store.js";
 
 /** Emitted as `"devices"` on the control plane's `events` for each device message applied. */
@@ -61,7 +71,75 @@ export class DeviceSyncEndpoint {
     return { type: "devices_ack", batchId: batch.batchId };
   }
 
+  /**
+   * Answers a `devices` frame that failed the schema (`raw` is its parsed JSON). An `error`
+   * alone would make the runner re-send the same batch for ever, so:
+   * - a batch outside a full snapshot gets `devices_resync`: the snapshot that follows
+   *   replaces whatever the bad batch was meant to change;
+   * - a batch of a snapshot is applied without its invalid rows (each dropped on its own and
+   *   named in an `error` `device_rows_dropped`), then acknowledged: asking for yet another
+   *   snapshot would bring the same rows back and never end;
+   * - without a usable `batchId`, or a snapshot batch whose envelope itself is broken, there
+   *   is nothing to acknowledge: `error` `invalid`, as for any other frame.
+   */
+  answerInvalidBatch(runnerId: string, raw: unknown, detail: string): ControlMessage[] {
+    const { logger } = this.options;
+    const fields = typeof raw === "object" && raw !== null ? (raw as Record<string, unknown>) : {};
+    const batchId = batchIdSchema.safeParse(fields.batchId);
+    const invalid: ControlMessage = { type: "error", code: "invalid", message: capped(detail) };
+    if (!batchId.success) return [invalid];
+    if (fields.snapshotId === undefined) {
+      logger.warn({ runnerId, batchId: batchId.data, detail: capped(detail) }, "invalid device batch: asking for a full snapshot");
+      return [{ type: "devices_resync", batchId: batchId.data, reason: capped(`devices batch ${batchId.data} failed validation (${detail}); send a full snapshot`) }];
+    }
+    const envelope = devicesBatchEnvelopeSchema.safeParse(raw);
+    if (!envelope.success) {
+      logger.warn({ runnerId, batchId: batchId.data, detail: capped(detail) }, "invalid device snapshot batch: nothing applied");
+      return [invalid];
+    }
+    const { upserts, removals, dropped } = checkRows(envelope.data.upserts, envelope.data.removals);
+    logger.warn({ runnerId, batchId: batchId.data, dropped: dropped.length, rows: capped(dropped.join("; ")) }, "invalid rows of a device snapshot batch dropped; the rest applied");
+    const ack = this.applyBatch(runnerId, { ...envelope.data, upserts, removals });
+    const message = `devices batch ${batchId.data}: ${dropped.length} invalid row(s) dropped, the rest applied: ${dropped.join("; ")}`;
+    return [{ type: "error", code: "device_rows_dropped", message: capped(message) }, ack];
+  }
+
   private emit(event: DeviceEvent): void {
     this.options.events.emit("devices", event);
   }
+}
+
+/** Splits a batch's rows into the valid ones and a description of each invalid one. */
+function checkRows(rawUpserts: readonly unknown[], rawRemovals: readonly unknown[]): { upserts: Device[]; removals: string[]; dropped: string[] } {
+  const upserts: Device[] = [];
+  const removals: string[] = [];
+  const dropped: string[] = [];
+  rawUpserts.forEach((row, index) => {
+    const device = deviceSchema.safeParse(row);
+    if (device.success) upserts.push(device.data);
+    else dropped.push(`upserts[${index}]${idOf(row)}: ${firstIssue(device.error)}`);
+  });
+  rawRemovals.forEach((row, index) => {
+    const id = deviceIdSchema.safeParse(row);
+    if (id.success) removals.push(id.data);
+    else dropped.push(`removals[${index}]: ${firstIssue(id.error)}`);
+  });
+  return { upserts, removals, dropped };
+}
+
+function idOf(row: unknown): string {
+  const id = typeof row === "object" && row !== null ? (row as { id?: unknown }).id : undefined;
+  return typeof id === "string" ? ` (id ${JSON.stringify(id.slice(0, 64))})` : "";
+}
+
+function firstIssue(error: z.ZodError): string {
+  const issue = error.issues[0];
+  return issue ? `${issue.path.join(".") || "(row)"}: ${issue.message}` : "invalid";
+}
+
+/** What the control plane says back (and logs) stays short, whatever the frame held. */
+const MAX_DETAIL_CHARS = 900; // with the suffix, under devices_resync's 1024-char reason
+
+function capped(text: string): string {
+  return text.length <= MAX_DETAIL_CHARS ? text : `${text.slice(0, MAX_DETAIL_CHARS)}... (${text.length - MAX_DETAIL_CHARS} more characters)`;
 }

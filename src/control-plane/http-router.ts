@@ -15,7 +15,7 @@ export interface RouteRequest {
   query: URLSearchParams;
   /** The bearer token; "" on routes with auth "none". Already checked on "admin" routes. */
   bearer: string;
-  /** The parsed JSON body of a POST ({} when empty), otherwise undefined. */
+  /** The parsed JSON body of a POST or PUT ({} when empty), otherwise undefined. */
   body: unknown;
 }
 
@@ -28,7 +28,7 @@ export interface Reply {
 export type Auth = "none" | "bearer" | "admin";
 
 export interface Route {
-  method: "GET" | "POST" | "DELETE";
+  method: "GET" | "POST" | "PUT" | "DELETE";
   /** Relative to API_PREFIX; `:name` segments become params. */
   path: string;
   auth: Auth;
@@ -105,7 +105,7 @@ async function dispatch(context: Context, routes: CompiledRoutes, req: http.Inco
   if (!url.pathname.startsWith(API_PREFIX + "/")) throw new HttpError(404, "not_found", `no such endpoint: ${url.pathname}`);
   const { route, params } = matchRoute(routes, req.method ?? "GET", url.pathname.slice(API_PREFIX.length));
   const bearer = authenticate(context, route.auth, req.headers.authorization);
-  const body = route.method === "POST" ? await readJsonBody(req) : undefined;
+  const body = route.method === "POST" || route.method === "PUT" ? await readJsonBody(req) : undefined;
   return route.handle({ params, query: url.searchParams, bearer, body }, context);
 }
 

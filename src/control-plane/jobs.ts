@@ -2,7 +2,7 @@
 // credits, and every transition a runner or an admin causes, including the reaper's. The
 // database (job-store.ts) decides each transition with a conditional UPDATE; this file
 // decides what to try, keeps the per-connection state that is not worth persisting (credits,
-// labels, draining) and tells runners and listeners what happened.
+// draining; labels and the paused flag are copies of the store's) and tells runners and listeners what happened.
 import type { EventEmitter } from "node:events";
 import type { ControlMessage, JobRef, JobResult, RunnerMessage } from "../protocol/channel.js";
 import type { DeviceRequirement } from "../protocol/devices.js";
@@ -30,13 +30,16 @@ export interface RunnerEvent {
 /** What the queue knows of a runner whose channel is up (after hello). */
 export interface RunnerLink {
   readonly runnerId: string;
-  readonly labels: ReadonlySet<string>;
+  /** The registered labels (never the runner's own claims): a job's requiredLabels must all be here. */
+  labels: ReadonlySet<string>;
   /** From hello: credits never exceed it. */
   readonly capacity: number;
   /** Assignments the runner has granted (ready) and not yet received. */
   credits: number;
   /** Said goodbye: gets no more assignments. */
   draining: boolean;
+  /** An admin paused the runner: no assignments until resumed; its credits are kept meanwhile. */
+  paused: boolean;
   /** Order of the last hand-out, to share work among runners with equal credits. */
   lastAssigned: number;
   /** performance.now() of the last lease renewal written for this runner. */
@@ -154,6 +157,35 @@ export class JobQueue {
     this.options.logger.info({ runnerId: link.runnerId, reason }, "runner said goodbye: no more assignments");
   }
 
+  /**
+   * An admin paused (`reason`) or resumed (`null`) the runner; the store already says so. A
+   * connected runner is told at once (`pause` / `resume`); one that connects later learns it
+   * from `welcome.paused`. Credits survive a pause: after `resume` the runner's `ready` adds
+   * to them, capped at its capacity as always.
+   */
+  setPaused(runnerId: string, pause: { reason: string } | null): void {
+    const link = this.runners.get(runnerId);
+    if (!link) return;
+    if (pause) {
+      link.paused = true;
+      link.send({ type: "pause", reason: pause.reason });
+      return;
+    }
+    // Sent only on a change: a runner that is not paused has nothing to answer to it.
+    if (!link.paused) return;
+    link.paused = false;
+    link.send({ type: "resume" });
+    this.dispatch();
+  }
+
+  /** An admin changed the runner's registered labels: a connected runner matches with them from now on. */
+  setLabels(runnerId: string, labels: readonly string[]): void {
+    const link = this.runners.get(runnerId);
+    if (!link) return;
+    link.labels = new Set(labels);
+    this.dispatch();
+  }
+
   /** Every message or ping from a runner extends its leases (written at most every renewalIntervalMs). */
   renewLeases(link: RunnerLink, force = false): void {
     const at = performance.now();
@@ -193,7 +225,7 @@ export class JobQueue {
   }
 
   private anyCredits(): boolean {
-    for (const link of this.runners.values()) if (link.credits > 0 && !link.draining) return true;
+    for (const link of this.runners.values()) if (takesJobs(link)) return true;
     return false;
   }
 
@@ -201,7 +233,7 @@ export class JobQueue {
   private pickRunner(jobId: string, requiredLabels: readonly string[], requiredDevices: readonly DeviceRequirement[]): RunnerLink | undefined {
     let best: RunnerLink | undefined;
     for (const link of this.runners.values()) {
-      if (link.credits <= 0 || link.draining) continue;
+      if (!takesJobs(link)) continue;
       if (!requiredLabels.every((label) => link.labels.has(label))) continue;
       if (this.isCoolingDown(jobId, link.runnerId)) continue;
       if (!this.hasDevices(link.runnerId, requiredDevices)) continue;
@@ -346,6 +378,11 @@ export class JobQueue {
     const event: JobEvent = { jobId: ref.jobId, attempt: ref.attempt, status, at: process.hrtime.bigint() };
     this.options.events.emit("job", event);
   }
+}
+
+/** Has credits, and neither said goodbye nor is paused. */
+function takesJobs(link: RunnerLink): boolean {
+  return link.credits > 0 && !link.draining && !link.paused;
 }
 
 function cancelMessage(ref: JobRef, reason: string): CancelMessage {

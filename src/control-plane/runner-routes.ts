@@ -7,11 +7,13 @@ import {
   createRegistrationTokenResponseSchema,
   healthResponseSchema,
   listRunnersResponseSchema,
+  pauseRunnerRequestSchema,
   registerRequestSchema,
   registerResponseSchema,
   repairRequestSchema,
   repairResponseSchema,
   runnerIdSchema,
+  setRunnerLabelsRequestSchema,
   unregisterRequestSchema,
   unregisterResponseSchema,
   verifyRequestSchema,
@@ -24,8 +26,8 @@ import { HttpError, parseBody, reply, type Reply, type RouteRequest } from "./ht
 import type { RunnerRecord } from "./store.js";
 import { generateRunnerId, generateToken, generateTokenId, hashSecret, secretMatchesHash } from "./tokens.js";
 
-/** The admin revoke answer has the same shape as verify's: `{ ok: true, runner }`. */
-const revokeRunnerResponseSchema = verifyResponseSchema;
+/** The admin answers about one runner (revoke, pause, resume, labels) have verify's shape: `{ ok: true, runner }`. */
+const runnerResponseSchema = verifyResponseSchema;
 
 export function getHealth(_request: RouteRequest, context: Context): Reply {
   return reply(healthResponseSchema, 200, {
@@ -84,6 +86,8 @@ export function registerRunner(request: RouteRequest, context: Context): Reply {
     case "registered": {
       const { runner, replaced } = result;
       context.logger.info({ runnerId: runner.id, name: runner.name, replaced: replaced?.id ?? null }, "runner registered");
+      // The replaced runner is deleted: its open channel must not get another job (nor its env).
+      if (replaced) context.channel?.disconnectRunner(replaced.id, "replaced");
       return reply(registerResponseSchema, 201, { runnerId: runner.id, credential, name: runner.name, labels: runner.labels });
     }
   }
@@ -172,7 +176,39 @@ export function revokeRunner(request: RouteRequest, context: Context): Reply {
   if (!runner) throw runnerNotFound(id);
   context.logger.info({ runnerId: id }, "runner credential revoked");
   context.channel?.disconnectRunner(id, "revoked");
-  return reply(revokeRunnerResponseSchema, 200, { ok: true, runner: toRunnerView(runner) });
+  return reply(runnerResponseSchema, 200, { ok: true, runner: toRunnerView(runner) });
+}
+
+/** No new jobs for this runner until it is resumed; what it runs goes on. Pausing again updates the reason. */
+export function pauseRunner(request: RouteRequest, context: Context): Reply {
+  const id = parseRunnerId(request.params);
+  const reason = parseBody(pauseRunnerRequestSchema, request.body).reason ?? "paused by an admin";
+  const runner = context.store.setRunnerPaused(id, { reason, at: context.now() });
+  if (!runner) throw runnerNotFound(id);
+  context.logger.info({ runnerId: id, reason }, "runner paused");
+  context.queue.setPaused(id, { reason });
+  return reply(runnerResponseSchema, 200, { ok: true, runner: toRunnerView(runner) });
+}
+
+/** Jobs go to this runner again; resuming a runner that is not paused changes nothing. */
+export function resumeRunner(request: RouteRequest, context: Context): Reply {
+  const id = parseRunnerId(request.params);
+  const runner = context.store.setRunnerPaused(id, null);
+  if (!runner) throw runnerNotFound(id);
+  context.logger.info({ runnerId: id }, "runner resumed");
+  context.queue.setPaused(id, null);
+  return reply(runnerResponseSchema, 200, { ok: true, runner: toRunnerView(runner) });
+}
+
+/** Replaces the labels that gate jobs; a connected runner is matched with them at once. */
+export function setRunnerLabels(request: RouteRequest, context: Context): Reply {
+  const id = parseRunnerId(request.params);
+  const { labels } = parseBody(setRunnerLabelsRequestSchema, request.body);
+  const runner = context.store.setRunnerLabels(id, labels);
+  if (!runner) throw runnerNotFound(id);
+  context.logger.info({ runnerId: id, labels }, "runner labels set by an admin");
+  context.queue.setLabels(id, runner.labels);
+  return reply(runnerResponseSchema, 200, { ok: true, runner: toRunnerView(runner) });
 }
 
 export function deleteRunner(request: RouteRequest, context: Context): Reply {
@@ -202,5 +238,7 @@ function toRunnerView(runner: RunnerRecord): RunnerView {
     registeredAt: runner.registeredAt.toISOString(),
     lastSeenAt: runner.lastSeenAt?.toISOString() ?? null,
     revoked: runner.revokedAt !== null,
+    paused: runner.pausedAt !== null,
+    pauseReason: runner.pauseReason,
   };
 }

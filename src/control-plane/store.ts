@@ -13,7 +13,7 @@ import { JobStore } from "./job-store.js";
  * Migration N (1-based) brings the schema from user_version N-1 to N. Append only: a
  * migration that has shipped is never edited. Times are integer milliseconds since the epoch.
  */
-const MIGRATIONS: readonly string[] = [
+export const MIGRATIONS: readonly string[] = [
   `
   CREATE TABLE settings (
     key   TEXT PRIMARY KEY,
@@ -98,6 +98,12 @@ const MIGRATIONS: readonly string[] = [
 
   ALTER TABLE jobs ADD COLUMN required_devices TEXT NOT NULL DEFAULT '[]';
   `,
+  // 4: an admin may pause a runner (no new jobs until resumed). Kept with the runner, so that
+  // it survives the runner's reconnects and this control plane's restarts.
+  `
+  ALTER TABLE runners ADD COLUMN paused_at INTEGER;
+  ALTER TABLE runners ADD COLUMN pause_reason TEXT;
+  `,
 ];
 
 export const SCHEMA_VERSION = MIGRATIONS.length;
@@ -111,6 +117,9 @@ export interface RunnerRecord {
   registeredAt: Date;
   lastSeenAt: Date | null;
   revokedAt: Date | null;
+  /** Set while an admin has the runner paused. */
+  pausedAt: Date | null;
+  pauseReason: string | null;
 }
 
 export interface NewRunner {
@@ -135,6 +144,8 @@ interface RunnerRow {
   registered_at: number;
   last_seen_at: number | null;
   revoked_at: number | null;
+  paused_at: number | null;
+  pause_reason: string | null;
 }
 
 export class ControlPlaneStore {
@@ -254,6 +265,22 @@ export class ControlPlaneStore {
     return this.findRunner(id);
   }
 
+  /** Pauses the runner (keeping the first pause time; the reason is the latest), or resumes it with `null`. */
+  setRunnerPaused(id: string, pause: { reason: string; at: Date } | null): RunnerRecord | undefined {
+    if (pause) {
+      this.statement("UPDATE runners SET paused_at = COALESCE(paused_at, ?), pause_reason = ? WHERE id = ?").run(pause.at.getTime(), pause.reason, id);
+    } else {
+      this.statement("UPDATE runners SET paused_at = NULL, pause_reason = NULL WHERE id = ?").run(id);
+    }
+    return this.findRunner(id);
+  }
+
+  /** Replaces the runner's registered labels (those that gate jobs). */
+  setRunnerLabels(id: string, labels: readonly string[]): RunnerRecord | undefined {
+    this.statement("UPDATE runners SET labels = ? WHERE id = ?").run(JSON.stringify(labels), id);
+    return this.findRunner(id);
+  }
+
   /** Deletes the runner; false if there was none. */
   deleteRunner(id: string): boolean {
     return this.statement("DELETE FROM runners WHERE id = ?").run(id).changes === 1;
@@ -308,5 +335,7 @@ function toRunnerRecord(row: RunnerRow): RunnerRecord {
     registeredAt: new Date(row.registered_at),
     lastSeenAt: row.last_seen_at === null ? null : new Date(row.last_seen_at),
     revokedAt: row.revoked_at === null ? null : new Date(row.revoked_at),
+    pausedAt: row.paused_at === null ? null : new Date(row.paused_at),
+    pauseReason: row.pause_reason,
   };
 }

@@ -136,8 +136,8 @@ export const welcomeSchema = z.object({
   deviceScanIntervalMs: z.number().int().min(1000).max(24 * 3600 * 1000).optional(),
   /** ...and re-send an unchanged device once its last confirmed sync is this old. */
   deviceRefreshMs: z.number().int().min(1000).max(7 * 24 * 3600 * 1000).optional(),
-  /** The runner starts this connection paused (see `pause`); absent means false. */
-  paused: z.boolean().optional(),
+  /** An admin paused this runner: it takes no new jobs until `resume` (absent from older control planes: false). */
+  paused: z.boolean().default(false),
 });
 
 export const assignSchema = z.object({

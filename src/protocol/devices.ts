@@ -67,7 +67,8 @@ export const deviceRequirementSchema = z
   .refine((requirement) => requirement.kind !== undefined || requirement.id !== undefined, "give a device kind, an id, or both");
 export type DeviceRequirement = z.infer<typeof deviceRequirementSchema>;
 
-const batchId = z.string().min(1).max(64);
+export const batchIdSchema = z.string().min(1).max(64);
+const batchId = batchIdSchema;
 
 // ---- runner → control plane ----
 
@@ -93,6 +94,16 @@ export const devicesBatchSchema = z.object({
   upserts: z.array(deviceSchema).max(DEVICE_LIMITS.batchRows),
   /** Ids of devices that are gone: the control plane marks them offline (it keeps the rows). */
   removals: z.array(deviceIdSchema).max(DEVICE_LIMITS.batchRows),
+});
+
+/**
+ * A `devices` batch with its rows left unchecked: how a control plane reads a batch that
+ * failed devicesBatchSchema, to check each row on its own (PROTOCOL.md, "A batch that fails
+ * validation").
+ */
+export const devicesBatchEnvelopeSchema = devicesBatchSchema.extend({
+  upserts: z.array(z.unknown()).max(DEVICE_LIMITS.batchRows),
+  removals: z.array(z.unknown()).max(DEVICE_LIMITS.batchRows),
 });
 
 // ---- control plane → runner ----

@@ -61,6 +61,12 @@ export const runnerViewSchema = z.object({
   registeredAt: z.string(),
   lastSeenAt: z.string().nullable(),
   revoked: z.boolean(),
+  // Optional (not defaulted) so that the runner's HTTP client, which infers its types from the
+  // schemas' input, accepts older control planes unchanged; the reference always sends both.
+  /** An admin paused it: it gets no new jobs until resumed. Absent (older control planes): false. */
+  paused: z.boolean().optional(),
+  /** Why, as the admin said; null when not paused. */
+  pauseReason: z.string().nullable().optional(),
 });
 export type RunnerView = z.infer<typeof runnerViewSchema>;
 
@@ -100,6 +106,13 @@ export type CreateRegistrationTokenResponse = z.infer<typeof createRegistrationT
 
 export const listRunnersResponseSchema = z.object({ runners: z.array(runnerViewSchema) });
 export type ListRunnersResponse = z.infer<typeof listRunnersResponseSchema>;
+
+/** POST /admin/runners/{id}/pause; an empty body is `{}`. */
+export const pauseRunnerRequestSchema = z.object({ reason: z.string().max(1024).optional() });
+export type PauseRunnerRequest = z.input<typeof pauseRunnerRequestSchema>;
+
+/** PUT /admin/runners/{id}/labels: the labels that gate jobs (a runner's hello cannot change them). */
+export const setRunnerLabelsRequestSchema = z.object({ labels: labelsSchema });
 
 // ---- admin API: jobs ----
 

@@ -74,7 +74,7 @@ describe("the channel driver", { timeout: 60_000 }, () => {
         const message = JSON.parse(data.toString()) as RunnerMessage;
         if (message.type !== "hello") return;
         hellos.push(message);
-        socket.send(encode({ type: "welcome", protocolVersion: 1, heartbeatIntervalMs: 5_000, leaseMs: 60_000, maxFrameBytes: 65_536, fenced: [] }));
+        socket.send(encode({ type: "welcome", protocolVersion: 1, heartbeatIntervalMs: 5_000, leaseMs: 60_000, maxFrameBytes: 65_536, fenced: [], paused: false }));
       });
     });
     await new Promise((r) => server.once("listening", r));
@@ -195,7 +195,7 @@ describe("the channel driver", { timeout: 60_000 }, () => {
     const sockets: WebSocket[] = [];
     server.on("connection", (socket) => {
       sockets.push(socket);
-      socket.on("message", () => socket.send(encode({ type: "welcome", protocolVersion: 1, heartbeatIntervalMs: 5_000, leaseMs: 60_000, maxFrameBytes: 1 << 20, fenced: [] })));
+      socket.on("message", () => socket.send(encode({ type: "welcome", protocolVersion: 1, heartbeatIntervalMs: 5_000, leaseMs: 60_000, maxFrameBytes: 1 << 20, fenced: [], paused: false })));
     });
     await new Promise((r) => server.once("listening", r));
     const capture = captureLogger();

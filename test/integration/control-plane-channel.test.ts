@@ -27,6 +27,7 @@ import {
 } from "../../src/protocol/channel.js";
 import { errorBodySchema, registerResponseSchema, type JobView, type SubmitJobRequest } from "../../src/protocol/http.js";
 import { AGENT_VERSION, PROTOCOL_VERSION } from "../../src/protocol/version.js";
+import { initialSyncState, stepSync, type SyncInput } from "../../src/devices/sync.js";
 
 const TIMEOUT = { timeout: 10_000 };
 const HEARTBEAT_MS = 200;
@@ -76,7 +77,7 @@ interface Identity {
   credential: string;
 }
 
-async function registerRunner(h: Harness, name: string, labels: string[] = ["linux"]): Promise<Identity> {
+async function registerRunner(h: Harness, name: string, labels: string[] = ["linux"], replace = false): Promise<Identity> {
   const { token } = await h.admin.createRegistrationToken();
   const response = await fetch(`${h.cp.url}/api/v1/runners/register`, {
     method: "POST",
@@ -87,6 +88,7 @@ async function registerRunner(h: Harness, name: string, labels: string[] = ["lin
       name,
       labels,
       host: { hostname: name, platform: "linux", arch: "x64", fingerprint: createHash("sha256").update(name).digest("hex") },
+      replace,
     }),
   });
   assert.equal(response.status, 201);
@@ -112,7 +114,7 @@ type Of<T extends ControlMessage["type"]> = Extract<ControlMessage, { type: T }>
 /** A runner reduced to a socket: sends what the test says, queues what arrives. */
 class RawRunner {
   private readonly pending: ControlMessage[] = [];
-  private readonly waiters: { type: string; resolve: (m: ControlMessage) => void }[] = [];
+  private readonly waiters: { types: readonly string[]; resolve: (m: ControlMessage) => void }[] = [];
   private pinger: NodeJS.Timeout | undefined;
   readonly closed: Promise<{ code: number; reason: string }>;
 
@@ -124,7 +126,7 @@ class RawRunner {
       const decoded = decodeControlMessage(data.toString("utf8"));
       assert.ok(decoded.ok, `the control plane sent a frame outside the protocol: ${decoded.ok ? "" : decoded.detail}`);
       const message = decoded.message;
-      const index = this.waiters.findIndex((w) => w.type === message.type);
+      const index = this.waiters.findIndex((w) => w.types.includes(message.type));
       if (index >= 0) this.waiters.splice(index, 1)[0]!.resolve(message);
       else this.pending.push(message);
     });
@@ -151,13 +153,18 @@ class RawRunner {
 
   /** The next message of this type (earlier ones of other types stay queued). */
   next<T extends ControlMessage["type"]>(type: T, timeoutMs = 2000): Promise<Of<T>> {
-    const index = this.pending.findIndex((m) => m.type === type);
+    return this.nextOf([type], timeoutMs);
+  }
+
+  /** The next message of any of these types (earlier ones of other types stay queued). */
+  nextOf<T extends ControlMessage["type"]>(types: readonly T[], timeoutMs = 2000): Promise<Of<T>> {
+    const index = this.pending.findIndex((m) => (types as readonly string[]).includes(m.type));
     if (index >= 0) return Promise.resolve(this.pending.splice(index, 1)[0] as Of<T>);
     return new Promise((resolve, reject) => {
-      const waiter = { type, resolve: (m: ControlMessage) => (clearTimeout(timer), resolve(m as Of<T>)) };
+      const waiter = { types, resolve: (m: ControlMessage) => (clearTimeout(timer), resolve(m as Of<T>)) };
       const timer = setTimeout(() => {
         this.waiters.splice(this.waiters.indexOf(waiter), 1);
-        reject(new Error(`no ${type} within ${timeoutMs} ms`));
+        reject(new Error(`no ${types.join(" or ")} within ${timeoutMs} ms`));
       }, timeoutMs);
       this.waiters.push(waiter);
     });
@@ -325,6 +332,7 @@ describe("channel upgrade", () => {
       fenced: [],
       deviceScanIntervalMs: 60_000,
       deviceRefreshMs: 600_000,
+      paused: false,
     });
     const [view] = await h.admin.listRunners();
     assert.ok(view?.lastSeenAt !== null && Date.parse(view!.lastSeenAt!) >= before - 5);
@@ -431,10 +439,10 @@ describe("dispatch", () => {
     assert.notEqual(view.assignedAt, null);
   });
 
-  test("a job goes only to a runner having every required label; hello labels win over registered ones", TIMEOUT, async (t) => {
+  test("a job goes only to a runner having every required label", TIMEOUT, async (t) => {
     const h = await startHarness(t);
     const plain = await connected(h, await registerRunner(h, "plain", ["linux"]));
-    const gpu = await connected(h, await registerRunner(h, "gpu", ["linux"]), { labels: ["linux", "gpu"] });
+    const gpu = await connected(h, await registerRunner(h, "gpu", ["linux", "gpu"]));
     plain.ready(4);
     gpu.ready(1);
     const gpuJob = await submit(h, { ...commandJob(), requiredLabels: ["gpu"] });
@@ -788,6 +796,226 @@ describe("bad frames", () => {
     again.ready(1);
     await submit(h);
     await again.next("assign");
+  });
+});
+
+/** A connected runner that granted two credits and was assigned one job. */
+async function holdingOneJob(h: Harness, name: string): Promise<{ runner: RawRunner; job: JobView }> {
+  const runner = await connected(h, await registerRunner(h, name));
+  runner.ready(2);
+  const job = await submit(h);
+  assert.equal((await runner.next("assign")).jobId, job.jobId);
+  return { runner, job };
+}
+
+describe("pause and resume", () => {
+  test("a paused runner is told at once and gets no new job while its running job still reports; resume tells it and its kept credits are used", TIMEOUT, async (t) => {
+    const h = await startHarness(t);
+    const { runner, job: running } = await holdingOneJob(h, "pausable");
+
+    const paused = await h.admin.pauseRunner(runner.identity.runnerId, "disk maintenance");
+    assert.deepEqual([paused.paused, paused.pauseReason], [true, "disk maintenance"]);
+    assert.deepEqual(await runner.next("pause"), { type: "pause", reason: "disk maintenance" });
+    const waiting = await submit(h);
+    await runner.expectNo("assign", 200);
+    assert.equal((await jobOf(h, waiting.jobId)).status, "queued", "not assigned while paused, though the runner has a credit");
+    // What runs goes on: its log and result are taken.
+    runner.send({ type: "log", jobId: running.jobId, attempt: 1, seq: 0, stream: "stdout", data: "still here" });
+    runner.result({ jobId: running.jobId, attempt: 1 });
+    assert.equal((await runner.next("result_ack")).applied, true);
+    assert.equal((await h.admin.getJob(running.jobId)).logs.length, 1);
+    assert.equal(runner.ws.readyState, WebSocket.OPEN, "the connection stays up");
+    const [listed] = await h.admin.listRunners();
+    assert.equal(listed?.paused, true);
+
+    const resumed = await h.admin.resumeRunner(runner.identity.runnerId);
+    assert.deepEqual([resumed.paused, resumed.pauseReason], [false, null]);
+    assert.deepEqual(await runner.next("resume"), { type: "resume" });
+    // The credit granted before the pause was kept: no ready needed for this one.
+    assert.equal((await runner.next("assign")).jobId, waiting.jobId);
+    // Resuming a runner that is not paused changes nothing and sends nothing.
+    await h.admin.resumeRunner(runner.identity.runnerId);
+    await runner.expectNo("resume", 100);
+  });
+
+  test("the paused flag is kept with the runner: a reconnect and a control-plane restart both get welcome.paused true", TIMEOUT, async (t) => {
+    const dataDir = makeTempDir(t);
+    const first = await startHarness(t, { dataDir });
+    const identity = await registerRunner(first, "stays-paused");
+    await first.admin.pauseRunner(identity.runnerId);
+    const runner = await RawRunner.connect(first.cp, identity);
+    const welcome = await runner.hello();
+    assert.equal(welcome.paused, true);
+    runner.ready(1);
+    const job = await submit(first);
+    await runner.expectNo("assign", 150);
+    await runner.close();
+    assert.equal((await first.admin.listRunners())[0]?.pauseReason, "paused by an admin", "the default reason");
+    await first.cp.close();
+
+    const second = await startHarness(t, { dataDir });
+    const back = await RawRunner.connect(second.cp, identity);
+    assert.equal((await back.hello()).paused, true);
+    back.ready(1);
+    await back.expectNo("assign", 150);
+    assert.equal((await jobOf(second, job.jobId)).status, "queued");
+    await second.admin.resumeRunner(identity.runnerId);
+    await back.next("resume");
+    assert.equal((await back.next("assign")).jobId, job.jobId);
+    const again = await RawRunner.connect(second.cp, identity);
+    assert.equal((await again.hello()).paused, false);
+  });
+
+  test("pause and resume answer 404 for an unknown runner and 400 for a reason over 1024 characters", TIMEOUT, async (t) => {
+    const h = await startHarness(t);
+    const identity = await registerRunner(h, "checked");
+    const unknown = "rnr_" + "Z".repeat(24);
+    await assert.rejects(h.admin.pauseRunner(unknown), (error: AdminRequestError) => error.status === 404 && error.apiCode === "runner_not_found");
+    await assert.rejects(h.admin.resumeRunner(unknown), (error: AdminRequestError) => error.status === 404 && error.apiCode === "runner_not_found");
+    await assert.rejects(h.admin.pauseRunner(identity.runnerId, "x".repeat(1025)), (error: AdminRequestError) => error.status === 400 && /reason/.test(error.message));
+    assert.equal((await h.admin.listRunners())[0]?.paused, false);
+  });
+});
+
+describe("replaced runners and labels", () => {
+  test("register with replace closes the old runner's channel with 4002 at once; it gets no assign and cannot come back", TIMEOUT, async (t) => {
+    const h = await startHarness(t);
+    const { runner: old, job: held } = await holdingOneJob(h, "taken-over");
+    const successor = await registerRunner(h, "taken-over", ["linux"], true);
+    // Sent before the old socket has seen its close: it must not be applied.
+    if (old.ws.readyState === WebSocket.OPEN) old.result({ jobId: held.jobId, attempt: 1 });
+    // Submitted right after the registration answered: the old socket must not get it (nor its env).
+    const next = await submit(h, { job: { kind: "command", argv: ["true"], env: { SECRET_FOR_NEW_RUNNER: "s" } } });
+    assert.deepEqual(await old.closed, { code: 4002, reason: "runner replaced by a new registration" });
+    await old.expectNo("assign", 50);
+    assert.equal((await jobOf(h, next.jobId)).status, "queued");
+    assert.equal((await jobOf(h, held.jobId)).status, "assigned", "the replaced runner's result was not applied");
+    assert.equal((await refusedUpgrade(channelUrl(h.cp), channelHeaders(old.identity))).code, "runner_not_found");
+    const fresh = await connected(h, successor);
+    fresh.ready(1);
+    assert.equal((await fresh.next("assign")).jobId, next.jobId);
+  });
+
+  test("labels a runner claims in hello do not gate jobs: it is told labels_ignored, and only an admin's PUT labels changes them", TIMEOUT, async (t) => {
+    const h = await startHarness(t);
+    const identity = await registerRunner(h, "claimer", ["linux"]);
+    const runner = await connected(h, identity, { labels: ["linux", "gpu"] });
+    const told = await runner.next("error");
+    assert.equal(told.code, "labels_ignored");
+    assert.match(told.message, /\[linux\]/);
+    const warning = h.logLines.map((l) => JSON.parse(l) as { level: number; msg: string; claimed?: string[] }).find((l) => l.msg.startsWith("hello.labels differ"));
+    assert.deepEqual([warning?.level, warning?.claimed], [40, ["linux", "gpu"]]);
+    runner.ready(1);
+    const gpuJob = await submit(h, { ...commandJob(), requiredLabels: ["gpu"] });
+    await runner.expectNo("assign", 200);
+    assert.equal((await jobOf(h, gpuJob.jobId)).status, "queued");
+
+    const view = await h.admin.setRunnerLabels(identity.runnerId, ["linux", "gpu"]);
+    assert.deepEqual(view.labels, ["linux", "gpu"]);
+    assert.equal((await runner.next("assign")).jobId, gpuJob.jobId, "matched with the new labels at once");
+    // Labels equal to the registered ones, in any order, draw no complaint.
+    const quiet = await connected(h, identity, { labels: ["gpu", "linux"] });
+    await quiet.expectNo("error", 150);
+    await assert.rejects(h.admin.setRunnerLabels("rnr_" + "Z".repeat(24), []), (error: AdminRequestError) => error.status === 404);
+    await assert.rejects(h.admin.setRunnerLabels(identity.runnerId, ["no spaces"]), (error: AdminRequestError) => error.status === 400);
+  });
+});
+
+describe("invalid device batches", () => {
+  const device = (id: string, extra: Record<string, unknown> = {}) => ({ id, kind: "usb", name: id, state: "online", attributes: {}, fingerprint: `fingerprint-${id}`, ...extra });
+
+  test("an invalid batch outside a snapshot gets devices_resync for its batchId; nothing of it is applied", TIMEOUT, async (t) => {
+    const h = await startHarness(t);
+    const runner = await connected(h, await registerRunner(h, "bad-diff"));
+    runner.send(JSON.stringify({ type: "devices", batchId: "d-1", last: true, upserts: [device("good"), device("bad", { kind: "Not A Kind" })], removals: [] }));
+    const resync = await runner.next("devices_resync");
+    assert.equal(resync.batchId, "d-1");
+    assert.match(resync.reason, /upserts\.1\.kind/);
+    await runner.expectNo("error", 50);
+    assert.deepEqual(await h.admin.listRunnerDevices(runner.identity.runnerId), []);
+  });
+
+  test("a snapshot batch with invalid rows is applied without them, acknowledged and said so: the resync does not loop", TIMEOUT, async (t) => {
+    const h = await startHarness(t);
+    const runner = await connected(h, await registerRunner(h, "bad-snapshot"));
+    runner.send(JSON.stringify({ type: "devices", batchId: "s-1", snapshotId: "snap", last: false, upserts: [device("a")], removals: [] }));
+    assert.equal((await runner.next("devices_ack")).batchId, "s-1");
+    runner.send(
+      JSON.stringify({
+        type: "devices",
+        batchId: "s-2",
+        snapshotId: "snap",
+        last: true,
+        upserts: [device("b"), device("c", { attributes: { long: "x".repeat(300) } }), { id: "d" }, device("e")],
+        removals: [],
+      }),
+    );
+    const dropped = await runner.next("error");
+    assert.equal(dropped.code, "device_rows_dropped");
+    assert.match(dropped.message, /s-2: 2 invalid row\(s\) dropped/);
+    assert.match(dropped.message, /upserts\[1\] \(id "c"\): attributes\.long/);
+    assert.match(dropped.message, /upserts\[2\] \(id "d"\)/);
+    assert.equal((await runner.next("devices_ack")).batchId, "s-2");
+    await runner.expectNo("devices_resync", 50);
+    const stored = await h.admin.listRunnerDevices(runner.identity.runnerId);
+    assert.deepEqual(stored.map((d) => [d.id, d.present]), [["a", true], ["b", true], ["e", true]]);
+  });
+
+  test("the runner's own device sync ends when one of its devices is invalid: one full snapshot, then quiet, again after a reconnect", TIMEOUT, async (t) => {
+    const h = await startHarness(t);
+    const identity = await registerRunner(h, "sync-ends");
+    // The reference runner's sync state machine (src/devices/sync.ts), its frames carried by a raw socket.
+    let state = initialSyncState({ batchSize: 100, refreshMs: 600_000, ackTimeoutMs: 30_000, idPrefix: "t" });
+    const good = { ...device("good"), state: "online" as const, stale: false };
+    const bad = { ...good, id: "bad", kind: "Not A Kind", fingerprint: "fingerprint-bad" };
+
+    /** Feeds the machine until nothing is in flight; returns the types of the messages it sent. */
+    const syncUntilQuiet = async (runner: RawRunner, first: SyncInput): Promise<string[]> => {
+      const sent: string[] = [];
+      let input: SyncInput | undefined = first;
+      while (input) {
+        const step = stepSync(state, input);
+        state = step.state;
+        for (const effect of step.effects) {
+          if (effect.type !== "send") continue;
+          const message = effect.message as Extract<RunnerMessage, { type: "devices" | "devices_summary" }>;
+          sent.push(message.type === "devices" && message.snapshotId !== undefined ? "snapshot" : message.type);
+          runner.send(message);
+        }
+        input = undefined;
+        if (state.inFlight) {
+          const answer = await runner.nextOf(["devices_ack", "devices_resync"]);
+          input = answer.type === "devices_ack" ? { type: "ack", now: 1, batchId: answer.batchId } : { type: "resync", now: 1, batchId: answer.batchId, reason: answer.reason };
+        }
+        assert.ok(sent.length < 10, `the sync does not end: ${sent.join(", ")}`);
+      }
+      return sent;
+    };
+
+    const runner = await connected(h, identity);
+    assert.deepEqual(await syncUntilQuiet(runner, { type: "connected", now: 0, maxFrameBytes: 1 << 20 }), ["devices_summary"]);
+    assert.deepEqual(await syncUntilQuiet(runner, { type: "scanned", now: 1, devices: [good, bad] }), ["devices", "snapshot"]);
+    assert.equal(state.phase, "diff");
+    assert.equal((await runner.next("error")).code, "device_rows_dropped");
+    assert.deepEqual((await h.admin.listRunnerDevices(identity.runnerId)).map((d) => d.id), ["good"]);
+
+    await runner.close();
+    state = stepSync(state, { type: "disconnected" }).state;
+    const back = await connected(h, identity);
+    assert.deepEqual(await syncUntilQuiet(back, { type: "connected", now: 2, maxFrameBytes: 1 << 20 }), ["devices_summary", "snapshot"]);
+    assert.equal(state.phase, "diff");
+  });
+
+  test("a devices frame without a usable batchId, or a snapshot batch whose envelope is broken, gets error invalid", TIMEOUT, async (t) => {
+    const h = await startHarness(t);
+    const runner = await connected(h, await registerRunner(h, "bad-envelope"));
+    runner.send(JSON.stringify({ type: "devices", upserts: [], removals: [] }));
+    assert.equal((await runner.next("error")).code, "invalid");
+    runner.send(JSON.stringify({ type: "devices", batchId: "s-9", snapshotId: "snap", last: true, upserts: "none", removals: [] }));
+    assert.equal((await runner.next("error")).code, "invalid");
+    await runner.expectNo("devices_ack", 50);
+    await runner.expectNo("devices_resync", 0);
+    assert.equal(runner.ws.readyState, WebSocket.OPEN);
   });
 });
 

@@ -10,7 +10,8 @@ import { join } from "node:path";
 import { Writable } from "node:stream";
 import { startControlPlane, DATABASE_FILE, type ControlPlane, type ControlPlaneOptions } from "../../src/control-plane/server.js";
 import { AdminClient, AdminRequestError } from "../../src/control-plane/admin-client.js";
-import { SCHEMA_VERSION } from "../../src/control-plane/store.js";
+import Database from "better-sqlite3";
+import { MIGRATIONS, SCHEMA_VERSION } from "../../src/control-plane/store.js";
 import { createLogger } from "../../src/log/logger.js";
 import {
   errorBodySchema,
@@ -450,6 +451,23 @@ describe("persistence and secrets at rest", () => {
     assert.equal(third.adminToken, replacement);
     assertError(await call(third, "GET", "/admin/runners", { token: firstAdminToken }), 401, "unauthorized");
     assert.equal((await call(third, "GET", "/admin/runners", { token: replacement })).status, 200);
+  });
+
+  test("a database made before runners could be paused is migrated: its runners come back unpaused, and can be paused", TIMEOUT, async (t) => {
+    const dataDir = makeTempDir(t);
+    const db = new Database(join(dataDir, DATABASE_FILE));
+    for (const sql of MIGRATIONS.slice(0, 3)) db.exec(sql);
+    db.pragma("user_version = 3");
+    const id = "rnr_" + "A".repeat(24);
+    const host = { hostname: "old-timer", platform: "linux", arch: "x64", fingerprint: "a".repeat(64) };
+    db.prepare("INSERT INTO runners (id, name, labels, host, credential_hash, registered_at) VALUES (?, ?, ?, ?, ?, ?)").run(id, "old-timer", '["linux"]', JSON.stringify(host), "0".repeat(64), Date.now());
+    db.close();
+
+    const h = await startHarness(t, { dataDir });
+    assert.equal(h.cp.store.schemaVersion(), SCHEMA_VERSION);
+    const [runner] = await h.admin.listRunners();
+    assert.deepEqual([runner?.runnerId, runner?.paused, runner?.pauseReason], [id, false, null]);
+    assert.equal((await h.admin.pauseRunner(id, "migrated")).pauseReason, "migrated");
   });
 
   test("the database holds hashes only: no plain token, credential or admin token", TIMEOUT, async (t) => {

@@ -17,7 +17,7 @@ const config: MachineConfig = {
   drainTimeoutMs: 5_000,
 };
 const env = { now: 0, random: 0.5 };
-const welcome: ControlMessage = { type: "welcome", protocolVersion: 1, heartbeatIntervalMs: 1000, leaseMs: 30_000, maxFrameBytes: 1 << 20, fenced: [] };
+const welcome: ControlMessage = { type: "welcome", protocolVersion: 1, heartbeatIntervalMs: 1000, leaseMs: 30_000, maxFrameBytes: 1 << 20, fenced: [], paused: false };
 const assignment = (jobId: string, attempt = 1): Assignment => ({
   type: "assign",
   jobId,
@@ -385,20 +385,28 @@ describe("the channel state machine", () => {
     const pause: Input = { type: "message", message: { type: "pause", reason: "maintenance" } };
     const resume: Input = { type: "message", message: { type: "resume" } };
 
-    test("a paused runner rejects assignments with reason paused, keeps its running jobs and connection, and does not exit", () => {
+    test("a paused runner rejects assignments with reason paused and gives the credit back, keeps its running jobs and connection, and does not exit", () => {
       const { state, effects } = run(connected(), { type: "message", message: assignment("j1") }, pause, { type: "message", message: assignment("j2") });
-      assert.deepEqual(sent(effects), [{ type: "reject", jobId: "j2", attempt: 1, reason: "paused" }]);
+      assert.deepEqual(sent(effects), [
+        { type: "reject", jobId: "j2", attempt: 1, reason: "paused" },
+        { type: "ready", slots: 1 },
+      ]);
       assert.equal(state.phase, "connected");
       assert.ok(state.running["j1#1"]);
       const finished = run(state, { type: "job_output", ref: { jobId: "j1", attempt: 1 }, stream: "stdout", data: "x" }, { type: "job_finished", result: result("j1") });
-      assert.deepEqual(types(finished.effects), ["persist_result", "send"], "the result flows; no ready while paused");
+      assert.deepEqual(
+        sent(finished.effects).map((m) => m.type),
+        ["result", "ready"],
+        "the result flows, and the finished job's slot is granted as always (the control plane keeps it unused)",
+      );
       assert.equal(finished.state.phase, "connected");
     });
 
-    test("resume takes jobs again and grants the free slots", () => {
+    test("resume takes jobs again and sends nothing back: the credits were kept through the pause", () => {
       const paused = run(connected(), { type: "message", message: assignment("j1") }, pause).state;
       const { state, effects } = run(paused, resume);
-      assert.deepEqual(sent(effects), [{ type: "ready", slots: 1 }]);
+      assert.deepEqual(sent(effects), []);
+      assert.equal(state.paused, false);
       assert.deepEqual(types(run(state, { type: "message", message: assignment("j2") }).effects), ["start_job", "send"]);
     });
 
@@ -412,15 +420,18 @@ describe("the channel state machine", () => {
       assert.equal(state.paused, true);
       assert.equal(state.draining, false);
       assert.deepEqual(types(effects), []);
-      assert.deepEqual(sent(run(state, { type: "message", message: assignment("j1") }).effects), [{ type: "reject", jobId: "j1", attempt: 1, reason: "paused" }]);
+      assert.deepEqual(sent(run(state, { type: "message", message: assignment("j1") }).effects), [
+        { type: "reject", jobId: "j1", attempt: 1, reason: "paused" },
+        { type: "ready", slots: 1 },
+      ]);
     });
 
-    test("a welcome with paused true starts the connection paused: no ready", () => {
+    test("a welcome with paused true starts the connection paused, with its credits granted as always", () => {
       const message = { ...welcome, paused: true } as ControlMessage;
       const { state, effects } = run(initialState(config), { type: "start" }, { type: "socket_open" }, { type: "message", message });
       assert.equal(state.paused, true);
-      assert.deepEqual(sent(effects), []);
-      assert.deepEqual(sent(run(state, resume).effects), [{ type: "ready", slots: 2 }]);
+      assert.deepEqual(sent(effects).filter((m) => m.type !== "hello"), [{ type: "ready", slots: 2 }]);
+      assert.deepEqual(sent(run(state, resume).effects), []);
     });
 
     test("a welcome without paused ends a pause of the previous connection", () => {
