@@ -51,7 +51,8 @@ const exitCodes: Record<ErrorCode, ExitCode> = {
   not_registered: ExitCode.NEEDS_OPERATOR,
   already_registered: ExitCode.USAGE,
   lock_held: ExitCode.ALREADY_RUNNING,
-  state_invalid: ExitCode.INTERNAL,
+  // A link or foreign file type where a state file belongs: `runner repair` moves it aside.
+  state_invalid: ExitCode.NEEDS_OPERATOR,
   keychain_unavailable: ExitCode.NEEDS_OPERATOR,
   credential_missing: ExitCode.NEEDS_OPERATOR,
   credential_revoked: ExitCode.NEEDS_OPERATOR,
