@@ -165,7 +165,7 @@ function excerpt(text: string, bearer: string): string {
     .split(bearer)
     .join("[redacted]")
     .replace(/\b(?:rgt|rnc|adm)_[A-Za-z0-9_-]{8,}/g, "[redacted]")
-    .replace(/[\u0000-\u001f\u007f-\u009f]+/g, " ")
+    .replace(/\p{Cc}+/gu, " ")
     .trim();
   if (flat === "") return "(empty)";
   if (flat.length <= BODY_EXCERPT_CHARS) return JSON.stringify(flat);

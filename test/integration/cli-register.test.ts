@@ -42,7 +42,7 @@ describe("runner register", { timeout: 60_000 }, () => {
     assert.equal(first.code, ExitCode.OK, first.all);
     const second = await runCli(["register", "--url", plane.cp.url, "--token-file", tokenFile, "--state-dir", path.join(dir, "b"), "--credential-store", "file", "--name", "other"]);
     assert.equal(second.code, ExitCode.TOKEN_REFUSED, second.all);
-    assert.match(second.stderr, /refused the registration token: it is unknown, already used or expired\n  → ask an admin for a new registration token/);
+    assert.match(second.stderr, /refused the registration token: it is unknown, already used or expired\n {2}→ ask an admin for a new registration token/);
     assert.ok(!second.all.includes((await fs.readFile(tokenFile, "utf8")).trim().slice(4)), "the token is never printed");
 
     // The same token given to repair, for a runner whose credential was revoked.
