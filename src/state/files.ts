@@ -232,10 +232,11 @@ export interface SetAsideFile {
  * other process can be writing there. Returns the names removed.
  */
 export async function removeInterruptedWrites(dir: string): Promise<string[]> {
-  const names = await fs.readdir(dir).catch((error: NodeJS.ErrnoException) => {
-    if (error.code === "ENOENT") return [] as string[];
-    throw error;
-  });
+  // Through a linked dir this would delete files outside the state dir.
+  const entry = await entryAt(dir);
+  if (entry === null) return [];
+  if (entry.type !== "directory") throw new ForeignEntryError(dir, entry.type, "directory");
+  const names = await fs.readdir(dir);
   const removed: string[] = [];
   for (const name of names) {
     const writer = /\.(\d+)\.(?:\d+|now)\.tmp$/.exec(name)?.[1];

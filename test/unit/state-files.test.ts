@@ -125,6 +125,9 @@ test("a linked record in a record dir is moved aside unread; a linked record dir
   await fs.symlink(path.dirname(outside), linkedDir);
   await assert.rejects(readJsonDir(linkedDir, schema, new Date()), ForeignEntryError);
   await assert.rejects(ensureDir(linkedDir), ForeignEntryError);
+  await fs.writeFile(path.join(path.dirname(outside), `.x.json.${process.pid + 1}.1.tmp`), "{}");
+  await assert.rejects(removeInterruptedWrites(linkedDir), ForeignEntryError);
+  await fs.rm(path.join(path.dirname(outside), `.x.json.${process.pid + 1}.1.tmp`));
   await ensureDir(linkedDir, { followLink: true });
   await check();
   assert.deepEqual(await fs.readdir(path.dirname(outside)), ["precious.json"], "nothing was moved or created outside");
