@@ -100,20 +100,16 @@ async function findForeignEntries(files: StateFiles): Promise<ForeignEntry[]> {
     ...[files.outbox, running].map((p) => ({ path: p, expected: "directory" as const })),
   ];
   const found: ForeignEntry[] = [];
+  /** Whether the expected kind of entry (or nothing) is at `p`; records it as foreign otherwise. */
+  const fits = async (p: string, want: "file" | "directory"): Promise<boolean> => {
+    const entry = await entryAt(p);
+    if (entry === null || entry.type === want) return entry !== null;
+    found.push({ path: p, name: path.relative(files.stateDir, p), found: entry.type, expected: want, target: entry.target });
+    return false;
+  };
   for (const want of expected) {
-    const entry = await entryAt(want.path);
-    if (entry === null) continue;
-    if (entry.type !== want.expected) {
-      found.push({ path: want.path, name: path.relative(files.stateDir, want.path), found: entry.type, expected: want.expected, target: entry.target });
-      continue;
-    }
-    if (want.expected !== "directory") continue;
-    const names = await fs.readdir(want.path);
-    for (const name of names.filter(isRecordName).sort()) {
-      const record = await entryAt(path.join(want.path, name));
-      if (record === null || record.type === "file") continue;
-      found.push({ path: path.join(want.path, name), name: path.relative(files.stateDir, path.join(want.path, name)), found: record.type, expected: "file", target: record.target });
-    }
+    if (!(await fits(want.path, want.expected)) || want.expected !== "directory") continue;
+    for (const name of (await fs.readdir(want.path)).filter(isRecordName).sort()) await fits(path.join(want.path, name), "file");
   }
   return found;
 }
