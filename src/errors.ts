@@ -12,6 +12,8 @@ export const ExitCode = {
   UNHEALTHY: 3,
   /** Another live runner holds the state dir's lock. */
   ALREADY_RUNNING: 4,
+  /** The registration token was refused: unknown, already used or expired (sysexits EX_NOPERM). */
+  TOKEN_REFUSED: 77,
   /** The control plane could not be reached or answered 5xx; trying again later may work. */
   UNAVAILABLE: 69,
   /** The runner cannot continue without a person: revoked credential, deleted registration... */
@@ -36,6 +38,9 @@ export type ErrorCode =
   | "upgrade_required"
   | "control_plane_unavailable"
   | "control_plane_rejected"
+  /** 401, 403 or 404 without a protocol error body (a proxy, a wrong URL...). */
+  | "control_plane_refused"
+  | "registration_token_invalid"
   | "needs_operator"
   | "service_failed"
   | "internal";
@@ -46,7 +51,8 @@ const exitCodes: Record<ErrorCode, ExitCode> = {
   not_registered: ExitCode.NEEDS_OPERATOR,
   already_registered: ExitCode.USAGE,
   lock_held: ExitCode.ALREADY_RUNNING,
-  state_invalid: ExitCode.INTERNAL,
+  // A link or foreign file type where a state file belongs: `runner repair` moves it aside.
+  state_invalid: ExitCode.NEEDS_OPERATOR,
   keychain_unavailable: ExitCode.NEEDS_OPERATOR,
   credential_missing: ExitCode.NEEDS_OPERATOR,
   credential_revoked: ExitCode.NEEDS_OPERATOR,
@@ -55,6 +61,8 @@ const exitCodes: Record<ErrorCode, ExitCode> = {
   upgrade_required: ExitCode.UPGRADE_REQUIRED,
   control_plane_unavailable: ExitCode.UNAVAILABLE,
   control_plane_rejected: ExitCode.USAGE,
+  control_plane_refused: ExitCode.NEEDS_OPERATOR,
+  registration_token_invalid: ExitCode.TOKEN_REFUSED,
   needs_operator: ExitCode.NEEDS_OPERATOR,
   service_failed: ExitCode.INTERNAL,
   internal: ExitCode.INTERNAL,

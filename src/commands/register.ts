@@ -53,7 +53,7 @@ async function runRegister(options: RegisterOptions): Promise<number> {
     throw new RunnerError("usage", "no registration token given", { hint: "pass --token-file FILE, or pipe the token on standard input" });
   }
 
-  await ensureDir(ctx.files.stateDir);
+  await ensureDir(ctx.files.stateDir, { followLink: true });
   await fs.chmod(ctx.files.stateDir, DIR_MODE);
   await ensureDir(ctx.files.outbox);
   const lock = await acquireLock(ctx.files.lock);

@@ -42,7 +42,9 @@ export function defineRepairCommand(program: Command): void {
         if (report.remaining.every((f) => f.fix.kind === "retry") && (await clearBlocked(ctx.files.blocked))) {
           print("✓ removed the needs-operator marker: the service may start again");
         }
-        return exitCodeForRemaining(report.remaining);
+        // A refused registration token is the one thing to fix, and has its own exit code.
+        const tokenRefused = report.steps.some((step) => step.errorCode === "registration_token_invalid");
+        return tokenRefused && report.remaining.length > 0 ? ExitCode.TOKEN_REFUSED : exitCodeForRemaining(report.remaining);
       } finally {
         await lock.release();
       }

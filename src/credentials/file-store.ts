@@ -1,6 +1,6 @@
 // Credential in a file only its owner can read (0600), written atomically.
 import { promises as fs } from "node:fs";
-import { SECRET_FILE_MODE, writeFileAtomic } from "../state/files.js";
+import { SECRET_FILE_MODE, readStateFile, writeFileAtomic } from "../state/files.js";
 import { parseStoredCredential, type CredentialRead, type CredentialStore, type StoredCredential } from "./store.js";
 
 export class FileCredentialStore implements CredentialStore {
@@ -8,10 +8,11 @@ export class FileCredentialStore implements CredentialStore {
   constructor(readonly location: string) {}
 
   async read(): Promise<CredentialRead> {
+    // Never through a link: a credential file that points elsewhere is not this runner's.
     try {
-      return parseStoredCredential(await fs.readFile(this.location, "utf8"));
+      const text = await readStateFile(this.location);
+      return text === null ? { kind: "missing" } : parseStoredCredential(text);
     } catch (error) {
-      if ((error as NodeJS.ErrnoException).code === "ENOENT") return { kind: "missing" };
       return { kind: "unavailable", reason: `cannot read ${this.location}: ${(error as NodeJS.ErrnoException).code ?? "error"}` };
     }
   }

@@ -8,7 +8,7 @@ import { openStore } from "../credentials/select.js";
 import type { StoredCredential } from "../credentials/store.js";
 import type { HostFacts } from "../protocol/http.js";
 import { AGENT_VERSION, PROTOCOL_VERSION } from "../protocol/version.js";
-import { DIR_MODE, ensureDir, moveAside } from "../state/files.js";
+import { DIR_MODE, chmodNoFollow, ensureDir, entryAt, moveAside } from "../state/files.js";
 import { inspectLock } from "../state/lock.js";
 import { readRegistration, writeRegistration, type CredentialStoreKind, type Registration } from "../state/registration.js";
 import { enroll, registrationFrom } from "./enroll.js";
@@ -26,15 +26,23 @@ export async function applyFix(action: Action, ctx: ApplyContext): Promise<strin
   const { files } = ctx;
   switch (action.kind) {
     case "create_state_dir":
-      await makePrivateDir(files.stateDir);
+      await makePrivateDir(files.stateDir, true);
       await makePrivateDir(files.outbox);
       return `created ${files.stateDir} and its outbox (0700)`;
     case "create_outbox":
       await makePrivateDir(files.outbox);
       return `created ${files.outbox} (0700)`;
     case "tighten_mode":
-      await fs.chmod(action.path, action.mode);
+      // The state dir itself may be a link (documented); nothing inside it is followed.
+      if (action.path === files.stateDir) await fs.chmod(action.path, action.mode);
+      else await chmodNoFollow(action.path, action.mode, action.type);
       return `set ${action.path} to 0${action.mode.toString(8)}`;
+    case "set_aside_entry": {
+      const entry = await entryAt(action.path);
+      if (entry === null || entry.type === action.expected) return `${action.path} is no longer foreign; left alone`;
+      const kept = await moveAside(action.path, ctx.now());
+      return `moved the ${entry.type} to ${kept} (not followed)`;
+    }
     case "set_aside_registration": {
       const kept = await moveAside(files.registration, ctx.now());
       return `moved the bad file to ${kept}`;
@@ -54,9 +62,11 @@ export async function applyFix(action: Action, ctx: ApplyContext): Promise<strin
   }
 }
 
-async function makePrivateDir(dir: string): Promise<void> {
-  await ensureDir(dir);
-  await fs.chmod(dir, DIR_MODE); // mkdir's mode is filtered by the umask
+async function makePrivateDir(dir: string, followLink = false): Promise<void> {
+  await ensureDir(dir, { followLink });
+  // mkdir's mode is filtered by the umask
+  if (followLink) await fs.chmod(dir, DIR_MODE);
+  else await chmodNoFollow(dir, DIR_MODE, "directory");
 }
 
 async function rebuildRegistration(from: CredentialStoreKind, ctx: ApplyContext): Promise<string> {

@@ -2,6 +2,7 @@
 // observe, plan, apply the automatic fixes, and observe again, until nothing more can be
 // fixed without a person. A fix that enables another (a rebuilt registration lets the
 // credential be checked) is why it loops; the round limit guarantees it ends.
+import { RunnerError, type ErrorCode } from "../errors.js";
 import type { Logger } from "../log/logger.js";
 import { applyFix, type ApplyContext } from "./apply.js";
 import { observe, observeStateDirOnly, type ObserveContext } from "./observe.js";
@@ -13,6 +14,8 @@ export interface RepairStep {
   finding: Finding;
   ok: boolean;
   outcome: string;
+  /** The error code of a failed fix, when it was a RunnerError. */
+  errorCode?: ErrorCode;
 }
 
 export interface RepairReport {
@@ -48,7 +51,7 @@ export async function repairProblems(ctx: CheckContext): Promise<RepairReport> {
       } catch (error) {
         failed.add(finding.code);
         const outcome = error instanceof Error ? error.message : String(error);
-        steps.push({ finding, ok: false, outcome });
+        steps.push({ finding, ok: false, outcome, ...(error instanceof RunnerError ? { errorCode: error.code } : {}) });
         ctx.logger.warn({ finding: finding.code, outcome }, `repair failed: ${finding.problem}`);
       }
     }

@@ -7,10 +7,13 @@ import { verify } from "../api-client/runner-api.js";
 import { PROTOCOL_VERSION, AGENT_VERSION } from "../protocol/version.js";
 import type { HostFacts } from "../protocol/http.js";
 import type { StateFiles } from "../config/paths.js";
-import { modeOf } from "../state/files.js";
+import path from "node:path";
+import { promises as fs } from "node:fs";
+import { entryAt, isRecordName, modeOf } from "../state/files.js";
+import { deviceStatePath } from "../devices/state-file.js";
 import { inspectLock } from "../state/lock.js";
 import { readRegistration } from "../state/registration.js";
-import type { Observations } from "./plan.js";
+import type { ForeignEntry, Observations } from "./plan.js";
 
 export interface ObserveContext {
   files: StateFiles;
@@ -22,11 +25,13 @@ export async function observe(ctx: ObserveContext): Promise<Observations> {
   const seen = await observeStateDirOnly(ctx);
   if (seen.stateDirMode === null) return seen;
   const { files } = ctx;
-  seen.outboxMode = await modeFor(files.outbox);
-  seen.fileModes = [
-    { path: files.registration, mode: await modeFor(files.registration) },
-    { path: files.credentialFile, mode: await modeFor(files.credentialFile) },
-  ];
+  seen.foreign = await findForeignEntries(files);
+  const foreign = new Set(seen.foreign.map((f) => f.path));
+  seen.outboxMode = foreign.has(files.outbox) ? null : await modeFor(files.outbox);
+  seen.fileModes = [];
+  for (const file of [files.registration, files.credentialFile]) {
+    if (!foreign.has(file)) seen.fileModes.push({ path: file, mode: await modeFor(file) });
+  }
   seen.lock = await inspectLock(files.lock);
   if (seen.lock.kind === "held" && seen.lock.owner.pid === process.pid) seen.lock = { kind: "free" };
   seen.registration = await readRegistration(files.registration);
@@ -65,6 +70,7 @@ export async function observeStateDirOnly(ctx: ObserveContext): Promise<Observat
     outboxMode: null,
     registration: { kind: "missing" },
     fileModes: [],
+    foreign: [],
     lock: { kind: "free" },
     credential: null,
     recoverable: null,
@@ -79,6 +85,33 @@ async function findRecoverable(files: StateFiles): Promise<Observations["recover
     if (read.kind === "ok") return { store: kind, value: read.value };
   }
   return null;
+}
+
+/**
+ * Every place in the state dir where a file or dir of the runner's belongs but something else
+ * stands: a link (followed by nothing), a dir where a file belongs, a fifo, a socket... The
+ * records inside outbox/ and running/ are checked too (when those are real dirs).
+ */
+async function findForeignEntries(files: StateFiles): Promise<ForeignEntry[]> {
+  // running/ is the job journal's dir (src/daemon/daemon.ts names it).
+  const running = path.join(files.stateDir, "running");
+  const expected: { path: string; expected: "file" | "directory" }[] = [
+    ...[files.registration, files.credentialFile, files.lock, deviceStatePath(files.stateDir), files.blocked].map((p) => ({ path: p, expected: "file" as const })),
+    ...[files.outbox, running].map((p) => ({ path: p, expected: "directory" as const })),
+  ];
+  const found: ForeignEntry[] = [];
+  /** Whether the expected kind of entry (or nothing) is at `p`; records it as foreign otherwise. */
+  const fits = async (p: string, want: "file" | "directory"): Promise<boolean> => {
+    const entry = await entryAt(p);
+    if (entry === null || entry.type === want) return entry !== null;
+    found.push({ path: p, name: path.relative(files.stateDir, p), found: entry.type, expected: want, target: entry.target });
+    return false;
+  };
+  for (const want of expected) {
+    if (!(await fits(want.path, want.expected)) || want.expected !== "directory") continue;
+    for (const name of (await fs.readdir(want.path)).filter(isRecordName).sort()) await fits(path.join(want.path, name), "file");
+  }
+  return found;
 }
 
 /** File modes mean nothing on Windows (ACLs do): report the wanted mode there. */

@@ -2,11 +2,22 @@
 // with the fix that applies. `runner verify` prints the findings, `runner repair` and
 // `runner start` apply the automatic fixes and re-observe until nothing more can be done.
 import type { ErrorCode } from "../errors.js";
-import type { JsonRead } from "../state/files.js";
+import type { EntryType, JsonRead } from "../state/files.js";
 import type { LockState } from "../state/lock.js";
 import type { Registration } from "../state/registration.js";
 import type { CredentialRead, StoredCredential } from "../credentials/store.js";
 import { DIR_MODE, SECRET_FILE_MODE } from "../state/files.js";
+
+/** Something other than the runner's own file or dir where one belongs in the state dir. */
+export interface ForeignEntry {
+  path: string;
+  /** The path inside the state dir, for messages. */
+  name: string;
+  found: EntryType;
+  expected: "file" | "directory";
+  /** Where a link points (never followed). */
+  target: string | null;
+}
 
 /** Everything the planner needs to know, gathered by `observe`. */
 export interface Observations {
@@ -16,6 +27,8 @@ export interface Observations {
   registration: JsonRead<Registration>;
   /** Modes of files that hold secrets or identity; null when absent. */
   fileModes: { path: string; mode: number | null }[];
+  /** Links and foreign file types where state files belong; nothing else is judged on those paths. */
+  foreign: ForeignEntry[];
   lock: LockState;
   /** The credential from the store the registration names; null without a valid registration. */
   credential: CredentialRead | null;
@@ -32,7 +45,8 @@ export interface PlanContext {
 
 export type Action =
   | { kind: "create_state_dir" }
-  | { kind: "tighten_mode"; path: string; mode: number }
+  | { kind: "tighten_mode"; path: string; mode: number; type: "file" | "directory" }
+  | { kind: "set_aside_entry"; path: string; expected: "file" | "directory" }
   | { kind: "create_outbox" }
   | { kind: "set_aside_registration" }
   | { kind: "rebuild_registration"; from: "keychain" | "file" }
@@ -50,6 +64,7 @@ export type Fix =
 export type FindingCode =
   | "state_dir_missing"
   | "state_dir_permissions"
+  | "foreign_file_type"
   | "outbox_missing"
   | "outbox_permissions"
   | "file_permissions"
@@ -84,19 +99,37 @@ export function planRepairs(seen: Observations, context: PlanContext): Finding[]
       },
     ];
   }
-  return [...planLocal(seen), ...planIdentity(seen, context)];
+  // Until the registration and the credential are the runner's own files, nothing read through
+  // them can be trusted: judge the identity once they have been moved aside (the next round).
+  const foreign = new Set(seen.foreign.map((f) => f.name));
+  const identityTrusted = !foreign.has("registration.json") && !foreign.has("credential");
+  return [...planLocal(seen, foreign), ...(identityTrusted ? planIdentity(seen, context) : [])];
 }
 
-function planLocal(seen: Observations): Finding[] {
-  const findings: Finding[] = [];
+function planForeign(entry: ForeignEntry): Finding {
+  const what = entry.found === "symlink" ? `a symbolic link${entry.target === null ? "" : ` to ${entry.target}`}` : `a ${entry.found}`;
+  return {
+    code: "foreign_file_type",
+    problem: `${entry.name} is ${what} where a ${entry.expected === "file" ? "regular file" : "directory"} belongs; nothing in the state dir is followed through a link`,
+    fix: {
+      kind: "auto",
+      action: { kind: "set_aside_entry", path: entry.path, expected: entry.expected },
+      description: `move it aside unfollowed (kept as ${entry.name}.corrupt-<time>, never deleted), then repair as usual`,
+    },
+  };
+}
+
+function planLocal(seen: Observations, foreign: Set<string>): Finding[] {
+  const findings: Finding[] = seen.foreign.map(planForeign);
   if (looser(seen.stateDirMode, DIR_MODE)) {
     findings.push({
       code: "state_dir_permissions",
       problem: `the state dir ${seen.stateDir} has mode ${octal(seen.stateDirMode)}; others can read it`,
-      fix: { kind: "auto", action: { kind: "tighten_mode", path: seen.stateDir, mode: DIR_MODE }, description: "set its mode to 0700" },
+      fix: { kind: "auto", action: { kind: "tighten_mode", path: seen.stateDir, mode: DIR_MODE, type: "directory" }, description: "set its mode to 0700" },
     });
   }
-  if (seen.outboxMode === null) {
+  // A foreign outbox is moved aside first; the next round finds it missing and creates it.
+  if (seen.outboxMode === null && !foreign.has("outbox")) {
     findings.push({
       code: "outbox_missing",
       problem: "the durable outbox dir is missing",
@@ -106,7 +139,7 @@ function planLocal(seen: Observations): Finding[] {
     findings.push({
       code: "outbox_permissions",
       problem: `the outbox dir has mode ${octal(seen.outboxMode)}`,
-      fix: { kind: "auto", action: { kind: "tighten_mode", path: `${seen.stateDir}/outbox`, mode: DIR_MODE }, description: "set its mode to 0700" },
+      fix: { kind: "auto", action: { kind: "tighten_mode", path: `${seen.stateDir}/outbox`, mode: DIR_MODE, type: "directory" }, description: "set its mode to 0700" },
     });
   }
   for (const file of seen.fileModes) {
@@ -114,11 +147,11 @@ function planLocal(seen: Observations): Finding[] {
       findings.push({
         code: "file_permissions",
         problem: `${file.path} has mode ${octal(file.mode)}; only its owner should read it`,
-        fix: { kind: "auto", action: { kind: "tighten_mode", path: file.path, mode: SECRET_FILE_MODE }, description: "set its mode to 0600" },
+        fix: { kind: "auto", action: { kind: "tighten_mode", path: file.path, mode: SECRET_FILE_MODE, type: "file" }, description: "set its mode to 0600" },
       });
     }
   }
-  if (seen.lock.kind === "stale") {
+  if (seen.lock.kind === "stale" && !foreign.has("runner.lock")) {
     findings.push({
       code: "stale_lock",
       problem: `a stale lock: ${seen.lock.reason}`,

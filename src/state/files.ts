@@ -1,8 +1,21 @@
 // Durable file primitives: atomic writes (temp file, fsync, rename, fsync of the dir) and
 // schema-checked reads that tell "missing" from "invalid" so the caller can repair.
-import { promises as fs, constants } from "node:fs";
+//
+// Nothing inside the state dir is followed through a symbolic link: reads open with
+// O_NOFOLLOW and check the type of what they opened, modes are changed through the opened
+// handle (fchmod), and an atomic write's rename replaces a link instead of writing through
+// it. A link (or a directory, fifo, socket...) where a state file belongs is reported as a
+// finding and moved aside by repair. The state dir itself may be a link (operators put
+// /var/lib/runner on another disk that way); that one link is followed.
+import { promises as fs, constants, type Stats } from "node:fs";
 import path from "node:path";
 import type { z } from "zod";
+import { RunnerError } from "../errors.js";
+
+/** Absent on Windows, where the lstat before each open stands in for it. */
+const O_NOFOLLOW = constants.O_NOFOLLOW ?? 0;
+/** Opening a fifo for reading would otherwise block until a writer comes. */
+const O_NONBLOCK = constants.O_NONBLOCK ?? 0;
 
 export const DIR_MODE = 0o700;
 export const SECRET_FILE_MODE = 0o600;
@@ -52,13 +65,14 @@ export type JsonRead<T> =
 
 /** Reads a JSON file and checks it against a schema. Never throws for bad content. */
 export async function readJsonFile<T>(file: string, schema: z.ZodType<T>): Promise<JsonRead<T>> {
-  let text: string;
+  let text: string | null;
   try {
-    text = await fs.readFile(file, "utf8");
+    text = await readStateFile(file);
   } catch (error) {
-    if ((error as NodeJS.ErrnoException).code === "ENOENT") return { kind: "missing" };
+    if (error instanceof ForeignEntryError) return { kind: "invalid", reason: error.message };
     throw error;
   }
+  if (text === null) return { kind: "missing" };
   if (text.trim() === "") return { kind: "invalid", reason: "the file is empty" };
   let parsed: unknown;
   try {
@@ -74,13 +88,116 @@ export async function readJsonFile<T>(file: string, schema: z.ZodType<T>): Promi
   return { kind: "ok", value: result.data };
 }
 
-/** Moves a bad file out of the way, keeping it for a person to look at. Returns the new path. */
+/**
+ * Moves a bad file out of the way, keeping it for a person to look at. Returns the new path.
+ * A rename acts on the entry itself: a link is moved, never followed.
+ */
 export async function moveAside(file: string, now: Date): Promise<string> {
   const stamp = now.toISOString().replace(/[:.]/g, "-");
   const target = `${file}.corrupt-${stamp}`;
   await fs.rename(file, target);
   await syncDir(path.dirname(file));
   return target;
+}
+
+/** What lstat says is at a path; "symlink" is never followed. */
+export type EntryType = "file" | "directory" | "symlink" | "fifo" | "socket" | "block device" | "character device" | "unknown";
+
+export interface Entry {
+  type: EntryType;
+  /** Permission bits (of the link itself for a link). */
+  mode: number;
+  /** Where a link points (read, never followed); null for anything else. */
+  target: string | null;
+}
+
+function typeOf(stat: Stats): EntryType {
+  if (stat.isFile()) return "file";
+  if (stat.isDirectory()) return "directory";
+  if (stat.isSymbolicLink()) return "symlink";
+  if (stat.isFIFO()) return "fifo";
+  if (stat.isSocket()) return "socket";
+  if (stat.isBlockDevice()) return "block device";
+  if (stat.isCharacterDevice()) return "character device";
+  return "unknown";
+}
+
+/** What is at a path, without following a link there; null when nothing is. */
+export async function entryAt(p: string): Promise<Entry | null> {
+  let stat: Stats;
+  try {
+    stat = await fs.lstat(p);
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code === "ENOENT") return null;
+    throw error;
+  }
+  const type = typeOf(stat);
+  const target = type === "symlink" ? await fs.readlink(p).catch(() => null) : null;
+  return { type, mode: stat.mode & 0o777, target };
+}
+
+/** Something other than the expected kind of file stands where a state file belongs. */
+export class ForeignEntryError extends RunnerError {
+  constructor(
+    readonly file: string,
+    readonly found: EntryType,
+    expected: "file" | "directory",
+  ) {
+    super("state_invalid", `${file} is a ${found}, not a ${expected}; links and other file types in the state dir are never followed (\`runner repair\` moves it aside)`);
+  }
+}
+
+/**
+ * Opens an existing state file or dir for reading without following a link, and checks that
+ * what was opened is of the expected type. Null when nothing is there.
+ */
+async function openNoFollow(p: string, expected: "file" | "directory"): Promise<fs.FileHandle | null> {
+  if (O_NOFOLLOW === 0) {
+    const entry = await entryAt(p);
+    if (entry === null) return null;
+    if (entry.type !== expected) throw new ForeignEntryError(p, entry.type, expected);
+  }
+  let handle: fs.FileHandle;
+  try {
+    handle = await fs.open(p, constants.O_RDONLY | O_NOFOLLOW | O_NONBLOCK);
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code === "ENOENT") return null;
+    // ELOOP (a link), ENXIO (a socket), EISDIR...: say what is there, when lstat can tell.
+    const entry = await entryAt(p).catch(() => null);
+    if (entry !== null && entry.type !== expected) throw new ForeignEntryError(p, entry.type, expected);
+    throw error;
+  }
+  const type = typeOf(await handle.stat());
+  if (type !== expected) {
+    await handle.close();
+    throw new ForeignEntryError(p, type, expected);
+  }
+  return handle;
+}
+
+/** A state file's text, or null when it does not exist; throws ForeignEntryError for a link, a dir... */
+export async function readStateFile(file: string): Promise<string | null> {
+  const handle = await openNoFollow(file, "file");
+  if (handle === null) return null;
+  try {
+    return await handle.readFile("utf8");
+  } finally {
+    await handle.close();
+  }
+}
+
+/**
+ * chmod that never follows a link: opens the file or dir (O_NOFOLLOW), checks its type, and
+ * changes the mode through the handle (fchmod). Throws ForeignEntryError for anything else.
+ */
+export async function chmodNoFollow(p: string, mode: number, expected: "file" | "directory"): Promise<void> {
+  const handle = await openNoFollow(p, expected);
+  if (handle === null) throw new RunnerError("state_invalid", `${p} does not exist`);
+  try {
+    await handle.chmod(mode);
+  } finally {
+    await handle.close();
+  }
 }
 
 /** The permission bits of a path, or null when it does not exist. */
@@ -93,8 +210,15 @@ export async function modeOf(p: string): Promise<number | null> {
   }
 }
 
-export async function ensureDir(dir: string): Promise<void> {
+/**
+ * Creates a dir (and its parents) if missing. A link or a file already there is refused with a
+ * ForeignEntryError, unless `followLink` (only for the state dir itself, which may be a link).
+ */
+export async function ensureDir(dir: string, options: { followLink?: boolean } = {}): Promise<void> {
   await fs.mkdir(dir, { recursive: true, mode: DIR_MODE });
+  if (options.followLink) return;
+  const entry = await entryAt(dir);
+  if (entry !== null && entry.type !== "directory") throw new ForeignEntryError(dir, entry.type, "directory");
 }
 
 export interface SetAsideFile {
@@ -108,10 +232,11 @@ export interface SetAsideFile {
  * other process can be writing there. Returns the names removed.
  */
 export async function removeInterruptedWrites(dir: string): Promise<string[]> {
-  const names = await fs.readdir(dir).catch((error: NodeJS.ErrnoException) => {
-    if (error.code === "ENOENT") return [] as string[];
-    throw error;
-  });
+  // Through a linked dir this would delete files outside the state dir.
+  const entry = await entryAt(dir);
+  if (entry === null) return [];
+  if (entry.type !== "directory") throw new ForeignEntryError(dir, entry.type, "directory");
+  const names = await fs.readdir(dir);
   const removed: string[] = [];
   for (const name of names) {
     const writer = /\.(\d+)\.(?:\d+|now)\.tmp$/.exec(name)?.[1];
@@ -126,22 +251,26 @@ export async function removeInterruptedWrites(dir: string): Promise<string[]> {
  * Reads every `*.json` file of a directory (one record each) against a schema. A damaged file
  * is moved aside (kept for a person) and named in `setAside`; a missing dir reads as empty.
  * Temp files of an interrupted atomic write (".name....tmp") and set-aside files are skipped.
+ * A link or other non-file at a record's name is moved aside unread (never followed).
  */
 export async function readJsonDir<T>(dir: string, schema: z.ZodType<T>, now: Date): Promise<{ values: T[]; setAside: SetAsideFile[] }> {
   const values: T[] = [];
   const setAside: SetAsideFile[] = [];
-  let names: string[];
-  try {
-    names = await fs.readdir(dir);
-  } catch (error) {
-    if ((error as NodeJS.ErrnoException).code === "ENOENT") return { values, setAside };
-    throw error;
-  }
-  for (const name of names.filter((n) => n.endsWith(".json") && !n.startsWith(".")).sort()) {
+  // A linked dir would have us read, and move aside, files outside the state dir.
+  const entry = await entryAt(dir);
+  if (entry === null) return { values, setAside };
+  if (entry.type !== "directory") throw new ForeignEntryError(dir, entry.type, "directory");
+  const names = await fs.readdir(dir);
+  for (const name of names.filter(isRecordName).sort()) {
     const file = path.join(dir, name);
     const read = await readJsonFile(file, schema);
     if (read.kind === "ok") values.push(read.value);
     else if (read.kind === "invalid") setAside.push({ file: await moveAside(file, now), reason: read.reason });
   }
   return { values, setAside };
+}
+
+/** The names of the one-record-per-file dirs (outbox/, running/) that hold records. */
+export function isRecordName(name: string): boolean {
+  return name.endsWith(".json") && !name.startsWith(".");
 }

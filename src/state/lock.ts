@@ -7,7 +7,7 @@ import { z } from "zod";
 import { execFile } from "node:child_process";
 import { promisify } from "node:util";
 import { RunnerError } from "../errors.js";
-import { SECRET_FILE_MODE, readJsonFile } from "./files.js";
+import { SECRET_FILE_MODE, entryAt, moveAside, readJsonFile } from "./files.js";
 
 const lockRecordSchema = z.object({
   pid: z.number().int().positive(),
@@ -101,6 +101,14 @@ export async function acquireLock(file: string, now: Date = new Date()): Promise
       return { file, tookOver, release: () => releaseLock(file, mine) };
     } catch (error) {
       if ((error as NodeJS.ErrnoException).code !== "EEXIST") throw error;
+    }
+    // A link (even a dangling one) or a dir at the lock's name makes O_EXCL fail for ever and
+    // is never a lock a runner wrote: move it aside (kept for a person) and try again.
+    const entry = await entryAt(file);
+    if (entry !== null && entry.type !== "file") {
+      const kept = await moveAside(file, now);
+      tookOver = { kind: "stale", owner: null, reason: `${file} was a ${entry.type}, not a lock file; moved aside to ${kept}` };
+      continue;
     }
     const state = await inspectLock(file);
     if (state.kind === "held") {

@@ -8,7 +8,7 @@ import { registerRunner, startTestControlPlane, tempDir } from "../helpers/fixtu
 import { ExitCode } from "../../src/errors.js";
 
 describe("runner register", { timeout: 60_000 }, () => {
-  test("reads the token from stdin, records the store, and status shows the local view", async (t) => {
+  test("reads the token from stdin, records the store, and status shows the local view", { timeout: 60_000 }, async (t) => {
     const plane = await startTestControlPlane(t);
     const dir = await tempDir(t);
     const stateDir = path.join(dir, "state");
@@ -34,18 +34,26 @@ describe("runner register", { timeout: 60_000 }, () => {
     assert.equal(listed?.runnerId, view.runnerId);
   });
 
-  test("a used token is refused with the control plane's reason", async (t) => {
+  test("a used token is refused with its own message and exit code 77, also when repair re-registers with it", { timeout: 60_000 }, async (t) => {
     const plane = await startTestControlPlane(t);
     const dir = await tempDir(t);
     const tokenFile = await plane.tokenFile(dir);
     const first = await runCli(["register", "--url", plane.cp.url, "--token-file", tokenFile, "--state-dir", path.join(dir, "a"), "--credential-store", "file"]);
     assert.equal(first.code, ExitCode.OK, first.all);
     const second = await runCli(["register", "--url", plane.cp.url, "--token-file", tokenFile, "--state-dir", path.join(dir, "b"), "--credential-store", "file", "--name", "other"]);
-    assert.notEqual(second.code, ExitCode.OK);
-    assert.match(second.stderr, /401 registration_token_invalid/);
+    assert.equal(second.code, ExitCode.TOKEN_REFUSED, second.all);
+    assert.match(second.stderr, /refused the registration token: it is unknown, already used or expired\n {2}→ ask an admin for a new registration token/);
+    assert.ok(!second.all.includes((await fs.readFile(tokenFile, "utf8")).trim().slice(4)), "the token is never printed");
+
+    // The same token given to repair, for a runner whose credential was revoked.
+    const runner = (JSON.parse(await fs.readFile(path.join(dir, "a", "registration.json"), "utf8")) as { runnerId: string }).runnerId;
+    await plane.admin.revokeRunner(runner);
+    const repair = await runCli(["repair", "--token-file", tokenFile, "--state-dir", path.join(dir, "a"), "--credential-store", "file"]);
+    assert.equal(repair.code, ExitCode.TOKEN_REFUSED, repair.all);
+    assert.match(repair.stdout, /failed: the control plane at .* refused the registration token/);
   });
 
-  test("registering twice needs --replace, which keeps one runner on the control plane", async (t) => {
+  test("registering twice needs --replace, which keeps one runner on the control plane", { timeout: 60_000 }, async (t) => {
     const plane = await startTestControlPlane(t);
     const runner = await registerRunner(t, plane, { name: "box" });
     const again = await runCli(["register", "--url", plane.cp.url, "--token-file", await plane.tokenFile(path.dirname(runner.stateDir)), "--name", "box", ...runner.flags]);
@@ -56,7 +64,7 @@ describe("runner register", { timeout: 60_000 }, () => {
     assert.equal((await plane.admin.listRunners()).length, 1);
   });
 
-  test("bad input gets a clear, specific error", async (t) => {
+  test("bad input gets a clear, specific error", { timeout: 60_000 }, async (t) => {
     const dir = await tempDir(t);
     const flags = ["--state-dir", path.join(dir, "s"), "--credential-store", "file"];
     const noToken = await runCli(["register", "--url", "http://127.0.0.1:9", ...flags]);
@@ -89,7 +97,7 @@ describe("runner register", { timeout: 60_000 }, () => {
     assert.match(unreachable.stderr, /cannot reach the control plane at http:\/\/127\.0\.0\.1:9/);
   });
 
-  test("settings come from the config file when no flag or env var is given", async (t) => {
+  test("settings come from the config file when no flag or env var is given", { timeout: 60_000 }, async (t) => {
     const plane = await startTestControlPlane(t);
     const dir = await tempDir(t);
     const stateDir = path.join(dir, "from-config");
@@ -102,7 +110,7 @@ describe("runner register", { timeout: 60_000 }, () => {
     assert.equal((JSON.parse(viaEnv.stdout) as { stateDir: string }).stateDir, stateDir);
   });
 
-  test("unregister removes the runner on the control plane and the credential here, keeping the outbox", async (t) => {
+  test("unregister removes the runner on the control plane and the credential here, keeping the outbox", { timeout: 60_000 }, async (t) => {
     const plane = await startTestControlPlane(t);
     const runner = await registerRunner(t, plane);
     await fs.writeFile(path.join(runner.stateDir, "outbox", "r.json"), "{}");

@@ -4,10 +4,11 @@
 import { describe, test, type TestContext } from "node:test";
 import assert from "node:assert/strict";
 import { promises as fs } from "node:fs";
-import { spawn } from "node:child_process";
+import { spawn, spawnSync } from "node:child_process";
 import path from "node:path";
-import { runCli } from "../helpers/cli.js";
-import { registerRunner, requireKeychain, startTestControlPlane, type RegisteredRunner, type TestControlPlane } from "../helpers/fixtures.js";
+import { runCli as runCliWithin } from "../helpers/cli.js";
+import { startDaemon } from "../helpers/daemon.js";
+import { registerRunner, requireKeychain, startTestControlPlane, tempDir, type RegisteredRunner, type TestControlPlane } from "../helpers/fixtures.js";
 import { KeychainCredentialStore } from "../../src/credentials/keychain-store.js";
 import { processStartTime } from "../../src/state/lock.js";
 import { ExitCode } from "../../src/errors.js";
@@ -74,8 +75,47 @@ async function expectRefusalThenTokenRepair(plane: TestControlPlane, runner: Reg
   await expectHealthy(runner);
 }
 
-describe("repair matrix", { timeout: 120_000 }, () => {
-  test("a truncated registration.json is set aside, kept, and rebuilt from the credential store", async (t) => {
+/**
+ * Each case runs five to ten real CLI processes, one after the other; on a loaded 2-core
+ * machine (four CPU hogs beside the suite) a case took up to 65 s. Every case has its own budget, so the suite's length never
+ * decides whether a case passes.
+ */
+const CASE = { timeout: 240_000 };
+
+/** Measured under four CPU hogs on 2 cores: up to ~10 s per CLI call; the default 30 s is too close. */
+const runCli = (args: string[]) => runCliWithin(args, { timeoutMs: 90_000 });
+
+/** `runner start` takes the lock, passes its checks and connects; SIGTERM drains it to exit 0. */
+async function expectStartWorks(t: TestContext, runner: RegisteredRunner) {
+  const daemon = startDaemon(t, runner.flags);
+  await daemon.waitForLog((l) => l.msg === "connected to the control plane", 60_000);
+  assert.equal(await daemon.stop(), 0, daemon.stderr());
+}
+
+/** A file outside the state dir (mode 0644), and a check that nothing ever changed it. */
+async function outsideFile(t: TestContext, content: string) {
+  const file = path.join(await tempDir(t, "runner-outside-"), "outside.json");
+  await fs.writeFile(file, content, { mode: 0o644 });
+  await fs.chmod(file, 0o644);
+  return {
+    file,
+    async assertUntouched() {
+      assert.equal(await fs.readFile(file, "utf8"), content, "the link's target keeps its content");
+      assert.equal((await fs.stat(file)).mode & 0o777, 0o644, "the link's target keeps its mode");
+      assert.deepEqual(await fs.readdir(path.dirname(file)), ["outside.json"], "nothing was created beside the target");
+    },
+  };
+}
+
+/** The one entry `name` was moved aside to (kept, never deleted). */
+async function keptAside(dir: string, name: string): Promise<string> {
+  const kept = (await fs.readdir(dir)).filter((f) => f.startsWith(`${name}.corrupt-`));
+  assert.equal(kept.length, 1, `${name} was moved aside once: ${kept.join(", ")}`);
+  return path.join(dir, kept[0]!);
+}
+
+describe("repair matrix", () => {
+  test("a truncated registration.json is set aside, kept, and rebuilt from the credential store", CASE, async (t) => {
     const { runner } = await setUp(t);
     const file = path.join(runner.stateDir, "registration.json");
     const original = await fs.readFile(file, "utf8");
@@ -95,7 +135,7 @@ describe("repair matrix", { timeout: 120_000 }, () => {
     await expectHealthy(runner);
   });
 
-  test("a registration.json of the wrong shape is reported with the field at fault", async (t) => {
+  test("a registration.json of the wrong shape is reported with the field at fault", CASE, async (t) => {
     const { runner } = await setUp(t);
     const file = path.join(runner.stateDir, "registration.json");
     await fs.writeFile(file, JSON.stringify({ ...JSON.parse(await fs.readFile(file, "utf8")), runnerId: 42 }));
@@ -106,7 +146,7 @@ describe("repair matrix", { timeout: 120_000 }, () => {
     await expectHealthy(runner);
   });
 
-  test("loose permissions on the state dir and the secret files are tightened", async (t) => {
+  test("loose permissions on the state dir and the secret files are tightened", CASE, async (t) => {
     const { runner } = await setUp(t);
     await fs.chmod(runner.stateDir, 0o755);
     await fs.chmod(path.join(runner.stateDir, "credential"), 0o644);
@@ -122,7 +162,7 @@ describe("repair matrix", { timeout: 120_000 }, () => {
     await expectHealthy(runner);
   });
 
-  test("a lock left by a dead process is stale and removed", async (t) => {
+  test("a lock left by a dead process is stale and removed", CASE, async (t) => {
     const { runner } = await setUp(t);
     const child = spawn(process.execPath, ["-e", "0"]);
     const pid = child.pid!;
@@ -138,7 +178,7 @@ describe("repair matrix", { timeout: 120_000 }, () => {
     await expectHealthy(runner);
   });
 
-  test("a lock naming a pid that now belongs to another process is stale", async (t) => {
+  test("a lock naming a pid that now belongs to another process is stale", CASE, async (t) => {
     const { runner } = await setUp(t);
     const startTime = await processStartTime(process.pid);
     assert.ok(startTime, "this platform exposes process start times");
@@ -151,7 +191,7 @@ describe("repair matrix", { timeout: 120_000 }, () => {
     await expectHealthy(runner);
   });
 
-  test("a credential deleted from the keychain is reported as missing from the keychain, not silently re-registered", async (t) => {
+  test("a credential deleted from the keychain is reported as missing from the keychain, not silently re-registered", CASE, async (t) => {
     if (!requireKeychain(t)) return;
     const { plane, runner } = await setUp(t, "keychain");
     assert.equal(await new KeychainCredentialStore(runner.stateDir).remove(), true, "the entry existed in the real keychain");
@@ -163,14 +203,14 @@ describe("repair matrix", { timeout: 120_000 }, () => {
     assert.equal(stored.kind, "ok", "the new credential is back in the keychain");
   });
 
-  test("a credential revoked on the control plane needs a new registration token", async (t) => {
+  test("a credential revoked on the control plane needs a new registration token", CASE, async (t) => {
     const { plane, runner } = await setUp(t);
     await plane.admin.revokeRunner(await runnerId(runner));
     await expectVerifyReports(runner, "credential_revoked");
     await expectRefusalThenTokenRepair(plane, runner);
   });
 
-  test("a runner deleted on the control plane is re-registered with its name and labels", async (t) => {
+  test("a runner deleted on the control plane is re-registered with its name and labels", CASE, async (t) => {
     const { plane, runner } = await setUp(t);
     const before = JSON.parse(await fs.readFile(path.join(runner.stateDir, "registration.json"), "utf8")) as { name: string };
     await plane.admin.deleteRunner(await runnerId(runner));
@@ -180,7 +220,7 @@ describe("repair matrix", { timeout: 120_000 }, () => {
     assert.deepEqual(listed.map((r) => r.name), [before.name], "exactly one runner, with the old name");
   });
 
-  test("a changed host fingerprint is re-bound on the control plane", async (t) => {
+  test("a changed host fingerprint is re-bound on the control plane", CASE, async (t) => {
     const { plane, runner } = await setUp(t);
     const moved = ["--machine-id", "machine-B"];
     await expectVerifyReports(runner, "host_changed", moved);
@@ -193,7 +233,7 @@ describe("repair matrix", { timeout: 120_000 }, () => {
     assert.equal(record?.host.fingerprint, registration.hostFingerprint, "both sides agree on the new fingerprint");
   });
 
-  test("a missing state dir is recreated; with the credential gone too, repair names the register command", async (t) => {
+  test("a missing state dir is recreated; with the credential gone too, repair names the register command", CASE, async (t) => {
     const { runner } = await setUp(t);
     await fs.rm(runner.stateDir, { recursive: true });
     await expectVerifyReports(runner, "state_dir_missing");
@@ -205,7 +245,7 @@ describe("repair matrix", { timeout: 120_000 }, () => {
     assert.deepEqual(await fs.readdir(path.join(runner.stateDir, "outbox")), []);
   });
 
-  test("a missing state dir is fully rebuilt when the keychain still holds the credential", async (t) => {
+  test("a missing state dir is fully rebuilt when the keychain still holds the credential", CASE, async (t) => {
     if (!requireKeychain(t)) return;
     const { runner } = await setUp(t, "keychain");
     const registration = await fs.readFile(path.join(runner.stateDir, "registration.json"), "utf8");
@@ -219,7 +259,7 @@ describe("repair matrix", { timeout: 120_000 }, () => {
     assert.equal((await runCli(["verify", ...runner.flags])).code, ExitCode.OK);
   });
 
-  test("a missing outbox is recreated", async (t) => {
+  test("a missing outbox is recreated", CASE, async (t) => {
     const { runner } = await setUp(t);
     await fs.rm(path.join(runner.stateDir, "outbox"), { recursive: true });
     await expectVerifyReports(runner, "outbox_missing");
@@ -228,12 +268,135 @@ describe("repair matrix", { timeout: 120_000 }, () => {
     assert.equal((await fs.stat(path.join(runner.stateDir, "outbox"))).mode & 0o777, 0o700);
   });
 
-  test("repair --dry-run changes nothing", async (t) => {
+  test("repair --dry-run changes nothing", CASE, async (t) => {
     const { runner } = await setUp(t);
     await fs.chmod(runner.stateDir, 0o755);
     const dry = await runCli(["repair", "--dry-run", ...runner.flags]);
     assert.equal(dry.code, ExitCode.UNHEALTHY, dry.all);
     assert.match(dry.stdout, /dry run: nothing was changed/);
     assert.equal((await fs.stat(runner.stateDir)).mode & 0o777, 0o755);
+  });
+
+  test("a link at registration.json to a file outside is moved aside unfollowed; the outside file keeps its content and mode", CASE, async (t) => {
+    const { runner } = await setUp(t);
+    const file = path.join(runner.stateDir, "registration.json");
+    const original = await fs.readFile(file, "utf8");
+    const outside = await outsideFile(t, original);
+    await fs.rm(file);
+    await fs.symlink(outside.file, file);
+
+    const verify = await expectVerifyReports(runner, "foreign_file_type");
+    assert.match(verify.stdout, new RegExp(`registration\\.json is a symbolic link to ${outside.file.replace(/[.]/g, "\\.")}`));
+    assert.doesNotMatch(verify.stdout, /file_permissions/, "the link's target is not judged (nor chmodded)");
+
+    const repair = await runCli(["repair", ...runner.flags]);
+    assert.equal(repair.code, ExitCode.OK, repair.all);
+    assert.match(repair.stdout, /moved the symlink to .*registration\.json\.corrupt-/);
+    assert.match(repair.stdout, /rebuilt registration\.json for runner rnr_/);
+    assert.equal((await fs.lstat(await keptAside(runner.stateDir, "registration.json"))).isSymbolicLink(), true, "the link itself is kept");
+    assert.equal((await fs.lstat(file)).isFile(), true);
+    assert.deepEqual(withoutTimestamp(await fs.readFile(file, "utf8")), withoutTimestamp(original));
+    await outside.assertUntouched();
+    await expectHealthy(runner);
+    await expectStartWorks(t, runner);
+    await outside.assertUntouched();
+  });
+
+  test("a dangling link at runner.lock is reported, moved aside by repair without creating its target, and start then works", CASE, async (t) => {
+    const { runner } = await setUp(t);
+    const target = path.join(await tempDir(t, "runner-outside-"), "never-created");
+    await fs.symlink(target, path.join(runner.stateDir, "runner.lock"));
+
+    const verify = await expectVerifyReports(runner, "foreign_file_type");
+    assert.match(verify.stdout, /runner\.lock is a symbolic link to .*never-created/);
+    assert.doesNotMatch(verify.stdout, /stale_lock/);
+    const repair = await runCli(["repair", ...runner.flags]);
+    assert.equal(repair.code, ExitCode.OK, repair.all);
+    assert.match(repair.stdout, /took over a stale lock \(.*runner\.lock was a symlink, not a lock file; moved aside to .*runner\.lock\.corrupt-/);
+    assert.equal((await fs.lstat(await keptAside(runner.stateDir, "runner.lock"))).isSymbolicLink(), true);
+    await assert.rejects(fs.lstat(target), { code: "ENOENT" }, "the link's target was never created");
+    await expectHealthy(runner);
+    await expectStartWorks(t, runner);
+  });
+
+  test("start itself moves a link or a directory at runner.lock aside instead of exiting 4", CASE, async (t) => {
+    const { runner } = await setUp(t);
+    const lock = path.join(runner.stateDir, "runner.lock");
+    await fs.mkdir(lock);
+    await fs.writeFile(path.join(lock, "inside"), "kept");
+    await expectStartWorks(t, runner);
+    const kept = await keptAside(runner.stateDir, "runner.lock");
+    assert.equal(await fs.readFile(path.join(kept, "inside"), "utf8"), "kept", "the directory is kept with its content");
+    // (start has consumed the seeded outbox, so only the verdict is checked here)
+    assert.equal((await runCli(["verify", ...runner.flags])).code, ExitCode.OK);
+  });
+
+  test("a directory at registration.json is moved aside and the registration rebuilt", CASE, async (t) => {
+    const { runner } = await setUp(t);
+    const file = path.join(runner.stateDir, "registration.json");
+    await fs.rm(file);
+    await fs.mkdir(file);
+    const verify = await expectVerifyReports(runner, "foreign_file_type");
+    assert.match(verify.stdout, /registration\.json is a directory where a regular file belongs/);
+    const repair = await runCli(["repair", ...runner.flags]);
+    assert.equal(repair.code, ExitCode.OK, repair.all);
+    assert.equal((await fs.lstat(await keptAside(runner.stateDir, "registration.json"))).isDirectory(), true);
+    assert.equal((await fs.lstat(file)).isFile(), true);
+    await expectHealthy(runner);
+  });
+
+  test("a link at credential to a file outside is moved aside; the runner then needs a token, and the outside file is untouched", CASE, async (t) => {
+    const { plane, runner } = await setUp(t);
+    const file = path.join(runner.stateDir, "credential");
+    const outside = await outsideFile(t, await fs.readFile(file, "utf8"));
+    await fs.rm(file);
+    await fs.symlink(outside.file, file);
+
+    const verify = await expectVerifyReports(runner, "foreign_file_type");
+    assert.match(verify.stdout, /credential is a symbolic link to /);
+    assert.doesNotMatch(verify.stdout, /file_permissions/);
+    // A credential that lives outside the state dir is not this runner's: it is not used.
+    await expectRefusalThenTokenRepair(plane, runner);
+    assert.equal((await fs.lstat(await keptAside(runner.stateDir, "credential"))).isSymbolicLink(), true);
+    await outside.assertUntouched();
+    await expectStartWorks(t, runner);
+  });
+
+  test("a link at outbox/ to a directory outside is moved aside and a real outbox created; nothing outside changes", CASE, async (t) => {
+    const { runner } = await setUp(t);
+    const outbox = path.join(runner.stateDir, "outbox");
+    const outside = await outsideFile(t, PENDING_RESULT);
+    await fs.rm(outbox, { recursive: true });
+    await fs.symlink(path.dirname(outside.file), outbox);
+
+    await expectVerifyReports(runner, "foreign_file_type");
+    const repair = await runCli(["repair", ...runner.flags]);
+    assert.equal(repair.code, ExitCode.OK, repair.all);
+    assert.match(repair.stdout, /created .*outbox \(0700\)/);
+    assert.equal((await fs.lstat(await keptAside(runner.stateDir, "outbox"))).isSymbolicLink(), true);
+    const real = await fs.lstat(outbox);
+    assert.equal(real.isDirectory() && (real.mode & 0o777) === 0o700, true, "a real, private outbox");
+    assert.equal((await runCli(["verify", ...runner.flags])).code, ExitCode.OK);
+    await expectStartWorks(t, runner);
+    await outside.assertUntouched();
+  });
+
+  test("a link inside outbox/ and a fifo at devices.json are moved aside; the real results stay", CASE, async (t) => {
+    const { runner } = await setUp(t);
+    const outside = await outsideFile(t, JSON.stringify({ jobId: "job-2", attempt: 1, outcome: "succeeded" }));
+    const inOutbox = path.join(runner.stateDir, "outbox", "job-2.1.json");
+    await fs.symlink(outside.file, inOutbox);
+    spawnSync("mkfifo", [path.join(runner.stateDir, "devices.json")]);
+
+    const verify = await expectVerifyReports(runner, "foreign_file_type");
+    assert.match(verify.stdout, /outbox\/job-2\.1\.json is a symbolic link/);
+    assert.match(verify.stdout, /devices\.json is a fifo/);
+    const repair = await runCli(["repair", ...runner.flags]);
+    assert.equal(repair.code, ExitCode.OK, repair.all);
+    await keptAside(path.join(runner.stateDir, "outbox"), "job-2.1.json");
+    await keptAside(runner.stateDir, "devices.json");
+    await fs.rm(await keptAside(path.join(runner.stateDir, "outbox"), "job-2.1.json"));
+    await expectHealthy(runner);
+    await outside.assertUntouched();
   });
 });

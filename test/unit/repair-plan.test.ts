@@ -1,6 +1,6 @@
 import { describe, test } from "node:test";
 import assert from "node:assert/strict";
-import { planRepairs, type Observations } from "../../src/startup/plan.js";
+import { planRepairs, type ForeignEntry, type Observations } from "../../src/startup/plan.js";
 import type { Registration } from "../../src/state/registration.js";
 
 const registration: Registration = {
@@ -22,6 +22,7 @@ function healthy(): Observations {
     outboxMode: 0o700,
     registration: { kind: "ok", value: registration },
     fileModes: [{ path: "/s/registration.json", mode: 0o600 }],
+    foreign: [],
     lock: { kind: "free" },
     credential: { kind: "ok", value: credential },
     recoverable: null,
@@ -29,6 +30,7 @@ function healthy(): Observations {
   };
 }
 const noToken = { haveRegistrationToken: false };
+const link = (name: string, target: string | null = "/elsewhere/x"): ForeignEntry => ({ path: `/s/${name}`, name, found: "symlink", expected: "file", target });
 const withToken = { haveRegistrationToken: true };
 const codes = (o: Observations, c = noToken) => planRepairs(o, c).map((f) => f.code);
 
@@ -46,7 +48,7 @@ describe("the repair planner", () => {
   test("a group- or world-readable state dir is tightened to 0700", () => {
     const [finding] = planRepairs({ ...healthy(), stateDirMode: 0o755 }, noToken);
     assert.equal(finding?.code, "state_dir_permissions");
-    assert.deepEqual(finding?.fix.kind === "auto" && finding.fix.action, { kind: "tighten_mode", path: "/s", mode: 0o700 });
+    assert.deepEqual(finding?.fix.kind === "auto" && finding.fix.action, { kind: "tighten_mode", path: "/s", mode: 0o700, type: "directory" });
   });
 
   test("a stricter mode than required is not a finding", () => {
@@ -56,7 +58,7 @@ describe("the repair planner", () => {
   test("a secret file readable by others is tightened to 0600", () => {
     const [finding] = planRepairs({ ...healthy(), fileModes: [{ path: "/s/credential", mode: 0o644 }] }, noToken);
     assert.equal(finding?.code, "file_permissions");
-    assert.deepEqual(finding?.fix.kind === "auto" && finding.fix.action, { kind: "tighten_mode", path: "/s/credential", mode: 0o600 });
+    assert.deepEqual(finding?.fix.kind === "auto" && finding.fix.action, { kind: "tighten_mode", path: "/s/credential", mode: 0o600, type: "file" });
   });
 
   test("a missing outbox is recreated", () => {
@@ -149,5 +151,38 @@ describe("the repair planner", () => {
   test("local findings and identity findings are reported together", () => {
     const seen = { ...healthy(), stateDirMode: 0o777, controlPlane: { kind: "error" as const, code: "runner_deleted" as const, message: "gone" } };
     assert.deepEqual(codes(seen), ["state_dir_permissions", "runner_deleted"]);
+  });
+
+  test("a link where a state file belongs is moved aside, naming where it points", () => {
+    const [finding, ...rest] = planRepairs({ ...healthy(), foreign: [link("runner.lock")] }, noToken);
+    assert.deepEqual(rest, []);
+    assert.equal(finding?.code, "foreign_file_type");
+    assert.match(finding?.problem ?? "", /^runner\.lock is a symbolic link to \/elsewhere\/x where a regular file belongs/);
+    assert.deepEqual(finding?.fix.kind === "auto" && finding.fix.action, { kind: "set_aside_entry", path: "/s/runner.lock", expected: "file" });
+  });
+
+  test("a directory, fifo or socket where a state file belongs is a finding like a link", () => {
+    const others: ForeignEntry[] = [
+      { path: "/s/registration.json", name: "registration.json", found: "directory", expected: "file", target: null },
+      { path: "/s/devices.json", name: "devices.json", found: "fifo", expected: "file", target: null },
+      { path: "/s/outbox/j.1.json", name: "outbox/j.1.json", found: "socket", expected: "file", target: null },
+    ];
+    const findings = planRepairs({ ...healthy(), foreign: others }, noToken);
+    assert.deepEqual(findings.map((f) => f.problem.split(" where")[0]), ["registration.json is a directory", "devices.json is a fifo", "outbox/j.1.json is a socket"]);
+  });
+
+  test("nothing read through a foreign registration or credential is judged until it is moved aside", () => {
+    // What the reads said must not turn into a chmod, a set-aside or a re-registration of the link's target.
+    for (const name of ["registration.json", "credential"]) {
+      const seen = { ...healthy(), foreign: [link(name)], registration: { kind: "invalid" as const, reason: "a symlink" }, credential: { kind: "unavailable" as const, reason: "ELOOP" } };
+      assert.deepEqual(codes(seen, withToken), ["foreign_file_type"], name);
+    }
+  });
+
+  test("a foreign lock is not also reported as a stale lock, and a foreign outbox not as a missing one", () => {
+    const outbox: ForeignEntry = { path: "/s/outbox", name: "outbox", found: "symlink", expected: "directory", target: "/tmp/o" };
+    const seen = { ...healthy(), foreign: [link("runner.lock", null), outbox], lock: { kind: "stale" as const, owner: null, reason: "unreadable" }, outboxMode: null };
+    assert.deepEqual(codes(seen), ["foreign_file_type", "foreign_file_type"]);
+    assert.match(planRepairs(seen, noToken)[0]?.problem ?? "", /^runner\.lock is a symbolic link where/);
   });
 });

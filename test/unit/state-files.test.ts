@@ -4,7 +4,17 @@ import { promises as fs } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { z } from "zod";
-import { moveAside, readJsonFile, removeInterruptedWrites, writeJsonAtomic } from "../../src/state/files.js";
+import { execFileSync } from "node:child_process";
+import {
+  ForeignEntryError,
+  chmodNoFollow,
+  ensureDir,
+  moveAside,
+  readJsonDir,
+  readJsonFile,
+  removeInterruptedWrites,
+  writeJsonAtomic,
+} from "../../src/state/files.js";
 
 const schema = z.object({ a: z.number() });
 
@@ -55,4 +65,70 @@ test("the temp files of writes another process never finished are removed; this 
   assert.deepEqual((await removeInterruptedWrites(d)).sort(), [names[0], names[1]].sort());
   assert.deepEqual((await fs.readdir(d)).sort(), [names[2], names[3], names[4]].sort());
   assert.deepEqual(await removeInterruptedWrites(path.join(d, "missing")), []);
+});
+
+/** A file outside the "state dir" and a link to it inside; the outside file must never change. */
+async function outsideAndLink(): Promise<{ d: string; outside: string; link: string; check: () => Promise<void> }> {
+  const d = await dir();
+  const outside = path.join(await dir(), "precious.json");
+  await fs.writeFile(outside, '{"a": 7}', { mode: 0o644 });
+  const link = path.join(d, "x.json");
+  await fs.symlink(outside, link);
+  const check = async () => {
+    assert.equal(await fs.readFile(outside, "utf8"), '{"a": 7}', "the outside file's content is untouched");
+    assert.equal((await fs.stat(outside)).mode & 0o777, 0o644, "the outside file's mode is untouched");
+  };
+  return { d, outside, link, check };
+}
+
+test("a read never follows a link: a link to a valid file outside reads as invalid", { timeout: 10_000 }, async () => {
+  const { link, check } = await outsideAndLink();
+  const read = await readJsonFile(link, schema);
+  assert.equal(read.kind, "invalid");
+  assert.match(read.kind === "invalid" ? read.reason : "", /x\.json is a symlink, not a file/);
+  await check();
+});
+
+test("a fifo or a directory where a file belongs reads as invalid, and reading a fifo does not block", { timeout: 10_000 }, async () => {
+  const d = await dir();
+  const fifo = path.join(d, "fifo.json");
+  execFileSync("mkfifo", [fifo]);
+  assert.match(JSON.stringify(await readJsonFile(fifo, schema)), /is a fifo, not a file/);
+  await fs.mkdir(path.join(d, "dir.json"));
+  assert.match(JSON.stringify(await readJsonFile(path.join(d, "dir.json"), schema)), /is a directory, not a file/);
+});
+
+test("chmod through a link is refused and leaves the target's mode alone", { timeout: 10_000 }, async () => {
+  const { link, check } = await outsideAndLink();
+  await assert.rejects(chmodNoFollow(link, 0o600, "file"), ForeignEntryError);
+  await check();
+});
+
+test("an atomic write replaces a link at its name instead of writing through it", { timeout: 10_000 }, async () => {
+  const { link, check } = await outsideAndLink();
+  await writeJsonAtomic(link, { a: 1 });
+  assert.equal((await fs.lstat(link)).isFile(), true, "the link was replaced by a real file");
+  assert.deepEqual(await readJsonFile(link, schema), { kind: "ok", value: { a: 1 } });
+  await check();
+});
+
+test("a linked record in a record dir is moved aside unread; a linked record dir is refused", { timeout: 10_000 }, async () => {
+  const { d, outside, check } = await outsideAndLink();
+  await fs.writeFile(path.join(d, "y.json"), '{"a": 2}');
+  const read = await readJsonDir(d, schema, new Date("2026-01-02T03:04:05.678Z"));
+  assert.deepEqual(read.values, [{ a: 2 }]);
+  assert.deepEqual(read.setAside.map((f) => path.basename(f.file)), ["x.json.corrupt-2026-01-02T03-04-05-678Z"]);
+  assert.equal((await fs.lstat(read.setAside[0]!.file)).isSymbolicLink(), true, "the link itself was moved");
+  await check();
+
+  const linkedDir = path.join(d, "running");
+  await fs.symlink(path.dirname(outside), linkedDir);
+  await assert.rejects(readJsonDir(linkedDir, schema, new Date()), ForeignEntryError);
+  await assert.rejects(ensureDir(linkedDir), ForeignEntryError);
+  await fs.writeFile(path.join(path.dirname(outside), `.x.json.${process.pid + 1}.1.tmp`), "{}");
+  await assert.rejects(removeInterruptedWrites(linkedDir), ForeignEntryError);
+  await fs.rm(path.join(path.dirname(outside), `.x.json.${process.pid + 1}.1.tmp`));
+  await ensureDir(linkedDir, { followLink: true });
+  await check();
+  assert.deepEqual(await fs.readdir(path.dirname(outside)), ["precious.json"], "nothing was moved or created outside");
 });
