@@ -174,8 +174,10 @@ export class RunnerProcess {
   }
 }
 
+/** The daemon's last lines, stack frames left out (the error's own line says more). */
 function lastLines(daemon: DaemonProcess): string {
   return daemon.lines
+    .filter((l) => !/^\s+at /.test(String(l.msg)))
     .slice(-6)
     .map((l) => String(l.msg).slice(0, 300))
     .join(" | ");

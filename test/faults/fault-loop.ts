@@ -75,6 +75,9 @@ class FaultRun {
   /** jobId → "result applied" lines seen, over every control-plane process of the run. */
   private readonly applied = new Map<string, number>();
   private readonly cpLines: LogLine[] = [];
+  /** Each job's mark → the fault of the cycle that submitted it, to say which fault left an orphan. */
+  private readonly markKinds = new Map<string, FaultKind | "final">();
+  private currentKind: FaultKind | "final" = "final";
 
   private constructor(
     private readonly o: FaultRunOptions,
@@ -118,6 +121,7 @@ class FaultRun {
 
   async cycle(kind: FaultKind): Promise<void> {
     const { prng, tally } = this.o;
+    this.currentKind = kind;
     // Traffic: a few jobs per cycle, some quick, some running across the fault.
     for (let i = prng.int(1, 2); i > 0; i--) await this.submit(prng.pick<JobShape>(["quick", "short"]), prng.int(50, 700));
     await this.ensureConnected();
@@ -198,12 +202,12 @@ class FaultRun {
       }
       case "daemon_kill9":
       case "daemon_and_workers_kill9": {
-        const { mark } = await this.submitMarked("endless");
-        await this.waitMarkedProcess(mark, 15_000);
+        const { id, mark } = await this.submitMarked("endless");
+        if ((await this.waitMarkedProcess(mark, 15_000)) === null) this.o.tally.notes.push(`${kind}: job ${id} had not started when the daemon was killed`);
         if (kind === "daemon_kill9") this.runner.signal("SIGKILL");
         else this.killDaemonAndWorkers();
         await this.restartRunner();
-        return;
+        return this.endEndlessJob(id);
       }
       case "orphan_window":
         return this.holdOrphanWindow();
@@ -239,6 +243,19 @@ class FaultRun {
     }
     this.killDaemonAndWorkers();
     await this.restartRunner();
+    await this.endEndlessJob(id);
+  }
+
+  /**
+   * An endless job the restarted daemon reported failed is over. One that was not running
+   * when the daemon died was re-queued and now runs again: an admin cancel ends it, so that
+   * it does not hold a slot for the rest of the run.
+   */
+  private async endEndlessJob(id: string): Promise<void> {
+    const job = await this.waitJob(id, (j) => TERMINAL.has(j.status) || j.status === "running", 30_000);
+    if (TERMINAL.has(job.status)) return;
+    await this.admin.cancelJob(id);
+    await this.waitJob(id, (j) => TERMINAL.has(j.status), 30_000);
   }
 
   /** SIGSTOP the daemon so it cannot react, SIGKILL its workers, then it. */
@@ -288,6 +305,7 @@ class FaultRun {
   /** Submits through the admin API, retrying while the control plane is down. */
   private async submitMarked(shape: JobShape, ms?: number): Promise<{ id: string; mark: string }> {
     const { request, mark } = this.jobs.next(shape, ms);
+    this.markKinds.set(mark, this.currentKind);
     const deadline = performance.now() + 30_000;
     for (;;) {
       try {
@@ -384,7 +402,14 @@ class FaultRun {
     const survivors = findMarkedProcesses(this.o.runMark);
     const byJob = new Set(survivors.map((p) => p.mark));
     if (survivors.length > 0) {
-      tally.finding("orphans", `${survivors.length} process(es) of ${byJob.size} job(s) outlived every daemon: ${survivors.slice(0, 5).map((p) => `${p.pid} ${p.cmdline.slice(0, 80)}`).join("; ")}`, byJob.size);
+      const byKind = new Map<string, number>();
+      for (const mark of byJob) byKind.set(this.markKinds.get(mark) ?? "?", (byKind.get(this.markKinds.get(mark) ?? "?") ?? 0) + 1);
+      tally.finding(
+        "orphans",
+        `${survivors.length} process(es) of ${byJob.size} job(s) outlived every daemon; the jobs by the fault of their cycle: ` +
+          `${[...byKind].map(([k, n]) => `${k}=${n}`).join(" ")}; e.g. ${survivors.slice(0, 2).map((p) => `${p.pid} ${p.cmdline.slice(0, 90)}`).join("; ")}`,
+        byJob.size,
+      );
     }
   }
 

@@ -63,9 +63,9 @@ function fuzzPhase(name: string, root: string, fuzz: (options: { t: TestContext;
 }
 
 fuzzPhase("fuzzed control-plane frames crash neither the daemon nor a worker, and a normal job runs afterwards", "rfuzz", ({ t, root }) =>
-  runRunnerFuzz({ t, prng: runnerFuzzPrng, tally, frames: Math.round(1000 * scale), root, runMark, log }),
+  runRunnerFuzz({ t, prng: runnerFuzzPrng, tally, frames: Math.round(800 * scale), root, runMark, log }),
 );
 
 fuzzPhase("fuzzed runner frames do not crash the control plane, which keeps serving another runner", "cfuzz", ({ t, root }) =>
-  runControlPlaneFuzz({ t, prng: cpFuzzPrng, tally, frames: Math.round(1000 * scale), root, runMark, log }),
+  runControlPlaneFuzz({ t, prng: cpFuzzPrng, tally, frames: Math.round(800 * scale), root, runMark, log }),
 );
