@@ -296,6 +296,7 @@ export class JobQueue {
     const applied = store.applyResult(result, link.runnerId, now()) !== undefined;
     if (applied) {
       this.emit(result, "result_applied");
+      this.logApplied(link, result);
     } else {
       const current = store.find(result.jobId);
       logger.info(
@@ -304,6 +305,14 @@ export class JobQueue {
       );
     }
     link.send({ type: "result_ack", jobId: result.jobId, attempt: result.attempt, applied });
+  }
+
+  /**
+   * One info line per applied result: the audit trail that shows a result was applied at most
+   * once per attempt (the fault suite counts these lines across control-plane restarts).
+   */
+  private logApplied(link: RunnerLink, result: JobResult): void {
+    this.options.logger.info({ runnerId: link.runnerId, jobId: result.jobId, attempt: result.attempt, outcome: result.outcome }, "result applied");
   }
 
   // ---- admin and reaper ----
