@@ -194,8 +194,11 @@ function decodeWith<T>(schema: z.ZodType<T, z.ZodTypeDef, unknown>, knownTypes: 
   }
   const type = typeof parsed === "object" && parsed !== null ? (parsed as { type?: unknown }).type : undefined;
   if (typeof type !== "string" || !knownTypes.has(type)) {
-    // Capped: the type is the peer's text, and the detail is logged (and echoed in `error`).
-    return { ok: false, problem: "unknown_type", detail: `unknown message type ${capText(String(JSON.stringify(type)))}` };
+    // Capped: the type is the peer's text, and the detail is logged (and echoed in `error`). A
+    // type that is not a string is named by its kind only: serializing it could recurse as
+    // deep as the peer nested it and overflow the stack.
+    const named = typeof type === "string" ? JSON.stringify(capText(type)) : `(${type === null ? "null" : Array.isArray(type) ? "an array" : typeof type})`;
+    return { ok: false, problem: "unknown_type", detail: `unknown message type ${named}` };
   }
   const result = schema.safeParse(parsed);
   if (!result.success) {
