@@ -1,6 +1,7 @@
 // Runs the jobs the channel assigns, on the worker pool, and reports back to it: the
 // daemon's side of the driver's ports. Every command job is in the journal before its
-// process exists (a module job runs inside its worker, which leaves with the daemon), and
+// process exists, and its pid is in it (written by its worker) before anyone learns it (a
+// module job runs inside its worker, which leaves with the daemon), and
 // every result is in the outbox before the journal forgets the job, so a crash at any point
 // loses nothing.
 import type { Logger } from "../log/logger.js";
@@ -36,15 +37,20 @@ export class JobHost implements DriverPorts {
     // the worker first and journalled while the worker starts it (a crash in between only
     // means the control plane re-queues the job this runner no longer reports).
     if (assignment.job.kind === "command") recordAssigned();
-    const job = this.pool.start(assignment, {
-      onStarted: ({ pid, startedAt }) => {
-        // `started` goes out first: the pid's journal write follows with no await in between.
+    const kind = assignment.job.kind;
+    const hooks = {
+      onStarted: ({ pid, startedAt }: { pid: number; startedAt: string }) => {
+        this.logger.info({ jobId: ref.jobId, attempt: ref.attempt, kind, jobPid: pid }, `job ${ref.jobId} attempt ${ref.attempt} started (${kind}, pid ${pid})`);
         this.feed({ type: "job_started", ref, startedAt });
-        this.journal.recordNow({ ...ref, pid, pgid: pid, processStartTime: null, startedAt });
-        this.pidWrites.set(keyOf(ref), this.recordStartTime(ref, pid, startedAt));
+        // A command job's worker has already written its pid (and, on Linux, its start time) to
+        // the journal before reporting it: nothing to do here on the hot path. A module job's
+        // process is its worker, recorded here with no await in between.
+        if (kind === "module") this.journal.recordNow({ ...ref, pid, pgid: pid, processStartTime: null, startedAt });
+        if (kind === "module" || process.platform !== "linux") this.pidWrites.set(keyOf(ref), this.recordStartTime(ref, pid, startedAt));
       },
-      onLog: ({ stream, data }) => this.feed({ type: "job_output", ref, stream, data }),
-    });
+      onLog: ({ stream, data }: { stream: "stdout" | "stderr"; data: string }) => this.feed({ type: "job_output", ref, stream, data }),
+    };
+    const job = this.pool.start(assignment, hooks, kind === "command" ? { journalFile: this.journal.fileFor(ref) } : {});
     if (assignment.job.kind === "module") recordAssigned();
     this.running.set(keyOf(ref), job);
     void job.done.then((result) => {

@@ -41,6 +41,8 @@ export class PoolJob implements RunningJob {
     /** For a module job: the module the runner's config maps its handler name to. */
     readonly handlerPath: string | null,
     private readonly control: PoolJobControl,
+    /** For a command job: the journal entry its worker records the process in (see StartOptions). */
+    private readonly journalFile: string | null = null,
   ) {
     this.ref = { jobId: assignment.jobId, attempt: assignment.attempt };
     this.done = new Promise((resolve) => (this.resolveDone = resolve));
@@ -67,7 +69,8 @@ export class PoolJob implements RunningJob {
   /** The pool hands the job to a worker. */
   attach(worker: WorkerHandle, outputPaused: boolean): void {
     this.worker = worker;
-    worker.send({ type: "run", assignment: this.assignment, handlerPath: this.handlerPath, outputPaused });
+    const journalFile = this.kind === "command" ? this.journalFile : null;
+    worker.send({ type: "run", assignment: this.assignment, handlerPath: this.handlerPath, outputPaused, journalFile });
     const { timeoutMs, cancelGraceMs } = this.assignment;
     if (this.kind === "module") {
       this.timeoutTimer = setTimeout(() => this.requestStop("timed_out", `timed out after ${timeoutMs} ms`, cancelGraceMs), timeoutMs);

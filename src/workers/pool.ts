@@ -54,6 +54,15 @@ export interface WorkerPoolOptions {
   random?: () => number;
 }
 
+export interface StartOptions {
+  /**
+   * A command job's journal entry: its worker writes the spawned process's pid, pgid and start
+   * time there, synchronously, before it reports the pid over IPC, so a crash of the daemon and
+   * the worker together cannot lose it.
+   */
+  journalFile?: string;
+}
+
 export interface WorkerStats {
   pid: number;
   state: WorkerState;
@@ -131,10 +140,10 @@ export class WorkerPool {
   }
 
   /** Runs a job on a warm worker (same contract as startCommandJob). Never throws for a bad job: `done` says why. */
-  start(assignment: Assignment, hooks: JobHooks): RunningJob {
+  start(assignment: Assignment, hooks: JobHooks, options: StartOptions = {}): RunningJob {
     const spec = assignment.job;
     const handlerPath = spec.kind === "module" ? (this.handlers.get(spec.handler) ?? null) : null;
-    const job = new PoolJob(assignment, hooks, handlerPath, this.jobControl);
+    const job = new PoolJob(assignment, hooks, handlerPath, this.jobControl, options.journalFile ?? null);
     if (this.closing !== null) {
       this.counters.jobs.rejected++;
       job.reject("the worker pool is closed");
