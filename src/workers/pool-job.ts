@@ -48,7 +48,7 @@ export class PoolJob implements RunningJob {
     this.done = new Promise((resolve) => (this.resolveDone = resolve));
   }
 
-  get kind(): "command" | "module" {
+  get kind(): Assignment["job"]["kind"] {
     return this.assignment.job.kind;
   }
 
@@ -70,7 +70,8 @@ export class PoolJob implements RunningJob {
   attach(worker: WorkerHandle, outputPaused: boolean): void {
     this.worker = worker;
     const journalFile = this.kind === "command" ? this.journalFile : null;
-    worker.send({ type: "run", assignment: this.assignment, handlerPath: this.handlerPath, outputPaused, journalFile });
+    const run = { type: "run" as const, assignment: this.assignment, handlerPath: this.handlerPath, outputPaused, journalFile };
+    if (!worker.send(run, (error) => this.handOverFailed(error.message))) return this.handOverFailed("the message could not be sent");
     const { timeoutMs, cancelGraceMs } = this.assignment;
     if (this.kind === "module") {
       this.timeoutTimer = setTimeout(() => this.requestStop("timed_out", `timed out after ${timeoutMs} ms`, cancelGraceMs), timeoutMs);
@@ -80,6 +81,17 @@ export class PoolJob implements RunningJob {
         this.killWorker("unresponsive", `its worker did not end the command within ${COMMAND_BACKSTOP_MS} ms of its timeout and grace`);
       }, timeoutMs + cancelGraceMs + COMMAND_BACKSTOP_MS);
     }
+  }
+
+  /**
+   * The job never reached its worker: it fails now, saying so, rather than holding its slot until
+   * its timeout; the worker, whose channel is in doubt, is replaced.
+   */
+  private handOverFailed(detail: string): void {
+    const worker = this.worker;
+    const reason = `could not hand the job to its worker: ${detail}`;
+    this.finish(this.resultWith("failed", reason));
+    if (worker !== null) this.control.killWorker(worker, "ipc_failed", reason);
   }
 
   handleStarted(pid: number, startedAt: string): void {

@@ -18,7 +18,7 @@
 import path from "node:path";
 import type { JobHooks, RunningJob } from "../jobs/command.js";
 import type { Logger } from "../log/logger.js";
-import type { Assignment } from "../protocol/channel.js";
+import { assignmentProblem, type Assignment } from "../protocol/channel.js";
 import { PoolJob } from "./pool-job.js";
 import {
   RECYCLE_SETTING,
@@ -132,7 +132,7 @@ export class WorkerPool {
     this.counters = {
       spawned: 0,
       recycled: { memory: 0, fds: 0, age: 0, jobs: 0 },
-      killed: { memory_limit: 0, cancel_grace: 0, unresponsive: 0, cleanup_timeout: 0, shutdown: 0 },
+      killed: { memory_limit: 0, cancel_grace: 0, unresponsive: 0, cleanup_timeout: 0, shutdown: 0, ipc_failed: 0 },
       crashed: 0,
       jobs: { dispatched: 0, rejected: 0 },
     };
@@ -144,7 +144,12 @@ export class WorkerPool {
     const spec = assignment.job;
     const handlerPath = spec.kind === "module" ? (this.handlers.get(spec.handler) ?? null) : null;
     const job = new PoolJob(assignment, hooks, handlerPath, this.jobControl, options.journalFile ?? null);
-    if (this.closing !== null) {
+    const problem = assignmentProblem(assignment);
+    if (problem !== null) {
+      // Fails at once, never reaching a worker (which it could strand or crash).
+      this.counters.jobs.rejected++;
+      job.reject(problem);
+    } else if (this.closing !== null) {
       this.counters.jobs.rejected++;
       job.reject("the worker pool is closed");
     } else if (spec.kind === "module" && handlerPath === null) {

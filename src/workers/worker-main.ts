@@ -38,7 +38,13 @@ function handle(message: ToWorker): void {
   switch (message.type) {
     case "run":
       output.setPaused(message.outputPaused);
-      startJob(message);
+      try {
+        startJob(message);
+      } catch (error) {
+        // No job input may take the worker down: the job fails, saying why, and the worker stays.
+        if (current === null) failUnstarted(message.assignment, error);
+        else throw error;
+      }
       return;
     case "stop":
       if (current === null || current.jobId !== message.jobId) return;
@@ -88,6 +94,12 @@ function startJob(message: Extract<ToWorker, { type: "run" }>): void {
     output.flushAll();
     send({ type: "result", result, health: readOwnHealth() });
   });
+}
+
+function failUnstarted(assignment: Extract<ToWorker, { type: "run" }>["assignment"], error: unknown): void {
+  const reason = `the worker could not start the job: ${error instanceof Error ? error.message : String(error)}`.slice(0, 1000);
+  const result: JobResult = { jobId: assignment.jobId, attempt: assignment.attempt, outcome: "failed", exitCode: null, signal: null, reason, startedAt: null, finishedAt: new Date().toISOString() };
+  send({ type: "result", result, health: readOwnHealth() });
 }
 
 /** Writes the job's process record; returns why it failed, or null. */

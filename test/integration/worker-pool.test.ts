@@ -10,7 +10,7 @@ import { setTimeout as delay } from "node:timers/promises";
 import { pino } from "pino";
 import type { JobHooks, RunningJob } from "../../src/jobs/command.js";
 import type { LogChunk } from "../../src/jobs/log-chunks.js";
-import type { Assignment, JobSpec } from "../../src/protocol/channel.js";
+import { decodeControlMessage, type Assignment, type JobSpec } from "../../src/protocol/channel.js";
 import { WorkerPool, type WorkerPoolOptions } from "../../src/workers/pool.js";
 import { RECYCLE_STREAK_WARN, type RecycleLimits } from "../../src/workers/recycle-policy.js";
 import { limitsFromSettings } from "../../src/workers/limits-from-settings.js";
@@ -508,6 +508,58 @@ describe("output backpressure", { skip: posixOnly }, () => {
     assert.ok(stdout <= HELD_LIMIT_BYTES + 64 * 1024, `at most the held bound arrived (${stdout} bytes of ~10 MB)`);
     assert.ok(stdout > 0);
     assert.match(observed.text("stderr"), /^\[runner\] \d+ bytes of this job's log were dropped/);
+  });
+});
+
+describe("hostile job frames", { skip: posixOnly }, () => {
+  /** An `assign` frame as a control plane would send it, decoded as the daemon's driver does. */
+  function decodeAssign(fields: { job: unknown; timeoutMs?: number }): Assignment {
+    const frame = JSON.stringify({ type: "assign", jobId: `hostile-${process.pid}-${nextId++}`, attempt: 1, timeoutMs: 30_000, cancelGraceMs: 1_000, leaseExpiresAt: new Date().toISOString(), ...fields });
+    const decoded = decodeControlMessage(frame);
+    assert.ok(decoded.ok && decoded.message.type === "assign", `the frame decodes: ${JSON.stringify(decoded).slice(0, 300)}`);
+    return decoded.message as Assignment;
+  }
+  const nested = (depth: number): unknown => {
+    let value: unknown = 1;
+    for (let i = 1; i < depth; i++) value = [value];
+    return value;
+  };
+
+  const cases: { what: string; job: unknown; timeoutMs?: number; reason: RegExp }[] = [
+    { what: "a payload nested 4,100 deep", job: { kind: "module", handler: "counter", payload: nested(4_100) }, reason: /^invalid job: job\.payload: the payload nests deeper than 64 levels$/ },
+    { what: "a timeoutMs above 2^31 − 1", job: { kind: "module", handler: "counter", payload: {} }, timeoutMs: 2 ** 31, reason: /^timeoutMs 2147483648 is above the longest timeout, 2147483647 ms$/ },
+    { what: "a NUL in argv[1]", job: { kind: "command", argv: ["echo", "a\u0000b"], env: {} }, reason: /^invalid job: job\.argv\.1: an argument must not contain a NUL character$/ },
+    { what: "a NUL in an env value", job: { kind: "command", argv: ["true"], env: { A: "x\u0000" } }, reason: /^invalid job: job\.env\.A: an environment value must not contain a NUL character$/ },
+    { what: "an env name with '='", job: { kind: "command", argv: ["true"], env: { "A=B": "x" } }, reason: /^invalid job: job\.env\.A=B: an environment variable name is/ },
+    { what: "a NUL in cwd", job: { kind: "command", argv: ["true"], env: {}, cwd: "/tmp\u0000" }, reason: /^invalid job: job\.cwd: cwd must not contain a NUL character$/ },
+  ];
+  for (const c of cases) {
+    test(`${c.what} fails at once with the reason, and the same worker runs the next job`, { timeout: 20_000 }, async (t) => {
+      const { pool } = createPool(t);
+      const before = await runToEnd(pool, moduleJob("counter"));
+      const began = Date.now();
+      const observed = run(pool, decodeAssign({ job: c.job, timeoutMs: c.timeoutMs ?? 30_000 }));
+      const result = await observed.job.done;
+      assert.ok(Date.now() - began < 2_000, `answered at once (${Date.now() - began} ms), not at a timeout`);
+      assert.equal(result.outcome, "failed");
+      assert.match(result.reason ?? "", c.reason);
+      assert.deepEqual([observed.started.length, pool.stats().crashed], [0, 0], "it never started, and no worker crashed");
+      const after = await runToEnd(pool, moduleJob("counter"));
+      assert.equal(after.result.outcome, "succeeded");
+      assert.equal(after.pid, before.pid, "the worker it would have gone to is alive and runs the next job");
+    });
+  }
+
+  test("a job that cannot be sent to its worker fails at once with the reason instead of holding its slot", { timeout: 20_000 }, async (t) => {
+    const { pool } = createPool(t);
+    await runToEnd(pool, moduleJob("counter"));
+    // Built in-process, past the decoder: only the IPC hand-over can refuse it (a BigInt does not serialize).
+    const began = Date.now();
+    const stranded = await runToEnd(pool, moduleJob("counter", { big: 1n }));
+    assert.ok(Date.now() - began < 5_000, "not held until the 30 s timeout");
+    assert.equal(stranded.result.outcome, "failed");
+    assert.match(stranded.result.reason ?? "", /^could not hand the job to its worker: /);
+    assert.equal((await runToEnd(pool, moduleJob("counter"))).result.outcome, "succeeded", "a worker runs the next job");
   });
 });
 
