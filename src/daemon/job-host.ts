@@ -53,10 +53,14 @@ export class JobHost implements DriverPorts {
     const job = this.pool.start(assignment, hooks, kind === "command" ? { journalFile: this.journal.fileFor(ref) } : {});
     if (assignment.job.kind === "module") recordAssigned();
     this.running.set(keyOf(ref), job);
-    void job.done.then((result) => {
-      this.running.delete(keyOf(ref));
-      this.feed({ type: "job_finished", result });
-    });
+    // On a later turn: a job refused at once (an invalid job, an unknown handler) is done before
+    // the driver has written the `accept` that follows this call, and its result must come after.
+    void job.done.then((result) =>
+      setImmediate(() => {
+        this.running.delete(keyOf(ref));
+        this.feed({ type: "job_finished", result });
+      }),
+    );
   }
 
   cancelJob(ref: JobRef, reason: string): void {
