@@ -7,7 +7,7 @@
 import type { Logger } from "../log/logger.js";
 import type { DriverPorts } from "../channel/driver.js";
 import { keyOf, type Input } from "../channel/machine.js";
-import type { RunningJob } from "../jobs/command.js";
+import type { JobHooks, RunningJob } from "../jobs/command.js";
 import type { WorkerPool } from "../workers/pool.js";
 import type { JobJournal } from "../jobs/journal.js";
 import type { Assignment, JobRef, JobResult } from "../protocol/channel.js";
@@ -38,8 +38,8 @@ export class JobHost implements DriverPorts {
     // means the control plane re-queues the job this runner no longer reports).
     if (assignment.job.kind === "command") recordAssigned();
     const kind = assignment.job.kind;
-    const hooks = {
-      onStarted: ({ pid, startedAt }: { pid: number; startedAt: string }) => {
+    const hooks: JobHooks = {
+      onStarted: ({ pid, startedAt }) => {
         this.logger.info({ jobId: ref.jobId, attempt: ref.attempt, kind, jobPid: pid }, `job ${ref.jobId} attempt ${ref.attempt} started (${kind}, pid ${pid})`);
         this.feed({ type: "job_started", ref, startedAt });
         // A command job's worker has already written its pid (and, on Linux, its start time) to
@@ -48,7 +48,7 @@ export class JobHost implements DriverPorts {
         if (kind === "module") this.journal.recordNow({ ...ref, pid, pgid: pid, processStartTime: null, startedAt });
         if (kind === "module" || process.platform !== "linux") this.pidWrites.set(keyOf(ref), this.recordStartTime(ref, pid, startedAt));
       },
-      onLog: ({ stream, data }: { stream: "stdout" | "stderr"; data: string }) => this.feed({ type: "job_output", ref, stream, data }),
+      onLog: ({ stream, data }) => this.feed({ type: "job_output", ref, stream, data }),
     };
     const job = this.pool.start(assignment, hooks, kind === "command" ? { journalFile: this.journal.fileFor(ref) } : {});
     if (assignment.job.kind === "module") recordAssigned();
