@@ -103,15 +103,19 @@ async function main(): Promise<number> {
 
     section("start the daemon and run jobs");
     const handlers = ["hello", "leaky"].map((name) => `${name}=${path.join(root, "examples", "handlers", `${name}.mjs`)}`).join(",");
-    const daemon = await startDaemon(cp, [...flags, "--log-format", "pretty", "--worker-max-rss-mb", "100", "--worker-hard-rss-mb", "300"], {
+    // Only the soft limit is lowered: the hard ceiling stays at its default, so what retires the
+    // leaking worker below is the soft limit alone, at the first job boundary past it.
+    const softLimitMb = 200;
+    const daemon = await startDaemon(cp, [...flags, "--log-format", "pretty", "--worker-max-rss-mb", String(softLimitMb)], {
       RUNNER_CAPACITY: "2",
       RUNNER_HANDLERS: handlers,
     });
     await runJobs(admin, DEMO_JOBS);
 
-    section("a module job that leaks: its worker is recycled at a job boundary (soft limit 100 MB)");
+    section(`a module job that leaks 60 MB per job: its worker is recycled at the first job boundary past the soft limit (${softLimitMb} MB)`);
     for (let i = 1; i <= 6; i++) {
-      // One at a time, so they land on the same warm worker until it is recycled.
+      // One at a time, so they land on the same warm worker until it is recycled; the daemon's
+      // "recycling worker" line above the next job's result says which limit fired and at what RSS.
       await runJobs(admin, [{ title: `leaky #${i}`, request: { job: { kind: "module", handler: "leaky", payload: { mb: 60 } } } }]);
     }
 

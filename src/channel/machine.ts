@@ -495,7 +495,7 @@ function onJobFinished(state: State, result: JobResult): Step {
   const next: State = { ...state, running, pending: { ...state.pending, [key]: result } };
   const effects: Effect[] = [
     { type: "persist_result", result },
-    log("info", `job ${result.jobId} attempt ${result.attempt} ${result.outcome}${result.reason ? `: ${result.reason}` : ""}`),
+    log("info", `job ${result.jobId} attempt ${result.attempt} ${result.outcome}${result.reason ? `: ${result.reason}` : ""}`, { jobId: result.jobId, attempt: result.attempt, outcome: result.outcome, reason: result.reason }),
     ...whenConnected(state, fitResultFrame(result, state.maxFrameBytes)),
   ];
   if (state.phase === "connected" && !state.draining && state.running[key]) effects.push({ type: "send", message: { type: "ready", slots: 1 } });

@@ -1,12 +1,13 @@
 // Runs the jobs the channel assigns, on the worker pool, and reports back to it: the
 // daemon's side of the driver's ports. Every command job is in the journal before its
-// process exists (a module job runs inside its worker, which leaves with the daemon), and
+// process exists, and its pid is in it (written by its worker) before anyone learns it (a
+// module job runs inside its worker, which leaves with the daemon), and
 // every result is in the outbox before the journal forgets the job, so a crash at any point
 // loses nothing.
 import type { Logger } from "../log/logger.js";
 import type { DriverPorts } from "../channel/driver.js";
 import { keyOf, type Input } from "../channel/machine.js";
-import type { RunningJob } from "../jobs/command.js";
+import type { JobHooks, RunningJob } from "../jobs/command.js";
 import type { WorkerPool } from "../workers/pool.js";
 import type { JobJournal } from "../jobs/journal.js";
 import type { Assignment, JobRef, JobResult } from "../protocol/channel.js";
@@ -36,21 +37,30 @@ export class JobHost implements DriverPorts {
     // the worker first and journalled while the worker starts it (a crash in between only
     // means the control plane re-queues the job this runner no longer reports).
     if (assignment.job.kind === "command") recordAssigned();
-    const job = this.pool.start(assignment, {
+    const kind = assignment.job.kind;
+    const hooks: JobHooks = {
       onStarted: ({ pid, startedAt }) => {
-        // `started` goes out first: the pid's journal write follows with no await in between.
+        this.logger.info({ jobId: ref.jobId, attempt: ref.attempt, kind, jobPid: pid }, `job ${ref.jobId} attempt ${ref.attempt} started (${kind}, pid ${pid})`);
         this.feed({ type: "job_started", ref, startedAt });
-        this.journal.recordNow({ ...ref, pid, pgid: pid, processStartTime: null, startedAt });
-        this.pidWrites.set(keyOf(ref), this.recordStartTime(ref, pid, startedAt));
+        // A command job's worker has already written its pid (and, on Linux, its start time) to
+        // the journal before reporting it: nothing to do here on the hot path. A module job's
+        // process is its worker, recorded here with no await in between.
+        if (kind === "module") this.journal.recordNow({ ...ref, pid, pgid: pid, processStartTime: null, startedAt });
+        if (kind === "module" || process.platform !== "linux") this.pidWrites.set(keyOf(ref), this.recordStartTime(ref, pid, startedAt));
       },
       onLog: ({ stream, data }) => this.feed({ type: "job_output", ref, stream, data }),
-    });
+    };
+    const job = this.pool.start(assignment, hooks, kind === "command" ? { journalFile: this.journal.fileFor(ref) } : {});
     if (assignment.job.kind === "module") recordAssigned();
     this.running.set(keyOf(ref), job);
-    void job.done.then((result) => {
-      this.running.delete(keyOf(ref));
-      this.feed({ type: "job_finished", result });
-    });
+    // On a later turn: a job refused at once (an invalid job, an unknown handler) is done before
+    // the driver has written the `accept` that follows this call, and its result must come after.
+    void job.done.then((result) =>
+      setImmediate(() => {
+        this.running.delete(keyOf(ref));
+        this.feed({ type: "job_finished", result });
+      }),
+    );
   }
 
   cancelJob(ref: JobRef, reason: string): void {

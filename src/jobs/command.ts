@@ -58,7 +58,15 @@ export function startCommandJob(assignment: Assignment, hooks: JobHooks, options
     const done = Promise.resolve(finish(ref, "failed", { reason: `not a command job (kind "${spec.kind}")`, startedAt: null, finishedAt: now() }));
     return { ref, pid: null, done, ...inert };
   }
-  const subprocess = spawnJob(spec, options.baseEnv ?? process.env);
+  let subprocess: ResultPromise;
+  try {
+    subprocess = spawnJob(spec, options.baseEnv ?? process.env);
+  } catch (error) {
+    // spawn() throws for arguments no process can have (a NUL byte, say): the schema keeps
+    // them off the wire, and this keeps any that slip through from taking the worker down.
+    const reason = `cannot start: ${error instanceof Error ? error.message : String(error)}`.slice(0, 1000);
+    return { ref, pid: null, done: Promise.resolve(finish(ref, "failed", { reason, startedAt: null, finishedAt: now() })), ...inert };
+  }
   const pid = subprocess.pid ?? null;
   if (pid === null) {
     const done = describeSpawnFailure(subprocess, spec)

@@ -1,13 +1,14 @@
 // The durable journal of running jobs: one file per job attempt, written when the job is
-// taken (before a command job's process can exist) and again once its pid is known, removed only once the job's result is in
-// the outbox. After a kill -9 of the daemon it names the process groups left behind, so the
+// taken (before a command job's process can exist) and again once its pid is known (for a
+// command job by the worker that spawned it, before it reports the pid: process-record.ts),
+// removed only once the job's result is in the outbox. After a kill -9 of the daemon it names the process groups left behind, so the
 // next start can kill them and report each job failed exactly once.
 //
 // Its writes are not fsynced: it guards against a crash of the daemon, which the page cache
 // survives. A crash of the machine kills the jobs too, and an entry lost with it only means
 // the control plane's lease reaper, not this journal, hands the job out again. (The outbox,
 // which holds results, is fsynced.) This keeps an fsync off the path to starting each job.
-import { promises as fs, renameSync, writeFileSync } from "node:fs";
+import { promises as fs } from "node:fs";
 import path from "node:path";
 import { z } from "zod";
 import type { JobRef, JobResult } from "../protocol/channel.js";
@@ -15,6 +16,7 @@ import { SECRET_FILE_MODE, ensureDir, readJsonDir, writeJsonAtomic, type SetAsid
 import { jobFileName } from "../state/outbox.js";
 import { processStartTime } from "../state/lock.js";
 import { isGroupAlive, signalGroup, waitForGroupExit } from "./process-group.js";
+import { writeJobProcessRecord, type JobProcessRecord } from "./process-record.js";
 
 const journalEntrySchema = z.object({
   jobId: z.string().min(1).max(128),
@@ -25,7 +27,7 @@ const journalEntrySchema = z.object({
   /** Opaque per-platform start time of `pid` (see processStartTime), to tell a reused pid. */
   processStartTime: z.string().nullable(),
   startedAt: z.string().nullable(),
-});
+}) satisfies z.ZodType<JobProcessRecord>; // the worker writes entries without zod: one shape
 export type JournalEntry = z.infer<typeof journalEntrySchema>;
 
 export type { SetAsideFile };
@@ -50,10 +52,7 @@ export class JobJournal {
    * same entry is pending: the daemon uses it for an entry's first two writes.)
    */
   recordNow(entry: JournalEntry): void {
-    const file = this.fileFor(entry);
-    const temp = `${file}.${process.pid}.now.tmp`;
-    writeFileSync(temp, JSON.stringify(journalEntrySchema.parse(entry)), { mode: SECRET_FILE_MODE });
-    renameSync(temp, file);
+    writeJobProcessRecord(this.fileFor(entry), journalEntrySchema.parse(entry));
   }
 
   /** Forgets a job attempt. Removing one that is not there is fine. */
@@ -69,7 +68,8 @@ export class JobJournal {
     return { entries: values, setAside };
   }
 
-  private fileFor(ref: JobRef): string {
+  /** The entry's file: a worker that spawns the job's process writes the pid there itself. */
+  fileFor(ref: JobRef): string {
     return path.join(this.dir, jobFileName(ref));
   }
 
@@ -92,8 +92,11 @@ const ORPHAN_KILL_WAIT_MS = 5_000;
 export interface OrphanRecovery {
   /** One failed result per journal entry, for the outbox. */
   results: JobResult[];
-  /** The entries whose process group was still alive and has been killed. */
-  killed: { jobId: string; attempt: number; pid: number }[];
+  /**
+   * The entries whose process group was still alive and has been killed. `jobPid`, not `pid`:
+   * the daemon logs these objects as they are, and `pid` is the logger's own (the daemon's) field.
+   */
+  killed: { jobId: string; attempt: number; jobPid: number }[];
   /** Damaged journal files that were moved aside, for the caller to log. */
   setAside: SetAsideFile[];
 }
@@ -110,7 +113,7 @@ export async function recoverOrphans(journal: JobJournal, now: Date): Promise<Or
   const killed: OrphanRecovery["killed"] = [];
   for (const entry of entries) {
     const pid = entry.pid;
-    if (pid !== null && (await killOrphanGroup({ ...entry, pid }))) killed.push({ jobId: entry.jobId, attempt: entry.attempt, pid });
+    if (pid !== null && (await killOrphanGroup({ ...entry, pid }))) killed.push({ jobId: entry.jobId, attempt: entry.attempt, jobPid: pid });
     results.push({
       jobId: entry.jobId,
       attempt: entry.attempt,

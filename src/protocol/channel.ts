@@ -28,13 +28,39 @@ export const jobRefSchema = z.object(jobRef);
 export type JobRef = z.infer<typeof jobRefSchema>;
 
 // ---- job specs ----
+//
+// Every field of a job comes from the network and ends up in a spawn() call, an IPC message or a
+// handler: each is bounded here, once, for the control plane (which checks a submitted job with
+// these schemas) and the runner alike. A string with a NUL cannot be an argument, a variable or
+// a path (the OS would cut it or spawn() would throw); a payload nested past PAYLOAD_MAX_DEPTH
+// cannot cross the JSON IPC to a worker. Sizes are bounded further by the frame limit.
+
+/** The longest timeout a Node timer can hold (2^31 − 1 ms, ~24.8 days); a larger one fires at once. */
+export const MAX_TIMEOUT_MS = 2_147_483_647;
+/** How deeply a module job's payload may nest arrays and objects (the value itself is depth 1). */
+export const PAYLOAD_MAX_DEPTH = 64;
+export const ARGV_MAX_ITEMS = 4096;
+export const ENV_MAX_ENTRIES = 1024;
+/** Each argv item and env value, in UTF-16 code units (JSON string length). */
+export const JOB_STRING_MAX = 64 * 1024;
+export const CWD_MAX = 4096;
+
+const withoutNul = (what: string, max: number, min = 0) =>
+  z
+    .string()
+    .min(min)
+    .max(max)
+    .refine((value) => !value.includes("\0"), `${what} must not contain a NUL character`);
 
 export const commandJobSchema = z.object({
   kind: z.literal("command"),
   /** argv[0] is the program; no shell is involved. */
-  argv: z.array(z.string().max(64 * 1024)).min(1).max(4096),
-  env: z.record(z.string(), z.string()).default({}),
-  cwd: z.string().optional(),
+  argv: z.array(withoutNul("an argument", JOB_STRING_MAX)).min(1).max(ARGV_MAX_ITEMS).refine((argv) => argv[0] !== "", "argv[0] (the program) must not be empty"),
+  env: z
+    .record(z.string().regex(/^[A-Za-z_][A-Za-z0-9_]{0,255}$/, "an environment variable name is a letter or '_', then letters, digits or '_' (at most 256)"), withoutNul("an environment value", JOB_STRING_MAX))
+    .refine((env) => Object.keys(env).length <= ENV_MAX_ENTRIES, `at most ${ENV_MAX_ENTRIES} environment variables`)
+    .default({}),
+  cwd: withoutNul("cwd", CWD_MAX, 1).optional(),
 });
 export type CommandJob = z.infer<typeof commandJobSchema>;
 
@@ -49,13 +75,53 @@ export const moduleJobSchema = z.object({
     .min(1)
     .max(128)
     .regex(/^[A-Za-z0-9._-]+$/, "a handler name is letters, digits, '.', '_' and '-'"),
-  /** Any JSON value, handed to the handler as it is. */
-  payload: z.unknown(),
+  /** Any JSON value nested at most PAYLOAD_MAX_DEPTH deep, handed to the handler as it is. */
+  payload: z.unknown().refine((payload) => jsonDepth(payload, PAYLOAD_MAX_DEPTH) <= PAYLOAD_MAX_DEPTH, `the payload nests deeper than ${PAYLOAD_MAX_DEPTH} levels`),
 });
 export type ModuleJob = z.infer<typeof moduleJobSchema>;
 
 export const jobSpecSchema = z.discriminatedUnion("kind", [commandJobSchema, moduleJobSchema]);
 export type JobSpec = z.infer<typeof jobSpecSchema>;
+
+/**
+ * What the runner makes of an `assign` whose job breaks the rules above: the frame still decodes
+ * (its jobId and attempt are good), and the job fails at once with `problem` as its reason,
+ * instead of the frame being dropped and the job left waiting for its lease to expire.
+ */
+const unusableJobSchema = z.object({ kind: z.literal("unusable"), problem: z.string().max(1024) });
+export type UnusableJob = z.infer<typeof unusableJobSchema>;
+
+/**
+ * The depth of a JSON value (a scalar is 1, `[]` and `{}` are 1, `[[]]` is 2), counted without
+ * recursion so a hostile value cannot overflow the stack; stops counting past `stopAfter`.
+ */
+export function jsonDepth(value: unknown, stopAfter = Infinity): number {
+  let deepest = 0;
+  const pending: [unknown, number][] = [[value, 1]];
+  while (pending.length > 0) {
+    const [item, depth] = pending.pop()!;
+    deepest = Math.max(deepest, depth);
+    if (deepest > stopAfter) return deepest;
+    if (typeof item !== "object" || item === null) continue;
+    for (const child of Array.isArray(item) ? item : Object.values(item)) pending.push([child, depth + 1]);
+  }
+  return deepest;
+}
+
+/** Why an assignment the runner decoded cannot run (an unusable job, a timeout no timer holds), or null. */
+export function assignmentProblem(assignment: Assignment): string | null {
+  if (assignment.job.kind === "unusable") return assignment.job.problem;
+  if (assignment.timeoutMs > MAX_TIMEOUT_MS) return `timeoutMs ${assignment.timeoutMs} is above the longest timeout, ${MAX_TIMEOUT_MS} ms`;
+  return null;
+}
+
+/** The JobSpec rules a job breaks, field by field (bounded: it becomes a result's reason). */
+function describeJobProblems(job: unknown): string {
+  const parsed = jobSpecSchema.safeParse(job);
+  if (parsed.success) return "invalid job"; // it broke only the shape of an unusable job
+  const issues = parsed.error.issues.map((i) => `${["job", ...i.path].join(".")}: ${i.message}`).join("; ");
+  return `invalid job: ${issues}`.slice(0, 1000);
+}
 
 export const OUTCOMES = ["succeeded", "failed", "cancelled", "timed_out"] as const;
 export const outcomeSchema = z.enum(OUTCOMES);
@@ -143,7 +209,9 @@ export const welcomeSchema = z.object({
 export const assignSchema = z.object({
   type: z.literal("assign"),
   ...jobRef,
-  job: jobSpecSchema,
+  /** A job breaking the JobSpec rules decodes as an unusable one, which the runner fails with the problem. */
+  job: z.union([jobSpecSchema, unusableJobSchema]).catch((ctx) => ({ kind: "unusable" as const, problem: describeJobProblems(ctx.input) })),
+  /** Above MAX_TIMEOUT_MS the runner fails the job at once (assignmentProblem): no timer holds it. */
   timeoutMs: z.number().int().positive(),
   /** Grace between SIGTERM and SIGKILL when the job is cancelled or times out. */
   cancelGraceMs: z.number().int().min(0).max(600_000).default(10_000),

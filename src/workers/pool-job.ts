@@ -41,12 +41,14 @@ export class PoolJob implements RunningJob {
     /** For a module job: the module the runner's config maps its handler name to. */
     readonly handlerPath: string | null,
     private readonly control: PoolJobControl,
+    /** For a command job: the journal entry its worker records the process in (see StartOptions). */
+    private readonly journalFile: string | null = null,
   ) {
     this.ref = { jobId: assignment.jobId, attempt: assignment.attempt };
     this.done = new Promise((resolve) => (this.resolveDone = resolve));
   }
 
-  get kind(): "command" | "module" {
+  get kind(): Assignment["job"]["kind"] {
     return this.assignment.job.kind;
   }
 
@@ -67,7 +69,9 @@ export class PoolJob implements RunningJob {
   /** The pool hands the job to a worker. */
   attach(worker: WorkerHandle, outputPaused: boolean): void {
     this.worker = worker;
-    worker.send({ type: "run", assignment: this.assignment, handlerPath: this.handlerPath, outputPaused });
+    const journalFile = this.kind === "command" ? this.journalFile : null;
+    const run = { type: "run" as const, assignment: this.assignment, handlerPath: this.handlerPath, outputPaused, journalFile };
+    if (!worker.send(run, (error) => this.handOverFailed(error.message))) return this.handOverFailed("the message could not be sent");
     const { timeoutMs, cancelGraceMs } = this.assignment;
     if (this.kind === "module") {
       this.timeoutTimer = setTimeout(() => this.requestStop("timed_out", `timed out after ${timeoutMs} ms`, cancelGraceMs), timeoutMs);
@@ -77,6 +81,17 @@ export class PoolJob implements RunningJob {
         this.killWorker("unresponsive", `its worker did not end the command within ${COMMAND_BACKSTOP_MS} ms of its timeout and grace`);
       }, timeoutMs + cancelGraceMs + COMMAND_BACKSTOP_MS);
     }
+  }
+
+  /**
+   * The job never reached its worker: it fails now, saying so, rather than holding its slot until
+   * its timeout; the worker, whose channel is in doubt, is replaced.
+   */
+  private handOverFailed(detail: string): void {
+    const worker = this.worker;
+    const reason = `could not hand the job to its worker: ${detail}`;
+    this.finish(this.resultWith("failed", reason));
+    if (worker !== null) this.control.killWorker(worker, "ipc_failed", reason);
   }
 
   handleStarted(pid: number, startedAt: string): void {

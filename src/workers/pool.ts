@@ -4,7 +4,8 @@
 //
 // - Recycling happens at the job boundary: after each result the worker's reported health goes
 //   through evaluateRecycle; a worker due for recycling is retired (its handlers' cleanup runs,
-//   then it exits) and a fresh one is spawned. An idle worker that aged past its limit is
+//   then it exits) and a fresh one is spawned, whatever its age. When a handler's workers are
+//   recycled after every job (RECYCLE_STREAK_WARN in a row) the pool warns, naming it. An idle worker that aged past its limit is
 //   retired when a job would have gone to it.
 // - The hard ceiling: while any worker is busy, each busy worker's RSS is sampled from outside
 //   every sampleIntervalMs; one at or past hardRssBytes is SIGKILLed with its job's process
@@ -17,9 +18,21 @@
 import path from "node:path";
 import type { JobHooks, RunningJob } from "../jobs/command.js";
 import type { Logger } from "../log/logger.js";
-import type { Assignment } from "../protocol/channel.js";
+import { assignmentProblem, type Assignment } from "../protocol/channel.js";
 import { PoolJob } from "./pool-job.js";
-import { describeRecycle, evaluateRecycle, formatMiB, limitsForWorker, type RecycleLimits, type RecycleReason, type WorkerHealth } from "./recycle-policy.js";
+import {
+  RECYCLE_SETTING,
+  RECYCLE_STREAK_WARN,
+  describeRecycle,
+  evaluateRecycle,
+  formatMiB,
+  limitsForWorker,
+  noteRecycleStreak,
+  recycleFigures,
+  type RecycleLimits,
+  type RecycleReason,
+  type WorkerHealth,
+} from "./recycle-policy.js";
 import { MemoryCeiling } from "./memory-ceiling.js";
 import { WorkerHandle, type KillKind, type WorkerExit, type WorkerState } from "./worker-handle.js";
 import type { FromWorker } from "./worker-messages.js";
@@ -39,6 +52,15 @@ export interface WorkerPoolOptions {
   now?: () => number;
   /** Draws each worker's age jitter, in [0, 1). Default Math.random. */
   random?: () => number;
+}
+
+export interface StartOptions {
+  /**
+   * A command job's journal entry: its worker writes the spawned process's pid, pgid and start
+   * time there, synchronously, before it reports the pid over IPC, so a crash of the daemon and
+   * the worker together cannot lose it.
+   */
+  journalFile?: string;
 }
 
 export interface WorkerStats {
@@ -83,6 +105,8 @@ export class WorkerPool {
   /** How many workers to keep warm: the most the pool has needed so far (at most `size`). */
   private warmTarget = 0;
   private bootFailures = 0;
+  /** Per kind of job (handler name, or "command"): workers recycled after their first job, in a row. */
+  private readonly recycleStreaks = new Map<string, number>();
   private readonly ceiling: MemoryCeiling;
   private readonly counters: Omit<PoolStats, "size" | "outputPaused" | "workers">;
   private readonly events = {
@@ -108,7 +132,7 @@ export class WorkerPool {
     this.counters = {
       spawned: 0,
       recycled: { memory: 0, fds: 0, age: 0, jobs: 0 },
-      killed: { memory_limit: 0, cancel_grace: 0, unresponsive: 0, cleanup_timeout: 0, shutdown: 0 },
+      killed: { memory_limit: 0, cancel_grace: 0, unresponsive: 0, cleanup_timeout: 0, shutdown: 0, ipc_failed: 0 },
       crashed: 0,
       jobs: { dispatched: 0, rejected: 0 },
     };
@@ -116,11 +140,16 @@ export class WorkerPool {
   }
 
   /** Runs a job on a warm worker (same contract as startCommandJob). Never throws for a bad job: `done` says why. */
-  start(assignment: Assignment, hooks: JobHooks): RunningJob {
+  start(assignment: Assignment, hooks: JobHooks, options: StartOptions = {}): RunningJob {
     const spec = assignment.job;
     const handlerPath = spec.kind === "module" ? (this.handlers.get(spec.handler) ?? null) : null;
-    const job = new PoolJob(assignment, hooks, handlerPath, this.jobControl);
-    if (this.closing !== null) {
+    const job = new PoolJob(assignment, hooks, handlerPath, this.jobControl, options.journalFile ?? null);
+    const problem = assignmentProblem(assignment);
+    if (problem !== null) {
+      // Fails at once, never reaching a worker (which it could strand or crash).
+      this.counters.jobs.rejected++;
+      job.reject(problem);
+    } else if (this.closing !== null) {
       this.counters.jobs.rejected++;
       job.reject("the worker pool is closed");
     } else if (spec.kind === "module" && handlerPath === null) {
@@ -284,6 +313,7 @@ export class WorkerPool {
     if (this.closing !== null) return this.retire(worker);
     const reason = evaluateRecycle(this.healthOf(worker), worker.limits, this.now());
     if (reason !== null) this.recycle(worker, reason);
+    if (job !== null) this.noteStreak(job, worker, reason);
     this.dispatch();
     this.replenish();
   }
@@ -322,11 +352,44 @@ export class WorkerPool {
     const now = this.now();
     const health = this.healthOf(worker);
     const detail = describeRecycle(reason, health, worker.limits, now);
+    const { limit } = recycleFigures(reason, health, worker.limits, now);
     this.options.logger.info(
-      { worker: worker.pid, reason, jobsRun: worker.jobsRun, rssBytes: health.rssBytes, openFds: health.openFds, ageMs: now - worker.spawnedAt },
+      {
+        worker: worker.pid,
+        reason,
+        limit,
+        setting: RECYCLE_SETTING[reason],
+        jobsRun: worker.jobsRun,
+        rssBytes: health.rssBytes,
+        openFds: health.openFds,
+        ageMs: now - worker.spawnedAt,
+      },
       `recycling worker ${worker.pid}: ${detail}`,
     );
     this.retire(worker);
+  }
+
+  /**
+   * The visible guard against a recycle loop: there is no hidden grace that lets a worker stay
+   * past a limit, so a handler that needs more than the limit is recycled after every job. The
+   * operator is told, once per streak, which handler and which limit, so they can fix one or
+   * raise the other.
+   */
+  private noteStreak(job: PoolJob, worker: WorkerHandle, reason: RecycleReason | null): void {
+    const spec = job.assignment.job;
+    const handler = spec.kind === "module" ? spec.handler : "command";
+    const streak = noteRecycleStreak(this.recycleStreaks.get(handler) ?? 0, reason, worker.jobsRun);
+    this.recycleStreaks.set(handler, streak);
+    if (streak !== RECYCLE_STREAK_WARN || reason === null) return;
+    const health = this.healthOf(worker);
+    const { reading, limit } = recycleFigures(reason, health, worker.limits, this.now());
+    const shown = reason === "memory" ? { reading: formatMiB(reading), limit: formatMiB(limit) } : { reading: String(reading), limit: String(limit) };
+    const what = spec.kind === "module" ? `handler "${handler}"` : "command jobs";
+    this.options.logger.warn(
+      { handler, reason, streak, limit, setting: RECYCLE_SETTING[reason], rssBytes: health.rssBytes, openFds: health.openFds },
+      `${streak} workers in a row were recycled for ${reason} right after one job of ${what} (last: ${shown.reading}, limit ${shown.limit}): ` +
+        `it leaks past the limit in one job, or a fresh worker's baseline is above it; every job now pays a cold start. Fix the handler or raise ${RECYCLE_SETTING[reason]}`,
+    );
   }
 
   /** Asks an idle worker to run its cleanup and exit; kills it if that takes too long. */

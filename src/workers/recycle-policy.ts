@@ -5,6 +5,13 @@
 //
 // Priority: memory > file descriptors > age > jobs. A null limit turns its signal off; a
 // missing reading (null: e.g. no fd count on Windows) skips its signal.
+//
+// Limits are limits: a worker at or past its soft RSS or fd limit is retired at its next job
+// boundary, whatever its age. There is deliberately no minimum lifetime: a hidden grace let a
+// leaking worker grow far past the operator's limit. The one guard against a recycle loop (a
+// handler whose fresh worker already starts past the limit) is visible: `noteRecycleStreak`
+// counts workers retired after their first job, and the pool warns, naming the handler and the
+// limit, once that happens RECYCLE_STREAK_WARN times in a row.
 
 export type RecycleReason = "memory" | "fds" | "age" | "jobs";
 
@@ -19,15 +26,6 @@ export interface RecycleLimits {
   /** 0..1: a worker's age limit is maxAgeMs × (1 − ageJitter × u), u drawn once at spawn. */
   ageJitter: number;
   maxJobs: number | null;
-  /**
-   * A younger worker is not recycled for memory, fds or age: a fresh worker that already starts
-   * near a limit (a big module import, a low limit) would otherwise be replaced after every job,
-   * forever (Celery #4125). Exception: RSS at or past `urgentRssBytes` still recycles, because
-   * the next job would likely hit the hard ceiling and be killed half-way, which costs more than
-   * a cold start. The jobs count is exempt: it cannot loop on a baseline, and a limit of 1 is a
-   * deliberate "fresh worker per job".
-   */
-  minLifetimeMs: number;
 }
 
 export interface WorkerHealth {
@@ -41,28 +39,46 @@ export interface WorkerHealth {
 }
 
 export function evaluateRecycle(health: WorkerHealth, limits: RecycleLimits, now: number): RecycleReason | null {
-  const age = now - health.startedAt;
-  const young = age < limits.minLifetimeMs;
-  const rss = health.rssBytes;
-  if (limits.maxRssBytes !== null && rss !== null && rss >= limits.maxRssBytes) {
-    if (!young || rss >= urgentRssBytes(limits)) return "memory";
+  for (const reason of ["memory", "fds", "age", "jobs"] as const) {
+    const { reading, limit } = recycleFigures(reason, health, limits, now);
+    if (reading !== null && limit !== null && reading >= limit) return reason;
   }
-  if (!young) {
-    if (limits.maxOpenFds !== null && health.openFds !== null && health.openFds >= limits.maxOpenFds) return "fds";
-    if (limits.maxAgeMs !== null && age >= limits.maxAgeMs) return "age";
-  }
-  if (limits.maxJobs !== null && health.jobsRun >= limits.maxJobs) return "jobs";
   return null;
 }
 
+/** The reading a signal is judged on and the limit it is compared with (null: off or unknown). */
+export function recycleFigures(reason: RecycleReason, health: WorkerHealth, limits: RecycleLimits, now: number): { reading: number | null; limit: number | null } {
+  switch (reason) {
+    case "memory":
+      return { reading: health.rssBytes, limit: limits.maxRssBytes };
+    case "fds":
+      return { reading: health.openFds, limit: limits.maxOpenFds };
+    case "age":
+      return { reading: now - health.startedAt, limit: limits.maxAgeMs };
+    case "jobs":
+      return { reading: health.jobsRun, limit: limits.maxJobs };
+  }
+}
+
+/** The setting an operator changes for each signal, named in the log lines. */
+export const RECYCLE_SETTING: Record<RecycleReason, string> = {
+  memory: "--worker-max-rss-mb",
+  fds: "--worker-max-fds",
+  age: "--worker-max-age-s",
+  jobs: "--worker-max-jobs",
+};
+
+/** After this many workers in a row are recycled for memory or fds right after their first job, the pool warns. */
+export const RECYCLE_STREAK_WARN = 3;
+
 /**
- * The RSS past which the minimum lifetime no longer protects a worker: halfway between the soft
- * limit and the hard ceiling. Without both limits there is no such point and the guard holds.
+ * The count of workers retired for memory or fds after their first job, in a row, for one kind
+ * of job (a handler): each such retirement adds one, any other job boundary for that kind of
+ * job (the worker kept, or retired after several jobs) starts again from 0. A streak means the
+ * handler leaks a whole limit per job, or a fresh worker's baseline is already above the limit.
  */
-export function urgentRssBytes(limits: Pick<RecycleLimits, "maxRssBytes" | "hardRssBytes">): number {
-  const { maxRssBytes: soft, hardRssBytes: hard } = limits;
-  if (soft === null || hard === null || hard <= soft) return hard ?? Infinity;
-  return soft + (hard - soft) / 2;
+export function noteRecycleStreak(streak: number, reason: RecycleReason | null, jobsRun: number): number {
+  return (reason === "memory" || reason === "fds") && jobsRun <= 1 ? streak + 1 : 0;
 }
 
 /**
@@ -96,7 +112,6 @@ export function defaultLimits(rlimitNofile: number): RecycleLimits {
     maxAgeMs: 3600_000,
     ageJitter: 0.1,
     maxJobs: null,
-    minLifetimeMs: 60_000,
   };
 }
 

@@ -35,7 +35,7 @@ export interface WorkerEvents {
 }
 
 /** Why the pool killed a worker. */
-export type KillKind = "memory_limit" | "cancel_grace" | "unresponsive" | "cleanup_timeout" | "shutdown";
+export type KillKind = "memory_limit" | "cancel_grace" | "unresponsive" | "cleanup_timeout" | "shutdown" | "ipc_failed";
 
 /** Worker stdout/stderr lines longer than this are cut before they reach the daemon's log. */
 const MAX_STRAY_LINE = 2_000;
@@ -93,11 +93,16 @@ export class WorkerHandle {
     return new WorkerHandle(child, child.pid ?? -1, options.spawnedAt, options.limits, options.events, options.logger);
   }
 
-  /** False when the channel is gone (the exit event follows). */
-  send(message: ToWorker): boolean {
+  /**
+   * False when the message could not be sent: the channel is gone (the exit event follows) or
+   * the message would not serialize. `onFailed` hears of a write that fails later (without it,
+   * such a failure is the child's 'error' event, logged).
+   */
+  send(message: ToWorker, onFailed?: (error: Error) => void): boolean {
     if (!this.child.connected) return false;
     try {
-      this.child.send(message);
+      if (onFailed === undefined) this.child.send(message);
+      else this.child.send(message, undefined, {}, (error: Error | null) => error !== null && onFailed(error));
       return true;
     } catch {
       return false;

@@ -9,6 +9,7 @@
 // an uncaught exception (reported first, so the job's reason says what happened).
 import type { JobResult } from "../protocol/channel.js";
 import { startCommandJob, type RunningCommandJob } from "../jobs/command.js";
+import { processStartTimeSync, writeJobProcessRecord } from "../jobs/process-record.js";
 import { closeHandlers } from "./handler-modules.js";
 import { runModuleJob, type ModuleJobRun } from "./module-job.js";
 import { readOwnHealth } from "./sample.js";
@@ -37,7 +38,13 @@ function handle(message: ToWorker): void {
   switch (message.type) {
     case "run":
       output.setPaused(message.outputPaused);
-      startJob(message);
+      try {
+        startJob(message);
+      } catch (error) {
+        // No job input may take the worker down: the job fails, saying why, and the worker stays.
+        if (current === null) failUnstarted(message.assignment, error);
+        else throw error;
+      }
       return;
     case "stop":
       if (current === null || current.jobId !== message.jobId) return;
@@ -65,11 +72,18 @@ function startJob(message: Extract<ToWorker, { type: "run" }>): void {
     current = { jobId, kind: "module", job };
     done = job.done;
   } else {
+    let recordFailure: string | null = null;
     const job = startCommandJob(assignment, {
-      onStarted: ({ pid, startedAt }) => send({ type: "started", jobId, pid, startedAt }),
+      onStarted: ({ pid, startedAt }) => {
+        // Durable before it is reported: see process-record.ts.
+        recordFailure = recordProcess(message.journalFile, { jobId, attempt: assignment.attempt, pid, pgid: pid, processStartTime: processStartTimeSync(pid), startedAt });
+        send({ type: "started", jobId, pid, startedAt });
+      },
       onLog: (chunk) => output.push(chunk, false),
     });
     current = { jobId, kind: "command", job };
+    // A process no crash recovery could find must not run: stop it at once, saying why.
+    if (recordFailure !== null) job.cancel(`the runner could not record the job's process for crash recovery: ${recordFailure}`, 0);
     // Congested output stops the reading of the job's pipes; the job's own writes then block.
     const unsubscribe = output.onCongestion((congested) => (congested ? job.pauseOutput() : job.resumeOutput()));
     if (output.congested) job.pauseOutput();
@@ -80,6 +94,23 @@ function startJob(message: Extract<ToWorker, { type: "run" }>): void {
     output.flushAll();
     send({ type: "result", result, health: readOwnHealth() });
   });
+}
+
+function failUnstarted(assignment: Extract<ToWorker, { type: "run" }>["assignment"], error: unknown): void {
+  const reason = `the worker could not start the job: ${error instanceof Error ? error.message : String(error)}`.slice(0, 1000);
+  const result: JobResult = { jobId: assignment.jobId, attempt: assignment.attempt, outcome: "failed", exitCode: null, signal: null, reason, startedAt: null, finishedAt: new Date().toISOString() };
+  send({ type: "result", result, health: readOwnHealth() });
+}
+
+/** Writes the job's process record; returns why it failed, or null. */
+function recordProcess(file: string | null, record: Parameters<typeof writeJobProcessRecord>[1]): string | null {
+  if (file === null) return null;
+  try {
+    writeJobProcessRecord(file, record);
+    return null;
+  } catch (error) {
+    return error instanceof Error ? error.message : String(error);
+  }
 }
 
 async function exitAfterCleanup(): Promise<void> {

@@ -7,8 +7,12 @@ import type { HealthReading } from "./sample.js";
 export type StopOutcome = "cancelled" | "timed_out";
 
 export type ToWorker =
-  /** `handlerPath` is set for module jobs: the daemon maps the job's handler name to it. */
-  | { type: "run"; assignment: Assignment; handlerPath: string | null; outputPaused: boolean }
+  /**
+   * `handlerPath` is set for module jobs: the daemon maps the job's handler name to it.
+   * `journalFile`: for a command job, the journal entry the worker writes the spawned process's
+   * pid to before it reports `started` (null: not journalled, as in the pool's own tests).
+   */
+  | { type: "run"; assignment: Assignment; handlerPath: string | null; outputPaused: boolean; journalFile: string | null }
   /** Command job: SIGTERM its group, SIGKILL after graceMs. Module job: abort its signal. */
   | { type: "stop"; jobId: string; outcome: StopOutcome; reason: string; graceMs: number }
   /** The daemon's log consumer is slow (paused) or has caught up. */

@@ -214,23 +214,24 @@ describe("the environment a command job sees", { timeout: 30_000 }, () => {
 describe("command job timeouts and cancels", { timeout: 60_000, skip: posixOnly }, () => {
   test("a job past its timeout is stopped and reported timed_out within a bounded margin", { timeout: 10_000 }, async (t) => {
     const began = Date.now();
-    const observed = run(t, assignment(["sleep", "30"], { timeoutMs: 300, cancelGraceMs: 5_000 }));
+    // The grace is long, so an end well before it shows SIGTERM at the timeout did it (the upper
+    // bound leaves a loaded machine room; it only has to be far below the grace).
+    const observed = run(t, assignment(["sleep", "30"], { timeoutMs: 300, cancelGraceMs: 30_000 }));
     const result = await observed.job.done;
     const elapsed = Date.now() - began;
     assert.deepEqual([result.outcome, result.reason, result.signal], ["timed_out", "timed out after 300 ms", "SIGTERM"]);
-    assert.ok(elapsed >= 290 && elapsed < 300 + 700, `took ${elapsed} ms`);
+    assert.ok(elapsed >= 290 && elapsed < 8_000, `took ${elapsed} ms`);
   });
 
   test("cancelling a job that honours SIGTERM ends it well within the grace period", { timeout: 10_000 }, async (t) => {
-    const observed = run(t, assignment(["sleep", "30"], { cancelGraceMs: 10_000 }));
-    await new Promise((r) => setTimeout(r, 100));
+    const observed = run(t, assignment(["sleep", "30"], { cancelGraceMs: 30_000 }));
     const began = Date.now();
     observed.job.cancel("cancelled by the operator");
     observed.job.cancel("a second cancel changes nothing");
     const result = await observed.job.done;
     const elapsed = Date.now() - began;
     assert.deepEqual([result.outcome, result.reason, result.signal], ["cancelled", "cancelled by the operator", "SIGTERM"]);
-    assert.ok(elapsed < 500, `took ${elapsed} ms`);
+    assert.ok(elapsed < 8_000, `took ${elapsed} ms: SIGTERM ended it, not the SIGKILL after the 30 s grace`);
     observed.job.cancel("after the end: harmless");
   });
 

@@ -146,7 +146,7 @@ describe("recovering orphaned jobs after a crash", { timeout: 30_000, skip: posi
     await journal.record(entry("job-orphan", { attempt: 3, pid, pgid: pid, processStartTime: await processStartTime(pid), startedAt }));
 
     const recovery = await recoverOrphans(journal, now);
-    assert.deepEqual(recovery.killed, [{ jobId: "job-orphan", attempt: 3, pid }]);
+    assert.deepEqual(recovery.killed, [{ jobId: "job-orphan", attempt: 3, jobPid: pid }]);
     assert.deepEqual(recovery.results, [
       { jobId: "job-orphan", attempt: 3, outcome: "failed", exitCode: null, signal: null, reason: "agent restarted", startedAt, finishedAt: now.toISOString() },
     ]);

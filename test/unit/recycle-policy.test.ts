@@ -7,8 +7,9 @@ import {
   defaultLimits,
   describeRecycle,
   evaluateRecycle,
+  RECYCLE_STREAK_WARN,
   limitsForWorker,
-  urgentRssBytes,
+  noteRecycleStreak,
   type RecycleLimits,
   type WorkerHealth,
 } from "../../src/workers/recycle-policy.js";
@@ -17,7 +18,6 @@ import { parseProcLimits } from "../../src/workers/rlimit.js";
 
 const MiB = 1024 * 1024;
 const SPAWNED = 1_000_000;
-/** Old enough that the minimum lifetime does not apply. */
 const LATER = SPAWNED + 120_000;
 
 const limits: RecycleLimits = {
@@ -27,7 +27,6 @@ const limits: RecycleLimits = {
   maxAgeMs: 600_000,
   ageJitter: 0,
   maxJobs: 50,
-  minLifetimeMs: 60_000,
 };
 const healthy: WorkerHealth = { rssBytes: 100 * MiB, openFds: 20, jobsRun: 3, startedAt: SPAWNED };
 
@@ -73,33 +72,44 @@ describe("evaluateRecycle", () => {
     assert.equal(evaluateRecycle({ ...unknown, jobsRun: 50 }, limits, LATER), "jobs");
   });
 
-  describe("the minimum lifetime", () => {
-    const young = SPAWNED + 59_999;
+  describe("a young worker", () => {
+    const young = SPAWNED + 1;
+    // As an operator sets them: the defaults with a soft RSS and an fd limit of their own.
+    const operator: RecycleLimits = { ...defaultLimits(1024), maxRssBytes: 500 * MiB, maxOpenFds: 100 };
 
-    test("keeps a fresh worker that starts past the soft memory limit, so it is not recycled after every job", () => {
-      assert.equal(evaluateRecycle({ ...healthy, rssBytes: 600 * MiB }, limits, young), null);
-      assert.equal(evaluateRecycle({ ...healthy, rssBytes: 600 * MiB }, limits, SPAWNED + 60_000), "memory");
+    test("a young worker over its soft RSS limit is recycled at its first job boundary", () => {
+      assert.equal(evaluateRecycle({ ...healthy, jobsRun: 1, rssBytes: 500 * MiB }, operator, young), "memory");
+      assert.equal(evaluateRecycle({ ...healthy, jobsRun: 1, rssBytes: 500 * MiB - 1 }, operator, young), null);
     });
 
-    test("keeps a fresh worker past the fd limit and past an age limit set below it", () => {
-      assert.equal(evaluateRecycle({ ...healthy, openFds: 1000 }, limits, young), null);
-      assert.equal(evaluateRecycle(healthy, { ...limits, maxAgeMs: 1_000 }, young), null);
+    test("a young worker over its soft RSS limit is recycled even far below the hard ceiling", () => {
+      assert.equal(evaluateRecycle({ ...healthy, jobsRun: 1, rssBytes: 501 * MiB }, { ...operator, hardRssBytes: 100_000 * MiB }, young), "memory");
+      assert.equal(evaluateRecycle({ ...healthy, jobsRun: 1, rssBytes: 501 * MiB }, { ...operator, hardRssBytes: null }, young), "memory");
     });
 
-    test("gives way when RSS is halfway from the soft limit to the hard ceiling", () => {
-      assert.equal(urgentRssBytes(limits), 750 * MiB);
-      assert.equal(evaluateRecycle({ ...healthy, rssBytes: 749 * MiB }, limits, young), null);
-      assert.equal(evaluateRecycle({ ...healthy, rssBytes: 750 * MiB }, limits, young), "memory");
+    test("a young worker over its fd limit is recycled at its first job boundary", () => {
+      assert.equal(evaluateRecycle({ ...healthy, jobsRun: 1, openFds: 100 }, operator, young), "fds");
+      assert.equal(evaluateRecycle({ ...healthy, jobsRun: 1, openFds: 2_520 }, { ...operator, maxOpenFds: 300 }, young), "fds");
     });
 
-    test("holds for any RSS when there is no hard ceiling", () => {
-      assert.equal(urgentRssBytes({ ...limits, hardRssBytes: null }), Infinity);
-      assert.equal(evaluateRecycle({ ...healthy, rssBytes: 5000 * MiB }, { ...limits, hardRssBytes: null }, young), null);
+    test("a worker past an age limit set below its age is recycled however little it ran", () => {
+      assert.equal(evaluateRecycle(healthy, { ...operator, maxAgeMs: 1 }, young), "age");
     });
+  });
+});
 
-    test("does not hold back the jobs count", () => {
-      assert.equal(evaluateRecycle({ ...healthy, jobsRun: 1 }, { ...limits, maxJobs: 1 }, SPAWNED + 5), "jobs");
-    });
+describe("noteRecycleStreak", () => {
+  test("counts workers recycled for memory or fds right after their first job", () => {
+    let streak = 0;
+    for (let i = 0; i < RECYCLE_STREAK_WARN; i++) streak = noteRecycleStreak(streak, i % 2 === 0 ? "memory" : "fds", 1);
+    assert.equal(streak, RECYCLE_STREAK_WARN);
+  });
+
+  test("starts again when a worker is kept, lasts several jobs, or is recycled for age or jobs", () => {
+    assert.equal(noteRecycleStreak(2, null, 1), 0);
+    assert.equal(noteRecycleStreak(2, "memory", 2), 0);
+    assert.equal(noteRecycleStreak(2, "age", 1), 0);
+    assert.equal(noteRecycleStreak(2, "jobs", 1), 0, "a jobs limit of 1 is a deliberate fresh worker per job");
   });
 });
 
@@ -132,8 +142,8 @@ describe("defaultLimits", () => {
   test("are generous: 1 GiB soft, 2 GiB hard, an hour of age with 10% jitter, no jobs limit", () => {
     const d = defaultLimits(1024);
     assert.deepEqual(
-      [d.maxRssBytes, d.hardRssBytes, d.maxAgeMs, d.ageJitter, d.maxJobs, d.minLifetimeMs],
-      [1024 * MiB, 2048 * MiB, 3600_000, 0.1, null, 60_000],
+      [d.maxRssBytes, d.hardRssBytes, d.maxAgeMs, d.ageJitter, d.maxJobs],
+      [1024 * MiB, 2048 * MiB, 3600_000, 0.1, null],
     );
   });
 
