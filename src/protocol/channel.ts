@@ -265,7 +265,7 @@ function decodeWith<T>(schema: z.ZodType<T, z.ZodTypeDef, unknown>, knownTypes: 
     // Capped: the type is the peer's text, and the detail is logged (and echoed in `error`). A
     // type that is not a string is named by its kind only: serializing it could recurse as
     // deep as the peer nested it and overflow the stack.
-    const named = typeof type === "string" ? JSON.stringify(capText(type)) : `(${type === null ? "null" : Array.isArray(type) ? "an array" : typeof type})`;
+    const named = typeof type === "string" ? capText(JSON.stringify(type)) : `(${type === null ? "null" : Array.isArray(type) ? "an array" : typeof type})`;
     return { ok: false, problem: "unknown_type", detail: `unknown message type ${named}` };
   }
   const result = schema.safeParse(parsed);
