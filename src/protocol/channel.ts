@@ -285,7 +285,23 @@ export function decodeRunnerMessage(data: string): Decoded<RunnerMessage> {
 }
 
 export function decodeControlMessage(data: string): Decoded<ControlMessage> {
-  return decodeWith(controlMessageSchema, controlTypes, data);
+  const decoded = decodeWith(controlMessageSchema, controlTypes, data);
+  return decoded.ok || decoded.problem !== "invalid" ? decoded : (unusableAssignment(data, decoded.detail) ?? decoded);
+}
+
+/**
+ * An `assign` that breaks the schema outside its job (a timeoutMs that is not a positive
+ * integer, a cancelGraceMs out of range, no leaseExpiresAt...) but names a job reference: it
+ * becomes an assignment of an unusable job, which the runner fails at once with `detail` as
+ * the reason. Dropped instead, it would hold the job until its lease expired, and then again
+ * at every hand-out. Without a usable job reference there is nothing to answer.
+ */
+function unusableAssignment(data: string, detail: string): Decoded<ControlMessage> | null {
+  const ref = z.object({ type: z.literal("assign"), ...jobRef }).safeParse(JSON.parse(data));
+  if (!ref.success) return null;
+  const { jobId, attempt } = ref.data;
+  const job = { kind: "unusable" as const, problem: `invalid assignment: ${detail}`.slice(0, 1000) };
+  return { ok: true, message: { type: "assign", jobId, attempt, job, timeoutMs: 1, cancelGraceMs: 0, leaseExpiresAt: "" } };
 }
 
 export function encode(message: RunnerMessage | ControlMessage): string {
