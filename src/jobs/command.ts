@@ -8,6 +8,7 @@ import type { Readable } from "node:stream";
 import { execa, type ResultPromise } from "execa";
 import type { Assignment, CommandJob, JobRef, JobResult, Outcome } from "../protocol/channel.js";
 import { buildJobEnv } from "./job-env.js";
+import { jobMarks } from "./job-marks.js";
 import { createLogChunker, type LogChunk } from "./log-chunks.js";
 import { isGroupAlive, signalGroup, waitForGroupExit } from "./process-group.js";
 
@@ -60,7 +61,7 @@ export function startCommandJob(assignment: Assignment, hooks: JobHooks, options
   }
   let subprocess: ResultPromise;
   try {
-    subprocess = spawnJob(spec, options.baseEnv ?? process.env);
+    subprocess = spawnJob(spec, ref, options.baseEnv ?? process.env);
   } catch (error) {
     // spawn() throws for arguments no process can have (a NUL byte, say): the schema keeps
     // them off the wire, and this keeps any that slip through from taking the worker down.
@@ -85,11 +86,12 @@ export function startCommandJob(assignment: Assignment, hooks: JobHooks, options
   return job;
 }
 
-function spawnJob(spec: CommandJob, baseEnv: NodeJS.ProcessEnv): ResultPromise {
+function spawnJob(spec: CommandJob, ref: JobRef, baseEnv: NodeJS.ProcessEnv): ResultPromise {
   const [file, ...args] = spec.argv as [string, ...string[]];
   return execa(file, args, {
     cwd: spec.cwd,
-    env: buildJobEnv(spec.env, baseEnv),
+    // The marks come last: a job cannot hide its processes from recovery by setting them.
+    env: { ...buildJobEnv(spec.env, baseEnv), ...jobMarks(ref) },
     extendEnv: false,
     detached: true, // its own process group, so the whole tree can be signalled at once
     stdin: "ignore",

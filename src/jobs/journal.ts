@@ -17,6 +17,7 @@ import { jobFileName } from "../state/outbox.js";
 import { processStartTime } from "../state/lock.js";
 import { isGroupAlive, signalGroup, waitForGroupExit } from "./process-group.js";
 import { writeJobProcessRecord, type JobProcessRecord } from "./process-record.js";
+import { killMarkedProcesses } from "./job-marks.js";
 
 const journalEntrySchema = z.object({
   jobId: z.string().min(1).max(128),
@@ -114,6 +115,11 @@ export async function recoverOrphans(journal: JobJournal, now: Date): Promise<Or
   for (const entry of entries) {
     const pid = entry.pid;
     if (pid !== null && (await killOrphanGroup({ ...entry, pid }))) killed.push({ jobId: entry.jobId, attempt: entry.attempt, jobPid: pid });
+    // Processes the entry does not name (the crash came between the spawn and the pid's record,
+    // or one left the job's group) still carry the job's marks in their environment.
+    for (const marked of killMarkedProcesses(entry)) {
+      if (marked !== pid) killed.push({ jobId: entry.jobId, attempt: entry.attempt, jobPid: marked });
+    }
     results.push({
       jobId: entry.jobId,
       attempt: entry.attempt,

@@ -7,6 +7,7 @@
 import type { JobHooks, RunningJob } from "../jobs/command.js";
 import type { LogChunk } from "../jobs/log-chunks.js";
 import { signalGroup, waitForGroupExit } from "../jobs/process-group.js";
+import { killMarkedProcesses } from "../jobs/job-marks.js";
 import type { Assignment, JobRef, JobResult, Outcome } from "../protocol/channel.js";
 import type { Logger } from "../log/logger.js";
 import type { KillKind, WorkerExit, WorkerHandle } from "./worker-handle.js";
@@ -117,10 +118,12 @@ export class PoolJob implements RunningJob {
   /** The worker died with the job on it: clean up what it leaves behind and say why. */
   async handleWorkerGone(exit: WorkerExit, killed: WorkerHandle["killedBecause"], fatal: string | null): Promise<void> {
     if (this.finished) return;
-    if (this.kind === "command" && this.startedPid !== null) {
-      // Its supervisor is gone: the job's group would run on unwatched. It goes too.
-      signalGroup(this.startedPid, "SIGKILL");
-      await waitForGroupExit(this.startedPid, GROUP_GONE_MS);
+    if (this.kind === "command") {
+      // Its supervisor is gone: the job's group would run on unwatched. It goes too, and so does
+      // any process of the job the worker spawned but died before reporting (found by its marks).
+      if (this.startedPid !== null) signalGroup(this.startedPid, "SIGKILL");
+      killMarkedProcesses(this.ref);
+      if (this.startedPid !== null) await waitForGroupExit(this.startedPid, GROUP_GONE_MS);
     }
     const observed = { exitCode: exit.code, signal: exit.signal };
     if (killed?.kind === "memory_limit") return this.finish(this.resultWith("failed", killed.reason, observed));

@@ -9,6 +9,7 @@ import os from "node:os";
 import path from "node:path";
 import { JobJournal, recoverOrphans, type JournalEntry } from "../../src/jobs/journal.js";
 import { processStartTime } from "../../src/state/lock.js";
+import { jobMarks } from "../../src/jobs/job-marks.js";
 
 const posixOnly = process.platform === "win32" ? "needs POSIX process groups and sh" : false;
 const onLinux = process.platform === "linux";
@@ -69,8 +70,8 @@ function isRunning(pid: number): boolean {
 }
 
 /** A detached process group like an orphaned job: `sh` leading it, with `sleep` children. Resolves once both exist. */
-async function spawnGroup(t: TestContext, script: string): Promise<{ child: ChildProcess; pid: number; childPid: number }> {
-  const child = spawn("sh", ["-c", script], { detached: true, stdio: ["ignore", "pipe", "ignore"] });
+async function spawnGroup(t: TestContext, script: string, env?: Record<string, string>): Promise<{ child: ChildProcess; pid: number; childPid: number }> {
+  const child = spawn("sh", ["-c", script], { detached: true, stdio: ["ignore", "pipe", "ignore"], env: env && { ...process.env, ...env } });
   const pid = child.pid as number;
   t.after(() => killQuietly(-pid));
   let out = "";
@@ -154,6 +155,27 @@ describe("recovering orphaned jobs after a crash", { timeout: 30_000, skip: posi
     assert.equal(isRunning(childPid), false);
     assert.equal((await journal.list()).entries.length, 1, "the entry stays until the daemon has stored the result");
   });
+
+  test(
+    "kills the processes of a job whose entry names no pid yet (a crash between the spawn and its record), found by the job's marks, and no other job's",
+    { timeout: 15_000, skip: !onLinux && "reads /proc/<pid>/environ" },
+    async (t) => {
+      const journal = new JobJournal(await tempDir(t));
+      const job = await spawnGroup(t, `sleep 300 & echo $!; sleep 300`, jobMarks({ jobId: "job-unrecorded", attempt: 2 }));
+      const earlierAttempt = await spawnGroup(t, `sleep 300 & echo $!; sleep 300`, jobMarks({ jobId: "job-unrecorded", attempt: 1 }));
+      await journal.record(entry("job-unrecorded", { attempt: 2 }));
+
+      const recovery = await recoverOrphans(journal, now);
+      const killed = recovery.killed.map((k) => k.jobPid);
+      assert.ok(killed.includes(job.pid) && killed.includes(job.childPid), `killed ${killed.join(", ")}`);
+      assert.ok(!killed.includes(earlierAttempt.pid) && !killed.includes(earlierAttempt.childPid));
+      assert.equal(recovery.results[0]?.reason, "agent restarted");
+      const deadline = Date.now() + 10_000;
+      while (groupHasLiveMembers(job.pid) && Date.now() < deadline) await new Promise((r) => setImmediate(r));
+      assert.equal(groupHasLiveMembers(job.pid), false, "the marked job's processes are gone");
+      assert.ok(isRunning(earlierAttempt.pid) && isRunning(earlierAttempt.childPid), "another attempt's processes are left alone");
+    },
+  );
 
   test("reports jobs whose process is already gone, and never kills a process that reused the pid", { timeout: 15_000 }, async (t) => {
     const journal = new JobJournal(await tempDir(t));

@@ -160,10 +160,15 @@ describe("warm workers", { skip: posixOnly }, () => {
     const fromModule = await runToEnd(pool, moduleJob("counter"));
     assert.ok(!counterReport(fromModule).env.includes("RUNNER_TEST_POOL_SECRET"), "the module's worker does not see it");
     assert.ok(counterReport(fromModule).env.includes("PATH"));
-    const fromCommand = await runToEnd(pool, commandJob(["env"], { JOB_OWN: "yes" }));
+    const fromCommand = await runToEnd(pool, commandJob(["env"], { JOB_OWN: "yes", RUNNER_JOB_ID: "a job cannot hide behind another's id" }));
     assert.equal(fromCommand.result.outcome, "succeeded");
     assert.match(fromCommand.text("stdout"), /^JOB_OWN=yes$/m);
-    assert.doesNotMatch(fromCommand.text(), /pool-secret-value|RUNNER_/);
+    // The job's own marks (which recovery finds its processes by) are the only RUNNER_ variables.
+    assert.match(fromCommand.text("stdout"), new RegExp(`^RUNNER_JOB_ID=${fromCommand.result.jobId}$`, "m"));
+    assert.match(fromCommand.text("stdout"), new RegExp(`^RUNNER_JOB_ATTEMPT=${fromCommand.result.attempt}$`, "m"));
+    const others = fromCommand.text().split("\n").filter((line) => line.startsWith("RUNNER_") && !/^RUNNER_JOB_(ID|ATTEMPT)=/.test(line));
+    assert.deepEqual(others, []);
+    assert.doesNotMatch(fromCommand.text(), /pool-secret-value/);
   });
 
   test("command jobs run through a worker and stream their output in order, stdout and stderr apart", { timeout: 20_000 }, async (t) => {
