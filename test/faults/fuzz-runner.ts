@@ -8,13 +8,12 @@ import type { Duplex } from "node:stream";
 import type { TestContext } from "node:test";
 import { WebSocket, WebSocketServer, type RawData } from "ws";
 import { REPO_ROOT } from "../helpers/cli.js";
+import { FORWARDED_HEADERS, forwardingServer } from "../helpers/ws-relay.js";
 import { RunnerProcess, registerThroughCli, startPhaseControlPlane, waitUntil } from "./cluster.js";
 import { MarkedJobs } from "./marked-jobs.js";
 import { encodeFuzzed, mangleText, mutateMessage, randomFrame } from "./mutate.js";
 import type { Prng } from "./prng.js";
 import type { Tally } from "./tally.js";
-
-const FORWARDED_HEADERS = ["authorization", "x-runner-id", "x-runner-protocol", "x-runner-agent-version"];
 
 /** Messages the control plane may send, as seeds for mutation before real ones have been seen. */
 function seedTemplates(): Record<string, Record<string, unknown>> {
@@ -54,14 +53,7 @@ export async function runRunnerFuzz(options: { t: TestContext; prng: Prng; tally
   const downstreams = new Set<WebSocket>();
 
   // ---- the relay ----
-  const relay = http.createServer((req, res) => {
-    const upstream = http.request({ host: "127.0.0.1", port, method: req.method, path: req.url, headers: req.headers }, (answer) => {
-      res.writeHead(answer.statusCode ?? 502, answer.headers);
-      answer.pipe(res);
-    });
-    upstream.on("error", () => res.destroy());
-    req.pipe(upstream);
-  });
+  const relay = forwardingServer("127.0.0.1", port);
   const wss = new WebSocketServer({ noServer: true, maxPayload: 64 * 1024 * 1024 });
   relay.on("upgrade", (req: http.IncomingMessage, socket: Duplex, head: Buffer) => {
     wss.handleUpgrade(req, socket, head, (down) => {
