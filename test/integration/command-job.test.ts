@@ -176,7 +176,8 @@ describe("command jobs that cannot start", { timeout: 30_000 }, () => {
 
 describe("the environment a command job sees", { timeout: 30_000 }, () => {
   const printEnv = nodeScript("process.stdout.write(JSON.stringify(process.env))");
-  const allowed = new Set(["PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "TZ", "TMPDIR", "SystemRoot", "ComSpec", "PATHEXT"]);
+  // The base, plus the job's own marks (its reference, which crash recovery finds its processes by).
+  const allowed = new Set(["PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "TZ", "TMPDIR", "SystemRoot", "ComSpec", "PATHEXT", "RUNNER_JOB_ID", "RUNNER_JOB_ATTEMPT"]);
 
   test("holds the job's variables and a minimal base, and nothing else from the runner", { timeout: 10_000 }, async (t) => {
     const baseEnv = {
@@ -188,7 +189,7 @@ describe("the environment a command job sees", { timeout: 30_000 }, () => {
       DBUS_SESSION_BUS_ADDRESS: "unix:path=/run/user/1000/bus",
       AWS_SECRET_ACCESS_KEY: "also-not",
     };
-    const observed = run(t, assignment(printEnv, { env: { JOB_VAR: "from the job", HOME: "/job/home" } }), { baseEnv });
+    const observed = run(t, assignment(printEnv, { env: { JOB_VAR: "from the job", HOME: "/job/home", RUNNER_JOB_ID: "not this job" } }), { baseEnv });
     const result = await observed.job.done;
     assert.equal(result.outcome, "succeeded", result.reason ?? "");
     const env = JSON.parse(observed.text("stdout")) as Record<string, string>;
@@ -196,6 +197,8 @@ describe("the environment a command job sees", { timeout: 30_000 }, () => {
     assert.equal(env.PATH, baseEnv.PATH);
     assert.equal(env.LANG, "C.UTF-8");
     assert.equal(env.HOME, "/job/home", "the job's own value wins over the base");
+    assert.equal(env.RUNNER_JOB_ID, observed.job.ref.jobId, "the runner's marks win over the job's");
+    assert.equal(env.RUNNER_JOB_ATTEMPT, String(observed.job.ref.attempt));
     for (const name of Object.keys(env)) assert.ok(allowed.has(name) || name === "JOB_VAR", `unexpected variable ${name} in the job's env`);
     assert.ok(!observed.text("stdout").includes("s3cret"));
   });
