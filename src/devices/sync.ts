@@ -78,8 +78,13 @@ export interface SyncStep {
   effects: SyncEffect[];
 }
 
-/** Room left in a frame for the batch's envelope (type, ids, flags, brackets). */
-const ENVELOPE_BYTES = 1024;
+/**
+ * Room left in a frame for the batch's envelope: `{"type":"devices","batchId":…,"snapshotId":…,
+ * "last":false,"upserts":[],"removals":[]}` with both ids at their 64-character maximum is 223
+ * bytes. Rows are counted with their separators (diff.ts), so a batch fits the frame limit
+ * whatever it is (the protocol's minimum, 1024, leaves 768 bytes of rows).
+ */
+export const ENVELOPE_BYTES = 256;
 
 export function initialSyncState(config: SyncConfig, confirmed: Confirmed = new Map()): SyncState {
   return {
@@ -130,7 +135,7 @@ function onConnected(state: SyncState, input: Extract<SyncInput, { type: "connec
     phase: "summary",
     pending: null,
     refreshMs: input.refreshMs ?? state.config.refreshMs,
-    maxBatchBytes: Math.max(1024, input.maxFrameBytes - ENVELOPE_BYTES),
+    maxBatchBytes: input.maxFrameBytes - ENVELOPE_BYTES,
   };
   // The batch the last connection did not see acknowledged goes first, unchanged: applying it
   // twice is harmless, and once acknowledged the summary below includes it.

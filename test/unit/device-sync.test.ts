@@ -264,4 +264,17 @@ describe("the device sync session", () => {
     const matched = feed(connected.state, { type: "ack", now: T0, batchId: connected.state.inFlight!.message.batchId });
     assert.deepEqual(sent(matched.effects), [], "no scan yet: nothing to diff");
   });
+
+  test("under the protocol's smallest frame limit (1024) every batch of a full snapshot, ids and all, fits the frame", () => {
+    const ids = { ...config, idPrefix: "x".repeat(50) };
+    const connected = feed(initialSyncState(ids), { type: "connected", now: T0, maxFrameBytes: 1024 });
+    const summary = connected.state.inFlight!.message;
+    const run = feed(connected.state, { type: "scanned", now: T0, devices: devices(40) }, { type: "resync", now: T0, batchId: summary.batchId, reason: "test" });
+    const { sentBatches } = ackAll(run, T0);
+    assert.equal(sentBatches.reduce((n, b) => n + rowsOf(b), 0), 40, "every device went");
+    for (const batch of sentBatches) {
+      const bytes = Buffer.byteLength(JSON.stringify(batch));
+      assert.ok(bytes <= 1024, `a batch of ${rowsOf(batch)} rows is ${bytes} bytes`);
+    }
+  });
 });
