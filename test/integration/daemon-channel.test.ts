@@ -15,6 +15,14 @@ import { isRunning, childrenOf } from "../helpers/processes.js";
 
 const FAST = ["--reconnect-base-ms", "100", "--reconnect-cap-ms", "400"];
 
+function killIfAlive(pid: number): void {
+  try {
+    process.kill(pid, "SIGKILL");
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code !== "ESRCH") throw error;
+  }
+}
+
 async function waitForJob(plane: TestControlPlane, jobId: string, done: (job: JobView) => boolean, timeoutMs = 15_000): Promise<JobView> {
   const deadline = Date.now() + timeoutMs;
   let last: JobView | undefined;
@@ -143,7 +151,8 @@ describe("the daemon and the control plane", { timeout: 120_000 }, () => {
         // Held still first, so it cannot see its workers die and clean up after them: the two
         // deaths are then one crash, as when the machine's OOM killer takes the whole tree.
         process.kill(first.child.pid!, "SIGSTOP");
-        for (const worker of workers) process.kill(worker, "SIGKILL");
+        // The daemon's children are its workers and maybe a short-lived device probe, gone by now.
+        for (const worker of workers) killIfAlive(worker);
       }
       await first.stop("SIGKILL");
       if (variant === "the daemon and its workers together") {
