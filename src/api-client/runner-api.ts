@@ -161,9 +161,8 @@ function errorFor(response: Response, body: unknown, url: string, bearer: string
  * and capped.
  */
 function excerpt(text: string, bearer: string): string {
-  const flat = text
-    .split(bearer)
-    .join("[redacted]")
+  // An empty bearer would split between every character.
+  const flat = (bearer === "" ? text : text.split(bearer).join("[redacted]"))
     .replace(/\b(?:rgt|rnc|adm)_[A-Za-z0-9_-]{8,}/g, "[redacted]")
     .replace(/\p{Cc}+/gu, " ")
     .trim();

@@ -44,6 +44,8 @@ export function stateFiles(stateDir: string) {
     credentialFile: path.join(stateDir, "credential"),
     lock: path.join(stateDir, "runner.lock"),
     outbox: path.join(stateDir, "outbox"),
+    /** The journal of running jobs, for recovery after a crash (src/jobs/journal.ts). */
+    running: path.join(stateDir, "running"),
     /** Left by `runner start` when it stops for a person (exit 78 or 79); see src/state/blocked.ts. */
     blocked: path.join(stateDir, "needs-operator"),
   };

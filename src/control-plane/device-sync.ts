@@ -17,6 +17,7 @@ import {
   type DevicesSummaryMessage,
 } from "../protocol/devices.js";
 import type { DeviceStore } from "./device-store.js";
+import { capText } from "../log/cap-text.js";
 
 /** Emitted as `"devices"` on the control plane's `events` for each device message applied. */
 export interface DeviceEvent {
@@ -138,8 +139,6 @@ function firstIssue(error: z.ZodError): string {
 }
 
 /** What the control plane says back (and logs) stays short, whatever the frame held. */
-const MAX_DETAIL_CHARS = 900; // with the suffix, under devices_resync's 1024-char reason
-
-function capped(text: string): string {
-  return text.length <= MAX_DETAIL_CHARS ? text : `${text.slice(0, MAX_DETAIL_CHARS)}... (${text.length - MAX_DETAIL_CHARS} more characters)`;
-}
+/** With capText's marker, a detail stays under devices_resync's 1024-character reason. */
+const MAX_DETAIL_CHARS = 900;
+const capped = (text: string) => capText(text, MAX_DETAIL_CHARS);

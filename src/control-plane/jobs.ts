@@ -160,8 +160,8 @@ export class JobQueue {
   /**
    * An admin paused (`reason`) or resumed (`null`) the runner; the store already says so. A
    * connected runner is told at once (`pause` / `resume`); one that connects later learns it
-   * from `welcome.paused`. Credits survive a pause: after `resume` the runner's `ready` adds
-   * to them, capped at its capacity as always.
+   * from `welcome.paused`. Credits survive a pause and are counted as always (a runner keeps
+   * granting them), so they are exact when `resume` comes; the runner sends nothing back to it.
    */
   setPaused(runnerId: string, pause: { reason: string } | null): void {
     const link = this.runners.get(runnerId);

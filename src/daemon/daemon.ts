@@ -1,7 +1,6 @@
 // The composition root of `runner start` after its checks: recovers what a crash left
 // behind (orphaned jobs, unacknowledged results), then wires the channel driver to the
 // job host, the outbox and the signals, and runs until the driver exits.
-import path from "node:path";
 import type { Logger } from "../log/logger.js";
 import { ChannelDriver } from "../channel/driver.js";
 import { keyOf, type MachineConfig } from "../channel/machine.js";
@@ -39,7 +38,7 @@ export async function runDaemon(options: DaemonOptions): Promise<number> {
   const { registration, files, logger } = options;
   const url = channelUrl(registration.url, options.insecurePlaintext);
   const outbox = new Outbox(files.outbox);
-  const journal = new JobJournal(path.join(files.stateDir, "running"));
+  const journal = new JobJournal(files.running);
   await ensureDir(files.outbox);
   await ensureDir(journal.dir);
   // `runner start` holds the lock: half-written files here are a killed daemon's debris.

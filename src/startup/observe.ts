@@ -93,11 +93,9 @@ async function findRecoverable(files: StateFiles): Promise<Observations["recover
  * records inside outbox/ and running/ are checked too (when those are real dirs).
  */
 async function findForeignEntries(files: StateFiles): Promise<ForeignEntry[]> {
-  // running/ is the job journal's dir (src/daemon/daemon.ts names it).
-  const running = path.join(files.stateDir, "running");
   const expected: { path: string; expected: "file" | "directory" }[] = [
     ...[files.registration, files.credentialFile, files.lock, deviceStatePath(files.stateDir), files.blocked].map((p) => ({ path: p, expected: "file" as const })),
-    ...[files.outbox, running].map((p) => ({ path: p, expected: "directory" as const })),
+    ...[files.outbox, files.running].map((p) => ({ path: p, expected: "directory" as const })),
   ];
   const found: ForeignEntry[] = [];
   /** Whether the expected kind of entry (or nothing) is at `p`; records it as foreign otherwise. */
