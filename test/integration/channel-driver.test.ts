@@ -1,6 +1,6 @@
 // The channel driver in-process over real loopback sockets: against a hand-written peer
 // that sends bad frames, and as a fleet of 100 reconnecting after a control-plane restart.
-import { describe, test } from "node:test";
+import { describe, test, type TestContext } from "node:test";
 import assert from "node:assert/strict";
 import { WebSocketServer, type WebSocket } from "ws";
 import type { AddressInfo } from "node:net";
@@ -59,13 +59,19 @@ async function until(check: () => boolean, what: string, timeoutMs = 5_000): Pro
   }
 }
 
+/** A WebSocket server on 127.0.0.1 that the test's end closes, clients and all. */
+function loopbackServer(t: TestContext): WebSocketServer {
+  const server = new WebSocketServer({ host: "127.0.0.1", port: 0 });
+  t.after(() => {
+    for (const socket of server.clients) socket.terminate();
+    return new Promise<void>((r) => server.close(() => r()));
+  });
+  return server;
+}
+
 describe("the channel driver", { timeout: 60_000 }, () => {
   test("malformed, unknown and oversized frames are logged and survived", async (t) => {
-    const server = new WebSocketServer({ host: "127.0.0.1", port: 0 });
-    t.after(() => {
-      for (const socket of server.clients) socket.terminate();
-      return new Promise<void>((r) => server.close(() => r()));
-    });
+    const server = loopbackServer(t);
     const hellos: RunnerMessage[] = [];
     const sockets: WebSocket[] = [];
     server.on("connection", (socket) => {
@@ -187,11 +193,7 @@ describe("the channel driver", { timeout: 60_000 }, () => {
   });
 
   test("a huge unknown frame, error message or cancel reason from the control plane makes a bounded log line", async (t) => {
-    const server = new WebSocketServer({ host: "127.0.0.1", port: 0 });
-    t.after(() => {
-      for (const socket of server.clients) socket.terminate();
-      return new Promise<void>((r) => server.close(() => r()));
-    });
+    const server = loopbackServer(t);
     const sockets: WebSocket[] = [];
     server.on("connection", (socket) => {
       sockets.push(socket);
