@@ -60,10 +60,15 @@ export async function runRunnerFuzz(options: { t: TestContext; prng: Prng; tally
       const headers: Record<string, string> = {};
       for (const name of FORWARDED_HEADERS) if (typeof req.headers[name] === "string") headers[name] = req.headers[name];
       const up = new WebSocket(`ws://127.0.0.1:${port}${req.url ?? "/"}`, { headers, maxPayload: 64 * 1024 * 1024 });
-      const early: RawData[] = [];
+      // The runner speaks (hello) before the upstream socket may be open. A held frame keeps
+      // its kind: sent on as binary, the hello would be refused (1008, which reaches the
+      // runner as 1011) on every connection whose upstream opened late, as on a loaded machine.
+      const early: Array<{ data: RawData; binary: boolean }> = [];
       downstreams.add(down);
-      down.on("message", (data: RawData, isBinary: boolean) => (up.readyState === WebSocket.OPEN ? up.send(data, { binary: isBinary }) : early.push(data)));
-      up.on("open", () => early.splice(0).forEach((d) => up.send(d)));
+      down.on("message", (data: RawData, binary: boolean) =>
+        up.readyState === WebSocket.OPEN ? up.send(data, { binary }) : early.push({ data, binary }),
+      );
+      up.on("open", () => early.splice(0).forEach(({ data, binary }) => up.send(data, { binary })));
       up.on("message", (data: RawData) => {
         const text = data.toString();
         let message: Record<string, unknown> | null = null;
