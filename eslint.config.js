@@ -1,6 +1,7 @@
 import js from "@eslint/js";
 import tseslint from "typescript-eslint";
 import globals from "globals";
+import prettier from "eslint-config-prettier";
 
 export default tseslint.config(
   { ignores: ["dist/**", "node_modules/**"] },
@@ -13,4 +14,6 @@ export default tseslint.config(
       "no-console": "off",
     },
   },
+  // Layout is Prettier's (checked by `npm run lint`); eslint's stylistic rules stay off.
+  prettier,
 );

@@ -65,14 +65,30 @@ async function waitForIdleWorker(pool: WorkerPool): Promise<void> {
   while (!pool.stats().workers.some((w) => w.state === "idle")) await delay(5);
 }
 
-const pool = new WorkerPool({ size: 1, limits: defaultLimits(1024), handlers: { stop: STOP }, logger: pino({ level: "error" }) });
+const pool = new WorkerPool({
+  size: 1,
+  limits: defaultLimits(1024),
+  handlers: { stop: STOP },
+  logger: pino({ level: "error" }),
+});
 const series: Record<string, number[]> = { direct: [], pooled: [], honours: [], ignores: [] };
 for (let i = 0; i < 5; i++) await timeCancel((h) => pool.start(assign(COMMAND, 10_000), h), "ready"); // warm-up
 for (let i = 0; i < runs; i++) {
   series.direct!.push(await timeCancel((h) => startCommandJob(assign(COMMAND, 10_000), h), "ready"));
   series.pooled!.push(await timeCancel((h) => pool.start(assign(COMMAND, 10_000), h), "ready"));
-  series.honours!.push(await timeCancel((h) => pool.start(assign({ kind: "module", handler: "stop", payload: { mode: "honour" } }, 10_000), h), "waiting", false));
-  series.ignores!.push(await timeCancel((h) => pool.start(assign({ kind: "module", handler: "stop", payload: { mode: "ignore" } }, 0), h), "child "));
+  series.honours!.push(
+    await timeCancel(
+      (h) => pool.start(assign({ kind: "module", handler: "stop", payload: { mode: "honour" } }, 10_000), h),
+      "waiting",
+      false,
+    ),
+  );
+  series.ignores!.push(
+    await timeCancel(
+      (h) => pool.start(assign({ kind: "module", handler: "stop", payload: { mode: "ignore" } }, 0), h),
+      "child ",
+    ),
+  );
   await waitForIdleWorker(pool); // its replacement, so the next run does not time a cold start
 }
 await pool.close();
@@ -84,5 +100,7 @@ printTable(`cancel() → whole process tree gone, ${runs} runs each (ms)`, [
   ["reference: the command job without the worker hop", percentiles(series.direct!)],
 ]);
 console.log(`\nprocesses that outlived their job's result: ${survivors}`);
-console.log("baseline: a cancel that waits out the default grace period before SIGKILL takes 10000 ms; SkyTest's cancel SLA is 1000 ms");
+console.log(
+  "baseline: a cancel that waits out the default grace period before SIGKILL takes 10000 ms; SkyTest's cancel SLA is 1000 ms",
+);
 console.log("target: p95 under 50 ms for a job that honours SIGTERM, and no survivor");

@@ -41,10 +41,18 @@ function rawDevice(i: number, revision = 1): RawDevice {
     kind,
     name: kind === "android" ? `Pixel ${i % 9}` : `FT232 Serial (UART) IC #${i}`,
     state: "online",
-    attributes: { vendor: "Future Technology Devices International, Ltd", product: "0403:6001", serial: `FT${i.toString(16).padStart(8, "0")}`, bus: i % 8, address: i % 127, firmware: `1.${revision}` },
+    attributes: {
+      vendor: "Future Technology Devices International, Ltd",
+      product: "0403:6001",
+      serial: `FT${i.toString(16).padStart(8, "0")}`,
+      bus: i % 8,
+      address: i % 127,
+      firmware: `1.${revision}`,
+    },
   };
 }
-const inventoryAt = (revisions: (i: number) => number): Device[] => Array.from({ length: count }, (_, i) => toDevice(rawDevice(i, revisions(i))));
+const inventoryAt = (revisions: (i: number) => number): Device[] =>
+  Array.from({ length: count }, (_, i) => toDevice(rawDevice(i, revisions(i))));
 
 interface Wire {
   rows: number;
@@ -63,19 +71,22 @@ function drive(state: SyncState, inputs: SyncInput[], now: number): { state: Syn
       wire.frames++;
       wire.bytes += Buffer.byteLength(encode(message));
       if (message.type === "devices") wire.rows += message.upserts.length + message.removals.length;
-      if (message.type === "devices" || message.type === "devices_summary") queue.push({ type: "ack", now, batchId: message.batchId });
+      if (message.type === "devices" || message.type === "devices_summary")
+        queue.push({ type: "ack", now, batchId: message.batchId });
     }
   }
   return { state, wire };
 }
 
-const sentMessages = (effects: SyncEffect[]): RunnerMessage[] => effects.flatMap((e) => (e.type === "send" ? [e.message] : []));
+const sentMessages = (effects: SyncEffect[]): RunnerMessage[] =>
+  effects.flatMap((e) => (e.type === "send" ? [e.message] : []));
 
 /** Baseline: the same inventory sent whole, as the full snapshot the control plane gets after a resync (what a sync without a diff sends every time). */
 function fullSnapshot(inventory: Device[], now: number): Wire {
   const connected = stepSync(initialSyncState(config), { type: "connected", now, maxFrameBytes: 1 << 20 }).state;
   const scanned = stepSync(connected, { type: "scanned", now, devices: inventory }).state;
-  return drive(scanned, [{ type: "resync", now, batchId: scanned.inFlight!.message.batchId, reason: "baseline" }], now).wire;
+  return drive(scanned, [{ type: "resync", now, batchId: scanned.inFlight!.message.batchId, reason: "baseline" }], now)
+    .wire;
 }
 
 /** A session in the diff phase with `inventory` confirmed at T0. */
@@ -94,17 +105,44 @@ function measureScenarios(): void {
     ["all changed", inventoryAt(() => 2)],
   ];
   const now = T0 + 60_000;
-  const fmtBytes = (b: number) => (b >= 1e6 ? `${(b / 1e6).toFixed(2)} MB` : b >= 1e3 ? `${(b / 1e3).toFixed(1)} kB` : `${b} B`);
-  console.log(`\ndevice sync of ${count.toLocaleString("en")} devices, batches of ${BATCH}: what the runner sends on a rescan (frames as encoded on the wire)`);
-  const header = ["scenario", "diff rows", "diff frames", "diff bytes", "full rows", "full frames", "full bytes", "full / diff bytes"];
-  const row = (cells: (string | number)[]) => cells.map((c, i) => (i === 0 ? String(c).padEnd(12) : String(c).padStart(i === cells.length - 1 ? 19 : 13))).join("");
+  const fmtBytes = (b: number) =>
+    b >= 1e6 ? `${(b / 1e6).toFixed(2)} MB` : b >= 1e3 ? `${(b / 1e3).toFixed(1)} kB` : `${b} B`;
+  console.log(
+    `\ndevice sync of ${count.toLocaleString("en")} devices, batches of ${BATCH}: what the runner sends on a rescan (frames as encoded on the wire)`,
+  );
+  const header = [
+    "scenario",
+    "diff rows",
+    "diff frames",
+    "diff bytes",
+    "full rows",
+    "full frames",
+    "full bytes",
+    "full / diff bytes",
+  ];
+  const row = (cells: (string | number)[]) =>
+    cells
+      .map((c, i) => (i === 0 ? String(c).padEnd(12) : String(c).padStart(i === cells.length - 1 ? 19 : 13)))
+      .join("");
   console.log(row(header));
   const timings: [string, ReturnType<typeof percentiles>][] = [];
   for (const [name, inventory] of scenarios) {
     const diff = drive(synced, [{ type: "scanned", now, devices: inventory }], now).wire;
     const fullOnly = fullSnapshot(inventory, now);
-    const ratio = diff.bytes === 0 ? "(diff sends none)" : `${(fullOnly.bytes / diff.bytes).toFixed(fullOnly.bytes / diff.bytes < 10 ? 2 : 0)}x`;
-    const cells = [name, diff.rows, diff.frames, fmtBytes(diff.bytes), fullOnly.rows, fullOnly.frames, fmtBytes(fullOnly.bytes), ratio];
+    const ratio =
+      diff.bytes === 0
+        ? "(diff sends none)"
+        : `${(fullOnly.bytes / diff.bytes).toFixed(fullOnly.bytes / diff.bytes < 10 ? 2 : 0)}x`;
+    const cells = [
+      name,
+      diff.rows,
+      diff.frames,
+      fmtBytes(diff.bytes),
+      fullOnly.rows,
+      fullOnly.frames,
+      fmtBytes(fullOnly.bytes),
+      ratio,
+    ];
     console.log(row(cells));
 
     const inventoryMap = new Map(inventory.map((d) => [d.id, d]));
@@ -116,8 +154,12 @@ function measureScenarios(): void {
     }
     timings.push([`diffInventory, ${name}`, percentiles(ms)]);
   }
-  const summaryBytes = Buffer.byteLength(encode({ type: "devices_summary", batchId: "lq2x9k1b-1", count, digest: "0".repeat(64) }));
-  console.log(`(after a reconnect with an unchanged inventory the runner sends one summary frame of ${summaryBytes} bytes instead of the full snapshot)`);
+  const summaryBytes = Buffer.byteLength(
+    encode({ type: "devices_summary", batchId: "lq2x9k1b-1", count, digest: "0".repeat(64) }),
+  );
+  console.log(
+    `(after a reconnect with an unchanged inventory the runner sends one summary frame of ${summaryBytes} bytes instead of the full snapshot)`,
+  );
 
   const digestMs: number[] = [];
   const pairs = [...synced.confirmed].map(([id, row]) => [id, row.fingerprint] as const);
@@ -156,21 +198,49 @@ async function measureEndToEnd(): Promise<void> {
       agentVersion: AGENT_VERSION,
       name: "bench-devices",
       labels: [],
-      host: { hostname: "bench", platform: process.platform, arch: process.arch, fingerprint: fingerprintOf("bench-devices") },
+      host: {
+        hostname: "bench",
+        platform: process.platform,
+        arch: process.arch,
+        fingerprint: fingerprintOf("bench-devices"),
+      },
       replace: false,
     });
     let revision = (_i: number) => 1;
-    const provider = { name: "fake", scan: async () => Array.from({ length: count }, (_, i) => rawDevice(i, revision(i))) };
-    const sync = createDeviceSync({ stateDir: work, settings: { deviceBatchSize: BATCH }, logger: quiet, providers: [provider] });
+    const provider = {
+      name: "fake",
+      scan: async () => Array.from({ length: count }, (_, i) => rawDevice(i, revision(i))),
+    };
+    const sync = createDeviceSync({
+      stateDir: work,
+      settings: { deviceBatchSize: BATCH },
+      logger: quiet,
+      providers: [provider],
+    });
     const driver = new ChannelDriver(
-      { runnerId: identity.runnerId, protocolVersion: PROTOCOL_VERSION, agentVersion: AGENT_VERSION, labels: [], capacity: 1, reconnectBaseMs: 100, reconnectCapMs: 1000, handshakeTimeoutMs: 5000, drainTimeoutMs: 1000 },
+      {
+        runnerId: identity.runnerId,
+        protocolVersion: PROTOCOL_VERSION,
+        agentVersion: AGENT_VERSION,
+        labels: [],
+        capacity: 1,
+        reconnectBaseMs: 100,
+        reconnectCapMs: 1000,
+        handshakeTimeoutMs: 5000,
+        drainTimeoutMs: 1000,
+      },
       {},
       {
         url: channelUrl(cp.url, false),
         credential: identity.credential,
         maxFrameBytes: 1 << 20,
         logger: quiet,
-        ports: { startJob: async () => undefined, cancelJob: () => undefined, persistResult: async () => undefined, discardResult: async () => undefined },
+        ports: {
+          startJob: async () => undefined,
+          cancelJob: () => undefined,
+          persistResult: async () => undefined,
+          discardResult: async () => undefined,
+        },
         companions: [sync.companion],
       },
     );
@@ -195,10 +265,17 @@ async function measureEndToEnd(): Promise<void> {
     await measure("rescan, 1 changed", () => sync.rescan());
     revision = () => 3;
     await measure("rescan, all changed", () => sync.rescan());
-    console.log(`\nend to end over loopback (channel driver + device sync -> reference control plane, SQLite in memory), ${count.toLocaleString("en")} devices`);
+    console.log(
+      `\nend to end over loopback (channel driver + device sync -> reference control plane, SQLite in memory), ${count.toLocaleString("en")} devices`,
+    );
     console.log(`${"".padEnd(48)}${"rows".padStart(8)}${"frames".padStart(8)}${"ms".padStart(10)}`);
-    for (const [label, n, frames, ms] of results) console.log(`${label.padEnd(48)}${String(n).padStart(8)}${String(frames).padStart(8)}${ms.toFixed(1).padStart(10)}`);
-    console.log("(frames: device messages the control plane applied, summary included; ms: until the runner saw every ack)");
+    for (const [label, n, frames, ms] of results)
+      console.log(
+        `${label.padEnd(48)}${String(n).padStart(8)}${String(frames).padStart(8)}${ms.toFixed(1).padStart(10)}`,
+      );
+    console.log(
+      "(frames: device messages the control plane applied, summary included; ms: until the runner saw every ack)",
+    );
     driver.dispose();
     await sync.close();
   } finally {
@@ -219,13 +296,16 @@ async function measureRealScan(): Promise<void> {
     totals.push(result.ms);
     found = result.devices.length;
     failures = new Set(result.reports.filter((p) => !p.ok).map((p) => `${p.name}: ${p.error}`));
-    for (const report of result.reports) perProvider.set(report.name, [...(perProvider.get(report.name) ?? []), report.ms]);
+    for (const report of result.reports)
+      perProvider.set(report.name, [...(perProvider.get(report.name) ?? []), report.ms]);
   }
   printTable(`one real scan of this machine (${os.platform()}, ${scans} scans; the providers run side by side), ms`, [
     ["whole scan", percentiles(totals)],
     ...[...perProvider].map(([name, ms]) => [`  ${name}`, percentiles(ms)] as [string, ReturnType<typeof percentiles>]),
   ]);
-  console.log(`devices found: ${found}${failures.size ? `; failed: ${[...failures].join("; ")}` : ""} (gpu and display share one si.graphics() call)`);
+  console.log(
+    `devices found: ${found}${failures.size ? `; failed: ${[...failures].join("; ")}` : ""} (gpu and display share one si.graphics() call)`,
+  );
 }
 
 async function main(): Promise<void> {

@@ -57,8 +57,12 @@ async function main(): Promise<void> {
   const tokenFile = path.join(work, "token");
   await fs.writeFile(tokenFile, (await admin.createRegistrationToken()).token);
   await runCliQuiet(["register", "--url", cp.url, "--token-file", tokenFile, "--name", "bench", ...stateFlags]);
-  const connected = new Promise<void>((resolve) => cp.events.on("runner", (e: { event: string }) => e.event === "connected" && resolve()));
-  const daemon = spawn(process.execPath, [RUNNER_BIN, "start", ...stateFlags, "--handlers", `stamp=${HANDLER}`], { stdio: "inherit" });
+  const connected = new Promise<void>((resolve) =>
+    cp.events.on("runner", (e: { event: string }) => e.event === "connected" && resolve()),
+  );
+  const daemon = spawn(process.execPath, [RUNNER_BIN, "start", ...stateFlags, "--handlers", `stamp=${HANDLER}`], {
+    stdio: "inherit",
+  });
   await connected;
 
   const runOne = async (job: SubmitJobRequest["job"]) => {
@@ -86,7 +90,8 @@ async function main(): Promise<void> {
     }
     return ids;
   };
-  const since = (ids: string[], to: (id: string) => bigint) => percentiles(ids.map((id) => ms(times.get(id)!.get("submitted")!, to(id))));
+  const since = (ids: string[], to: (id: string) => bigint) =>
+    percentiles(ids.map((id) => ms(times.get(id)!.get("submitted")!, to(id))));
   const event = (name: string) => (id: string) => times.get(id)!.get(name)!;
   /** The handler's first line, logged by the worker on the shared monotonic clock. */
   const handlerStart = async (ids: string[]) => {
@@ -112,19 +117,25 @@ async function main(): Promise<void> {
   const idleFloors = await measureFloors(idleJobs, IDLE_PAUSE_MS);
   const baseline = await measurePollingBaseline(admin, times, baselineJobs);
 
-  printTable(`dispatch latency on loopback, ms (one job at a time, capacity 1; ${WARM_UP_JOBS} warm-up jobs per series not counted)`, [
-    ["module job (no-op), steady: submitted → started in the worker", moduleStarted],
-    ["module job, steady: submitted → control plane records started", since(steadyModule, event("started"))],
-    ["module job, steady: submitted → result applied, ack sent", since(steadyModule, event("result_applied"))],
-    ["command job (`true`), steady: submitted → control plane records started", since(steadyCommand, event("started"))],
-    ["command job, steady: submitted → result applied, ack sent", since(steadyCommand, event("result_applied"))],
-    [`module job, idle runner (${IDLE_PAUSE_MS} ms between jobs): submitted → started in the worker`, idleStarted],
-    ["floor: bare WebSocket round trip to another process", floors.webSocket],
-    ["floor: bare IPC round trip to a forked child", floors.ipc],
-    [`floor, idle (${IDLE_PAUSE_MS} ms between): bare WebSocket round trip`, idleFloors.webSocket],
-    [`floor, idle (${IDLE_PAUSE_MS} ms between): bare IPC round trip`, idleFloors.ipc],
-    [`baseline: poll once a second, submitted → seen`, baseline],
-  ]);
+  printTable(
+    `dispatch latency on loopback, ms (one job at a time, capacity 1; ${WARM_UP_JOBS} warm-up jobs per series not counted)`,
+    [
+      ["module job (no-op), steady: submitted → started in the worker", moduleStarted],
+      ["module job, steady: submitted → control plane records started", since(steadyModule, event("started"))],
+      ["module job, steady: submitted → result applied, ack sent", since(steadyModule, event("result_applied"))],
+      [
+        "command job (`true`), steady: submitted → control plane records started",
+        since(steadyCommand, event("started")),
+      ],
+      ["command job, steady: submitted → result applied, ack sent", since(steadyCommand, event("result_applied"))],
+      [`module job, idle runner (${IDLE_PAUSE_MS} ms between jobs): submitted → started in the worker`, idleStarted],
+      ["floor: bare WebSocket round trip to another process", floors.webSocket],
+      ["floor: bare IPC round trip to a forked child", floors.ipc],
+      [`floor, idle (${IDLE_PAUSE_MS} ms between): bare WebSocket round trip`, idleFloors.webSocket],
+      [`floor, idle (${IDLE_PAUSE_MS} ms between): bare IPC round trip`, idleFloors.ipc],
+      [`baseline: poll once a second, submitted → seen`, baseline],
+    ],
+  );
   const ratio = (p: Percentiles) => baseline.p50 / p.p50;
   console.log(`\nmedian ratio, baseline / module job started (steady):      ${ratio(moduleStarted).toFixed(0)}x`);
   console.log(`median ratio, baseline / module job started (idle runner): ${ratio(idleStarted).toFixed(0)}x`);
@@ -175,7 +186,11 @@ async function measureFloors(count: number, pauseMs: number): Promise<{ webSocke
  * Jobs no runner can take (an unmatched label), submitted at random moments, found by a
  * once-a-second poller: the delay a polling runner adds before it could even start them.
  */
-async function measurePollingBaseline(admin: AdminClient, times: Map<string, Map<string, bigint>>, count: number): Promise<Percentiles> {
+async function measurePollingBaseline(
+  admin: AdminClient,
+  times: Map<string, Map<string, bigint>>,
+  count: number,
+): Promise<Percentiles> {
   const seen = new Map<string, bigint>();
   let polling = true;
   const poller = (async () => {
@@ -190,7 +205,10 @@ async function measurePollingBaseline(admin: AdminClient, times: Map<string, Map
   const ids = await Promise.all(
     Array.from({ length: count }, async () => {
       await sleep(Math.random() * spreadMs);
-      const { job } = await admin.submitJob({ job: { kind: "command", argv: ["true"], env: {} }, requiredLabels: ["polling-baseline"] });
+      const { job } = await admin.submitJob({
+        job: { kind: "command", argv: ["true"], env: {} },
+        requiredLabels: ["polling-baseline"],
+      });
       return job.jobId;
     }),
   );

@@ -34,14 +34,25 @@ async function time(label: string, n: number, sample: () => unknown): Promise<[s
 
 // A real, live worker to sample from outside.
 const pool = new WorkerPool({ size: 1, limits: defaultLimits(1024), handlers: {}, logger: pino({ level: "warn" }) });
-const warmUp: Assignment = { type: "assign", jobId: "w", attempt: 1, job: { kind: "command", argv: ["true"], env: {} }, timeoutMs: 10_000, cancelGraceMs: 0, leaseExpiresAt: "" };
+const warmUp: Assignment = {
+  type: "assign",
+  jobId: "w",
+  attempt: 1,
+  job: { kind: "command", argv: ["true"], env: {} },
+  timeoutMs: 10_000,
+  cancelGraceMs: 0,
+  leaseExpiresAt: "",
+};
 await pool.start(warmUp, { onStarted: () => undefined, onLog: () => undefined }).done;
 const workerPid = pool.stats().workers[0]!.pid;
 
 const rows: [string, Percentiles][] = [];
 const linux = process.platform === "linux";
-if (linux) rows.push(await time(`outside: /proc/${workerPid}/statm × page size`, calls, () => readRssFromProc(workerPid)));
-rows.push(await time("outside, comparison: pidusage(pid)", Math.min(calls, linux ? calls : 200), () => pidusage(workerPid)));
+if (linux)
+  rows.push(await time(`outside: /proc/${workerPid}/statm × page size`, calls, () => readRssFromProc(workerPid)));
+rows.push(
+  await time("outside, comparison: pidusage(pid)", Math.min(calls, linux ? calls : 200), () => pidusage(workerPid)),
+);
 rows.push(await time("inside: rss() + open-fd count (what a worker reports)", calls, () => readOwnHealth()));
 rows.push(await time("inside, part: process.memoryUsage.rss()", calls, () => process.memoryUsage.rss()));
 rows.push(await time("inside, part: open-fd count (readdir /proc/self/fd)", calls, () => countOpenFds()));
@@ -50,5 +61,9 @@ await pool.close();
 
 printTable(`one health sample, ${calls} calls each (µs per call)`, rows);
 console.log(`\nopen fds in this process while measuring: ${countOpenFds()}`);
-console.log("baseline: the sampler's budget is its interval, 1000 ms per busy worker; a worker's job round trip is ~100+ µs");
-console.log("target: a sample costs well under 1 ms (under 0.1% of one core at 1 Hz), and the in-worker report is small next to a job's round trip");
+console.log(
+  "baseline: the sampler's budget is its interval, 1000 ms per busy worker; a worker's job round trip is ~100+ µs",
+);
+console.log(
+  "target: a sample costs well under 1 ms (under 0.1% of one core at 1 Hz), and the in-worker report is small next to a job's round trip",
+);

@@ -37,17 +37,36 @@ async function main(): Promise<void> {
   const admin = new AdminClient(cp.url, cp.adminToken!);
   const flags = ["--state-dir", path.join(work, "state"), "--credential-store", "file", "--log-level", "warn"];
   await fs.writeFile(path.join(work, "token"), (await admin.createRegistrationToken()).token);
-  await runCliQuiet(["register", "--url", cp.url, "--token-file", path.join(work, "token"), "--name", "idle", ...flags]);
-  const connected = new Promise<void>((resolve) => cp.events.on("runner", (e: { event: string }) => e.event === "connected" && resolve()));
-  const daemon = spawn(process.execPath, [...(process.env.BENCH_PROF ? ["--cpu-prof", "--cpu-prof-dir=/tmp/prof"] : []), RUNNER_BIN, "start", ...flags], { stdio: "inherit" });
+  await runCliQuiet([
+    "register",
+    "--url",
+    cp.url,
+    "--token-file",
+    path.join(work, "token"),
+    "--name",
+    "idle",
+    ...flags,
+  ]);
+  const connected = new Promise<void>((resolve) =>
+    cp.events.on("runner", (e: { event: string }) => e.event === "connected" && resolve()),
+  );
+  const daemon = spawn(
+    process.execPath,
+    [...(process.env.BENCH_PROF ? ["--cpu-prof", "--cpu-prof-dir=/tmp/prof"] : []), RUNNER_BIN, "start", ...flags],
+    { stdio: "inherit" },
+  );
   const bare = spawn(process.execPath, ["-e", "setInterval(() => {}, 1e9)"], { stdio: "inherit" });
   await connected;
   await new Promise((r) => setTimeout(r, 15_000)); // settle: start-up, then V8 shrinks the heap once (seen at ~10 s)
   const [idle, baseline] = await Promise.all([measure(daemon), measure(bare)]);
 
   console.log(`\nidle footprint over ${seconds} s (heartbeat every 15 s)`);
-  console.log(`runner start, connected, no jobs:  RSS ${idle.rssMb.toFixed(1)} MB, CPU ${idle.cpuMsPerMinute.toFixed(0)} ms per minute`);
-  console.log(`baseline, bare idle node process:  RSS ${baseline.rssMb.toFixed(1)} MB, CPU ${baseline.cpuMsPerMinute.toFixed(0)} ms per minute`);
+  console.log(
+    `runner start, connected, no jobs:  RSS ${idle.rssMb.toFixed(1)} MB, CPU ${idle.cpuMsPerMinute.toFixed(0)} ms per minute`,
+  );
+  console.log(
+    `baseline, bare idle node process:  RSS ${baseline.rssMb.toFixed(1)} MB, CPU ${baseline.cpuMsPerMinute.toFixed(0)} ms per minute`,
+  );
   console.log(`target: idle daemon under 60 MB RSS, CPU near zero`);
   daemon.kill("SIGTERM");
   bare.kill("SIGTERM");

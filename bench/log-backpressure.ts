@@ -39,7 +39,15 @@ const producer = (mb: number) => `
 async function measure(mode: Measured["mode"], mb: number, drainMbPerS: number): Promise<Measured> {
   const pool = new WorkerPool({ size: 1, limits: defaultLimits(1024), handlers: {}, logger: pino({ level: "warn" }) });
   const hooks = { onStarted: () => undefined, onLog: () => undefined };
-  const warm: Assignment = { type: "assign", jobId: "warm", attempt: 1, job: { kind: "command", argv: ["true"], env: {} }, timeoutMs: 60_000, cancelGraceMs: 1_000, leaseExpiresAt: "" };
+  const warm: Assignment = {
+    type: "assign",
+    jobId: "warm",
+    attempt: 1,
+    job: { kind: "command", argv: ["true"], env: {} },
+    timeoutMs: 60_000,
+    cancelGraceMs: 1_000,
+    leaseExpiresAt: "",
+  };
   await pool.start(warm, hooks).done;
   const idleRss = process.memoryUsage.rss();
 
@@ -73,12 +81,23 @@ async function measure(mode: Measured["mode"], mb: number, drainMbPerS: number):
   const sampler = setInterval(() => (peakRss = Math.max(peakRss, process.memoryUsage.rss())), 20);
 
   const began = process.hrtime.bigint();
-  const job: Assignment = { ...warm, jobId: "fast-writer", job: { kind: "command", argv: [process.execPath, "-e", producer(mb)], env: {} } };
+  const job: Assignment = {
+    ...warm,
+    jobId: "fast-writer",
+    job: { kind: "command", argv: [process.execPath, "-e", producer(mb)], env: {} },
+  };
   const result = await pool.start(job, {
     onStarted: () => undefined,
     onLog: (chunk) => {
       // A log frame as the channel would send it (JSON with the job ref and seq).
-      const frame = JSON.stringify({ type: "log", jobId: "fast-writer", attempt: 1, seq: received, stream: chunk.stream, data: chunk.data });
+      const frame = JSON.stringify({
+        type: "log",
+        jobId: "fast-writer",
+        attempt: 1,
+        seq: received,
+        stream: chunk.stream,
+        data: chunk.data,
+      });
       queue.push(frame);
       bufferedAmount += frame.length;
       received += chunk.data.length;
@@ -98,7 +117,15 @@ async function measure(mode: Measured["mode"], mb: number, drainMbPerS: number):
   clearInterval(sampler);
   await pool.close();
   const toMb = (bytes: number) => Math.round((bytes / MiB) * 10) / 10;
-  return { mode, idleRssMb: toMb(idleRss), peakRssMb: toMb(peakRss), peakBufferedMb: toMb(peakBuffered), receivedMb: toMb(received), pauses, seconds: Math.round(seconds * 10) / 10 };
+  return {
+    mode,
+    idleRssMb: toMb(idleRss),
+    peakRssMb: toMb(peakRss),
+    peakBufferedMb: toMb(peakBuffered),
+    receivedMb: toMb(received),
+    pauses,
+    seconds: Math.round(seconds * 10) / 10,
+  };
 }
 
 const CAPPED_OLD_SPACE_MB = 32;
@@ -107,7 +134,11 @@ const CAPPED_OLD_SPACE_MB = 32;
 function runChild(mode: Measured["mode"], mb: number, drain: number, capped: boolean): Promise<Measured | null> {
   const flags = capped ? [`--max-old-space-size=${CAPPED_OLD_SPACE_MB}`] : [];
   return new Promise((resolve) => {
-    const child = spawn(process.execPath, [...flags, fileURLToPath(import.meta.url), `--mode=${mode}`, String(mb), String(drain)], { stdio: ["ignore", "pipe", "pipe"] });
+    const child = spawn(
+      process.execPath,
+      [...flags, fileURLToPath(import.meta.url), `--mode=${mode}`, String(mb), String(drain)],
+      { stdio: ["ignore", "pipe", "pipe"] },
+    );
     let out = "";
     let err = "";
     child.stdout.on("data", (d: Buffer) => (out += d.toString()));
@@ -121,7 +152,10 @@ function runChild(mode: Measured["mode"], mb: number, drain: number, capped: boo
 }
 
 const modeArg = process.argv.find((a) => a.startsWith("--mode="));
-const [mb, drainMbPerS] = process.argv.slice(2).filter((a) => !a.startsWith("--")).map(Number);
+const [mb, drainMbPerS] = process.argv
+  .slice(2)
+  .filter((a) => !a.startsWith("--"))
+  .map(Number);
 const size = mb ?? 300;
 const drain = drainMbPerS ?? 50;
 if (modeArg !== undefined) {
@@ -135,17 +169,33 @@ if (modeArg !== undefined) {
   ];
   const results: [string, Measured | null][] = [];
   for (const [label, mode, capped] of runs) results.push([label, await runChild(mode, size, drain, capped)]);
-  console.log(`\na job writing ${size} MiB through the pool to a consumer draining ${drain} MiB/s (high/low water ${HIGH_WATER / MiB}/${LOW_WATER / MiB} MiB)\n`);
+  console.log(
+    `\na job writing ${size} MiB through the pool to a consumer draining ${drain} MiB/s (high/low water ${HIGH_WATER / MiB}/${LOW_WATER / MiB} MiB)\n`,
+  );
   const header = ["", "idle RSS", "peak RSS", "peak buffered", "received", "pauses", "seconds"];
   const rows = results.map(([label, m]) =>
     m === null
       ? [label, "-", "crashed", "-", "-", "-", "-"]
-      : [label, `${m.idleRssMb} MiB`, `${m.peakRssMb} MiB`, `${m.peakBufferedMb} MiB`, `${m.receivedMb} MiB`, String(m.pauses), String(m.seconds)],
+      : [
+          label,
+          `${m.idleRssMb} MiB`,
+          `${m.peakRssMb} MiB`,
+          `${m.peakBufferedMb} MiB`,
+          `${m.receivedMb} MiB`,
+          String(m.pauses),
+          String(m.seconds),
+        ],
   );
   const widths = header.map((_, i) => Math.max(...[header, ...rows].map((r) => (r[i] ?? "").length)));
-  for (const row of [header, ...rows]) console.log(row.map((cell, i) => (i === 0 ? cell.padEnd(widths[i]!) : cell.padStart(widths[i]! + 2))).join(""));
+  for (const row of [header, ...rows])
+    console.log(row.map((cell, i) => (i === 0 ? cell.padEnd(widths[i]!) : cell.padStart(widths[i]! + 2))).join(""));
   const growth = (m: Measured | null | undefined) => (m ? `${(m.peakRssMb - m.idleRssMb).toFixed(1)} MiB` : "n/a");
-  if (results.some(([, m]) => m === null)) console.log("crashed: the process died with \"JavaScript heap out of memory\"");
-  console.log(`\npeak RSS growth over idle: ${growth(results[0]?.[1])} with backpressure, ${growth(results[1]?.[1])} without`);
-  console.log("target: memory stays bounded with backpressure: the buffered output stays near the high-water mark whatever the job writes, and the job completes within a small capped heap; without backpressure the buffer, and RSS, grow with the output");
+  if (results.some(([, m]) => m === null))
+    console.log('crashed: the process died with "JavaScript heap out of memory"');
+  console.log(
+    `\npeak RSS growth over idle: ${growth(results[0]?.[1])} with backpressure, ${growth(results[1]?.[1])} without`,
+  );
+  console.log(
+    "target: memory stays bounded with backpressure: the buffered output stays near the high-water mark whatever the job writes, and the job completes within a small capped heap; without backpressure the buffer, and RSS, grow with the output",
+  );
 }

@@ -26,7 +26,9 @@ export function printTable(title: string, rows: [string, Percentiles][]): void {
   console.log(`\n${title}`);
   console.log(`${"".padEnd(width)}  ${["n", "p50", "p95", "p99", "max"].map((h) => h.padStart(9)).join("")}`);
   for (const [label, p] of rows) {
-    console.log(`${label.padEnd(width)}  ${String(p.n).padStart(9)}${[p.p50, p.p95, p.p99, p.max].map((v) => fmt(v).padStart(9)).join("")}`);
+    console.log(
+      `${label.padEnd(width)}  ${String(p.n).padStart(9)}${[p.p50, p.p95, p.p99, p.max].map((v) => fmt(v).padStart(9)).join("")}`,
+    );
   }
 }
 

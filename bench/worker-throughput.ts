@@ -31,7 +31,12 @@ const noopJob = (): Assignment => ({
 });
 
 async function measureWarm(): Promise<{ perJob: number[]; jobsPerSecond: number }> {
-  const pool = new WorkerPool({ size: 1, limits: defaultLimits(1024), handlers: { noop: NOOP }, logger: pino({ level: "warn" }) });
+  const pool = new WorkerPool({
+    size: 1,
+    limits: defaultLimits(1024),
+    handlers: { noop: NOOP },
+    logger: pino({ level: "warn" }),
+  });
   for (let i = 0; i < 200; i++) await pool.start(noopJob(), hooks).done; // spawn + warm-up (JIT, module import)
   const perJob: number[] = [];
   const began = process.hrtime.bigint();

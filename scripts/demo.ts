@@ -31,19 +31,51 @@ function runner(args: string[], options: { quiet?: boolean } = {}): Promise<numb
 
 /** `runner start` as a child process; resolves once the control plane sees it connected. */
 async function startDaemon(cp: ControlPlane, args: string[], env: Record<string, string>): Promise<ChildProcess> {
-  process.stdout.write(`$ ${Object.entries(env).map(([k, v]) => `${k}=${v} `).join("")}runner start ${args.join(" ")} &\n`);
-  const connected = new Promise<void>((resolve) => cp.events.on("runner", (e: { event: string }) => e.event === "connected" && resolve()));
-  const child = spawn(process.execPath, [bin, "start", ...args], { stdio: ["ignore", "inherit", "inherit"], env: { ...process.env, ...env } });
+  process.stdout.write(
+    `$ ${Object.entries(env)
+      .map(([k, v]) => `${k}=${v} `)
+      .join("")}runner start ${args.join(" ")} &\n`,
+  );
+  const connected = new Promise<void>((resolve) =>
+    cp.events.on("runner", (e: { event: string }) => e.event === "connected" && resolve()),
+  );
+  const child = spawn(process.execPath, [bin, "start", ...args], {
+    stdio: ["ignore", "inherit", "inherit"],
+    env: { ...process.env, ...env },
+  });
   await connected;
   return child;
 }
 
 const DEMO_JOBS: { title: string; request: SubmitJobRequest }[] = [
-  { title: "a module job on a warm worker", request: { job: { kind: "module", handler: "hello", payload: { name: "operator" } } } },
-  { title: "hello", request: { job: { kind: "command", argv: ["sh", "-c", "echo hello from $(hostname); echo to stderr >&2"], env: {} } } },
-  { title: "its own environment only", request: { job: { kind: "command", argv: ["sh", "-c", 'echo "GREETING=$GREETING RUNNER_CAPACITY=${RUNNER_CAPACITY:-unset}"'], env: { GREETING: "hi" } } } },
-  { title: "a failing job", request: { job: { kind: "command", argv: ["sh", "-c", "echo about to fail; exit 3"], env: {} } } },
-  { title: "a job that times out", request: { job: { kind: "command", argv: ["sleep", "30"], env: {} }, timeoutMs: 500, cancelGraceMs: 200 } },
+  {
+    title: "a module job on a warm worker",
+    request: { job: { kind: "module", handler: "hello", payload: { name: "operator" } } },
+  },
+  {
+    title: "hello",
+    request: {
+      job: { kind: "command", argv: ["sh", "-c", "echo hello from $(hostname); echo to stderr >&2"], env: {} },
+    },
+  },
+  {
+    title: "its own environment only",
+    request: {
+      job: {
+        kind: "command",
+        argv: ["sh", "-c", 'echo "GREETING=$GREETING RUNNER_CAPACITY=${RUNNER_CAPACITY:-unset}"'],
+        env: { GREETING: "hi" },
+      },
+    },
+  },
+  {
+    title: "a failing job",
+    request: { job: { kind: "command", argv: ["sh", "-c", "echo about to fail; exit 3"], env: {} } },
+  },
+  {
+    title: "a job that times out",
+    request: { job: { kind: "command", argv: ["sleep", "30"], env: {} }, timeoutMs: 500, cancelGraceMs: 200 },
+  },
 ];
 
 async function waitForResult(admin: AdminClient, jobId: string) {
@@ -65,8 +97,11 @@ async function runJobs(admin: AdminClient, jobs: { title: string; request: Submi
   for (const { title, jobId } of submitted) {
     const view = await waitForResult(admin, jobId);
     const r = view.job.result!;
-    process.stdout.write(`\n${jobId} (${title}): ${view.job.status}, attempt ${view.job.attempt}, exit ${r.exitCode ?? "-"}${r.reason ? `, ${r.reason}` : ""}\n`);
-    for (const chunk of view.logs) process.stdout.write(`  ${chunk.stream}| ${chunk.data.trimEnd().split("\n").join(`\n  ${chunk.stream}| `)}\n`);
+    process.stdout.write(
+      `\n${jobId} (${title}): ${view.job.status}, attempt ${view.job.attempt}, exit ${r.exitCode ?? "-"}${r.reason ? `, ${r.reason}` : ""}\n`,
+    );
+    for (const chunk of view.logs)
+      process.stdout.write(`  ${chunk.stream}| ${chunk.data.trimEnd().split("\n").join(`\n  ${chunk.stream}| `)}\n`);
   }
 }
 
@@ -85,7 +120,21 @@ async function main(): Promise<number> {
 
     const flags = ["--state-dir", stateDir];
     section("register");
-    if (await runner(["register", "--url", cp.url, "--token-file", tokenFile, "--name", "demo-runner", "--labels", "demo,linux", ...flags]) !== 0) return 1;
+    if (
+      (await runner([
+        "register",
+        "--url",
+        cp.url,
+        "--token-file",
+        tokenFile,
+        "--name",
+        "demo-runner",
+        "--labels",
+        "demo,linux",
+        ...flags,
+      ])) !== 0
+    )
+      return 1;
 
     section("verify");
     const healthy = await runner(["verify", ...flags]);
@@ -94,7 +143,8 @@ async function main(): Promise<number> {
     await runner(["status", ...flags]);
 
     section("the control plane's view");
-    for (const r of await admin.listRunners()) process.stdout.write(`${r.runnerId}  ${r.name}  labels=${r.labels.join(",")}  host=${r.host.hostname}\n`);
+    for (const r of await admin.listRunners())
+      process.stdout.write(`${r.runnerId}  ${r.name}  labels=${r.labels.join(",")}  host=${r.host.hostname}\n`);
 
     section("break something, then repair it");
     await fs.chmod(stateDir, 0o755);
@@ -102,31 +152,46 @@ async function main(): Promise<number> {
     await runner(["repair", ...flags]);
 
     section("start the daemon and run jobs");
-    const handlers = ["hello", "leaky"].map((name) => `${name}=${path.join(root, "examples", "handlers", `${name}.mjs`)}`).join(",");
+    const handlers = ["hello", "leaky"]
+      .map((name) => `${name}=${path.join(root, "examples", "handlers", `${name}.mjs`)}`)
+      .join(",");
     // Only the soft limit is lowered: the hard ceiling stays at its default, so what retires the
     // leaking worker below is the soft limit alone, at the first job boundary past it.
     const softLimitMb = 200;
-    const daemon = await startDaemon(cp, [...flags, "--log-format", "pretty", "--worker-max-rss-mb", String(softLimitMb)], {
-      RUNNER_CAPACITY: "2",
-      RUNNER_HANDLERS: handlers,
-    });
+    const daemon = await startDaemon(
+      cp,
+      [...flags, "--log-format", "pretty", "--worker-max-rss-mb", String(softLimitMb)],
+      {
+        RUNNER_CAPACITY: "2",
+        RUNNER_HANDLERS: handlers,
+      },
+    );
     await runJobs(admin, DEMO_JOBS);
 
-    section(`a module job that leaks 60 MB per job: its worker is recycled at the first job boundary past the soft limit (${softLimitMb} MB)`);
+    section(
+      `a module job that leaks 60 MB per job: its worker is recycled at the first job boundary past the soft limit (${softLimitMb} MB)`,
+    );
     for (let i = 1; i <= 6; i++) {
       // One at a time, so they land on the same warm worker until it is recycled; the daemon's
       // "recycling worker" line above the next job's result says which limit fired and at what RSS.
-      await runJobs(admin, [{ title: `leaky #${i}`, request: { job: { kind: "module", handler: "leaky", payload: { mb: 60 } } } }]);
+      await runJobs(admin, [
+        { title: `leaky #${i}`, request: { job: { kind: "module", handler: "leaky", payload: { mb: 60 } } } },
+      ]);
     }
 
     section("a cancelled job");
-    const { job: sleeper } = await admin.submitJob({ job: { kind: "command", argv: ["sleep", "30"], env: {} }, cancelGraceMs: 2000 });
+    const { job: sleeper } = await admin.submitJob({
+      job: { kind: "command", argv: ["sleep", "30"], env: {} },
+      cancelGraceMs: 2000,
+    });
     while ((await admin.getJob(sleeper.jobId)).job.status !== "running") await new Promise((r) => setTimeout(r, 20));
     const cancelAt = Date.now();
     await admin.cancelJob(sleeper.jobId);
     await waitForResult(admin, sleeper.jobId);
     const cancelled = (await admin.getJob(sleeper.jobId)).job;
-    process.stdout.write(`${sleeper.jobId} (sleep 30): ${cancelled.status} ${Date.now() - cancelAt} ms after the cancel: ${cancelled.result?.reason}\n`);
+    process.stdout.write(
+      `${sleeper.jobId} (sleep 30): ${cancelled.status} ${Date.now() - cancelAt} ms after the cancel: ${cancelled.result?.reason}\n`,
+    );
 
     section("SIGTERM: drain and stop");
     daemon.kill("SIGTERM");

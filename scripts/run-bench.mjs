@@ -10,7 +10,11 @@ import path from "node:path";
 
 const root = path.resolve(path.dirname(new URL(import.meta.url).pathname), "..");
 const [only, ...args] = process.argv.slice(2);
-const names = only ? [only] : readdirSync(path.join(root, "bench")).filter((f) => f.endsWith(".ts") && f !== "support.ts").map((f) => f.slice(0, -3));
+const names = only
+  ? [only]
+  : readdirSync(path.join(root, "bench"))
+      .filter((f) => f.endsWith(".ts") && f !== "support.ts")
+      .map((f) => f.slice(0, -3));
 mkdirSync(path.join(root, "bench", "results"), { recursive: true });
 
 for (const name of names) {
@@ -19,7 +23,10 @@ for (const name of names) {
   const header = `$ ${command}\n# ${new Date().toISOString()} on ${os.cpus().length}x ${os.cpus()[0]?.model ?? "cpu"}, ${Math.round(os.totalmem() / 2 ** 30)} GiB, node ${process.version}\n`;
   out.write(header);
   process.stdout.write(header);
-  const child = spawn(process.execPath, [path.join(root, "dist", "bench", `${name}.js`), ...args], { cwd: root, stdio: ["ignore", "pipe", "inherit"] });
+  const child = spawn(process.execPath, [path.join(root, "dist", "bench", `${name}.js`), ...args], {
+    cwd: root,
+    stdio: ["ignore", "pipe", "inherit"],
+  });
   child.stdout.on("data", (d) => {
     out.write(d);
     process.stdout.write(d);

@@ -30,7 +30,12 @@ function run(cmd, args, env) {
 }
 
 async function main() {
-  if (process.platform === "linux" && !process.env.RUNNER_TEST_IN_DBUS && has("dbus-run-session") && has("gnome-keyring-daemon")) {
+  if (
+    process.platform === "linux" &&
+    !process.env.RUNNER_TEST_IN_DBUS &&
+    has("dbus-run-session") &&
+    has("gnome-keyring-daemon")
+  ) {
     const home = mkdtempSync(path.join(os.tmpdir(), "runner-test-keyring-"));
     const env = { ...process.env, RUNNER_TEST_IN_DBUS: "1", XDG_DATA_HOME: home, XDG_RUNTIME_DIR: home };
     const code = await run("dbus-run-session", ["--", process.execPath, ...process.argv.slice(1)], env);
@@ -40,7 +45,10 @@ async function main() {
   const env = { ...process.env };
   if (process.env.RUNNER_TEST_IN_DBUS) {
     // --unlock reads the new keyring's password from stdin and creates the login collection.
-    const started = spawnSync("gnome-keyring-daemon", ["--unlock", "--components=secrets"], { input: "test-only-password", encoding: "utf8" });
+    const started = spawnSync("gnome-keyring-daemon", ["--unlock", "--components=secrets"], {
+      input: "test-only-password",
+      encoding: "utf8",
+    });
     if (started.status === 0) env.RUNNER_TEST_SECRET_SERVICE = "1";
     else process.stderr.write(`gnome-keyring-daemon did not start: ${started.stderr}\n`);
   }

@@ -26,7 +26,11 @@ export interface ApiOptions {
   timeoutMs: number;
 }
 
-export function register(options: ApiOptions, registrationToken: string, body: RegisterRequest): Promise<RegisterResponse> {
+export function register(
+  options: ApiOptions,
+  registrationToken: string,
+  body: RegisterRequest,
+): Promise<RegisterResponse> {
   return call(options, "/runners/register", registrationToken, body, registerResponseSchema);
 }
 
@@ -43,10 +47,18 @@ const MAX_BODY_BYTES = 256 * 1024;
 /** How much of an unexpected body a person sees in the error message. */
 const BODY_EXCERPT_CHARS = 200;
 
-async function call<T>(options: ApiOptions, route: string, bearer: string, body: unknown, schema: z.ZodType<T>): Promise<T> {
+async function call<T>(
+  options: ApiOptions,
+  route: string,
+  bearer: string,
+  body: unknown,
+  schema: z.ZodType<T>,
+): Promise<T> {
   const target = new URL(API_PREFIX + route, options.url);
   const unreachable = (reason: string, cause: unknown) =>
-    new RunnerError("control_plane_unavailable", `cannot reach the control plane at ${options.url}: ${reason}`, { cause });
+    new RunnerError("control_plane_unavailable", `cannot reach the control plane at ${options.url}: ${reason}`, {
+      cause,
+    });
   const timedOut = (error: unknown) => (error as Error).name === "TimeoutError";
   let response: Response;
   try {
@@ -128,8 +140,10 @@ const codeForApiError: Record<ApiErrorCode, ErrorCode> = {
 };
 
 const hints: Partial<Record<ErrorCode, string>> = {
-  registration_token_invalid: "ask an admin for a new registration token (each one works once, and only until it expires)",
-  control_plane_refused: "check --url (it must name the control plane itself, not a proxy's login page) and the credential",
+  registration_token_invalid:
+    "ask an admin for a new registration token (each one works once, and only until it expires)",
+  control_plane_refused:
+    "check --url (it must name the control plane itself, not a proxy's login page) and the credential",
 };
 
 function apiErrorCode(code: string): ApiErrorCode | null {
@@ -143,16 +157,26 @@ function errorFor(response: Response, body: unknown, url: string, bearer: string
   // The status decides what an unknown body means; a 5xx or 426 means the same whatever the body says.
   const byStatus = codeForStatus(status);
   const mapped: ErrorCode =
-    byStatus === "upgrade_required" || byStatus === "control_plane_unavailable" || apiCode === null ? byStatus : codeForApiError[apiCode];
+    byStatus === "upgrade_required" || byStatus === "control_plane_unavailable" || apiCode === null
+      ? byStatus
+      : codeForApiError[apiCode];
   if (mapped === "registration_token_invalid") {
-    return new RunnerError(mapped, `the control plane at ${url} refused the registration token: it is unknown, already used or expired`, { hint: hints[mapped] });
+    return new RunnerError(
+      mapped,
+      `the control plane at ${url} refused the registration token: it is unknown, already used or expired`,
+      { hint: hints[mapped] },
+    );
   }
   const location = response.headers.get("location");
   const said =
-    apiCode !== null && known.success ? `${apiCode}: ${excerpt(known.data.error.message, bearer)}`
-    : status >= 300 && status < 400 ? `a redirect${location ? ` to ${excerpt(location, bearer)}` : ""}, which is not followed`
-    : `a body that is not a protocol error: ${excerpt(typeof body === "string" ? body : JSON.stringify(body) ?? "", bearer)}`;
-  return new RunnerError(mapped, `the control plane at ${url} answered HTTP ${status}, ${said}`, { hint: hints[mapped] });
+    apiCode !== null && known.success
+      ? `${apiCode}: ${excerpt(known.data.error.message, bearer)}`
+      : status >= 300 && status < 400
+        ? `a redirect${location ? ` to ${excerpt(location, bearer)}` : ""}, which is not followed`
+        : `a body that is not a protocol error: ${excerpt(typeof body === "string" ? body : (JSON.stringify(body) ?? ""), bearer)}`;
+  return new RunnerError(mapped, `the control plane at ${url} answered HTTP ${status}, ${said}`, {
+    hint: hints[mapped],
+  });
 }
 
 /**

@@ -16,7 +16,15 @@ import {
   type JobResult,
   type RunnerMessage,
 } from "../protocol/channel.js";
-import { initialState, step, type Effect, type Input, type MachineConfig, type State, type TimerName } from "./machine.js";
+import {
+  initialState,
+  step,
+  type Effect,
+  type Input,
+  type MachineConfig,
+  type State,
+  type TimerName,
+} from "./machine.js";
 
 /** What the driver needs from the rest of the daemon. */
 export interface DriverPorts {
@@ -131,7 +139,12 @@ export class ChannelDriver {
   /** Tells companions when the machine enters or leaves "connected" (after that step's effects ran). */
   private followPhase(before: State["phase"], input: Input): void {
     const after = this.state.phase;
-    if (before !== "connected" && after === "connected" && input.type === "message" && input.message.type === "welcome") {
+    if (
+      before !== "connected" &&
+      after === "connected" &&
+      input.type === "message" &&
+      input.message.type === "welcome"
+    ) {
       const welcome = input.message;
       const generation = this.generation;
       const send = (message: RunnerMessage) => generation === this.generation && this.send(message);
@@ -199,7 +212,11 @@ export class ChannelDriver {
       case "discard_result":
         // Not awaited: nothing later depends on it, and a removal that fails or is undone by a
         // crash only means the result is sent once more and acknowledged without applying.
-        void ports.discardResult(effect.ref).catch((error: unknown) => logger.warn({ err: error, ...effect.ref }, "could not remove an acknowledged result"));
+        void ports
+          .discardResult(effect.ref)
+          .catch((error: unknown) =>
+            logger.warn({ err: error, ...effect.ref }, "could not remove an acknowledged result"),
+          );
         return;
       case "log":
         logger[effect.level](effect.fields ?? {}, effect.message);
@@ -219,7 +236,10 @@ export class ChannelDriver {
       try {
         return await this.options.ports.persistResult(result);
       } catch (error) {
-        this.options.logger.error({ err: error, jobId: result.jobId, attempt }, "could not write a result to the outbox; retrying");
+        this.options.logger.error(
+          { err: error, jobId: result.jobId, attempt },
+          "could not write a result to the outbox; retrying",
+        );
         await new Promise((r) => setTimeout(r, Math.min(5000, 100 * 2 ** attempt)));
       }
     }
@@ -290,7 +310,10 @@ export class ChannelDriver {
     // the control plane would close the connection (1009) on a larger frame.
     const limit = this.state.maxFrameBytes;
     if (Buffer.byteLength(frame) > limit) {
-      this.options.logger.error({ type: message.type, bytes: Buffer.byteLength(frame), maxFrameBytes: limit }, "message larger than the frame limit; not sent");
+      this.options.logger.error(
+        { type: message.type, bytes: Buffer.byteLength(frame), maxFrameBytes: limit },
+        "message larger than the frame limit; not sent",
+      );
       return false;
     }
     socket.send(frame);

@@ -29,7 +29,7 @@ function encodedCharAt(text: string, i: number): { bytes: number; width: 1 | 2 }
 /** The UTF-8 bytes `text` takes inside a JSON string (without the quotes). */
 export function encodedStringBytes(text: string): number {
   let bytes = 0;
-  for (let i = 0; i < text.length; ) {
+  for (let i = 0; i < text.length;) {
     const char = encodedCharAt(text, i);
     bytes += char.bytes;
     i += char.width;
@@ -50,7 +50,7 @@ export function splitLogData(ref: JobRef, stream: LogFrame["stream"], data: stri
   const pieces: string[] = [];
   let start = 0;
   let bytes = 0;
-  for (let i = 0; i < data.length; ) {
+  for (let i = 0; i < data.length;) {
     const char = encodedCharAt(data, i);
     // A piece always takes at least one character, so the split ends even if the budget is
     // absurdly small (it cannot be: a 128-char job id leaves over 100 bytes in 1024).
@@ -75,7 +75,10 @@ export function fitResultFrame(result: JobResult, maxFrameBytes: number): Result
   const frame: ResultFrame = { type: "result", result };
   const reason = result.reason;
   if (reason === null || Buffer.byteLength(encode(frame)) <= maxFrameBytes) return frame;
-  const withReason = (kept: number): ResultFrame => ({ type: "result", result: { ...result, reason: capText(reason, kept) } });
+  const withReason = (kept: number): ResultFrame => ({
+    type: "result",
+    result: { ...result, reason: capText(reason, kept) },
+  });
   // The longest prefix that fits, by bisection (capText's marker grows a little as the cut grows).
   let low = 0;
   let high = reason.length;

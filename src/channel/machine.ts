@@ -5,7 +5,14 @@
 // phase does not expect is logged and the state kept.
 import { ExitCode } from "../errors.js";
 import { capText } from "../log/cap-text.js";
-import { DEFAULT_MAX_FRAME_BYTES, type Assignment, type ControlMessage, type JobRef, type JobResult, type RunnerMessage } from "../protocol/channel.js";
+import {
+  DEFAULT_MAX_FRAME_BYTES,
+  type Assignment,
+  type ControlMessage,
+  type JobRef,
+  type JobResult,
+  type RunnerMessage,
+} from "../protocol/channel.js";
 import { fitResultFrame, splitLogData } from "./frame-fit.js";
 
 export interface MachineConfig {
@@ -208,9 +215,15 @@ function stepConnecting(state: State, input: Input, env: StepEnv): Step {
     case "connect_failed":
       return onConnectFailed(state, input.status, input.reason, env);
     case "socket_closed":
-      return reconnectLater(state, `the connection closed before it opened (${input.code} ${capText(input.reason)})`, env, [clearTimer("handshake")]);
+      return reconnectLater(
+        state,
+        `the connection closed before it opened (${input.code} ${capText(input.reason)})`,
+        env,
+        [clearTimer("handshake")],
+      );
     case "timer":
-      if (input.timer === "handshake") return dropConnection(state, `the connection did not open within ${handshakeTimeout(state)} ms`, env);
+      if (input.timer === "handshake")
+        return dropConnection(state, `the connection did not open within ${handshakeTimeout(state)} ms`, env);
       if (input.timer === "drain") return onDrainDeadline(state);
       return ignoreStaleTimer(state, input.timer);
     default:
@@ -222,7 +235,13 @@ function stepHandshaking(state: State, input: Input, env: StepEnv): Step {
   switch (input.type) {
     case "message":
       if (input.message.type === "welcome") return onWelcome(state, input.message);
-      if (input.message.type === "error") return { state, effects: [log("warn", `control plane error: ${capText(input.message.code)}: ${capText(input.message.message)}`)] };
+      if (input.message.type === "error")
+        return {
+          state,
+          effects: [
+            log("warn", `control plane error: ${capText(input.message.code)}: ${capText(input.message.message)}`),
+          ],
+        };
       return unexpected(state, input);
     case "timer":
       if (input.timer === "handshake") {
@@ -232,7 +251,13 @@ function stepHandshaking(state: State, input: Input, env: StepEnv): Step {
       return ignoreStaleTimer(state, input.timer);
     case "socket_closed": {
       const cleared = clearConnectionTimers(state);
-      return reconnectAfterClose(cleared.state, "the control plane closed the connection during the handshake", input, env, cleared.effects);
+      return reconnectAfterClose(
+        cleared.state,
+        "the control plane closed the connection during the handshake",
+        input,
+        env,
+        cleared.effects,
+      );
     }
     case "pong":
       return { state, effects: [] };
@@ -292,7 +317,8 @@ function onWelcome(state: State, welcome: Extract<ControlMessage, { type: "welco
       pendingResults: Object.keys(state.pending).length,
     }),
   ];
-  for (const result of Object.values(state.pending)) effects.push({ type: "send", message: fitResultFrame(result, next.maxFrameBytes) });
+  for (const result of Object.values(state.pending))
+    effects.push({ type: "send", message: fitResultFrame(result, next.maxFrameBytes) });
   if (state.draining) effects.push({ type: "send", message: { type: "goodbye", reason: "draining" } });
   else effects.push(...grantFreeSlots(next));
   return finishIfDone({ state: next, effects });
@@ -327,16 +353,27 @@ export function handshakeTimeout(state: State): number {
 }
 
 function connectNow(state: State): Step {
-  return { state: { ...state, phase: "connecting" }, effects: [{ type: "connect" }, { type: "set_timer", timer: "handshake", ms: handshakeTimeout(state) }] };
+  return {
+    state: { ...state, phase: "connecting" },
+    effects: [{ type: "connect" }, { type: "set_timer", timer: "handshake", ms: handshakeTimeout(state) }],
+  };
 }
 
 function onConnectFailed(state: State, status: number | null, wireReason: string, env: StepEnv): Step {
   const reason = capText(wireReason);
   if (status === 401 || status === 403 || status === 404) {
-    const why = status === 404 ? "the control plane has no record of this runner" : "the control plane rejected this runner's credential";
+    const why =
+      status === 404
+        ? "the control plane has no record of this runner"
+        : "the control plane rejected this runner's credential";
     return stopWith(state, ExitCode.NEEDS_OPERATOR, `${why} (${reason}); run \`runner repair\` to see what to do`);
   }
-  if (status === 426) return stopWith(state, ExitCode.UPGRADE_REQUIRED, `the control plane requires a different runner version (${reason})`);
+  if (status === 426)
+    return stopWith(
+      state,
+      ExitCode.UPGRADE_REQUIRED,
+      `the control plane requires a different runner version (${reason})`,
+    );
   return reconnectLater(state, `cannot connect: ${reason}`, env, [clearTimer("handshake")]);
 }
 
@@ -344,7 +381,10 @@ function onHeartbeat(state: State): Step {
   const ms = state.heartbeatMs ?? 15_000;
   const effects: Effect[] = [{ type: "set_timer", timer: "heartbeat", ms }];
   if (state.awaitingPong) return { state, effects };
-  return { state: { ...state, awaitingPong: true }, effects: [{ type: "ping" }, { type: "set_timer", timer: "pong", ms }, ...effects] };
+  return {
+    state: { ...state, awaitingPong: true },
+    effects: [{ type: "ping" }, { type: "set_timer", timer: "pong", ms }, ...effects],
+  };
 }
 
 function clearConnectionTimers(state: State): Step {
@@ -355,7 +395,10 @@ function clearConnectionTimers(state: State): Step {
 /** We give up on a live socket (no pong, no welcome): close it and reconnect later. */
 function dropConnection(state: State, reason: string, env: StepEnv): Step {
   const cleared = clearConnectionTimers(state);
-  return reconnectLater(cleared.state, reason, env, [...cleared.effects, { type: "close", code: 4001, reason: "heartbeat or handshake timeout" }]);
+  return reconnectLater(cleared.state, reason, env, [
+    ...cleared.effects,
+    { type: "close", code: 4001, reason: "heartbeat or handshake timeout" },
+  ]);
 }
 
 /** Full jitter: a uniform delay in [0, min(cap, base·2^failures)). */
@@ -376,7 +419,13 @@ export function replacedDelay(config: MachineConfig, random: number): number {
 /** The close code of a connection another one of the same runner replaced (PROTOCOL.md, Close codes). */
 export const CLOSE_REPLACED = 4000;
 
-function reconnectAfterClose(state: State, what: string, close: { code: number; reason: string }, env: StepEnv, before: Effect[]): Step {
+function reconnectAfterClose(
+  state: State,
+  what: string,
+  close: { code: number; reason: string },
+  env: StepEnv,
+  before: Effect[],
+): Step {
   const reason = `${what} (${close.code}${close.reason ? " " + capText(close.reason) : ""})`;
   if (close.code !== CLOSE_REPLACED) return reconnectLater(state, reason, env, before);
   const why = `${reason}: another connection with this runner's credential took its place`;
@@ -387,7 +436,11 @@ function reconnectLater(state: State, reason: string, env: StepEnv, before: Effe
   const ms = delayMs ?? reconnectDelay(state.config, state.failures, env.random);
   return {
     state: { ...state, phase: "disconnected", failures: state.failures + 1, awaitingPong: false },
-    effects: [...before, log("warn", `${reason}; reconnecting in ${ms} ms`, { reason, delayMs: ms, failures: state.failures + 1 }), { type: "set_timer", timer: "reconnect", ms }],
+    effects: [
+      ...before,
+      log("warn", `${reason}; reconnecting in ${ms} ms`, { reason, delayMs: ms, failures: state.failures + 1 }),
+      { type: "set_timer", timer: "reconnect", ms },
+    ],
   };
 }
 
@@ -401,8 +454,18 @@ function onControlMessage(state: State, message: ControlMessage): Step {
       return onResultAck(state, message);
     case "cancel": {
       const entry = state.running[keyOf(message)];
-      if (!entry) return { state, effects: [log("debug", `cancel for ${message.jobId} attempt ${message.attempt}, which is not running here`)] };
-      return { state, effects: [log("info", `cancelling job ${message.jobId}: ${capText(message.reason)}`), { type: "cancel_job", ref: entry.ref, reason: message.reason }] };
+      if (!entry)
+        return {
+          state,
+          effects: [log("debug", `cancel for ${message.jobId} attempt ${message.attempt}, which is not running here`)],
+        };
+      return {
+        state,
+        effects: [
+          log("info", `cancelling job ${message.jobId}: ${capText(message.reason)}`),
+          { type: "cancel_job", ref: entry.ref, reason: message.reason },
+        ],
+      };
     }
     case "pause":
     case "drain": // the old name of pause
@@ -410,7 +473,12 @@ function onControlMessage(state: State, message: ControlMessage): Step {
     case "resume":
       return onResume(state);
     case "error":
-      return { state, effects: [log("warn", `the control plane could not use a frame: ${capText(message.code)}: ${capText(message.message)}`)] };
+      return {
+        state,
+        effects: [
+          log("warn", `the control plane could not use a frame: ${capText(message.code)}: ${capText(message.message)}`),
+        ],
+      };
     case "welcome":
       return { state, effects: [log("warn", "ignored a second welcome")] };
     case "devices_ack":
@@ -424,12 +492,24 @@ function onAssign(state: State, assignment: Assignment): Step {
   const ref = { jobId: assignment.jobId, attempt: assignment.attempt };
   const key = keyOf(ref);
   if (state.running[key] || state.pending[key]) {
-    return { state, effects: [log("warn", `ignored a repeated assignment of ${assignment.jobId} attempt ${assignment.attempt}`)] };
+    return {
+      state,
+      effects: [log("warn", `ignored a repeated assignment of ${assignment.jobId} attempt ${assignment.attempt}`)],
+    };
   }
   const busy = Object.keys(state.running).length;
-  const refusal = state.draining ? "draining" : state.paused ? "paused" : busy >= state.config.capacity ? `no free slot (${busy}/${state.config.capacity} busy)` : null;
+  const refusal = state.draining
+    ? "draining"
+    : state.paused
+      ? "paused"
+      : busy >= state.config.capacity
+        ? `no free slot (${busy}/${state.config.capacity} busy)`
+        : null;
   if (refusal) {
-    const effects: Effect[] = [log("warn", `rejected job ${assignment.jobId}: ${refusal}`), { type: "send", message: { type: "reject", ...ref, reason: refusal } }];
+    const effects: Effect[] = [
+      log("warn", `rejected job ${assignment.jobId}: ${refusal}`),
+      { type: "send", message: { type: "reject", ...ref, reason: refusal } },
+    ];
     // An assignment that crossed the `pause` on the wire used a credit for a slot that is still
     // free: grant it back, so the credits are exact when the pause ends.
     if (refusal === "paused") effects.push({ type: "send", message: { type: "ready", slots: 1 } });
@@ -438,16 +518,29 @@ function onAssign(state: State, assignment: Assignment): Step {
   return {
     state: { ...state, running: { ...state.running, [key]: { ref, nextLogSeq: 0, started: false } } },
     // The job is handed to a worker before `accept` is written: the worker starts it meanwhile.
-    effects: [{ type: "start_job", assignment }, { type: "send", message: { type: "accept", ...ref } }],
+    effects: [
+      { type: "start_job", assignment },
+      { type: "send", message: { type: "accept", ...ref } },
+    ],
   };
 }
 
 function onResultAck(state: State, ack: Extract<ControlMessage, { type: "result_ack" }>): Step {
   const key = keyOf(ack);
-  if (!state.pending[key]) return { state, effects: [log("debug", `acknowledgement for a result not held: ${ack.jobId} attempt ${ack.attempt}`)] };
+  if (!state.pending[key])
+    return {
+      state,
+      effects: [log("debug", `acknowledgement for a result not held: ${ack.jobId} attempt ${ack.attempt}`)],
+    };
   const { [key]: _acked, ...pending } = state.pending;
   const effects: Effect[] = [{ type: "discard_result", ref: { jobId: ack.jobId, attempt: ack.attempt } }];
-  if (!ack.applied) effects.push(log("info", `the control plane acknowledged but did not apply the result of ${ack.jobId} attempt ${ack.attempt} (duplicate or stale attempt)`));
+  if (!ack.applied)
+    effects.push(
+      log(
+        "info",
+        `the control plane acknowledged but did not apply the result of ${ack.jobId} attempt ${ack.attempt} (duplicate or stale attempt)`,
+      ),
+    );
   return finishIfDone({ state: { ...state, pending }, effects });
 }
 
@@ -455,14 +548,21 @@ function onResultAck(state: State, ack: Extract<ControlMessage, { type: "result_
 
 function onPause(state: State, reason: string): Step {
   const running = Object.keys(state.running).length;
-  const effects = [log("info", `paused by the control plane: ${capText(reason)}; no new jobs, ${running} running job(s) go on`, { running })];
+  const effects = [
+    log("info", `paused by the control plane: ${capText(reason)}; no new jobs, ${running} running job(s) go on`, {
+      running,
+    }),
+  ];
   return { state: { ...state, paused: true }, effects };
 }
 
 function onResume(state: State): Step {
   if (!state.paused) return { state, effects: [log("debug", "resume while not paused; ignored")] };
   // No `ready`: the control plane kept this connection's credits through the pause.
-  return { state: { ...state, paused: false }, effects: [log("info", "resumed by the control plane: taking jobs again")] };
+  return {
+    state: { ...state, paused: false },
+    effects: [log("info", "resumed by the control plane: taking jobs again")],
+  };
 }
 
 // ---- jobs ----
@@ -484,7 +584,10 @@ function onJobOutput(state: State, input: Extract<Input, { type: "job_output" }>
   }
   // A chunk whose frame would be over the limit in force goes as several, with consecutive seq.
   const pieces = splitLogData(input.ref, input.stream, input.data, state.maxFrameBytes);
-  const effects: Effect[] = pieces.map((data, i) => ({ type: "send", message: { type: "log", ...input.ref, seq: entry.nextLogSeq + i, stream: input.stream, data } }));
+  const effects: Effect[] = pieces.map((data, i) => ({
+    type: "send",
+    message: { type: "log", ...input.ref, seq: entry.nextLogSeq + i, stream: input.stream, data },
+  }));
   const running = { ...state.running, [key]: { ...entry, nextLogSeq: entry.nextLogSeq + pieces.length } };
   return { state: { ...state, running }, effects };
 }
@@ -495,10 +598,15 @@ function onJobFinished(state: State, result: JobResult): Step {
   const next: State = { ...state, running, pending: { ...state.pending, [key]: result } };
   const effects: Effect[] = [
     { type: "persist_result", result },
-    log("info", `job ${result.jobId} attempt ${result.attempt} ${result.outcome}${result.reason ? `: ${result.reason}` : ""}`, { jobId: result.jobId, attempt: result.attempt, outcome: result.outcome, reason: result.reason }),
+    log(
+      "info",
+      `job ${result.jobId} attempt ${result.attempt} ${result.outcome}${result.reason ? `: ${result.reason}` : ""}`,
+      { jobId: result.jobId, attempt: result.attempt, outcome: result.outcome, reason: result.reason },
+    ),
     ...whenConnected(state, fitResultFrame(result, state.maxFrameBytes)),
   ];
-  if (state.phase === "connected" && !state.draining && state.running[key]) effects.push({ type: "send", message: { type: "ready", slots: 1 } });
+  if (state.phase === "connected" && !state.draining && state.running[key])
+    effects.push({ type: "send", message: { type: "ready", slots: 1 } });
   return finishIfDone({ state: next, effects });
 }
 
@@ -508,7 +616,10 @@ function onDrain(state: State, reason: string): Step {
   if (state.draining) return { state, effects: [log("info", `already draining (${reason})`)] };
   const running = Object.keys(state.running).length;
   const effects: Effect[] = [
-    log("info", `draining: ${reason}; no new jobs, ${running} running job(s) get ${state.config.drainTimeoutMs} ms to finish`),
+    log(
+      "info",
+      `draining: ${reason}; no new jobs, ${running} running job(s) get ${state.config.drainTimeoutMs} ms to finish`,
+    ),
     { type: "set_timer", timer: "drain", ms: state.config.drainTimeoutMs },
     ...whenConnected(state, { type: "goodbye", reason: "draining" }),
   ];
@@ -516,13 +627,21 @@ function onDrain(state: State, reason: string): Step {
 }
 
 function onDrainDeadline(state: State): Step {
-  const effects: Effect[] = Object.values(state.running).map((r) => ({ type: "cancel_job" as const, ref: r.ref, reason: "the runner is stopping (drain deadline passed)" }));
+  const effects: Effect[] = Object.values(state.running).map((r) => ({
+    type: "cancel_job" as const,
+    ref: r.ref,
+    reason: "the runner is stopping (drain deadline passed)",
+  }));
   effects.unshift(log("warn", `drain deadline passed; cancelling ${effects.length} job(s)`));
   return finishIfDone({ state: { ...state, stopping: true }, effects });
 }
 
 function onStopNow(state: State, reason: string): Step {
-  const effects: Effect[] = Object.values(state.running).map((r) => ({ type: "cancel_job" as const, ref: r.ref, reason: `the runner is stopping (${reason})` }));
+  const effects: Effect[] = Object.values(state.running).map((r) => ({
+    type: "cancel_job" as const,
+    ref: r.ref,
+    reason: `the runner is stopping (${reason})`,
+  }));
   effects.unshift(log("warn", `stopping now (${reason}); cancelling ${effects.length} job(s)`));
   return finishIfDone({ state: { ...state, draining: true, stopping: true }, effects });
 }
@@ -536,16 +655,18 @@ function finishIfDone(current: Step): Step {
   if (!state.draining || Object.keys(state.running).length > 0) return current;
   const unacked = Object.keys(state.pending).length;
   if (unacked > 0 && !state.stopping) return current;
-  const reason = unacked > 0 ? `stopped with ${unacked} result(s) kept in the outbox for the next start` : "drained: every job finished and every result was acknowledged";
+  const reason =
+    unacked > 0
+      ? `stopped with ${unacked} result(s) kept in the outbox for the next start`
+      : "drained: every job finished and every result was acknowledged";
   const stopped = stopWith(state, ExitCode.OK, reason);
   return { state: stopped.state, effects: [...current.effects, ...stopped.effects] };
 }
 
 function stopWith(state: State, code: number, reason: string): Step {
-  const effects: Effect[] = [
-    ...(["reconnect", "handshake", "heartbeat", "pong", "drain"] as const).map(clearTimer),
-  ];
-  if (state.phase === "connected" || state.phase === "handshaking") effects.push({ type: "close", code: 1000, reason: "runner stopping" });
+  const effects: Effect[] = [...(["reconnect", "handshake", "heartbeat", "pong", "drain"] as const).map(clearTimer)];
+  if (state.phase === "connected" || state.phase === "handshaking")
+    effects.push({ type: "close", code: 1000, reason: "runner stopping" });
   effects.push(log(code === ExitCode.OK ? "info" : "error", reason), { type: "exit", code, reason });
   return { state: { ...state, phase: "stopped" }, effects };
 }
@@ -565,7 +686,12 @@ function ignoreStaleTimer(state: State, timer: TimerName): Step {
 }
 
 function unexpected(state: State, input: Input, level: LogLevel = "warn"): Step {
-  const what = input.type === "message" ? `message ${input.message.type}` : input.type === "timer" ? `timer ${input.timer}` : input.type;
+  const what =
+    input.type === "message"
+      ? `message ${input.message.type}`
+      : input.type === "timer"
+        ? `timer ${input.timer}`
+        : input.type;
   return { state, effects: [log(level, `unexpected ${what} in phase ${state.phase}; ignored`)] };
 }
 

@@ -23,7 +23,9 @@ export interface Context {
 
 /** Adds every setting's flag (and --config) to a verb. Help text and defaults come from the table. */
 export function withSettings(command: Command): Command {
-  command.addOption(new Option(`${CONFIG_FILE_FLAG} <file>`, `config file (env ${CONFIG_FILE_ENV}; default <config dir>/config.json)`));
+  command.addOption(
+    new Option(`${CONFIG_FILE_FLAG} <file>`, `config file (env ${CONFIG_FILE_ENV}; default <config dir>/config.json)`),
+  );
   for (const spec of Object.values(SETTINGS) as SettingSpec<unknown>[]) {
     const flags = spec.arg ? `${spec.flag} ${spec.arg}` : spec.flag;
     const shown = spec.defaultValue === undefined ? spec.defaultHelp : JSON.stringify(spec.defaultValue);
@@ -32,15 +34,28 @@ export function withSettings(command: Command): Command {
   return command;
 }
 
-export async function loadContext(flags: Record<string, unknown>, env: NodeJS.ProcessEnv = process.env): Promise<Context> {
+export async function loadContext(
+  flags: Record<string, unknown>,
+  env: NodeJS.ProcessEnv = process.env,
+): Promise<Context> {
   const explicitConfig = (flags.config as string | undefined) ?? (env[CONFIG_FILE_ENV] || undefined);
   // The config file's location may depend on --system, which may itself come from a flag or env.
   const early = resolveSettings({ flags, env });
-  const dirs = defaultDirs({ platform: process.platform, env, home: os.homedir(), system: early.settings.system === true });
+  const dirs = defaultDirs({
+    platform: process.platform,
+    env,
+    home: os.homedir(),
+    system: early.settings.system === true,
+  });
   const configFile = path.resolve(explicitConfig ?? path.join(dirs.configDir, "config.json"));
   const file = await readConfigFile(configFile, explicitConfig !== undefined);
   const resolved = resolveSettings({ flags, env, file, fileName: configFile });
-  const systemDirs = defaultDirs({ platform: process.platform, env, home: os.homedir(), system: resolved.settings.system === true });
+  const systemDirs = defaultDirs({
+    platform: process.platform,
+    env,
+    home: os.homedir(),
+    system: resolved.settings.system === true,
+  });
   const stateDir = path.resolve(resolved.settings.stateDir ?? systemDirs.stateDir);
   const settings = { ...resolved.settings, stateDir };
   const logger = createLogger({ level: settings.logLevel, format: settings.logFormat });
@@ -53,7 +68,10 @@ async function readConfigFile(file: string, required: boolean): Promise<Record<s
     text = await fs.readFile(file, "utf8");
   } catch (error) {
     if ((error as NodeJS.ErrnoException).code === "ENOENT" && !required) return undefined;
-    throw new RunnerError("config_invalid", `cannot read the config file ${file}: ${(error as NodeJS.ErrnoException).code ?? (error as Error).message}`);
+    throw new RunnerError(
+      "config_invalid",
+      `cannot read the config file ${file}: ${(error as NodeJS.ErrnoException).code ?? (error as Error).message}`,
+    );
   }
   let parsed: unknown;
   try {

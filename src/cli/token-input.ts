@@ -10,7 +10,9 @@ export interface TokenOptions {
 
 export async function readToken(options: TokenOptions): Promise<string | undefined> {
   if (options.token !== undefined) {
-    process.stderr.write("runner: warning: --token is visible to other users in the process list; prefer --token-file or stdin\n");
+    process.stderr.write(
+      "runner: warning: --token is visible to other users in the process list; prefer --token-file or stdin\n",
+    );
     return nonEmpty(options.token, "--token");
   }
   if (options.tokenFile === "-") {
@@ -23,14 +25,19 @@ export async function readToken(options: TokenOptions): Promise<string | undefin
     try {
       text = await fs.readFile(options.tokenFile, "utf8");
     } catch (error) {
-      throw new RunnerError("usage", `cannot read the token file ${options.tokenFile}: ${(error as NodeJS.ErrnoException).code ?? "error"}`);
+      throw new RunnerError(
+        "usage",
+        `cannot read the token file ${options.tokenFile}: ${(error as NodeJS.ErrnoException).code ?? "error"}`,
+      );
     }
     return nonEmpty(text, options.tokenFile);
   }
   return undefined;
 }
 
-export async function readTokenFromStdin(stdin: NodeJS.ReadableStream & { isTTY?: boolean } = process.stdin): Promise<string | undefined> {
+export async function readTokenFromStdin(
+  stdin: NodeJS.ReadableStream & { isTTY?: boolean } = process.stdin,
+): Promise<string | undefined> {
   if (stdin.isTTY) process.stderr.write("registration token: ");
   const chunks: Buffer[] = [];
   for await (const chunk of stdin) {
@@ -44,6 +51,7 @@ export async function readTokenFromStdin(stdin: NodeJS.ReadableStream & { isTTY?
 function nonEmpty(text: string, where: string): string {
   const token = text.trim();
   if (token === "") throw new RunnerError("usage", `${where} holds no token`);
-  if (/\s/.test(token)) throw new RunnerError("usage", `${where} must hold exactly one token (found whitespace inside it)`);
+  if (/\s/.test(token))
+    throw new RunnerError("usage", `${where} must hold exactly one token (found whitespace inside it)`);
   return token;
 }

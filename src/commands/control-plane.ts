@@ -106,7 +106,9 @@ function readAdminToken(file: string | undefined): string | undefined {
     try {
       text = readFileSync(file, "utf8");
     } catch (error) {
-      throw new RunnerError("usage", `cannot read the admin token file ${file}: ${(error as Error).message}`, { cause: error });
+      throw new RunnerError("usage", `cannot read the admin token file ${file}: ${(error as Error).message}`, {
+        cause: error,
+      });
     }
     if (text.trim() === "") throw new RunnerError("usage", `the admin token file ${file} is empty`);
     return text.trim();

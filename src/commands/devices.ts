@@ -40,7 +40,8 @@ export function defineDevicesCommand(program: Command): void {
 }
 
 async function signalDaemon(lockFile: string, stateDir: string): Promise<RescanOutcome> {
-  if (process.platform === "win32") return { sent: false, reason: "Windows has no SIGUSR2; restart the runner to rescan" };
+  if (process.platform === "win32")
+    return { sent: false, reason: "Windows has no SIGUSR2; restart the runner to rescan" };
   const lock = await inspectLock(lockFile);
   if (lock.kind !== "held") {
     const why = lock.kind === "stale" ? ` (its lock is stale: ${lock.reason})` : "";
@@ -50,7 +51,10 @@ async function signalDaemon(lockFile: string, stateDir: string): Promise<RescanO
     process.kill(lock.owner.pid, "SIGUSR2");
     return { sent: true, pid: lock.owner.pid };
   } catch (error) {
-    return { sent: false, reason: `could not signal pid ${lock.owner.pid}: ${(error as NodeJS.ErrnoException).code ?? (error as Error).message}` };
+    return {
+      sent: false,
+      reason: `could not signal pid ${lock.owner.pid}: ${(error as NodeJS.ErrnoException).code ?? (error as Error).message}`,
+    };
   }
 }
 
@@ -62,7 +66,8 @@ function printTable(devices: readonly Device[]): void {
   const rows = devices.map((d) => [d.kind, d.id, d.name, d.stale ? `${d.state} (stale)` : d.state]);
   const header = ["KIND", "ID", "NAME", "STATE"];
   const widths = header.map((h, i) => Math.min(48, Math.max(h.length, ...rows.map((r) => r[i]!.length))));
-  const line = (cells: string[]) => cells.map((cell, i) => (i === cells.length - 1 ? cell : fit(cell, widths[i]!))).join("  ");
+  const line = (cells: string[]) =>
+    cells.map((cell, i) => (i === cells.length - 1 ? cell : fit(cell, widths[i]!))).join("  ");
   print(line(header));
   for (const row of rows) print(line(row));
 }

@@ -47,10 +47,18 @@ async function runRegister(options: RegisterOptions): Promise<number> {
   const ctx = await loadContext(options);
   const url = checkControlPlaneUrl(options.url, ctx.settings.insecurePlaintext === true);
   const labels = parseLabels(options.labels);
-  const name = options.name ?? (os.hostname().replace(/[^A-Za-z0-9._-]/g, "-").replace(/^[^A-Za-z0-9]+/, "") || "runner");
+  const name =
+    options.name ??
+    (os
+      .hostname()
+      .replace(/[^A-Za-z0-9._-]/g, "-")
+      .replace(/^[^A-Za-z0-9]+/, "") ||
+      "runner");
   const token = (await readToken(options)) ?? (await readTokenFromStdin());
   if (!token) {
-    throw new RunnerError("usage", "no registration token given", { hint: "pass --token-file FILE, or pipe the token on standard input" });
+    throw new RunnerError("usage", "no registration token given", {
+      hint: "pass --token-file FILE, or pipe the token on standard input",
+    });
   }
 
   await ensureDir(ctx.files.stateDir, { followLink: true });
@@ -60,9 +68,13 @@ async function runRegister(options: RegisterOptions): Promise<number> {
   try {
     const existing = await readRegistration(ctx.files.registration);
     if (existing.kind === "ok" && !options.replace) {
-      throw new RunnerError("already_registered", `this state dir already holds runner ${existing.value.runnerId} (${existing.value.name}) at ${existing.value.url}`, {
-        hint: "pass --replace to register again, or run `runner unregister` first",
-      });
+      throw new RunnerError(
+        "already_registered",
+        `this state dir already holds runner ${existing.value.runnerId} (${existing.value.name}) at ${existing.value.url}`,
+        {
+          hint: "pass --replace to register again, or run `runner unregister` first",
+        },
+      );
     }
     const choice = await chooseStore(ctx.settings.credentialStore ?? "auto", ctx.files);
     ctx.logger.info({ store: choice.store.kind }, choice.why);
@@ -79,7 +91,9 @@ async function runRegister(options: RegisterOptions): Promise<number> {
       now: ctx.now(),
     });
     if (existing.kind === "ok" && existing.value.credentialStore !== choice.store.kind) {
-      await openStore(existing.value.credentialStore, ctx.files).remove().catch(() => false);
+      await openStore(existing.value.credentialStore, ctx.files)
+        .remove()
+        .catch(() => false);
     }
     print(`registered runner ${registration.runnerId} (${registration.name}) with ${url}`);
     print(`  labels: ${registration.labels.join(", ") || "(none)"}`);
@@ -93,8 +107,12 @@ async function runRegister(options: RegisterOptions): Promise<number> {
 
 function parseLabels(raw: string | undefined): string[] {
   if (raw === undefined || raw.trim() === "") return [];
-  const labels = raw.split(",").map((l) => l.trim()).filter((l) => l !== "");
+  const labels = raw
+    .split(",")
+    .map((l) => l.trim())
+    .filter((l) => l !== "");
   const result = labelsSchema.safeParse(labels);
-  if (!result.success) throw new RunnerError("usage", `--labels: ${result.error.issues.map((i) => i.message).join("; ")}`);
+  if (!result.success)
+    throw new RunnerError("usage", `--labels: ${result.error.issues.map((i) => i.message).join("; ")}`);
   return result.data;
 }

@@ -44,7 +44,9 @@ export function defineRepairCommand(program: Command): void {
         }
         // A refused registration token is the one thing to fix, and has its own exit code.
         const tokenRefused = report.steps.some((step) => step.errorCode === "registration_token_invalid");
-        return tokenRefused && report.remaining.length > 0 ? ExitCode.TOKEN_REFUSED : exitCodeForRemaining(report.remaining);
+        return tokenRefused && report.remaining.length > 0
+          ? ExitCode.TOKEN_REFUSED
+          : exitCodeForRemaining(report.remaining);
       } finally {
         await lock.release();
       }

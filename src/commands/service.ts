@@ -39,7 +39,12 @@ export function defineServiceCommand(program: Command): void {
         "Stopping the service drains it: running jobs finish and their results are delivered first.\n" +
         `Exits that a restart cannot fix (${ExitCode.USAGE}, ${ExitCode.NEEDS_OPERATOR}, ${ExitCode.UPGRADE_REQUIRED}) are not restarted: fix the cause, then run \`runner repair\`.`,
     );
-  const nameOption = (command: Command) => command.option("--name <name>", "the service's name: unit <name>.service, launchd label dev.runner.<name>", "runner");
+  const nameOption = (command: Command) =>
+    command.option(
+      "--name <name>",
+      "the service's name: unit <name>.service, launchd label dev.runner.<name>",
+      "runner",
+    );
 
   const install = nameOption(service.command("install").summary("write the unit, enable it at boot and start it now"))
     .option("--run-as <user>", "with --system: the user the service runs as (default: $SUDO_USER, else you)")
@@ -57,7 +62,9 @@ export function defineServiceCommand(program: Command): void {
     }),
   );
 
-  const uninstall = nameOption(service.command("uninstall").summary("stop the service (draining running jobs) and remove its unit"));
+  const uninstall = nameOption(
+    service.command("uninstall").summary("stop the service (draining running jobs) and remove its unit"),
+  );
   withSettings(uninstall).action(
     action(async (options: ServiceOptions) => {
       const ctx = await loadContext(options);
@@ -67,7 +74,13 @@ export function defineServiceCommand(program: Command): void {
     }),
   );
 
-  const status = nameOption(service.command("status").summary(`the unit, what the service manager says, and why it stopped (exit ${ExitCode.UNHEALTHY} unless installed and running)`));
+  const status = nameOption(
+    service
+      .command("status")
+      .summary(
+        `the unit, what the service manager says, and why it stopped (exit ${ExitCode.UNHEALTHY} unless installed and running)`,
+      ),
+  );
   withSettings(status).action(
     action(async (options: ServiceOptions) => {
       const ctx = await loadContext(options);
@@ -77,7 +90,10 @@ export function defineServiceCommand(program: Command): void {
       print(`unit file: ${plan.unitFile} (${state.installed ? "installed" : "not installed"})`);
       for (const answer of state.manager) print(`${answer.command}: ${answer.output || `exit ${answer.code}`}`);
       const blocked = await readBlocked(ctx.files.blocked);
-      if (blocked) print(`stopped for a person since ${blocked.at || "?"}: exit ${blocked.exitCode}, ${blocked.reason}; fix it, then \`runner repair\``);
+      if (blocked)
+        print(
+          `stopped for a person since ${blocked.at || "?"}: exit ${blocked.exitCode}, ${blocked.reason}; fix it, then \`runner repair\``,
+        );
       const healthy = state.installed && state.manager.every((answer) => answer.code === 0) && blocked === null;
       return healthy ? ExitCode.OK : ExitCode.UNHEALTHY;
     }),
@@ -86,11 +102,18 @@ export function defineServiceCommand(program: Command): void {
 }
 
 async function planFor(ctx: Context, options: ServiceOptions): Promise<ServicePlan> {
-  if (!NAME_PATTERN.test(options.name)) throw new RunnerError("usage", `--name ${JSON.stringify(options.name)}: use 1-64 letters, digits, '.', '_' and '-'`);
+  if (!NAME_PATTERN.test(options.name))
+    throw new RunnerError(
+      "usage",
+      `--name ${JSON.stringify(options.name)}: use 1-64 letters, digits, '.', '_' and '-'`,
+    );
   if (serviceManagerFor(process.platform) === null) {
-    throw new RunnerError("usage", `no service manager is supported on ${process.platform}`, { hint: "run `runner start` in the foreground, under your own supervisor" });
+    throw new RunnerError("usage", `no service manager is supported on ${process.platform}`, {
+      hint: "run `runner start` in the foreground, under your own supervisor",
+    });
   }
-  if (options.runAs !== undefined && !ctx.settings.system) throw new RunnerError("usage", "--run-as needs --system (a per-user service runs as you)");
+  if (options.runAs !== undefined && !ctx.settings.system)
+    throw new RunnerError("usage", "--run-as needs --system (a per-user service runs as you)");
   const user = os.userInfo().username;
   const templates = {
     systemd: await fs.readFile(path.join(PACKAGE_ROOT, "systemd", "runner.service"), "utf8"),
@@ -105,7 +128,16 @@ async function planFor(ctx: Context, options: ServiceOptions): Promise<ServicePl
     name: options.name,
     system: ctx.settings.system === true,
     runAs: options.runAs ?? process.env.SUDO_USER ?? user,
-    argv: [process.execPath, RUNNER_BIN, "start", ...(await configFlag(ctx)), "--state-dir", ctx.settings.stateDir, ...(ctx.settings.system ? ["--system"] : []), ...carriedFlags(ctx, options)],
+    argv: [
+      process.execPath,
+      RUNNER_BIN,
+      "start",
+      ...(await configFlag(ctx)),
+      "--state-dir",
+      ctx.settings.stateDir,
+      ...(ctx.settings.system ? ["--system"] : []),
+      ...carriedFlags(ctx, options),
+    ],
     stateDir: ctx.settings.stateDir,
     drainTimeoutMs: ctx.settings.drainTimeoutMs ?? 600_000,
     templates,
@@ -136,7 +168,16 @@ function carriedFlags(ctx: Context, options: ServiceOptions): string[] {
 async function requireRegistration(ctx: Context): Promise<void> {
   const read = await readRegistration(ctx.files.registration);
   if (read.kind === "ok") return;
-  throw new RunnerError("not_registered", read.kind === "missing" ? `no runner is registered in ${ctx.files.stateDir}` : `registration.json is unusable: ${read.reason}`, {
-    hint: read.kind === "missing" ? "register first: runner register --url <control plane> --token-file <file>, with the same --state-dir/--system" : "run `runner repair` first",
-  });
+  throw new RunnerError(
+    "not_registered",
+    read.kind === "missing"
+      ? `no runner is registered in ${ctx.files.stateDir}`
+      : `registration.json is unusable: ${read.reason}`,
+    {
+      hint:
+        read.kind === "missing"
+          ? "register first: runner register --url <control plane> --token-file <file>, with the same --state-dir/--system"
+          : "run `runner repair` first",
+    },
+  );
 }

@@ -37,9 +37,17 @@ export function defineStartCommand(program: Command): void {
         // An unreachable control plane is no reason not to start: the channel retries for ever.
         const blocking = report.remaining.filter((f) => f.fix.kind !== "retry");
         for (const finding of report.remaining) {
-          log[blocking.includes(finding) ? "error" : "warn"]({ finding: finding.code, fix: finding.fix }, describeFinding(finding).join("\n"));
+          log[blocking.includes(finding) ? "error" : "warn"](
+            { finding: finding.code, fix: finding.fix },
+            describeFinding(finding).join("\n"),
+          );
         }
-        if (blocking.length > 0) return await stopFor(ctx, exitCodeForRemaining(blocking), `start-up checks: ${blocking.map((f) => f.code).join(", ")}`);
+        if (blocking.length > 0)
+          return await stopFor(
+            ctx,
+            exitCodeForRemaining(blocking),
+            `start-up checks: ${blocking.map((f) => f.code).join(", ")}`,
+          );
         log.info({ stateDir: ctx.files.stateDir }, "startup checks passed");
         if (await clearBlocked(ctx.files.blocked)) log.info("removed the needs-operator marker an earlier stop left");
         const { registration, credential } = await loadIdentity(ctx.files);
@@ -72,7 +80,10 @@ export function defineStartCommand(program: Command): void {
 async function stopFor(ctx: Context, code: number, reason: string): Promise<number> {
   if (code === ExitCode.NEEDS_OPERATOR || code === ExitCode.UPGRADE_REQUIRED) {
     await markBlocked(ctx.files.blocked, code, reason, ctx.now());
-    ctx.logger.error({ marker: ctx.files.blocked, exitCode: code }, "stopped until a person acts: `runner repair` (or a clean `runner start`) removes the marker");
+    ctx.logger.error(
+      { marker: ctx.files.blocked, exitCode: code },
+      "stopped until a person acts: `runner repair` (or a clean `runner start`) removes the marker",
+    );
   }
   return code;
 }

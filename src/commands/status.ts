@@ -17,7 +17,9 @@ export function defineStatusCommand(program: Command): void {
     action(async (options: Record<string, unknown>) => {
       const ctx = await loadContext(options);
       const stateDirExists = (await modeOf(ctx.files.stateDir)) !== null;
-      const registration = stateDirExists ? await readRegistration(ctx.files.registration) : { kind: "missing" as const };
+      const registration = stateDirExists
+        ? await readRegistration(ctx.files.registration)
+        : { kind: "missing" as const };
       const lock = stateDirExists ? await inspectLock(ctx.files.lock) : { kind: "free" as const };
       const reg = registration.kind === "ok" ? registration.value : null;
       const blocked = stateDirExists ? await readBlocked(ctx.files.blocked) : null;
@@ -32,9 +34,11 @@ export function defineStatusCommand(program: Command): void {
         stateDir: ctx.files.stateDir,
         configFile: ctx.configFile,
         lock:
-          lock.kind === "free" ? { state: "free" as const, pid: null }
-          : lock.kind === "held" ? { state: "held" as const, pid: lock.owner.pid, since: lock.owner.acquiredAt }
-          : { state: "stale" as const, pid: lock.owner?.pid ?? null, reason: lock.reason },
+          lock.kind === "free"
+            ? { state: "free" as const, pid: null }
+            : lock.kind === "held"
+              ? { state: "held" as const, pid: lock.owner.pid, since: lock.owner.acquiredAt }
+              : { state: "stale" as const, pid: lock.owner?.pid ?? null, reason: lock.reason },
         /** Set when the last start stopped for a person (exit 78/79); cleared by repair or a clean start. */
         stoppedForOperator: blocked,
       };
@@ -47,7 +51,10 @@ export function defineStatusCommand(program: Command): void {
       if (reg) print(`  labels: ${reg.labels.join(", ") || "(none)"}\n  credential store: ${reg.credentialStore}`);
       print(`  state dir: ${view.stateDir}`);
       print(`  lock: ${view.lock.state}${view.lock.pid ? ` (pid ${view.lock.pid})` : ""}`);
-      if (blocked) print(`  stopped for a person since ${blocked.at || "?"}: exit ${blocked.exitCode}, ${blocked.reason} (fix it, then \`runner repair\`)`);
+      if (blocked)
+        print(
+          `  stopped for a person since ${blocked.at || "?"}: exit ${blocked.exitCode}, ${blocked.reason} (fix it, then \`runner repair\`)`,
+        );
       return ExitCode.OK;
     }),
   );

@@ -21,9 +21,13 @@ export function defineUnregisterCommand(program: Command): void {
       const ctx = await loadContext(options);
       const read = await readRegistration(ctx.files.registration);
       if (read.kind !== "ok") {
-        throw new RunnerError("not_registered", read.kind === "missing" ? "this runner is not registered" : `registration.json is unusable: ${read.reason}`, {
-          hint: read.kind === "missing" ? undefined : "run `runner repair` first",
-        });
+        throw new RunnerError(
+          "not_registered",
+          read.kind === "missing" ? "this runner is not registered" : `registration.json is unusable: ${read.reason}`,
+          {
+            hint: read.kind === "missing" ? undefined : "run `runner repair` first",
+          },
+        );
       }
       const registration = read.value;
       const lock = await acquireLock(ctx.files.lock);
@@ -32,21 +36,28 @@ export function defineUnregisterCommand(program: Command): void {
         const credential = await store.read();
         if (!options.localOnly && credential.kind === "ok") {
           try {
-            await unregister({ url: registration.url, timeoutMs: ctx.settings.requestTimeoutMs ?? 10_000 }, credential.value.credential, {
-              protocolVersion: PROTOCOL_VERSION,
-              agentVersion: AGENT_VERSION,
-              runnerId: registration.runnerId,
-            });
+            await unregister(
+              { url: registration.url, timeoutMs: ctx.settings.requestTimeoutMs ?? 10_000 },
+              credential.value.credential,
+              {
+                protocolVersion: PROTOCOL_VERSION,
+                agentVersion: AGENT_VERSION,
+                runnerId: registration.runnerId,
+              },
+            );
             print(`the control plane at ${registration.url} removed runner ${registration.runnerId}`);
           } catch (error) {
             // Already revoked or deleted there: nothing left to remove remotely.
-            if (!(error instanceof RunnerError) || !["credential_revoked", "runner_deleted"].includes(error.code)) throw error;
+            if (!(error instanceof RunnerError) || !["credential_revoked", "runner_deleted"].includes(error.code))
+              throw error;
             print(`the control plane no longer knows this credential (${error.code}); removing it locally`);
           }
         }
         await store.remove();
         await fs.rm(ctx.files.registration, { force: true });
-        print(`forgot runner ${registration.runnerId}; the credential is gone from the ${registration.credentialStore} store`);
+        print(
+          `forgot runner ${registration.runnerId}; the credential is gone from the ${registration.credentialStore} store`,
+        );
         return ExitCode.OK;
       } finally {
         await lock.release();

@@ -24,9 +24,13 @@ export function resolveSettings(inputs: SettingInputs): ResolvedSettings {
   const file = inputs.file ?? {};
   const unknownKeys = Object.keys(file).filter((k) => !(k in SETTINGS));
   if (unknownKeys.length > 0) {
-    throw new RunnerError("config_invalid", `${inputs.fileName ?? "config file"}: unknown key ${unknownKeys.map((k) => `"${k}"`).join(", ")}`, {
-      hint: `known keys: ${KEYS.join(", ")}`,
-    });
+    throw new RunnerError(
+      "config_invalid",
+      `${inputs.fileName ?? "config file"}: unknown key ${unknownKeys.map((k) => `"${k}"`).join(", ")}`,
+      {
+        hint: `known keys: ${KEYS.join(", ")}`,
+      },
+    );
   }
   const settings = {} as Record<SettingKey, unknown>;
   const sources = {} as Record<SettingKey, SettingSource>;

@@ -25,21 +25,39 @@ export interface SettingSpec<T> {
 }
 
 const text = (raw: string) => raw;
-const bool = (raw: string) => (["1", "true", "yes", "on"].includes(raw.toLowerCase()) ? true : ["0", "false", "no", "off", ""].includes(raw.toLowerCase()) ? false : raw);
+const bool = (raw: string) =>
+  ["1", "true", "yes", "on"].includes(raw.toLowerCase())
+    ? true
+    : ["0", "false", "no", "off", ""].includes(raw.toLowerCase())
+      ? false
+      : raw;
 const int = (raw: string) => (/^-?\d+$/.test(raw.trim()) ? Number(raw) : raw);
 /** A worker limit: a whole number, where 0 (or "off" in a flag or env var) turns the limit off. */
 const limit = (raw: string) => (raw.trim().toLowerCase() === "off" ? 0 : int(raw));
 /** "name=/abs/path,other=/abs/path" → { name: "/abs/path", ... }; anything else is left for the schema to refuse. */
 const handlerList = (raw: string) => {
-  const entries = raw.split(",").map((item) => item.trim()).filter((item) => item.length > 0);
+  const entries = raw
+    .split(",")
+    .map((item) => item.trim())
+    .filter((item) => item.length > 0);
   if (entries.some((item) => !item.includes("="))) return raw;
-  return Object.fromEntries(entries.map((item) => [item.slice(0, item.indexOf("=")).trim(), item.slice(item.indexOf("=") + 1).trim()]));
+  return Object.fromEntries(
+    entries.map((item) => [item.slice(0, item.indexOf("=")).trim(), item.slice(item.indexOf("=") + 1).trim()]),
+  );
 };
 /** Same rule as the protocol's moduleJobSchema.handler. */
-const handlerName = z.string().regex(/^[A-Za-z0-9._-]{1,128}$/, "a handler name is 1-128 letters, digits, '.', '_' and '-'");
+const handlerName = z
+  .string()
+  .regex(/^[A-Za-z0-9._-]{1,128}$/, "a handler name is 1-128 letters, digits, '.', '_' and '-'");
 
 /** "gpu,usb" → ["gpu", "usb"]; "none" → [] (an empty env var counts as unset). */
-const nameList = (raw: string) => (raw.trim().toLowerCase() === "none" ? [] : raw.split(",").map((item) => item.trim()).filter((item) => item.length > 0));
+const nameList = (raw: string) =>
+  raw.trim().toLowerCase() === "none"
+    ? []
+    : raw
+        .split(",")
+        .map((item) => item.trim())
+        .filter((item) => item.length > 0);
 
 function setting<T>(spec: Omit<SettingSpec<T>, "env"> & { env?: string }): SettingSpec<T> {
   const env = "RUNNER_" + spec.key.replace(/[A-Z]/g, (c) => "_" + c).toUpperCase();
@@ -55,7 +73,8 @@ export const SETTINGS = {
     schema: z.string().min(1),
     fromString: text,
     defaultValue: undefined,
-    defaultHelp: "per platform: $XDG_STATE_HOME/runner, ~/Library/Application Support/runner, %LOCALAPPDATA%\\runner; system dirs with --system",
+    defaultHelp:
+      "per platform: $XDG_STATE_HOME/runner, ~/Library/Application Support/runner, %LOCALAPPDATA%\\runner; system dirs with --system",
   }),
   system: setting<boolean>({
     key: "system",
@@ -133,7 +152,11 @@ export const SETTINGS = {
     flag: "--drain-timeout-ms",
     arg: "<ms>",
     help: "on SIGTERM, how long running jobs may take to finish before they are cancelled (a second signal cancels at once)",
-    schema: z.number().int().min(0).max(24 * 3600 * 1000),
+    schema: z
+      .number()
+      .int()
+      .min(0)
+      .max(24 * 3600 * 1000),
     fromString: int,
     defaultValue: 600_000,
   }),
@@ -151,7 +174,11 @@ export const SETTINGS = {
     flag: "--worker-max-rss-mb",
     arg: "<mb|off>",
     help: "soft memory limit: a worker whose RSS reaches it is replaced after its current job (0 or off: never)",
-    schema: z.number().int().min(0).max(1024 * 1024),
+    schema: z
+      .number()
+      .int()
+      .min(0)
+      .max(1024 * 1024),
     fromString: limit,
     defaultValue: 1024,
   }),
@@ -160,7 +187,11 @@ export const SETTINGS = {
     flag: "--worker-hard-rss-mb",
     arg: "<mb|off>",
     help: "hard memory ceiling: a worker whose RSS reaches it is killed mid-job and the job fails with worker_memory_limit (0 or off: never)",
-    schema: z.number().int().min(0).max(1024 * 1024),
+    schema: z
+      .number()
+      .int()
+      .min(0)
+      .max(1024 * 1024),
     fromString: limit,
     defaultValue: 2048,
   }),
@@ -179,7 +210,11 @@ export const SETTINGS = {
     flag: "--worker-max-age-s",
     arg: "<s|off>",
     help: "a worker older than this (less up to 10% jitter per worker) is replaced at its next job boundary (0 or off: never)",
-    schema: z.number().int().min(0).max(365 * 24 * 3600),
+    schema: z
+      .number()
+      .int()
+      .min(0)
+      .max(365 * 24 * 3600),
     fromString: limit,
     defaultValue: 3600,
   }),
@@ -197,7 +232,10 @@ export const SETTINGS = {
     flag: "--handlers",
     arg: "<name=path,...>",
     help: "module job handlers: the name a job may ask for, mapped to the absolute path of the module that handles it",
-    schema: z.record(handlerName, z.string().refine((file) => path.isAbsolute(file), "the module path must be absolute")),
+    schema: z.record(
+      handlerName,
+      z.string().refine((file) => path.isAbsolute(file), "the module path must be absolute"),
+    ),
     fromString: handlerList,
     defaultValue: {},
   }),
@@ -224,7 +262,11 @@ export const SETTINGS = {
     flag: "--device-scan-interval-ms",
     arg: "<ms>",
     help: "how often the device inventory is scanned while connected, unless the control plane's welcome says otherwise",
-    schema: z.number().int().min(1000).max(24 * 3600 * 1000),
+    schema: z
+      .number()
+      .int()
+      .min(1000)
+      .max(24 * 3600 * 1000),
     fromString: int,
     defaultValue: 60_000,
   }),
@@ -233,7 +275,11 @@ export const SETTINGS = {
     flag: "--device-refresh-ms",
     arg: "<ms>",
     help: "an unchanged device is re-sent once its last confirmed sync is this old, so the control plane's last-seen stays fresh (the welcome may say otherwise)",
-    schema: z.number().int().min(1000).max(7 * 24 * 3600 * 1000),
+    schema: z
+      .number()
+      .int()
+      .min(1000)
+      .max(7 * 24 * 3600 * 1000),
     fromString: int,
     defaultValue: 600_000,
   }),

@@ -17,12 +17,19 @@ export function checkControlPlaneUrl(raw: string, allowPlaintext: boolean): stri
   }
   if (url.username || url.password) throw new RunnerError("usage", "the control plane URL must not carry credentials");
   if (url.protocol !== "https:" && url.protocol !== "http:") {
-    throw new RunnerError("usage", `the control plane URL must start with https:// (or http:// on loopback), not ${url.protocol}//`);
+    throw new RunnerError(
+      "usage",
+      `the control plane URL must start with https:// (or http:// on loopback), not ${url.protocol}//`,
+    );
   }
   if (url.protocol === "http:" && !isLoopbackHost(url.hostname) && !allowPlaintext) {
-    throw new RunnerError("usage", `refusing plain http:// to ${url.hostname}: the credential would cross the network unencrypted`, {
-      hint: "use https://, or pass --insecure-plaintext if you really mean it",
-    });
+    throw new RunnerError(
+      "usage",
+      `refusing plain http:// to ${url.hostname}: the credential would cross the network unencrypted`,
+      {
+        hint: "use https://, or pass --insecure-plaintext if you really mean it",
+      },
+    );
   }
   return url.origin + url.pathname.replace(/\/+$/, "");
 }

@@ -57,24 +57,33 @@ export class AdminClient {
   /** Revokes the runner's credential; returns the runner as it is now. */
   async revokeRunner(id: string): Promise<RunnerView> {
     // The answers about one runner, `{ ok: true, runner }`, have the shape of verify's.
-    const answer = await this.request("POST", `/admin/runners/${encodeURIComponent(id)}/revoke`, verifyResponseSchema, {});
+    const answer = await this.request(
+      "POST",
+      `/admin/runners/${encodeURIComponent(id)}/revoke`,
+      verifyResponseSchema,
+      {},
+    );
     return answer.runner;
   }
 
   /** Pauses the runner (no new jobs; running ones go on); returns the runner as it is now. */
   async pauseRunner(id: string, reason?: string): Promise<RunnerView> {
     const body = reason === undefined ? {} : { reason };
-    return (await this.request("POST", `/admin/runners/${encodeURIComponent(id)}/pause`, verifyResponseSchema, body)).runner;
+    return (await this.request("POST", `/admin/runners/${encodeURIComponent(id)}/pause`, verifyResponseSchema, body))
+      .runner;
   }
 
   /** Lets a paused runner take jobs again; returns the runner as it is now. */
   async resumeRunner(id: string): Promise<RunnerView> {
-    return (await this.request("POST", `/admin/runners/${encodeURIComponent(id)}/resume`, verifyResponseSchema, {})).runner;
+    return (await this.request("POST", `/admin/runners/${encodeURIComponent(id)}/resume`, verifyResponseSchema, {}))
+      .runner;
   }
 
   /** Replaces the runner's registered labels, the ones jobs' requiredLabels are matched with. */
   async setRunnerLabels(id: string, labels: string[]): Promise<RunnerView> {
-    return (await this.request("PUT", `/admin/runners/${encodeURIComponent(id)}/labels`, verifyResponseSchema, { labels })).runner;
+    return (
+      await this.request("PUT", `/admin/runners/${encodeURIComponent(id)}/labels`, verifyResponseSchema, { labels })
+    ).runner;
   }
 
   async deleteRunner(id: string): Promise<void> {
@@ -104,16 +113,25 @@ export class AdminClient {
 
   /** One runner's devices, including those it removed (present: false, state offline). */
   async listRunnerDevices(runnerId: string): Promise<DeviceView[]> {
-    return (await this.request("GET", `/admin/runners/${encodeURIComponent(runnerId)}/devices`, listDevicesResponseSchema)).devices;
+    return (
+      await this.request("GET", `/admin/runners/${encodeURIComponent(runnerId)}/devices`, listDevicesResponseSchema)
+    ).devices;
   }
 
   /** Every runner's devices, optionally of one kind and/or one state. */
   async listDevices(filter: { kind?: string; state?: string } = {}): Promise<DeviceView[]> {
-    const query = new URLSearchParams(Object.entries(filter).filter((entry): entry is [string, string] => entry[1] !== undefined)).toString();
+    const query = new URLSearchParams(
+      Object.entries(filter).filter((entry): entry is [string, string] => entry[1] !== undefined),
+    ).toString();
     return (await this.request("GET", `/admin/devices${query ? `?${query}` : ""}`, listDevicesResponseSchema)).devices;
   }
 
-  private async request<S extends z.ZodTypeAny>(method: string, path: string, schema: S, body?: unknown): Promise<z.output<S>>;
+  private async request<S extends z.ZodTypeAny>(
+    method: string,
+    path: string,
+    schema: S,
+    body?: unknown,
+  ): Promise<z.output<S>>;
   private async request(method: string, path: string, schema: null, body?: unknown): Promise<undefined>;
   private async request(method: string, path: string, schema: z.ZodTypeAny | null, body?: unknown): Promise<unknown> {
     const url = this.baseUrl + path;
@@ -128,16 +146,23 @@ export class AdminClient {
         body: body === undefined ? undefined : JSON.stringify(body),
       });
     } catch (error) {
-      throw new RunnerError("control_plane_unavailable", `cannot reach the control plane at ${url}: ${describeCause(error)}`, {
-        cause: error,
-      });
+      throw new RunnerError(
+        "control_plane_unavailable",
+        `cannot reach the control plane at ${url}: ${describeCause(error)}`,
+        {
+          cause: error,
+        },
+      );
     }
     const text = await response.text();
     if (!response.ok) throw toRequestError(method, path, response.status, text);
     if (schema === null) return undefined;
     const parsed = schema.safeParse(safeParseJson(text));
     if (!parsed.success) {
-      throw new RunnerError("control_plane_rejected", `${method} ${path}: unexpected answer from the control plane: ${parsed.error.message}`);
+      throw new RunnerError(
+        "control_plane_rejected",
+        `${method} ${path}: unexpected answer from the control plane: ${parsed.error.message}`,
+      );
     }
     return parsed.data;
   }

@@ -129,16 +129,22 @@ class ChannelEndpoint {
     const path = new URL(req.url ?? "/", "http://localhost").pathname;
     if (path !== CHANNEL_PATH) throw new HttpError(404, "not_found", `no such endpoint: ${path}`);
     const bearer = parseBearer(req.headers.authorization);
-    if (bearer === undefined) throw new HttpError(401, "unauthorized", "missing or malformed header: Authorization: Bearer <credential>");
+    if (bearer === undefined)
+      throw new HttpError(401, "unauthorized", "missing or malformed header: Authorization: Bearer <credential>");
     const runnerId = runnerIdSchema.safeParse(header(req, RUNNER_ID_HEADER));
     if (!runnerId.success) throw new HttpError(400, "bad_request", `header ${RUNNER_ID_HEADER}: a runner id (rnr_...)`);
     const protocol = header(req, PROTOCOL_HEADER) ?? "";
-    if (!/^\d{1,9}$/.test(protocol)) throw new HttpError(400, "bad_request", `header ${PROTOCOL_HEADER}: the protocol version, an integer`);
+    if (!/^\d{1,9}$/.test(protocol))
+      throw new HttpError(400, "bad_request", `header ${PROTOCOL_HEADER}: the protocol version, an integer`);
     const agentVersion = header(req, AGENT_VERSION_HEADER) ?? "";
     if (agentVersion.length === 0 || agentVersion.length > 64) {
       throw new HttpError(400, "bad_request", `header ${AGENT_VERSION_HEADER}: the agent version, 1-64 characters`);
     }
-    return authenticateRunner(this.context, bearer, { protocolVersion: Number(protocol), agentVersion, runnerId: runnerId.data });
+    return authenticateRunner(this.context, bearer, {
+      protocolVersion: Number(protocol),
+      agentVersion,
+      runnerId: runnerId.data,
+    });
   }
 
   /** Answers the upgrade request with a plain HTTP error (the protocol's JSON body) and drops the socket. */
@@ -161,7 +167,14 @@ class ChannelEndpoint {
 
   private open(ws: WebSocket, runner: RunnerRecord): void {
     const now = performance.now();
-    const connection: Connection = { ws, runner, state: "awaiting_hello", link: undefined, connectedAt: now, lastHeardAt: now };
+    const connection: Connection = {
+      ws,
+      runner,
+      state: "awaiting_hello",
+      link: undefined,
+      connectedAt: now,
+      lastHeardAt: now,
+    };
     const previous = this.connections.get(runner.id);
     this.connections.set(runner.id, connection);
     if (previous) {
@@ -222,7 +235,10 @@ class ChannelEndpoint {
     const now = performance.now();
     for (const connection of this.connections.values()) {
       if (now - connection.lastHeardAt > this.idleLimitMs) {
-        this.context.logger.warn({ runnerId: connection.runner.id, silentMs: Math.round(now - connection.lastHeardAt) }, "runner silent (no frame, no ping): connection terminated");
+        this.context.logger.warn(
+          { runnerId: connection.runner.id, silentMs: Math.round(now - connection.lastHeardAt) },
+          "runner silent (no frame, no ping): connection terminated",
+        );
         this.unlink(connection);
         // A peer that went quiet may be gone: no closing handshake to wait for.
         connection.ws.terminate();
@@ -259,14 +275,18 @@ class ChannelEndpoint {
   private receive(connection: Connection, data: RawData, isBinary: boolean): void {
     this.hear(connection);
     if (connection.state === "closing") return;
-    if (isBinary) return this.refuseFrame(connection, "binary_frame", "binary frames are not part of the protocol; send JSON text");
+    if (isBinary)
+      return this.refuseFrame(connection, "binary_frame", "binary frames are not part of the protocol; send JSON text");
     const text = toText(data);
     const decoded = decodeRunnerMessage(text);
     const link = connection.link;
     if (!decoded.ok && decoded.problem === "invalid" && link) {
       // "invalid" means JSON of a known type: parsing it again cannot throw.
       const raw = JSON.parse(text) as unknown;
-      if (typeOf(raw) === "devices") return this.handle(connection, "devices", () => this.answerInvalidDevices(connection, link, raw, decoded.detail));
+      if (typeOf(raw) === "devices")
+        return this.handle(connection, "devices", () =>
+          this.answerInvalidDevices(connection, link, raw, decoded.detail),
+        );
     }
     if (!decoded.ok) return this.refuseFrame(connection, decoded.problem, decoded.detail);
     const message = decoded.message;
@@ -286,7 +306,11 @@ class ChannelEndpoint {
       handler();
     } catch (error) {
       this.context.logger.error({ err: error, runnerId: connection.runner.id, type }, "channel message failed");
-      this.send(connection, { type: "error", code: "internal", message: `the control plane failed to handle ${type}; see its log` });
+      this.send(connection, {
+        type: "error",
+        code: "internal",
+        message: `the control plane failed to handle ${type}; see its log`,
+      });
     }
   }
 
@@ -302,7 +326,8 @@ class ChannelEndpoint {
 
   /** A `devices` frame that failed validation gets an answer that ends the runner's sync (never `error` alone when it can be addressed). */
   private answerInvalidDevices(connection: Connection, link: RunnerLink, raw: unknown, detail: string): void {
-    for (const answer of this.context.devices.answerInvalidBatch(link.runnerId, raw, detail)) this.send(connection, answer);
+    for (const answer of this.context.devices.answerInvalidBatch(link.runnerId, raw, detail))
+      this.send(connection, answer);
   }
 
   private welcome(connection: Connection, hello: Hello): void {
@@ -313,10 +338,18 @@ class ChannelEndpoint {
       return this.closeConnection(connection, code, reason);
     }
     if (hello.runnerId !== runner.id) {
-      return this.closeConnection(connection, CLOSE_CODES.policyViolation, `hello.runnerId does not match ${RUNNER_ID_HEADER}`);
+      return this.closeConnection(
+        connection,
+        CLOSE_CODES.policyViolation,
+        `hello.runnerId does not match ${RUNNER_ID_HEADER}`,
+      );
     }
     if (!SUPPORTED_PROTOCOL_VERSIONS.includes(hello.protocolVersion)) {
-      return this.closeConnection(connection, CLOSE_CODES.policyViolation, `protocol version ${hello.protocolVersion} is not supported`);
+      return this.closeConnection(
+        connection,
+        CLOSE_CODES.policyViolation,
+        `protocol version ${hello.protocolVersion} is not supported`,
+      );
     }
     const link: RunnerLink = {
       runnerId: runner.id,
@@ -345,10 +378,18 @@ class ChannelEndpoint {
       paused: link.paused,
     });
     for (const cancel of cancels) this.send(connection, cancel);
-    if (hello.labels !== undefined && !sameLabels(hello.labels, runner.labels)) this.ignoreHelloLabels(connection, hello.labels, runner.labels);
+    if (hello.labels !== undefined && !sameLabels(hello.labels, runner.labels))
+      this.ignoreHelloLabels(connection, hello.labels, runner.labels);
     this.context.queue.connect(link);
     this.context.logger.info(
-      { runnerId: runner.id, capacity: hello.capacity, running: hello.running.length, pendingResults: hello.pendingResults.length, fenced: fenced.length, paused: link.paused },
+      {
+        runnerId: runner.id,
+        capacity: hello.capacity,
+        running: hello.running.length,
+        pendingResults: hello.pendingResults.length,
+        fenced: fenced.length,
+        paused: link.paused,
+      },
       "runner said hello",
     );
     this.emitRunnerEvent({ runnerId: runner.id, event: "connected" });
@@ -373,7 +414,11 @@ class ChannelEndpoint {
     const queue = this.context.queue;
     switch (message.type) {
       case "hello":
-        return this.send(connection, { type: "error", code: "unexpected_hello", message: "hello was already received on this connection" });
+        return this.send(connection, {
+          type: "error",
+          code: "unexpected_hello",
+          message: "hello was already received on this connection",
+        });
       case "ready":
         return queue.grantCredits(link, message.slots);
       case "accept":
@@ -402,7 +447,11 @@ class ChannelEndpoint {
   private send(connection: Connection, message: ControlMessage): void {
     if (connection.ws.readyState !== WebSocket.OPEN) return;
     connection.ws.send(encode(message), (error) => {
-      if (error) this.context.logger.debug({ runnerId: connection.runner.id, type: message.type, err: error }, "channel send failed");
+      if (error)
+        this.context.logger.debug(
+          { runnerId: connection.runner.id, type: message.type, err: error },
+          "channel send failed",
+        );
     });
   }
 
@@ -416,7 +465,11 @@ class ChannelEndpoint {
  * error body, as RFC 6455 §4.2.1 asks of a server given a request that is not a handshake.
  */
 export function refusePlainChannelRequest(): never {
-  throw new HttpError(400, "bad_request", `${CHANNEL_PATH} is the runner channel: a WebSocket endpoint (send GET with Upgrade: websocket, RFC 6455)`);
+  throw new HttpError(
+    400,
+    "bad_request",
+    `${CHANNEL_PATH} is the runner channel: a WebSocket endpoint (send GET with Upgrade: websocket, RFC 6455)`,
+  );
 }
 
 function sameLabels(a: readonly string[], b: readonly string[]): boolean {

@@ -8,7 +8,8 @@ import { HttpError, reply, type Reply, type RouteRequest } from "./http-router.j
 export function listRunnerDevices(request: RouteRequest, context: Context): Reply {
   const id = runnerIdSchema.safeParse(request.params.id);
   if (!id.success) throw new HttpError(400, "bad_request", "id: a runner id (rnr_...)");
-  if (!context.store.findRunner(id.data)) throw new HttpError(404, "runner_not_found", `runner ${id.data} does not exist`);
+  if (!context.store.findRunner(id.data))
+    throw new HttpError(404, "runner_not_found", `runner ${id.data} does not exist`);
   const devices = context.store.devices.list({ runnerId: id.data });
   return reply(listDevicesResponseSchema, 200, { devices: devices.map((device) => toDeviceView(device, context)) });
 }
@@ -21,7 +22,11 @@ export function listDevices(request: RouteRequest, context: Context): Reply {
   return reply(listDevicesResponseSchema, 200, { devices: devices.map((device) => toDeviceView(device, context)) });
 }
 
-function optionalQuery<T>(request: RouteRequest, name: string, parse: (raw: string) => { success: true; data: T } | { success: false }): T | undefined {
+function optionalQuery<T>(
+  request: RouteRequest,
+  name: string,
+  parse: (raw: string) => { success: true; data: T } | { success: false },
+): T | undefined {
   const raw = request.query.get(name);
   if (raw === null) return undefined;
   const parsed = parse(raw);

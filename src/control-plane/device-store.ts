@@ -60,7 +60,9 @@ export class DeviceStore {
 
   /** The count and digest (protocol/devices.ts digestOf) of the runner's present devices. */
   summarize(runnerId: string): { count: number; digest: string } {
-    const rows = this.statement(`SELECT device_id, fingerprint FROM devices WHERE runner_id = ? AND ${PRESENT} ORDER BY device_id`).all(runnerId) as {
+    const rows = this.statement(
+      `SELECT device_id, fingerprint FROM devices WHERE runner_id = ? AND ${PRESENT} ORDER BY device_id`,
+    ).all(runnerId) as {
       device_id: string;
       fingerprint: string;
     }[];
@@ -69,7 +71,10 @@ export class DeviceStore {
 
   /** A summary that matched confirms every present device as seen now. */
   touchPresent(runnerId: string, now: Date): void {
-    this.statement(`UPDATE devices SET last_seen_at = ? WHERE runner_id = ? AND ${PRESENT}`).run(now.getTime(), runnerId);
+    this.statement(`UPDATE devices SET last_seen_at = ? WHERE runner_id = ? AND ${PRESENT}`).run(
+      now.getTime(),
+      runnerId,
+    );
   }
 
   applyBatch(runnerId: string, batch: DevicesBatchMessage, now: Date): AppliedBatch {
@@ -99,7 +104,9 @@ export class DeviceStore {
           now: at,
         });
       }
-      const remove = this.statement(`UPDATE devices SET ${MARK_GONE} WHERE runner_id = @runnerId AND device_id = @id AND ${PRESENT}`);
+      const remove = this.statement(
+        `UPDATE devices SET ${MARK_GONE} WHERE runner_id = @runnerId AND device_id = @id AND ${PRESENT}`,
+      );
       let removed = 0;
       for (const id of batch.removals) removed += remove.run({ runnerId, id, now: at }).changes;
       let missing = 0;

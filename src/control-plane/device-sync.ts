@@ -50,7 +50,15 @@ export class DeviceSyncEndpoint {
     const { store, now, logger } = this.options;
     const stored = store.summarize(runnerId);
     const matched = stored.count === summary.count && stored.digest === summary.digest;
-    this.emit({ runnerId, type: "devices_summary", batchId: summary.batchId, matched, upserts: 0, removals: 0, missing: 0 });
+    this.emit({
+      runnerId,
+      type: "devices_summary",
+      batchId: summary.batchId,
+      matched,
+      upserts: 0,
+      removals: 0,
+      missing: 0,
+    });
     if (matched) {
       store.touchPresent(runnerId, now());
       return { type: "devices_ack", batchId: summary.batchId };
@@ -59,15 +67,29 @@ export class DeviceSyncEndpoint {
       stored.count === 0 && summary.count > 0
         ? "the control plane has no devices for this runner"
         : `the control plane holds ${stored.count} device(s) with another digest than the runner's ${summary.count}`;
-    logger.info({ runnerId, stored: stored.count, reported: summary.count }, `device summary mismatch: asking for a full snapshot (${reason})`);
+    logger.info(
+      { runnerId, stored: stored.count, reported: summary.count },
+      `device summary mismatch: asking for a full snapshot (${reason})`,
+    );
     return { type: "devices_resync", batchId: summary.batchId, reason };
   }
 
   /** Applies a batch (idempotently) and acknowledges it. */
   applyBatch(runnerId: string, batch: DevicesBatchMessage): ControlMessage {
     const applied = this.options.store.applyBatch(runnerId, batch, this.options.now());
-    this.emit({ runnerId, type: "devices", batchId: batch.batchId, upserts: batch.upserts.length, removals: batch.removals.length, missing: applied.missing });
-    if (applied.missing > 0) this.options.logger.info({ runnerId, devices: applied.missing }, "devices missing from the runner's full snapshot marked offline");
+    this.emit({
+      runnerId,
+      type: "devices",
+      batchId: batch.batchId,
+      upserts: batch.upserts.length,
+      removals: batch.removals.length,
+      missing: applied.missing,
+    });
+    if (applied.missing > 0)
+      this.options.logger.info(
+        { runnerId, devices: applied.missing },
+        "devices missing from the runner's full snapshot marked offline",
+      );
     if (applied.upserted + applied.removed + applied.missing > 0) this.options.devicesChanged();
     return { type: "devices_ack", batchId: batch.batchId };
   }
@@ -90,16 +112,31 @@ export class DeviceSyncEndpoint {
     const invalid: ControlMessage = { type: "error", code: "invalid", message: capped(detail) };
     if (!batchId.success) return [invalid];
     if (fields.snapshotId === undefined) {
-      logger.warn({ runnerId, batchId: batchId.data, detail: capped(detail) }, "invalid device batch: asking for a full snapshot");
-      return [{ type: "devices_resync", batchId: batchId.data, reason: capped(`devices batch ${batchId.data} failed validation (${detail}); send a full snapshot`) }];
+      logger.warn(
+        { runnerId, batchId: batchId.data, detail: capped(detail) },
+        "invalid device batch: asking for a full snapshot",
+      );
+      return [
+        {
+          type: "devices_resync",
+          batchId: batchId.data,
+          reason: capped(`devices batch ${batchId.data} failed validation (${detail}); send a full snapshot`),
+        },
+      ];
     }
     const envelope = devicesBatchEnvelopeSchema.safeParse(raw);
     if (!envelope.success) {
-      logger.warn({ runnerId, batchId: batchId.data, detail: capped(detail) }, "invalid device snapshot batch: nothing applied");
+      logger.warn(
+        { runnerId, batchId: batchId.data, detail: capped(detail) },
+        "invalid device snapshot batch: nothing applied",
+      );
       return [invalid];
     }
     const { upserts, removals, dropped } = checkRows(envelope.data.upserts, envelope.data.removals);
-    logger.warn({ runnerId, batchId: batchId.data, dropped: dropped.length, rows: capped(dropped.join("; ")) }, "invalid rows of a device snapshot batch dropped; the rest applied");
+    logger.warn(
+      { runnerId, batchId: batchId.data, dropped: dropped.length, rows: capped(dropped.join("; ")) },
+      "invalid rows of a device snapshot batch dropped; the rest applied",
+    );
     const ack = this.applyBatch(runnerId, { ...envelope.data, upserts, removals });
     const message = `devices batch ${batchId.data}: ${dropped.length} invalid row(s) dropped, the rest applied: ${dropped.join("; ")}`;
     return [{ type: "error", code: "device_rows_dropped", message: capped(message) }, ack];
@@ -111,7 +148,10 @@ export class DeviceSyncEndpoint {
 }
 
 /** Splits a batch's rows into the valid ones and a description of each invalid one. */
-function checkRows(rawUpserts: readonly unknown[], rawRemovals: readonly unknown[]): { upserts: Device[]; removals: string[]; dropped: string[] } {
+function checkRows(
+  rawUpserts: readonly unknown[],
+  rawRemovals: readonly unknown[],
+): { upserts: Device[]; removals: string[]; dropped: string[] } {
   const upserts: Device[] = [];
   const removals: string[] = [];
   const dropped: string[] = [];

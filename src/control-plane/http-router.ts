@@ -49,7 +49,10 @@ export class HttpError extends Error {
 type CompiledRoutes = readonly { route: Route; pattern: RegExp }[];
 
 /** Returns the request listener for a route table. */
-export function createRequestHandler(context: Context, routes: readonly Route[]): (req: http.IncomingMessage, res: http.ServerResponse) => void {
+export function createRequestHandler(
+  context: Context,
+  routes: readonly Route[],
+): (req: http.IncomingMessage, res: http.ServerResponse) => void {
   const compiled = routes.map((route) => ({ route, pattern: compilePath(route.path) }));
   return (req, res) => void handleRequest(context, compiled, req, res);
 }
@@ -63,7 +66,11 @@ function compilePath(path: string): RegExp {
   return new RegExp(`^${source}$`);
 }
 
-function matchRoute(routes: CompiledRoutes, method: string, path: string): { route: Route; params: Record<string, string> } {
+function matchRoute(
+  routes: CompiledRoutes,
+  method: string,
+  path: string,
+): { route: Route; params: Record<string, string> } {
   const allowed: string[] = [];
   for (const { route, pattern } of routes) {
     const match = pattern.exec(path);
@@ -73,9 +80,14 @@ function matchRoute(routes: CompiledRoutes, method: string, path: string): { rou
   }
   if (allowed.length === 0) throw new HttpError(404, "not_found", `no such endpoint: ${API_PREFIX}${path}`);
   // The protocol has no code of its own for 405; not_found says "no such endpoint for this method".
-  throw new HttpError(405, "not_found", `${method} is not allowed on ${API_PREFIX}${path} (allowed: ${allowed.join(", ")})`, {
-    allow: allowed.join(", "),
-  });
+  throw new HttpError(
+    405,
+    "not_found",
+    `${method} is not allowed on ${API_PREFIX}${path} (allowed: ${allowed.join(", ")})`,
+    {
+      allow: allowed.join(", "),
+    },
+  );
 }
 
 function decodeParams(raw: Record<string, string>): Record<string, string> {
@@ -86,7 +98,12 @@ function decodeParams(raw: Record<string, string>): Record<string, string> {
   }
 }
 
-async function handleRequest(context: Context, routes: CompiledRoutes, req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
+async function handleRequest(
+  context: Context,
+  routes: CompiledRoutes,
+  req: http.IncomingMessage,
+  res: http.ServerResponse,
+): Promise<void> {
   const started = performance.now();
   // Only the path is logged: never headers (Authorization), query values or bodies.
   const url = new URL(req.url ?? "/", "http://localhost");
@@ -102,7 +119,8 @@ async function handleRequest(context: Context, routes: CompiledRoutes, req: http
 }
 
 async function dispatch(context: Context, routes: CompiledRoutes, req: http.IncomingMessage, url: URL): Promise<Reply> {
-  if (!url.pathname.startsWith(API_PREFIX + "/")) throw new HttpError(404, "not_found", `no such endpoint: ${url.pathname}`);
+  if (!url.pathname.startsWith(API_PREFIX + "/"))
+    throw new HttpError(404, "not_found", `no such endpoint: ${url.pathname}`);
   const { route, params } = matchRoute(routes, req.method ?? "GET", url.pathname.slice(API_PREFIX.length));
   const bearer = authenticate(context, route.auth, req.headers.authorization);
   const body = route.method === "POST" || route.method === "PUT" ? await readJsonBody(req) : undefined;
@@ -198,12 +216,23 @@ function sendReply(res: http.ServerResponse, { status, body }: Reply): void {
 }
 
 /** The status and protocol error body for any thrown value (unexpected ones are logged, and become 500). */
-export function toErrorAnswer(context: Context, error: unknown): { status: number; body: ErrorBody; headers: Record<string, string> } {
+export function toErrorAnswer(
+  context: Context,
+  error: unknown,
+): { status: number; body: ErrorBody; headers: Record<string, string> } {
   if (error instanceof HttpError) {
-    return { status: error.status, body: { error: { code: error.code, message: error.message } }, headers: error.headers };
+    return {
+      status: error.status,
+      body: { error: { code: error.code, message: error.message } },
+      headers: error.headers,
+    };
   }
   context.logger.error({ err: error }, "request failed");
-  return { status: 500, body: { error: { code: "internal", message: "internal error; see the control plane's log" } }, headers: {} };
+  return {
+    status: 500,
+    body: { error: { code: "internal", message: "internal error; see the control plane's log" } },
+    headers: {},
+  };
 }
 
 function sendError(context: Context, res: http.ServerResponse, error: unknown): void {

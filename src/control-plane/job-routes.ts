@@ -31,7 +31,11 @@ export function submitJob(request: RouteRequest, context: Context): Reply {
   const frameBytes = Buffer.byteLength(encode(probe));
   if (frameBytes > context.maxFrameBytes) {
     // Refused now rather than never delivered: no runner could receive the assignment.
-    throw new HttpError(413, "payload_too_large", `job: its assign frame would be ${frameBytes} bytes, over the channel's limit of ${context.maxFrameBytes}`);
+    throw new HttpError(
+      413,
+      "payload_too_large",
+      `job: its assign frame would be ${frameBytes} bytes, over the channel's limit of ${context.maxFrameBytes}`,
+    );
   }
   const job = context.queue.submit({
     spec: body.job,
@@ -40,7 +44,10 @@ export function submitJob(request: RouteRequest, context: Context): Reply {
     requiredLabels: body.requiredLabels,
     requiredDevices: body.requiredDevices,
   });
-  context.logger.info({ jobId: job.id, kind: job.spec.kind, requiredLabels: job.requiredLabels, requiredDevices: job.requiredDevices }, "job submitted");
+  context.logger.info(
+    { jobId: job.id, kind: job.spec.kind, requiredLabels: job.requiredLabels, requiredDevices: job.requiredDevices },
+    "job submitted",
+  );
   // Dispatch ran inside submit: answer with the job as it is now (often already assigned).
   return reply(submitJobResponseSchema, 201, { job: toJobView(context.store.jobs.find(job.id) ?? job) });
 }
@@ -50,7 +57,8 @@ export function listJobs(request: RouteRequest, context: Context): Reply {
   let status;
   if (raw !== null) {
     const parsed = jobStatusSchema.safeParse(raw);
-    if (!parsed.success) throw new HttpError(400, "bad_request", `status: one of ${jobStatusSchema.options.join(", ")}`);
+    if (!parsed.success)
+      throw new HttpError(400, "bad_request", `status: one of ${jobStatusSchema.options.join(", ")}`);
     status = parsed.data;
   }
   return reply(listJobsResponseSchema, 200, { jobs: context.store.jobs.list(status).map(toJobView) });

@@ -133,7 +133,12 @@ export class JobStore {
     const rows = this.statement(
       `SELECT queue_position AS position, id, required_labels, required_devices FROM jobs
        WHERE status = 'queued' AND queue_position > ? ORDER BY queue_position LIMIT ?`,
-    ).all(afterPosition, limit) as { position: number; id: string; required_labels: string; required_devices: string }[];
+    ).all(afterPosition, limit) as {
+      position: number;
+      id: string;
+      required_labels: string;
+      required_devices: string;
+    }[];
     return rows.map((row) => ({
       position: row.position,
       id: row.id,
@@ -144,7 +149,9 @@ export class JobStore {
 
   /** Jobs the store has handed to this runner and not seen finish. */
   listActiveForRunner(runnerId: string): JobRecord[] {
-    const rows = this.statement(`SELECT * FROM jobs WHERE runner_id = ? AND ${ACTIVE} ORDER BY queue_position`).all(runnerId);
+    const rows = this.statement(`SELECT * FROM jobs WHERE runner_id = ? AND ${ACTIVE} ORDER BY queue_position`).all(
+      runnerId,
+    );
     return (rows as JobRow[]).map(toJobRecord);
   }
 
@@ -190,12 +197,9 @@ export class JobStore {
   /** The runner gave the job back (reject) or lost it: re-queue it (or cancel it, see RELEASE_SET). */
   release(ref: JobRef, runnerId: string, now: Date): JobRecord | undefined {
     return optionalRecord(
-      this.statement(`UPDATE jobs SET ${RELEASE_SET} WHERE id = ? AND attempt = ? AND runner_id = ? AND ${ACTIVE} RETURNING *`).get(
-        now.getTime(),
-        ref.jobId,
-        ref.attempt,
-        runnerId,
-      ),
+      this.statement(
+        `UPDATE jobs SET ${RELEASE_SET} WHERE id = ? AND attempt = ? AND runner_id = ? AND ${ACTIVE} RETURNING *`,
+      ).get(now.getTime(), ref.jobId, ref.attempt, runnerId),
     );
   }
 
@@ -203,12 +207,9 @@ export class JobStore {
   releaseExpired(ref: JobRef, now: Date): JobRecord | undefined {
     const at = now.getTime();
     return optionalRecord(
-      this.statement(`UPDATE jobs SET ${RELEASE_SET} WHERE id = ? AND attempt = ? AND lease_expires_at <= ? AND ${ACTIVE} RETURNING *`).get(
-        at,
-        ref.jobId,
-        ref.attempt,
-        at,
-      ),
+      this.statement(
+        `UPDATE jobs SET ${RELEASE_SET} WHERE id = ? AND attempt = ? AND lease_expires_at <= ? AND ${ACTIVE} RETURNING *`,
+      ).get(at, ref.jobId, ref.attempt, at),
     );
   }
 
@@ -224,8 +225,10 @@ export class JobStore {
 
   /** Extends the lease of every job the runner holds; returns how many. */
   renewLeases(runnerId: string, leaseExpiresAt: Date): number {
-    return this.statement(`UPDATE jobs SET lease_expires_at = ? WHERE runner_id = ? AND ${ACTIVE}`).run(leaseExpiresAt.getTime(), runnerId)
-      .changes;
+    return this.statement(`UPDATE jobs SET lease_expires_at = ? WHERE runner_id = ? AND ${ACTIVE}`).run(
+      leaseExpiresAt.getTime(),
+      runnerId,
+    ).changes;
   }
 
   /** Moves every active lease that ends earlier to `leaseExpiresAt`; returns how many. */
@@ -240,9 +243,18 @@ export class JobStore {
   requestCancel(id: string, now: Date): { job: JobRecord; change: CancelChange } | undefined {
     const cancel = this.db.transaction(() => {
       let change: CancelChange = "unchanged";
-      if (this.statement("UPDATE jobs SET status = 'cancelled', finished_at = ? WHERE id = ? AND status = 'queued'").run(now.getTime(), id).changes === 1) {
+      if (
+        this.statement("UPDATE jobs SET status = 'cancelled', finished_at = ? WHERE id = ? AND status = 'queued'").run(
+          now.getTime(),
+          id,
+        ).changes === 1
+      ) {
         change = "cancelled";
-      } else if (this.statement(`UPDATE jobs SET cancel_requested = 1 WHERE id = ? AND cancel_requested = 0 AND ${ACTIVE}`).run(id).changes === 1) {
+      } else if (
+        this.statement(`UPDATE jobs SET cancel_requested = 1 WHERE id = ? AND cancel_requested = 0 AND ${ACTIVE}`).run(
+          id,
+        ).changes === 1
+      ) {
         change = "requested";
       }
       const job = this.find(id);
@@ -265,7 +277,9 @@ export class JobStore {
   }
 
   listLogs(jobId: string): LogChunk[] {
-    return this.statement("SELECT attempt, seq, stream, data FROM job_logs WHERE job_id = ? ORDER BY attempt, seq").all(jobId) as LogChunk[];
+    return this.statement("SELECT attempt, seq, stream, data FROM job_logs WHERE job_id = ? ORDER BY attempt, seq").all(
+      jobId,
+    ) as LogChunk[];
   }
 }
 

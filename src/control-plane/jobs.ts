@@ -10,7 +10,8 @@ import type { Logger } from "../log/logger.js";
 import type { JobRecord, JobStore, NewJob } from "./job-store.js";
 import { generateAlphanumeric } from "./tokens.js";
 
-export type JobEventStatus = "submitted" | "assigned" | "accepted" | "started" | "result_applied" | "requeued" | "cancelled";
+export type JobEventStatus =
+  "submitted" | "assigned" | "accepted" | "started" | "result_applied" | "requeued" | "cancelled";
 
 /** Emitted as `"job"` on the control plane's `events` at each transition. */
 export interface JobEvent {
@@ -115,10 +116,14 @@ export class JobQueue {
     let lost = 0;
     for (const job of held.values()) {
       if (mentioned.has(job.id)) continue;
-      this.options.logger.warn({ runnerId: link.runnerId, jobId: job.id, attempt: job.attempt }, "runner lost a job it held: re-queued");
+      this.options.logger.warn(
+        { runnerId: link.runnerId, jobId: job.id, attempt: job.attempt },
+        "runner lost a job it held: re-queued",
+      );
       if (this.releaseJob({ jobId: job.id, attempt: job.attempt }, link.runnerId)) lost++;
     }
-    if (fenced.length > 0) this.options.logger.info({ runnerId: link.runnerId, fenced }, "runner reported jobs it no longer holds: fenced");
+    if (fenced.length > 0)
+      this.options.logger.info({ runnerId: link.runnerId, fenced }, "runner reported jobs it no longer holds: fenced");
     this.renewLeases(link, true);
     // Other runners may take the lost jobs now; this one has no credits before its `ready`.
     if (lost > 0) this.dispatch();
@@ -144,7 +149,10 @@ export class JobQueue {
   grantCredits(link: RunnerLink, slots: number): void {
     const granted = link.credits + slots;
     if (granted > link.capacity) {
-      this.options.logger.warn({ runnerId: link.runnerId, credits: granted, capacity: link.capacity }, "ready grants more than the capacity: capped");
+      this.options.logger.warn(
+        { runnerId: link.runnerId, credits: granted, capacity: link.capacity },
+        "ready grants more than the capacity: capped",
+      );
     }
     link.credits = Math.min(granted, link.capacity);
     this.dispatch();
@@ -197,13 +205,21 @@ export class JobQueue {
   /** At start-up, every active lease runs for a full leaseMs from now: runners need time to reconnect. */
   extendLeasesAfterStart(): void {
     const extended = this.options.store.extendActiveLeases(this.leaseExpiry());
-    if (extended > 0) this.options.logger.info({ jobs: extended, leaseMs: this.options.leaseMs }, "leases of active jobs extended for their runners to reconnect");
+    if (extended > 0)
+      this.options.logger.info(
+        { jobs: extended, leaseMs: this.options.leaseMs },
+        "leases of active jobs extended for their runners to reconnect",
+      );
   }
 
   // ---- submit and dispatch ----
 
   submit(input: Omit<NewJob, "id" | "submittedAt">): JobRecord {
-    const job = this.options.store.insert({ ...input, id: "job_" + generateAlphanumeric(24), submittedAt: this.options.now() });
+    const job = this.options.store.insert({
+      ...input,
+      id: "job_" + generateAlphanumeric(24),
+      submittedAt: this.options.now(),
+    });
     this.emit({ jobId: job.id, attempt: 0 }, "submitted");
     this.dispatch();
     return job;
@@ -230,14 +246,23 @@ export class JobQueue {
   }
 
   /** The eligible runner with the most credits; among equals, the one served longest ago. */
-  private pickRunner(jobId: string, requiredLabels: readonly string[], requiredDevices: readonly DeviceRequirement[]): RunnerLink | undefined {
+  private pickRunner(
+    jobId: string,
+    requiredLabels: readonly string[],
+    requiredDevices: readonly DeviceRequirement[],
+  ): RunnerLink | undefined {
     let best: RunnerLink | undefined;
     for (const link of this.runners.values()) {
       if (!takesJobs(link)) continue;
       if (!requiredLabels.every((label) => link.labels.has(label))) continue;
       if (this.isCoolingDown(jobId, link.runnerId)) continue;
       if (!this.hasDevices(link.runnerId, requiredDevices)) continue;
-      if (!best || link.credits > best.credits || (link.credits === best.credits && link.lastAssigned < best.lastAssigned)) best = link;
+      if (
+        !best ||
+        link.credits > best.credits ||
+        (link.credits === best.credits && link.lastAssigned < best.lastAssigned)
+      )
+        best = link;
     }
     return best;
   }
@@ -287,7 +312,11 @@ export class JobQueue {
   /** Stores a log chunk of the runner's current attempt; repeats and other attempts are dropped. */
   appendLog(link: RunnerLink, chunk: Extract<RunnerMessage, { type: "log" }>): void {
     const stored = this.options.store.insertLog(chunk, link.runnerId, chunk);
-    if (!stored) this.options.logger.debug({ runnerId: link.runnerId, jobId: chunk.jobId, attempt: chunk.attempt, seq: chunk.seq }, "log chunk dropped (repeat or stale attempt)");
+    if (!stored)
+      this.options.logger.debug(
+        { runnerId: link.runnerId, jobId: chunk.jobId, attempt: chunk.attempt, seq: chunk.seq },
+        "log chunk dropped (repeat or stale attempt)",
+      );
   }
 
   /** Applies a result at most once and always acknowledges it, so the runner can drop it. */
@@ -300,7 +329,13 @@ export class JobQueue {
     } else {
       const current = store.find(result.jobId);
       logger.info(
-        { runnerId: link.runnerId, jobId: result.jobId, attempt: result.attempt, currentAttempt: current?.attempt, status: current?.status },
+        {
+          runnerId: link.runnerId,
+          jobId: result.jobId,
+          attempt: result.attempt,
+          currentAttempt: current?.attempt,
+          status: current?.status,
+        },
         "result acknowledged without applying it: duplicate, stale attempt or unknown job",
       );
     }
@@ -312,7 +347,10 @@ export class JobQueue {
    * once per attempt (the fault suite counts these lines across control-plane restarts).
    */
   private logApplied(link: RunnerLink, result: JobResult): void {
-    this.options.logger.info({ runnerId: link.runnerId, jobId: result.jobId, attempt: result.attempt, outcome: result.outcome }, "result applied");
+    this.options.logger.info(
+      { runnerId: link.runnerId, jobId: result.jobId, attempt: result.attempt, outcome: result.outcome },
+      "result applied",
+    );
   }
 
   // ---- admin and reaper ----
@@ -338,7 +376,10 @@ export class JobQueue {
     for (const expired of store.listExpired(at)) {
       const job = store.releaseExpired(expired, at);
       if (!job) continue;
-      logger.warn({ jobId: job.id, attempt: expired.attempt, runnerId: expired.runnerId, status: job.status }, "job lease expired");
+      logger.warn(
+        { jobId: job.id, attempt: expired.attempt, runnerId: expired.runnerId, status: job.status },
+        "job lease expired",
+      );
       this.emit({ jobId: job.id, attempt: expired.attempt }, job.status === "cancelled" ? "cancelled" : "requeued");
       // Should the runner still be connected after all, it must stop this attempt.
       if (expired.runnerId !== null) this.runners.get(expired.runnerId)?.send(cancelMessage(expired, "lease expired"));
@@ -357,7 +398,10 @@ export class JobQueue {
 
   /** A runner spoke of an attempt it does not hold: tell it to stop that attempt. */
   private fence(link: RunnerLink, ref: JobRef, what: string): void {
-    this.options.logger.info({ runnerId: link.runnerId, ...ref, message: what }, "message about an attempt the runner does not hold: fenced");
+    this.options.logger.info(
+      { runnerId: link.runnerId, ...ref, message: what },
+      "message about an attempt the runner does not hold: fenced",
+    );
     link.send(cancelMessage(ref, "fenced: this attempt is no longer assigned to this runner"));
   }
 
@@ -365,7 +409,9 @@ export class JobQueue {
   private hasDevices(runnerId: string, requiredDevices: readonly DeviceRequirement[]): boolean {
     if (requiredDevices.length === 0) return true;
     const devices = this.options.devices;
-    return devices !== undefined && requiredDevices.every((requirement) => devices.hasOnlineDevice(runnerId, requirement));
+    return (
+      devices !== undefined && requiredDevices.every((requirement) => devices.hasOnlineDevice(runnerId, requirement))
+    );
   }
 
   private isCoolingDown(jobId: string, runnerId: string): boolean {

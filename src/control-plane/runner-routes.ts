@@ -85,10 +85,18 @@ export function registerRunner(request: RouteRequest, context: Context): Reply {
       );
     case "registered": {
       const { runner, replaced } = result;
-      context.logger.info({ runnerId: runner.id, name: runner.name, replaced: replaced?.id ?? null }, "runner registered");
+      context.logger.info(
+        { runnerId: runner.id, name: runner.name, replaced: replaced?.id ?? null },
+        "runner registered",
+      );
       // The replaced runner is deleted: its open channel must not get another job (nor its env).
       if (replaced) context.channel?.disconnectRunner(replaced.id, "replaced");
-      return reply(registerResponseSchema, 201, { runnerId: runner.id, credential, name: runner.name, labels: runner.labels });
+      return reply(registerResponseSchema, 201, {
+        runnerId: runner.id,
+        credential,
+        name: runner.name,
+        labels: runner.labels,
+      });
     }
   }
 }
@@ -109,7 +117,11 @@ export function authenticateRunner(
     throw new HttpError(401, "unauthorized", "the credential is not valid for this runner");
   }
   if (runner.revokedAt !== null) {
-    throw new HttpError(401, "credential_revoked", `the credential of runner ${runner.id} was revoked by an admin; register again`);
+    throw new HttpError(
+      401,
+      "credential_revoked",
+      `the credential of runner ${runner.id} was revoked by an admin; register again`,
+    );
   }
   return runner;
 }
@@ -226,7 +238,11 @@ function parseRunnerId(params: Record<string, string>): string {
 }
 
 function runnerNotFound(id: string): HttpError {
-  return new HttpError(404, "runner_not_found", `runner ${id} does not exist (it may have been deleted); register again`);
+  return new HttpError(
+    404,
+    "runner_not_found",
+    `runner ${id} does not exist (it may have been deleted); register again`,
+  );
 }
 
 function toRunnerView(runner: RunnerRecord): RunnerView {

@@ -87,8 +87,21 @@ export async function startControlPlane(options: ControlPlaneOptions = {}): Prom
     const events = new EventEmitter();
     // Benchmarks and tests may attach many listeners; none is a leak.
     events.setMaxListeners(0);
-    const queue = new JobQueue({ store: store.jobs, devices: store.devices, logger, now, leaseMs: timings.leaseMs, events });
-    const devices = new DeviceSyncEndpoint({ store: store.devices, events, logger, now, devicesChanged: () => queue.dispatch() });
+    const queue = new JobQueue({
+      store: store.jobs,
+      devices: store.devices,
+      logger,
+      now,
+      leaseMs: timings.leaseMs,
+      events,
+    });
+    const devices = new DeviceSyncEndpoint({
+      store: store.devices,
+      events,
+      logger,
+      now,
+      devicesChanged: () => queue.dispatch(),
+    });
     const context: Context = {
       store,
       queue,
@@ -116,7 +129,10 @@ export async function startControlPlane(options: ControlPlaneOptions = {}): Prom
 
 function normalizeTimings(options: ControlPlaneOptions): Timings {
   const timings: Partial<Timings> = {};
-  for (const [name, rule] of Object.entries(TIMING_DEFAULTS) as [keyof Timings, (typeof TIMING_DEFAULTS)[keyof Timings]][]) {
+  for (const [name, rule] of Object.entries(TIMING_DEFAULTS) as [
+    keyof Timings,
+    (typeof TIMING_DEFAULTS)[keyof Timings],
+  ][]) {
     const value = options[name] ?? rule.default;
     if (!Number.isInteger(value) || value < rule.min || value > rule.max) {
       throw new RunnerError("usage", `${name} must be an integer from ${rule.min} to ${rule.max}, not ${value}`);
@@ -171,7 +187,12 @@ function listen(server: http.Server, host: string, port: number): Promise<Addres
   });
 }
 
-function createCloser(parts: { httpServer: http.Server; store: ControlPlaneStore; channel: Channel; reaper: NodeJS.Timeout }): () => Promise<void> {
+function createCloser(parts: {
+  httpServer: http.Server;
+  store: ControlPlaneStore;
+  channel: Channel;
+  reaper: NodeJS.Timeout;
+}): () => Promise<void> {
   const { httpServer, store, channel, reaper } = parts;
   let closing: Promise<void> | undefined;
   return () => {

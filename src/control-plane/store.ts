@@ -191,9 +191,12 @@ export class ControlPlaneStore {
   // ---- registration tokens ----
 
   insertRegistrationToken(token: { id: string; tokenHash: string; createdAt: Date; expiresAt: Date }): void {
-    this.statement(
-      "INSERT INTO registration_tokens (id, token_hash, created_at, expires_at) VALUES (?, ?, ?, ?)",
-    ).run(token.id, token.tokenHash, token.createdAt.getTime(), token.expiresAt.getTime());
+    this.statement("INSERT INTO registration_tokens (id, token_hash, created_at, expires_at) VALUES (?, ?, ?, ?)").run(
+      token.id,
+      token.tokenHash,
+      token.createdAt.getTime(),
+      token.expiresAt.getTime(),
+    );
   }
 
   /**
@@ -211,7 +214,8 @@ export class ControlPlaneStore {
       ).get(input.tokenHash, now) as { id: string } | undefined;
       if (!token) return { outcome: "token_invalid" };
 
-      const existing = this.statement("SELECT * FROM runners WHERE name = ?").get(input.runner.name) as RunnerRow | undefined;
+      const existing = this.statement("SELECT * FROM runners WHERE name = ?").get(input.runner.name) as
+        RunnerRow | undefined;
       if (existing && !input.replace) return { outcome: "name_taken" };
 
       const consumed = this.statement(
@@ -255,7 +259,11 @@ export class ControlPlaneStore {
 
   /** Binds the runner to new host facts (and marks it seen); undefined if it is gone. */
   rebindRunnerHost(id: string, host: HostFacts, now: Date): RunnerRecord | undefined {
-    this.statement("UPDATE runners SET host = ?, last_seen_at = ? WHERE id = ?").run(JSON.stringify(host), now.getTime(), id);
+    this.statement("UPDATE runners SET host = ?, last_seen_at = ? WHERE id = ?").run(
+      JSON.stringify(host),
+      now.getTime(),
+      id,
+    );
     return this.findRunner(id);
   }
 
@@ -268,7 +276,11 @@ export class ControlPlaneStore {
   /** Pauses the runner (keeping the first pause time; the reason is the latest), or resumes it with `null`. */
   setRunnerPaused(id: string, pause: { reason: string; at: Date } | null): RunnerRecord | undefined {
     if (pause) {
-      this.statement("UPDATE runners SET paused_at = COALESCE(paused_at, ?), pause_reason = ? WHERE id = ?").run(pause.at.getTime(), pause.reason, id);
+      this.statement("UPDATE runners SET paused_at = COALESCE(paused_at, ?), pause_reason = ? WHERE id = ?").run(
+        pause.at.getTime(),
+        pause.reason,
+        id,
+      );
     } else {
       this.statement("UPDATE runners SET paused_at = NULL, pause_reason = NULL WHERE id = ?").run(id);
     }

@@ -13,7 +13,10 @@ export class FileCredentialStore implements CredentialStore {
       const text = await readStateFile(this.location);
       return text === null ? { kind: "missing" } : parseStoredCredential(text);
     } catch (error) {
-      return { kind: "unavailable", reason: `cannot read ${this.location}: ${(error as NodeJS.ErrnoException).code ?? "error"}` };
+      return {
+        kind: "unavailable",
+        reason: `cannot read ${this.location}: ${(error as NodeJS.ErrnoException).code ?? "error"}`,
+      };
     }
   }
 

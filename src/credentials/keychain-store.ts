@@ -59,7 +59,9 @@ export class KeychainCredentialStore implements CredentialStore {
   private async call<T>(fn: (entry: AsyncEntry, signal: AbortSignal) => Promise<T>): Promise<T> {
     // The native module is loaded on first use: a runner using the file store never loads it.
     // Creating the entry throws when there is no session bus; every call then reports that.
-    this.entry ??= import("@napi-rs/keyring").then(({ AsyncEntry }) => new AsyncEntry(KEYCHAIN_SERVICE, this.account, { linux: { store: "secret-service" } }));
+    this.entry ??= import("@napi-rs/keyring").then(
+      ({ AsyncEntry }) => new AsyncEntry(KEYCHAIN_SERVICE, this.account, { linux: { store: "secret-service" } }),
+    );
     const signal = AbortSignal.timeout(CALL_TIMEOUT_MS);
     return await fn(await this.entry, signal);
   }
@@ -76,7 +78,8 @@ function reasonOf(error: unknown): string {
     return `the ${keychainName()} is not usable: there is no D-Bus session bus (DBUS_SESSION_BUS_ADDRESS is not set)`;
   }
   const message = error instanceof Error ? error.message : String(error);
-  if (/timed? ?out|abort/i.test(message)) return `the ${keychainName()} did not answer within ${CALL_TIMEOUT_MS / 1000} s`;
+  if (/timed? ?out|abort/i.test(message))
+    return `the ${keychainName()} did not answer within ${CALL_TIMEOUT_MS / 1000} s`;
   return `the ${keychainName()} is not usable: ${message}`;
 }
 

@@ -13,8 +13,13 @@ export interface StoreChoice {
   why: string;
 }
 
-export function openStore(kind: CredentialStoreKind, paths: { stateDir: string; credentialFile: string }): CredentialStore {
-  return kind === "keychain" ? new KeychainCredentialStore(paths.stateDir) : new FileCredentialStore(paths.credentialFile);
+export function openStore(
+  kind: CredentialStoreKind,
+  paths: { stateDir: string; credentialFile: string },
+): CredentialStore {
+  return kind === "keychain"
+    ? new KeychainCredentialStore(paths.stateDir)
+    : new FileCredentialStore(paths.credentialFile);
 }
 
 export async function chooseStore(
@@ -31,6 +36,7 @@ export async function chooseStore(
     }
     return { store: openStore("keychain", paths), why: "credential store set to keychain" };
   }
-  if (probe.usable) return { store: openStore("keychain", paths), why: "the OS keychain works, so it holds the credential" };
+  if (probe.usable)
+    return { store: openStore("keychain", paths), why: "the OS keychain works, so it holds the credential" };
   return { store: openStore("file", paths), why: `using a 0600 file because ${probe.reason}` };
 }

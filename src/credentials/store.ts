@@ -38,5 +38,7 @@ export function parseStoredCredential(text: string): CredentialRead {
   }
   const result = storedCredentialSchema.safeParse(parsed);
   // The reason must not quote the value: it is a secret.
-  return result.success ? { kind: "ok", value: result.data } : { kind: "invalid", reason: "the stored credential has the wrong shape" };
+  return result.success
+    ? { kind: "ok", value: result.data }
+    : { kind: "invalid", reason: "the stored credential has the wrong shape" };
 }

@@ -44,11 +44,13 @@ export async function runDaemon(options: DaemonOptions): Promise<number> {
   // `runner start` holds the lock: half-written files here are a killed daemon's debris.
   for (const dir of [files.outbox, journal.dir]) {
     const removed = await removeInterruptedWrites(dir);
-    if (removed.length > 0) logger.info({ dir, files: removed }, "removed the temp files of writes a killed runner left unfinished");
+    if (removed.length > 0)
+      logger.info({ dir, files: removed }, "removed the temp files of writes a killed runner left unfinished");
   }
 
   const held = await outbox.list();
-  for (const bad of held.setAside) logger.error({ file: bad.file, reason: bad.reason }, "set aside a damaged result file in the outbox");
+  for (const bad of held.setAside)
+    logger.error({ file: bad.file, reason: bad.reason }, "set aside a damaged result file in the outbox");
   const pending = [...held.results, ...(await recoverAfterCrash(journal, outbox, held.results, logger))];
 
   const config: MachineConfig = {
@@ -65,16 +67,20 @@ export async function runDaemon(options: DaemonOptions): Promise<number> {
   const pool = await createPoolFromSettings({ ...options.pool, capacity: options.capacity }, logger);
   const host = new JobHost(pool, journal, outbox, logger, (input) => driver.input(input));
   const deviceSync = createDeviceSync({ stateDir: files.stateDir, settings: options.devices, logger });
-  const driver = new ChannelDriver(config, { pending }, {
-    url,
-    credential: options.credential,
-    // What the runner accepts; what it sends follows the welcome's maxFrameBytes.
-    maxFrameBytes: DEFAULT_MAX_FRAME_BYTES,
-    logger,
-    ports: host,
-    companions: [deviceSync.companion],
-    onBackpressure: (slow) => (slow ? pool.pauseOutput() : pool.resumeOutput()),
-  });
+  const driver = new ChannelDriver(
+    config,
+    { pending },
+    {
+      url,
+      credential: options.credential,
+      // What the runner accepts; what it sends follows the welcome's maxFrameBytes.
+      maxFrameBytes: DEFAULT_MAX_FRAME_BYTES,
+      logger,
+      ports: host,
+      companions: [deviceSync.companion],
+      onBackpressure: (slow) => (slow ? pool.pauseOutput() : pool.resumeOutput()),
+    },
+  );
 
   let signals = 0;
   const onSignal = (signal: NodeJS.Signals) => {
@@ -87,7 +93,10 @@ export async function runDaemon(options: DaemonOptions): Promise<number> {
   process.on("SIGTERM", onSignal);
   process.on("SIGINT", onSignal);
   process.on("SIGUSR2", onRescan);
-  logger.info({ url, runnerId: registration.runnerId, capacity: options.capacity, heldResults: pending.length }, "runner started");
+  logger.info(
+    { url, runnerId: registration.runnerId, capacity: options.capacity, heldResults: pending.length },
+    "runner started",
+  );
   try {
     const exit = await driver.start();
     // Stopping for a reason other than a drain (a revoked credential, say) may leave jobs running.
@@ -107,7 +116,12 @@ export async function runDaemon(options: DaemonOptions): Promise<number> {
  * cleared, so a crash in between repeats this step instead of losing a result; and a job whose
  * real result reached the outbox before the crash keeps it.
  */
-async function recoverAfterCrash(journal: JobJournal, outbox: Outbox, held: JobResult[], logger: Logger): Promise<JobResult[]> {
+async function recoverAfterCrash(
+  journal: JobJournal,
+  outbox: Outbox,
+  held: JobResult[],
+  logger: Logger,
+): Promise<JobResult[]> {
   const { results, killed, setAside } = await recoverOrphans(journal, new Date());
   for (const bad of setAside) logger.error(bad, "set aside a damaged file in the running-jobs journal");
   for (const orphan of killed) logger.warn(orphan, "killed the process tree of a job orphaned by an earlier crash");
@@ -115,7 +129,11 @@ async function recoverAfterCrash(journal: JobJournal, outbox: Outbox, held: JobR
   const added = results.filter((r) => !heldKeys.has(keyOf(r)));
   for (const result of added) await outbox.put(result);
   for (const result of results) await journal.remove(result);
-  if (added.length > 0) logger.warn({ jobs: added.map((r) => r.jobId) }, `reported ${added.length} orphaned job(s) as failed: agent restarted`);
+  if (added.length > 0)
+    logger.warn(
+      { jobs: added.map((r) => r.jobId) },
+      `reported ${added.length} orphaned job(s) as failed: agent restarted`,
+    );
   return added;
 }
 

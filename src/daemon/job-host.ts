@@ -31,7 +31,8 @@ export class JobHost implements DriverPorts {
     const ref = { jobId: assignment.jobId, attempt: assignment.attempt };
     // Journal writes are synchronous (no fsync, see the journal): ~0.1 ms each, where an async
     // write's threadpool hops measured ~0.5 ms on the path from assignment to start.
-    const recordAssigned = () => this.journal.recordNow({ ...ref, pid: null, pgid: null, processStartTime: null, startedAt: null });
+    const recordAssigned = () =>
+      this.journal.recordNow({ ...ref, pid: null, pgid: null, processStartTime: null, startedAt: null });
     // A command job's process group must be in the journal before it can exist. A module job
     // runs inside its worker, which stops it and exits when the daemon goes: it is handed to
     // the worker first and journalled while the worker starts it (a crash in between only
@@ -40,17 +41,25 @@ export class JobHost implements DriverPorts {
     const kind = assignment.job.kind;
     const hooks: JobHooks = {
       onStarted: ({ pid, startedAt }) => {
-        this.logger.info({ jobId: ref.jobId, attempt: ref.attempt, kind, jobPid: pid }, `job ${ref.jobId} attempt ${ref.attempt} started (${kind}, pid ${pid})`);
+        this.logger.info(
+          { jobId: ref.jobId, attempt: ref.attempt, kind, jobPid: pid },
+          `job ${ref.jobId} attempt ${ref.attempt} started (${kind}, pid ${pid})`,
+        );
         this.feed({ type: "job_started", ref, startedAt });
         // A command job's worker has already written its pid (and, on Linux, its start time) to
         // the journal before reporting it: nothing to do here on the hot path. A module job's
         // process is its worker, recorded here with no await in between.
         if (kind === "module") this.journal.recordNow({ ...ref, pid, pgid: pid, processStartTime: null, startedAt });
-        if (kind === "module" || process.platform !== "linux") this.pidWrites.set(keyOf(ref), this.recordStartTime(ref, pid, startedAt));
+        if (kind === "module" || process.platform !== "linux")
+          this.pidWrites.set(keyOf(ref), this.recordStartTime(ref, pid, startedAt));
       },
       onLog: ({ stream, data }) => this.feed({ type: "job_output", ref, stream, data }),
     };
-    const job = this.pool.start(assignment, hooks, kind === "command" ? { journalFile: this.journal.fileFor(ref) } : {});
+    const job = this.pool.start(
+      assignment,
+      hooks,
+      kind === "command" ? { journalFile: this.journal.fileFor(ref) } : {},
+    );
     if (assignment.job.kind === "module") recordAssigned();
     this.running.set(keyOf(ref), job);
     // On a later turn: a job refused at once (an invalid job, an unknown handler) is done before

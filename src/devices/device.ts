@@ -53,7 +53,11 @@ export function normalizeId(id: string): string {
 }
 
 function normalizeKind(kind: string): string {
-  const cleaned = kind.trim().toLowerCase().replace(/[^a-z0-9._-]/g, "-").replace(/^[^a-z0-9]+/, "");
+  const cleaned = kind
+    .trim()
+    .toLowerCase()
+    .replace(/[^a-z0-9._-]/g, "-")
+    .replace(/^[^a-z0-9]+/, "");
   return truncate(cleaned.length > 0 ? cleaned : "unknown", DEVICE_LIMITS.kindChars);
 }
 

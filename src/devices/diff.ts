@@ -22,7 +22,12 @@ export interface InventoryDiff {
   refreshed: number;
 }
 
-export function diffInventory(inventory: Inventory, confirmed: Confirmed, now: number, refreshMs: number): InventoryDiff {
+export function diffInventory(
+  inventory: Inventory,
+  confirmed: Confirmed,
+  now: number,
+  refreshMs: number,
+): InventoryDiff {
   const diff: InventoryDiff = { upserts: [], removals: [], added: 0, changed: 0, refreshed: 0 };
   for (const device of inventory.values()) {
     const known = confirmed.get(device.id);
@@ -60,7 +65,11 @@ const EVERY_ROW: StillNeeded = { upsert: () => true, removal: () => true };
  * The first batch of `rows` (upserts first, then removals; at least one row when one is
  * left) and the rows after it. Rows `needed` rejects are dropped on the way.
  */
-export function takeBatch(rows: BatchRows, limits: BatchLimits, needed: StillNeeded = EVERY_ROW): { batch: BatchRows; rest: BatchRows } {
+export function takeBatch(
+  rows: BatchRows,
+  limits: BatchLimits,
+  needed: StillNeeded = EVERY_ROW,
+): { batch: BatchRows; rest: BatchRows } {
   const batch: BatchRows = { upserts: [], removals: [] };
   let count = 0;
   let bytes = 0;

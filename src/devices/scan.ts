@@ -14,7 +14,8 @@ export interface ProviderReport {
   error?: string;
 }
 
-export type ProviderOutcome = { name: string; ok: true; devices: Device[] } | { name: string; ok: false; error: string };
+export type ProviderOutcome =
+  { name: string; ok: true; devices: Device[] } | { name: string; ok: false; error: string };
 
 /** Each provider's rows from its last successful scan. */
 export type LastGood = ReadonlyMap<string, readonly Device[]>;
@@ -49,14 +50,22 @@ export async function scanDevices(providers: readonly DeviceProvider[], options:
     rows: outcome.ok ? outcome.devices.length : (merged.lastGood.get(outcome.name)?.length ?? 0),
     ...(outcome.ok ? {} : { error: outcome.error }),
   }));
-  return { devices: merged.devices, reports, lastGood: merged.lastGood, ms: Math.round((performance.now() - started) * 10) / 10 };
+  return {
+    devices: merged.devices,
+    reports,
+    lastGood: merged.lastGood,
+    ms: Math.round((performance.now() - started) * 10) / 10,
+  };
 }
 
 /**
  * Pure: this scan's inventory from the providers' outcomes. A failed provider contributes
  * its last good rows, marked stale; two rows with one id keep the first (provider order).
  */
-export function mergeScan(outcomes: readonly ProviderOutcome[], lastGood: LastGood): { devices: Device[]; lastGood: LastGood } {
+export function mergeScan(
+  outcomes: readonly ProviderOutcome[],
+  lastGood: LastGood,
+): { devices: Device[]; lastGood: LastGood } {
   const nextGood = new Map(lastGood);
   const byId = new Map<string, Device>();
   for (const outcome of outcomes) {
@@ -72,11 +81,18 @@ export function mergeScan(outcomes: readonly ProviderOutcome[], lastGood: LastGo
   return { devices: [...byId.values()], lastGood: nextGood };
 }
 
-async function runProvider(provider: DeviceProvider, timeoutMs: number, stillRunning: Map<string, Promise<unknown>>): Promise<{ outcome: ProviderOutcome; ms: number }> {
+async function runProvider(
+  provider: DeviceProvider,
+  timeoutMs: number,
+  stillRunning: Map<string, Promise<unknown>>,
+): Promise<{ outcome: ProviderOutcome; ms: number }> {
   const started = performance.now();
   const elapsed = () => Math.round((performance.now() - started) * 10) / 10;
   if (stillRunning.has(provider.name)) {
-    return { outcome: { name: provider.name, ok: false, error: "its previous scan, which timed out, is still running" }, ms: 0 };
+    return {
+      outcome: { name: provider.name, ok: false, error: "its previous scan, which timed out, is still running" },
+      ms: 0,
+    };
   }
   let timer: NodeJS.Timeout | undefined;
   const scan = Promise.resolve().then(() => provider.scan({ timeoutMs }));

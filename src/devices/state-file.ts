@@ -24,10 +24,15 @@ export async function loadConfirmed(file: string, logger: Logger, now = new Date
   if (read.kind === "missing") return new Map();
   if (read.kind === "invalid") {
     const aside = await moveAside(file, now);
-    logger.warn({ file, movedTo: aside, reason: read.reason }, "the device sync state was unreadable; moved aside, starting from nothing");
+    logger.warn(
+      { file, movedTo: aside, reason: read.reason },
+      "the device sync state was unreadable; moved aside, starting from nothing",
+    );
     return new Map();
   }
-  return new Map(read.value.confirmed.map(([id, fingerprint, syncedAt]) => [id, { fingerprint, syncedAt } satisfies ConfirmedRow]));
+  return new Map(
+    read.value.confirmed.map(([id, fingerprint, syncedAt]) => [id, { fingerprint, syncedAt } satisfies ConfirmedRow]),
+  );
 }
 
 export async function saveConfirmed(file: string, confirmed: Confirmed): Promise<void> {

@@ -13,7 +13,15 @@ import type { DeviceProviderName } from "./provider-names.js";
 import { createProviders, type DeviceProvider } from "./providers/index.js";
 import { scanDevices, type LastGood, type ProviderReport } from "./scan.js";
 import { deviceStatePath, loadConfirmed, saveConfirmed } from "./state-file.js";
-import { initialSyncState, nextDeadline, stepSync, type SyncEffect, type SyncInput, type SyncPhase, type SyncState } from "./sync.js";
+import {
+  initialSyncState,
+  nextDeadline,
+  stepSync,
+  type SyncEffect,
+  type SyncInput,
+  type SyncPhase,
+  type SyncState,
+} from "./sync.js";
 
 /** The device settings (as `ctx.settings` holds them; an undefined one takes its default). */
 export interface DeviceSyncSettings {
@@ -100,7 +108,8 @@ class DeviceSyncHost {
   constructor(private readonly options: DeviceSyncOptions) {
     const s = options.settings;
     const setting = <T>(value: T | undefined, fallback: T | undefined): T => (value ?? fallback) as T;
-    this.providers = options.providers ?? createProviders(setting(s.deviceProviders, SETTINGS.deviceProviders.defaultValue));
+    this.providers =
+      options.providers ?? createProviders(setting(s.deviceProviders, SETTINGS.deviceProviders.defaultValue));
     this.defaultScanIntervalMs = setting(s.deviceScanIntervalMs, SETTINGS.deviceScanIntervalMs.defaultValue);
     this.scanIntervalMs = this.defaultScanIntervalMs;
     this.providerTimeoutMs = setting(s.deviceProviderTimeoutMs, SETTINGS.deviceProviderTimeoutMs.defaultValue);
@@ -114,7 +123,10 @@ class DeviceSyncHost {
     };
     this.loaded = loadConfirmed(this.stateFile, options.logger)
       .catch((error: unknown) => {
-        options.logger.error({ err: error, file: this.stateFile }, "could not read the device sync state; starting from nothing");
+        options.logger.error(
+          { err: error, file: this.stateFile },
+          "could not read the device sync state; starting from nothing",
+        );
         return new Map() as Confirmed;
       })
       .then((confirmed) => {
@@ -125,7 +137,12 @@ class DeviceSyncHost {
       onConnected: (send, welcome) => {
         this.send = send;
         this.scanIntervalMs = welcome.deviceScanIntervalMs ?? this.defaultScanIntervalMs;
-        this.feed({ type: "connected", now: this.now(), maxFrameBytes: welcome.maxFrameBytes, refreshMs: welcome.deviceRefreshMs });
+        this.feed({
+          type: "connected",
+          now: this.now(),
+          maxFrameBytes: welcome.maxFrameBytes,
+          refreshMs: welcome.deviceRefreshMs,
+        });
         // The inventory may have changed while the connection was down.
         void this.rescan();
       },
@@ -135,7 +152,8 @@ class DeviceSyncHost {
       },
       onMessage: (message: ControlMessage) => {
         if (message.type === "devices_ack") this.feed({ type: "ack", now: this.now(), batchId: message.batchId });
-        else if (message.type === "devices_resync") this.feed({ type: "resync", now: this.now(), batchId: message.batchId, reason: message.reason });
+        else if (message.type === "devices_resync")
+          this.feed({ type: "resync", now: this.now(), batchId: message.batchId, reason: message.reason });
         else return false;
         return true;
       },
@@ -189,12 +207,19 @@ class DeviceSyncHost {
     await this.loaded;
     do {
       this.scanAgain = false;
-      const result = await scanDevices(this.providers, { timeoutMs: this.providerTimeoutMs, lastGood: this.lastGood, stillRunning: this.stillRunning });
+      const result = await scanDevices(this.providers, {
+        timeoutMs: this.providerTimeoutMs,
+        lastGood: this.lastGood,
+        stillRunning: this.stillRunning,
+      });
       this.lastGood = result.lastGood;
       this.latest = result.devices;
       this.lastScan = { at: new Date(this.now()).toISOString(), ms: result.ms, providers: result.reports };
       this.reportProviders(result.reports);
-      this.options.logger.debug({ devices: result.devices.length, ms: result.ms, providers: result.reports }, "device scan");
+      this.options.logger.debug(
+        { devices: result.devices.length, ms: result.ms, providers: result.reports },
+        "device scan",
+      );
       this.feed({ type: "scanned", now: this.now(), devices: result.devices });
     } while (this.scanAgain && !this.closed);
   }
@@ -204,7 +229,10 @@ class DeviceSyncHost {
     for (const report of reports) {
       if (!report.ok && !this.failing.has(report.name)) {
         this.failing.add(report.name);
-        this.options.logger.warn({ provider: report.name, error: report.error, keptRows: report.rows }, "device provider failed; its last good rows are kept, marked stale");
+        this.options.logger.warn(
+          { provider: report.name, error: report.error, keptRows: report.rows },
+          "device provider failed; its last good rows are kept, marked stale",
+        );
       } else if (report.ok && this.failing.delete(report.name)) {
         this.options.logger.info({ provider: report.name }, "device provider works again");
       }
@@ -265,7 +293,9 @@ class DeviceSyncHost {
     this.timer = null;
     if (this.closed || !this.core) return;
     const connected = this.core.phase !== "offline";
-    const times = [nextDeadline(this.core), connected && !this.scanning ? this.nextScanAt : null].filter((t): t is number => t !== null);
+    const times = [nextDeadline(this.core), connected && !this.scanning ? this.nextScanAt : null].filter(
+      (t): t is number => t !== null,
+    );
     if (times.length === 0) return;
     const delay = Math.max(0, Math.min(...times) - this.now());
     this.timer = setTimeout(() => this.wake(), delay);
@@ -276,7 +306,14 @@ class DeviceSyncHost {
   private wake(): void {
     this.timer = null;
     const now = this.now();
-    if (this.core && this.core.phase !== "offline" && !this.scanning && this.nextScanAt !== null && now >= this.nextScanAt) void this.rescan();
+    if (
+      this.core &&
+      this.core.phase !== "offline" &&
+      !this.scanning &&
+      this.nextScanAt !== null &&
+      now >= this.nextScanAt
+    )
+      void this.rescan();
     this.feed({ type: "tick", now });
   }
 }

@@ -11,7 +11,15 @@
 import type { RunnerMessage } from "../protocol/channel.js";
 import { digestOf, type DevicesBatchMessage, type DevicesSummaryMessage } from "../protocol/devices.js";
 import type { Device } from "./device.js";
-import { diffInventory, takeBatch, type BatchRows, type Confirmed, type ConfirmedRow, type Inventory, type StillNeeded } from "./diff.js";
+import {
+  diffInventory,
+  takeBatch,
+  type BatchRows,
+  type Confirmed,
+  type ConfirmedRow,
+  type Inventory,
+  type StillNeeded,
+} from "./diff.js";
 
 export interface SyncConfig {
   /** Rows per batch (upserts + removals). */
@@ -113,7 +121,14 @@ export function stepSync(state: SyncState, input: SyncInput): SyncStep {
       return onConnected(state, input);
     case "disconnected":
       // A summary is rebuilt on the next connect; a batch is re-sent as it was.
-      return { state: { ...state, phase: "offline", inFlight: state.inFlight?.message.type === "devices" ? state.inFlight : null }, effects: [] };
+      return {
+        state: {
+          ...state,
+          phase: "offline",
+          inFlight: state.inFlight?.message.type === "devices" ? state.inFlight : null,
+        },
+        effects: [],
+      };
     case "scanned": {
       const inventory = new Map(input.devices.map((device) => [device.id, device]));
       return pump({ ...state, inventory, pending: null }, input.now);
@@ -140,7 +155,11 @@ function onConnected(state: SyncState, input: Extract<SyncInput, { type: "connec
   // The batch the last connection did not see acknowledged goes first, unchanged: applying it
   // twice is harmless, and once acknowledged the summary below includes it.
   if (state.inFlight?.message.type === "devices") {
-    return resend({ ...next, inFlight: { ...state.inFlight, timeouts: 0 } }, input.now, "re-sending the device batch not acknowledged before the reconnect");
+    return resend(
+      { ...next, inFlight: { ...state.inFlight, timeouts: 0 } },
+      input.now,
+      "re-sending the device batch not acknowledged before the reconnect",
+    );
   }
   return pump({ ...next, inFlight: null }, input.now);
 }
@@ -148,12 +167,19 @@ function onConnected(state: SyncState, input: Extract<SyncInput, { type: "connec
 function onAck(state: SyncState, batchId: string, now: number): SyncStep {
   const message = state.inFlight?.message;
   if (!message || message.batchId !== batchId) {
-    return { state, effects: [log("debug", `ignored an acknowledgement of device batch ${batchId}, which is not in flight`)] };
+    return {
+      state,
+      effects: [log("debug", `ignored an acknowledgement of device batch ${batchId}, which is not in flight`)],
+    };
   }
   const cleared: SyncState = { ...state, inFlight: null };
   if (message.type === "devices_summary") {
     if (state.phase !== "summary") return pump(cleared, now);
-    const effects = [log("info", "the control plane's device inventory matches this runner's: only changes will be sent", { devices: message.count })];
+    const effects = [
+      log("info", "the control plane's device inventory matches this runner's: only changes will be sent", {
+        devices: message.count,
+      }),
+    ];
     return pump({ ...cleared, phase: "diff", snapshotId: null, pending: null }, now, effects);
   }
   const confirmed = confirm(state.confirmed, message, now);
@@ -170,15 +196,28 @@ function onResync(state: SyncState, input: Extract<SyncInput, { type: "resync" }
   if (state.phase === "offline") return { state, effects: [] };
   // An answer to a message no longer in flight (say, the first copy of one re-sent after a timeout) is old news.
   if (input.batchId !== undefined && state.inFlight?.message.batchId !== input.batchId) {
-    return { state, effects: [log("debug", `ignored a resync request for device batch ${input.batchId}, which is not in flight`)] };
+    return {
+      state,
+      effects: [log("debug", `ignored a resync request for device batch ${input.batchId}, which is not in flight`)],
+    };
   }
   // Nothing is confirmed any more: the snapshot's batches confirm their rows one by one.
   const confirmed: Confirmed = new Map();
   const snapshotId = `${batchId(state)}-snapshot`;
-  const next: SyncState = { ...state, phase: "snapshot", inFlight: null, confirmed, snapshotId, pending: null, batchCount: state.batchCount + 1 };
+  const next: SyncState = {
+    ...state,
+    phase: "snapshot",
+    inFlight: null,
+    confirmed,
+    snapshotId,
+    pending: null,
+    batchCount: state.batchCount + 1,
+  };
   const effects: SyncEffect[] = [
     { type: "persist", confirmed },
-    log("info", `the control plane asked for a full device snapshot: ${input.reason}`, { devices: state.inventory?.size ?? null }),
+    log("info", `the control plane asked for a full device snapshot: ${input.reason}`, {
+      devices: state.inventory?.size ?? null,
+    }),
   ];
   return pump(next, input.now, effects);
 }
@@ -187,7 +226,11 @@ function onTick(state: SyncState, now: number): SyncStep {
   const deadline = nextDeadline(state);
   if (deadline === null || now < deadline || !state.inFlight) return { state, effects: [] };
   const { message, timeouts } = state.inFlight;
-  return resend({ ...state, inFlight: { ...state.inFlight, timeouts: timeouts + 1 } }, now, `no acknowledgement of ${message.type} ${message.batchId} in ${now - state.inFlight.sentAt} ms; re-sending it`);
+  return resend(
+    { ...state, inFlight: { ...state.inFlight, timeouts: timeouts + 1 } },
+    now,
+    `no acknowledgement of ${message.type} ${message.batchId} in ${now - state.inFlight.sentAt} ms; re-sending it`,
+  );
 }
 
 // ---- sending ----
@@ -232,8 +275,14 @@ function sendDiffBatch(state: SyncState, now: number, effects: SyncEffect[]): Sy
 function sendSnapshotBatch(state: SyncState, now: number, effects: SyncEffect[]): SyncStep {
   const { inventory, confirmed } = state;
   if (!inventory || state.snapshotId === null) return { state, effects };
-  const pending = state.pending ?? { upserts: [...inventory.values()].filter((device) => !confirmed.has(device.id)), removals: [] };
-  const { batch, rest } = takeBatch(pending, limitsOf(state), { upsert: (device) => !confirmed.has(device.id), removal: () => false });
+  const pending = state.pending ?? {
+    upserts: [...inventory.values()].filter((device) => !confirmed.has(device.id)),
+    removals: [],
+  };
+  const { batch, rest } = takeBatch(pending, limitsOf(state), {
+    upsert: (device) => !confirmed.has(device.id),
+    removal: () => false,
+  });
   const message: DevicesBatchMessage = {
     type: "devices",
     batchId: batchId(state),
@@ -246,7 +295,12 @@ function sendSnapshotBatch(state: SyncState, now: number, effects: SyncEffect[])
   return send({ ...state, pending: rest }, message, now, effects);
 }
 
-function send(state: SyncState, message: DevicesSummaryMessage | DevicesBatchMessage, now: number, effects: SyncEffect[]): SyncStep {
+function send(
+  state: SyncState,
+  message: DevicesSummaryMessage | DevicesBatchMessage,
+  now: number,
+  effects: SyncEffect[],
+): SyncStep {
   return {
     state: { ...state, inFlight: { message, sentAt: now, timeouts: 0 }, batchCount: state.batchCount + 1 },
     effects: [...effects, { type: "send", message }],

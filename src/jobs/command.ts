@@ -50,13 +50,19 @@ const GROUP_GONE_AFTER_KILL_MS = 5_000;
 /** After the group is gone, how long to wait for its pipes to close (a setsid escapee may hold them). */
 const OUTPUT_DRAIN_MS = 2_000;
 
-export function startCommandJob(assignment: Assignment, hooks: JobHooks, options: CommandJobOptions = {}): RunningCommandJob {
+export function startCommandJob(
+  assignment: Assignment,
+  hooks: JobHooks,
+  options: CommandJobOptions = {},
+): RunningCommandJob {
   const now = options.now ?? (() => new Date());
   const ref = { jobId: assignment.jobId, attempt: assignment.attempt };
   const spec = assignment.job;
   const inert = { cancel: () => undefined, pauseOutput: () => undefined, resumeOutput: () => undefined };
   if (spec.kind !== "command") {
-    const done = Promise.resolve(finish(ref, "failed", { reason: `not a command job (kind "${spec.kind}")`, startedAt: null, finishedAt: now() }));
+    const done = Promise.resolve(
+      finish(ref, "failed", { reason: `not a command job (kind "${spec.kind}")`, startedAt: null, finishedAt: now() }),
+    );
     return { ref, pid: null, done, ...inert };
   }
   let subprocess: ResultPromise;
@@ -66,7 +72,12 @@ export function startCommandJob(assignment: Assignment, hooks: JobHooks, options
     // spawn() throws for arguments no process can have (a NUL byte, say): the schema keeps
     // them off the wire, and this keeps any that slip through from taking the worker down.
     const reason = `cannot start: ${error instanceof Error ? error.message : String(error)}`.slice(0, 1000);
-    return { ref, pid: null, done: Promise.resolve(finish(ref, "failed", { reason, startedAt: null, finishedAt: now() })), ...inert };
+    return {
+      ref,
+      pid: null,
+      done: Promise.resolve(finish(ref, "failed", { reason, startedAt: null, finishedAt: now() })),
+      ...inert,
+    };
   }
   const pid = subprocess.pid ?? null;
   if (pid === null) {
@@ -197,7 +208,13 @@ function superviseJob(job: Supervised): RunningCommandJob {
     return describeExit(job, exit, stopRequest, problem);
   };
 
-  const done = run().catch((error: unknown) => finish(job.ref, "failed", { reason: `internal error: ${String(error)}`, startedAt: job.startedAt, finishedAt: job.now() }));
+  const done = run().catch((error: unknown) =>
+    finish(job.ref, "failed", {
+      reason: `internal error: ${String(error)}`,
+      startedAt: job.startedAt,
+      finishedAt: job.now(),
+    }),
+  );
   return { ref: job.ref, pid, cancel, done, pauseOutput: output.pause, resumeOutput: output.resume };
 }
 
@@ -209,17 +226,26 @@ function describeExit(
 ): JobResult {
   const times = { startedAt: job.startedAt, finishedAt: job.now() };
   const observed = { exitCode: exit.code, signal: exit.signal };
-  const withProblem = (reason: string | null) => (problem === null ? reason : reason === null ? problem : `${reason}; ${problem}`);
-  if (stopRequest !== null) return finish(job.ref, stopRequest.outcome, { ...observed, ...times, reason: withProblem(stopRequest.reason) });
+  const withProblem = (reason: string | null) =>
+    problem === null ? reason : reason === null ? problem : `${reason}; ${problem}`;
+  if (stopRequest !== null)
+    return finish(job.ref, stopRequest.outcome, { ...observed, ...times, reason: withProblem(stopRequest.reason) });
   if (exit.code === 0) return finish(job.ref, "succeeded", { ...observed, ...times, reason: withProblem(null) });
-  const reason = exit.code !== null ? `exited with code ${exit.code}` : `killed by ${exit.signal ?? "an unknown signal"}`;
+  const reason =
+    exit.code !== null ? `exited with code ${exit.code}` : `killed by ${exit.signal ?? "an unknown signal"}`;
   return finish(job.ref, "failed", { ...observed, ...times, reason: withProblem(reason) });
 }
 
 function finish(
   ref: JobRef,
   outcome: Outcome,
-  fields: { reason: string | null; startedAt: string | null; finishedAt: Date; exitCode?: number | null; signal?: string | null },
+  fields: {
+    reason: string | null;
+    startedAt: string | null;
+    finishedAt: Date;
+    exitCode?: number | null;
+    signal?: string | null;
+  },
 ): JobResult {
   return {
     ...ref,

@@ -6,7 +6,11 @@
 const INHERITED = ["PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "TZ", "TMPDIR"] as const;
 const INHERITED_ON_WINDOWS = ["SystemRoot", "ComSpec", "PATHEXT"] as const;
 
-export function buildJobEnv(jobEnv: Record<string, string>, baseEnv: NodeJS.ProcessEnv, platform = process.platform): Record<string, string> {
+export function buildJobEnv(
+  jobEnv: Record<string, string>,
+  baseEnv: NodeJS.ProcessEnv,
+  platform = process.platform,
+): Record<string, string> {
   const names: readonly string[] = platform === "win32" ? [...INHERITED, ...INHERITED_ON_WINDOWS] : INHERITED;
   const env: Record<string, string> = {};
   for (const name of names) {

@@ -114,7 +114,8 @@ export async function recoverOrphans(journal: JobJournal, now: Date): Promise<Or
   const killed: OrphanRecovery["killed"] = [];
   for (const entry of entries) {
     const pid = entry.pid;
-    if (pid !== null && (await killOrphanGroup({ ...entry, pid }))) killed.push({ jobId: entry.jobId, attempt: entry.attempt, jobPid: pid });
+    if (pid !== null && (await killOrphanGroup({ ...entry, pid })))
+      killed.push({ jobId: entry.jobId, attempt: entry.attempt, jobPid: pid });
     // Processes the entry does not name (the crash came between the spawn and the pid's record,
     // or one left the job's group) still carry the job's marks in their environment.
     for (const marked of killMarkedProcesses(entry)) {

@@ -22,7 +22,11 @@ export interface LogChunker {
   end(): void;
 }
 
-export function createLogChunker(stream: LogStream, emit: (chunk: LogChunk) => void, maxBytes = MAX_LOG_CHUNK_BYTES): LogChunker {
+export function createLogChunker(
+  stream: LogStream,
+  emit: (chunk: LogChunk) => void,
+  maxBytes = MAX_LOG_CHUNK_BYTES,
+): LogChunker {
   let carry: Buffer = Buffer.alloc(0);
   return {
     write(bytes) {

@@ -39,7 +39,10 @@ export function createLogger(options: LoggerOptions = {}): Logger {
     // In-thread and synchronous: lines appear in order with command output, and at exit.
     // Required only here, so JSON logging (the daemon under a service manager) never loads it.
     const { PinoPretty } = createRequire(import.meta.url)("pino-pretty") as typeof import("pino-pretty");
-    return pino(base, PinoPretty({ destination: 2, sync: true, colorize: process.stderr.isTTY === true, ignore: "pid,hostname" }));
+    return pino(
+      base,
+      PinoPretty({ destination: 2, sync: true, colorize: process.stderr.isTTY === true, ignore: "pid,hostname" }),
+    );
   }
   return pino(base, options.destination ?? destination({ dest: 2, sync: true }));
 }

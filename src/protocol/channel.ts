@@ -55,9 +55,21 @@ const withoutNul = (what: string, max: number, min = 0) =>
 export const commandJobSchema = z.object({
   kind: z.literal("command"),
   /** argv[0] is the program; no shell is involved. */
-  argv: z.array(withoutNul("an argument", JOB_STRING_MAX)).min(1).max(ARGV_MAX_ITEMS).refine((argv) => argv[0] !== "", "argv[0] (the program) must not be empty"),
+  argv: z
+    .array(withoutNul("an argument", JOB_STRING_MAX))
+    .min(1)
+    .max(ARGV_MAX_ITEMS)
+    .refine((argv) => argv[0] !== "", "argv[0] (the program) must not be empty"),
   env: z
-    .record(z.string().regex(/^[A-Za-z_][A-Za-z0-9_]{0,255}$/, "an environment variable name is a letter or '_', then letters, digits or '_' (at most 256)"), withoutNul("an environment value", JOB_STRING_MAX))
+    .record(
+      z
+        .string()
+        .regex(
+          /^[A-Za-z_][A-Za-z0-9_]{0,255}$/,
+          "an environment variable name is a letter or '_', then letters, digits or '_' (at most 256)",
+        ),
+      withoutNul("an environment value", JOB_STRING_MAX),
+    )
     .refine((env) => Object.keys(env).length <= ENV_MAX_ENTRIES, `at most ${ENV_MAX_ENTRIES} environment variables`)
     .default({}),
   cwd: withoutNul("cwd", CWD_MAX, 1).optional(),
@@ -76,7 +88,12 @@ export const moduleJobSchema = z.object({
     .max(128)
     .regex(/^[A-Za-z0-9._-]+$/, "a handler name is letters, digits, '.', '_' and '-'"),
   /** Any JSON value nested at most PAYLOAD_MAX_DEPTH deep, handed to the handler as it is. */
-  payload: z.unknown().refine((payload) => jsonDepth(payload, PAYLOAD_MAX_DEPTH) <= PAYLOAD_MAX_DEPTH, `the payload nests deeper than ${PAYLOAD_MAX_DEPTH} levels`),
+  payload: z
+    .unknown()
+    .refine(
+      (payload) => jsonDepth(payload, PAYLOAD_MAX_DEPTH) <= PAYLOAD_MAX_DEPTH,
+      `the payload nests deeper than ${PAYLOAD_MAX_DEPTH} levels`,
+    ),
 });
 export type ModuleJob = z.infer<typeof moduleJobSchema>;
 
@@ -111,7 +128,8 @@ export function jsonDepth(value: unknown, stopAfter = Infinity): number {
 /** Why an assignment the runner decoded cannot run (an unusable job, a timeout no timer holds), or null. */
 export function assignmentProblem(assignment: Assignment): string | null {
   if (assignment.job.kind === "unusable") return assignment.job.problem;
-  if (assignment.timeoutMs > MAX_TIMEOUT_MS) return `timeoutMs ${assignment.timeoutMs} is above the longest timeout, ${MAX_TIMEOUT_MS} ms`;
+  if (assignment.timeoutMs > MAX_TIMEOUT_MS)
+    return `timeoutMs ${assignment.timeoutMs} is above the longest timeout, ${MAX_TIMEOUT_MS} ms`;
   return null;
 }
 
@@ -199,9 +217,19 @@ export const welcomeSchema = z.object({
   /** Of the jobs the runner reported running, those the control plane no longer gives it (they come with `cancel`). */
   fenced: z.array(jobRefSchema).default([]),
   /** Device inventory cadence (optional; the runner has local defaults): scan this often... */
-  deviceScanIntervalMs: z.number().int().min(1000).max(24 * 3600 * 1000).optional(),
+  deviceScanIntervalMs: z
+    .number()
+    .int()
+    .min(1000)
+    .max(24 * 3600 * 1000)
+    .optional(),
   /** ...and re-send an unchanged device once its last confirmed sync is this old. */
-  deviceRefreshMs: z.number().int().min(1000).max(7 * 24 * 3600 * 1000).optional(),
+  deviceRefreshMs: z
+    .number()
+    .int()
+    .min(1000)
+    .max(7 * 24 * 3600 * 1000)
+    .optional(),
   /** An admin paused this runner: it takes no new jobs until `resume` (absent from older control planes: false). */
   paused: z.boolean().default(false),
 });
@@ -210,7 +238,9 @@ export const assignSchema = z.object({
   type: z.literal("assign"),
   ...jobRef,
   /** A job breaking the JobSpec rules decodes as an unusable one, which the runner fails with the problem. */
-  job: z.union([jobSpecSchema, unusableJobSchema]).catch((ctx) => ({ kind: "unusable" as const, problem: describeJobProblems(ctx.input) })),
+  job: z
+    .union([jobSpecSchema, unusableJobSchema])
+    .catch((ctx) => ({ kind: "unusable" as const, problem: describeJobProblems(ctx.input) })),
   /** Above MAX_TIMEOUT_MS the runner fails the job at once (assignmentProblem): no timer holds it. */
   timeoutMs: z.number().int().positive(),
   /** Grace between SIGTERM and SIGKILL when the job is cancelled or times out. */
@@ -250,10 +280,13 @@ export type ControlMessage = z.infer<typeof controlMessageSchema>;
 // ---- encode / decode ----
 
 export type Decoded<T> =
-  | { ok: true; message: T }
-  | { ok: false; problem: "not_json" | "unknown_type" | "invalid"; detail: string };
+  { ok: true; message: T } | { ok: false; problem: "not_json" | "unknown_type" | "invalid"; detail: string };
 
-function decodeWith<T>(schema: z.ZodType<T, z.ZodTypeDef, unknown>, knownTypes: ReadonlySet<string>, data: string): Decoded<T> {
+function decodeWith<T>(
+  schema: z.ZodType<T, z.ZodTypeDef, unknown>,
+  knownTypes: ReadonlySet<string>,
+  data: string,
+): Decoded<T> {
   let parsed: unknown;
   try {
     parsed = JSON.parse(data);
@@ -265,7 +298,10 @@ function decodeWith<T>(schema: z.ZodType<T, z.ZodTypeDef, unknown>, knownTypes: 
     // Capped: the type is the peer's text, and the detail is logged (and echoed in `error`). A
     // type that is not a string is named by its kind only: serializing it could recurse as
     // deep as the peer nested it and overflow the stack.
-    const named = typeof type === "string" ? capText(JSON.stringify(type)) : `(${type === null ? "null" : Array.isArray(type) ? "an array" : typeof type})`;
+    const named =
+      typeof type === "string"
+        ? capText(JSON.stringify(type))
+        : `(${type === null ? "null" : Array.isArray(type) ? "an array" : typeof type})`;
     return { ok: false, problem: "unknown_type", detail: `unknown message type ${named}` };
   }
   const result = schema.safeParse(parsed);
@@ -301,7 +337,10 @@ function unusableAssignment(data: string, detail: string): Decoded<ControlMessag
   if (!ref.success) return null;
   const { jobId, attempt } = ref.data;
   const job = { kind: "unusable" as const, problem: `invalid assignment: ${detail}`.slice(0, 1000) };
-  return { ok: true, message: { type: "assign", jobId, attempt, job, timeoutMs: 1, cancelGraceMs: 0, leaseExpiresAt: "" } };
+  return {
+    ok: true,
+    message: { type: "assign", jobId, attempt, job, timeoutMs: 1, cancelGraceMs: 0, leaseExpiresAt: "" },
+  };
 }
 
 export function encode(message: RunnerMessage | ControlMessage): string {

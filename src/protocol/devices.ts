@@ -39,13 +39,25 @@ export const deviceKindSchema = z
   .min(1)
   .max(DEVICE_LIMITS.kindChars)
   .regex(/^[a-z0-9][a-z0-9._-]*$/, "a device kind is lowercase letters, digits, '.', '_' and '-'");
-export const attributeValueSchema = z.union([z.string().max(DEVICE_LIMITS.attributeValueChars), z.number(), z.boolean(), z.null()]);
+export const attributeValueSchema = z.union([
+  z.string().max(DEVICE_LIMITS.attributeValueChars),
+  z.number(),
+  z.boolean(),
+  z.null(),
+]);
 export type AttributeValue = z.infer<typeof attributeValueSchema>;
 export const attributesSchema = z
   .record(z.string().min(1).max(DEVICE_LIMITS.attributeKeyChars), attributeValueSchema)
-  .refine((attributes) => Object.keys(attributes).length <= DEVICE_LIMITS.attributes, `at most ${DEVICE_LIMITS.attributes} attributes`);
+  .refine(
+    (attributes) => Object.keys(attributes).length <= DEVICE_LIMITS.attributes,
+    `at most ${DEVICE_LIMITS.attributes} attributes`,
+  );
 /** Opaque to the control plane; the reference runner uses 32 hex chars of a sha256. */
-export const fingerprintSchema = z.string().min(8).max(128).regex(/^[A-Za-z0-9_-]+$/, "a fingerprint is letters, digits, '_' and '-'");
+export const fingerprintSchema = z
+  .string()
+  .min(8)
+  .max(128)
+  .regex(/^[A-Za-z0-9_-]+$/, "a fingerprint is letters, digits, '_' and '-'");
 
 export const deviceSchema = z.object({
   /** Stable across scans and restarts: a serial, a bus path, or vendor + product + serial. */
@@ -64,7 +76,10 @@ export type Device = z.infer<typeof deviceSchema>;
 /** What a job may require (POST /admin/jobs `requiredDevices`): a kind, an id, or both. */
 export const deviceRequirementSchema = z
   .object({ kind: deviceKindSchema.optional(), id: deviceIdSchema.optional() })
-  .refine((requirement) => requirement.kind !== undefined || requirement.id !== undefined, "give a device kind, an id, or both");
+  .refine(
+    (requirement) => requirement.kind !== undefined || requirement.id !== undefined,
+    "give a device kind, an id, or both",
+  );
 export type DeviceRequirement = z.infer<typeof deviceRequirementSchema>;
 
 export const batchIdSchema = z.string().min(1).max(64);
@@ -116,7 +131,11 @@ export const devicesAckSchema = z.object({ type: z.literal("devices_ack"), batch
  * none, or it could not apply a batch): the runner sends a full snapshot. `batchId` names the
  * message it answers; absent when the control plane asks on its own.
  */
-export const devicesResyncSchema = z.object({ type: z.literal("devices_resync"), batchId: batchId.optional(), reason: z.string().max(1024) });
+export const devicesResyncSchema = z.object({
+  type: z.literal("devices_resync"),
+  batchId: batchId.optional(),
+  reason: z.string().max(1024),
+});
 
 export type DevicesSummaryMessage = z.infer<typeof devicesSummarySchema>;
 export type DevicesBatchMessage = z.infer<typeof devicesBatchSchema>;

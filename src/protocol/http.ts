@@ -3,7 +3,13 @@
 // with them at the boundary. PROTOCOL.md documents each of these.
 import { z } from "zod";
 import { jobResultSchema, jobSpecSchema } from "./channel.js";
-import { attributesSchema, deviceIdSchema, deviceKindSchema, deviceRequirementSchema, deviceStateSchema } from "./devices.js";
+import {
+  attributesSchema,
+  deviceIdSchema,
+  deviceKindSchema,
+  deviceRequirementSchema,
+  deviceStateSchema,
+} from "./devices.js";
 
 export const API_PREFIX = "/api/v1";
 
@@ -92,7 +98,12 @@ export const unregisterResponseSchema = z.object({ ok: z.literal(true) });
 
 export const createRegistrationTokenRequestSchema = z.object({
   /** Seconds until the token expires; default one hour, at most 30 days. */
-  expiresInSeconds: z.number().int().positive().max(30 * 24 * 3600).default(3600),
+  expiresInSeconds: z
+    .number()
+    .int()
+    .positive()
+    .max(30 * 24 * 3600)
+    .default(3600),
 });
 export type CreateRegistrationTokenRequest = z.input<typeof createRegistrationTokenRequestSchema>;
 
@@ -123,7 +134,12 @@ export type JobStatus = z.infer<typeof jobStatusSchema>;
 export const submitJobRequestSchema = z.object({
   job: jobSpecSchema,
   /** Whole-job deadline on the runner; default 10 minutes. */
-  timeoutMs: z.number().int().positive().max(7 * 24 * 3600 * 1000).default(600_000),
+  timeoutMs: z
+    .number()
+    .int()
+    .positive()
+    .max(7 * 24 * 3600 * 1000)
+    .default(600_000),
   /** Grace between SIGTERM and SIGKILL on cancel or timeout; default 10 s. */
   cancelGraceMs: z.number().int().min(0).max(600_000).default(10_000),
   /** Only a runner having every one of these labels gets the job. */

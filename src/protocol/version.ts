@@ -14,7 +14,11 @@ export const AGENT_VERSION: string = pkg.version;
 
 /** Compares dotted numeric versions ("1.2.10" > "1.2.9"); pre-release tags are ignored. */
 export function compareVersions(a: string, b: string): number {
-  const parse = (v: string) => v.split("-")[0]!.split(".").map((n) => Number.parseInt(n, 10) || 0);
+  const parse = (v: string) =>
+    v
+      .split("-")[0]!
+      .split(".")
+      .map((n) => Number.parseInt(n, 10) || 0);
   const pa = parse(a);
   const pb = parse(b);
   for (let i = 0; i < Math.max(pa.length, pb.length); i++) {

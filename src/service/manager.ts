@@ -27,17 +27,25 @@ export const runCommand: RunCommand = (argv) =>
       if (error === null) return resolve({ code: 0, stdout, stderr });
       const failure = error as NodeJS.ErrnoException & { code?: string | number; killed?: boolean };
       if (failure.code === "ENOENT") return resolve({ code: 127, stdout, stderr: `${argv[0]}: not found on PATH` });
-      if (failure.killed) return resolve({ code: 124, stdout, stderr: `${stderr}${argv[0]}: timed out after ${COMMAND_TIMEOUT_MS} ms` });
+      if (failure.killed)
+        return resolve({ code: 124, stdout, stderr: `${stderr}${argv[0]}: timed out after ${COMMAND_TIMEOUT_MS} ms` });
       resolve({ code: typeof failure.code === "number" ? failure.code : 1, stdout, stderr });
     });
   });
 
 /** Writes the unit and loads it; `start: false` only writes it (and enables it for the next boot where the manager can). */
-export async function installService(plan: ServicePlan, run: RunCommand, options: { start: boolean }): Promise<string[]> {
+export async function installService(
+  plan: ServicePlan,
+  run: RunCommand,
+  options: { start: boolean },
+): Promise<string[]> {
   const lines: string[] = [];
   for (const argv of plan.unloadFirst) await run(argv); // not loaded yet is fine
-  for (const dir of [path.dirname(plan.unitFile), ...plan.dirs]) await fs.mkdir(dir, { recursive: true }).catch((error: unknown) => failWrite(dir, error));
-  await writeFileAtomic(plan.unitFile, plan.content, UNIT_FILE_MODE, true).catch((error: unknown) => failWrite(plan.unitFile, error));
+  for (const dir of [path.dirname(plan.unitFile), ...plan.dirs])
+    await fs.mkdir(dir, { recursive: true }).catch((error: unknown) => failWrite(dir, error));
+  await writeFileAtomic(plan.unitFile, plan.content, UNIT_FILE_MODE, true).catch((error: unknown) =>
+    failWrite(plan.unitFile, error),
+  );
   lines.push(`✓ wrote ${plan.unitFile}`);
   if (!options.start) {
     lines.push(`(--no-start: not loaded; load it with: ${plan.load.map((argv) => argv.join(" ")).join(" && ")})`);
@@ -54,7 +62,11 @@ export async function installService(plan: ServicePlan, run: RunCommand, options
   }
   for (const argv of plan.afterLoad) {
     const outcome = await run(argv);
-    lines.push(outcome.code === 0 ? `✓ ${argv.join(" ")}` : `! ${argv.join(" ")} failed (${describe(outcome)}): the service starts when you log in, not at boot`);
+    lines.push(
+      outcome.code === 0
+        ? `✓ ${argv.join(" ")}`
+        : `! ${argv.join(" ")} failed (${describe(outcome)}): the service starts when you log in, not at boot`,
+    );
   }
   return lines;
 }
@@ -115,7 +127,10 @@ function commandFailed(argv: string[], outcome: CommandOutcome): RunnerError {
 function failWrite(file: string, error: unknown): never {
   const code = (error as NodeJS.ErrnoException).code;
   throw new RunnerError("service_failed", `cannot write ${file}: ${code ?? (error as Error).message}`, {
-    hint: code === "EACCES" || code === "EPERM" ? "a machine-wide service is installed by root: sudo runner service install --system" : undefined,
+    hint:
+      code === "EACCES" || code === "EPERM"
+        ? "a machine-wide service is installed by root: sudo runner service install --system"
+        : undefined,
     cause: error,
   });
 }

@@ -62,11 +62,14 @@ export function serviceManagerFor(platform: NodeJS.Platform): ServiceManager | n
 }
 
 export function planService(inputs: ServiceInputs): ServicePlan {
-  if (!NAME_PATTERN.test(inputs.name)) throw new Error(`service name ${JSON.stringify(inputs.name)}: use 1-64 letters, digits, '.', '_' and '-'`);
+  if (!NAME_PATTERN.test(inputs.name))
+    throw new Error(`service name ${JSON.stringify(inputs.name)}: use 1-64 letters, digits, '.', '_' and '-'`);
   const manager = serviceManagerFor(inputs.platform);
   if (manager === "systemd") return planSystemd(inputs);
   if (manager === "launchd") return planLaunchd(inputs);
-  throw new Error(`no service manager is supported on ${inputs.platform}: run \`runner start\` under your own supervisor`);
+  throw new Error(
+    `no service manager is supported on ${inputs.platform}: run \`runner start\` under your own supervisor`,
+  );
 }
 
 function stopTimeoutSeconds(drainTimeoutMs: number): number {
@@ -75,8 +78,13 @@ function stopTimeoutSeconds(drainTimeoutMs: number): number {
 
 function planSystemd(inputs: ServiceInputs): ServicePlan {
   const unit = `${inputs.name}.service`;
-  const configHome = inputs.env.XDG_CONFIG_HOME && path.isAbsolute(inputs.env.XDG_CONFIG_HOME) ? inputs.env.XDG_CONFIG_HOME : path.join(inputs.home, ".config");
-  const unitFile = inputs.system ? path.join("/etc/systemd/system", unit) : path.join(configHome, "systemd", "user", unit);
+  const configHome =
+    inputs.env.XDG_CONFIG_HOME && path.isAbsolute(inputs.env.XDG_CONFIG_HOME)
+      ? inputs.env.XDG_CONFIG_HOME
+      : path.join(inputs.home, ".config");
+  const unitFile = inputs.system
+    ? path.join("/etc/systemd/system", unit)
+    : path.join(configHome, "systemd", "user", unit);
   const systemctl = inputs.system ? ["systemctl"] : ["systemctl", "--user"];
   const content = fill(inputs.templates.systemd, {
     NAME: inputs.name,
@@ -113,7 +121,9 @@ function planLaunchd(inputs: ServiceInputs): ServicePlan {
   // A LaunchAgent lives in a login (gui) session, which a headless Mac may never have; a
   // machine-wide LaunchDaemon runs at boot as `runAs`.
   const domain = inputs.system ? "system" : `gui/${inputs.uid}`;
-  const unitFile = inputs.system ? path.join("/Library/LaunchDaemons", `${label}.plist`) : path.join(inputs.home, "Library", "LaunchAgents", `${label}.plist`);
+  const unitFile = inputs.system
+    ? path.join("/Library/LaunchDaemons", `${label}.plist`)
+    : path.join(inputs.home, "Library", "LaunchAgents", `${label}.plist`);
   const logDir = inputs.system ? "/Library/Logs/runner" : path.join(inputs.home, "Library", "Logs", "runner");
   const content = fill(inputs.templates.launchd, {
     LABEL: xmlEscape(label),
@@ -162,7 +172,10 @@ function searchPath(inputs: ServiceInputs): string {
  * escaped, and systemd's own expansions disabled (`%` specifiers become `%%`; in ExecStart,
  * `$` variables become `$$`, while Environment= expands none).
  */
-export function quoteSystemdArg(arg: string, options: { expandsVariables: boolean } = { expandsVariables: true }): string {
+export function quoteSystemdArg(
+  arg: string,
+  options: { expandsVariables: boolean } = { expandsVariables: true },
+): string {
   if (/[\n\r]/.test(arg)) throw new Error(`a service argument cannot hold a line break: ${JSON.stringify(arg)}`);
   let escaped = arg.replace(/\\/g, "\\\\").replace(/"/g, '\\"').replace(/%/g, "%%");
   if (options.expandsVariables) escaped = escaped.replace(/\$/g, "$$$$");
@@ -170,5 +183,10 @@ export function quoteSystemdArg(arg: string, options: { expandsVariables: boolea
 }
 
 export function xmlEscape(text: string): string {
-  return text.replace(/&/g, "&amp;").replace(/</g, "&lt;").replace(/>/g, "&gt;").replace(/"/g, "&quot;").replace(/'/g, "&apos;");
+  return text
+    .replace(/&/g, "&amp;")
+    .replace(/</g, "&lt;")
+    .replace(/>/g, "&gt;")
+    .replace(/"/g, "&quot;")
+    .replace(/'/g, "&apos;");
 }

@@ -10,7 +10,12 @@ import type { HostFacts } from "../protocol/http.js";
 import { AGENT_VERSION, PROTOCOL_VERSION } from "../protocol/version.js";
 import { DIR_MODE, chmodNoFollow, ensureDir, entryAt, moveAside } from "../state/files.js";
 import { inspectLock } from "../state/lock.js";
-import { readRegistration, writeRegistration, type CredentialStoreKind, type Registration } from "../state/registration.js";
+import {
+  readRegistration,
+  writeRegistration,
+  type CredentialStoreKind,
+  type Registration,
+} from "../state/registration.js";
 import { enroll, registrationFrom } from "./enroll.js";
 import type { Action } from "./plan.js";
 
@@ -71,7 +76,8 @@ async function makePrivateDir(dir: string, followLink = false): Promise<void> {
 
 async function rebuildRegistration(from: CredentialStoreKind, ctx: ApplyContext): Promise<string> {
   const read = await openStore(from, ctx.files).read();
-  if (read.kind !== "ok") throw new RunnerError("credential_missing", `the ${from} store no longer holds the credential`);
+  if (read.kind !== "ok")
+    throw new RunnerError("credential_missing", `the ${from} store no longer holds the credential`);
   const stored = read.value;
   const registration = await describeFromControlPlane(stored, from, ctx);
   await writeRegistration(ctx.files.registration, registration);
@@ -79,9 +85,18 @@ async function rebuildRegistration(from: CredentialStoreKind, ctx: ApplyContext)
 }
 
 /** Asks the control plane who this credential belongs to; re-binds the host when it moved. */
-async function describeFromControlPlane(stored: StoredCredential, store: CredentialStoreKind, ctx: ApplyContext): Promise<Registration> {
+async function describeFromControlPlane(
+  stored: StoredCredential,
+  store: CredentialStoreKind,
+  ctx: ApplyContext,
+): Promise<Registration> {
   const api = { url: stored.url, timeoutMs: ctx.requestTimeoutMs };
-  const body = { protocolVersion: PROTOCOL_VERSION, agentVersion: AGENT_VERSION, runnerId: stored.runnerId, host: ctx.host };
+  const body = {
+    protocolVersion: PROTOCOL_VERSION,
+    agentVersion: AGENT_VERSION,
+    runnerId: stored.runnerId,
+    host: ctx.host,
+  };
   try {
     const { runner } = await verify(api, stored.credential, body);
     return registrationFrom(runner, stored.url, store);
@@ -120,12 +135,19 @@ async function rebindHost(ctx: ApplyContext): Promise<string> {
   const old = await currentRegistration(ctx);
   const read = await openStore(old.credentialStore, ctx.files).read();
   if (read.kind !== "ok") throw new RunnerError("credential_missing", "the credential is no longer in its store");
-  const { runner, previousFingerprint } = await repair({ url: old.url, timeoutMs: ctx.requestTimeoutMs }, read.value.credential, {
-    protocolVersion: PROTOCOL_VERSION,
-    agentVersion: AGENT_VERSION,
-    runnerId: old.runnerId,
-    host: ctx.host,
+  const { runner, previousFingerprint } = await repair(
+    { url: old.url, timeoutMs: ctx.requestTimeoutMs },
+    read.value.credential,
+    {
+      protocolVersion: PROTOCOL_VERSION,
+      agentVersion: AGENT_VERSION,
+      runnerId: old.runnerId,
+      host: ctx.host,
+    },
+  );
+  await writeRegistration(ctx.files.registration, {
+    ...registrationFrom(runner, old.url, old.credentialStore),
+    registeredAt: old.registeredAt,
   });
-  await writeRegistration(ctx.files.registration, { ...registrationFrom(runner, old.url, old.credentialStore), registeredAt: old.registeredAt });
   return `the control plane re-bound runner ${runner.runnerId} from host ${previousFingerprint.slice(0, 12)}… to ${ctx.host.fingerprint.slice(0, 12)}…`;
 }

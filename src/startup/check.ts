@@ -30,7 +30,10 @@ const MAX_ROUNDS = 5;
 
 export async function findProblems(ctx: CheckContext): Promise<Finding[]> {
   const findings = planRepairs(await observe(ctx), { haveRegistrationToken: ctx.registrationToken !== undefined });
-  ctx.logger.debug({ findings: findings.map((f) => f.code) }, `checked ${ctx.files.stateDir}: ${findings.length} finding(s)`);
+  ctx.logger.debug(
+    { findings: findings.map((f) => f.code) },
+    `checked ${ctx.files.stateDir}: ${findings.length} finding(s)`,
+  );
   return findings;
 }
 

@@ -94,7 +94,9 @@ async function findRecoverable(files: StateFiles): Promise<Observations["recover
  */
 async function findForeignEntries(files: StateFiles): Promise<ForeignEntry[]> {
   const expected: { path: string; expected: "file" | "directory" }[] = [
-    ...[files.registration, files.credentialFile, files.lock, deviceStatePath(files.stateDir), files.blocked].map((p) => ({ path: p, expected: "file" as const })),
+    ...[files.registration, files.credentialFile, files.lock, deviceStatePath(files.stateDir), files.blocked].map(
+      (p) => ({ path: p, expected: "file" as const }),
+    ),
     ...[files.outbox, files.running].map((p) => ({ path: p, expected: "directory" as const })),
   ];
   const found: ForeignEntry[] = [];
@@ -102,12 +104,19 @@ async function findForeignEntries(files: StateFiles): Promise<ForeignEntry[]> {
   const fits = async (p: string, want: "file" | "directory"): Promise<boolean> => {
     const entry = await entryAt(p);
     if (entry === null || entry.type === want) return entry !== null;
-    found.push({ path: p, name: path.relative(files.stateDir, p), found: entry.type, expected: want, target: entry.target });
+    found.push({
+      path: p,
+      name: path.relative(files.stateDir, p),
+      found: entry.type,
+      expected: want,
+      target: entry.target,
+    });
     return false;
   };
   for (const want of expected) {
     if (!(await fits(want.path, want.expected)) || want.expected !== "directory") continue;
-    for (const name of (await fs.readdir(want.path)).filter(isRecordName).sort()) await fits(path.join(want.path, name), "file");
+    for (const name of (await fs.readdir(want.path)).filter(isRecordName).sort())
+      await fits(path.join(want.path, name), "file");
   }
   return found;
 }

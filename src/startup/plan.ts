@@ -95,7 +95,11 @@ export function planRepairs(seen: Observations, context: PlanContext): Finding[]
       {
         code: "state_dir_missing",
         problem: `the state dir ${seen.stateDir} does not exist`,
-        fix: { kind: "auto", action: { kind: "create_state_dir" }, description: `create ${seen.stateDir} with mode 0700` },
+        fix: {
+          kind: "auto",
+          action: { kind: "create_state_dir" },
+          description: `create ${seen.stateDir} with mode 0700`,
+        },
       },
     ];
   }
@@ -107,7 +111,10 @@ export function planRepairs(seen: Observations, context: PlanContext): Finding[]
 }
 
 function planForeign(entry: ForeignEntry): Finding {
-  const what = entry.found === "symlink" ? `a symbolic link${entry.target === null ? "" : ` to ${entry.target}`}` : `a ${entry.found}`;
+  const what =
+    entry.found === "symlink"
+      ? `a symbolic link${entry.target === null ? "" : ` to ${entry.target}`}`
+      : `a ${entry.found}`;
   return {
     code: "foreign_file_type",
     problem: `${entry.name} is ${what} where a ${entry.expected === "file" ? "regular file" : "directory"} belongs; nothing in the state dir is followed through a link`,
@@ -125,7 +132,11 @@ function planLocal(seen: Observations, foreign: Set<string>): Finding[] {
     findings.push({
       code: "state_dir_permissions",
       problem: `the state dir ${seen.stateDir} has mode ${octal(seen.stateDirMode)}; others can read it`,
-      fix: { kind: "auto", action: { kind: "tighten_mode", path: seen.stateDir, mode: DIR_MODE, type: "directory" }, description: "set its mode to 0700" },
+      fix: {
+        kind: "auto",
+        action: { kind: "tighten_mode", path: seen.stateDir, mode: DIR_MODE, type: "directory" },
+        description: "set its mode to 0700",
+      },
     });
   }
   // A foreign outbox is moved aside first; the next round finds it missing and creates it.
@@ -139,7 +150,11 @@ function planLocal(seen: Observations, foreign: Set<string>): Finding[] {
     findings.push({
       code: "outbox_permissions",
       problem: `the outbox dir has mode ${octal(seen.outboxMode)}`,
-      fix: { kind: "auto", action: { kind: "tighten_mode", path: `${seen.stateDir}/outbox`, mode: DIR_MODE, type: "directory" }, description: "set its mode to 0700" },
+      fix: {
+        kind: "auto",
+        action: { kind: "tighten_mode", path: `${seen.stateDir}/outbox`, mode: DIR_MODE, type: "directory" },
+        description: "set its mode to 0700",
+      },
     });
   }
   for (const file of seen.fileModes) {
@@ -147,7 +162,11 @@ function planLocal(seen: Observations, foreign: Set<string>): Finding[] {
       findings.push({
         code: "file_permissions",
         problem: `${file.path} has mode ${octal(file.mode)}; only its owner should read it`,
-        fix: { kind: "auto", action: { kind: "tighten_mode", path: file.path, mode: SECRET_FILE_MODE, type: "file" }, description: "set its mode to 0600" },
+        fix: {
+          kind: "auto",
+          action: { kind: "tighten_mode", path: file.path, mode: SECRET_FILE_MODE, type: "file" },
+          description: "set its mode to 0600",
+        },
       });
     }
   }
@@ -155,7 +174,11 @@ function planLocal(seen: Observations, foreign: Set<string>): Finding[] {
     findings.push({
       code: "stale_lock",
       problem: `a stale lock: ${seen.lock.reason}`,
-      fix: { kind: "auto", action: { kind: "remove_stale_lock" }, description: "remove it (the next start would take it over anyway)" },
+      fix: {
+        kind: "auto",
+        action: { kind: "remove_stale_lock" },
+        description: "remove it (the next start would take it over anyway)",
+      },
     });
   }
   return findings;
@@ -171,7 +194,8 @@ function planIdentity(seen: Observations, context: PlanContext): Finding[] {
         fix: {
           kind: "auto",
           action: { kind: "set_aside_registration" },
-          description: "move it aside (kept as registration.json.corrupt-<time>) and rebuild it from the credential store",
+          description:
+            "move it aside (kept as registration.json.corrupt-<time>) and rebuild it from the credential store",
         },
       },
     ];
@@ -194,7 +218,11 @@ function planIdentity(seen: Observations, context: PlanContext): Finding[] {
       {
         code: "not_registered",
         problem: "this runner is not registered",
-        fix: { kind: "operator", description: "register it with a registration token from the control plane", command: "runner register --url <control plane URL> --token-file <file>" },
+        fix: {
+          kind: "operator",
+          description: "register it with a registration token from the control plane",
+          command: "runner register --url <control plane URL> --token-file <file>",
+        },
       },
     ];
   }
@@ -206,16 +234,29 @@ function planIdentity(seen: Observations, context: PlanContext): Finding[] {
         {
           code: "credential_store_unavailable",
           problem: `the credential cannot be read: ${credential.reason}`,
-          fix: { kind: "operator", description: "make the keychain usable (unlock it, or start the user session's keyring), then run again; re-registering would only hide the problem" },
+          fix: {
+            kind: "operator",
+            description:
+              "make the keychain usable (unlock it, or start the user session's keyring), then run again; re-registering would only hide the problem",
+          },
         },
       ];
     }
     const code = credential.kind === "missing" ? "credential_missing" : "credential_invalid";
-    const problem = credential.kind === "missing" ? `credential missing from ${storeName}` : `the credential in the ${storeName} is unusable: ${credential.reason}`;
+    const problem =
+      credential.kind === "missing"
+        ? `credential missing from ${storeName}`
+        : `the credential in the ${storeName} is unusable: ${credential.reason}`;
     return [reregisterFinding(code, problem, context)];
   }
   if (credential?.kind === "ok" && credential.value.runnerId !== reg.value.runnerId) {
-    return [reregisterFinding("credential_invalid", `the ${storeName} holds the credential of another runner (${credential.value.runnerId})`, context)];
+    return [
+      reregisterFinding(
+        "credential_invalid",
+        `the ${storeName} holds the credential of another runner (${credential.value.runnerId})`,
+        context,
+      ),
+    ];
   }
   return planControlPlane(seen, context);
 }
@@ -225,34 +266,80 @@ function planControlPlane(seen: Observations, context: PlanContext): Finding[] {
   if (answer === null || answer.kind === "ok") return [];
   switch (answer.code) {
     case "credential_revoked":
-      return [reregisterFinding("credential_revoked", `the control plane no longer accepts this runner's credential: ${answer.message}`, context)];
+      return [
+        reregisterFinding(
+          "credential_revoked",
+          `the control plane no longer accepts this runner's credential: ${answer.message}`,
+          context,
+        ),
+      ];
     case "runner_deleted":
-      return [reregisterFinding("runner_deleted", `the control plane has no record of this runner any more: ${answer.message}`, context)];
+      return [
+        reregisterFinding(
+          "runner_deleted",
+          `the control plane has no record of this runner any more: ${answer.message}`,
+          context,
+        ),
+      ];
     case "host_fingerprint_mismatch":
       return [
         {
           code: "host_changed",
           problem: "the host fingerprint changed since registration (new machine id, or the state dir was moved)",
-          fix: { kind: "auto", action: { kind: "rebind_host" }, description: "ask the control plane to re-bind this runner to this host (its credential is still valid)" },
+          fix: {
+            kind: "auto",
+            action: { kind: "rebind_host" },
+            description: "ask the control plane to re-bind this runner to this host (its credential is still valid)",
+          },
         },
       ];
     case "upgrade_required":
-      return [{ code: "upgrade_required", problem: answer.message, fix: { kind: "operator", description: "install a runner version the control plane accepts" } }];
+      return [
+        {
+          code: "upgrade_required",
+          problem: answer.message,
+          fix: { kind: "operator", description: "install a runner version the control plane accepts" },
+        },
+      ];
     case "control_plane_unavailable":
-      return [{ code: "control_plane_unavailable", problem: answer.message, fix: { kind: "retry", description: "nothing local is wrong; try again when the control plane is reachable" } }];
+      return [
+        {
+          code: "control_plane_unavailable",
+          problem: answer.message,
+          fix: { kind: "retry", description: "nothing local is wrong; try again when the control plane is reachable" },
+        },
+      ];
     default:
-      return [{ code: "control_plane_rejected", problem: answer.message, fix: { kind: "operator", description: "check the control plane URL and version" } }];
+      return [
+        {
+          code: "control_plane_rejected",
+          problem: answer.message,
+          fix: { kind: "operator", description: "check the control plane URL and version" },
+        },
+      ];
   }
 }
 
 function reregisterFinding(code: FindingCode, problem: string, context: PlanContext): Finding {
   if (context.haveRegistrationToken) {
-    return { code, problem, fix: { kind: "auto", action: { kind: "reregister" }, description: "register again with the given registration token, keeping name and labels" } };
+    return {
+      code,
+      problem,
+      fix: {
+        kind: "auto",
+        action: { kind: "reregister" },
+        description: "register again with the given registration token, keeping name and labels",
+      },
+    };
   }
   return {
     code,
     problem,
-    fix: { kind: "operator", description: "get a new registration token from the control plane and re-register", command: REPAIR_WITH_TOKEN },
+    fix: {
+      kind: "operator",
+      description: "get a new registration token from the control plane and re-register",
+      command: REPAIR_WITH_TOKEN,
+    },
   };
 }
 

@@ -24,7 +24,12 @@ export const SECRET_FILE_MODE = 0o600;
  * `durable: false` skips the fsyncs: the rename stays atomic and survives a crash of this
  * process (the page cache keeps it), but not a crash of the machine.
  */
-export async function writeFileAtomic(file: string, data: string | Uint8Array, mode = SECRET_FILE_MODE, durable = true): Promise<void> {
+export async function writeFileAtomic(
+  file: string,
+  data: string | Uint8Array,
+  mode = SECRET_FILE_MODE,
+  durable = true,
+): Promise<void> {
   const dir = path.dirname(file);
   const temp = path.join(dir, `.${path.basename(file)}.${process.pid}.${Date.now()}.tmp`);
   const handle = await fs.open(temp, constants.O_CREAT | constants.O_EXCL | constants.O_WRONLY, mode);
@@ -43,7 +48,12 @@ export async function writeFileAtomic(file: string, data: string | Uint8Array, m
   if (durable) await syncDir(dir);
 }
 
-export async function writeJsonAtomic(file: string, value: unknown, mode = SECRET_FILE_MODE, durable = true): Promise<void> {
+export async function writeJsonAtomic(
+  file: string,
+  value: unknown,
+  mode = SECRET_FILE_MODE,
+  durable = true,
+): Promise<void> {
   await writeFileAtomic(file, JSON.stringify(value, null, 2) + "\n", mode, durable);
 }
 
@@ -58,10 +68,7 @@ export async function syncDir(dir: string): Promise<void> {
   }
 }
 
-export type JsonRead<T> =
-  | { kind: "missing" }
-  | { kind: "ok"; value: T }
-  | { kind: "invalid"; reason: string };
+export type JsonRead<T> = { kind: "missing" } | { kind: "ok"; value: T } | { kind: "invalid"; reason: string };
 
 /** Reads a JSON file and checks it against a schema. Never throws for bad content. */
 export async function readJsonFile<T>(file: string, schema: z.ZodType<T>): Promise<JsonRead<T>> {
@@ -101,7 +108,8 @@ export async function moveAside(file: string, now: Date): Promise<string> {
 }
 
 /** What lstat says is at a path; "symlink" is never followed. */
-export type EntryType = "file" | "directory" | "symlink" | "fifo" | "socket" | "block device" | "character device" | "unknown";
+export type EntryType =
+  "file" | "directory" | "symlink" | "fifo" | "socket" | "block device" | "character device" | "unknown";
 
 export interface Entry {
   type: EntryType;
@@ -143,7 +151,10 @@ export class ForeignEntryError extends RunnerError {
     readonly found: EntryType,
     expected: "file" | "directory",
   ) {
-    super("state_invalid", `${file} is a ${found}, not a ${expected}; links and other file types in the state dir are never followed (\`runner repair\` moves it aside)`);
+    super(
+      "state_invalid",
+      `${file} is a ${found}, not a ${expected}; links and other file types in the state dir are never followed (\`runner repair\` moves it aside)`,
+    );
   }
 }
 
@@ -253,7 +264,11 @@ export async function removeInterruptedWrites(dir: string): Promise<string[]> {
  * Temp files of an interrupted atomic write (".name....tmp") and set-aside files are skipped.
  * A link or other non-file at a record's name is moved aside unread (never followed).
  */
-export async function readJsonDir<T>(dir: string, schema: z.ZodType<T>, now: Date): Promise<{ values: T[]; setAside: SetAsideFile[] }> {
+export async function readJsonDir<T>(
+  dir: string,
+  schema: z.ZodType<T>,
+  now: Date,
+): Promise<{ values: T[]; setAside: SetAsideFile[] }> {
   const values: T[] = [];
   const setAside: SetAsideFile[] = [];
   // A linked dir would have us read, and move aside, files outside the state dir.

@@ -10,7 +10,9 @@ import type { HostFacts } from "../protocol/http.js";
 const execFileAsync = promisify(execFile);
 
 export function fingerprintOf(machineId: string): string {
-  return createHash("sha256").update("runner-host-v1\0" + machineId.trim()).digest("hex");
+  return createHash("sha256")
+    .update("runner-host-v1\0" + machineId.trim())
+    .digest("hex");
 }
 
 export async function readMachineId(): Promise<string> {
@@ -25,7 +27,12 @@ export async function readMachineId(): Promise<string> {
       const match = /"IOPlatformUUID" = "([^"]+)"/.exec(stdout);
       if (match?.[1]) return match[1];
     } else if (process.platform === "win32") {
-      const { stdout } = await execFileAsync("reg", ["query", "HKLM\\SOFTWARE\\Microsoft\\Cryptography", "/v", "MachineGuid"]);
+      const { stdout } = await execFileAsync("reg", [
+        "query",
+        "HKLM\\SOFTWARE\\Microsoft\\Cryptography",
+        "/v",
+        "MachineGuid",
+      ]);
       const match = /MachineGuid\s+REG_SZ\s+(\S+)/.exec(stdout);
       if (match?.[1]) return match[1];
     }
@@ -37,5 +44,10 @@ export async function readMachineId(): Promise<string> {
 
 export async function gatherHostFacts(machineIdSetting: string | undefined): Promise<HostFacts> {
   const machineId = machineIdSetting ?? (await readMachineId());
-  return { hostname: os.hostname(), platform: process.platform, arch: process.arch, fingerprint: fingerprintOf(machineId) };
+  return {
+    hostname: os.hostname(),
+    platform: process.platform,
+    arch: process.arch,
+    fingerprint: fingerprintOf(machineId),
+  };
 }

@@ -19,9 +19,7 @@ const lockRecordSchema = z.object({
 export type LockRecord = z.infer<typeof lockRecordSchema>;
 
 export type LockState =
-  | { kind: "free" }
-  | { kind: "held"; owner: LockRecord }
-  | { kind: "stale"; owner: LockRecord | null; reason: string };
+  { kind: "free" } | { kind: "held"; owner: LockRecord } | { kind: "stale"; owner: LockRecord | null; reason: string };
 
 /** What is known about the process a lock names; gathered by `probeProcess`. */
 export interface ProcessProbe {
@@ -70,7 +68,8 @@ export async function processStartTime(pid: number): Promise<string | null> {
 export async function inspectLock(file: string): Promise<LockState> {
   const read = await readJsonFile(file, lockRecordSchema);
   if (read.kind === "missing") return { kind: "free" };
-  if (read.kind === "invalid") return { kind: "stale", owner: null, reason: `the lock file is unreadable: ${read.reason}` };
+  if (read.kind === "invalid")
+    return { kind: "stale", owner: null, reason: `the lock file is unreadable: ${read.reason}` };
   return classifyLock(read.value, await probeProcess(read.value.pid));
 }
 
@@ -107,14 +106,22 @@ export async function acquireLock(file: string, now: Date = new Date()): Promise
     const entry = await entryAt(file);
     if (entry !== null && entry.type !== "file") {
       const kept = await moveAside(file, now);
-      tookOver = { kind: "stale", owner: null, reason: `${file} was a ${entry.type}, not a lock file; moved aside to ${kept}` };
+      tookOver = {
+        kind: "stale",
+        owner: null,
+        reason: `${file} was a ${entry.type}, not a lock file; moved aside to ${kept}`,
+      };
       continue;
     }
     const state = await inspectLock(file);
     if (state.kind === "held") {
-      throw new RunnerError("lock_held", `another runner (pid ${state.owner.pid}, since ${state.owner.acquiredAt}) is using ${file}`, {
-        hint: "stop that runner first, or give this one its own --state-dir",
-      });
+      throw new RunnerError(
+        "lock_held",
+        `another runner (pid ${state.owner.pid}, since ${state.owner.acquiredAt}) is using ${file}`,
+        {
+          hint: "stop that runner first, or give this one its own --state-dir",
+        },
+      );
     }
     if (state.kind === "stale") {
       tookOver = state;
@@ -132,6 +139,9 @@ async function releaseLock(file: string, mine: LockRecord): Promise<void> {
 async function removeIfUnchanged(file: string, owner: LockRecord | null): Promise<void> {
   const read = await readJsonFile(file, lockRecordSchema);
   if (read.kind === "missing") return;
-  const same = owner === null ? read.kind === "invalid" : read.kind === "ok" && read.value.pid === owner.pid && read.value.startTime === owner.startTime;
+  const same =
+    owner === null
+      ? read.kind === "invalid"
+      : read.kind === "ok" && read.value.pid === owner.pid && read.value.startTime === owner.startTime;
   if (same) await fs.rm(file, { force: true });
 }

@@ -42,7 +42,8 @@ export function loadHandler(absolutePath: string): Promise<Handler> {
 async function importHandlerModule(absolutePath: string): Promise<HandlerModule> {
   const exported = (await import(pathToFileURL(absolutePath).href)) as Record<string, unknown>;
   const handler = typeof exported.default === "function" ? exported.default : exported.handler;
-  if (typeof handler !== "function") throw new Error(`${absolutePath} exports no handler function (as default or as "handler")`);
+  if (typeof handler !== "function")
+    throw new Error(`${absolutePath} exports no handler function (as default or as "handler")`);
   const close = typeof exported.close === "function" ? (exported.close as () => unknown) : null;
   return { handler: handler as Handler, close };
 }

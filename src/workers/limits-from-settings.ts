@@ -14,7 +14,8 @@ const MiB = 1024 * 1024;
 
 export function limitsFromSettings(settings: WorkerLimitSettings, rlimitNofile: number): RecycleLimits {
   const defaults = defaultLimits(rlimitNofile);
-  const pick = (value: number | undefined, scale: number, fallback: number | null) => (value === undefined ? fallback : value === 0 ? null : value * scale);
+  const pick = (value: number | undefined, scale: number, fallback: number | null) =>
+    value === undefined ? fallback : value === 0 ? null : value * scale;
   return {
     ...defaults,
     maxRssBytes: pick(settings.workerMaxRssMb, MiB, defaults.maxRssBytes),

@@ -18,7 +18,12 @@ export interface ModuleJobRun {
   done: Promise<JobResult>;
 }
 
-export function runModuleJob(assignment: Assignment, handlerPath: string, output: WorkerOutput, startedAt: string): ModuleJobRun {
+export function runModuleJob(
+  assignment: Assignment,
+  handlerPath: string,
+  output: WorkerOutput,
+  startedAt: string,
+): ModuleJobRun {
   const controller = new AbortController();
   let stopRequest: { outcome: StopOutcome; reason: string } | null = null;
   const log = createBatchedLog(output);

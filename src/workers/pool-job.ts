@@ -71,16 +71,32 @@ export class PoolJob implements RunningJob {
   attach(worker: WorkerHandle, outputPaused: boolean): void {
     this.worker = worker;
     const journalFile = this.kind === "command" ? this.journalFile : null;
-    const run = { type: "run" as const, assignment: this.assignment, handlerPath: this.handlerPath, outputPaused, journalFile };
-    if (!worker.send(run, (error) => this.handOverFailed(error.message))) return this.handOverFailed("the message could not be sent");
+    const run = {
+      type: "run" as const,
+      assignment: this.assignment,
+      handlerPath: this.handlerPath,
+      outputPaused,
+      journalFile,
+    };
+    if (!worker.send(run, (error) => this.handOverFailed(error.message)))
+      return this.handOverFailed("the message could not be sent");
     const { timeoutMs, cancelGraceMs } = this.assignment;
     if (this.kind === "module") {
-      this.timeoutTimer = setTimeout(() => this.requestStop("timed_out", `timed out after ${timeoutMs} ms`, cancelGraceMs), timeoutMs);
+      this.timeoutTimer = setTimeout(
+        () => this.requestStop("timed_out", `timed out after ${timeoutMs} ms`, cancelGraceMs),
+        timeoutMs,
+      );
     } else {
-      this.timeoutTimer = setTimeout(() => {
-        this.stopRequest ??= { outcome: "timed_out", reason: `timed out after ${timeoutMs} ms` };
-        this.killWorker("unresponsive", `its worker did not end the command within ${COMMAND_BACKSTOP_MS} ms of its timeout and grace`);
-      }, timeoutMs + cancelGraceMs + COMMAND_BACKSTOP_MS);
+      this.timeoutTimer = setTimeout(
+        () => {
+          this.stopRequest ??= { outcome: "timed_out", reason: `timed out after ${timeoutMs} ms` };
+          this.killWorker(
+            "unresponsive",
+            `its worker did not end the command within ${COMMAND_BACKSTOP_MS} ms of its timeout and grace`,
+          );
+        },
+        timeoutMs + cancelGraceMs + COMMAND_BACKSTOP_MS,
+      );
     }
   }
 
@@ -146,9 +162,17 @@ export class PoolJob implements RunningJob {
     const stop = this.stopRequest;
     this.worker.send({ type: "stop", jobId: this.ref.jobId, outcome: stop.outcome, reason: stop.reason, graceMs });
     if (this.kind === "module") {
-      this.scheduleKill(graceMs, "cancel_grace", `the handler did not stop within ${graceMs} ms of its abort signal; its worker was killed`);
+      this.scheduleKill(
+        graceMs,
+        "cancel_grace",
+        `the handler did not stop within ${graceMs} ms of its abort signal; its worker was killed`,
+      );
     } else {
-      this.scheduleKill(graceMs + COMMAND_BACKSTOP_MS, "unresponsive", `its worker did not end the command within ${COMMAND_BACKSTOP_MS} ms of the grace period`);
+      this.scheduleKill(
+        graceMs + COMMAND_BACKSTOP_MS,
+        "unresponsive",
+        `its worker did not end the command within ${COMMAND_BACKSTOP_MS} ms of the grace period`,
+      );
     }
   }
 
@@ -165,8 +189,19 @@ export class PoolJob implements RunningJob {
     if (!this.finished && this.worker !== null) this.control.killWorker(this.worker, kind, reason);
   }
 
-  private resultWith(outcome: Outcome, reason: string, observed: { exitCode: number | null; signal: string | null } = { exitCode: null, signal: null }): JobResult {
-    return { ...this.ref, outcome, ...observed, reason, startedAt: this.startedAt, finishedAt: new Date().toISOString() };
+  private resultWith(
+    outcome: Outcome,
+    reason: string,
+    observed: { exitCode: number | null; signal: string | null } = { exitCode: null, signal: null },
+  ): JobResult {
+    return {
+      ...this.ref,
+      outcome,
+      ...observed,
+      reason,
+      startedAt: this.startedAt,
+      finishedAt: new Date().toISOString(),
+    };
   }
 
   private finish(result: JobResult): void {

@@ -111,22 +111,30 @@ export class WorkerPool {
   private readonly counters: Omit<PoolStats, "size" | "outputPaused" | "workers">;
   private readonly events = {
     onMessage: (worker: WorkerHandle, message: FromWorker) => this.handleMessage(worker, message),
-    onExit: (worker: WorkerHandle, exit: WorkerExit, lastState: WorkerState) => this.handleExit(worker, exit, lastState),
+    onExit: (worker: WorkerHandle, exit: WorkerExit, lastState: WorkerState) =>
+      this.handleExit(worker, exit, lastState),
   };
   private readonly jobControl;
 
   constructor(private readonly options: WorkerPoolOptions) {
-    if (!Number.isInteger(options.size) || options.size < 1) throw new Error(`pool size must be a positive integer, not ${options.size}`);
+    if (!Number.isInteger(options.size) || options.size < 1)
+      throw new Error(`pool size must be a positive integer, not ${options.size}`);
     this.handlers = new Map(Object.entries(options.handlers));
     for (const [name, file] of this.handlers) {
-      if (!path.isAbsolute(file)) throw new Error(`handler "${name}": module path must be absolute, not ${JSON.stringify(file)}`);
+      if (!path.isAbsolute(file))
+        throw new Error(`handler "${name}": module path must be absolute, not ${JSON.stringify(file)}`);
     }
     this.now = options.now ?? Date.now;
     this.random = options.random ?? Math.random;
     this.ceiling = new MemoryCeiling(
       options.sampleIntervalMs ?? 1_000,
       () => [...this.workers].filter((w) => w.state === "busy"),
-      (worker, rss, hard) => this.killWorker(worker, "memory_limit", `worker_memory_limit: RSS ${formatMiB(rss)} reached the hard limit ${formatMiB(hard)}`),
+      (worker, rss, hard) =>
+        this.killWorker(
+          worker,
+          "memory_limit",
+          `worker_memory_limit: RSS ${formatMiB(rss)} reached the hard limit ${formatMiB(hard)}`,
+        ),
     );
     this.retireTimeoutMs = options.retireTimeoutMs ?? 5_000;
     this.counters = {
@@ -136,7 +144,10 @@ export class WorkerPool {
       crashed: 0,
       jobs: { dispatched: 0, rejected: 0 },
     };
-    this.jobControl = { killWorker: (w: WorkerHandle, kind: KillKind, reason: string) => this.killWorker(w, kind, reason), logger: options.logger };
+    this.jobControl = {
+      killWorker: (w: WorkerHandle, kind: KillKind, reason: string) => this.killWorker(w, kind, reason),
+      logger: options.logger,
+    };
   }
 
   /** Runs a job on a warm worker (same contract as startCommandJob). Never throws for a bad job: `done` says why. */
@@ -155,7 +166,9 @@ export class WorkerPool {
     } else if (spec.kind === "module" && handlerPath === null) {
       this.counters.jobs.rejected++;
       const known = [...this.handlers.keys()];
-      job.reject(`unknown handler "${spec.handler}": this runner's config maps no module to it (known: ${known.length > 0 ? known.join(", ") : "none"})`);
+      job.reject(
+        `unknown handler "${spec.handler}": this runner's config maps no module to it (known: ${known.length > 0 ? known.join(", ") : "none"})`,
+      );
     } else {
       this.queue.push(job);
       this.dispatch();
@@ -186,7 +199,8 @@ export class WorkerPool {
     for (const worker of this.workers) {
       if (worker.state === "busy") worker.job?.cancel("the worker pool is closing");
       else if (worker.state === "idle") this.retire(worker);
-      else if (worker.state === "starting") this.killWorker(worker, "shutdown", "the pool closed while it was starting");
+      else if (worker.state === "starting")
+        this.killWorker(worker, "shutdown", "the pool closed while it was starting");
     }
     this.closing = Promise.all([...this.workers].map((w) => w.exited)).then(() => this.ceiling.update());
     return this.closing;
@@ -327,13 +341,19 @@ export class WorkerPool {
     if (worker.killedBecause === null && lastState !== "retiring") {
       this.counters.crashed++;
       const logged = { worker: worker.pid, exit: how, fatal: worker.fatal, jobId: job?.ref.jobId };
-      this.options.logger.warn(logged, `worker ${worker.pid} exited unexpectedly with ${how}${job ? "; its job failed" : ""}`);
+      this.options.logger.warn(
+        logged,
+        `worker ${worker.pid} exited unexpectedly with ${how}${job ? "; its job failed" : ""}`,
+      );
     }
     this.ceiling.update();
     if (this.closing !== null) return;
     if (!worker.booted) {
       this.bootFailures++;
-      if (this.bootFailures >= MAX_BOOT_FAILURES) return this.failQueued(`workers cannot start: the last ${MAX_BOOT_FAILURES} exited with ${how} before they were ready`);
+      if (this.bootFailures >= MAX_BOOT_FAILURES)
+        return this.failQueued(
+          `workers cannot start: the last ${MAX_BOOT_FAILURES} exited with ${how} before they were ready`,
+        );
     }
     this.dispatch();
     this.replenish();
@@ -383,10 +403,21 @@ export class WorkerPool {
     if (streak !== RECYCLE_STREAK_WARN || reason === null) return;
     const health = this.healthOf(worker);
     const { reading, limit } = recycleFigures(reason, health, worker.limits, this.now());
-    const shown = reason === "memory" ? { reading: formatMiB(reading), limit: formatMiB(limit) } : { reading: String(reading), limit: String(limit) };
+    const shown =
+      reason === "memory"
+        ? { reading: formatMiB(reading), limit: formatMiB(limit) }
+        : { reading: String(reading), limit: String(limit) };
     const what = spec.kind === "module" ? `handler "${handler}"` : "command jobs";
     this.options.logger.warn(
-      { handler, reason, streak, limit, setting: RECYCLE_SETTING[reason], rssBytes: health.rssBytes, openFds: health.openFds },
+      {
+        handler,
+        reason,
+        streak,
+        limit,
+        setting: RECYCLE_SETTING[reason],
+        rssBytes: health.rssBytes,
+        openFds: health.openFds,
+      },
       `${streak} workers in a row were recycled for ${reason} right after one job of ${what} (last: ${shown.reading}, limit ${shown.limit}): ` +
         `it leaks past the limit in one job, or a fresh worker's baseline is above it; every job now pays a cold start. Fix the handler or raise ${RECYCLE_SETTING[reason]}`,
     );
@@ -396,7 +427,10 @@ export class WorkerPool {
   private retire(worker: WorkerHandle): void {
     worker.state = "retiring";
     worker.send({ type: "retire" });
-    const timer = setTimeout(() => this.killWorker(worker, "cleanup_timeout", `its cleanup took longer than ${this.retireTimeoutMs} ms`), this.retireTimeoutMs);
+    const timer = setTimeout(
+      () => this.killWorker(worker, "cleanup_timeout", `its cleanup took longer than ${this.retireTimeoutMs} ms`),
+      this.retireTimeoutMs,
+    );
     void worker.exited.then(() => clearTimeout(timer));
   }
 
@@ -432,4 +466,3 @@ export class WorkerPool {
     }
   }
 }
-

@@ -47,7 +47,12 @@ export function evaluateRecycle(health: WorkerHealth, limits: RecycleLimits, now
 }
 
 /** The reading a signal is judged on and the limit it is compared with (null: off or unknown). */
-export function recycleFigures(reason: RecycleReason, health: WorkerHealth, limits: RecycleLimits, now: number): { reading: number | null; limit: number | null } {
+export function recycleFigures(
+  reason: RecycleReason,
+  health: WorkerHealth,
+  limits: RecycleLimits,
+  now: number,
+): { reading: number | null; limit: number | null } {
   switch (reason) {
     case "memory":
       return { reading: health.rssBytes, limit: limits.maxRssBytes };
@@ -116,7 +121,12 @@ export function defaultLimits(rlimitNofile: number): RecycleLimits {
 }
 
 /** Describes a decision for the log: which reading crossed which limit. */
-export function describeRecycle(reason: RecycleReason, health: WorkerHealth, limits: RecycleLimits, now: number): string {
+export function describeRecycle(
+  reason: RecycleReason,
+  health: WorkerHealth,
+  limits: RecycleLimits,
+  now: number,
+): string {
   switch (reason) {
     case "memory":
       return `RSS ${formatMiB(health.rssBytes)} reached the soft limit ${formatMiB(limits.maxRssBytes)}`;

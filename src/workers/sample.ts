@@ -20,7 +20,8 @@ export function readOwnHealth(): HealthReading {
 
 /** Open file descriptors of this process; null where the OS offers no cheap way (Windows). */
 export function countOpenFds(platform: NodeJS.Platform = process.platform): number | null {
-  const dir = platform === "linux" ? "/proc/self/fd" : platform === "darwin" || platform.endsWith("bsd") ? "/dev/fd" : null;
+  const dir =
+    platform === "linux" ? "/proc/self/fd" : platform === "darwin" || platform.endsWith("bsd") ? "/dev/fd" : null;
   if (dir === null) return null;
   try {
     // Listing the directory opens one more fd, which shows up in the list: leave it out.

@@ -78,10 +78,16 @@ export class WorkerHandle {
         if (pid < 0) setImmediate(() => finish({ code: null, signal: null })); // never started: no exit event comes
       });
     });
-    for (const stream of ["stdout", "stderr"] as const) forwardLines(child[stream], (line) => logger.info({ worker: pid, stream }, line));
+    for (const stream of ["stdout", "stderr"] as const)
+      forwardLines(child[stream], (line) => logger.info({ worker: pid, stream }, line));
   }
 
-  static spawn(options: { spawnedAt: number; limits: RecycleLimits; events: WorkerEvents; logger: Logger }): WorkerHandle {
+  static spawn(options: {
+    spawnedAt: number;
+    limits: RecycleLimits;
+    events: WorkerEvents;
+    logger: Logger;
+  }): WorkerHandle {
     const child = fork(WORKER_ENTRY, [], {
       env: buildJobEnv({}, process.env),
       execArgv: [],

@@ -19,7 +19,8 @@ import { WorkerOutput } from "./worker-output.js";
 const CLEANUP_TIMEOUT_MS = 5_000;
 const EXIT_ON_FATAL_CODE = 70;
 
-type Current = { jobId: string; kind: "command"; job: RunningCommandJob } | { jobId: string; kind: "module"; job: ModuleJobRun };
+type Current =
+  { jobId: string; kind: "command"; job: RunningCommandJob } | { jobId: string; kind: "module"; job: ModuleJobRun };
 
 let current: Current | null = null;
 let exiting = false;
@@ -76,14 +77,22 @@ function startJob(message: Extract<ToWorker, { type: "run" }>): void {
     const job = startCommandJob(assignment, {
       onStarted: ({ pid, startedAt }) => {
         // Durable before it is reported: see process-record.ts.
-        recordFailure = recordProcess(message.journalFile, { jobId, attempt: assignment.attempt, pid, pgid: pid, processStartTime: processStartTimeSync(pid), startedAt });
+        recordFailure = recordProcess(message.journalFile, {
+          jobId,
+          attempt: assignment.attempt,
+          pid,
+          pgid: pid,
+          processStartTime: processStartTimeSync(pid),
+          startedAt,
+        });
         send({ type: "started", jobId, pid, startedAt });
       },
       onLog: (chunk) => output.push(chunk, false),
     });
     current = { jobId, kind: "command", job };
     // A process no crash recovery could find must not run: stop it at once, saying why.
-    if (recordFailure !== null) job.cancel(`the runner could not record the job's process for crash recovery: ${recordFailure}`, 0);
+    if (recordFailure !== null)
+      job.cancel(`the runner could not record the job's process for crash recovery: ${recordFailure}`, 0);
     // Congested output stops the reading of the job's pipes; the job's own writes then block.
     const unsubscribe = output.onCongestion((congested) => (congested ? job.pauseOutput() : job.resumeOutput()));
     if (output.congested) job.pauseOutput();
@@ -97,8 +106,20 @@ function startJob(message: Extract<ToWorker, { type: "run" }>): void {
 }
 
 function failUnstarted(assignment: Extract<ToWorker, { type: "run" }>["assignment"], error: unknown): void {
-  const reason = `the worker could not start the job: ${error instanceof Error ? error.message : String(error)}`.slice(0, 1000);
-  const result: JobResult = { jobId: assignment.jobId, attempt: assignment.attempt, outcome: "failed", exitCode: null, signal: null, reason, startedAt: null, finishedAt: new Date().toISOString() };
+  const reason = `the worker could not start the job: ${error instanceof Error ? error.message : String(error)}`.slice(
+    0,
+    1000,
+  );
+  const result: JobResult = {
+    jobId: assignment.jobId,
+    attempt: assignment.attempt,
+    outcome: "failed",
+    exitCode: null,
+    signal: null,
+    reason,
+    startedAt: null,
+    finishedAt: new Date().toISOString(),
+  };
   send({ type: "result", result, health: readOwnHealth() });
 }
 

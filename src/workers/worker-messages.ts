@@ -12,7 +12,13 @@ export type ToWorker =
    * `journalFile`: for a command job, the journal entry the worker writes the spawned process's
    * pid to before it reports `started` (null: not journalled, as in the pool's own tests).
    */
-  | { type: "run"; assignment: Assignment; handlerPath: string | null; outputPaused: boolean; journalFile: string | null }
+  | {
+      type: "run";
+      assignment: Assignment;
+      handlerPath: string | null;
+      outputPaused: boolean;
+      journalFile: string | null;
+    }
   /** Command job: SIGTERM its group, SIGKILL after graceMs. Module job: abort its signal. */
   | { type: "stop"; jobId: string; outcome: StopOutcome; reason: string; graceMs: number }
   /** The daemon's log consumer is slow (paused) or has caught up. */

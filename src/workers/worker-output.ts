@@ -58,7 +58,8 @@ export class WorkerOutput {
 
   push(chunk: LogChunk, droppable: boolean): void {
     if (!this.congested) this.transmit(chunk);
-    else if (droppable && this.heldBytes + chunk.data.length > HELD_LIMIT_BYTES) this.droppedBytes += Buffer.byteLength(chunk.data);
+    else if (droppable && this.heldBytes + chunk.data.length > HELD_LIMIT_BYTES)
+      this.droppedBytes += Buffer.byteLength(chunk.data);
     else this.hold(chunk);
     this.notify();
   }

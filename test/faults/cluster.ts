@@ -15,7 +15,12 @@ import type { Tally } from "./tally.js";
 export const ADMIN_TOKEN = "adm_faults-admin-token-0123456789";
 
 /** Polls `check` every `everyMs` until it holds; throws after `timeoutMs` naming `what`. */
-export async function waitUntil(what: string, check: () => boolean | Promise<boolean>, timeoutMs: number, everyMs = 20): Promise<void> {
+export async function waitUntil(
+  what: string,
+  check: () => boolean | Promise<boolean>,
+  timeoutMs: number,
+  everyMs = 20,
+): Promise<void> {
   const deadline = performance.now() + timeoutMs;
   while (!(await check())) {
     if (performance.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
@@ -60,16 +65,36 @@ export class ControlPlaneProcess {
     tally: Tally,
     lastLines: () => string,
   ) {
-    this.exited = new Promise((resolve) => child.on("exit", (code, signal) => resolve(code ?? (signal === "SIGKILL" ? 137 : 143))));
+    this.exited = new Promise((resolve) =>
+      child.on("exit", (code, signal) => resolve(code ?? (signal === "SIGKILL" ? 137 : 143))),
+    );
     void this.exited.then((code) => {
-      if (!this.expectedExit) tally.finding("crashes", `the control plane (pid ${child.pid}) exited by itself with ${code}: ${lastLines()}`);
+      if (!this.expectedExit)
+        tally.finding("crashes", `the control plane (pid ${child.pid}) exited by itself with ${code}: ${lastLines()}`);
     });
   }
 
-  static async start(options: { port: number; dataDir: string; adminTokenFile: string; extra: string[]; tally: Tally; onLine: (line: LogLine) => void }): Promise<ControlPlaneProcess> {
+  static async start(options: {
+    port: number;
+    dataDir: string;
+    adminTokenFile: string;
+    extra: string[];
+    tally: Tally;
+    onLine: (line: LogLine) => void;
+  }): Promise<ControlPlaneProcess> {
     const child = spawn(
       process.execPath,
-      [RUNNER_BIN, "control-plane", "--listen", `127.0.0.1:${options.port}`, "--data", options.dataDir, "--admin-token-file", options.adminTokenFile, ...options.extra],
+      [
+        RUNNER_BIN,
+        "control-plane",
+        "--listen",
+        `127.0.0.1:${options.port}`,
+        "--data",
+        options.dataDir,
+        "--admin-token-file",
+        options.adminTokenFile,
+        ...options.extra,
+      ],
       { env: { ...process.env, RUNNER_LOG_FORMAT: "json" }, stdio: ["ignore", "pipe", "pipe"] },
     );
     // The last lines, to say why it died should it crash.
@@ -87,9 +112,16 @@ export class ControlPlaneProcess {
       });
       child.on("exit", (code) => reject(new Error(`the control plane exited (${code}) before listening: ${stdout}`)));
     });
-    const timeout = new Promise<never>((_, reject) => setTimeout(() => reject(new Error("the control plane did not listen within 30 s")), 30_000).unref());
+    const timeout = new Promise<never>((_, reject) =>
+      setTimeout(() => reject(new Error("the control plane did not listen within 30 s")), 30_000).unref(),
+    );
     await Promise.race([listening, timeout]);
-    const describeTail = () => tail.filter((l) => !/^\s+at /.test(String(l.msg))).slice(-6).map((l) => JSON.stringify(l).slice(0, 400)).join(" | ");
+    const describeTail = () =>
+      tail
+        .filter((l) => !/^\s+at /.test(String(l.msg)))
+        .slice(-6)
+        .map((l) => JSON.stringify(l).slice(0, 400))
+        .join(" | ");
     return new ControlPlaneProcess(child, `http://127.0.0.1:${options.port}`, options.tally, describeTail);
   }
 
@@ -117,7 +149,11 @@ export class RunnerProcess {
   static start(t: TestContext, args: string[], tally: Tally): RunnerProcess {
     const runner = new RunnerProcess(startDaemon(t, args));
     void runner.daemon.exited.then((code) => {
-      if (!runner.expectedExit) tally.finding("crashes", `the daemon (pid ${runner.pid}) exited by itself with ${code}: ${lastLines(runner.daemon)}`);
+      if (!runner.expectedExit)
+        tally.finding(
+          "crashes",
+          `the daemon (pid ${runner.pid}) exited by itself with ${code}: ${lastLines(runner.daemon)}`,
+        );
     });
     return runner;
   }
@@ -147,9 +183,11 @@ export class RunnerProcess {
 
   /** The first line at or after index `from` that matches. */
   waitForLogFrom(from: number, what: string, match: (line: LogLine) => boolean, timeoutMs: number): Promise<LogLine> {
-    return this.daemon.waitForLog((line) => this.lines.indexOf(line) >= from && match(line), timeoutMs).catch(() => {
-      throw new Error(`no daemon log line "${what}" within ${timeoutMs} ms: ${lastLines(this.daemon)}`);
-    });
+    return this.daemon
+      .waitForLog((line) => this.lines.indexOf(line) >= from && match(line), timeoutMs)
+      .catch(() => {
+        throw new Error(`no daemon log line "${what}" within ${timeoutMs} ms: ${lastLines(this.daemon)}`);
+      });
   }
 
   waitConnectedFrom(from: number, timeoutMs = 30_000): Promise<LogLine> {
@@ -201,7 +239,11 @@ export async function writeAdminTokenFile(root: string): Promise<string> {
 }
 
 /** A fuzz phase's own control plane (200 ms heartbeat, 2.5 s lease), stopped after the test. */
-export async function startPhaseControlPlane(t: TestContext, root: string, tally: Tally): Promise<{ cp: ControlPlaneProcess; admin: AdminClient; port: number }> {
+export async function startPhaseControlPlane(
+  t: TestContext,
+  root: string,
+  tally: Tally,
+): Promise<{ cp: ControlPlaneProcess; admin: AdminClient; port: number }> {
   const port = await freePort();
   const cp = await ControlPlaneProcess.start({
     port,
@@ -216,7 +258,13 @@ export async function startPhaseControlPlane(t: TestContext, root: string, tally
 }
 
 /** `runner register` through the real CLI with a fresh one-time token; `flags` are the runner's settings flags. */
-export async function registerThroughCli(admin: AdminClient, root: string, url: string, name: string, flags: string[]): Promise<void> {
+export async function registerThroughCli(
+  admin: AdminClient,
+  root: string,
+  url: string,
+  name: string,
+  flags: string[],
+): Promise<void> {
   const { token } = await admin.createRegistrationToken(600);
   const tokenFile = path.join(root, `registration-token-${name}`);
   await fs.writeFile(tokenFile, token + "\n", { mode: 0o600 });

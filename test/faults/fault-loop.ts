@@ -9,7 +9,16 @@ import type { TestContext } from "node:test";
 import { AdminClient } from "../../src/control-plane/admin-client.js";
 import type { JobView } from "../../src/protocol/http.js";
 import type { LogLine } from "../helpers/daemon.js";
-import { ADMIN_TOKEN, ControlPlaneProcess, RunnerProcess, freePort, parentOf, registerThroughCli, waitUntil, writeAdminTokenFile } from "./cluster.js";
+import {
+  ADMIN_TOKEN,
+  ControlPlaneProcess,
+  RunnerProcess,
+  freePort,
+  parentOf,
+  registerThroughCli,
+  waitUntil,
+  writeAdminTokenFile,
+} from "./cluster.js";
 import { MarkedJobs, findMarkedProcesses, killMarkedProcesses, type JobShape } from "./marked-jobs.js";
 import type { Prng } from "./prng.js";
 import { FaultProxy } from "./proxy.js";
@@ -60,7 +69,8 @@ export async function runFaultLoop(options: FaultRunOptions): Promise<void> {
     options.log(`fault loop: ${schedule.length} faults scheduled`);
     for (const [index, kind] of schedule.entries()) {
       await run.cycle(kind);
-      if ((index + 1) % 25 === 0) options.log(`  ${index + 1}/${schedule.length} faults, ${options.tally.jobsSubmitted} jobs submitted`);
+      if ((index + 1) % 25 === 0)
+        options.log(`  ${index + 1}/${schedule.length} faults, ${options.tally.jobsSubmitted} jobs submitted`);
     }
     await run.audit();
   } finally {
@@ -99,11 +109,34 @@ class FaultRun {
     const admin = new AdminClient(`http://127.0.0.1:${port}`, ADMIN_TOKEN);
     const stateDir = path.join(o.root, "runner-state");
     const runnerArgs = [
-      "--state-dir", stateDir, "--credential-store", "file", "--machine-id", "faults-machine",
-      "--capacity", "2", "--reconnect-base-ms", "100", "--reconnect-cap-ms", "1000",
-      "--device-providers", "none", "--drain-timeout-ms", "20000",
+      "--state-dir",
+      stateDir,
+      "--credential-store",
+      "file",
+      "--machine-id",
+      "faults-machine",
+      "--capacity",
+      "2",
+      "--reconnect-base-ms",
+      "100",
+      "--reconnect-cap-ms",
+      "1000",
+      "--device-providers",
+      "none",
+      "--drain-timeout-ms",
+      "20000",
     ];
-    const run = new FaultRun(o, proxy, admin, new MarkedJobs(o.runMark), port, dataDir, tokenFile, runnerArgs, stateDir);
+    const run = new FaultRun(
+      o,
+      proxy,
+      admin,
+      new MarkedJobs(o.runMark),
+      port,
+      dataDir,
+      tokenFile,
+      runnerArgs,
+      stateDir,
+    );
     await run.startControlPlane();
     await registerThroughCli(admin, o.root, proxy.url, "faults-runner", runnerArgs.slice(0, 6));
     run.runner = RunnerProcess.start(o.t, runnerArgs, o.tally);
@@ -123,7 +156,8 @@ class FaultRun {
     const { prng, tally } = this.o;
     this.currentKind = kind;
     // Traffic: a few jobs per cycle, some quick, some running across the fault.
-    for (let i = prng.int(1, 2); i > 0; i--) await this.submit(prng.pick<JobShape>(["quick", "short"]), prng.int(50, 700));
+    for (let i = prng.int(1, 2); i > 0; i--)
+      await this.submit(prng.pick<JobShape>(["quick", "short"]), prng.int(50, 700));
     await this.ensureConnected();
     const began = performance.now();
     await this.inject(kind);
@@ -148,7 +182,12 @@ class FaultRun {
         const from = this.runner.lines.length;
         this.proxy.setDelay(prng.int(50, 600));
         const id = await this.submit("short", prng.int(100, 600));
-        const dropped = this.runner.waitForLogFrom(from, "reconnecting", (l) => /reconnecting in \d+ ms/.test(l.msg), 30_000);
+        const dropped = this.runner.waitForLogFrom(
+          from,
+          "reconnecting",
+          (l) => /reconnecting in \d+ ms/.test(l.msg),
+          30_000,
+        );
         const finished = this.waitJob(id, (j) => TERMINAL.has(j.status), 30_000);
         await Promise.race([dropped, finished]).catch((e: Error) => this.o.tally.notes.push(`delay: ${e.message}`));
         dropped.catch(() => undefined);
@@ -162,9 +201,15 @@ class FaultRun {
         this.proxy.blackhole(kind === "blackhole" ? "refuse" : "hang");
         // Also submitted into the hole: it waits for the runner.
         await this.submit("quick");
-        await this.runner.waitForLogFrom(from, "reconnecting (the dead link noticed)", (l) => /reconnecting in \d+ ms/.test(l.msg), 10_000);
+        await this.runner.waitForLogFrom(
+          from,
+          "reconnecting (the dead link noticed)",
+          (l) => /reconnecting in \d+ ms/.test(l.msg),
+          10_000,
+        );
         // Hang: resume only once an attempt is stuck in the hole, the case issue 9 point 13 is about.
-        if (kind === "blackhole_hang") await withTimeout(this.proxy.nextConnection(), 10_000, "a connection attempt into the black hole");
+        if (kind === "blackhole_hang")
+          await withTimeout(this.proxy.nextConnection(), 10_000, "a connection attempt into the black hole");
         const resumed = this.runner.lines.length;
         this.proxy.resume();
         return this.measureReconnect(resumed);
@@ -174,7 +219,11 @@ class FaultRun {
         await this.waitJob(id, (j) => j.status === "running", 15_000);
         const cpFrom = this.cpLines.length;
         this.proxy.blackhole("refuse");
-        await waitUntil("the control plane to expire the job's lease", () => this.cpLines.slice(cpFrom).some((l) => l.msg === "job lease expired"), 20_000);
+        await waitUntil(
+          "the control plane to expire the job's lease",
+          () => this.cpLines.slice(cpFrom).some((l) => l.msg === "job lease expired"),
+          20_000,
+        );
         const resumed = this.runner.lines.length;
         this.proxy.resume();
         return this.measureReconnect(resumed);
@@ -203,7 +252,8 @@ class FaultRun {
       case "daemon_kill9":
       case "daemon_and_workers_kill9": {
         const { id, mark } = await this.submitMarked("endless");
-        if ((await this.waitMarkedProcess(mark, 15_000)) === null) this.o.tally.notes.push(`${kind}: job ${id} had not started when the daemon was killed`);
+        if ((await this.waitMarkedProcess(mark, 15_000)) === null)
+          this.o.tally.notes.push(`${kind}: job ${id} had not started when the daemon was killed`);
         if (kind === "daemon_kill9") this.runner.signal("SIGKILL");
         else this.killDaemonAndWorkers();
         await this.restartRunner();
@@ -225,7 +275,8 @@ class FaultRun {
     for (const pid of workers) process.kill(pid, "SIGSTOP");
     const { id, mark } = await this.submitMarked("endless");
     const journal = path.join(this.stateDir, "running");
-    const entryOf = () => (existsSync(journal) ? readdirSync(journal).find((f) => f.startsWith(`${id}.`) && f.endsWith(".json")) : undefined);
+    const entryOf = () =>
+      existsSync(journal) ? readdirSync(journal).find((f) => f.startsWith(`${id}.`) && f.endsWith(".json")) : undefined;
     try {
       await waitUntil(`job ${id}'s journal entry`, () => entryOf() !== undefined, 15_000, 2);
     } catch (error) {
@@ -236,7 +287,10 @@ class FaultRun {
     this.runner.signal("SIGSTOP");
     for (const pid of workers) process.kill(pid, "SIGCONT");
     const spawned = await this.waitMarkedProcess(mark, 10_000);
-    if (spawned === null) this.o.tally.notes.push(`orphan_window: job ${id}'s process did not appear while the daemon was stopped (window not held)`);
+    if (spawned === null)
+      this.o.tally.notes.push(
+        `orphan_window: job ${id}'s process did not appear while the daemon was stopped (window not held)`,
+      );
     else {
       const entry = JSON.parse(await fs.readFile(path.join(journal, entryOf()!), "utf8")) as { pid: number | null };
       if (entry.pid !== null) this.o.tally.notes.push(`orphan_window: job ${id}'s pid was already journalled`);
@@ -295,7 +349,8 @@ class FaultRun {
 
   private onControlPlaneLine(line: LogLine): void {
     this.cpLines.push(line);
-    if (line.msg === "result applied" && typeof line.jobId === "string") this.applied.set(line.jobId, (this.applied.get(line.jobId) ?? 0) + 1);
+    if (line.msg === "result applied" && typeof line.jobId === "string")
+      this.applied.set(line.jobId, (this.applied.get(line.jobId) ?? 0) + 1);
   }
 
   private async submit(shape: JobShape, ms?: number): Promise<string> {
@@ -323,7 +378,14 @@ class FaultRun {
   private async waitMarkedProcess(mark: string, timeoutMs: number): Promise<{ pid: number } | null> {
     let found: { pid: number } | undefined;
     try {
-      await waitUntil(`a process of job ${mark}`, () => (found = findMarkedProcesses(this.o.runMark).find((p) => p.mark === mark && /faultjob-/.test(p.cmdline))) !== undefined, timeoutMs, 5);
+      await waitUntil(
+        `a process of job ${mark}`,
+        () =>
+          (found = findMarkedProcesses(this.o.runMark).find((p) => p.mark === mark && /faultjob-/.test(p.cmdline))) !==
+          undefined,
+        timeoutMs,
+        5,
+      );
     } catch {
       return null;
     }
@@ -350,7 +412,9 @@ class FaultRun {
       "the runner to be idle",
       async () => {
         const jobs = await this.admin.listJobs().catch(() => null);
-        return jobs !== null && jobs.every((j) => j.status !== "assigned" && j.status !== "running" && j.status !== "queued");
+        return (
+          jobs !== null && jobs.every((j) => j.status !== "assigned" && j.status !== "running" && j.status !== "queued")
+        );
       },
       60_000,
       50,
@@ -382,32 +446,50 @@ class FaultRun {
     for (const id of this.submitted) {
       const job = known.get(id);
       if (!job) tally.finding("lost", `job ${id} was accepted (201) but is not in the store`);
-      else if (!TERMINAL.has(job.status)) tally.finding("lost", `job ${id} is still ${job.status} (attempt ${job.attempt})`);
+      else if (!TERMINAL.has(job.status))
+        tally.finding("lost", `job ${id} is still ${job.status} (attempt ${job.attempt})`);
     }
     for (const job of jobs) {
       const count = this.applied.get(job.jobId) ?? 0;
       if (count > 1) tally.finding("appliedTwice", `job ${job.jobId}: ${count} results applied`, count - 1);
-      if (job.result !== null && job.result.attempt !== job.attempt) tally.finding("appliedTwice", `job ${job.jobId}: the applied result is attempt ${job.result.attempt}, the job's is ${job.attempt}`);
+      if (job.result !== null && job.result.attempt !== job.attempt)
+        tally.finding(
+          "appliedTwice",
+          `job ${job.jobId}: the applied result is attempt ${job.result.attempt}, the job's is ${job.attempt}`,
+        );
     }
     const unaudited = jobs.filter((j) => j.result !== null && !this.applied.has(j.jobId)).length;
-    if (unaudited > 0) tally.notes.push(`${unaudited} applied result(s) without a "result applied" line (a control plane killed between its write and its log line)`);
+    if (unaudited > 0)
+      tally.notes.push(
+        `${unaudited} applied result(s) without a "result applied" line (a control plane killed between its write and its log line)`,
+      );
     const outcomes = new Map<string, number>();
     for (const job of jobs) outcomes.set(job.status, (outcomes.get(job.status) ?? 0) + 1);
     log(`audit: ${jobs.length} jobs in the store: ${[...outcomes].map(([s, n]) => `${s}=${n}`).join(" ")}`);
 
     const code = await this.runner.stop("SIGTERM");
     if (code !== 0) tally.finding("crashes", `the final SIGTERM drain exited ${code}`);
-    const unexpectedWorkerExits = this.runner.lines.filter((l) => /exited unexpectedly/.test(l.msg)).length - this.runner.workersKilled;
-    if (unexpectedWorkerExits > 0) tally.finding("crashes", `${unexpectedWorkerExits} worker(s) exited unexpectedly in the last daemon's life`, unexpectedWorkerExits);
+    const unexpectedWorkerExits =
+      this.runner.lines.filter((l) => /exited unexpectedly/.test(l.msg)).length - this.runner.workersKilled;
+    if (unexpectedWorkerExits > 0)
+      tally.finding(
+        "crashes",
+        `${unexpectedWorkerExits} worker(s) exited unexpectedly in the last daemon's life`,
+        unexpectedWorkerExits,
+      );
     const survivors = findMarkedProcesses(this.o.runMark);
     const byJob = new Set(survivors.map((p) => p.mark));
     if (survivors.length > 0) {
       const byKind = new Map<string, number>();
-      for (const mark of byJob) byKind.set(this.markKinds.get(mark) ?? "?", (byKind.get(this.markKinds.get(mark) ?? "?") ?? 0) + 1);
+      for (const mark of byJob)
+        byKind.set(this.markKinds.get(mark) ?? "?", (byKind.get(this.markKinds.get(mark) ?? "?") ?? 0) + 1);
       tally.finding(
         "orphans",
         `${survivors.length} process(es) of ${byJob.size} job(s) outlived every daemon; the jobs by the fault of their cycle: ` +
-          `${[...byKind].map(([k, n]) => `${k}=${n}`).join(" ")}; e.g. ${survivors.slice(0, 2).map((p) => `${p.pid} ${p.cmdline.slice(0, 90)}`).join("; ")}`,
+          `${[...byKind].map(([k, n]) => `${k}=${n}`).join(" ")}; e.g. ${survivors
+            .slice(0, 2)
+            .map((p) => `${p.pid} ${p.cmdline.slice(0, 90)}`)
+            .join("; ")}`,
         byJob.size,
       );
     }
@@ -422,5 +504,10 @@ class FaultRun {
 }
 
 function withTimeout<T>(promise: Promise<T>, ms: number, what: string): Promise<T> {
-  return Promise.race([promise, new Promise<never>((_, reject) => setTimeout(() => reject(new Error(`timed out after ${ms} ms waiting for ${what}`)), ms).unref())]);
+  return Promise.race([
+    promise,
+    new Promise<never>((_, reject) =>
+      setTimeout(() => reject(new Error(`timed out after ${ms} ms waiting for ${what}`)), ms).unref(),
+    ),
+  ]);
 }

@@ -21,22 +21,53 @@ const TERMINAL = new Set(["succeeded", "failed", "cancelled", "timed_out"]);
 function templatesFor(runnerId: string, refs: { jobId: string; attempt: number }[]): Record<string, unknown>[] {
   const ref = refs.at(-1) ?? { jobId: "job_fuzz0000000000000000000001", attempt: 1 };
   const now = new Date().toISOString();
-  const device = { id: "usb-1", kind: "usb", name: "thing", state: "online", attributes: { a: 1 }, stale: false, fingerprint: "abcdef0123456789" };
+  const device = {
+    id: "usb-1",
+    kind: "usb",
+    name: "thing",
+    state: "online",
+    attributes: { a: 1 },
+    stale: false,
+    fingerprint: "abcdef0123456789",
+  };
   return [
-    { type: "hello", protocolVersion: PROTOCOL_VERSION, agentVersion: AGENT_VERSION, runnerId, capacity: 1, running: refs.slice(-2), pendingResults: [], labels: ["fuzz"] },
+    {
+      type: "hello",
+      protocolVersion: PROTOCOL_VERSION,
+      agentVersion: AGENT_VERSION,
+      runnerId,
+      capacity: 1,
+      running: refs.slice(-2),
+      pendingResults: [],
+      labels: ["fuzz"],
+    },
     { type: "ready", slots: 1 },
     { type: "accept", ...ref },
     { type: "reject", ...ref, reason: "fuzz" },
     { type: "started", ...ref, startedAt: now },
     { type: "log", ...ref, seq: 0, stream: "stdout", data: "out\n" },
-    { type: "result", result: { ...ref, outcome: "succeeded", exitCode: 0, signal: null, reason: null, startedAt: now, finishedAt: now } },
+    {
+      type: "result",
+      result: {
+        ...ref,
+        outcome: "succeeded",
+        exitCode: 0,
+        signal: null,
+        reason: null,
+        startedAt: now,
+        finishedAt: now,
+      },
+    },
     { type: "goodbye", reason: "fuzz" },
     { type: "devices_summary", batchId: "s1", count: 0, digest: createHash("sha256").update("").digest("hex") },
     { type: "devices", batchId: "b1", snapshotId: "s1", last: true, upserts: [device], removals: [] },
   ];
 }
 
-async function registerFakeRunner(cpUrl: string, admin: AdminClient): Promise<{ runnerId: string; credential: string }> {
+async function registerFakeRunner(
+  cpUrl: string,
+  admin: AdminClient,
+): Promise<{ runnerId: string; credential: string }> {
   const { token } = await admin.createRegistrationToken(600);
   const response = await fetch(`${cpUrl}${API_PREFIX}/runners/register`, {
     method: "POST",
@@ -49,19 +80,49 @@ async function registerFakeRunner(cpUrl: string, admin: AdminClient): Promise<{ 
       host: { hostname: "fuzz-host", platform: "linux", arch: "x64", fingerprint: "0".repeat(64) },
     }),
   });
-  if (response.status !== 201 && response.status !== 200) throw new Error(`fake runner registration: ${response.status} ${await response.text()}`);
+  if (response.status !== 201 && response.status !== 200)
+    throw new Error(`fake runner registration: ${response.status} ${await response.text()}`);
   const { runnerId, credential } = registerResponseSchema.parse(await response.json());
   return { runnerId, credential };
 }
 
-export async function runControlPlaneFuzz(options: { t: TestContext; prng: Prng; tally: Tally; frames: number; root: string; runMark: string; log: (line: string) => void }): Promise<void> {
+export async function runControlPlaneFuzz(options: {
+  t: TestContext;
+  prng: Prng;
+  tally: Tally;
+  frames: number;
+  root: string;
+  runMark: string;
+  log: (line: string) => void;
+}): Promise<void> {
   const { t, prng, tally, root } = options;
   const { cp, admin, port } = await startPhaseControlPlane(t, root, tally);
 
   // The real runner, which must keep being served.
-  const base = ["--state-dir", path.join(root, "runner-state"), "--credential-store", "file", "--machine-id", "cp-fuzz-machine"];
+  const base = [
+    "--state-dir",
+    path.join(root, "runner-state"),
+    "--credential-store",
+    "file",
+    "--machine-id",
+    "cp-fuzz-machine",
+  ];
   await registerThroughCli(admin, root, cp.url, "real-runner", base);
-  const runner = RunnerProcess.start(t, [...base, "--capacity", "2", "--reconnect-base-ms", "100", "--reconnect-cap-ms", "500", "--device-providers", "none"], tally);
+  const runner = RunnerProcess.start(
+    t,
+    [
+      ...base,
+      "--capacity",
+      "2",
+      "--reconnect-base-ms",
+      "100",
+      "--reconnect-cap-ms",
+      "500",
+      "--device-providers",
+      "none",
+    ],
+    tally,
+  );
   await runner.waitConnectedFrom(0);
 
   const fake = await registerFakeRunner(cp.url, admin);
@@ -74,7 +135,12 @@ export async function runControlPlaneFuzz(options: { t: TestContext; prng: Prng;
   const connect = async (): Promise<WebSocket | null> => {
     connections++;
     const socket = new WebSocket(`ws://127.0.0.1:${port}${CHANNEL_PATH}`, {
-      headers: { authorization: `Bearer ${fake.credential}`, "x-runner-id": fake.runnerId, "x-runner-protocol": String(PROTOCOL_VERSION), "x-runner-agent-version": AGENT_VERSION },
+      headers: {
+        authorization: `Bearer ${fake.credential}`,
+        "x-runner-id": fake.runnerId,
+        "x-runner-protocol": String(PROTOCOL_VERSION),
+        "x-runner-agent-version": AGENT_VERSION,
+      },
       maxPayload: 64 * 1024 * 1024,
     });
     socket.on("error", () => undefined);
@@ -82,7 +148,8 @@ export async function runControlPlaneFuzz(options: { t: TestContext; prng: Prng;
     socket.on("message", (data) => {
       try {
         const message = JSON.parse(data.toString()) as { type?: string; jobId?: string; attempt?: number };
-        if (message.type === "assign" && message.jobId && message.attempt) refs.push({ jobId: message.jobId, attempt: message.attempt });
+        if (message.type === "assign" && message.jobId && message.attempt)
+          refs.push({ jobId: message.jobId, attempt: message.attempt });
       } catch {
         // The control plane's frames are not what is tested here.
       }
@@ -95,7 +162,9 @@ export async function runControlPlaneFuzz(options: { t: TestContext; prng: Prng;
     if (!opened) return null;
     const [hello] = templatesFor(fake.runnerId, refs);
     // Mostly a valid hello, sometimes a fuzzed one (the control plane then closes the connection).
-    const first = prng.chance(0.8) ? JSON.stringify(hello) : encodeFuzzed(mutateMessage(prng, hello as Record<string, unknown>));
+    const first = prng.chance(0.8)
+      ? JSON.stringify(hello)
+      : encodeFuzzed(mutateMessage(prng, hello as Record<string, unknown>));
     socket.send(first);
     tally.fuzzFrames.toControlPlane++;
     return socket;
@@ -115,13 +184,20 @@ export async function runControlPlaneFuzz(options: { t: TestContext; prng: Prng;
     }
     const roll = prng.next();
     const template = prng.pick(templatesFor(fake.runnerId, refs)) as Record<string, unknown>;
-    const frame = roll < 0.25 ? randomFrame(prng) : roll < 0.4 ? mangleText(prng, JSON.stringify(template)) : encodeFuzzed(mutateMessage(prng, template));
+    const frame =
+      roll < 0.25
+        ? randomFrame(prng)
+        : roll < 0.4
+          ? mangleText(prng, JSON.stringify(template))
+          : encodeFuzzed(mutateMessage(prng, template));
     ws.send(frame, { binary: Buffer.isBuffer(frame) });
     tally.fuzzFrames.toControlPlane++;
     await new Promise((resolve) => setTimeout(resolve, typeof frame === "string" && frame.length > 50_000 ? 10 : 1));
   }
   ws?.terminate();
-  options.log(`control-plane fuzz: ${tally.fuzzFrames.toControlPlane} frames over ${connections} connection(s); checking the real runner is still served`);
+  options.log(
+    `control-plane fuzz: ${tally.fuzzFrames.toControlPlane} frames over ${connections} connection(s); checking the real runner is still served`,
+  );
 
   // ---- still serving the real runner? ----
   const cpAlive = () => cp.child.exitCode === null && cp.child.signalCode === null;
@@ -129,7 +205,8 @@ export async function runControlPlaneFuzz(options: { t: TestContext; prng: Prng;
   if (after) {
     submitted.push(after.job.jobId);
     tally.jobsSubmitted++;
-  } else if (cpAlive()) tally.finding("crashes", "after the fuzz, the control plane (still running) refused a job submission");
+  } else if (cpAlive())
+    tally.finding("crashes", "after the fuzz, the control plane (still running) refused a job submission");
   let statuses = new Map<string, string>();
   try {
     // A dead control plane serves nothing: no point waiting for it.
@@ -148,10 +225,21 @@ export async function runControlPlaneFuzz(options: { t: TestContext; prng: Prng;
   } catch {
     const stuck = submitted.filter((id) => !TERMINAL.has(statuses.get(id) ?? ""));
     // A crashed control plane was counted as a crash; its queue is not lost, only stopped.
-    if (cpAlive()) tally.finding("lost", `control-plane fuzz: ${stuck.length} job(s) did not finish: ${stuck.slice(0, 3).map((id) => `${id} ${statuses.get(id)}`).join(", ")}`, stuck.length);
+    if (cpAlive())
+      tally.finding(
+        "lost",
+        `control-plane fuzz: ${stuck.length} job(s) did not finish: ${stuck
+          .slice(0, 3)
+          .map((id) => `${id} ${statuses.get(id)}`)
+          .join(", ")}`,
+        stuck.length,
+      );
   }
   if (after && cpAlive() && statuses.get(after.job.jobId) !== "succeeded") {
-    tally.finding("crashes", `after the fuzz, the real runner's job ended ${statuses.get(after.job.jobId)}, not succeeded`);
+    tally.finding(
+      "crashes",
+      `after the fuzz, the real runner's job ended ${statuses.get(after.job.jobId)}, not succeeded`,
+    );
   }
   await runner.stop("SIGTERM", 20_000);
 }

@@ -20,9 +20,31 @@ function seedTemplates(): Record<string, Record<string, unknown>> {
   const ref = { jobId: "job_fuzz0000000000000000000001", attempt: 1 };
   const lease = new Date(Date.now() + 60_000).toISOString();
   return {
-    welcome: { type: "welcome", protocolVersion: 1, heartbeatIntervalMs: 200, leaseMs: 2500, maxFrameBytes: 1048576, fenced: [] },
-    assign: { type: "assign", ...ref, job: { kind: "command", argv: ["true", "a"], env: { A: "b" } }, timeoutMs: 5000, cancelGraceMs: 100, leaseExpiresAt: lease },
-    assign_module: { type: "assign", ...ref, attempt: 2, job: { kind: "module", handler: "noop", payload: { a: [1, 2] } }, timeoutMs: 5000, cancelGraceMs: 100, leaseExpiresAt: lease },
+    welcome: {
+      type: "welcome",
+      protocolVersion: 1,
+      heartbeatIntervalMs: 200,
+      leaseMs: 2500,
+      maxFrameBytes: 1048576,
+      fenced: [],
+    },
+    assign: {
+      type: "assign",
+      ...ref,
+      job: { kind: "command", argv: ["true", "a"], env: { A: "b" } },
+      timeoutMs: 5000,
+      cancelGraceMs: 100,
+      leaseExpiresAt: lease,
+    },
+    assign_module: {
+      type: "assign",
+      ...ref,
+      attempt: 2,
+      job: { kind: "module", handler: "noop", payload: { a: [1, 2] } },
+      timeoutMs: 5000,
+      cancelGraceMs: 100,
+      leaseExpiresAt: lease,
+    },
     result_ack: { type: "result_ack", ...ref, applied: true },
     cancel: { type: "cancel", ...ref, reason: "fuzz" },
     error: { type: "error", code: "bad_frame", message: "fuzz" },
@@ -45,7 +67,15 @@ function defang(value: unknown): unknown {
   return value;
 }
 
-export async function runRunnerFuzz(options: { t: TestContext; prng: Prng; tally: Tally; frames: number; root: string; runMark: string; log: (line: string) => void }): Promise<void> {
+export async function runRunnerFuzz(options: {
+  t: TestContext;
+  prng: Prng;
+  tally: Tally;
+  frames: number;
+  root: string;
+  runMark: string;
+  log: (line: string) => void;
+}): Promise<void> {
   const { t, prng, tally, root } = options;
   const { admin, port } = await startPhaseControlPlane(t, root, tally);
   const templates = seedTemplates();
@@ -58,7 +88,8 @@ export async function runRunnerFuzz(options: { t: TestContext; prng: Prng; tally
   relay.on("upgrade", (req: http.IncomingMessage, socket: Duplex, head: Buffer) => {
     wss.handleUpgrade(req, socket, head, (down) => {
       const headers: Record<string, string> = {};
-      for (const name of FORWARDED_HEADERS) if (typeof req.headers[name] === "string") headers[name] = req.headers[name];
+      for (const name of FORWARDED_HEADERS)
+        if (typeof req.headers[name] === "string") headers[name] = req.headers[name];
       const up = new WebSocket(`ws://127.0.0.1:${port}${req.url ?? "/"}`, { headers, maxPayload: 64 * 1024 * 1024 });
       // The runner speaks (hello) before the upstream socket may be open. A held frame keeps
       // its kind: sent on as binary, the hello would be refused (1008, which reaches the
@@ -77,7 +108,9 @@ export async function runRunnerFuzz(options: { t: TestContext; prng: Prng; tally
         } catch {
           // Passed on as it is.
         }
-        if (message && typeof message.type === "string") templates[message.type === "assign" ? `assign_${message.jobId as string}`.slice(0, 40) : message.type] = message;
+        if (message && typeof message.type === "string")
+          templates[message.type === "assign" ? `assign_${message.jobId as string}`.slice(0, 40) : message.type] =
+            message;
         // Now and then the welcome itself is the fuzzed frame.
         if (fuzzing && message?.type === "welcome" && prng.chance(0.2)) {
           tally.fuzzFrames.toRunner++;
@@ -104,9 +137,27 @@ export async function runRunnerFuzz(options: { t: TestContext; prng: Prng; tally
   });
 
   // ---- the runner ----
-  const base = ["--state-dir", path.join(root, "runner-state"), "--credential-store", "file", "--machine-id", "fuzz-machine"];
-  const args = [...base, "--capacity", "2", "--reconnect-base-ms", "50", "--reconnect-cap-ms", "500", "--device-providers", "none",
-    "--handlers", `noop=${path.join(REPO_ROOT, "test", "fixtures", "handlers", "noop.mjs")}`];
+  const base = [
+    "--state-dir",
+    path.join(root, "runner-state"),
+    "--credential-store",
+    "file",
+    "--machine-id",
+    "fuzz-machine",
+  ];
+  const args = [
+    ...base,
+    "--capacity",
+    "2",
+    "--reconnect-base-ms",
+    "50",
+    "--reconnect-cap-ms",
+    "500",
+    "--device-providers",
+    "none",
+    "--handlers",
+    `noop=${path.join(REPO_ROOT, "test", "fixtures", "handlers", "noop.mjs")}`,
+  ];
   await registerThroughCli(admin, root, relayUrl, "fuzzed-runner", base);
   let runner = RunnerProcess.start(t, args, tally);
   await runner.waitConnectedFrom(0);
@@ -114,7 +165,7 @@ export async function runRunnerFuzz(options: { t: TestContext; prng: Prng; tally
   // ---- the fuzz ----
   const jobs = new MarkedJobs(`${options.runMark}-rf`);
   let restarts = 0;
-  for (let sent = 0; sent < options.frames; ) {
+  for (let sent = 0; sent < options.frames;) {
     // A daemon that exited was counted as a crash; start it again so the fuzz goes on.
     if (runner.daemon.child.exitCode !== null || runner.daemon.child.signalCode !== null) {
       if (++restarts > 5) break;
@@ -122,10 +173,19 @@ export async function runRunnerFuzz(options: { t: TestContext; prng: Prng; tally
     }
     const open = [...downstreams].filter((ws) => ws.readyState === WebSocket.OPEN);
     if (open.length === 0) {
-      await waitUntil("the runner to reconnect to the relay", () => [...downstreams].some((ws) => ws.readyState === WebSocket.OPEN), 30_000, 10).catch(() => undefined);
+      await waitUntil(
+        "the runner to reconnect to the relay",
+        () => [...downstreams].some((ws) => ws.readyState === WebSocket.OPEN),
+        30_000,
+        10,
+      ).catch(() => undefined);
       continue;
     }
-    if (sent % 100 === 0) await admin.submitJob(jobs.next("quick").request).then(() => tally.jobsSubmitted++, () => undefined);
+    if (sent % 100 === 0)
+      await admin.submitJob(jobs.next("quick").request).then(
+        () => tally.jobsSubmitted++,
+        () => undefined,
+      );
     const frame = pickFrame(prng, templates);
     sendSafely(open[open.length - 1]!, frame);
     sent++;
@@ -154,12 +214,23 @@ export async function runRunnerFuzz(options: { t: TestContext; prng: Prng; tally
       50,
     );
   } catch {
-    tally.finding("crashes", `after the fuzz, a normal job did not succeed within 60 s on the runner (status: ${status})`);
+    tally.finding(
+      "crashes",
+      `after the fuzz, a normal job did not succeed within 60 s on the runner (status: ${status})`,
+    );
   }
   const workerDeaths = runner.lines.filter((l) => /exited unexpectedly/.test(l.msg));
-  if (workerDeaths.length > 0) tally.finding("crashes", `the fuzz killed ${workerDeaths.length} worker(s): ${String(workerDeaths[0]!.msg).slice(0, 200)}`, workerDeaths.length);
+  if (workerDeaths.length > 0)
+    tally.finding(
+      "crashes",
+      `the fuzz killed ${workerDeaths.length} worker(s): ${String(workerDeaths[0]!.msg).slice(0, 200)}`,
+      workerDeaths.length,
+    );
   const longest = Math.max(0, ...runner.lines.map((l) => JSON.stringify(l).length));
-  if (longest > 64 * 1024) tally.notes.push(`runner fuzz: the daemon wrote a ${longest}-character log line (strings from the wire reach the log uncapped)`);
+  if (longest > 64 * 1024)
+    tally.notes.push(
+      `runner fuzz: the daemon wrote a ${longest}-character log line (strings from the wire reach the log uncapped)`,
+    );
   await runner.stop("SIGTERM", 20_000);
 }
 

@@ -60,7 +60,9 @@ export function findMarkedProcesses(runMark: string): MarkedProcess[] {
       if (state === "Z" || state === "X") continue;
       const cmdline = readFileSync(`/proc/${entry}/cmdline`, "utf8").split("\0").join(" ").trim();
       const environ = readFileSync(`/proc/${entry}/environ`, "utf8").split("\0");
-      const fromEnv = environ.find((v) => v.startsWith(`${MARK_VARIABLE}=${runMark}:`))?.slice(MARK_VARIABLE.length + 1);
+      const fromEnv = environ
+        .find((v) => v.startsWith(`${MARK_VARIABLE}=${runMark}:`))
+        ?.slice(MARK_VARIABLE.length + 1);
       const fromArgv = new RegExp(`faultjob-(${runMark}:\\d+)`).exec(cmdline)?.[1];
       const mark = fromEnv ?? fromArgv;
       if (mark !== undefined) found.push({ pid: Number(entry), mark, cmdline });

@@ -14,7 +14,8 @@ export class Prng {
     const given = env.FAULTS_SEED;
     if (given !== undefined && given.trim() !== "") {
       const seed = Number(given);
-      if (!Number.isInteger(seed) || seed < 0 || seed > 0xffffffff) throw new Error(`FAULTS_SEED must be an integer from 0 to 4294967295, not ${given}`);
+      if (!Number.isInteger(seed) || seed < 0 || seed > 0xffffffff)
+        throw new Error(`FAULTS_SEED must be an integer from 0 to 4294967295, not ${given}`);
       return new Prng(seed);
     }
     return new Prng(randomInt(0, 0xffffffff));

@@ -118,13 +118,16 @@ class DelayedPipe {
   private schedule(): void {
     const head = this.queue[0];
     if (this.timer !== undefined || head === undefined) return;
-    this.timer = setTimeout(() => {
-      this.timer = undefined;
-      while (this.queue[0] !== undefined && this.queue[0].at <= performance.now()) {
-        const { chunk } = this.queue.shift()!;
-        if (!this.flow.dead && !this.to.destroyed) this.to.write(chunk);
-      }
-      this.schedule();
-    }, Math.max(0, head.at - performance.now()));
+    this.timer = setTimeout(
+      () => {
+        this.timer = undefined;
+        while (this.queue[0] !== undefined && this.queue[0].at <= performance.now()) {
+          const { chunk } = this.queue.shift()!;
+          if (!this.flow.dead && !this.to.destroyed) this.to.write(chunk);
+        }
+        this.schedule();
+      },
+      Math.max(0, head.at - performance.now()),
+    );
   }
 }

@@ -21,11 +21,13 @@ if (process.platform !== "linux") throw new Error("the fault suite reads /proc: 
 
 const prng = Prng.fromEnv();
 const scale = Number(process.env.FAULTS_SCALE ?? "1");
-if (!(scale >= 0.1 && scale <= 4)) throw new Error(`FAULTS_SCALE must be a number from 0.1 to 4, not ${process.env.FAULTS_SCALE}`);
+if (!(scale >= 0.1 && scale <= 4))
+  throw new Error(`FAULTS_SCALE must be a number from 0.1 to 4, not ${process.env.FAULTS_SCALE}`);
 const tally = new Tally();
 const runMark = `fm${prng.seed.toString(36)}x${process.pid}`;
 const began = performance.now();
-const log = (line: string) => process.stdout.write(`# [${((performance.now() - began) / 1000).toFixed(1)} s] ${line}\n`);
+const log = (line: string) =>
+  process.stdout.write(`# [${((performance.now() - began) / 1000).toFixed(1)} s] ${line}\n`);
 log(`fault suite: seed ${prng.seed} (replay: FAULTS_SEED=${prng.seed}), scale ${scale}, mark ${runMark}`);
 
 async function phaseRoot(name: string): Promise<string> {
@@ -43,16 +45,31 @@ const loopPrng = prng.fork();
 const runnerFuzzPrng = prng.fork();
 const cpFuzzPrng = prng.fork();
 
-test("injected faults lose no job, apply no result twice and leave no job process behind", { timeout: 360_000 }, async (t) => {
-  const root = await phaseRoot("loop");
-  t.after(() => fs.rm(root, { recursive: true, force: true }));
-  await runFaultLoop({ t, prng: loopPrng, tally, scale, runMark, root, log });
-  assert.ok(tally.faultsInjected >= Math.min(200, Math.floor(200 * scale)), `only ${tally.faultsInjected} faults were injected`);
-  assert.deepEqual({ lost: tally.lost, appliedTwice: tally.appliedTwice, orphans: tally.orphans, crashes: tally.crashes }, { lost: 0, appliedTwice: 0, orphans: 0, crashes: 0 }, tally.findings.join("\n"));
-});
+test(
+  "injected faults lose no job, apply no result twice and leave no job process behind",
+  { timeout: 360_000 },
+  async (t) => {
+    const root = await phaseRoot("loop");
+    t.after(() => fs.rm(root, { recursive: true, force: true }));
+    await runFaultLoop({ t, prng: loopPrng, tally, scale, runMark, root, log });
+    assert.ok(
+      tally.faultsInjected >= Math.min(200, Math.floor(200 * scale)),
+      `only ${tally.faultsInjected} faults were injected`,
+    );
+    assert.deepEqual(
+      { lost: tally.lost, appliedTwice: tally.appliedTwice, orphans: tally.orphans, crashes: tally.crashes },
+      { lost: 0, appliedTwice: 0, orphans: 0, crashes: 0 },
+      tally.findings.join("\n"),
+    );
+  },
+);
 
 /** A fuzz phase passes when it added no crash and no lost job to the tally. */
-function fuzzPhase(name: string, root: string, fuzz: (options: { t: TestContext; root: string }) => Promise<void>): void {
+function fuzzPhase(
+  name: string,
+  root: string,
+  fuzz: (options: { t: TestContext; root: string }) => Promise<void>,
+): void {
   test(name, { timeout: 180_000 }, async (t) => {
     const dir = await phaseRoot(root);
     t.after(() => fs.rm(dir, { recursive: true, force: true }));
@@ -62,10 +79,16 @@ function fuzzPhase(name: string, root: string, fuzz: (options: { t: TestContext;
   });
 }
 
-fuzzPhase("fuzzed control-plane frames crash neither the daemon nor a worker, and a normal job runs afterwards", "rfuzz", ({ t, root }) =>
-  runRunnerFuzz({ t, prng: runnerFuzzPrng, tally, frames: Math.round(800 * scale), root, runMark, log }),
+fuzzPhase(
+  "fuzzed control-plane frames crash neither the daemon nor a worker, and a normal job runs afterwards",
+  "rfuzz",
+  ({ t, root }) =>
+    runRunnerFuzz({ t, prng: runnerFuzzPrng, tally, frames: Math.round(800 * scale), root, runMark, log }),
 );
 
-fuzzPhase("fuzzed runner frames do not crash the control plane, which keeps serving another runner", "cfuzz", ({ t, root }) =>
-  runControlPlaneFuzz({ t, prng: cpFuzzPrng, tally, frames: Math.round(800 * scale), root, runMark, log }),
+fuzzPhase(
+  "fuzzed runner frames do not crash the control plane, which keeps serving another runner",
+  "cfuzz",
+  ({ t, root }) =>
+    runControlPlaneFuzz({ t, prng: cpFuzzPrng, tally, frames: Math.round(800 * scale), root, runMark, log }),
 );

@@ -39,9 +39,13 @@ export class Tally {
   }
 
   summary(seed: number, elapsedMs: number): string {
-    const byKind = [...this.faults].sort(([a], [b]) => a.localeCompare(b)).map(([k, n]) => `${k}=${n}`).join(" ");
+    const byKind = [...this.faults]
+      .sort(([a], [b]) => a.localeCompare(b))
+      .map(([k, n]) => `${k}=${n}`)
+      .join(" ");
     const sorted = [...this.recoveryMs].sort((a, b) => a - b);
-    const pct = (p: number) => (sorted.length === 0 ? "-" : `${sorted[Math.min(sorted.length - 1, Math.floor(p * sorted.length))]} ms`);
+    const pct = (p: number) =>
+      sorted.length === 0 ? "-" : `${sorted[Math.min(sorted.length - 1, Math.floor(p * sorted.length))]} ms`;
     return [
       "== fault suite summary ==",
       `seed:               ${seed} (replay: FAULTS_SEED=${seed})`,
@@ -50,7 +54,10 @@ export class Tally {
       `jobs submitted:     ${this.jobsSubmitted}`,
       `faults injected:    ${this.faultsInjected} (${byKind})`,
       `fuzz frames sent:   ${this.fuzzFrames.toRunner + this.fuzzFrames.toControlPlane} (to the runner ${this.fuzzFrames.toRunner}, to the control plane ${this.fuzzFrames.toControlPlane})`,
-      `time per fault:     ${[...this.faultMs].sort(([a], [b]) => a.localeCompare(b)).map(([k, v]) => `${k} avg ${Math.round(v.total / (this.faults.get(k) ?? 1))} max ${Math.round(v.max)} ms`).join(", ")}`,
+      `time per fault:     ${[...this.faultMs]
+        .sort(([a], [b]) => a.localeCompare(b))
+        .map(([k, v]) => `${k} avg ${Math.round(v.total / (this.faults.get(k) ?? 1))} max ${Math.round(v.max)} ms`)
+        .join(", ")}`,
       `reconnect after a link fault: p50 ${pct(0.5)}, max ${pct(1)} (${sorted.length} measured)`,
       `lost:               ${this.lost}`,
       `applied twice:      ${this.appliedTwice}`,

@@ -33,7 +33,11 @@ export function runCli(args: string[], options: CliOptions = {}): Promise<CliRes
     if (options.input !== undefined) child.stdin?.end(options.input);
     const timer = setTimeout(() => {
       child.kill("SIGKILL");
-      reject(new Error(`runner ${args.join(" ")} did not finish within ${options.timeoutMs ?? 30_000} ms\n${stdout}\n${stderr}`));
+      reject(
+        new Error(
+          `runner ${args.join(" ")} did not finish within ${options.timeoutMs ?? 30_000} ms\n${stdout}\n${stderr}`,
+        ),
+      );
     }, options.timeoutMs ?? 30_000);
     child.on("error", reject);
     child.on("close", (code) => {

@@ -53,7 +53,9 @@ export function startDaemon(t: TestContext, args: string[], env: Record<string, 
   });
   child.stdout!.resume();
   const signals: Record<string, number> = { SIGKILL: 9, SIGTERM: 15, SIGINT: 2 };
-  const exited = new Promise<number>((resolve) => child.on("exit", (code, signal) => resolve(code ?? 128 + (signals[signal ?? ""] ?? 0))));
+  const exited = new Promise<number>((resolve) =>
+    child.on("exit", (code, signal) => resolve(code ?? 128 + (signals[signal ?? ""] ?? 0))),
+  );
   t.after(() => {
     if (child.exitCode === null && child.signalCode === null) child.kill("SIGKILL");
   });
@@ -66,7 +68,10 @@ export function startDaemon(t: TestContext, args: string[], env: Record<string, 
       const seen = lines.find(match);
       if (seen) return Promise.resolve(seen);
       return new Promise((resolve, reject) => {
-        const timer = setTimeout(() => reject(new Error(`no matching log line within ${timeoutMs} ms; got:\n${raw}`)), timeoutMs);
+        const timer = setTimeout(
+          () => reject(new Error(`no matching log line within ${timeoutMs} ms; got:\n${raw}`)),
+          timeoutMs,
+        );
         waiters.push({ match, resolve: (l) => (clearTimeout(timer), resolve(l)) });
         void exited.then((code) => {
           clearTimeout(timer);

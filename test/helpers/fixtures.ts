@@ -37,9 +37,16 @@ export interface TestControlPlane {
   tokenFile(dir: string): Promise<string>;
 }
 
-export async function startTestControlPlane(t: TestContext, options: Omit<ControlPlaneOptions, "logger" | "adminToken"> = {}): Promise<TestControlPlane> {
+export async function startTestControlPlane(
+  t: TestContext,
+  options: Omit<ControlPlaneOptions, "logger" | "adminToken"> = {},
+): Promise<TestControlPlane> {
   const capture = captureLogger();
-  const cp = await startControlPlane({ logger: capture.logger, adminToken: "adm_test-admin-token-0123456789", ...options });
+  const cp = await startControlPlane({
+    logger: capture.logger,
+    adminToken: "adm_test-admin-token-0123456789",
+    ...options,
+  });
   t.after(() => cp.close());
   const admin = new AdminClient(cp.url, "adm_test-admin-token-0123456789");
   let n = 0;
@@ -66,13 +73,36 @@ export interface RegisteredRunner {
 export async function registerRunner(
   t: TestContext,
   plane: TestControlPlane,
-  options: { store?: "file" | "keychain" | "auto"; name?: string; machineId?: string; extra?: string[]; url?: string } = {},
+  options: {
+    store?: "file" | "keychain" | "auto";
+    name?: string;
+    machineId?: string;
+    extra?: string[];
+    url?: string;
+  } = {},
 ): Promise<RegisteredRunner> {
   const root = await tempDir(t);
   const stateDir = path.join(root, "state");
-  const flags = ["--state-dir", stateDir, "--credential-store", options.store ?? "file", "--machine-id", options.machineId ?? "machine-A"];
+  const flags = [
+    "--state-dir",
+    stateDir,
+    "--credential-store",
+    options.store ?? "file",
+    "--machine-id",
+    options.machineId ?? "machine-A",
+  ];
   const tokenFile = await plane.tokenFile(root);
-  const register = await runCli(["register", "--url", options.url ?? plane.cp.url, "--token-file", tokenFile, "--name", options.name ?? `runner-${path.basename(root)}`, ...flags, ...(options.extra ?? [])]);
+  const register = await runCli([
+    "register",
+    "--url",
+    options.url ?? plane.cp.url,
+    "--token-file",
+    tokenFile,
+    "--name",
+    options.name ?? `runner-${path.basename(root)}`,
+    ...flags,
+    ...(options.extra ?? []),
+  ]);
   assert.equal(register.code, 0, `register failed: ${register.all}`);
   return { stateDir, flags, register };
 }
@@ -85,7 +115,8 @@ export function secretServiceAvailable(): boolean {
 /** Skip keychain tests only where no Secret Service can be had; in CI its absence is a failure. */
 export function requireKeychain(t: TestContext): boolean {
   if (secretServiceAvailable()) return true;
-  if (process.env.CI) assert.fail("CI must provide a Secret Service (dbus-run-session + gnome-keyring-daemon); see .ci/run");
+  if (process.env.CI)
+    assert.fail("CI must provide a Secret Service (dbus-run-session + gnome-keyring-daemon); see .ci/run");
   t.skip("no Secret Service here: run the tests through `npm test`, which starts one");
   return false;
 }

@@ -70,7 +70,9 @@ function frameLog(what: string): FrameLog & { push(text: string): Frame } {
         const timer = setTimeout(() => {
           waiters.delete(check);
           const seen = frames.slice(from).map((f) => JSON.stringify(f).slice(0, 300));
-          reject(new Error(`no matching frame ${what} within ${timeoutMs} ms; frames since #${from}:\n${seen.join("\n")}`));
+          reject(
+            new Error(`no matching frame ${what} within ${timeoutMs} ms; frames since #${from}:\n${seen.join("\n")}`),
+          );
         }, timeoutMs);
         if (!check()) waiters.add(check);
       });
@@ -83,7 +85,11 @@ export interface WsRelayOptions {
   holdBack?: (frame: Frame) => boolean;
 }
 
-export async function startWsRelay(t: TestContext, controlPlaneUrl: string, options: WsRelayOptions = {}): Promise<WsRelay> {
+export async function startWsRelay(
+  t: TestContext,
+  controlPlaneUrl: string,
+  options: WsRelayOptions = {},
+): Promise<WsRelay> {
   const target = new URL(controlPlaneUrl);
   const fromRunner = frameLog("from the runner");
   const fromControlPlane = frameLog("from the control plane");
@@ -94,7 +100,8 @@ export async function startWsRelay(t: TestContext, controlPlaneUrl: string, opti
   server.on("upgrade", (req: http.IncomingMessage, socket: Duplex, head: Buffer) => {
     wss.handleUpgrade(req, socket, head, (down) => {
       const headers: Record<string, string> = {};
-      for (const name of FORWARDED_HEADERS) if (typeof req.headers[name] === "string") headers[name] = req.headers[name];
+      for (const name of FORWARDED_HEADERS)
+        if (typeof req.headers[name] === "string") headers[name] = req.headers[name];
       const up = new WebSocket(`ws://${target.host}${req.url ?? "/"}`, { headers, maxPayload: 64 * 1024 * 1024 });
       // The runner may speak (hello) before the upstream socket is open.
       const early: string[] = [];

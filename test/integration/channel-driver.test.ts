@@ -80,20 +80,34 @@ describe("the channel driver", { timeout: 60_000 }, () => {
         const message = JSON.parse(data.toString()) as RunnerMessage;
         if (message.type !== "hello") return;
         hellos.push(message);
-        socket.send(encode({ type: "welcome", protocolVersion: 1, heartbeatIntervalMs: 5_000, leaseMs: 60_000, maxFrameBytes: 65_536, fenced: [], paused: false }));
+        socket.send(
+          encode({
+            type: "welcome",
+            protocolVersion: 1,
+            heartbeatIntervalMs: 5_000,
+            leaseMs: 60_000,
+            maxFrameBytes: 65_536,
+            fenced: [],
+            paused: false,
+          }),
+        );
       });
     });
     await new Promise((r) => server.once("listening", r));
     const port = (server.address() as AddressInfo).port;
     const capture = captureLogger();
     const { ports, started } = recordingPorts();
-    const driver = new ChannelDriver(config("rnr_aaaaaaaaaaaaaaaaaaaaaaaa"), {}, {
-      url: `ws://127.0.0.1:${port}/api/v1/channel`,
-      credential: "rnc_test-credential-not-secret-here",
-      maxFrameBytes: 65_536,
-      logger: capture.logger,
-      ports,
-    });
+    const driver = new ChannelDriver(
+      config("rnr_aaaaaaaaaaaaaaaaaaaaaaaa"),
+      {},
+      {
+        url: `ws://127.0.0.1:${port}/api/v1/channel`,
+        credential: "rnc_test-credential-not-secret-here",
+        maxFrameBytes: 65_536,
+        logger: capture.logger,
+        ports,
+      },
+    );
     void driver.start();
     t.after(() => driver.dispose());
     await until(() => driver.current.phase === "connected", "the welcome");
@@ -116,14 +130,36 @@ describe("the channel driver", { timeout: 60_000 }, () => {
     socket.send("x".repeat(100_000)); // over the 64 KiB frame limit: ws closes with 1009
     await until(() => hellos.length === 2, "a reconnect after the oversized frame");
     assert.match(capture.text(), /socket error: Max payload size exceeded/);
-    assert.deepEqual((hellos[1] as Extract<RunnerMessage, { type: "hello" }>).running, [{ jobId: "j1", attempt: 1 }], "the job survived the reconnect");
+    assert.deepEqual(
+      (hellos[1] as Extract<RunnerMessage, { type: "hello" }>).running,
+      [{ jobId: "j1", attempt: 1 }],
+      "the job survived the reconnect",
+    );
   });
 
   test("wss:// verifies the certificate: a self-signed one is refused and retried, never trusted", async (t) => {
     const dir = await tempDir(t);
     const key = path.join(dir, "key.pem");
     const cert = path.join(dir, "cert.pem");
-    const made = spawnSync("openssl", ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", cert, "-subj", "/CN=localhost", "-days", "1"], { encoding: "utf8" });
+    const made = spawnSync(
+      "openssl",
+      [
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        key,
+        "-out",
+        cert,
+        "-subj",
+        "/CN=localhost",
+        "-days",
+        "1",
+      ],
+      { encoding: "utf8" },
+    );
     if (made.status !== 0) return t.skip(`openssl could not make a certificate: ${made.stderr}`);
     const server = https.createServer({ key: readFileSync(key), cert: readFileSync(cert) });
     const wss = new WebSocketServer({ server });
@@ -132,83 +168,129 @@ describe("the channel driver", { timeout: 60_000 }, () => {
     await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
     t.after(() => new Promise<void>((r) => (wss.close(), server.close(() => r()))));
     const capture = captureLogger();
-    const driver = new ChannelDriver(config("rnr_bbbbbbbbbbbbbbbbbbbbbbbb"), {}, {
-      url: `wss://localhost:${(server.address() as AddressInfo).port}/api/v1/channel`,
-      credential: "rnc_test-credential-not-secret-here",
-      maxFrameBytes: 65_536,
-      logger: capture.logger,
-      ports: recordingPorts().ports,
-    });
+    const driver = new ChannelDriver(
+      config("rnr_bbbbbbbbbbbbbbbbbbbbbbbb"),
+      {},
+      {
+        url: `wss://localhost:${(server.address() as AddressInfo).port}/api/v1/channel`,
+        credential: "rnc_test-credential-not-secret-here",
+        maxFrameBytes: 65_536,
+        logger: capture.logger,
+        ports: recordingPorts().ports,
+      },
+    );
     void driver.start();
     t.after(() => driver.dispose());
-    await until(() => (capture.text().match(/cannot connect: .*(SELF_SIGNED|self-signed)/gi) ?? []).length >= 2, "two refused attempts", 10_000);
+    await until(
+      () => (capture.text().match(/cannot connect: .*(SELF_SIGNED|self-signed)/gi) ?? []).length >= 2,
+      "two refused attempts",
+      10_000,
+    );
     assert.equal(upgrades, 0, "no WebSocket was ever opened to the untrusted server");
     assert.notEqual(driver.current.phase, "connected");
   });
 
-  test("100 runners reconnecting after a control-plane restart are spread out by jitter", { timeout: 60_000 }, async (t) => {
-    const dataDir = await tempDir(t, "runner-cp-");
-    const plane = await startTestControlPlane(t, { dataDir, heartbeatIntervalMs: 5_000 });
-    const port = Number(new URL(plane.cp.url).port);
-    const fleet = 100;
-    const identities = await Promise.all(
-      Array.from({ length: fleet }, async (_, i) => {
-        const { token } = await plane.admin.createRegistrationToken(60);
-        const host = { hostname: `host-${i}`, platform: "linux", arch: "x64", fingerprint: fingerprintOf(`machine-${i}`) };
-        return register({ url: plane.cp.url, timeoutMs: 5_000 }, token, { protocolVersion: PROTOCOL_VERSION, agentVersion: AGENT_VERSION, name: `fleet-${i}`, labels: [], host, replace: false });
-      }),
-    );
-    const quiet = captureLogger("warn");
-    const drivers = identities.map(
-      (id) =>
-        new ChannelDriver(config(id.runnerId, { reconnectBaseMs: 1000, reconnectCapMs: 10_000 }), {}, {
-          url: channelUrl(plane.cp.url, false),
-          credential: id.credential,
-          maxFrameBytes: 1 << 20,
-          logger: quiet.logger,
-          ports: recordingPorts().ports,
+  test(
+    "100 runners reconnecting after a control-plane restart are spread out by jitter",
+    { timeout: 60_000 },
+    async (t) => {
+      const dataDir = await tempDir(t, "runner-cp-");
+      const plane = await startTestControlPlane(t, { dataDir, heartbeatIntervalMs: 5_000 });
+      const port = Number(new URL(plane.cp.url).port);
+      const fleet = 100;
+      const identities = await Promise.all(
+        Array.from({ length: fleet }, async (_, i) => {
+          const { token } = await plane.admin.createRegistrationToken(60);
+          const host = {
+            hostname: `host-${i}`,
+            platform: "linux",
+            arch: "x64",
+            fingerprint: fingerprintOf(`machine-${i}`),
+          };
+          return register({ url: plane.cp.url, timeoutMs: 5_000 }, token, {
+            protocolVersion: PROTOCOL_VERSION,
+            agentVersion: AGENT_VERSION,
+            name: `fleet-${i}`,
+            labels: [],
+            host,
+            replace: false,
+          });
         }),
-    );
-    t.after(() => drivers.forEach((d) => d.dispose()));
-    for (const driver of drivers) void driver.start();
-    await until(() => drivers.every((d) => d.current.phase === "connected"), "the whole fleet to connect", 20_000);
+      );
+      const quiet = captureLogger("warn");
+      const drivers = identities.map(
+        (id) =>
+          new ChannelDriver(
+            config(id.runnerId, { reconnectBaseMs: 1000, reconnectCapMs: 10_000 }),
+            {},
+            {
+              url: channelUrl(plane.cp.url, false),
+              credential: id.credential,
+              maxFrameBytes: 1 << 20,
+              logger: quiet.logger,
+              ports: recordingPorts().ports,
+            },
+          ),
+      );
+      t.after(() => drivers.forEach((d) => d.dispose()));
+      for (const driver of drivers) void driver.start();
+      await until(() => drivers.every((d) => d.current.phase === "connected"), "the whole fleet to connect", 20_000);
 
-    await plane.cp.close();
-    const restartedAt = process.hrtime.bigint();
-    const again = await startTestControlPlane(t, { dataDir, port, heartbeatIntervalMs: 5_000 });
-    const reconnects: number[] = [];
-    again.cp.events.on("runner", (e: { event: string }) => {
-      if (e.event === "connected") reconnects.push(Number(process.hrtime.bigint() - restartedAt) / 1e6);
-    });
-    await until(() => reconnects.length >= fleet, "the whole fleet to reconnect", 20_000);
+      await plane.cp.close();
+      const restartedAt = process.hrtime.bigint();
+      const again = await startTestControlPlane(t, { dataDir, port, heartbeatIntervalMs: 5_000 });
+      const reconnects: number[] = [];
+      again.cp.events.on("runner", (e: { event: string }) => {
+        if (e.event === "connected") reconnects.push(Number(process.hrtime.bigint() - restartedAt) / 1e6);
+      });
+      await until(() => reconnects.length >= fleet, "the whole fleet to reconnect", 20_000);
 
-    const sorted = [...reconnects].sort((a, b) => a - b);
-    const spread = sorted[fleet - 1]! - sorted[0]!;
-    const buckets = new Map<number, number>();
-    for (const ms of sorted) buckets.set(Math.floor(ms / 100), (buckets.get(Math.floor(ms / 100)) ?? 0) + 1);
-    const busiest = Math.max(...buckets.values());
-    console.log(`# 100 runners reconnected over ${spread.toFixed(0)} ms (first ${sorted[0]!.toFixed(0)} ms, median ${sorted[50]!.toFixed(0)} ms, last ${sorted[fleet - 1]!.toFixed(0)} ms after the restart); busiest 100 ms window: ${busiest}`);
-    assert.ok(spread >= 500, `reconnects spread over ${spread} ms`);
-    assert.ok(busiest <= 30, `at most 30 of 100 in any 100 ms window, saw ${busiest}`);
-  });
+      const sorted = [...reconnects].sort((a, b) => a - b);
+      const spread = sorted[fleet - 1]! - sorted[0]!;
+      const buckets = new Map<number, number>();
+      for (const ms of sorted) buckets.set(Math.floor(ms / 100), (buckets.get(Math.floor(ms / 100)) ?? 0) + 1);
+      const busiest = Math.max(...buckets.values());
+      console.log(
+        `# 100 runners reconnected over ${spread.toFixed(0)} ms (first ${sorted[0]!.toFixed(0)} ms, median ${sorted[50]!.toFixed(0)} ms, last ${sorted[fleet - 1]!.toFixed(0)} ms after the restart); busiest 100 ms window: ${busiest}`,
+      );
+      assert.ok(spread >= 500, `reconnects spread over ${spread} ms`);
+      assert.ok(busiest <= 30, `at most 30 of 100 in any 100 ms window, saw ${busiest}`);
+    },
+  );
 
   test("a huge unknown frame, error message or cancel reason from the control plane makes a bounded log line", async (t) => {
     const server = loopbackServer(t);
     const sockets: WebSocket[] = [];
     server.on("connection", (socket) => {
       sockets.push(socket);
-      socket.on("message", () => socket.send(encode({ type: "welcome", protocolVersion: 1, heartbeatIntervalMs: 5_000, leaseMs: 60_000, maxFrameBytes: 1 << 20, fenced: [], paused: false })));
+      socket.on("message", () =>
+        socket.send(
+          encode({
+            type: "welcome",
+            protocolVersion: 1,
+            heartbeatIntervalMs: 5_000,
+            leaseMs: 60_000,
+            maxFrameBytes: 1 << 20,
+            fenced: [],
+            paused: false,
+          }),
+        ),
+      );
     });
     await new Promise((r) => server.once("listening", r));
     const capture = captureLogger();
     const { ports, started } = recordingPorts();
-    const driver = new ChannelDriver(config("rnr_cccccccccccccccccccccccc"), {}, {
-      url: `ws://127.0.0.1:${(server.address() as AddressInfo).port}/api/v1/channel`,
-      credential: "rnc_test-credential-not-secret-here",
-      maxFrameBytes: 1 << 20,
-      logger: capture.logger,
-      ports,
-    });
+    const driver = new ChannelDriver(
+      config("rnr_cccccccccccccccccccccccc"),
+      {},
+      {
+        url: `ws://127.0.0.1:${(server.address() as AddressInfo).port}/api/v1/channel`,
+        credential: "rnc_test-credential-not-secret-here",
+        maxFrameBytes: 1 << 20,
+        logger: capture.logger,
+        ports,
+      },
+    );
     void driver.start();
     t.after(() => driver.dispose());
     await until(() => driver.current.phase === "connected", "the welcome");

@@ -8,61 +8,133 @@ import { registerRunner, startTestControlPlane, tempDir } from "../helpers/fixtu
 import { ExitCode } from "../../src/errors.js";
 
 describe("runner register", { timeout: 60_000 }, () => {
-  test("reads the token from stdin, records the store, and status shows the local view", { timeout: 60_000 }, async (t) => {
-    const plane = await startTestControlPlane(t);
-    const dir = await tempDir(t);
-    const stateDir = path.join(dir, "state");
-    const { token } = await plane.admin.createRegistrationToken(60);
-    const flags = ["--state-dir", stateDir, "--credential-store", "file"];
-    const register = await runCli(["register", "--url", plane.cp.url, "--name", "mac-mini-07", "--labels", "macos,arm64", ...flags], { input: token + "\n" });
-    assert.equal(register.code, ExitCode.OK, register.all);
-    assert.match(register.stdout, /registered runner rnr_\w+ \(mac-mini-07\)/);
-    assert.equal((await fs.stat(stateDir)).mode & 0o777, 0o700);
-    assert.equal((await fs.stat(path.join(stateDir, "credential"))).mode & 0o777, 0o600);
-    assert.equal((await fs.stat(path.join(stateDir, "outbox"))).mode & 0o777, 0o700);
+  test(
+    "reads the token from stdin, records the store, and status shows the local view",
+    { timeout: 60_000 },
+    async (t) => {
+      const plane = await startTestControlPlane(t);
+      const dir = await tempDir(t);
+      const stateDir = path.join(dir, "state");
+      const { token } = await plane.admin.createRegistrationToken(60);
+      const flags = ["--state-dir", stateDir, "--credential-store", "file"];
+      const register = await runCli(
+        ["register", "--url", plane.cp.url, "--name", "mac-mini-07", "--labels", "macos,arm64", ...flags],
+        { input: token + "\n" },
+      );
+      assert.equal(register.code, ExitCode.OK, register.all);
+      assert.match(register.stdout, /registered runner rnr_\w+ \(mac-mini-07\)/);
+      assert.equal((await fs.stat(stateDir)).mode & 0o777, 0o700);
+      assert.equal((await fs.stat(path.join(stateDir, "credential"))).mode & 0o777, 0o600);
+      assert.equal((await fs.stat(path.join(stateDir, "outbox"))).mode & 0o777, 0o700);
 
-    const status = await runCli(["status", "--json", ...flags]);
-    assert.equal(status.code, ExitCode.OK, status.all);
-    const view = JSON.parse(status.stdout) as Record<string, unknown>;
-    assert.equal(view.registered, true);
-    assert.equal(view.name, "mac-mini-07");
-    assert.deepEqual(view.labels, ["macos", "arm64"]);
-    assert.equal(view.controlPlaneUrl, plane.cp.url);
-    assert.equal(view.credentialStore, "file");
-    assert.deepEqual(view.lock, { state: "free", pid: null });
-    const [listed] = await plane.admin.listRunners();
-    assert.equal(listed?.runnerId, view.runnerId);
-  });
+      const status = await runCli(["status", "--json", ...flags]);
+      assert.equal(status.code, ExitCode.OK, status.all);
+      const view = JSON.parse(status.stdout) as Record<string, unknown>;
+      assert.equal(view.registered, true);
+      assert.equal(view.name, "mac-mini-07");
+      assert.deepEqual(view.labels, ["macos", "arm64"]);
+      assert.equal(view.controlPlaneUrl, plane.cp.url);
+      assert.equal(view.credentialStore, "file");
+      assert.deepEqual(view.lock, { state: "free", pid: null });
+      const [listed] = await plane.admin.listRunners();
+      assert.equal(listed?.runnerId, view.runnerId);
+    },
+  );
 
-  test("a used token is refused with its own message and exit code 77, also when repair re-registers with it", { timeout: 60_000 }, async (t) => {
-    const plane = await startTestControlPlane(t);
-    const dir = await tempDir(t);
-    const tokenFile = await plane.tokenFile(dir);
-    const first = await runCli(["register", "--url", plane.cp.url, "--token-file", tokenFile, "--state-dir", path.join(dir, "a"), "--credential-store", "file"]);
-    assert.equal(first.code, ExitCode.OK, first.all);
-    const second = await runCli(["register", "--url", plane.cp.url, "--token-file", tokenFile, "--state-dir", path.join(dir, "b"), "--credential-store", "file", "--name", "other"]);
-    assert.equal(second.code, ExitCode.TOKEN_REFUSED, second.all);
-    assert.match(second.stderr, /refused the registration token: it is unknown, already used or expired\n {2}→ ask an admin for a new registration token/);
-    assert.ok(!second.all.includes((await fs.readFile(tokenFile, "utf8")).trim().slice(4)), "the token is never printed");
+  test(
+    "a used token is refused with its own message and exit code 77, also when repair re-registers with it",
+    { timeout: 60_000 },
+    async (t) => {
+      const plane = await startTestControlPlane(t);
+      const dir = await tempDir(t);
+      const tokenFile = await plane.tokenFile(dir);
+      const first = await runCli([
+        "register",
+        "--url",
+        plane.cp.url,
+        "--token-file",
+        tokenFile,
+        "--state-dir",
+        path.join(dir, "a"),
+        "--credential-store",
+        "file",
+      ]);
+      assert.equal(first.code, ExitCode.OK, first.all);
+      const second = await runCli([
+        "register",
+        "--url",
+        plane.cp.url,
+        "--token-file",
+        tokenFile,
+        "--state-dir",
+        path.join(dir, "b"),
+        "--credential-store",
+        "file",
+        "--name",
+        "other",
+      ]);
+      assert.equal(second.code, ExitCode.TOKEN_REFUSED, second.all);
+      assert.match(
+        second.stderr,
+        /refused the registration token: it is unknown, already used or expired\n {2}→ ask an admin for a new registration token/,
+      );
+      assert.ok(
+        !second.all.includes((await fs.readFile(tokenFile, "utf8")).trim().slice(4)),
+        "the token is never printed",
+      );
 
-    // The same token given to repair, for a runner whose credential was revoked.
-    const runner = (JSON.parse(await fs.readFile(path.join(dir, "a", "registration.json"), "utf8")) as { runnerId: string }).runnerId;
-    await plane.admin.revokeRunner(runner);
-    const repair = await runCli(["repair", "--token-file", tokenFile, "--state-dir", path.join(dir, "a"), "--credential-store", "file"]);
-    assert.equal(repair.code, ExitCode.TOKEN_REFUSED, repair.all);
-    assert.match(repair.stdout, /failed: the control plane at .* refused the registration token/);
-  });
+      // The same token given to repair, for a runner whose credential was revoked.
+      const runner = (
+        JSON.parse(await fs.readFile(path.join(dir, "a", "registration.json"), "utf8")) as { runnerId: string }
+      ).runnerId;
+      await plane.admin.revokeRunner(runner);
+      const repair = await runCli([
+        "repair",
+        "--token-file",
+        tokenFile,
+        "--state-dir",
+        path.join(dir, "a"),
+        "--credential-store",
+        "file",
+      ]);
+      assert.equal(repair.code, ExitCode.TOKEN_REFUSED, repair.all);
+      assert.match(repair.stdout, /failed: the control plane at .* refused the registration token/);
+    },
+  );
 
-  test("registering twice needs --replace, which keeps one runner on the control plane", { timeout: 60_000 }, async (t) => {
-    const plane = await startTestControlPlane(t);
-    const runner = await registerRunner(t, plane, { name: "box" });
-    const again = await runCli(["register", "--url", plane.cp.url, "--token-file", await plane.tokenFile(path.dirname(runner.stateDir)), "--name", "box", ...runner.flags]);
-    assert.equal(again.code, ExitCode.USAGE, again.all);
-    assert.match(again.stderr, /already holds runner rnr_\w+ \(box\)[\s\S]*--replace/);
-    const replaced = await runCli(["register", "--replace", "--url", plane.cp.url, "--token-file", await plane.tokenFile(path.dirname(runner.stateDir)), "--name", "box", ...runner.flags]);
-    assert.equal(replaced.code, ExitCode.OK, replaced.all);
-    assert.equal((await plane.admin.listRunners()).length, 1);
-  });
+  test(
+    "registering twice needs --replace, which keeps one runner on the control plane",
+    { timeout: 60_000 },
+    async (t) => {
+      const plane = await startTestControlPlane(t);
+      const runner = await registerRunner(t, plane, { name: "box" });
+      const again = await runCli([
+        "register",
+        "--url",
+        plane.cp.url,
+        "--token-file",
+        await plane.tokenFile(path.dirname(runner.stateDir)),
+        "--name",
+        "box",
+        ...runner.flags,
+      ]);
+      assert.equal(again.code, ExitCode.USAGE, again.all);
+      assert.match(again.stderr, /already holds runner rnr_\w+ \(box\)[\s\S]*--replace/);
+      const replaced = await runCli([
+        "register",
+        "--replace",
+        "--url",
+        plane.cp.url,
+        "--token-file",
+        await plane.tokenFile(path.dirname(runner.stateDir)),
+        "--name",
+        "box",
+        ...runner.flags,
+      ]);
+      assert.equal(replaced.code, ExitCode.OK, replaced.all);
+      assert.equal((await plane.admin.listRunners()).length, 1);
+    },
+  );
 
   test("bad input gets a clear, specific error", { timeout: 60_000 }, async (t) => {
     const dir = await tempDir(t);
@@ -75,7 +147,16 @@ describe("runner register", { timeout: 60_000 }, () => {
     assert.equal(plaintext.code, ExitCode.USAGE);
     assert.match(plaintext.stderr, /refusing plain http:\/\/ to cp\.example\.com/);
 
-    const labels = await runCli(["register", "--url", "http://127.0.0.1:9", "--labels", "ok,not ok", "--token", "rgt_x", ...flags]);
+    const labels = await runCli([
+      "register",
+      "--url",
+      "http://127.0.0.1:9",
+      "--labels",
+      "ok,not ok",
+      "--token",
+      "rgt_x",
+      ...flags,
+    ]);
     assert.equal(labels.code, ExitCode.USAGE);
     assert.match(labels.stderr, /--labels/);
 
@@ -92,7 +173,16 @@ describe("runner register", { timeout: 60_000 }, () => {
     assert.equal(badConfig.code, ExitCode.USAGE);
     assert.match(badConfig.stderr, /config\.json is not valid JSON/);
 
-    const unreachable = await runCli(["register", "--url", "http://127.0.0.1:9", "--token", "rgt_x", ...flags, "--request-timeout-ms", "2000"]);
+    const unreachable = await runCli([
+      "register",
+      "--url",
+      "http://127.0.0.1:9",
+      "--token",
+      "rgt_x",
+      ...flags,
+      "--request-timeout-ms",
+      "2000",
+    ]);
     assert.equal(unreachable.code, ExitCode.UNAVAILABLE);
     assert.match(unreachable.stderr, /cannot reach the control plane at http:\/\/127\.0\.0\.1:9/);
   });
@@ -103,24 +193,36 @@ describe("runner register", { timeout: 60_000 }, () => {
     const stateDir = path.join(dir, "from-config");
     const configFile = path.join(dir, "config.json");
     await fs.writeFile(configFile, JSON.stringify({ stateDir, credentialStore: "file" }));
-    const register = await runCli(["register", "--config", configFile, "--url", plane.cp.url, "--token-file", await plane.tokenFile(dir)]);
+    const register = await runCli([
+      "register",
+      "--config",
+      configFile,
+      "--url",
+      plane.cp.url,
+      "--token-file",
+      await plane.tokenFile(dir),
+    ]);
     assert.equal(register.code, ExitCode.OK, register.all);
     await fs.access(path.join(stateDir, "credential"));
     const viaEnv = await runCli(["status", "--json"], { env: { RUNNER_CONFIG: configFile } });
     assert.equal((JSON.parse(viaEnv.stdout) as { stateDir: string }).stateDir, stateDir);
   });
 
-  test("unregister removes the runner on the control plane and the credential here, keeping the outbox", { timeout: 60_000 }, async (t) => {
-    const plane = await startTestControlPlane(t);
-    const runner = await registerRunner(t, plane);
-    await fs.writeFile(path.join(runner.stateDir, "outbox", "r.json"), "{}");
-    const result = await runCli(["unregister", ...runner.flags]);
-    assert.equal(result.code, ExitCode.OK, result.all);
-    assert.deepEqual(await plane.admin.listRunners(), []);
-    await assert.rejects(fs.access(path.join(runner.stateDir, "credential")));
-    await assert.rejects(fs.access(path.join(runner.stateDir, "registration.json")));
-    assert.deepEqual(await fs.readdir(path.join(runner.stateDir, "outbox")), ["r.json"]);
-    const verify = await runCli(["verify", ...runner.flags]);
-    assert.match(verify.stdout, /\[not_registered\]/);
-  });
+  test(
+    "unregister removes the runner on the control plane and the credential here, keeping the outbox",
+    { timeout: 60_000 },
+    async (t) => {
+      const plane = await startTestControlPlane(t);
+      const runner = await registerRunner(t, plane);
+      await fs.writeFile(path.join(runner.stateDir, "outbox", "r.json"), "{}");
+      const result = await runCli(["unregister", ...runner.flags]);
+      assert.equal(result.code, ExitCode.OK, result.all);
+      assert.deepEqual(await plane.admin.listRunners(), []);
+      await assert.rejects(fs.access(path.join(runner.stateDir, "credential")));
+      await assert.rejects(fs.access(path.join(runner.stateDir, "registration.json")));
+      assert.deepEqual(await fs.readdir(path.join(runner.stateDir, "outbox")), ["r.json"]);
+      const verify = await runCli(["verify", ...runner.flags]);
+      assert.match(verify.stdout, /\[not_registered\]/);
+    },
+  );
 });

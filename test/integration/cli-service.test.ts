@@ -25,7 +25,11 @@ interface Stubs {
 }
 
 /** Stub programs that log their argv and print `answers[program]` (exit `exits[program]`). */
-async function stubCommands(t: TestContext, programs: string[], behaviour: { answers?: Record<string, string>; exits?: Record<string, number> } = {}): Promise<Stubs> {
+async function stubCommands(
+  t: TestContext,
+  programs: string[],
+  behaviour: { answers?: Record<string, string>; exits?: Record<string, number> } = {},
+): Promise<Stubs> {
   const dir = await tempDir(t, "runner-stubs-");
   const log = path.join(dir, "calls.log");
   for (const program of programs) {
@@ -34,10 +38,7 @@ async function stubCommands(t: TestContext, programs: string[], behaviour: { ans
   }
   return {
     dir,
-    calls: async () =>
-      (await fs.readFile(log, "utf8").catch(() => ""))
-        .split("\n")
-        .filter((line) => line.length > 0),
+    calls: async () => (await fs.readFile(log, "utf8").catch(() => "")).split("\n").filter((line) => line.length > 0),
   };
 }
 
@@ -51,7 +52,11 @@ async function serviceEnv(t: TestContext, stubs: Stubs): Promise<{ home: string;
 async function lintUnit(file: string): Promise<string> {
   const { stdout, stderr, code } = await execFileAsync("systemd-analyze", ["verify", file]).then(
     (result) => ({ ...result, code: 0 as number | string }),
-    (error: { stdout?: string; stderr?: string; code: number | string }) => ({ stdout: error.stdout ?? "", stderr: error.stderr ?? "", code: error.code }),
+    (error: { stdout?: string; stderr?: string; code: number | string }) => ({
+      stdout: error.stdout ?? "",
+      stderr: error.stderr ?? "",
+      code: error.code,
+    }),
   );
   if (code === "ENOENT") assert.fail("systemd-analyze is not installed (Debian package systemd; .ci/run installs it)");
   return `${stdout}${stderr}`.trim() + (code === 0 ? "" : ` (exit ${code})`);
@@ -69,9 +74,15 @@ describe("runner service (systemd, stubbed)", { timeout: 60_000 }, () => {
     const unitFile = path.join(home, ".config", "systemd", "user", "runner.service");
     const unit = await fs.readFile(unitFile, "utf8");
     const execStart = unit.split("\n").find((line) => line.startsWith("ExecStart="))!;
-    assert.ok(execStart.includes(`"${process.execPath}" "${path.join(REPO_ROOT, "bin", "runner.js")}" "start"`), execStart);
+    assert.ok(
+      execStart.includes(`"${process.execPath}" "${path.join(REPO_ROOT, "bin", "runner.js")}" "start"`),
+      execStart,
+    );
     assert.ok(execStart.includes(`"--state-dir" "${runner.stateDir}"`), "the same state dir");
-    assert.ok(execStart.includes(`"--capacity" "3"`) && execStart.includes(`"--credential-store" "file"`), "settings given to install are carried");
+    assert.ok(
+      execStart.includes(`"--capacity" "3"`) && execStart.includes(`"--credential-store" "file"`),
+      "settings given to install are carried",
+    );
     assert.ok(!execStart.includes("--config"), "no config file exists, so none is required of the service");
     assert.ok(unit.includes(`Environment="PATH=${env.PATH}"`), "the installer's PATH");
     assert.equal(await lintUnit(unitFile), "", "systemd-analyze verify prints nothing for the unit");
@@ -84,7 +95,10 @@ describe("runner service (systemd, stubbed)", { timeout: 60_000 }, () => {
     const uninstall = await runCli(["service", "uninstall", ...runner.flags], { env });
     assert.equal(uninstall.code, ExitCode.OK, uninstall.all);
     await assert.rejects(fs.stat(unitFile), { code: "ENOENT" });
-    assert.deepEqual((await stubs.calls()).slice(3), ["systemctl --user disable --now runner.service", "systemctl --user daemon-reload"]);
+    assert.deepEqual((await stubs.calls()).slice(3), [
+      "systemctl --user disable --now runner.service",
+      "systemctl --user daemon-reload",
+    ]);
     await fs.access(path.join(runner.stateDir, "registration.json")); // the runner itself is kept
   });
 
@@ -115,11 +129,17 @@ describe("runner service (systemd, stubbed)", { timeout: 60_000 }, () => {
   test("a service manager that refuses leaves no unit behind and says what failed and what to do", async (t) => {
     const plane = await startTestControlPlane(t);
     const runner = await registerRunner(t, plane);
-    const stubs = await stubCommands(t, ["systemctl"], { answers: { systemctl: "Failed to connect to bus: No medium found" }, exits: { systemctl: 1 } });
+    const stubs = await stubCommands(t, ["systemctl"], {
+      answers: { systemctl: "Failed to connect to bus: No medium found" },
+      exits: { systemctl: 1 },
+    });
     const { home, env } = await serviceEnv(t, stubs);
     const install = await runCli(["service", "install", ...runner.flags], { env });
     assert.equal(install.code, ExitCode.INTERNAL, install.all);
-    assert.match(install.stderr, /`systemctl --user daemon-reload` failed \(exit 1: Failed to connect to bus: No medium found\)/);
+    assert.match(
+      install.stderr,
+      /`systemctl --user daemon-reload` failed \(exit 1: Failed to connect to bus: No medium found\)/,
+    );
     assert.match(install.stderr, /sudo runner service install --system/);
     await assert.rejects(fs.stat(path.join(home, ".config", "systemd", "user", "runner.service")), { code: "ENOENT" });
   });
@@ -153,8 +173,27 @@ describe("launchd install (stubbed launchctl)", { timeout: 30_000 }, () => {
       systemd: await fs.readFile(path.join(REPO_ROOT, "systemd", "runner.service"), "utf8"),
       launchd: await fs.readFile(path.join(REPO_ROOT, "launchd", "runner.plist"), "utf8"),
     };
-    const argv = [process.execPath, path.join(REPO_ROOT, "bin", "runner.js"), "start", "--state-dir", path.join(home, "state & more")];
-    const plan = planService({ platform: "darwin", home, uid: 501, user: "alice", env: {}, name: "runner", system: false, runAs: "alice", argv, stateDir: path.join(home, "state"), drainTimeoutMs: 60_000, templates });
+    const argv = [
+      process.execPath,
+      path.join(REPO_ROOT, "bin", "runner.js"),
+      "start",
+      "--state-dir",
+      path.join(home, "state & more"),
+    ];
+    const plan = planService({
+      platform: "darwin",
+      home,
+      uid: 501,
+      user: "alice",
+      env: {},
+      name: "runner",
+      system: false,
+      runAs: "alice",
+      argv,
+      stateDir: path.join(home, "state"),
+      drainTimeoutMs: 60_000,
+      templates,
+    });
     const viaStubs = (command: string[]) => runCommand([path.join(stubs.dir, command[0]!), ...command.slice(1)]);
 
     const lines = await installService(plan, viaStubs, { start: true });
@@ -166,7 +205,10 @@ describe("launchd install (stubbed launchctl)", { timeout: 30_000 }, () => {
       "launchctl enable gui/501/dev.runner.runner",
       `launchctl bootstrap gui/501 ${plan.unitFile}`,
     ]);
-    assert.ok(lines.some((line) => line.includes("bootstrap")), lines.join("\n"));
+    assert.ok(
+      lines.some((line) => line.includes("bootstrap")),
+      lines.join("\n"),
+    );
 
     await uninstallService(plan, viaStubs);
     await assert.rejects(fs.stat(plan.unitFile), { code: "ENOENT" });
@@ -205,7 +247,10 @@ describe("the needs-operator marker", { timeout: 60_000 }, () => {
     const daemon = startDaemon(t, runner.flags);
     await daemon.waitForLog((line) => line.msg === "connected to the control plane");
     await assert.rejects(fs.stat(marker), { code: "ENOENT" });
-    assert.ok(daemon.lines.some((line) => line.msg === "removed the needs-operator marker an earlier stop left"), daemon.stderr());
+    assert.ok(
+      daemon.lines.some((line) => line.msg === "removed the needs-operator marker an earlier stop left"),
+      daemon.stderr(),
+    );
     assert.equal(await daemon.stop("SIGTERM"), ExitCode.OK);
   });
 });

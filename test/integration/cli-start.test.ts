@@ -17,13 +17,20 @@ describe("runner start", { timeout: 60_000 }, () => {
     await fs.chmod(runner.stateDir, 0o750);
     const daemon = startDaemon(t, runner.flags);
     await daemon.waitForLog((l) => l.msg === "connected to the control plane");
-    assert.ok(daemon.lines.some((l) => l.finding === "state_dir_permissions" && /^repaired:/.test(l.msg)), daemon.stderr());
+    assert.ok(
+      daemon.lines.some((l) => l.finding === "state_dir_permissions" && /^repaired:/.test(l.msg)),
+      daemon.stderr(),
+    );
     assert.ok(daemon.lines.some((l) => l.msg === "startup checks passed"));
     assert.equal((await fs.stat(runner.stateDir)).mode & 0o777, 0o700);
     const lock = JSON.parse(await fs.readFile(path.join(runner.stateDir, "runner.lock"), "utf8")) as { pid: number };
     assert.equal(lock.pid, daemon.child.pid, "the daemon holds the lock while it runs");
     assert.equal(await daemon.stop("SIGTERM"), ExitCode.OK);
-    await assert.rejects(fs.stat(path.join(runner.stateDir, "runner.lock")), { code: "ENOENT" }, "the lock is released");
+    await assert.rejects(
+      fs.stat(path.join(runner.stateDir, "runner.lock")),
+      { code: "ENOENT" },
+      "the lock is released",
+    );
   });
 
   test("stops with the needs-operator exit code and the exact command when the credential was revoked", async (t) => {
@@ -40,11 +47,17 @@ describe("runner start", { timeout: 60_000 }, () => {
     const { startControlPlane } = await import("../../src/control-plane/server.js");
     const plane = await startTestControlPlane(t);
     const runner = await registerRunner(t, plane);
-    const registration = JSON.parse(await fs.readFile(path.join(runner.stateDir, "registration.json"), "utf8")) as { url: string };
+    const registration = JSON.parse(await fs.readFile(path.join(runner.stateDir, "registration.json"), "utf8")) as {
+      url: string;
+    };
     // A second control plane on the URL the runner knows, demanding a far newer agent: it answers 426 before any other check.
     await plane.cp.close();
     const port = Number(new URL(registration.url).port);
-    const strict = await startControlPlane({ port, minAgentVersion: "999.0.0", logger: (await import("pino")).pino({ level: "silent" }) });
+    const strict = await startControlPlane({
+      port,
+      minAgentVersion: "999.0.0",
+      logger: (await import("pino")).pino({ level: "silent" }),
+    });
     t.after(() => strict.close());
     const start = await runCli(["start", ...runner.flags]);
     assert.equal(start.code, ExitCode.UPGRADE_REQUIRED, start.all);
@@ -69,7 +82,15 @@ describe("runner start", { timeout: 60_000 }, () => {
     const runner = await registerRunner(t, plane);
     const port = Number(new URL(plane.cp.url).port);
     await plane.cp.close();
-    const daemon = startDaemon(t, [...runner.flags, "--request-timeout-ms", "2000", "--reconnect-base-ms", "100", "--reconnect-cap-ms", "300"]);
+    const daemon = startDaemon(t, [
+      ...runner.flags,
+      "--request-timeout-ms",
+      "2000",
+      "--reconnect-base-ms",
+      "100",
+      "--reconnect-cap-ms",
+      "300",
+    ]);
     await daemon.waitForLog((l) => /cannot reach the control plane/.test(l.msg));
     await daemon.waitForLog((l) => /reconnecting in/.test(l.msg));
     await startTestControlPlane(t, { dataDir, port });

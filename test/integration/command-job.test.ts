@@ -22,7 +22,10 @@ async function tempDir(t: TestContext): Promise<string> {
 }
 
 let nextId = 0;
-function assignment(argv: string[], overrides: { env?: Record<string, string>; cwd?: string; timeoutMs?: number; cancelGraceMs?: number } = {}): Assignment {
+function assignment(
+  argv: string[],
+  overrides: { env?: Record<string, string>; cwd?: string; timeoutMs?: number; cancelGraceMs?: number } = {},
+): Assignment {
   return {
     type: "assign",
     jobId: `job-${process.pid}-${nextId++}`,
@@ -51,7 +54,11 @@ function run(t: TestContext, a: Assignment, options: { baseEnv?: NodeJS.ProcessE
   const started: Observed["started"] = [];
   const logsBeforeStart: number[] = [];
   const waiters: { needle: string; resolve: () => void }[] = [];
-  const text = (stream: "stdout" | "stderr") => logs.filter((l) => l.stream === stream).map((l) => l.data).join("");
+  const text = (stream: "stdout" | "stderr") =>
+    logs
+      .filter((l) => l.stream === stream)
+      .map((l) => l.data)
+      .join("");
   const job = startCommandJob(
     a,
     {
@@ -100,46 +107,66 @@ function liveMembersOf(pgid: number): number[] {
   return members;
 }
 
-
 const nodeScript = (source: string) => [node, "-e", source];
 
 describe("command job outcomes", { timeout: 30_000 }, () => {
-  test("a job that exits 0 succeeds, with its stdout and stderr delivered in order after onStarted", { timeout: 10_000 }, async (t) => {
-    const script = `
+  test(
+    "a job that exits 0 succeeds, with its stdout and stderr delivered in order after onStarted",
+    { timeout: 10_000 },
+    async (t) => {
+      const script = `
       const pause = (ms) => new Promise((r) => setTimeout(r, ms));
       (async () => {
         process.stdout.write("out-1\\n"); await pause(150);
         process.stderr.write("err-1\\n"); await pause(150);
         process.stdout.write("out-2\\n");
       })();`;
-    const observed = run(t, assignment(nodeScript(script)));
-    const result = await observed.job.done;
-    assert.equal(result.outcome, "succeeded");
-    assert.equal(result.exitCode, 0);
-    assert.equal(result.signal, null);
-    assert.equal(result.reason, null);
-    assert.deepEqual(observed.started.map((s) => s.pid), [observed.job.pid]);
-    assert.deepEqual(observed.logsBeforeStart, [0]);
-    assert.equal(result.startedAt, observed.started[0]?.startedAt);
-    assert.ok(Date.parse(result.finishedAt) >= Date.parse(result.startedAt ?? ""));
-    assert.deepEqual(
-      observed.logs.map((l) => [l.stream, l.data]),
-      [["stdout", "out-1\n"], ["stderr", "err-1\n"], ["stdout", "out-2\n"]],
-    );
-  });
+      const observed = run(t, assignment(nodeScript(script)));
+      const result = await observed.job.done;
+      assert.equal(result.outcome, "succeeded");
+      assert.equal(result.exitCode, 0);
+      assert.equal(result.signal, null);
+      assert.equal(result.reason, null);
+      assert.deepEqual(
+        observed.started.map((s) => s.pid),
+        [observed.job.pid],
+      );
+      assert.deepEqual(observed.logsBeforeStart, [0]);
+      assert.equal(result.startedAt, observed.started[0]?.startedAt);
+      assert.ok(Date.parse(result.finishedAt) >= Date.parse(result.startedAt ?? ""));
+      assert.deepEqual(
+        observed.logs.map((l) => [l.stream, l.data]),
+        [
+          ["stdout", "out-1\n"],
+          ["stderr", "err-1\n"],
+          ["stdout", "out-2\n"],
+        ],
+      );
+    },
+  );
 
   test("a job that exits 3 fails with its exit code", { timeout: 10_000, skip: posixOnly }, async (t) => {
     const observed = run(t, assignment(["sh", "-c", "echo bye >&2; exit 3"]));
     const result = await observed.job.done;
-    assert.deepEqual([result.outcome, result.exitCode, result.signal, result.reason], ["failed", 3, null, "exited with code 3"]);
+    assert.deepEqual(
+      [result.outcome, result.exitCode, result.signal, result.reason],
+      ["failed", 3, null, "exited with code 3"],
+    );
     assert.equal(observed.text("stderr"), "bye\n");
   });
 
-  test("a job killed by a signal it sent itself fails with that signal", { timeout: 10_000, skip: posixOnly }, async (t) => {
-    const observed = run(t, assignment(["sh", "-c", "ulimit -c 0; kill -SEGV $$"]));
-    const result = await observed.job.done;
-    assert.deepEqual([result.outcome, result.exitCode, result.signal, result.reason], ["failed", null, "SIGSEGV", "killed by SIGSEGV"]);
-  });
+  test(
+    "a job killed by a signal it sent itself fails with that signal",
+    { timeout: 10_000, skip: posixOnly },
+    async (t) => {
+      const observed = run(t, assignment(["sh", "-c", "ulimit -c 0; kill -SEGV $$"]));
+      const result = await observed.job.done;
+      assert.deepEqual(
+        [result.outcome, result.exitCode, result.signal, result.reason],
+        ["failed", null, "SIGSEGV", "killed by SIGSEGV"],
+      );
+    },
+  );
 });
 
 describe("command jobs that cannot start", { timeout: 30_000 }, () => {
@@ -156,10 +183,16 @@ describe("command jobs that cannot start", { timeout: 30_000 }, () => {
   };
 
   test("a program that does not exist fails with ENOENT and the program's name", { timeout: 10_000 }, (t) =>
-    expectNoStart(t, assignment(["/no/such/program", "--flag"]), "cannot start: ENOENT: /no/such/program"));
+    expectNoStart(t, assignment(["/no/such/program", "--flag"]), "cannot start: ENOENT: /no/such/program"),
+  );
 
   test("a missing cwd fails naming the cwd, not the program", { timeout: 10_000 }, (t) =>
-    expectNoStart(t, assignment([node, "-e", ""], { cwd: "/no/such/dir" }), "cannot start: cwd /no/such/dir does not exist"));
+    expectNoStart(
+      t,
+      assignment([node, "-e", ""], { cwd: "/no/such/dir" }),
+      "cannot start: cwd /no/such/dir does not exist",
+    ),
+  );
 
   test("a cwd that is a file fails saying so", { timeout: 10_000, skip: posixOnly }, async (t) => {
     const file = path.join(await tempDir(t), "plain-file");
@@ -177,31 +210,54 @@ describe("command jobs that cannot start", { timeout: 30_000 }, () => {
 describe("the environment a command job sees", { timeout: 30_000 }, () => {
   const printEnv = nodeScript("process.stdout.write(JSON.stringify(process.env))");
   // The base, plus the job's own marks (its reference, which crash recovery finds its processes by).
-  const allowed = new Set(["PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "TZ", "TMPDIR", "SystemRoot", "ComSpec", "PATHEXT", "RUNNER_JOB_ID", "RUNNER_JOB_ATTEMPT"]);
+  const allowed = new Set([
+    "PATH",
+    "HOME",
+    "USER",
+    "LOGNAME",
+    "LANG",
+    "LC_ALL",
+    "TZ",
+    "TMPDIR",
+    "SystemRoot",
+    "ComSpec",
+    "PATHEXT",
+    "RUNNER_JOB_ID",
+    "RUNNER_JOB_ATTEMPT",
+  ]);
 
-  test("holds the job's variables and a minimal base, and nothing else from the runner", { timeout: 10_000 }, async (t) => {
-    const baseEnv = {
-      PATH: "/usr/local/bin:/usr/bin:/bin",
-      HOME: "/home/someone",
-      LANG: "C.UTF-8",
-      RUNNER_SECRET_TEST: "s3cret-from-the-runner",
-      RUNNER_CREDENTIAL: "rnc_do-not-leak",
-      DBUS_SESSION_BUS_ADDRESS: "unix:path=/run/user/1000/bus",
-      AWS_SECRET_ACCESS_KEY: "also-not",
-    };
-    const observed = run(t, assignment(printEnv, { env: { JOB_VAR: "from the job", HOME: "/job/home", RUNNER_JOB_ID: "not this job" } }), { baseEnv });
-    const result = await observed.job.done;
-    assert.equal(result.outcome, "succeeded", result.reason ?? "");
-    const env = JSON.parse(observed.text("stdout")) as Record<string, string>;
-    assert.equal(env.JOB_VAR, "from the job");
-    assert.equal(env.PATH, baseEnv.PATH);
-    assert.equal(env.LANG, "C.UTF-8");
-    assert.equal(env.HOME, "/job/home", "the job's own value wins over the base");
-    assert.equal(env.RUNNER_JOB_ID, observed.job.ref.jobId, "the runner's marks win over the job's");
-    assert.equal(env.RUNNER_JOB_ATTEMPT, String(observed.job.ref.attempt));
-    for (const name of Object.keys(env)) assert.ok(allowed.has(name) || name === "JOB_VAR", `unexpected variable ${name} in the job's env`);
-    assert.ok(!observed.text("stdout").includes("s3cret"));
-  });
+  test(
+    "holds the job's variables and a minimal base, and nothing else from the runner",
+    { timeout: 10_000 },
+    async (t) => {
+      const baseEnv = {
+        PATH: "/usr/local/bin:/usr/bin:/bin",
+        HOME: "/home/someone",
+        LANG: "C.UTF-8",
+        RUNNER_SECRET_TEST: "s3cret-from-the-runner",
+        RUNNER_CREDENTIAL: "rnc_do-not-leak",
+        DBUS_SESSION_BUS_ADDRESS: "unix:path=/run/user/1000/bus",
+        AWS_SECRET_ACCESS_KEY: "also-not",
+      };
+      const observed = run(
+        t,
+        assignment(printEnv, { env: { JOB_VAR: "from the job", HOME: "/job/home", RUNNER_JOB_ID: "not this job" } }),
+        { baseEnv },
+      );
+      const result = await observed.job.done;
+      assert.equal(result.outcome, "succeeded", result.reason ?? "");
+      const env = JSON.parse(observed.text("stdout")) as Record<string, string>;
+      assert.equal(env.JOB_VAR, "from the job");
+      assert.equal(env.PATH, baseEnv.PATH);
+      assert.equal(env.LANG, "C.UTF-8");
+      assert.equal(env.HOME, "/job/home", "the job's own value wins over the base");
+      assert.equal(env.RUNNER_JOB_ID, observed.job.ref.jobId, "the runner's marks win over the job's");
+      assert.equal(env.RUNNER_JOB_ATTEMPT, String(observed.job.ref.attempt));
+      for (const name of Object.keys(env))
+        assert.ok(allowed.has(name) || name === "JOB_VAR", `unexpected variable ${name} in the job's env`);
+      assert.ok(!observed.text("stdout").includes("s3cret"));
+    },
+  );
 
   test("by default the base is the runner's own env, still filtered", { timeout: 10_000 }, async (t) => {
     process.env.RUNNER_SECRET_TEST = "s3cret-in-process-env";
@@ -215,16 +271,23 @@ describe("the environment a command job sees", { timeout: 30_000 }, () => {
 });
 
 describe("command job timeouts and cancels", { timeout: 60_000, skip: posixOnly }, () => {
-  test("a job past its timeout is stopped and reported timed_out within a bounded margin", { timeout: 10_000 }, async (t) => {
-    const began = Date.now();
-    // The grace is long, so an end well before it shows SIGTERM at the timeout did it (the upper
-    // bound leaves a loaded machine room; it only has to be far below the grace).
-    const observed = run(t, assignment(["sleep", "30"], { timeoutMs: 300, cancelGraceMs: 30_000 }));
-    const result = await observed.job.done;
-    const elapsed = Date.now() - began;
-    assert.deepEqual([result.outcome, result.reason, result.signal], ["timed_out", "timed out after 300 ms", "SIGTERM"]);
-    assert.ok(elapsed >= 290 && elapsed < 8_000, `took ${elapsed} ms`);
-  });
+  test(
+    "a job past its timeout is stopped and reported timed_out within a bounded margin",
+    { timeout: 10_000 },
+    async (t) => {
+      const began = Date.now();
+      // The grace is long, so an end well before it shows SIGTERM at the timeout did it (the upper
+      // bound leaves a loaded machine room; it only has to be far below the grace).
+      const observed = run(t, assignment(["sleep", "30"], { timeoutMs: 300, cancelGraceMs: 30_000 }));
+      const result = await observed.job.done;
+      const elapsed = Date.now() - began;
+      assert.deepEqual(
+        [result.outcome, result.reason, result.signal],
+        ["timed_out", "timed out after 300 ms", "SIGTERM"],
+      );
+      assert.ok(elapsed >= 290 && elapsed < 8_000, `took ${elapsed} ms`);
+    },
+  );
 
   test("cancelling a job that honours SIGTERM ends it well within the grace period", { timeout: 10_000 }, async (t) => {
     const observed = run(t, assignment(["sleep", "30"], { cancelGraceMs: 30_000 }));
@@ -233,65 +296,83 @@ describe("command job timeouts and cancels", { timeout: 60_000, skip: posixOnly 
     observed.job.cancel("a second cancel changes nothing");
     const result = await observed.job.done;
     const elapsed = Date.now() - began;
-    assert.deepEqual([result.outcome, result.reason, result.signal], ["cancelled", "cancelled by the operator", "SIGTERM"]);
+    assert.deepEqual(
+      [result.outcome, result.reason, result.signal],
+      ["cancelled", "cancelled by the operator", "SIGTERM"],
+    );
     assert.ok(elapsed < 8_000, `took ${elapsed} ms: SIGTERM ended it, not the SIGKILL after the 30 s grace`);
     observed.job.cancel("after the end: harmless");
   });
 
-  test("no process survives a cancel, even a child and grandchild that ignore SIGTERM", { timeout: 15_000 }, async (t) => {
-    // The outer shell, a subshell and two sleeps, all ignoring SIGTERM (SIG_IGN is inherited
-    // at fork, so there is no moment when a child could still be stopped by it).
-    const script = `trap "" TERM; (sleep 300; :) & sleep 300 & echo "pids $$ $!"; echo ready; wait`;
-    const observed = run(t, assignment(["sh", "-c", script], { cancelGraceMs: 300 }));
-    await observed.waitForOutput("ready");
-    const pgid = observed.job.pid as number;
-    const printed = /pids (\d+) (\d+)/.exec(observed.text("stdout"))?.slice(1).map(Number) ?? [];
-    // The subshell forks its sleep on its own schedule: wait (bounded) until all four exist.
-    for (const until = Date.now() + 3_000; onLinux && liveMembersOf(pgid).length < 4 && Date.now() < until; ) {
-      await new Promise((r) => setTimeout(r, 10));
-    }
-    const tree = onLinux ? liveMembersOf(pgid) : printed;
-    assert.ok(tree.length >= (onLinux ? 4 : 2), `expected the whole tree, found ${tree.join(",")}`);
-    for (const pid of printed) assert.ok(tree.includes(pid));
+  test(
+    "no process survives a cancel, even a child and grandchild that ignore SIGTERM",
+    { timeout: 15_000 },
+    async (t) => {
+      // The outer shell, a subshell and two sleeps, all ignoring SIGTERM (SIG_IGN is inherited
+      // at fork, so there is no moment when a child could still be stopped by it).
+      const script = `trap "" TERM; (sleep 300; :) & sleep 300 & echo "pids $$ $!"; echo ready; wait`;
+      const observed = run(t, assignment(["sh", "-c", script], { cancelGraceMs: 300 }));
+      await observed.waitForOutput("ready");
+      const pgid = observed.job.pid as number;
+      const printed = /pids (\d+) (\d+)/.exec(observed.text("stdout"))?.slice(1).map(Number) ?? [];
+      // The subshell forks its sleep on its own schedule: wait (bounded) until all four exist.
+      for (const until = Date.now() + 3_000; onLinux && liveMembersOf(pgid).length < 4 && Date.now() < until;) {
+        await new Promise((r) => setTimeout(r, 10));
+      }
+      const tree = onLinux ? liveMembersOf(pgid) : printed;
+      assert.ok(tree.length >= (onLinux ? 4 : 2), `expected the whole tree, found ${tree.join(",")}`);
+      for (const pid of printed) assert.ok(tree.includes(pid));
 
-    const began = Date.now();
-    observed.job.cancel("cancelled by the operator");
-    const result = await observed.job.done;
-    const elapsed = Date.now() - began;
-    assert.equal(result.outcome, "cancelled");
-    assert.ok(elapsed >= 280, `SIGTERM was ignored, so only the SIGKILL after the grace can end it (took ${elapsed} ms)`);
-    assert.ok(elapsed < 300 + 1_500, `took ${elapsed} ms`);
-    const survivors = tree.filter(isRunning);
-    assert.deepEqual(survivors, [], "every process of the job's tree is gone when done resolves");
-    if (onLinux) assert.deepEqual(liveMembersOf(pgid), []);
-  });
+      const began = Date.now();
+      observed.job.cancel("cancelled by the operator");
+      const result = await observed.job.done;
+      const elapsed = Date.now() - began;
+      assert.equal(result.outcome, "cancelled");
+      assert.ok(
+        elapsed >= 280,
+        `SIGTERM was ignored, so only the SIGKILL after the grace can end it (took ${elapsed} ms)`,
+      );
+      assert.ok(elapsed < 300 + 1_500, `took ${elapsed} ms`);
+      const survivors = tree.filter(isRunning);
+      assert.deepEqual(survivors, [], "every process of the job's tree is gone when done resolves");
+      if (onLinux) assert.deepEqual(liveMembersOf(pgid), []);
+    },
+  );
 
-  test("a background grandchild left by a job that exited normally is killed before done resolves", { timeout: 10_000 }, async (t) => {
-    // The grandchild keeps stdout open, so the job's output cannot end before it does.
-    const observed = run(t, assignment(["sh", "-c", "sleep 300 & echo $!"], { cancelGraceMs: 5_000 }));
-    const began = Date.now();
-    const result = await observed.job.done;
-    assert.deepEqual([result.outcome, result.exitCode], ["succeeded", 0]);
-    const grandchild = Number(observed.text("stdout").trim());
-    assert.ok(grandchild > 0);
-    assert.equal(isRunning(grandchild), false, "the grandchild is gone");
-    assert.ok(Date.now() - began < 2_000, "it honoured SIGTERM, so no grace period was needed");
-    if (onLinux) assert.deepEqual(liveMembersOf(observed.job.pid as number), []);
-  });
+  test(
+    "a background grandchild left by a job that exited normally is killed before done resolves",
+    { timeout: 10_000 },
+    async (t) => {
+      // The grandchild keeps stdout open, so the job's output cannot end before it does.
+      const observed = run(t, assignment(["sh", "-c", "sleep 300 & echo $!"], { cancelGraceMs: 5_000 }));
+      const began = Date.now();
+      const result = await observed.job.done;
+      assert.deepEqual([result.outcome, result.exitCode], ["succeeded", 0]);
+      const grandchild = Number(observed.text("stdout").trim());
+      assert.ok(grandchild > 0);
+      assert.equal(isRunning(grandchild), false, "the grandchild is gone");
+      assert.ok(Date.now() - began < 2_000, "it honoured SIGTERM, so no grace period was needed");
+      if (onLinux) assert.deepEqual(liveMembersOf(observed.job.pid as number), []);
+    },
+  );
 
-  test("a daemonized grandchild that ignores SIGTERM and left the pipes is SIGKILLed after the grace", { timeout: 10_000 }, async (t) => {
-    // Ignored before the fork, so the grandchild ignores SIGTERM from its first instant.
-    const script = `trap "" TERM; (sleep 300; :) >/dev/null 2>&1 & echo $!`;
-    const observed = run(t, assignment(["sh", "-c", script], { cancelGraceMs: 300 }));
-    const began = Date.now();
-    const result = await observed.job.done;
-    const elapsed = Date.now() - began;
-    assert.equal(result.outcome, "succeeded");
-    const grandchild = Number(observed.text("stdout").trim());
-    assert.equal(isRunning(grandchild), false, "the grandchild is gone");
-    assert.ok(elapsed >= 280 && elapsed < 2_000, `took ${elapsed} ms`);
-    if (onLinux) assert.deepEqual(liveMembersOf(observed.job.pid as number), []);
-  });
+  test(
+    "a daemonized grandchild that ignores SIGTERM and left the pipes is SIGKILLed after the grace",
+    { timeout: 10_000 },
+    async (t) => {
+      // Ignored before the fork, so the grandchild ignores SIGTERM from its first instant.
+      const script = `trap "" TERM; (sleep 300; :) >/dev/null 2>&1 & echo $!`;
+      const observed = run(t, assignment(["sh", "-c", script], { cancelGraceMs: 300 }));
+      const began = Date.now();
+      const result = await observed.job.done;
+      const elapsed = Date.now() - began;
+      assert.equal(result.outcome, "succeeded");
+      const grandchild = Number(observed.text("stdout").trim());
+      assert.equal(isRunning(grandchild), false, "the grandchild is gone");
+      assert.ok(elapsed >= 280 && elapsed < 2_000, `took ${elapsed} ms`);
+      if (onLinux) assert.deepEqual(liveMembersOf(observed.job.pid as number), []);
+    },
+  );
 });
 
 describe("command job output", { timeout: 60_000 }, () => {

@@ -10,7 +10,13 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { Writable } from "node:stream";
 import WebSocket from "ws";
-import { startControlPlane, type ControlPlane, type ControlPlaneOptions, type JobEvent, type RunnerEvent } from "../../src/control-plane/server.js";
+import {
+  startControlPlane,
+  type ControlPlane,
+  type ControlPlaneOptions,
+  type JobEvent,
+  type RunnerEvent,
+} from "../../src/control-plane/server.js";
 import { AdminClient, AdminRequestError } from "../../src/control-plane/admin-client.js";
 import { createLogger } from "../../src/log/logger.js";
 import {
@@ -25,7 +31,12 @@ import {
   type JobResult,
   type RunnerMessage,
 } from "../../src/protocol/channel.js";
-import { errorBodySchema, registerResponseSchema, type JobView, type SubmitJobRequest } from "../../src/protocol/http.js";
+import {
+  errorBodySchema,
+  registerResponseSchema,
+  type JobView,
+  type SubmitJobRequest,
+} from "../../src/protocol/http.js";
 import { AGENT_VERSION, PROTOCOL_VERSION } from "../../src/protocol/version.js";
 import { initialSyncState, stepSync, type SyncInput } from "../../src/devices/sync.js";
 
@@ -77,7 +88,12 @@ interface Identity {
   credential: string;
 }
 
-async function registerRunner(h: Harness, name: string, labels: string[] = ["linux"], replace = false): Promise<Identity> {
+async function registerRunner(
+  h: Harness,
+  name: string,
+  labels: string[] = ["linux"],
+  replace = false,
+): Promise<Identity> {
   const { token } = await h.admin.createRegistrationToken();
   const response = await fetch(`${h.cp.url}/api/v1/runners/register`, {
     method: "POST",
@@ -87,7 +103,12 @@ async function registerRunner(h: Harness, name: string, labels: string[] = ["lin
       agentVersion: AGENT_VERSION,
       name,
       labels,
-      host: { hostname: name, platform: "linux", arch: "x64", fingerprint: createHash("sha256").update(name).digest("hex") },
+      host: {
+        hostname: name,
+        platform: "linux",
+        arch: "x64",
+        fingerprint: createHash("sha256").update(name).digest("hex"),
+      },
       replace,
     }),
   });
@@ -130,7 +151,9 @@ class RawRunner {
       if (index >= 0) this.waiters.splice(index, 1)[0]!.resolve(message);
       else this.pending.push(message);
     });
-    this.closed = new Promise((resolve) => ws.once("close", (code, reason) => resolve({ code, reason: reason.toString() })));
+    this.closed = new Promise((resolve) =>
+      ws.once("close", (code, reason) => resolve({ code, reason: reason.toString() })),
+    );
     void this.closed.then(() => clearInterval(this.pinger));
   }
 
@@ -143,7 +166,8 @@ class RawRunner {
     });
     const runner = new RawRunner(ws, identity);
     // Like an agent: pings keep the connection (and its leases) alive.
-    if (options.ping !== false) runner.pinger = setInterval(() => ws.readyState === WebSocket.OPEN && ws.ping(), HEARTBEAT_MS / 4);
+    if (options.ping !== false)
+      runner.pinger = setInterval(() => ws.readyState === WebSocket.OPEN && ws.ping(), HEARTBEAT_MS / 4);
     return runner;
   }
 
@@ -177,7 +201,9 @@ class RawRunner {
     assert.deepEqual(found, [], `unexpected ${type}`);
   }
 
-  async hello(options: { capacity?: number; running?: JobRef[]; pendingResults?: JobRef[]; labels?: string[] } = {}): Promise<Of<"welcome">> {
+  async hello(
+    options: { capacity?: number; running?: JobRef[]; pendingResults?: JobRef[]; labels?: string[] } = {},
+  ): Promise<Of<"welcome">> {
     this.send({
       type: "hello",
       protocolVersion: PROTOCOL_VERSION,
@@ -198,7 +224,15 @@ class RawRunner {
   result(ref: JobRef, outcome: JobResult["outcome"] = "succeeded", exitCode: number | null = 0): void {
     this.send({
       type: "result",
-      result: { ...ref, outcome, exitCode, signal: null, reason: null, startedAt: new Date().toISOString(), finishedAt: new Date().toISOString() },
+      result: {
+        ...ref,
+        outcome,
+        exitCode,
+        signal: null,
+        reason: null,
+        startedAt: new Date().toISOString(),
+        finishedAt: new Date().toISOString(),
+      },
     });
   }
 
@@ -214,7 +248,11 @@ class RawRunner {
   }
 }
 
-async function connected(h: Harness, identity: Identity, hello: Parameters<RawRunner["hello"]>[0] = {}): Promise<RawRunner> {
+async function connected(
+  h: Harness,
+  identity: Identity,
+  hello: Parameters<RawRunner["hello"]>[0] = {},
+): Promise<RawRunner> {
   const runner = await RawRunner.connect(h.cp, identity);
   await runner.hello(hello);
   return runner;
@@ -225,7 +263,11 @@ function delay(ms: number): Promise<void> {
 }
 
 /** Polls until `check` returns a value (not undefined/false), or fails after `timeoutMs`. */
-async function waitFor<T>(what: string, check: () => T | undefined | false | Promise<T | undefined | false>, timeoutMs = 3000): Promise<T> {
+async function waitFor<T>(
+  what: string,
+  check: () => T | undefined | false | Promise<T | undefined | false>,
+  timeoutMs = 3000,
+): Promise<T> {
   const deadline = Date.now() + timeoutMs;
   for (;;) {
     const value = await check();
@@ -236,7 +278,9 @@ async function waitFor<T>(what: string, check: () => T | undefined | false | Pro
 }
 
 function waitForEvent(h: Harness, jobId: string, status: JobEvent["status"], attempt?: number): Promise<JobEvent> {
-  return waitFor(`${status} of ${jobId}`, () => h.events.find((e) => e.jobId === jobId && e.status === status && (attempt === undefined || e.attempt === attempt)));
+  return waitFor(`${status} of ${jobId}`, () =>
+    h.events.find((e) => e.jobId === jobId && e.status === status && (attempt === undefined || e.attempt === attempt)),
+  );
 }
 
 function commandJob(...argv: string[]): SubmitJobRequest {
@@ -293,9 +337,21 @@ describe("channel upgrade", () => {
 
     const cases: [string, string, Record<string, string>, number, string][] = [
       ["no credential", url, without("authorization"), 401, "unauthorized"],
-      ["another runner's credential", url, { ...headers, authorization: `Bearer ${other.credential}` }, 401, "unauthorized"],
+      [
+        "another runner's credential",
+        url,
+        { ...headers, authorization: `Bearer ${other.credential}` },
+        401,
+        "unauthorized",
+      ],
       ["unknown runner", url, { ...headers, [RUNNER_ID_HEADER]: "rnr_" + "Z".repeat(24) }, 404, "runner_not_found"],
-      ["unsupported protocol", url, { ...headers, [PROTOCOL_HEADER]: String(PROTOCOL_VERSION + 1) }, 426, "upgrade_required"],
+      [
+        "unsupported protocol",
+        url,
+        { ...headers, [PROTOCOL_HEADER]: String(PROTOCOL_VERSION + 1) },
+        426,
+        "upgrade_required",
+      ],
       ["agent too old", url, { ...headers, [AGENT_VERSION_HEADER]: "0.0.9" }, 426, "upgrade_required"],
       ["no protocol header", url, without(PROTOCOL_HEADER), 400, "bad_request"],
       ["no runner id", url, without(RUNNER_ID_HEADER), 400, "bad_request"],
@@ -317,43 +373,54 @@ describe("channel upgrade", () => {
     await ok.close();
   });
 
-  test("hello gets welcome with the announced timings; the runner is marked seen and reported connected", TIMEOUT, async (t) => {
-    const h = await startHarness(t, { leaseMs: 30_000, maxFrameBytes: 64 * 1024 });
-    const identity = await registerRunner(h, "greeter");
-    const before = Date.now();
-    const runner = await RawRunner.connect(h.cp, identity);
-    const welcome = await runner.hello();
-    assert.deepEqual(welcome, {
-      type: "welcome",
-      protocolVersion: PROTOCOL_VERSION,
-      heartbeatIntervalMs: HEARTBEAT_MS,
-      leaseMs: 30_000,
-      maxFrameBytes: 64 * 1024,
-      fenced: [],
-      deviceScanIntervalMs: 60_000,
-      deviceRefreshMs: 600_000,
-      paused: false,
-    });
-    const [view] = await h.admin.listRunners();
-    assert.ok(view?.lastSeenAt !== null && Date.parse(view!.lastSeenAt!) >= before - 5);
-    assert.deepEqual(h.runnerEvents, [{ runnerId: identity.runnerId, event: "connected" }]);
-    await runner.close();
-    await waitFor("disconnected event", () => h.runnerEvents.find((e) => e.event === "disconnected"));
-  });
+  test(
+    "hello gets welcome with the announced timings; the runner is marked seen and reported connected",
+    TIMEOUT,
+    async (t) => {
+      const h = await startHarness(t, { leaseMs: 30_000, maxFrameBytes: 64 * 1024 });
+      const identity = await registerRunner(h, "greeter");
+      const before = Date.now();
+      const runner = await RawRunner.connect(h.cp, identity);
+      const welcome = await runner.hello();
+      assert.deepEqual(welcome, {
+        type: "welcome",
+        protocolVersion: PROTOCOL_VERSION,
+        heartbeatIntervalMs: HEARTBEAT_MS,
+        leaseMs: 30_000,
+        maxFrameBytes: 64 * 1024,
+        fenced: [],
+        deviceScanIntervalMs: 60_000,
+        deviceRefreshMs: 600_000,
+        paused: false,
+      });
+      const [view] = await h.admin.listRunners();
+      assert.ok(view?.lastSeenAt !== null && Date.parse(view!.lastSeenAt!) >= before - 5);
+      assert.deepEqual(h.runnerEvents, [{ runnerId: identity.runnerId, event: "connected" }]);
+      await runner.close();
+      await waitFor("disconnected event", () => h.runnerEvents.find((e) => e.event === "disconnected"));
+    },
+  );
 
-  test("revoking or deleting a connected runner closes its channel (4001 / 4002); it cannot come back", TIMEOUT, async (t) => {
-    const h = await startHarness(t);
-    const revokedIdentity = await registerRunner(h, "to-revoke");
-    const deletedIdentity = await registerRunner(h, "to-delete");
-    const revoked = await connected(h, revokedIdentity);
-    const deleted = await connected(h, deletedIdentity);
-    await h.admin.revokeRunner(revokedIdentity.runnerId);
-    await h.admin.deleteRunner(deletedIdentity.runnerId);
-    assert.deepEqual(await revoked.closed, { code: 4001, reason: "credential revoked" });
-    assert.deepEqual(await deleted.closed, { code: 4002, reason: "runner deleted" });
-    assert.equal((await refusedUpgrade(channelUrl(h.cp), channelHeaders(revokedIdentity))).code, "credential_revoked");
-    assert.equal((await refusedUpgrade(channelUrl(h.cp), channelHeaders(deletedIdentity))).code, "runner_not_found");
-  });
+  test(
+    "revoking or deleting a connected runner closes its channel (4001 / 4002); it cannot come back",
+    TIMEOUT,
+    async (t) => {
+      const h = await startHarness(t);
+      const revokedIdentity = await registerRunner(h, "to-revoke");
+      const deletedIdentity = await registerRunner(h, "to-delete");
+      const revoked = await connected(h, revokedIdentity);
+      const deleted = await connected(h, deletedIdentity);
+      await h.admin.revokeRunner(revokedIdentity.runnerId);
+      await h.admin.deleteRunner(deletedIdentity.runnerId);
+      assert.deepEqual(await revoked.closed, { code: 4001, reason: "credential revoked" });
+      assert.deepEqual(await deleted.closed, { code: 4002, reason: "runner deleted" });
+      assert.equal(
+        (await refusedUpgrade(channelUrl(h.cp), channelHeaders(revokedIdentity))).code,
+        "credential_revoked",
+      );
+      assert.equal((await refusedUpgrade(channelUrl(h.cp), channelHeaders(deletedIdentity))).code, "runner_not_found");
+    },
+  );
 
   test("anything before hello closes the connection with 1008", TIMEOUT, async (t) => {
     const h = await startHarness(t);
@@ -365,7 +432,15 @@ describe("channel upgrade", () => {
     garbage.send("{not json");
     assert.equal((await garbage.closed).code, 1008);
     const impostor = await RawRunner.connect(h.cp, identity);
-    impostor.send({ type: "hello", protocolVersion: 1, agentVersion: AGENT_VERSION, runnerId: "rnr_" + "Q".repeat(24), capacity: 1, running: [], pendingResults: [] });
+    impostor.send({
+      type: "hello",
+      protocolVersion: 1,
+      agentVersion: AGENT_VERSION,
+      runnerId: "rnr_" + "Q".repeat(24),
+      capacity: 1,
+      running: [],
+      pendingResults: [],
+    });
     assert.equal((await impostor.closed).code, 1008, "hello for another runner id");
   });
 
@@ -383,20 +458,24 @@ describe("channel upgrade", () => {
     await second.next("assign");
   });
 
-  test("a connection heard from neither by frame nor by ping is terminated after 2.5 heartbeats", TIMEOUT, async (t) => {
-    const h = await startHarness(t);
-    const identity = await registerRunner(h, "quiet");
-    const pinging = await connected(h, await registerRunner(h, "chatty"));
-    const silent = await RawRunner.connect(h.cp, identity, { ping: false });
-    const started = Date.now();
-    await silent.hello();
-    const { code } = await silent.closed;
-    const elapsed = Date.now() - started;
-    assert.equal(code, 1006, "terminated, no closing handshake");
-    assert.ok(elapsed >= HEARTBEAT_MS * 2.5 - 20 && elapsed < HEARTBEAT_MS * 2.5 + 400, `after ${elapsed} ms`);
-    await delay(HEARTBEAT_MS * 1.5);
-    assert.equal(pinging.ws.readyState, WebSocket.OPEN, "pings keep a connection alive");
-  });
+  test(
+    "a connection heard from neither by frame nor by ping is terminated after 2.5 heartbeats",
+    TIMEOUT,
+    async (t) => {
+      const h = await startHarness(t);
+      const identity = await registerRunner(h, "quiet");
+      const pinging = await connected(h, await registerRunner(h, "chatty"));
+      const silent = await RawRunner.connect(h.cp, identity, { ping: false });
+      const started = Date.now();
+      await silent.hello();
+      const { code } = await silent.closed;
+      const elapsed = Date.now() - started;
+      assert.equal(code, 1006, "terminated, no closing handshake");
+      assert.ok(elapsed >= HEARTBEAT_MS * 2.5 - 20 && elapsed < HEARTBEAT_MS * 2.5 + 400, `after ${elapsed} ms`);
+      await delay(HEARTBEAT_MS * 1.5);
+      assert.equal(pinging.ws.readyState, WebSocket.OPEN, "pings keep a connection alive");
+    },
+  );
 });
 
 describe("dispatch", () => {
@@ -409,7 +488,10 @@ describe("dispatch", () => {
     assert.equal(first.jobId, jobs[0]!.jobId, "submit order");
     assert.equal(first.attempt, 1);
     await runner.expectNo("assign", 200);
-    assert.deepEqual((await h.admin.listJobs()).map((j) => j.status), ["assigned", "queued", "queued"]);
+    assert.deepEqual(
+      (await h.admin.listJobs()).map((j) => j.status),
+      ["assigned", "queued", "queued"],
+    );
     assert.equal((await h.admin.listJobs("queued")).length, 2);
 
     runner.ready(1);
@@ -421,17 +503,24 @@ describe("dispatch", () => {
     const h = await startHarness(t, { leaseMs: 45_000 });
     const runner = await connected(h, await registerRunner(h, "carrier"));
     runner.ready(1);
-    const job = await submit(h, { job: { kind: "command", argv: ["echo", "hi"], env: { A: "1" }, cwd: "/tmp" }, timeoutMs: 5000, cancelGraceMs: 250 });
-    const assign = await runner.next("assign");
-    assert.deepEqual({ ...assign, leaseExpiresAt: undefined }, {
-      type: "assign",
-      jobId: job.jobId,
-      attempt: 1,
+    const job = await submit(h, {
       job: { kind: "command", argv: ["echo", "hi"], env: { A: "1" }, cwd: "/tmp" },
       timeoutMs: 5000,
       cancelGraceMs: 250,
-      leaseExpiresAt: undefined,
     });
+    const assign = await runner.next("assign");
+    assert.deepEqual(
+      { ...assign, leaseExpiresAt: undefined },
+      {
+        type: "assign",
+        jobId: job.jobId,
+        attempt: 1,
+        job: { kind: "command", argv: ["echo", "hi"], env: { A: "1" }, cwd: "/tmp" },
+        timeoutMs: 5000,
+        cancelGraceMs: 250,
+        leaseExpiresAt: undefined,
+      },
+    );
     assert.ok(Math.abs(Date.parse(assign.leaseExpiresAt) - (Date.now() + 45_000)) < 2000);
     const view = await jobOf(h, job.jobId);
     assert.equal(view.status, "assigned");
@@ -468,14 +557,20 @@ describe("dispatch", () => {
 
   test("two runners racing for 50 jobs: each job is assigned exactly once and both get work", TIMEOUT, async (t) => {
     const h = await startHarness(t);
-    const runners = [await connected(h, await registerRunner(h, "left")), await connected(h, await registerRunner(h, "right"))];
+    const runners = [
+      await connected(h, await registerRunner(h, "left")),
+      await connected(h, await registerRunner(h, "right")),
+    ];
     const assignedTo = new Map<string, string[]>();
     // Each runner finishes a job at once and asks for the next, like a fast agent.
     for (const runner of runners) {
       runner.ws.on("message", (data: Buffer) => {
         const message = JSON.parse(data.toString()) as ControlMessage;
         if (message.type !== "assign") return;
-        assignedTo.set(message.jobId, [...(assignedTo.get(message.jobId) ?? []), `${runner.identity.runnerId}#${message.attempt}`]);
+        assignedTo.set(message.jobId, [
+          ...(assignedTo.get(message.jobId) ?? []),
+          `${runner.identity.runnerId}#${message.attempt}`,
+        ]);
         runner.send({ type: "accept", jobId: message.jobId, attempt: message.attempt });
         runner.result(message);
         runner.ready(1);
@@ -484,49 +579,60 @@ describe("dispatch", () => {
     }
     const submitted = await Promise.all(Array.from({ length: 50 }, () => submit(h)));
     await waitFor("all 50 jobs applied", () => h.events.filter((e) => e.status === "result_applied").length === 50);
-    for (const job of submitted) assert.equal(assignedTo.get(job.jobId)?.length, 1, `${job.jobId}: ${assignedTo.get(job.jobId)?.join(", ")}`);
+    for (const job of submitted)
+      assert.equal(assignedTo.get(job.jobId)?.length, 1, `${job.jobId}: ${assignedTo.get(job.jobId)?.join(", ")}`);
     const jobs = await h.admin.listJobs();
     assert.ok(jobs.every((j) => j.status === "succeeded" && j.attempt === 1));
     const perRunner = runners.map((r) => jobs.filter((j) => j.runnerId === r.identity.runnerId).length);
-    assert.ok(perRunner.every((n) => n > 0), `work shared: ${perRunner.join(" + ")}`);
+    assert.ok(
+      perRunner.every((n) => n > 0),
+      `work shared: ${perRunner.join(" + ")}`,
+    );
   });
 });
 
 describe("results, logs and fencing", () => {
-  test("the happy path: accept, started, logs, result applied once; a repeated result is acked but not applied", TIMEOUT, async (t) => {
-    const h = await startHarness(t);
-    const runner = await connected(h, await registerRunner(h, "worker"));
-    runner.ready(1);
-    const job = await submit(h, commandJob("echo", "out"));
-    const assign = await runner.next("assign");
-    const ref = { jobId: assign.jobId, attempt: assign.attempt };
-    runner.send({ type: "accept", ...ref });
-    runner.send({ type: "started", ...ref, startedAt: new Date().toISOString() });
-    runner.send({ type: "log", ...ref, seq: 0, stream: "stdout", data: "out\n" });
-    runner.send({ type: "log", ...ref, seq: 1, stream: "stderr", data: "err\n" });
-    runner.send({ type: "log", ...ref, seq: 0, stream: "stdout", data: "a repeat must not replace the first\n" });
-    await waitForEvent(h, job.jobId, "started");
-    assert.equal((await jobOf(h, job.jobId)).status, "running");
+  test(
+    "the happy path: accept, started, logs, result applied once; a repeated result is acked but not applied",
+    TIMEOUT,
+    async (t) => {
+      const h = await startHarness(t);
+      const runner = await connected(h, await registerRunner(h, "worker"));
+      runner.ready(1);
+      const job = await submit(h, commandJob("echo", "out"));
+      const assign = await runner.next("assign");
+      const ref = { jobId: assign.jobId, attempt: assign.attempt };
+      runner.send({ type: "accept", ...ref });
+      runner.send({ type: "started", ...ref, startedAt: new Date().toISOString() });
+      runner.send({ type: "log", ...ref, seq: 0, stream: "stdout", data: "out\n" });
+      runner.send({ type: "log", ...ref, seq: 1, stream: "stderr", data: "err\n" });
+      runner.send({ type: "log", ...ref, seq: 0, stream: "stdout", data: "a repeat must not replace the first\n" });
+      await waitForEvent(h, job.jobId, "started");
+      assert.equal((await jobOf(h, job.jobId)).status, "running");
 
-    runner.result(ref, "failed", 3);
-    assert.deepEqual(await runner.next("result_ack"), { type: "result_ack", ...ref, applied: true });
-    runner.result(ref, "succeeded", 0);
-    assert.deepEqual(await runner.next("result_ack"), { type: "result_ack", ...ref, applied: false });
+      runner.result(ref, "failed", 3);
+      assert.deepEqual(await runner.next("result_ack"), { type: "result_ack", ...ref, applied: true });
+      runner.result(ref, "succeeded", 0);
+      assert.deepEqual(await runner.next("result_ack"), { type: "result_ack", ...ref, applied: false });
 
-    const { job: view, logs } = await h.admin.getJob(job.jobId);
-    assert.equal(view.status, "failed", "the first result stands");
-    assert.equal(view.result?.exitCode, 3);
-    assert.notEqual(view.finishedAt, null);
-    assert.deepEqual(logs, [
-      { attempt: 1, seq: 0, stream: "stdout", data: "out\n" },
-      { attempt: 1, seq: 1, stream: "stderr", data: "err\n" },
-    ]);
-    const statuses = h.events.filter((e) => e.jobId === job.jobId).map((e) => `${e.status}:${e.attempt}`);
-    assert.deepEqual(statuses, ["submitted:0", "assigned:1", "accepted:1", "started:1", "result_applied:1"]);
-    const times = h.events.filter((e) => e.jobId === job.jobId).map((e) => e.at);
-    assert.ok(times.every((at, i) => i === 0 || at >= times[i - 1]!), "event times are monotonic");
-    assert.match(h.logLines.join(""), /duplicate, stale attempt or unknown job/);
-  });
+      const { job: view, logs } = await h.admin.getJob(job.jobId);
+      assert.equal(view.status, "failed", "the first result stands");
+      assert.equal(view.result?.exitCode, 3);
+      assert.notEqual(view.finishedAt, null);
+      assert.deepEqual(logs, [
+        { attempt: 1, seq: 0, stream: "stdout", data: "out\n" },
+        { attempt: 1, seq: 1, stream: "stderr", data: "err\n" },
+      ]);
+      const statuses = h.events.filter((e) => e.jobId === job.jobId).map((e) => `${e.status}:${e.attempt}`);
+      assert.deepEqual(statuses, ["submitted:0", "assigned:1", "accepted:1", "started:1", "result_applied:1"]);
+      const times = h.events.filter((e) => e.jobId === job.jobId).map((e) => e.at);
+      assert.ok(
+        times.every((at, i) => i === 0 || at >= times[i - 1]!),
+        "event times are monotonic",
+      );
+      assert.match(h.logLines.join(""), /duplicate, stale attempt or unknown job/);
+    },
+  );
 
   test("pings alone keep the leases of a runner's jobs", TIMEOUT, async (t) => {
     const h = await startHarness(t, { leaseMs: 1000 });
@@ -539,120 +645,159 @@ describe("results, logs and fencing", () => {
     assert.equal((await jobOf(h, job.jobId)).status, "assigned");
   });
 
-  test("a stale attempt is fenced: lease expires, job re-queued, re-assigned as attempt 2, the late attempt-1 result is acked but not applied", TIMEOUT, async (t) => {
-    const h = await startHarness(t, { leaseMs: 1000 });
-    const slowIdentity = await registerRunner(h, "slow");
-    const slow = await connected(h, slowIdentity);
-    const fast = await connected(h, await registerRunner(h, "fast"));
-    slow.ready(1);
-    const job = await submit(h);
-    const first = await slow.next("assign");
-    assert.equal(first.attempt, 1);
-    slow.send({ type: "started", jobId: job.jobId, attempt: 1, startedAt: new Date().toISOString() });
-    fast.ready(1);
-    await slow.drop(); // the slow runner vanishes past its lease
+  test(
+    "a stale attempt is fenced: lease expires, job re-queued, re-assigned as attempt 2, the late attempt-1 result is acked but not applied",
+    TIMEOUT,
+    async (t) => {
+      const h = await startHarness(t, { leaseMs: 1000 });
+      const slowIdentity = await registerRunner(h, "slow");
+      const slow = await connected(h, slowIdentity);
+      const fast = await connected(h, await registerRunner(h, "fast"));
+      slow.ready(1);
+      const job = await submit(h);
+      const first = await slow.next("assign");
+      assert.equal(first.attempt, 1);
+      slow.send({ type: "started", jobId: job.jobId, attempt: 1, startedAt: new Date().toISOString() });
+      fast.ready(1);
+      await slow.drop(); // the slow runner vanishes past its lease
 
-    const requeued = await waitForEvent(h, job.jobId, "requeued", 1);
-    const second = await fast.next("assign");
-    assert.equal(second.attempt, 2);
-    const assignedAgain = await waitForEvent(h, job.jobId, "assigned", 2);
-    assert.ok(assignedAgain.at >= requeued.at);
+      const requeued = await waitForEvent(h, job.jobId, "requeued", 1);
+      const second = await fast.next("assign");
+      assert.equal(second.attempt, 2);
+      const assignedAgain = await waitForEvent(h, job.jobId, "assigned", 2);
+      assert.ok(assignedAgain.at >= requeued.at);
 
-    // The slow runner comes back with its attempt-1 result.
-    const back = await RawRunner.connect(h.cp, slowIdentity);
-    const welcome = await back.hello({ pendingResults: [{ jobId: job.jobId, attempt: 1 }] });
-    assert.deepEqual(welcome.fenced, []);
-    back.send({ type: "log", jobId: job.jobId, attempt: 1, seq: 0, stream: "stdout", data: "stale\n" });
-    back.result({ jobId: job.jobId, attempt: 1 }, "failed", 1);
-    assert.deepEqual(await back.next("result_ack"), { type: "result_ack", jobId: job.jobId, attempt: 1, applied: false });
-    // Anything else it says about attempt 1 is answered with a cancel.
-    back.send({ type: "started", jobId: job.jobId, attempt: 1, startedAt: new Date().toISOString() });
-    assert.equal((await back.next("cancel")).attempt, 1);
+      // The slow runner comes back with its attempt-1 result.
+      const back = await RawRunner.connect(h.cp, slowIdentity);
+      const welcome = await back.hello({ pendingResults: [{ jobId: job.jobId, attempt: 1 }] });
+      assert.deepEqual(welcome.fenced, []);
+      back.send({ type: "log", jobId: job.jobId, attempt: 1, seq: 0, stream: "stdout", data: "stale\n" });
+      back.result({ jobId: job.jobId, attempt: 1 }, "failed", 1);
+      assert.deepEqual(await back.next("result_ack"), {
+        type: "result_ack",
+        jobId: job.jobId,
+        attempt: 1,
+        applied: false,
+      });
+      // Anything else it says about attempt 1 is answered with a cancel.
+      back.send({ type: "started", jobId: job.jobId, attempt: 1, startedAt: new Date().toISOString() });
+      assert.equal((await back.next("cancel")).attempt, 1);
 
-    let view = await jobOf(h, job.jobId);
-    assert.deepEqual([view.status, view.attempt, view.runnerId, view.result], ["assigned", 2, fast.identity.runnerId, null]);
+      let view = await jobOf(h, job.jobId);
+      assert.deepEqual(
+        [view.status, view.attempt, view.runnerId, view.result],
+        ["assigned", 2, fast.identity.runnerId, null],
+      );
 
-    fast.result({ jobId: job.jobId, attempt: 2 });
-    assert.equal((await fast.next("result_ack")).applied, true);
-    const final = await h.admin.getJob(job.jobId);
-    view = final.job;
-    assert.deepEqual([view.status, view.attempt, view.result?.attempt], ["succeeded", 2, 2]);
-    assert.deepEqual(final.logs, [], "attempt-1 logs after the re-queue are not stored");
-    assert.equal(h.events.filter((e) => e.jobId === job.jobId && e.status === "result_applied").length, 1);
-  });
+      fast.result({ jobId: job.jobId, attempt: 2 });
+      assert.equal((await fast.next("result_ack")).applied, true);
+      const final = await h.admin.getJob(job.jobId);
+      view = final.job;
+      assert.deepEqual([view.status, view.attempt, view.result?.attempt], ["succeeded", 2, 2]);
+      assert.deepEqual(final.logs, [], "attempt-1 logs after the re-queue are not stored");
+      assert.equal(h.events.filter((e) => e.jobId === job.jobId && e.status === "result_applied").length, 1);
+    },
+  );
 
-  test("the same runner's own stale attempt is fenced: it holds attempt 2 now, its late attempt-1 result is not applied", TIMEOUT, async (t) => {
-    const h = await startHarness(t, { leaseMs: 1000 });
-    const identity = await registerRunner(h, "lonely");
-    const runner = await connected(h, identity);
-    runner.ready(1);
-    const job = await submit(h);
-    assert.equal((await runner.next("assign")).attempt, 1);
-    await runner.drop();
-    await waitForEvent(h, job.jobId, "requeued", 1);
+  test(
+    "the same runner's own stale attempt is fenced: it holds attempt 2 now, its late attempt-1 result is not applied",
+    TIMEOUT,
+    async (t) => {
+      const h = await startHarness(t, { leaseMs: 1000 });
+      const identity = await registerRunner(h, "lonely");
+      const runner = await connected(h, identity);
+      runner.ready(1);
+      const job = await submit(h);
+      assert.equal((await runner.next("assign")).attempt, 1);
+      await runner.drop();
+      await waitForEvent(h, job.jobId, "requeued", 1);
 
-    const back = await RawRunner.connect(h.cp, identity);
-    await back.hello({ pendingResults: [{ jobId: job.jobId, attempt: 1 }] });
-    back.ready(1);
-    assert.equal((await back.next("assign")).attempt, 2);
-    back.send({ type: "accept", jobId: job.jobId, attempt: 1 });
-    assert.equal((await back.next("cancel")).attempt, 1, "an accept of attempt 1 is answered with cancel");
-    back.send({ type: "log", jobId: job.jobId, attempt: 1, seq: 0, stream: "stdout", data: "from attempt 1\n" });
-    back.result({ jobId: job.jobId, attempt: 1 }, "failed", 1);
-    assert.deepEqual(await back.next("result_ack"), { type: "result_ack", jobId: job.jobId, attempt: 1, applied: false });
-    assert.deepEqual([(await jobOf(h, job.jobId)).status, (await jobOf(h, job.jobId)).attempt], ["assigned", 2]);
-    back.send({ type: "log", jobId: job.jobId, attempt: 2, seq: 0, stream: "stdout", data: "from attempt 2\n" });
-    back.result({ jobId: job.jobId, attempt: 2 });
-    assert.equal((await back.next("result_ack")).applied, true);
-    const { job: view, logs } = await h.admin.getJob(job.jobId);
-    assert.deepEqual([view.status, view.result?.attempt], ["succeeded", 2]);
-    assert.deepEqual(logs.map((l) => [l.attempt, l.data]), [[2, "from attempt 2\n"]]);
-  });
+      const back = await RawRunner.connect(h.cp, identity);
+      await back.hello({ pendingResults: [{ jobId: job.jobId, attempt: 1 }] });
+      back.ready(1);
+      assert.equal((await back.next("assign")).attempt, 2);
+      back.send({ type: "accept", jobId: job.jobId, attempt: 1 });
+      assert.equal((await back.next("cancel")).attempt, 1, "an accept of attempt 1 is answered with cancel");
+      back.send({ type: "log", jobId: job.jobId, attempt: 1, seq: 0, stream: "stdout", data: "from attempt 1\n" });
+      back.result({ jobId: job.jobId, attempt: 1 }, "failed", 1);
+      assert.deepEqual(await back.next("result_ack"), {
+        type: "result_ack",
+        jobId: job.jobId,
+        attempt: 1,
+        applied: false,
+      });
+      assert.deepEqual([(await jobOf(h, job.jobId)).status, (await jobOf(h, job.jobId)).attempt], ["assigned", 2]);
+      back.send({ type: "log", jobId: job.jobId, attempt: 2, seq: 0, stream: "stdout", data: "from attempt 2\n" });
+      back.result({ jobId: job.jobId, attempt: 2 });
+      assert.equal((await back.next("result_ack")).applied, true);
+      const { job: view, logs } = await h.admin.getJob(job.jobId);
+      assert.deepEqual([view.status, view.result?.attempt], ["succeeded", 2]);
+      assert.deepEqual(
+        logs.map((l) => [l.attempt, l.data]),
+        [[2, "from attempt 2\n"]],
+      );
+    },
+  );
 
-  test("hello reporting a job it no longer holds, or another attempt: fenced and cancelled; the attempt it held is re-queued", TIMEOUT, async (t) => {
-    const h = await startHarness(t);
-    const identity = await registerRunner(h, "confused");
-    const runner = await connected(h, identity);
-    runner.ready(1);
-    const job = await submit(h);
-    await runner.next("assign");
-    await runner.drop();
+  test(
+    "hello reporting a job it no longer holds, or another attempt: fenced and cancelled; the attempt it held is re-queued",
+    TIMEOUT,
+    async (t) => {
+      const h = await startHarness(t);
+      const identity = await registerRunner(h, "confused");
+      const runner = await connected(h, identity);
+      runner.ready(1);
+      const job = await submit(h);
+      await runner.next("assign");
+      await runner.drop();
 
-    const back = await RawRunner.connect(h.cp, identity);
-    const running = [
-      { jobId: job.jobId, attempt: 7 },
-      { jobId: "job_neverexisted", attempt: 1 },
-    ];
-    const welcome = await back.hello({ running });
-    assert.deepEqual(welcome.fenced, running);
-    const cancels = [await back.next("cancel"), await back.next("cancel")];
-    assert.deepEqual(cancels.map((c) => [c.jobId, c.attempt]), running.map((r) => [r.jobId, r.attempt]));
-    const view = await jobOf(h, job.jobId);
-    assert.deepEqual([view.status, view.runnerId, view.attempt], ["queued", null, 1]);
-  });
+      const back = await RawRunner.connect(h.cp, identity);
+      const running = [
+        { jobId: job.jobId, attempt: 7 },
+        { jobId: "job_neverexisted", attempt: 1 },
+      ];
+      const welcome = await back.hello({ running });
+      assert.deepEqual(welcome.fenced, running);
+      const cancels = [await back.next("cancel"), await back.next("cancel")];
+      assert.deepEqual(
+        cancels.map((c) => [c.jobId, c.attempt]),
+        running.map((r) => [r.jobId, r.attempt]),
+      );
+      const view = await jobOf(h, job.jobId);
+      assert.deepEqual([view.status, view.runnerId, view.attempt], ["queued", null, 1]);
+    },
+  );
 
-  test("a job the store gave the runner but missing from its hello is re-queued at once and goes to the next runner", TIMEOUT, async (t) => {
-    const h = await startHarness(t);
-    const identity = await registerRunner(h, "forgetful");
-    const runner = await connected(h, identity);
-    const helper = await connected(h, await registerRunner(h, "helper"));
-    runner.ready(2);
-    const lost = await submit(h);
-    const kept = await submit(h);
-    await runner.next("assign");
-    await runner.next("assign");
-    await runner.drop();
-    helper.ready(1);
+  test(
+    "a job the store gave the runner but missing from its hello is re-queued at once and goes to the next runner",
+    TIMEOUT,
+    async (t) => {
+      const h = await startHarness(t);
+      const identity = await registerRunner(h, "forgetful");
+      const runner = await connected(h, identity);
+      const helper = await connected(h, await registerRunner(h, "helper"));
+      runner.ready(2);
+      const lost = await submit(h);
+      const kept = await submit(h);
+      await runner.next("assign");
+      await runner.next("assign");
+      await runner.drop();
+      helper.ready(1);
 
-    const back = await RawRunner.connect(h.cp, identity);
-    const welcome = await back.hello({ running: [{ jobId: kept.jobId, attempt: 1 }] });
-    assert.deepEqual(welcome.fenced, []);
-    await waitForEvent(h, lost.jobId, "requeued", 1);
-    const reassigned = await helper.next("assign");
-    assert.deepEqual([reassigned.jobId, reassigned.attempt], [lost.jobId, 2]);
-    const keptView = await jobOf(h, kept.jobId);
-    assert.deepEqual([keptView.status, keptView.runnerId], ["running", identity.runnerId], "a job it still runs is kept (and marked running)");
-  });
+      const back = await RawRunner.connect(h.cp, identity);
+      const welcome = await back.hello({ running: [{ jobId: kept.jobId, attempt: 1 }] });
+      assert.deepEqual(welcome.fenced, []);
+      await waitForEvent(h, lost.jobId, "requeued", 1);
+      const reassigned = await helper.next("assign");
+      assert.deepEqual([reassigned.jobId, reassigned.attempt], [lost.jobId, 2]);
+      const keptView = await jobOf(h, kept.jobId);
+      assert.deepEqual(
+        [keptView.status, keptView.runnerId],
+        ["running", identity.runnerId],
+        "a job it still runs is kept (and marked running)",
+      );
+    },
+  );
 
   test("a reject re-queues the job; the next hand-out is attempt 2, to another runner", TIMEOUT, async (t) => {
     const h = await startHarness(t);
@@ -669,62 +814,76 @@ describe("results, logs and fencing", () => {
     assert.ok(h.events.some((e) => e.jobId === job.jobId && e.status === "requeued" && e.attempt === 1));
   });
 
-  test("a control plane restarted on the same data dir keeps its jobs, and the runner's result applies once", TIMEOUT, async (t) => {
-    const dataDir = makeTempDir(t);
-    const first = await startHarness(t, { dataDir });
-    const identity = await registerRunner(first, "survivor");
-    const runner = await connected(first, identity);
-    runner.ready(1);
-    const running = await submit(first);
-    const queued = await submit(first, { ...commandJob(), requiredLabels: ["nowhere"] });
-    await runner.next("assign");
-    runner.send({ type: "started", jobId: running.jobId, attempt: 1, startedAt: new Date().toISOString() });
-    await waitForEvent(first, running.jobId, "started");
-    await first.cp.close();
-    assert.equal((await runner.closed).code, 1001, "going away");
+  test(
+    "a control plane restarted on the same data dir keeps its jobs, and the runner's result applies once",
+    TIMEOUT,
+    async (t) => {
+      const dataDir = makeTempDir(t);
+      const first = await startHarness(t, { dataDir });
+      const identity = await registerRunner(first, "survivor");
+      const runner = await connected(first, identity);
+      runner.ready(1);
+      const running = await submit(first);
+      const queued = await submit(first, { ...commandJob(), requiredLabels: ["nowhere"] });
+      await runner.next("assign");
+      runner.send({ type: "started", jobId: running.jobId, attempt: 1, startedAt: new Date().toISOString() });
+      await waitForEvent(first, running.jobId, "started");
+      await first.cp.close();
+      assert.equal((await runner.closed).code, 1001, "going away");
 
-    const second = await startHarness(t, { dataDir });
-    const jobs = await second.admin.listJobs();
-    assert.deepEqual(jobs.map((j) => [j.jobId, j.status, j.attempt]), [
-      [running.jobId, "running", 1],
-      [queued.jobId, "queued", 0],
-    ]);
-    const back = await connected(second, identity, { running: [{ jobId: running.jobId, attempt: 1 }] });
-    back.result({ jobId: running.jobId, attempt: 1 });
-    assert.equal((await back.next("result_ack")).applied, true);
-    back.result({ jobId: running.jobId, attempt: 1 });
-    assert.equal((await back.next("result_ack")).applied, false);
-    assert.equal((await jobOf(second, running.jobId)).status, "succeeded");
-  });
+      const second = await startHarness(t, { dataDir });
+      const jobs = await second.admin.listJobs();
+      assert.deepEqual(
+        jobs.map((j) => [j.jobId, j.status, j.attempt]),
+        [
+          [running.jobId, "running", 1],
+          [queued.jobId, "queued", 0],
+        ],
+      );
+      const back = await connected(second, identity, { running: [{ jobId: running.jobId, attempt: 1 }] });
+      back.result({ jobId: running.jobId, attempt: 1 });
+      assert.equal((await back.next("result_ack")).applied, true);
+      back.result({ jobId: running.jobId, attempt: 1 });
+      assert.equal((await back.next("result_ack")).applied, false);
+      assert.equal((await jobOf(second, running.jobId)).status, "succeeded");
+    },
+  );
 });
 
 describe("cancel", () => {
-  test("a queued job is cancelled at once; a running one gets cancel and ends with the runner's result", TIMEOUT, async (t) => {
-    const h = await startHarness(t);
-    const runner = await connected(h, await registerRunner(h, "cancellable"));
-    const queued = await submit(h, { ...commandJob(), requiredLabels: ["nowhere"] });
-    const cancelled = (await h.admin.cancelJob(queued.jobId)).job;
-    assert.deepEqual([cancelled.status, cancelled.cancelRequested], ["cancelled", false]);
-    await waitForEvent(h, queued.jobId, "cancelled");
+  test(
+    "a queued job is cancelled at once; a running one gets cancel and ends with the runner's result",
+    TIMEOUT,
+    async (t) => {
+      const h = await startHarness(t);
+      const runner = await connected(h, await registerRunner(h, "cancellable"));
+      const queued = await submit(h, { ...commandJob(), requiredLabels: ["nowhere"] });
+      const cancelled = (await h.admin.cancelJob(queued.jobId)).job;
+      assert.deepEqual([cancelled.status, cancelled.cancelRequested], ["cancelled", false]);
+      await waitForEvent(h, queued.jobId, "cancelled");
 
-    runner.ready(1);
-    const job = await submit(h);
-    const assign = await runner.next("assign");
-    runner.send({ type: "started", jobId: job.jobId, attempt: 1, startedAt: new Date().toISOString() });
-    await waitForEvent(h, job.jobId, "started");
-    const requested = (await h.admin.cancelJob(job.jobId)).job;
-    assert.deepEqual([requested.status, requested.cancelRequested], ["running", true]);
-    const cancel = await runner.next("cancel");
-    assert.deepEqual([cancel.jobId, cancel.attempt], [assign.jobId, 1]);
-    runner.result({ jobId: job.jobId, attempt: 1 }, "cancelled", null);
-    assert.equal((await runner.next("result_ack")).applied, true);
-    const finished = await jobOf(h, job.jobId);
-    assert.equal(finished.status, "cancelled");
+      runner.ready(1);
+      const job = await submit(h);
+      const assign = await runner.next("assign");
+      runner.send({ type: "started", jobId: job.jobId, attempt: 1, startedAt: new Date().toISOString() });
+      await waitForEvent(h, job.jobId, "started");
+      const requested = (await h.admin.cancelJob(job.jobId)).job;
+      assert.deepEqual([requested.status, requested.cancelRequested], ["running", true]);
+      const cancel = await runner.next("cancel");
+      assert.deepEqual([cancel.jobId, cancel.attempt], [assign.jobId, 1]);
+      runner.result({ jobId: job.jobId, attempt: 1 }, "cancelled", null);
+      assert.equal((await runner.next("result_ack")).applied, true);
+      const finished = await jobOf(h, job.jobId);
+      assert.equal(finished.status, "cancelled");
 
-    // A finished job comes back unchanged; an unknown one is 404.
-    assert.deepEqual((await h.admin.cancelJob(job.jobId)).job, finished);
-    await assert.rejects(h.admin.cancelJob("job_nope"), (error: AdminRequestError) => error.status === 404 && error.apiCode === "not_found");
-  });
+      // A finished job comes back unchanged; an unknown one is 404.
+      assert.deepEqual((await h.admin.cancelJob(job.jobId)).job, finished);
+      await assert.rejects(
+        h.admin.cancelJob("job_nope"),
+        (error: AdminRequestError) => error.status === 404 && error.apiCode === "not_found",
+      );
+    },
+  );
 
   test("a cancel requested while the runner is away is sent after its next welcome", TIMEOUT, async (t) => {
     const h = await startHarness(t);
@@ -742,19 +901,23 @@ describe("cancel", () => {
     assert.deepEqual([cancel.jobId, cancel.attempt], [job.jobId, 1]);
   });
 
-  test("a job with a cancel requested whose runner never comes back ends cancelled when its lease expires", TIMEOUT, async (t) => {
-    const h = await startHarness(t, { leaseMs: 1000 });
-    const runner = await connected(h, await registerRunner(h, "gone"));
-    runner.ready(1);
-    const job = await submit(h);
-    await runner.next("assign");
-    await runner.drop();
-    await h.admin.cancelJob(job.jobId);
-    await waitForEvent(h, job.jobId, "cancelled", 1);
-    const view = await jobOf(h, job.jobId);
-    assert.deepEqual([view.status, view.attempt], ["cancelled", 1]);
-    assert.ok(!h.events.some((e) => e.jobId === job.jobId && e.status === "requeued"));
-  });
+  test(
+    "a job with a cancel requested whose runner never comes back ends cancelled when its lease expires",
+    TIMEOUT,
+    async (t) => {
+      const h = await startHarness(t, { leaseMs: 1000 });
+      const runner = await connected(h, await registerRunner(h, "gone"));
+      runner.ready(1);
+      const job = await submit(h);
+      await runner.next("assign");
+      await runner.drop();
+      await h.admin.cancelJob(job.jobId);
+      await waitForEvent(h, job.jobId, "cancelled", 1);
+      const view = await jobOf(h, job.jobId);
+      assert.deepEqual([view.status, view.attempt], ["cancelled", 1]);
+      assert.ok(!h.events.some((e) => e.jobId === job.jobId && e.status === "requeued"));
+    },
+  );
 });
 
 describe("bad frames", () => {
@@ -765,7 +928,18 @@ describe("bad frames", () => {
       ["{not json", "not_json"],
       [JSON.stringify({ type: "teleport" }), "unknown_type"],
       [JSON.stringify({ type: "ready", slots: 0 }), "invalid"],
-      [JSON.stringify({ type: "hello", protocolVersion: 1, agentVersion: "x", runnerId: runner.identity.runnerId, capacity: 1, running: [], pendingResults: [] }), "unexpected_hello"],
+      [
+        JSON.stringify({
+          type: "hello",
+          protocolVersion: 1,
+          agentVersion: "x",
+          runnerId: runner.identity.runnerId,
+          capacity: 1,
+          running: [],
+          pendingResults: [],
+        }),
+        "unexpected_hello",
+      ],
       [Buffer.from("binary"), "binary_frame"],
     ];
     for (const [frame, code] of cases) {
@@ -779,10 +953,15 @@ describe("bad frames", () => {
     runner.ready(1);
     await submit(h);
     await runner.next("assign");
-    const warnings = h.logLines.map((l) => JSON.parse(l) as { level: number; msg: string; detail?: string }).filter((l) => l.msg === "bad frame from runner");
+    const warnings = h.logLines
+      .map((l) => JSON.parse(l) as { level: number; msg: string; detail?: string })
+      .filter((l) => l.msg === "bad frame from runner");
     assert.equal(warnings.length, 4);
     assert.ok(warnings.every((w) => w.level === 40));
-    assert.ok(warnings.some((w) => w.detail?.includes("slots")), "the decode detail is logged");
+    assert.ok(
+      warnings.some((w) => w.detail?.includes("slots")),
+      "the decode detail is logged",
+    );
   });
 
   test("a frame over maxFrameBytes closes that connection with 1009; the server keeps serving", TIMEOUT, async (t) => {
@@ -809,214 +988,326 @@ async function holdingOneJob(h: Harness, name: string): Promise<{ runner: RawRun
 }
 
 describe("pause and resume", () => {
-  test("a paused runner is told at once and gets no new job while its running job still reports; resume tells it and its kept credits are used", TIMEOUT, async (t) => {
-    const h = await startHarness(t);
-    const { runner, job: running } = await holdingOneJob(h, "pausable");
+  test(
+    "a paused runner is told at once and gets no new job while its running job still reports; resume tells it and its kept credits are used",
+    TIMEOUT,
+    async (t) => {
+      const h = await startHarness(t);
+      const { runner, job: running } = await holdingOneJob(h, "pausable");
 
-    const paused = await h.admin.pauseRunner(runner.identity.runnerId, "disk maintenance");
-    assert.deepEqual([paused.paused, paused.pauseReason], [true, "disk maintenance"]);
-    assert.deepEqual(await runner.next("pause"), { type: "pause", reason: "disk maintenance" });
-    const waiting = await submit(h);
-    await runner.expectNo("assign", 200);
-    assert.equal((await jobOf(h, waiting.jobId)).status, "queued", "not assigned while paused, though the runner has a credit");
-    // What runs goes on: its log and result are taken.
-    runner.send({ type: "log", jobId: running.jobId, attempt: 1, seq: 0, stream: "stdout", data: "still here" });
-    runner.result({ jobId: running.jobId, attempt: 1 });
-    assert.equal((await runner.next("result_ack")).applied, true);
-    assert.equal((await h.admin.getJob(running.jobId)).logs.length, 1);
-    assert.equal(runner.ws.readyState, WebSocket.OPEN, "the connection stays up");
-    const [listed] = await h.admin.listRunners();
-    assert.equal(listed?.paused, true);
+      const paused = await h.admin.pauseRunner(runner.identity.runnerId, "disk maintenance");
+      assert.deepEqual([paused.paused, paused.pauseReason], [true, "disk maintenance"]);
+      assert.deepEqual(await runner.next("pause"), { type: "pause", reason: "disk maintenance" });
+      const waiting = await submit(h);
+      await runner.expectNo("assign", 200);
+      assert.equal(
+        (await jobOf(h, waiting.jobId)).status,
+        "queued",
+        "not assigned while paused, though the runner has a credit",
+      );
+      // What runs goes on: its log and result are taken.
+      runner.send({ type: "log", jobId: running.jobId, attempt: 1, seq: 0, stream: "stdout", data: "still here" });
+      runner.result({ jobId: running.jobId, attempt: 1 });
+      assert.equal((await runner.next("result_ack")).applied, true);
+      assert.equal((await h.admin.getJob(running.jobId)).logs.length, 1);
+      assert.equal(runner.ws.readyState, WebSocket.OPEN, "the connection stays up");
+      const [listed] = await h.admin.listRunners();
+      assert.equal(listed?.paused, true);
 
-    const resumed = await h.admin.resumeRunner(runner.identity.runnerId);
-    assert.deepEqual([resumed.paused, resumed.pauseReason], [false, null]);
-    assert.deepEqual(await runner.next("resume"), { type: "resume" });
-    // The credit granted before the pause was kept: no ready needed for this one.
-    assert.equal((await runner.next("assign")).jobId, waiting.jobId);
-    // Resuming a runner that is not paused changes nothing and sends nothing.
-    await h.admin.resumeRunner(runner.identity.runnerId);
-    await runner.expectNo("resume", 100);
-  });
+      const resumed = await h.admin.resumeRunner(runner.identity.runnerId);
+      assert.deepEqual([resumed.paused, resumed.pauseReason], [false, null]);
+      assert.deepEqual(await runner.next("resume"), { type: "resume" });
+      // The credit granted before the pause was kept: no ready needed for this one.
+      assert.equal((await runner.next("assign")).jobId, waiting.jobId);
+      // Resuming a runner that is not paused changes nothing and sends nothing.
+      await h.admin.resumeRunner(runner.identity.runnerId);
+      await runner.expectNo("resume", 100);
+    },
+  );
 
-  test("the paused flag is kept with the runner: a reconnect and a control-plane restart both get welcome.paused true", TIMEOUT, async (t) => {
-    const dataDir = makeTempDir(t);
-    const first = await startHarness(t, { dataDir });
-    const identity = await registerRunner(first, "stays-paused");
-    await first.admin.pauseRunner(identity.runnerId);
-    const runner = await RawRunner.connect(first.cp, identity);
-    const welcome = await runner.hello();
-    assert.equal(welcome.paused, true);
-    runner.ready(1);
-    const job = await submit(first);
-    await runner.expectNo("assign", 150);
-    await runner.close();
-    assert.equal((await first.admin.listRunners())[0]?.pauseReason, "paused by an admin", "the default reason");
-    await first.cp.close();
+  test(
+    "the paused flag is kept with the runner: a reconnect and a control-plane restart both get welcome.paused true",
+    TIMEOUT,
+    async (t) => {
+      const dataDir = makeTempDir(t);
+      const first = await startHarness(t, { dataDir });
+      const identity = await registerRunner(first, "stays-paused");
+      await first.admin.pauseRunner(identity.runnerId);
+      const runner = await RawRunner.connect(first.cp, identity);
+      const welcome = await runner.hello();
+      assert.equal(welcome.paused, true);
+      runner.ready(1);
+      const job = await submit(first);
+      await runner.expectNo("assign", 150);
+      await runner.close();
+      assert.equal((await first.admin.listRunners())[0]?.pauseReason, "paused by an admin", "the default reason");
+      await first.cp.close();
 
-    const second = await startHarness(t, { dataDir });
-    const back = await RawRunner.connect(second.cp, identity);
-    assert.equal((await back.hello()).paused, true);
-    back.ready(1);
-    await back.expectNo("assign", 150);
-    assert.equal((await jobOf(second, job.jobId)).status, "queued");
-    await second.admin.resumeRunner(identity.runnerId);
-    await back.next("resume");
-    assert.equal((await back.next("assign")).jobId, job.jobId);
-    const again = await RawRunner.connect(second.cp, identity);
-    assert.equal((await again.hello()).paused, false);
-  });
+      const second = await startHarness(t, { dataDir });
+      const back = await RawRunner.connect(second.cp, identity);
+      assert.equal((await back.hello()).paused, true);
+      back.ready(1);
+      await back.expectNo("assign", 150);
+      assert.equal((await jobOf(second, job.jobId)).status, "queued");
+      await second.admin.resumeRunner(identity.runnerId);
+      await back.next("resume");
+      assert.equal((await back.next("assign")).jobId, job.jobId);
+      const again = await RawRunner.connect(second.cp, identity);
+      assert.equal((await again.hello()).paused, false);
+    },
+  );
 
-  test("pause and resume answer 404 for an unknown runner and 400 for a reason over 1024 characters", TIMEOUT, async (t) => {
-    const h = await startHarness(t);
-    const identity = await registerRunner(h, "checked");
-    const unknown = "rnr_" + "Z".repeat(24);
-    await assert.rejects(h.admin.pauseRunner(unknown), (error: AdminRequestError) => error.status === 404 && error.apiCode === "runner_not_found");
-    await assert.rejects(h.admin.resumeRunner(unknown), (error: AdminRequestError) => error.status === 404 && error.apiCode === "runner_not_found");
-    await assert.rejects(h.admin.pauseRunner(identity.runnerId, "x".repeat(1025)), (error: AdminRequestError) => error.status === 400 && /reason/.test(error.message));
-    assert.equal((await h.admin.listRunners())[0]?.paused, false);
-  });
+  test(
+    "pause and resume answer 404 for an unknown runner and 400 for a reason over 1024 characters",
+    TIMEOUT,
+    async (t) => {
+      const h = await startHarness(t);
+      const identity = await registerRunner(h, "checked");
+      const unknown = "rnr_" + "Z".repeat(24);
+      await assert.rejects(
+        h.admin.pauseRunner(unknown),
+        (error: AdminRequestError) => error.status === 404 && error.apiCode === "runner_not_found",
+      );
+      await assert.rejects(
+        h.admin.resumeRunner(unknown),
+        (error: AdminRequestError) => error.status === 404 && error.apiCode === "runner_not_found",
+      );
+      await assert.rejects(
+        h.admin.pauseRunner(identity.runnerId, "x".repeat(1025)),
+        (error: AdminRequestError) => error.status === 400 && /reason/.test(error.message),
+      );
+      assert.equal((await h.admin.listRunners())[0]?.paused, false);
+    },
+  );
 });
 
 describe("replaced runners and labels", () => {
-  test("register with replace closes the old runner's channel with 4002 at once; it gets no assign and cannot come back", TIMEOUT, async (t) => {
-    const h = await startHarness(t);
-    const { runner: old, job: held } = await holdingOneJob(h, "taken-over");
-    const successor = await registerRunner(h, "taken-over", ["linux"], true);
-    // Sent before the old socket has seen its close: it must not be applied.
-    if (old.ws.readyState === WebSocket.OPEN) old.result({ jobId: held.jobId, attempt: 1 });
-    // Submitted right after the registration answered: the old socket must not get it (nor its env).
-    const next = await submit(h, { job: { kind: "command", argv: ["true"], env: { SECRET_FOR_NEW_RUNNER: "s" } } });
-    assert.deepEqual(await old.closed, { code: 4002, reason: "runner replaced by a new registration" });
-    await old.expectNo("assign", 50);
-    assert.equal((await jobOf(h, next.jobId)).status, "queued");
-    assert.equal((await jobOf(h, held.jobId)).status, "assigned", "the replaced runner's result was not applied");
-    assert.equal((await refusedUpgrade(channelUrl(h.cp), channelHeaders(old.identity))).code, "runner_not_found");
-    const fresh = await connected(h, successor);
-    fresh.ready(1);
-    assert.equal((await fresh.next("assign")).jobId, next.jobId);
-  });
+  test(
+    "register with replace closes the old runner's channel with 4002 at once; it gets no assign and cannot come back",
+    TIMEOUT,
+    async (t) => {
+      const h = await startHarness(t);
+      const { runner: old, job: held } = await holdingOneJob(h, "taken-over");
+      const successor = await registerRunner(h, "taken-over", ["linux"], true);
+      // Sent before the old socket has seen its close: it must not be applied.
+      if (old.ws.readyState === WebSocket.OPEN) old.result({ jobId: held.jobId, attempt: 1 });
+      // Submitted right after the registration answered: the old socket must not get it (nor its env).
+      const next = await submit(h, { job: { kind: "command", argv: ["true"], env: { SECRET_FOR_NEW_RUNNER: "s" } } });
+      assert.deepEqual(await old.closed, { code: 4002, reason: "runner replaced by a new registration" });
+      await old.expectNo("assign", 50);
+      assert.equal((await jobOf(h, next.jobId)).status, "queued");
+      assert.equal((await jobOf(h, held.jobId)).status, "assigned", "the replaced runner's result was not applied");
+      assert.equal((await refusedUpgrade(channelUrl(h.cp), channelHeaders(old.identity))).code, "runner_not_found");
+      const fresh = await connected(h, successor);
+      fresh.ready(1);
+      assert.equal((await fresh.next("assign")).jobId, next.jobId);
+    },
+  );
 
-  test("labels a runner claims in hello do not gate jobs: it is told labels_ignored, and only an admin's PUT labels changes them", TIMEOUT, async (t) => {
-    const h = await startHarness(t);
-    const identity = await registerRunner(h, "claimer", ["linux"]);
-    const runner = await connected(h, identity, { labels: ["linux", "gpu"] });
-    const told = await runner.next("error");
-    assert.equal(told.code, "labels_ignored");
-    assert.match(told.message, /\[linux\]/);
-    const warning = h.logLines.map((l) => JSON.parse(l) as { level: number; msg: string; claimed?: string[] }).find((l) => l.msg.startsWith("hello.labels differ"));
-    assert.deepEqual([warning?.level, warning?.claimed], [40, ["linux", "gpu"]]);
-    runner.ready(1);
-    const gpuJob = await submit(h, { ...commandJob(), requiredLabels: ["gpu"] });
-    await runner.expectNo("assign", 200);
-    assert.equal((await jobOf(h, gpuJob.jobId)).status, "queued");
+  test(
+    "labels a runner claims in hello do not gate jobs: it is told labels_ignored, and only an admin's PUT labels changes them",
+    TIMEOUT,
+    async (t) => {
+      const h = await startHarness(t);
+      const identity = await registerRunner(h, "claimer", ["linux"]);
+      const runner = await connected(h, identity, { labels: ["linux", "gpu"] });
+      const told = await runner.next("error");
+      assert.equal(told.code, "labels_ignored");
+      assert.match(told.message, /\[linux\]/);
+      const warning = h.logLines
+        .map((l) => JSON.parse(l) as { level: number; msg: string; claimed?: string[] })
+        .find((l) => l.msg.startsWith("hello.labels differ"));
+      assert.deepEqual([warning?.level, warning?.claimed], [40, ["linux", "gpu"]]);
+      runner.ready(1);
+      const gpuJob = await submit(h, { ...commandJob(), requiredLabels: ["gpu"] });
+      await runner.expectNo("assign", 200);
+      assert.equal((await jobOf(h, gpuJob.jobId)).status, "queued");
 
-    const view = await h.admin.setRunnerLabels(identity.runnerId, ["linux", "gpu"]);
-    assert.deepEqual(view.labels, ["linux", "gpu"]);
-    assert.equal((await runner.next("assign")).jobId, gpuJob.jobId, "matched with the new labels at once");
-    // Labels equal to the registered ones, in any order, draw no complaint.
-    const quiet = await connected(h, identity, { labels: ["gpu", "linux"] });
-    await quiet.expectNo("error", 150);
-    await assert.rejects(h.admin.setRunnerLabels("rnr_" + "Z".repeat(24), []), (error: AdminRequestError) => error.status === 404);
-    await assert.rejects(h.admin.setRunnerLabels(identity.runnerId, ["no spaces"]), (error: AdminRequestError) => error.status === 400);
-  });
+      const view = await h.admin.setRunnerLabels(identity.runnerId, ["linux", "gpu"]);
+      assert.deepEqual(view.labels, ["linux", "gpu"]);
+      assert.equal((await runner.next("assign")).jobId, gpuJob.jobId, "matched with the new labels at once");
+      // Labels equal to the registered ones, in any order, draw no complaint.
+      const quiet = await connected(h, identity, { labels: ["gpu", "linux"] });
+      await quiet.expectNo("error", 150);
+      await assert.rejects(
+        h.admin.setRunnerLabels("rnr_" + "Z".repeat(24), []),
+        (error: AdminRequestError) => error.status === 404,
+      );
+      await assert.rejects(
+        h.admin.setRunnerLabels(identity.runnerId, ["no spaces"]),
+        (error: AdminRequestError) => error.status === 400,
+      );
+    },
+  );
 });
 
 describe("invalid device batches", () => {
-  const device = (id: string, extra: Record<string, unknown> = {}) => ({ id, kind: "usb", name: id, state: "online", attributes: {}, fingerprint: `fingerprint-${id}`, ...extra });
-
-  test("an invalid batch outside a snapshot gets devices_resync for its batchId; nothing of it is applied", TIMEOUT, async (t) => {
-    const h = await startHarness(t);
-    const runner = await connected(h, await registerRunner(h, "bad-diff"));
-    runner.send(JSON.stringify({ type: "devices", batchId: "d-1", last: true, upserts: [device("good"), device("bad", { kind: "Not A Kind" })], removals: [] }));
-    const resync = await runner.next("devices_resync");
-    assert.equal(resync.batchId, "d-1");
-    assert.match(resync.reason, /upserts\.1\.kind/);
-    await runner.expectNo("error", 50);
-    assert.deepEqual(await h.admin.listRunnerDevices(runner.identity.runnerId), []);
+  const device = (id: string, extra: Record<string, unknown> = {}) => ({
+    id,
+    kind: "usb",
+    name: id,
+    state: "online",
+    attributes: {},
+    fingerprint: `fingerprint-${id}`,
+    ...extra,
   });
 
-  test("a snapshot batch with invalid rows is applied without them, acknowledged and said so: the resync does not loop", TIMEOUT, async (t) => {
-    const h = await startHarness(t);
-    const runner = await connected(h, await registerRunner(h, "bad-snapshot"));
-    runner.send(JSON.stringify({ type: "devices", batchId: "s-1", snapshotId: "snap", last: false, upserts: [device("a")], removals: [] }));
-    assert.equal((await runner.next("devices_ack")).batchId, "s-1");
-    runner.send(
-      JSON.stringify({
-        type: "devices",
-        batchId: "s-2",
-        snapshotId: "snap",
-        last: true,
-        upserts: [device("b"), device("c", { attributes: { long: "x".repeat(300) } }), { id: "d" }, device("e")],
-        removals: [],
-      }),
-    );
-    const dropped = await runner.next("error");
-    assert.equal(dropped.code, "device_rows_dropped");
-    assert.match(dropped.message, /s-2: 2 invalid row\(s\) dropped/);
-    assert.match(dropped.message, /upserts\[1\] \(id "c"\): attributes\.long/);
-    assert.match(dropped.message, /upserts\[2\] \(id "d"\)/);
-    assert.equal((await runner.next("devices_ack")).batchId, "s-2");
-    await runner.expectNo("devices_resync", 50);
-    const stored = await h.admin.listRunnerDevices(runner.identity.runnerId);
-    assert.deepEqual(stored.map((d) => [d.id, d.present]), [["a", true], ["b", true], ["e", true]]);
-  });
+  test(
+    "an invalid batch outside a snapshot gets devices_resync for its batchId; nothing of it is applied",
+    TIMEOUT,
+    async (t) => {
+      const h = await startHarness(t);
+      const runner = await connected(h, await registerRunner(h, "bad-diff"));
+      runner.send(
+        JSON.stringify({
+          type: "devices",
+          batchId: "d-1",
+          last: true,
+          upserts: [device("good"), device("bad", { kind: "Not A Kind" })],
+          removals: [],
+        }),
+      );
+      const resync = await runner.next("devices_resync");
+      assert.equal(resync.batchId, "d-1");
+      assert.match(resync.reason, /upserts\.1\.kind/);
+      await runner.expectNo("error", 50);
+      assert.deepEqual(await h.admin.listRunnerDevices(runner.identity.runnerId), []);
+    },
+  );
 
-  test("the runner's own device sync ends when one of its devices is invalid: one full snapshot, then quiet, again after a reconnect", TIMEOUT, async (t) => {
-    const h = await startHarness(t);
-    const identity = await registerRunner(h, "sync-ends");
-    // The reference runner's sync state machine (src/devices/sync.ts), its frames carried by a raw socket.
-    let state = initialSyncState({ batchSize: 100, refreshMs: 600_000, ackTimeoutMs: 30_000, idPrefix: "t" });
-    const good = { ...device("good"), state: "online" as const, stale: false };
-    const bad = { ...good, id: "bad", kind: "Not A Kind", fingerprint: "fingerprint-bad" };
+  test(
+    "a snapshot batch with invalid rows is applied without them, acknowledged and said so: the resync does not loop",
+    TIMEOUT,
+    async (t) => {
+      const h = await startHarness(t);
+      const runner = await connected(h, await registerRunner(h, "bad-snapshot"));
+      runner.send(
+        JSON.stringify({
+          type: "devices",
+          batchId: "s-1",
+          snapshotId: "snap",
+          last: false,
+          upserts: [device("a")],
+          removals: [],
+        }),
+      );
+      assert.equal((await runner.next("devices_ack")).batchId, "s-1");
+      runner.send(
+        JSON.stringify({
+          type: "devices",
+          batchId: "s-2",
+          snapshotId: "snap",
+          last: true,
+          upserts: [device("b"), device("c", { attributes: { long: "x".repeat(300) } }), { id: "d" }, device("e")],
+          removals: [],
+        }),
+      );
+      const dropped = await runner.next("error");
+      assert.equal(dropped.code, "device_rows_dropped");
+      assert.match(dropped.message, /s-2: 2 invalid row\(s\) dropped/);
+      assert.match(dropped.message, /upserts\[1\] \(id "c"\): attributes\.long/);
+      assert.match(dropped.message, /upserts\[2\] \(id "d"\)/);
+      assert.equal((await runner.next("devices_ack")).batchId, "s-2");
+      await runner.expectNo("devices_resync", 50);
+      const stored = await h.admin.listRunnerDevices(runner.identity.runnerId);
+      assert.deepEqual(
+        stored.map((d) => [d.id, d.present]),
+        [
+          ["a", true],
+          ["b", true],
+          ["e", true],
+        ],
+      );
+    },
+  );
 
-    /** Feeds the machine until nothing is in flight; returns the types of the messages it sent. */
-    const syncUntilQuiet = async (runner: RawRunner, first: SyncInput): Promise<string[]> => {
-      const sent: string[] = [];
-      let input: SyncInput | undefined = first;
-      while (input) {
-        const step = stepSync(state, input);
-        state = step.state;
-        for (const effect of step.effects) {
-          if (effect.type !== "send") continue;
-          const message = effect.message as Extract<RunnerMessage, { type: "devices" | "devices_summary" }>;
-          sent.push(message.type === "devices" && message.snapshotId !== undefined ? "snapshot" : message.type);
-          runner.send(message);
+  test(
+    "the runner's own device sync ends when one of its devices is invalid: one full snapshot, then quiet, again after a reconnect",
+    TIMEOUT,
+    async (t) => {
+      const h = await startHarness(t);
+      const identity = await registerRunner(h, "sync-ends");
+      // The reference runner's sync state machine (src/devices/sync.ts), its frames carried by a raw socket.
+      let state = initialSyncState({ batchSize: 100, refreshMs: 600_000, ackTimeoutMs: 30_000, idPrefix: "t" });
+      const good = { ...device("good"), state: "online" as const, stale: false };
+      const bad = { ...good, id: "bad", kind: "Not A Kind", fingerprint: "fingerprint-bad" };
+
+      /** Feeds the machine until nothing is in flight; returns the types of the messages it sent. */
+      const syncUntilQuiet = async (runner: RawRunner, first: SyncInput): Promise<string[]> => {
+        const sent: string[] = [];
+        let input: SyncInput | undefined = first;
+        while (input) {
+          const step = stepSync(state, input);
+          state = step.state;
+          for (const effect of step.effects) {
+            if (effect.type !== "send") continue;
+            const message = effect.message as Extract<RunnerMessage, { type: "devices" | "devices_summary" }>;
+            sent.push(message.type === "devices" && message.snapshotId !== undefined ? "snapshot" : message.type);
+            runner.send(message);
+          }
+          input = undefined;
+          if (state.inFlight) {
+            const answer = await runner.nextOf(["devices_ack", "devices_resync"]);
+            input =
+              answer.type === "devices_ack"
+                ? { type: "ack", now: 1, batchId: answer.batchId }
+                : { type: "resync", now: 1, batchId: answer.batchId, reason: answer.reason };
+          }
+          assert.ok(sent.length < 10, `the sync does not end: ${sent.join(", ")}`);
         }
-        input = undefined;
-        if (state.inFlight) {
-          const answer = await runner.nextOf(["devices_ack", "devices_resync"]);
-          input = answer.type === "devices_ack" ? { type: "ack", now: 1, batchId: answer.batchId } : { type: "resync", now: 1, batchId: answer.batchId, reason: answer.reason };
-        }
-        assert.ok(sent.length < 10, `the sync does not end: ${sent.join(", ")}`);
-      }
-      return sent;
-    };
+        return sent;
+      };
 
-    const runner = await connected(h, identity);
-    assert.deepEqual(await syncUntilQuiet(runner, { type: "connected", now: 0, maxFrameBytes: 1 << 20 }), ["devices_summary"]);
-    assert.deepEqual(await syncUntilQuiet(runner, { type: "scanned", now: 1, devices: [good, bad] }), ["devices", "snapshot"]);
-    assert.equal(state.phase, "diff");
-    assert.equal((await runner.next("error")).code, "device_rows_dropped");
-    assert.deepEqual((await h.admin.listRunnerDevices(identity.runnerId)).map((d) => d.id), ["good"]);
+      const runner = await connected(h, identity);
+      assert.deepEqual(await syncUntilQuiet(runner, { type: "connected", now: 0, maxFrameBytes: 1 << 20 }), [
+        "devices_summary",
+      ]);
+      assert.deepEqual(await syncUntilQuiet(runner, { type: "scanned", now: 1, devices: [good, bad] }), [
+        "devices",
+        "snapshot",
+      ]);
+      assert.equal(state.phase, "diff");
+      assert.equal((await runner.next("error")).code, "device_rows_dropped");
+      assert.deepEqual(
+        (await h.admin.listRunnerDevices(identity.runnerId)).map((d) => d.id),
+        ["good"],
+      );
 
-    await runner.close();
-    state = stepSync(state, { type: "disconnected" }).state;
-    const back = await connected(h, identity);
-    assert.deepEqual(await syncUntilQuiet(back, { type: "connected", now: 2, maxFrameBytes: 1 << 20 }), ["devices_summary", "snapshot"]);
-    assert.equal(state.phase, "diff");
-  });
+      await runner.close();
+      state = stepSync(state, { type: "disconnected" }).state;
+      const back = await connected(h, identity);
+      assert.deepEqual(await syncUntilQuiet(back, { type: "connected", now: 2, maxFrameBytes: 1 << 20 }), [
+        "devices_summary",
+        "snapshot",
+      ]);
+      assert.equal(state.phase, "diff");
+    },
+  );
 
-  test("a devices frame without a usable batchId, or a snapshot batch whose envelope is broken, gets error invalid", TIMEOUT, async (t) => {
-    const h = await startHarness(t);
-    const runner = await connected(h, await registerRunner(h, "bad-envelope"));
-    runner.send(JSON.stringify({ type: "devices", upserts: [], removals: [] }));
-    assert.equal((await runner.next("error")).code, "invalid");
-    runner.send(JSON.stringify({ type: "devices", batchId: "s-9", snapshotId: "snap", last: true, upserts: "none", removals: [] }));
-    assert.equal((await runner.next("error")).code, "invalid");
-    await runner.expectNo("devices_ack", 50);
-    await runner.expectNo("devices_resync", 0);
-    assert.equal(runner.ws.readyState, WebSocket.OPEN);
-  });
+  test(
+    "a devices frame without a usable batchId, or a snapshot batch whose envelope is broken, gets error invalid",
+    TIMEOUT,
+    async (t) => {
+      const h = await startHarness(t);
+      const runner = await connected(h, await registerRunner(h, "bad-envelope"));
+      runner.send(JSON.stringify({ type: "devices", upserts: [], removals: [] }));
+      assert.equal((await runner.next("error")).code, "invalid");
+      runner.send(
+        JSON.stringify({
+          type: "devices",
+          batchId: "s-9",
+          snapshotId: "snap",
+          last: true,
+          upserts: "none",
+          removals: [],
+        }),
+      );
+      assert.equal((await runner.next("error")).code, "invalid");
+      await runner.expectNo("devices_ack", 50);
+      await runner.expectNo("devices_resync", 0);
+      assert.equal(runner.ws.readyState, WebSocket.OPEN);
+    },
+  );
 });
 
 describe("admin job API", () => {
@@ -1028,32 +1319,50 @@ describe("admin job API", () => {
     assert.deepEqual(fits.requiredLabels, []);
     assert.equal(fits.timeoutMs, 600_000);
     assert.equal(fits.cancelGraceMs, 10_000);
-    await assert.rejects(h.admin.submitJob(commandJob("echo", "x".repeat(3000))), (error: AdminRequestError) => error.status === 413 && error.apiCode === "payload_too_large");
-    await assert.rejects(h.admin.submitJob({ job: { kind: "command", argv: [], env: {} } }), (error: AdminRequestError) => error.status === 400 && /job\.argv/.test(error.message));
+    await assert.rejects(
+      h.admin.submitJob(commandJob("echo", "x".repeat(3000))),
+      (error: AdminRequestError) => error.status === 413 && error.apiCode === "payload_too_large",
+    );
+    await assert.rejects(
+      h.admin.submitJob({ job: { kind: "command", argv: [], env: {} } }),
+      (error: AdminRequestError) => error.status === 400 && /job\.argv/.test(error.message),
+    );
     await assert.rejects(h.admin.getJob("job_missing"), (error: AdminRequestError) => error.status === 404);
-    const badStatus = await fetch(`${h.cp.url}/api/v1/admin/jobs?status=lost`, { headers: { authorization: `Bearer ${ADMIN_TOKEN}` } });
+    const badStatus = await fetch(`${h.cp.url}/api/v1/admin/jobs?status=lost`, {
+      headers: { authorization: `Bearer ${ADMIN_TOKEN}` },
+    });
     assert.equal(badStatus.status, 400);
-    const unauthorized = await fetch(`${h.cp.url}/api/v1/admin/jobs`, { method: "POST", body: JSON.stringify(commandJob()) });
+    const unauthorized = await fetch(`${h.cp.url}/api/v1/admin/jobs`, {
+      method: "POST",
+      body: JSON.stringify(commandJob()),
+    });
     assert.equal(unauthorized.status, 401);
-    assert.deepEqual((await h.admin.listJobs()).map((j) => j.jobId), [fits.jobId]);
+    assert.deepEqual(
+      (await h.admin.listJobs()).map((j) => j.jobId),
+      [fits.jobId],
+    );
     assert.match(fits.jobId, /^job_[A-Za-z0-9]{24}$/);
   });
 });
 
 describe("store guards", () => {
-  test("a job is claimed once: a second claim, even from a second control plane on the same file, fails", TIMEOUT, async (t) => {
-    const dataDir = makeTempDir(t);
-    const left = await startHarness(t, { dataDir });
-    const right = await startHarness(t, { dataDir });
-    const job = await submit(left);
-    const now = new Date();
-    const lease = new Date(now.getTime() + 60_000);
-    const claimed = left.cp.store.jobs.claim(job.jobId, "rnr_" + "L".repeat(24), now, lease);
-    assert.equal(claimed?.attempt, 1);
-    assert.equal(right.cp.store.jobs.claim(job.jobId, "rnr_" + "R".repeat(24), now, lease), undefined);
-    assert.equal(left.cp.store.jobs.claim(job.jobId, "rnr_" + "L".repeat(24), now, lease), undefined);
-    assert.equal((await jobOf(right, job.jobId)).runnerId, "rnr_" + "L".repeat(24));
-  });
+  test(
+    "a job is claimed once: a second claim, even from a second control plane on the same file, fails",
+    TIMEOUT,
+    async (t) => {
+      const dataDir = makeTempDir(t);
+      const left = await startHarness(t, { dataDir });
+      const right = await startHarness(t, { dataDir });
+      const job = await submit(left);
+      const now = new Date();
+      const lease = new Date(now.getTime() + 60_000);
+      const claimed = left.cp.store.jobs.claim(job.jobId, "rnr_" + "L".repeat(24), now, lease);
+      assert.equal(claimed?.attempt, 1);
+      assert.equal(right.cp.store.jobs.claim(job.jobId, "rnr_" + "R".repeat(24), now, lease), undefined);
+      assert.equal(left.cp.store.jobs.claim(job.jobId, "rnr_" + "L".repeat(24), now, lease), undefined);
+      assert.equal((await jobOf(right, job.jobId)).runnerId, "rnr_" + "L".repeat(24));
+    },
+  );
 
   test("a result applies only for the attempt and runner that hold the job, and only once", TIMEOUT, async (t) => {
     const h = await startHarness(t);
@@ -1062,7 +1371,16 @@ describe("store guards", () => {
     const holder = "rnr_" + "H".repeat(24);
     const now = new Date();
     jobs.claim(job.jobId, holder, now, new Date(now.getTime() + 60_000));
-    const result = (attempt: number): JobResult => ({ jobId: job.jobId, attempt, outcome: "succeeded", exitCode: 0, signal: null, reason: null, startedAt: null, finishedAt: now.toISOString() });
+    const result = (attempt: number): JobResult => ({
+      jobId: job.jobId,
+      attempt,
+      outcome: "succeeded",
+      exitCode: 0,
+      signal: null,
+      reason: null,
+      startedAt: null,
+      finishedAt: now.toISOString(),
+    });
     assert.equal(jobs.applyResult(result(2), holder, now), undefined, "a future attempt");
     assert.equal(jobs.applyResult(result(1), "rnr_" + "X".repeat(24), now), undefined, "another runner");
     assert.equal(jobs.applyResult(result(1), holder, now)?.status, "succeeded");

@@ -8,7 +8,12 @@ import { request as httpRequest } from "node:http";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { Writable } from "node:stream";
-import { startControlPlane, DATABASE_FILE, type ControlPlane, type ControlPlaneOptions } from "../../src/control-plane/server.js";
+import {
+  startControlPlane,
+  DATABASE_FILE,
+  type ControlPlane,
+  type ControlPlaneOptions,
+} from "../../src/control-plane/server.js";
 import { AdminClient, AdminRequestError } from "../../src/control-plane/admin-client.js";
 import Database from "better-sqlite3";
 import { MIGRATIONS, SCHEMA_VERSION } from "../../src/control-plane/store.js";
@@ -61,7 +66,12 @@ function hostFacts(seed: string): HostFacts {
   };
 }
 
-async function call(cp: ControlPlane, method: string, path: string, options: { token?: string; body?: unknown; raw?: string } = {}): Promise<Answer> {
+async function call(
+  cp: ControlPlane,
+  method: string,
+  path: string,
+  options: { token?: string; body?: unknown; raw?: string } = {},
+): Promise<Answer> {
   const headers: Record<string, string> = {};
   if (options.token !== undefined) headers.authorization = `Bearer ${options.token}`;
   let payload: string | undefined = options.raw;
@@ -102,12 +112,23 @@ async function registerRunner(h: Harness, name: string, overrides: Partial<Regis
   return { runnerId: registered.runnerId, credential: registered.credential, host: body.host };
 }
 
-function verify(h: Harness, runner: Registered, host: HostFacts = runner.host, credential = runner.credential): Promise<Answer> {
-  return call(h.cp, "POST", "/runners/verify", { token: credential, body: { ...versions(), runnerId: runner.runnerId, host } });
+function verify(
+  h: Harness,
+  runner: Registered,
+  host: HostFacts = runner.host,
+  credential = runner.credential,
+): Promise<Answer> {
+  return call(h.cp, "POST", "/runners/verify", {
+    token: credential,
+    body: { ...versions(), runnerId: runner.runnerId, host },
+  });
 }
 
 function repair(h: Harness, runner: Registered, host: HostFacts, credential = runner.credential): Promise<Answer> {
-  return call(h.cp, "POST", "/runners/repair", { token: credential, body: { ...versions(), runnerId: runner.runnerId, host } });
+  return call(h.cp, "POST", "/runners/repair", {
+    token: credential,
+    body: { ...versions(), runnerId: runner.runnerId, host },
+  });
 }
 
 /** Asserts an error answer: status, protocol error body, code; returns the message. */
@@ -133,7 +154,11 @@ describe("health", () => {
     const h = await startHarness(t, { minAgentVersion: "0.1.0" });
     const answer = await call(h.cp, "GET", "/health");
     assert.equal(answer.status, 200);
-    assert.deepEqual(healthResponseSchema.parse(answer.body), { ok: true, protocolVersions: [PROTOCOL_VERSION], minAgentVersion: "0.1.0" });
+    assert.deepEqual(healthResponseSchema.parse(answer.body), {
+      ok: true,
+      protocolVersions: [PROTOCOL_VERSION],
+      minAgentVersion: "0.1.0",
+    });
     assert.match(h.cp.url, /^http:\/\/127\.0\.0\.1:\d+$/);
   });
 });
@@ -169,7 +194,9 @@ describe("registration", () => {
     const h = await startHarness(t);
     const { token } = await h.admin.createRegistrationToken();
     const answers = await Promise.all(
-      ["racer-a", "racer-b", "racer-c", "racer-d"].map((name) => call(h.cp, "POST", "/runners/register", { token, body: registerBody(name) })),
+      ["racer-a", "racer-b", "racer-c", "racer-d"].map((name) =>
+        call(h.cp, "POST", "/runners/register", { token, body: registerBody(name) }),
+      ),
     );
     const statuses = answers.map((a) => a.status).sort();
     assert.deepEqual(statuses, [201, 401, 401, 401]);
@@ -198,35 +225,56 @@ describe("registration", () => {
     assert.equal(late.expiresAt, "2030-01-01T00:01:00.000Z");
 
     clock = new Date("2030-01-01T00:00:59Z");
-    assert.equal((await call(h.cp, "POST", "/runners/register", { token: early.token, body: registerBody("in-time") })).status, 201);
+    assert.equal(
+      (await call(h.cp, "POST", "/runners/register", { token: early.token, body: registerBody("in-time") })).status,
+      201,
+    );
 
     clock = new Date("2030-01-01T00:01:00Z");
-    assertError(await call(h.cp, "POST", "/runners/register", { token: late.token, body: registerBody("too-late") }), 401, "registration_token_invalid");
+    assertError(
+      await call(h.cp, "POST", "/runners/register", { token: late.token, body: registerBody("too-late") }),
+      401,
+      "registration_token_invalid",
+    );
   });
 
   test("an unknown or missing registration token is refused", TIMEOUT, async (t) => {
     const h = await startHarness(t);
-    assertError(await call(h.cp, "POST", "/runners/register", { token: "rgt_unknown", body: registerBody("x") }), 401, "registration_token_invalid");
+    assertError(
+      await call(h.cp, "POST", "/runners/register", { token: "rgt_unknown", body: registerBody("x") }),
+      401,
+      "registration_token_invalid",
+    );
     assertError(await call(h.cp, "POST", "/runners/register", { body: registerBody("x") }), 401, "unauthorized");
   });
 
-  test("a taken name is refused without consuming the token; replace=true replaces the old runner", TIMEOUT, async (t) => {
-    const h = await startHarness(t);
-    const old = await registerRunner(h, "builder");
-    const { token } = await h.admin.createRegistrationToken();
+  test(
+    "a taken name is refused without consuming the token; replace=true replaces the old runner",
+    TIMEOUT,
+    async (t) => {
+      const h = await startHarness(t);
+      const old = await registerRunner(h, "builder");
+      const { token } = await h.admin.createRegistrationToken();
 
-    const refused = await call(h.cp, "POST", "/runners/register", { token, body: registerBody("builder") });
-    assert.match(assertError(refused, 409, "name_taken"), /replace/);
+      const refused = await call(h.cp, "POST", "/runners/register", { token, body: registerBody("builder") });
+      assert.match(assertError(refused, 409, "name_taken"), /replace/);
 
-    const replaced = await call(h.cp, "POST", "/runners/register", { token, body: registerBody("builder", { replace: true }) });
-    assert.equal(replaced.status, 201, "the token survived the 409");
-    const fresh = registerResponseSchema.parse(replaced.body);
-    assert.notEqual(fresh.runnerId, old.runnerId);
+      const replaced = await call(h.cp, "POST", "/runners/register", {
+        token,
+        body: registerBody("builder", { replace: true }),
+      });
+      assert.equal(replaced.status, 201, "the token survived the 409");
+      const fresh = registerResponseSchema.parse(replaced.body);
+      assert.notEqual(fresh.runnerId, old.runnerId);
 
-    const runners = await h.admin.listRunners();
-    assert.deepEqual(runners.map((r) => r.runnerId), [fresh.runnerId]);
-    assertError(await verify(h, old), 404, "runner_not_found");
-  });
+      const runners = await h.admin.listRunners();
+      assert.deepEqual(
+        runners.map((r) => r.runnerId),
+        [fresh.runnerId],
+      );
+      assertError(await verify(h, old), 404, "runner_not_found");
+    },
+  );
 });
 
 describe("verify and repair", () => {
@@ -249,7 +297,9 @@ describe("verify and repair", () => {
     const other = await registerRunner(h, "b");
     assertError(await verify(h, runner, runner.host, other.credential), 401, "unauthorized");
     assertError(await verify(h, runner, runner.host, "rnc_wrong"), 401, "unauthorized");
-    const missing = await call(h.cp, "POST", "/runners/verify", { body: { ...versions(), runnerId: runner.runnerId, host: runner.host } });
+    const missing = await call(h.cp, "POST", "/runners/verify", {
+      body: { ...versions(), runnerId: runner.runnerId, host: runner.host },
+    });
     assertError(missing, 401, "unauthorized");
     assertError(await repair(h, runner, hostFacts("elsewhere"), other.credential), 401, "unauthorized");
   });
@@ -279,12 +329,18 @@ describe("verify and repair", () => {
     const runner = await registerRunner(h, "leaving");
     const other = await registerRunner(h, "staying");
     const unregister = (credential: string) =>
-      call(h.cp, "POST", "/runners/unregister", { token: credential, body: { ...versions(), runnerId: runner.runnerId } });
+      call(h.cp, "POST", "/runners/unregister", {
+        token: credential,
+        body: { ...versions(), runnerId: runner.runnerId },
+      });
     assertError(await unregister(other.credential), 401, "unauthorized");
     const answer = await unregister(runner.credential);
     assert.equal(answer.status, 200);
     assert.deepEqual(answer.body, { ok: true });
-    assert.deepEqual((await h.admin.listRunners()).map((r) => r.name), ["staying"]);
+    assert.deepEqual(
+      (await h.admin.listRunners()).map((r) => r.name),
+      ["staying"],
+    );
     assertError(await unregister(runner.credential), 404, "runner_not_found");
   });
 
@@ -311,7 +367,10 @@ describe("versions", () => {
   test("an unsupported protocol version gets 426 and does not consume the token", TIMEOUT, async (t) => {
     const h = await startHarness(t);
     const { token } = await h.admin.createRegistrationToken();
-    const refused = await call(h.cp, "POST", "/runners/register", { token, body: registerBody("future", { protocolVersion: PROTOCOL_VERSION + 1 }) });
+    const refused = await call(h.cp, "POST", "/runners/register", {
+      token,
+      body: registerBody("future", { protocolVersion: PROTOCOL_VERSION + 1 }),
+    });
     assert.match(assertError(refused, 426, "upgrade_required"), /protocol version/);
     assert.equal((await call(h.cp, "POST", "/runners/register", { token, body: registerBody("future") })).status, 201);
   });
@@ -319,45 +378,71 @@ describe("versions", () => {
   test("an agent older than minAgentVersion gets 426 on register and verify", TIMEOUT, async (t) => {
     const h = await startHarness(t, { minAgentVersion: "2.0.0" });
     const { token } = await h.admin.createRegistrationToken();
-    const old = await call(h.cp, "POST", "/runners/register", { token, body: registerBody("old", { agentVersion: "1.9.9" }) });
+    const old = await call(h.cp, "POST", "/runners/register", {
+      token,
+      body: registerBody("old", { agentVersion: "1.9.9" }),
+    });
     assert.match(assertError(old, 426, "upgrade_required"), /1\.9\.9.*2\.0\.0/);
 
-    const ok = await call(h.cp, "POST", "/runners/register", { token, body: registerBody("new", { agentVersion: "2.0.1" }) });
+    const ok = await call(h.cp, "POST", "/runners/register", {
+      token,
+      body: registerBody("new", { agentVersion: "2.0.1" }),
+    });
     const runner = registerResponseSchema.parse(ok.body);
     const staleVerify = await call(h.cp, "POST", "/runners/verify", {
       token: runner.credential,
-      body: { protocolVersion: PROTOCOL_VERSION, agentVersion: "1.0.0", runnerId: runner.runnerId, host: hostFacts("new") },
+      body: {
+        protocolVersion: PROTOCOL_VERSION,
+        agentVersion: "1.0.0",
+        runnerId: runner.runnerId,
+        host: hostFacts("new"),
+      },
     });
     assertError(staleVerify, 426, "upgrade_required");
   });
 });
 
 describe("admin API", () => {
-  test("a missing or wrong admin token is unauthorized, and the client's error names status and code only", TIMEOUT, async (t) => {
-    const h = await startHarness(t);
-    assertError(await call(h.cp, "GET", "/admin/runners"), 401, "unauthorized");
-    assertError(await call(h.cp, "GET", "/admin/runners", { token: "adm_wrong" }), 401, "unauthorized");
-    assertError(await call(h.cp, "POST", "/admin/registration-tokens", { token: "adm_wrong", body: {} }), 401, "unauthorized");
+  test(
+    "a missing or wrong admin token is unauthorized, and the client's error names status and code only",
+    TIMEOUT,
+    async (t) => {
+      const h = await startHarness(t);
+      assertError(await call(h.cp, "GET", "/admin/runners"), 401, "unauthorized");
+      assertError(await call(h.cp, "GET", "/admin/runners", { token: "adm_wrong" }), 401, "unauthorized");
+      assertError(
+        await call(h.cp, "POST", "/admin/registration-tokens", { token: "adm_wrong", body: {} }),
+        401,
+        "unauthorized",
+      );
 
-    const secret = "adm_this-is-not-the-admin-token";
-    const wrongClient = new AdminClient(h.cp.url, secret);
-    const error = await wrongClient.listRunners().then(
-      () => assert.fail("expected a 401"),
-      (e: unknown) => e,
-    );
-    assert.ok(error instanceof AdminRequestError);
-    assert.equal(error.status, 401);
-    assert.equal(error.apiCode, "unauthorized");
-    assert.match(error.message, /401 unauthorized/);
-    assert.ok(!error.message.includes(secret));
-  });
+      const secret = "adm_this-is-not-the-admin-token";
+      const wrongClient = new AdminClient(h.cp.url, secret);
+      const error = await wrongClient.listRunners().then(
+        () => assert.fail("expected a 401"),
+        (e: unknown) => e,
+      );
+      assert.ok(error instanceof AdminRequestError);
+      assert.equal(error.status, 401);
+      assert.equal(error.apiCode, "unauthorized");
+      assert.match(error.message, /401 unauthorized/);
+      assert.ok(!error.message.includes(secret));
+    },
+  );
 
   test("revoke and delete of an unknown runner are 404 runner_not_found; a malformed id is 400", TIMEOUT, async (t) => {
     const h = await startHarness(t);
     const missing = "rnr_000000000000000000000000";
-    await assert.rejects(h.admin.revokeRunner(missing), (e: unknown) => e instanceof AdminRequestError && e.status === 404 && e.apiCode === "runner_not_found");
+    await assert.rejects(
+      h.admin.revokeRunner(missing),
+      (e: unknown) => e instanceof AdminRequestError && e.status === 404 && e.apiCode === "runner_not_found",
+    );
     await assert.rejects(h.admin.deleteRunner(missing), /404 runner_not_found/);
-    assertError(await call(h.cp, "DELETE", "/admin/runners/not-an-id", { token: h.cp.adminToken! }), 400, "bad_request");
+    assertError(
+      await call(h.cp, "DELETE", "/admin/runners/not-an-id", { token: h.cp.adminToken! }),
+      400,
+      "bad_request",
+    );
   });
 
   test("delete answers 204 with no body", TIMEOUT, async (t) => {
@@ -379,14 +464,28 @@ describe("request errors", () => {
   test("a schema failure names each bad field", TIMEOUT, async (t) => {
     const h = await startHarness(t);
     const body = { ...registerBody("ok"), name: "bad name!", host: { ...hostFacts("x"), fingerprint: "nope" } };
-    const message = assertError(await call(h.cp, "POST", "/runners/register", { token: "rgt_x", body }), 400, "bad_request");
+    const message = assertError(
+      await call(h.cp, "POST", "/runners/register", { token: "rgt_x", body }),
+      400,
+      "bad_request",
+    );
     assert.match(message, /^name: /);
     assert.match(message, /host\.fingerprint: a sha256 hex digest/);
 
     const { host: _host, ...withoutHost } = registerBody("ok");
-    assert.match(assertError(await call(h.cp, "POST", "/runners/register", { token: "rgt_x", body: withoutHost }), 400, "bad_request"), /host: Required/);
+    assert.match(
+      assertError(
+        await call(h.cp, "POST", "/runners/register", { token: "rgt_x", body: withoutHost }),
+        400,
+        "bad_request",
+      ),
+      /host: Required/,
+    );
 
-    const tokenRequest = await call(h.cp, "POST", "/admin/registration-tokens", { token: h.cp.adminToken!, body: { expiresInSeconds: -1 } });
+    const tokenRequest = await call(h.cp, "POST", "/admin/registration-tokens", {
+      token: h.cp.adminToken!,
+      body: { expiresInSeconds: -1 },
+    });
     assert.match(assertError(tokenRequest, 400, "bad_request"), /expiresInSeconds: /);
   });
 
@@ -397,17 +496,25 @@ describe("request errors", () => {
 
     // Chunked: the limit must hold while reading, not only from the header.
     const chunked = await new Promise<{ status: number; text: string }>((resolve, reject) => {
-      const req = httpRequest(`${h.cp.url}/api/v1/runners/register`, { method: "POST", headers: { authorization: "Bearer rgt_x" } }, (res) => {
-        let text = "";
-        res.setEncoding("utf8");
-        res.on("data", (chunk: string) => (text += chunk));
-        res.on("end", () => resolve({ status: res.statusCode ?? 0, text }));
-      });
+      const req = httpRequest(
+        `${h.cp.url}/api/v1/runners/register`,
+        { method: "POST", headers: { authorization: "Bearer rgt_x" } },
+        (res) => {
+          let text = "";
+          res.setEncoding("utf8");
+          res.on("data", (chunk: string) => (text += chunk));
+          res.on("end", () => resolve({ status: res.statusCode ?? 0, text }));
+        },
+      );
       req.on("error", reject);
       for (let i = 0; i < 10; i++) req.write("x".repeat(10 * 1024));
       req.end();
     });
-    assertError({ status: chunked.status, headers: new Headers(), body: JSON.parse(chunked.text) }, 413, "payload_too_large");
+    assertError(
+      { status: chunked.status, headers: new Headers(), body: JSON.parse(chunked.text) },
+      413,
+      "payload_too_large",
+    );
 
     // The server still serves after refusing.
     assert.equal((await call(h.cp, "GET", "/health")).status, 200);
@@ -441,34 +548,47 @@ describe("persistence and secrets at rest", () => {
     assert.equal(second.store.schemaVersion(), SCHEMA_VERSION);
     const h: Harness = { cp: second, admin: new AdminClient(second.url, firstAdminToken) };
     assert.equal((await verify(h, runner)).status, 200);
-    assert.deepEqual((await h.admin.listRunners()).map((r) => r.name), ["durable"]);
+    assert.deepEqual(
+      (await h.admin.listRunners()).map((r) => r.name),
+      ["durable"],
+    );
     await second.close();
 
     // A given admin token replaces the stored one.
     const replacement = "adm_replacement-token-for-this-test";
-    const third = await startControlPlane({ dataDir, adminToken: replacement, logger: createLogger({ level: "silent" }) });
+    const third = await startControlPlane({
+      dataDir,
+      adminToken: replacement,
+      logger: createLogger({ level: "silent" }),
+    });
     t.after(() => third.close());
     assert.equal(third.adminToken, replacement);
     assertError(await call(third, "GET", "/admin/runners", { token: firstAdminToken }), 401, "unauthorized");
     assert.equal((await call(third, "GET", "/admin/runners", { token: replacement })).status, 200);
   });
 
-  test("a database made before runners could be paused is migrated: its runners come back unpaused, and can be paused", TIMEOUT, async (t) => {
-    const dataDir = makeTempDir(t);
-    const db = new Database(join(dataDir, DATABASE_FILE));
-    for (const sql of MIGRATIONS.slice(0, 3)) db.exec(sql);
-    db.pragma("user_version = 3");
-    const id = "rnr_" + "A".repeat(24);
-    const host = { hostname: "old-timer", platform: "linux", arch: "x64", fingerprint: "a".repeat(64) };
-    db.prepare("INSERT INTO runners (id, name, labels, host, credential_hash, registered_at) VALUES (?, ?, ?, ?, ?, ?)").run(id, "old-timer", '["linux"]', JSON.stringify(host), "0".repeat(64), Date.now());
-    db.close();
+  test(
+    "a database made before runners could be paused is migrated: its runners come back unpaused, and can be paused",
+    TIMEOUT,
+    async (t) => {
+      const dataDir = makeTempDir(t);
+      const db = new Database(join(dataDir, DATABASE_FILE));
+      for (const sql of MIGRATIONS.slice(0, 3)) db.exec(sql);
+      db.pragma("user_version = 3");
+      const id = "rnr_" + "A".repeat(24);
+      const host = { hostname: "old-timer", platform: "linux", arch: "x64", fingerprint: "a".repeat(64) };
+      db.prepare(
+        "INSERT INTO runners (id, name, labels, host, credential_hash, registered_at) VALUES (?, ?, ?, ?, ?, ?)",
+      ).run(id, "old-timer", '["linux"]', JSON.stringify(host), "0".repeat(64), Date.now());
+      db.close();
 
-    const h = await startHarness(t, { dataDir });
-    assert.equal(h.cp.store.schemaVersion(), SCHEMA_VERSION);
-    const [runner] = await h.admin.listRunners();
-    assert.deepEqual([runner?.runnerId, runner?.paused, runner?.pauseReason], [id, false, null]);
-    assert.equal((await h.admin.pauseRunner(id, "migrated")).pauseReason, "migrated");
-  });
+      const h = await startHarness(t, { dataDir });
+      assert.equal(h.cp.store.schemaVersion(), SCHEMA_VERSION);
+      const [runner] = await h.admin.listRunners();
+      assert.deepEqual([runner?.runnerId, runner?.paused, runner?.pauseReason], [id, false, null]);
+      assert.equal((await h.admin.pauseRunner(id, "migrated")).pauseReason, "migrated");
+    },
+  );
 
   test("the database holds hashes only: no plain token, credential or admin token", TIMEOUT, async (t) => {
     const dataDir = makeTempDir(t);
@@ -515,7 +635,12 @@ describe("persistence and secrets at rest", () => {
     }
     assert.ok(!/rgt_/.test(log), "a registration token reached the log");
     const requests = lines.map((l) => JSON.parse(l) as Record<string, unknown>).filter((l) => l.msg === "request");
-    assert.ok(requests.some((r) => r.method === "POST" && r.path === "/api/v1/runners/verify" && r.status === 200 && typeof r.ms === "number"));
+    assert.ok(
+      requests.some(
+        (r) =>
+          r.method === "POST" && r.path === "/api/v1/runners/verify" && r.status === 200 && typeof r.ms === "number",
+      ),
+    );
     assert.ok(requests.some((r) => r.path === "/api/v1/admin/runners" && r.status === 401));
   });
 });

@@ -9,7 +9,12 @@ import { FileCredentialStore } from "../../src/credentials/file-store.js";
 import { chooseStore } from "../../src/credentials/select.js";
 import { registerRunner, requireKeychain, startTestControlPlane, tempDir } from "../helpers/fixtures.js";
 
-const value = { v: 1 as const, runnerId: "rnr_abcdefghijklmnopqrstuvwx", url: "http://127.0.0.1:1", credential: "rnc_" + "k".repeat(43) };
+const value = {
+  v: 1 as const,
+  runnerId: "rnr_abcdefghijklmnopqrstuvwx",
+  url: "http://127.0.0.1:1",
+  credential: "rnc_" + "k".repeat(43),
+};
 
 describe("keychain credential store", { timeout: 30_000 }, () => {
   test("writes, reads back and removes an entry in the real Secret Service", async (t) => {
@@ -44,7 +49,9 @@ describe("keychain credential store", { timeout: 30_000 }, () => {
 
     const plane = await startTestControlPlane(t);
     const runner = await registerRunner(t, plane, { store: "auto" });
-    const registration = JSON.parse(await fs.readFile(path.join(runner.stateDir, "registration.json"), "utf8")) as { credentialStore: string };
+    const registration = JSON.parse(await fs.readFile(path.join(runner.stateDir, "registration.json"), "utf8")) as {
+      credentialStore: string;
+    };
     assert.equal(registration.credentialStore, "keychain");
     await assert.rejects(fs.access(path.join(runner.stateDir, "credential")), { code: "ENOENT" });
     await new KeychainCredentialStore(runner.stateDir).remove();
@@ -57,7 +64,11 @@ describe("keychain credential store", { timeout: 30_000 }, () => {
       const c = await chooseStore("auto", { stateDir: "/tmp/x", credentialFile: "/tmp/x/credential" });
       console.log(JSON.stringify({ kind: c.store.kind, why: c.why }));`;
     const env = { ...process.env, DBUS_SESSION_BUS_ADDRESS: "unix:path=/nonexistent/bus" };
-    const run = spawnSync(process.execPath, ["--input-type=module", "-e", script], { env, encoding: "utf8", timeout: 20_000 });
+    const run = spawnSync(process.execPath, ["--input-type=module", "-e", script], {
+      env,
+      encoding: "utf8",
+      timeout: 20_000,
+    });
     assert.equal(run.status, 0, run.stderr);
     const chosen = JSON.parse(run.stdout) as { kind: string; why: string };
     assert.equal(chosen.kind, "file");

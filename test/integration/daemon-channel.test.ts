@@ -11,8 +11,6 @@ import type { JobView } from "../../src/protocol/http.js";
 import { ExitCode } from "../../src/errors.js";
 import { isRunning, childrenOf } from "../helpers/processes.js";
 
-
-
 const FAST = ["--reconnect-base-ms", "100", "--reconnect-cap-ms", "400"];
 
 function killIfAlive(pid: number): void {
@@ -23,7 +21,12 @@ function killIfAlive(pid: number): void {
   }
 }
 
-async function waitForJob(plane: TestControlPlane, jobId: string, done: (job: JobView) => boolean, timeoutMs = 15_000): Promise<JobView> {
+async function waitForJob(
+  plane: TestControlPlane,
+  jobId: string,
+  done: (job: JobView) => boolean,
+  timeoutMs = 15_000,
+): Promise<JobView> {
   const deadline = Date.now() + timeoutMs;
   let last: JobView | undefined;
   while (Date.now() < deadline) {
@@ -62,17 +65,25 @@ describe("the daemon and the control plane", { timeout: 120_000 }, () => {
     const { plane, runner } = await setUp(t);
     const daemon = startDaemon(t, [...runner.flags, ...FAST]);
     await connectedLine(daemon);
-    const { job } = await plane.admin.submitJob({ job: { kind: "command", argv: ["sh", "-c", "echo out; echo err >&2; exit 3"], env: {} } });
+    const { job } = await plane.admin.submitJob({
+      job: { kind: "command", argv: ["sh", "-c", "echo out; echo err >&2; exit 3"], env: {} },
+    });
     const done = await waitForJob(plane, job.jobId, finished);
     assert.equal(done.status, "failed");
     assert.equal(done.attempt, 1);
     assert.equal(done.result?.exitCode, 3);
     const { logs } = await plane.admin.getJob(job.jobId);
-    assert.deepEqual(logs.map((l) => [l.stream, l.data]).sort(), [["stderr", "err\n"], ["stdout", "out\n"]]);
+    assert.deepEqual(logs.map((l) => [l.stream, l.data]).sort(), [
+      ["stderr", "err\n"],
+      ["stdout", "out\n"],
+    ]);
     await waitFor(async () => (await outboxFiles(runner.stateDir)).length === 0, "the outbox to empty after the ack");
 
     assert.equal(await daemon.stop("SIGTERM"), ExitCode.OK);
-    assert.ok(daemon.lines.some((l) => /drained/.test(l.msg)), daemon.stderr());
+    assert.ok(
+      daemon.lines.some((l) => /drained/.test(l.msg)),
+      daemon.stderr(),
+    );
   });
 
   test("a control-plane restart mid-job loses nothing: the job keeps running and its result is applied once", async (t) => {
@@ -80,7 +91,9 @@ describe("the daemon and the control plane", { timeout: 120_000 }, () => {
     const port = Number(new URL(plane.cp.url).port);
     const daemon = startDaemon(t, [...runner.flags, ...FAST]);
     await connectedLine(daemon);
-    const { job } = await plane.admin.submitJob({ job: { kind: "command", argv: ["sh", "-c", "sleep 1.5; echo finished"], env: {} } });
+    const { job } = await plane.admin.submitJob({
+      job: { kind: "command", argv: ["sh", "-c", "sleep 1.5; echo finished"], env: {} },
+    });
     await waitForJob(plane, job.jobId, (j) => j.status === "running");
     await plane.cp.close();
     await new Promise((r) => setTimeout(r, 300));
@@ -96,7 +109,9 @@ describe("the daemon and the control plane", { timeout: 120_000 }, () => {
     const { plane, runner, proxy } = await setUp(t, { heartbeatIntervalMs: 300 }, true);
     const daemon = startDaemon(t, [...runner.flags, ...FAST]);
     await connectedLine(daemon);
-    const { job } = await plane.admin.submitJob({ job: { kind: "command", argv: ["sh", "-c", "sleep 0.6; echo done"], env: {} } });
+    const { job } = await plane.admin.submitJob({
+      job: { kind: "command", argv: ["sh", "-c", "sleep 0.6; echo done"], env: {} },
+    });
     await waitForJob(plane, job.jobId, (j) => j.status === "running");
     const blackholedAt = Date.now();
     proxy!.blackhole();
@@ -109,11 +124,18 @@ describe("the daemon and the control plane", { timeout: 120_000 }, () => {
     proxy!.resume();
     const done = await waitForJob(plane, job.jobId, finished);
     assert.equal(done.status, "succeeded");
-    await waitFor(async () => (await outboxFiles(runner.stateDir)).length === 0, "the outbox to empty after the re-sent result is acknowledged");
+    await waitFor(
+      async () => (await outboxFiles(runner.stateDir)).length === 0,
+      "the outbox to empty after the re-sent result is acknowledged",
+    );
   });
 
   test("a runner away past its lease is fenced: the old attempt is cancelled, not applied, and the job runs again as attempt 2", async (t) => {
-    const { plane, runner, proxy } = await setUp(t, { heartbeatIntervalMs: 200, leaseMs: 1000, reaperIntervalMs: 100 }, true);
+    const { plane, runner, proxy } = await setUp(
+      t,
+      { heartbeatIntervalMs: 200, leaseMs: 1000, reaperIntervalMs: 100 },
+      true,
+    );
     const daemon = startDaemon(t, [...runner.flags, ...FAST]);
     await connectedLine(daemon);
     const marker = path.join(runner.stateDir, "..", "runs");
@@ -129,7 +151,11 @@ describe("the daemon and the control plane", { timeout: 120_000 }, () => {
     assert.equal(done.attempt, 2);
     assert.equal(done.status, "succeeded");
     assert.equal(done.result?.attempt, 2, "the applied result is attempt 2's");
-    assert.equal((await fs.readFile(marker, "utf8")).trim().split("\n").length, 2, "the command ran twice, once per attempt");
+    assert.equal(
+      (await fs.readFile(marker, "utf8")).trim().split("\n").length,
+      2,
+      "the command ran twice, once per attempt",
+    );
     await daemon.waitForLog((l) => /did not apply the result of .* attempt 1/.test(l.msg), 10_000);
   });
 
@@ -143,7 +169,10 @@ describe("the daemon and the control plane", { timeout: 120_000 }, () => {
         job: { kind: "command", argv: ["sh", "-c", `sleep 300 & echo $$ $! > ${pidFile}; wait`], env: {} },
       });
       await waitForJob(plane, job.jobId, (j) => j.status === "running");
-      await waitFor(async () => (await fs.readFile(pidFile, "utf8").catch(() => "")).trim().split(" ").length === 2, "the job's pids");
+      await waitFor(
+        async () => (await fs.readFile(pidFile, "utf8").catch(() => "")).trim().split(" ").length === 2,
+        "the job's pids",
+      );
       const pids = (await fs.readFile(pidFile, "utf8")).trim().split(" ").map(Number);
       const workers = childrenOf(first.child.pid!);
       assert.ok(workers.length >= 1, "the job runs under a worker process");
@@ -156,13 +185,17 @@ describe("the daemon and the control plane", { timeout: 120_000 }, () => {
       }
       await first.stop("SIGKILL");
       if (variant === "the daemon and its workers together") {
-        for (const pid of pids) assert.ok(isRunning(pid), `job process ${pid} outlived its daemon and worker, as orphans do`);
+        for (const pid of pids)
+          assert.ok(isRunning(pid), `job process ${pid} outlived its daemon and worker, as orphans do`);
       }
 
       const second = startDaemon(t, [...runner.flags, ...FAST]);
       await second.waitForLog((l) => /orphaned job\(s\) as failed: agent restarted/.test(l.msg));
       if (variant === "the daemon and its workers together") {
-        assert.ok(second.lines.some((l) => /killed the process tree of a job orphaned/.test(l.msg)), second.stderr());
+        assert.ok(
+          second.lines.some((l) => /killed the process tree of a job orphaned/.test(l.msg)),
+          second.stderr(),
+        );
       }
       const done = await waitForJob(plane, job.jobId, finished);
       assert.equal(done.status, "failed");
@@ -202,7 +235,9 @@ describe("the daemon and the control plane", { timeout: 120_000 }, () => {
     const { plane, runner } = await setUp(t);
     const daemon = startDaemon(t, [...runner.flags, ...FAST]);
     await connectedLine(daemon);
-    const { job } = await plane.admin.submitJob({ job: { kind: "command", argv: ["sh", "-c", "sleep 0.5; echo ok"], env: {} } });
+    const { job } = await plane.admin.submitJob({
+      job: { kind: "command", argv: ["sh", "-c", "sleep 0.5; echo ok"], env: {} },
+    });
     await waitForJob(plane, job.jobId, (j) => j.status === "running");
     assert.equal(await daemon.stop("SIGTERM"), ExitCode.OK);
     assert.equal((await plane.admin.getJob(job.jobId)).job.status, "succeeded");
@@ -213,7 +248,10 @@ describe("the daemon and the control plane", { timeout: 120_000 }, () => {
     const { plane, runner } = await setUp(t);
     const daemon = startDaemon(t, [...runner.flags, ...FAST]);
     await connectedLine(daemon);
-    const { job } = await plane.admin.submitJob({ job: { kind: "command", argv: ["sleep", "30"], env: {} }, cancelGraceMs: 200 });
+    const { job } = await plane.admin.submitJob({
+      job: { kind: "command", argv: ["sleep", "30"], env: {} },
+      cancelGraceMs: 200,
+    });
     await waitForJob(plane, job.jobId, (j) => j.status === "running");
     daemon.child.kill("SIGTERM");
     await daemon.waitForLog((l) => /draining/.test(l.msg));

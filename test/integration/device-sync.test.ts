@@ -40,12 +40,25 @@ function fakeProvider(rows: RawDevice[]) {
   return { provider, state };
 }
 
-const device = (id: string, kind: string, attributes: RawDevice["attributes"] = {}): RawDevice => ({ id, kind, name: id, state: "online", attributes });
+const device = (id: string, kind: string, attributes: RawDevice["attributes"] = {}): RawDevice => ({
+  id,
+  kind,
+  name: id,
+  state: "online",
+  attributes,
+});
 
 async function registerIdentity(plane: TestControlPlane, name: string): Promise<RegisterResponse> {
   const { token } = await plane.admin.createRegistrationToken(60);
   const host = { hostname: name, platform: "linux", arch: "x64", fingerprint: fingerprintOf(name) };
-  return register({ url: plane.cp.url, timeoutMs: 5_000 }, token, { protocolVersion: PROTOCOL_VERSION, agentVersion: AGENT_VERSION, name, labels: [], host, replace: false });
+  return register({ url: plane.cp.url, timeoutMs: 5_000 }, token, {
+    protocolVersion: PROTOCOL_VERSION,
+    agentVersion: AGENT_VERSION,
+    name,
+    labels: [],
+    host,
+    replace: false,
+  });
 }
 
 const idlePorts: DriverPorts = {
@@ -62,9 +75,20 @@ interface TestRunner {
 }
 
 /** The channel driver with the device sync as its companion: what the daemon wires, minus jobs. */
-function startRunner(t: TestContext, plane: TestControlPlane, identity: RegisterResponse, options: { stateDir: string; provider: DeviceProvider; capacity: number }): TestRunner {
+function startRunner(
+  t: TestContext,
+  plane: TestControlPlane,
+  identity: RegisterResponse,
+  options: { stateDir: string; provider: DeviceProvider; capacity: number },
+): TestRunner {
   const { logger } = captureLogger("warn");
-  const sync = createDeviceSync({ stateDir: options.stateDir, settings: { deviceBatchSize: 100 }, logger, providers: [options.provider], ackTimeoutMs: 5_000 });
+  const sync = createDeviceSync({
+    stateDir: options.stateDir,
+    settings: { deviceBatchSize: 100 },
+    logger,
+    providers: [options.provider],
+    ackTimeoutMs: 5_000,
+  });
   const config: MachineConfig = {
     runnerId: identity.runnerId,
     protocolVersion: PROTOCOL_VERSION,
@@ -76,14 +100,18 @@ function startRunner(t: TestContext, plane: TestControlPlane, identity: Register
     handshakeTimeoutMs: 5_000,
     drainTimeoutMs: 1_000,
   };
-  const driver = new ChannelDriver(config, {}, {
-    url: channelUrl(plane.cp.url, false),
-    credential: identity.credential,
-    maxFrameBytes: 1 << 20,
-    logger,
-    ports: idlePorts,
-    companions: [sync.companion],
-  });
+  const driver = new ChannelDriver(
+    config,
+    {},
+    {
+      url: channelUrl(plane.cp.url, false),
+      credential: identity.credential,
+      maxFrameBytes: 1 << 20,
+      logger,
+      ports: idlePorts,
+      companions: [sync.companion],
+    },
+  );
   void driver.start();
   let stopped = false;
   const stop = async () => {
@@ -99,7 +127,12 @@ function startRunner(t: TestContext, plane: TestControlPlane, identity: Register
 /** Connected, scanned, and nothing waiting for an acknowledgement: the runner and the control plane agree. */
 function settled(runner: TestRunner): boolean {
   const status = runner.sync.status();
-  return runner.driver.current.phase === "connected" && status.phase === "diff" && status.inventory !== null && status.inFlight === null;
+  return (
+    runner.driver.current.phase === "connected" &&
+    status.phase === "diff" &&
+    status.inventory !== null &&
+    status.inFlight === null
+  );
 }
 
 describe("device sync through the real channel and control plane", { timeout: 90_000 }, () => {
@@ -108,13 +141,20 @@ describe("device sync through the real channel and control plane", { timeout: 90
     const plane = await startTestControlPlane(t, { heartbeatIntervalMs: 5_000, deviceScanIntervalMs: 3_600_000 });
     const events: DeviceEvent[] = [];
     plane.cp.events.on("devices", (event: DeviceEvent) => events.push(event));
-    const rowsOf = (runnerId: string) => events.filter((e) => e.runnerId === runnerId && e.type === "devices").reduce((n, e) => n + e.upserts + e.removals, 0);
+    const rowsOf = (runnerId: string) =>
+      events
+        .filter((e) => e.runnerId === runnerId && e.type === "devices")
+        .reduce((n, e) => n + e.upserts + e.removals, 0);
     const admin = plane.admin;
 
     const identityA = await registerIdentity(plane, "runner-with-gpu");
     const identityB = await registerIdentity(plane, "runner-without-gpu");
     const stateA = path.join(await tempDir(t), "state");
-    const fakeA = fakeProvider([device("gpu:0000:01:00.0", "gpu", { vramMb: 24576 }), device("usb:1-1", "usb", { firmware: "1.0" }), device("usb:1-2", "usb")]);
+    const fakeA = fakeProvider([
+      device("gpu:0000:01:00.0", "gpu", { vramMb: 24576 }),
+      device("usb:1-1", "usb", { firmware: "1.0" }),
+      device("usb:1-2", "usb"),
+    ]);
     const { mkdir } = await import("node:fs/promises");
     await mkdir(stateA, { recursive: true });
     let a = startRunner(t, plane, identityA, { stateDir: stateA, provider: fakeA.provider, capacity: 1 });
@@ -122,14 +162,20 @@ describe("device sync through the real channel and control plane", { timeout: 90
     // 1. First connect: the summary (nothing confirmed) matches what is stored (nothing); the scan's rows follow as changes.
     await until(() => settled(a), "runner A to sync");
     const listed = await admin.listRunnerDevices(identityA.runnerId);
-    assert.deepEqual(listed.map((d) => [d.id, d.kind, d.state, d.present, d.runnerConnected]), [
-      ["gpu:0000:01:00.0", "gpu", "online", true, true],
-      ["usb:1-1", "usb", "online", true, true],
-      ["usb:1-2", "usb", "online", true, true],
-    ]);
+    assert.deepEqual(
+      listed.map((d) => [d.id, d.kind, d.state, d.present, d.runnerConnected]),
+      [
+        ["gpu:0000:01:00.0", "gpu", "online", true, true],
+        ["usb:1-1", "usb", "online", true, true],
+        ["usb:1-2", "usb", "online", true, true],
+      ],
+    );
     assert.equal(events.find((e) => e.type === "devices_summary")?.matched, true);
     assert.equal(rowsOf(identityA.runnerId), 3);
-    assert.deepEqual((await admin.listDevices({ kind: "gpu" })).map((d) => d.runnerId), [identityA.runnerId]);
+    assert.deepEqual(
+      (await admin.listDevices({ kind: "gpu" })).map((d) => d.runnerId),
+      [identityA.runnerId],
+    );
 
     // 2. An unchanged rescan sends no device rows.
     await a.sync.rescan();
@@ -141,8 +187,18 @@ describe("device sync through the real channel and control plane", { timeout: 90
     fakeA.state.rows[1] = device("usb:1-1", "usb", { firmware: "1.1" });
     await a.sync.rescan();
     await until(() => rowsOf(identityA.runnerId) === 4 && settled(a), "the changed row");
-    assert.deepEqual(events.at(-1), { runnerId: identityA.runnerId, type: "devices", batchId: events.at(-1)!.batchId, upserts: 1, removals: 0, missing: 0 });
-    assert.equal((await admin.listRunnerDevices(identityA.runnerId)).find((d) => d.id === "usb:1-1")?.attributes.firmware, "1.1");
+    assert.deepEqual(events.at(-1), {
+      runnerId: identityA.runnerId,
+      type: "devices",
+      batchId: events.at(-1)!.batchId,
+      upserts: 1,
+      removals: 0,
+      missing: 0,
+    });
+    assert.equal(
+      (await admin.listRunnerDevices(identityA.runnerId)).find((d) => d.id === "usb:1-1")?.attributes.firmware,
+      "1.1",
+    );
 
     // 4. A removal: the device is kept, offline, not present.
     fakeA.state.rows.pop();
@@ -153,10 +209,16 @@ describe("device sync through the real channel and control plane", { timeout: 90
 
     // 5. A restart: the runner's rows are kept while it is away; back, its summary matches and no row is re-sent.
     await a.stop();
-    await until(async () => (await admin.listRunnerDevices(identityA.runnerId)).every((d) => !d.runnerConnected), "the runner shown offline");
+    await until(
+      async () => (await admin.listRunnerDevices(identityA.runnerId)).every((d) => !d.runnerConnected),
+      "the runner shown offline",
+    );
     const summariesBefore = events.filter((e) => e.type === "devices_summary").length;
     a = startRunner(t, plane, identityA, { stateDir: stateA, provider: fakeA.provider, capacity: 1 });
-    await until(() => settled(a) && events.filter((e) => e.type === "devices_summary").length > summariesBefore, "runner A to come back");
+    await until(
+      () => settled(a) && events.filter((e) => e.type === "devices_summary").length > summariesBefore,
+      "runner A to come back",
+    );
     assert.equal(events.filter((e) => e.type === "devices_summary").at(-1)?.matched, true, "the summary matched");
     await new Promise((r) => setTimeout(r, 200));
     assert.equal(rowsOf(identityA.runnerId), 5, "nothing re-sent after the restart");
@@ -178,7 +240,11 @@ describe("device sync through the real channel and control plane", { timeout: 90
     }, "the GPU job to be assigned");
     assert.equal(assigned.runnerId, identityA.runnerId, "only the runner with the GPU gets it");
     await new Promise((r) => setTimeout(r, 300));
-    assert.equal((await admin.getJob(androidJob.jobId)).job.status, "queued", "no runner has an Android device: it waits");
+    assert.equal(
+      (await admin.getJob(androidJob.jobId)).job.status,
+      "queued",
+      "no runner has an Android device: it waits",
+    );
 
     // An Android device shows up on B: the waiting job goes there.
     fakeB.state.rows.push(device("android:emulator-5554", "android"));
@@ -192,9 +258,16 @@ describe("device sync through the real channel and control plane", { timeout: 90
     // 7. A provider that fails keeps its rows, marked stale, still present.
     fakeA.state.fail = true;
     await a.sync.rescan();
-    await until(async () => (await admin.listRunnerDevices(identityA.runnerId)).filter((d) => d.present).every((d) => d.stale), "stale rows");
+    await until(
+      async () => (await admin.listRunnerDevices(identityA.runnerId)).filter((d) => d.present).every((d) => d.stale),
+      "stale rows",
+    );
     const afterFailure = await admin.listRunnerDevices(identityA.runnerId);
-    assert.deepEqual(afterFailure.filter((d) => d.present).map((d) => d.id), ["gpu:0000:01:00.0", "usb:1-1"], "kept, not removed");
+    assert.deepEqual(
+      afterFailure.filter((d) => d.present).map((d) => d.id),
+      ["gpu:0000:01:00.0", "usb:1-1"],
+      "kept, not removed",
+    );
   });
 
   test("a runner whose state file was lost gets a full snapshot; devices it no longer has go offline", async (t) => {
@@ -215,7 +288,11 @@ describe("device sync through the real channel and control plane", { timeout: 90
     plane.cp.events.on("devices", (e: DeviceEvent) => e.type === "devices" && batches.push(e));
     runner = startRunner(t, plane, identity, { stateDir, provider: fake.provider, capacity: 1 });
     await until(() => settled(runner), "the resync");
-    assert.deepEqual(batches.map((e) => e.upserts), [100, 100], "a full snapshot, in batches of 100");
+    assert.deepEqual(
+      batches.map((e) => e.upserts),
+      [100, 100],
+      "a full snapshot, in batches of 100",
+    );
     assert.equal(batches.at(-1)?.missing, 50, "the 50 it no longer reports are marked offline");
     const listed = await plane.admin.listRunnerDevices(identity.runnerId);
     assert.equal(listed.filter((d) => d.present && d.state === "online").length, 200);

@@ -70,8 +70,16 @@ function isRunning(pid: number): boolean {
 }
 
 /** A detached process group like an orphaned job: `sh` leading it, with `sleep` children. Resolves once both exist. */
-async function spawnGroup(t: TestContext, script: string, env?: Record<string, string>): Promise<{ child: ChildProcess; pid: number; childPid: number }> {
-  const child = spawn("sh", ["-c", script], { detached: true, stdio: ["ignore", "pipe", "ignore"], env: env && { ...process.env, ...env } });
+async function spawnGroup(
+  t: TestContext,
+  script: string,
+  env?: Record<string, string>,
+): Promise<{ child: ChildProcess; pid: number; childPid: number }> {
+  const child = spawn("sh", ["-c", script], {
+    detached: true,
+    stdio: ["ignore", "pipe", "ignore"],
+    env: env && { ...process.env, ...env },
+  });
   const pid = child.pid as number;
   t.after(() => killQuietly(-pid));
   let out = "";
@@ -89,7 +97,9 @@ describe("job journal", { timeout: 20_000 }, () => {
     assert.deepEqual(await journal.list(), { entries: [], setAside: [] }, "a missing directory is an empty journal");
 
     await journal.record(entry("job-a"));
-    await journal.record(entry("job-a", { pid: 4242, pgid: 4242, processStartTime: "123", startedAt: "2024-01-01T00:00:00.000Z" }));
+    await journal.record(
+      entry("job-a", { pid: 4242, pgid: 4242, processStartTime: "123", startedAt: "2024-01-01T00:00:00.000Z" }),
+    );
     await journal.record(entry("job-a", { attempt: 2 }));
     await journal.record(entry("../../etc/passwd"));
     const { entries } = await journal.list();
@@ -97,21 +107,31 @@ describe("job journal", { timeout: 20_000 }, () => {
     assert.deepEqual(entries.find((e) => e.jobId === "job-a" && e.attempt === 1)?.pid, 4242);
     const names = await fs.readdir(dir);
     assert.equal(names.length, 3);
-    assert.ok(names.every((n) => !n.includes("/") && !n.startsWith(".")), names.join(","));
+    assert.ok(
+      names.every((n) => !n.includes("/") && !n.startsWith(".")),
+      names.join(","),
+    );
 
     await journal.remove({ jobId: "job-a", attempt: 1 });
     await journal.remove({ jobId: "job-a", attempt: 1 }); // twice is fine
     await journal.remove({ jobId: "never-there", attempt: 9 });
-    assert.deepEqual(
-      (await journal.list()).entries.map((e) => [e.jobId, e.attempt]).sort(),
-      [["../../etc/passwd", 1], ["job-a", 2]],
-    );
+    assert.deepEqual((await journal.list()).entries.map((e) => [e.jobId, e.attempt]).sort(), [
+      ["../../etc/passwd", 1],
+      ["job-a", 2],
+    ]);
   });
 
   test("concurrent records of one entry land in call order", async (t) => {
     const journal = new JobJournal(await tempDir(t));
-    await Promise.all([journal.record(entry("job-c")), journal.record(entry("job-c", { pid: 77 })), journal.record(entry("job-c", { pid: 78 }))]);
-    assert.deepEqual((await journal.list()).entries.map((e) => e.pid), [78]);
+    await Promise.all([
+      journal.record(entry("job-c")),
+      journal.record(entry("job-c", { pid: 77 })),
+      journal.record(entry("job-c", { pid: 78 })),
+    ]);
+    assert.deepEqual(
+      (await journal.list()).entries.map((e) => e.pid),
+      [78],
+    );
   });
 
   test("a corrupted or misshapen file is moved aside, reported and skipped", async (t) => {
@@ -123,7 +143,10 @@ describe("job journal", { timeout: 20_000 }, () => {
     await fs.writeFile(path.join(dir, ".good.1.json.123.456.tmp"), "half-written temp file");
 
     const { entries, setAside } = await journal.list();
-    assert.deepEqual(entries.map((e) => e.jobId), ["good"]);
+    assert.deepEqual(
+      entries.map((e) => e.jobId),
+      ["good"],
+    );
     assert.equal(setAside.length, 2);
     for (const bad of setAside) {
       assert.match(bad.file, /\.json\.corrupt-/);
@@ -138,31 +161,54 @@ describe("job journal", { timeout: 20_000 }, () => {
 describe("recovering orphaned jobs after a crash", { timeout: 30_000, skip: posixOnly }, () => {
   const now = new Date("2024-05-01T12:00:00.000Z");
 
-  test("kills a still-running job's whole process group and reports it failed: agent restarted", { timeout: 15_000 }, async (t) => {
-    const journal = new JobJournal(await tempDir(t));
-    // The leader and a child, both ignoring SIGTERM: only SIGKILL ends them.
-    const { pid, childPid } = await spawnGroup(t, `trap "" TERM; sleep 300 & echo $!; sleep 300; :`);
-    assert.ok(groupHasLiveMembers(pid) && isRunning(childPid));
-    const startedAt = "2024-05-01T11:59:00.000Z";
-    await journal.record(entry("job-orphan", { attempt: 3, pid, pgid: pid, processStartTime: await processStartTime(pid), startedAt }));
+  test(
+    "kills a still-running job's whole process group and reports it failed: agent restarted",
+    { timeout: 15_000 },
+    async (t) => {
+      const journal = new JobJournal(await tempDir(t));
+      // The leader and a child, both ignoring SIGTERM: only SIGKILL ends them.
+      const { pid, childPid } = await spawnGroup(t, `trap "" TERM; sleep 300 & echo $!; sleep 300; :`);
+      assert.ok(groupHasLiveMembers(pid) && isRunning(childPid));
+      const startedAt = "2024-05-01T11:59:00.000Z";
+      await journal.record(
+        entry("job-orphan", { attempt: 3, pid, pgid: pid, processStartTime: await processStartTime(pid), startedAt }),
+      );
 
-    const recovery = await recoverOrphans(journal, now);
-    assert.deepEqual(recovery.killed, [{ jobId: "job-orphan", attempt: 3, jobPid: pid }]);
-    assert.deepEqual(recovery.results, [
-      { jobId: "job-orphan", attempt: 3, outcome: "failed", exitCode: null, signal: null, reason: "agent restarted", startedAt, finishedAt: now.toISOString() },
-    ]);
-    assert.equal(groupHasLiveMembers(pid), false, "the whole group is gone when recoverOrphans returns");
-    assert.equal(isRunning(childPid), false);
-    assert.equal((await journal.list()).entries.length, 1, "the entry stays until the daemon has stored the result");
-  });
+      const recovery = await recoverOrphans(journal, now);
+      assert.deepEqual(recovery.killed, [{ jobId: "job-orphan", attempt: 3, jobPid: pid }]);
+      assert.deepEqual(recovery.results, [
+        {
+          jobId: "job-orphan",
+          attempt: 3,
+          outcome: "failed",
+          exitCode: null,
+          signal: null,
+          reason: "agent restarted",
+          startedAt,
+          finishedAt: now.toISOString(),
+        },
+      ]);
+      assert.equal(groupHasLiveMembers(pid), false, "the whole group is gone when recoverOrphans returns");
+      assert.equal(isRunning(childPid), false);
+      assert.equal((await journal.list()).entries.length, 1, "the entry stays until the daemon has stored the result");
+    },
+  );
 
   test(
     "kills the processes of a job whose entry names no pid yet (a crash between the spawn and its record), found by the job's marks, and no other job's",
     { timeout: 15_000, skip: !onLinux && "reads /proc/<pid>/environ" },
     async (t) => {
       const journal = new JobJournal(await tempDir(t));
-      const job = await spawnGroup(t, `sleep 300 & echo $!; sleep 300`, jobMarks({ jobId: "job-unrecorded", attempt: 2 }));
-      const earlierAttempt = await spawnGroup(t, `sleep 300 & echo $!; sleep 300`, jobMarks({ jobId: "job-unrecorded", attempt: 1 }));
+      const job = await spawnGroup(
+        t,
+        `sleep 300 & echo $!; sleep 300`,
+        jobMarks({ jobId: "job-unrecorded", attempt: 2 }),
+      );
+      const earlierAttempt = await spawnGroup(
+        t,
+        `sleep 300 & echo $!; sleep 300`,
+        jobMarks({ jobId: "job-unrecorded", attempt: 1 }),
+      );
       await journal.record(entry("job-unrecorded", { attempt: 2 }));
 
       const recovery = await recoverOrphans(journal, now);
@@ -173,34 +219,45 @@ describe("recovering orphaned jobs after a crash", { timeout: 30_000, skip: posi
       const deadline = Date.now() + 10_000;
       while (groupHasLiveMembers(job.pid) && Date.now() < deadline) await new Promise((r) => setImmediate(r));
       assert.equal(groupHasLiveMembers(job.pid), false, "the marked job's processes are gone");
-      assert.ok(isRunning(earlierAttempt.pid) && isRunning(earlierAttempt.childPid), "another attempt's processes are left alone");
+      assert.ok(
+        isRunning(earlierAttempt.pid) && isRunning(earlierAttempt.childPid),
+        "another attempt's processes are left alone",
+      );
     },
   );
 
-  test("reports jobs whose process is already gone, and never kills a process that reused the pid", { timeout: 15_000 }, async (t) => {
-    const journal = new JobJournal(await tempDir(t));
-    // A job that never got a pid (the daemon died between journalling and spawning).
-    await journal.record(entry("job-unstarted"));
-    // A job whose process has exited.
-    const exited = spawn("true", [], { detached: true, stdio: "ignore" });
-    await once(exited, "exit");
-    await journal.record(entry("job-exited", { pid: exited.pid as number, pgid: exited.pid as number, processStartTime: "1" }));
-    // An unrelated live process group that now has the recorded pid: the start time gives it away.
-    const { pid: unrelated } = await spawnGroup(t, "echo ready; exec sleep 300");
-    const realStartTime = await processStartTime(unrelated);
-    assert.notEqual(realStartTime, null);
-    await journal.record(entry("job-reused", { pid: unrelated, pgid: unrelated, processStartTime: `${realStartTime}0` }));
+  test(
+    "reports jobs whose process is already gone, and never kills a process that reused the pid",
+    { timeout: 15_000 },
+    async (t) => {
+      const journal = new JobJournal(await tempDir(t));
+      // A job that never got a pid (the daemon died between journalling and spawning).
+      await journal.record(entry("job-unstarted"));
+      // A job whose process has exited.
+      const exited = spawn("true", [], { detached: true, stdio: "ignore" });
+      await once(exited, "exit");
+      await journal.record(
+        entry("job-exited", { pid: exited.pid as number, pgid: exited.pid as number, processStartTime: "1" }),
+      );
+      // An unrelated live process group that now has the recorded pid: the start time gives it away.
+      const { pid: unrelated } = await spawnGroup(t, "echo ready; exec sleep 300");
+      const realStartTime = await processStartTime(unrelated);
+      assert.notEqual(realStartTime, null);
+      await journal.record(
+        entry("job-reused", { pid: unrelated, pgid: unrelated, processStartTime: `${realStartTime}0` }),
+      );
 
-    const recovery = await recoverOrphans(journal, now);
-    assert.deepEqual(recovery.killed, []);
-    assert.deepEqual(recovery.results.map((r) => [r.jobId, r.outcome, r.reason]).sort(), [
-      ["job-exited", "failed", "agent restarted"],
-      ["job-reused", "failed", "agent restarted"],
-      ["job-unstarted", "failed", "agent restarted"],
-    ]);
-    assert.equal(isRunning(unrelated), true, "the unrelated process is left alone");
-    assert.equal((await journal.list()).entries.length, 3);
-  });
+      const recovery = await recoverOrphans(journal, now);
+      assert.deepEqual(recovery.killed, []);
+      assert.deepEqual(recovery.results.map((r) => [r.jobId, r.outcome, r.reason]).sort(), [
+        ["job-exited", "failed", "agent restarted"],
+        ["job-reused", "failed", "agent restarted"],
+        ["job-unstarted", "failed", "agent restarted"],
+      ]);
+      assert.equal(isRunning(unrelated), true, "the unrelated process is left alone");
+      assert.equal((await journal.list()).entries.length, 3);
+    },
+  );
 
   test("passes on damaged journal files for the caller to log", async (t) => {
     const dir = await tempDir(t);

@@ -8,7 +8,14 @@ import { spawn, spawnSync } from "node:child_process";
 import path from "node:path";
 import { runCli as runCliWithin } from "../helpers/cli.js";
 import { startDaemon } from "../helpers/daemon.js";
-import { registerRunner, requireKeychain, startTestControlPlane, tempDir, type RegisteredRunner, type TestControlPlane } from "../helpers/fixtures.js";
+import {
+  registerRunner,
+  requireKeychain,
+  startTestControlPlane,
+  tempDir,
+  type RegisteredRunner,
+  type TestControlPlane,
+} from "../helpers/fixtures.js";
 import { KeychainCredentialStore } from "../../src/credentials/keychain-store.js";
 import { processStartTime } from "../../src/state/lock.js";
 import { ExitCode } from "../../src/errors.js";
@@ -57,7 +64,9 @@ function withoutTimestamp(json: string): Record<string, unknown> {
 }
 
 async function runnerId(runner: RegisteredRunner): Promise<string> {
-  return (JSON.parse(await fs.readFile(path.join(runner.stateDir, "registration.json"), "utf8")) as { runnerId: string }).runnerId;
+  return (
+    JSON.parse(await fs.readFile(path.join(runner.stateDir, "registration.json"), "utf8")) as { runnerId: string }
+  ).runnerId;
 }
 
 async function expectRefusalThenTokenRepair(plane: TestControlPlane, runner: RegisteredRunner) {
@@ -130,8 +139,15 @@ describe("repair matrix", () => {
     assert.match(repair.stdout, /rebuilt registration\.json for runner rnr_/);
     const kept = (await fs.readdir(runner.stateDir)).filter((f) => f.startsWith("registration.json.corrupt-"));
     assert.equal(kept.length, 1, "the bad file is kept");
-    assert.equal(await fs.readFile(path.join(runner.stateDir, kept[0]!), "utf8"), original.slice(0, original.length / 2));
-    assert.deepEqual(withoutTimestamp(await fs.readFile(file, "utf8")), withoutTimestamp(original), "rebuilt with the same identity");
+    assert.equal(
+      await fs.readFile(path.join(runner.stateDir, kept[0]!), "utf8"),
+      original.slice(0, original.length / 2),
+    );
+    assert.deepEqual(
+      withoutTimestamp(await fs.readFile(file, "utf8")),
+      withoutTimestamp(original),
+      "rebuilt with the same identity",
+    );
     await expectHealthy(runner);
   });
 
@@ -167,7 +183,10 @@ describe("repair matrix", () => {
     const child = spawn(process.execPath, ["-e", "0"]);
     const pid = child.pid!;
     await new Promise((r) => child.on("exit", r));
-    await fs.writeFile(path.join(runner.stateDir, "runner.lock"), JSON.stringify({ pid, startTime: "1", hostname: "h", acquiredAt: "2026-01-01T00:00:00Z" }));
+    await fs.writeFile(
+      path.join(runner.stateDir, "runner.lock"),
+      JSON.stringify({ pid, startTime: "1", hostname: "h", acquiredAt: "2026-01-01T00:00:00Z" }),
+    );
 
     const verify = await expectVerifyReports(runner, "stale_lock");
     assert.match(verify.stdout, new RegExp(`pid ${pid}, is not running`));
@@ -182,7 +201,12 @@ describe("repair matrix", () => {
     const { runner } = await setUp(t);
     const startTime = await processStartTime(process.pid);
     assert.ok(startTime, "this platform exposes process start times");
-    const lock = { pid: process.pid, startTime: String(Number(startTime) - 1), hostname: "h", acquiredAt: "2026-01-01T00:00:00Z" };
+    const lock = {
+      pid: process.pid,
+      startTime: String(Number(startTime) - 1),
+      hostname: "h",
+      acquiredAt: "2026-01-01T00:00:00Z",
+    };
     await fs.writeFile(path.join(runner.stateDir, "runner.lock"), JSON.stringify(lock));
     const verify = await expectVerifyReports(runner, "stale_lock");
     assert.match(verify.stdout, /now belongs to another process/);
@@ -191,17 +215,25 @@ describe("repair matrix", () => {
     await expectHealthy(runner);
   });
 
-  test("a credential deleted from the keychain is reported as missing from the keychain, not silently re-registered", CASE, async (t) => {
-    if (!requireKeychain(t)) return;
-    const { plane, runner } = await setUp(t, "keychain");
-    assert.equal(await new KeychainCredentialStore(runner.stateDir).remove(), true, "the entry existed in the real keychain");
+  test(
+    "a credential deleted from the keychain is reported as missing from the keychain, not silently re-registered",
+    CASE,
+    async (t) => {
+      if (!requireKeychain(t)) return;
+      const { plane, runner } = await setUp(t, "keychain");
+      assert.equal(
+        await new KeychainCredentialStore(runner.stateDir).remove(),
+        true,
+        "the entry existed in the real keychain",
+      );
 
-    const verify = await expectVerifyReports(runner, "credential_missing");
-    assert.match(verify.stdout, /credential missing from keychain/);
-    await expectRefusalThenTokenRepair(plane, runner);
-    const stored = await new KeychainCredentialStore(runner.stateDir).read();
-    assert.equal(stored.kind, "ok", "the new credential is back in the keychain");
-  });
+      const verify = await expectVerifyReports(runner, "credential_missing");
+      assert.match(verify.stdout, /credential missing from keychain/);
+      await expectRefusalThenTokenRepair(plane, runner);
+      const stored = await new KeychainCredentialStore(runner.stateDir).read();
+      assert.equal(stored.kind, "ok", "the new credential is back in the keychain");
+    },
+  );
 
   test("a credential revoked on the control plane needs a new registration token", CASE, async (t) => {
     const { plane, runner } = await setUp(t);
@@ -212,12 +244,18 @@ describe("repair matrix", () => {
 
   test("a runner deleted on the control plane is re-registered with its name and labels", CASE, async (t) => {
     const { plane, runner } = await setUp(t);
-    const before = JSON.parse(await fs.readFile(path.join(runner.stateDir, "registration.json"), "utf8")) as { name: string };
+    const before = JSON.parse(await fs.readFile(path.join(runner.stateDir, "registration.json"), "utf8")) as {
+      name: string;
+    };
     await plane.admin.deleteRunner(await runnerId(runner));
     await expectVerifyReports(runner, "runner_deleted");
     await expectRefusalThenTokenRepair(plane, runner);
     const listed = await plane.admin.listRunners();
-    assert.deepEqual(listed.map((r) => r.name), [before.name], "exactly one runner, with the old name");
+    assert.deepEqual(
+      listed.map((r) => r.name),
+      [before.name],
+      "exactly one runner, with the old name",
+    );
   });
 
   test("a changed host fingerprint is re-bound on the control plane", CASE, async (t) => {
@@ -229,21 +267,27 @@ describe("repair matrix", () => {
     assert.match(repair.stdout, /re-bound runner rnr_/);
     await expectHealthy(runner, moved);
     const [record] = await plane.admin.listRunners();
-    const registration = JSON.parse(await fs.readFile(path.join(runner.stateDir, "registration.json"), "utf8")) as { hostFingerprint: string };
+    const registration = JSON.parse(await fs.readFile(path.join(runner.stateDir, "registration.json"), "utf8")) as {
+      hostFingerprint: string;
+    };
     assert.equal(record?.host.fingerprint, registration.hostFingerprint, "both sides agree on the new fingerprint");
   });
 
-  test("a missing state dir is recreated; with the credential gone too, repair names the register command", CASE, async (t) => {
-    const { runner } = await setUp(t);
-    await fs.rm(runner.stateDir, { recursive: true });
-    await expectVerifyReports(runner, "state_dir_missing");
-    const repair = await runCli(["repair", ...runner.flags]);
-    assert.equal(repair.code, ExitCode.NEEDS_OPERATOR, repair.all);
-    assert.match(repair.stdout, /done: created .*state and its outbox/);
-    assert.match(repair.stdout, /run: runner register --url <control plane URL> --token-file <file>/);
-    assert.equal((await fs.stat(runner.stateDir)).mode & 0o777, 0o700);
-    assert.deepEqual(await fs.readdir(path.join(runner.stateDir, "outbox")), []);
-  });
+  test(
+    "a missing state dir is recreated; with the credential gone too, repair names the register command",
+    CASE,
+    async (t) => {
+      const { runner } = await setUp(t);
+      await fs.rm(runner.stateDir, { recursive: true });
+      await expectVerifyReports(runner, "state_dir_missing");
+      const repair = await runCli(["repair", ...runner.flags]);
+      assert.equal(repair.code, ExitCode.NEEDS_OPERATOR, repair.all);
+      assert.match(repair.stdout, /done: created .*state and its outbox/);
+      assert.match(repair.stdout, /run: runner register --url <control plane URL> --token-file <file>/);
+      assert.equal((await fs.stat(runner.stateDir)).mode & 0o777, 0o700);
+      assert.deepEqual(await fs.readdir(path.join(runner.stateDir, "outbox")), []);
+    },
+  );
 
   test("a missing state dir is fully rebuilt when the keychain still holds the credential", CASE, async (t) => {
     if (!requireKeychain(t)) return;
@@ -277,47 +321,65 @@ describe("repair matrix", () => {
     assert.equal((await fs.stat(runner.stateDir)).mode & 0o777, 0o755);
   });
 
-  test("a link at registration.json to a file outside is moved aside unfollowed; the outside file keeps its content and mode", CASE, async (t) => {
-    const { runner } = await setUp(t);
-    const file = path.join(runner.stateDir, "registration.json");
-    const original = await fs.readFile(file, "utf8");
-    const outside = await outsideFile(t, original);
-    await fs.rm(file);
-    await fs.symlink(outside.file, file);
+  test(
+    "a link at registration.json to a file outside is moved aside unfollowed; the outside file keeps its content and mode",
+    CASE,
+    async (t) => {
+      const { runner } = await setUp(t);
+      const file = path.join(runner.stateDir, "registration.json");
+      const original = await fs.readFile(file, "utf8");
+      const outside = await outsideFile(t, original);
+      await fs.rm(file);
+      await fs.symlink(outside.file, file);
 
-    const verify = await expectVerifyReports(runner, "foreign_file_type");
-    assert.match(verify.stdout, new RegExp(`registration\\.json is a symbolic link to ${outside.file.replace(/[.]/g, "\\.")}`));
-    assert.doesNotMatch(verify.stdout, /file_permissions/, "the link's target is not judged (nor chmodded)");
+      const verify = await expectVerifyReports(runner, "foreign_file_type");
+      assert.match(
+        verify.stdout,
+        new RegExp(`registration\\.json is a symbolic link to ${outside.file.replace(/[.]/g, "\\.")}`),
+      );
+      assert.doesNotMatch(verify.stdout, /file_permissions/, "the link's target is not judged (nor chmodded)");
 
-    const repair = await runCli(["repair", ...runner.flags]);
-    assert.equal(repair.code, ExitCode.OK, repair.all);
-    assert.match(repair.stdout, /moved the symlink to .*registration\.json\.corrupt-/);
-    assert.match(repair.stdout, /rebuilt registration\.json for runner rnr_/);
-    assert.equal((await fs.lstat(await keptAside(runner.stateDir, "registration.json"))).isSymbolicLink(), true, "the link itself is kept");
-    assert.equal((await fs.lstat(file)).isFile(), true);
-    assert.deepEqual(withoutTimestamp(await fs.readFile(file, "utf8")), withoutTimestamp(original));
-    await outside.assertUntouched();
-    await expectHealthy(runner);
-    await expectStartWorks(t, runner);
-    await outside.assertUntouched();
-  });
+      const repair = await runCli(["repair", ...runner.flags]);
+      assert.equal(repair.code, ExitCode.OK, repair.all);
+      assert.match(repair.stdout, /moved the symlink to .*registration\.json\.corrupt-/);
+      assert.match(repair.stdout, /rebuilt registration\.json for runner rnr_/);
+      assert.equal(
+        (await fs.lstat(await keptAside(runner.stateDir, "registration.json"))).isSymbolicLink(),
+        true,
+        "the link itself is kept",
+      );
+      assert.equal((await fs.lstat(file)).isFile(), true);
+      assert.deepEqual(withoutTimestamp(await fs.readFile(file, "utf8")), withoutTimestamp(original));
+      await outside.assertUntouched();
+      await expectHealthy(runner);
+      await expectStartWorks(t, runner);
+      await outside.assertUntouched();
+    },
+  );
 
-  test("a dangling link at runner.lock is reported, moved aside by repair without creating its target, and start then works", CASE, async (t) => {
-    const { runner } = await setUp(t);
-    const target = path.join(await tempDir(t, "runner-outside-"), "never-created");
-    await fs.symlink(target, path.join(runner.stateDir, "runner.lock"));
+  test(
+    "a dangling link at runner.lock is reported, moved aside by repair without creating its target, and start then works",
+    CASE,
+    async (t) => {
+      const { runner } = await setUp(t);
+      const target = path.join(await tempDir(t, "runner-outside-"), "never-created");
+      await fs.symlink(target, path.join(runner.stateDir, "runner.lock"));
 
-    const verify = await expectVerifyReports(runner, "foreign_file_type");
-    assert.match(verify.stdout, /runner\.lock is a symbolic link to .*never-created/);
-    assert.doesNotMatch(verify.stdout, /stale_lock/);
-    const repair = await runCli(["repair", ...runner.flags]);
-    assert.equal(repair.code, ExitCode.OK, repair.all);
-    assert.match(repair.stdout, /took over a stale lock \(.*runner\.lock was a symlink, not a lock file; moved aside to .*runner\.lock\.corrupt-/);
-    assert.equal((await fs.lstat(await keptAside(runner.stateDir, "runner.lock"))).isSymbolicLink(), true);
-    await assert.rejects(fs.lstat(target), { code: "ENOENT" }, "the link's target was never created");
-    await expectHealthy(runner);
-    await expectStartWorks(t, runner);
-  });
+      const verify = await expectVerifyReports(runner, "foreign_file_type");
+      assert.match(verify.stdout, /runner\.lock is a symbolic link to .*never-created/);
+      assert.doesNotMatch(verify.stdout, /stale_lock/);
+      const repair = await runCli(["repair", ...runner.flags]);
+      assert.equal(repair.code, ExitCode.OK, repair.all);
+      assert.match(
+        repair.stdout,
+        /took over a stale lock \(.*runner\.lock was a symlink, not a lock file; moved aside to .*runner\.lock\.corrupt-/,
+      );
+      assert.equal((await fs.lstat(await keptAside(runner.stateDir, "runner.lock"))).isSymbolicLink(), true);
+      await assert.rejects(fs.lstat(target), { code: "ENOENT" }, "the link's target was never created");
+      await expectHealthy(runner);
+      await expectStartWorks(t, runner);
+    },
+  );
 
   test("start itself moves a link or a directory at runner.lock aside instead of exiting 4", CASE, async (t) => {
     const { runner } = await setUp(t);
@@ -326,7 +388,11 @@ describe("repair matrix", () => {
     await fs.writeFile(path.join(lock, "inside"), "kept");
     await expectStartWorks(t, runner);
     const kept = await keptAside(runner.stateDir, "runner.lock");
-    assert.equal(await fs.readFile(path.join(kept, "inside"), "utf8"), "kept", "the directory is kept with its content");
+    assert.equal(
+      await fs.readFile(path.join(kept, "inside"), "utf8"),
+      "kept",
+      "the directory is kept with its content",
+    );
     // (start has consumed the seeded outbox, so only the verdict is checked here)
     assert.equal((await runCli(["verify", ...runner.flags])).code, ExitCode.OK);
   });
@@ -345,41 +411,49 @@ describe("repair matrix", () => {
     await expectHealthy(runner);
   });
 
-  test("a link at credential to a file outside is moved aside; the runner then needs a token, and the outside file is untouched", CASE, async (t) => {
-    const { plane, runner } = await setUp(t);
-    const file = path.join(runner.stateDir, "credential");
-    const outside = await outsideFile(t, await fs.readFile(file, "utf8"));
-    await fs.rm(file);
-    await fs.symlink(outside.file, file);
+  test(
+    "a link at credential to a file outside is moved aside; the runner then needs a token, and the outside file is untouched",
+    CASE,
+    async (t) => {
+      const { plane, runner } = await setUp(t);
+      const file = path.join(runner.stateDir, "credential");
+      const outside = await outsideFile(t, await fs.readFile(file, "utf8"));
+      await fs.rm(file);
+      await fs.symlink(outside.file, file);
 
-    const verify = await expectVerifyReports(runner, "foreign_file_type");
-    assert.match(verify.stdout, /credential is a symbolic link to /);
-    assert.doesNotMatch(verify.stdout, /file_permissions/);
-    // A credential that lives outside the state dir is not this runner's: it is not used.
-    await expectRefusalThenTokenRepair(plane, runner);
-    assert.equal((await fs.lstat(await keptAside(runner.stateDir, "credential"))).isSymbolicLink(), true);
-    await outside.assertUntouched();
-    await expectStartWorks(t, runner);
-  });
+      const verify = await expectVerifyReports(runner, "foreign_file_type");
+      assert.match(verify.stdout, /credential is a symbolic link to /);
+      assert.doesNotMatch(verify.stdout, /file_permissions/);
+      // A credential that lives outside the state dir is not this runner's: it is not used.
+      await expectRefusalThenTokenRepair(plane, runner);
+      assert.equal((await fs.lstat(await keptAside(runner.stateDir, "credential"))).isSymbolicLink(), true);
+      await outside.assertUntouched();
+      await expectStartWorks(t, runner);
+    },
+  );
 
-  test("a link at outbox/ to a directory outside is moved aside and a real outbox created; nothing outside changes", CASE, async (t) => {
-    const { runner } = await setUp(t);
-    const outbox = path.join(runner.stateDir, "outbox");
-    const outside = await outsideFile(t, PENDING_RESULT);
-    await fs.rm(outbox, { recursive: true });
-    await fs.symlink(path.dirname(outside.file), outbox);
+  test(
+    "a link at outbox/ to a directory outside is moved aside and a real outbox created; nothing outside changes",
+    CASE,
+    async (t) => {
+      const { runner } = await setUp(t);
+      const outbox = path.join(runner.stateDir, "outbox");
+      const outside = await outsideFile(t, PENDING_RESULT);
+      await fs.rm(outbox, { recursive: true });
+      await fs.symlink(path.dirname(outside.file), outbox);
 
-    await expectVerifyReports(runner, "foreign_file_type");
-    const repair = await runCli(["repair", ...runner.flags]);
-    assert.equal(repair.code, ExitCode.OK, repair.all);
-    assert.match(repair.stdout, /created .*outbox \(0700\)/);
-    assert.equal((await fs.lstat(await keptAside(runner.stateDir, "outbox"))).isSymbolicLink(), true);
-    const real = await fs.lstat(outbox);
-    assert.equal(real.isDirectory() && (real.mode & 0o777) === 0o700, true, "a real, private outbox");
-    assert.equal((await runCli(["verify", ...runner.flags])).code, ExitCode.OK);
-    await expectStartWorks(t, runner);
-    await outside.assertUntouched();
-  });
+      await expectVerifyReports(runner, "foreign_file_type");
+      const repair = await runCli(["repair", ...runner.flags]);
+      assert.equal(repair.code, ExitCode.OK, repair.all);
+      assert.match(repair.stdout, /created .*outbox \(0700\)/);
+      assert.equal((await fs.lstat(await keptAside(runner.stateDir, "outbox"))).isSymbolicLink(), true);
+      const real = await fs.lstat(outbox);
+      assert.equal(real.isDirectory() && (real.mode & 0o777) === 0o700, true, "a real, private outbox");
+      assert.equal((await runCli(["verify", ...runner.flags])).code, ExitCode.OK);
+      await expectStartWorks(t, runner);
+      await outside.assertUntouched();
+    },
+  );
 
   test("a link inside outbox/ and a fifo at devices.json are moved aside; the real results stay", CASE, async (t) => {
     const { runner } = await setUp(t);

@@ -1,7 +1,16 @@
 // The channel state machine, driven directly: no sockets, no timers, no clock.
 import { describe, test } from "node:test";
 import assert from "node:assert/strict";
-import { initialState, reconnectDelay, replacedDelay, step, type Effect, type Input, type MachineConfig, type State } from "../../src/channel/machine.js";
+import {
+  initialState,
+  reconnectDelay,
+  replacedDelay,
+  step,
+  type Effect,
+  type Input,
+  type MachineConfig,
+  type State,
+} from "../../src/channel/machine.js";
 import { encode, type Assignment, type ControlMessage, type JobResult } from "../../src/protocol/channel.js";
 import { ExitCode } from "../../src/errors.js";
 
@@ -17,7 +26,15 @@ const config: MachineConfig = {
   drainTimeoutMs: 5_000,
 };
 const env = { now: 0, random: 0.5 };
-const welcome: ControlMessage = { type: "welcome", protocolVersion: 1, heartbeatIntervalMs: 1000, leaseMs: 30_000, maxFrameBytes: 1 << 20, fenced: [], paused: false };
+const welcome: ControlMessage = {
+  type: "welcome",
+  protocolVersion: 1,
+  heartbeatIntervalMs: 1000,
+  leaseMs: 30_000,
+  maxFrameBytes: 1 << 20,
+  fenced: [],
+  paused: false,
+};
 const assignment = (jobId: string, attempt = 1): Assignment => ({
   type: "assign",
   jobId,
@@ -49,10 +66,16 @@ function run(state: State, ...inputs: Input[]): { state: State; effects: Effect[
 }
 
 function connected(held: Parameters<typeof initialState>[1] = {}): State {
-  return run(initialState(config, held), { type: "start" }, { type: "socket_open" }, { type: "message", message: welcome }).state;
+  return run(
+    initialState(config, held),
+    { type: "start" },
+    { type: "socket_open" },
+    { type: "message", message: welcome },
+  ).state;
 }
 
-const sent = (effects: Effect[]) => effects.filter((e) => e.type === "send").map((e) => (e as Extract<Effect, { type: "send" }>).message);
+const sent = (effects: Effect[]) =>
+  effects.filter((e) => e.type === "send").map((e) => (e as Extract<Effect, { type: "send" }>).message);
 const types = (effects: Effect[]) => effects.filter((e) => e.type !== "log").map((e) => e.type);
 
 describe("the channel state machine", () => {
@@ -78,12 +101,20 @@ describe("the channel state machine", () => {
         labels: ["linux"],
       },
     ]);
-    assert.ok(!effects.some((e) => e.type === "set_timer"), "the handshake timer set at connect keeps running to the welcome");
+    assert.ok(
+      !effects.some((e) => e.type === "set_timer"),
+      "the handshake timer set at connect keeps running to the welcome",
+    );
   });
 
   test("the welcome starts the heartbeat, re-sends held results and grants the free slots", () => {
     const held = { running: [{ jobId: "j1", attempt: 1 }], pending: [result("j0")] };
-    const { state, effects } = run(initialState(config, held), { type: "start" }, { type: "socket_open" }, { type: "message", message: welcome });
+    const { state, effects } = run(
+      initialState(config, held),
+      { type: "start" },
+      { type: "socket_open" },
+      { type: "message", message: welcome },
+    );
     assert.equal(state.phase, "connected");
     assert.ok(effects.some((e) => e.type === "set_timer" && e.timer === "heartbeat" && e.ms === 1000));
     assert.deepEqual(sent(effects), [
@@ -100,13 +131,20 @@ describe("the channel state machine", () => {
   });
 
   test("an assignment beyond capacity is rejected and not started", () => {
-    const { effects } = run(connected(), ...["a", "b", "c"].map((id): Input => ({ type: "message", message: assignment(id) })));
+    const { effects } = run(
+      connected(),
+      ...["a", "b", "c"].map((id): Input => ({ type: "message", message: assignment(id) })),
+    );
     assert.deepEqual(sent(effects), [{ type: "reject", jobId: "c", attempt: 1, reason: "no free slot (2/2 busy)" }]);
     assert.ok(!types(effects).includes("start_job"));
   });
 
   test("a repeated assignment of a running job is ignored", () => {
-    const { effects } = run(connected(), { type: "message", message: assignment("j1") }, { type: "message", message: assignment("j1") });
+    const { effects } = run(
+      connected(),
+      { type: "message", message: assignment("j1") },
+      { type: "message", message: assignment("j1") },
+    );
     assert.deepEqual(types(effects), []);
   });
 
@@ -122,9 +160,16 @@ describe("the channel state machine", () => {
   });
 
   test("a finished job's result is persisted before it is sent, and its slot is granted again", () => {
-    const { state, effects } = run(connected(), { type: "message", message: assignment("j1") }, { type: "job_finished", result: result("j1") });
+    const { state, effects } = run(
+      connected(),
+      { type: "message", message: assignment("j1") },
+      { type: "job_finished", result: result("j1") },
+    );
     assert.deepEqual(types(effects), ["persist_result", "send", "send"]);
-    assert.deepEqual(sent(effects), [{ type: "result", result: result("j1") }, { type: "ready", slots: 1 }]);
+    assert.deepEqual(sent(effects), [
+      { type: "result", result: result("j1") },
+      { type: "ready", slots: 1 },
+    ]);
     assert.ok(state.pending["j1#1"]);
     assert.equal(state.running["j1#1"], undefined);
   });
@@ -141,12 +186,24 @@ describe("the channel state machine", () => {
   });
 
   test("a result finished while disconnected is persisted, held, and sent after the next welcome", () => {
-    let { state } = run(connected(), { type: "message", message: assignment("j1") }, { type: "socket_closed", code: 1006, reason: "" });
+    let { state } = run(
+      connected(),
+      { type: "message", message: assignment("j1") },
+      { type: "socket_closed", code: 1006, reason: "" },
+    );
     const finished = run(state, { type: "job_finished", result: result("j1") });
     assert.deepEqual(types(finished.effects), ["persist_result"]);
     state = finished.state;
-    const back = run(state, { type: "timer", timer: "reconnect" }, { type: "socket_open" }, { type: "message", message: welcome });
-    assert.deepEqual(sent(back.effects), [{ type: "result", result: result("j1") }, { type: "ready", slots: 2 }]);
+    const back = run(
+      state,
+      { type: "timer", timer: "reconnect" },
+      { type: "socket_open" },
+      { type: "message", message: welcome },
+    );
+    assert.deepEqual(sent(back.effects), [
+      { type: "result", result: result("j1") },
+      { type: "ready", slots: 2 },
+    ]);
   });
 
   test("jobs keep running while the socket is down and are reported in the next hello", () => {
@@ -173,7 +230,11 @@ describe("the channel state machine", () => {
   });
 
   test("no pong within the interval drops the connection and reconnects with backoff", () => {
-    const { state, effects } = run(connected(), { type: "timer", timer: "heartbeat" }, { type: "timer", timer: "pong" });
+    const { state, effects } = run(
+      connected(),
+      { type: "timer", timer: "heartbeat" },
+      { type: "timer", timer: "pong" },
+    );
     assert.equal(state.phase, "disconnected");
     assert.ok(effects.some((e) => e.type === "close"));
     assert.ok(effects.some((e) => e.type === "log" && /no pong within 1000 ms/.test(e.message)));
@@ -191,13 +252,20 @@ describe("the channel state machine", () => {
     let state = run(initialState(config), { type: "start" }).state;
     const delays: number[] = [];
     for (let i = 0; i < 12; i++) {
-      const failed = step(state, { type: "connect_failed", status: i % 2 ? 503 : null, reason: "x" }, { now: 0, random: 0.999 });
+      const failed = step(
+        state,
+        { type: "connect_failed", status: i % 2 ? 503 : null, reason: "x" },
+        { now: 0, random: 0.999 },
+      );
       const timer = failed.effects.find((e) => e.type === "set_timer" && e.timer === "reconnect") as { ms: number };
       delays.push(timer.ms);
       state = run(failed.state, { type: "timer", timer: "reconnect" }).state;
     }
     assert.deepEqual(delays.slice(0, 5), [999, 1998, 3996, 7992, 15984]);
-    assert.ok(delays.slice(5).every((d) => d === 29_970), "capped at reconnectCapMs");
+    assert.ok(
+      delays.slice(5).every((d) => d === 29_970),
+      "capped at reconnectCapMs",
+    );
     assert.equal(state.phase, "connecting");
   });
 
@@ -207,10 +275,23 @@ describe("the channel state machine", () => {
   });
 
   test("a connection that answers one heartbeat ping resets the backoff; a welcome alone does not", () => {
-    let state = run(initialState(config), { type: "start" }, { type: "connect_failed", status: null, reason: "x" }).state;
-    state = run(state, { type: "timer", timer: "reconnect" }, { type: "connect_failed", status: null, reason: "x" }).state;
+    let state = run(
+      initialState(config),
+      { type: "start" },
+      { type: "connect_failed", status: null, reason: "x" },
+    ).state;
+    state = run(
+      state,
+      { type: "timer", timer: "reconnect" },
+      { type: "connect_failed", status: null, reason: "x" },
+    ).state;
     assert.equal(state.failures, 2);
-    state = run(state, { type: "timer", timer: "reconnect" }, { type: "socket_open" }, { type: "message", message: welcome }).state;
+    state = run(
+      state,
+      { type: "timer", timer: "reconnect" },
+      { type: "socket_open" },
+      { type: "message", message: welcome },
+    ).state;
     assert.equal(state.failures, 2, "not reset by merely connecting");
     state = run(state, { type: "timer", timer: "heartbeat" }).state;
     assert.equal(state.failures, 2, "a ping sent is not yet a round trip");
@@ -223,10 +304,22 @@ describe("the channel state machine", () => {
     let state = connected();
     const ceilings: number[] = [];
     for (let outage = 0; outage < 5; outage++) {
-      state = run(state, { type: "timer", timer: "heartbeat" }, { type: "pong" }, { type: "timer", timer: "heartbeat" }).state;
+      state = run(
+        state,
+        { type: "timer", timer: "heartbeat" },
+        { type: "pong" },
+        { type: "timer", timer: "heartbeat" },
+      ).state;
       const dropped = step(state, { type: "timer", timer: "pong" }, { now: 0, random: 0.999 });
-      ceilings.push((dropped.effects.find((e) => e.type === "set_timer" && e.timer === "reconnect") as { ms: number }).ms);
-      state = run(dropped.state, { type: "timer", timer: "reconnect" }, { type: "socket_open" }, { type: "message", message: welcome }).state;
+      ceilings.push(
+        (dropped.effects.find((e) => e.type === "set_timer" && e.timer === "reconnect") as { ms: number }).ms,
+      );
+      state = run(
+        dropped.state,
+        { type: "timer", timer: "reconnect" },
+        { type: "socket_open" },
+        { type: "message", message: welcome },
+      ).state;
     }
     assert.deepEqual(ceilings, [999, 999, 999, 999, 999]);
   });
@@ -234,8 +327,17 @@ describe("the channel state machine", () => {
   test("after a welcome, a connection attempt times out after two heartbeat intervals, within [2 s, the configured timeout]", () => {
     const attemptTimeout = (heartbeatIntervalMs: number) => {
       const message: ControlMessage = { ...welcome, heartbeatIntervalMs } as ControlMessage;
-      const state = run(initialState(config), { type: "start" }, { type: "socket_open" }, { type: "message", message }).state;
-      const { effects } = run(state, { type: "socket_closed", code: 1006, reason: "" }, { type: "timer", timer: "reconnect" });
+      const state = run(
+        initialState(config),
+        { type: "start" },
+        { type: "socket_open" },
+        { type: "message", message },
+      ).state;
+      const { effects } = run(
+        state,
+        { type: "socket_closed", code: 1006, reason: "" },
+        { type: "timer", timer: "reconnect" },
+      );
       return (effects.find((e) => e.type === "set_timer" && e.timer === "handshake") as { ms: number }).ms;
     };
     assert.equal(attemptTimeout(1000), 2000);
@@ -247,25 +349,44 @@ describe("the channel state machine", () => {
   test("an attempt that does not open before the handshake timer is given up and retried with backoff", () => {
     const { state, effects } = run(initialState(config), { type: "start" }, { type: "timer", timer: "handshake" });
     assert.equal(state.phase, "disconnected");
-    assert.ok(effects.some((e) => e.type === "close"), "the half-made socket is dropped");
+    assert.ok(
+      effects.some((e) => e.type === "close"),
+      "the half-made socket is dropped",
+    );
     assert.ok(effects.some((e) => e.type === "set_timer" && e.timer === "reconnect"));
     assert.equal(state.failures, 1);
   });
 
   test("after close 4000 replaced the runner waits between half the reconnect cap and the cap, whatever its failure count", () => {
     for (const random of [0, 0.5, 0.999]) {
-      const { state, effects } = step(connected(), { type: "socket_closed", code: 4000, reason: "replaced" }, { now: 0, random });
+      const { state, effects } = step(
+        connected(),
+        { type: "socket_closed", code: 4000, reason: "replaced" },
+        { now: 0, random },
+      );
       const delay = (effects.find((e) => e.type === "set_timer" && e.timer === "reconnect") as { ms: number }).ms;
       assert.equal(delay, replacedDelay(config, random));
       assert.ok(delay >= config.reconnectCapMs / 2 && delay < config.reconnectCapMs, `${delay}`);
       assert.equal(state.phase, "disconnected");
     }
-    const other = step(connected(), { type: "socket_closed", code: 1001, reason: "going away" }, { now: 0, random: 0.5 });
-    assert.equal((other.effects.find((e) => e.type === "set_timer" && e.timer === "reconnect") as { ms: number }).ms, 500, "other closes use the backoff");
+    const other = step(
+      connected(),
+      { type: "socket_closed", code: 1001, reason: "going away" },
+      { now: 0, random: 0.5 },
+    );
+    assert.equal(
+      (other.effects.find((e) => e.type === "set_timer" && e.timer === "reconnect") as { ms: number }).ms,
+      500,
+      "other closes use the backoff",
+    );
   });
 
   test("401 stops with the needs-operator code instead of reconnecting", () => {
-    const { state, effects } = run(initialState(config), { type: "start" }, { type: "connect_failed", status: 401, reason: "HTTP 401 credential_revoked" });
+    const { state, effects } = run(
+      initialState(config),
+      { type: "start" },
+      { type: "connect_failed", status: 401, reason: "HTTP 401 credential_revoked" },
+    );
     assert.equal(state.phase, "stopped");
     const exit = effects.find((e) => e.type === "exit") as Extract<Effect, { type: "exit" }>;
     assert.equal(exit.code, ExitCode.NEEDS_OPERATOR);
@@ -273,21 +394,36 @@ describe("the channel state machine", () => {
   });
 
   test("426 stops with the upgrade-required code", () => {
-    const { effects } = run(initialState(config), { type: "start" }, { type: "connect_failed", status: 426, reason: "HTTP 426" });
+    const { effects } = run(
+      initialState(config),
+      { type: "start" },
+      { type: "connect_failed", status: 426, reason: "HTTP 426" },
+    );
     assert.equal((effects.find((e) => e.type === "exit") as { code: number }).code, ExitCode.UPGRADE_REQUIRED);
   });
 
   test("a handshake without welcome in time drops the socket and reconnects", () => {
-    const { state, effects } = run(initialState(config), { type: "start" }, { type: "socket_open" }, { type: "timer", timer: "handshake" });
+    const { state, effects } = run(
+      initialState(config),
+      { type: "start" },
+      { type: "socket_open" },
+      { type: "timer", timer: "handshake" },
+    );
     assert.equal(state.phase, "disconnected");
     assert.ok(effects.some((e) => e.type === "close"));
   });
 
   test("a cancel for a running job cancels it; one for an unknown job is only logged", () => {
     const running = run(connected(), { type: "message", message: assignment("j1") }).state;
-    const known = run(running, { type: "message", message: { type: "cancel", jobId: "j1", attempt: 1, reason: "user" } });
+    const known = run(running, {
+      type: "message",
+      message: { type: "cancel", jobId: "j1", attempt: 1, reason: "user" },
+    });
     assert.deepEqual(types(known.effects), ["cancel_job"]);
-    const unknown = run(running, { type: "message", message: { type: "cancel", jobId: "zz", attempt: 1, reason: "user" } });
+    const unknown = run(running, {
+      type: "message",
+      message: { type: "cancel", jobId: "zz", attempt: 1, reason: "user" },
+    });
     assert.deepEqual(types(unknown.effects), []);
   });
 
@@ -295,7 +431,10 @@ describe("the channel state machine", () => {
     const state = connected();
     const next = step(state, { type: "bad_frame", detail: "not JSON" }, env);
     assert.equal(next.state, state);
-    assert.deepEqual(next.effects.map((e) => e.type), ["log"]);
+    assert.deepEqual(
+      next.effects.map((e) => e.type),
+      ["log"],
+    );
   });
 
   test("an input a phase does not expect is logged and the state kept", () => {
@@ -306,7 +445,11 @@ describe("the channel state machine", () => {
   });
 
   test("draining refuses new jobs, says goodbye, and stops once results are acknowledged", () => {
-    let { state, effects } = run(connected(), { type: "message", message: assignment("j1") }, { type: "drain", reason: "SIGTERM" });
+    let { state, effects } = run(
+      connected(),
+      { type: "message", message: assignment("j1") },
+      { type: "drain", reason: "SIGTERM" },
+    );
     assert.deepEqual(sent(effects), [{ type: "goodbye", reason: "draining" }]);
     assert.ok(effects.some((e) => e.type === "set_timer" && e.timer === "drain" && e.ms === 5000));
     ({ state, effects } = run(state, { type: "message", message: assignment("j2") }));
@@ -314,18 +457,31 @@ describe("the channel state machine", () => {
     ({ state, effects } = run(state, { type: "job_finished", result: result("j1") }));
     assert.ok(!types(effects).includes("exit"), "waits for the acknowledgement");
     assert.ok(!sent(effects).some((m) => m.type === "ready"), "no new slots while draining");
-    ({ state, effects } = run(state, { type: "message", message: { type: "result_ack", jobId: "j1", attempt: 1, applied: true } }));
+    ({ state, effects } = run(state, {
+      type: "message",
+      message: { type: "result_ack", jobId: "j1", attempt: 1, applied: true },
+    }));
     assert.equal((effects.find((e) => e.type === "exit") as { code: number }).code, ExitCode.OK);
     assert.equal(state.phase, "stopped");
   });
 
   test("past the drain deadline running jobs are cancelled", () => {
-    const { effects } = run(connected(), { type: "message", message: assignment("j1") }, { type: "drain", reason: "SIGTERM" }, { type: "timer", timer: "drain" });
+    const { effects } = run(
+      connected(),
+      { type: "message", message: assignment("j1") },
+      { type: "drain", reason: "SIGTERM" },
+      { type: "timer", timer: "drain" },
+    );
     assert.deepEqual(types(effects), ["cancel_job"]);
   });
 
   test("a second signal cancels running jobs and stops once they end, results kept in the outbox", () => {
-    let { state, effects } = run(connected(), { type: "message", message: assignment("j1") }, { type: "drain", reason: "SIGTERM" }, { type: "stop_now", reason: "second SIGTERM" });
+    let { state, effects } = run(
+      connected(),
+      { type: "message", message: assignment("j1") },
+      { type: "drain", reason: "SIGTERM" },
+      { type: "stop_now", reason: "second SIGTERM" },
+    );
     assert.deepEqual(types(effects), ["cancel_job"]);
     ({ state, effects } = run(state, { type: "job_finished", result: { ...result("j1"), outcome: "cancelled" } }));
     assert.equal(state.phase, "stopped");
@@ -334,33 +490,59 @@ describe("the channel state machine", () => {
   });
 
   test("stopped ignores everything", () => {
-    const stopped = run(initialState(config), { type: "start" }, { type: "connect_failed", status: 401, reason: "x" }).state;
+    const stopped = run(
+      initialState(config),
+      { type: "start" },
+      { type: "connect_failed", status: 401, reason: "x" },
+    ).state;
     const next = step(stopped, { type: "timer", timer: "reconnect" }, env);
     assert.equal(next.state, stopped);
-    assert.deepEqual(next.effects.map((e) => e.type), ["log"]);
+    assert.deepEqual(
+      next.effects.map((e) => e.type),
+      ["log"],
+    );
   });
 
   describe("frames fit the limit the welcome announces", () => {
     const small: ControlMessage = { ...welcome, maxFrameBytes: 1024 } as ControlMessage;
-    const smallConnected = () => run(initialState(config), { type: "start" }, { type: "socket_open" }, { type: "message", message: small }).state;
+    const smallConnected = () =>
+      run(initialState(config), { type: "start" }, { type: "socket_open" }, { type: "message", message: small }).state;
     const ref = { jobId: "j1", attempt: 1 };
 
     test("a chunk whose escaped frame is over the limit goes as several log frames with consecutive seq, nothing lost", () => {
-      const data = "\u0001\u0002é€😀\n\"\\".repeat(200) + "tail";
-      const state = run(smallConnected(), { type: "message", message: assignment("j1") }, { type: "job_output", ref, stream: "stdout", data: "first" }).state;
+      const data = '\u0001\u0002é€😀\n"\\'.repeat(200) + "tail";
+      const state = run(
+        smallConnected(),
+        { type: "message", message: assignment("j1") },
+        { type: "job_output", ref, stream: "stdout", data: "first" },
+      ).state;
       const { state: after, effects } = run(state, { type: "job_output", ref, stream: "stdout", data });
       const frames = sent(effects) as Extract<ReturnType<typeof sent>[number], { type: "log" }>[];
       assert.ok(frames.length > 5, `${frames.length} frames`);
-      for (const frame of frames) assert.ok(Buffer.byteLength(encode(frame)) <= 1024, `a frame of ${Buffer.byteLength(encode(frame))} bytes`);
-      assert.deepEqual(frames.map((f) => f.seq), frames.map((_, i) => i + 1));
+      for (const frame of frames)
+        assert.ok(Buffer.byteLength(encode(frame)) <= 1024, `a frame of ${Buffer.byteLength(encode(frame))} bytes`);
+      assert.deepEqual(
+        frames.map((f) => f.seq),
+        frames.map((_, i) => i + 1),
+      );
       assert.equal(frames.map((f) => f.data).join(""), data);
       assert.equal(after.running["j1#1"]!.nextLogSeq, frames.length + 1);
     });
 
     test("the limit in force is the last welcome's", () => {
-      const big = run(connected(), { type: "message", message: assignment("j1") }, { type: "job_output", ref, stream: "stdout", data: "x".repeat(5000) });
+      const big = run(
+        connected(),
+        { type: "message", message: assignment("j1") },
+        { type: "job_output", ref, stream: "stdout", data: "x".repeat(5000) },
+      );
       assert.equal(sent(big.effects).length, 1, "1 MiB: one frame");
-      const state = run(big.state, { type: "socket_closed", code: 1006, reason: "" }, { type: "timer", timer: "reconnect" }, { type: "socket_open" }, { type: "message", message: small }).state;
+      const state = run(
+        big.state,
+        { type: "socket_closed", code: 1006, reason: "" },
+        { type: "timer", timer: "reconnect" },
+        { type: "socket_open" },
+        { type: "message", message: small },
+      ).state;
       const after = run(state, { type: "job_output", ref, stream: "stdout", data: "x".repeat(5000) });
       assert.ok(sent(after.effects).length >= 5);
     });
@@ -386,14 +568,21 @@ describe("the channel state machine", () => {
     const resume: Input = { type: "message", message: { type: "resume" } };
 
     test("a paused runner rejects assignments with reason paused and gives the credit back, keeps its running jobs and connection, and does not exit", () => {
-      const { state, effects } = run(connected(), { type: "message", message: assignment("j1") }, pause, { type: "message", message: assignment("j2") });
+      const { state, effects } = run(connected(), { type: "message", message: assignment("j1") }, pause, {
+        type: "message",
+        message: assignment("j2"),
+      });
       assert.deepEqual(sent(effects), [
         { type: "reject", jobId: "j2", attempt: 1, reason: "paused" },
         { type: "ready", slots: 1 },
       ]);
       assert.equal(state.phase, "connected");
       assert.ok(state.running["j1#1"]);
-      const finished = run(state, { type: "job_output", ref: { jobId: "j1", attempt: 1 }, stream: "stdout", data: "x" }, { type: "job_finished", result: result("j1") });
+      const finished = run(
+        state,
+        { type: "job_output", ref: { jobId: "j1", attempt: 1 }, stream: "stdout", data: "x" },
+        { type: "job_finished", result: result("j1") },
+      );
       assert.deepEqual(
         sent(finished.effects).map((m) => m.type),
         ["result", "ready"],
@@ -407,16 +596,27 @@ describe("the channel state machine", () => {
       const { state, effects } = run(paused, resume);
       assert.deepEqual(sent(effects), []);
       assert.equal(state.paused, false);
-      assert.deepEqual(types(run(state, { type: "message", message: assignment("j2") }).effects), ["start_job", "send"]);
+      assert.deepEqual(types(run(state, { type: "message", message: assignment("j2") }).effects), [
+        "start_job",
+        "send",
+      ]);
     });
 
     test("resume with every slot busy grants nothing", () => {
-      const paused = run(connected(), { type: "message", message: assignment("j1") }, { type: "message", message: assignment("j2") }, pause).state;
+      const paused = run(
+        connected(),
+        { type: "message", message: assignment("j1") },
+        { type: "message", message: assignment("j2") },
+        pause,
+      ).state;
       assert.deepEqual(sent(run(paused, resume).effects), []);
     });
 
     test("the old drain message is a pause: the runner neither says goodbye nor exits once idle", () => {
-      const { state, effects } = run(connected(), { type: "message", message: { type: "drain", reason: "old control plane" } });
+      const { state, effects } = run(connected(), {
+        type: "message",
+        message: { type: "drain", reason: "old control plane" },
+      });
       assert.equal(state.paused, true);
       assert.equal(state.draining, false);
       assert.deepEqual(types(effects), []);
@@ -428,14 +628,28 @@ describe("the channel state machine", () => {
 
     test("a welcome with paused true starts the connection paused, with its credits granted as always", () => {
       const message = { ...welcome, paused: true } as ControlMessage;
-      const { state, effects } = run(initialState(config), { type: "start" }, { type: "socket_open" }, { type: "message", message });
+      const { state, effects } = run(
+        initialState(config),
+        { type: "start" },
+        { type: "socket_open" },
+        { type: "message", message },
+      );
       assert.equal(state.paused, true);
-      assert.deepEqual(sent(effects).filter((m) => m.type !== "hello"), [{ type: "ready", slots: 2 }]);
+      assert.deepEqual(
+        sent(effects).filter((m) => m.type !== "hello"),
+        [{ type: "ready", slots: 2 }],
+      );
       assert.deepEqual(sent(run(state, resume).effects), []);
     });
 
     test("a welcome without paused ends a pause of the previous connection", () => {
-      const paused = run(connected(), pause, { type: "socket_closed", code: 1006, reason: "" }, { type: "timer", timer: "reconnect" }, { type: "socket_open" }).state;
+      const paused = run(
+        connected(),
+        pause,
+        { type: "socket_closed", code: 1006, reason: "" },
+        { type: "timer", timer: "reconnect" },
+        { type: "socket_open" },
+      ).state;
       const { state, effects } = run(paused, { type: "message", message: welcome });
       assert.equal(state.paused, false);
       assert.deepEqual(sent(effects), [{ type: "ready", slots: 2 }]);
@@ -460,10 +674,15 @@ describe("the channel state machine", () => {
     ];
     for (const input of inputs) {
       for (const effect of step(running, input, env).effects) {
-        if (effect.type === "log") assert.ok(JSON.stringify(effect).length < 3000, `${input.type}: ${JSON.stringify(effect).length} chars`);
+        if (effect.type === "log")
+          assert.ok(JSON.stringify(effect).length < 3000, `${input.type}: ${JSON.stringify(effect).length} chars`);
       }
     }
-    const failed = step(run(initialState(config), { type: "start" }).state, { type: "connect_failed", status: 503, reason: huge }, env);
+    const failed = step(
+      run(initialState(config), { type: "start" }).state,
+      { type: "connect_failed", status: 503, reason: huge },
+      env,
+    );
     for (const effect of failed.effects) if (effect.type === "log") assert.ok(JSON.stringify(effect).length < 3000);
   });
 });

@@ -49,7 +49,7 @@ const SIMCTL_OUTPUT = JSON.stringify({
     ],
     "com.apple.CoreSimulator.SimRuntime.iOS-16-4": [
       {
-        availabilityError: "runtime profile not found using \"System\" match policy",
+        availabilityError: 'runtime profile not found using "System" match policy',
         udid: "C0FFEE00-1111-4222-8333-444455556666",
         isAvailable: false,
         deviceTypeIdentifier: "com.apple.CoreSimulator.SimDeviceType.iPhone-14",
@@ -58,7 +58,12 @@ const SIMCTL_OUTPUT = JSON.stringify({
       },
     ],
     "com.apple.CoreSimulator.SimRuntime.watchOS-10-2": [
-      { udid: "DEADBEEF-0000-4000-8000-000000000001", isAvailable: true, state: "Shutdown", name: "Apple Watch Series 9 (45mm)" },
+      {
+        udid: "DEADBEEF-0000-4000-8000-000000000001",
+        isAvailable: true,
+        state: "Shutdown",
+        name: "Apple Watch Series 9 (45mm)",
+      },
     ],
   },
 });
@@ -68,18 +73,24 @@ describe("adb devices -l", () => {
   const byId = new Map(devices.map((d) => [d.id, d]));
 
   test("one device per device line; banner and daemon lines are skipped", () => {
-    assert.deepEqual(devices.map((d) => d.id), [
-      "android:emulator-5554",
-      "android:R58M32ABCDE",
-      "android:0A071FDD4003ZG",
-      "android:192.168.1.42:5555",
-      "android:HT7A1234567",
-      "android:adb-2C151FDH2004NP-vXkp1B._adb-tls-connect._tcp",
-    ]);
+    assert.deepEqual(
+      devices.map((d) => d.id),
+      [
+        "android:emulator-5554",
+        "android:R58M32ABCDE",
+        "android:0A071FDD4003ZG",
+        "android:192.168.1.42:5555",
+        "android:HT7A1234567",
+        "android:adb-2C151FDH2004NP-vXkp1B._adb-tls-connect._tcp",
+      ],
+    );
   });
 
   test("adb states map to online, offline and unavailable", () => {
-    assert.deepEqual(devices.map((d) => d.state), ["online", "online", "unavailable", "offline", "unavailable", "online"]);
+    assert.deepEqual(
+      devices.map((d) => d.state),
+      ["online", "online", "unavailable", "offline", "unavailable", "online"],
+    );
     assert.equal(byId.get("android:HT7A1234567")?.attributes.adbState, "no permissions");
     assert.equal(byId.get("android:0A071FDD4003ZG")?.attributes.adbState, "unauthorized");
   });
@@ -89,18 +100,30 @@ describe("adb devices -l", () => {
     assert.equal(phone.name, "SM G973F");
     assert.equal(phone.kind, "android");
     assert.deepEqual(
-      { model: phone.attributes.model, product: phone.attributes.product, usb: phone.attributes.usb, transport: phone.attributes.transport, emulator: phone.attributes.emulator },
+      {
+        model: phone.attributes.model,
+        product: phone.attributes.product,
+        usb: phone.attributes.usb,
+        transport: phone.attributes.transport,
+        emulator: phone.attributes.emulator,
+      },
       { model: "SM_G973F", product: "beyond1ltexx", usb: "1-1.2", transport: "usb", emulator: false },
     );
-    for (const device of devices) assert.ok(!("transport_id" in device.attributes) && !("transportId" in device.attributes));
+    for (const device of devices)
+      assert.ok(!("transport_id" in device.attributes) && !("transportId" in device.attributes));
     assert.equal(byId.get("android:emulator-5554")?.attributes.emulator, true);
     assert.equal(byId.get("android:192.168.1.42:5555")?.attributes.transport, "tcp");
     assert.equal(byId.get("android:adb-2C151FDH2004NP-vXkp1B._adb-tls-connect._tcp")?.attributes.transport, "tcp");
   });
 
   test("the same devices after a replug (new transport ids) have the same fingerprints", () => {
-    const replugged = parseAdbDevices(ADB_OUTPUT.replace(/transport_id:(\d)/g, (_m, n: string) => `transport_id:${Number(n) + 10}`));
-    assert.deepEqual(replugged.map((d) => toDevice(d).fingerprint), devices.map((d) => toDevice(d).fingerprint));
+    const replugged = parseAdbDevices(
+      ADB_OUTPUT.replace(/transport_id:(\d)/g, (_m, n: string) => `transport_id:${Number(n) + 10}`),
+    );
+    assert.deepEqual(
+      replugged.map((d) => toDevice(d).fingerprint),
+      devices.map((d) => toDevice(d).fingerprint),
+    );
   });
 
   test("no devices, or only adb's banner, is an empty list", () => {
@@ -123,32 +146,56 @@ describe("xcrun simctl list -j devices", () => {
     );
     assert.equal(devices[0]!.attributes.simState, "Booted");
     assert.equal(devices[0]!.attributes.deviceType, "iPhone-15");
-    assert.ok(!("dataPath" in devices[0]!.attributes) && !("lastBootedAt" in devices[0]!.attributes), "paths and boot times stay out");
+    assert.ok(
+      !("dataPath" in devices[0]!.attributes) && !("lastBootedAt" in devices[0]!.attributes),
+      "paths and boot times stay out",
+    );
   });
 
   test("the format of Xcode before 10.1 (runtime names, 'availability') is understood", () => {
     const old = JSON.stringify({
       devices: {
         "iOS 12.1": [
-          { state: "Shutdown", availability: "(available)", name: "iPhone XR", udid: "11111111-2222-4333-8444-555555555555" },
-          { state: "Shutdown", availability: "(unavailable, runtime profile not found)", name: "iPhone X", udid: "66666666-7777-4888-8999-000000000000" },
+          {
+            state: "Shutdown",
+            availability: "(available)",
+            name: "iPhone XR",
+            udid: "11111111-2222-4333-8444-555555555555",
+          },
+          {
+            state: "Shutdown",
+            availability: "(unavailable, runtime profile not found)",
+            name: "iPhone X",
+            udid: "66666666-7777-4888-8999-000000000000",
+          },
         ],
       },
     });
-    assert.deepEqual(parseSimctlList(old).map((d) => [d.name, d.state, d.attributes.osVersion]), [
-      ["iPhone XR", "online", "12.1"],
-      ["iPhone X", "unavailable", "12.1"],
-    ]);
+    assert.deepEqual(
+      parseSimctlList(old).map((d) => [d.name, d.state, d.attributes.osVersion]),
+      [
+        ["iPhone XR", "online", "12.1"],
+        ["iPhone X", "unavailable", "12.1"],
+      ],
+    );
   });
 
   test("output that is not simctl's JSON is an error (the provider fails, its rows are kept stale)", () => {
-    assert.throws(() => parseSimctlList("xcrun: error: unable to find utility \"simctl\""));
+    assert.throws(() => parseSimctlList('xcrun: error: unable to find utility "simctl"'));
     assert.throws(() => parseSimctlList(JSON.stringify({ runtimes: [] })));
   });
 
   test("runtime keys", () => {
-    assert.deepEqual(describeRuntime("com.apple.CoreSimulator.SimRuntime.iOS-17-2"), { platform: "iOS", version: "17.2", label: "iOS 17.2" });
-    assert.deepEqual(describeRuntime("com.apple.CoreSimulator.SimRuntime.xrOS-1-0"), { platform: "xrOS", version: "1.0", label: "xrOS 1.0" });
+    assert.deepEqual(describeRuntime("com.apple.CoreSimulator.SimRuntime.iOS-17-2"), {
+      platform: "iOS",
+      version: "17.2",
+      label: "iOS 17.2",
+    });
+    assert.deepEqual(describeRuntime("com.apple.CoreSimulator.SimRuntime.xrOS-1-0"), {
+      platform: "xrOS",
+      version: "1.0",
+      label: "xrOS 1.0",
+    });
     assert.deepEqual(describeRuntime("iOS 12.1"), { platform: "iOS", version: "12.1", label: "iOS 12.1" });
   });
 });
@@ -207,13 +254,38 @@ describe("systeminformation answers", () => {
     assert.equal(gpu!.name, "NVIDIA GeForce RTX 3090");
     assert.equal(gpu!.attributes.vramMb, 24576);
     assert.equal(gpu!.attributes.driverVersion, "535.129.03");
-    const busy = toGpuDevices([{ ...nvidia, utilizationGpu: 99, temperatureGpu: 83, memoryUsed: 20_000, memoryFree: 4576, clockCore: 1900, fanSpeed: 80, powerDraw: 340 }]);
+    const busy = toGpuDevices([
+      {
+        ...nvidia,
+        utilizationGpu: 99,
+        temperatureGpu: 83,
+        memoryUsed: 20_000,
+        memoryFree: 4576,
+        clockCore: 1900,
+        fanSpeed: 80,
+        powerDraw: 340,
+      },
+    ]);
     assert.equal(toDevice(busy[0]!).fingerprint, toDevice(gpu!).fingerprint);
-    assert.notEqual(toDevice(toGpuDevices([{ ...nvidia, driverVersion: "545.23.06" }])[0]!).fingerprint, toDevice(gpu!).fingerprint, "a new driver is a change");
+    assert.notEqual(
+      toDevice(toGpuDevices([{ ...nvidia, driverVersion: "545.23.06" }])[0]!).fingerprint,
+      toDevice(gpu!).fingerprint,
+      "a new driver is a change",
+    );
   });
 
   test("a GPU without a bus address (macOS) gets an id from vendor, model and position", () => {
-    const [apple] = toGpuDevices([{ vendor: "Apple", model: "Apple M2 Pro", bus: "Built-In", vram: null, vramDynamic: true, cores: 19, metalVersion: "Metal 3" }]);
+    const [apple] = toGpuDevices([
+      {
+        vendor: "Apple",
+        model: "Apple M2 Pro",
+        bus: "Built-In",
+        vram: null,
+        vramDynamic: true,
+        cores: 19,
+        metalVersion: "Metal 3",
+      },
+    ]);
     assert.equal(apple!.id, "gpu:Apple-Apple M2 Pro-0");
     assert.equal(toDevice(apple!).id, "gpu:Apple-Apple_M2_Pro-0");
     assert.equal(apple!.attributes.cores, 19);
@@ -230,12 +302,48 @@ describe("systeminformation answers", () => {
 
   test("USB: hubs are left out; a serial gives a stable id, else the bus path", () => {
     const usb: Systeminformation.UsbData[] = [
-      { id: "1d6b:0002", bus: 1, deviceId: 1, name: "2.0 root hub", type: "Hub", removable: false, vendor: "Linux Foundation", manufacturer: "Linux 6.1.0 xhci-hcd", maxPower: "0mA", serialNumber: "0000:00:14.0" },
-      { id: "18d1:4ee7", bus: 1, deviceId: 7, name: "Pixel 6", type: "", removable: false, vendor: "Google Inc.", manufacturer: "Google", maxPower: "500mA", serialNumber: "2C151FDH2004NP" },
-      { id: "0403:6001", bus: 3, deviceId: 4, name: "FT232 Serial (UART) IC", type: "", removable: false, vendor: "Future Technology Devices International, Ltd", manufacturer: "FTDI", maxPower: "90mA", serialNumber: "" },
+      {
+        id: "1d6b:0002",
+        bus: 1,
+        deviceId: 1,
+        name: "2.0 root hub",
+        type: "Hub",
+        removable: false,
+        vendor: "Linux Foundation",
+        manufacturer: "Linux 6.1.0 xhci-hcd",
+        maxPower: "0mA",
+        serialNumber: "0000:00:14.0",
+      },
+      {
+        id: "18d1:4ee7",
+        bus: 1,
+        deviceId: 7,
+        name: "Pixel 6",
+        type: "",
+        removable: false,
+        vendor: "Google Inc.",
+        manufacturer: "Google",
+        maxPower: "500mA",
+        serialNumber: "2C151FDH2004NP",
+      },
+      {
+        id: "0403:6001",
+        bus: 3,
+        deviceId: 4,
+        name: "FT232 Serial (UART) IC",
+        type: "",
+        removable: false,
+        vendor: "Future Technology Devices International, Ltd",
+        manufacturer: "FTDI",
+        maxPower: "90mA",
+        serialNumber: "",
+      },
     ];
     const devices = toUsbDevices(usb);
-    assert.deepEqual(devices.map((d) => d.id), ["usb:18d1:4ee7:2C151FDH2004NP", "usb:3-4:0403:6001"]);
+    assert.deepEqual(
+      devices.map((d) => d.id),
+      ["usb:18d1:4ee7:2C151FDH2004NP", "usb:3-4:0403:6001"],
+    );
     assert.equal(devices[0]!.attributes.vendor, "Google Inc.");
     assert.equal(devices[1]!.name, "FT232 Serial (UART) IC");
   });

@@ -17,7 +17,26 @@ function random(seed: number): () => number {
 
 /** Text mixing ASCII, quotes, control characters, 2-, 3- and 4-byte characters and lone surrogates. */
 function randomText(next: () => number, length: number): string {
-  const pool = ["a", "Z", " ", '"', "\\", "\n", "\t", "\u0000", "\u0001", "\u001f", "\u007f", "é", "€", "\u2028", "😀", "\ud800", "\udfff", "\ufffd"];
+  const pool = [
+    "a",
+    "Z",
+    " ",
+    '"',
+    "\\",
+    "\n",
+    "\t",
+    "\u0000",
+    "\u0001",
+    "\u001f",
+    "\u007f",
+    "é",
+    "€",
+    "\u2028",
+    "😀",
+    "\ud800",
+    "\udfff",
+    "\ufffd",
+  ];
   let text = "";
   for (let i = 0; i < length; i++) text += pool[Math.floor(next() * pool.length)];
   return text;

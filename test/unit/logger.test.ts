@@ -17,7 +17,15 @@ function capture() {
 test("the logger censors secret fields and authorization headers wherever they sit", () => {
   const out = capture();
   const log = createLogger({ level: "debug", format: "json", destination: out.destination as never });
-  log.debug({ credential: "S1", req: { headers: { authorization: "Bearer S2" } }, nested: { token: "S3" }, a: { b: { secret: "S4" } } }, "x");
+  log.debug(
+    {
+      credential: "S1",
+      req: { headers: { authorization: "Bearer S2" } },
+      nested: { token: "S3" },
+      a: { b: { secret: "S4" } },
+    },
+    "x",
+  );
   const text = out.text();
   for (const secret of ["S1", "S2", "S3", "S4"]) assert.ok(!text.includes(secret), `${secret} leaked: ${text}`);
   assert.equal(text.match(/\[redacted\]/g)?.length, 4);

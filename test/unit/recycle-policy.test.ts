@@ -63,7 +63,14 @@ describe("evaluateRecycle", () => {
 
   test("a null limit turns its signal off", () => {
     const off = { ...limits, maxRssBytes: null, maxOpenFds: null, maxAgeMs: null, maxJobs: null };
-    assert.equal(evaluateRecycle({ rssBytes: 10_000 * MiB, openFds: 10_000, jobsRun: 10_000, startedAt: SPAWNED }, off, SPAWNED + 1e9), null);
+    assert.equal(
+      evaluateRecycle(
+        { rssBytes: 10_000 * MiB, openFds: 10_000, jobsRun: 10_000, startedAt: SPAWNED },
+        off,
+        SPAWNED + 1e9,
+      ),
+      null,
+    );
   });
 
   test("a missing reading skips its signal and lets the next one decide", () => {
@@ -83,13 +90,26 @@ describe("evaluateRecycle", () => {
     });
 
     test("a young worker over its soft RSS limit is recycled even far below the hard ceiling", () => {
-      assert.equal(evaluateRecycle({ ...healthy, jobsRun: 1, rssBytes: 501 * MiB }, { ...operator, hardRssBytes: 100_000 * MiB }, young), "memory");
-      assert.equal(evaluateRecycle({ ...healthy, jobsRun: 1, rssBytes: 501 * MiB }, { ...operator, hardRssBytes: null }, young), "memory");
+      assert.equal(
+        evaluateRecycle(
+          { ...healthy, jobsRun: 1, rssBytes: 501 * MiB },
+          { ...operator, hardRssBytes: 100_000 * MiB },
+          young,
+        ),
+        "memory",
+      );
+      assert.equal(
+        evaluateRecycle({ ...healthy, jobsRun: 1, rssBytes: 501 * MiB }, { ...operator, hardRssBytes: null }, young),
+        "memory",
+      );
     });
 
     test("a young worker over its fd limit is recycled at its first job boundary", () => {
       assert.equal(evaluateRecycle({ ...healthy, jobsRun: 1, openFds: 100 }, operator, young), "fds");
-      assert.equal(evaluateRecycle({ ...healthy, jobsRun: 1, openFds: 2_520 }, { ...operator, maxOpenFds: 300 }, young), "fds");
+      assert.equal(
+        evaluateRecycle({ ...healthy, jobsRun: 1, openFds: 2_520 }, { ...operator, maxOpenFds: 300 }, young),
+        "fds",
+      );
     });
 
     test("a worker past an age limit set below its age is recycled however little it ran", () => {
@@ -156,17 +176,32 @@ describe("defaultLimits", () => {
 
 describe("describeRecycle", () => {
   test("names the reading and the limit it crossed", () => {
-    assert.equal(describeRecycle("memory", { ...healthy, rssBytes: 512 * MiB }, limits, LATER), "RSS 512.0 MiB reached the soft limit 500.0 MiB");
-    assert.equal(describeRecycle("fds", { ...healthy, openFds: 101 }, limits, LATER), "101 open file descriptors reached the limit 100");
+    assert.equal(
+      describeRecycle("memory", { ...healthy, rssBytes: 512 * MiB }, limits, LATER),
+      "RSS 512.0 MiB reached the soft limit 500.0 MiB",
+    );
+    assert.equal(
+      describeRecycle("fds", { ...healthy, openFds: 101 }, limits, LATER),
+      "101 open file descriptors reached the limit 100",
+    );
     assert.equal(describeRecycle("age", healthy, limits, SPAWNED + 600_000), "age 600 s reached its limit 600 s");
-    assert.equal(describeRecycle("jobs", { ...healthy, jobsRun: 50 }, limits, LATER), "50 jobs run reached the limit 50");
+    assert.equal(
+      describeRecycle("jobs", { ...healthy, jobsRun: 50 }, limits, LATER),
+      "50 jobs run reached the limit 50",
+    );
   });
 });
 
 describe("limitsFromSettings", () => {
   test("turns MB, seconds and 0-for-off into bytes, milliseconds and null", () => {
-    const l = limitsFromSettings({ workerMaxRssMb: 300, workerHardRssMb: 0, workerMaxFds: 64, workerMaxAgeS: 90, workerMaxJobs: 0 }, 1024);
-    assert.deepEqual([l.maxRssBytes, l.hardRssBytes, l.maxOpenFds, l.maxAgeMs, l.maxJobs], [300 * MiB, null, 64, 90_000, null]);
+    const l = limitsFromSettings(
+      { workerMaxRssMb: 300, workerHardRssMb: 0, workerMaxFds: 64, workerMaxAgeS: 90, workerMaxJobs: 0 },
+      1024,
+    );
+    assert.deepEqual(
+      [l.maxRssBytes, l.hardRssBytes, l.maxOpenFds, l.maxAgeMs, l.maxJobs],
+      [300 * MiB, null, 64, 90_000, null],
+    );
   });
 
   test("takes the defaults for what is not set, the fd limit from RLIMIT_NOFILE", () => {

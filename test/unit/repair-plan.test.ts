@@ -13,7 +13,12 @@ const registration: Registration = {
   hostFingerprint: "a".repeat(64),
   registeredAt: "2026-01-01T00:00:00.000Z",
 };
-const credential = { v: 1 as const, runnerId: registration.runnerId, url: registration.url, credential: "rnc_" + "x".repeat(40) };
+const credential = {
+  v: 1 as const,
+  runnerId: registration.runnerId,
+  url: registration.url,
+  credential: "rnc_" + "x".repeat(40),
+};
 
 function healthy(): Observations {
   return {
@@ -30,7 +35,13 @@ function healthy(): Observations {
   };
 }
 const noToken = { haveRegistrationToken: false };
-const link = (name: string, target: string | null = "/elsewhere/x"): ForeignEntry => ({ path: `/s/${name}`, name, found: "symlink", expected: "file", target });
+const link = (name: string, target: string | null = "/elsewhere/x"): ForeignEntry => ({
+  path: `/s/${name}`,
+  name,
+  found: "symlink",
+  expected: "file",
+  target,
+});
 const withToken = { haveRegistrationToken: true };
 const codes = (o: Observations, c = noToken) => planRepairs(o, c).map((f) => f.code);
 
@@ -41,14 +52,26 @@ describe("the repair planner", () => {
 
   test("a missing state dir is created, and nothing else is judged until it exists", () => {
     const findings = planRepairs({ ...healthy(), stateDirMode: null }, noToken);
-    assert.deepEqual(findings.map((f) => f.code), ["state_dir_missing"]);
-    assert.deepEqual(findings[0]?.fix, { kind: "auto", action: { kind: "create_state_dir" }, description: "create /s with mode 0700" });
+    assert.deepEqual(
+      findings.map((f) => f.code),
+      ["state_dir_missing"],
+    );
+    assert.deepEqual(findings[0]?.fix, {
+      kind: "auto",
+      action: { kind: "create_state_dir" },
+      description: "create /s with mode 0700",
+    });
   });
 
   test("a group- or world-readable state dir is tightened to 0700", () => {
     const [finding] = planRepairs({ ...healthy(), stateDirMode: 0o755 }, noToken);
     assert.equal(finding?.code, "state_dir_permissions");
-    assert.deepEqual(finding?.fix.kind === "auto" && finding.fix.action, { kind: "tighten_mode", path: "/s", mode: 0o700, type: "directory" });
+    assert.deepEqual(finding?.fix.kind === "auto" && finding.fix.action, {
+      kind: "tighten_mode",
+      path: "/s",
+      mode: 0o700,
+      type: "directory",
+    });
   });
 
   test("a stricter mode than required is not a finding", () => {
@@ -58,7 +81,12 @@ describe("the repair planner", () => {
   test("a secret file readable by others is tightened to 0600", () => {
     const [finding] = planRepairs({ ...healthy(), fileModes: [{ path: "/s/credential", mode: 0o644 }] }, noToken);
     assert.equal(finding?.code, "file_permissions");
-    assert.deepEqual(finding?.fix.kind === "auto" && finding.fix.action, { kind: "tighten_mode", path: "/s/credential", mode: 0o600, type: "file" });
+    assert.deepEqual(finding?.fix.kind === "auto" && finding.fix.action, {
+      kind: "tighten_mode",
+      path: "/s/credential",
+      mode: 0o600,
+      type: "file",
+    });
   });
 
   test("a missing outbox is recreated", () => {
@@ -77,21 +105,39 @@ describe("the repair planner", () => {
   });
 
   test("an invalid registration file is set aside first", () => {
-    const findings = planRepairs({ ...healthy(), registration: { kind: "invalid", reason: "truncated" }, credential: null, controlPlane: null }, noToken);
-    assert.deepEqual(findings.map((f) => f.code), ["registration_invalid"]);
+    const findings = planRepairs(
+      { ...healthy(), registration: { kind: "invalid", reason: "truncated" }, credential: null, controlPlane: null },
+      noToken,
+    );
+    assert.deepEqual(
+      findings.map((f) => f.code),
+      ["registration_invalid"],
+    );
     assert.deepEqual(findings[0]?.fix.kind === "auto" && findings[0].fix.action, { kind: "set_aside_registration" });
   });
 
   test("a missing registration is rebuilt when a store still holds the credential", () => {
     const findings = planRepairs(
-      { ...healthy(), registration: { kind: "missing" }, credential: null, controlPlane: null, recoverable: { store: "keychain", value: credential } },
+      {
+        ...healthy(),
+        registration: { kind: "missing" },
+        credential: null,
+        controlPlane: null,
+        recoverable: { store: "keychain", value: credential },
+      },
       noToken,
     );
-    assert.deepEqual(findings[0]?.fix.kind === "auto" && findings[0].fix.action, { kind: "rebuild_registration", from: "keychain" });
+    assert.deepEqual(findings[0]?.fix.kind === "auto" && findings[0].fix.action, {
+      kind: "rebuild_registration",
+      from: "keychain",
+    });
   });
 
   test("a missing registration with nothing to rebuild from tells the operator to register", () => {
-    const [finding] = planRepairs({ ...healthy(), registration: { kind: "missing" }, credential: null, controlPlane: null }, noToken);
+    const [finding] = planRepairs(
+      { ...healthy(), registration: { kind: "missing" }, credential: null, controlPlane: null },
+      noToken,
+    );
     assert.equal(finding?.code, "not_registered");
     assert.equal(finding?.fix.kind, "operator");
     assert.match(finding?.fix.kind === "operator" ? (finding.fix.command ?? "") : "", /^runner register --url/);
@@ -111,18 +157,26 @@ describe("the repair planner", () => {
   });
 
   test("an unusable keychain is an operator problem, never a silent re-registration", () => {
-    const [finding] = planRepairs({ ...healthy(), credential: { kind: "unavailable", reason: "locked" }, controlPlane: null }, withToken);
+    const [finding] = planRepairs(
+      { ...healthy(), credential: { kind: "unavailable", reason: "locked" }, controlPlane: null },
+      withToken,
+    );
     assert.equal(finding?.code, "credential_store_unavailable");
     assert.equal(finding?.fix.kind, "operator");
   });
 
   test("a credential that belongs to another runner is treated as invalid", () => {
     const other = { ...credential, runnerId: "rnr_zzzzzzzzzzzzzzzzzzzzzzzz" };
-    assert.deepEqual(codes({ ...healthy(), credential: { kind: "ok", value: other }, controlPlane: null }), ["credential_invalid"]);
+    assert.deepEqual(codes({ ...healthy(), credential: { kind: "ok", value: other }, controlPlane: null }), [
+      "credential_invalid",
+    ]);
   });
 
   test("a revoked credential needs a token, and is re-registered when one is given", () => {
-    const seen = { ...healthy(), controlPlane: { kind: "error" as const, code: "credential_revoked" as const, message: "revoked" } };
+    const seen = {
+      ...healthy(),
+      controlPlane: { kind: "error" as const, code: "credential_revoked" as const, message: "revoked" },
+    };
     assert.equal(planRepairs(seen, noToken)[0]?.fix.kind, "operator");
     assert.deepEqual(planRepairs(seen, withToken)[0]?.fix, {
       kind: "auto",
@@ -132,24 +186,37 @@ describe("the repair planner", () => {
   });
 
   test("a runner deleted on the control plane is reported as deleted", () => {
-    const seen = { ...healthy(), controlPlane: { kind: "error" as const, code: "runner_deleted" as const, message: "gone" } };
+    const seen = {
+      ...healthy(),
+      controlPlane: { kind: "error" as const, code: "runner_deleted" as const, message: "gone" },
+    };
     assert.deepEqual(codes(seen), ["runner_deleted"]);
   });
 
   test("a changed host is re-bound automatically while the credential is valid", () => {
-    const seen = { ...healthy(), controlPlane: { kind: "error" as const, code: "host_fingerprint_mismatch" as const, message: "409" } };
+    const seen = {
+      ...healthy(),
+      controlPlane: { kind: "error" as const, code: "host_fingerprint_mismatch" as const, message: "409" },
+    };
     const [finding] = planRepairs(seen, noToken);
     assert.equal(finding?.code, "host_changed");
     assert.deepEqual(finding?.fix.kind === "auto" && finding.fix.action, { kind: "rebind_host" });
   });
 
   test("an unreachable control plane is something to wait for, not to fix", () => {
-    const seen = { ...healthy(), controlPlane: { kind: "error" as const, code: "control_plane_unavailable" as const, message: "ECONNREFUSED" } };
+    const seen = {
+      ...healthy(),
+      controlPlane: { kind: "error" as const, code: "control_plane_unavailable" as const, message: "ECONNREFUSED" },
+    };
     assert.equal(planRepairs(seen, withToken)[0]?.fix.kind, "retry");
   });
 
   test("local findings and identity findings are reported together", () => {
-    const seen = { ...healthy(), stateDirMode: 0o777, controlPlane: { kind: "error" as const, code: "runner_deleted" as const, message: "gone" } };
+    const seen = {
+      ...healthy(),
+      stateDirMode: 0o777,
+      controlPlane: { kind: "error" as const, code: "runner_deleted" as const, message: "gone" },
+    };
     assert.deepEqual(codes(seen), ["state_dir_permissions", "runner_deleted"]);
   });
 
@@ -157,8 +224,15 @@ describe("the repair planner", () => {
     const [finding, ...rest] = planRepairs({ ...healthy(), foreign: [link("runner.lock")] }, noToken);
     assert.deepEqual(rest, []);
     assert.equal(finding?.code, "foreign_file_type");
-    assert.match(finding?.problem ?? "", /^runner\.lock is a symbolic link to \/elsewhere\/x where a regular file belongs/);
-    assert.deepEqual(finding?.fix.kind === "auto" && finding.fix.action, { kind: "set_aside_entry", path: "/s/runner.lock", expected: "file" });
+    assert.match(
+      finding?.problem ?? "",
+      /^runner\.lock is a symbolic link to \/elsewhere\/x where a regular file belongs/,
+    );
+    assert.deepEqual(finding?.fix.kind === "auto" && finding.fix.action, {
+      kind: "set_aside_entry",
+      path: "/s/runner.lock",
+      expected: "file",
+    });
   });
 
   test("a directory, fifo or socket where a state file belongs is a finding like a link", () => {
@@ -168,20 +242,39 @@ describe("the repair planner", () => {
       { path: "/s/outbox/j.1.json", name: "outbox/j.1.json", found: "socket", expected: "file", target: null },
     ];
     const findings = planRepairs({ ...healthy(), foreign: others }, noToken);
-    assert.deepEqual(findings.map((f) => f.problem.split(" where")[0]), ["registration.json is a directory", "devices.json is a fifo", "outbox/j.1.json is a socket"]);
+    assert.deepEqual(
+      findings.map((f) => f.problem.split(" where")[0]),
+      ["registration.json is a directory", "devices.json is a fifo", "outbox/j.1.json is a socket"],
+    );
   });
 
   test("nothing read through a foreign registration or credential is judged until it is moved aside", () => {
     // What the reads said must not turn into a chmod, a set-aside or a re-registration of the link's target.
     for (const name of ["registration.json", "credential"]) {
-      const seen = { ...healthy(), foreign: [link(name)], registration: { kind: "invalid" as const, reason: "a symlink" }, credential: { kind: "unavailable" as const, reason: "ELOOP" } };
+      const seen = {
+        ...healthy(),
+        foreign: [link(name)],
+        registration: { kind: "invalid" as const, reason: "a symlink" },
+        credential: { kind: "unavailable" as const, reason: "ELOOP" },
+      };
       assert.deepEqual(codes(seen, withToken), ["foreign_file_type"], name);
     }
   });
 
   test("a foreign lock is not also reported as a stale lock, and a foreign outbox not as a missing one", () => {
-    const outbox: ForeignEntry = { path: "/s/outbox", name: "outbox", found: "symlink", expected: "directory", target: "/tmp/o" };
-    const seen = { ...healthy(), foreign: [link("runner.lock", null), outbox], lock: { kind: "stale" as const, owner: null, reason: "unreadable" }, outboxMode: null };
+    const outbox: ForeignEntry = {
+      path: "/s/outbox",
+      name: "outbox",
+      found: "symlink",
+      expected: "directory",
+      target: "/tmp/o",
+    };
+    const seen = {
+      ...healthy(),
+      foreign: [link("runner.lock", null), outbox],
+      lock: { kind: "stale" as const, owner: null, reason: "unreadable" },
+      outboxMode: null,
+    };
     assert.deepEqual(codes(seen), ["foreign_file_type", "foreign_file_type"]);
     assert.match(planRepairs(seen, noToken)[0]?.problem ?? "", /^runner\.lock is a symbolic link where/);
   });

@@ -64,14 +64,19 @@ describe("systemd units", () => {
   test("every ExecStart argument is quoted with systemd's expansions turned off", () => {
     const { content } = planService(inputs());
     const [execStart] = unitValue(content, "ExecStart");
-    assert.equal(execStart, `"/usr/bin/node" "/opt/runner/bin/runner.js" "start" "--state-dir" "/srv/my runner/a&b<c>\\"d\\"$$HOME%%h\\\\x"`);
+    assert.equal(
+      execStart,
+      `"/usr/bin/node" "/opt/runner/bin/runner.js" "start" "--state-dir" "/srv/my runner/a&b<c>\\"d\\"$$HOME%%h\\\\x"`,
+    );
     assert.throws(() => quoteSystemdArg("two\nlines"), /line break/);
   });
 
   test("the installer's PATH goes into the unit, quoted, with specifiers escaped and $ left alone", () => {
     const { content } = planService(inputs({ env: { PATH: "/opt/my tools/bin:/x%y:/usr/bin$" } }));
     assert.deepEqual(unitValue(content, "Environment"), [`"PATH=/opt/my tools/bin:/x%%y:/usr/bin$"`]);
-    const parsed = plist.parse(planService(inputs({ platform: "darwin", env: { PATH: "/opt/homebrew/bin:/usr/bin" } })).content) as Record<string, unknown>;
+    const parsed = plist.parse(
+      planService(inputs({ platform: "darwin", env: { PATH: "/opt/homebrew/bin:/usr/bin" } })).content,
+    ) as Record<string, unknown>;
     assert.deepEqual(parsed.EnvironmentVariables, { PATH: "/opt/homebrew/bin:/usr/bin" });
   });
 
@@ -101,7 +106,9 @@ describe("launchd plists", () => {
   });
 
   test("launchd keeps the job alive only while the needs-operator marker is absent", () => {
-    const parsed = plist.parse(planService(inputs({ platform: "darwin", stateDir: "/Users/alice/state" })).content) as Record<string, unknown>;
+    const parsed = plist.parse(
+      planService(inputs({ platform: "darwin", stateDir: "/Users/alice/state" })).content,
+    ) as Record<string, unknown>;
     assert.deepEqual(parsed.KeepAlive, { PathState: { "/Users/alice/state/needs-operator": false } });
   });
 

@@ -14,8 +14,12 @@ describe("every setting is declared completely", () => {
       assert.match(spec.flag, /^--[a-z][a-z-]*$/);
       assert.match(spec.env, /^RUNNER_[A-Z_]+$/);
       assert.ok(spec.help.length > 15, "help says something");
-      assert.ok(spec.defaultValue !== undefined || (spec.defaultHelp ?? "").length > 10, "a default, or help saying how it is worked out");
-      if (spec.defaultValue !== undefined) assert.ok(spec.schema.safeParse(spec.defaultValue).success, "the default passes its own schema");
+      assert.ok(
+        spec.defaultValue !== undefined || (spec.defaultHelp ?? "").length > 10,
+        "a default, or help saying how it is worked out",
+      );
+      if (spec.defaultValue !== undefined)
+        assert.ok(spec.schema.safeParse(spec.defaultValue).success, "the default passes its own schema");
     });
   }
 
@@ -49,7 +53,11 @@ describe("settings precedence is flag > env > file > default", () => {
   });
 
   test("the env var beats the file and the default", () => {
-    const { settings, sources } = resolveSettings({ flags: {}, env: { RUNNER_LOG_LEVEL: "warn" }, file: { logLevel: "error" } });
+    const { settings, sources } = resolveSettings({
+      flags: {},
+      env: { RUNNER_LOG_LEVEL: "warn" },
+      file: { logLevel: "error" },
+    });
     assert.equal(settings.logLevel, "warn");
     assert.equal(sources.logLevel, "env");
   });
@@ -100,7 +108,10 @@ describe("settings precedence is flag > env > file > default", () => {
       const [envValue, fileValue] = sample;
       const fromEnv = resolveSettings({ flags: {}, env: { [spec.env]: envValue }, file: { [key]: fileValue } });
       assert.equal(fromEnv.sources[key as keyof typeof fromEnv.sources], "env", key);
-      assert.deepEqual(fromEnv.settings[key as keyof typeof fromEnv.settings], spec.schema.parse(spec.fromString(envValue)));
+      assert.deepEqual(
+        fromEnv.settings[key as keyof typeof fromEnv.settings],
+        spec.schema.parse(spec.fromString(envValue)),
+      );
       const fromFile = resolveSettings({ flags: {}, env: {}, file: { [key]: fileValue } });
       assert.deepEqual(fromFile.settings[key as keyof typeof fromFile.settings], fileValue, key);
     }
@@ -109,10 +120,17 @@ describe("settings precedence is flag > env > file > default", () => {
   test("a bad value is refused with the source and the setting named", () => {
     assert.throws(
       () => resolveSettings({ flags: {}, env: { RUNNER_REQUEST_TIMEOUT_MS: "soon" } }),
-      (e: unknown) => e instanceof RunnerError && e.code === "config_invalid" && /RUNNER_REQUEST_TIMEOUT_MS/.test(e.message),
+      (e: unknown) =>
+        e instanceof RunnerError && e.code === "config_invalid" && /RUNNER_REQUEST_TIMEOUT_MS/.test(e.message),
     );
     assert.throws(
-      () => resolveSettings({ flags: {}, env: {}, file: { credentialStore: "vault" }, fileName: "/etc/runner/config.json" }),
+      () =>
+        resolveSettings({
+          flags: {},
+          env: {},
+          file: { credentialStore: "vault" },
+          fileName: "/etc/runner/config.json",
+        }),
       (e: unknown) => e instanceof RunnerError && /\/etc\/runner\/config.json: "credentialStore"/.test(e.message),
     );
   });

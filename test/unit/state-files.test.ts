@@ -60,7 +60,13 @@ test("moving a bad file aside keeps its content under a new name", async () => {
 test("the temp files of writes another process never finished are removed; this process's own and real files are kept", async () => {
   const d = await dir();
   const other = process.pid + 1;
-  const names = [`.job.1.json.${other}.1795461951811.tmp`, `job.2.json.${other}.now.tmp`, `.job.3.json.${process.pid}.1795461951811.tmp`, "job.4.json", "notes.tmp"];
+  const names = [
+    `.job.1.json.${other}.1795461951811.tmp`,
+    `job.2.json.${other}.now.tmp`,
+    `.job.3.json.${process.pid}.1795461951811.tmp`,
+    "job.4.json",
+    "notes.tmp",
+  ];
   for (const name of names) await fs.writeFile(path.join(d, name), "{}");
   assert.deepEqual((await removeInterruptedWrites(d)).sort(), [names[0], names[1]].sort());
   assert.deepEqual((await fs.readdir(d)).sort(), [names[2], names[3], names[4]].sort());
@@ -89,14 +95,18 @@ test("a read never follows a link: a link to a valid file outside reads as inval
   await check();
 });
 
-test("a fifo or a directory where a file belongs reads as invalid, and reading a fifo does not block", { timeout: 10_000 }, async () => {
-  const d = await dir();
-  const fifo = path.join(d, "fifo.json");
-  execFileSync("mkfifo", [fifo]);
-  assert.match(JSON.stringify(await readJsonFile(fifo, schema)), /is a fifo, not a file/);
-  await fs.mkdir(path.join(d, "dir.json"));
-  assert.match(JSON.stringify(await readJsonFile(path.join(d, "dir.json"), schema)), /is a directory, not a file/);
-});
+test(
+  "a fifo or a directory where a file belongs reads as invalid, and reading a fifo does not block",
+  { timeout: 10_000 },
+  async () => {
+    const d = await dir();
+    const fifo = path.join(d, "fifo.json");
+    execFileSync("mkfifo", [fifo]);
+    assert.match(JSON.stringify(await readJsonFile(fifo, schema)), /is a fifo, not a file/);
+    await fs.mkdir(path.join(d, "dir.json"));
+    assert.match(JSON.stringify(await readJsonFile(path.join(d, "dir.json"), schema)), /is a directory, not a file/);
+  },
+);
 
 test("chmod through a link is refused and leaves the target's mode alone", { timeout: 10_000 }, async () => {
   const { link, check } = await outsideAndLink();
@@ -112,23 +122,34 @@ test("an atomic write replaces a link at its name instead of writing through it"
   await check();
 });
 
-test("a linked record in a record dir is moved aside unread; a linked record dir is refused", { timeout: 10_000 }, async () => {
-  const { d, outside, check } = await outsideAndLink();
-  await fs.writeFile(path.join(d, "y.json"), '{"a": 2}');
-  const read = await readJsonDir(d, schema, new Date("2026-01-02T03:04:05.678Z"));
-  assert.deepEqual(read.values, [{ a: 2 }]);
-  assert.deepEqual(read.setAside.map((f) => path.basename(f.file)), ["x.json.corrupt-2026-01-02T03-04-05-678Z"]);
-  assert.equal((await fs.lstat(read.setAside[0]!.file)).isSymbolicLink(), true, "the link itself was moved");
-  await check();
+test(
+  "a linked record in a record dir is moved aside unread; a linked record dir is refused",
+  { timeout: 10_000 },
+  async () => {
+    const { d, outside, check } = await outsideAndLink();
+    await fs.writeFile(path.join(d, "y.json"), '{"a": 2}');
+    const read = await readJsonDir(d, schema, new Date("2026-01-02T03:04:05.678Z"));
+    assert.deepEqual(read.values, [{ a: 2 }]);
+    assert.deepEqual(
+      read.setAside.map((f) => path.basename(f.file)),
+      ["x.json.corrupt-2026-01-02T03-04-05-678Z"],
+    );
+    assert.equal((await fs.lstat(read.setAside[0]!.file)).isSymbolicLink(), true, "the link itself was moved");
+    await check();
 
-  const linkedDir = path.join(d, "running");
-  await fs.symlink(path.dirname(outside), linkedDir);
-  await assert.rejects(readJsonDir(linkedDir, schema, new Date()), ForeignEntryError);
-  await assert.rejects(ensureDir(linkedDir), ForeignEntryError);
-  await fs.writeFile(path.join(path.dirname(outside), `.x.json.${process.pid + 1}.1.tmp`), "{}");
-  await assert.rejects(removeInterruptedWrites(linkedDir), ForeignEntryError);
-  await fs.rm(path.join(path.dirname(outside), `.x.json.${process.pid + 1}.1.tmp`));
-  await ensureDir(linkedDir, { followLink: true });
-  await check();
-  assert.deepEqual(await fs.readdir(path.dirname(outside)), ["precious.json"], "nothing was moved or created outside");
-});
+    const linkedDir = path.join(d, "running");
+    await fs.symlink(path.dirname(outside), linkedDir);
+    await assert.rejects(readJsonDir(linkedDir, schema, new Date()), ForeignEntryError);
+    await assert.rejects(ensureDir(linkedDir), ForeignEntryError);
+    await fs.writeFile(path.join(path.dirname(outside), `.x.json.${process.pid + 1}.1.tmp`), "{}");
+    await assert.rejects(removeInterruptedWrites(linkedDir), ForeignEntryError);
+    await fs.rm(path.join(path.dirname(outside), `.x.json.${process.pid + 1}.1.tmp`));
+    await ensureDir(linkedDir, { followLink: true });
+    await check();
+    assert.deepEqual(
+      await fs.readdir(path.dirname(outside)),
+      ["precious.json"],
+      "nothing was moved or created outside",
+    );
+  },
+);

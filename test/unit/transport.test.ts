@@ -14,7 +14,10 @@ test("plain http is accepted on loopback addresses", () => {
 });
 
 test("plain http to another host is refused unless the insecure opt-in is given", () => {
-  assert.throws(() => checkControlPlaneUrl("http://10.0.0.5:8080", false), (e: unknown) => e instanceof RunnerError && /--insecure-plaintext/.test(e.hint ?? ""));
+  assert.throws(
+    () => checkControlPlaneUrl("http://10.0.0.5:8080", false),
+    (e: unknown) => e instanceof RunnerError && /--insecure-plaintext/.test(e.hint ?? ""),
+  );
   assert.equal(checkControlPlaneUrl("http://10.0.0.5:8080", true), "http://10.0.0.5:8080");
 });
 

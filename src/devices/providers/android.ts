@@ -33,7 +33,9 @@ export function parseAdbDevices(output: string): RawDevice[] {
     const firstProperty = words.findIndex((word) => PROPERTY.test(word));
     const stateWords = firstProperty === -1 ? words : words.slice(0, firstProperty);
     const properties = Object.fromEntries(
-      (firstProperty === -1 ? [] : words.slice(firstProperty)).filter((w) => PROPERTY.test(w)).map((w) => [w.slice(0, w.indexOf(":")), w.slice(w.indexOf(":") + 1)]),
+      (firstProperty === -1 ? [] : words.slice(firstProperty))
+        .filter((w) => PROPERTY.test(w))
+        .map((w) => [w.slice(0, w.indexOf(":")), w.slice(w.indexOf(":") + 1)]),
     );
     const adbState = stateWords.join(" ").startsWith("no permissions") ? "no permissions" : stateWords.join(" ");
     const model = properties.model?.replace(/_/g, " ");

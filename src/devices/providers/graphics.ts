@@ -71,7 +71,11 @@ export function toGpuDevices(controllers: readonly Controller[]): RawDevice[] {
 export function toDisplayDevices(displays: readonly Display[]): RawDevice[] {
   return displays.map((display, index) => {
     const serial = display.serial && display.serial !== "0" ? display.serial : null;
-    const key = serial ? `${display.vendor || display.vendorId || "display"}-${display.model}-${serial}` : display.displayId || display.deviceName || `${display.vendor || "display"}-${display.model || "unknown"}-${index}`;
+    const key = serial
+      ? `${display.vendor || display.vendorId || "display"}-${display.model}-${serial}`
+      : display.displayId ||
+        display.deviceName ||
+        `${display.vendor || "display"}-${display.model || "unknown"}-${index}`;
     const size = (x: number | null, y: number | null) => (x && y ? `${x}x${y}` : undefined);
     return {
       id: `display:${key}`,
