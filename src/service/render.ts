@@ -4,6 +4,7 @@
 // inspect it. Pure: the caller passes the platform, the home dir, the user and the templates.
 import path from "node:path";
 import { stateFiles } from "../config/paths.js";
+import { RunnerError } from "../errors.js";
 
 export type ServiceManager = "systemd" | "launchd";
 
@@ -63,11 +64,15 @@ export function serviceManagerFor(platform: NodeJS.Platform): ServiceManager | n
 
 export function planService(inputs: ServiceInputs): ServicePlan {
   if (!NAME_PATTERN.test(inputs.name))
-    throw new Error(`service name ${JSON.stringify(inputs.name)}: use 1-64 letters, digits, '.', '_' and '-'`);
+    throw new RunnerError(
+      "usage",
+      `service name ${JSON.stringify(inputs.name)}: use 1-64 letters, digits, '.', '_' and '-'`,
+    );
   const manager = serviceManagerFor(inputs.platform);
   if (manager === "systemd") return planSystemd(inputs);
   if (manager === "launchd") return planLaunchd(inputs);
-  throw new Error(
+  throw new RunnerError(
+    "usage",
     `no service manager is supported on ${inputs.platform}: run \`runner start\` under your own supervisor`,
   );
 }
@@ -157,7 +162,7 @@ function planLaunchd(inputs: ServiceInputs): ServicePlan {
 export function fill(template: string, values: Record<string, string>): string {
   return template.replace(/\{\{([A-Z_]+)\}\}/g, (match, name: string) => {
     const value = values[name];
-    if (value === undefined) throw new Error(`template placeholder ${match} has no value`);
+    if (value === undefined) throw new RunnerError("internal", `template placeholder ${match} has no value`);
     return value;
   });
 }
@@ -176,7 +181,8 @@ export function quoteSystemdArg(
   arg: string,
   options: { expandsVariables: boolean } = { expandsVariables: true },
 ): string {
-  if (/[\n\r]/.test(arg)) throw new Error(`a service argument cannot hold a line break: ${JSON.stringify(arg)}`);
+  if (/[\n\r]/.test(arg))
+    throw new RunnerError("usage", `a service argument cannot hold a line break: ${JSON.stringify(arg)}`);
   let escaped = arg.replace(/\\/g, "\\\\").replace(/"/g, '\\"').replace(/%/g, "%%");
   if (options.expandsVariables) escaped = escaped.replace(/\$/g, "$$$$");
   return `"${escaped}"`;

@@ -68,7 +68,7 @@ describe("systemd units", () => {
       execStart,
       `"/usr/bin/node" "/opt/runner/bin/runner.js" "start" "--state-dir" "/srv/my runner/a&b<c>\\"d\\"$$HOME%%h\\\\x"`,
     );
-    assert.throws(() => quoteSystemdArg("two\nlines"), /line break/);
+    assert.throws(() => quoteSystemdArg("two\nlines"), { code: "usage", message: /line break/ });
   });
 
   test("the installer's PATH goes into the unit, quoted, with specifiers escaped and $ left alone", () => {
@@ -127,12 +127,15 @@ describe("launchd plists", () => {
 
 describe("service plans", () => {
   test("a bad service name and an unsupported platform are refused with a reason", () => {
-    assert.throws(() => planService(inputs({ name: "../etc" })), /service name/);
-    assert.throws(() => planService(inputs({ platform: "win32" })), /under your own supervisor/);
+    assert.throws(() => planService(inputs({ name: "../etc" })), { code: "usage", message: /service name/ });
+    assert.throws(() => planService(inputs({ platform: "win32" })), {
+      code: "usage",
+      message: /under your own supervisor/,
+    });
   });
 
   test("a template placeholder without a value is an error, not an empty string", () => {
     assert.equal(fill("a {{X}} b", { X: "1" }), "a 1 b");
-    assert.throws(() => fill("a {{Y}} b", {}), /\{\{Y\}\} has no value/);
+    assert.throws(() => fill("a {{Y}} b", {}), { code: "internal", message: /\{\{Y\}\} has no value/ });
   });
 });

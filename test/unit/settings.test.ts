@@ -2,7 +2,7 @@ import { describe, test } from "node:test";
 import assert from "node:assert/strict";
 import { SETTINGS, type SettingSpec } from "../../src/config/settings.js";
 import { resolveSettings } from "../../src/config/resolve.js";
-import { buildProgram } from "../../src/cli/main.js";
+import { buildProgram } from "../../src/program.js";
 import { RunnerError } from "../../src/errors.js";
 
 const specs = Object.entries(SETTINGS) as [string, SettingSpec<unknown>][];

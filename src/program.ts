@@ -1,17 +1,18 @@
-// The CLI's entry: one commander program, one file per verb in src/commands.
+// The program: one commander program assembled from one file per verb in src/commands (src/cli holds
+// only the helpers those verbs share).
 import { Command, CommanderError } from "commander";
-import { ExitCode } from "../errors.js";
-import { AGENT_VERSION } from "../protocol/version.js";
-import { createLogger } from "../log/logger.js";
-import { defineControlPlaneCommand } from "../commands/control-plane.js";
-import { defineDevicesCommand } from "../commands/devices.js";
-import { defineRegisterCommand } from "../commands/register.js";
-import { defineRepairCommand } from "../commands/repair.js";
-import { defineServiceCommand } from "../commands/service.js";
-import { defineStartCommand } from "../commands/start.js";
-import { defineStatusCommand } from "../commands/status.js";
-import { defineUnregisterCommand } from "../commands/unregister.js";
-import { defineVerifyCommand } from "../commands/verify.js";
+import { ExitCode } from "./errors.js";
+import { AGENT_VERSION } from "./protocol/version.js";
+import { createLogger } from "./log/logger.js";
+import { defineControlPlaneCommand } from "./commands/control-plane.js";
+import { defineDevicesCommand } from "./commands/devices.js";
+import { defineRegisterCommand } from "./commands/register.js";
+import { defineRepairCommand } from "./commands/repair.js";
+import { defineServiceCommand } from "./commands/service.js";
+import { defineStartCommand } from "./commands/start.js";
+import { defineStatusCommand } from "./commands/status.js";
+import { defineUnregisterCommand } from "./commands/unregister.js";
+import { defineVerifyCommand } from "./commands/verify.js";
 
 export function buildProgram(): Command {
   const program = new Command("runner")
