@@ -2,7 +2,7 @@
 // only the helpers those verbs share).
 import { Command, CommanderError } from "commander";
 import { ExitCode } from "./errors.js";
-import { AGENT_VERSION } from "./protocol/version.js";
+import { AGENT_VERSION, PROTOCOL_VERSION } from "./protocol/version.js";
 import { createLogger } from "./log/logger.js";
 import { defineControlPlaneCommand } from "./commands/control-plane.js";
 import { defineDevicesCommand } from "./commands/devices.js";
@@ -14,10 +14,15 @@ import { defineStatusCommand } from "./commands/status.js";
 import { defineUnregisterCommand } from "./commands/unregister.js";
 import { defineVerifyCommand } from "./commands/verify.js";
 
+/** What `runner --version` prints: enough to file a bug or to check a fleet's mix of versions. */
+export function versionText(): string {
+  return `runner ${AGENT_VERSION} (protocol ${PROTOCOL_VERSION}; Node.js ${process.versions.node}; ${process.platform}-${process.arch})`;
+}
+
 export function buildProgram(): Command {
   const program = new Command("runner")
     .description("A runner agent: takes jobs from a control plane over one WebSocket and runs them on this machine.")
-    .version(AGENT_VERSION)
+    .version(versionText(), "-V, --version", "print the agent, protocol and Node.js versions and the platform")
     .showHelpAfterError()
     .exitOverride();
   program.addHelpText(
