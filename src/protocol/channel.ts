@@ -234,6 +234,9 @@ export const welcomeSchema = z.object({
   paused: z.boolean().default(false),
 });
 
+/** The longest grace an assignment may give a job between SIGTERM and SIGKILL. */
+export const MAX_CANCEL_GRACE_MS = 600_000;
+
 export const assignSchema = z.object({
   type: z.literal("assign"),
   ...jobRef,
@@ -244,7 +247,7 @@ export const assignSchema = z.object({
   /** Above MAX_TIMEOUT_MS the runner fails the job at once (assignmentProblem): no timer holds it. */
   timeoutMs: z.number().int().positive(),
   /** Grace between SIGTERM and SIGKILL when the job is cancelled or times out. */
-  cancelGraceMs: z.number().int().min(0).max(600_000).default(10_000),
+  cancelGraceMs: z.number().int().min(0).max(MAX_CANCEL_GRACE_MS).default(10_000),
   leaseExpiresAt: z.string(),
 });
 export type Assignment = z.infer<typeof assignSchema>;

@@ -5,6 +5,7 @@
 import path from "node:path";
 import { stateFiles } from "../config/paths.js";
 import { RunnerError } from "../errors.js";
+import { MAX_CANCEL_GRACE_MS } from "../protocol/channel.js";
 
 export type ServiceManager = "systemd" | "launchd";
 
@@ -77,8 +78,13 @@ export function planService(inputs: ServiceInputs): ServicePlan {
   );
 }
 
-function stopTimeoutSeconds(drainTimeoutMs: number): number {
-  return Math.ceil(drainTimeoutMs / 1000) + STOP_MARGIN_S;
+/**
+ * How long the manager waits for a stop before it kills: the drain, then the longest cancel
+ * grace a job can have (jobs still running at the drain deadline are cancelled and get their
+ * grace), then the margin for delivering their results and stopping the workers.
+ */
+export function stopTimeoutSeconds(drainTimeoutMs: number): number {
+  return Math.ceil((drainTimeoutMs + MAX_CANCEL_GRACE_MS) / 1000) + STOP_MARGIN_S;
 }
 
 function planSystemd(inputs: ServiceInputs): ServicePlan {

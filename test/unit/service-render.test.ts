@@ -52,13 +52,25 @@ describe("systemd units", () => {
     assert.deepEqual(unitValue(plan.content, "User"), []);
   });
 
-  test("exits that a restart cannot fix are not restarted, and a stop waits out the drain", () => {
+  test("exits that a restart cannot fix are not restarted, and a stop waits out the drain and the longest cancel grace", () => {
     const { content } = planService(inputs({ drainTimeoutMs: 120_500 }));
-    assert.deepEqual(unitValue(content, "RestartPreventExitStatus"), ["2 78 79"]);
+    assert.deepEqual(unitValue(content, "RestartPreventExitStatus"), ["2 4 78 79"]);
     assert.deepEqual(unitValue(content, "Restart"), ["on-failure"]);
     assert.deepEqual(unitValue(content, "KillMode"), ["mixed"], "SIGTERM to the daemon alone, so it drains");
-    assert.deepEqual(unitValue(content, "TimeoutStopSec"), ["151"], "121 s of drain plus the 30 s margin");
+    assert.deepEqual(
+      unitValue(content, "TimeoutStopSec"),
+      ["751"],
+      "121 s of drain, then 600 s for the jobs cancelled at the drain deadline, plus the 30 s margin",
+    );
     assert.doesNotMatch(content, /\{\{[A-Z_]+\}\}/, "every placeholder is filled");
+  });
+
+  test("the unit names the journal's identifier, keeps its files private and lifts the 1024 fd limit", () => {
+    const { content } = planService(inputs({ name: "ci-7" }));
+    assert.deepEqual(unitValue(content, "Type"), ["exec"]);
+    assert.deepEqual(unitValue(content, "SyslogIdentifier"), ["ci-7"]);
+    assert.deepEqual(unitValue(content, "UMask"), ["0077"]);
+    assert.deepEqual(unitValue(content, "LimitNOFILE"), ["65536"]);
   });
 
   test("every ExecStart argument is quoted with systemd's expansions turned off", () => {
@@ -100,7 +112,11 @@ describe("launchd plists", () => {
     assert.deepEqual(parsed.ProgramArguments, inputs().argv);
     assert.equal(parsed.RunAtLoad, true);
     assert.equal(parsed.UserName, undefined);
-    assert.equal(parsed.ExitTimeOut, 630);
+    assert.equal(parsed.ExitTimeOut, 1230, "600 s of drain, 600 s of the longest cancel grace, a 30 s margin");
+    assert.deepEqual(parsed.SoftResourceLimits, { NumberOfFiles: 10240 });
+    assert.equal(parsed.Umask, 0o077);
+    assert.equal(parsed.ThrottleInterval, undefined, "launchd's default, not repeated");
+    assert.equal(parsed.ProcessType, undefined, "launchd's default, not repeated");
     assert.equal(parsed.StandardErrorPath, "/Users/alice/Library/Logs/runner/runner.log");
     assert.deepEqual(plan.dirs, ["/Users/alice/Library/Logs/runner"]);
   });
