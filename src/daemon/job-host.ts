@@ -11,7 +11,7 @@ import type { JobHooks, RunningJob } from "../jobs/command.js";
 import type { WorkerPool } from "../workers/pool.js";
 import type { JobJournal } from "../jobs/journal.js";
 import type { Assignment, JobRef, JobResult } from "../protocol/channel.js";
-import { processStartTime } from "../state/lock.js";
+import { processStartTime } from "../state/process-start.js";
 import type { Outbox } from "../state/outbox.js";
 
 export class JobHost implements DriverPorts {

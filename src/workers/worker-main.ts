@@ -9,7 +9,8 @@
 // an uncaught exception (reported first, so the job's reason says what happened).
 import type { JobResult } from "../protocol/channel.js";
 import { startCommandJob, type RunningCommandJob } from "../jobs/command.js";
-import { processStartTimeSync, writeJobProcessRecord } from "../jobs/process-record.js";
+import { writeJobProcessRecord } from "../jobs/process-record.js";
+import { processStartTimeSync } from "../state/process-start.js";
 import { closeHandlers } from "./handler-modules.js";
 import { runModuleJob, type ModuleJobRun } from "./module-job.js";
 import { readOwnHealth } from "./sample.js";
