@@ -173,33 +173,13 @@ describe("runner service (systemd, stubbed)", { timeout: 60_000 }, () => {
 
 describe("launchd install (stubbed launchctl)", { timeout: 30_000 }, () => {
   test("writes a LaunchAgent that parses, then boots out any old copy, enables and bootstraps it in the gui domain", async (t) => {
-    const stubs = await launchctlStub(t, {});
-    const home = await tempDir(t, "runner-home-");
-    const templates = {
-      systemd: await fs.readFile(path.join(REPO_ROOT, "systemd", "runner.service"), "utf8"),
-      launchd: await fs.readFile(path.join(REPO_ROOT, "launchd", "runner.plist"), "utf8"),
-    };
-    const argv = [
+    const { stubs, plan, home, argv } = await launchdPlan(t, {}, (home) => [
       process.execPath,
       path.join(REPO_ROOT, "bin", "runner.js"),
       "start",
       "--state-dir",
       path.join(home, "state & more"),
-    ];
-    const plan = planService({
-      platform: "darwin",
-      home,
-      uid: 501,
-      user: "alice",
-      env: {},
-      name: "runner",
-      system: false,
-      runAs: "alice",
-      argv,
-      stateDir: path.join(home, "state"),
-      drainTimeoutMs: 60_000,
-      templates,
-    });
+    ]);
     const viaStubs = viaStubsOf(stubs);
 
     const lines = await installService(plan, viaStubs, { start: true });
@@ -329,13 +309,15 @@ interface LaunchctlBehaviour {
   printOutput?: string;
 }
 
-/** A LaunchAgent plan, and launchctl stubbed as launchctlStub says. */
+/** A LaunchAgent plan (running `argvFor(home)`), and launchctl stubbed as launchctlStub says. */
 async function launchdPlan(
   t: TestContext,
   behaviour: LaunchctlBehaviour,
-): Promise<{ stubs: Stubs; plan: ServicePlan }> {
+  argvFor: (home: string) => string[] = () => [process.execPath, path.join(REPO_ROOT, "bin", "runner.js"), "start"],
+): Promise<{ stubs: Stubs; plan: ServicePlan; home: string; argv: string[] }> {
   const stubs = await launchctlStub(t, behaviour);
   const home = await tempDir(t, "runner-home-");
+  const argv = argvFor(home);
   const plan = planService({
     platform: "darwin",
     home,
@@ -345,7 +327,7 @@ async function launchdPlan(
     name: "runner",
     system: false,
     runAs: "alice",
-    argv: [process.execPath, path.join(REPO_ROOT, "bin", "runner.js"), "start"],
+    argv,
     stateDir: path.join(home, "state"),
     drainTimeoutMs: 60_000,
     templates: {
@@ -353,7 +335,7 @@ async function launchdPlan(
       launchd: await fs.readFile(path.join(REPO_ROOT, "launchd", "runner.plist"), "utf8"),
     },
   });
-  return { stubs, plan };
+  return { stubs, plan, home, argv };
 }
 
 describe("the needs-operator marker", { timeout: 60_000 }, () => {
