@@ -28,11 +28,12 @@ let current: Current | null = null;
 let exiting = false;
 
 function send(message: FromWorker, onWritten: () => void = () => undefined): boolean {
-  if (!process.connected) {
+  // No channel (the daemon is gone, or this was not forked with one): nothing to wait for.
+  if (!process.connected || process.send === undefined) {
     onWritten();
     return true;
   }
-  return process.send!(message, undefined, {}, () => onWritten());
+  return process.send(message, undefined, {}, () => onWritten());
 }
 
 const output = new WorkerOutput(send);
