@@ -9,9 +9,10 @@
 import { pino } from "pino";
 import pidusage from "pidusage";
 import type { Assignment } from "../src/protocol/channel.js";
-import { WorkerPool } from "../src/workers/pool.js";
-import { defaultLimits } from "../src/workers/recycle-policy.js";
-import { countOpenFds, readOwnHealth, readRssFromProc } from "../src/workers/sample.js";
+import { WorkerPool } from "../src/workers/parent/pool.js";
+import { defaultLimits } from "../src/workers/default-limits.js";
+import { countOpenFds, readOwnHealth } from "../src/workers/child/own-health.js";
+import { readRssFromProc } from "../src/workers/parent/sample.js";
 import { percentiles, printTable, type Percentiles } from "./support.js";
 
 const calls = Number(process.argv[2] ?? 20_000);

@@ -12,8 +12,8 @@ import { spawn } from "node:child_process";
 import { fileURLToPath } from "node:url";
 import { pino } from "pino";
 import type { Assignment } from "../src/protocol/channel.js";
-import { WorkerPool } from "../src/workers/pool.js";
-import { defaultLimits } from "../src/workers/recycle-policy.js";
+import { WorkerPool } from "../src/workers/parent/pool.js";
+import { defaultLimits } from "../src/workers/default-limits.js";
 
 const MiB = 1024 * 1024;
 const HIGH_WATER = 4 * MiB;

@@ -1,6 +1,7 @@
 // From the runner's settings (MB, seconds, 0 = off) to the pool's limits (bytes, ms, null = off).
 // Pure: the caller reads RLIMIT_NOFILE (rlimit.ts) and passes it in.
-import { defaultLimits, type RecycleLimits } from "./recycle-policy.js";
+import { defaultLimits } from "./default-limits.js";
+import type { RecycleLimits } from "./parent/recycle-policy.js";
 
 export interface WorkerLimitSettings {
   workerMaxRssMb?: number | undefined;

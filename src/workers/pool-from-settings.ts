@@ -2,8 +2,8 @@
 // limits it chose logged once so an operator can see them.
 import type { Logger } from "../log/logger.js";
 import { limitsFromSettings, type WorkerLimitSettings } from "./limits-from-settings.js";
-import { WorkerPool } from "./pool.js";
-import { readOpenFileLimit } from "./rlimit.js";
+import { WorkerPool } from "./parent/pool.js";
+import { readOpenFileLimit } from "./parent/rlimit.js";
 
 export interface PoolSettings extends WorkerLimitSettings {
   capacity?: number | undefined;

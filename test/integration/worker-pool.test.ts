@@ -11,10 +11,10 @@ import { pino } from "pino";
 import type { JobHooks, RunningJob } from "../../src/jobs/command.js";
 import type { LogChunk } from "../../src/jobs/log-chunks.js";
 import { decodeControlMessage, type Assignment, type JobSpec } from "../../src/protocol/channel.js";
-import { WorkerPool, type WorkerPoolOptions } from "../../src/workers/pool.js";
-import { RECYCLE_STREAK_WARN, type RecycleLimits } from "../../src/workers/recycle-policy.js";
+import { WorkerPool, type WorkerPoolOptions } from "../../src/workers/parent/pool.js";
+import { RECYCLE_STREAK_WARN, type RecycleLimits } from "../../src/workers/parent/recycle-policy.js";
 import { limitsFromSettings } from "../../src/workers/limits-from-settings.js";
-import { HELD_LIMIT_BYTES } from "../../src/workers/worker-output.js";
+import { HELD_LIMIT_BYTES } from "../../src/workers/child/worker-output.js";
 import { REPO_ROOT } from "../helpers/cli.js";
 import { isRunning } from "../helpers/processes.js";
 

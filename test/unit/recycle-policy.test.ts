@@ -3,18 +3,20 @@
 import { describe, test } from "node:test";
 import assert from "node:assert/strict";
 import {
-  MAX_DEFAULT_OPEN_FDS,
-  defaultLimits,
   describeRecycle,
   evaluateRecycle,
+  isPastHardCeiling,
+  isRecycleLoop,
+  isTooOld,
   RECYCLE_STREAK_WARN,
   limitsForWorker,
   noteRecycleStreak,
   type RecycleLimits,
   type WorkerHealth,
-} from "../../src/workers/recycle-policy.js";
+} from "../../src/workers/parent/recycle-policy.js";
+import { MAX_DEFAULT_OPEN_FDS, defaultLimits } from "../../src/workers/default-limits.js";
 import { limitsFromSettings } from "../../src/workers/limits-from-settings.js";
-import { parseProcLimits } from "../../src/workers/rlimit.js";
+import { parseProcLimits } from "../../src/workers/parent/rlimit.js";
 
 const MiB = 1024 * 1024;
 const SPAWNED = 1_000_000;
@@ -118,7 +120,35 @@ describe("evaluateRecycle", () => {
   });
 });
 
+describe("isTooOld", () => {
+  test("an idle worker is too old once its age reaches its own limit", () => {
+    assert.equal(isTooOld(SPAWNED, limits, SPAWNED + 599_999), false);
+    assert.equal(isTooOld(SPAWNED, limits, SPAWNED + 600_000), true);
+  });
+
+  test("an age limit that is off never makes a worker too old", () => {
+    assert.equal(isTooOld(SPAWNED, { ...limits, maxAgeMs: null }, SPAWNED + 1e12), false);
+  });
+});
+
+describe("isPastHardCeiling", () => {
+  test("an RSS at or past the hard ceiling is past it; an unknown RSS or a ceiling that is off never is", () => {
+    assert.equal(isPastHardCeiling(1000 * MiB - 1, limits), false);
+    assert.equal(isPastHardCeiling(1000 * MiB, limits), true);
+    assert.equal(isPastHardCeiling(null, limits), false);
+    assert.equal(isPastHardCeiling(10_000 * MiB, { ...limits, hardRssBytes: null }), false);
+  });
+});
+
 describe("noteRecycleStreak", () => {
+  test("a streak warns once, when it reaches RECYCLE_STREAK_WARN", () => {
+    assert.deepEqual([RECYCLE_STREAK_WARN - 1, RECYCLE_STREAK_WARN, RECYCLE_STREAK_WARN + 1].map(isRecycleLoop), [
+      false,
+      true,
+      false,
+    ]);
+  });
+
   test("counts workers recycled for memory or fds right after their first job", () => {
     let streak = 0;
     for (let i = 0; i < RECYCLE_STREAK_WARN; i++) streak = noteRecycleStreak(streak, i % 2 === 0 ? "memory" : "fds", 1);
