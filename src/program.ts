@@ -5,6 +5,7 @@ import { ExitCode } from "./errors.js";
 import { AGENT_VERSION, PROTOCOL_VERSION } from "./protocol/version.js";
 import { createLogger } from "./log/logger.js";
 import { defineControlPlaneCommand } from "./commands/control-plane.js";
+import { defineCredentialsCommand } from "./commands/credentials.js";
 import { defineDevicesCommand } from "./commands/devices.js";
 import { defineRegisterCommand } from "./commands/register.js";
 import { defineRepairCommand } from "./commands/repair.js";
@@ -40,6 +41,7 @@ ${ExitCode.NEEDS_OPERATOR} needs an operator (do not restart), ${ExitCode.UPGRAD
   defineStartCommand(program);
   defineServiceCommand(program);
   defineDevicesCommand(program);
+  defineCredentialsCommand(program);
   defineControlPlaneCommand(program, { logger: () => createLogger({ name: "control-plane" }) });
   // Subcommands inherit exitOverride only if set before they are added; set it on each too.
   for (const command of program.commands) command.exitOverride();
