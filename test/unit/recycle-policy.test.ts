@@ -13,7 +13,6 @@ import {
   type RecycleLimits,
   type WorkerHealth,
 } from "../../src/workers/recycle-policy.js";
-import { limitsFromSettings } from "../../src/workers/limits-from-settings.js";
 import { parseProcLimits } from "../../src/workers/rlimit.js";
 
 const MiB = 1024 * 1024;
@@ -189,24 +188,6 @@ describe("describeRecycle", () => {
       describeRecycle("jobs", { ...healthy, jobsRun: 50 }, limits, LATER),
       "50 jobs run reached the limit 50",
     );
-  });
-});
-
-describe("limitsFromSettings", () => {
-  test("turns MB, seconds and 0-for-off into bytes, milliseconds and null", () => {
-    const l = limitsFromSettings(
-      { workerMaxRssMb: 300, workerHardRssMb: 0, workerMaxFds: 64, workerMaxAgeS: 90, workerMaxJobs: 0 },
-      1024,
-    );
-    assert.deepEqual(
-      [l.maxRssBytes, l.hardRssBytes, l.maxOpenFds, l.maxAgeMs, l.maxJobs],
-      [300 * MiB, null, 64, 90_000, null],
-    );
-  });
-
-  test("takes the defaults for what is not set, the fd limit from RLIMIT_NOFILE", () => {
-    assert.deepEqual(limitsFromSettings({}, 4096), defaultLimits(4096));
-    assert.equal(limitsFromSettings({}, 4096).maxOpenFds, 2048);
   });
 });
 
