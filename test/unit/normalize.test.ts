@@ -8,6 +8,7 @@ import {
   normalizeSettings,
   recycleLimits,
   type RunTimeFacts,
+  type WorkerLimitSettings,
 } from "../../src/config/normalize.js";
 import { stateFiles } from "../../src/config/paths.js";
 import { defaultSettings, resolveSettings } from "../../src/config/resolve.js";
@@ -16,16 +17,9 @@ import { defaultLimits } from "../../src/workers/recycle-policy.js";
 
 const MiB = 1024 * 1024;
 const facts: RunTimeFacts = { platform: "linux", env: { XDG_STATE_HOME: "/xdg" }, home: "/home/u", rlimitNofile: 4096 };
-/** Only the worker limits under test set; the others off. */
-const limitsOf = (given: Partial<Parameters<typeof recycleLimits>[0]>) =>
-  recycleLimits({
-    workerMaxRssMb: 0,
-    workerHardRssMb: 0,
-    workerMaxFds: 0,
-    workerMaxAgeS: 0,
-    workerMaxJobs: 0,
-    ...given,
-  });
+const defaults = normalizeSettings(defaultSettings(), facts).settings;
+/** The default settings but for the given worker limits. */
+const limitsOf = (given: Partial<WorkerLimitSettings>) => recycleLimits({ ...defaults, ...given });
 const fromFlags = (flags: Record<string, unknown>, given: RunTimeFacts = facts) =>
   normalizeSettings(resolveSettings({ flags, env: {} }).settings, given);
 
@@ -46,7 +40,13 @@ describe("unit conversions", () => {
   });
 
   test("0 turns every worker limit off, which the recycle policy reads as null", () => {
-    const limits = limitsOf({});
+    const limits = limitsOf({
+      workerMaxRssMb: 0,
+      workerHardRssMb: 0,
+      workerMaxFds: 0,
+      workerMaxAgeS: 0,
+      workerMaxJobs: 0,
+    });
     assert.deepEqual(
       [limits.maxRssBytes, limits.hardRssBytes, limits.maxOpenFds, limits.maxAgeMs, limits.maxJobs],
       [null, null, null, null, null],
@@ -69,7 +69,7 @@ describe("unit conversions", () => {
   });
 
   test("each worker's age limit is jittered by up to 10%, as --worker-max-age-s's help says", () => {
-    assert.equal(limitsOf({}).ageJitter, 0.1);
+    assert.equal(limitsOf({ workerMaxAgeS: 3600 }).ageJitter, 0.1);
     assert.match(SETTINGS.workerMaxAgeS.help, /up to 10% jitter/);
   });
 });
