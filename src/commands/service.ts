@@ -92,7 +92,7 @@ export function defineServiceCommand(program: Command): void {
       const ctx = await loadContext(options);
       const plan = await planFor(ctx, options);
       const state = await inspectService(plan, runCommand);
-      print(`service: ${plan.unit} (${plan.manager}, ${ctx.settings.system ? "machine-wide" : "per user"})`);
+      print(`service: ${plan.unit} (${plan.manager}, ${ctx.service.system ? "machine-wide" : "per user"})`);
       print(`unit file: ${plan.unitFile} (${state.installed ? "installed" : "not installed"})`);
       for (const answer of state.manager) print(describeAnswer(plan, answer));
       if (state.installed && !state.running) print("not running: see the manager's answer above and the service's log");
@@ -128,7 +128,7 @@ async function planFor(ctx: Context, options: ServiceOptions): Promise<ServicePl
       hint: "run `runner start` in the foreground, under your own supervisor",
     });
   }
-  if (options.runAs !== undefined && !ctx.settings.system)
+  if (options.runAs !== undefined && !ctx.service.system)
     throw new RunnerError("usage", "--run-as needs --system (a per-user service runs as you)");
   const user = os.userInfo().username;
   const templates = {
@@ -142,7 +142,7 @@ async function planFor(ctx: Context, options: ServiceOptions): Promise<ServicePl
     user,
     env: process.env,
     name: options.name,
-    system: ctx.settings.system === true,
+    ...ctx.service,
     runAs: options.runAs ?? process.env.SUDO_USER ?? user,
     argv: [
       process.execPath,
@@ -150,12 +150,10 @@ async function planFor(ctx: Context, options: ServiceOptions): Promise<ServicePl
       "start",
       ...(await configFlag(ctx)),
       "--state-dir",
-      ctx.settings.stateDir,
-      ...(ctx.settings.system ? ["--system"] : []),
+      ctx.service.stateDir,
+      ...(ctx.service.system ? ["--system"] : []),
       ...carriedFlags(ctx, options),
     ],
-    stateDir: ctx.settings.stateDir,
-    drainTimeoutMs: ctx.settings.drainTimeoutMs ?? 600_000,
     templates,
   });
 }

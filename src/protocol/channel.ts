@@ -3,7 +3,7 @@
 // Both the agent and the reference control plane decode every frame through `decode*`.
 import { z } from "zod";
 import { capText } from "../log/cap-text.js";
-import { labelsSchema, runnerIdSchema } from "./common.js";
+import { handlerNameSchema, labelsSchema, runnerIdSchema } from "./common.js";
 import { devicesAckSchema, devicesBatchSchema, devicesResyncSchema, devicesSummarySchema } from "./devices.js";
 
 /** The upgrade path. Auth: `Authorization: Bearer <credential>`, `X-Runner-Id`, `X-Runner-Protocol`. */
@@ -82,11 +82,7 @@ export type CommandJob = z.infer<typeof commandJobSchema>;
  */
 export const moduleJobSchema = z.object({
   kind: z.literal("module"),
-  handler: z
-    .string()
-    .min(1)
-    .max(128)
-    .regex(/^[A-Za-z0-9._-]+$/, "a handler name is letters, digits, '.', '_' and '-'"),
+  handler: handlerNameSchema,
   /** Any JSON value nested at most PAYLOAD_MAX_DEPTH deep, handed to the handler as it is. */
   payload: z
     .unknown()

@@ -14,8 +14,7 @@ import {
   type RecycleLimits,
   type WorkerHealth,
 } from "../../src/workers/parent/recycle-policy.js";
-import { MAX_DEFAULT_OPEN_FDS, defaultLimits } from "../../src/workers/default-limits.js";
-import { limitsFromSettings } from "../../src/workers/limits-from-settings.js";
+import { defaultRecycleLimits } from "../../src/config/normalize.js";
 import { parseProcLimits } from "../../src/workers/parent/rlimit.js";
 
 const MiB = 1024 * 1024;
@@ -84,7 +83,7 @@ describe("evaluateRecycle", () => {
   describe("a young worker", () => {
     const young = SPAWNED + 1;
     // As an operator sets them: the defaults with a soft RSS and an fd limit of their own.
-    const operator: RecycleLimits = { ...defaultLimits(1024), maxRssBytes: 500 * MiB, maxOpenFds: 100 };
+    const operator: RecycleLimits = { ...defaultRecycleLimits(1024), maxRssBytes: 500 * MiB, maxOpenFds: 100 };
 
     test("a young worker over its soft RSS limit is recycled at its first job boundary", () => {
       assert.equal(evaluateRecycle({ ...healthy, jobsRun: 1, rssBytes: 500 * MiB }, operator, young), "memory");
@@ -188,22 +187,6 @@ describe("limitsForWorker", () => {
   });
 });
 
-describe("defaultLimits", () => {
-  test("are generous: 1 GiB soft, 2 GiB hard, an hour of age with 10% jitter, no jobs limit", () => {
-    const d = defaultLimits(1024);
-    assert.deepEqual(
-      [d.maxRssBytes, d.hardRssBytes, d.maxAgeMs, d.ageJitter, d.maxJobs],
-      [1024 * MiB, 2048 * MiB, 3600_000, 0.1, null],
-    );
-  });
-
-  test("set the fd limit to half of RLIMIT_NOFILE, capped", () => {
-    assert.equal(defaultLimits(1024).maxOpenFds, 512);
-    assert.equal(defaultLimits(20_000).maxOpenFds, 10_000);
-    assert.equal(defaultLimits(1_048_576).maxOpenFds, MAX_DEFAULT_OPEN_FDS);
-  });
-});
-
 describe("describeRecycle", () => {
   test("names the reading and the limit it crossed", () => {
     assert.equal(
@@ -219,24 +202,6 @@ describe("describeRecycle", () => {
       describeRecycle("jobs", { ...healthy, jobsRun: 50 }, limits, LATER),
       "50 jobs run reached the limit 50",
     );
-  });
-});
-
-describe("limitsFromSettings", () => {
-  test("turns MB, seconds and 0-for-off into bytes, milliseconds and null", () => {
-    const l = limitsFromSettings(
-      { workerMaxRssMb: 300, workerHardRssMb: 0, workerMaxFds: 64, workerMaxAgeS: 90, workerMaxJobs: 0 },
-      1024,
-    );
-    assert.deepEqual(
-      [l.maxRssBytes, l.hardRssBytes, l.maxOpenFds, l.maxAgeMs, l.maxJobs],
-      [300 * MiB, null, 64, 90_000, null],
-    );
-  });
-
-  test("takes the defaults for what is not set, the fd limit from RLIMIT_NOFILE", () => {
-    assert.deepEqual(limitsFromSettings({}, 4096), defaultLimits(4096));
-    assert.equal(limitsFromSettings({}, 4096).maxOpenFds, 2048);
   });
 });
 

@@ -6,7 +6,7 @@ import { readFileSync } from "node:fs";
 import path from "node:path";
 import * as plist from "plist";
 import { REPO_ROOT } from "../helpers/cli.js";
-import { fill, planService, quoteSystemdArg, type ServiceInputs } from "../../src/service/render.js";
+import { fill, LAUNCHCTL, planService, quoteSystemdArg, type ServiceInputs } from "../../src/service/render.js";
 
 const templates = {
   systemd: readFileSync(path.join(REPO_ROOT, "systemd", "runner.service"), "utf8"),
@@ -131,12 +131,12 @@ describe("launchd plists", () => {
   test("a LaunchAgent loads into the user's gui domain; a LaunchDaemon into system, as its user", () => {
     const agent = planService(inputs({ platform: "darwin", uid: 501 }));
     assert.deepEqual(agent.load, [
-      ["launchctl", "enable", "gui/501/dev.runner.runner"],
-      ["launchctl", "bootstrap", "gui/501", agent.unitFile],
+      [LAUNCHCTL, "enable", "gui/501/dev.runner.runner"],
+      [LAUNCHCTL, "bootstrap", "gui/501", agent.unitFile],
     ]);
     const daemon = planService(inputs({ platform: "darwin", system: true, runAs: "ci" }));
     assert.equal(daemon.unitFile, "/Library/LaunchDaemons/dev.runner.runner.plist");
-    assert.deepEqual(daemon.load[1], ["launchctl", "bootstrap", "system", daemon.unitFile]);
+    assert.deepEqual(daemon.load[1], [LAUNCHCTL, "bootstrap", "system", daemon.unitFile]);
     assert.equal((plist.parse(daemon.content) as Record<string, unknown>).UserName, "ci");
   });
 });
