@@ -5,8 +5,7 @@ import { Command, Option } from "commander";
 import { ExitCode } from "../errors.js";
 import { loadContext, withSettings } from "../cli/context.js";
 import { action, print } from "../cli/output.js";
-import { moveCredential } from "../credentials/move.js";
-import { acquireLock } from "../state/lock.js";
+import { describeMove, moveCredential } from "../credentials/move.js";
 import type { CredentialStoreKind } from "../state/registration.js";
 
 export function defineCredentialsCommand(program: Command): void {
@@ -31,17 +30,8 @@ export function defineCredentialsCommand(program: Command): void {
   withSettings(move).action(
     action(async (options: Record<string, unknown> & { to: CredentialStoreKind }) => {
       const ctx = await loadContext(options);
-      // Not while a runner uses the state dir: it would go on with the store it read at start.
-      const lock = await acquireLock(ctx.files.lock);
-      try {
-        const result = await moveCredential(ctx.files, options.to);
-        if (!result.moved) print(`the credential is already in the ${result.to} store; nothing to do`);
-        else print(`✓ moved the credential from the ${result.from} store to the ${result.to} store`);
-        if (result.leftBehind) print(`! the old copy could not be removed (${result.leftBehind}); remove it by hand`);
-        return ExitCode.OK;
-      } finally {
-        await lock.release();
-      }
+      for (const line of describeMove(await moveCredential(ctx.files, options.to))) print(line);
+      return ExitCode.OK;
     }),
   );
   move.exitOverride();

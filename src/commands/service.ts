@@ -12,7 +12,8 @@ import { ExitCode, RunnerError } from "../errors.js";
 import { loadContext, withSettings, type Context } from "../cli/context.js";
 import { action, print } from "../cli/output.js";
 import { SETTINGS, type SettingKey, type SettingSpec } from "../config/settings.js";
-import { readRegistration } from "../state/registration.js";
+import { readRegistration, type Registration } from "../state/registration.js";
+import { describeMove, moveCredential } from "../credentials/move.js";
 import { modeOf } from "../state/files.js";
 import { clearBlocked, readBlocked } from "../state/blocked.js";
 import {
@@ -33,6 +34,7 @@ interface ServiceOptions extends Record<string, unknown> {
   name: string;
   runAs?: string;
   start?: boolean;
+  credentialToFile?: boolean;
 }
 
 export function defineServiceCommand(program: Command): void {
@@ -54,12 +56,19 @@ export function defineServiceCommand(program: Command): void {
 
   const install = nameOption(service.command("install").summary("write the unit, enable it at boot and start it now"))
     .option("--run-as <user>", "with --system: the user the service runs as (default: $SUDO_USER, else you)")
-    .option("--no-start", "write the unit only; do not load or start it");
+    .option("--no-start", "write the unit only; do not load or start it")
+    .option(
+      "--credential-to-file",
+      "first move the credential from the keychain to the state dir's 0600 file (as `runner credentials move --to file`)",
+    );
   withSettings(install).action(
     action(async (options: ServiceOptions) => {
       const ctx = await loadContext(options);
-      await requireRegistration(ctx);
+      const registration = await requireRegistration(ctx);
       const plan = await planFor(ctx, options);
+      if (options.credentialToFile)
+        for (const line of describeMove(await moveCredential(ctx.files, "file"))) print(line);
+      else if (registration.credentialStore === "keychain") print(keychainAtBoot(ctx));
       // Cleared before loading: launchd would not keep alive a job whose marker is present.
       if (await clearBlocked(ctx.files.blocked)) print("✓ removed the needs-operator marker an earlier stop left");
       for (const line of await installService(plan, runCommand, { start: options.start !== false })) print(line);
@@ -179,9 +188,28 @@ function carriedFlags(ctx: Context, options: ServiceOptions): string[] {
   return flags;
 }
 
-async function requireRegistration(ctx: Context): Promise<void> {
+/**
+ * A service starts at boot, before anyone logs in: a machine-wide one can never read a login
+ * keyring or keychain, so it is refused; a per-user one on Linux (started by lingering) finds
+ * the Secret Service keyring locked until its user logs in, so it is warned about. A
+ * LaunchAgent runs inside the user's login session, where the login keychain is unlocked.
+ */
+function keychainAtBoot(ctx: Context): string {
+  const move = "move it first: runner credentials move --to file (or install with --credential-to-file)";
+  if (ctx.settings.system)
+    throw new RunnerError(
+      "usage",
+      "the credential is in a keychain, which a machine-wide service cannot read at boot (no one has logged in to unlock it)",
+      { hint: move },
+    );
+  return process.platform === "linux"
+    ? `! the credential is in the Secret Service keyring, which stays locked until you log in: started at boot, the service would stop with exit ${ExitCode.NEEDS_OPERATOR}; ${move}`
+    : "✓ the credential is in the login keychain, which the LaunchAgent's login session unlocks";
+}
+
+async function requireRegistration(ctx: Context): Promise<Registration> {
   const read = await readRegistration(ctx.files.registration);
-  if (read.kind === "ok") return;
+  if (read.kind === "ok") return read.value;
   throw new RunnerError(
     "not_registered",
     read.kind === "missing"

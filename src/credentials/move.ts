@@ -6,6 +6,7 @@
 import { RunnerError } from "../errors.js";
 import type { StateFiles } from "../config/paths.js";
 import { readRegistration, writeRegistration, type CredentialStoreKind } from "../state/registration.js";
+import { acquireLock } from "../state/lock.js";
 import { openStore } from "./select.js";
 
 export interface CredentialMove {
@@ -17,7 +18,17 @@ export interface CredentialMove {
   leftBehind?: string;
 }
 
+/** Under the state dir's lock: a runner using the state dir would go on with the store it read at start. */
 export async function moveCredential(files: StateFiles, to: CredentialStoreKind): Promise<CredentialMove> {
+  const lock = await acquireLock(files.lock);
+  try {
+    return await moveUnlocked(files, to);
+  } finally {
+    await lock.release();
+  }
+}
+
+async function moveUnlocked(files: StateFiles, to: CredentialStoreKind): Promise<CredentialMove> {
   const read = await readRegistration(files.registration);
   if (read.kind !== "ok")
     throw new RunnerError(
@@ -50,4 +61,15 @@ export async function moveCredential(files: StateFiles, to: CredentialStoreKind)
   } catch (error) {
     return { from, to, moved: true, leftBehind: `${source.location}: ${(error as Error).message}` };
   }
+}
+
+/** What a move did, for people. */
+export function describeMove(result: CredentialMove): string[] {
+  const lines = [
+    result.moved
+      ? `✓ moved the credential from the ${result.from} store to the ${result.to} store`
+      : `the credential is already in the ${result.to} store; nothing to do`,
+  ];
+  if (result.leftBehind) lines.push(`! the old copy could not be removed (${result.leftBehind}); remove it by hand`);
+  return lines;
 }

@@ -120,3 +120,8 @@ export function requireKeychain(t: TestContext): boolean {
   t.skip("no Secret Service here: run the tests through `npm test`, which starts one");
   return false;
 }
+
+/** A runner's flags without one flag and its value (to let the registration's own setting count). */
+export function flagsWithout(flags: string[], flag: string): string[] {
+  return flags.filter((value, i) => value !== flag && flags[i - 1] !== flag);
+}

@@ -10,7 +10,8 @@ import path from "node:path";
 import { promisify } from "node:util";
 import * as plist from "plist";
 import { runCli, REPO_ROOT } from "../helpers/cli.js";
-import { registerRunner, startTestControlPlane, tempDir } from "../helpers/fixtures.js";
+import { flagsWithout, registerRunner, requireKeychain, startTestControlPlane, tempDir } from "../helpers/fixtures.js";
+import { KeychainCredentialStore } from "../../src/credentials/keychain-store.js";
 import { startDaemon } from "../helpers/daemon.js";
 import { ExitCode } from "../../src/errors.js";
 import { planService, type ServicePlan } from "../../src/service/render.js";
@@ -52,6 +53,16 @@ async function stubCommands(
 async function serviceEnv(t: TestContext, stubs: Stubs): Promise<{ home: string; env: Record<string, string> }> {
   const home = await tempDir(t, "runner-home-");
   return { home, env: { HOME: home, XDG_CONFIG_HOME: path.join(home, ".config"), PATH: `${stubs.dir}:/usr/bin:/bin` } };
+}
+
+/** A runner registered with its credential in the real Secret Service, and stubbed service managers. */
+async function keychainRunner(t: TestContext) {
+  const plane = await startTestControlPlane(t);
+  const runner = await registerRunner(t, plane, { store: "keychain" });
+  t.after(() => new KeychainCredentialStore(runner.stateDir).remove().catch(() => undefined));
+  const stubs = await stubCommands(t, ["systemctl", "loginctl"]);
+  const { env } = await serviceEnv(t, stubs);
+  return { runner, flags: flagsWithout(runner.flags, "--credential-store"), stubs, env };
 }
 
 /** What `systemd-analyze verify` prints about a unit: nothing, for a clean one. */
@@ -106,6 +117,42 @@ describe("runner service (systemd, stubbed)", { timeout: 60_000 }, () => {
       "systemctl --user daemon-reload",
     ]);
     await fs.access(path.join(runner.stateDir, "registration.json")); // the runner itself is kept
+  });
+
+  test("install warns that a keychain credential is locked at boot, and --credential-to-file moves it to the file first", async (t) => {
+    if (!requireKeychain(t)) return;
+    const { runner, flags, env } = await keychainRunner(t);
+
+    const warned = await runCli(["service", "install", ...flags, "--no-start"], { env });
+    assert.equal(warned.code, ExitCode.OK, warned.all);
+    assert.match(
+      warned.stdout,
+      /Secret Service keyring, which stays locked until you log in.*runner credentials move --to file/,
+    );
+
+    const moved = await runCli(["service", "install", ...flags, "--no-start", "--credential-to-file"], { env });
+    assert.equal(moved.code, ExitCode.OK, moved.all);
+    assert.match(moved.stdout, /moved the credential from the keychain store to the file store/);
+    assert.doesNotMatch(moved.stdout, /stays locked/);
+    const registration = JSON.parse(await fs.readFile(path.join(runner.stateDir, "registration.json"), "utf8")) as {
+      credentialStore: string;
+    };
+    assert.equal(registration.credentialStore, "file");
+  });
+
+  test("a machine-wide install refuses a keychain credential before it writes or runs anything", async (t) => {
+    if (!requireKeychain(t)) return;
+    const { flags, stubs, env } = await keychainRunner(t);
+    const name = `runner-test-${process.pid}`;
+    const unitFile = path.join("/etc/systemd/system", `${name}.service`);
+    t.after(() => fs.rm(unitFile, { force: true }));
+    const install = await runCli(["service", "install", ...flags, "--system", "--run-as", "nobody", "--name", name], {
+      env,
+    });
+    assert.equal(install.code, ExitCode.USAGE, install.all);
+    assert.match(install.stderr, /machine-wide service cannot read at boot[\s\S]*runner credentials move --to file/);
+    await assert.rejects(fs.access(unitFile), { code: "ENOENT" });
+    assert.deepEqual(await stubs.calls(), []);
   });
 
   test("status reports the unit, the manager's answers, and a stop for a person, with exit 3 while stopped", async (t) => {
