@@ -23,6 +23,18 @@ export const ExitCode = {
 } as const;
 export type ExitCode = (typeof ExitCode)[keyof typeof ExitCode];
 
+/**
+ * Exits of `runner start` that restarting cannot fix: bad settings, another runner on the
+ * state dir, a person must act, a newer runner is needed. systemd is told them
+ * (RestartPreventExitStatus); under launchd they leave the keep-alive marker.
+ */
+export const NO_RESTART_EXITS: readonly number[] = [
+  ExitCode.USAGE,
+  ExitCode.ALREADY_RUNNING,
+  ExitCode.NEEDS_OPERATOR,
+  ExitCode.UPGRADE_REQUIRED,
+];
+
 export type ErrorCode =
   | "usage"
   | "config_invalid"

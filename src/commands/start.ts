@@ -4,14 +4,14 @@
 // which the service units treat as "do not restart" (and leaves the needs-operator marker,
 // which launchd watches). Then the daemon runs until drained.
 import { Command } from "commander";
-import { ExitCode } from "../errors.js";
+import { describeError, exitCodeFor, ExitCode, NO_RESTART_EXITS } from "../errors.js";
 import { checkContextFor, loadContext, withSettings, type Context } from "../cli/context.js";
 import { action, describeFinding, exitCodeForRemaining } from "../cli/output.js";
 import { repairProblems, repairStateDirFirst } from "../startup/check.js";
 import { acquireLock } from "../state/lock.js";
 import { loadIdentity } from "../startup/identity.js";
 import { runDaemon } from "../daemon/daemon.js";
-import { clearBlocked, markBlocked } from "../state/blocked.js";
+import { clearBlocked, LAUNCHD_MARKER_ENV, markBlocked } from "../state/blocked.js";
 
 export function defineStartCommand(program: Command): void {
   const command = program
@@ -26,61 +26,80 @@ export function defineStartCommand(program: Command): void {
     );
   withSettings(command).action(
     action(async (options: Record<string, unknown>) => {
-      const ctx = await loadContext(options);
-      const log = ctx.logger;
-      const check = await checkContextFor(ctx, undefined);
-      await repairStateDirFirst(check);
-      const lock = await acquireLock(ctx.files.lock);
+      let ctx: Context | undefined;
       try {
-        if (lock.tookOver?.kind === "stale") log.warn({ reason: lock.tookOver.reason }, "took over a stale lock");
-        const report = await repairProblems(check);
-        // An unreachable control plane is no reason not to start: the channel retries for ever.
-        const blocking = report.remaining.filter((f) => f.fix.kind !== "retry");
-        for (const finding of report.remaining) {
-          log[blocking.includes(finding) ? "error" : "warn"](
-            { finding: finding.code, fix: finding.fix },
-            describeFinding(finding).join("\n"),
-          );
-        }
-        if (blocking.length > 0)
-          return await stopFor(
-            ctx,
-            exitCodeForRemaining(blocking),
-            `start-up checks: ${blocking.map((f) => f.code).join(", ")}`,
-          );
-        log.info({ stateDir: ctx.files.stateDir }, "startup checks passed");
-        if (await clearBlocked(ctx.files.blocked)) log.info("removed the needs-operator marker an earlier stop left");
-        const { registration, credential } = await loadIdentity(ctx.files);
-        const code = await runDaemon({
-          registration,
-          credential,
-          files: ctx.files,
-          logger: log,
-          insecurePlaintext: ctx.controlPlane.insecurePlaintext,
-          channel: ctx.channel,
-          pool: ctx.pool,
-          rlimitNofile: ctx.rlimitNofile,
-          deviceSync: ctx.deviceSync,
-        });
-        return await stopFor(ctx, code, "the control plane refused this runner while it ran (see the log above)");
-      } finally {
-        await lock.release();
+        ctx = await loadContext(options);
+        return await serve(ctx);
+      } catch (error) {
+        await stopFor(ctx, exitCodeFor(error), describeError(error));
+        throw error;
       }
     }),
   );
 }
 
-/**
- * Exits that restarting cannot fix leave the needs-operator marker, so that a service manager
- * told to keep the runner alive (launchd) leaves it stopped until a person has acted.
- */
-async function stopFor(ctx: Context, code: number, reason: string): Promise<number> {
-  if (code === ExitCode.NEEDS_OPERATOR || code === ExitCode.UPGRADE_REQUIRED) {
-    await markBlocked(ctx.files.blocked, code, reason, ctx.now());
-    ctx.logger.error(
-      { marker: ctx.files.blocked, exitCode: code },
-      "stopped until a person acts: `runner repair` (or a clean `runner start`) removes the marker",
-    );
+async function serve(ctx: Context): Promise<number> {
+  const log = ctx.logger;
+  const check = await checkContextFor(ctx, undefined);
+  await repairStateDirFirst(check);
+  const lock = await acquireLock(ctx.files.lock);
+  try {
+    if (lock.tookOver?.kind === "stale") log.warn({ reason: lock.tookOver.reason }, "took over a stale lock");
+    const report = await repairProblems(check);
+    // An unreachable control plane is no reason not to start: the channel retries for ever.
+    const blocking = report.remaining.filter((f) => f.fix.kind !== "retry");
+    for (const finding of report.remaining) {
+      log[blocking.includes(finding) ? "error" : "warn"](
+        { finding: finding.code, fix: finding.fix },
+        describeFinding(finding).join("\n"),
+      );
+    }
+    if (blocking.length > 0)
+      return await stopFor(
+        ctx,
+        exitCodeForRemaining(blocking),
+        `start-up checks: ${blocking.map((f) => f.code).join(", ")}`,
+      );
+    log.info({ stateDir: ctx.files.stateDir }, "startup checks passed");
+    if (await clearBlocked(ctx.files.blocked)) log.info("removed the needs-operator marker an earlier stop left");
+    const { registration, credential } = await loadIdentity(ctx.files);
+    const code = await runDaemon({
+      registration,
+      credential,
+      files: ctx.files,
+      logger: log,
+      insecurePlaintext: ctx.controlPlane.insecurePlaintext,
+      channel: ctx.channel,
+      pool: ctx.pool,
+      rlimitNofile: ctx.rlimitNofile,
+      deviceSync: ctx.deviceSync,
+    });
+    return await stopFor(ctx, code, "the control plane refused this runner while it ran (see the log above)");
+  } finally {
+    await lock.release();
   }
+}
+
+/**
+ * Exits that need a person (78, 79) leave the needs-operator marker, which `runner status` and
+ * `service status` show. Under launchd (which cannot be told which exits not to restart) every
+ * exit in NO_RESTART_EXITS leaves it, at the path the plist gives, so that launchd leaves the
+ * runner stopped until a person has acted. `ctx` is missing when the settings could not be read.
+ */
+async function stopFor(ctx: Context | undefined, code: number, reason: string): Promise<number> {
+  const underLaunchd = process.env[LAUNCHD_MARKER_ENV] || undefined;
+  const forPerson = code === ExitCode.NEEDS_OPERATOR || code === ExitCode.UPGRADE_REQUIRED;
+  const marker = forPerson ? (underLaunchd ?? ctx?.files.blocked) : underLaunchd;
+  if (marker === undefined || !NO_RESTART_EXITS.includes(code)) return code;
+  try {
+    await markBlocked(marker, code, reason, ctx?.now() ?? new Date());
+  } catch (error) {
+    // The exit code still tells systemd; under launchd the job will be started again.
+    process.stderr.write(`runner: could not leave the marker ${marker}: ${(error as Error).message}\n`);
+    return code;
+  }
+  const message = "stopped until a person acts: `runner repair` (or a clean `runner start`) removes the marker";
+  if (ctx) ctx.logger.error({ marker, exitCode: code }, message);
+  else process.stderr.write(`runner: ${message} (${marker})\n`);
   return code;
 }

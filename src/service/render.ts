@@ -4,7 +4,7 @@
 // inspect it. Pure: the caller passes the platform, the home dir, the user and the templates.
 import path from "node:path";
 import { stateFiles } from "../config/paths.js";
-import { RunnerError } from "../errors.js";
+import { NO_RESTART_EXITS, RunnerError } from "../errors.js";
 import { MAX_CANCEL_GRACE_MS } from "../protocol/channel.js";
 
 export type ServiceManager = "systemd" | "launchd";
@@ -153,6 +153,7 @@ function planSystemd(inputs: ServiceInputs): ServicePlan {
     PATH_ASSIGNMENT: quoteSystemdArg(`PATH=${searchPath(inputs)}`, { expandsVariables: false }),
     USER_LINES: inputs.system && inputs.runAs !== "root" ? `User=${inputs.runAs}\n` : "",
     STOP_TIMEOUT_S: String(stopTimeoutSeconds(inputs.drainTimeoutMs)),
+    NO_RESTART_EXITS: NO_RESTART_EXITS.join(" "),
     WANTED_BY: inputs.system ? "multi-user.target" : "default.target",
   });
   return {

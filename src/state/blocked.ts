@@ -7,6 +7,13 @@ import { promises as fs } from "node:fs";
 import { z } from "zod";
 import { readJsonFile, writeJsonAtomic } from "./files.js";
 
+/**
+ * Set by the launchd plist to the marker's path: under launchd every exit a restart cannot fix
+ * (NO_RESTART_EXITS, also one thrown before the settings are read) leaves the marker, since
+ * launchd restarts whatever else exits.
+ */
+export const LAUNCHD_MARKER_ENV = "RUNNER_LAUNCHD_MARKER";
+
 const blockedSchema = z.object({
   exitCode: z.number().int(),
   reason: z.string(),

@@ -12,6 +12,8 @@ import * as plist from "plist";
 import { runCli, REPO_ROOT } from "../helpers/cli.js";
 import { flagsWithout, registerRunner, requireKeychain, startTestControlPlane, tempDir } from "../helpers/fixtures.js";
 import { KeychainCredentialStore } from "../../src/credentials/keychain-store.js";
+import { LAUNCHD_MARKER_ENV } from "../../src/state/blocked.js";
+import { acquireLock } from "../../src/state/lock.js";
 import { startDaemon } from "../helpers/daemon.js";
 import { ExitCode } from "../../src/errors.js";
 import { planService, type ServicePlan } from "../../src/service/render.js";
@@ -406,6 +408,37 @@ describe("the needs-operator marker", { timeout: 60_000 }, () => {
     assert.equal(fixed.code, ExitCode.OK, fixed.all);
     assert.match(fixed.stdout, /removed the needs-operator marker/);
     await assert.rejects(fs.stat(marker), { code: "ENOENT" });
+  });
+
+  test("under launchd every exit a restart cannot fix leaves the marker where the plist says, thrown ones included", async (t) => {
+    const plane = await startTestControlPlane(t);
+    const runner = await registerRunner(t, plane);
+    const marker = path.join(await tempDir(t), "keep-alive-marker");
+    const underLaunchd = { env: { [LAUNCHD_MARKER_ENV]: marker } };
+    const exitsWith = async (args: string[], code: number) => {
+      await fs.rm(marker, { force: true });
+      const start = await runCli(["start", ...args], underLaunchd);
+      assert.equal(start.code, code, start.all);
+      assert.equal(JSON.parse(await fs.readFile(marker, "utf8")).exitCode, code, `exit ${code} left the marker`);
+    };
+
+    // 2, thrown while the settings are read (before the state dir is even known).
+    await exitsWith([...runner.flags, "--capacity", "0"], ExitCode.USAGE);
+    // 4, thrown while another runner holds the lock.
+    const lock = await acquireLock(path.join(runner.stateDir, "runner.lock"));
+    await exitsWith(runner.flags, ExitCode.ALREADY_RUNNING);
+    await lock.release();
+    // 78, from the start-up checks.
+    const [record] = await plane.admin.listRunners();
+    await plane.admin.revokeRunner(record!.runnerId);
+    await exitsWith(runner.flags, ExitCode.NEEDS_OPERATOR);
+
+    // Outside launchd a usage error is the shell's to see: no marker in the state dir.
+    const plain = await runCli(["start", ...runner.flags, "--capacity", "0"]);
+    assert.equal(plain.code, ExitCode.USAGE, plain.all);
+    const inStateDir = path.join(runner.stateDir, "needs-operator");
+    const left = JSON.parse(await fs.readFile(inStateDir, "utf8").catch(() => "null")) as { exitCode: number } | null;
+    assert.notEqual(left?.exitCode, ExitCode.USAGE);
   });
 
   test("a start that passes its checks clears a marker an earlier stop left", async (t) => {

@@ -9,6 +9,7 @@ import { registerRunner, startTestControlPlane, tempDir } from "../helpers/fixtu
 import { startDaemon } from "../helpers/daemon.js";
 import { processStartTime } from "../../src/state/process-start.js";
 import { ExitCode } from "../../src/errors.js";
+import { LAUNCHD_MARKER_ENV } from "../../src/state/blocked.js";
 
 describe("runner start", { timeout: 60_000 }, () => {
   test("applies safe fixes, logs them, passes its checks, connects, and exits 0 on SIGTERM", async (t) => {
@@ -59,8 +60,10 @@ describe("runner start", { timeout: 60_000 }, () => {
       logger: (await import("pino")).pino({ level: "silent" }),
     });
     t.after(() => strict.close());
-    const start = await runCli(["start", ...runner.flags]);
+    const marker = path.join(runner.stateDir, "launchd-marker");
+    const start = await runCli(["start", ...runner.flags], { env: { [LAUNCHD_MARKER_ENV]: marker } });
     assert.equal(start.code, ExitCode.UPGRADE_REQUIRED, start.all);
+    assert.equal(JSON.parse(await fs.readFile(marker, "utf8")).exitCode, ExitCode.UPGRADE_REQUIRED, "launchd is held");
   });
 
   test("refuses to start while a live process holds the lock", async (t) => {

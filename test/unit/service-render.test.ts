@@ -5,6 +5,8 @@ import assert from "node:assert/strict";
 import { readFileSync } from "node:fs";
 import path from "node:path";
 import * as plist from "plist";
+import { NO_RESTART_EXITS } from "../../src/errors.js";
+import { LAUNCHD_MARKER_ENV } from "../../src/state/blocked.js";
 import { REPO_ROOT } from "../helpers/cli.js";
 import { fill, LAUNCHCTL, planService, quoteSystemdArg, type ServiceInputs } from "../../src/service/render.js";
 
@@ -55,6 +57,7 @@ describe("systemd units", () => {
   test("exits that a restart cannot fix are not restarted, and a stop waits out the drain and the longest cancel grace", () => {
     const { content } = planService(inputs({ drainTimeoutMs: 120_500 }));
     assert.deepEqual(unitValue(content, "RestartPreventExitStatus"), ["2 4 78 79"]);
+    assert.deepEqual(NO_RESTART_EXITS, [2, 4, 78, 79]);
     assert.deepEqual(unitValue(content, "Restart"), ["on-failure"]);
     assert.deepEqual(unitValue(content, "KillMode"), ["mixed"], "SIGTERM to the daemon alone, so it drains");
     assert.deepEqual(
@@ -89,7 +92,7 @@ describe("systemd units", () => {
     const parsed = plist.parse(
       planService(inputs({ platform: "darwin", env: { PATH: "/opt/homebrew/bin:/usr/bin" } })).content,
     ) as Record<string, unknown>;
-    assert.deepEqual(parsed.EnvironmentVariables, { PATH: "/opt/homebrew/bin:/usr/bin" });
+    assert.equal((parsed.EnvironmentVariables as Record<string, string>).PATH, "/opt/homebrew/bin:/usr/bin");
   });
 
   test("a machine-wide unit goes to /etc/systemd/system and runs as the chosen user, not root", () => {
@@ -126,6 +129,14 @@ describe("launchd plists", () => {
       planService(inputs({ platform: "darwin", stateDir: "/Users/alice/state" })).content,
     ) as Record<string, unknown>;
     assert.deepEqual(parsed.KeepAlive, { PathState: { "/Users/alice/state/needs-operator": false } });
+    assert.deepEqual(
+      parsed.EnvironmentVariables,
+      {
+        PATH: "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin",
+        [LAUNCHD_MARKER_ENV]: "/Users/alice/state/needs-operator",
+      },
+      "the runner is told where the marker goes, so that it can leave it on any exit a restart cannot fix",
+    );
   });
 
   test("a LaunchAgent loads into the user's gui domain; a LaunchDaemon into system, as its user", () => {
