@@ -73,6 +73,7 @@ async function serve(ctx: Context): Promise<number> {
       pool: ctx.pool,
       rlimitNofile: ctx.rlimitNofile,
       deviceSync: ctx.deviceSync,
+      workDir: ctx.settings.workDir,
     });
     return await stopFor(ctx, code, "the control plane refused this runner while it ran (see the log above)");
   } finally {

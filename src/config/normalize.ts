@@ -25,9 +25,11 @@ export interface RunTimeFacts {
 }
 
 /** The settings with every run-time default filled in (machineId's is the host's own id: state/host.ts). */
-export type NormalizedSettings = Omit<Settings, "stateDir" | "workerMaxFds"> & {
+export type NormalizedSettings = Omit<Settings, "stateDir" | "workDir" | "workerMaxFds"> & {
   /** Absolute. */
   stateDir: string;
+  /** Absolute. */
+  workDir: string;
   /** 0 is off (the pool's limits say null). */
   workerMaxFds: number;
 };
@@ -64,6 +66,7 @@ export function normalizeSettings(settings: Settings, facts: RunTimeFacts): Runn
   const normalized: NormalizedSettings = {
     ...settings,
     stateDir,
+    workDir: path.resolve(settings.workDir ?? stateFiles(stateDir).work),
     workerMaxFds: settings.workerMaxFds ?? defaultWorkerMaxFds(facts.rlimitNofile),
   };
   return {

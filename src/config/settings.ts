@@ -202,6 +202,16 @@ export const SETTINGS = {
     fromString: limit,
     defaultValue: 2048,
   }),
+  workDir: setting<string>({
+    key: "workDir",
+    flag: "--work-dir",
+    arg: "<dir>",
+    help: "where a command job without a cwd gets a fresh directory of its own, removed after the job (unless the job sets keepWorkDir)",
+    schema: z.string().min(1),
+    fromString: text,
+    defaultValue: undefined,
+    defaultHelp: "work/ in the state dir",
+  }),
   workerMaxFds: setting<number>({
     key: "workerMaxFds",
     flag: "--worker-max-fds",

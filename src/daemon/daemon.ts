@@ -15,6 +15,7 @@ import type { Registration } from "../state/registration.js";
 import { JobHost } from "./job-host.js";
 import type { ChannelSettings, PoolSettings } from "../config/normalize.js";
 import { WorkerPool } from "../workers/parent/pool.js";
+import { prepareWorkRoot } from "../jobs/work-dir.js";
 import { createDeviceSync, type DeviceSyncSettings } from "../devices/index.js";
 
 export interface DaemonOptions {
@@ -29,6 +30,8 @@ export interface DaemonOptions {
   /** What the pool's default fd limit was worked out from; logged with the limits. */
   rlimitNofile: number;
   deviceSync: DeviceSyncSettings;
+  /** Absolute: where command jobs without a cwd get their own directories. */
+  workDir: string;
 }
 
 /** A connection attempt's timeout before any welcome, and its ceiling after (see handshakeTimeout in the machine). */
@@ -52,6 +55,10 @@ export async function runDaemon(options: DaemonOptions): Promise<number> {
   for (const bad of held.setAside)
     logger.error({ file: bad.file, reason: bad.reason }, "set aside a damaged result file in the outbox");
   const pending = [...held.results, ...(await recoverAfterCrash(journal, outbox, held.results, logger))];
+  // After recovery (no job process is left): what a killed runner's jobs left there goes.
+  const leftovers = await prepareWorkRoot(options.workDir);
+  if (leftovers.length > 0)
+    logger.info({ workDir: options.workDir, removed: leftovers }, "removed job directories an earlier run left behind");
 
   const config: MachineConfig = {
     runnerId: registration.runnerId,
@@ -64,7 +71,7 @@ export async function runDaemon(options: DaemonOptions): Promise<number> {
   const { limits, handlers } = options.pool;
   logger.info({ limits, rlimitNofile: options.rlimitNofile, handlers: Object.keys(handlers) }, "worker pool limits");
   const pool = new WorkerPool({ ...options.pool, logger });
-  const host = new JobHost(pool, journal, outbox, logger, (input) => driver.input(input));
+  const host = new JobHost(pool, journal, outbox, logger, (input) => driver.input(input), options.workDir);
   const deviceSync = createDeviceSync({ stateDir: files.stateDir, settings: options.deviceSync, logger });
   const driver = new ChannelDriver(
     config,

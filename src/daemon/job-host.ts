@@ -13,6 +13,7 @@ import type { JobJournal } from "../jobs/journal.js";
 import type { Assignment, JobRef, JobResult } from "../protocol/channel.js";
 import { processStartTime } from "../state/process-start.js";
 import type { Outbox } from "../state/outbox.js";
+import { jobWorkDir } from "../jobs/work-dir.js";
 
 export class JobHost implements DriverPorts {
   /** The journal write of each job's pid; its result must not clear the journal before it lands. */
@@ -24,6 +25,8 @@ export class JobHost implements DriverPorts {
     private readonly outbox: Outbox,
     private readonly logger: Logger,
     private readonly feed: (input: Input) => void,
+    /** Where command jobs without a cwd get their own directories (--work-dir). */
+    private readonly workRoot: string,
   ) {}
 
   async startJob(assignment: Assignment): Promise<void> {
@@ -58,7 +61,11 @@ export class JobHost implements DriverPorts {
       // its result must come after.
       onFinished: (result) => this.feed({ type: "job_finished", result }),
     };
-    this.pool.start(assignment, hooks, kind === "command" ? { journalFile: this.journal.fileFor(ref) } : {});
+    this.pool.start(
+      assignment,
+      hooks,
+      kind === "command" ? { journalFile: this.journal.fileFor(ref), workDir: jobWorkDir(this.workRoot, ref) } : {},
+    );
     if (assignment.job.kind === "module") recordAssigned();
   }
 

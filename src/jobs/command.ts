@@ -11,6 +11,7 @@ import { buildJobEnv } from "./job-env.js";
 import { jobMarks } from "./job-marks.js";
 import { createLogChunker, type LogChunk } from "./log-chunks.js";
 import { isGroupAlive, signalGroup, waitForGroupExit } from "./process-group.js";
+import { createJobWorkDir, removeJobWorkDir } from "./work-dir.js";
 
 export interface JobHooks {
   /** Called once the process exists (pid known), before any log chunk. */
@@ -42,6 +43,11 @@ export interface RunningCommandJob extends RunningJob {
 export interface CommandJobOptions {
   /** Where the job's minimal base environment is taken from; defaults to process.env. */
   baseEnv?: NodeJS.ProcessEnv;
+  /**
+   * The job's own directory (work-dir.ts), for a job without a cwd: created before the spawn,
+   * its cwd, and removed once the result is in (unless the job sets keepWorkDir).
+   */
+  workDir?: string;
   now?: () => Date;
 }
 
@@ -55,6 +61,25 @@ export function startCommandJob(
   hooks: JobHooks,
   options: CommandJobOptions = {},
 ): RunningCommandJob {
+  const spec = assignment.job;
+  const workDir = spec.kind === "command" && spec.cwd === undefined ? options.workDir : undefined;
+  const job = startInDir(assignment, hooks, options, workDir);
+  if (workDir === undefined || (spec.kind === "command" && spec.keepWorkDir)) return job;
+  // Removed after the result is known, not before it is reported: a big tree takes a while.
+  // What a kill cuts short, the next start removes (prepareWorkRoot).
+  const done = job.done.then((result) => {
+    void removeJobWorkDir(workDir).catch(() => undefined);
+    return result;
+  });
+  return { ...job, done };
+}
+
+function startInDir(
+  assignment: Assignment,
+  hooks: JobHooks,
+  options: CommandJobOptions,
+  workDir: string | undefined,
+): RunningCommandJob {
   const now = options.now ?? (() => new Date());
   const ref = { jobId: assignment.jobId, attempt: assignment.attempt };
   const spec = assignment.job;
@@ -67,7 +92,8 @@ export function startCommandJob(
   }
   let subprocess: ResultPromise;
   try {
-    subprocess = spawnJob(spec, ref, options.baseEnv ?? process.env);
+    if (workDir !== undefined) createJobWorkDir(workDir);
+    subprocess = spawnJob(spec, ref, options.baseEnv ?? process.env, workDir);
   } catch (error) {
     // spawn() throws for arguments no process can have (a NUL byte, say): the schema keeps
     // them off the wire, and this keeps any that slip through from taking the worker down.
@@ -97,10 +123,10 @@ export function startCommandJob(
   return job;
 }
 
-function spawnJob(spec: CommandJob, ref: JobRef, baseEnv: NodeJS.ProcessEnv): ResultPromise {
+function spawnJob(spec: CommandJob, ref: JobRef, baseEnv: NodeJS.ProcessEnv, workDir?: string): ResultPromise {
   const [file, ...args] = spec.argv as [string, ...string[]];
   return execa(file, args, {
-    cwd: spec.cwd,
+    cwd: spec.cwd ?? workDir,
     // The marks come last: a job cannot hide its processes from recovery by setting them.
     env: { ...buildJobEnv(spec.env, baseEnv), ...jobMarks(ref) },
     extendEnv: false,

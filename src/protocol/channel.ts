@@ -73,6 +73,8 @@ export const commandJobSchema = z.object({
     .refine((env) => Object.keys(env).length <= ENV_MAX_ENTRIES, `at most ${ENV_MAX_ENTRIES} environment variables`)
     .default({}),
   cwd: withoutNul("cwd", CWD_MAX, 1).optional(),
+  /** Without a cwd the job runs in a fresh directory of its own: kept after the job when true. */
+  keepWorkDir: z.boolean().optional(),
 });
 export type CommandJob = z.infer<typeof commandJobSchema>;
 

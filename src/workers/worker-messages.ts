@@ -24,6 +24,8 @@ export type ToWorker =
       handlerPath: string | null;
       outputPaused: boolean;
       journalFile: string | null;
+      /** For a command job without a cwd: the directory of its own to create and run it in. */
+      workDir: string | null;
     }
   /** Command job: SIGTERM its group, SIGKILL after graceMs. Module job: abort its signal. */
   | { type: "stop"; jobId: string; outcome: StopOutcome; reason: string; graceMs: number }

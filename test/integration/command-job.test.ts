@@ -5,7 +5,8 @@ import assert from "node:assert/strict";
 import { promises as fs, readdirSync, readFileSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
-import { startCommandJob, type RunningJob } from "../../src/jobs/command.js";
+import { startCommandJob, type CommandJobOptions, type RunningJob } from "../../src/jobs/command.js";
+import { jobWorkDir, prepareWorkRoot } from "../../src/jobs/work-dir.js";
 import { MAX_LOG_CHUNK_BYTES, createLogChunker, type LogChunk } from "../../src/jobs/log-chunks.js";
 import type { Assignment } from "../../src/protocol/channel.js";
 import { isRunning } from "../helpers/processes.js";
@@ -24,13 +25,19 @@ async function tempDir(t: TestContext): Promise<string> {
 let nextId = 0;
 function assignment(
   argv: string[],
-  overrides: { env?: Record<string, string>; cwd?: string; timeoutMs?: number; cancelGraceMs?: number } = {},
+  overrides: {
+    env?: Record<string, string>;
+    cwd?: string;
+    keepWorkDir?: boolean;
+    timeoutMs?: number;
+    cancelGraceMs?: number;
+  } = {},
 ): Assignment {
   return {
     type: "assign",
     jobId: `job-${process.pid}-${nextId++}`,
     attempt: 1,
-    job: { kind: "command", argv, env: overrides.env ?? {}, cwd: overrides.cwd },
+    job: { kind: "command", argv, env: overrides.env ?? {}, cwd: overrides.cwd, keepWorkDir: overrides.keepWorkDir },
     timeoutMs: overrides.timeoutMs ?? 30_000,
     cancelGraceMs: overrides.cancelGraceMs ?? 10_000,
     leaseExpiresAt: new Date(Date.now() + 60_000).toISOString(),
@@ -49,7 +56,7 @@ interface Observed {
 }
 
 /** Starts a job, records every hook call, and SIGKILLs whatever is left if the test fails. */
-function run(t: TestContext, a: Assignment, options: { baseEnv?: NodeJS.ProcessEnv } = {}): Observed {
+function run(t: TestContext, a: Assignment, options: CommandJobOptions = {}): Observed {
   const logs: LogChunk[] = [];
   const started: Observed["started"] = [];
   const logsBeforeStart: number[] = [];
@@ -108,6 +115,70 @@ function liveMembersOf(pgid: number): number[] {
 }
 
 const nodeScript = (source: string) => [node, "-e", source];
+
+/** Resolves once `file` is gone (the removal runs after the result), or fails after `ms`. */
+async function waitGone(file: string, ms: number): Promise<void> {
+  const deadline = Date.now() + ms;
+  while (
+    await fs.access(file).then(
+      () => true,
+      () => false,
+    )
+  ) {
+    if (Date.now() > deadline) assert.fail(`${file} is still there after ${ms} ms`);
+    await new Promise((resolve) => setImmediate(resolve));
+  }
+}
+
+describe("a command job's own directory", { timeout: 30_000, skip: posixOnly }, () => {
+  test("a job without a cwd runs in a fresh directory of its own, which is removed once its result is in", async (t) => {
+    const root = await tempDir(t);
+    const a = assignment(["sh", "-c", "pwd; ls -A | wc -l; echo x > made-here"]);
+    const dir = jobWorkDir(root, a);
+    const o = run(t, a, { workDir: dir });
+    const result = await o.job.done;
+    assert.equal(result.outcome, "succeeded", result.reason ?? undefined);
+    assert.deepEqual(
+      o
+        .text("stdout")
+        .split("\n")
+        .map((line) => line.trim())
+        .slice(0, 2),
+      [dir, "0"],
+      "fresh and empty",
+    );
+    await waitGone(dir, 10_000);
+  });
+
+  test("keepWorkDir keeps the directory and what the job made there", async (t) => {
+    const root = await tempDir(t);
+    const a = assignment(["sh", "-c", "echo kept > made-here"], { keepWorkDir: true });
+    const dir = jobWorkDir(root, a);
+    assert.equal((await run(t, a, { workDir: dir }).job.done).outcome, "succeeded");
+    assert.equal(await fs.readFile(path.join(dir, "made-here"), "utf8"), "kept\n");
+    assert.equal((await fs.stat(dir)).mode & 0o777, 0o700);
+  });
+
+  test("a job that names its cwd runs there, and no directory is made for it", async (t) => {
+    const root = await tempDir(t);
+    const cwd = await tempDir(t);
+    const a = assignment(["pwd"], { cwd });
+    const o = run(t, a, { workDir: jobWorkDir(root, a) });
+    assert.equal((await o.job.done).outcome, "succeeded");
+    assert.equal(o.text("stdout").trim(), await fs.realpath(cwd));
+    assert.deepEqual(await fs.readdir(root), []);
+  });
+
+  test("at start the work dir is created, and what killed runs left in it is removed", async (t) => {
+    const root = path.join(await tempDir(t), "work");
+    assert.deepEqual(await prepareWorkRoot(root), []);
+    assert.equal((await fs.stat(root)).mode & 0o777, 0o700);
+    await fs.mkdir(path.join(root, "job_a-1", "deep"), { recursive: true });
+    await fs.writeFile(path.join(root, "job_a-1", "deep", "f"), "x");
+    assert.deepEqual(await prepareWorkRoot(root), ["job_a-1"]);
+    assert.deepEqual(await fs.readdir(root), []);
+  });
+});
 
 describe("command job outcomes", { timeout: 30_000 }, () => {
   test(

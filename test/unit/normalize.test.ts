@@ -1,5 +1,6 @@
 // From resolved settings to each part's config: the run-time defaults and the unit conversions,
 // with the platform facts and the rlimit passed in (no real process state).
+import path from "node:path";
 import { describe, test } from "node:test";
 import assert from "node:assert/strict";
 import {
@@ -182,4 +183,11 @@ describe("each part's config", () => {
     assert.deepEqual(config.controlPlane, { requestTimeoutMs: 2500, insecurePlaintext: true });
     assert.equal(config.service.drainTimeoutMs, 1000);
   });
+});
+
+test("the work dir is work/ in the state dir, or --work-dir made absolute", () => {
+  assert.equal(fromFlags({ stateDir: "/s", workDir: "rel/w" }).settings.workDir, path.resolve("rel/w"));
+  const byDefault = fromFlags({ stateDir: "/s" }).settings.workDir;
+  assert.equal(byDefault, stateFiles("/s").work);
+  assert.equal(byDefault, path.join("/s", "work"));
 });

@@ -80,6 +80,7 @@ describe("settings precedence is flag > env > file > default", () => {
   test("precedence holds for every setting, each with its own kind of value", () => {
     const samples: Record<string, [string, unknown]> = {
       stateDir: ["/from/env", "/from/file"],
+      workDir: ["/work/from/env", "/work/from/file"],
       system: ["true", false],
       credentialStore: ["file", "keychain"],
       logLevel: ["warn", "error"],

@@ -79,21 +79,25 @@ function startJob(message: Extract<ToWorker, { type: "run" }>): void {
     done = job.done;
   } else {
     let recordFailure: string | null = null;
-    const job = startCommandJob(assignment, {
-      onStarted: ({ pid, startedAt }) => {
-        // Durable before it is reported: see process-record.ts.
-        recordFailure = recordProcess(message.journalFile, {
-          jobId,
-          attempt: assignment.attempt,
-          pid,
-          pgid: pid,
-          processStartTime: processStartTimeSync(pid),
-          startedAt,
-        });
-        send({ type: "started", jobId, pid, startedAt });
+    const job = startCommandJob(
+      assignment,
+      {
+        onStarted: ({ pid, startedAt }) => {
+          // Durable before it is reported: see process-record.ts.
+          recordFailure = recordProcess(message.journalFile, {
+            jobId,
+            attempt: assignment.attempt,
+            pid,
+            pgid: pid,
+            processStartTime: processStartTimeSync(pid),
+            startedAt,
+          });
+          send({ type: "started", jobId, pid, startedAt });
+        },
+        onLog: (chunk) => output.push(chunk, false),
       },
-      onLog: (chunk) => output.push(chunk, false),
-    });
+      { workDir: message.workDir ?? undefined },
+    );
     current = { jobId, kind: "command", job };
     // A process no crash recovery could find must not run: stop it at once, saying why.
     if (recordFailure !== null)

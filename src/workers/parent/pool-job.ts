@@ -30,6 +30,18 @@ export interface WorkerPort {
   kill(kind: KillKind, reason: string): void;
 }
 
+/** What the daemon tells the pool about a command job beyond its assignment. */
+export interface StartOptions {
+  /**
+   * A command job's journal entry: its worker writes the spawned process's pid, pgid and start
+   * time there, synchronously, before it reports the pid over IPC, so a crash of the daemon and
+   * the worker together cannot lose it.
+   */
+  journalFile?: string;
+  /** A command job without a cwd: the directory of its own it runs in (src/jobs/work-dir.ts). */
+  workDir?: string;
+}
+
 export class PoolJob implements RunningJob {
   readonly ref: JobRef;
   readonly done: Promise<JobResult>;
@@ -49,8 +61,8 @@ export class PoolJob implements RunningJob {
     /** For a module job: the module the runner's config maps its handler name to. */
     readonly handlerPath: string | null,
     private readonly logger: Logger,
-    /** For a command job: the journal entry its worker records the process in (see StartOptions). */
-    private readonly journalFile: string | null = null,
+    /** For a command job: its journal entry and its own directory (see StartOptions). */
+    private readonly commandOptions: StartOptions = {},
   ) {
     this.ref = { jobId: assignment.jobId, attempt: assignment.attempt };
     this.done = new Promise((resolve) => (this.resolveDone = resolve));
@@ -82,13 +94,14 @@ export class PoolJob implements RunningJob {
   /** The pool hands the job to a worker. */
   attach(worker: WorkerPort, outputPaused: boolean): void {
     this.worker = worker;
-    const journalFile = this.kind === "command" ? this.journalFile : null;
+    const command = this.kind === "command" ? this.commandOptions : {};
     const run = {
       type: "run" as const,
       assignment: this.assignment,
       handlerPath: this.handlerPath,
       outputPaused,
-      journalFile,
+      journalFile: command.journalFile ?? null,
+      workDir: command.workDir ?? null,
     };
     if (!worker.send(run, (error) => this.handOverFailed(error.message)))
       return this.handOverFailed("the message could not be sent");

@@ -26,7 +26,7 @@ import { RunnerError } from "../../errors.js";
 import type { JobHooks, RunningJob } from "../../jobs/command.js";
 import type { Logger } from "../../log/logger.js";
 import { assignmentProblem, type Assignment, type JobRef, type JobResult } from "../../protocol/channel.js";
-import { PoolJob, type WorkerPort } from "./pool-job.js";
+import { PoolJob, type StartOptions, type WorkerPort } from "./pool-job.js";
 import {
   RECYCLE_SETTING,
   describeRecycle,
@@ -76,15 +76,6 @@ export interface PoolJobHooks extends JobHooks {
    * still the pool's: cancelAll returns it, so a result is never between two owners.
    */
   onFinished?(result: JobResult): void;
-}
-
-export interface StartOptions {
-  /**
-   * A command job's journal entry: its worker writes the spawned process's pid, pgid and start
-   * time there, synchronously, before it reports the pid over IPC, so a crash of the daemon and
-   * the worker together cannot lose it.
-   */
-  journalFile?: string;
 }
 
 export interface WorkerStats {
@@ -182,7 +173,7 @@ export class WorkerPool {
   start(assignment: Assignment, hooks: PoolJobHooks, options: StartOptions = {}): RunningJob {
     const spec = assignment.job;
     const handlerPath = spec.kind === "module" ? (this.handlers.get(spec.handler) ?? null) : null;
-    const job = new PoolJob(assignment, hooks, handlerPath, this.options.logger, options.journalFile ?? null);
+    const job = new PoolJob(assignment, hooks, handlerPath, this.options.logger, options);
     this.jobs.add(job);
     void job.done.then((result) =>
       setImmediate(() => {
