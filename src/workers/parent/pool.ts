@@ -52,6 +52,11 @@ import { MemoryCeiling } from "./memory-ceiling.js";
 import { WorkerHandle, type WorkerExit } from "./worker-handle.js";
 import type { FromWorker } from "../worker-messages.js";
 
+/** A busy worker's RSS is read this often for the hard ceiling: ~1 ms of CPU per read. */
+const SAMPLE_INTERVAL_MS = 1_000;
+/** A retired worker's handlers get this long for their cleanup before it is killed. */
+const RETIRE_TIMEOUT_MS = 5_000;
+
 export interface WorkerPoolOptions {
   /** Worker processes at most (the runner's capacity: the daemon never runs more jobs at once). */
   size: number;
@@ -59,9 +64,9 @@ export interface WorkerPoolOptions {
   /** Handler name → absolute path of its module, from the runner's own config. */
   handlers: Record<string, string>;
   logger: Logger;
-  /** How often a busy worker's RSS is sampled for the hard ceiling. Default 1000 ms. */
+  /** How often a busy worker's RSS is sampled for the hard ceiling (not a setting; tests shorten it). */
   sampleIntervalMs?: number;
-  /** How long a retired worker's cleanup may take before it is killed. Default 5000 ms. */
+  /** How long a retired worker's cleanup may take before it is killed (not a setting; tests shorten it). */
   retireTimeoutMs?: number;
   /** The clock for ages (ms). Default Date.now. */
   now?: () => number;
@@ -147,7 +152,7 @@ export class WorkerPool {
     this.now = options.now ?? Date.now;
     this.random = options.random ?? Math.random;
     this.ceiling = new MemoryCeiling(
-      options.sampleIntervalMs ?? 1_000,
+      options.sampleIntervalMs ?? SAMPLE_INTERVAL_MS,
       () => this.busyWorkers().map(([worker, record]) => ({ worker, pid: worker.pid, limits: record.limits })),
       (worker, rss, hard) => {
         // Still busy after the sample's await? A job that just ended is judged at its boundary instead.
@@ -159,7 +164,7 @@ export class WorkerPool {
         );
       },
     );
-    this.retireTimeoutMs = options.retireTimeoutMs ?? 5_000;
+    this.retireTimeoutMs = options.retireTimeoutMs ?? RETIRE_TIMEOUT_MS;
     this.counters = {
       spawned: 0,
       recycled: { memory: 0, fds: 0, age: 0, jobs: 0 },
