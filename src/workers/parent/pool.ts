@@ -52,7 +52,7 @@ import { MemoryCeiling } from "./memory-ceiling.js";
 import { WorkerHandle, type WorkerExit } from "./worker-handle.js";
 import type { FromWorker } from "../worker-messages.js";
 
-/** A busy worker's RSS is read this often for the hard ceiling: ~1 ms of CPU per read. */
+/** A busy worker's RSS is read this often, for the hard ceiling. */
 const SAMPLE_INTERVAL_MS = 1_000;
 /** A retired worker's handlers get this long for their cleanup before it is killed. */
 const RETIRE_TIMEOUT_MS = 5_000;
