@@ -2,10 +2,10 @@
 // the clock, the logger and the limits, built once in server.ts.
 import type { Logger } from "../log/logger.js";
 import { PROTOCOL_VERSION } from "../protocol/version.js";
-import type { DisconnectWhy } from "./channel.js";
-import type { DeviceSyncEndpoint } from "./device-sync.js";
-import type { JobQueue } from "./jobs.js";
-import type { ControlPlaneStore } from "./store.js";
+import type { DisconnectWhy } from "./channel/endpoint.js";
+import type { DeviceSyncEndpoint } from "./channel/device-sync.js";
+import type { JobQueue } from "./queue/job-queue.js";
+import type { ControlPlaneStore } from "./store/store.js";
 
 export const SUPPORTED_PROTOCOL_VERSIONS: readonly number[] = [PROTOCOL_VERSION];
 /** The settings key under which the admin token's hash is kept. */

@@ -13,10 +13,10 @@ import {
   DATABASE_FILE,
   type ControlPlane,
   type ControlPlaneOptions,
-} from "../../src/control-plane/server.js";
-import { AdminClient, AdminRequestError } from "../../src/control-plane/admin-client.js";
+} from "../../src/control-plane/control-plane.js";
+import { AdminClient, AdminRequestError } from "../../src/api-client/admin.js";
 import Database from "better-sqlite3";
-import { MIGRATIONS, SCHEMA_VERSION } from "../../src/control-plane/store.js";
+import { MIGRATIONS, SCHEMA_VERSION } from "../../src/control-plane/store/store.js";
 import { createLogger } from "../../src/log/logger.js";
 import {
   errorBodySchema,

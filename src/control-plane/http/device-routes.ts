@@ -1,9 +1,9 @@
 // Handlers of the admin device API: one runner's devices, and every runner's (by kind).
-import { deviceKindSchema, deviceStateSchema } from "../protocol/devices.js";
-import { listDevicesResponseSchema, runnerIdSchema, type DeviceView } from "../protocol/http.js";
-import type { Context } from "./context.js";
-import type { DeviceRecord } from "./device-store.js";
-import { HttpError, reply, type Reply, type RouteRequest } from "./http-router.js";
+import { deviceKindSchema, deviceStateSchema } from "../../protocol/devices.js";
+import { listDevicesResponseSchema, runnerIdSchema, type DeviceView } from "../../protocol/http.js";
+import type { Context } from "../context.js";
+import type { DeviceRecord } from "../store/device-store.js";
+import { HttpError, reply, type Reply, type RouteRequest } from "./router.js";
 
 export function listRunnerDevices(request: RouteRequest, context: Context): Reply {
   const id = runnerIdSchema.safeParse(request.params.id);

@@ -1,6 +1,6 @@
 // The reference control plane's HTTP routes: method, path (under /api/v1), auth rule, handler.
-import type { Route } from "./http-router.js";
-import { refusePlainChannelRequest } from "./channel.js";
+import type { Route } from "./router.js";
+import { refusePlainChannelRequest } from "../channel/endpoint.js";
 import { listDevices, listRunnerDevices } from "./device-routes.js";
 import { cancelJob, getJob, listJobs, submitJob } from "./job-routes.js";
 import {

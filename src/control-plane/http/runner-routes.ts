@@ -19,12 +19,12 @@ import {
   verifyRequestSchema,
   verifyResponseSchema,
   type RunnerView,
-} from "../protocol/http.js";
-import { compareVersions } from "../protocol/version.js";
-import { SUPPORTED_PROTOCOL_VERSIONS, type Context } from "./context.js";
-import { HttpError, parseBody, reply, type Reply, type RouteRequest } from "./http-router.js";
-import type { RunnerRecord } from "./store.js";
-import { generateRunnerId, generateToken, generateTokenId, hashSecret, secretMatchesHash } from "./tokens.js";
+} from "../../protocol/http.js";
+import { compareVersions } from "../../protocol/version.js";
+import { SUPPORTED_PROTOCOL_VERSIONS, type Context } from "../context.js";
+import { HttpError, parseBody, reply, type Reply, type RouteRequest } from "./router.js";
+import type { RunnerRecord } from "../store/store.js";
+import { generateRunnerId, generateToken, generateTokenId, hashSecret, secretMatchesHash } from "../tokens.js";
 
 /** The admin answers about one runner (revoke, pause, resume, labels) have verify's shape: `{ ok: true, runner }`. */
 const runnerResponseSchema = verifyResponseSchema;

@@ -5,7 +5,7 @@
 // (`store.devices`).
 // Secrets never reach this layer in plain text: callers pass sha256 hashes.
 import Database from "better-sqlite3";
-import { hostFactsSchema, labelsSchema, type HostFacts } from "../protocol/http.js";
+import { hostFactsSchema, labelsSchema, type HostFacts } from "../../protocol/http.js";
 import { DeviceStore } from "./device-store.js";
 import { JobStore } from "./job-store.js";
 

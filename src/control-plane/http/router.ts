@@ -4,9 +4,9 @@
 // are plain functions of (request, context) → reply; they throw HttpError for protocol errors.
 import type http from "node:http";
 import type { z } from "zod";
-import { API_PREFIX, type ApiErrorCode, type ErrorBody } from "../protocol/http.js";
-import { ADMIN_TOKEN_HASH_SETTING, type Context } from "./context.js";
-import { secretMatchesHash } from "./tokens.js";
+import { API_PREFIX, type ApiErrorCode, type ErrorBody } from "../../protocol/http.js";
+import { ADMIN_TOKEN_HASH_SETTING, type Context } from "../context.js";
+import { secretMatchesHash } from "../tokens.js";
 
 export const MAX_BODY_BYTES = 64 * 1024;
 

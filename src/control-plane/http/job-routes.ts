@@ -1,5 +1,5 @@
 // Handlers of the admin job API: submit, list, get (with logs), cancel.
-import { encode, type Assignment } from "../protocol/channel.js";
+import { encode, type Assignment } from "../../protocol/channel.js";
 import {
   cancelJobResponseSchema,
   getJobResponseSchema,
@@ -8,10 +8,10 @@ import {
   submitJobRequestSchema,
   submitJobResponseSchema,
   type JobView,
-} from "../protocol/http.js";
-import type { Context } from "./context.js";
-import { HttpError, parseBody, reply, type Reply, type RouteRequest } from "./http-router.js";
-import type { JobRecord } from "./job-store.js";
+} from "../../protocol/http.js";
+import type { Context } from "../context.js";
+import { HttpError, parseBody, reply, type Reply, type RouteRequest } from "./router.js";
+import type { JobRecord } from "../store/job-store.js";
 
 /** Longest values an `assign` can carry, to size the frame before the job is accepted. */
 const LONGEST_JOB_ID = "job_" + "x".repeat(124);

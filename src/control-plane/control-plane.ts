@@ -10,19 +10,19 @@ import type { AddressInfo } from "node:net";
 import { DEFAULT_MAX_FRAME_BYTES } from "../protocol/channel.js";
 import { RunnerError } from "../errors.js";
 import { createLogger, type Logger } from "../log/logger.js";
-import { attachChannel, type Channel } from "./channel.js";
-import { DeviceSyncEndpoint } from "./device-sync.js";
+import { attachChannel, type Channel } from "./channel/endpoint.js";
+import { DeviceSyncEndpoint } from "./channel/device-sync.js";
 import { ADMIN_TOKEN_HASH_SETTING, type Context } from "./context.js";
-import { createRequestHandler } from "./http-router.js";
-import { JobQueue } from "./jobs.js";
-import { ROUTES } from "./routes.js";
-import { ControlPlaneStore } from "./store.js";
+import { createRequestHandler } from "./http/router.js";
+import { JobQueue } from "./queue/job-queue.js";
+import { ROUTES } from "./http/routes.js";
+import { ControlPlaneStore } from "./store/store.js";
 import { generateToken, hashSecret } from "./tokens.js";
 
-export { MAX_BODY_BYTES } from "./http-router.js";
+export { MAX_BODY_BYTES } from "./http/router.js";
 export { SUPPORTED_PROTOCOL_VERSIONS } from "./context.js";
-export type { JobEvent, JobEventStatus, RunnerEvent } from "./jobs.js";
-export type { DeviceEvent } from "./device-sync.js";
+export type { JobEvent, JobEventStatus, RunnerEvent } from "./queue/job-queue.js";
+export type { DeviceEvent } from "./channel/device-sync.js";
 export const DATABASE_FILE = "control-plane.sqlite";
 /** In-flight requests get this long to finish on close before their sockets are cut. */
 const CLOSE_GRACE_MS = 2000;

@@ -17,14 +17,14 @@ import {
   encode,
   type ControlMessage,
   type RunnerMessage,
-} from "../protocol/channel.js";
-import { runnerIdSchema } from "../protocol/http.js";
-import { PROTOCOL_VERSION } from "../protocol/version.js";
-import { SUPPORTED_PROTOCOL_VERSIONS, type Context } from "./context.js";
-import { HttpError, parseBearer, toErrorAnswer } from "./http-router.js";
-import type { RunnerEvent, RunnerLink } from "./jobs.js";
-import { authenticateRunner } from "./runner-routes.js";
-import type { RunnerRecord } from "./store.js";
+} from "../../protocol/channel.js";
+import { runnerIdSchema } from "../../protocol/http.js";
+import { PROTOCOL_VERSION } from "../../protocol/version.js";
+import { SUPPORTED_PROTOCOL_VERSIONS, type Context } from "../context.js";
+import { HttpError, parseBearer, toErrorAnswer } from "../http/router.js";
+import type { RunnerEvent, RunnerLink } from "../queue/job-queue.js";
+import { authenticateRunner } from "../http/runner-routes.js";
+import type { RunnerRecord } from "../store/store.js";
 
 /** A connection not heard from for this many heartbeat intervals is terminated. */
 export const IDLE_HEARTBEATS = 2.5;
