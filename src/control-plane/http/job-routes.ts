@@ -9,7 +9,7 @@ import {
   submitJobResponseSchema,
   type JobView,
 } from "../../protocol/http.js";
-import type { Context } from "../context.js";
+import type { RouteContext } from "../context.js";
 import { HttpError, parseBody, reply, type Reply, type RouteRequest } from "./router.js";
 import type { JobRecord } from "../store/job-store.js";
 
@@ -17,7 +17,7 @@ import type { JobRecord } from "../store/job-store.js";
 const LONGEST_JOB_ID = "job_" + "x".repeat(124);
 const LATEST_TIMESTAMP = new Date(8.64e15).toISOString();
 
-export function submitJob(request: RouteRequest, context: Context): Reply {
+export function submitJob(request: RouteRequest, context: RouteContext): Reply {
   const body = parseBody(submitJobRequestSchema, request.body);
   const probe: Assignment = {
     type: "assign",
@@ -52,7 +52,7 @@ export function submitJob(request: RouteRequest, context: Context): Reply {
   return reply(submitJobResponseSchema, 201, { job: toJobView(context.store.jobs.find(job.id) ?? job) });
 }
 
-export function listJobs(request: RouteRequest, context: Context): Reply {
+export function listJobs(request: RouteRequest, context: RouteContext): Reply {
   const raw = request.query.get("status");
   let status;
   if (raw !== null) {
@@ -64,20 +64,20 @@ export function listJobs(request: RouteRequest, context: Context): Reply {
   return reply(listJobsResponseSchema, 200, { jobs: context.store.jobs.list(status).map(toJobView) });
 }
 
-export function getJob(request: RouteRequest, context: Context): Reply {
+export function getJob(request: RouteRequest, context: RouteContext): Reply {
   const job = findJob(request, context);
   return reply(getJobResponseSchema, 200, { job: toJobView(job), logs: context.store.jobs.listLogs(job.id) });
 }
 
 /** A terminal job is returned unchanged. */
-export function cancelJob(request: RouteRequest, context: Context): Reply {
+export function cancelJob(request: RouteRequest, context: RouteContext): Reply {
   const id = findJob(request, context).id;
   const job = context.queue.cancel(id);
   if (!job) throw jobNotFound(id);
   return reply(cancelJobResponseSchema, 200, { job: toJobView(job) });
 }
 
-function findJob(request: RouteRequest, context: Context): JobRecord {
+function findJob(request: RouteRequest, context: RouteContext): JobRecord {
   const id = request.params.id ?? "";
   const job = context.store.jobs.find(id);
   if (!job) throw jobNotFound(id);
