@@ -118,7 +118,12 @@ async function handleRequest(
   }
 }
 
-async function dispatch(context: RouteContext, routes: CompiledRoutes, req: http.IncomingMessage, url: URL): Promise<Reply> {
+async function dispatch(
+  context: RouteContext,
+  routes: CompiledRoutes,
+  req: http.IncomingMessage,
+  url: URL,
+): Promise<Reply> {
   if (!url.pathname.startsWith(API_PREFIX + "/"))
     throw new HttpError(404, "not_found", `no such endpoint: ${url.pathname}`);
   const { route, params } = matchRoute(routes, req.method ?? "GET", url.pathname.slice(API_PREFIX.length));
