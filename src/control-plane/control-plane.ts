@@ -25,8 +25,6 @@ export { SUPPORTED_PROTOCOL_VERSIONS } from "./context.js";
 export type { JobEvent, JobEventStatus, RunnerEvent } from "./queue/job-queue.js";
 export type { DeviceEvent } from "./channel/device-sync.js";
 export const DATABASE_FILE = "control-plane.sqlite";
-/** In-flight requests get this long to finish on close before their sockets are cut. */
-const CLOSE_GRACE_MS = 2000;
 
 /** Channel and queue timings; each has a default and the bounds the welcome message allows. */
 const TIMING_DEFAULTS = {

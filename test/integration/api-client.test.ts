@@ -11,6 +11,7 @@ import { AdminClient, AdminRequestError } from "../../src/api-client/admin.js";
 import { register } from "../../src/api-client/runner-api.js";
 import { identityBody } from "../../src/api-client/identity.js";
 import { RunnerError } from "../../src/errors.js";
+import { fakePlane } from "../helpers/fake-plane.js";
 
 const TIMEOUT = { timeout: 10_000 };
 const ADMIN_TOKEN = "adm_" + "A".repeat(43);
@@ -32,22 +33,6 @@ async function silentServer(t: TestContext): Promise<string> {
       }),
   );
   return `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
-}
-
-/** An HTTP server that records "METHOD url" of each request and answers as `answer` says. */
-async function recordingServer(
-  t: TestContext,
-  answer: (req: http.IncomingMessage, res: http.ServerResponse) => void,
-): Promise<{ url: string; requests: string[] }> {
-  const requests: string[] = [];
-  const server = http.createServer((req, res) => {
-    requests.push(`${req.method} ${req.url}`);
-    req.resume();
-    req.on("end", () => answer(req, res));
-  });
-  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
-  t.after(() => new Promise<void>((resolve) => (server.closeAllConnections(), server.close(() => resolve()))));
-  return { url: `http://127.0.0.1:${(server.address() as AddressInfo).port}`, requests };
 }
 
 const sendJson = (res: http.ServerResponse, status: number, body: unknown) =>
@@ -75,15 +60,15 @@ describe("the admin client", () => {
   );
 
   test("a control plane behind a path prefix is reached under that prefix", TIMEOUT, async (t) => {
-    const plane = await recordingServer(t, (_req, res) => sendJson(res, 200, { runners: [] }));
+    const plane = await fakePlane(t, (_req, res) => sendJson(res, 200, { runners: [] }));
     const admin = new AdminClient(`${plane.url}/cp/`, ADMIN_TOKEN);
     assert.deepEqual(await admin.listRunners(), []);
     assert.deepEqual(plane.requests, ["GET /cp/api/v1/admin/runners"]);
   });
 
   test("a redirect is reported as an error and not followed with the admin token", TIMEOUT, async (t) => {
-    const elsewhere = await recordingServer(t, (_req, res) => sendJson(res, 200, { runners: [] }));
-    const plane = await recordingServer(t, (_req, res) =>
+    const elsewhere = await fakePlane(t, (_req, res) => sendJson(res, 200, { runners: [] }));
+    const plane = await fakePlane(t, (_req, res) =>
       res.writeHead(307, { location: `${elsewhere.url}/api/v1/admin/runners` }).end(),
     );
     const admin = new AdminClient(plane.url, ADMIN_TOKEN);
@@ -103,7 +88,7 @@ describe("the runner API client", () => {
     "a control plane URL with a path keeps it: the request goes under the prefix, as the channel's does",
     TIMEOUT,
     async (t) => {
-      const plane = await recordingServer(t, (_req, res) =>
+      const plane = await fakePlane(t, (_req, res) =>
         sendJson(res, 201, {
           runnerId: "rnr_" + "R".repeat(24),
           credential: "rnc_" + "C".repeat(43),
