@@ -13,8 +13,8 @@ import { pino } from "pino";
 import { startCommandJob, type JobHooks, type RunningJob } from "../src/jobs/command.js";
 import { isGroupAlive } from "../src/jobs/process-group.js";
 import type { Assignment, JobSpec } from "../src/protocol/channel.js";
-import { WorkerPool } from "../src/workers/pool.js";
-import { defaultLimits } from "../src/workers/recycle-policy.js";
+import { WorkerPool } from "../src/workers/parent/pool.js";
+import { defaultRecycleLimits } from "../src/config/normalize.js";
 import { REPO_ROOT, percentiles, printTable } from "./support.js";
 
 const runs = Number(process.argv[2] ?? 60);
@@ -67,7 +67,7 @@ async function waitForIdleWorker(pool: WorkerPool): Promise<void> {
 
 const pool = new WorkerPool({
   size: 1,
-  limits: defaultLimits(1024),
+  limits: defaultRecycleLimits(1024),
   handlers: { stop: STOP },
   logger: pino({ level: "error" }),
 });

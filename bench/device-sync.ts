@@ -12,6 +12,8 @@ import path from "node:path";
 import { pino } from "pino";
 import { ChannelDriver } from "../src/channel/driver.js";
 import { register } from "../src/api-client/runner-api.js";
+import { deviceSyncSettings } from "../src/config/normalize.js";
+import { defaultSettings } from "../src/config/resolve.js";
 import { AdminClient } from "../src/api-client/admin.js";
 import { startControlPlane, type DeviceEvent } from "../src/control-plane/control-plane.js";
 import { channelUrl } from "../src/daemon/daemon.js";
@@ -213,7 +215,7 @@ async function measureEndToEnd(): Promise<void> {
     };
     const sync = createDeviceSync({
       stateDir: work,
-      settings: { deviceBatchSize: BATCH },
+      settings: { ...deviceSyncSettings(defaultSettings()), deviceBatchSize: BATCH },
       logger: quiet,
       providers: [provider],
     });

@@ -9,9 +9,10 @@
 import { pino } from "pino";
 import pidusage from "pidusage";
 import type { Assignment } from "../src/protocol/channel.js";
-import { WorkerPool } from "../src/workers/pool.js";
-import { defaultLimits } from "../src/workers/recycle-policy.js";
-import { countOpenFds, readOwnHealth, readRssFromProc } from "../src/workers/sample.js";
+import { WorkerPool } from "../src/workers/parent/pool.js";
+import { defaultRecycleLimits } from "../src/config/normalize.js";
+import { countOpenFds, readOwnHealth } from "../src/workers/child/own-health.js";
+import { readRssFromProc } from "../src/workers/parent/sample.js";
 import { percentiles, printTable, type Percentiles } from "./support.js";
 
 const calls = Number(process.argv[2] ?? 20_000);
@@ -33,7 +34,12 @@ async function time(label: string, n: number, sample: () => unknown): Promise<[s
 }
 
 // A real, live worker to sample from outside.
-const pool = new WorkerPool({ size: 1, limits: defaultLimits(1024), handlers: {}, logger: pino({ level: "warn" }) });
+const pool = new WorkerPool({
+  size: 1,
+  limits: defaultRecycleLimits(1024),
+  handlers: {},
+  logger: pino({ level: "warn" }),
+});
 const warmUp: Assignment = {
   type: "assign",
   jobId: "w",

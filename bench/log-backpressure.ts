@@ -12,8 +12,8 @@ import { spawn } from "node:child_process";
 import { fileURLToPath } from "node:url";
 import { pino } from "pino";
 import type { Assignment } from "../src/protocol/channel.js";
-import { WorkerPool } from "../src/workers/pool.js";
-import { defaultLimits } from "../src/workers/recycle-policy.js";
+import { WorkerPool } from "../src/workers/parent/pool.js";
+import { defaultRecycleLimits } from "../src/config/normalize.js";
 
 const MiB = 1024 * 1024;
 const HIGH_WATER = 4 * MiB;
@@ -37,7 +37,12 @@ const producer = (mb: number) => `
   go();`;
 
 async function measure(mode: Measured["mode"], mb: number, drainMbPerS: number): Promise<Measured> {
-  const pool = new WorkerPool({ size: 1, limits: defaultLimits(1024), handlers: {}, logger: pino({ level: "warn" }) });
+  const pool = new WorkerPool({
+    size: 1,
+    limits: defaultRecycleLimits(1024),
+    handlers: {},
+    logger: pino({ level: "warn" }),
+  });
   const hooks = { onStarted: () => undefined, onLog: () => undefined };
   const warm: Assignment = {
     type: "assign",

@@ -9,8 +9,8 @@ import path from "node:path";
 import { pathToFileURL } from "node:url";
 import { pino } from "pino";
 import type { Assignment } from "../src/protocol/channel.js";
-import { WorkerPool } from "../src/workers/pool.js";
-import { defaultLimits } from "../src/workers/recycle-policy.js";
+import { WorkerPool } from "../src/workers/parent/pool.js";
+import { defaultRecycleLimits } from "../src/config/normalize.js";
 import { REPO_ROOT, percentiles, printTable } from "./support.js";
 
 const warmJobs = Number(process.argv[2] ?? 5000);
@@ -33,7 +33,7 @@ const noopJob = (): Assignment => ({
 async function measureWarm(): Promise<{ perJob: number[]; jobsPerSecond: number }> {
   const pool = new WorkerPool({
     size: 1,
-    limits: defaultLimits(1024),
+    limits: defaultRecycleLimits(1024),
     handlers: { noop: NOOP },
     logger: pino({ level: "warn" }),
   });

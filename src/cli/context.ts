@@ -1,22 +1,25 @@
-// What every verb needs, built in one place from its options: resolved settings, the state
+// What every verb needs, built in one place from its options: the settings resolved
+// (config/resolve.ts) and normalized into each part's config (config/normalize.ts), the state
 // dir's files, a logger. Also the glue that adds every setting's flag to a verb.
 import { promises as fs } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { Command, Option } from "commander";
 import { RunnerError } from "../errors.js";
-import { defaultDirs, stateFiles, type StateFiles } from "../config/paths.js";
+import { normalizeSettings, type RunnerConfig } from "../config/normalize.js";
+import { defaultDirs } from "../config/paths.js";
 import { resolveSettings, type ResolvedSettings } from "../config/resolve.js";
 import { CONFIG_FILE_ENV, CONFIG_FILE_FLAG, SETTINGS, type SettingSpec } from "../config/settings.js";
 import { createLogger, type Logger } from "../log/logger.js";
 import type { CheckContext } from "../startup/check.js";
 import { gatherHostFacts } from "../state/host.js";
+import { readOpenFileLimit } from "../workers/parent/rlimit.js";
 
-export interface Context {
+/** A verb's view: the normalized config (every setting's value, each part's config), plus the verb's own things. */
+export interface Context extends RunnerConfig {
+  /** Where each setting came from (`runner service install` carries the flag and env ones into the unit). */
   resolved: ResolvedSettings;
-  settings: ResolvedSettings["settings"] & { stateDir: string };
   configFile: string;
-  files: StateFiles;
   logger: Logger;
   now: () => Date;
 }
@@ -45,21 +48,19 @@ export async function loadContext(
     platform: process.platform,
     env,
     home: os.homedir(),
-    system: early.settings.system === true,
+    system: early.settings.system,
   });
   const configFile = path.resolve(explicitConfig ?? path.join(dirs.configDir, "config.json"));
   const file = await readConfigFile(configFile, explicitConfig !== undefined);
   const resolved = resolveSettings({ flags, env, file, fileName: configFile });
-  const systemDirs = defaultDirs({
+  const config = normalizeSettings(resolved.settings, {
     platform: process.platform,
     env,
     home: os.homedir(),
-    system: resolved.settings.system === true,
+    rlimitNofile: await readOpenFileLimit(),
   });
-  const stateDir = path.resolve(resolved.settings.stateDir ?? systemDirs.stateDir);
-  const settings = { ...resolved.settings, stateDir };
-  const logger = createLogger({ level: settings.logLevel, format: settings.logFormat });
-  return { resolved, settings, configFile, files: stateFiles(stateDir), logger, now: () => new Date() };
+  const logger = createLogger({ level: config.settings.logLevel, format: config.settings.logFormat });
+  return { ...config, resolved, configFile, logger, now: () => new Date() };
 }
 
 async function readConfigFile(file: string, required: boolean): Promise<Record<string, unknown> | undefined> {
@@ -90,7 +91,7 @@ export async function checkContextFor(ctx: Context, registrationToken: string | 
   return {
     files: ctx.files,
     host: await gatherHostFacts(ctx.settings.machineId),
-    requestTimeoutMs: ctx.settings.requestTimeoutMs ?? 10_000,
+    requestTimeoutMs: ctx.controlPlane.requestTimeoutMs,
     registrationToken,
     now: ctx.now,
     logger: ctx.logger,

@@ -1,9 +1,9 @@
 // `runner control-plane`: runs the reference control plane in the foreground until SIGINT or
 // SIGTERM. It speaks plain HTTP, so it refuses non-loopback addresses unless told otherwise.
 import { readFileSync } from "node:fs";
-import { isIP } from "node:net";
 import { InvalidArgumentError, type Command } from "commander";
 import { ExitCode, RunnerError } from "../errors.js";
+import { isLoopbackHost } from "../config/transport.js";
 import { action, print } from "../cli/output.js";
 import type { Logger } from "../log/logger.js";
 
@@ -36,7 +36,7 @@ export function defineControlPlaneCommand(program: Command, deps: { logger: () =
 
 async function runControlPlane(flags: ControlPlaneFlags, logger: Logger): Promise<number> {
   const { host, port } = parseListenAddress(flags.listen);
-  if (!isLoopback(host)) {
+  if (!isLoopbackHost(host)) {
     if (!flags.allowRemote) {
       throw new RunnerError(
         "usage",
@@ -91,12 +91,6 @@ export function parseListenAddress(value: string): { host: string; port: number 
     throw new RunnerError("usage", `--listen ${value}: expected host:port, e.g. ${DEFAULT_LISTEN} or [::1]:8080`);
   }
   return { host: match[1] ?? (match[2] || "127.0.0.1"), port };
-}
-
-export function isLoopback(host: string): boolean {
-  if (host === "localhost") return true;
-  if (isIP(host) === 4) return host.startsWith("127.");
-  return host === "::1" || host === "0:0:0:0:0:0:0:1";
 }
 
 /** The file wins over the environment; an empty value is an error, not "generate one". */

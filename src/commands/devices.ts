@@ -6,7 +6,6 @@ import { Command } from "commander";
 import { ExitCode } from "../errors.js";
 import { loadContext, withSettings } from "../cli/context.js";
 import { action, print, printJson } from "../cli/output.js";
-import { SETTINGS } from "../config/settings.js";
 import { createProviders, scanDevices, type Device, type ProviderReport } from "../devices/index.js";
 import { inspectLock } from "../state/lock.js";
 
@@ -21,9 +20,8 @@ export function defineDevicesCommand(program: Command): void {
   withSettings(command).action(
     action(async (options: Record<string, unknown>) => {
       const ctx = await loadContext(options);
-      const names = ctx.settings.deviceProviders ?? SETTINGS.deviceProviders.defaultValue ?? [];
-      const timeoutMs = ctx.settings.deviceProviderTimeoutMs ?? SETTINGS.deviceProviderTimeoutMs.defaultValue ?? 10_000;
-      const scan = await scanDevices(createProviders(names), { timeoutMs });
+      const { deviceProviders, deviceProviderTimeoutMs } = ctx.deviceSync;
+      const scan = await scanDevices(createProviders(deviceProviders), { timeoutMs: deviceProviderTimeoutMs });
       const rescan = options.rescan ? await signalDaemon(ctx.files.lock, ctx.files.stateDir) : null;
       if (options.json) {
         printJson({ devices: scan.devices, providers: scan.reports, scanMs: scan.ms, rescan });

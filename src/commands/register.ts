@@ -45,7 +45,7 @@ export function defineRegisterCommand(program: Command): void {
 
 async function runRegister(options: RegisterOptions): Promise<number> {
   const ctx = await loadContext(options);
-  const url = checkControlPlaneUrl(options.url, ctx.settings.insecurePlaintext === true);
+  const url = checkControlPlaneUrl(options.url, ctx.controlPlane.insecurePlaintext);
   const labels = parseLabels(options.labels);
   const name =
     options.name ??
@@ -76,7 +76,7 @@ async function runRegister(options: RegisterOptions): Promise<number> {
         },
       );
     }
-    const choice = await chooseStore(ctx.settings.credentialStore ?? "auto", ctx.files);
+    const choice = await chooseStore(ctx.settings.credentialStore, ctx.files);
     ctx.logger.info({ store: choice.store.kind }, choice.why);
     const registration = await enroll({
       url,
@@ -87,7 +87,7 @@ async function runRegister(options: RegisterOptions): Promise<number> {
       store: choice.store,
       files: ctx.files,
       host: await gatherHostFacts(ctx.settings.machineId),
-      timeoutMs: ctx.settings.requestTimeoutMs ?? 10_000,
+      timeoutMs: ctx.controlPlane.requestTimeoutMs,
       now: ctx.now(),
     });
     if (existing.kind === "ok" && existing.value.credentialStore !== choice.store.kind) {

@@ -15,7 +15,13 @@ import { SETTINGS, type SettingKey, type SettingSpec } from "../config/settings.
 import { readRegistration } from "../state/registration.js";
 import { modeOf } from "../state/files.js";
 import { clearBlocked, readBlocked } from "../state/blocked.js";
-import { NAME_PATTERN, planService, serviceManagerFor, type ServicePlan } from "../service/render.js";
+import {
+  NAME_PATTERN,
+  parseLaunchctlPrint,
+  planService,
+  serviceManagerFor,
+  type ServicePlan,
+} from "../service/render.js";
 import { inspectService, installService, runCommand, uninstallService } from "../service/manager.js";
 
 const PACKAGE_ROOT = fileURLToPath(new URL("../../../", import.meta.url));
@@ -86,19 +92,29 @@ export function defineServiceCommand(program: Command): void {
       const ctx = await loadContext(options);
       const plan = await planFor(ctx, options);
       const state = await inspectService(plan, runCommand);
-      print(`service: ${plan.unit} (${plan.manager}, ${ctx.settings.system ? "machine-wide" : "per user"})`);
+      print(`service: ${plan.unit} (${plan.manager}, ${ctx.service.system ? "machine-wide" : "per user"})`);
       print(`unit file: ${plan.unitFile} (${state.installed ? "installed" : "not installed"})`);
-      for (const answer of state.manager) print(`${answer.command}: ${answer.output || `exit ${answer.code}`}`);
+      for (const answer of state.manager) print(describeAnswer(plan, answer));
+      if (state.installed && !state.running) print("not running: see the manager's answer above and the service's log");
       const blocked = await readBlocked(ctx.files.blocked);
       if (blocked)
         print(
           `stopped for a person since ${blocked.at || "?"}: exit ${blocked.exitCode}, ${blocked.reason}; fix it, then \`runner repair\``,
         );
-      const healthy = state.installed && state.manager.every((answer) => answer.code === 0) && blocked === null;
+      const healthy = state.installed && state.running && blocked === null;
       return healthy ? ExitCode.OK : ExitCode.UNHEALTHY;
     }),
   );
   for (const command of [install, uninstall, status]) command.exitOverride();
+}
+
+/** launchctl print's dozens of lines come down to the fields that tell a run from a crash loop. */
+function describeAnswer(plan: ServicePlan, answer: { command: string; code: number; output: string }): string {
+  if (plan.manager !== "launchd" || answer.code !== 0)
+    return `${answer.command}: ${answer.output || `exit ${answer.code}`}`;
+  const job = parseLaunchctlPrint(answer.output);
+  const lastExit = job.lastExitCode === null ? "never exited" : `last exit code ${job.lastExitCode}`;
+  return `${answer.command}: state ${job.state ?? "?"}, pid ${job.pid ?? "none"}, runs ${job.runs ?? "?"}, ${lastExit}`;
 }
 
 async function planFor(ctx: Context, options: ServiceOptions): Promise<ServicePlan> {
@@ -112,7 +128,7 @@ async function planFor(ctx: Context, options: ServiceOptions): Promise<ServicePl
       hint: "run `runner start` in the foreground, under your own supervisor",
     });
   }
-  if (options.runAs !== undefined && !ctx.settings.system)
+  if (options.runAs !== undefined && !ctx.service.system)
     throw new RunnerError("usage", "--run-as needs --system (a per-user service runs as you)");
   const user = os.userInfo().username;
   const templates = {
@@ -126,7 +142,7 @@ async function planFor(ctx: Context, options: ServiceOptions): Promise<ServicePl
     user,
     env: process.env,
     name: options.name,
-    system: ctx.settings.system === true,
+    ...ctx.service,
     runAs: options.runAs ?? process.env.SUDO_USER ?? user,
     argv: [
       process.execPath,
@@ -134,12 +150,10 @@ async function planFor(ctx: Context, options: ServiceOptions): Promise<ServicePl
       "start",
       ...(await configFlag(ctx)),
       "--state-dir",
-      ctx.settings.stateDir,
-      ...(ctx.settings.system ? ["--system"] : []),
+      ctx.service.stateDir,
+      ...(ctx.service.system ? ["--system"] : []),
       ...carriedFlags(ctx, options),
     ],
-    stateDir: ctx.settings.stateDir,
-    drainTimeoutMs: ctx.settings.drainTimeoutMs ?? 600_000,
     templates,
   });
 }

@@ -51,19 +51,16 @@ export function defineStartCommand(program: Command): void {
         log.info({ stateDir: ctx.files.stateDir }, "startup checks passed");
         if (await clearBlocked(ctx.files.blocked)) log.info("removed the needs-operator marker an earlier stop left");
         const { registration, credential } = await loadIdentity(ctx.files);
-        const s = ctx.settings;
         const code = await runDaemon({
           registration,
           credential,
           files: ctx.files,
           logger: log,
-          capacity: s.capacity ?? 1,
-          drainTimeoutMs: s.drainTimeoutMs ?? 600_000,
-          reconnectBaseMs: s.reconnectBaseMs ?? 1_000,
-          reconnectCapMs: s.reconnectCapMs ?? 60_000,
-          insecurePlaintext: s.insecurePlaintext === true,
-          pool: s,
-          devices: s,
+          insecurePlaintext: ctx.controlPlane.insecurePlaintext,
+          channel: ctx.channel,
+          pool: ctx.pool,
+          rlimitNofile: ctx.rlimitNofile,
+          deviceSync: ctx.deviceSync,
         });
         return await stopFor(ctx, code, "the control plane refused this runner while it ran (see the log above)");
       } finally {

@@ -37,7 +37,7 @@ export function defineUnregisterCommand(program: Command): void {
         if (!options.localOnly && credential.kind === "ok") {
           try {
             await unregister(
-              { url: registration.url, timeoutMs: ctx.settings.requestTimeoutMs ?? 10_000 },
+              { url: registration.url, timeoutMs: ctx.controlPlane.requestTimeoutMs },
               credential.value.credential,
               identityBody({ runnerId: registration.runnerId }),
             );

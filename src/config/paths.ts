@@ -48,6 +48,8 @@ export function stateFiles(stateDir: string) {
     running: path.join(stateDir, "running"),
     /** Left by `runner start` when it stops for a person (exit 78 or 79); see src/state/blocked.ts. */
     blocked: path.join(stateDir, "needs-operator"),
+    /** What the control plane last confirmed of the device inventory (src/devices/state-file.ts). */
+    devices: path.join(stateDir, "devices.json"),
   };
 }
 export type StateFiles = ReturnType<typeof stateFiles>;

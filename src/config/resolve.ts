@@ -63,3 +63,8 @@ function check(spec: SettingSpec<unknown>, value: unknown, where: string): unkno
     hint: `${spec.flag}: ${spec.help}`,
   });
 }
+
+/** Every setting at its default, as if nothing were given (tests and benchmarks build a part's config from it). */
+export function defaultSettings(): Settings {
+  return resolveSettings({ flags: {}, env: {} }).settings;
+}

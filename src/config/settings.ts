@@ -3,6 +3,7 @@
 import path from "node:path";
 import { z } from "zod";
 import { DEVICE_PROVIDER_NAMES, type DeviceProviderName } from "../devices/provider-names.js";
+import { handlerNameSchema } from "../protocol/common.js";
 
 export interface SettingSpec<T> {
   /** The config-file key (camelCase). */
@@ -45,10 +46,6 @@ const handlerList = (raw: string) => {
     entries.map((item) => [item.slice(0, item.indexOf("=")).trim(), item.slice(item.indexOf("=") + 1).trim()]),
   );
 };
-/** Same rule as the protocol's moduleJobSchema.handler. */
-const handlerName = z
-  .string()
-  .regex(/^[A-Za-z0-9._-]{1,128}$/, "a handler name is 1-128 letters, digits, '.', '_' and '-'");
 
 /** "gpu,usb" → ["gpu", "usb"]; "none" → [] (an empty env var counts as unset). */
 const nameList = (raw: string) =>
@@ -59,7 +56,17 @@ const nameList = (raw: string) =>
         .map((item) => item.trim())
         .filter((item) => item.length > 0);
 
-function setting<T>(spec: Omit<SettingSpec<T>, "env"> & { env?: string }): SettingSpec<T> {
+type SpecInput<T> = Omit<SettingSpec<T>, "env"> & { env?: string };
+/**
+ * A setting's spec, typed by whether it has a default: the resolved settings (`Settings`) hold
+ * a value for every setting with one, and may lack only those worked out at run time (which
+ * config/normalize.ts works out, and whose help says how).
+ */
+function setting<T>(spec: SpecInput<T> & { defaultValue: T }): SettingSpec<T> & { defaultValue: T };
+function setting<T>(
+  spec: SpecInput<T> & { defaultValue: undefined; defaultHelp: string },
+): SettingSpec<T> & { defaultValue: undefined };
+function setting<T>(spec: SpecInput<T>): SettingSpec<T> {
   const env = "RUNNER_" + spec.key.replace(/[A-Z]/g, (c) => "_" + c).toUpperCase();
   return { ...spec, env: spec.env ?? env };
 }
@@ -233,7 +240,7 @@ export const SETTINGS = {
     arg: "<name=path,...>",
     help: "module job handlers: the name a job may ask for, mapped to the absolute path of the module that handles it",
     schema: z.record(
-      handlerName,
+      handlerNameSchema,
       z.string().refine((file) => path.isAbsolute(file), "the module path must be absolute"),
     ),
     fromString: handlerList,
@@ -305,7 +312,14 @@ export const SETTINGS = {
 
 export type SettingKey = keyof typeof SETTINGS;
 type ValueOf<K extends SettingKey> = (typeof SETTINGS)[K] extends SettingSpec<infer T> ? T : never;
-export type Settings = { [K in SettingKey]: ValueOf<K> | undefined };
+/** The settings whose default is worked out at run time (the spec's defaultValue is undefined). */
+export type RunTimeDefaultKey = {
+  [K in SettingKey]: (typeof SETTINGS)[K]["defaultValue"] extends undefined ? K : never;
+}[SettingKey];
+/** What the resolver returns: a value for every setting that has a default; the others may be unset. */
+export type Settings = { [K in Exclude<SettingKey, RunTimeDefaultKey>]: ValueOf<K> } & {
+  [K in RunTimeDefaultKey]: ValueOf<K> | undefined;
+};
 export type SettingSource = "flag" | "env" | "file" | "default";
 
 /** The config file is the one setting that cannot live in the config file. */

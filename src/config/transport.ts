@@ -1,10 +1,18 @@
 // The transport rule: TLS (https/wss) for anything but loopback; plaintext to another host
 // only with the loudly named --insecure-plaintext opt-in.
+import { isIP } from "node:net";
 import { RunnerError } from "../errors.js";
 
+/**
+ * The loopback rule, for every place that allows plain HTTP only on this machine: the runner's
+ * control-plane URL, and the reference control plane's listen address. A host name, or an IP
+ * literal with or without its URL brackets.
+ */
 export function isLoopbackHost(hostname: string): boolean {
   const host = hostname.replace(/^\[|\]$/g, "").toLowerCase();
-  return host === "localhost" || host === "::1" || /^127(\.\d{1,3}){3}$/.test(host);
+  if (host === "localhost") return true;
+  if (isIP(host) === 4) return host.startsWith("127.");
+  return host === "::1" || host === "0:0:0:0:0:0:0:1";
 }
 
 /** Checks a control-plane URL and returns it normalised (no trailing slash). */

@@ -4,7 +4,7 @@
 import { RunnerError } from "../errors.js";
 import type { CredentialStoreKind } from "../state/registration.js";
 import { FileCredentialStore } from "./file-store.js";
-import { KeychainCredentialStore } from "./keychain-store.js";
+import { KEYCHAIN_HINT, KeychainCredentialStore } from "./keychain-store.js";
 import type { CredentialStore } from "./store.js";
 
 export interface StoreChoice {
@@ -31,7 +31,7 @@ export async function chooseStore(
   if (setting === "keychain") {
     if (!probe.usable) {
       throw new RunnerError("keychain_unavailable", `credential store is set to keychain, but ${probe.reason}`, {
-        hint: "unlock or start the keychain, or use --credential-store file",
+        hint: KEYCHAIN_HINT,
       });
     }
     return { store: openStore("keychain", paths), why: "credential store set to keychain" };

@@ -13,7 +13,8 @@ import { ensureDir, removeInterruptedWrites } from "../state/files.js";
 import { Outbox } from "../state/outbox.js";
 import type { Registration } from "../state/registration.js";
 import { JobHost } from "./job-host.js";
-import { createPoolFromSettings, type PoolSettings } from "../workers/pool-from-settings.js";
+import type { ChannelSettings, PoolSettings } from "../config/normalize.js";
+import { WorkerPool } from "../workers/parent/pool.js";
 import { createDeviceSync, type DeviceSyncSettings } from "../devices/index.js";
 
 export interface DaemonOptions {
@@ -21,14 +22,13 @@ export interface DaemonOptions {
   credential: string;
   files: StateFiles;
   logger: Logger;
-  capacity: number;
-  drainTimeoutMs: number;
-  reconnectBaseMs: number;
-  reconnectCapMs: number;
   insecurePlaintext: boolean;
-  /** Worker limits and module handlers, straight from the settings. */
+  /** Each part's config, as config/normalize.ts builds it from the settings. */
+  channel: ChannelSettings;
   pool: PoolSettings;
-  devices: DeviceSyncSettings;
+  /** What the pool's default fd limit was worked out from; logged with the limits. */
+  rlimitNofile: number;
+  deviceSync: DeviceSyncSettings;
 }
 
 /** A connection attempt's timeout before any welcome, and its ceiling after (see handshakeTimeout in the machine). */
@@ -58,15 +58,14 @@ export async function runDaemon(options: DaemonOptions): Promise<number> {
     protocolVersion: PROTOCOL_VERSION,
     agentVersion: AGENT_VERSION,
     labels: registration.labels,
-    capacity: options.capacity,
-    reconnectBaseMs: options.reconnectBaseMs,
-    reconnectCapMs: options.reconnectCapMs,
+    ...options.channel,
     handshakeTimeoutMs: HANDSHAKE_TIMEOUT_MS,
-    drainTimeoutMs: options.drainTimeoutMs,
   };
-  const pool = await createPoolFromSettings({ ...options.pool, capacity: options.capacity }, logger);
+  const { limits, handlers } = options.pool;
+  logger.info({ limits, rlimitNofile: options.rlimitNofile, handlers: Object.keys(handlers) }, "worker pool limits");
+  const pool = new WorkerPool({ ...options.pool, logger });
   const host = new JobHost(pool, journal, outbox, logger, (input) => driver.input(input));
-  const deviceSync = createDeviceSync({ stateDir: files.stateDir, settings: options.devices, logger });
+  const deviceSync = createDeviceSync({ stateDir: files.stateDir, settings: options.deviceSync, logger });
   const driver = new ChannelDriver(
     config,
     { pending },
@@ -94,7 +93,7 @@ export async function runDaemon(options: DaemonOptions): Promise<number> {
   process.on("SIGINT", onSignal);
   process.on("SIGUSR2", onRescan);
   logger.info(
-    { url, runnerId: registration.runnerId, capacity: options.capacity, heldResults: pending.length },
+    { url, runnerId: registration.runnerId, capacity: config.capacity, heldResults: pending.length },
     "runner started",
   );
   try {

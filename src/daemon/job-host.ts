@@ -3,19 +3,18 @@
 // process exists, and its pid is in it (written by its worker) before anyone learns it (a
 // module job runs inside its worker, which leaves with the daemon), and
 // every result is in the outbox before the journal forgets the job, so a crash at any point
-// loses nothing.
+// loses nothing. The pool is the one registry of running jobs: this host cancels by reference
+// and keeps no list of its own.
 import type { Logger } from "../log/logger.js";
 import type { DriverPorts } from "../channel/driver.js";
 import { keyOf, type Input } from "../channel/machine.js";
-import type { JobHooks, RunningJob } from "../jobs/command.js";
-import type { WorkerPool } from "../workers/pool.js";
+import type { PoolJobHooks, WorkerPool } from "../workers/parent/pool.js";
 import type { JobJournal } from "../jobs/journal.js";
 import type { Assignment, JobRef, JobResult } from "../protocol/channel.js";
-import { processStartTime } from "../state/lock.js";
+import { processStartTime } from "../state/process-start.js";
 import type { Outbox } from "../state/outbox.js";
 
 export class JobHost implements DriverPorts {
-  private readonly running = new Map<string, RunningJob>();
   /** The journal write of each job's pid; its result must not clear the journal before it lands. */
   private readonly pidWrites = new Map<string, Promise<void>>();
 
@@ -39,7 +38,7 @@ export class JobHost implements DriverPorts {
     // means the control plane re-queues the job this runner no longer reports).
     if (assignment.job.kind === "command") recordAssigned();
     const kind = assignment.job.kind;
-    const hooks: JobHooks = {
+    const hooks: PoolJobHooks = {
       onStarted: ({ pid, startedAt }) => {
         this.logger.info(
           { jobId: ref.jobId, attempt: ref.attempt, kind, jobPid: pid },
@@ -54,26 +53,17 @@ export class JobHost implements DriverPorts {
           this.pidWrites.set(keyOf(ref), this.recordStartTime(ref, pid, startedAt));
       },
       onLog: ({ stream, data }) => this.feed({ type: "job_output", ref, stream, data }),
+      // On a later turn (the pool's promise): a job refused at once (an invalid job, an unknown
+      // handler) is done before the driver has written the `accept` that follows this call, and
+      // its result must come after.
+      onFinished: (result) => this.feed({ type: "job_finished", result }),
     };
-    const job = this.pool.start(
-      assignment,
-      hooks,
-      kind === "command" ? { journalFile: this.journal.fileFor(ref) } : {},
-    );
+    this.pool.start(assignment, hooks, kind === "command" ? { journalFile: this.journal.fileFor(ref) } : {});
     if (assignment.job.kind === "module") recordAssigned();
-    this.running.set(keyOf(ref), job);
-    // On a later turn: a job refused at once (an invalid job, an unknown handler) is done before
-    // the driver has written the `accept` that follows this call, and its result must come after.
-    void job.done.then((result) =>
-      setImmediate(() => {
-        this.running.delete(keyOf(ref));
-        this.feed({ type: "job_finished", result });
-      }),
-    );
   }
 
   cancelJob(ref: JobRef, reason: string): void {
-    this.running.get(keyOf(ref))?.cancel(reason);
+    this.pool.cancel(ref, reason);
   }
 
   async persistResult(result: JobResult): Promise<void> {
@@ -87,13 +77,15 @@ export class JobHost implements DriverPorts {
     await this.outbox.remove(ref);
   }
 
-  /** Cancels whatever still runs and keeps each result in the outbox for the next start. */
+  /**
+   * Cancels whatever still runs and keeps each result in the outbox for the next start (with
+   * those of jobs that ended but whose result the driver, now stopped, has not taken).
+   */
   async stopAll(reason: string): Promise<void> {
-    const jobs = [...this.running.values()];
-    if (jobs.length === 0) return;
-    this.logger.warn({ jobs: jobs.length }, `cancelling running jobs: ${reason}`);
-    for (const job of jobs) job.cancel(reason);
-    for (const result of await Promise.all(jobs.map((j) => j.done))) await this.persistResult(result);
+    const results = this.pool.cancelAll(reason);
+    if (results.length === 0) return;
+    this.logger.warn({ jobs: results.length }, `cancelling running jobs: ${reason}`);
+    for (const result of await Promise.all(results)) await this.persistResult(result);
   }
 
   /** Adds the process start time, which tells the job's leader from a later process with its pid. */

@@ -1,23 +1,17 @@
 // The device sync's durable state: what the control plane last confirmed, as compact
-// [id, fingerprint, syncedAt] rows in <state dir>/devices.json, written atomically. A file
-// that cannot be read is moved aside and the sync starts from nothing: the summary then
-// mismatches and the control plane asks for a full snapshot, so nothing is lost but bytes.
-import path from "node:path";
+// [id, fingerprint, syncedAt] rows in <state dir>/devices.json (stateFiles().devices), written
+// atomically. A file that cannot be read is moved aside and the sync starts from nothing: the
+// summary then mismatches and the control plane asks for a full snapshot, so nothing is lost
+// but bytes.
 import { z } from "zod";
 import type { Logger } from "../log/logger.js";
 import { moveAside, readJsonFile, writeFileAtomic } from "../state/files.js";
 import type { Confirmed, ConfirmedRow } from "./diff.js";
 
-export const DEVICE_STATE_FILE = "devices.json";
-
 const stateSchema = z.object({
   version: z.literal(1),
   confirmed: z.array(z.tuple([z.string().min(1), z.string().min(1), z.number().int()])),
 });
-
-export function deviceStatePath(stateDir: string): string {
-  return path.join(stateDir, DEVICE_STATE_FILE);
-}
 
 export async function loadConfirmed(file: string, logger: Logger, now = new Date()): Promise<Confirmed> {
   const read = await readJsonFile(file, stateSchema);

@@ -4,7 +4,7 @@
 // companion, see channel/driver.ts) and writes the confirmed state to disk, one write at a
 // time, the latest winning.
 import type { ChannelCompanion } from "../channel/driver.js";
-import { SETTINGS } from "../config/settings.js";
+import { stateFiles } from "../config/paths.js";
 import type { Logger } from "../log/logger.js";
 import type { ControlMessage, RunnerMessage } from "../protocol/channel.js";
 import type { Device } from "./device.js";
@@ -12,7 +12,7 @@ import type { Confirmed } from "./diff.js";
 import type { DeviceProviderName } from "./provider-names.js";
 import { createProviders, type DeviceProvider } from "./providers/index.js";
 import { scanDevices, type LastGood, type ProviderReport } from "./scan.js";
-import { deviceStatePath, loadConfirmed, saveConfirmed } from "./state-file.js";
+import { loadConfirmed, saveConfirmed } from "./state-file.js";
 import {
   initialSyncState,
   nextDeadline,
@@ -23,13 +23,13 @@ import {
   type SyncState,
 } from "./sync.js";
 
-/** The device settings (as `ctx.settings` holds them; an undefined one takes its default). */
+/** The device settings, each with its value (config/normalize.ts builds them from the runner's settings). */
 export interface DeviceSyncSettings {
-  deviceProviders?: readonly DeviceProviderName[];
-  deviceScanIntervalMs?: number;
-  deviceRefreshMs?: number;
-  deviceBatchSize?: number;
-  deviceProviderTimeoutMs?: number;
+  deviceProviders: readonly DeviceProviderName[];
+  deviceScanIntervalMs: number;
+  deviceRefreshMs: number;
+  deviceBatchSize: number;
+  deviceProviderTimeoutMs: number;
 }
 
 export interface DeviceSyncOptions {
@@ -107,17 +107,15 @@ class DeviceSyncHost {
 
   constructor(private readonly options: DeviceSyncOptions) {
     const s = options.settings;
-    const setting = <T>(value: T | undefined, fallback: T | undefined): T => (value ?? fallback) as T;
-    this.providers =
-      options.providers ?? createProviders(setting(s.deviceProviders, SETTINGS.deviceProviders.defaultValue));
-    this.defaultScanIntervalMs = setting(s.deviceScanIntervalMs, SETTINGS.deviceScanIntervalMs.defaultValue);
+    this.providers = options.providers ?? createProviders(s.deviceProviders);
+    this.defaultScanIntervalMs = s.deviceScanIntervalMs;
     this.scanIntervalMs = this.defaultScanIntervalMs;
-    this.providerTimeoutMs = setting(s.deviceProviderTimeoutMs, SETTINGS.deviceProviderTimeoutMs.defaultValue);
-    this.stateFile = deviceStatePath(options.stateDir);
+    this.providerTimeoutMs = s.deviceProviderTimeoutMs;
+    this.stateFile = stateFiles(options.stateDir).devices;
     this.now = options.now ?? Date.now;
     const config = {
-      batchSize: setting(s.deviceBatchSize, SETTINGS.deviceBatchSize.defaultValue),
-      refreshMs: setting(s.deviceRefreshMs, SETTINGS.deviceRefreshMs.defaultValue),
+      batchSize: s.deviceBatchSize,
+      refreshMs: s.deviceRefreshMs,
       ackTimeoutMs: options.ackTimeoutMs ?? DEFAULT_ACK_TIMEOUT_MS,
       idPrefix: this.now().toString(36),
     };

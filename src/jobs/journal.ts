@@ -14,7 +14,7 @@ import { z } from "zod";
 import type { JobRef, JobResult } from "../protocol/channel.js";
 import { SECRET_FILE_MODE, ensureDir, readJsonDir, writeJsonAtomic, type SetAsideFile } from "../state/files.js";
 import { jobFileName } from "../state/outbox.js";
-import { processStartTime } from "../state/lock.js";
+import { compareStarts, processStartTime } from "../state/process-start.js";
 import { isGroupAlive, signalGroup, waitForGroupExit } from "./process-group.js";
 import { writeJobProcessRecord, type JobProcessRecord } from "./process-record.js";
 import { killMarkedProcesses } from "./job-marks.js";
@@ -25,7 +25,7 @@ const journalEntrySchema = z.object({
   /** Null until the process exists (the entry is written before spawning). */
   pid: z.number().int().positive().nullable(),
   pgid: z.number().int().positive().nullable(),
-  /** Opaque per-platform start time of `pid` (see processStartTime), to tell a reused pid. */
+  /** Opaque per-platform start time of `pid` (see src/state/process-start.ts), to tell a reused pid. */
   processStartTime: z.string().nullable(),
   startedAt: z.string().nullable(),
 }) satisfies z.ZodType<JobProcessRecord>; // the worker writes entries without zod: one shape
@@ -153,6 +153,5 @@ async function killOrphanGroup(entry: JournalEntry & { pid: number }): Promise<b
  */
 async function isStillTheJobsLeader(entry: JournalEntry & { pid: number }): Promise<boolean> {
   if (entry.processStartTime === null) return true;
-  const current = await processStartTime(entry.pid);
-  return current === null || current === entry.processStartTime;
+  return compareStarts(entry.processStartTime, await processStartTime(entry.pid)) !== "different";
 }

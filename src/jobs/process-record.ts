@@ -8,7 +8,7 @@
 // lost when the daemon and the worker both die before the daemon writes it, and the job's
 // detached group then runs on unsupervised. Written here, before the report, every process a
 // job starts is on disk by the time anyone else can learn of it.
-import { readFileSync, renameSync, writeFileSync } from "node:fs";
+import { renameSync, writeFileSync } from "node:fs";
 
 export interface JobProcessRecord {
   jobId: string;
@@ -16,7 +16,7 @@ export interface JobProcessRecord {
   /** Null until the process exists (the entry is written before spawning). */
   pid: number | null;
   pgid: number | null;
-  /** Opaque per-platform start time of `pid`, to tell a reused pid (see processStartTime). */
+  /** Opaque per-platform start time of `pid`, to tell a reused pid (see src/state/process-start.ts). */
   processStartTime: string | null;
   startedAt: string | null;
 }
@@ -33,19 +33,4 @@ export function writeJobProcessRecord(file: string, record: JobProcessRecord): v
   const temp = `${file}.${process.pid}.now.tmp`;
   writeFileSync(temp, JSON.stringify(record), { mode: RECORD_MODE });
   renameSync(temp, file);
-}
-
-/**
- * Linux: the process's start time (field 22 of /proc/<pid>/stat, clock ticks since boot), read
- * synchronously in ~15 µs; the same value processStartTime (state/lock.ts) reads. Elsewhere, or
- * when the process is already gone: null (the daemon adds it asynchronously on other systems).
- */
-export function processStartTimeSync(pid: number): string | null {
-  if (process.platform !== "linux") return null;
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
-    return stat.slice(stat.lastIndexOf(")") + 2).split(" ")[19] ?? null;
-  } catch {
-    return null;
-  }
 }

@@ -3,7 +3,7 @@
 // Both the agent and the reference control plane decode every frame through `decode*`.
 import { z } from "zod";
 import { capText } from "../log/cap-text.js";
-import { labelsSchema, runnerIdSchema } from "./common.js";
+import { handlerNameSchema, labelsSchema, runnerIdSchema } from "./common.js";
 import { devicesAckSchema, devicesBatchSchema, devicesResyncSchema, devicesSummarySchema } from "./devices.js";
 
 /** The upgrade path. Auth: `Authorization: Bearer <credential>`, `X-Runner-Id`, `X-Runner-Protocol`. */
@@ -82,11 +82,7 @@ export type CommandJob = z.infer<typeof commandJobSchema>;
  */
 export const moduleJobSchema = z.object({
   kind: z.literal("module"),
-  handler: z
-    .string()
-    .min(1)
-    .max(128)
-    .regex(/^[A-Za-z0-9._-]+$/, "a handler name is letters, digits, '.', '_' and '-'"),
+  handler: handlerNameSchema,
   /** Any JSON value nested at most PAYLOAD_MAX_DEPTH deep, handed to the handler as it is. */
   payload: z
     .unknown()
@@ -234,6 +230,9 @@ export const welcomeSchema = z.object({
   paused: z.boolean().default(false),
 });
 
+/** The longest grace an assignment may give a job between SIGTERM and SIGKILL. */
+export const MAX_CANCEL_GRACE_MS = 600_000;
+
 export const assignSchema = z.object({
   type: z.literal("assign"),
   ...jobRef,
@@ -244,7 +243,7 @@ export const assignSchema = z.object({
   /** Above MAX_TIMEOUT_MS the runner fails the job at once (assignmentProblem): no timer holds it. */
   timeoutMs: z.number().int().positive(),
   /** Grace between SIGTERM and SIGKILL when the job is cancelled or times out. */
-  cancelGraceMs: z.number().int().min(0).max(600_000).default(10_000),
+  cancelGraceMs: z.number().int().min(0).max(MAX_CANCEL_GRACE_MS).default(10_000),
   leaseExpiresAt: z.string(),
 });
 export type Assignment = z.infer<typeof assignSchema>;

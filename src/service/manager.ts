@@ -7,7 +7,7 @@ import { promises as fs } from "node:fs";
 import path from "node:path";
 import { RunnerError } from "../errors.js";
 import { modeOf, writeFileAtomic } from "../state/files.js";
-import type { ServicePlan } from "./render.js";
+import { isServiceRunning, LAUNCHCTL, type ServicePlan } from "./render.js";
 
 export interface CommandOutcome {
   code: number;
@@ -15,32 +15,75 @@ export interface CommandOutcome {
   stderr: string;
 }
 
-/** Runs a command without a shell. A missing program is `code: 127`, as a shell would say. */
-export type RunCommand = (argv: string[]) => Promise<CommandOutcome>;
+/**
+ * Runs a command without a shell, for at most `timeoutMs` (default 30 s). A missing program is
+ * `code: 127` and a timeout `code: 124`, as a shell and timeout(1) would say.
+ */
+export type RunCommand = (argv: string[], options?: { timeoutMs?: number }) => Promise<CommandOutcome>;
 
 const COMMAND_TIMEOUT_MS = 30_000;
+const TIMED_OUT = 124;
 const UNIT_FILE_MODE = 0o644;
 
-export const runCommand: RunCommand = (argv) =>
+export const runCommand: RunCommand = (argv, options = {}) =>
   new Promise((resolve) => {
-    execFile(argv[0]!, argv.slice(1), { timeout: COMMAND_TIMEOUT_MS, encoding: "utf8" }, (error, stdout, stderr) => {
+    const timeout = options.timeoutMs ?? COMMAND_TIMEOUT_MS;
+    execFile(argv[0]!, argv.slice(1), { timeout, encoding: "utf8" }, (error, stdout, stderr) => {
       if (error === null) return resolve({ code: 0, stdout, stderr });
       const failure = error as NodeJS.ErrnoException & { code?: string | number; killed?: boolean };
       if (failure.code === "ENOENT") return resolve({ code: 127, stdout, stderr: `${argv[0]}: not found on PATH` });
       if (failure.killed)
-        return resolve({ code: 124, stdout, stderr: `${stderr}${argv[0]}: timed out after ${COMMAND_TIMEOUT_MS} ms` });
+        return resolve({ code: TIMED_OUT, stdout, stderr: `${stderr}${argv[0]}: timed out after ${timeout} ms` });
       resolve({ code: typeof failure.code === "number" ? failure.code : 1, stdout, stderr });
     });
   });
+
+/** How often an install or uninstall asks whether the old job has gone, and how long past the stop timeout it waits. */
+export interface UnloadWait {
+  pollMs: number;
+  marginMs: number;
+}
+const DEFAULT_WAIT: UnloadWait = { pollMs: 500, marginMs: COMMAND_TIMEOUT_MS };
+
+/**
+ * Unloads (a stop drains: it may take up to the unit's stop timeout) and, where unloading
+ * returns before the job has stopped, waits until the manager no longer knows the job. Throws,
+ * naming what still runs, when it outlives the stop timeout: the caller then changes nothing.
+ */
+async function unloadAndWait(plan: ServicePlan, commands: string[][], run: RunCommand, wait: UnloadWait) {
+  const outcomes: { argv: string[]; outcome: CommandOutcome }[] = [];
+  for (const argv of commands) {
+    const outcome = await run(argv, { timeoutMs: plan.stopTimeoutMs + wait.marginMs });
+    if (outcome.code === TIMED_OUT) throw stillStopping(plan, argv, wait);
+    outcomes.push({ argv, outcome });
+  }
+  if (plan.loaded === null) return outcomes;
+  const deadline = performance.now() + plan.stopTimeoutMs + wait.marginMs;
+  while ((await run(plan.loaded)).code === 0) {
+    if (performance.now() >= deadline) throw stillStopping(plan, plan.loaded, wait);
+    await new Promise((resolve) => setTimeout(resolve, wait.pollMs));
+  }
+  return outcomes;
+}
+
+function stillStopping(plan: ServicePlan, argv: string[], wait: UnloadWait): RunnerError {
+  const seconds = Math.round((plan.stopTimeoutMs + wait.marginMs) / 1000);
+  return new RunnerError(
+    "service_failed",
+    `${plan.unit} is still stopping after ${seconds} s (\`${argv.join(" ")}\`): it drains its running jobs first`,
+    { hint: "the unit file was left as it was; run the command again once the service has stopped" },
+  );
+}
 
 /** Writes the unit and loads it; `start: false` only writes it (and enables it for the next boot where the manager can). */
 export async function installService(
   plan: ServicePlan,
   run: RunCommand,
   options: { start: boolean },
+  wait: UnloadWait = DEFAULT_WAIT,
 ): Promise<string[]> {
   const lines: string[] = [];
-  for (const argv of plan.unloadFirst) await run(argv); // not loaded yet is fine
+  await unloadAndWait(plan, plan.unloadFirst, run, wait); // not loaded yet is fine
   for (const dir of [path.dirname(plan.unitFile), ...plan.dirs])
     await fs.mkdir(dir, { recursive: true }).catch((error: unknown) => failWrite(dir, error));
   await writeFileAtomic(plan.unitFile, plan.content, UNIT_FILE_MODE, true).catch((error: unknown) =>
@@ -54,8 +97,9 @@ export async function installService(
   for (const argv of plan.load) {
     const outcome = await run(argv);
     if (outcome.code !== 0) {
-      // A unit the manager would not take is not left behind.
-      await fs.rm(plan.unitFile, { force: true });
+      // A unit the manager would not take is not left behind, unless the manager still runs a
+      // job from it (the file is what a later uninstall needs).
+      if (plan.loaded === null || (await run(plan.loaded)).code !== 0) await fs.rm(plan.unitFile, { force: true });
       throw commandFailed(argv, outcome);
     }
     lines.push(`✓ ${argv.join(" ")}`);
@@ -71,10 +115,13 @@ export async function installService(
   return lines;
 }
 
-export async function uninstallService(plan: ServicePlan, run: RunCommand): Promise<string[]> {
+export async function uninstallService(
+  plan: ServicePlan,
+  run: RunCommand,
+  wait: UnloadWait = DEFAULT_WAIT,
+): Promise<string[]> {
   const lines: string[] = [];
-  for (const argv of plan.unload) {
-    const outcome = await run(argv);
+  for (const { argv, outcome } of await unloadAndWait(plan, plan.unload, run, wait)) {
     lines.push(outcome.code === 0 ? `✓ ${argv.join(" ")}` : `- ${argv.join(" ")}: ${describe(outcome)} (not loaded?)`);
   }
   try {
@@ -93,6 +140,8 @@ export async function uninstallService(plan: ServicePlan, run: RunCommand): Prom
 
 export interface ServiceStatus {
   installed: boolean;
+  /** Whether the manager's answers say the service runs (see isServiceRunning). */
+  running: boolean;
   /** What the manager says, command by command. */
   manager: { command: string; code: number; output: string }[];
 }
@@ -104,7 +153,7 @@ export async function inspectService(plan: ServicePlan, run: RunCommand): Promis
     const outcome = await run(argv);
     manager.push({ command: argv.join(" "), code: outcome.code, output: (outcome.stdout + outcome.stderr).trim() });
   }
-  return { installed, manager };
+  return { installed, running: isServiceRunning(plan.manager, manager), manager };
 }
 
 function describe(outcome: CommandOutcome): string {
@@ -118,7 +167,7 @@ function commandFailed(argv: string[], outcome: CommandOutcome): RunnerError {
       ? `${argv[0]} is not installed: this machine does not run that service manager; run \`runner start\` under your own supervisor`
       : argv.includes("--user")
         ? "a per-user systemd service needs your user manager (a login session, or `loginctl enable-linger`); or install machine-wide: sudo runner service install --system"
-        : argv[0] === "launchctl" && argv.some((a) => a.startsWith("gui/"))
+        : argv[0] === LAUNCHCTL && argv.some((a) => a.startsWith("gui/"))
           ? "a LaunchAgent needs a logged-in (gui) session, which a headless Mac may not have; install a LaunchDaemon instead: sudo runner service install --system"
           : undefined;
   return new RunnerError("service_failed", `\`${argv.join(" ")}\` failed (${describe(outcome)})`, { hint });

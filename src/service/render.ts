@@ -4,6 +4,8 @@
 // inspect it. Pure: the caller passes the platform, the home dir, the user and the templates.
 import path from "node:path";
 import { stateFiles } from "../config/paths.js";
+import { RunnerError } from "../errors.js";
+import { MAX_CANCEL_GRACE_MS } from "../protocol/channel.js";
 
 export type ServiceManager = "systemd" | "launchd";
 
@@ -49,6 +51,56 @@ export interface ServicePlan {
   afterRemove: string[][];
   /** Print the manager's view of the service. */
   inspect: string[][];
+  /**
+   * Exits 0 while the job is still loaded, for managers whose unload returns before the job
+   * has stopped (launchd's bootout); null where unloading waits for the stop itself.
+   */
+  loaded: string[] | null;
+  /** The longest a stop can take: the manager's own timeout for it (TimeoutStopSec, ExitTimeOut). */
+  stopTimeoutMs: number;
+}
+
+/** By absolute path: a PATH that another tool shadows must not decide what runs the service. */
+export const LAUNCHCTL = "/bin/launchctl";
+
+/** What `launchctl print <target>` says of a job, from the fields that tell a crash loop from a run. */
+export interface LaunchdJobState {
+  /** "running", "spawn scheduled", "not running"...; null when the output has no state line. */
+  state: string | null;
+  pid: number | null;
+  /** Null while the job has never exited. */
+  lastExitCode: number | null;
+  runs: number | null;
+}
+
+/** Reads the job's own fields (one tab deep), not those of nested blocks such as its endpoints. */
+export function parseLaunchctlPrint(output: string): LaunchdJobState {
+  const fields = new Map<string, string>();
+  for (const line of output.split("\n")) {
+    const match = /^\t([a-z][a-z ]*?) = (.*)$/.exec(line);
+    if (match && !fields.has(match[1]!)) fields.set(match[1]!, match[2]!.trim());
+  }
+  const int = (key: string) => {
+    const text = fields.get(key);
+    return text !== undefined && /^-?\d+$/.test(text) ? Number(text) : null;
+  };
+  return {
+    state: fields.get("state") ?? null,
+    pid: int("pid"),
+    lastExitCode: int("last exit code"),
+    runs: int("runs"),
+  };
+}
+
+/**
+ * Whether the manager's answers (to `plan.inspect`, in order) say the service runs. systemd's
+ * `is-enabled`/`is-active` exit 0 only when it does; `launchctl print` exits 0 for any loaded
+ * job, a crash-looping one included, so its state line decides.
+ */
+export function isServiceRunning(manager: ServiceManager, answers: { code: number; output: string }[]): boolean {
+  if (manager === "systemd") return answers.length > 0 && answers.every((answer) => answer.code === 0);
+  const print = answers[0];
+  return print !== undefined && print.code === 0 && parseLaunchctlPrint(print.output).state === "running";
 }
 
 /** After the drain deadline, how long the service manager still waits before SIGKILL. */
@@ -63,17 +115,26 @@ export function serviceManagerFor(platform: NodeJS.Platform): ServiceManager | n
 
 export function planService(inputs: ServiceInputs): ServicePlan {
   if (!NAME_PATTERN.test(inputs.name))
-    throw new Error(`service name ${JSON.stringify(inputs.name)}: use 1-64 letters, digits, '.', '_' and '-'`);
+    throw new RunnerError(
+      "usage",
+      `service name ${JSON.stringify(inputs.name)}: use 1-64 letters, digits, '.', '_' and '-'`,
+    );
   const manager = serviceManagerFor(inputs.platform);
   if (manager === "systemd") return planSystemd(inputs);
   if (manager === "launchd") return planLaunchd(inputs);
-  throw new Error(
+  throw new RunnerError(
+    "usage",
     `no service manager is supported on ${inputs.platform}: run \`runner start\` under your own supervisor`,
   );
 }
 
-function stopTimeoutSeconds(drainTimeoutMs: number): number {
-  return Math.ceil(drainTimeoutMs / 1000) + STOP_MARGIN_S;
+/**
+ * How long the manager waits for a stop before it kills: the drain, then the longest cancel
+ * grace a job can have (jobs still running at the drain deadline are cancelled and get their
+ * grace), then the margin for delivering their results and stopping the workers.
+ */
+export function stopTimeoutSeconds(drainTimeoutMs: number): number {
+  return Math.ceil((drainTimeoutMs + MAX_CANCEL_GRACE_MS) / 1000) + STOP_MARGIN_S;
 }
 
 function planSystemd(inputs: ServiceInputs): ServicePlan {
@@ -113,6 +174,9 @@ function planSystemd(inputs: ServiceInputs): ServicePlan {
       [...systemctl, "is-enabled", unit],
       [...systemctl, "is-active", unit],
     ],
+    // `systemctl disable --now` returns once the unit has stopped.
+    loaded: null,
+    stopTimeoutMs: stopTimeoutSeconds(inputs.drainTimeoutMs) * 1000,
   };
 }
 
@@ -141,15 +205,19 @@ function planLaunchd(inputs: ServiceInputs): ServicePlan {
     unitFile,
     content,
     dirs: [logDir],
-    unloadFirst: [["launchctl", "bootout", target]],
+    unloadFirst: [[LAUNCHCTL, "bootout", target]],
     load: [
-      ["launchctl", "enable", target],
-      ["launchctl", "bootstrap", domain, unitFile],
+      [LAUNCHCTL, "enable", target],
+      [LAUNCHCTL, "bootstrap", domain, unitFile],
     ],
     afterLoad: [],
-    unload: [["launchctl", "bootout", target]],
+    unload: [[LAUNCHCTL, "bootout", target]],
     afterRemove: [],
-    inspect: [["launchctl", "print", target]],
+    inspect: [[LAUNCHCTL, "print", target]],
+    // bootout returns while the job still drains; bootstrap before it is gone fails with
+    // "5: Input/output error".
+    loaded: [LAUNCHCTL, "print", target],
+    stopTimeoutMs: stopTimeoutSeconds(inputs.drainTimeoutMs) * 1000,
   };
 }
 
@@ -157,7 +225,7 @@ function planLaunchd(inputs: ServiceInputs): ServicePlan {
 export function fill(template: string, values: Record<string, string>): string {
   return template.replace(/\{\{([A-Z_]+)\}\}/g, (match, name: string) => {
     const value = values[name];
-    if (value === undefined) throw new Error(`template placeholder ${match} has no value`);
+    if (value === undefined) throw new RunnerError("internal", `template placeholder ${match} has no value`);
     return value;
   });
 }
@@ -176,7 +244,8 @@ export function quoteSystemdArg(
   arg: string,
   options: { expandsVariables: boolean } = { expandsVariables: true },
 ): string {
-  if (/[\n\r]/.test(arg)) throw new Error(`a service argument cannot hold a line break: ${JSON.stringify(arg)}`);
+  if (/[\n\r]/.test(arg))
+    throw new RunnerError("usage", `a service argument cannot hold a line break: ${JSON.stringify(arg)}`);
   let escaped = arg.replace(/\\/g, "\\\\").replace(/"/g, '\\"').replace(/%/g, "%%");
   if (options.expandsVariables) escaped = escaped.replace(/\$/g, "$$$$");
   return `"${escaped}"`;

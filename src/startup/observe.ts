@@ -10,7 +10,6 @@ import type { StateFiles } from "../config/paths.js";
 import path from "node:path";
 import { promises as fs } from "node:fs";
 import { entryAt, isRecordName, modeOf } from "../state/files.js";
-import { deviceStatePath } from "../devices/state-file.js";
 import { inspectLock } from "../state/lock.js";
 import { readRegistration } from "../state/registration.js";
 import type { ForeignEntry, Observations } from "./plan.js";
@@ -93,9 +92,10 @@ async function findRecoverable(files: StateFiles): Promise<Observations["recover
  */
 async function findForeignEntries(files: StateFiles): Promise<ForeignEntry[]> {
   const expected: { path: string; expected: "file" | "directory" }[] = [
-    ...[files.registration, files.credentialFile, files.lock, deviceStatePath(files.stateDir), files.blocked].map(
-      (p) => ({ path: p, expected: "file" as const }),
-    ),
+    ...[files.registration, files.credentialFile, files.lock, files.devices, files.blocked].map((p) => ({
+      path: p,
+      expected: "file" as const,
+    })),
     ...[files.outbox, files.running].map((p) => ({ path: p, expected: "directory" as const })),
   ];
   const found: ForeignEntry[] = [];

@@ -1,6 +1,7 @@
 // The repair planner: a pure function from what was observed to the list of findings, each
 // with the fix that applies. `runner verify` prints the findings, `runner repair` and
 // `runner start` apply the automatic fixes and re-observe until nothing more can be done.
+import { stateFiles, type StateFiles } from "../config/paths.js";
 import type { ErrorCode } from "../errors.js";
 import type { EntryType, JsonRead } from "../state/files.js";
 import type { LockState } from "../state/lock.js";
@@ -105,9 +106,10 @@ export function planRepairs(seen: Observations, context: PlanContext): Finding[]
   }
   // Until the registration and the credential are the runner's own files, nothing read through
   // them can be trusted: judge the identity once they have been moved aside (the next round).
-  const foreign = new Set(seen.foreign.map((f) => f.name));
-  const identityTrusted = !foreign.has("registration.json") && !foreign.has("credential");
-  return [...planLocal(seen, foreign), ...(identityTrusted ? planIdentity(seen, context) : [])];
+  const files = stateFiles(seen.stateDir);
+  const foreign = new Set(seen.foreign.map((f) => f.path));
+  const identityTrusted = !foreign.has(files.registration) && !foreign.has(files.credentialFile);
+  return [...planLocal(seen, files, foreign), ...(identityTrusted ? planIdentity(seen, context) : [])];
 }
 
 function planForeign(entry: ForeignEntry): Finding {
@@ -126,7 +128,8 @@ function planForeign(entry: ForeignEntry): Finding {
   };
 }
 
-function planLocal(seen: Observations, foreign: Set<string>): Finding[] {
+/** `foreign` holds the paths of the foreign entries. */
+function planLocal(seen: Observations, files: StateFiles, foreign: Set<string>): Finding[] {
   const findings: Finding[] = seen.foreign.map(planForeign);
   if (looser(seen.stateDirMode, DIR_MODE)) {
     findings.push({
@@ -140,7 +143,7 @@ function planLocal(seen: Observations, foreign: Set<string>): Finding[] {
     });
   }
   // A foreign outbox is moved aside first; the next round finds it missing and creates it.
-  if (seen.outboxMode === null && !foreign.has("outbox")) {
+  if (seen.outboxMode === null && !foreign.has(files.outbox)) {
     findings.push({
       code: "outbox_missing",
       problem: "the durable outbox dir is missing",
@@ -152,7 +155,7 @@ function planLocal(seen: Observations, foreign: Set<string>): Finding[] {
       problem: `the outbox dir has mode ${octal(seen.outboxMode)}`,
       fix: {
         kind: "auto",
-        action: { kind: "tighten_mode", path: `${seen.stateDir}/outbox`, mode: DIR_MODE, type: "directory" },
+        action: { kind: "tighten_mode", path: files.outbox, mode: DIR_MODE, type: "directory" },
         description: "set its mode to 0700",
       },
     });
@@ -170,7 +173,7 @@ function planLocal(seen: Observations, foreign: Set<string>): Finding[] {
       });
     }
   }
-  if (seen.lock.kind === "stale" && !foreign.has("runner.lock")) {
+  if (seen.lock.kind === "stale" && !foreign.has(files.lock)) {
     findings.push({
       code: "stale_lock",
       problem: `a stale lock: ${seen.lock.reason}`,

@@ -4,14 +4,13 @@
 import { promises as fs, constants } from "node:fs";
 import os from "node:os";
 import { z } from "zod";
-import { execFile } from "node:child_process";
-import { promisify } from "node:util";
 import { RunnerError } from "../errors.js";
 import { SECRET_FILE_MODE, entryAt, moveAside, readJsonFile } from "./files.js";
+import { compareStarts, processStartTime } from "./process-start.js";
 
 const lockRecordSchema = z.object({
   pid: z.number().int().positive(),
-  /** Opaque per-platform start time of the process; null where it cannot be read. */
+  /** Opaque per-platform start time of the process (see process-start.ts); null where it cannot be read. */
   startTime: z.string().nullable(),
   hostname: z.string(),
   acquiredAt: z.string(),
@@ -30,7 +29,7 @@ export interface ProcessProbe {
 /** Pure: is the lock's owner still the process that took it? */
 export function classifyLock(owner: LockRecord, probe: ProcessProbe): LockState {
   if (!probe.alive) return { kind: "stale", owner, reason: `its owner, pid ${owner.pid}, is not running` };
-  if (owner.startTime !== null && probe.startTime !== null && owner.startTime !== probe.startTime) {
+  if (compareStarts(owner.startTime, probe.startTime) === "different") {
     return { kind: "stale", owner, reason: `pid ${owner.pid} now belongs to another process (start time differs)` };
   }
   return { kind: "held", owner };
@@ -43,26 +42,6 @@ export async function probeProcess(pid: number): Promise<ProcessProbe> {
     if ((error as NodeJS.ErrnoException).code === "ESRCH") return { alive: false, startTime: null };
   }
   return { alive: true, startTime: await processStartTime(pid) };
-}
-
-const execFileAsync = promisify(execFile);
-
-export async function processStartTime(pid: number): Promise<string | null> {
-  try {
-    if (process.platform === "linux") {
-      const stat = await fs.readFile(`/proc/${pid}/stat`, "utf8");
-      // Field 22 (starttime, clock ticks since boot); the command name in field 2 may hold spaces.
-      const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
-      return fields[19] ?? null;
-    }
-    if (process.platform === "darwin") {
-      const { stdout } = await execFileAsync("ps", ["-o", "lstart=", "-p", String(pid)]);
-      return stdout.trim() || null;
-    }
-  } catch {
-    return null;
-  }
-  return null;
 }
 
 export async function inspectLock(file: string): Promise<LockState> {

@@ -1,8 +1,14 @@
-// The IPC messages between the daemon's pool and a worker process. One job at a time per
-// worker, so log messages carry no job reference; `started` and `result` do, as a check.
+// The IPC messages between the daemon's pool (parent/) and a worker process (child/), the one
+// file both sides import. One job at a time per worker, so log messages carry no job
+// reference; `started` and `result` do, as a check.
 import type { Assignment, JobResult } from "../protocol/channel.js";
 import type { LogStream } from "../jobs/log-chunks.js";
-import type { HealthReading } from "./sample.js";
+
+/** A worker's own readings of itself; null = unknown (no fd count on Windows, say). */
+export interface HealthReading {
+  rssBytes: number | null;
+  openFds: number | null;
+}
 
 export type StopOutcome = "cancelled" | "timed_out";
 

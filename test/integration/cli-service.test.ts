@@ -13,8 +13,14 @@ import { runCli, REPO_ROOT } from "../helpers/cli.js";
 import { registerRunner, startTestControlPlane, tempDir } from "../helpers/fixtures.js";
 import { startDaemon } from "../helpers/daemon.js";
 import { ExitCode } from "../../src/errors.js";
-import { planService } from "../../src/service/render.js";
-import { installService, runCommand, uninstallService } from "../../src/service/manager.js";
+import { planService, type ServicePlan } from "../../src/service/render.js";
+import {
+  inspectService,
+  installService,
+  runCommand,
+  uninstallService,
+  type RunCommand,
+} from "../../src/service/manager.js";
 
 const execFileAsync = promisify(execFile);
 
@@ -167,34 +173,14 @@ describe("runner service (systemd, stubbed)", { timeout: 60_000 }, () => {
 
 describe("launchd install (stubbed launchctl)", { timeout: 30_000 }, () => {
   test("writes a LaunchAgent that parses, then boots out any old copy, enables and bootstraps it in the gui domain", async (t) => {
-    const stubs = await stubCommands(t, ["launchctl"]);
-    const home = await tempDir(t, "runner-home-");
-    const templates = {
-      systemd: await fs.readFile(path.join(REPO_ROOT, "systemd", "runner.service"), "utf8"),
-      launchd: await fs.readFile(path.join(REPO_ROOT, "launchd", "runner.plist"), "utf8"),
-    };
-    const argv = [
+    const { stubs, plan, home, argv } = await launchdPlan(t, {}, (home) => [
       process.execPath,
       path.join(REPO_ROOT, "bin", "runner.js"),
       "start",
       "--state-dir",
       path.join(home, "state & more"),
-    ];
-    const plan = planService({
-      platform: "darwin",
-      home,
-      uid: 501,
-      user: "alice",
-      env: {},
-      name: "runner",
-      system: false,
-      runAs: "alice",
-      argv,
-      stateDir: path.join(home, "state"),
-      drainTimeoutMs: 60_000,
-      templates,
-    });
-    const viaStubs = (command: string[]) => runCommand([path.join(stubs.dir, command[0]!), ...command.slice(1)]);
+    ]);
+    const viaStubs = viaStubsOf(stubs);
 
     const lines = await installService(plan, viaStubs, { start: true });
     const parsed = plist.parse(await fs.readFile(plan.unitFile, "utf8")) as Record<string, unknown>;
@@ -202,6 +188,7 @@ describe("launchd install (stubbed launchctl)", { timeout: 30_000 }, () => {
     await fs.access(path.join(home, "Library", "Logs", "runner")); // launchd does not create the log's dir
     assert.deepEqual(await stubs.calls(), [
       "launchctl bootout gui/501/dev.runner.runner",
+      "launchctl print gui/501/dev.runner.runner",
       "launchctl enable gui/501/dev.runner.runner",
       `launchctl bootstrap gui/501 ${plan.unitFile}`,
     ]);
@@ -212,9 +199,144 @@ describe("launchd install (stubbed launchctl)", { timeout: 30_000 }, () => {
 
     await uninstallService(plan, viaStubs);
     await assert.rejects(fs.stat(plan.unitFile), { code: "ENOENT" });
-    assert.equal((await stubs.calls()).at(-1), "launchctl bootout gui/501/dev.runner.runner");
+    assert.deepEqual((await stubs.calls()).slice(-2), [
+      "launchctl bootout gui/501/dev.runner.runner",
+      "launchctl print gui/501/dev.runner.runner",
+    ]);
+  });
+
+  test("a reinstall waits until the old job is gone before it bootstraps (bootout returns while it drains)", async (t) => {
+    const { stubs, plan } = await launchdPlan(t, { stillLoadedFor: 3 });
+    await installService(plan, viaStubsOf(stubs), { start: true }, FAST_WAIT);
+    const calls = await stubs.calls();
+    assert.deepEqual(calls, [
+      "launchctl bootout gui/501/dev.runner.runner",
+      ...Array(4).fill("launchctl print gui/501/dev.runner.runner"),
+      "launchctl enable gui/501/dev.runner.runner",
+      `launchctl bootstrap gui/501 ${plan.unitFile}`,
+    ]);
+  });
+
+  test("a job that outlives its stop timeout stops install and uninstall, and its plist is kept as it was", async (t) => {
+    const { stubs, plan } = await launchdPlan(t, { stillLoadedFor: 1_000_000 });
+    await fs.mkdir(path.dirname(plan.unitFile), { recursive: true });
+    await fs.writeFile(plan.unitFile, "the old plist");
+    const quick = { ...plan, stopTimeoutMs: 100 };
+    await assert.rejects(installService(quick, viaStubsOf(stubs), { start: true }, FAST_WAIT), {
+      code: "service_failed",
+      message: /still stopping .*drains its running jobs/,
+    });
+    await assert.rejects(uninstallService(quick, viaStubsOf(stubs), FAST_WAIT), { code: "service_failed" });
+    assert.equal(await fs.readFile(plan.unitFile, "utf8"), "the old plist");
+    assert.ok(!(await stubs.calls()).some((call) => call.includes("bootstrap")), "nothing was bootstrapped");
+  });
+
+  test("a bootstrap that fails while the old job still runs keeps the plist that job came from", async (t) => {
+    const { stubs, plan } = await launchdPlan(t, { stillLoadedFor: 1, bootstrapExit: 5, loadedAfterBootstrap: true });
+    await assert.rejects(installService(plan, viaStubsOf(stubs), { start: true }, FAST_WAIT), {
+      code: "service_failed",
+      message: /bootstrap .*exit 5/,
+    });
+    await fs.access(plan.unitFile);
+  });
+
+  test("status counts a loaded job as running only when launchctl print says state = running", async (t) => {
+    for (const [output, running] of [
+      [LAUNCHCTL_PRINT_RUNNING, true],
+      [LAUNCHCTL_PRINT_CRASH_LOOP, false],
+    ] as const) {
+      const { stubs, plan } = await launchdPlan(t, { printOutput: output });
+      await fs.mkdir(path.dirname(plan.unitFile), { recursive: true });
+      await fs.writeFile(plan.unitFile, plan.content);
+      const state = await inspectService(plan, viaStubsOf(stubs));
+      assert.equal(state.manager[0]?.code, 0, "launchctl print exits 0 either way");
+      assert.equal(state.running, running, output.slice(0, 80));
+    }
   });
 });
+
+const FAST_WAIT = { pollMs: 10, marginMs: 0 };
+
+/** `launchctl print` of a LaunchAgent that runs (trimmed from macOS 14's output). */
+const LAUNCHCTL_PRINT_RUNNING = [
+  "gui/501/dev.runner.runner = {",
+  "\tactive count = 1",
+  "\tpath = /Users/alice/Library/LaunchAgents/dev.runner.runner.plist",
+  "\ttype = LaunchAgent",
+  "\tstate = running",
+  "",
+  "\tprogram = /opt/homebrew/bin/node",
+  "\targuments = {",
+  "\t\t/opt/homebrew/bin/node",
+  "\t\tstart",
+  "\t}",
+  "",
+  "\truns = 1",
+  "\tpid = 4242",
+  "\tlast exit code = (never exited)",
+  "",
+  "\tendpoints = {",
+  "\t\tstate = active",
+  "\t}",
+  "}",
+].join("\n");
+
+/** The same job crash-looping: still loaded, so `print` exits 0. */
+const LAUNCHCTL_PRINT_CRASH_LOOP = [
+  "gui/501/dev.runner.runner = {",
+  "\tactive count = 0",
+  "\tpath = /Users/alice/Library/LaunchAgents/dev.runner.runner.plist",
+  "\ttype = LaunchAgent",
+  "\tstate = spawn scheduled",
+  "",
+  "\tprogram = /opt/homebrew/bin/node",
+  "\truns = 57",
+  "\tlast exit code = 1",
+  "\tspawn type = daemon (3)",
+  "}",
+].join("\n");
+
+/** Stubs take the place of programs named by absolute path (LAUNCHCTL is /bin/launchctl). */
+function viaStubsOf(stubs: Stubs): RunCommand {
+  return (command, options) =>
+    runCommand([path.join(stubs.dir, path.basename(command[0]!)), ...command.slice(1)], options);
+}
+
+interface LaunchctlBehaviour {
+  stillLoadedFor?: number;
+  bootstrapExit?: number;
+  loadedAfterBootstrap?: boolean;
+  printOutput?: string;
+}
+
+/** A LaunchAgent plan (running `argvFor(home)`), and launchctl stubbed as launchctlStub says. */
+async function launchdPlan(
+  t: TestContext,
+  behaviour: LaunchctlBehaviour,
+  argvFor: (home: string) => string[] = () => [process.execPath, path.join(REPO_ROOT, "bin", "runner.js"), "start"],
+): Promise<{ stubs: Stubs; plan: ServicePlan; home: string; argv: string[] }> {
+  const stubs = await launchctlStub(t, behaviour);
+  const home = await tempDir(t, "runner-home-");
+  const argv = argvFor(home);
+  const plan = planService({
+    platform: "darwin",
+    home,
+    uid: 501,
+    user: "alice",
+    env: {},
+    name: "runner",
+    system: false,
+    runAs: "alice",
+    argv,
+    stateDir: path.join(home, "state"),
+    drainTimeoutMs: 60_000,
+    templates: {
+      systemd: await fs.readFile(path.join(REPO_ROOT, "systemd", "runner.service"), "utf8"),
+      launchd: await fs.readFile(path.join(REPO_ROOT, "launchd", "runner.plist"), "utf8"),
+    },
+  });
+  return { stubs, plan, home, argv };
+}
 
 describe("the needs-operator marker", { timeout: 60_000 }, () => {
   test("start leaves it when a person must act; repair clears it once nothing is left for one", async (t) => {
@@ -254,3 +376,30 @@ describe("the needs-operator marker", { timeout: 60_000 }, () => {
     assert.equal(await daemon.stop("SIGTERM"), ExitCode.OK);
   });
 });
+
+/**
+ * A stateful launchctl stub: after each bootout, `print` says the job is loaded
+ * `stillLoadedFor` more times (bootout is asynchronous), then exits 113 as launchctl does for a
+ * job it does not know; before any bootout it prints `printOutput`.
+ */
+async function launchctlStub(t: TestContext, behaviour: LaunchctlBehaviour): Promise<Stubs> {
+  const stubs = await stubCommands(t, []);
+  const left = path.join(stubs.dir, "loaded-left");
+  await fs.writeFile(path.join(stubs.dir, "print-output"), behaviour.printOutput ?? "");
+  const script = [
+    "#!/bin/sh",
+    `echo "launchctl $*" >> "${path.join(stubs.dir, "calls.log")}"`,
+    `case "$1" in`,
+    `  bootout) echo ${behaviour.stillLoadedFor ?? 0} > "${left}" ;;`,
+    `  bootstrap) ${behaviour.loadedAfterBootstrap ? `echo 1000000 > "${left}"; ` : ""}exit ${behaviour.bootstrapExit ?? 0} ;;`,
+    `  print)`,
+    `    if [ ! -f "${left}" ]; then cat "${path.join(stubs.dir, "print-output")}"; exit 0; fi`,
+    `    n=$(cat "${left}"); if [ "$n" -gt 0 ]; then echo $((n - 1)) > "${left}"; exit 0; fi`,
+    `    echo "Could not find service in domain for user gui: 501" >&2; exit 113 ;;`,
+    `esac`,
+    "exit 0",
+    "",
+  ].join("\n");
+  await fs.writeFile(path.join(stubs.dir, "launchctl"), script, { mode: 0o755 });
+  return stubs;
+}

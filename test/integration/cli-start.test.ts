@@ -7,7 +7,7 @@ import path from "node:path";
 import { runCli } from "../helpers/cli.js";
 import { registerRunner, startTestControlPlane, tempDir } from "../helpers/fixtures.js";
 import { startDaemon } from "../helpers/daemon.js";
-import { processStartTime } from "../../src/state/lock.js";
+import { processStartTime } from "../../src/state/process-start.js";
 import { ExitCode } from "../../src/errors.js";
 
 describe("runner start", { timeout: 60_000 }, () => {

@@ -57,6 +57,28 @@ describe("keychain credential store", { timeout: 30_000 }, () => {
     await new KeychainCredentialStore(runner.stateDir).remove();
   });
 
+  test("a keychain call that never answers (a prompt nobody sees) is given up at the timeout, however the native side ignores its abort", async () => {
+    const calls: string[] = [];
+    const never =
+      <T>(name: string) =>
+      (): Promise<T> => (calls.push(name), new Promise<T>(() => undefined));
+    const open = async () => ({
+      getPassword: never<string | null>("get"),
+      setPassword: never<void>("set"),
+      deleteCredential: never<boolean>("delete"),
+    });
+    const store = new KeychainCredentialStore("/test/hung", { timeoutMs: 200, open });
+    const read = await store.read();
+    assert.equal(read.kind, "unavailable");
+    assert.match(read.kind === "unavailable" ? read.reason : "", /did not answer within 0\.2 s/);
+    await assert.rejects(store.write(value), { code: "keychain_unavailable", message: /did not answer within 0\.2 s/ });
+    await assert.rejects(store.remove(), { code: "keychain_unavailable" });
+    const probe = await KeychainCredentialStore.probe({ timeoutMs: 200, open });
+    assert.equal(probe.usable, false);
+    assert.match(probe.usable ? "" : probe.reason, /did not answer/);
+    assert.deepEqual(calls, ["get", "set", "delete", "set"]);
+  });
+
   test("without a session bus, the keychain is reported unusable and auto falls back to a file, saying why", async () => {
     const { spawnSync } = await import("node:child_process");
     const script = `

@@ -7,6 +7,8 @@ import path from "node:path";
 import { ChannelDriver, type DriverPorts } from "../../src/channel/driver.js";
 import type { MachineConfig } from "../../src/channel/machine.js";
 import { register } from "../../src/api-client/runner-api.js";
+import { deviceSyncSettings } from "../../src/config/normalize.js";
+import { defaultSettings } from "../../src/config/resolve.js";
 import { channelUrl } from "../../src/daemon/daemon.js";
 import { createDeviceSync, type DeviceSync } from "../../src/devices/index.js";
 import type { RawDevice } from "../../src/devices/device.js";
@@ -84,7 +86,7 @@ function startRunner(
   const { logger } = captureLogger("warn");
   const sync = createDeviceSync({
     stateDir: options.stateDir,
-    settings: { deviceBatchSize: 100 },
+    settings: { ...deviceSyncSettings(defaultSettings()), deviceBatchSize: 100 },
     logger,
     providers: [options.provider],
     ackTimeoutMs: 5_000,

@@ -8,7 +8,7 @@ import { promises as fs, readdirSync, readFileSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { JobJournal, recoverOrphans, type JournalEntry } from "../../src/jobs/journal.js";
-import { processStartTime } from "../../src/state/lock.js";
+import { processStartTime } from "../../src/state/process-start.js";
 import { jobMarks } from "../../src/jobs/job-marks.js";
 
 const posixOnly = process.platform === "win32" ? "needs POSIX process groups and sh" : false;

@@ -17,7 +17,7 @@ import {
   type TestControlPlane,
 } from "../helpers/fixtures.js";
 import { KeychainCredentialStore } from "../../src/credentials/keychain-store.js";
-import { processStartTime } from "../../src/state/lock.js";
+import { processStartTime } from "../../src/state/process-start.js";
 import { ExitCode } from "../../src/errors.js";
 
 const PENDING_RESULT = JSON.stringify({ jobId: "job-1", attempt: 1, outcome: "succeeded" });

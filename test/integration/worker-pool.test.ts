@@ -8,13 +8,13 @@ import os from "node:os";
 import path from "node:path";
 import { setTimeout as delay } from "node:timers/promises";
 import { pino } from "pino";
+import { recycleLimits } from "../../src/config/normalize.js";
 import type { JobHooks, RunningJob } from "../../src/jobs/command.js";
 import type { LogChunk } from "../../src/jobs/log-chunks.js";
 import { decodeControlMessage, type Assignment, type JobSpec } from "../../src/protocol/channel.js";
-import { WorkerPool, type WorkerPoolOptions } from "../../src/workers/pool.js";
-import { RECYCLE_STREAK_WARN, type RecycleLimits } from "../../src/workers/recycle-policy.js";
-import { limitsFromSettings } from "../../src/workers/limits-from-settings.js";
-import { HELD_LIMIT_BYTES } from "../../src/workers/worker-output.js";
+import { WorkerPool, type WorkerPoolOptions } from "../../src/workers/parent/pool.js";
+import { RECYCLE_STREAK_WARN, type RecycleLimits } from "../../src/workers/parent/recycle-policy.js";
+import { HELD_LIMIT_BYTES } from "../../src/workers/child/worker-output.js";
 import { REPO_ROOT } from "../helpers/cli.js";
 import { isRunning } from "../helpers/processes.js";
 
@@ -35,10 +35,14 @@ const NO_LIMITS: RecycleLimits = {
 };
 /** Limits as an operator's settings make them (everything else the runner adds included), with only the given ones on. */
 const operatorLimits = (settings: { workerMaxRssMb?: number; workerMaxFds?: number }) =>
-  limitsFromSettings(
-    { workerMaxRssMb: 0, workerHardRssMb: 0, workerMaxFds: 0, workerMaxAgeS: 0, workerMaxJobs: 0, ...settings },
-    1024,
-  );
+  recycleLimits({
+    workerMaxRssMb: 0,
+    workerHardRssMb: 0,
+    workerMaxFds: 0,
+    workerMaxAgeS: 0,
+    workerMaxJobs: 0,
+    ...settings,
+  });
 
 interface LogLine {
   msg: string;

@@ -3,18 +3,19 @@
 import { describe, test } from "node:test";
 import assert from "node:assert/strict";
 import {
-  MAX_DEFAULT_OPEN_FDS,
-  defaultLimits,
   describeRecycle,
   evaluateRecycle,
+  isPastHardCeiling,
+  isRecycleLoop,
+  isTooOld,
   RECYCLE_STREAK_WARN,
   limitsForWorker,
   noteRecycleStreak,
   type RecycleLimits,
   type WorkerHealth,
-} from "../../src/workers/recycle-policy.js";
-import { limitsFromSettings } from "../../src/workers/limits-from-settings.js";
-import { parseProcLimits } from "../../src/workers/rlimit.js";
+} from "../../src/workers/parent/recycle-policy.js";
+import { defaultRecycleLimits } from "../../src/config/normalize.js";
+import { parseProcLimits } from "../../src/workers/parent/rlimit.js";
 
 const MiB = 1024 * 1024;
 const SPAWNED = 1_000_000;
@@ -82,7 +83,7 @@ describe("evaluateRecycle", () => {
   describe("a young worker", () => {
     const young = SPAWNED + 1;
     // As an operator sets them: the defaults with a soft RSS and an fd limit of their own.
-    const operator: RecycleLimits = { ...defaultLimits(1024), maxRssBytes: 500 * MiB, maxOpenFds: 100 };
+    const operator: RecycleLimits = { ...defaultRecycleLimits(1024), maxRssBytes: 500 * MiB, maxOpenFds: 100 };
 
     test("a young worker over its soft RSS limit is recycled at its first job boundary", () => {
       assert.equal(evaluateRecycle({ ...healthy, jobsRun: 1, rssBytes: 500 * MiB }, operator, young), "memory");
@@ -118,7 +119,35 @@ describe("evaluateRecycle", () => {
   });
 });
 
+describe("isTooOld", () => {
+  test("an idle worker is too old once its age reaches its own limit", () => {
+    assert.equal(isTooOld(SPAWNED, limits, SPAWNED + 599_999), false);
+    assert.equal(isTooOld(SPAWNED, limits, SPAWNED + 600_000), true);
+  });
+
+  test("an age limit that is off never makes a worker too old", () => {
+    assert.equal(isTooOld(SPAWNED, { ...limits, maxAgeMs: null }, SPAWNED + 1e12), false);
+  });
+});
+
+describe("isPastHardCeiling", () => {
+  test("an RSS at or past the hard ceiling is past it; an unknown RSS or a ceiling that is off never is", () => {
+    assert.equal(isPastHardCeiling(1000 * MiB - 1, limits), false);
+    assert.equal(isPastHardCeiling(1000 * MiB, limits), true);
+    assert.equal(isPastHardCeiling(null, limits), false);
+    assert.equal(isPastHardCeiling(10_000 * MiB, { ...limits, hardRssBytes: null }), false);
+  });
+});
+
 describe("noteRecycleStreak", () => {
+  test("a streak warns once, when it reaches RECYCLE_STREAK_WARN", () => {
+    assert.deepEqual([RECYCLE_STREAK_WARN - 1, RECYCLE_STREAK_WARN, RECYCLE_STREAK_WARN + 1].map(isRecycleLoop), [
+      false,
+      true,
+      false,
+    ]);
+  });
+
   test("counts workers recycled for memory or fds right after their first job", () => {
     let streak = 0;
     for (let i = 0; i < RECYCLE_STREAK_WARN; i++) streak = noteRecycleStreak(streak, i % 2 === 0 ? "memory" : "fds", 1);
@@ -158,22 +187,6 @@ describe("limitsForWorker", () => {
   });
 });
 
-describe("defaultLimits", () => {
-  test("are generous: 1 GiB soft, 2 GiB hard, an hour of age with 10% jitter, no jobs limit", () => {
-    const d = defaultLimits(1024);
-    assert.deepEqual(
-      [d.maxRssBytes, d.hardRssBytes, d.maxAgeMs, d.ageJitter, d.maxJobs],
-      [1024 * MiB, 2048 * MiB, 3600_000, 0.1, null],
-    );
-  });
-
-  test("set the fd limit to half of RLIMIT_NOFILE, capped", () => {
-    assert.equal(defaultLimits(1024).maxOpenFds, 512);
-    assert.equal(defaultLimits(20_000).maxOpenFds, 10_000);
-    assert.equal(defaultLimits(1_048_576).maxOpenFds, MAX_DEFAULT_OPEN_FDS);
-  });
-});
-
 describe("describeRecycle", () => {
   test("names the reading and the limit it crossed", () => {
     assert.equal(
@@ -189,24 +202,6 @@ describe("describeRecycle", () => {
       describeRecycle("jobs", { ...healthy, jobsRun: 50 }, limits, LATER),
       "50 jobs run reached the limit 50",
     );
-  });
-});
-
-describe("limitsFromSettings", () => {
-  test("turns MB, seconds and 0-for-off into bytes, milliseconds and null", () => {
-    const l = limitsFromSettings(
-      { workerMaxRssMb: 300, workerHardRssMb: 0, workerMaxFds: 64, workerMaxAgeS: 90, workerMaxJobs: 0 },
-      1024,
-    );
-    assert.deepEqual(
-      [l.maxRssBytes, l.hardRssBytes, l.maxOpenFds, l.maxAgeMs, l.maxJobs],
-      [300 * MiB, null, 64, 90_000, null],
-    );
-  });
-
-  test("takes the defaults for what is not set, the fd limit from RLIMIT_NOFILE", () => {
-    assert.deepEqual(limitsFromSettings({}, 4096), defaultLimits(4096));
-    assert.equal(limitsFromSettings({}, 4096).maxOpenFds, 2048);
   });
 });
 

@@ -6,7 +6,7 @@ import { readFileSync } from "node:fs";
 import path from "node:path";
 import * as plist from "plist";
 import { REPO_ROOT } from "../helpers/cli.js";
-import { fill, planService, quoteSystemdArg, type ServiceInputs } from "../../src/service/render.js";
+import { fill, LAUNCHCTL, planService, quoteSystemdArg, type ServiceInputs } from "../../src/service/render.js";
 
 const templates = {
   systemd: readFileSync(path.join(REPO_ROOT, "systemd", "runner.service"), "utf8"),
@@ -52,13 +52,25 @@ describe("systemd units", () => {
     assert.deepEqual(unitValue(plan.content, "User"), []);
   });
 
-  test("exits that a restart cannot fix are not restarted, and a stop waits out the drain", () => {
+  test("exits that a restart cannot fix are not restarted, and a stop waits out the drain and the longest cancel grace", () => {
     const { content } = planService(inputs({ drainTimeoutMs: 120_500 }));
-    assert.deepEqual(unitValue(content, "RestartPreventExitStatus"), ["2 78 79"]);
+    assert.deepEqual(unitValue(content, "RestartPreventExitStatus"), ["2 4 78 79"]);
     assert.deepEqual(unitValue(content, "Restart"), ["on-failure"]);
     assert.deepEqual(unitValue(content, "KillMode"), ["mixed"], "SIGTERM to the daemon alone, so it drains");
-    assert.deepEqual(unitValue(content, "TimeoutStopSec"), ["151"], "121 s of drain plus the 30 s margin");
+    assert.deepEqual(
+      unitValue(content, "TimeoutStopSec"),
+      ["751"],
+      "121 s of drain, then 600 s for the jobs cancelled at the drain deadline, plus the 30 s margin",
+    );
     assert.doesNotMatch(content, /\{\{[A-Z_]+\}\}/, "every placeholder is filled");
+  });
+
+  test("the unit names the journal's identifier, keeps its files private and lifts the 1024 fd limit", () => {
+    const { content } = planService(inputs({ name: "ci-7" }));
+    assert.deepEqual(unitValue(content, "Type"), ["exec"]);
+    assert.deepEqual(unitValue(content, "SyslogIdentifier"), ["ci-7"]);
+    assert.deepEqual(unitValue(content, "UMask"), ["0077"]);
+    assert.deepEqual(unitValue(content, "LimitNOFILE"), ["65536"]);
   });
 
   test("every ExecStart argument is quoted with systemd's expansions turned off", () => {
@@ -68,7 +80,7 @@ describe("systemd units", () => {
       execStart,
       `"/usr/bin/node" "/opt/runner/bin/runner.js" "start" "--state-dir" "/srv/my runner/a&b<c>\\"d\\"$$HOME%%h\\\\x"`,
     );
-    assert.throws(() => quoteSystemdArg("two\nlines"), /line break/);
+    assert.throws(() => quoteSystemdArg("two\nlines"), { code: "usage", message: /line break/ });
   });
 
   test("the installer's PATH goes into the unit, quoted, with specifiers escaped and $ left alone", () => {
@@ -100,7 +112,11 @@ describe("launchd plists", () => {
     assert.deepEqual(parsed.ProgramArguments, inputs().argv);
     assert.equal(parsed.RunAtLoad, true);
     assert.equal(parsed.UserName, undefined);
-    assert.equal(parsed.ExitTimeOut, 630);
+    assert.equal(parsed.ExitTimeOut, 1230, "600 s of drain, 600 s of the longest cancel grace, a 30 s margin");
+    assert.deepEqual(parsed.SoftResourceLimits, { NumberOfFiles: 10240 });
+    assert.equal(parsed.Umask, 0o077);
+    assert.equal(parsed.ThrottleInterval, undefined, "launchd's default, not repeated");
+    assert.equal(parsed.ProcessType, undefined, "launchd's default, not repeated");
     assert.equal(parsed.StandardErrorPath, "/Users/alice/Library/Logs/runner/runner.log");
     assert.deepEqual(plan.dirs, ["/Users/alice/Library/Logs/runner"]);
   });
@@ -115,24 +131,27 @@ describe("launchd plists", () => {
   test("a LaunchAgent loads into the user's gui domain; a LaunchDaemon into system, as its user", () => {
     const agent = planService(inputs({ platform: "darwin", uid: 501 }));
     assert.deepEqual(agent.load, [
-      ["launchctl", "enable", "gui/501/dev.runner.runner"],
-      ["launchctl", "bootstrap", "gui/501", agent.unitFile],
+      [LAUNCHCTL, "enable", "gui/501/dev.runner.runner"],
+      [LAUNCHCTL, "bootstrap", "gui/501", agent.unitFile],
     ]);
     const daemon = planService(inputs({ platform: "darwin", system: true, runAs: "ci" }));
     assert.equal(daemon.unitFile, "/Library/LaunchDaemons/dev.runner.runner.plist");
-    assert.deepEqual(daemon.load[1], ["launchctl", "bootstrap", "system", daemon.unitFile]);
+    assert.deepEqual(daemon.load[1], [LAUNCHCTL, "bootstrap", "system", daemon.unitFile]);
     assert.equal((plist.parse(daemon.content) as Record<string, unknown>).UserName, "ci");
   });
 });
 
 describe("service plans", () => {
   test("a bad service name and an unsupported platform are refused with a reason", () => {
-    assert.throws(() => planService(inputs({ name: "../etc" })), /service name/);
-    assert.throws(() => planService(inputs({ platform: "win32" })), /under your own supervisor/);
+    assert.throws(() => planService(inputs({ name: "../etc" })), { code: "usage", message: /service name/ });
+    assert.throws(() => planService(inputs({ platform: "win32" })), {
+      code: "usage",
+      message: /under your own supervisor/,
+    });
   });
 
   test("a template placeholder without a value is an error, not an empty string", () => {
     assert.equal(fill("a {{X}} b", { X: "1" }), "a 1 b");
-    assert.throws(() => fill("a {{Y}} b", {}), /\{\{Y\}\} has no value/);
+    assert.throws(() => fill("a {{Y}} b", {}), { code: "internal", message: /\{\{Y\}\} has no value/ });
   });
 });

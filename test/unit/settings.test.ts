@@ -2,8 +2,9 @@ import { describe, test } from "node:test";
 import assert from "node:assert/strict";
 import { SETTINGS, type SettingSpec } from "../../src/config/settings.js";
 import { resolveSettings } from "../../src/config/resolve.js";
-import { buildProgram } from "../../src/cli/main.js";
+import { buildProgram } from "../../src/program.js";
 import { RunnerError } from "../../src/errors.js";
+import { moduleJobSchema } from "../../src/protocol/channel.js";
 
 const specs = Object.entries(SETTINGS) as [string, SettingSpec<unknown>][];
 
@@ -151,5 +152,14 @@ test("the README's settings table lists every setting's flag, env var and key", 
     const row = readme.split("\n").find((line) => line.includes(`\`${spec.env}\``));
     assert.ok(row, `README lacks ${spec.env}`);
     assert.ok(row.includes(`\`${spec.flag}`) && row.includes(`\`${key}\``), `README row for ${key} is incomplete`);
+  }
+});
+
+test("a handler name the config accepts is one a job can ask for, and the other way round", () => {
+  for (const name of ["build", "a.b_c-d", "x".repeat(128), "x".repeat(129), "a/b", "", "../up", "naïve"]) {
+    const inConfig = SETTINGS.handlers.schema.safeParse({ [name]: "/opt/handler.mjs" }).success;
+    const inJob = moduleJobSchema.safeParse({ kind: "module", handler: name, payload: null }).success;
+    assert.equal(inConfig, inJob, JSON.stringify(name));
+    assert.equal(inConfig, name.length <= 128 && /^[\w.-]+$/.test(name), JSON.stringify(name));
   }
 });

@@ -2,6 +2,7 @@
 // reuse buys) and called once per job. A module exports its handler as `default` (or as
 // `handler`) and may export `close()`, which runs when its worker is retired.
 import { pathToFileURL } from "node:url";
+import { RunnerError } from "../../errors.js";
 
 export interface HandlerContext {
   jobId: string;
@@ -43,7 +44,7 @@ async function importHandlerModule(absolutePath: string): Promise<HandlerModule>
   const exported = (await import(pathToFileURL(absolutePath).href)) as Record<string, unknown>;
   const handler = typeof exported.default === "function" ? exported.default : exported.handler;
   if (typeof handler !== "function")
-    throw new Error(`${absolutePath} exports no handler function (as default or as "handler")`);
+    throw new RunnerError("config_invalid", `${absolutePath} exports no handler function (as default or as "handler")`);
   const close = typeof exported.close === "function" ? (exported.close as () => unknown) : null;
   return { handler: handler as Handler, close };
 }

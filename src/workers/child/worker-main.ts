@@ -7,13 +7,15 @@
 // It exits when the pool retires it (after the handlers' cleanup), when the IPC channel closes
 // (the daemon is gone: the running job is stopped at once, so nothing is left orphaned), or on
 // an uncaught exception (reported first, so the job's reason says what happened).
-import type { JobResult } from "../protocol/channel.js";
-import { startCommandJob, type RunningCommandJob } from "../jobs/command.js";
-import { processStartTimeSync, writeJobProcessRecord } from "../jobs/process-record.js";
+import type { JobResult } from "../../protocol/channel.js";
+import { RunnerError } from "../../errors.js";
+import { startCommandJob, type RunningCommandJob } from "../../jobs/command.js";
+import { writeJobProcessRecord } from "../../jobs/process-record.js";
+import { processStartTimeSync } from "../../state/process-start.js";
 import { closeHandlers } from "./handler-modules.js";
 import { runModuleJob, type ModuleJobRun } from "./module-job.js";
-import { readOwnHealth } from "./sample.js";
-import type { FromWorker, ToWorker } from "./worker-messages.js";
+import { readOwnHealth } from "./own-health.js";
+import type { FromWorker, ToWorker } from "../worker-messages.js";
 import { WorkerOutput } from "./worker-output.js";
 
 const CLEANUP_TIMEOUT_MS = 5_000;
@@ -26,11 +28,12 @@ let current: Current | null = null;
 let exiting = false;
 
 function send(message: FromWorker, onWritten: () => void = () => undefined): boolean {
-  if (!process.connected) {
+  // No channel (the daemon is gone, or this was not forked with one): nothing to wait for.
+  if (!process.connected || process.send === undefined) {
     onWritten();
     return true;
   }
-  return process.send!(message, undefined, {}, () => onWritten());
+  return process.send(message, undefined, {}, () => onWritten());
 }
 
 const output = new WorkerOutput(send);
@@ -63,7 +66,9 @@ function handle(message: ToWorker): void {
 
 function startJob(message: Extract<ToWorker, { type: "run" }>): void {
   const { assignment } = message;
-  if (current !== null) throw new Error(`asked to run ${assignment.jobId} while ${current.jobId} runs`);
+  // The pool sends one job at a time: a second one is a bug on the daemon's side, fatal here.
+  if (current !== null)
+    throw new RunnerError("internal", `asked to run ${assignment.jobId} while ${current.jobId} runs`);
   const jobId = assignment.jobId;
   let done: Promise<JobResult>;
   if (assignment.job.kind === "module") {

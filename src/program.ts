@@ -1,22 +1,29 @@
-// The CLI's entry: one commander program, one file per verb in src/commands.
+// The program: one commander program assembled from one file per verb in src/commands (src/cli holds
+// only the helpers those verbs share).
 import { Command, CommanderError } from "commander";
-import { ExitCode } from "../errors.js";
-import { AGENT_VERSION } from "../protocol/version.js";
-import { createLogger } from "../log/logger.js";
-import { defineControlPlaneCommand } from "../commands/control-plane.js";
-import { defineDevicesCommand } from "../commands/devices.js";
-import { defineRegisterCommand } from "../commands/register.js";
-import { defineRepairCommand } from "../commands/repair.js";
-import { defineServiceCommand } from "../commands/service.js";
-import { defineStartCommand } from "../commands/start.js";
-import { defineStatusCommand } from "../commands/status.js";
-import { defineUnregisterCommand } from "../commands/unregister.js";
-import { defineVerifyCommand } from "../commands/verify.js";
+import { ExitCode } from "./errors.js";
+import { AGENT_VERSION, PROTOCOL_VERSION } from "./protocol/version.js";
+import { createLogger } from "./log/logger.js";
+import { defineControlPlaneCommand } from "./commands/control-plane.js";
+import { defineCredentialsCommand } from "./commands/credentials.js";
+import { defineDevicesCommand } from "./commands/devices.js";
+import { defineRegisterCommand } from "./commands/register.js";
+import { defineRepairCommand } from "./commands/repair.js";
+import { defineServiceCommand } from "./commands/service.js";
+import { defineStartCommand } from "./commands/start.js";
+import { defineStatusCommand } from "./commands/status.js";
+import { defineUnregisterCommand } from "./commands/unregister.js";
+import { defineVerifyCommand } from "./commands/verify.js";
+
+/** What `runner --version` prints: enough to file a bug or to check a fleet's mix of versions. */
+export function versionText(): string {
+  return `runner ${AGENT_VERSION} (protocol ${PROTOCOL_VERSION}; Node.js ${process.versions.node}; ${process.platform}-${process.arch})`;
+}
 
 export function buildProgram(): Command {
   const program = new Command("runner")
     .description("A runner agent: takes jobs from a control plane over one WebSocket and runs them on this machine.")
-    .version(AGENT_VERSION)
+    .version(versionText(), "-V, --version", "print the agent, protocol and Node.js versions and the platform")
     .showHelpAfterError()
     .exitOverride();
   program.addHelpText(
@@ -34,6 +41,7 @@ ${ExitCode.NEEDS_OPERATOR} needs an operator (do not restart), ${ExitCode.UPGRAD
   defineStartCommand(program);
   defineServiceCommand(program);
   defineDevicesCommand(program);
+  defineCredentialsCommand(program);
   defineControlPlaneCommand(program, { logger: () => createLogger({ name: "control-plane" }) });
   // Subcommands inherit exitOverride only if set before they are added; set it on each too.
   for (const command of program.commands) command.exitOverride();

@@ -1,4 +1,6 @@
 // One worker process as the pool sees it: spawn it, talk to it, kill it, know when it is gone.
+// A thin driver: what the pool knows of the worker (its state, its job, why it was killed) is
+// in the pool's own record of it (lifecycle.ts), not here.
 //
 // Forked with child_process.fork rather than execa: the pool needs the raw IPC channel (the
 // send() callback and return value for flow control) and a long-lived process whose lifetime
@@ -11,17 +13,13 @@
 // runner's settings or credential.
 import { fork, type ChildProcess } from "node:child_process";
 import { fileURLToPath } from "node:url";
-import type { Logger } from "../log/logger.js";
-import { buildJobEnv } from "../jobs/job-env.js";
-import { signalGroup } from "../jobs/process-group.js";
-import type { PoolJob } from "./pool-job.js";
-import type { RecycleLimits } from "./recycle-policy.js";
-import type { HealthReading } from "./sample.js";
-import type { FromWorker, ToWorker } from "./worker-messages.js";
+import type { Logger } from "../../log/logger.js";
+import { buildJobEnv } from "../../jobs/job-env.js";
+import { signalGroup } from "../../jobs/process-group.js";
+import type { FromWorker, ToWorker } from "../worker-messages.js";
 
-export const WORKER_ENTRY = fileURLToPath(new URL("./worker-main.js", import.meta.url));
-
-export type WorkerState = "starting" | "idle" | "busy" | "retiring" | "gone";
+/** The worker process's entry point, forked for every worker (the compiled child/worker-main.js). */
+export const WORKER_ENTRY = fileURLToPath(new URL("../child/worker-main.js", import.meta.url));
 
 export interface WorkerExit {
   code: number | null;
@@ -30,46 +28,29 @@ export interface WorkerExit {
 
 export interface WorkerEvents {
   onMessage(worker: WorkerHandle, message: FromWorker): void;
-  /** `lastState` is the state it was in when it exited (the handle's own state is "gone" from then). */
-  onExit(worker: WorkerHandle, exit: WorkerExit, lastState: WorkerState): void;
+  /** Called once, when the process is gone (or never started). */
+  onExit(worker: WorkerHandle, exit: WorkerExit): void;
 }
-
-/** Why the pool killed a worker. */
-export type KillKind = "memory_limit" | "cancel_grace" | "unresponsive" | "cleanup_timeout" | "shutdown" | "ipc_failed";
 
 /** Worker stdout/stderr lines longer than this are cut before they reach the daemon's log. */
 const MAX_STRAY_LINE = 2_000;
 
 export class WorkerHandle {
-  state: WorkerState = "starting";
-  jobsRun = 0;
-  health: HealthReading = { rssBytes: null, openFds: null };
-  /** The job it runs, while busy. */
-  job: PoolJob | null = null;
-  /** When set, the pool killed it and this is why (it becomes the running job's reason). */
-  killedBecause: { kind: KillKind; reason: string } | null = null;
-  /** It said "ready" at least once (a worker that dies before that failed to boot). */
-  booted = false;
-  /** What the worker said before dying of an uncaught exception. */
-  fatal: string | null = null;
   readonly exited: Promise<WorkerExit>;
+  private gone = false;
 
   private constructor(
     private readonly child: ChildProcess,
     readonly pid: number,
-    readonly spawnedAt: number,
-    /** This worker's own limits (its age limit jittered at spawn). */
-    readonly limits: RecycleLimits,
     events: WorkerEvents,
     logger: Logger,
   ) {
     child.on("message", (message: FromWorker) => events.onMessage(this, message));
     this.exited = new Promise((resolve) => {
       const finish = (exit: WorkerExit) => {
-        if (this.state === "gone") return;
-        const lastState = this.state;
-        this.state = "gone";
-        events.onExit(this, exit, lastState);
+        if (this.gone) return;
+        this.gone = true;
+        events.onExit(this, exit);
         resolve(exit);
       };
       child.once("exit", (code, signal) => finish({ code, signal }));
@@ -82,12 +63,7 @@ export class WorkerHandle {
       forwardLines(child[stream], (line) => logger.info({ worker: pid, stream }, line));
   }
 
-  static spawn(options: {
-    spawnedAt: number;
-    limits: RecycleLimits;
-    events: WorkerEvents;
-    logger: Logger;
-  }): WorkerHandle {
+  static spawn(events: WorkerEvents, logger: Logger): WorkerHandle {
     const child = fork(WORKER_ENTRY, [], {
       env: buildJobEnv({}, process.env),
       execArgv: [],
@@ -96,7 +72,7 @@ export class WorkerHandle {
       serialization: "json",
     });
     // A failed spawn has no pid and reports itself asynchronously with 'error'.
-    return new WorkerHandle(child, child.pid ?? -1, options.spawnedAt, options.limits, options.events, options.logger);
+    return new WorkerHandle(child, child.pid ?? -1, events, logger);
   }
 
   /**
@@ -116,10 +92,8 @@ export class WorkerHandle {
   }
 
   /** SIGKILL to the worker's whole group (the worker and anything a handler started). */
-  kill(kind: KillKind, reason: string): void {
-    if (this.state === "gone") return;
-    this.killedBecause ??= { kind, reason };
-    if (this.pid > 0) signalGroup(this.pid, "SIGKILL");
+  kill(): void {
+    if (!this.gone && this.pid > 0) signalGroup(this.pid, "SIGKILL");
   }
 }
 

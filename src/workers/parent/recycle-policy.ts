@@ -12,6 +12,10 @@
 // handler whose fresh worker already starts past the limit) is visible: `noteRecycleStreak`
 // counts workers retired after their first job, and the pool warns, naming the handler and the
 // limit, once that happens RECYCLE_STREAK_WARN times in a row.
+//
+// Limits come in complete (the runner's settings are turned into them elsewhere, defaults
+// included): this file holds no default, and every question the pool asks of a worker's
+// readings and limits has its own function here.
 
 export type RecycleReason = "memory" | "fds" | "age" | "jobs";
 
@@ -38,12 +42,38 @@ export interface WorkerHealth {
   startedAt: number;
 }
 
+/** At a job boundary: should this worker be retired, and for which reason first? */
 export function evaluateRecycle(health: WorkerHealth, limits: RecycleLimits, now: number): RecycleReason | null {
   for (const reason of ["memory", "fds", "age", "jobs"] as const) {
     const { reading, limit } = recycleFigures(reason, health, limits, now);
-    if (reading !== null && limit !== null && reading >= limit) return reason;
+    if (reaches(reading, limit)) return reason;
   }
   return null;
+}
+
+/**
+ * Before an idle worker takes a job: has it outlived its own age limit? Age is the one signal
+ * that changes while a worker waits; its readings and job count were judged when its last job
+ * ended (judging a fresh worker's start-up readings here would retire it before it ever ran a
+ * job, in a loop).
+ */
+export function isTooOld(startedAt: number, limits: RecycleLimits, now: number): boolean {
+  return reaches(now - startedAt, limits.maxAgeMs);
+}
+
+/** Does the hard ceiling apply to this worker at all (and so must its RSS be sampled)? */
+export function hasHardCeiling(limits: RecycleLimits): boolean {
+  return limits.hardRssBytes !== null;
+}
+
+/** Mid-job, from the pool's sampler: is this RSS at or past the worker's hard ceiling? */
+export function isPastHardCeiling(rssBytes: number | null, limits: RecycleLimits): boolean {
+  return reaches(rssBytes, limits.hardRssBytes);
+}
+
+/** A reading at or past its limit; a missing reading or a limit that is off never reaches. */
+function reaches(reading: number | null, limit: number | null): boolean {
+  return reading !== null && limit !== null && reading >= limit;
 }
 
 /** The reading a signal is judged on and the limit it is compared with (null: off or unknown). */
@@ -86,6 +116,11 @@ export function noteRecycleStreak(streak: number, reason: RecycleReason | null, 
   return (reason === "memory" || reason === "fds") && jobsRun <= 1 ? streak + 1 : 0;
 }
 
+/** Warn once per streak: when it reaches RECYCLE_STREAK_WARN, not again while it goes on. */
+export function isRecycleLoop(streak: number): boolean {
+  return streak === RECYCLE_STREAK_WARN;
+}
+
 /**
  * One worker's own limits, drawn once at its spawn: the age limit jittered down by up to
  * `ageJitter` (u in [0, 1), from Math.random in production) so workers spawned together do not
@@ -95,29 +130,6 @@ export function limitsForWorker(limits: RecycleLimits, u: number): RecycleLimits
   const jitter = clamp(limits.ageJitter, 0, 1) * clamp(u, 0, 1);
   const maxAgeMs = limits.maxAgeMs === null ? null : Math.round(limits.maxAgeMs * (1 - jitter));
   return { ...limits, maxAgeMs, ageJitter: 0 };
-}
-
-const GIB = 1024 ** 3;
-/** No fd limit by default above this, however high RLIMIT_NOFILE is (containers often allow 1M). */
-export const MAX_DEFAULT_OPEN_FDS = 65_536;
-
-/**
- * Generous defaults. tryke started with 1 GiB, 200 fds and 10 minutes and later turned its caps
- * off because they caused churn and threw warm caches away; so the soft memory limit stays at
- * 1 GiB (a Node worker idles near 50 MB: only a real leak gets there), the hard ceiling is twice
- * that, fds are half the process's RLIMIT_NOFILE (a leak is caught with room to spare before
- * EMFILE, and a job that legitimately opens many files is not), age is an hour jittered by 10%
- * (a slow leak that no reading shows still gets cleared), and the jobs count is off.
- */
-export function defaultLimits(rlimitNofile: number): RecycleLimits {
-  return {
-    maxRssBytes: 1 * GIB,
-    hardRssBytes: 2 * GIB,
-    maxOpenFds: Math.max(1, Math.min(Math.floor(rlimitNofile / 2), MAX_DEFAULT_OPEN_FDS)),
-    maxAgeMs: 3600_000,
-    ageJitter: 0.1,
-    maxJobs: null,
-  };
 }
 
 /** Describes a decision for the log: which reading crossed which limit. */
@@ -133,7 +145,7 @@ export function describeRecycle(
     case "fds":
       return `${health.openFds} open file descriptors reached the limit ${limits.maxOpenFds}`;
     case "age":
-      return `age ${Math.round((now - health.startedAt) / 1000)} s reached its limit ${Math.round((limits.maxAgeMs ?? 0) / 1000)} s`;
+      return `age ${formatSeconds(now - health.startedAt)} reached its limit ${formatSeconds(limits.maxAgeMs)}`;
     case "jobs":
       return `${health.jobsRun} jobs run reached the limit ${limits.maxJobs}`;
   }
@@ -141,6 +153,10 @@ export function describeRecycle(
 
 export function formatMiB(bytes: number | null): string {
   return bytes === null ? "unknown" : `${(bytes / 1024 / 1024).toFixed(1)} MiB`;
+}
+
+function formatSeconds(ms: number | null): string {
+  return ms === null ? "off" : `${Math.round(ms / 1000)} s`;
 }
 
 function clamp(value: number, low: number, high: number): number {

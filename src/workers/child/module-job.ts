@@ -3,10 +3,11 @@
 // the reason. Once the daemon has asked the job to stop, the outcome is that stop whatever the
 // handler then does. A handler that ignores the signal is the daemon's problem: it kills the
 // whole worker after the grace period, from outside.
-import type { Assignment, JobResult, Outcome } from "../protocol/channel.js";
-import { createLogChunker } from "../jobs/log-chunks.js";
+import type { Assignment, JobResult, Outcome } from "../../protocol/channel.js";
+import { RunnerError } from "../../errors.js";
+import { createLogChunker } from "../../jobs/log-chunks.js";
 import { loadHandler } from "./handler-modules.js";
-import type { StopOutcome } from "./worker-messages.js";
+import type { StopOutcome } from "../worker-messages.js";
 import type { WorkerOutput } from "./worker-output.js";
 
 /** Lines are batched into chunks of about this size before they cross the IPC channel. */
@@ -34,7 +35,13 @@ export function runModuleJob(
     let reason: string | null = null;
     try {
       const handler = await loadHandler(handlerPath).catch((error: unknown) => {
-        throw new Error(`cannot load the handler module ${handlerPath}: ${describeError(error)}`);
+        throw new RunnerError(
+          "config_invalid",
+          `cannot load the handler module ${handlerPath}: ${describeError(error)}`,
+          {
+            cause: error,
+          },
+        );
       });
       await handler(payload, {
         jobId: assignment.jobId,
@@ -65,6 +72,8 @@ export function runModuleJob(
     stop(outcome, reason) {
       if (stopRequest !== null) return;
       stopRequest = { outcome, reason };
+      // Not thrown by the runner: handed to the handler as its signal's reason, a plain Error whose
+      // message is the reason (the handler API a module author codes against).
       controller.abort(new Error(reason));
     },
     done: run(),

@@ -1,35 +1,10 @@
-// Health readings, taken two ways:
-// - inside a worker, with every result: its own RSS (process.memoryUsage.rss(): the current
-//   resident set, not the peak maxRSS and not the V8 heap alone) and its open fds;
-// - from outside, by the daemon, while a worker is busy (the hard ceiling must work even when
-//   the worker's event loop is stuck): /proc/<pid>/statm on Linux, a file read of a few bytes;
-//   pidusage elsewhere, which spawns `ps` per call on macOS, so the pool samples only busy
-//   workers and only every sampleIntervalMs.
-import { readdirSync, readFileSync } from "node:fs";
+// A worker's RSS read from outside, by the daemon, while the worker is busy (the hard ceiling
+// must work even when the worker's event loop is stuck): /proc/<pid>/statm on Linux, a file read
+// of a few bytes; pidusage elsewhere, which spawns `ps` per call on macOS, so the pool samples
+// only busy workers and only every sampleIntervalMs. The worker's own readings, sent with every
+// result, are in child/own-health.ts.
+import { readFileSync } from "node:fs";
 import pidusage from "pidusage";
-
-export interface HealthReading {
-  rssBytes: number | null;
-  openFds: number | null;
-}
-
-/** The worker's view of itself, sent with every result. */
-export function readOwnHealth(): HealthReading {
-  return { rssBytes: process.memoryUsage.rss(), openFds: countOpenFds() };
-}
-
-/** Open file descriptors of this process; null where the OS offers no cheap way (Windows). */
-export function countOpenFds(platform: NodeJS.Platform = process.platform): number | null {
-  const dir =
-    platform === "linux" ? "/proc/self/fd" : platform === "darwin" || platform.endsWith("bsd") ? "/dev/fd" : null;
-  if (dir === null) return null;
-  try {
-    // Listing the directory opens one more fd, which shows up in the list: leave it out.
-    return Math.max(0, readdirSync(dir).length - 1);
-  } catch {
-    return null;
-  }
-}
 
 let pageSize: number | null = null;
 

@@ -4,23 +4,30 @@
 // timeout and cancel grace are enforced here, from outside, by killing the worker. A command
 // job's own timeout and grace run inside the worker (startCommandJob); here there is only a
 // backstop in case the worker itself stops answering.
-import type { JobHooks, RunningJob } from "../jobs/command.js";
-import type { LogChunk } from "../jobs/log-chunks.js";
-import { signalGroup, waitForGroupExit } from "../jobs/process-group.js";
-import { killMarkedProcesses } from "../jobs/job-marks.js";
-import type { Assignment, JobRef, JobResult, Outcome } from "../protocol/channel.js";
-import type { Logger } from "../log/logger.js";
-import type { KillKind, WorkerExit, WorkerHandle } from "./worker-handle.js";
-import type { StopOutcome } from "./worker-messages.js";
+//
+// It knows its worker only as a port (send a message, ask the pool to kill it): the pool owns
+// the worker, its record and its handle.
+import type { JobHooks, RunningJob } from "../../jobs/command.js";
+import type { LogChunk } from "../../jobs/log-chunks.js";
+import { signalGroup, waitForGroupExit } from "../../jobs/process-group.js";
+import { killMarkedProcesses } from "../../jobs/job-marks.js";
+import type { Assignment, JobRef, JobResult, Outcome } from "../../protocol/channel.js";
+import type { Logger } from "../../log/logger.js";
+import type { KillCause, KillKind } from "./lifecycle.js";
+import type { WorkerExit } from "./worker-handle.js";
+import type { StopOutcome, ToWorker } from "../worker-messages.js";
 
 /** Past a command job's own deadline (its timeout or grace), how long its worker gets before it is killed. */
 export const COMMAND_BACKSTOP_MS = 10_000;
 /** After SIGKILLing an orphaned command group, how long to wait for it to vanish. */
 const GROUP_GONE_MS = 5_000;
 
-export interface PoolJobControl {
-  killWorker(worker: WorkerHandle, kind: KillKind, reason: string): void;
-  logger: Logger;
+/** The job's line to the worker the pool gave it. */
+export interface WorkerPort {
+  /** False when the message could not be sent; `onFailed` hears of a write that fails later. */
+  send(message: ToWorker, onFailed?: (error: Error) => void): boolean;
+  /** Asks the pool to kill the worker (with the job's command group), saying why. */
+  kill(kind: KillKind, reason: string): void;
 }
 
 export class PoolJob implements RunningJob {
@@ -28,7 +35,7 @@ export class PoolJob implements RunningJob {
   readonly done: Promise<JobResult>;
   finished = false;
   private resolveDone!: (result: JobResult) => void;
-  private worker: WorkerHandle | null = null;
+  private worker: WorkerPort | null = null;
   private startedPid: number | null = null;
   private startedAt: string | null = null;
   private stopRequest: { outcome: StopOutcome; reason: string } | null = null;
@@ -41,7 +48,7 @@ export class PoolJob implements RunningJob {
     private readonly hooks: JobHooks,
     /** For a module job: the module the runner's config maps its handler name to. */
     readonly handlerPath: string | null,
-    private readonly control: PoolJobControl,
+    private readonly logger: Logger,
     /** For a command job: the journal entry its worker records the process in (see StartOptions). */
     private readonly journalFile: string | null = null,
   ) {
@@ -67,8 +74,13 @@ export class PoolJob implements RunningJob {
     this.finish(this.resultWith("failed", reason));
   }
 
+  /** Not yet on a worker, and not finished: it waits in the pool's queue. */
+  get waiting(): boolean {
+    return this.worker === null && !this.finished;
+  }
+
   /** The pool hands the job to a worker. */
-  attach(worker: WorkerHandle, outputPaused: boolean): void {
+  attach(worker: WorkerPort, outputPaused: boolean): void {
     this.worker = worker;
     const journalFile = this.kind === "command" ? this.journalFile : null;
     const run = {
@@ -108,7 +120,7 @@ export class PoolJob implements RunningJob {
     const worker = this.worker;
     const reason = `could not hand the job to its worker: ${detail}`;
     this.finish(this.resultWith("failed", reason));
-    if (worker !== null) this.control.killWorker(worker, "ipc_failed", reason);
+    worker?.kill("ipc_failed", reason);
   }
 
   handleStarted(pid: number, startedAt: string): void {
@@ -118,7 +130,7 @@ export class PoolJob implements RunningJob {
     try {
       this.hooks.onStarted({ pid, startedAt });
     } catch (error) {
-      this.control.logger.error({ err: error, jobId: this.ref.jobId }, "recording a job's start failed; cancelling it");
+      this.logger.error({ err: error, jobId: this.ref.jobId }, "recording a job's start failed; cancelling it");
       this.cancel("the runner failed to record the job's start", 0); // never leave it running unsupervised
     }
   }
@@ -132,7 +144,7 @@ export class PoolJob implements RunningJob {
   }
 
   /** The worker died with the job on it: clean up what it leaves behind and say why. */
-  async handleWorkerGone(exit: WorkerExit, killed: WorkerHandle["killedBecause"], fatal: string | null): Promise<void> {
+  async handleWorkerGone(exit: WorkerExit, killed: KillCause | null, fatal: string | null): Promise<void> {
     if (this.finished) return;
     if (this.kind === "command") {
       // Its supervisor is gone: the job's group would run on unwatched. It goes too, and so does
@@ -186,7 +198,7 @@ export class PoolJob implements RunningJob {
   }
 
   private killWorker(kind: KillKind, reason: string): void {
-    if (!this.finished && this.worker !== null) this.control.killWorker(this.worker, kind, reason);
+    if (!this.finished) this.worker?.kill(kind, reason);
   }
 
   private resultWith(

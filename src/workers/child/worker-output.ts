@@ -10,8 +10,8 @@
 // held up to HELD_LIMIT_BYTES and past that dropped and counted, with a marker line in the log
 // once it flows again. Command output is never dropped: once its pipes are paused, at most a
 // read's worth of it arrives.
-import type { LogChunk } from "../jobs/log-chunks.js";
-import type { FromWorker } from "./worker-messages.js";
+import type { LogChunk } from "../../jobs/log-chunks.js";
+import type { FromWorker } from "../worker-messages.js";
 
 /** Bytes written to the IPC channel but not yet flushed to the socket, past which we stop. */
 export const IN_FLIGHT_HIGH_BYTES = 256 * 1024;

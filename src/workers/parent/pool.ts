@@ -15,27 +15,42 @@
 //   chunks (and so to stop reading its command's pipes), for a daemon whose socket is slow.
 //
 // Every recycle and kill is logged with its reason and counted in stats().
+//
+// The pool is the one registry of jobs: every job it was given, from start() until its result
+// has been handed over (queued, on a worker, or being cleaned up after its worker died), is in
+// `jobs`, so its caller cancels by reference (cancel, cancelAll) and keeps no list of its own.
+// Each worker is a handle (the process) and the pool's record of it (lifecycle.ts), which only
+// stepWorker changes.
 import path from "node:path";
-import type { JobHooks, RunningJob } from "../jobs/command.js";
-import type { Logger } from "../log/logger.js";
-import { assignmentProblem, type Assignment } from "../protocol/channel.js";
-import { PoolJob } from "./pool-job.js";
+import { RunnerError } from "../../errors.js";
+import type { JobHooks, RunningJob } from "../../jobs/command.js";
+import type { Logger } from "../../log/logger.js";
+import { assignmentProblem, type Assignment, type JobRef, type JobResult } from "../../protocol/channel.js";
+import { PoolJob, type WorkerPort } from "./pool-job.js";
 import {
   RECYCLE_SETTING,
-  RECYCLE_STREAK_WARN,
   describeRecycle,
-  evaluateRecycle,
   formatMiB,
+  isRecycleLoop,
   limitsForWorker,
   noteRecycleStreak,
   recycleFigures,
   type RecycleLimits,
   type RecycleReason,
-  type WorkerHealth,
 } from "./recycle-policy.js";
+import {
+  healthOf,
+  newWorkerRecord,
+  stepWorker,
+  type KillKind,
+  type WorkerAction,
+  type WorkerEvent,
+  type WorkerRecord,
+  type WorkerState,
+} from "./lifecycle.js";
 import { MemoryCeiling } from "./memory-ceiling.js";
-import { WorkerHandle, type KillKind, type WorkerExit, type WorkerState } from "./worker-handle.js";
-import type { FromWorker } from "./worker-messages.js";
+import { WorkerHandle, type WorkerExit } from "./worker-handle.js";
+import type { FromWorker } from "../worker-messages.js";
 
 export interface WorkerPoolOptions {
   /** Worker processes at most (the runner's capacity: the daemon never runs more jobs at once). */
@@ -52,6 +67,15 @@ export interface WorkerPoolOptions {
   now?: () => number;
   /** Draws each worker's age jitter, in [0, 1). Default Math.random. */
   random?: () => number;
+}
+
+export interface PoolJobHooks extends JobHooks {
+  /**
+   * The job's result, handed over once, always on a later turn than start() (a job refused at
+   * once must not report before its caller has finished starting it). Until then the job is
+   * still the pool's: cancelAll returns it, so a result is never between two owners.
+   */
+  onFinished?(result: JobResult): void;
 }
 
 export interface StartOptions {
@@ -93,9 +117,13 @@ export interface PoolStats {
 /** After this many workers in a row die before saying "ready", queued jobs fail instead of waiting. */
 const MAX_BOOT_FAILURES = 3;
 
+type PoolRecord = WorkerRecord<PoolJob>;
+
 export class WorkerPool {
-  private readonly workers = new Set<WorkerHandle>();
-  private queue: PoolJob[] = [];
+  /** Every live worker process, with the pool's record of it. */
+  private readonly workers = new Map<WorkerHandle, PoolRecord>();
+  /** Every job not yet handed back (see PoolJobHooks.onFinished), in the order it came: the queue is its waiting ones. */
+  private readonly jobs = new Set<PoolJob>();
   private readonly handlers: Map<string, string>;
   private readonly now: () => number;
   private readonly random: () => number;
@@ -107,34 +135,38 @@ export class WorkerPool {
   private bootFailures = 0;
   /** Per kind of job (handler name, or "command"): workers recycled after their first job, in a row. */
   private readonly recycleStreaks = new Map<string, number>();
-  private readonly ceiling: MemoryCeiling;
+  private readonly ceiling: MemoryCeiling<WorkerHandle>;
   private readonly counters: Omit<PoolStats, "size" | "outputPaused" | "workers">;
   private readonly events = {
     onMessage: (worker: WorkerHandle, message: FromWorker) => this.handleMessage(worker, message),
-    onExit: (worker: WorkerHandle, exit: WorkerExit, lastState: WorkerState) =>
-      this.handleExit(worker, exit, lastState),
+    onExit: (worker: WorkerHandle, exit: WorkerExit) => this.handleExit(worker, exit),
   };
-  private readonly jobControl;
 
   constructor(private readonly options: WorkerPoolOptions) {
     if (!Number.isInteger(options.size) || options.size < 1)
-      throw new Error(`pool size must be a positive integer, not ${options.size}`);
+      throw new RunnerError("config_invalid", `pool size must be a positive integer, not ${options.size}`);
     this.handlers = new Map(Object.entries(options.handlers));
     for (const [name, file] of this.handlers) {
       if (!path.isAbsolute(file))
-        throw new Error(`handler "${name}": module path must be absolute, not ${JSON.stringify(file)}`);
+        throw new RunnerError(
+          "config_invalid",
+          `handler "${name}": module path must be absolute, not ${JSON.stringify(file)}`,
+        );
     }
     this.now = options.now ?? Date.now;
     this.random = options.random ?? Math.random;
     this.ceiling = new MemoryCeiling(
       options.sampleIntervalMs ?? 1_000,
-      () => [...this.workers].filter((w) => w.state === "busy"),
-      (worker, rss, hard) =>
+      () => this.busyWorkers().map(([worker, record]) => ({ worker, pid: worker.pid, limits: record.limits })),
+      (worker, rss, hard) => {
+        // Still busy after the sample's await? A job that just ended is judged at its boundary instead.
+        if (this.workers.get(worker)?.state !== "busy") return;
         this.killWorker(
           worker,
           "memory_limit",
           `worker_memory_limit: RSS ${formatMiB(rss)} reached the hard limit ${formatMiB(hard)}`,
-        ),
+        );
+      },
     );
     this.retireTimeoutMs = options.retireTimeoutMs ?? 5_000;
     this.counters = {
@@ -144,17 +176,20 @@ export class WorkerPool {
       crashed: 0,
       jobs: { dispatched: 0, rejected: 0 },
     };
-    this.jobControl = {
-      killWorker: (w: WorkerHandle, kind: KillKind, reason: string) => this.killWorker(w, kind, reason),
-      logger: options.logger,
-    };
   }
 
   /** Runs a job on a warm worker (same contract as startCommandJob). Never throws for a bad job: `done` says why. */
-  start(assignment: Assignment, hooks: JobHooks, options: StartOptions = {}): RunningJob {
+  start(assignment: Assignment, hooks: PoolJobHooks, options: StartOptions = {}): RunningJob {
     const spec = assignment.job;
     const handlerPath = spec.kind === "module" ? (this.handlers.get(spec.handler) ?? null) : null;
-    const job = new PoolJob(assignment, hooks, handlerPath, this.jobControl, options.journalFile ?? null);
+    const job = new PoolJob(assignment, hooks, handlerPath, this.options.logger, options.journalFile ?? null);
+    this.jobs.add(job);
+    void job.done.then((result) =>
+      setImmediate(() => {
+        this.jobs.delete(job);
+        hooks.onFinished?.(result);
+      }),
+    );
     const problem = assignmentProblem(assignment);
     if (problem !== null) {
       // Fails at once, never reaching a worker (which it could strand or crash).
@@ -170,10 +205,24 @@ export class WorkerPool {
         `unknown handler "${spec.handler}": this runner's config maps no module to it (known: ${known.length > 0 ? known.join(", ") : "none"})`,
       );
     } else {
-      this.queue.push(job);
       this.dispatch();
     }
     return job;
+  }
+
+  /** Cancels the job with this reference, wherever it is (queued or running); unknown or finished: nothing. */
+  cancel(ref: JobRef, reason: string): void {
+    for (const job of this.jobs) if (job.ref.jobId === ref.jobId && job.ref.attempt === ref.attempt) job.cancel(reason);
+  }
+
+  /**
+   * Cancels every job the pool still holds (each running one with its own grace) and returns
+   * their results to come, including those of jobs that ended but are not yet handed over.
+   */
+  cancelAll(reason: string): Promise<JobResult>[] {
+    const jobs = [...this.jobs];
+    for (const job of jobs) job.cancel(reason);
+    return jobs.map((job) => job.done);
   }
 
   /** The daemon's log consumer is slow: workers stop sending output (and reading their command's pipes). */
@@ -195,27 +244,25 @@ export class WorkerPool {
    */
   close(): Promise<void> {
     if (this.closing !== null) return this.closing;
-    for (const job of this.queue.splice(0)) job.cancel("the worker pool is closing");
-    for (const worker of this.workers) {
-      if (worker.state === "busy") worker.job?.cancel("the worker pool is closing");
-      else if (worker.state === "idle") this.retire(worker);
-      else if (worker.state === "starting")
-        this.killWorker(worker, "shutdown", "the pool closed while it was starting");
+    for (const job of this.waitingJobs()) job.cancel("the worker pool is closing");
+    for (const worker of [...this.workers.keys()]) {
+      this.workers.get(worker)?.job?.cancel("the worker pool is closing");
+      this.apply(worker, { type: "close" });
     }
-    this.closing = Promise.all([...this.workers].map((w) => w.exited)).then(() => this.ceiling.update());
+    this.closing = Promise.all([...this.workers.keys()].map((w) => w.exited)).then(() => this.ceiling.update());
     return this.closing;
   }
 
   stats(): PoolStats {
     const now = this.now();
-    const workers = [...this.workers].map((w) => ({
-      pid: w.pid,
-      state: w.state,
-      jobsRun: w.jobsRun,
-      ageMs: now - w.spawnedAt,
-      maxAgeMs: w.limits.maxAgeMs,
-      rssBytes: w.health.rssBytes,
-      openFds: w.health.openFds,
+    const workers = [...this.workers].map(([worker, record]) => ({
+      pid: worker.pid,
+      state: record.state,
+      jobsRun: record.jobsRun,
+      ageMs: now - record.spawnedAt,
+      maxAgeMs: record.limits.maxAgeMs,
+      rssBytes: record.health.rssBytes,
+      openFds: record.health.openFds,
     }));
     const c = this.counters;
     return {
@@ -233,41 +280,44 @@ export class WorkerPool {
   // ---- dispatch ----
 
   private dispatch(): void {
-    this.queue = this.queue.filter((job) => !job.finished); // cancelled while waiting
-    while (this.queue.length > 0) {
+    for (const job of this.waitingJobs()) {
       const worker = this.takeIdleWorker();
       if (worker === undefined) break;
-      this.assign(worker, this.queue.shift() as PoolJob);
+      this.assign(worker, job);
     }
     const starting = this.countWorkers("starting");
-    for (let missing = this.queue.length - starting; missing > 0 && this.countLive() < this.options.size; missing--) {
+    for (
+      let missing = this.waitingJobs().length - starting;
+      missing > 0 && this.countLive() < this.options.size;
+      missing--
+    ) {
       this.spawnWorker();
       this.warmTarget = Math.max(this.warmTarget, this.countLive());
     }
   }
 
-  /**
-   * An idle worker, retiring on the way any that got too old while idle. Only the age is judged
-   * here: its readings and job count were judged when its last job ended (judging a fresh
-   * worker's start-up readings here would retire it before it ever ran a job, in a loop).
-   */
+  /** An idle worker fit to take a job, retiring on the way any that got too old while idle. */
   private takeIdleWorker(): WorkerHandle | undefined {
-    for (const worker of this.workers) {
-      if (worker.state !== "idle") continue;
-      const ageOnly = { rssBytes: null, openFds: null, jobsRun: 0, startedAt: worker.spawnedAt };
-      const reason = evaluateRecycle(ageOnly, { ...worker.limits, maxJobs: null }, this.now());
-      if (reason === null) return worker;
-      this.recycle(worker, reason);
+    for (const [worker, record] of this.workers) {
+      if (record.state !== "idle") continue;
+      if (this.apply(worker, { type: "offer" }).type === "keep") return worker;
     }
     return undefined;
   }
 
   private assign(worker: WorkerHandle, job: PoolJob): void {
-    worker.state = "busy";
-    worker.job = job;
+    this.apply(worker, { type: "assign", job });
     this.counters.jobs.dispatched++;
-    job.attach(worker, this.outputPaused);
+    job.attach(this.portTo(worker), this.outputPaused);
     this.ceiling.update();
+  }
+
+  /** A job's line to its worker: messages go to the process, kills go through the pool. */
+  private portTo(worker: WorkerHandle): WorkerPort {
+    return {
+      send: (message, onFailed) => worker.send(message, onFailed),
+      kill: (kind, reason) => this.killWorker(worker, kind, reason),
+    };
   }
 
   /** Keeps `warmTarget` workers alive, unless workers are failing to boot. */
@@ -276,71 +326,64 @@ export class WorkerPool {
     while (this.countLive() < Math.min(this.warmTarget, this.options.size)) this.spawnWorker();
   }
 
-  private spawnWorker(): WorkerHandle {
-    const worker = WorkerHandle.spawn({
-      spawnedAt: this.now(),
-      limits: limitsForWorker(this.options.limits, this.random()),
-      events: this.events,
-      logger: this.options.logger,
-    });
-    this.workers.add(worker);
+  private spawnWorker(): void {
+    const worker = WorkerHandle.spawn(this.events, this.options.logger);
+    this.workers.set(worker, newWorkerRecord(limitsForWorker(this.options.limits, this.random()), this.now()));
     this.counters.spawned++;
-    return worker;
   }
 
   // ---- worker events ----
 
   private handleMessage(worker: WorkerHandle, message: FromWorker): void {
+    const job = this.workers.get(worker)?.job ?? null;
     switch (message.type) {
-      case "ready":
-        worker.booted = true;
-        worker.health = message.health;
+      case "ready": {
         this.bootFailures = 0;
-        if (this.closing !== null) return this.retire(worker);
-        worker.state = "idle";
+        const action = this.apply(worker, { type: "ready", health: message.health, closing: this.closing !== null });
+        if (action.type !== "keep") return;
         if (this.outputPaused) worker.send({ type: "flow", paused: true });
         this.dispatch();
         return;
+      }
       case "started":
-        if (worker.job?.ref.jobId === message.jobId) worker.job.handleStarted(message.pid, message.startedAt);
+        if (job?.ref.jobId === message.jobId) job.handleStarted(message.pid, message.startedAt);
         return;
       case "log":
-        worker.job?.handleLog({ stream: message.stream, data: message.data });
+        job?.handleLog({ stream: message.stream, data: message.data });
         return;
       case "result":
         return this.handleResult(worker, message);
       case "fatal":
-        worker.fatal = message.message;
+        this.apply(worker, { type: "fatal", message: message.message });
         return;
     }
   }
 
   private handleResult(worker: WorkerHandle, message: Extract<FromWorker, { type: "result" }>): void {
-    const job = worker.job;
-    worker.job = null;
-    worker.jobsRun++;
-    worker.health = message.health;
+    const job = this.workers.get(worker)?.job ?? null;
+    const event = { type: "result", health: message.health, closing: this.closing !== null } as const;
+    const action = this.apply(worker, event);
     if (job?.ref.jobId === message.result.jobId) job.handleResult(message.result);
-    if (worker.killedBecause !== null) return; // being killed: the exit handler takes it from here
-    worker.state = "idle";
+    if (action.type === "none") return; // being killed: the exit handler takes it from here
     this.ceiling.update();
-    if (this.closing !== null) return this.retire(worker);
-    const reason = evaluateRecycle(this.healthOf(worker), worker.limits, this.now());
-    if (reason !== null) this.recycle(worker, reason);
-    if (job !== null) this.noteStreak(job, worker, reason);
+    if (action.type === "retire") return; // the pool is closing
+    if (job !== null) this.noteStreak(job, worker, action.type === "recycle" ? action.reason : null);
     this.dispatch();
     this.replenish();
   }
 
-  private handleExit(worker: WorkerHandle, exit: WorkerExit, lastState: WorkerState): void {
+  private handleExit(worker: WorkerHandle, exit: WorkerExit): void {
+    const before = this.workers.get(worker);
+    if (before === undefined) return;
+    const { action } = stepWorker(before, { type: "exit" }, this.now());
     this.workers.delete(worker);
-    const job = worker.job;
-    worker.job = null;
-    if (job !== null) void job.handleWorkerGone(exit, worker.killedBecause, worker.fatal);
+    if (action.type !== "forget") return;
+    const job = before.job;
+    if (job !== null) void job.handleWorkerGone(exit, before.killedBecause, before.fatal);
     const how = exit.signal !== null ? `signal ${exit.signal}` : `code ${exit.code}`;
-    if (worker.killedBecause === null && lastState !== "retiring") {
+    if (action.crashed) {
       this.counters.crashed++;
-      const logged = { worker: worker.pid, exit: how, fatal: worker.fatal, jobId: job?.ref.jobId };
+      const logged = { worker: worker.pid, exit: how, fatal: before.fatal, jobId: job?.ref.jobId };
       this.options.logger.warn(
         logged,
         `worker ${worker.pid} exited unexpectedly with ${how}${job ? "; its job failed" : ""}`,
@@ -348,7 +391,7 @@ export class WorkerPool {
     }
     this.ceiling.update();
     if (this.closing !== null) return;
-    if (!worker.booted) {
+    if (action.bootFailed) {
       this.bootFailures++;
       if (this.bootFailures >= MAX_BOOT_FAILURES)
         return this.failQueued(
@@ -360,33 +403,71 @@ export class WorkerPool {
   }
 
   private failQueued(reason: string): void {
-    this.options.logger.error({ jobs: this.queue.length }, reason);
-    for (const job of this.queue.splice(0)) job.reject(reason);
+    const waiting = this.waitingJobs();
+    this.options.logger.error({ jobs: waiting.length }, reason);
+    for (const job of waiting) job.reject(reason);
     this.bootFailures = 0; // the next job tries again
   }
 
-  // ---- recycle and kill ----
+  // ---- the worker's record, and what its step says to do ----
 
-  private recycle(worker: WorkerHandle, reason: RecycleReason): void {
+  /**
+   * Steps the worker's record and does what the step says (except "keep" and "forget", which
+   * mean different things to each caller): retire, recycle, kill. Returns the action.
+   */
+  private apply(worker: WorkerHandle, event: WorkerEvent<PoolJob>): WorkerAction {
+    const before = this.workers.get(worker);
+    if (before === undefined) return { type: "none" };
+    const { record, action } = stepWorker(before, event, this.now());
+    this.workers.set(worker, record);
+    switch (action.type) {
+      case "retire":
+        this.retire(worker);
+        break;
+      case "recycle":
+        this.logRecycle(worker, record, action.reason);
+        this.retire(worker);
+        break;
+      case "kill": {
+        const { kind, reason } = action.cause;
+        this.counters.killed[kind]++;
+        const jobId = before.job?.ref.jobId;
+        this.options.logger.warn({ worker: worker.pid, kind, jobId }, `killing worker ${worker.pid}: ${reason}`);
+        before.job?.killCommandGroup();
+        worker.kill();
+        break;
+      }
+      case "none":
+      case "keep":
+      case "forget":
+        break;
+    }
+    return action;
+  }
+
+  private killWorker(worker: WorkerHandle, kind: KillKind, reason: string): void {
+    this.apply(worker, { type: "kill", cause: { kind, reason } });
+  }
+
+  private logRecycle(worker: WorkerHandle, record: PoolRecord, reason: RecycleReason): void {
     this.counters.recycled[reason]++;
     const now = this.now();
-    const health = this.healthOf(worker);
-    const detail = describeRecycle(reason, health, worker.limits, now);
-    const { limit } = recycleFigures(reason, health, worker.limits, now);
+    const health = healthOf(record);
+    const detail = describeRecycle(reason, health, record.limits, now);
+    const { limit } = recycleFigures(reason, health, record.limits, now);
     this.options.logger.info(
       {
         worker: worker.pid,
         reason,
         limit,
         setting: RECYCLE_SETTING[reason],
-        jobsRun: worker.jobsRun,
+        jobsRun: record.jobsRun,
         rssBytes: health.rssBytes,
         openFds: health.openFds,
-        ageMs: now - worker.spawnedAt,
+        ageMs: now - record.spawnedAt,
       },
       `recycling worker ${worker.pid}: ${detail}`,
     );
-    this.retire(worker);
   }
 
   /**
@@ -396,13 +477,15 @@ export class WorkerPool {
    * raise the other.
    */
   private noteStreak(job: PoolJob, worker: WorkerHandle, reason: RecycleReason | null): void {
+    const record = this.workers.get(worker);
+    if (record === undefined) return;
     const spec = job.assignment.job;
     const handler = spec.kind === "module" ? spec.handler : "command";
-    const streak = noteRecycleStreak(this.recycleStreaks.get(handler) ?? 0, reason, worker.jobsRun);
+    const streak = noteRecycleStreak(this.recycleStreaks.get(handler) ?? 0, reason, record.jobsRun);
     this.recycleStreaks.set(handler, streak);
-    if (streak !== RECYCLE_STREAK_WARN || reason === null) return;
-    const health = this.healthOf(worker);
-    const { reading, limit } = recycleFigures(reason, health, worker.limits, this.now());
+    if (!isRecycleLoop(streak) || reason === null) return;
+    const health = healthOf(record);
+    const { reading, limit } = recycleFigures(reason, health, record.limits, this.now());
     const shown =
       reason === "memory"
         ? { reading: formatMiB(reading), limit: formatMiB(limit) }
@@ -423,9 +506,8 @@ export class WorkerPool {
     );
   }
 
-  /** Asks an idle worker to run its cleanup and exit; kills it if that takes too long. */
+  /** Asks a worker (idle, now retiring) to run its cleanup and exit; kills it if that takes too long. */
   private retire(worker: WorkerHandle): void {
-    worker.state = "retiring";
     worker.send({ type: "retire" });
     const timer = setTimeout(
       () => this.killWorker(worker, "cleanup_timeout", `its cleanup took longer than ${this.retireTimeoutMs} ms`),
@@ -434,24 +516,19 @@ export class WorkerPool {
     void worker.exited.then(() => clearTimeout(timer));
   }
 
-  private killWorker(worker: WorkerHandle, kind: KillKind, reason: string): void {
-    if (worker.state === "gone" || worker.killedBecause !== null) return;
-    this.counters.killed[kind]++;
-    const jobId = worker.job?.ref.jobId;
-    this.options.logger.warn({ worker: worker.pid, kind, jobId }, `killing worker ${worker.pid}: ${reason}`);
-    worker.job?.killCommandGroup();
-    worker.kill(kind, reason);
-  }
-
   // ---- helpers ----
 
-  private healthOf(worker: WorkerHandle): WorkerHealth {
-    return { ...worker.health, jobsRun: worker.jobsRun, startedAt: worker.spawnedAt };
+  private waitingJobs(): PoolJob[] {
+    return [...this.jobs].filter((job) => job.waiting);
+  }
+
+  private busyWorkers(): [WorkerHandle, PoolRecord][] {
+    return [...this.workers].filter(([, record]) => record.state === "busy");
   }
 
   private countWorkers(state: WorkerState): number {
     let n = 0;
-    for (const w of this.workers) if (w.state === state) n++;
+    for (const record of this.workers.values()) if (record.state === state) n++;
     return n;
   }
 
@@ -461,8 +538,8 @@ export class WorkerPool {
   }
 
   private broadcastFlow(): void {
-    for (const worker of this.workers) {
-      if (worker.state === "idle" || worker.state === "busy") worker.send({ type: "flow", paused: this.outputPaused });
+    for (const [worker, record] of this.workers) {
+      if (record.state === "idle" || record.state === "busy") worker.send({ type: "flow", paused: this.outputPaused });
     }
   }
 }

@@ -1,0 +1,23 @@
+// The program as a whole, run as a child process the way an operator runs it.
+import assert from "node:assert/strict";
+import { readFileSync } from "node:fs";
+import path from "node:path";
+import { test } from "node:test";
+import { REPO_ROOT, runCli } from "../helpers/cli.js";
+import { PROTOCOL_VERSION } from "../../src/protocol/version.js";
+
+test(
+  "--version names the agent, protocol and Node.js versions and the platform, and exits 0",
+  { timeout: 30_000 },
+  async () => {
+    const { version } = JSON.parse(readFileSync(path.join(REPO_ROOT, "package.json"), "utf8")) as { version: string };
+    for (const flag of ["--version", "-V"]) {
+      const result = await runCli([flag]);
+      assert.equal(result.code, 0, result.all);
+      assert.equal(
+        result.stdout.trim(),
+        `runner ${version} (protocol ${PROTOCOL_VERSION}; Node.js ${process.versions.node}; ${process.platform}-${process.arch})`,
+      );
+    }
+  },
+);
