@@ -23,8 +23,8 @@ import path from "node:path";
 import { fileURLToPath } from "node:url";
 import { pino } from "pino";
 import { WebSocketServer, type WebSocket } from "ws";
-import { startControlPlane } from "../src/control-plane/server.js";
-import { AdminClient } from "../src/control-plane/admin-client.js";
+import { startControlPlane } from "../src/control-plane/control-plane.js";
+import { AdminClient } from "../src/api-client/admin.js";
 import { REPO_ROOT, RUNNER_BIN, percentiles, printTable, runCliQuiet, type Percentiles } from "./support.js";
 import type { SubmitJobRequest } from "../src/protocol/http.js";
 

@@ -8,8 +8,8 @@ import { promises as fs } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { pino } from "pino";
-import { startControlPlane } from "../src/control-plane/server.js";
-import { AdminClient } from "../src/control-plane/admin-client.js";
+import { startControlPlane } from "../src/control-plane/control-plane.js";
+import { AdminClient } from "../src/api-client/admin.js";
 import { RUNNER_BIN, runCliQuiet } from "./support.js";
 
 const seconds = Number(process.argv[2] ?? 20);

@@ -8,9 +8,9 @@ import os from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 import { pino } from "pino";
-import { startControlPlane, type ControlPlane } from "../src/control-plane/server.js";
+import { startControlPlane, type ControlPlane } from "../src/control-plane/control-plane.js";
 import type { SubmitJobRequest } from "../src/protocol/http.js";
-import { AdminClient } from "../src/control-plane/admin-client.js";
+import { AdminClient } from "../src/api-client/admin.js";
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..");
 const bin = path.join(root, "bin", "runner.js");

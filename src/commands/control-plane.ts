@@ -49,7 +49,7 @@ async function runControlPlane(flags: ControlPlaneFlags, logger: Logger): Promis
   }
   const givenToken = readAdminToken(flags.adminTokenFile);
   // Loaded here, not at the top: every other verb (the daemon above all) stays free of SQLite.
-  const { startControlPlane } = await import("../control-plane/server.js");
+  const { startControlPlane } = await import("../control-plane/control-plane.js");
   const controlPlane = await startControlPlane({
     host,
     port,

@@ -9,7 +9,7 @@ import { action, print } from "../cli/output.js";
 import { openStore } from "../credentials/select.js";
 import { acquireLock } from "../state/lock.js";
 import { readRegistration } from "../state/registration.js";
-import { PROTOCOL_VERSION, AGENT_VERSION } from "../protocol/version.js";
+import { identityBody } from "../api-client/identity.js";
 
 export function defineUnregisterCommand(program: Command): void {
   const command = program
@@ -39,11 +39,7 @@ export function defineUnregisterCommand(program: Command): void {
             await unregister(
               { url: registration.url, timeoutMs: ctx.controlPlane.requestTimeoutMs },
               credential.value.credential,
-              {
-                protocolVersion: PROTOCOL_VERSION,
-                agentVersion: AGENT_VERSION,
-                runnerId: registration.runnerId,
-              },
+              identityBody({ runnerId: registration.runnerId }),
             );
             print(`the control plane at ${registration.url} removed runner ${registration.runnerId}`);
           } catch (error) {

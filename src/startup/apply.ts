@@ -7,7 +7,7 @@ import type { StateFiles } from "../config/paths.js";
 import { openStore } from "../credentials/select.js";
 import type { StoredCredential } from "../credentials/store.js";
 import type { HostFacts } from "../protocol/http.js";
-import { AGENT_VERSION, PROTOCOL_VERSION } from "../protocol/version.js";
+import { identityBody } from "../api-client/identity.js";
 import { DIR_MODE, chmodNoFollow, ensureDir, entryAt, moveAside } from "../state/files.js";
 import { inspectLock } from "../state/lock.js";
 import {
@@ -91,12 +91,7 @@ async function describeFromControlPlane(
   ctx: ApplyContext,
 ): Promise<Registration> {
   const api = { url: stored.url, timeoutMs: ctx.requestTimeoutMs };
-  const body = {
-    protocolVersion: PROTOCOL_VERSION,
-    agentVersion: AGENT_VERSION,
-    runnerId: stored.runnerId,
-    host: ctx.host,
-  };
+  const body = identityBody({ runnerId: stored.runnerId, host: ctx.host });
   try {
     const { runner } = await verify(api, stored.credential, body);
     return registrationFrom(runner, stored.url, store);
@@ -138,12 +133,7 @@ async function rebindHost(ctx: ApplyContext): Promise<string> {
   const { runner, previousFingerprint } = await repair(
     { url: old.url, timeoutMs: ctx.requestTimeoutMs },
     read.value.credential,
-    {
-      protocolVersion: PROTOCOL_VERSION,
-      agentVersion: AGENT_VERSION,
-      runnerId: old.runnerId,
-      host: ctx.host,
-    },
+    identityBody({ runnerId: old.runnerId, host: ctx.host }),
   );
   await writeRegistration(ctx.files.registration, {
     ...registrationFrom(runner, old.url, old.credentialStore),

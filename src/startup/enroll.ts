@@ -5,7 +5,7 @@ import { register } from "../api-client/runner-api.js";
 import type { StateFiles } from "../config/paths.js";
 import type { CredentialStore } from "../credentials/store.js";
 import type { HostFacts, RunnerView } from "../protocol/http.js";
-import { AGENT_VERSION, PROTOCOL_VERSION } from "../protocol/version.js";
+import { identityBody } from "../api-client/identity.js";
 import { writeRegistration, type Registration } from "../state/registration.js";
 
 export interface EnrollOptions {
@@ -22,14 +22,11 @@ export interface EnrollOptions {
 }
 
 export async function enroll(options: EnrollOptions): Promise<Registration> {
-  const answer = await register({ url: options.url, timeoutMs: options.timeoutMs }, options.registrationToken, {
-    protocolVersion: PROTOCOL_VERSION,
-    agentVersion: AGENT_VERSION,
-    name: options.name,
-    labels: options.labels,
-    host: options.host,
-    replace: options.replace,
-  });
+  const answer = await register(
+    { url: options.url, timeoutMs: options.timeoutMs },
+    options.registrationToken,
+    identityBody({ name: options.name, labels: options.labels, host: options.host, replace: options.replace }),
+  );
   // Credential first: a registration file that names a credential never written would look
   // like "credential missing" at the next start.
   await options.store.write({ v: 1, runnerId: answer.runnerId, url: options.url, credential: answer.credential });

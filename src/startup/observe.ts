@@ -4,7 +4,7 @@ import { RunnerError } from "../errors.js";
 import { openStore } from "../credentials/select.js";
 import type { CredentialRead } from "../credentials/store.js";
 import { verify } from "../api-client/runner-api.js";
-import { PROTOCOL_VERSION, AGENT_VERSION } from "../protocol/version.js";
+import { identityBody } from "../api-client/identity.js";
 import type { HostFacts } from "../protocol/http.js";
 import type { StateFiles } from "../config/paths.js";
 import path from "node:path";
@@ -47,12 +47,11 @@ export async function observe(ctx: ObserveContext): Promise<Observations> {
   if (credential.kind !== "ok" || credential.value.runnerId !== registration.runnerId) return seen;
 
   try {
-    await verify({ url: registration.url, timeoutMs: ctx.requestTimeoutMs }, credential.value.credential, {
-      protocolVersion: PROTOCOL_VERSION,
-      agentVersion: AGENT_VERSION,
-      runnerId: registration.runnerId,
-      host: ctx.host,
-    });
+    await verify(
+      { url: registration.url, timeoutMs: ctx.requestTimeoutMs },
+      credential.value.credential,
+      identityBody({ runnerId: registration.runnerId, host: ctx.host }),
+    );
     seen.controlPlane = { kind: "ok" };
   } catch (error) {
     if (!(error instanceof RunnerError)) throw error;

@@ -6,7 +6,7 @@ import { promises as fs, readFileSync } from "node:fs";
 import net from "node:net";
 import path from "node:path";
 import type { TestContext } from "node:test";
-import { AdminClient } from "../../src/control-plane/admin-client.js";
+import { AdminClient } from "../../src/api-client/admin.js";
 import { RUNNER_BIN, runCli } from "../helpers/cli.js";
 import { startDaemon, type DaemonProcess, type LogLine } from "../helpers/daemon.js";
 import { childrenOf } from "../helpers/processes.js";

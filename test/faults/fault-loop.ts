@@ -6,7 +6,7 @@
 import { promises as fs, existsSync, readdirSync } from "node:fs";
 import path from "node:path";
 import type { TestContext } from "node:test";
-import { AdminClient } from "../../src/control-plane/admin-client.js";
+import { AdminClient } from "../../src/api-client/admin.js";
 import type { JobView } from "../../src/protocol/http.js";
 import type { LogLine } from "../helpers/daemon.js";
 import {

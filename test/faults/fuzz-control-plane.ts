@@ -6,7 +6,7 @@ import { createHash } from "node:crypto";
 import path from "node:path";
 import type { TestContext } from "node:test";
 import { WebSocket } from "ws";
-import { AdminClient } from "../../src/control-plane/admin-client.js";
+import { AdminClient } from "../../src/api-client/admin.js";
 import { CHANNEL_PATH } from "../../src/protocol/channel.js";
 import { API_PREFIX, registerResponseSchema } from "../../src/protocol/http.js";
 import { AGENT_VERSION, PROTOCOL_VERSION } from "../../src/protocol/version.js";

@@ -7,8 +7,12 @@ import { Writable } from "node:stream";
 import type { TestContext } from "node:test";
 import assert from "node:assert/strict";
 import { pino } from "pino";
-import { startControlPlane, type ControlPlane, type ControlPlaneOptions } from "../../src/control-plane/server.js";
-import { AdminClient } from "../../src/control-plane/admin-client.js";
+import {
+  startControlPlane,
+  type ControlPlane,
+  type ControlPlaneOptions,
+} from "../../src/control-plane/control-plane.js";
+import { AdminClient } from "../../src/api-client/admin.js";
 import { runCli, type CliResult } from "./cli.js";
 
 export async function tempDir(t: TestContext, prefix = "runner-test-"): Promise<string> {

@@ -45,7 +45,7 @@ describe("runner start", { timeout: 60_000 }, () => {
   });
 
   test("exits with the upgrade code when the control plane wants a newer agent", async (t) => {
-    const { startControlPlane } = await import("../../src/control-plane/server.js");
+    const { startControlPlane } = await import("../../src/control-plane/control-plane.js");
     const plane = await startTestControlPlane(t);
     const runner = await registerRunner(t, plane);
     const registration = JSON.parse(await fs.readFile(path.join(runner.stateDir, "registration.json"), "utf8")) as {

@@ -16,8 +16,8 @@ import {
   type ControlPlaneOptions,
   type JobEvent,
   type RunnerEvent,
-} from "../../src/control-plane/server.js";
-import { AdminClient, AdminRequestError } from "../../src/control-plane/admin-client.js";
+} from "../../src/control-plane/control-plane.js";
+import { AdminClient, AdminRequestError } from "../../src/api-client/admin.js";
 import { createLogger } from "../../src/log/logger.js";
 import {
   AGENT_VERSION_HEADER,

@@ -13,11 +13,12 @@ import {
   DATABASE_FILE,
   type ControlPlane,
   type ControlPlaneOptions,
-} from "../../src/control-plane/server.js";
-import { AdminClient, AdminRequestError } from "../../src/control-plane/admin-client.js";
+} from "../../src/control-plane/control-plane.js";
+import { AdminClient, AdminRequestError } from "../../src/api-client/admin.js";
 import Database from "better-sqlite3";
-import { MIGRATIONS, SCHEMA_VERSION } from "../../src/control-plane/store.js";
+import { MIGRATIONS, SCHEMA_VERSION } from "../../src/control-plane/store/store.js";
 import { createLogger } from "../../src/log/logger.js";
+import { RunnerError } from "../../src/errors.js";
 import {
   errorBodySchema,
   healthResponseSchema,
@@ -587,6 +588,28 @@ describe("persistence and secrets at rest", () => {
       const [runner] = await h.admin.listRunners();
       assert.deepEqual([runner?.runnerId, runner?.paused, runner?.pauseReason], [id, false, null]);
       assert.equal((await h.admin.pauseRunner(id, "migrated")).pauseReason, "migrated");
+    },
+  );
+
+  test(
+    "a database written by a newer runner is refused with a typed error that needs an operator, its schema version kept",
+    TIMEOUT,
+    async (t) => {
+      const dataDir = makeTempDir(t);
+      const db = new Database(join(dataDir, DATABASE_FILE));
+      db.pragma(`user_version = ${SCHEMA_VERSION + 1}`);
+      db.close();
+
+      await assert.rejects(
+        startControlPlane({ dataDir, logger: createLogger({ level: "silent" }) }),
+        (error: unknown) =>
+          error instanceof RunnerError &&
+          error.code === "needs_operator" &&
+          /schema version \d+, newer than this program knows .*upgrade runner/.test(error.message),
+      );
+      const after = new Database(join(dataDir, DATABASE_FILE));
+      t.after(() => after.close());
+      assert.equal(after.pragma("user_version", { simple: true }), SCHEMA_VERSION + 1);
     },
   );
 

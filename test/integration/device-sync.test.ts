@@ -13,7 +13,7 @@ import { channelUrl } from "../../src/daemon/daemon.js";
 import { createDeviceSync, type DeviceSync } from "../../src/devices/index.js";
 import type { RawDevice } from "../../src/devices/device.js";
 import type { DeviceProvider } from "../../src/devices/providers/provider.js";
-import type { DeviceEvent } from "../../src/control-plane/server.js";
+import type { DeviceEvent } from "../../src/control-plane/control-plane.js";
 import type { RegisterResponse } from "../../src/protocol/http.js";
 import { AGENT_VERSION, PROTOCOL_VERSION } from "../../src/protocol/version.js";
 import { fingerprintOf } from "../../src/state/host.js";

@@ -11,7 +11,7 @@ import { childrenOf, isRunning } from "../helpers/processes.js";
 import { startWsRelay, type Frame, type WsRelay } from "../helpers/ws-relay.js";
 import { REPO_ROOT } from "../helpers/cli.js";
 import type { SubmitJobRequest } from "../../src/protocol/http.js";
-import type { AdminClient } from "../../src/control-plane/admin-client.js";
+import type { AdminClient } from "../../src/api-client/admin.js";
 
 const FRAME_WAIT_MS = 20_000;
 const INJECTED = "job_hostile_";

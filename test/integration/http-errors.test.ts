@@ -4,11 +4,10 @@
 // with the body capped and no secret in it (PROTOCOL.md, "Errors"; README, exit codes).
 import { describe, test, type TestContext } from "node:test";
 import assert from "node:assert/strict";
-import http from "node:http";
 import { promises as fs } from "node:fs";
 import path from "node:path";
-import type { AddressInfo } from "node:net";
 import { runCli } from "../helpers/cli.js";
+import { fakePlane, type Answer } from "../helpers/fake-plane.js";
 import { tempDir } from "../helpers/fixtures.js";
 import { ExitCode } from "../../src/errors.js";
 import { fingerprintOf } from "../../src/state/host.js";
@@ -16,26 +15,6 @@ import { fingerprintOf } from "../../src/state/host.js";
 const TOKEN = "rgt_" + "T".repeat(43);
 const CREDENTIAL = "rnc_" + "C".repeat(43);
 const TIMEOUT_MS = 1_500;
-
-type Answer = (req: http.IncomingMessage, res: http.ServerResponse) => void;
-
-interface FakePlane {
-  url: string;
-  /** Every request the server got, as "METHOD path". */
-  requests: string[];
-}
-
-async function fakePlane(t: TestContext, answer: Answer): Promise<FakePlane> {
-  const requests: string[] = [];
-  const server = http.createServer((req, res) => {
-    requests.push(`${req.method} ${req.url}`);
-    req.resume();
-    req.on("end", () => answer(req, res));
-  });
-  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
-  t.after(() => new Promise<void>((resolve) => (server.closeAllConnections(), server.close(() => resolve()))));
-  return { url: `http://127.0.0.1:${(server.address() as AddressInfo).port}`, requests };
-}
 
 const send =
   (status: number, type: string | null, body: string): Answer =>

@@ -10,7 +10,7 @@ import {
   type DeviceRequirement,
   type DeviceState,
   type DevicesBatchMessage,
-} from "../protocol/devices.js";
+} from "../../protocol/devices.js";
 
 export interface DeviceRecord {
   runnerId: string;

@@ -1,11 +1,11 @@
 // Handlers of the admin device API: one runner's devices, and every runner's (by kind).
-import { deviceKindSchema, deviceStateSchema } from "../protocol/devices.js";
-import { listDevicesResponseSchema, runnerIdSchema, type DeviceView } from "../protocol/http.js";
-import type { Context } from "./context.js";
-import type { DeviceRecord } from "./device-store.js";
-import { HttpError, reply, type Reply, type RouteRequest } from "./http-router.js";
+import { deviceKindSchema, deviceStateSchema } from "../../protocol/devices.js";
+import { listDevicesResponseSchema, runnerIdSchema, type DeviceView } from "../../protocol/http.js";
+import type { RouteContext } from "../context.js";
+import type { DeviceRecord } from "../store/device-store.js";
+import { HttpError, reply, type Reply, type RouteRequest } from "./router.js";
 
-export function listRunnerDevices(request: RouteRequest, context: Context): Reply {
+export function listRunnerDevices(request: RouteRequest, context: RouteContext): Reply {
   const id = runnerIdSchema.safeParse(request.params.id);
   if (!id.success) throw new HttpError(400, "bad_request", "id: a runner id (rnr_...)");
   if (!context.store.findRunner(id.data))
@@ -15,7 +15,7 @@ export function listRunnerDevices(request: RouteRequest, context: Context): Repl
 }
 
 /** `?kind=gpu` keeps one kind, `?state=online` one state. */
-export function listDevices(request: RouteRequest, context: Context): Reply {
+export function listDevices(request: RouteRequest, context: RouteContext): Reply {
   const kind = optionalQuery(request, "kind", deviceKindSchema.safeParse.bind(deviceKindSchema));
   const state = optionalQuery(request, "state", deviceStateSchema.safeParse.bind(deviceStateSchema));
   const devices = context.store.devices.list({ kind, state });
@@ -34,7 +34,7 @@ function optionalQuery<T>(
   return parsed.data;
 }
 
-function toDeviceView(device: DeviceRecord, context: Context): DeviceView {
+function toDeviceView(device: DeviceRecord, context: RouteContext): DeviceView {
   return {
     runnerId: device.runnerId,
     id: device.id,

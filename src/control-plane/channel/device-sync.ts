@@ -5,8 +5,8 @@
 // answered so that the runner's sync always ends (answerInvalidBatch).
 import type { EventEmitter } from "node:events";
 import type { z } from "zod";
-import type { Logger } from "../log/logger.js";
-import type { ControlMessage } from "../protocol/channel.js";
+import type { Logger } from "../../log/logger.js";
+import type { ControlMessage } from "../../protocol/channel.js";
 import {
   batchIdSchema,
   deviceIdSchema,
@@ -15,9 +15,9 @@ import {
   type Device,
   type DevicesBatchMessage,
   type DevicesSummaryMessage,
-} from "../protocol/devices.js";
-import type { DeviceStore } from "./device-store.js";
-import { capText } from "../log/cap-text.js";
+} from "../../protocol/devices.js";
+import type { DeviceStore } from "../store/device-store.js";
+import { capText } from "../../log/cap-text.js";
 
 /** Emitted as `"devices"` on the control plane's `events` for each device message applied. */
 export interface DeviceEvent {

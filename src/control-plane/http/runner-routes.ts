@@ -1,6 +1,7 @@
-// Handlers of the runner API (register, verify, repair, unregister), of health, and of the
-// admin endpoints about runners and registration tokens. `authenticateRunner` is also what
+// Handlers of the runner API (register, verify, repair, unregister, and a plain request on
+// the channel's path), of health, and of the admin endpoints about runners and registration tokens. `authenticateRunner` is also what
 // the channel's upgrade runs, so the WebSocket and HTTP refuse a runner for the same reasons.
+import { CHANNEL_PATH } from "../../protocol/channel.js";
 import {
   API_PREFIX,
   createRegistrationTokenRequestSchema,
@@ -19,17 +20,17 @@ import {
   verifyRequestSchema,
   verifyResponseSchema,
   type RunnerView,
-} from "../protocol/http.js";
-import { compareVersions } from "../protocol/version.js";
-import { SUPPORTED_PROTOCOL_VERSIONS, type Context } from "./context.js";
-import { HttpError, parseBody, reply, type Reply, type RouteRequest } from "./http-router.js";
-import type { RunnerRecord } from "./store.js";
-import { generateRunnerId, generateToken, generateTokenId, hashSecret, secretMatchesHash } from "./tokens.js";
+} from "../../protocol/http.js";
+import { compareVersions } from "../../protocol/version.js";
+import { SUPPORTED_PROTOCOL_VERSIONS, type Context, type RouteContext } from "../context.js";
+import { HttpError, parseBody, reply, type Reply, type RouteRequest } from "./router.js";
+import type { RunnerRecord } from "../store/store.js";
+import { generateRunnerId, generateToken, generateTokenId, hashSecret, secretMatchesHash } from "../tokens.js";
 
 /** The admin answers about one runner (revoke, pause, resume, labels) have verify's shape: `{ ok: true, runner }`. */
 const runnerResponseSchema = verifyResponseSchema;
 
-export function getHealth(_request: RouteRequest, context: Context): Reply {
+export function getHealth(_request: RouteRequest, context: RouteContext): Reply {
   return reply(healthResponseSchema, 200, {
     ok: true,
     protocolVersions: [...SUPPORTED_PROTOCOL_VERSIONS],
@@ -54,7 +55,7 @@ function requireSupportedVersions(context: Context, sent: { protocolVersion: num
   }
 }
 
-export function registerRunner(request: RouteRequest, context: Context): Reply {
+export function registerRunner(request: RouteRequest, context: RouteContext): Reply {
   const body = parseBody(registerRequestSchema, request.body);
   requireSupportedVersions(context, body);
   const credential = generateToken("credential");
@@ -90,7 +91,7 @@ export function registerRunner(request: RouteRequest, context: Context): Reply {
         "runner registered",
       );
       // The replaced runner is deleted: its open channel must not get another job (nor its env).
-      if (replaced) context.channel?.disconnectRunner(replaced.id, "replaced");
+      if (replaced) context.channel.disconnectRunner(replaced.id, "replaced");
       return reply(registerResponseSchema, 201, {
         runnerId: runner.id,
         credential,
@@ -126,7 +127,7 @@ export function authenticateRunner(
   return runner;
 }
 
-export function verifyRunner(request: RouteRequest, context: Context): Reply {
+export function verifyRunner(request: RouteRequest, context: RouteContext): Reply {
   const body = parseBody(verifyRequestSchema, request.body);
   const runner = authenticateRunner(context, request.bearer, body);
   if (runner.host.fingerprint !== body.host.fingerprint) {
@@ -142,7 +143,7 @@ export function verifyRunner(request: RouteRequest, context: Context): Reply {
   return reply(verifyResponseSchema, 200, { ok: true, runner: toRunnerView(seen) });
 }
 
-export function repairRunner(request: RouteRequest, context: Context): Reply {
+export function repairRunner(request: RouteRequest, context: RouteContext): Reply {
   const body = parseBody(repairRequestSchema, request.body);
   const runner = authenticateRunner(context, request.bearer, body);
   const rebound = context.store.rebindRunnerHost(runner.id, body.host, context.now());
@@ -158,16 +159,29 @@ export function repairRunner(request: RouteRequest, context: Context): Reply {
 }
 
 /** The runner removes itself; the host does not matter, so there is no fingerprint check. */
-export function unregisterRunner(request: RouteRequest, context: Context): Reply {
+export function unregisterRunner(request: RouteRequest, context: RouteContext): Reply {
   const body = parseBody(unregisterRequestSchema, request.body);
   const runner = authenticateRunner(context, request.bearer, body);
   if (!context.store.deleteRunner(runner.id)) throw runnerNotFound(runner.id);
   context.logger.info({ runnerId: runner.id, name: runner.name }, "runner unregistered itself");
-  context.channel?.disconnectRunner(runner.id, "deleted");
+  context.channel.disconnectRunner(runner.id, "deleted");
   return reply(unregisterResponseSchema, 200, { ok: true });
 }
 
-export function createRegistrationToken(request: RouteRequest, context: Context): Reply {
+/**
+ * A plain HTTP request (no `Upgrade: websocket`) on the channel path: 400 with the protocol's
+ * error body, as RFC 6455 §4.2.1 asks of a server given a request that is not a handshake.
+ * (The channel itself is served on the HTTP server's `upgrade` event: channel/endpoint.ts.)
+ */
+export function refusePlainChannelRequest(): never {
+  throw new HttpError(
+    400,
+    "bad_request",
+    `${CHANNEL_PATH} is the runner channel: a WebSocket endpoint (send GET with Upgrade: websocket, RFC 6455)`,
+  );
+}
+
+export function createRegistrationToken(request: RouteRequest, context: RouteContext): Reply {
   const body = parseBody(createRegistrationTokenRequestSchema, request.body);
   const token = generateToken("registration");
   const createdAt = context.now();
@@ -178,21 +192,21 @@ export function createRegistrationToken(request: RouteRequest, context: Context)
   return reply(createRegistrationTokenResponseSchema, 201, { token, tokenId, expiresAt: expiresAt.toISOString() });
 }
 
-export function listRunners(_request: RouteRequest, context: Context): Reply {
+export function listRunners(_request: RouteRequest, context: RouteContext): Reply {
   return reply(listRunnersResponseSchema, 200, { runners: context.store.listRunners().map(toRunnerView) });
 }
 
-export function revokeRunner(request: RouteRequest, context: Context): Reply {
+export function revokeRunner(request: RouteRequest, context: RouteContext): Reply {
   const id = parseRunnerId(request.params);
   const runner = context.store.revokeRunner(id, context.now());
   if (!runner) throw runnerNotFound(id);
   context.logger.info({ runnerId: id }, "runner credential revoked");
-  context.channel?.disconnectRunner(id, "revoked");
+  context.channel.disconnectRunner(id, "revoked");
   return reply(runnerResponseSchema, 200, { ok: true, runner: toRunnerView(runner) });
 }
 
 /** No new jobs for this runner until it is resumed; what it runs goes on. Pausing again updates the reason. */
-export function pauseRunner(request: RouteRequest, context: Context): Reply {
+export function pauseRunner(request: RouteRequest, context: RouteContext): Reply {
   const id = parseRunnerId(request.params);
   const reason = parseBody(pauseRunnerRequestSchema, request.body).reason ?? "paused by an admin";
   const runner = context.store.setRunnerPaused(id, { reason, at: context.now() });
@@ -203,7 +217,7 @@ export function pauseRunner(request: RouteRequest, context: Context): Reply {
 }
 
 /** Jobs go to this runner again; resuming a runner that is not paused changes nothing. */
-export function resumeRunner(request: RouteRequest, context: Context): Reply {
+export function resumeRunner(request: RouteRequest, context: RouteContext): Reply {
   const id = parseRunnerId(request.params);
   const runner = context.store.setRunnerPaused(id, null);
   if (!runner) throw runnerNotFound(id);
@@ -213,7 +227,7 @@ export function resumeRunner(request: RouteRequest, context: Context): Reply {
 }
 
 /** Replaces the labels that gate jobs; a connected runner is matched with them at once. */
-export function setRunnerLabels(request: RouteRequest, context: Context): Reply {
+export function setRunnerLabels(request: RouteRequest, context: RouteContext): Reply {
   const id = parseRunnerId(request.params);
   const { labels } = parseBody(setRunnerLabelsRequestSchema, request.body);
   const runner = context.store.setRunnerLabels(id, labels);
@@ -223,11 +237,11 @@ export function setRunnerLabels(request: RouteRequest, context: Context): Reply 
   return reply(runnerResponseSchema, 200, { ok: true, runner: toRunnerView(runner) });
 }
 
-export function deleteRunner(request: RouteRequest, context: Context): Reply {
+export function deleteRunner(request: RouteRequest, context: RouteContext): Reply {
   const id = parseRunnerId(request.params);
   if (!context.store.deleteRunner(id)) throw runnerNotFound(id);
   context.logger.info({ runnerId: id }, "runner deleted");
-  context.channel?.disconnectRunner(id, "deleted");
+  context.channel.disconnectRunner(id, "deleted");
   return { status: 204 };
 }
 

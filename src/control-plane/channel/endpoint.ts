@@ -17,14 +17,16 @@ import {
   encode,
   type ControlMessage,
   type RunnerMessage,
-} from "../protocol/channel.js";
-import { runnerIdSchema } from "../protocol/http.js";
-import { PROTOCOL_VERSION } from "../protocol/version.js";
-import { SUPPORTED_PROTOCOL_VERSIONS, type Context } from "./context.js";
-import { HttpError, parseBearer, toErrorAnswer } from "./http-router.js";
-import type { RunnerEvent, RunnerLink } from "./jobs.js";
-import { authenticateRunner } from "./runner-routes.js";
-import type { RunnerRecord } from "./store.js";
+} from "../../protocol/channel.js";
+import { runnerIdSchema } from "../../protocol/http.js";
+import { PROTOCOL_VERSION } from "../../protocol/version.js";
+import { RunnerError } from "../../errors.js";
+import { SUPPORTED_PROTOCOL_VERSIONS, type Context, type RunnerChannels } from "../context.js";
+import { HttpError, parseBearer, toErrorAnswer } from "../http/router.js";
+import type { RunnerEvent, RunnerLink } from "../queue/job-queue.js";
+import { authenticateRunner } from "../http/runner-routes.js";
+import type { RunnerRecord } from "../store/store.js";
+import type { DeviceSyncEndpoint } from "./device-sync.js";
 
 /** A connection not heard from for this many heartbeat intervals is terminated. */
 export const IDLE_HEARTBEATS = 2.5;
@@ -54,19 +56,14 @@ export type DisconnectWhy = keyof typeof DISCONNECTS;
 const CLOSE_GRACE_MS = 1000;
 
 export interface ChannelOptions {
+  /** The device sync's end of the channel: answers `devices_summary` and `devices`. */
+  devices: DeviceSyncEndpoint;
   heartbeatIntervalMs: number;
   leaseMs: number;
   maxFrameBytes: number;
   deviceScanIntervalMs: number;
   deviceRefreshMs: number;
   events: EventEmitter;
-}
-
-export interface Channel {
-  /** Closes the runner's open channel, if any (4001 revoked / 4002 deleted or replaced). */
-  disconnectRunner(runnerId: string, why: DisconnectWhy): void;
-  /** Closes every connection (1001), stops the idle sweep and detaches from the HTTP server. */
-  close(): Promise<void>;
 }
 
 interface Connection {
@@ -81,20 +78,11 @@ interface Connection {
 
 type Hello = Extract<RunnerMessage, { type: "hello" }>;
 
-export function attachChannel(httpServer: http.Server, context: Context, options: ChannelOptions): Channel {
-  const endpoint = new ChannelEndpoint(context, options);
-  const onUpgrade = (req: http.IncomingMessage, socket: Duplex, head: Buffer) => endpoint.upgrade(req, socket, head);
-  httpServer.on("upgrade", onUpgrade);
-  return {
-    disconnectRunner: (runnerId, why) => endpoint.disconnectRunner(runnerId, why),
-    close: async () => {
-      httpServer.off("upgrade", onUpgrade);
-      await endpoint.close();
-    },
-  };
-}
-
-class ChannelEndpoint {
+/**
+ * Built before the HTTP server, which hands it every `upgrade` request (control-plane.ts);
+ * the HTTP handlers reach it through the context to end a runner's channel.
+ */
+export class ChannelEndpoint implements RunnerChannels {
   private readonly wss: WebSocketServer;
   private readonly connections = new Map<string, Connection>();
   private readonly idleLimitMs: number;
@@ -248,6 +236,7 @@ class ChannelEndpoint {
     }
   }
 
+  /** Closes every connection (1001) and stops the idle sweep; the HTTP server stops handing it upgrades first. */
   async close(): Promise<void> {
     clearInterval(this.sweepTimer);
     const closing = [...this.wss.clients].map(
@@ -326,7 +315,7 @@ class ChannelEndpoint {
 
   /** A `devices` frame that failed validation gets an answer that ends the runner's sync (never `error` alone when it can be addressed). */
   private answerInvalidDevices(connection: Connection, link: RunnerLink, raw: unknown, detail: string): void {
-    for (const answer of this.context.devices.answerInvalidBatch(link.runnerId, raw, detail))
+    for (const answer of this.options.devices.answerInvalidBatch(link.runnerId, raw, detail))
       this.send(connection, answer);
   }
 
@@ -434,12 +423,12 @@ class ChannelEndpoint {
       case "goodbye":
         return queue.drain(link, message.reason);
       case "devices_summary":
-        return this.send(connection, this.context.devices.summarize(link.runnerId, message));
+        return this.send(connection, this.options.devices.summarize(link.runnerId, message));
       case "devices":
-        return this.send(connection, this.context.devices.applyBatch(link.runnerId, message));
+        return this.send(connection, this.options.devices.applyBatch(link.runnerId, message));
       default: {
         const unhandled: never = message;
-        throw new Error(`unhandled message ${JSON.stringify(unhandled)}`);
+        throw new RunnerError("internal", `unhandled message ${JSON.stringify(unhandled)}`);
       }
     }
   }
@@ -458,18 +447,6 @@ class ChannelEndpoint {
   private emitRunnerEvent(event: RunnerEvent): void {
     this.options.events.emit("runner", event);
   }
-}
-
-/**
- * A plain HTTP request (no `Upgrade: websocket`) on the channel path: 400 with the protocol's
- * error body, as RFC 6455 §4.2.1 asks of a server given a request that is not a handshake.
- */
-export function refusePlainChannelRequest(): never {
-  throw new HttpError(
-    400,
-    "bad_request",
-    `${CHANNEL_PATH} is the runner channel: a WebSocket endpoint (send GET with Upgrade: websocket, RFC 6455)`,
-  );
 }
 
 function sameLabels(a: readonly string[], b: readonly string[]): boolean {

@@ -1,5 +1,5 @@
 // Handlers of the admin job API: submit, list, get (with logs), cancel.
-import { encode, type Assignment } from "../protocol/channel.js";
+import { encode, type Assignment } from "../../protocol/channel.js";
 import {
   cancelJobResponseSchema,
   getJobResponseSchema,
@@ -8,16 +8,16 @@ import {
   submitJobRequestSchema,
   submitJobResponseSchema,
   type JobView,
-} from "../protocol/http.js";
-import type { Context } from "./context.js";
-import { HttpError, parseBody, reply, type Reply, type RouteRequest } from "./http-router.js";
-import type { JobRecord } from "./job-store.js";
+} from "../../protocol/http.js";
+import type { RouteContext } from "../context.js";
+import { HttpError, parseBody, reply, type Reply, type RouteRequest } from "./router.js";
+import type { JobRecord } from "../store/job-store.js";
 
 /** Longest values an `assign` can carry, to size the frame before the job is accepted. */
 const LONGEST_JOB_ID = "job_" + "x".repeat(124);
 const LATEST_TIMESTAMP = new Date(8.64e15).toISOString();
 
-export function submitJob(request: RouteRequest, context: Context): Reply {
+export function submitJob(request: RouteRequest, context: RouteContext): Reply {
   const body = parseBody(submitJobRequestSchema, request.body);
   const probe: Assignment = {
     type: "assign",
@@ -52,7 +52,7 @@ export function submitJob(request: RouteRequest, context: Context): Reply {
   return reply(submitJobResponseSchema, 201, { job: toJobView(context.store.jobs.find(job.id) ?? job) });
 }
 
-export function listJobs(request: RouteRequest, context: Context): Reply {
+export function listJobs(request: RouteRequest, context: RouteContext): Reply {
   const raw = request.query.get("status");
   let status;
   if (raw !== null) {
@@ -64,20 +64,20 @@ export function listJobs(request: RouteRequest, context: Context): Reply {
   return reply(listJobsResponseSchema, 200, { jobs: context.store.jobs.list(status).map(toJobView) });
 }
 
-export function getJob(request: RouteRequest, context: Context): Reply {
+export function getJob(request: RouteRequest, context: RouteContext): Reply {
   const job = findJob(request, context);
   return reply(getJobResponseSchema, 200, { job: toJobView(job), logs: context.store.jobs.listLogs(job.id) });
 }
 
 /** A terminal job is returned unchanged. */
-export function cancelJob(request: RouteRequest, context: Context): Reply {
+export function cancelJob(request: RouteRequest, context: RouteContext): Reply {
   const id = findJob(request, context).id;
   const job = context.queue.cancel(id);
   if (!job) throw jobNotFound(id);
   return reply(cancelJobResponseSchema, 200, { job: toJobView(job) });
 }
 
-function findJob(request: RouteRequest, context: Context): JobRecord {
+function findJob(request: RouteRequest, context: RouteContext): JobRecord {
   const id = request.params.id ?? "";
   const job = context.store.jobs.find(id);
   if (!job) throw jobNotFound(id);

@@ -1,12 +1,11 @@
-// A small typed client for the admin API, used by tests, the demo and the CLI. Answers are
-// validated with the protocol schemas; errors say status, code and message but never carry
-// the admin token.
-import type { z } from "zod";
+// A small typed client for the admin API, used by the tests, the benchmarks and the demo.
+// Requests go through the one HTTP client (http.ts), with a timeout; answers are validated
+// with the protocol schemas; errors say status, code and message but never carry the admin
+// token.
+import { z } from "zod";
 import {
-  API_PREFIX,
   cancelJobResponseSchema,
   createRegistrationTokenResponseSchema,
-  errorBodySchema,
   getJobResponseSchema,
   listDevicesResponseSchema,
   listJobsResponseSchema,
@@ -21,8 +20,18 @@ import {
   type SubmitJobRequest,
 } from "../protocol/http.js";
 import { RunnerError } from "../errors.js";
+import { requestApi, type ApiEndpoint, type ErrorAnswer } from "./http.js";
 
-/** A non-2xx answer from the admin API. */
+/** How long one admin request may take unless the caller says otherwise. */
+export const ADMIN_REQUEST_TIMEOUT_MS = 10_000;
+
+/** DELETE answers 204: there is no body to check. */
+const noContentSchema = z.unknown();
+
+/**
+ * A non-2xx answer from the admin API. Its code is coarser than the runner API's mapping
+ * (runner-api.ts) on purpose: an admin's 401 says nothing about a runner's credential.
+ */
 export class AdminRequestError extends RunnerError {
   constructor(
     readonly status: number,
@@ -35,13 +44,15 @@ export class AdminRequestError extends RunnerError {
 }
 
 export class AdminClient {
-  private readonly baseUrl: string;
+  private readonly endpoint: ApiEndpoint;
 
   constructor(
     url: string,
     private readonly adminToken: string,
+    options: { timeoutMs?: number } = {},
   ) {
-    this.baseUrl = url.replace(/\/+$/, "") + API_PREFIX;
+    // No cap on the body: listings grow with the fleet, and the caller is the operator's own tool.
+    this.endpoint = { url, timeoutMs: options.timeoutMs ?? ADMIN_REQUEST_TIMEOUT_MS };
   }
 
   /** Creates a one-time registration token (default lifetime: the server's, one hour). */
@@ -87,7 +98,7 @@ export class AdminClient {
   }
 
   async deleteRunner(id: string): Promise<void> {
-    await this.request("DELETE", `/admin/runners/${encodeURIComponent(id)}`, null);
+    await this.request("DELETE", `/admin/runners/${encodeURIComponent(id)}`, noContentSchema);
   }
 
   /** Queues a job; the answer shows it as it is right after dispatch (often already assigned). */
@@ -126,65 +137,20 @@ export class AdminClient {
     return (await this.request("GET", `/admin/devices${query ? `?${query}` : ""}`, listDevicesResponseSchema)).devices;
   }
 
-  private async request<S extends z.ZodTypeAny>(
-    method: string,
-    path: string,
+  private request<S extends z.ZodTypeAny>(
+    method: "GET" | "POST" | "PUT" | "DELETE",
+    route: string,
     schema: S,
     body?: unknown,
-  ): Promise<z.output<S>>;
-  private async request(method: string, path: string, schema: null, body?: unknown): Promise<undefined>;
-  private async request(method: string, path: string, schema: z.ZodTypeAny | null, body?: unknown): Promise<unknown> {
-    const url = this.baseUrl + path;
-    let response: Response;
-    try {
-      response = await fetch(url, {
-        method,
-        headers: {
-          authorization: `Bearer ${this.adminToken}`,
-          ...(body === undefined ? {} : { "content-type": "application/json" }),
-        },
-        body: body === undefined ? undefined : JSON.stringify(body),
-      });
-    } catch (error) {
-      throw new RunnerError(
-        "control_plane_unavailable",
-        `cannot reach the control plane at ${url}: ${describeCause(error)}`,
-        {
-          cause: error,
-        },
-      );
-    }
-    const text = await response.text();
-    if (!response.ok) throw toRequestError(method, path, response.status, text);
-    if (schema === null) return undefined;
-    const parsed = schema.safeParse(safeParseJson(text));
-    if (!parsed.success) {
-      throw new RunnerError(
-        "control_plane_rejected",
-        `${method} ${path}: unexpected answer from the control plane: ${parsed.error.message}`,
-      );
-    }
-    return parsed.data;
+  ): Promise<z.output<S>> {
+    return requestApi(this.endpoint, { method, route, bearer: this.adminToken, body, schema }, (answer) =>
+      toRequestError(method, route, answer),
+    );
   }
 }
 
-function toRequestError(method: string, path: string, status: number, text: string): AdminRequestError {
-  const parsed = errorBodySchema.safeParse(safeParseJson(text));
-  const code = parsed.success ? parsed.data.error.code : "unknown";
-  const message = parsed.success ? parsed.data.error.message : text.slice(0, 200);
-  return new AdminRequestError(status, code, `${method} ${path} failed: ${status} ${code}: ${message}`);
-}
-
-function safeParseJson(text: string): unknown {
-  try {
-    return JSON.parse(text) as unknown;
-  } catch {
-    return undefined;
-  }
-}
-
-/** fetch hides the useful part ("ECONNREFUSED") in `cause`. */
-function describeCause(error: unknown): string {
-  const cause = (error as { cause?: { code?: string; message?: string } }).cause;
-  return cause?.code ?? cause?.message ?? (error as Error).message;
+function toRequestError(method: string, route: string, answer: ErrorAnswer): AdminRequestError {
+  const code = answer.error?.code ?? "unknown";
+  const message = answer.error?.message ?? answer.said;
+  return new AdminRequestError(answer.status, code, `${method} ${route} failed: ${answer.status} ${code}: ${message}`);
 }

@@ -4,11 +4,11 @@
 // decides what to try, keeps the per-connection state that is not worth persisting (credits,
 // draining; labels and the paused flag are copies of the store's) and tells runners and listeners what happened.
 import type { EventEmitter } from "node:events";
-import type { ControlMessage, JobRef, JobResult, RunnerMessage } from "../protocol/channel.js";
-import type { DeviceRequirement } from "../protocol/devices.js";
-import type { Logger } from "../log/logger.js";
-import type { JobRecord, JobStore, NewJob } from "./job-store.js";
-import { generateAlphanumeric } from "./tokens.js";
+import type { ControlMessage, JobRef, JobResult, RunnerMessage } from "../../protocol/channel.js";
+import type { DeviceRequirement } from "../../protocol/devices.js";
+import type { Logger } from "../../log/logger.js";
+import type { JobRecord, JobStore, NewJob } from "../store/job-store.js";
+import { generateAlphanumeric } from "../tokens.js";
 
 export type JobEventStatus =
   "submitted" | "assigned" | "accepted" | "started" | "result_applied" | "requeued" | "cancelled";

@@ -6,9 +6,9 @@
 // message about an older attempt (the fencing token) changes nothing, even with two control
 // planes on one database file.
 import type Database from "better-sqlite3";
-import { jobResultSchema, jobSpecSchema, type JobRef, type JobResult, type JobSpec } from "../protocol/channel.js";
-import { jobStatusSchema, labelsSchema, type JobStatus } from "../protocol/http.js";
-import { deviceRequirementSchema, type DeviceRequirement } from "../protocol/devices.js";
+import { jobResultSchema, jobSpecSchema, type JobRef, type JobResult, type JobSpec } from "../../protocol/channel.js";
+import { jobStatusSchema, labelsSchema, type JobStatus } from "../../protocol/http.js";
+import { deviceRequirementSchema, type DeviceRequirement } from "../../protocol/devices.js";
 
 export interface JobRecord {
   id: string;

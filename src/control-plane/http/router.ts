@@ -4,9 +4,9 @@
 // are plain functions of (request, context) → reply; they throw HttpError for protocol errors.
 import type http from "node:http";
 import type { z } from "zod";
-import { API_PREFIX, type ApiErrorCode, type ErrorBody } from "../protocol/http.js";
-import { ADMIN_TOKEN_HASH_SETTING, type Context } from "./context.js";
-import { secretMatchesHash } from "./tokens.js";
+import { API_PREFIX, type ApiErrorCode, type ErrorBody } from "../../protocol/http.js";
+import { ADMIN_TOKEN_HASH_SETTING, type Context, type RouteContext } from "../context.js";
+import { secretMatchesHash } from "../tokens.js";
 
 export const MAX_BODY_BYTES = 64 * 1024;
 
@@ -32,7 +32,7 @@ export interface Route {
   /** Relative to API_PREFIX; `:name` segments become params. */
   path: string;
   auth: Auth;
-  handle: (request: RouteRequest, context: Context) => Reply;
+  handle: (request: RouteRequest, context: RouteContext) => Reply;
 }
 
 export class HttpError extends Error {
@@ -50,7 +50,7 @@ type CompiledRoutes = readonly { route: Route; pattern: RegExp }[];
 
 /** Returns the request listener for a route table. */
 export function createRequestHandler(
-  context: Context,
+  context: RouteContext,
   routes: readonly Route[],
 ): (req: http.IncomingMessage, res: http.ServerResponse) => void {
   const compiled = routes.map((route) => ({ route, pattern: compilePath(route.path) }));
@@ -99,7 +99,7 @@ function decodeParams(raw: Record<string, string>): Record<string, string> {
 }
 
 async function handleRequest(
-  context: Context,
+  context: RouteContext,
   routes: CompiledRoutes,
   req: http.IncomingMessage,
   res: http.ServerResponse,
@@ -118,7 +118,12 @@ async function handleRequest(
   }
 }
 
-async function dispatch(context: Context, routes: CompiledRoutes, req: http.IncomingMessage, url: URL): Promise<Reply> {
+async function dispatch(
+  context: RouteContext,
+  routes: CompiledRoutes,
+  req: http.IncomingMessage,
+  url: URL,
+): Promise<Reply> {
   if (!url.pathname.startsWith(API_PREFIX + "/"))
     throw new HttpError(404, "not_found", `no such endpoint: ${url.pathname}`);
   const { route, params } = matchRoute(routes, req.method ?? "GET", url.pathname.slice(API_PREFIX.length));

@@ -1,6 +1,5 @@
 // The reference control plane's HTTP routes: method, path (under /api/v1), auth rule, handler.
-import type { Route } from "./http-router.js";
-import { refusePlainChannelRequest } from "./channel.js";
+import type { Route } from "./router.js";
 import { listDevices, listRunnerDevices } from "./device-routes.js";
 import { cancelJob, getJob, listJobs, submitJob } from "./job-routes.js";
 import {
@@ -9,6 +8,7 @@ import {
   getHealth,
   listRunners,
   pauseRunner,
+  refusePlainChannelRequest,
   registerRunner,
   repairRunner,
   resumeRunner,

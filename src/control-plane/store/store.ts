@@ -5,7 +5,8 @@
 // (`store.devices`).
 // Secrets never reach this layer in plain text: callers pass sha256 hashes.
 import Database from "better-sqlite3";
-import { hostFactsSchema, labelsSchema, type HostFacts } from "../protocol/http.js";
+import { hostFactsSchema, labelsSchema, type HostFacts } from "../../protocol/http.js";
+import { RunnerError } from "../../errors.js";
 import { DeviceStore } from "./device-store.js";
 import { JobStore } from "./job-store.js";
 
@@ -161,7 +162,13 @@ export class ControlPlaneStore {
     // WAL lets readers run while a writer commits; `:memory:` ignores it and stays "memory".
     this.db.pragma("journal_mode = WAL");
     this.db.pragma("foreign_keys = ON");
-    migrate(this.db);
+    try {
+      migrate(this.db);
+    } catch (error) {
+      // Refused (a newer schema) or broken: the caller gets no store to close, so close the file here.
+      this.db.close();
+      throw error;
+    }
     this.jobs = new JobStore(this.db, (sql) => this.statement(sql));
     this.devices = new DeviceStore(this.db, (sql) => this.statement(sql));
   }
@@ -310,7 +317,8 @@ export class ControlPlaneStore {
 
   private requireRunner(id: string): RunnerRecord {
     const runner = this.findRunner(id);
-    if (!runner) throw new Error(`runner ${id} vanished inside its own transaction`);
+    // A bug, not a state a caller can meet: the row was read or written in this transaction.
+    if (!runner) throw new RunnerError("internal", `runner ${id} vanished inside its own transaction`);
     return runner;
   }
 }
@@ -323,7 +331,9 @@ function migrate(db: Database.Database): void {
   const applyPending = db.transaction(() => {
     const current = db.pragma("user_version", { simple: true }) as number;
     if (current > MIGRATIONS.length) {
-      throw new Error(
+      // A newer runner wrote this file: only a person can upgrade this one (or point it elsewhere).
+      throw new RunnerError(
+        "needs_operator",
         `the control-plane database has schema version ${current}, newer than this program knows (${MIGRATIONS.length}); upgrade runner`,
       );
     }

@@ -1,31 +1,30 @@
-// The reference control plane (protocol v1): one node:http server carrying the HTTP API
-// (routes.ts through http-router.ts) and, on its `upgrade` event, the WebSocket channel
-// (channel.ts); a SQLite store; the job queue (jobs.ts) and its lease reaper. This file
-// normalizes the options, wires those parts together and tears them down in order.
+// The reference control plane (protocol v1), assembled: a SQLite store (store/), the job
+// queue (queue/) and its lease reaper, the WebSocket channel (channel/), and one node:http
+// server (http/) that carries the HTTP API and hands its `upgrade` requests to the channel.
+// This file normalizes the options, builds those parts in dependency order (store → queue →
+// channel → HTTP) and tears them down in the reverse order.
 import http from "node:http";
 import { EventEmitter } from "node:events";
 import { chmodSync, mkdirSync } from "node:fs";
 import { join } from "node:path";
-import type { AddressInfo } from "node:net";
 import { DEFAULT_MAX_FRAME_BYTES } from "../protocol/channel.js";
 import { RunnerError } from "../errors.js";
 import { createLogger, type Logger } from "../log/logger.js";
-import { attachChannel, type Channel } from "./channel.js";
-import { DeviceSyncEndpoint } from "./device-sync.js";
-import { ADMIN_TOKEN_HASH_SETTING, type Context } from "./context.js";
-import { createRequestHandler } from "./http-router.js";
-import { JobQueue } from "./jobs.js";
-import { ROUTES } from "./routes.js";
-import { ControlPlaneStore } from "./store.js";
+import { ChannelEndpoint } from "./channel/endpoint.js";
+import { DeviceSyncEndpoint } from "./channel/device-sync.js";
+import { ADMIN_TOKEN_HASH_SETTING, type Context, type RouteContext } from "./context.js";
+import { createRequestHandler } from "./http/router.js";
+import { closeHttpServer, listen } from "./http/server.js";
+import { JobQueue } from "./queue/job-queue.js";
+import { ROUTES } from "./http/routes.js";
+import { ControlPlaneStore } from "./store/store.js";
 import { generateToken, hashSecret } from "./tokens.js";
 
-export { MAX_BODY_BYTES } from "./http-router.js";
+export { MAX_BODY_BYTES } from "./http/router.js";
 export { SUPPORTED_PROTOCOL_VERSIONS } from "./context.js";
-export type { JobEvent, JobEventStatus, RunnerEvent } from "./jobs.js";
-export type { DeviceEvent } from "./device-sync.js";
+export type { JobEvent, JobEventStatus, RunnerEvent } from "./queue/job-queue.js";
+export type { DeviceEvent } from "./channel/device-sync.js";
 export const DATABASE_FILE = "control-plane.sqlite";
-/** In-flight requests get this long to finish on close before their sockets are cut. */
-const CLOSE_GRACE_MS = 2000;
 
 /** Channel and queue timings; each has a default and the bounds the welcome message allows. */
 const TIMING_DEFAULTS = {
@@ -102,25 +101,26 @@ export async function startControlPlane(options: ControlPlaneOptions = {}): Prom
       now,
       devicesChanged: () => queue.dispatch(),
     });
-    const context: Context = {
-      store,
-      queue,
-      devices,
-      logger,
-      now,
-      minAgentVersion: options.minAgentVersion ?? "0.0.0",
-      maxFrameBytes: timings.maxFrameBytes,
-    };
-    const httpServer = http.createServer(createRequestHandler(context, ROUTES));
-    const address = await listen(httpServer, options.host ?? "127.0.0.1", options.port ?? 0);
-    const channel = attachChannel(httpServer, context, { ...timings, events });
-    context.channel = channel;
+    const context: Context = { store, queue, logger, now, minAgentVersion: options.minAgentVersion ?? "0.0.0" };
+    // Built before the HTTP server and handed to it: the handlers need it to end a runner's
+    // connection, and the server gives it every upgrade request.
+    const channel = new ChannelEndpoint(context, { ...timings, devices, events });
+    const routeContext: RouteContext = { ...context, channel, maxFrameBytes: timings.maxFrameBytes };
+    const onUpgrade = channel.upgrade.bind(channel);
+    const httpServer = http.createServer(createRequestHandler(routeContext, ROUTES)).on("upgrade", onUpgrade);
+    const address = await listen(httpServer, options.host ?? "127.0.0.1", options.port ?? 0).catch(
+      async (error: unknown) => {
+        await channel.close();
+        throw error;
+      },
+    );
     const reaper = setInterval(() => reap(context), timings.reaperIntervalMs);
     const url = `http://${address.family === "IPv6" ? `[${address.address}]` : address.address}:${address.port}`;
     logger.info({ url, persistent: options.dataDir !== undefined, ...timings }, "control plane listening");
     // The time the control plane was down does not count against runners: each gets a full lease to come back.
     queue.extendLeasesAfterStart();
-    return { url, adminToken, httpServer, store, events, close: createCloser({ httpServer, store, channel, reaper }) };
+    const close = createCloser({ httpServer, onUpgrade, store, channel, reaper });
+    return { url, adminToken, httpServer, store, events, close };
   } catch (error) {
     store.close();
     throw error;
@@ -175,39 +175,21 @@ function setUpAdminToken(store: ControlPlaneStore, given: string | undefined): s
   return generated;
 }
 
-function listen(server: http.Server, host: string, port: number): Promise<AddressInfo> {
-  return new Promise((resolve, reject) => {
-    const fail = (error: Error) =>
-      reject(new RunnerError("usage", `cannot listen on ${host}:${port}: ${error.message}`, { cause: error }));
-    server.once("error", fail);
-    server.listen(port, host, () => {
-      server.off("error", fail);
-      resolve(server.address() as AddressInfo);
-    });
-  });
-}
-
 function createCloser(parts: {
   httpServer: http.Server;
+  onUpgrade: ChannelEndpoint["upgrade"];
   store: ControlPlaneStore;
-  channel: Channel;
+  channel: ChannelEndpoint;
   reaper: NodeJS.Timeout;
 }): () => Promise<void> {
-  const { httpServer, store, channel, reaper } = parts;
+  const { httpServer, onUpgrade, store, channel, reaper } = parts;
   let closing: Promise<void> | undefined;
   return () => {
     closing ??= (async () => {
       clearInterval(reaper);
-      // Upgraded sockets count as the server's connections: they must go before server.close can finish.
-      const serverClosed = new Promise<void>((resolve) => {
-        const cutOff = setTimeout(() => httpServer.closeAllConnections(), CLOSE_GRACE_MS);
-        httpServer.close(() => {
-          clearTimeout(cutOff);
-          resolve();
-        });
-        // Keep-alive sockets without a request would otherwise hold close() open.
-        httpServer.closeIdleConnections();
-      });
+      // Stops accepting at once; finishes once the channel's sockets are gone too.
+      const serverClosed = closeHttpServer(httpServer);
+      httpServer.off("upgrade", onUpgrade);
       await channel.close();
       await serverClosed;
       store.close();
