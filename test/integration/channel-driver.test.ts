@@ -110,7 +110,7 @@ describe("the channel driver", { timeout: 60_000 }, () => {
     );
     void driver.start();
     t.after(() => driver.dispose());
-    await until(() => driver.current.phase === "connected", "the welcome");
+    await until(() => driver.current.connection.phase === "connected", "the welcome");
 
     const socket = sockets[0]!;
     socket.send("this is not JSON");
@@ -125,7 +125,7 @@ describe("the channel driver", { timeout: 60_000 }, () => {
     assert.match(logs, /unknown message type \\"launch_missiles\\"/);
     assert.match(logs, /assign: attempt: Required/);
     assert.match(logs, /a binary frame/);
-    assert.equal(driver.current.phase, "connected", "still connected after four bad frames");
+    assert.equal(driver.current.connection.phase, "connected", "still connected after four bad frames");
 
     socket.send("x".repeat(100_000)); // over the 64 KiB frame limit: ws closes with 1009
     await until(() => hellos.length === 2, "a reconnect after the oversized frame");
@@ -187,7 +187,7 @@ describe("the channel driver", { timeout: 60_000 }, () => {
       10_000,
     );
     assert.equal(upgrades, 0, "no WebSocket was ever opened to the untrusted server");
-    assert.notEqual(driver.current.phase, "connected");
+    assert.notEqual(driver.current.connection.phase, "connected");
   });
 
   test(
@@ -234,7 +234,7 @@ describe("the channel driver", { timeout: 60_000 }, () => {
       );
       t.after(() => drivers.forEach((d) => d.dispose()));
       for (const driver of drivers) void driver.start();
-      await until(() => drivers.every((d) => d.current.phase === "connected"), "the whole fleet to connect", 20_000);
+      await until(() => drivers.every((d) => d.current.connection.phase === "connected"), "the whole fleet to connect", 20_000);
 
       await plane.cp.close();
       const restartedAt = process.hrtime.bigint();
@@ -293,7 +293,7 @@ describe("the channel driver", { timeout: 60_000 }, () => {
     );
     void driver.start();
     t.after(() => driver.dispose());
-    await until(() => driver.current.phase === "connected", "the welcome");
+    await until(() => driver.current.connection.phase === "connected", "the welcome");
 
     const huge = "\u0001".repeat(150_000); // 900 KB once escaped
     const socket = sockets[0]!;
@@ -306,7 +306,7 @@ describe("the channel driver", { timeout: 60_000 }, () => {
     assert.ok(longestLine() < 16_000, `the longest log line is ${longestLine()} characters`);
     socket.send(JSON.stringify({ type: "cancel", jobId: "j1", attempt: 1, reason: "y".repeat(1024) }));
     socket.send(JSON.stringify({ type: "pause", reason: "z".repeat(1024) }));
-    await until(() => driver.current.paused, "the pause");
+    await until(() => driver.current.mode === "paused", "the pause");
     assert.match(capture.text(), /unknown message type/);
     assert.match(capture.text(), /could not use a frame/);
     assert.ok(longestLine() < 16_000, `the longest log line is ${longestLine()} characters`);
