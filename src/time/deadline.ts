@@ -26,6 +26,8 @@ export function earliest<Timer extends string>(deadlines: readonly (Deadline<Tim
 /**
  * The driver's half: at most one armed timeout, for the deadline a core last reported. Arming
  * the deadline already armed keeps the timeout (a step per log chunk must not churn timers).
+ * A deadline the core still holds after its timer fired is armed again: a timeout may fire a
+ * little before the clock reads the deadline, and the core then waits for it to pass.
  */
 export class DeadlineTimer<Timer extends string> {
   private armed: { deadline: Deadline<Timer>; handle: NodeJS.Timeout } | null = null;
@@ -39,7 +41,7 @@ export class DeadlineTimer<Timer extends string> {
 
   arm(deadline: Deadline<Timer> | null): void {
     const armed = this.armed?.deadline;
-    if (deadline && armed && armed.timer === deadline.timer && armed.at === deadline.at) return;
+    if (deadline && armed && deadline.timer === armed.timer && deadline.at === armed.at) return;
     this.cancel();
     if (!deadline) return;
     const handle = setTimeout(

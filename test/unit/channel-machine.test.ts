@@ -2,6 +2,7 @@
 import { describe, test } from "node:test";
 import assert from "node:assert/strict";
 import {
+  abandon,
   deadlines,
   initialState,
   nextDeadline,
@@ -659,6 +660,190 @@ describe("the channel state machine", () => {
       const { state, effects } = run(connected(), pause, { type: "drain", reason: "SIGTERM" }, resume);
       assert.deepEqual(sent(effects), []);
       assert.equal(state.connection.phase, "stopped");
+    });
+  });
+
+  describe("what the machine tells the driver to tell others", () => {
+    const news = (effects: Effect[]) =>
+      effects.filter((e) => e.type === "tell_connected" || e.type === "tell_disconnected").map((e) => e.type);
+
+    test("the welcome puts its frame limit in force before any frame of the connection goes out", () => {
+      const small = { ...welcome, maxFrameBytes: 2048 } as ControlMessage;
+      const { effects } = run(
+        initialState(config, { pending: [result("j0")] }),
+        { type: "start" },
+        { type: "socket_open" },
+        { type: "message", message: small },
+      );
+      const limit = effects.findIndex((e) => e.type === "frame_limit");
+      assert.deepEqual(effects[limit], { type: "frame_limit", maxFrameBytes: 2048 });
+      assert.ok(limit < effects.findIndex((e) => e.type === "send"), "the held result is sent under the new limit");
+    });
+
+    test("the welcome tells the companions the channel is connected, with the welcome, after its own frames", () => {
+      const { effects } = run(
+        initialState(config),
+        { type: "start" },
+        { type: "socket_open" },
+        {
+          type: "message",
+          message: welcome,
+        },
+      );
+      assert.deepEqual(effects.at(-1), { type: "tell_connected", welcome });
+      assert.ok(effects.findIndex((e) => e.type === "send") < effects.length - 1, "after the ready");
+    });
+
+    test("leaving the connected phase tells the companions it is disconnected, whichever way it ends", () => {
+      const ways: Input[][] = [
+        [{ type: "socket_closed", code: 1006, reason: "" }],
+        [{ type: "socket_closed", code: 4000, reason: "replaced" }],
+        [
+          { type: "timer", timer: "heartbeat" },
+          { type: "timer", timer: "pong" },
+        ],
+        [{ type: "drain", reason: "SIGTERM" }],
+      ];
+      for (const inputs of ways) {
+        const { state, effects } = run(connected(), ...inputs);
+        assert.notEqual(state.connection.phase, "connected");
+        assert.deepEqual(news(effects), ["tell_disconnected"], inputs.map((i) => i.type).join(", "));
+      }
+    });
+
+    test("a connection that never got its welcome tells the companions nothing when it ends", () => {
+      const handshaking = run(initialState(config), { type: "start" }, { type: "socket_open" }).state;
+      for (const input of [
+        { type: "socket_closed", code: 1006, reason: "" },
+        { type: "timer", timer: "handshake" },
+        { type: "drain", reason: "SIGTERM" },
+      ] satisfies Input[])
+        assert.deepEqual(news(step(handshaking, input, env).effects), [], input.type);
+    });
+
+    test("inputs that keep the connection tell the companions nothing", () => {
+      const { effects } = run(
+        connected(),
+        { type: "timer", timer: "heartbeat" },
+        { type: "pong" },
+        { type: "message", message: assignment("j1") },
+      );
+      assert.deepEqual(news(effects), []);
+    });
+
+    test("abandoning a connected machine stops it and tells the companions it is disconnected", () => {
+      const { state, effects } = abandon(connected());
+      assert.equal(state.connection.phase, "stopped");
+      assert.deepEqual(effects, [{ type: "tell_disconnected" }]);
+      assert.deepEqual(abandon(initialState(config)).effects, [], "a machine never connected has nothing to tell");
+    });
+  });
+
+  describe("each phase holds only its own deadlines", () => {
+    const at = (now: number): typeof env => ({ now, random: 0.5 });
+
+    test("the handshake deadline while opening, the heartbeat while connected, the backoff while disconnected, none when stopped", () => {
+      let state = step(initialState(config), { type: "start" }, at(100)).state;
+      assert.deepEqual(deadlines(state), [{ timer: "handshake", at: 10_100 }]);
+      state = step(state, { type: "socket_open" }, at(200)).state;
+      assert.deepEqual(deadlines(state), [{ timer: "handshake", at: 10_100 }], "the same deadline to the welcome");
+      state = step(state, { type: "message", message: welcome }, at(300)).state;
+      assert.deepEqual(deadlines(state), [{ timer: "heartbeat", at: 1300 }]);
+      state = step(state, { type: "timer", timer: "heartbeat" }, at(1300)).state;
+      assert.deepEqual(deadlines(state), [
+        { timer: "pong", at: 2300 },
+        { timer: "heartbeat", at: 2300 },
+      ]);
+      assert.deepEqual(nextDeadline(state), { timer: "pong", at: 2300 }, "on a tie an overdue pong comes first");
+      state = step(state, { type: "socket_closed", code: 1006, reason: "" }, at(1400)).state;
+      assert.deepEqual(deadlines(state), [{ timer: "reconnect", at: 1400 + 500 }]);
+      state = step(state, { type: "timer", timer: "reconnect" }, at(1900)).state;
+      assert.deepEqual(
+        deadlines(state),
+        [{ timer: "handshake", at: 1900 + 2000 }],
+        "after a welcome: two heartbeats, floored",
+      );
+      state = step(state, { type: "connect_failed", status: 401, reason: "x" }, at(2000)).state;
+      assert.deepEqual(deadlines(state), []);
+    });
+
+    test("the drain deadline is held while draining, whatever the phase, and the next deadline is the earliest", () => {
+      const draining = step(connected(), { type: "message", message: assignment("j1") }, env).state;
+      const { state } = step(draining, { type: "drain", reason: "SIGTERM" }, at(50));
+      assert.equal(deadlineOf(state, "drain"), 5050);
+      assert.deepEqual(nextDeadline(state), { timer: "heartbeat", at: 1000 });
+      const away = step(state, { type: "socket_closed", code: 1006, reason: "" }, at(60)).state;
+      assert.equal(deadlineOf(away, "drain"), 5050, "kept across the disconnect");
+      assert.deepEqual(nextDeadline(away), { timer: "reconnect", at: 60 + 500 });
+    });
+
+    test("a timer for a deadline the phase does not hold is ignored and the state kept", () => {
+      const state = connected();
+      const next = step(state, { type: "timer", timer: "reconnect" }, env);
+      assert.equal(next.state, state);
+      assert.match((next.effects[0] as { message: string }).message, /ignored the reconnect timer in phase connected/);
+      const notDraining = step(state, { type: "timer", timer: "drain" }, env);
+      assert.equal(notDraining.state, state);
+    });
+  });
+
+  describe("the mode is one of serving, paused, draining, stopping", () => {
+    const pause: Input = { type: "message", message: { type: "pause", reason: "maintenance" } };
+    const resume: Input = { type: "message", message: { type: "resume" } };
+    const withJob = () => run(connected(), { type: "message", message: assignment("j1") }).state;
+
+    test("a new machine serves; a pause makes it paused and a resume serving again", () => {
+      assert.equal(initialState(config).mode, "serving");
+      const paused = run(withJob(), pause).state;
+      assert.equal(paused.mode, "paused");
+      assert.equal(run(paused, resume).state.mode, "serving");
+    });
+
+    test("a local drain makes a serving or paused runner draining, with its deadline", () => {
+      for (const before of [withJob(), run(withJob(), pause).state]) {
+        const { state } = run(before, { type: "drain", reason: "SIGTERM" });
+        assert.equal(state.mode, "draining", `from ${before.mode}`);
+        assert.equal(state.drainAt, config.drainTimeoutMs);
+      }
+    });
+
+    test("the drain deadline makes a draining runner stopping, with no deadline left", () => {
+      const { state } = run(withJob(), { type: "drain", reason: "SIGTERM" }, { type: "timer", timer: "drain" });
+      assert.equal(state.mode, "stopping");
+      assert.equal(state.drainAt, null);
+    });
+
+    test("a second signal makes a draining runner stopping and drops the drain deadline", () => {
+      const { state } = run(withJob(), { type: "drain", reason: "SIGTERM" }, { type: "stop_now", reason: "again" });
+      assert.equal(state.mode, "stopping");
+      assert.equal(deadlineOf(state, "drain"), undefined);
+    });
+
+    test("a pause or a resume while draining leaves the runner draining", () => {
+      const draining = run(withJob(), { type: "drain", reason: "SIGTERM" }).state;
+      assert.equal(run(draining, pause).state.mode, "draining");
+      assert.equal(run(draining, resume).state.mode, "draining");
+      assert.deepEqual(sent(run(draining, resume).effects), []);
+    });
+
+    test("a welcome while draining keeps the runner draining, whatever it says of the pause", () => {
+      const away = run(
+        withJob(),
+        { type: "drain", reason: "SIGTERM" },
+        { type: "socket_closed", code: 1006, reason: "" },
+        { type: "timer", timer: "reconnect" },
+        { type: "socket_open" },
+      ).state;
+      for (const paused of [true, false]) {
+        const { state, effects } = run(away, { type: "message", message: { ...welcome, paused } as ControlMessage });
+        assert.equal(state.mode, "draining");
+        assert.deepEqual(sent(effects), [{ type: "goodbye", reason: "draining" }]);
+      }
+    });
+
+    test("a second signal before any drain makes a serving runner stopping at once", () => {
+      const { state } = run(withJob(), { type: "stop_now", reason: "SIGKILL-like" });
+      assert.equal(state.mode, "stopping");
     });
   });
 
