@@ -8,7 +8,7 @@ import https from "node:https";
 import path from "node:path";
 import { readFileSync } from "node:fs";
 import { spawnSync } from "node:child_process";
-import { ChannelDriver, type DriverPorts } from "../../src/channel/driver.js";
+import { ChannelDriver, type ChannelCompanion, type DriverPorts } from "../../src/channel/driver.js";
 import type { MachineConfig } from "../../src/channel/machine.js";
 import { encode, type Assignment, type RunnerMessage } from "../../src/protocol/channel.js";
 import { register } from "../../src/api-client/runner-api.js";
@@ -234,7 +234,11 @@ describe("the channel driver", { timeout: 60_000 }, () => {
       );
       t.after(() => drivers.forEach((d) => d.dispose()));
       for (const driver of drivers) void driver.start();
-      await until(() => drivers.every((d) => d.current.connection.phase === "connected"), "the whole fleet to connect", 20_000);
+      await until(
+        () => drivers.every((d) => d.current.connection.phase === "connected"),
+        "the whole fleet to connect",
+        20_000,
+      );
 
       await plane.cp.close();
       const restartedAt = process.hrtime.bigint();
@@ -257,6 +261,67 @@ describe("the channel driver", { timeout: 60_000 }, () => {
       assert.ok(busiest <= 30, `at most 30 of 100 in any 100 ms window, saw ${busiest}`);
     },
   );
+
+  test("a companion hears of the connection after the welcome's own frames, sends within its frame limit on that connection only, and hears of its loss", async (t) => {
+    const server = loopbackServer(t);
+    const received: string[] = [];
+    const sockets: WebSocket[] = [];
+    server.on("connection", (socket) => {
+      sockets.push(socket);
+      socket.on("message", (data) => {
+        const message = JSON.parse(data.toString()) as RunnerMessage;
+        received.push(message.type);
+        if (message.type === "hello")
+          socket.send(
+            encode({
+              type: "welcome",
+              protocolVersion: 1,
+              heartbeatIntervalMs: 5_000,
+              leaseMs: 60_000,
+              maxFrameBytes: 1024,
+              fenced: [],
+              paused: false,
+            }),
+          );
+      });
+    });
+    await new Promise((r) => server.once("listening", r));
+    const heard: string[] = [];
+    const sends: ((message: RunnerMessage) => boolean)[] = [];
+    const companion: ChannelCompanion = {
+      onConnected: (sendOnThis, welcome) => {
+        heard.push(`connected ${welcome.maxFrameBytes}`);
+        sends.push(sendOnThis);
+      },
+      onDisconnected: () => void heard.push("disconnected"),
+      onMessage: () => false,
+    };
+    const driver = new ChannelDriver(
+      config("rnr_dddddddddddddddddddddddd"),
+      {},
+      {
+        url: `ws://127.0.0.1:${(server.address() as AddressInfo).port}/api/v1/channel`,
+        credential: "rnc_test-credential-not-secret-here",
+        maxFrameBytes: 1 << 20,
+        logger: captureLogger().logger,
+        ports: recordingPorts().ports,
+        companions: [companion],
+      },
+    );
+    void driver.start();
+    t.after(() => driver.dispose());
+    await until(() => heard.length === 1, "the companion to hear of the connection");
+    assert.deepEqual(heard, ["connected 1024"]);
+    const sendOnFirst = sends[0]!;
+    assert.equal(sendOnFirst({ type: "goodbye", reason: "x".repeat(2000) }), false, "over the welcome's limit");
+    assert.equal(sendOnFirst({ type: "goodbye", reason: "companion" }), true);
+    await until(() => received.length === 3, "the companion's frame");
+    assert.deepEqual(received, ["hello", "ready", "goodbye"], "the welcome's own ready goes first");
+    sockets[0]!.terminate();
+    await until(() => heard.length === 2, "the companion to hear of the loss");
+    assert.deepEqual(heard, ["connected 1024", "disconnected"]);
+    assert.equal(sendOnFirst({ type: "goodbye", reason: "late" }), false, "a send bound to a gone connection");
+  });
 
   test("a huge unknown frame, error message or cancel reason from the control plane makes a bounded log line", async (t) => {
     const server = loopbackServer(t);
