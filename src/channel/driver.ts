@@ -5,6 +5,7 @@
 // when to tell the device sync, and which frame limit is in force, are the machine's effects.
 import WebSocket from "ws";
 import type { IncomingMessage } from "node:http";
+import { unreachable } from "../errors.js";
 import type { Logger } from "../log/logger.js";
 import { performLog } from "../log/log-effect.js";
 import { DeadlineTimer, systemClock, type Clock } from "../time/deadline.js";
@@ -223,10 +224,8 @@ export class ChannelDriver {
         this.closeSocket(1000, "runner stopping");
         this.resolveExit({ code: effect.code, reason: effect.reason });
         return;
-      default: {
-        const unhandled: never = effect;
-        return unhandled;
-      }
+      default:
+        return unreachable(effect, "effect");
     }
   }
 

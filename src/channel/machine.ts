@@ -13,7 +13,7 @@
 //
 // `step` handles every (phase, input) pair, checked by the compiler: anything a phase does
 // not expect is logged and the state kept.
-import { ExitCode } from "../errors.js";
+import { ExitCode, unreachable } from "../errors.js";
 import { capText } from "../log/cap-text.js";
 import { logEffect as log, type LogEffect, type LogEffectLevel } from "../log/log-effect.js";
 import type { Assignment, ControlMessage, JobRef, JobResult, RunnerMessage } from "../protocol/channel.js";
@@ -95,6 +95,8 @@ export interface State {
 }
 
 export type TimerName = "reconnect" | "handshake" | "heartbeat" | "pong" | "drain";
+/** The timers of the connection's phases; the drain timer is the mode's. */
+type PhaseTimer = Exclude<TimerName, "drain">;
 
 export type Input =
   | { type: "start" }
@@ -116,12 +118,11 @@ export type Input =
   | { type: "stop_now"; reason: string };
 
 /** The inputs about the connection itself: what each phase answers in its own way. */
-type ConnectionInput = Extract<
-  Input,
-  { type: "start" | "socket_open" | "connect_failed" | "socket_closed" | "message" | "pong" | "timer" }
->;
+type ConnectionInput =
+  | Extract<Input, { type: "start" | "socket_open" | "connect_failed" | "socket_closed" | "message" | "pong" }>
+  | { type: "timer"; timer: PhaseTimer };
 /** The inputs that mean the same in every live phase (jobs, signals, a frame that did not decode). */
-type AnyPhaseInput = Exclude<Input, ConnectionInput>;
+type AnyPhaseInput = Exclude<Input, { type: ConnectionInput["type"] }>;
 
 export type LogLevel = LogEffectLevel;
 
@@ -198,10 +199,8 @@ export function deadlines(state: State): Deadline<TimerName>[] {
     case "idle":
     case "stopped":
       break;
-    default: {
-      const unhandled: never = connection;
-      return unhandled;
-    }
+    default:
+      return unreachable(connection, "phase");
   }
   if (state.drainAt !== null) list.push({ timer: "drain", at: state.drainAt });
   return list;
@@ -228,12 +227,13 @@ export function step(state: State, input: Input, env: StepEnv): Step {
     case "socket_closed":
     case "message":
     case "pong":
-    case "timer":
       return stepConnection(state, input, env);
-    default: {
-      const unhandled: never = input;
-      return unhandled;
-    }
+    case "timer":
+      if (input.timer !== "drain") return stepConnection(state, { type: "timer", timer: input.timer }, env);
+      // The drain deadline is the mode's: the same in every live phase.
+      return state.connection.phase === "stopped" ? unexpected(state, input, "debug") : onDrainTimer(state);
+    default:
+      return unreachable(input, "input");
   }
 }
 
@@ -259,10 +259,8 @@ function stepAnyPhase(state: State, input: AnyPhaseInput, env: StepEnv): Step {
       return onDrain(state, input.reason, env);
     case "stop_now":
       return onStopNow(state, input.reason);
-    default: {
-      const unhandled: never = input;
-      return unhandled;
-    }
+    default:
+      return unreachable(input, "input");
   }
 }
 
@@ -281,10 +279,8 @@ function stepConnection(state: State, input: ConnectionInput, env: StepEnv): Ste
       return stepConnected(state, connection, input, env);
     case "stopped":
       return unexpected(state, input, "debug");
-    default: {
-      const unhandled: never = connection;
-      return unhandled;
-    }
+    default:
+      return unreachable(connection, "phase");
   }
 }
 
@@ -295,18 +291,14 @@ function stepIdle(state: State, input: ConnectionInput, env: StepEnv): Step {
     case "start":
       return connectNow(state, env);
     case "timer":
-      // A drain before the start still has its deadline.
-      return input.timer === "drain" ? onDrainTimer(state) : unexpected(state, input);
     case "socket_open":
     case "connect_failed":
     case "socket_closed":
     case "message":
     case "pong":
       return unexpected(state, input);
-    default: {
-      const unhandled: never = input;
-      return unhandled;
-    }
+    default:
+      return unreachable(input, "input");
   }
 }
 
@@ -316,16 +308,12 @@ function stepDisconnected(state: State, input: ConnectionInput, env: StepEnv): S
       switch (input.timer) {
         case "reconnect":
           return connectNow(state, env);
-        case "drain":
-          return onDrainTimer(state);
         case "handshake":
         case "heartbeat":
         case "pong":
           return ignoreStaleTimer(state, input.timer);
-        default: {
-          const unhandled: never = input.timer;
-          return unhandled;
-        }
+        default:
+          return unreachable(input.timer, "timer");
       }
     case "socket_closed":
     case "pong":
@@ -335,10 +323,8 @@ function stepDisconnected(state: State, input: ConnectionInput, env: StepEnv): S
     case "connect_failed":
     case "message":
       return unexpected(state, input);
-    default: {
-      const unhandled: never = input;
-      return unhandled;
-    }
+    default:
+      return unreachable(input, "input");
   }
 }
 
@@ -375,28 +361,13 @@ function stepConnecting(
         env,
       );
     case "timer":
-      switch (input.timer) {
-        case "handshake":
-          return dropConnection(state, `the connection did not open within ${handshakeTimeout(state)} ms`, env);
-        case "drain":
-          return onDrainTimer(state);
-        case "reconnect":
-        case "heartbeat":
-        case "pong":
-          return ignoreStaleTimer(state, input.timer);
-        default: {
-          const unhandled: never = input.timer;
-          return unhandled;
-        }
-      }
+      return stepAttemptTimer(state, input.timer, env, "the connection did not open");
     case "start":
     case "message":
     case "pong":
       return unexpected(state, input);
-    default: {
-      const unhandled: never = input;
-      return unhandled;
-    }
+    default:
+      return unreachable(input, "input");
   }
 }
 
@@ -413,20 +384,7 @@ function stepHandshaking(state: State, input: ConnectionInput, env: StepEnv): St
         };
       return unexpected(state, input);
     case "timer":
-      switch (input.timer) {
-        case "handshake":
-          return dropConnection(state, `no welcome from the control plane within ${handshakeTimeout(state)} ms`, env);
-        case "drain":
-          return onDrainTimer(state);
-        case "reconnect":
-        case "heartbeat":
-        case "pong":
-          return ignoreStaleTimer(state, input.timer);
-        default: {
-          const unhandled: never = input.timer;
-          return unhandled;
-        }
-      }
+      return stepAttemptTimer(state, input.timer, env, "no welcome from the control plane");
     case "socket_closed":
       return reconnectAfterClose(state, "the control plane closed the connection during the handshake", input, env);
     case "pong":
@@ -435,10 +393,22 @@ function stepHandshaking(state: State, input: ConnectionInput, env: StepEnv): St
     case "socket_open":
     case "connect_failed":
       return unexpected(state, input);
-    default: {
-      const unhandled: never = input;
-      return unhandled;
-    }
+    default:
+      return unreachable(input, "input");
+  }
+}
+
+/** A connection attempt (connecting, then handshaking) holds one deadline: the handshake's. */
+function stepAttemptTimer(state: State, timer: PhaseTimer, env: StepEnv, notYet: string): Step {
+  switch (timer) {
+    case "handshake":
+      return dropConnection(state, `${notYet} within ${handshakeTimeout(state)} ms`, env);
+    case "reconnect":
+    case "heartbeat":
+    case "pong":
+      return ignoreStaleTimer(state, timer);
+    default:
+      return unreachable(timer, "timer");
   }
 }
 
@@ -464,15 +434,11 @@ function stepConnected(
             `no pong within ${connection.welcome.heartbeatIntervalMs} ms: the connection is presumed dead`,
             env,
           );
-        case "drain":
-          return onDrainTimer(state);
         case "reconnect":
         case "handshake":
           return ignoreStaleTimer(state, input.timer);
-        default: {
-          const unhandled: never = input.timer;
-          return unhandled;
-        }
+        default:
+          return unreachable(input.timer, "timer");
       }
     case "socket_closed":
       return reconnectAfterClose(state, "the connection closed", input, env);
@@ -480,10 +446,8 @@ function stepConnected(
     case "socket_open":
     case "connect_failed":
       return unexpected(state, input);
-    default: {
-      const unhandled: never = input;
-      return unhandled;
-    }
+    default:
+      return unreachable(input, "input");
   }
 }
 
@@ -678,10 +642,8 @@ function onControlMessage(
     case "devices_resync":
       // The driver hands these to its companions (the device sync); they only land here without one.
       return { state, effects: [log("debug", `ignored ${message.type}: no device sync is attached`)] };
-    default: {
-      const unhandled: never = message;
-      return unexpected({ ...state, connection }, unhandled);
-    }
+    default:
+      return unreachable(message, "message");
   }
 }
 
@@ -768,10 +730,8 @@ function onResume(state: State): Step {
     case "stopping":
       // A local drain wins over the control plane's resume.
       return { state, effects: [log("debug", `resume while ${state.mode}; ignored`)] };
-    default: {
-      const unhandled: never = state.mode;
-      return unhandled;
-    }
+    default:
+      return unreachable(state.mode, "mode");
   }
 }
 

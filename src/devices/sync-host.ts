@@ -5,6 +5,7 @@
 // the confirmed state to disk, one write at a time, the latest winning. Its one timer wakes
 // for the core's deadline or the next scan, armed as the channel driver arms its own.
 import type { ChannelCompanion } from "../channel/driver.js";
+import { unreachable } from "../errors.js";
 import { SETTINGS } from "../config/settings.js";
 import type { Logger } from "../log/logger.js";
 import { performLog } from "../log/log-effect.js";
@@ -273,10 +274,8 @@ class DeviceSyncHost {
         return;
       case "log":
         return performLog(this.options.logger, effect);
-      default: {
-        const unhandled: never = effect;
-        return unhandled;
-      }
+      default:
+        return unreachable(effect, "effect");
     }
   }
 
@@ -316,10 +315,8 @@ class DeviceSyncHost {
         return this.schedule();
       case "ack":
         return this.feed({ type: "timer", timer: "ack", now: this.now() });
-      default: {
-        const unhandled: never = due.timer;
-        return unhandled;
-      }
+      default:
+        return unreachable(due.timer, "timer");
     }
   }
 }

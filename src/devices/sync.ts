@@ -9,6 +9,7 @@
 //                             │                                  │ ack of the last batch
 //                             └──resync──> snapshot ─────────────┘
 //   (any phase) ──disconnected──> offline; an unacknowledged batch is re-sent first on the next connect
+import { unreachable } from "../errors.js";
 import { logEffect as log, type LogEffect } from "../log/log-effect.js";
 import type { RunnerMessage } from "../protocol/channel.js";
 import { digestOf, type DevicesBatchMessage, type DevicesSummaryMessage } from "../protocol/devices.js";
@@ -147,10 +148,8 @@ export function stepSync(state: SyncState, input: SyncInput): SyncStep {
       return onResync(state, input);
     case "timer":
       return onAckTimer(state, input.now);
-    default: {
-      const unhandled: never = input;
-      return unhandled;
-    }
+    default:
+      return unreachable(input, "input");
   }
 }
 

@@ -69,30 +69,40 @@ function loopbackServer(t: TestContext): WebSocketServer {
   return server;
 }
 
+/**
+ * A peer that answers each hello with a welcome of `maxFrameBytes`: the sockets it holds and
+ * every message it received, in order.
+ */
+function welcomingPeer(server: WebSocketServer, maxFrameBytes: number) {
+  const sockets: WebSocket[] = [];
+  const received: RunnerMessage[] = [];
+  server.on("connection", (socket) => {
+    sockets.push(socket);
+    socket.on("message", (data) => {
+      const message = JSON.parse(data.toString()) as RunnerMessage;
+      received.push(message);
+      if (message.type !== "hello") return;
+      socket.send(
+        encode({
+          type: "welcome",
+          protocolVersion: 1,
+          heartbeatIntervalMs: 5_000,
+          leaseMs: 60_000,
+          maxFrameBytes,
+          fenced: [],
+          paused: false,
+        }),
+      );
+    });
+  });
+  return { sockets, received };
+}
+
 describe("the channel driver", { timeout: 60_000 }, () => {
   test("malformed, unknown and oversized frames are logged and survived", async (t) => {
     const server = loopbackServer(t);
-    const hellos: RunnerMessage[] = [];
-    const sockets: WebSocket[] = [];
-    server.on("connection", (socket) => {
-      sockets.push(socket);
-      socket.on("message", (data) => {
-        const message = JSON.parse(data.toString()) as RunnerMessage;
-        if (message.type !== "hello") return;
-        hellos.push(message);
-        socket.send(
-          encode({
-            type: "welcome",
-            protocolVersion: 1,
-            heartbeatIntervalMs: 5_000,
-            leaseMs: 60_000,
-            maxFrameBytes: 65_536,
-            fenced: [],
-            paused: false,
-          }),
-        );
-      });
-    });
+    const { sockets, received } = welcomingPeer(server, 65_536);
+    const hellos = () => received.filter((m) => m.type === "hello");
     await new Promise((r) => server.once("listening", r));
     const port = (server.address() as AddressInfo).port;
     const capture = captureLogger();
@@ -128,10 +138,10 @@ describe("the channel driver", { timeout: 60_000 }, () => {
     assert.equal(driver.current.connection.phase, "connected", "still connected after four bad frames");
 
     socket.send("x".repeat(100_000)); // over the 64 KiB frame limit: ws closes with 1009
-    await until(() => hellos.length === 2, "a reconnect after the oversized frame");
+    await until(() => hellos().length === 2, "a reconnect after the oversized frame");
     assert.match(capture.text(), /socket error: Max payload size exceeded/);
     assert.deepEqual(
-      (hellos[1] as Extract<RunnerMessage, { type: "hello" }>).running,
+      (hellos()[1] as Extract<RunnerMessage, { type: "hello" }>).running,
       [{ jobId: "j1", attempt: 1 }],
       "the job survived the reconnect",
     );
@@ -264,27 +274,7 @@ describe("the channel driver", { timeout: 60_000 }, () => {
 
   test("a companion hears of the connection after the welcome's own frames, sends within its frame limit on that connection only, and hears of its loss", async (t) => {
     const server = loopbackServer(t);
-    const received: string[] = [];
-    const sockets: WebSocket[] = [];
-    server.on("connection", (socket) => {
-      sockets.push(socket);
-      socket.on("message", (data) => {
-        const message = JSON.parse(data.toString()) as RunnerMessage;
-        received.push(message.type);
-        if (message.type === "hello")
-          socket.send(
-            encode({
-              type: "welcome",
-              protocolVersion: 1,
-              heartbeatIntervalMs: 5_000,
-              leaseMs: 60_000,
-              maxFrameBytes: 1024,
-              fenced: [],
-              paused: false,
-            }),
-          );
-      });
-    });
+    const { sockets, received } = welcomingPeer(server, 1024);
     await new Promise((r) => server.once("listening", r));
     const heard: string[] = [];
     const sends: ((message: RunnerMessage) => boolean)[] = [];
@@ -316,7 +306,11 @@ describe("the channel driver", { timeout: 60_000 }, () => {
     assert.equal(sendOnFirst({ type: "goodbye", reason: "x".repeat(2000) }), false, "over the welcome's limit");
     assert.equal(sendOnFirst({ type: "goodbye", reason: "companion" }), true);
     await until(() => received.length === 3, "the companion's frame");
-    assert.deepEqual(received, ["hello", "ready", "goodbye"], "the welcome's own ready goes first");
+    assert.deepEqual(
+      received.map((m) => m.type),
+      ["hello", "ready", "goodbye"],
+      "the welcome's own ready goes first",
+    );
     sockets[0]!.terminate();
     await until(() => heard.length === 2, "the companion to hear of the loss");
     assert.deepEqual(heard, ["connected 1024", "disconnected"]);
@@ -325,23 +319,7 @@ describe("the channel driver", { timeout: 60_000 }, () => {
 
   test("a huge unknown frame, error message or cancel reason from the control plane makes a bounded log line", async (t) => {
     const server = loopbackServer(t);
-    const sockets: WebSocket[] = [];
-    server.on("connection", (socket) => {
-      sockets.push(socket);
-      socket.on("message", () =>
-        socket.send(
-          encode({
-            type: "welcome",
-            protocolVersion: 1,
-            heartbeatIntervalMs: 5_000,
-            leaseMs: 60_000,
-            maxFrameBytes: 1 << 20,
-            fenced: [],
-            paused: false,
-          }),
-        ),
-      );
-    });
+    const { sockets } = welcomingPeer(server, 1 << 20);
     await new Promise((r) => server.once("listening", r));
     const capture = captureLogger();
     const { ports, started } = recordingPorts();
