@@ -7,8 +7,13 @@
 /** Milliseconds, from the one clock both cores and their drivers read. */
 export type Clock = () => number;
 
-/** Wall-clock time: the device sync persists times it compares across restarts. */
-export const systemClock: Clock = () => Date.now();
+/**
+ * Whole epoch milliseconds that only move forward: the wall-clock time at the process start
+ * plus the monotonic time since. The device sync persists its times and compares them after a
+ * restart (so they are epoch-based), and a deadline must not move when the system clock is
+ * set back or forward while it waits (a drain deadline an hour late would be a hung stop).
+ */
+export const systemClock: Clock = () => Math.floor(performance.timeOrigin + performance.now());
 
 /** A core's next wake-up: which of its timers, and when (a time of the core's clock). */
 export interface Deadline<Timer extends string> {
