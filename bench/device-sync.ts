@@ -248,7 +248,12 @@ async function measureEndToEnd(): Promise<void> {
     );
     const settled = () => {
       const s = sync.status();
-      return driver.current.phase === "connected" && s.phase === "diff" && s.inventory !== null && s.inFlight === null;
+      return (
+        driver.current.connection.phase === "connected" &&
+        s.phase === "diff" &&
+        s.inventory !== null &&
+        s.inFlight === null
+      );
     };
     const waitSettled = async () => {
       while (!settled()) await new Promise((r) => setTimeout(r, 2));

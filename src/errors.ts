@@ -106,3 +106,12 @@ export function describeError(error: unknown): string {
   if (error instanceof Error) return `unexpected error: ${error.message}`;
   return `unexpected error: ${String(error)}`;
 }
+
+/**
+ * The default of an exhaustive `switch`: the compiler rejects the call while a case is
+ * missing (`value` is not `never` then), and at run time it only throws on a value the types
+ * rule out (a bug).
+ */
+export function unreachable(value: never, what: string): never {
+  throw new RunnerError("internal", `unhandled ${what}: ${JSON.stringify(value)}`);
+}

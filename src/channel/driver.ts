@@ -1,13 +1,19 @@
-// The thin driver around the channel state machine: it turns socket events, timer expiries
-// and job events into inputs, feeds them to `step` one at a time, and carries out the
-// effects in order (awaiting each, so a result is on disk before it is sent).
+// The thin driver around the channel state machine: it turns socket events, the machine's
+// deadlines and job events into inputs, feeds them to `step` one at a time, carries out the
+// effects in order (awaiting each, so a result is on disk before it is sent), then arms one
+// timer for the machine's next deadline. It decides nothing about the connection itself: even
+// when to tell the device sync, and which frame limit is in force, are the machine's effects.
 import WebSocket from "ws";
 import type { IncomingMessage } from "node:http";
+import { unreachable } from "../errors.js";
 import type { Logger } from "../log/logger.js";
+import { performLog } from "../log/log-effect.js";
+import { DeadlineTimer, systemClock, type Clock } from "../time/deadline.js";
 import {
   AGENT_VERSION_HEADER,
   PROTOCOL_HEADER,
   RUNNER_ID_HEADER,
+  DEFAULT_MAX_FRAME_BYTES,
   decodeControlMessage,
   encode,
   type Assignment,
@@ -17,13 +23,16 @@ import {
   type RunnerMessage,
 } from "../protocol/channel.js";
 import {
+  abandon,
   initialState,
+  nextDeadline,
   step,
   type Effect,
   type Input,
   type MachineConfig,
   type State,
   type TimerName,
+  type Welcome,
 } from "./machine.js";
 
 /** What the driver needs from the rest of the daemon. */
@@ -33,8 +42,6 @@ export interface DriverPorts {
   persistResult(result: JobResult): Promise<void>;
   discardResult(ref: JobRef): Promise<void>;
 }
-
-type Welcome = Extract<ControlMessage, { type: "welcome" }>;
 
 /**
  * Something else that talks over the same connection (the device sync): told when the
@@ -63,7 +70,8 @@ export interface DriverOptions {
   companions?: ChannelCompanion[];
   /** Told `true` when the socket has too much queued to send (slow down job output), `false` when it drained. */
   onBackpressure?: (slow: boolean) => void;
-  now?: () => number;
+  /** The clock the machine's deadlines are read on. */
+  now?: Clock;
   random?: () => number;
 }
 
@@ -83,7 +91,11 @@ export class ChannelDriver {
   private socket: WebSocket | null = null;
   /** Events from an older socket than this one are dropped. */
   private generation = 0;
-  private readonly timers = new Map<TimerName, NodeJS.Timeout>();
+  /** The machine's next deadline, armed after every step. */
+  private readonly deadline: DeadlineTimer<TimerName>;
+  /** The largest frame this runner may send: the last welcome's, told by the machine (`frame_limit`). */
+  private frameLimit = DEFAULT_MAX_FRAME_BYTES;
+  private readonly clock: Clock;
   private slowTimer: NodeJS.Timeout | null = null;
   private resolveExit!: (exit: DriverExit) => void;
   readonly exited: Promise<DriverExit>;
@@ -94,6 +106,8 @@ export class ChannelDriver {
     private readonly options: DriverOptions,
   ) {
     this.state = initialState(config, held);
+    this.clock = options.now ?? systemClock;
+    this.deadline = new DeadlineTimer(this.clock, (due) => this.input({ type: "timer", timer: due.timer }));
     this.exited = new Promise((resolve) => (this.resolveExit = resolve));
   }
 
@@ -109,13 +123,14 @@ export class ChannelDriver {
 
   /** Drops the connection and every timer at once, without a goodbye: for tests and hard exits. */
   dispose(): void {
-    for (const timer of this.timers.keys()) this.clearTimer(timer);
+    this.deadline.cancel();
     this.releaseBackpressure();
     this.closeSocket(4002, "disposed");
     this.queue.length = 0;
-    const wasConnected = this.state.phase === "connected";
-    this.state = { ...this.state, phase: "stopped" };
-    if (wasConnected) this.notifyCompanions((c) => c.onDisconnected());
+    const abandoned = abandon(this.state);
+    this.state = abandoned.state;
+    // Only companion news and logs come out of `abandon`: none waits on I/O.
+    for (const effect of abandoned.effects) void this.carryOut(effect);
   }
 
   input(input: Input): void {
@@ -136,24 +151,6 @@ export class ChannelDriver {
     this.input({ type: "message", message });
   }
 
-  /** Tells companions when the machine enters or leaves "connected" (after that step's effects ran). */
-  private followPhase(before: State["phase"], input: Input): void {
-    const after = this.state.phase;
-    if (
-      before !== "connected" &&
-      after === "connected" &&
-      input.type === "message" &&
-      input.message.type === "welcome"
-    ) {
-      const welcome = input.message;
-      const generation = this.generation;
-      const send = (message: RunnerMessage) => generation === this.generation && this.send(message);
-      this.notifyCompanions((c) => c.onConnected(send, welcome));
-    } else if (before === "connected" && after !== "connected") {
-      this.notifyCompanions((c) => c.onDisconnected());
-    }
-  }
-
   private notifyCompanions(call: (companion: ChannelCompanion) => void): void {
     for (const companion of this.options.companions ?? []) {
       try {
@@ -169,12 +166,10 @@ export class ChannelDriver {
     try {
       while (this.queue.length > 0) {
         const input = this.queue.shift()!;
-        const now = this.options.now?.() ?? Date.now();
-        const before = this.state.phase;
-        const next = step(this.state, input, { now, random: this.options.random?.() ?? Math.random() });
+        const next = step(this.state, input, { now: this.clock(), random: this.options.random?.() ?? Math.random() });
         this.state = next.state;
         for (const effect of next.effects) await this.carryOut(effect);
-        this.followPhase(before, input);
+        this.deadline.arm(nextDeadline(this.state));
       }
     } finally {
       this.processing = false;
@@ -194,10 +189,13 @@ export class ChannelDriver {
       case "ping":
         this.socket?.ping();
         return;
-      case "set_timer":
-        return this.setTimer(effect.timer, effect.ms);
-      case "clear_timer":
-        return this.clearTimer(effect.timer);
+      case "frame_limit":
+        this.frameLimit = effect.maxFrameBytes;
+        return;
+      case "tell_connected":
+        return this.tellConnected(effect.welcome);
+      case "tell_disconnected":
+        return this.notifyCompanions((c) => c.onDisconnected());
       case "start_job":
         try {
           await ports.startJob(effect.assignment);
@@ -219,15 +217,23 @@ export class ChannelDriver {
           );
         return;
       case "log":
-        logger[effect.level](effect.fields ?? {}, effect.message);
-        return;
+        return performLog(logger, effect);
       case "exit":
-        for (const timer of this.timers.keys()) this.clearTimer(timer);
+        this.deadline.cancel();
         this.releaseBackpressure();
         this.closeSocket(1000, "runner stopping");
         this.resolveExit({ code: effect.code, reason: effect.reason });
         return;
+      default:
+        return unreachable(effect, "effect");
     }
+  }
+
+  /** The companions get a `send` bound to this connection: it returns false once the connection is gone. */
+  private tellConnected(welcome: Welcome): void {
+    const generation = this.generation;
+    const send = (message: RunnerMessage) => generation === this.generation && this.send(message);
+    this.notifyCompanions((c) => c.onConnected(send, welcome));
   }
 
   /** A result that cannot be written is retried: losing it is the one thing not allowed. */
@@ -308,7 +314,7 @@ export class ChannelDriver {
     const frame = encode(message);
     // The machine sizes its frames to the limit in force; this guard only catches a bug, since
     // the control plane would close the connection (1009) on a larger frame.
-    const limit = this.state.maxFrameBytes;
+    const limit = this.frameLimit;
     if (Buffer.byteLength(frame) > limit) {
       this.options.logger.error(
         { type: message.type, bytes: Buffer.byteLength(frame), maxFrameBytes: limit },
@@ -350,23 +356,6 @@ export class ChannelDriver {
     // A socket given up for silence may be half-open: a close handshake would never finish.
     if (code === 1000 && socket.readyState === WebSocket.OPEN) socket.close(code, reason);
     else socket.terminate();
-  }
-
-  private setTimer(timer: TimerName, ms: number): void {
-    this.clearTimer(timer);
-    this.timers.set(
-      timer,
-      setTimeout(() => {
-        this.timers.delete(timer);
-        this.input({ type: "timer", timer });
-      }, ms),
-    );
-  }
-
-  private clearTimer(timer: TimerName): void {
-    const handle = this.timers.get(timer);
-    if (handle) clearTimeout(handle);
-    this.timers.delete(timer);
   }
 }
 

@@ -1,18 +1,23 @@
 // The agent's side of the channel as a sans-IO state machine: `step(state, input, env)`
-// returns the next state and the effects to carry out (connect, send, timers, start or
-// cancel a job, persist, log, exit). It does no I/O and reads no clock: time and randomness
-// come in `env`. Each phase has its own handler that deals with every input; anything a
-// phase does not expect is logged and the state kept.
-import { ExitCode } from "../errors.js";
+// returns the next state and the effects to carry out (connect, send, start or cancel a job,
+// persist, tell the device sync, log, exit). It does no I/O and reads no clock: time and
+// randomness come in `env`, and `nextDeadline(state)` says when the driver must feed the
+// named timer back. The state tells the whole connection story:
+//
+//   - `connection`: the phase, each with only its own data (the handshake deadline while a
+//     socket is opening, the welcome and the heartbeat while connected, the backoff deadline
+//     while disconnected);
+//   - `mode`: serving | paused (by the control plane) | draining (a local signal: no new
+//     jobs, stop when done) | stopping (past the drain deadline or a second signal: stop as
+//     soon as no job runs).
+//
+// `step` handles every (phase, input) pair, checked by the compiler: anything a phase does
+// not expect is logged and the state kept.
+import { ExitCode, unreachable } from "../errors.js";
 import { capText } from "../log/cap-text.js";
-import {
-  DEFAULT_MAX_FRAME_BYTES,
-  type Assignment,
-  type ControlMessage,
-  type JobRef,
-  type JobResult,
-  type RunnerMessage,
-} from "../protocol/channel.js";
+import { logEffect as log, type LogEffect, type LogEffectLevel } from "../log/log-effect.js";
+import type { Assignment, ControlMessage, JobRef, JobResult, RunnerMessage } from "../protocol/channel.js";
+import { earliest, type Deadline } from "../time/deadline.js";
 import { fitResultFrame, splitLogData } from "./frame-fit.js";
 
 export interface MachineConfig {
@@ -37,7 +42,34 @@ export interface MachineConfig {
   drainTimeoutMs: number;
 }
 
-export type Phase = "idle" | "disconnected" | "connecting" | "handshaking" | "connected" | "stopped";
+export type Welcome = Extract<ControlMessage, { type: "welcome" }>;
+
+/** The connection, phase by phase: each phase holds what exists only in it. Times are `env.now` times. */
+export type Connection =
+  | { phase: "idle" }
+  /** A socket is opening; the attempt is given up at `handshakeAt`. */
+  | { phase: "connecting"; handshakeAt: number }
+  /** The socket is open and the hello sent; the welcome must come by `handshakeAt` (the same deadline). */
+  | { phase: "handshaking"; handshakeAt: number }
+  /**
+   * Welcomed: the welcome's heartbeat and frame limit are in force. The next ping goes at
+   * `heartbeatAt`; `pongAt` is set while a ping awaits its pong (the connection is dead then).
+   */
+  | { phase: "connected"; welcome: Welcome; heartbeatAt: number; pongAt: number | null }
+  /** Waiting out the reconnect backoff, until `reconnectAt`. */
+  | { phase: "disconnected"; reconnectAt: number }
+  | { phase: "stopped" };
+
+export type Phase = Connection["phase"];
+
+/**
+ * What the runner does with work, whatever the connection: `serving` takes jobs; `paused`
+ * (told by the control plane: `pause`, or `welcome.paused`) takes no new jobs and keeps the
+ * rest going; `draining` (a local signal) takes no new jobs and stops once running jobs are
+ * done and their results acknowledged; `stopping` (past the drain deadline, or told to stop
+ * now) stops as soon as no job runs. A local drain wins over the control plane's pause.
+ */
+export type Mode = "serving" | "paused" | "draining" | "stopping";
 
 export interface RunningEntry {
   ref: JobRef;
@@ -46,22 +78,15 @@ export interface RunningEntry {
 }
 
 export interface State {
-  phase: Phase;
   config: MachineConfig;
+  connection: Connection;
+  mode: Mode;
+  /** When a drain gives up on running jobs: set exactly while the mode is `draining`. */
+  drainAt: number | null;
   /** Consecutive connection failures since a connection last answered a heartbeat ping. */
   failures: number;
-  heartbeatMs: number | null;
   /** The heartbeat interval of the last welcome, kept across reconnects: it sets the handshake timeout. */
   lastHeartbeatMs: number | null;
-  /** The largest frame this runner may send: the last welcome's `maxFrameBytes`. */
-  maxFrameBytes: number;
-  /** Told by the control plane (`pause`, or `welcome.paused`): take no new jobs, keep the rest going. */
-  paused: boolean;
-  awaitingPong: boolean;
-  /** No new jobs; stop once running jobs are done and their results acknowledged. */
-  draining: boolean;
-  /** Past the drain deadline (or told to stop now): stop as soon as no job runs. */
-  stopping: boolean;
   running: Record<string, RunningEntry>;
   /** Results in the outbox that the control plane has not acknowledged. */
   pending: Record<string, JobResult>;
@@ -70,6 +95,8 @@ export interface State {
 }
 
 export type TimerName = "reconnect" | "handshake" | "heartbeat" | "pong" | "drain";
+/** The timers of the connection's phases; the drain timer is the mode's. */
+type PhaseTimer = Exclude<TimerName, "drain">;
 
 export type Input =
   | { type: "start" }
@@ -80,6 +107,7 @@ export type Input =
   | { type: "message"; message: ControlMessage }
   | { type: "bad_frame"; detail: string }
   | { type: "pong" }
+  /** The deadline `nextDeadline` named has come. */
   | { type: "timer"; timer: TimerName }
   | { type: "job_started"; ref: JobRef; startedAt: string }
   | { type: "job_output"; ref: JobRef; stream: "stdout" | "stderr"; data: string }
@@ -89,25 +117,37 @@ export type Input =
   /** Second signal: cancel running jobs and stop. */
   | { type: "stop_now"; reason: string };
 
-export type LogLevel = "debug" | "info" | "warn" | "error";
+/** The inputs about the connection itself: what each phase answers in its own way. */
+type ConnectionInput =
+  | Extract<Input, { type: "start" | "socket_open" | "connect_failed" | "socket_closed" | "message" | "pong" }>
+  | { type: "timer"; timer: PhaseTimer };
+/** The inputs that mean the same in every live phase (jobs, signals, a frame that did not decode). */
+type AnyPhaseInput = Exclude<Input, { type: ConnectionInput["type"] }>;
+
+export type LogLevel = LogEffectLevel;
 
 export type Effect =
   | { type: "connect" }
   | { type: "close"; code: number; reason: string }
   | { type: "send"; message: RunnerMessage }
   | { type: "ping" }
-  | { type: "set_timer"; timer: TimerName; ms: number }
-  | { type: "clear_timer"; timer: TimerName }
+  /** From now on no frame the runner sends may be larger (the welcome's `maxFrameBytes`). */
+  | { type: "frame_limit"; maxFrameBytes: number }
+  /** Tell the companions (the device sync) the channel is connected, after the welcome's own frames. */
+  | { type: "tell_connected"; welcome: Welcome }
+  /** Tell the companions the connected channel is gone. */
+  | { type: "tell_disconnected" }
   | { type: "start_job"; assignment: Assignment }
   | { type: "cancel_job"; ref: JobRef; reason: string }
   /** Write the result to the outbox (fsync) — carried out before any later effect. */
   | { type: "persist_result"; result: JobResult }
   /** The control plane acknowledged it: remove it from the outbox. */
   | { type: "discard_result"; ref: JobRef }
-  | { type: "log"; level: LogLevel; message: string; fields?: Record<string, unknown> }
+  | LogEffect
   | { type: "exit"; code: number; reason: string };
 
 export interface StepEnv {
+  /** The time of this step, in ms of the driver's clock: deadlines are set from it. */
   now: number;
   /** A uniform random number in [0, 1), for the reconnect jitter. */
   random: number;
@@ -125,78 +165,175 @@ export function keyOf(ref: JobRef): string {
 /** The state a daemon starts in: jobs still running and results still held from before. */
 export function initialState(config: MachineConfig, held: { running?: JobRef[]; pending?: JobResult[] } = {}): State {
   return {
-    phase: "idle",
     config,
+    connection: { phase: "idle" },
+    mode: "serving",
+    drainAt: null,
     failures: 0,
-    heartbeatMs: null,
     lastHeartbeatMs: null,
-    maxFrameBytes: DEFAULT_MAX_FRAME_BYTES,
-    paused: false,
-    awaitingPong: false,
-    draining: false,
-    stopping: false,
     running: Object.fromEntries((held.running ?? []).map((ref) => [keyOf(ref), { ref, nextLogSeq: 0, started: true }])),
     pending: Object.fromEntries((held.pending ?? []).map((result) => [keyOf(result), result])),
     droppedLogChunks: 0,
   };
 }
 
-export function step(state: State, input: Input, env: StepEnv): Step {
-  // Inputs that mean the same in every live phase.
-  if (state.phase !== "stopped") {
-    switch (input.type) {
-      case "bad_frame":
-        return { state, effects: [log("warn", `ignored a frame from the control plane: ${capText(input.detail)}`)] };
-      case "job_started":
-        return onJobStarted(state, input.ref, input.startedAt);
-      case "job_output":
-        return onJobOutput(state, input);
-      case "job_finished":
-        return onJobFinished(state, input.result);
-      case "drain":
-        return onDrain(state, input.reason);
-      case "stop_now":
-        return onStopNow(state, input.reason);
-    }
-  }
-  switch (state.phase) {
-    case "idle":
-      return stepIdle(state, input);
-    case "disconnected":
-      return stepDisconnected(state, input);
+/**
+ * Every deadline the state holds, the one to honour first listed first on a tie (a pong
+ * overdue at the next heartbeat means a dead connection, not another ping).
+ */
+export function deadlines(state: State): Deadline<TimerName>[] {
+  const list: Deadline<TimerName>[] = [];
+  const connection = state.connection;
+  switch (connection.phase) {
     case "connecting":
-      return stepConnecting(state, input, env);
+    case "handshaking":
+      list.push({ timer: "handshake", at: connection.handshakeAt });
+      break;
+    case "connected":
+      if (connection.pongAt !== null) list.push({ timer: "pong", at: connection.pongAt });
+      list.push({ timer: "heartbeat", at: connection.heartbeatAt });
+      break;
+    case "disconnected":
+      list.push({ timer: "reconnect", at: connection.reconnectAt });
+      break;
+    case "idle":
+    case "stopped":
+      break;
+    default:
+      return unreachable(connection, "phase");
+  }
+  if (state.drainAt !== null) list.push({ timer: "drain", at: state.drainAt });
+  return list;
+}
+
+/** When the driver must feed `{ type: "timer", timer }` next; null when nothing waits. */
+export function nextDeadline(state: State): Deadline<TimerName> | null {
+  return earliest(deadlines(state));
+}
+
+export function step(state: State, input: Input, env: StepEnv): Step {
+  switch (input.type) {
+    case "bad_frame":
+    case "job_started":
+    case "job_output":
+    case "job_finished":
+    case "drain":
+    case "stop_now":
+      if (state.connection.phase === "stopped") return unexpected(state, input, "debug");
+      return stepAnyPhase(state, input, env);
+    case "start":
+    case "socket_open":
+    case "connect_failed":
+    case "socket_closed":
+    case "message":
+    case "pong":
+      return stepConnection(state, input, env);
+    case "timer":
+      if (input.timer !== "drain") return stepConnection(state, { type: "timer", timer: input.timer }, env);
+      // The drain deadline is the mode's: the same in every live phase.
+      return state.connection.phase === "stopped" ? unexpected(state, input, "debug") : onDrainTimer(state);
+    default:
+      return unreachable(input, "input");
+  }
+}
+
+/**
+ * Dropped at once, without a goodbye (tests, hard exits): stopped, the companions told if it
+ * was connected. The driver closes the socket itself.
+ */
+export function abandon(state: State): Step {
+  return { state: stopped(state), effects: leaveConnection(state) };
+}
+
+function stepAnyPhase(state: State, input: AnyPhaseInput, env: StepEnv): Step {
+  switch (input.type) {
+    case "bad_frame":
+      return { state, effects: [log("warn", `ignored a frame from the control plane: ${capText(input.detail)}`)] };
+    case "job_started":
+      return onJobStarted(state, input.ref, input.startedAt);
+    case "job_output":
+      return onJobOutput(state, input);
+    case "job_finished":
+      return onJobFinished(state, input.result);
+    case "drain":
+      return onDrain(state, input.reason, env);
+    case "stop_now":
+      return onStopNow(state, input.reason);
+    default:
+      return unreachable(input, "input");
+  }
+}
+
+function stepConnection(state: State, input: ConnectionInput, env: StepEnv): Step {
+  const connection = state.connection;
+  switch (connection.phase) {
+    case "idle":
+      return stepIdle(state, input, env);
+    case "disconnected":
+      return stepDisconnected(state, input, env);
+    case "connecting":
+      return stepConnecting(state, connection, input, env);
     case "handshaking":
       return stepHandshaking(state, input, env);
     case "connected":
-      return stepConnected(state, input, env);
+      return stepConnected(state, connection, input, env);
     case "stopped":
       return unexpected(state, input, "debug");
+    default:
+      return unreachable(connection, "phase");
   }
 }
 
 // ---- per-phase handlers ----
 
-function stepIdle(state: State, input: Input): Step {
-  if (input.type === "start") return connectNow(state);
-  return unexpected(state, input);
-}
-
-function stepDisconnected(state: State, input: Input): Step {
+function stepIdle(state: State, input: ConnectionInput, env: StepEnv): Step {
   switch (input.type) {
+    case "start":
+      return connectNow(state, env);
     case "timer":
-      if (input.timer === "reconnect") return connectNow(state);
-      if (input.timer === "drain") return onDrainDeadline(state);
-      return ignoreStaleTimer(state, input.timer);
+    case "socket_open":
+    case "connect_failed":
     case "socket_closed":
+    case "message":
     case "pong":
-      return { state, effects: [] }; // late events from a socket already given up on
-    default:
       return unexpected(state, input);
+    default:
+      return unreachable(input, "input");
   }
 }
 
-function stepConnecting(state: State, input: Input, env: StepEnv): Step {
+function stepDisconnected(state: State, input: ConnectionInput, env: StepEnv): Step {
+  switch (input.type) {
+    case "timer":
+      switch (input.timer) {
+        case "reconnect":
+          return connectNow(state, env);
+        case "handshake":
+        case "heartbeat":
+        case "pong":
+          return ignoreStaleTimer(state, input.timer);
+        default:
+          return unreachable(input.timer, "timer");
+      }
+    case "socket_closed":
+    case "pong":
+      return { state, effects: [] }; // late events from a socket already given up on
+    case "start":
+    case "socket_open":
+    case "connect_failed":
+    case "message":
+      return unexpected(state, input);
+    default:
+      return unreachable(input, "input");
+  }
+}
+
+function stepConnecting(
+  state: State,
+  connection: Extract<Connection, { phase: "connecting" }>,
+  input: ConnectionInput,
+  env: StepEnv,
+): Step {
   switch (input.type) {
     case "socket_open": {
       const hello: RunnerMessage = {
@@ -209,8 +346,11 @@ function stepConnecting(state: State, input: Input, env: StepEnv): Step {
         pendingResults: Object.values(state.pending).map((r) => ({ jobId: r.jobId, attempt: r.attempt })),
         labels: state.config.labels,
       };
-      // The handshake timer set at `connect` keeps running until the welcome.
-      return { state: { ...state, phase: "handshaking" }, effects: [{ type: "send", message: hello }] };
+      // The handshake deadline set at `connect` holds until the welcome.
+      return {
+        state: { ...state, connection: { phase: "handshaking", handshakeAt: connection.handshakeAt } },
+        effects: [{ type: "send", message: hello }],
+      };
     }
     case "connect_failed":
       return onConnectFailed(state, input.status, input.reason, env);
@@ -219,22 +359,22 @@ function stepConnecting(state: State, input: Input, env: StepEnv): Step {
         state,
         `the connection closed before it opened (${input.code} ${capText(input.reason)})`,
         env,
-        [clearTimer("handshake")],
       );
     case "timer":
-      if (input.timer === "handshake")
-        return dropConnection(state, `the connection did not open within ${handshakeTimeout(state)} ms`, env);
-      if (input.timer === "drain") return onDrainDeadline(state);
-      return ignoreStaleTimer(state, input.timer);
-    default:
+      return stepAttemptTimer(state, input.timer, env, "the connection did not open");
+    case "start":
+    case "message":
+    case "pong":
       return unexpected(state, input);
+    default:
+      return unreachable(input, "input");
   }
 }
 
-function stepHandshaking(state: State, input: Input, env: StepEnv): Step {
+function stepHandshaking(state: State, input: ConnectionInput, env: StepEnv): Step {
   switch (input.type) {
     case "message":
-      if (input.message.type === "welcome") return onWelcome(state, input.message);
+      if (input.message.type === "welcome") return onWelcome(state, input.message, env);
       if (input.message.type === "error")
         return {
           state,
@@ -244,73 +384,90 @@ function stepHandshaking(state: State, input: Input, env: StepEnv): Step {
         };
       return unexpected(state, input);
     case "timer":
-      if (input.timer === "handshake") {
-        return dropConnection(state, `no welcome from the control plane within ${handshakeTimeout(state)} ms`, env);
-      }
-      if (input.timer === "drain") return onDrainDeadline(state);
-      return ignoreStaleTimer(state, input.timer);
-    case "socket_closed": {
-      const cleared = clearConnectionTimers(state);
-      return reconnectAfterClose(
-        cleared.state,
-        "the control plane closed the connection during the handshake",
-        input,
-        env,
-        cleared.effects,
-      );
-    }
+      return stepAttemptTimer(state, input.timer, env, "no welcome from the control plane");
+    case "socket_closed":
+      return reconnectAfterClose(state, "the control plane closed the connection during the handshake", input, env);
     case "pong":
       return { state, effects: [] };
-    default:
+    case "start":
+    case "socket_open":
+    case "connect_failed":
       return unexpected(state, input);
+    default:
+      return unreachable(input, "input");
   }
 }
 
-function stepConnected(state: State, input: Input, env: StepEnv): Step {
+/** A connection attempt (connecting, then handshaking) holds one deadline: the handshake's. */
+function stepAttemptTimer(state: State, timer: PhaseTimer, env: StepEnv, notYet: string): Step {
+  switch (timer) {
+    case "handshake":
+      return dropConnection(state, `${notYet} within ${handshakeTimeout(state)} ms`, env);
+    case "reconnect":
+    case "heartbeat":
+    case "pong":
+      return ignoreStaleTimer(state, timer);
+    default:
+      return unreachable(timer, "timer");
+  }
+}
+
+function stepConnected(
+  state: State,
+  connection: Extract<Connection, { phase: "connected" }>,
+  input: ConnectionInput,
+  env: StepEnv,
+): Step {
   switch (input.type) {
     case "message":
-      return onControlMessage(state, input.message);
+      return onControlMessage(state, connection, input.message);
     case "pong":
       // A full round trip after the welcome: the link works both ways, so the backoff starts over.
-      return { state: { ...state, awaitingPong: false, failures: 0 }, effects: [clearTimer("pong")] };
+      return { state: { ...state, connection: { ...connection, pongAt: null }, failures: 0 }, effects: [] };
     case "timer":
       switch (input.timer) {
         case "heartbeat":
-          return onHeartbeat(state);
+          return onHeartbeat(state, connection, env);
         case "pong":
-          return dropConnection(state, `no pong within ${state.heartbeatMs} ms: the connection is presumed dead`, env);
-        case "drain":
-          return onDrainDeadline(state);
-        default:
+          return dropConnection(
+            state,
+            `no pong within ${connection.welcome.heartbeatIntervalMs} ms: the connection is presumed dead`,
+            env,
+          );
+        case "reconnect":
+        case "handshake":
           return ignoreStaleTimer(state, input.timer);
+        default:
+          return unreachable(input.timer, "timer");
       }
-    case "socket_closed": {
-      const cleared = clearConnectionTimers(state);
-      return reconnectAfterClose(cleared.state, "the connection closed", input, env, cleared.effects);
-    }
-    default:
+    case "socket_closed":
+      return reconnectAfterClose(state, "the connection closed", input, env);
+    case "start":
+    case "socket_open":
+    case "connect_failed":
       return unexpected(state, input);
+    default:
+      return unreachable(input, "input");
   }
 }
 
 // ---- connection life ----
 
-function onWelcome(state: State, welcome: Extract<ControlMessage, { type: "welcome" }>): Step {
+function onWelcome(state: State, welcome: Welcome, env: StepEnv): Step {
   const paused = welcome.paused === true;
+  const heartbeatMs = welcome.heartbeatIntervalMs;
   const next: State = {
     ...state,
-    phase: "connected",
-    heartbeatMs: welcome.heartbeatIntervalMs,
-    lastHeartbeatMs: welcome.heartbeatIntervalMs,
-    maxFrameBytes: welcome.maxFrameBytes,
-    paused,
-    awaitingPong: false,
+    connection: { phase: "connected", welcome, heartbeatAt: env.now + heartbeatMs, pongAt: null },
+    lastHeartbeatMs: heartbeatMs,
+    // Each welcome says whether this connection starts paused; a local drain outlasts it.
+    mode: isWindingDown(state.mode) ? state.mode : paused ? "paused" : "serving",
   };
   const effects: Effect[] = [
-    clearTimer("handshake"),
-    { type: "set_timer", timer: "heartbeat", ms: welcome.heartbeatIntervalMs },
+    // Before anything is sent on this connection: its frames follow this welcome's limit.
+    { type: "frame_limit", maxFrameBytes: welcome.maxFrameBytes },
     log("info", "connected to the control plane", {
-      heartbeatMs: welcome.heartbeatIntervalMs,
+      heartbeatMs,
       maxFrameBytes: welcome.maxFrameBytes,
       paused,
       running: Object.keys(state.running).length,
@@ -318,9 +475,11 @@ function onWelcome(state: State, welcome: Extract<ControlMessage, { type: "welco
     }),
   ];
   for (const result of Object.values(state.pending))
-    effects.push({ type: "send", message: fitResultFrame(result, next.maxFrameBytes) });
-  if (state.draining) effects.push({ type: "send", message: { type: "goodbye", reason: "draining" } });
+    effects.push({ type: "send", message: fitResultFrame(result, welcome.maxFrameBytes) });
+  if (isWindingDown(state.mode)) effects.push({ type: "send", message: { type: "goodbye", reason: "draining" } });
   else effects.push(...grantFreeSlots(next));
+  // The companions speak after the runner's own frames of this welcome.
+  effects.push({ type: "tell_connected", welcome });
   return finishIfDone({ state: next, effects });
 }
 
@@ -330,7 +489,7 @@ function onWelcome(state: State, welcome: Extract<ControlMessage, { type: "welco
  * exact again the moment it resumes.
  */
 function grantFreeSlots(state: State): Effect[] {
-  if (state.draining) return [];
+  if (isWindingDown(state.mode)) return [];
   const free = state.config.capacity - Object.keys(state.running).length;
   return free > 0 ? [{ type: "send", message: { type: "ready", slots: free } }] : [];
 }
@@ -352,10 +511,10 @@ export function handshakeTimeout(state: State): number {
   return Math.min(ceiling, Math.max(HANDSHAKE_FLOOR_MS, HANDSHAKE_HEARTBEATS * state.lastHeartbeatMs));
 }
 
-function connectNow(state: State): Step {
+function connectNow(state: State, env: StepEnv): Step {
   return {
-    state: { ...state, phase: "connecting" },
-    effects: [{ type: "connect" }, { type: "set_timer", timer: "handshake", ms: handshakeTimeout(state) }],
+    state: { ...state, connection: { phase: "connecting", handshakeAt: env.now + handshakeTimeout(state) } },
+    effects: [{ type: "connect" }],
   };
 }
 
@@ -374,31 +533,29 @@ function onConnectFailed(state: State, status: number | null, wireReason: string
       ExitCode.UPGRADE_REQUIRED,
       `the control plane requires a different runner version (${reason})`,
     );
-  return reconnectLater(state, `cannot connect: ${reason}`, env, [clearTimer("handshake")]);
+  return reconnectLater(state, `cannot connect: ${reason}`, env);
 }
 
-function onHeartbeat(state: State): Step {
-  const ms = state.heartbeatMs ?? 15_000;
-  const effects: Effect[] = [{ type: "set_timer", timer: "heartbeat", ms }];
-  if (state.awaitingPong) return { state, effects };
+/** Pings once per heartbeat; a ping still unanswered keeps its pong deadline (no second ping). */
+function onHeartbeat(state: State, connection: Extract<Connection, { phase: "connected" }>, env: StepEnv): Step {
+  const ms = connection.welcome.heartbeatIntervalMs;
+  const heartbeatAt = env.now + ms;
+  if (connection.pongAt !== null)
+    return { state: { ...state, connection: { ...connection, heartbeatAt } }, effects: [] };
   return {
-    state: { ...state, awaitingPong: true },
-    effects: [{ type: "ping" }, { type: "set_timer", timer: "pong", ms }, ...effects],
+    state: { ...state, connection: { ...connection, heartbeatAt, pongAt: env.now + ms } },
+    effects: [{ type: "ping" }],
   };
 }
 
-function clearConnectionTimers(state: State): Step {
-  const effects: Effect[] = (["handshake", "heartbeat", "pong"] as const).map(clearTimer);
-  return { state: { ...state, awaitingPong: false, heartbeatMs: null }, effects };
+/** The effects of leaving the current phase for good: the companions hear of it if it was connected. */
+function leaveConnection(state: State): Effect[] {
+  return state.connection.phase === "connected" ? [{ type: "tell_disconnected" }] : [];
 }
 
 /** We give up on a live socket (no pong, no welcome): close it and reconnect later. */
 function dropConnection(state: State, reason: string, env: StepEnv): Step {
-  const cleared = clearConnectionTimers(state);
-  return reconnectLater(cleared.state, reason, env, [
-    ...cleared.effects,
-    { type: "close", code: 4001, reason: "heartbeat or handshake timeout" },
-  ]);
+  return reconnectLater(state, reason, env, [{ type: "close", code: 4001, reason: "heartbeat or handshake timeout" }]);
 }
 
 /** Full jitter: a uniform delay in [0, min(cap, base·2^failures)). */
@@ -419,34 +576,34 @@ export function replacedDelay(config: MachineConfig, random: number): number {
 /** The close code of a connection another one of the same runner replaced (PROTOCOL.md, Close codes). */
 export const CLOSE_REPLACED = 4000;
 
-function reconnectAfterClose(
-  state: State,
-  what: string,
-  close: { code: number; reason: string },
-  env: StepEnv,
-  before: Effect[],
-): Step {
+function reconnectAfterClose(state: State, what: string, close: { code: number; reason: string }, env: StepEnv): Step {
   const reason = `${what} (${close.code}${close.reason ? " " + capText(close.reason) : ""})`;
-  if (close.code !== CLOSE_REPLACED) return reconnectLater(state, reason, env, before);
+  if (close.code !== CLOSE_REPLACED) return reconnectLater(state, reason, env);
   const why = `${reason}: another connection with this runner's credential took its place`;
-  return reconnectLater(state, why, env, before, replacedDelay(state.config, env.random));
+  return reconnectLater(state, why, env, [], replacedDelay(state.config, env.random));
 }
 
+/** Leaves the current phase for `disconnected`, with the backoff deadline; `before` are the leaving effects. */
 function reconnectLater(state: State, reason: string, env: StepEnv, before: Effect[] = [], delayMs?: number): Step {
   const ms = delayMs ?? reconnectDelay(state.config, state.failures, env.random);
+  const failures = state.failures + 1;
   return {
-    state: { ...state, phase: "disconnected", failures: state.failures + 1, awaitingPong: false },
+    state: { ...state, connection: { phase: "disconnected", reconnectAt: env.now + ms }, failures },
     effects: [
+      ...leaveConnection(state),
       ...before,
-      log("warn", `${reason}; reconnecting in ${ms} ms`, { reason, delayMs: ms, failures: state.failures + 1 }),
-      { type: "set_timer", timer: "reconnect", ms },
+      log("warn", `${reason}; reconnecting in ${ms} ms`, { reason, delayMs: ms, failures }),
     ],
   };
 }
 
 // ---- messages from the control plane ----
 
-function onControlMessage(state: State, message: ControlMessage): Step {
+function onControlMessage(
+  state: State,
+  connection: Extract<Connection, { phase: "connected" }>,
+  message: ControlMessage,
+): Step {
   switch (message.type) {
     case "assign":
       return onAssign(state, message);
@@ -485,6 +642,8 @@ function onControlMessage(state: State, message: ControlMessage): Step {
     case "devices_resync":
       // The driver hands these to its companions (the device sync); they only land here without one.
       return { state, effects: [log("debug", `ignored ${message.type}: no device sync is attached`)] };
+    default:
+      return unreachable(message, "message");
   }
 }
 
@@ -498,9 +657,9 @@ function onAssign(state: State, assignment: Assignment): Step {
     };
   }
   const busy = Object.keys(state.running).length;
-  const refusal = state.draining
+  const refusal = isWindingDown(state.mode)
     ? "draining"
-    : state.paused
+    : state.mode === "paused"
       ? "paused"
       : busy >= state.config.capacity
         ? `no free slot (${busy}/${state.config.capacity} busy)`
@@ -553,16 +712,27 @@ function onPause(state: State, reason: string): Step {
       running,
     }),
   ];
-  return { state: { ...state, paused: true }, effects };
+  // A local drain already takes no new jobs, and outlasts the pause.
+  return { state: isWindingDown(state.mode) ? state : { ...state, mode: "paused" }, effects };
 }
 
 function onResume(state: State): Step {
-  if (!state.paused) return { state, effects: [log("debug", "resume while not paused; ignored")] };
-  // No `ready`: the control plane kept this connection's credits through the pause.
-  return {
-    state: { ...state, paused: false },
-    effects: [log("info", "resumed by the control plane: taking jobs again")],
-  };
+  switch (state.mode) {
+    case "paused":
+      // No `ready`: the control plane kept this connection's credits through the pause.
+      return {
+        state: { ...state, mode: "serving" },
+        effects: [log("info", "resumed by the control plane: taking jobs again")],
+      };
+    case "serving":
+      return { state, effects: [log("debug", "resume while not paused; ignored")] };
+    case "draining":
+    case "stopping":
+      // A local drain wins over the control plane's resume.
+      return { state, effects: [log("debug", `resume while ${state.mode}; ignored`)] };
+    default:
+      return unreachable(state.mode, "mode");
+  }
 }
 
 // ---- jobs ----
@@ -571,19 +741,19 @@ function onJobStarted(state: State, ref: JobRef, startedAt: string): Step {
   const entry = state.running[keyOf(ref)];
   if (!entry) return { state, effects: [log("warn", `a job reported started that is not running: ${ref.jobId}`)] };
   const next = { ...state, running: { ...state.running, [keyOf(ref)]: { ...entry, started: true } } };
-  return { state: next, effects: whenConnected(state, { type: "started", ...ref, startedAt }) };
+  return { state: next, effects: whenConnected(state, () => ({ type: "started", ...ref, startedAt })) };
 }
 
 function onJobOutput(state: State, input: Extract<Input, { type: "job_output" }>): Step {
   const key = keyOf(input.ref);
   const entry = state.running[key];
   if (!entry) return { state, effects: [] };
-  if (state.phase !== "connected") {
+  if (state.connection.phase !== "connected") {
     const running = { ...state.running, [key]: { ...entry, nextLogSeq: entry.nextLogSeq + 1 } };
     return { state: { ...state, running, droppedLogChunks: state.droppedLogChunks + 1 }, effects: [] };
   }
   // A chunk whose frame would be over the limit in force goes as several, with consecutive seq.
-  const pieces = splitLogData(input.ref, input.stream, input.data, state.maxFrameBytes);
+  const pieces = splitLogData(input.ref, input.stream, input.data, state.connection.welcome.maxFrameBytes);
   const effects: Effect[] = pieces.map((data, i) => ({
     type: "send",
     message: { type: "log", ...input.ref, seq: entry.nextLogSeq + i, stream: input.stream, data },
@@ -603,37 +773,46 @@ function onJobFinished(state: State, result: JobResult): Step {
       `job ${result.jobId} attempt ${result.attempt} ${result.outcome}${result.reason ? `: ${result.reason}` : ""}`,
       { jobId: result.jobId, attempt: result.attempt, outcome: result.outcome, reason: result.reason },
     ),
-    ...whenConnected(state, fitResultFrame(result, state.maxFrameBytes)),
+    ...whenConnected(state, (welcome) => fitResultFrame(result, welcome.maxFrameBytes)),
   ];
-  if (state.phase === "connected" && !state.draining && state.running[key])
+  if (state.connection.phase === "connected" && !isWindingDown(state.mode) && state.running[key])
     effects.push({ type: "send", message: { type: "ready", slots: 1 } });
   return finishIfDone({ state: next, effects });
 }
 
 // ---- draining and stopping ----
 
-function onDrain(state: State, reason: string): Step {
-  if (state.draining) return { state, effects: [log("info", `already draining (${reason})`)] };
+/** A drain or a stop is under way: no new jobs, and the runner stops once it is done. */
+function isWindingDown(mode: Mode): boolean {
+  return mode === "draining" || mode === "stopping";
+}
+
+function onDrain(state: State, reason: string, env: StepEnv): Step {
+  if (isWindingDown(state.mode)) return { state, effects: [log("info", `already draining (${reason})`)] };
   const running = Object.keys(state.running).length;
   const effects: Effect[] = [
     log(
       "info",
       `draining: ${reason}; no new jobs, ${running} running job(s) get ${state.config.drainTimeoutMs} ms to finish`,
     ),
-    { type: "set_timer", timer: "drain", ms: state.config.drainTimeoutMs },
-    ...whenConnected(state, { type: "goodbye", reason: "draining" }),
+    ...whenConnected(state, () => ({ type: "goodbye", reason: "draining" })),
   ];
-  return finishIfDone({ state: { ...state, draining: true }, effects });
+  return finishIfDone({
+    state: { ...state, mode: "draining", drainAt: env.now + state.config.drainTimeoutMs },
+    effects,
+  });
 }
 
-function onDrainDeadline(state: State): Step {
+/** The drain deadline is held while draining only; a timer for it at any other time is stale. */
+function onDrainTimer(state: State): Step {
+  if (state.drainAt === null) return ignoreStaleTimer(state, "drain");
   const effects: Effect[] = Object.values(state.running).map((r) => ({
     type: "cancel_job" as const,
     ref: r.ref,
     reason: "the runner is stopping (drain deadline passed)",
   }));
   effects.unshift(log("warn", `drain deadline passed; cancelling ${effects.length} job(s)`));
-  return finishIfDone({ state: { ...state, stopping: true }, effects });
+  return finishIfDone({ state: { ...state, mode: "stopping", drainAt: null }, effects });
 }
 
 function onStopNow(state: State, reason: string): Step {
@@ -643,7 +822,8 @@ function onStopNow(state: State, reason: string): Step {
     reason: `the runner is stopping (${reason})`,
   }));
   effects.unshift(log("warn", `stopping now (${reason}); cancelling ${effects.length} job(s)`));
-  return finishIfDone({ state: { ...state, draining: true, stopping: true }, effects });
+  // The jobs are cancelled now: a drain deadline has nothing left to do.
+  return finishIfDone({ state: { ...state, mode: "stopping", drainAt: null }, effects });
 }
 
 /**
@@ -652,37 +832,39 @@ function onStopNow(state: State, reason: string): Step {
  */
 function finishIfDone(current: Step): Step {
   const { state } = current;
-  if (!state.draining || Object.keys(state.running).length > 0) return current;
+  if (!isWindingDown(state.mode) || Object.keys(state.running).length > 0) return current;
   const unacked = Object.keys(state.pending).length;
-  if (unacked > 0 && !state.stopping) return current;
+  if (unacked > 0 && state.mode !== "stopping") return current;
   const reason =
     unacked > 0
       ? `stopped with ${unacked} result(s) kept in the outbox for the next start`
       : "drained: every job finished and every result was acknowledged";
-  const stopped = stopWith(state, ExitCode.OK, reason);
-  return { state: stopped.state, effects: [...current.effects, ...stopped.effects] };
+  const done = stopWith(state, ExitCode.OK, reason);
+  return { state: done.state, effects: [...current.effects, ...done.effects] };
 }
 
 function stopWith(state: State, code: number, reason: string): Step {
-  const effects: Effect[] = [...(["reconnect", "handshake", "heartbeat", "pong", "drain"] as const).map(clearTimer)];
-  if (state.phase === "connected" || state.phase === "handshaking")
+  const effects: Effect[] = leaveConnection(state);
+  if (state.connection.phase === "connected" || state.connection.phase === "handshaking")
     effects.push({ type: "close", code: 1000, reason: "runner stopping" });
   effects.push(log(code === ExitCode.OK ? "info" : "error", reason), { type: "exit", code, reason });
-  return { state: { ...state, phase: "stopped" }, effects };
+  return { state: stopped(state), effects };
+}
+
+/** Stopped holds no deadline: nothing wakes it again. */
+function stopped(state: State): State {
+  return { ...state, connection: { phase: "stopped" }, drainAt: null };
 }
 
 // ---- helpers ----
 
-function clearTimer(timer: TimerName): Effect {
-  return { type: "clear_timer", timer };
-}
-
-function whenConnected(state: State, message: RunnerMessage): Effect[] {
-  return state.phase === "connected" ? [{ type: "send", message }] : [];
+/** A frame for the current connection, built with its welcome's limits; nothing while not connected. */
+function whenConnected(state: State, build: (welcome: Welcome) => RunnerMessage): Effect[] {
+  return state.connection.phase === "connected" ? [{ type: "send", message: build(state.connection.welcome) }] : [];
 }
 
 function ignoreStaleTimer(state: State, timer: TimerName): Step {
-  return { state, effects: [log("debug", `ignored the ${timer} timer in phase ${state.phase}`)] };
+  return { state, effects: [log("debug", `ignored the ${timer} timer in phase ${state.connection.phase}`)] };
 }
 
 function unexpected(state: State, input: Input, level: LogLevel = "warn"): Step {
@@ -692,9 +874,5 @@ function unexpected(state: State, input: Input, level: LogLevel = "warn"): Step 
       : input.type === "timer"
         ? `timer ${input.timer}`
         : input.type;
-  return { state, effects: [log(level, `unexpected ${what} in phase ${state.phase}; ignored`)] };
-}
-
-function log(level: LogLevel, message: string, fields?: Record<string, unknown>): Effect {
-  return fields ? { type: "log", level, message, fields } : { type: "log", level, message };
+  return { state, effects: [log(level, `unexpected ${what} in phase ${state.connection.phase}; ignored`)] };
 }

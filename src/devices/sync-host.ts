@@ -1,12 +1,16 @@
-// The thin shell around the device sync core (sync.ts): scans on one timer while the channel
+// The thin shell around the device sync core (sync.ts): scans on a timer while the channel
 // is connected (and at once on each connect, and on demand), feeds the results and the
 // control plane's answers to `stepSync`, sends what it says over the channel (as a channel
-// companion, see channel/driver.ts) and writes the confirmed state to disk, one write at a
-// time, the latest winning.
+// companion, see channel/driver.ts: the channel machine says when it is connected) and writes
+// the confirmed state to disk, one write at a time, the latest winning. Its one timer wakes
+// for the core's deadline or the next scan, armed as the channel driver arms its own.
 import type { ChannelCompanion } from "../channel/driver.js";
+import { unreachable } from "../errors.js";
 import { stateFiles } from "../config/paths.js";
 import type { Logger } from "../log/logger.js";
+import { performLog } from "../log/log-effect.js";
 import type { ControlMessage, RunnerMessage } from "../protocol/channel.js";
+import { DeadlineTimer, earliest, systemClock, type Clock, type Deadline } from "../time/deadline.js";
 import type { Device } from "./device.js";
 import type { Confirmed } from "./diff.js";
 import type { DeviceProviderName } from "./provider-names.js";
@@ -21,7 +25,11 @@ import {
   type SyncInput,
   type SyncPhase,
   type SyncState,
+  type SyncTimer,
 } from "./sync.js";
+
+/** The host's wake-ups: the core's deadline, or the next scan. */
+type HostTimer = SyncTimer | "scan";
 
 /** The device settings, each with its value (config/normalize.ts builds them from the runner's settings). */
 export interface DeviceSyncSettings {
@@ -40,7 +48,8 @@ export interface DeviceSyncOptions {
   providers?: DeviceProvider[];
   /** An unacknowledged device message is re-sent after this long (default 30 s). */
   ackTimeoutMs?: number;
-  now?: () => number;
+  /** The clock of the core's times (the channel driver's, by default: the system clock). */
+  now?: Clock;
 }
 
 export interface DeviceSyncStatus {
@@ -90,8 +99,8 @@ class DeviceSyncHost {
   private scanIntervalMs: number;
   private readonly providerTimeoutMs: number;
   private readonly stateFile: string;
-  private readonly now: () => number;
-  private timer: NodeJS.Timeout | null = null;
+  private readonly now: Clock;
+  private readonly timer: DeadlineTimer<HostTimer>;
   private nextScanAt: number | null = null;
   private scanning: Promise<void> | null = null;
   private scanAgain = false;
@@ -112,7 +121,9 @@ class DeviceSyncHost {
     this.scanIntervalMs = this.defaultScanIntervalMs;
     this.providerTimeoutMs = s.deviceProviderTimeoutMs;
     this.stateFile = stateFiles(options.stateDir).devices;
-    this.now = options.now ?? Date.now;
+    this.now = options.now ?? systemClock;
+    // Unreferenced: the channel's own timer keeps the daemon alive; this one must not keep a finished process up.
+    this.timer = new DeadlineTimer(this.now, (due) => this.wake(due), true);
     const config = {
       batchSize: s.deviceBatchSize,
       refreshMs: s.deviceRefreshMs,
@@ -176,8 +187,7 @@ class DeviceSyncHost {
 
   async close(): Promise<void> {
     this.closed = true;
-    if (this.timer) clearTimeout(this.timer);
-    this.timer = null;
+    this.timer.cancel();
     await this.scanning;
     await this.writing;
   }
@@ -261,8 +271,9 @@ class DeviceSyncHost {
         this.writing ??= this.writeConfirmed();
         return;
       case "log":
-        this.options.logger[effect.level](effect.fields ?? {}, effect.message);
-        return;
+        return performLog(this.options.logger, effect);
+      default:
+        return unreachable(effect, "effect");
     }
   }
 
@@ -285,33 +296,25 @@ class DeviceSyncHost {
 
   // ---- the one timer ----
 
-  /** Wakes for the next scan (only while connected) or the in-flight message's deadline, whichever is first. */
+  /** Arms the timer for the core's deadline or the next scan (only while connected), whichever is first. */
   private schedule(): void {
-    if (this.timer) clearTimeout(this.timer);
-    this.timer = null;
-    if (this.closed || !this.core) return;
+    if (this.closed || !this.core) return this.timer.cancel();
     const connected = this.core.phase !== "offline";
-    const times = [nextDeadline(this.core), connected && !this.scanning ? this.nextScanAt : null].filter(
-      (t): t is number => t !== null,
-    );
-    if (times.length === 0) return;
-    const delay = Math.max(0, Math.min(...times) - this.now());
-    this.timer = setTimeout(() => this.wake(), delay);
-    // The channel's own timers keep the daemon alive; this one must not keep a finished process up.
-    this.timer.unref();
+    const scan: Deadline<HostTimer> | null =
+      connected && !this.scanning && this.nextScanAt !== null ? { timer: "scan", at: this.nextScanAt } : null;
+    this.timer.arm(earliest<HostTimer>([nextDeadline(this.core), scan]));
   }
 
-  private wake(): void {
-    this.timer = null;
-    const now = this.now();
-    if (
-      this.core &&
-      this.core.phase !== "offline" &&
-      !this.scanning &&
-      this.nextScanAt !== null &&
-      now >= this.nextScanAt
-    )
-      void this.rescan();
-    this.feed({ type: "tick", now });
+  private wake(due: Deadline<HostTimer>): void {
+    switch (due.timer) {
+      case "scan":
+        // Scanning, the timer waits for the core's deadline only; the scan's end arms the next one.
+        void this.rescan();
+        return this.schedule();
+      case "ack":
+        return this.feed({ type: "timer", timer: "ack", now: this.now() });
+      default:
+        return unreachable(due.timer, "timer");
+    }
   }
 }

@@ -1,6 +1,7 @@
 // The agent's device sync session, sans-IO: `stepSync(state, input)` returns the next state
 // and the effects (send a message, persist the confirmed state, log). Time comes in the
-// inputs; `nextDeadline` says when the caller should feed a `tick`. One message is in flight
+// inputs; `nextDeadline` says when the caller should feed the `ack` timer back (the one time
+// model of the sans-IO cores, see time/deadline.ts). One message is in flight
 // at a time: the summary after a connect, then batches of a full snapshot (when the control
 // plane asks for one) or of the diff, each acknowledged before the next goes out.
 //
@@ -8,8 +9,11 @@
 //                             │                                  │ ack of the last batch
 //                             └──resync──> snapshot ─────────────┘
 //   (any phase) ──disconnected──> offline; an unacknowledged batch is re-sent first on the next connect
+import { unreachable } from "../errors.js";
+import { logEffect as log, type LogEffect } from "../log/log-effect.js";
 import type { RunnerMessage } from "../protocol/channel.js";
 import { digestOf, type DevicesBatchMessage, type DevicesSummaryMessage } from "../protocol/devices.js";
+import type { Deadline } from "../time/deadline.js";
 import type { Device } from "./device.js";
 import {
   diffInventory,
@@ -73,13 +77,17 @@ export type SyncInput =
   | { type: "scanned"; now: number; devices: readonly Device[] }
   | { type: "ack"; now: number; batchId: string }
   | { type: "resync"; now: number; batchId?: string; reason: string }
-  | { type: "tick"; now: number };
+  /** The deadline `nextDeadline` named has come (or passed: a re-send is due from then on). */
+  | { type: "timer"; timer: SyncTimer; now: number };
+
+/** The core's one timer: the in-flight message's acknowledgement is overdue. */
+export type SyncTimer = "ack";
 
 export type SyncEffect =
   | { type: "send"; message: RunnerMessage }
   /** Write the confirmed state to disk (a later one supersedes an earlier one not yet written). */
   | { type: "persist"; confirmed: Confirmed }
-  | { type: "log"; level: "debug" | "info" | "warn"; message: string; fields?: Record<string, unknown> };
+  | LogEffect;
 
 export interface SyncStep {
   state: SyncState;
@@ -109,10 +117,11 @@ export function initialSyncState(config: SyncConfig, confirmed: Confirmed = new 
   };
 }
 
-/** When the in-flight message times out (feed a `tick` then); null when nothing waits. */
-export function nextDeadline(state: SyncState): number | null {
+/** When the in-flight message times out (feed the `ack` timer then); null when nothing waits. */
+export function nextDeadline(state: SyncState): Deadline<SyncTimer> | null {
   if (state.phase === "offline" || !state.inFlight) return null;
-  return state.inFlight.sentAt + state.config.ackTimeoutMs * Math.min(MAX_BACKOFF_FACTOR, 2 ** state.inFlight.timeouts);
+  const wait = state.config.ackTimeoutMs * Math.min(MAX_BACKOFF_FACTOR, 2 ** state.inFlight.timeouts);
+  return { timer: "ack", at: state.inFlight.sentAt + wait };
 }
 
 export function stepSync(state: SyncState, input: SyncInput): SyncStep {
@@ -137,8 +146,10 @@ export function stepSync(state: SyncState, input: SyncInput): SyncStep {
       return onAck(state, input.batchId, input.now);
     case "resync":
       return onResync(state, input);
-    case "tick":
-      return onTick(state, input.now);
+    case "timer":
+      return onAckTimer(state, input.now);
+    default:
+      return unreachable(input, "input");
   }
 }
 
@@ -156,7 +167,8 @@ function onConnected(state: SyncState, input: Extract<SyncInput, { type: "connec
   // twice is harmless, and once acknowledged the summary below includes it.
   if (state.inFlight?.message.type === "devices") {
     return resend(
-      { ...next, inFlight: { ...state.inFlight, timeouts: 0 } },
+      next,
+      { ...state.inFlight, timeouts: 0 },
       input.now,
       "re-sending the device batch not acknowledged before the reconnect",
     );
@@ -222,12 +234,13 @@ function onResync(state: SyncState, input: Extract<SyncInput, { type: "resync" }
   return pump(next, input.now, effects);
 }
 
-function onTick(state: SyncState, now: number): SyncStep {
+function onAckTimer(state: SyncState, now: number): SyncStep {
   const deadline = nextDeadline(state);
-  if (deadline === null || now < deadline || !state.inFlight) return { state, effects: [] };
+  if (deadline === null || now < deadline.at || !state.inFlight) return { state, effects: [] };
   const { message, timeouts } = state.inFlight;
   return resend(
-    { ...state, inFlight: { ...state.inFlight, timeouts: timeouts + 1 } },
+    state,
+    { ...state.inFlight, timeouts: timeouts + 1 },
     now,
     `no acknowledgement of ${message.type} ${message.batchId} in ${now - state.inFlight.sentAt} ms; re-sending it`,
   );
@@ -308,8 +321,7 @@ function send(
 }
 
 /** Sends the in-flight message again, unchanged (same batch id). */
-function resend(state: SyncState, now: number, why: string): SyncStep {
-  const inFlight = state.inFlight!;
+function resend(state: SyncState, inFlight: InFlight, now: number, why: string): SyncStep {
   return {
     state: { ...state, inFlight: { ...inFlight, sentAt: now } },
     effects: [log("info", why, { batchId: inFlight.message.batchId }), { type: "send", message: inFlight.message }],
@@ -332,8 +344,4 @@ function limitsOf(state: SyncState) {
 /** The id the next message gets. */
 function batchId(state: SyncState): string {
   return `${state.config.idPrefix}-${state.batchCount + 1}`;
-}
-
-function log(level: "debug" | "info" | "warn", message: string, fields?: Record<string, unknown>): SyncEffect {
-  return fields ? { type: "log", level, message, fields } : { type: "log", level, message };
 }

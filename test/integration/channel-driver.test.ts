@@ -8,7 +8,7 @@ import https from "node:https";
 import path from "node:path";
 import { readFileSync } from "node:fs";
 import { spawnSync } from "node:child_process";
-import { ChannelDriver, type DriverPorts } from "../../src/channel/driver.js";
+import { ChannelDriver, type ChannelCompanion, type DriverPorts } from "../../src/channel/driver.js";
 import type { MachineConfig } from "../../src/channel/machine.js";
 import { encode, type Assignment, type RunnerMessage } from "../../src/protocol/channel.js";
 import { register } from "../../src/api-client/runner-api.js";
@@ -69,30 +69,40 @@ function loopbackServer(t: TestContext): WebSocketServer {
   return server;
 }
 
+/**
+ * A peer that answers each hello with a welcome of `maxFrameBytes`: the sockets it holds and
+ * every message it received, in order.
+ */
+function welcomingPeer(server: WebSocketServer, maxFrameBytes: number) {
+  const sockets: WebSocket[] = [];
+  const received: RunnerMessage[] = [];
+  server.on("connection", (socket) => {
+    sockets.push(socket);
+    socket.on("message", (data) => {
+      const message = JSON.parse(data.toString()) as RunnerMessage;
+      received.push(message);
+      if (message.type !== "hello") return;
+      socket.send(
+        encode({
+          type: "welcome",
+          protocolVersion: 1,
+          heartbeatIntervalMs: 5_000,
+          leaseMs: 60_000,
+          maxFrameBytes,
+          fenced: [],
+          paused: false,
+        }),
+      );
+    });
+  });
+  return { sockets, received };
+}
+
 describe("the channel driver", { timeout: 60_000 }, () => {
   test("malformed, unknown and oversized frames are logged and survived", async (t) => {
     const server = loopbackServer(t);
-    const hellos: RunnerMessage[] = [];
-    const sockets: WebSocket[] = [];
-    server.on("connection", (socket) => {
-      sockets.push(socket);
-      socket.on("message", (data) => {
-        const message = JSON.parse(data.toString()) as RunnerMessage;
-        if (message.type !== "hello") return;
-        hellos.push(message);
-        socket.send(
-          encode({
-            type: "welcome",
-            protocolVersion: 1,
-            heartbeatIntervalMs: 5_000,
-            leaseMs: 60_000,
-            maxFrameBytes: 65_536,
-            fenced: [],
-            paused: false,
-          }),
-        );
-      });
-    });
+    const { sockets, received } = welcomingPeer(server, 65_536);
+    const hellos = () => received.filter((m) => m.type === "hello");
     await new Promise((r) => server.once("listening", r));
     const port = (server.address() as AddressInfo).port;
     const capture = captureLogger();
@@ -110,7 +120,7 @@ describe("the channel driver", { timeout: 60_000 }, () => {
     );
     void driver.start();
     t.after(() => driver.dispose());
-    await until(() => driver.current.phase === "connected", "the welcome");
+    await until(() => driver.current.connection.phase === "connected", "the welcome");
 
     const socket = sockets[0]!;
     socket.send("this is not JSON");
@@ -125,13 +135,13 @@ describe("the channel driver", { timeout: 60_000 }, () => {
     assert.match(logs, /unknown message type \\"launch_missiles\\"/);
     assert.match(logs, /assign: attempt: Required/);
     assert.match(logs, /a binary frame/);
-    assert.equal(driver.current.phase, "connected", "still connected after four bad frames");
+    assert.equal(driver.current.connection.phase, "connected", "still connected after four bad frames");
 
     socket.send("x".repeat(100_000)); // over the 64 KiB frame limit: ws closes with 1009
-    await until(() => hellos.length === 2, "a reconnect after the oversized frame");
+    await until(() => hellos().length === 2, "a reconnect after the oversized frame");
     assert.match(capture.text(), /socket error: Max payload size exceeded/);
     assert.deepEqual(
-      (hellos[1] as Extract<RunnerMessage, { type: "hello" }>).running,
+      (hellos()[1] as Extract<RunnerMessage, { type: "hello" }>).running,
       [{ jobId: "j1", attempt: 1 }],
       "the job survived the reconnect",
     );
@@ -187,7 +197,7 @@ describe("the channel driver", { timeout: 60_000 }, () => {
       10_000,
     );
     assert.equal(upgrades, 0, "no WebSocket was ever opened to the untrusted server");
-    assert.notEqual(driver.current.phase, "connected");
+    assert.notEqual(driver.current.connection.phase, "connected");
   });
 
   test(
@@ -234,7 +244,11 @@ describe("the channel driver", { timeout: 60_000 }, () => {
       );
       t.after(() => drivers.forEach((d) => d.dispose()));
       for (const driver of drivers) void driver.start();
-      await until(() => drivers.every((d) => d.current.phase === "connected"), "the whole fleet to connect", 20_000);
+      await until(
+        () => drivers.every((d) => d.current.connection.phase === "connected"),
+        "the whole fleet to connect",
+        20_000,
+      );
 
       await plane.cp.close();
       const restartedAt = process.hrtime.bigint();
@@ -258,25 +272,54 @@ describe("the channel driver", { timeout: 60_000 }, () => {
     },
   );
 
+  test("a companion hears of the connection after the welcome's own frames, sends within its frame limit on that connection only, and hears of its loss", async (t) => {
+    const server = loopbackServer(t);
+    const { sockets, received } = welcomingPeer(server, 1024);
+    await new Promise((r) => server.once("listening", r));
+    const heard: string[] = [];
+    const sends: ((message: RunnerMessage) => boolean)[] = [];
+    const companion: ChannelCompanion = {
+      onConnected: (sendOnThis, welcome) => {
+        heard.push(`connected ${welcome.maxFrameBytes}`);
+        sends.push(sendOnThis);
+      },
+      onDisconnected: () => void heard.push("disconnected"),
+      onMessage: () => false,
+    };
+    const driver = new ChannelDriver(
+      config("rnr_dddddddddddddddddddddddd"),
+      {},
+      {
+        url: `ws://127.0.0.1:${(server.address() as AddressInfo).port}/api/v1/channel`,
+        credential: "rnc_test-credential-not-secret-here",
+        maxFrameBytes: 1 << 20,
+        logger: captureLogger().logger,
+        ports: recordingPorts().ports,
+        companions: [companion],
+      },
+    );
+    void driver.start();
+    t.after(() => driver.dispose());
+    await until(() => heard.length === 1, "the companion to hear of the connection");
+    assert.deepEqual(heard, ["connected 1024"]);
+    const sendOnFirst = sends[0]!;
+    assert.equal(sendOnFirst({ type: "goodbye", reason: "x".repeat(2000) }), false, "over the welcome's limit");
+    assert.equal(sendOnFirst({ type: "goodbye", reason: "companion" }), true);
+    await until(() => received.length === 3, "the companion's frame");
+    assert.deepEqual(
+      received.map((m) => m.type),
+      ["hello", "ready", "goodbye"],
+      "the welcome's own ready goes first",
+    );
+    sockets[0]!.terminate();
+    await until(() => heard.length === 2, "the companion to hear of the loss");
+    assert.deepEqual(heard, ["connected 1024", "disconnected"]);
+    assert.equal(sendOnFirst({ type: "goodbye", reason: "late" }), false, "a send bound to a gone connection");
+  });
+
   test("a huge unknown frame, error message or cancel reason from the control plane makes a bounded log line", async (t) => {
     const server = loopbackServer(t);
-    const sockets: WebSocket[] = [];
-    server.on("connection", (socket) => {
-      sockets.push(socket);
-      socket.on("message", () =>
-        socket.send(
-          encode({
-            type: "welcome",
-            protocolVersion: 1,
-            heartbeatIntervalMs: 5_000,
-            leaseMs: 60_000,
-            maxFrameBytes: 1 << 20,
-            fenced: [],
-            paused: false,
-          }),
-        ),
-      );
-    });
+    const { sockets } = welcomingPeer(server, 1 << 20);
     await new Promise((r) => server.once("listening", r));
     const capture = captureLogger();
     const { ports, started } = recordingPorts();
@@ -293,7 +336,7 @@ describe("the channel driver", { timeout: 60_000 }, () => {
     );
     void driver.start();
     t.after(() => driver.dispose());
-    await until(() => driver.current.phase === "connected", "the welcome");
+    await until(() => driver.current.connection.phase === "connected", "the welcome");
 
     const huge = "\u0001".repeat(150_000); // 900 KB once escaped
     const socket = sockets[0]!;
@@ -306,7 +349,7 @@ describe("the channel driver", { timeout: 60_000 }, () => {
     assert.ok(longestLine() < 16_000, `the longest log line is ${longestLine()} characters`);
     socket.send(JSON.stringify({ type: "cancel", jobId: "j1", attempt: 1, reason: "y".repeat(1024) }));
     socket.send(JSON.stringify({ type: "pause", reason: "z".repeat(1024) }));
-    await until(() => driver.current.paused, "the pause");
+    await until(() => driver.current.mode === "paused", "the pause");
     assert.match(capture.text(), /unknown message type/);
     assert.match(capture.text(), /could not use a frame/);
     assert.ok(longestLine() < 16_000, `the longest log line is ${longestLine()} characters`);

@@ -130,7 +130,7 @@ function startRunner(
 function settled(runner: TestRunner): boolean {
   const status = runner.sync.status();
   return (
-    runner.driver.current.phase === "connected" &&
+    runner.driver.current.connection.phase === "connected" &&
     status.phase === "diff" &&
     status.inventory !== null &&
     status.inFlight === null

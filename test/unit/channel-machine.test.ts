@@ -2,7 +2,10 @@
 import { describe, test } from "node:test";
 import assert from "node:assert/strict";
 import {
+  abandon,
+  deadlines,
   initialState,
+  nextDeadline,
   reconnectDelay,
   replacedDelay,
   step,
@@ -10,6 +13,7 @@ import {
   type Input,
   type MachineConfig,
   type State,
+  type TimerName,
 } from "../../src/channel/machine.js";
 import { encode, type Assignment, type ControlMessage, type JobResult } from "../../src/protocol/channel.js";
 import { ExitCode } from "../../src/errors.js";
@@ -77,18 +81,21 @@ function connected(held: Parameters<typeof initialState>[1] = {}): State {
 const sent = (effects: Effect[]) =>
   effects.filter((e) => e.type === "send").map((e) => (e as Extract<Effect, { type: "send" }>).message);
 const types = (effects: Effect[]) => effects.filter((e) => e.type !== "log").map((e) => e.type);
+/** When the state's `timer` deadline falls (env.now is 0 here, so it is also the delay); undefined when it holds none. */
+const deadlineOf = (state: State, timer: TimerName) => deadlines(state).find((d) => d.timer === timer)?.at;
 
 describe("the channel state machine", () => {
   test("starting connects, with the configured handshake timeout while no welcome has been seen", () => {
     const { state, effects } = run(initialState(config), { type: "start" });
-    assert.equal(state.phase, "connecting");
-    assert.deepEqual(effects, [{ type: "connect" }, { type: "set_timer", timer: "handshake", ms: 10_000 }]);
+    assert.equal(state.connection.phase, "connecting");
+    assert.deepEqual(effects, [{ type: "connect" }]);
+    assert.deepEqual(nextDeadline(state), { timer: "handshake", at: 10_000 });
   });
 
   test("an open socket gets a hello stating capacity, running jobs and held results", () => {
     const held = { running: [{ jobId: "j1", attempt: 2 }], pending: [result("j0")] };
     const { state, effects } = run(initialState(config, held), { type: "start" }, { type: "socket_open" });
-    assert.equal(state.phase, "handshaking");
+    assert.equal(state.connection.phase, "handshaking");
     assert.deepEqual(sent(effects), [
       {
         type: "hello",
@@ -101,8 +108,9 @@ describe("the channel state machine", () => {
         labels: ["linux"],
       },
     ]);
-    assert.ok(
-      !effects.some((e) => e.type === "set_timer"),
+    assert.deepEqual(
+      nextDeadline(state),
+      { timer: "handshake", at: 10_000 },
       "the handshake timer set at connect keeps running to the welcome",
     );
   });
@@ -115,8 +123,8 @@ describe("the channel state machine", () => {
       { type: "socket_open" },
       { type: "message", message: welcome },
     );
-    assert.equal(state.phase, "connected");
-    assert.ok(effects.some((e) => e.type === "set_timer" && e.timer === "heartbeat" && e.ms === 1000));
+    assert.equal(state.connection.phase, "connected");
+    assert.equal(deadlineOf(state, "heartbeat"), 1000);
     assert.deepEqual(sent(effects), [
       { type: "result", result: result("j0") },
       { type: "ready", slots: 1 },
@@ -217,16 +225,17 @@ describe("the channel state machine", () => {
     assert.ok(!types(effects).includes("cancel_job"));
     const hello = sent(effects)[0] as Extract<ReturnType<typeof sent>[number], { type: "hello" }>;
     assert.deepEqual(hello.running, [{ jobId: "j1", attempt: 1 }]);
-    assert.equal(state.phase, "handshaking");
+    assert.equal(state.connection.phase, "handshaking");
   });
 
   test("a heartbeat sends a ping and arms the pong timeout; a pong disarms it", () => {
     const beat = run(connected(), { type: "timer", timer: "heartbeat" });
-    assert.deepEqual(types(beat.effects), ["ping", "set_timer", "set_timer"]);
-    assert.ok(beat.state.awaitingPong);
+    assert.deepEqual(types(beat.effects), ["ping"]);
+    assert.equal(deadlineOf(beat.state, "heartbeat"), 1000);
+    assert.equal(deadlineOf(beat.state, "pong"), 1000);
     const pong = run(beat.state, { type: "pong" });
-    assert.deepEqual(pong.effects, [{ type: "clear_timer", timer: "pong" }]);
-    assert.equal(pong.state.awaitingPong, false);
+    assert.deepEqual(pong.effects, []);
+    assert.equal(deadlineOf(pong.state, "pong"), undefined);
   });
 
   test("no pong within the interval drops the connection and reconnects with backoff", () => {
@@ -235,16 +244,16 @@ describe("the channel state machine", () => {
       { type: "timer", timer: "heartbeat" },
       { type: "timer", timer: "pong" },
     );
-    assert.equal(state.phase, "disconnected");
+    assert.equal(state.connection.phase, "disconnected");
     assert.ok(effects.some((e) => e.type === "close"));
     assert.ok(effects.some((e) => e.type === "log" && /no pong within 1000 ms/.test(e.message)));
-    assert.ok(effects.some((e) => e.type === "set_timer" && e.timer === "reconnect"));
+    assert.notEqual(deadlineOf(state, "reconnect"), undefined);
   });
 
   test("waiting a long time for a job is not a connection failure", () => {
     let state = connected();
     for (let i = 0; i < 100; i++) state = run(state, { type: "timer", timer: "heartbeat" }, { type: "pong" }).state;
-    assert.equal(state.phase, "connected");
+    assert.equal(state.connection.phase, "connected");
     assert.equal(state.failures, 0);
   });
 
@@ -257,8 +266,7 @@ describe("the channel state machine", () => {
         { type: "connect_failed", status: i % 2 ? 503 : null, reason: "x" },
         { now: 0, random: 0.999 },
       );
-      const timer = failed.effects.find((e) => e.type === "set_timer" && e.timer === "reconnect") as { ms: number };
-      delays.push(timer.ms);
+      delays.push(deadlineOf(failed.state, "reconnect") ?? -1);
       state = run(failed.state, { type: "timer", timer: "reconnect" }).state;
     }
     assert.deepEqual(delays.slice(0, 5), [999, 1998, 3996, 7992, 15984]);
@@ -266,7 +274,7 @@ describe("the channel state machine", () => {
       delays.slice(5).every((d) => d === 29_970),
       "capped at reconnectCapMs",
     );
-    assert.equal(state.phase, "connecting");
+    assert.equal(state.connection.phase, "connecting");
   });
 
   test("full jitter spreads the delay uniformly from zero to the ceiling", () => {
@@ -311,9 +319,7 @@ describe("the channel state machine", () => {
         { type: "timer", timer: "heartbeat" },
       ).state;
       const dropped = step(state, { type: "timer", timer: "pong" }, { now: 0, random: 0.999 });
-      ceilings.push(
-        (dropped.effects.find((e) => e.type === "set_timer" && e.timer === "reconnect") as { ms: number }).ms,
-      );
+      ceilings.push(deadlineOf(dropped.state, "reconnect") ?? -1);
       state = run(
         dropped.state,
         { type: "timer", timer: "reconnect" },
@@ -333,12 +339,12 @@ describe("the channel state machine", () => {
         { type: "socket_open" },
         { type: "message", message },
       ).state;
-      const { effects } = run(
+      const attempt = run(
         state,
         { type: "socket_closed", code: 1006, reason: "" },
         { type: "timer", timer: "reconnect" },
-      );
-      return (effects.find((e) => e.type === "set_timer" && e.timer === "handshake") as { ms: number }).ms;
+      ).state;
+      return deadlineOf(attempt, "handshake");
     };
     assert.equal(attemptTimeout(1000), 2000);
     assert.equal(attemptTimeout(300), 2000, "never under the floor");
@@ -348,37 +354,33 @@ describe("the channel state machine", () => {
 
   test("an attempt that does not open before the handshake timer is given up and retried with backoff", () => {
     const { state, effects } = run(initialState(config), { type: "start" }, { type: "timer", timer: "handshake" });
-    assert.equal(state.phase, "disconnected");
+    assert.equal(state.connection.phase, "disconnected");
     assert.ok(
       effects.some((e) => e.type === "close"),
       "the half-made socket is dropped",
     );
-    assert.ok(effects.some((e) => e.type === "set_timer" && e.timer === "reconnect"));
+    assert.notEqual(deadlineOf(state, "reconnect"), undefined);
     assert.equal(state.failures, 1);
   });
 
   test("after close 4000 replaced the runner waits between half the reconnect cap and the cap, whatever its failure count", () => {
     for (const random of [0, 0.5, 0.999]) {
-      const { state, effects } = step(
+      const { state } = step(
         connected(),
         { type: "socket_closed", code: 4000, reason: "replaced" },
         { now: 0, random },
       );
-      const delay = (effects.find((e) => e.type === "set_timer" && e.timer === "reconnect") as { ms: number }).ms;
+      const delay = deadlineOf(state, "reconnect") ?? -1;
       assert.equal(delay, replacedDelay(config, random));
       assert.ok(delay >= config.reconnectCapMs / 2 && delay < config.reconnectCapMs, `${delay}`);
-      assert.equal(state.phase, "disconnected");
+      assert.equal(state.connection.phase, "disconnected");
     }
     const other = step(
       connected(),
       { type: "socket_closed", code: 1001, reason: "going away" },
       { now: 0, random: 0.5 },
     );
-    assert.equal(
-      (other.effects.find((e) => e.type === "set_timer" && e.timer === "reconnect") as { ms: number }).ms,
-      500,
-      "other closes use the backoff",
-    );
+    assert.equal(deadlineOf(other.state, "reconnect"), 500, "other closes use the backoff");
   });
 
   test("401 stops with the needs-operator code instead of reconnecting", () => {
@@ -387,10 +389,10 @@ describe("the channel state machine", () => {
       { type: "start" },
       { type: "connect_failed", status: 401, reason: "HTTP 401 credential_revoked" },
     );
-    assert.equal(state.phase, "stopped");
+    assert.equal(state.connection.phase, "stopped");
     const exit = effects.find((e) => e.type === "exit") as Extract<Effect, { type: "exit" }>;
     assert.equal(exit.code, ExitCode.NEEDS_OPERATOR);
-    assert.ok(!effects.some((e) => e.type === "set_timer"));
+    assert.equal(nextDeadline(state), null);
   });
 
   test("426 stops with the upgrade-required code", () => {
@@ -409,7 +411,7 @@ describe("the channel state machine", () => {
       { type: "socket_open" },
       { type: "timer", timer: "handshake" },
     );
-    assert.equal(state.phase, "disconnected");
+    assert.equal(state.connection.phase, "disconnected");
     assert.ok(effects.some((e) => e.type === "close"));
   });
 
@@ -451,7 +453,7 @@ describe("the channel state machine", () => {
       { type: "drain", reason: "SIGTERM" },
     );
     assert.deepEqual(sent(effects), [{ type: "goodbye", reason: "draining" }]);
-    assert.ok(effects.some((e) => e.type === "set_timer" && e.timer === "drain" && e.ms === 5000));
+    assert.equal(deadlineOf(state, "drain"), 5000);
     ({ state, effects } = run(state, { type: "message", message: assignment("j2") }));
     assert.deepEqual(sent(effects), [{ type: "reject", jobId: "j2", attempt: 1, reason: "draining" }]);
     ({ state, effects } = run(state, { type: "job_finished", result: result("j1") }));
@@ -462,7 +464,7 @@ describe("the channel state machine", () => {
       message: { type: "result_ack", jobId: "j1", attempt: 1, applied: true },
     }));
     assert.equal((effects.find((e) => e.type === "exit") as { code: number }).code, ExitCode.OK);
-    assert.equal(state.phase, "stopped");
+    assert.equal(state.connection.phase, "stopped");
   });
 
   test("past the drain deadline running jobs are cancelled", () => {
@@ -484,7 +486,7 @@ describe("the channel state machine", () => {
     );
     assert.deepEqual(types(effects), ["cancel_job"]);
     ({ state, effects } = run(state, { type: "job_finished", result: { ...result("j1"), outcome: "cancelled" } }));
-    assert.equal(state.phase, "stopped");
+    assert.equal(state.connection.phase, "stopped");
     assert.equal(types(effects)[0], "persist_result", "the result is on disk before the exit");
     assert.ok(types(effects).includes("exit"));
   });
@@ -576,7 +578,7 @@ describe("the channel state machine", () => {
         { type: "reject", jobId: "j2", attempt: 1, reason: "paused" },
         { type: "ready", slots: 1 },
       ]);
-      assert.equal(state.phase, "connected");
+      assert.equal(state.connection.phase, "connected");
       assert.ok(state.running["j1#1"]);
       const finished = run(
         state,
@@ -588,14 +590,14 @@ describe("the channel state machine", () => {
         ["result", "ready"],
         "the result flows, and the finished job's slot is granted as always (the control plane keeps it unused)",
       );
-      assert.equal(finished.state.phase, "connected");
+      assert.equal(finished.state.connection.phase, "connected");
     });
 
     test("resume takes jobs again and sends nothing back: the credits were kept through the pause", () => {
       const paused = run(connected(), { type: "message", message: assignment("j1") }, pause).state;
       const { state, effects } = run(paused, resume);
       assert.deepEqual(sent(effects), []);
-      assert.equal(state.paused, false);
+      assert.equal(state.mode, "serving");
       assert.deepEqual(types(run(state, { type: "message", message: assignment("j2") }).effects), [
         "start_job",
         "send",
@@ -617,8 +619,7 @@ describe("the channel state machine", () => {
         type: "message",
         message: { type: "drain", reason: "old control plane" },
       });
-      assert.equal(state.paused, true);
-      assert.equal(state.draining, false);
+      assert.equal(state.mode, "paused", "paused, not draining");
       assert.deepEqual(types(effects), []);
       assert.deepEqual(sent(run(state, { type: "message", message: assignment("j1") }).effects), [
         { type: "reject", jobId: "j1", attempt: 1, reason: "paused" },
@@ -634,7 +635,7 @@ describe("the channel state machine", () => {
         { type: "socket_open" },
         { type: "message", message },
       );
-      assert.equal(state.paused, true);
+      assert.equal(state.mode, "paused");
       assert.deepEqual(
         sent(effects).filter((m) => m.type !== "hello"),
         [{ type: "ready", slots: 2 }],
@@ -651,14 +652,198 @@ describe("the channel state machine", () => {
         { type: "socket_open" },
       ).state;
       const { state, effects } = run(paused, { type: "message", message: welcome });
-      assert.equal(state.paused, false);
+      assert.equal(state.mode, "serving");
       assert.deepEqual(sent(effects), [{ type: "ready", slots: 2 }]);
     });
 
     test("a local drain still wins over resume: no ready, and the runner stops when idle", () => {
       const { state, effects } = run(connected(), pause, { type: "drain", reason: "SIGTERM" }, resume);
       assert.deepEqual(sent(effects), []);
-      assert.equal(state.phase, "stopped");
+      assert.equal(state.connection.phase, "stopped");
+    });
+  });
+
+  describe("what the machine tells the driver to tell others", () => {
+    const news = (effects: Effect[]) =>
+      effects.filter((e) => e.type === "tell_connected" || e.type === "tell_disconnected").map((e) => e.type);
+
+    test("the welcome puts its frame limit in force before any frame of the connection goes out", () => {
+      const small = { ...welcome, maxFrameBytes: 2048 } as ControlMessage;
+      const { effects } = run(
+        initialState(config, { pending: [result("j0")] }),
+        { type: "start" },
+        { type: "socket_open" },
+        { type: "message", message: small },
+      );
+      const limit = effects.findIndex((e) => e.type === "frame_limit");
+      assert.deepEqual(effects[limit], { type: "frame_limit", maxFrameBytes: 2048 });
+      assert.ok(limit < effects.findIndex((e) => e.type === "send"), "the held result is sent under the new limit");
+    });
+
+    test("the welcome tells the companions the channel is connected, with the welcome, after its own frames", () => {
+      const { effects } = run(
+        initialState(config),
+        { type: "start" },
+        { type: "socket_open" },
+        {
+          type: "message",
+          message: welcome,
+        },
+      );
+      assert.deepEqual(effects.at(-1), { type: "tell_connected", welcome });
+      assert.ok(effects.findIndex((e) => e.type === "send") < effects.length - 1, "after the ready");
+    });
+
+    test("leaving the connected phase tells the companions it is disconnected, whichever way it ends", () => {
+      const ways: Input[][] = [
+        [{ type: "socket_closed", code: 1006, reason: "" }],
+        [{ type: "socket_closed", code: 4000, reason: "replaced" }],
+        [
+          { type: "timer", timer: "heartbeat" },
+          { type: "timer", timer: "pong" },
+        ],
+        [{ type: "drain", reason: "SIGTERM" }],
+      ];
+      for (const inputs of ways) {
+        const { state, effects } = run(connected(), ...inputs);
+        assert.notEqual(state.connection.phase, "connected");
+        assert.deepEqual(news(effects), ["tell_disconnected"], inputs.map((i) => i.type).join(", "));
+      }
+    });
+
+    test("a connection that never got its welcome tells the companions nothing when it ends", () => {
+      const handshaking = run(initialState(config), { type: "start" }, { type: "socket_open" }).state;
+      for (const input of [
+        { type: "socket_closed", code: 1006, reason: "" },
+        { type: "timer", timer: "handshake" },
+        { type: "drain", reason: "SIGTERM" },
+      ] satisfies Input[])
+        assert.deepEqual(news(step(handshaking, input, env).effects), [], input.type);
+    });
+
+    test("inputs that keep the connection tell the companions nothing", () => {
+      const { effects } = run(
+        connected(),
+        { type: "timer", timer: "heartbeat" },
+        { type: "pong" },
+        { type: "message", message: assignment("j1") },
+      );
+      assert.deepEqual(news(effects), []);
+    });
+
+    test("abandoning a connected machine stops it and tells the companions it is disconnected", () => {
+      const { state, effects } = abandon(connected());
+      assert.equal(state.connection.phase, "stopped");
+      assert.deepEqual(effects, [{ type: "tell_disconnected" }]);
+      assert.deepEqual(abandon(initialState(config)).effects, [], "a machine never connected has nothing to tell");
+    });
+  });
+
+  describe("each phase holds only its own deadlines", () => {
+    const at = (now: number): typeof env => ({ now, random: 0.5 });
+
+    test("the handshake deadline while opening, the heartbeat while connected, the backoff while disconnected, none when stopped", () => {
+      let state = step(initialState(config), { type: "start" }, at(100)).state;
+      assert.deepEqual(deadlines(state), [{ timer: "handshake", at: 10_100 }]);
+      state = step(state, { type: "socket_open" }, at(200)).state;
+      assert.deepEqual(deadlines(state), [{ timer: "handshake", at: 10_100 }], "the same deadline to the welcome");
+      state = step(state, { type: "message", message: welcome }, at(300)).state;
+      assert.deepEqual(deadlines(state), [{ timer: "heartbeat", at: 1300 }]);
+      state = step(state, { type: "timer", timer: "heartbeat" }, at(1300)).state;
+      assert.deepEqual(deadlines(state), [
+        { timer: "pong", at: 2300 },
+        { timer: "heartbeat", at: 2300 },
+      ]);
+      assert.deepEqual(nextDeadline(state), { timer: "pong", at: 2300 }, "on a tie an overdue pong comes first");
+      state = step(state, { type: "socket_closed", code: 1006, reason: "" }, at(1400)).state;
+      assert.deepEqual(deadlines(state), [{ timer: "reconnect", at: 1400 + 500 }]);
+      state = step(state, { type: "timer", timer: "reconnect" }, at(1900)).state;
+      assert.deepEqual(
+        deadlines(state),
+        [{ timer: "handshake", at: 1900 + 2000 }],
+        "after a welcome: two heartbeats, floored",
+      );
+      state = step(state, { type: "connect_failed", status: 401, reason: "x" }, at(2000)).state;
+      assert.deepEqual(deadlines(state), []);
+    });
+
+    test("the drain deadline is held while draining, whatever the phase, and the next deadline is the earliest", () => {
+      const draining = step(connected(), { type: "message", message: assignment("j1") }, env).state;
+      const { state } = step(draining, { type: "drain", reason: "SIGTERM" }, at(50));
+      assert.equal(deadlineOf(state, "drain"), 5050);
+      assert.deepEqual(nextDeadline(state), { timer: "heartbeat", at: 1000 });
+      const away = step(state, { type: "socket_closed", code: 1006, reason: "" }, at(60)).state;
+      assert.equal(deadlineOf(away, "drain"), 5050, "kept across the disconnect");
+      assert.deepEqual(nextDeadline(away), { timer: "reconnect", at: 60 + 500 });
+    });
+
+    test("a timer for a deadline the phase does not hold is ignored and the state kept", () => {
+      const state = connected();
+      const next = step(state, { type: "timer", timer: "reconnect" }, env);
+      assert.equal(next.state, state);
+      assert.match((next.effects[0] as { message: string }).message, /ignored the reconnect timer in phase connected/);
+      const notDraining = step(state, { type: "timer", timer: "drain" }, env);
+      assert.equal(notDraining.state, state);
+    });
+  });
+
+  describe("the mode is one of serving, paused, draining, stopping", () => {
+    const pause: Input = { type: "message", message: { type: "pause", reason: "maintenance" } };
+    const resume: Input = { type: "message", message: { type: "resume" } };
+    const withJob = () => run(connected(), { type: "message", message: assignment("j1") }).state;
+
+    test("a new machine serves; a pause makes it paused and a resume serving again", () => {
+      assert.equal(initialState(config).mode, "serving");
+      const paused = run(withJob(), pause).state;
+      assert.equal(paused.mode, "paused");
+      assert.equal(run(paused, resume).state.mode, "serving");
+    });
+
+    test("a local drain makes a serving or paused runner draining, with its deadline", () => {
+      for (const before of [withJob(), run(withJob(), pause).state]) {
+        const { state } = run(before, { type: "drain", reason: "SIGTERM" });
+        assert.equal(state.mode, "draining", `from ${before.mode}`);
+        assert.equal(state.drainAt, config.drainTimeoutMs);
+      }
+    });
+
+    test("the drain deadline makes a draining runner stopping, with no deadline left", () => {
+      const { state } = run(withJob(), { type: "drain", reason: "SIGTERM" }, { type: "timer", timer: "drain" });
+      assert.equal(state.mode, "stopping");
+      assert.equal(state.drainAt, null);
+    });
+
+    test("a second signal makes a draining runner stopping and drops the drain deadline", () => {
+      const { state } = run(withJob(), { type: "drain", reason: "SIGTERM" }, { type: "stop_now", reason: "again" });
+      assert.equal(state.mode, "stopping");
+      assert.equal(deadlineOf(state, "drain"), undefined);
+    });
+
+    test("a pause or a resume while draining leaves the runner draining", () => {
+      const draining = run(withJob(), { type: "drain", reason: "SIGTERM" }).state;
+      assert.equal(run(draining, pause).state.mode, "draining");
+      assert.equal(run(draining, resume).state.mode, "draining");
+      assert.deepEqual(sent(run(draining, resume).effects), []);
+    });
+
+    test("a welcome while draining keeps the runner draining, whatever it says of the pause", () => {
+      const away = run(
+        withJob(),
+        { type: "drain", reason: "SIGTERM" },
+        { type: "socket_closed", code: 1006, reason: "" },
+        { type: "timer", timer: "reconnect" },
+        { type: "socket_open" },
+      ).state;
+      for (const paused of [true, false]) {
+        const { state, effects } = run(away, { type: "message", message: { ...welcome, paused } as ControlMessage });
+        assert.equal(state.mode, "draining");
+        assert.deepEqual(sent(effects), [{ type: "goodbye", reason: "draining" }]);
+      }
+    });
+
+    test("a second signal before any drain makes a serving runner stopping at once", () => {
+      const { state } = run(withJob(), { type: "stop_now", reason: "SIGKILL-like" });
+      assert.equal(state.mode, "stopping");
     });
   });
 

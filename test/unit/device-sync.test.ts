@@ -293,15 +293,15 @@ describe("the device sync session", () => {
     const synced = inSync(devices(3));
     const run = feed(synced, { type: "scanned", now: T0 + 1000, devices: [device(0, 9), ...devices(3).slice(1)] });
     const batch = only(batches(run.effects));
-    const deadline = nextDeadline(run.state);
-    assert.equal(deadline, T0 + 1000 + config.ackTimeoutMs);
-    assert.deepEqual(sent(feed(run.state, { type: "tick", now: deadline! - 1 }).effects), []);
-    const late = feed(run.state, { type: "tick", now: deadline! });
+    const deadline = nextDeadline(run.state)?.at ?? -1;
+    assert.deepEqual(nextDeadline(run.state), { timer: "ack", at: T0 + 1000 + config.ackTimeoutMs });
+    assert.deepEqual(sent(feed(run.state, { type: "timer", timer: "ack", now: deadline - 1 }).effects), []);
+    const late = feed(run.state, { type: "timer", timer: "ack", now: deadline });
     assert.deepEqual(sent(late.effects), [batch]);
-    assert.equal(nextDeadline(late.state), deadline! + 2 * config.ackTimeoutMs, "the next wait is twice as long");
-    const later = feed(late.state, { type: "tick", now: deadline! + 2 * config.ackTimeoutMs });
+    assert.equal(nextDeadline(late.state)?.at, deadline + 2 * config.ackTimeoutMs, "the next wait is twice as long");
+    const later = feed(late.state, { type: "timer", timer: "ack", now: deadline + 2 * config.ackTimeoutMs });
     assert.deepEqual(sent(later.effects), [batch]);
-    assert.equal(nextDeadline(later.state), deadline! + 6 * config.ackTimeoutMs);
+    assert.equal(nextDeadline(later.state)?.at, deadline + 6 * config.ackTimeoutMs);
     assert.equal(nextDeadline(feed(late.state, { type: "disconnected" }).state), null, "no deadline while offline");
   });
 
