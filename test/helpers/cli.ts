@@ -16,13 +16,15 @@ export interface CliResult {
 
 export interface CliOptions {
   env?: Record<string, string | undefined>;
+  /** Another copy of bin/runner.js to run (an install of its own). */
+  bin?: string;
   input?: string;
   timeoutMs?: number;
 }
 
 export function runCli(args: string[], options: CliOptions = {}): Promise<CliResult> {
   return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [RUNNER_BIN, ...args], {
+    const child = spawn(process.execPath, [options.bin ?? RUNNER_BIN, ...args], {
       env: { ...process.env, RUNNER_LOG_FORMAT: "json", ...options.env },
       stdio: [options.input === undefined ? "ignore" : "pipe", "pipe", "pipe"],
     });

@@ -20,8 +20,13 @@ export interface DaemonProcess {
   stop(signal?: NodeJS.Signals): Promise<number>;
 }
 
-export function startDaemon(t: TestContext, args: string[], env: Record<string, string> = {}): DaemonProcess {
-  const child = spawn(process.execPath, [RUNNER_BIN, "start", ...args], {
+export function startDaemon(
+  t: TestContext,
+  args: string[],
+  env: Record<string, string> = {},
+  bin: string = RUNNER_BIN,
+): DaemonProcess {
+  const child = spawn(process.execPath, [bin, "start", ...args], {
     env: { ...process.env, RUNNER_LOG_FORMAT: "json", ...env },
     stdio: ["ignore", "pipe", "pipe"],
   });

@@ -4,7 +4,8 @@
 // in job-store.ts on the same connection (`store.jobs`), the devices' in device-store.ts
 // (`store.devices`).
 // Secrets never reach this layer in plain text: callers pass sha256 hashes.
-import Database from "better-sqlite3";
+import { createRequire } from "node:module";
+import type Database from "better-sqlite3";
 import { hostFactsSchema, labelsSchema, type HostFacts } from "../../protocol/http.js";
 import { RunnerError } from "../../errors.js";
 import { DeviceStore } from "./device-store.js";
@@ -149,6 +150,26 @@ interface RunnerRow {
   pause_reason: string | null;
 }
 
+/**
+ * better-sqlite3 is an optional dependency: only the reference control plane needs it, and an
+ * agent-only install (`npm ci --omit=optional`) has no C++ toolchain to build it with. Loaded
+ * when a store is opened, so the runner's own verbs never touch it.
+ */
+function loadSqlite(): typeof Database {
+  try {
+    return createRequire(import.meta.url)("better-sqlite3") as typeof Database;
+  } catch (error) {
+    throw new RunnerError(
+      "usage",
+      `the reference control plane needs the optional package better-sqlite3, which this install does not have (${(error as Error).message.split("\n")[0]})`,
+      {
+        hint: "install it in the runner's directory: npm install better-sqlite3 (it builds with python3, make and a C++ compiler); the agent itself does not need it",
+        cause: error,
+      },
+    );
+  }
+}
+
 export class ControlPlaneStore {
   private readonly db: Database.Database;
   private readonly statements = new Map<string, Database.Statement>();
@@ -158,7 +179,8 @@ export class ControlPlaneStore {
   readonly devices: DeviceStore;
 
   constructor(path: string) {
-    this.db = new Database(path);
+    const Sqlite = loadSqlite();
+    this.db = new Sqlite(path);
     // WAL lets readers run while a writer commits; `:memory:` ignores it and stays "memory".
     this.db.pragma("journal_mode = WAL");
     this.db.pragma("foreign_keys = ON");
