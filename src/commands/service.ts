@@ -24,6 +24,7 @@ import {
   type ServicePlan,
 } from "../service/render.js";
 import { inspectService, installService, runCommand, uninstallService } from "../service/manager.js";
+import { stableNodePath } from "../service/node-path.js";
 
 const PACKAGE_ROOT = fileURLToPath(new URL("../../../", import.meta.url));
 const RUNNER_BIN = path.join(PACKAGE_ROOT, "bin", "runner.js");
@@ -154,7 +155,7 @@ async function planFor(ctx: Context, options: ServiceOptions): Promise<ServicePl
     ...ctx.service,
     runAs: options.runAs ?? process.env.SUDO_USER ?? user,
     argv: [
-      process.execPath,
+      stableNodePath(process.execPath, process.env.PATH),
       RUNNER_BIN,
       "start",
       ...(await configFlag(ctx)),

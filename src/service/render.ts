@@ -154,6 +154,7 @@ function planSystemd(inputs: ServiceInputs): ServicePlan {
     USER_LINES: inputs.system && inputs.runAs !== "root" ? `User=${inputs.runAs}\n` : "",
     STOP_TIMEOUT_S: String(stopTimeoutSeconds(inputs.drainTimeoutMs)),
     NO_RESTART_EXITS: NO_RESTART_EXITS.join(" "),
+    STATE_DIR: systemdPath(inputs.stateDir),
     WANTED_BY: inputs.system ? "multi-user.target" : "default.target",
   });
   return {
@@ -195,6 +196,7 @@ function planLaunchd(inputs: ServiceInputs): ServicePlan {
     PROGRAM_ARGUMENTS: inputs.argv.map((arg) => `    <string>${xmlEscape(arg)}</string>`).join("\n"),
     USER_KEYS: inputs.system ? `  <key>UserName</key>\n  <string>${xmlEscape(inputs.runAs)}</string>\n` : "",
     BLOCKED_MARKER: xmlEscape(stateFiles(inputs.stateDir).blocked),
+    STATE_DIR: xmlEscape(inputs.stateDir),
     STOP_TIMEOUT_S: String(stopTimeoutSeconds(inputs.drainTimeoutMs)),
     LOG_FILE: xmlEscape(path.join(logDir, `${inputs.name}.log`)),
     PATH: xmlEscape(searchPath(inputs)),
@@ -234,6 +236,13 @@ export function fill(template: string, values: Record<string, string>): string {
 /** The installer's PATH (a minimal one if it has none), which the service's processes get. */
 function searchPath(inputs: ServiceInputs): string {
   return inputs.env.PATH || "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin";
+}
+
+/** A path as a whole unit-file value (WorkingDirectory=): only systemd's `%` specifiers need escaping. */
+function systemdPath(value: string): string {
+  if (/[\n\r]/.test(value))
+    throw new RunnerError("usage", `a service path cannot hold a line break: ${JSON.stringify(value)}`);
+  return value.replace(/%/g, "%%");
 }
 
 /**

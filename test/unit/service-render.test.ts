@@ -74,6 +74,9 @@ describe("systemd units", () => {
     assert.deepEqual(unitValue(content, "SyslogIdentifier"), ["ci-7"]);
     assert.deepEqual(unitValue(content, "UMask"), ["0077"]);
     assert.deepEqual(unitValue(content, "LimitNOFILE"), ["65536"]);
+    assert.deepEqual(unitValue(content, "WorkingDirectory"), [inputs().stateDir], "the daemon's own dir, not /");
+    const odd = planService(inputs({ stateDir: "/srv/50%/runner state" })).content;
+    assert.deepEqual(unitValue(odd, "WorkingDirectory"), ["/srv/50%%/runner state"], "a specifier is escaped");
   });
 
   test("every ExecStart argument is quoted with systemd's expansions turned off", () => {
@@ -117,6 +120,7 @@ describe("launchd plists", () => {
     assert.equal(parsed.UserName, undefined);
     assert.equal(parsed.ExitTimeOut, 1230, "600 s of drain, 600 s of the longest cancel grace, a 30 s margin");
     assert.deepEqual(parsed.SoftResourceLimits, { NumberOfFiles: 10240 });
+    assert.equal(parsed.WorkingDirectory, "/Users/alice/state");
     assert.equal(parsed.Umask, 0o077);
     assert.equal(parsed.ThrottleInterval, undefined, "launchd's default, not repeated");
     assert.equal(parsed.ProcessType, undefined, "launchd's default, not repeated");
