@@ -92,6 +92,14 @@ export interface State {
   pending: Record<string, JobResult>;
   /** Log chunks not sent because the socket was down (counted, not kept). */
   droppedLogChunks: number;
+  /** Why this machine cannot take a job now (low disk in the work dir), or null; assignments are rejected with it. */
+  unfit: string | null;
+  /**
+   * Credits spent by assignments rejected while unfit, on slots that are still free: granted
+   * back (`ready`) once the machine is fit again, not at once (that would invite the next
+   * assignment only to reject it too). A welcome grants every free slot anew.
+   */
+  withheldCredits: number;
 }
 
 export type TimerName = "reconnect" | "handshake" | "heartbeat" | "pong" | "drain";
@@ -115,7 +123,9 @@ export type Input =
   /** First local SIGTERM/SIGINT (the control plane's `drain` is a `pause`, not this). */
   | { type: "drain"; reason: string }
   /** Second signal: cancel running jobs and stop. */
-  | { type: "stop_now"; reason: string };
+  | { type: "stop_now"; reason: string }
+  /** What the machine's resources allow (the driver checks the work dir's free disk): null is fit. */
+  | { type: "fitness"; unfit: string | null };
 
 /** The inputs about the connection itself: what each phase answers in its own way. */
 type ConnectionInput =
@@ -174,6 +184,8 @@ export function initialState(config: MachineConfig, held: { running?: JobRef[]; 
     running: Object.fromEntries((held.running ?? []).map((ref) => [keyOf(ref), { ref, nextLogSeq: 0, started: true }])),
     pending: Object.fromEntries((held.pending ?? []).map((result) => [keyOf(result), result])),
     droppedLogChunks: 0,
+    unfit: null,
+    withheldCredits: 0,
   };
 }
 
@@ -219,6 +231,7 @@ export function step(state: State, input: Input, env: StepEnv): Step {
     case "job_finished":
     case "drain":
     case "stop_now":
+    case "fitness":
       if (state.connection.phase === "stopped") return unexpected(state, input, "debug");
       return stepAnyPhase(state, input, env);
     case "start":
@@ -259,6 +272,8 @@ function stepAnyPhase(state: State, input: AnyPhaseInput, env: StepEnv): Step {
       return onDrain(state, input.reason, env);
     case "stop_now":
       return onStopNow(state, input.reason);
+    case "fitness":
+      return onFitness(state, input.unfit);
     default:
       return unreachable(input, "input");
   }
@@ -460,6 +475,7 @@ function onWelcome(state: State, welcome: Welcome, env: StepEnv): Step {
     ...state,
     connection: { phase: "connected", welcome, heartbeatAt: env.now + heartbeatMs, pongAt: null },
     lastHeartbeatMs: heartbeatMs,
+    withheldCredits: 0,
     // Each welcome says whether this connection starts paused; a local drain outlasts it.
     mode: isWindingDown(state.mode) ? state.mode : paused ? "paused" : "serving",
   };
@@ -647,6 +663,17 @@ function onControlMessage(
   }
 }
 
+/** Logged once per change: a full disk is worth a warning, not one per assignment. */
+function onFitness(state: State, unfit: string | null): Step {
+  if (unfit === state.unfit) return { state, effects: [] };
+  if (unfit !== null)
+    return { state: { ...state, unfit }, effects: [log("warn", `this machine rejects new jobs: ${unfit}`)] };
+  const effects: Effect[] = [log("info", "this machine can take jobs again")];
+  const regrant = state.connection.phase === "connected" && state.mode === "serving" && state.withheldCredits > 0;
+  if (regrant) effects.push({ type: "send", message: { type: "ready", slots: state.withheldCredits } });
+  return { state: { ...state, unfit: null, withheldCredits: regrant ? 0 : state.withheldCredits }, effects };
+}
+
 function onAssign(state: State, assignment: Assignment): Step {
   const ref = { jobId: assignment.jobId, attempt: assignment.attempt };
   const key = keyOf(ref);
@@ -663,7 +690,7 @@ function onAssign(state: State, assignment: Assignment): Step {
       ? "paused"
       : busy >= state.config.capacity
         ? `no free slot (${busy}/${state.config.capacity} busy)`
-        : null;
+        : state.unfit;
   if (refusal) {
     const effects: Effect[] = [
       log("warn", `rejected job ${assignment.jobId}: ${refusal}`),
@@ -672,6 +699,7 @@ function onAssign(state: State, assignment: Assignment): Step {
     // An assignment that crossed the `pause` on the wire used a credit for a slot that is still
     // free: grant it back, so the credits are exact when the pause ends.
     if (refusal === "paused") effects.push({ type: "send", message: { type: "ready", slots: 1 } });
+    if (refusal === state.unfit) return { state: { ...state, withheldCredits: state.withheldCredits + 1 }, effects };
     return { state, effects };
   }
   return {
@@ -718,12 +746,14 @@ function onPause(state: State, reason: string): Step {
 
 function onResume(state: State): Step {
   switch (state.mode) {
-    case "paused":
-      // No `ready`: the control plane kept this connection's credits through the pause.
-      return {
-        state: { ...state, mode: "serving" },
-        effects: [log("info", "resumed by the control plane: taking jobs again")],
-      };
+    case "paused": {
+      // No `ready` for the credits the control plane kept through the pause; only for those
+      // withheld while unfit, if the machine has become fit meanwhile.
+      const effects: Effect[] = [log("info", "resumed by the control plane: taking jobs again")];
+      const regrant = state.unfit === null && state.withheldCredits > 0;
+      if (regrant) effects.push({ type: "send", message: { type: "ready", slots: state.withheldCredits } });
+      return { state: { ...state, mode: "serving", withheldCredits: regrant ? 0 : state.withheldCredits }, effects };
+    }
     case "serving":
       return { state, effects: [log("debug", "resume while not paused; ignored")] };
     case "draining":

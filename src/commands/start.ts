@@ -73,7 +73,7 @@ async function serve(ctx: Context): Promise<number> {
       pool: ctx.pool,
       rlimitNofile: ctx.rlimitNofile,
       deviceSync: ctx.deviceSync,
-      workDir: ctx.settings.workDir,
+      fitness: ctx.fitness,
     });
     return await stopFor(ctx, code, "the control plane refused this runner while it ran (see the log above)");
   } finally {

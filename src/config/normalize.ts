@@ -49,8 +49,15 @@ export interface ControlPlaneAccess {
 /** What `runner service` takes from the settings to render and install a unit. */
 export type ServiceSettings = Pick<ServiceInputs, "system" | "stateDir" | "drainTimeoutMs">;
 
+/** Whether the machine can take a job: the work dir's free space against its floor (null: no floor). */
+export interface FitnessSettings {
+  workDir: string;
+  minFreeDiskBytes: number | null;
+}
+
 export interface RunnerConfig {
   settings: NormalizedSettings;
+  fitness: FitnessSettings;
   files: StateFiles;
   controlPlane: ControlPlaneAccess;
   channel: ChannelSettings;
@@ -71,6 +78,7 @@ export function normalizeSettings(settings: Settings, facts: RunTimeFacts): Runn
   };
   return {
     settings: normalized,
+    fitness: { workDir: normalized.workDir, minFreeDiskBytes: limitOrOff(settings.minFreeDiskMb, MiB) },
     files: stateFiles(stateDir),
     controlPlane: { requestTimeoutMs: settings.requestTimeoutMs, insecurePlaintext: settings.insecurePlaintext },
     channel: channelSettings(settings),

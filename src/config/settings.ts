@@ -212,6 +212,15 @@ export const SETTINGS = {
     defaultValue: undefined,
     defaultHelp: "work/ in the state dir",
   }),
+  minFreeDiskMb: setting<number>({
+    key: "minFreeDiskMb",
+    flag: "--min-free-disk-mb",
+    arg: "<mb|off>",
+    help: "reject new jobs while the work dir's file system has less free space than this (checked every 15 s; 0 or off: never)",
+    schema: z.number().int().min(0).max(100_000_000),
+    fromString: limit,
+    defaultValue: 512,
+  }),
   workerMaxFds: setting<number>({
     key: "workerMaxFds",
     flag: "--worker-max-fds",

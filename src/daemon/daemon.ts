@@ -13,9 +13,10 @@ import { ensureDir, removeInterruptedWrites } from "../state/files.js";
 import { Outbox } from "../state/outbox.js";
 import type { Registration } from "../state/registration.js";
 import { JobHost } from "./job-host.js";
-import type { ChannelSettings, PoolSettings } from "../config/normalize.js";
+import type { ChannelSettings, FitnessSettings, PoolSettings } from "../config/normalize.js";
 import { WorkerPool } from "../workers/parent/pool.js";
 import { prepareWorkRoot } from "../jobs/work-dir.js";
+import { startDiskGuard } from "./disk-guard.js";
 import { createDeviceSync, type DeviceSyncSettings } from "../devices/index.js";
 
 export interface DaemonOptions {
@@ -30,8 +31,8 @@ export interface DaemonOptions {
   /** What the pool's default fd limit was worked out from; logged with the limits. */
   rlimitNofile: number;
   deviceSync: DeviceSyncSettings;
-  /** Absolute: where command jobs without a cwd get their own directories. */
-  workDir: string;
+  /** Where command jobs without a cwd get their own directories, and the free space they need. */
+  fitness: FitnessSettings;
 }
 
 /** A connection attempt's timeout before any welcome, and its ceiling after (see handshakeTimeout in the machine). */
@@ -56,9 +57,12 @@ export async function runDaemon(options: DaemonOptions): Promise<number> {
     logger.error({ file: bad.file, reason: bad.reason }, "set aside a damaged result file in the outbox");
   const pending = [...held.results, ...(await recoverAfterCrash(journal, outbox, held.results, logger))];
   // After recovery (no job process is left): what a killed runner's jobs left there goes.
-  const leftovers = await prepareWorkRoot(options.workDir);
+  const leftovers = await prepareWorkRoot(options.fitness.workDir);
   if (leftovers.length > 0)
-    logger.info({ workDir: options.workDir, removed: leftovers }, "removed job directories an earlier run left behind");
+    logger.info(
+      { workDir: options.fitness.workDir, removed: leftovers },
+      "removed job directories an earlier run left behind",
+    );
 
   const config: MachineConfig = {
     runnerId: registration.runnerId,
@@ -71,7 +75,7 @@ export async function runDaemon(options: DaemonOptions): Promise<number> {
   const { limits, handlers } = options.pool;
   logger.info({ limits, rlimitNofile: options.rlimitNofile, handlers: Object.keys(handlers) }, "worker pool limits");
   const pool = new WorkerPool({ ...options.pool, logger });
-  const host = new JobHost(pool, journal, outbox, logger, (input) => driver.input(input), options.workDir);
+  const host = new JobHost(pool, journal, outbox, logger, (input) => driver.input(input), options.fitness.workDir);
   const deviceSync = createDeviceSync({ stateDir: files.stateDir, settings: options.deviceSync, logger });
   const driver = new ChannelDriver(
     config,
@@ -103,6 +107,12 @@ export async function runDaemon(options: DaemonOptions): Promise<number> {
     { url, runnerId: registration.runnerId, capacity: config.capacity, heldResults: pending.length },
     "runner started",
   );
+  const diskGuard = await startDiskGuard({
+    workRoot: options.fitness.workDir,
+    minFreeBytes: options.fitness.minFreeDiskBytes,
+    feed: (input) => driver.input(input),
+    logger,
+  });
   try {
     const exit = await driver.start();
     // Stopping for a reason other than a drain (a revoked credential, say) may leave jobs running.
@@ -110,6 +120,7 @@ export async function runDaemon(options: DaemonOptions): Promise<number> {
     await Promise.all([pool.close(), deviceSync.close()]);
     return exit.code;
   } finally {
+    diskGuard.stop();
     process.off("SIGTERM", onSignal);
     process.off("SIGINT", onSignal);
     process.off("SIGUSR2", onRescan);

@@ -27,3 +27,17 @@ export async function prepareWorkRoot(workRoot: string): Promise<string[]> {
   for (const name of left) await removeJobWorkDir(path.join(workRoot, name));
   return left;
 }
+
+const MiB = 1024 * 1024;
+
+/** Why a job must not start for lack of disk in the work dir, or null (`minFreeBytes` null: no check). */
+export function diskRefusal(freeBytes: number, minFreeBytes: number | null, workRoot: string): string | null {
+  if (minFreeBytes === null || freeBytes >= minFreeBytes) return null;
+  return `low disk: ${(freeBytes / MiB).toFixed(0)} MiB free for ${workRoot}, below --min-free-disk-mb ${(minFreeBytes / MiB).toFixed(0)}`;
+}
+
+/** The bytes an unprivileged process may still write on the work dir's file system. */
+export async function freeBytes(workRoot: string): Promise<number> {
+  const stats = await fs.statfs(workRoot);
+  return stats.bavail * stats.bsize;
+}

@@ -86,6 +86,18 @@ describe("the daemon and the control plane", { timeout: 120_000 }, () => {
     );
   });
 
+  test("with less free disk than --min-free-disk-mb the runner rejects jobs with the reason, and the job stays queued", async (t) => {
+    const { plane, runner } = await setUp(t);
+    // 100 TB: more than this machine has.
+    const daemon = startDaemon(t, [...runner.flags, ...FAST, "--min-free-disk-mb", "100000000"]);
+    await daemon.waitForLog((l) => /^this machine rejects new jobs: low disk: \d+ MiB free for .*work/.test(l.msg));
+    await connectedLine(daemon);
+    const { job } = await plane.admin.submitJob({ job: { kind: "command", argv: ["true"], env: {} } });
+    await daemon.waitForLog((l) => l.msg.startsWith(`rejected job ${job.jobId}: low disk`));
+    assert.equal((await plane.admin.getJob(job.jobId)).job.status, "queued", "re-queued for another runner");
+    assert.equal(await daemon.stop("SIGTERM"), ExitCode.OK);
+  });
+
   test("a control-plane restart mid-job loses nothing: the job keeps running and its result is applied once", async (t) => {
     const { plane, runner, dataDir } = await setUp(t);
     const port = Number(new URL(plane.cp.url).port);

@@ -147,6 +147,25 @@ describe("the channel state machine", () => {
     assert.ok(!types(effects).includes("start_job"));
   });
 
+  test("while the machine is unfit (low disk) assignments are rejected with the reason; once fit they run again", () => {
+    const unfit = "low disk: 100 MiB free for /w, below --min-free-disk-mb 512";
+    const low = run(connected(), { type: "fitness", unfit });
+    assert.deepEqual(low.effects, [{ type: "log", level: "warn", message: `this machine rejects new jobs: ${unfit}` }]);
+    assert.deepEqual(run(low.state, { type: "fitness", unfit }).effects, [], "an unchanged reading logs nothing");
+    const rejected = run(low.state, { type: "message", message: assignment("j1") });
+    assert.deepEqual(sent(rejected.effects), [{ type: "reject", jobId: "j1", attempt: 1, reason: unfit }]);
+    assert.deepEqual(rejected.state.running, {});
+
+    const twice = run(rejected.state, { type: "message", message: assignment("j2") });
+    assert.equal(twice.state.withheldCredits, 2, "no credit is granted back while unfit: it would only be rejected");
+    const fit = run(twice.state, { type: "fitness", unfit: null });
+    assert.deepEqual(sent(fit.effects), [{ type: "ready", slots: 2 }], "the slots spent on rejects are granted back");
+    assert.equal(fit.state.withheldCredits, 0);
+    const runs = run(fit.state, { type: "message", message: assignment("j3") });
+    assert.deepEqual(types(runs.effects), ["start_job", "send"]);
+    assert.deepEqual(sent(runs.effects), [{ type: "accept", jobId: "j3", attempt: 1 }]);
+  });
+
   test("a repeated assignment of a running job is ignored", () => {
     const { effects } = run(
       connected(),

@@ -15,6 +15,7 @@ import {
 import { stateFiles } from "../../src/config/paths.js";
 import { defaultSettings, resolveSettings } from "../../src/config/resolve.js";
 import { SETTINGS } from "../../src/config/settings.js";
+import { diskRefusal } from "../../src/jobs/work-dir.js";
 
 const MiB = 1024 * 1024;
 const facts: RunTimeFacts = { platform: "linux", env: { XDG_STATE_HOME: "/xdg" }, home: "/home/u", rlimitNofile: 4096 };
@@ -190,4 +191,20 @@ test("the work dir is work/ in the state dir, or --work-dir made absolute", () =
   const byDefault = fromFlags({ stateDir: "/s" }).settings.workDir;
   assert.equal(byDefault, stateFiles("/s").work);
   assert.equal(byDefault, path.join("/s", "work"));
+});
+
+test("the free-disk floor is given in MB and 0 turns the check off", () => {
+  assert.equal(fromFlags({}).fitness.minFreeDiskBytes, 512 * 1024 * 1024);
+  assert.equal(fromFlags({ minFreeDiskMb: "off" }).fitness.minFreeDiskBytes, null);
+  assert.equal(fromFlags({ stateDir: "/s" }).fitness.workDir, path.join("/s", "work"));
+});
+
+test("a job is refused for disk only below the floor, with both figures and the setting named", () => {
+  const MiB_ = 1024 * 1024;
+  assert.equal(diskRefusal(600 * MiB_, 512 * MiB_, "/w"), null);
+  assert.equal(diskRefusal(1, null, "/w"), null, "no floor, no check");
+  assert.equal(
+    diskRefusal(100 * MiB_, 512 * MiB_, "/w"),
+    "low disk: 100 MiB free for /w, below --min-free-disk-mb 512",
+  );
 });

@@ -95,6 +95,7 @@ describe("settings precedence is flag > env > file > default", () => {
       workerMaxRssMb: ["512", 256],
       workerHardRssMb: ["off", 4096],
       workerMaxFds: ["300", 0],
+      minFreeDiskMb: ["off", 2048],
       workerMaxAgeS: ["60", 7200],
       workerMaxJobs: ["1", 100],
       handlers: ["build=/opt/handlers/build.mjs,lint=/opt/handlers/lint.mjs", { build: "/srv/build.mjs" }],
