@@ -94,7 +94,8 @@ describe("the daemon and the control plane", { timeout: 120_000 }, () => {
     await connectedLine(daemon);
     const { job } = await plane.admin.submitJob({ job: { kind: "command", argv: ["true"], env: {} } });
     await daemon.waitForLog((l) => l.msg.startsWith(`rejected job ${job.jobId}: low disk`));
-    assert.equal((await plane.admin.getJob(job.jobId)).job.status, "queued", "re-queued for another runner");
+    // The control plane reads the reject after the daemon has logged it: wait for it to re-queue.
+    await waitForJob(plane, job.jobId, (j) => j.status === "queued");
     assert.equal(await daemon.stop("SIGTERM"), ExitCode.OK);
   });
 
