@@ -229,6 +229,8 @@ async function measureEndToEnd(): Promise<void> {
         reconnectBaseMs: 100,
         reconnectCapMs: 1000,
         handshakeTimeoutMs: 5000,
+        once: false,
+        exitAfterIdleMs: null,
         drainTimeoutMs: 1000,
       },
       {},

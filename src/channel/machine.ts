@@ -40,9 +40,16 @@ export interface MachineConfig {
   handshakeTimeoutMs: number;
   /** After a drain starts, running jobs get this long before they are cancelled. */
   drainTimeoutMs: number;
+  /** Ephemeral (--once): take one job, say goodbye, and stop once its result is acknowledged. */
+  once: boolean;
+  /** --exit-after-idle: stop (exit 0) after this long with no job running or held; null: never. */
+  exitAfterIdleMs: number | null;
 }
 
 export type Welcome = Extract<ControlMessage, { type: "welcome" }>;
+
+/** The exit reason of an ephemeral runner whose one job is done: `start --once` then unregisters. */
+export const ONCE_DONE = "once: its one job is done and its result acknowledged";
 
 /** The connection, phase by phase: each phase holds what exists only in it. Times are `env.now` times. */
 export type Connection =
@@ -92,6 +99,10 @@ export interface State {
   pending: Record<string, JobResult>;
   /** Log chunks not sent because the socket was down (counted, not kept). */
   droppedLogChunks: number;
+  /** Assignments accepted since start (with `once`, the first is the last). */
+  jobsTaken: number;
+  /** Since when no job has run or been held (serving or paused); null while one does. */
+  idleSince: number | null;
   /** Why this machine cannot take a job now (low disk in the work dir), or null; assignments are rejected with it. */
   unfit: string | null;
   /**
@@ -102,9 +113,9 @@ export interface State {
   withheldCredits: number;
 }
 
-export type TimerName = "reconnect" | "handshake" | "heartbeat" | "pong" | "drain";
-/** The timers of the connection's phases; the drain timer is the mode's. */
-type PhaseTimer = Exclude<TimerName, "drain">;
+export type TimerName = "reconnect" | "handshake" | "heartbeat" | "pong" | "drain" | "idle";
+/** The timers of the connection's phases; the drain and idle timers are the runner's, whatever the phase. */
+type PhaseTimer = Exclude<TimerName, "drain" | "idle">;
 
 export type Input =
   | { type: "start" }
@@ -186,6 +197,8 @@ export function initialState(config: MachineConfig, held: { running?: JobRef[]; 
     droppedLogChunks: 0,
     unfit: null,
     withheldCredits: 0,
+    jobsTaken: 0,
+    idleSince: null,
   };
 }
 
@@ -215,6 +228,8 @@ export function deadlines(state: State): Deadline<TimerName>[] {
       return unreachable(connection, "phase");
   }
   if (state.drainAt !== null) list.push({ timer: "drain", at: state.drainAt });
+  const idleMs = state.config.exitAfterIdleMs;
+  if (idleMs !== null && state.idleSince !== null) list.push({ timer: "idle", at: state.idleSince + idleMs });
   return list;
 }
 
@@ -224,6 +239,23 @@ export function nextDeadline(state: State): Deadline<TimerName> | null {
 }
 
 export function step(state: State, input: Input, env: StepEnv): Step {
+  return followIdleness(stepInput(state, input, env), env);
+}
+
+/** Keeps `idleSince`: set when the runner has no job running or held (and may take one), cleared when it has. */
+function followIdleness(next: Step, env: StepEnv): Step {
+  const state = next.state;
+  if (state.config.exitAfterIdleMs === null) return next;
+  const idle =
+    state.connection.phase !== "stopped" &&
+    (state.mode === "serving" || state.mode === "paused") &&
+    Object.keys(state.running).length === 0 &&
+    Object.keys(state.pending).length === 0;
+  const idleSince = idle ? (state.idleSince ?? env.now) : null;
+  return idleSince === state.idleSince ? next : { ...next, state: { ...state, idleSince } };
+}
+
+function stepInput(state: State, input: Input, env: StepEnv): Step {
   switch (input.type) {
     case "bad_frame":
     case "job_started":
@@ -242,9 +274,11 @@ export function step(state: State, input: Input, env: StepEnv): Step {
     case "pong":
       return stepConnection(state, input, env);
     case "timer":
-      if (input.timer !== "drain") return stepConnection(state, { type: "timer", timer: input.timer }, env);
-      // The drain deadline is the mode's: the same in every live phase.
-      return state.connection.phase === "stopped" ? unexpected(state, input, "debug") : onDrainTimer(state);
+      if (input.timer !== "drain" && input.timer !== "idle")
+        return stepConnection(state, { type: "timer", timer: input.timer }, env);
+      // The drain and idle deadlines are the runner's: the same in every live phase.
+      if (state.connection.phase === "stopped") return unexpected(state, input, "debug");
+      return input.timer === "drain" ? onDrainTimer(state) : onIdleTimer(state, env);
     default:
       return unreachable(input, "input");
   }
@@ -492,7 +526,7 @@ function onWelcome(state: State, welcome: Welcome, env: StepEnv): Step {
   ];
   for (const result of Object.values(state.pending))
     effects.push({ type: "send", message: fitResultFrame(result, welcome.maxFrameBytes) });
-  if (isWindingDown(state.mode)) effects.push({ type: "send", message: { type: "goodbye", reason: "draining" } });
+  if (takesNoMoreJobs(state)) effects.push(goodbye(state));
   else effects.push(...grantFreeSlots(next));
   // The companions speak after the runner's own frames of this welcome.
   effects.push({ type: "tell_connected", welcome });
@@ -505,7 +539,7 @@ function onWelcome(state: State, welcome: Welcome, env: StepEnv): Step {
  * exact again the moment it resumes.
  */
 function grantFreeSlots(state: State): Effect[] {
-  if (isWindingDown(state.mode)) return [];
+  if (takesNoMoreJobs(state)) return [];
   const free = state.config.capacity - Object.keys(state.running).length;
   return free > 0 ? [{ type: "send", message: { type: "ready", slots: free } }] : [];
 }
@@ -686,11 +720,13 @@ function onAssign(state: State, assignment: Assignment): Step {
   const busy = Object.keys(state.running).length;
   const refusal = isWindingDown(state.mode)
     ? "draining"
-    : state.mode === "paused"
-      ? "paused"
-      : busy >= state.config.capacity
-        ? `no free slot (${busy}/${state.config.capacity} busy)`
-        : state.unfit;
+    : isSpent(state)
+      ? "once: this runner takes one job and has taken it"
+      : state.mode === "paused"
+        ? "paused"
+        : busy >= state.config.capacity
+          ? `no free slot (${busy}/${state.config.capacity} busy)`
+          : state.unfit;
   if (refusal) {
     const effects: Effect[] = [
       log("warn", `rejected job ${assignment.jobId}: ${refusal}`),
@@ -702,14 +738,19 @@ function onAssign(state: State, assignment: Assignment): Step {
     if (refusal === state.unfit) return { state: { ...state, withheldCredits: state.withheldCredits + 1 }, effects };
     return { state, effects };
   }
-  return {
-    state: { ...state, running: { ...state.running, [key]: { ref, nextLogSeq: 0, started: false } } },
-    // The job is handed to a worker before `accept` is written: the worker starts it meanwhile.
-    effects: [
-      { type: "start_job", assignment },
-      { type: "send", message: { type: "accept", ...ref } },
-    ],
+  const next: State = {
+    ...state,
+    running: { ...state.running, [key]: { ref, nextLogSeq: 0, started: false } },
+    jobsTaken: state.jobsTaken + 1,
   };
+  // The job is handed to a worker before `accept` is written: the worker starts it meanwhile.
+  const effects: Effect[] = [
+    { type: "start_job", assignment },
+    { type: "send", message: { type: "accept", ...ref } },
+  ];
+  // An ephemeral runner's one job: no credit it granted may be used again.
+  if (isSpent(next)) effects.push(goodbye(next));
+  return { state: next, effects };
 }
 
 function onResultAck(state: State, ack: Extract<ControlMessage, { type: "result_ack" }>): Step {
@@ -805,7 +846,7 @@ function onJobFinished(state: State, result: JobResult): Step {
     ),
     ...whenConnected(state, (welcome) => fitResultFrame(result, welcome.maxFrameBytes)),
   ];
-  if (state.connection.phase === "connected" && !isWindingDown(state.mode) && state.running[key])
+  if (state.connection.phase === "connected" && !takesNoMoreJobs(state) && state.running[key])
     effects.push({ type: "send", message: { type: "ready", slots: 1 } });
   return finishIfDone({ state: next, effects });
 }
@@ -815,6 +856,28 @@ function onJobFinished(state: State, result: JobResult): Step {
 /** A drain or a stop is under way: no new jobs, and the runner stops once it is done. */
 function isWindingDown(mode: Mode): boolean {
   return mode === "draining" || mode === "stopping";
+}
+
+/** An ephemeral runner (`once`) that has taken its job: no new jobs, and it stops once that one is done. */
+function isSpent(state: State): boolean {
+  return state.config.once && state.jobsTaken > 0;
+}
+
+/** Whether a new job may no longer be offered: a drain, a stop, or an ephemeral runner's one job taken. */
+function takesNoMoreJobs(state: State): boolean {
+  return isWindingDown(state.mode) || isSpent(state);
+}
+
+/** Tells the control plane this connection takes no more jobs. */
+function goodbye(state: State): Effect {
+  return { type: "send", message: { type: "goodbye", reason: isWindingDown(state.mode) ? "draining" : "once" } };
+}
+
+function onIdleTimer(state: State, env: StepEnv): Step {
+  const idleMs = state.config.exitAfterIdleMs;
+  if (idleMs === null || state.idleSince === null || env.now < state.idleSince + idleMs)
+    return ignoreStaleTimer(state, "idle");
+  return stopWith(state, ExitCode.OK, `no job for ${idleMs / 1000} s: exiting (--exit-after-idle)`);
 }
 
 function onDrain(state: State, reason: string, env: StepEnv): Step {
@@ -862,6 +925,11 @@ function onStopNow(state: State, reason: string): Step {
  */
 function finishIfDone(current: Step): Step {
   const { state } = current;
+  if (!isWindingDown(state.mode) && isSpent(state)) {
+    if (Object.keys(state.running).length > 0 || Object.keys(state.pending).length > 0) return current;
+    const done = stopWith(state, ExitCode.OK, ONCE_DONE);
+    return { state: done.state, effects: [...current.effects, ...done.effects] };
+  }
   if (!isWindingDown(state.mode) || Object.keys(state.running).length > 0) return current;
   const unacked = Object.keys(state.pending).length;
   if (unacked > 0 && state.mode !== "stopping") return current;

@@ -11,6 +11,8 @@ import { repairProblems, repairStateDirFirst } from "../startup/check.js";
 import { acquireLock } from "../state/lock.js";
 import { loadIdentity } from "../startup/identity.js";
 import { runDaemon } from "../daemon/daemon.js";
+import { ONCE_DONE } from "../channel/machine.js";
+import { forgetRunner } from "../startup/unregister.js";
 import { clearBlocked, LAUNCHD_MARKER_ENV, markBlocked } from "../state/blocked.js";
 
 export function defineStartCommand(program: Command): void {
@@ -63,7 +65,7 @@ async function serve(ctx: Context): Promise<number> {
     log.info({ stateDir: ctx.files.stateDir }, "startup checks passed");
     if (await clearBlocked(ctx.files.blocked)) log.info("removed the needs-operator marker an earlier stop left");
     const { registration, credential } = await loadIdentity(ctx.files);
-    const code = await runDaemon({
+    const exit = await runDaemon({
       registration,
       credential,
       files: ctx.files,
@@ -75,7 +77,15 @@ async function serve(ctx: Context): Promise<number> {
       deviceSync: ctx.deviceSync,
       fitness: ctx.fitness,
     });
-    return await stopFor(ctx, code, "the control plane refused this runner while it ran (see the log above)");
+    // An ephemeral runner whose one job is done leaves no registration behind.
+    if (exit.reason === ONCE_DONE) {
+      for (const line of await forgetRunner(ctx.files, {
+        localOnly: false,
+        requestTimeoutMs: ctx.controlPlane.requestTimeoutMs,
+      }))
+        log.info(line);
+    }
+    return await stopFor(ctx, exit.code, "the control plane refused this runner while it ran (see the log above)");
   } finally {
     await lock.release();
   }

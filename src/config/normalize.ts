@@ -35,7 +35,10 @@ export type NormalizedSettings = Omit<Settings, "stateDir" | "workDir" | "worker
 };
 
 /** What the channel machine's config takes from the settings; the rest is the runner's identity. */
-export type ChannelSettings = Pick<MachineConfig, "capacity" | "reconnectBaseMs" | "reconnectCapMs" | "drainTimeoutMs">;
+export type ChannelSettings = Pick<
+  MachineConfig,
+  "capacity" | "reconnectBaseMs" | "reconnectCapMs" | "drainTimeoutMs" | "once" | "exitAfterIdleMs"
+>;
 
 /** What the worker pool takes from the settings. */
 export type PoolSettings = Pick<WorkerPoolOptions, "size" | "limits" | "handlers">;
@@ -99,13 +102,18 @@ export function stateDirFor(
 }
 
 export function channelSettings(
-  settings: Pick<Settings, "capacity" | "reconnectBaseMs" | "reconnectCapMs" | "drainTimeoutMs">,
+  settings: Pick<
+    Settings,
+    "capacity" | "reconnectBaseMs" | "reconnectCapMs" | "drainTimeoutMs" | "once" | "exitAfterIdle"
+  >,
 ): ChannelSettings {
   return {
     capacity: settings.capacity,
     reconnectBaseMs: settings.reconnectBaseMs,
     reconnectCapMs: settings.reconnectCapMs,
     drainTimeoutMs: settings.drainTimeoutMs,
+    once: settings.once,
+    exitAfterIdleMs: limitOrOff(settings.exitAfterIdle, 1000),
   };
 }
 

@@ -145,6 +145,23 @@ export const SETTINGS = {
     fromString: bool,
     defaultValue: false,
   }),
+  once: setting<boolean>({
+    key: "once",
+    flag: "--once",
+    help: "start: take exactly one job, report it, unregister and exit 0 (an ephemeral runner for autoscaled machines)",
+    schema: z.boolean(),
+    fromString: bool,
+    defaultValue: false,
+  }),
+  exitAfterIdle: setting<number>({
+    key: "exitAfterIdle",
+    flag: "--exit-after-idle",
+    arg: "<s|off>",
+    help: "start: exit 0 after this many seconds with no job running or held (for autoscalers; 0 or off: never)",
+    schema: z.number().int().min(0).max(31_536_000),
+    fromString: limit,
+    defaultValue: 0,
+  }),
   capacity: setting<number>({
     key: "capacity",
     flag: "--capacity",

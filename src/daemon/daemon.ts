@@ -2,7 +2,7 @@
 // behind (orphaned jobs, unacknowledged results), then wires the channel driver to the
 // job host, the outbox and the signals, and runs until the driver exits.
 import type { Logger } from "../log/logger.js";
-import { ChannelDriver } from "../channel/driver.js";
+import { ChannelDriver, type DriverExit } from "../channel/driver.js";
 import { keyOf, type MachineConfig } from "../channel/machine.js";
 import { checkControlPlaneUrl } from "../config/transport.js";
 import { CHANNEL_PATH, DEFAULT_MAX_FRAME_BYTES, type JobResult } from "../protocol/channel.js";
@@ -38,7 +38,7 @@ export interface DaemonOptions {
 /** A connection attempt's timeout before any welcome, and its ceiling after (see handshakeTimeout in the machine). */
 const HANDSHAKE_TIMEOUT_MS = 10_000;
 
-export async function runDaemon(options: DaemonOptions): Promise<number> {
+export async function runDaemon(options: DaemonOptions): Promise<DriverExit> {
   const { registration, files, logger } = options;
   const url = channelUrl(registration.url, options.insecurePlaintext);
   const outbox = new Outbox(files.outbox);
@@ -118,7 +118,7 @@ export async function runDaemon(options: DaemonOptions): Promise<number> {
     // Stopping for a reason other than a drain (a revoked credential, say) may leave jobs running.
     await host.stopAll("the runner is stopping: " + exit.reason);
     await Promise.all([pool.close(), deviceSync.close()]);
-    return exit.code;
+    return exit;
   } finally {
     diskGuard.stop();
     process.off("SIGTERM", onSignal);

@@ -26,6 +26,8 @@ const config = (runnerId: string, overrides: Partial<MachineConfig> = {}): Machi
   reconnectBaseMs: 100,
   reconnectCapMs: 1000,
   handshakeTimeoutMs: 5_000,
+  once: false,
+  exitAfterIdleMs: null,
   drainTimeoutMs: 1_000,
   ...overrides,
 });

@@ -101,3 +101,36 @@ describe("runner start", { timeout: 60_000 }, () => {
     assert.equal(await daemon.stop("SIGTERM"), ExitCode.OK);
   });
 });
+
+describe("ephemeral runners", { timeout: 60_000 }, () => {
+  test("start --once runs exactly one job, reports it, unregisters and exits 0; the next job waits for another runner", async (t) => {
+    const plane = await startTestControlPlane(t);
+    const runner = await registerRunner(t, plane);
+    const first = await plane.admin.submitJob({ job: { kind: "command", argv: ["sh", "-c", "echo one"], env: {} } });
+    const second = await plane.admin.submitJob({ job: { kind: "command", argv: ["true"], env: {} } });
+    const daemon = startDaemon(t, [...runner.flags, "--once", "--capacity", "2", "--device-providers", "none"]);
+    assert.equal(await daemon.exited, ExitCode.OK, daemon.stderr());
+
+    const jobs = await Promise.all([first, second].map(async (s) => (await plane.admin.getJob(s.job.jobId)).job));
+    assert.deepEqual(jobs.map((job) => job.status).sort(), ["queued", "succeeded"], JSON.stringify(jobs));
+    await assert.rejects(fs.access(path.join(runner.stateDir, "registration.json")), { code: "ENOENT" });
+    assert.deepEqual(await plane.admin.listRunners(), [], "unregistered on the control plane");
+    assert.ok(
+      daemon.lines.some((line) => line.msg === "once: its one job is done and its result acknowledged"),
+      daemon.stderr(),
+    );
+  });
+
+  test("start --exit-after-idle exits 0 after that long without a job", async (t) => {
+    const plane = await startTestControlPlane(t);
+    const runner = await registerRunner(t, plane);
+    const daemon = startDaemon(t, [...runner.flags, "--exit-after-idle", "1", "--device-providers", "none"]);
+    await daemon.waitForLog((line) => line.msg === "connected to the control plane");
+    assert.equal(await daemon.exited, ExitCode.OK, daemon.stderr());
+    assert.ok(
+      daemon.lines.some((line) => line.msg === "no job for 1 s: exiting (--exit-after-idle)"),
+      daemon.stderr(),
+    );
+    await fs.access(path.join(runner.stateDir, "registration.json")); // an idle exit keeps the registration
+  });
+});

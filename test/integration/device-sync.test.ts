@@ -100,6 +100,8 @@ function startRunner(
     reconnectBaseMs: 100,
     reconnectCapMs: 1000,
     handshakeTimeoutMs: 5_000,
+    once: false,
+    exitAfterIdleMs: null,
     drainTimeoutMs: 1_000,
   };
   const driver = new ChannelDriver(

@@ -6,6 +6,7 @@ import {
   deadlines,
   initialState,
   nextDeadline,
+  ONCE_DONE,
   reconnectDelay,
   replacedDelay,
   step,
@@ -27,6 +28,8 @@ const config: MachineConfig = {
   reconnectBaseMs: 1000,
   reconnectCapMs: 30_000,
   handshakeTimeoutMs: 10_000,
+  once: false,
+  exitAfterIdleMs: null,
   drainTimeoutMs: 5_000,
 };
 const env = { now: 0, random: 0.5 };
@@ -164,6 +167,69 @@ describe("the channel state machine", () => {
     const runs = run(fit.state, { type: "message", message: assignment("j3") });
     assert.deepEqual(types(runs.effects), ["start_job", "send"]);
     assert.deepEqual(sent(runs.effects), [{ type: "accept", jobId: "j3", attempt: 1 }]);
+  });
+
+  test("an ephemeral runner (once) takes one job, says goodbye, rejects any other, and stops once its result is acknowledged", () => {
+    const onceConfig = { ...config, once: true };
+    const ready = run(
+      initialState(onceConfig),
+      { type: "start" },
+      { type: "socket_open" },
+      { type: "message", message: welcome },
+    );
+    assert.deepEqual(sent(ready.effects), [{ type: "ready", slots: 2 }]);
+    const taken = run(ready.state, { type: "message", message: assignment("j1") });
+    assert.deepEqual(sent(taken.effects), [
+      { type: "accept", jobId: "j1", attempt: 1 },
+      { type: "goodbye", reason: "once" },
+    ]);
+    const second = run(taken.state, { type: "message", message: assignment("j2") });
+    assert.deepEqual(sent(second.effects), [
+      { type: "reject", jobId: "j2", attempt: 1, reason: "once: this runner takes one job and has taken it" },
+    ]);
+    const finished = run(second.state, { type: "job_finished", result: result("j1") });
+    assert.deepEqual(sent(finished.effects), [{ type: "result", result: result("j1") }], "no credit for another job");
+    const acked = run(finished.state, {
+      type: "message",
+      message: { type: "result_ack", jobId: "j1", attempt: 1, applied: true },
+    });
+    assert.deepEqual(acked.effects.at(-1), { type: "exit", code: ExitCode.OK, reason: ONCE_DONE });
+  });
+
+  test("with exit-after-idle the runner stops after that long with no job, and a job restarts the wait", () => {
+    const idleConfig = { ...config, exitAfterIdleMs: 5_000 };
+    const at = (now: number) => ({ now, random: 0.5 });
+    let state = step(initialState(idleConfig), { type: "start" }, at(0)).state;
+    state = step(state, { type: "socket_open" }, at(10)).state;
+    state = step(state, { type: "message", message: welcome }, at(20)).state;
+    assert.deepEqual(
+      deadlines(state).find((d) => d.timer === "idle"),
+      { timer: "idle", at: 5_000 },
+    );
+    state = step(state, { type: "message", message: assignment("j1") }, at(1_000)).state;
+    assert.equal(
+      deadlines(state).find((d) => d.timer === "idle"),
+      undefined,
+      "no idle deadline while a job runs",
+    );
+    state = step(state, { type: "job_finished", result: result("j1") }, at(2_000)).state;
+    state = step(
+      state,
+      { type: "message", message: { type: "result_ack", jobId: "j1", attempt: 1, applied: true } },
+      at(3_000),
+    ).state;
+    assert.deepEqual(
+      deadlines(state).find((d) => d.timer === "idle"),
+      { timer: "idle", at: 8_000 },
+    );
+    const early = step(state, { type: "timer", timer: "idle" }, at(5_000));
+    assert.ok(!early.effects.some((e) => e.type === "exit"), "a stale wake-up does not stop it");
+    const due = step(state, { type: "timer", timer: "idle" }, at(8_000));
+    assert.deepEqual(due.effects.at(-1), {
+      type: "exit",
+      code: ExitCode.OK,
+      reason: "no job for 5 s: exiting (--exit-after-idle)",
+    });
   });
 
   test("a repeated assignment of a running job is ignored", () => {

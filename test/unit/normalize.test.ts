@@ -132,6 +132,8 @@ describe("each part's config", () => {
       reconnectBaseMs: SETTINGS.reconnectBaseMs.defaultValue,
       reconnectCapMs: SETTINGS.reconnectCapMs.defaultValue,
       drainTimeoutMs: SETTINGS.drainTimeoutMs.defaultValue,
+      once: false,
+      exitAfterIdleMs: null,
     });
     assert.equal(config.pool.size, SETTINGS.capacity.defaultValue);
     assert.deepEqual(config.pool.handlers, SETTINGS.handlers.defaultValue);
@@ -160,6 +162,8 @@ describe("each part's config", () => {
       reconnectBaseMs: "50",
       reconnectCapMs: "5000",
       drainTimeoutMs: "1000",
+      once: true,
+      exitAfterIdle: "90",
       requestTimeoutMs: "2500",
       insecurePlaintext: true,
       handlers: "build=/opt/build.mjs",
@@ -170,7 +174,14 @@ describe("each part's config", () => {
       deviceBatchSize: "250",
       deviceProviderTimeoutMs: "2000",
     });
-    assert.deepEqual(config.channel, { capacity: 4, reconnectBaseMs: 50, reconnectCapMs: 5000, drainTimeoutMs: 1000 });
+    assert.deepEqual(config.channel, {
+      capacity: 4,
+      reconnectBaseMs: 50,
+      reconnectCapMs: 5000,
+      drainTimeoutMs: 1000,
+      once: true,
+      exitAfterIdleMs: 90_000,
+    });
     assert.equal(config.pool.size, 4);
     assert.deepEqual(config.pool.handlers, { build: "/opt/build.mjs" });
     assert.equal(config.pool.limits.maxRssBytes, 512 * MiB);

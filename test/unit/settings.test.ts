@@ -1,5 +1,6 @@
 import { describe, test } from "node:test";
 import assert from "node:assert/strict";
+import { Option } from "commander";
 import { SETTINGS, type SettingSpec } from "../../src/config/settings.js";
 import { resolveSettings } from "../../src/config/resolve.js";
 import { buildProgram } from "../../src/program.js";
@@ -29,6 +30,10 @@ describe("every setting is declared completely", () => {
       const values = specs.map(([, s]) => s[field]);
       assert.equal(new Set(values).size, values.length, `duplicate ${field}`);
     }
+  });
+
+  test("each flag parses to its setting's key (commander names a flag's value after the flag)", () => {
+    for (const [name, spec] of specs) assert.equal(new Option(spec.flag).attributeName(), spec.key, name);
   });
 
   test("every verb that reads settings offers every setting's flag", () => {
@@ -96,6 +101,8 @@ describe("settings precedence is flag > env > file > default", () => {
       workerHardRssMb: ["off", 4096],
       workerMaxFds: ["300", 0],
       minFreeDiskMb: ["off", 2048],
+      once: ["true", false],
+      exitAfterIdle: ["30", 600],
       workerMaxAgeS: ["60", 7200],
       workerMaxJobs: ["1", 100],
       handlers: ["build=/opt/handlers/build.mjs,lint=/opt/handlers/lint.mjs", { build: "/srv/build.mjs" }],
