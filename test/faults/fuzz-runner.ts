@@ -2,13 +2,11 @@
 // WebSocket relay that injects mutated and random frames into what the control plane sends
 // (and sometimes replaces the welcome). The daemon must not crash, no worker may die, and
 // afterwards a normal job must still run.
-import http from "node:http";
 import path from "node:path";
-import type { Duplex } from "node:stream";
 import type { TestContext } from "node:test";
-import { WebSocket, WebSocketServer, type RawData } from "ws";
+import { WebSocket } from "ws";
 import { REPO_ROOT } from "../helpers/cli.js";
-import { FORWARDED_HEADERS, forwardingServer } from "../helpers/ws-relay.js";
+import { relayServer } from "../helpers/ws-relay.js";
 import { RunnerProcess, registerThroughCli, startPhaseControlPlane, waitUntil } from "./cluster.js";
 import { MarkedJobs } from "./marked-jobs.js";
 import { encodeFuzzed, mangleText, mutateMessage, randomFrame } from "./mutate.js";
@@ -83,51 +81,29 @@ export async function runRunnerFuzz(options: {
   const downstreams = new Set<WebSocket>();
 
   // ---- the relay ----
-  const relay = forwardingServer("127.0.0.1", port);
-  const wss = new WebSocketServer({ noServer: true, maxPayload: 64 * 1024 * 1024 });
-  relay.on("upgrade", (req: http.IncomingMessage, socket: Duplex, head: Buffer) => {
-    wss.handleUpgrade(req, socket, head, (down) => {
-      const headers: Record<string, string> = {};
-      for (const name of FORWARDED_HEADERS)
-        if (typeof req.headers[name] === "string") headers[name] = req.headers[name];
-      const up = new WebSocket(`ws://127.0.0.1:${port}${req.url ?? "/"}`, { headers, maxPayload: 64 * 1024 * 1024 });
-      // The runner speaks (hello) before the upstream socket may be open. A held frame keeps
-      // its kind: sent on as binary, the hello would be refused (1008, which reaches the
-      // runner as 1011) on every connection whose upstream opened late, as on a loaded machine.
-      const early: Array<{ data: RawData; binary: boolean }> = [];
+  const relay = relayServer("127.0.0.1", port, {
+    onConnection: (down) => {
       downstreams.add(down);
-      down.on("message", (data: RawData, binary: boolean) =>
-        up.readyState === WebSocket.OPEN ? up.send(data, { binary }) : early.push({ data, binary }),
-      );
-      up.on("open", () => early.splice(0).forEach(({ data, binary }) => up.send(data, { binary })));
-      up.on("message", (data: RawData) => {
-        const text = data.toString();
-        let message: Record<string, unknown> | null = null;
-        try {
-          message = JSON.parse(text) as Record<string, unknown>;
-        } catch {
-          // Passed on as it is.
-        }
-        if (message && typeof message.type === "string")
-          templates[message.type === "assign" ? `assign_${message.jobId as string}`.slice(0, 40) : message.type] =
-            message;
-        // Now and then the welcome itself is the fuzzed frame.
-        if (fuzzing && message?.type === "welcome" && prng.chance(0.2)) {
-          tally.fuzzFrames.toRunner++;
-          return sendSafely(down, encodeFuzzed(defang(mutateMessage(prng, message))));
-        }
-        sendSafely(down, text);
-      });
-      const closeBoth = (code: number) => {
-        const usable = code === 1000 || (code >= 3000 && code <= 4999) ? code : 1011;
-        if (up.readyState <= WebSocket.OPEN) up.close(usable);
-        if (down.readyState <= WebSocket.OPEN) down.close(usable);
-      };
-      up.on("close", (code) => closeBoth(code));
-      down.on("close", (code) => (downstreams.delete(down), closeBoth(code)));
-      up.on("error", () => closeBoth(1011));
-      down.on("error", () => closeBoth(1011));
-    });
+      down.on("close", () => downstreams.delete(down));
+    },
+    fromControlPlane: (data, down) => {
+      const text = data.toString();
+      let message: Record<string, unknown> | null = null;
+      try {
+        message = JSON.parse(text) as Record<string, unknown>;
+      } catch {
+        // Passed on as it is.
+      }
+      if (message && typeof message.type === "string")
+        templates[message.type === "assign" ? `assign_${message.jobId as string}`.slice(0, 40) : message.type] =
+          message;
+      // Now and then the welcome itself is the fuzzed frame.
+      if (fuzzing && message?.type === "welcome" && prng.chance(0.2)) {
+        tally.fuzzFrames.toRunner++;
+        return sendSafely(down, encodeFuzzed(defang(mutateMessage(prng, message))));
+      }
+      sendSafely(down, text);
+    },
   });
   await new Promise<void>((resolve) => relay.listen(0, "127.0.0.1", resolve));
   const relayUrl = `http://127.0.0.1:${(relay.address() as { port: number }).port}`;

@@ -8,10 +8,10 @@ import type { TestContext } from "node:test";
 import { WebSocket, WebSocketServer, type RawData } from "ws";
 
 /** The channel's upgrade headers a relay passes on to the control plane. */
-export const FORWARDED_HEADERS = ["authorization", "x-runner-id", "x-runner-protocol", "x-runner-agent-version"];
+const FORWARDED_HEADERS = ["authorization", "x-runner-id", "x-runner-protocol", "x-runner-agent-version"];
 
 /** An HTTP server that passes every plain request on to `port` on `host` (upgrades are the caller's). */
-export function forwardingServer(host: string, port: number | string): http.Server {
+function forwardingServer(host: string, port: number | string): http.Server {
   return http.createServer((req, res) => {
     const upstream = http.request({ host, port, method: req.method, path: req.url, headers: req.headers }, (answer) => {
       res.writeHead(answer.statusCode ?? 502, answer.headers);
@@ -20,6 +20,55 @@ export function forwardingServer(host: string, port: number | string): http.Serv
     upstream.on("error", () => res.destroy());
     req.pipe(upstream);
   });
+}
+
+export interface RelayHooks {
+  /** Each new connection from a runner (its socket to the runner). */
+  onConnection?(down: WebSocket): void;
+  /** A runner's frame, before it is passed on. */
+  fromRunner?(data: RawData): void;
+  /** A control plane's frame: the hook sends whatever should reach the runner instead. */
+  fromControlPlane(data: RawData, down: WebSocket): void;
+}
+
+/**
+ * A relay on an HTTP server that forwards plain requests to `port` on `host` and joins each
+ * channel upgrade to a new socket to the control plane with the same auth headers. The
+ * runner's frames pass on as they came (a frame sent before the upstream socket opened is held
+ * and keeps its kind: a text hello sent on as binary would be refused); a close on either side
+ * closes both.
+ */
+export function relayServer(host: string, port: number | string, hooks: RelayHooks): http.Server {
+  const server = forwardingServer(host, port);
+  const wss = new WebSocketServer({ noServer: true, maxPayload: 64 * 1024 * 1024 });
+  server.on("upgrade", (req: http.IncomingMessage, socket: Duplex, head: Buffer) => {
+    wss.handleUpgrade(req, socket, head, (down) => {
+      const headers: Record<string, string> = {};
+      for (const name of FORWARDED_HEADERS)
+        if (typeof req.headers[name] === "string") headers[name] = req.headers[name];
+      const up = new WebSocket(`ws://${host}:${port}${req.url ?? "/"}`, { headers, maxPayload: 64 * 1024 * 1024 });
+      const early: Array<{ data: RawData; binary: boolean }> = [];
+      hooks.onConnection?.(down);
+      down.on("message", (data: RawData, binary: boolean) => {
+        hooks.fromRunner?.(data);
+        if (up.readyState === WebSocket.OPEN) up.send(data, { binary });
+        else early.push({ data, binary });
+      });
+      up.on("open", () => early.splice(0).forEach(({ data, binary }) => up.send(data, { binary })));
+      up.on("message", (data: RawData) => hooks.fromControlPlane(data, down));
+      // Close codes the ws library may not send itself (1005, 1006) become 1011.
+      const closeBoth = (code: number) => {
+        const usable = code === 1000 || (code >= 3000 && code <= 4999) ? code : 1011;
+        if (up.readyState <= WebSocket.OPEN) up.close(usable);
+        if (down.readyState <= WebSocket.OPEN) down.close(usable);
+      };
+      up.on("close", closeBoth);
+      down.on("close", closeBoth);
+      up.on("error", () => closeBoth(1011));
+      down.on("error", () => closeBoth(1011));
+    });
+  });
+  return server;
 }
 
 export type Frame = Record<string, unknown>;
@@ -95,41 +144,15 @@ export async function startWsRelay(
   const fromControlPlane = frameLog("from the control plane");
   const downstreams: WebSocket[] = [];
 
-  const server = forwardingServer(target.hostname, target.port);
-  const wss = new WebSocketServer({ noServer: true, maxPayload: 64 * 1024 * 1024 });
-  server.on("upgrade", (req: http.IncomingMessage, socket: Duplex, head: Buffer) => {
-    wss.handleUpgrade(req, socket, head, (down) => {
-      const headers: Record<string, string> = {};
-      for (const name of FORWARDED_HEADERS)
-        if (typeof req.headers[name] === "string") headers[name] = req.headers[name];
-      const up = new WebSocket(`ws://${target.host}${req.url ?? "/"}`, { headers, maxPayload: 64 * 1024 * 1024 });
-      // The runner may speak (hello) before the upstream socket is open.
-      const early: string[] = [];
-      downstreams.push(down);
-      down.on("message", (data: RawData) => {
-        const text = data.toString();
-        fromRunner.push(text);
-        if (up.readyState === WebSocket.OPEN) up.send(text);
-        else early.push(text);
-      });
-      up.on("open", () => early.splice(0).forEach((text) => up.send(text)));
-      up.on("message", (data: RawData) => {
-        const text = data.toString();
-        const frame = fromControlPlane.push(text);
-        if (options.holdBack?.(frame)) return;
-        if (down.readyState === WebSocket.OPEN) down.send(text);
-      });
-      // Close codes the ws library may not send itself (1005, 1006) become 1011.
-      const closeBoth = (code: number) => {
-        const usable = code === 1000 || (code >= 3000 && code <= 4999) ? code : 1011;
-        if (up.readyState <= WebSocket.OPEN) up.close(usable);
-        if (down.readyState <= WebSocket.OPEN) down.close(usable);
-      };
-      up.on("close", closeBoth);
-      down.on("close", closeBoth);
-      up.on("error", () => closeBoth(1011));
-      down.on("error", () => closeBoth(1011));
-    });
+  const server = relayServer(target.hostname, target.port, {
+    onConnection: (down) => downstreams.push(down),
+    fromRunner: (data) => fromRunner.push(data.toString()),
+    fromControlPlane: (data, down) => {
+      const text = data.toString();
+      const frame = fromControlPlane.push(text);
+      if (options.holdBack?.(frame)) return;
+      if (down.readyState === WebSocket.OPEN) down.send(text);
+    },
   });
   await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
   t.after(async () => {
