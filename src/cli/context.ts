@@ -13,7 +13,7 @@ import { CONFIG_FILE_ENV, CONFIG_FILE_FLAG, SETTINGS, type SettingSpec } from ".
 import { createLogger, type Logger } from "../log/logger.js";
 import type { CheckContext } from "../startup/check.js";
 import { gatherHostFacts } from "../state/host.js";
-import { readOpenFileLimit } from "../workers/parent/rlimit.js";
+import { FALLBACK_OPEN_FILE_LIMIT, readOpenFileLimit } from "../workers/parent/rlimit.js";
 
 /** A verb's view: the normalized config (every setting's value, each part's config), plus the verb's own things. */
 export interface Context extends RunnerConfig {
@@ -37,9 +37,15 @@ export function withSettings(command: Command): Command {
   return command;
 }
 
+/**
+ * `forDaemon`: the verb runs the worker pool (`start`), whose default fd limit is worked out from
+ * RLIMIT_NOFILE. Only then is the limit read: on macOS that spawns a shell, which no other verb
+ * should pay for (their pool config is never used).
+ */
 export async function loadContext(
   flags: Record<string, unknown>,
   env: NodeJS.ProcessEnv = process.env,
+  options: { forDaemon?: boolean } = {},
 ): Promise<Context> {
   const explicitConfig = (flags.config as string | undefined) ?? (env[CONFIG_FILE_ENV] || undefined);
   // The config file's location may depend on --system, which may itself come from a flag or env.
@@ -57,7 +63,7 @@ export async function loadContext(
     platform: process.platform,
     env,
     home: os.homedir(),
-    rlimitNofile: await readOpenFileLimit(),
+    rlimitNofile: options.forDaemon ? await readOpenFileLimit() : FALLBACK_OPEN_FILE_LIMIT,
   });
   const logger = createLogger({ level: config.settings.logLevel, format: config.settings.logFormat });
   return { ...config, resolved, configFile, logger, now: () => new Date() };

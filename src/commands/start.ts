@@ -30,7 +30,7 @@ export function defineStartCommand(program: Command): void {
     action(async (options: Record<string, unknown>) => {
       let ctx: Context | undefined;
       try {
-        ctx = await loadContext(options);
+        ctx = await loadContext(options, process.env, { forDaemon: true });
         return await serve(ctx);
       } catch (error) {
         await stopFor(ctx, exitCodeFor(error), describeError(error));
