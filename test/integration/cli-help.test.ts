@@ -228,7 +228,14 @@ test("the README's table of the settings each verb takes matches the code", asyn
     if (declared === undefined) continue;
     const row = readme.split("\n").find((line) => line.startsWith(`| \`${words.join(" ")}\` | `));
     assert.ok(row, `README has a settings row for ${words.join(" ")}`);
-    const flags = [...(row.split(" | ")[1] ?? "").matchAll(/`(--[a-z-]+)/g)].map((m) => m[1]!);
+    const cell = row.split(" | ")[1] ?? "";
+    // service install's row says it takes start's settings rather than listing them again.
+    const sameAs = /^the same as `([a-z ]+)`/.exec(cell)?.[1];
+    const flags = sameAs
+      ? [
+          ...(readme.split("\n").find((line) => line.startsWith(`| \`${sameAs}\` | `)) ?? "").matchAll(/`(--[a-z-]+)/g),
+        ].map((m) => m[1]!)
+      : [...cell.matchAll(/`(--[a-z-]+)/g)].map((m) => m[1]!);
     assert.deepEqual(
       flags.filter((flag) => flag !== CONFIG_FILE_FLAG).sort(),
       declared.map(flagOf).sort(),
