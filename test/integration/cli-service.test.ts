@@ -173,7 +173,8 @@ describe("runner service (systemd, stubbed)", { timeout: 60_000 }, () => {
     const configFile = path.join(home, ".config", "runner", "config.json");
     await fs.mkdir(path.dirname(configFile), { recursive: true });
     await fs.writeFile(configFile, JSON.stringify({ capacity: 2 }));
-    assert.equal((await runCli(["service", "install", ...runner.flags], { env })).code, ExitCode.OK);
+    // Without --config (runner.flags has one), so that install reads the default config file.
+    assert.equal((await runCli(["service", "install", "--state-dir", runner.stateDir], { env })).code, ExitCode.OK);
     const unit = await fs.readFile(path.join(home, ".config", "systemd", "user", "runner.service"), "utf8");
     assert.ok(unit.includes(`"--config" "${configFile}"`), "the config file the install read is the service's");
     const healthy = await runCli(["service", "status", ...runner.flags], { env });
