@@ -53,7 +53,7 @@ export function withSettings(command: Command, keys: readonly SettingKey[]): Com
   const used = new Set(keys);
   for (const [key, spec] of Object.entries(SETTINGS) as [SettingKey, SettingSpec<unknown>][]) {
     if (!used.has(key)) {
-      refuseUnused(command, spec);
+      refuseUnused(command, key);
       continue;
     }
     const flags = spec.arg ? `${spec.flag} ${spec.arg}` : spec.flag;
@@ -77,15 +77,16 @@ export function withSettings(command: Command, keys: readonly SettingKey[]): Com
  * A hidden option, so that commander parses the flag (with or without a value) instead of
  * calling it unknown, and then refuses it naming the verbs that use it.
  */
-function refuseUnused(command: Command, spec: SettingSpec<unknown>): void {
-  const option = new Option(`${spec.flag} [value]`).hideHelp();
+function refuseUnused(command: Command, key: SettingKey): void {
+  const flag = SETTINGS[key].flag;
+  const option = new Option(`${flag} [value]`).hideHelp();
   command.addOption(option);
   command.on(`option:${option.name()}`, () => {
     const here = commandPath(command);
-    const users = verbsUsing(command, spec.key as SettingKey).map((verb) => `runner ${verb}`);
+    const users = verbsUsing(command, key).map((verb) => `runner ${verb}`);
     const elsewhere = users.length === 0 ? "" : `; ${users.join(", ")} ${users.length === 1 ? "does" : "do"}`;
     command.error(
-      `error: unknown option '${spec.flag}' (runner ${here} does not use it${elsewhere}; see runner ${here} --help)`,
+      `error: unknown option '${flag}' (runner ${here} does not use it${elsewhere}; see runner ${here} --help)`,
       { exitCode: ExitCode.USAGE, code: "runner.unusedSetting" },
     );
   });
