@@ -45,7 +45,10 @@ export function readDaemonStatus(socketPath: string, timeoutMs = STATUS_TIMEOUT_
       });
     });
     // A whole-request deadline: connect, headers and body.
-    const timer = setTimeout(() => none(`the daemon did not answer on ${socketPath} within ${timeoutMs} ms`), timeoutMs);
+    const timer = setTimeout(
+      () => none(`the daemon did not answer on ${socketPath} within ${timeoutMs} ms`),
+      timeoutMs,
+    );
     request.on("error", (error: NodeJS.ErrnoException) => {
       if (error.code === "ENOENT") return none(`no daemon is running: nothing at ${socketPath}`);
       if (error.code === "ECONNREFUSED") return none(`no daemon is running: nothing listens on ${socketPath}`);

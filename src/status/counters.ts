@@ -87,7 +87,11 @@ export function observe(histogram: HistogramCounts, value: number): void {
 }
 
 /** Updates the counts for one step of the channel machine, taken at `now` (epoch ms). */
-export function countStep(counters: DaemonCounters, { input, before, after, effects }: ObservedStep, now: number): void {
+export function countStep(
+  counters: DaemonCounters,
+  { input, before, after, effects }: ObservedStep,
+  now: number,
+): void {
   if (before.connection.phase !== after.connection.phase) {
     counters.phaseSince = now;
     if (after.connection.phase === "disconnected") counters.reconnects[reconnectReason(input)]++;

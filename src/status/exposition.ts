@@ -9,6 +9,6 @@ let promClient: Promise<typeof import("prom-client")> | null = null;
 
 export async function renderMetrics(families: MetricFamily[]): Promise<{ contentType: string; body: string }> {
   const prom = await (promClient ??= import("prom-client"));
-  const registry = prom.AggregatorRegistry.aggregate(families);
+  const registry = prom.AggregatorRegistry.aggregate([families]);
   return { contentType: registry.contentType, body: await registry.metrics() };
 }

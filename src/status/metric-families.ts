@@ -47,7 +47,12 @@ export function metricFamilies(parts: StatusParts): MetricFamily[] {
       "Job results this daemon produced, by outcome",
       OUTCOMES.map((outcome) => ({ value: counters.jobsByOutcome[outcome], labels: { outcome } })),
     ),
-    family("runner_jobs_running", "gauge", "Jobs accepted and not yet finished", one(Object.keys(state.running).length)),
+    family(
+      "runner_jobs_running",
+      "gauge",
+      "Jobs accepted and not yet finished",
+      one(Object.keys(state.running).length),
+    ),
     histogram(
       "runner_job_dispatch_to_start_seconds",
       "Seconds from the runner accepting an assignment to the job's worker reporting it started",
@@ -63,7 +68,10 @@ export function metricFamilies(parts: StatusParts): MetricFamily[] {
       "runner_worker_recycles_total",
       "counter",
       "Workers retired at a job boundary for crossing a limit, by reason",
-      (["memory", "fds", "age", "jobs"] as const).map((reason) => ({ value: pool.recycled[reason], labels: { reason } })),
+      (["memory", "fds", "age", "jobs"] as const).map((reason) => ({
+        value: pool.recycled[reason],
+        labels: { reason },
+      })),
     ),
     family("runner_workers", "gauge", "Worker processes alive", one(live.length)),
     family(
