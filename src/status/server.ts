@@ -104,17 +104,25 @@ export async function startStatusServer(options: StatusServerOptions): Promise<S
  * caller holds the lock). Anything else at that path is not the runner's to delete: false.
  */
 async function clearStaleSocket(file: string, logger: Logger): Promise<boolean> {
-  const stat = await fs.lstat(file).catch((error: NodeJS.ErrnoException) => {
-    if (error.code === "ENOENT") return null;
-    throw error;
-  });
-  if (stat === null) return true;
-  if (!stat.isSocket()) {
-    logger.error({ socket: file }, "something that is not a socket is in the status socket's place: no status socket");
+  try {
+    const stat = await fs.lstat(file).catch((error: NodeJS.ErrnoException) => {
+      if (error.code === "ENOENT") return null;
+      throw error;
+    });
+    if (stat === null) return true;
+    if (!stat.isSocket()) {
+      logger.error(
+        { socket: file },
+        "something that is not a socket is in the status socket's place: no status socket",
+      );
+      return false;
+    }
+    await fs.rm(file, { force: true });
+    return true;
+  } catch (error) {
+    logger.error({ err: error, socket: file }, "could not clear the status socket's place: no status socket");
     return false;
   }
-  await fs.rm(file, { force: true });
-  return true;
 }
 
 function listen(server: http.Server, where: { path: string } | { host: string; port: number }): Promise<void> {
