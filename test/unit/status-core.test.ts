@@ -2,8 +2,7 @@
 // readiness, metrics and `runner status` lines are shaped from it. Time is passed in.
 import { describe, test } from "node:test";
 import assert from "node:assert/strict";
-import { initialState, step, type Input, type MachineConfig, type State } from "../../src/channel/machine.js";
-import type { Assignment, ControlMessage } from "../../src/protocol/channel.js";
+import { initialState, step, type Input, type State } from "../../src/channel/machine.js";
 import {
   countSent,
   countStep,
@@ -18,40 +17,12 @@ import { renderMetrics } from "../../src/status/exposition.js";
 import { statusViewSchema } from "../../src/status/view.js";
 import { daemonSummary } from "../../src/status/summary.js";
 import { parseExposition, valueOf } from "../helpers/prom-text.js";
+import { assignment, machineConfig, welcome } from "../helpers/channel-fixtures.js";
 import type { PoolStats } from "../../src/workers/parent/pool.js";
 import type { DeviceSyncStatus } from "../../src/devices/sync-host.js";
 
-const config: MachineConfig = {
-  runnerId: "rnr_abcdefghijklmnopqrstuvwx",
-  protocolVersion: 1,
-  agentVersion: "0.1.0",
-  labels: [],
-  capacity: 2,
-  reconnectBaseMs: 1000,
-  reconnectCapMs: 30_000,
-  handshakeTimeoutMs: 10_000,
-  once: false,
-  exitAfterIdleMs: null,
-  drainTimeoutMs: 5_000,
-};
-const welcome: ControlMessage = {
-  type: "welcome",
-  protocolVersion: 1,
-  heartbeatIntervalMs: 1000,
-  leaseMs: 30_000,
-  maxFrameBytes: 1 << 20,
-  fenced: [],
-  paused: false,
-};
-const assign = (jobId: string): Assignment => ({
-  type: "assign",
-  jobId,
-  attempt: 1,
-  job: { kind: "command", argv: ["true"], env: {} },
-  timeoutMs: 1000,
-  cancelGraceMs: 100,
-  leaseExpiresAt: "2026-01-01T00:00:00Z",
-});
+const config = machineConfig;
+const assign = assignment;
 const T0 = Date.parse("2026-12-01T00:00:00Z");
 
 /** The real machine, stepped as the driver steps it, each step counted at its time. */
