@@ -8,6 +8,7 @@ import net from "node:net";
 import path from "node:path";
 import { captureLogger, tempDir } from "../helpers/fixtures.js";
 import { maxSocketPathBytes, startStatusServer, type StatusServerOptions } from "../../src/status/server.js";
+import { readDaemonStatus } from "../../src/status/client.js";
 
 function options(logger: StatusServerOptions["logger"], where: Partial<StatusServerOptions>): StatusServerOptions {
   return {
@@ -84,5 +85,32 @@ describe("status server", { timeout: 30_000 }, () => {
     assert.match(log.text(), /could not serve the status endpoints on 127\.0\.0\.1/);
     assert.match(log.text(), /EADDRINUSE/);
     assert.equal(await healthz({ socketPath }), 200);
+  });
+
+  test("runner status's reader gives up on a daemon that does not answer, and refuses an answer that is not a status", async (t) => {
+    const dir = await tempDir(t);
+    const silent = path.join(dir, "silent.sock");
+    const held: net.Socket[] = [];
+    const mute = net.createServer((socket) => void held.push(socket)).listen(silent);
+    await once(mute, "listening");
+    t.after(() => {
+      for (const socket of held) socket.destroy();
+      mute.close();
+    });
+    assert.deepEqual(await readDaemonStatus(silent, 300), {
+      kind: "none",
+      reason: `the daemon did not answer on ${silent} within 300 ms`,
+    });
+
+    const odd = path.join(dir, "odd.sock");
+    const impostor = http.createServer((_request, response) => response.end('{"pid":"not a number"}')).listen(odd);
+    await once(impostor, "listening");
+    t.after(() => impostor.close());
+    const answer = await readDaemonStatus(odd, 5000);
+    assert.equal(answer.kind, "none");
+    assert.match(
+      answer.kind === "none" ? answer.reason : "",
+      /^the daemon's status is not what this runner expects \(pid: /,
+    );
   });
 });
