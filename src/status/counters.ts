@@ -111,9 +111,12 @@ export function countStep(
       }
       break;
     }
-    case "job_finished":
-      counters.jobsByOutcome[input.result.outcome]++;
+    case "job_finished": {
+      // Counted once the machine holds the result (not when it ignores one, once stopped, say).
+      const key = keyOf(input.result);
+      if (after.pending[key] && !before.pending[key]) counters.jobsByOutcome[input.result.outcome]++;
       break;
+    }
     default:
       break;
   }

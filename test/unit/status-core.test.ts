@@ -3,6 +3,7 @@
 import { describe, test } from "node:test";
 import assert from "node:assert/strict";
 import { initialState, step, type Input, type State } from "../../src/channel/machine.js";
+import type { JobResult } from "../../src/protocol/channel.js";
 import {
   countSent,
   countStep,
@@ -24,6 +25,16 @@ import type { DeviceSyncStatus } from "../../src/devices/sync-host.js";
 const config = machineConfig;
 const assign = assignment;
 const T0 = Date.parse("2026-12-01T00:00:00Z");
+const finished = (jobId: string): JobResult => ({
+  jobId,
+  attempt: 1,
+  outcome: "succeeded",
+  exitCode: 0,
+  signal: null,
+  reason: null,
+  startedAt: "t",
+  finishedAt: "t",
+});
 
 /** The real machine, stepped as the driver steps it, each step counted at its time. */
 class Channel {
@@ -115,19 +126,7 @@ describe("status counters", () => {
     assert.equal(histogram.count, 1);
     assert.equal(histogram.sum, 0.04);
     assert.equal(histogram.counts[histogram.bounds.indexOf(0.05)], 1, "0.04 s falls in the 0.05 bucket");
-    channel.feed(T0 + 5000, {
-      type: "job_finished",
-      result: {
-        jobId: "job-a",
-        attempt: 1,
-        outcome: "failed",
-        exitCode: 1,
-        signal: null,
-        reason: null,
-        startedAt: "t",
-        finishedAt: "t",
-      },
-    });
+    channel.feed(T0 + 5000, { type: "job_finished", result: { ...finished("job-a"), outcome: "failed", exitCode: 1 } });
     assert.equal(channel.counters.jobsByOutcome.failed, 1);
     assert.equal(channel.counters.jobsByOutcome.succeeded, 0);
     assert.deepEqual(channel.counters.jobs, {}, "a finished job is no longer held");
@@ -147,6 +146,16 @@ describe("status counters", () => {
     const ref = { jobId: "job-c", attempt: 1 };
     channel.feed(T0 + 3, { type: "job_started", ref, startedAt: "t" }, { type: "job_started", ref, startedAt: "t" });
     assert.equal(channel.counters.dispatchToStart.count, 1);
+  });
+
+  test("a result the machine ignores (it has stopped) is not counted", () => {
+    const channel = new Channel().connect(T0).feed(T0, { type: "stop_now", reason: "test" });
+    assert.equal(channel.state.connection.phase, "stopped");
+    channel.feed(T0 + 1, {
+      type: "job_finished",
+      result: { ...finished("job-z"), outcome: "cancelled" },
+    });
+    assert.equal(channel.counters.jobsByOutcome.cancelled, 0);
   });
 
   test("only device sync frames count as device bytes", () => {
