@@ -56,6 +56,24 @@ export interface ChannelCompanion {
   onMessage(message: ControlMessage): boolean;
 }
 
+/** One step of the machine, as the driver took it. */
+export interface ObservedStep {
+  input: Input;
+  before: Readonly<State>;
+  after: Readonly<State>;
+  effects: readonly Effect[];
+}
+
+/**
+ * Watches the channel without acting on it (the status counts, src/status/counters.ts): told
+ * each step (with the step's time) before its effects are carried out, and each frame handed
+ * to the socket.
+ */
+export interface ChannelObserver {
+  stepped(step: ObservedStep, now: number): void;
+  sent(type: RunnerMessage["type"], bytes: number): void;
+}
+
 export interface DriverOptions {
   /** ws:// or wss:// URL of the channel endpoint. */
   url: string;
@@ -70,6 +88,7 @@ export interface DriverOptions {
   companions?: ChannelCompanion[];
   /** Told `true` when the socket has too much queued to send (slow down job output), `false` when it drained. */
   onBackpressure?: (slow: boolean) => void;
+  observer?: ChannelObserver;
   /** The clock the machine's deadlines are read on. */
   now?: Clock;
   random?: () => number;
@@ -166,8 +185,11 @@ export class ChannelDriver {
     try {
       while (this.queue.length > 0) {
         const input = this.queue.shift()!;
-        const next = step(this.state, input, { now: this.clock(), random: this.options.random?.() ?? Math.random() });
+        const now = this.clock();
+        const before = this.state;
+        const next = step(before, input, { now, random: this.options.random?.() ?? Math.random() });
         this.state = next.state;
+        this.options.observer?.stepped({ input, before, after: next.state, effects: next.effects }, now);
         for (const effect of next.effects) await this.carryOut(effect);
         this.deadline.arm(nextDeadline(this.state));
       }
@@ -305,7 +327,7 @@ export class ChannelDriver {
   }
 
   /** Returns whether the frame was handed to the socket. */
-  private send(message: Parameters<typeof encode>[0]): boolean {
+  private send(message: RunnerMessage): boolean {
     const socket = this.socket;
     if (!socket || socket.readyState !== WebSocket.OPEN) {
       this.options.logger.debug({ type: message.type }, "not connected; message not sent");
@@ -315,14 +337,16 @@ export class ChannelDriver {
     // The machine sizes its frames to the limit in force; this guard only catches a bug, since
     // the control plane would close the connection (1009) on a larger frame.
     const limit = this.frameLimit;
-    if (Buffer.byteLength(frame) > limit) {
+    const bytes = Buffer.byteLength(frame);
+    if (bytes > limit) {
       this.options.logger.error(
-        { type: message.type, bytes: Buffer.byteLength(frame), maxFrameBytes: limit },
+        { type: message.type, bytes, maxFrameBytes: limit },
         "message larger than the frame limit; not sent",
       );
       return false;
     }
     socket.send(frame);
+    this.options.observer?.sent(message.type, bytes);
     this.watchBackpressure(socket);
     return true;
   }

@@ -37,6 +37,7 @@ export const START_SETTINGS: readonly SettingKey[] = [
   "insecurePlaintext",
   "once",
   "exitAfterIdle",
+  "statusPort",
   "capacity",
   "drainTimeoutMs",
   "reconnectBaseMs",
@@ -132,6 +133,7 @@ async function serve(ctx: Context): Promise<number> {
       rlimitNofile: ctx.rlimitNofile,
       deviceSync: ctx.deviceSync,
       fitness: ctx.fitness,
+      status: ctx.status,
     });
     // An ephemeral runner whose one job is done leaves no registration behind.
     if (exit.reason === ONCE_DONE) {

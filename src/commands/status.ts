@@ -1,4 +1,5 @@
-// runner status: the local view of this runner. Reads only local files; no network.
+// runner status: the local view of this runner (its files), then what the daemon says of itself
+// when one runs: its /status, read over the state dir's socket. No network.
 import { Command } from "commander";
 import { ExitCode } from "../errors.js";
 import { loadContext, STATE_SETTINGS, withSettings } from "../cli/context.js";
@@ -8,14 +9,19 @@ import { inspectLock } from "../state/lock.js";
 import { readRegistration } from "../state/registration.js";
 import { modeOf } from "../state/files.js";
 import { readBlocked } from "../state/blocked.js";
+import { readDaemonStatus, STATUS_TIMEOUT_MS } from "../status/client.js";
+import { daemonSummary } from "../status/summary.js";
 
 export function defineStatusCommand(program: Command): void {
   const command = program
     .command("status")
-    .summary("show this runner's local view: registration, credential store, lock owner, a stop for a person")
+    .summary(
+      "show this runner's local view (registration, credential store, lock owner, a stop for a person) and, when the daemon runs, what it is doing",
+    )
     .description(
-      "Reads the state dir only (no network): whether this runner is registered and with which control plane, where its " +
-        "credential is, who holds the lock, and whether the last start stopped for a person.",
+      "Reads the state dir (no network): whether this runner is registered and with which control plane, where its " +
+        "credential is, who holds the lock, and whether the last start stopped for a person; then, when the daemon runs, " +
+        "what it says of itself over status.sock (connected?, mode, jobs, workers, outbox, devices, last error).",
     )
     .option("--json", "print as JSON");
   withSettings(command, STATE_SETTINGS);
@@ -34,6 +40,9 @@ export function defineStatusCommand(program: Command): void {
       const lock = stateDirExists ? await inspectLock(ctx.files.lock) : { kind: "free" as const };
       const reg = registration.kind === "ok" ? registration.value : null;
       const blocked = stateDirExists ? await readBlocked(ctx.files.blocked) : null;
+      const daemon = stateDirExists
+        ? await readDaemonStatus(ctx.files.statusSocket, STATUS_TIMEOUT_MS)
+        : { kind: "none" as const, reason: `no daemon is running: no state dir at ${ctx.files.stateDir}` };
       const view = {
         registered: reg !== null,
         registrationProblem: registration.kind === "invalid" ? registration.reason : null,
@@ -52,6 +61,9 @@ export function defineStatusCommand(program: Command): void {
               : { state: "stale" as const, pid: lock.owner?.pid ?? null, reason: lock.reason },
         /** Set when the last start stopped for a person (exit 78/79); cleared by repair or a clean start. */
         stoppedForOperator: blocked,
+        /** The daemon's own /status (README, "Status and metrics"); null when none answers, and `daemonProblem` says why. */
+        daemon: daemon.kind === "running" ? daemon.view : null,
+        daemonProblem: daemon.kind === "none" ? daemon.reason : null,
       };
       if (options.json) {
         printJson(view);
@@ -66,6 +78,8 @@ export function defineStatusCommand(program: Command): void {
         print(
           `  stopped for a person since ${blocked.at || "?"}: exit ${blocked.exitCode}, ${blocked.reason} (fix it, then \`runner repair\`)`,
         );
+      if (daemon.kind === "running") for (const line of daemonSummary(daemon.view)) print(line);
+      else print(`daemon: ${daemon.reason}`);
       return ExitCode.OK;
     }),
   );

@@ -58,6 +58,13 @@ export interface FitnessSettings {
   minFreeDiskBytes: number | null;
 }
 
+/** Where `runner start` serves its status endpoints: always the state dir's socket; a loopback port when asked. */
+export interface StatusSettings {
+  socketPath: string;
+  /** null: no port (--status-port 0 or off). */
+  port: number | null;
+}
+
 export interface RunnerConfig {
   settings: NormalizedSettings;
   fitness: FitnessSettings;
@@ -69,6 +76,7 @@ export interface RunnerConfig {
   rlimitNofile: number;
   deviceSync: DeviceSyncSettings;
   service: ServiceSettings;
+  status: StatusSettings;
 }
 
 export function normalizeSettings(settings: Settings, facts: RunTimeFacts): RunnerConfig {
@@ -89,6 +97,7 @@ export function normalizeSettings(settings: Settings, facts: RunTimeFacts): Runn
     rlimitNofile: facts.rlimitNofile,
     deviceSync: deviceSyncSettings(settings),
     service: { system: settings.system, stateDir, drainTimeoutMs: settings.drainTimeoutMs },
+    status: { socketPath: stateFiles(stateDir).statusSocket, port: limitOrOff(settings.statusPort, 1) },
   };
 }
 

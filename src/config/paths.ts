@@ -50,6 +50,8 @@ export function stateFiles(stateDir: string) {
     blocked: path.join(stateDir, "needs-operator"),
     /** What the control plane last confirmed of the device inventory (src/devices/state-file.ts). */
     devices: path.join(stateDir, "devices.json"),
+    /** The daemon's status endpoints while it runs: a Unix socket, mode 0600 (src/status/server.ts). */
+    statusSocket: path.join(stateDir, "status.sock"),
     /** The default --work-dir: the jobs' own directories (src/jobs/work-dir.ts). */
     work: path.join(stateDir, "work"),
   };

@@ -162,6 +162,15 @@ export const SETTINGS = {
     fromString: limit,
     defaultValue: 0,
   }),
+  statusPort: setting<number>({
+    key: "statusPort",
+    flag: "--status-port",
+    arg: "<port|off>",
+    help: "start: also serve /healthz, /readyz, /status and /metrics on 127.0.0.1:<port> (always on the Unix socket status.sock in the state dir; 0 or off: no port)",
+    schema: z.number().int().min(0).max(65_535),
+    fromString: limit,
+    defaultValue: 0,
+  }),
   capacity: setting<number>({
     key: "capacity",
     flag: "--capacity",

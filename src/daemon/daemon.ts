@@ -13,11 +13,14 @@ import { ensureDir, removeInterruptedWrites } from "../state/files.js";
 import { Outbox } from "../state/outbox.js";
 import type { Registration } from "../state/registration.js";
 import { JobHost } from "./job-host.js";
-import type { ChannelSettings, FitnessSettings, PoolSettings } from "../config/normalize.js";
+import type { ChannelSettings, FitnessSettings, PoolSettings, StatusSettings } from "../config/normalize.js";
 import { WorkerPool } from "../workers/parent/pool.js";
 import { prepareWorkRoot } from "../jobs/work-dir.js";
 import { startDiskGuard } from "./disk-guard.js";
 import { createDeviceSync, type DeviceSyncSettings } from "../devices/index.js";
+import { systemClock } from "../time/deadline.js";
+import { countSent, countStep, newCounters } from "../status/counters.js";
+import { startStatusServer } from "../status/server.js";
 
 export interface DaemonOptions {
   registration: Registration;
@@ -33,6 +36,8 @@ export interface DaemonOptions {
   deviceSync: DeviceSyncSettings;
   /** Where command jobs without a cwd get their own directories, and the free space they need. */
   fitness: FitnessSettings;
+  /** Where the status endpoints are served (src/status/server.ts). */
+  status: StatusSettings;
 }
 
 /** A connection attempt's timeout before any welcome, and its ceiling after (see handshakeTimeout in the machine). */
@@ -40,6 +45,7 @@ const HANDSHAKE_TIMEOUT_MS = 10_000;
 
 export async function runDaemon(options: DaemonOptions): Promise<DriverExit> {
   const { registration, files, logger } = options;
+  const startedAt = systemClock();
   const url = channelUrl(registration.url, options.insecurePlaintext);
   const outbox = new Outbox(files.outbox);
   const journal = new JobJournal(files.running);
@@ -77,6 +83,8 @@ export async function runDaemon(options: DaemonOptions): Promise<DriverExit> {
   const pool = new WorkerPool({ ...options.pool, logger });
   const host = new JobHost(pool, journal, outbox, logger, (input) => driver.input(input), options.fitness.workDir);
   const deviceSync = createDeviceSync({ stateDir: files.stateDir, settings: options.deviceSync, logger });
+  // The status counts: plain fields the channel's observer moves (src/status/counters.ts).
+  const counters = newCounters(startedAt);
   const driver = new ChannelDriver(
     config,
     { pending },
@@ -89,6 +97,10 @@ export async function runDaemon(options: DaemonOptions): Promise<DriverExit> {
       ports: host,
       companions: [deviceSync.companion],
       onBackpressure: (slow) => (slow ? pool.pauseOutput() : pool.resumeOutput()),
+      observer: {
+        stepped: (step, now) => countStep(counters, step, now),
+        sent: (type, bytes) => countSent(counters, type, bytes),
+      },
     },
   );
 
@@ -113,6 +125,20 @@ export async function runDaemon(options: DaemonOptions): Promise<DriverExit> {
     feed: (input) => driver.input(input),
     logger,
   });
+  const status = await startStatusServer({
+    ...options.status,
+    read: () => ({
+      state: driver.current,
+      counters,
+      pool: pool.stats(),
+      devices: deviceSync.status(),
+      pid: process.pid,
+      startedAt,
+      controlPlaneUrl: registration.url,
+    }),
+    now: systemClock,
+    logger,
+  });
   try {
     const exit = await driver.start();
     // Stopping for a reason other than a drain (a revoked credential, say) may leave jobs running.
@@ -121,6 +147,7 @@ export async function runDaemon(options: DaemonOptions): Promise<DriverExit> {
     return exit;
   } finally {
     diskGuard.stop();
+    await status.close();
     process.off("SIGTERM", onSignal);
     process.off("SIGINT", onSignal);
     process.off("SIGUSR2", onRescan);

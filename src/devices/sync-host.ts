@@ -61,6 +61,8 @@ export interface DeviceSyncStatus {
   inventory: number | null;
   scanIntervalMs: number;
   lastScan: { at: string; ms: number; providers: ProviderReport[] } | null;
+  /** When the control plane last acknowledged a device message (ISO 8601); null: not since the start. */
+  lastAckAt: string | null;
 }
 
 export interface DeviceSync {
@@ -107,6 +109,7 @@ class DeviceSyncHost {
   private lastGood: LastGood = new Map();
   private readonly stillRunning = new Map<string, Promise<unknown>>();
   private lastScan: DeviceSyncStatus["lastScan"] = null;
+  private lastAckAt: string | null = null;
   private latest: Device[] = [];
   private readonly failing = new Set<string>();
   private pendingWrite: Confirmed | null = null;
@@ -160,8 +163,10 @@ class DeviceSyncHost {
         this.feed({ type: "disconnected" });
       },
       onMessage: (message: ControlMessage) => {
-        if (message.type === "devices_ack") this.feed({ type: "ack", now: this.now(), batchId: message.batchId });
-        else if (message.type === "devices_resync")
+        if (message.type === "devices_ack") {
+          this.lastAckAt = new Date(this.now()).toISOString();
+          this.feed({ type: "ack", now: this.now(), batchId: message.batchId });
+        } else if (message.type === "devices_resync")
           this.feed({ type: "resync", now: this.now(), batchId: message.batchId, reason: message.reason });
         else return false;
         return true;
@@ -201,6 +206,7 @@ class DeviceSyncHost {
       inventory: core?.inventory?.size ?? null,
       scanIntervalMs: this.scanIntervalMs,
       lastScan: this.lastScan,
+      lastAckAt: this.lastAckAt,
     };
   }
 

@@ -16,6 +16,7 @@ import { AGENT_VERSION, PROTOCOL_VERSION } from "../../src/protocol/version.js";
 import { fingerprintOf } from "../../src/state/host.js";
 import { captureLogger, startTestControlPlane, tempDir } from "../helpers/fixtures.js";
 import { channelUrl } from "../../src/daemon/daemon.js";
+import { assignment } from "../helpers/channel-fixtures.js";
 
 const config = (runnerId: string, overrides: Partial<MachineConfig> = {}): MachineConfig => ({
   runnerId,
@@ -42,16 +43,6 @@ function recordingPorts() {
   };
   return { ports, started };
 }
-
-const assignment = (jobId: string): Assignment => ({
-  type: "assign",
-  jobId,
-  attempt: 1,
-  job: { kind: "command", argv: ["true"], env: {} },
-  timeoutMs: 1000,
-  cancelGraceMs: 100,
-  leaseExpiresAt: new Date().toISOString(),
-});
 
 async function until(check: () => boolean, what: string, timeoutMs = 5_000): Promise<void> {
   const deadline = Date.now() + timeoutMs;

@@ -12,45 +12,15 @@ import {
   step,
   type Effect,
   type Input,
-  type MachineConfig,
   type State,
   type TimerName,
 } from "../../src/channel/machine.js";
-import { encode, type Assignment, type ControlMessage, type JobResult } from "../../src/protocol/channel.js";
+import { encode, type ControlMessage, type JobResult } from "../../src/protocol/channel.js";
 import { ExitCode } from "../../src/errors.js";
+import { assignment, machineConfig, welcome } from "../helpers/channel-fixtures.js";
 
-const config: MachineConfig = {
-  runnerId: "rnr_abcdefghijklmnopqrstuvwx",
-  protocolVersion: 1,
-  agentVersion: "0.1.0",
-  labels: ["linux"],
-  capacity: 2,
-  reconnectBaseMs: 1000,
-  reconnectCapMs: 30_000,
-  handshakeTimeoutMs: 10_000,
-  once: false,
-  exitAfterIdleMs: null,
-  drainTimeoutMs: 5_000,
-};
+const config = machineConfig;
 const env = { now: 0, random: 0.5 };
-const welcome: ControlMessage = {
-  type: "welcome",
-  protocolVersion: 1,
-  heartbeatIntervalMs: 1000,
-  leaseMs: 30_000,
-  maxFrameBytes: 1 << 20,
-  fenced: [],
-  paused: false,
-};
-const assignment = (jobId: string, attempt = 1): Assignment => ({
-  type: "assign",
-  jobId,
-  attempt,
-  job: { kind: "command", argv: ["true"], env: {} },
-  timeoutMs: 1000,
-  cancelGraceMs: 100,
-  leaseExpiresAt: "2026-01-01T00:00:00Z",
-});
 const result = (jobId: string, attempt = 1): JobResult => ({
   jobId,
   attempt,

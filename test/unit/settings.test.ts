@@ -108,6 +108,7 @@ describe("settings precedence is flag > env > file > default", () => {
       minFreeDiskMb: ["off", 2048],
       once: ["true", false],
       exitAfterIdle: ["30", 600],
+      statusPort: ["off", 9464],
       workerMaxAgeS: ["60", 7200],
       workerMaxJobs: ["1", 100],
       handlers: ["build=/opt/handlers/build.mjs,lint=/opt/handlers/lint.mjs", { build: "/srv/build.mjs" }],
