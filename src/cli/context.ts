@@ -98,6 +98,7 @@ export async function checkContextFor(ctx: Context, registrationToken: string | 
     files: ctx.files,
     host: await gatherHostFacts(ctx.settings.machineId),
     requestTimeoutMs: ctx.controlPlane.requestTimeoutMs,
+    proxy: ctx.controlPlane.proxy,
     registrationToken,
     now: ctx.now,
     logger: ctx.logger,

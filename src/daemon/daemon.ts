@@ -18,6 +18,8 @@ import { WorkerPool } from "../workers/parent/pool.js";
 import { prepareWorkRoot } from "../jobs/work-dir.js";
 import { startDiskGuard } from "./disk-guard.js";
 import { createDeviceSync, type DeviceSyncSettings } from "../devices/index.js";
+import { chooseProxy, type ProxyConfig } from "../net/proxy.js";
+import { channelTunnel } from "../net/proxy-agents.js";
 
 export interface DaemonOptions {
   registration: Registration;
@@ -25,6 +27,8 @@ export interface DaemonOptions {
   files: StateFiles;
   logger: Logger;
   insecurePlaintext: boolean;
+  /** Which proxy, if any, carries the WebSocket (the setting and the environment's variables). */
+  proxy: ProxyConfig;
   /** Each part's config, as config/normalize.ts builds it from the settings. */
   channel: ChannelSettings;
   pool: PoolSettings;
@@ -41,6 +45,15 @@ const HANDSHAKE_TIMEOUT_MS = 10_000;
 export async function runDaemon(options: DaemonOptions): Promise<DriverExit> {
   const { registration, files, logger } = options;
   const url = channelUrl(registration.url, options.insecurePlaintext);
+  // Decided once: the channel's URL never changes while the daemon runs.
+  const proxy = chooseProxy(url, options.proxy);
+  if (proxy === null) logger.info({ proxy: null }, "the control plane is reached directly (no proxy applies)");
+  else
+    logger.info(
+      { proxy: proxy.redacted, from: proxy.from },
+      `the control plane is reached through the proxy ${proxy.redacted} (${proxy.from})`,
+    );
+  const tunnel = proxy === null ? undefined : await channelTunnel(proxy);
   const outbox = new Outbox(files.outbox);
   const journal = new JobJournal(files.running);
   await ensureDir(files.outbox);
@@ -89,6 +102,7 @@ export async function runDaemon(options: DaemonOptions): Promise<DriverExit> {
       ports: host,
       companions: [deviceSync.companion],
       onBackpressure: (slow) => (slow ? pool.pauseOutput() : pool.resumeOutput()),
+      ...(tunnel === undefined ? {} : { tunnel }),
     },
   );
 
@@ -120,6 +134,7 @@ export async function runDaemon(options: DaemonOptions): Promise<DriverExit> {
     await Promise.all([pool.close(), deviceSync.close()]);
     return exit;
   } finally {
+    tunnel?.agent.destroy();
     diskGuard.stop();
     process.off("SIGTERM", onSignal);
     process.off("SIGINT", onSignal);
