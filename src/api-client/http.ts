@@ -196,12 +196,14 @@ function parseJson(text: string): unknown {
 }
 
 /**
- * fetch hides the useful part in `cause`: a system error's code ("ECONNREFUSED"), else its
- * message (undici's codes, such as UND_ERR_ABORTED for a proxy that refused the tunnel, say
- * less than their messages).
+ * fetch hides the useful part in its chain of causes (a proxy's refusal is two deep): the
+ * deepest one's system error code ("ECONNREFUSED"), else its message (undici's codes, such as
+ * UND_ERR_ABORTED, say less than their messages).
  */
 function causeText(error: unknown): string {
-  const cause = (error as { cause?: { code?: string; message?: string } }).cause;
-  if (cause?.code !== undefined && /^E[A-Z0-9_]+$/.test(cause.code)) return cause.code;
-  return cause?.message ?? cause?.code ?? (error as Error).message;
+  let deepest = error as { cause?: unknown; code?: unknown; message?: unknown };
+  for (let depth = 0; depth < 5 && typeof deepest.cause === "object" && deepest.cause !== null; depth++)
+    deepest = deepest.cause as typeof deepest;
+  if (typeof deepest.code === "string" && /^E[A-Z0-9_]+$/.test(deepest.code)) return deepest.code;
+  return typeof deepest.message === "string" ? deepest.message : String(deepest.code);
 }
