@@ -4,10 +4,11 @@
 import { describe, test, type TestContext } from "node:test";
 import assert from "node:assert/strict";
 import net from "node:net";
+import { promises as fs } from "node:fs";
 import path from "node:path";
 import { once } from "node:events";
 import { runCli, type CliResult } from "../helpers/cli.js";
-import { startTestControlPlane, tempDir, type TestControlPlane } from "../helpers/fixtures.js";
+import { registerRunner, startTestControlPlane, tempDir, type TestControlPlane } from "../helpers/fixtures.js";
 import { startDaemon, type LogLine } from "../helpers/daemon.js";
 import { startConnectProxy } from "../helpers/connect-proxy.js";
 import { ExitCode } from "../../src/errors.js";
@@ -251,5 +252,74 @@ describe("proxies", { timeout: 90_000 }, () => {
 
     for (const output of [fromVariable.result.all, fromSetting.result.all, daemon.stderr()])
       assert.ok(!output.includes(secret), output);
+  });
+});
+
+describe("proxies and the service (systemctl stubbed)", { timeout: 60_000 }, () => {
+  /** A home of its own, and stub systemctl/loginctl that do nothing, first on PATH. */
+  async function serviceEnv(t: TestContext): Promise<{ unitFile: string; env: Record<string, string> }> {
+    const home = await tempDir(t, "runner-home-");
+    const stubs = await tempDir(t, "runner-stubs-");
+    for (const program of ["systemctl", "loginctl"])
+      await fs.writeFile(path.join(stubs, program), "#!/bin/sh\nexit 0\n", { mode: 0o755 });
+    return {
+      unitFile: path.join(home, ".config", "systemd", "user", "runner.service"),
+      env: proxyEnv({ HOME: home, XDG_CONFIG_HOME: path.join(home, ".config"), PATH: `${stubs}:/usr/bin:/bin` }),
+    };
+  }
+  const execStart = (unit: string) => unit.split("\n").find((line) => line.startsWith("ExecStart=")) ?? "";
+
+  test("install carries a proxy without credentials into the unit, and refuses one with credentials before writing anything", async (t) => {
+    const plane = await startTestControlPlane(t);
+    const runner = await registerRunner(t, plane);
+    const { unitFile, env } = await serviceEnv(t);
+
+    const plain = await runCli(["service", "install", ...runner.flags, "--proxy", "http://127.0.0.1:3128"], { env });
+    assert.equal(plain.code, ExitCode.OK, plain.all);
+    const unit = await fs.readFile(unitFile, "utf8");
+    assert.ok(execStart(unit).includes(`"--proxy" "http://127.0.0.1:3128"`), execStart(unit));
+
+    const secret = "unit-S3cret";
+    for (const [args, extraEnv, named] of [
+      [["--proxy", `http://user:${secret}@127.0.0.1:3128`], {}, "--proxy"],
+      [[], { RUNNER_PROXY: `http://user:${secret}@127.0.0.1:3128` }, "$RUNNER_PROXY"],
+    ] as const) {
+      const refused = await runCli(["service", "install", ...runner.flags, ...args], { env: { ...env, ...extraEnv } });
+      assert.equal(refused.code, ExitCode.USAGE, refused.all);
+      assert.ok(refused.stderr.includes(`the proxy given by ${named} holds credentials`), refused.stderr);
+      assert.match(refused.stderr, /put "proxy" in the config file/);
+      assert.ok(!refused.all.includes(secret), refused.all);
+      assert.equal(await fs.readFile(unitFile, "utf8"), unit, "the unit is left as it was");
+    }
+  });
+
+  test("a proxy with credentials in the config file reaches the service through --config, not its command line", async (t) => {
+    const plane = await startTestControlPlane(t);
+    const runner = await registerRunner(t, plane);
+    const { unitFile, env } = await serviceEnv(t);
+    const secret = "c0nfig-S3cret";
+    const config = path.join(await tempDir(t), "config.json");
+    await fs.writeFile(config, JSON.stringify({ proxy: `http://user:${secret}@127.0.0.1:3128` }), { mode: 0o600 });
+
+    const install = await runCli(["service", "install", ...runner.flags, "--config", config], { env });
+    assert.equal(install.code, ExitCode.OK, install.all);
+    const unit = await fs.readFile(unitFile, "utf8");
+    assert.ok(execStart(unit).includes(`"--config" "${config}"`), execStart(unit));
+    assert.ok(!unit.includes(secret) && !install.all.includes(secret), unit);
+  });
+
+  test("install says that the service does not inherit this shell's proxy variables", async (t) => {
+    const plane = await startTestControlPlane(t);
+    const runner = await registerRunner(t, plane);
+    const { unitFile, env } = await serviceEnv(t);
+    const install = await runCli(["service", "install", ...runner.flags], {
+      env: { ...env, HTTPS_PROXY: "http://127.0.0.1:3128", http_proxy: "http://127.0.0.1:3128" },
+    });
+    assert.equal(install.code, ExitCode.OK, install.all);
+    assert.match(
+      install.stdout,
+      /! HTTPS_PROXY and http_proxy are set in this shell, but the service does not inherit its environment: install with --proxy <url>/,
+    );
+    assert.ok(!execStart(await fs.readFile(unitFile, "utf8")).includes("--proxy"));
   });
 });
