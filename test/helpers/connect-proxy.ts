@@ -31,7 +31,11 @@ export interface ConnectProxy {
 
 export async function startConnectProxy(
   t: TestContext,
-  options: { credentials?: { user: string; password: string } } = {},
+  options: {
+    credentials?: { user: string; password: string };
+    /** Refuse every tunnel with 403, as a proxy whose rules deny the host or port does. */
+    denyAll?: boolean;
+  } = {},
 ): Promise<ConnectProxy> {
   const requests: ConnectRequest[] = [];
   const waiters: { count: number; resolve: () => void }[] = [];
@@ -67,7 +71,7 @@ export async function startConnectProxy(
     if (expected !== null && authorization !== expected)
       return answer(407, "Proxy Authentication Required", 'Proxy-Authenticate: Basic realm="test"\r\n');
     const match = /^(.+):(\d+)$/.exec(target);
-    if (!match || !isLoopbackHost(match[1]!)) return answer(403, "Forbidden");
+    if (options.denyAll || !match || !isLoopbackHost(match[1]!)) return answer(403, "Forbidden");
     const upstream = net.connect(Number(match[2]), match[1]!.replace(/^\[|\]$/g, ""));
     track(upstream);
     upstream.on("error", () => {

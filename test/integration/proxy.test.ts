@@ -204,6 +204,27 @@ describe("proxies", { timeout: 90_000 }, () => {
     assert.ok(!daemon.stderr().includes(wrong), daemon.stderr());
   });
 
+  test("a proxy that denies the tunnel (403) is retried too: the runner does not stop as if the control plane refused it", async (t) => {
+    const plane = await startTestControlPlane(t);
+    const proxy = await startConnectProxy(t, { denyAll: true });
+    const runner = await register(t, plane, proxyEnv({}));
+    assert.equal(runner.result.code, 0, runner.result.all);
+    const daemon = startDaemon(
+      t,
+      [...runner.flags, "--device-providers", "none", "--reconnect-base-ms", "50", "--reconnect-cap-ms", "200"],
+      proxyEnv({ HTTP_PROXY: proxy.url }),
+    );
+    const refused = (l: LogLine) =>
+      typeof l.msg === "string" && l.msg.includes("the proxy refused the tunnel: HTTP 403");
+    await daemon.waitForLog((l) => refused(l) && daemon.lines.filter(refused).length >= 2, 20_000);
+    assert.equal(daemon.child.exitCode, null, "still running");
+    assert.ok(
+      daemon.lines.some((l) => l.finding === "control_plane_unavailable" && /Proxy response \(403\)/.test(l.msg)),
+      daemon.stderr(),
+    );
+    assert.equal(await daemon.stop("SIGTERM"), ExitCode.OK);
+  });
+
   test("an unreachable proxy makes register fail as control_plane_unavailable naming the proxy, redacted; --proxy off goes direct", async (t) => {
     const plane = await startTestControlPlane(t);
     const port = await closedPort();
