@@ -273,9 +273,9 @@ export class ChannelDriver {
     this.socket = socket;
     let opened = false;
     let failed = false;
+    const current = () => generation === this.generation;
     // The proxy's answer to this attempt's CONNECT: one other than 200 is the proxy refusing the
     // tunnel, which must not pass for the control plane refusing the runner (a 403 would stop it).
-    const current = () => generation === this.generation;
     let tunnelAnswer: number | null = null;
     const stopListening = tunnel?.onConnectAnswer((status) => {
       if (current()) tunnelAnswer = status;
