@@ -53,10 +53,21 @@ async function main(): Promise<void> {
     if (!times.has(e.jobId)) times.set(e.jobId, new Map());
     times.get(e.jobId)!.set(e.status, e.at);
   });
-  const stateFlags = ["--state-dir", path.join(work, "state"), "--credential-store", "file", "--log-level", "warn"];
+  const stateFlags = ["--state-dir", path.join(work, "state"), "--log-level", "warn"];
   const tokenFile = path.join(work, "token");
   await fs.writeFile(tokenFile, (await admin.createRegistrationToken()).token);
-  await runCliQuiet(["register", "--url", cp.url, "--token-file", tokenFile, "--name", "bench", ...stateFlags]);
+  await runCliQuiet([
+    "register",
+    "--url",
+    cp.url,
+    "--token-file",
+    tokenFile,
+    "--name",
+    "bench",
+    ...stateFlags,
+    "--credential-store",
+    "file",
+  ]);
   const connected = new Promise<void>((resolve) =>
     cp.events.on("runner", (e: { event: string }) => e.event === "connected" && resolve()),
   );

@@ -35,7 +35,7 @@ async function main(): Promise<void> {
   const work = await fs.mkdtemp(path.join(os.tmpdir(), "runner-bench-idle-"));
   const cp = await startControlPlane({ logger: pino({ level: "warn" }), heartbeatIntervalMs: 15_000 });
   const admin = new AdminClient(cp.url, cp.adminToken!);
-  const flags = ["--state-dir", path.join(work, "state"), "--credential-store", "file", "--log-level", "warn"];
+  const flags = ["--state-dir", path.join(work, "state"), "--log-level", "warn"];
   await fs.writeFile(path.join(work, "token"), (await admin.createRegistrationToken()).token);
   await runCliQuiet([
     "register",
@@ -46,6 +46,8 @@ async function main(): Promise<void> {
     "--name",
     "idle",
     ...flags,
+    "--credential-store",
+    "file",
   ]);
   const connected = new Promise<void>((resolve) =>
     cp.events.on("runner", (e: { event: string }) => e.event === "connected" && resolve()),

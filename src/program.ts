@@ -24,7 +24,8 @@ export function buildProgram(): Command {
   const program = new Command("runner")
     .description("A runner agent: takes jobs from a control plane over one WebSocket and runs them on this machine.")
     .version(versionText(), "-V, --version", "print the agent, protocol and Node.js versions and the platform")
-    .showHelpAfterError()
+    // One line, not the whole help: the error stays in view (a verb's help runs to pages).
+    .showHelpAfterError("(add --help for the command's options and examples)")
     .exitOverride();
   program.addHelpText(
     "after",

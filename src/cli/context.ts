@@ -1,15 +1,15 @@
 // What every verb needs, built in one place from its options: the settings resolved
 // (config/resolve.ts) and normalized into each part's config (config/normalize.ts), the state
-// dir's files, a logger. Also the glue that adds every setting's flag to a verb.
+// dir's files, a logger. Also the glue that gives a verb the flags of the settings it uses.
 import { promises as fs } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { Command, Option } from "commander";
-import { RunnerError } from "../errors.js";
+import { ExitCode, RunnerError } from "../errors.js";
 import { normalizeSettings, type RunnerConfig } from "../config/normalize.js";
 import { defaultDirs } from "../config/paths.js";
 import { resolveSettings, type ResolvedSettings } from "../config/resolve.js";
-import { CONFIG_FILE_ENV, CONFIG_FILE_FLAG, SETTINGS, type SettingSpec } from "../config/settings.js";
+import { CONFIG_FILE_ENV, CONFIG_FILE_FLAG, SETTINGS, type SettingKey, type SettingSpec } from "../config/settings.js";
 import { createLogger, type Logger } from "../log/logger.js";
 import type { CheckContext } from "../startup/check.js";
 import { gatherHostFacts } from "../state/host.js";
@@ -24,17 +24,92 @@ export interface Context extends RunnerConfig {
   now: () => Date;
 }
 
-/** Adds every setting's flag (and --config) to a verb. Help text and defaults come from the table. */
-export function withSettings(command: Command): Command {
+/** Where the runner's state lives (and, with --system, its config): every verb that loads a context reads them. */
+export const STATE_SETTINGS = ["stateDir", "system"] as const satisfies readonly SettingKey[];
+/** How log lines look: the verbs that write any (the others print plain lines only). */
+export const LOG_SETTINGS = ["logLevel", "logFormat"] as const satisfies readonly SettingKey[];
+/** How the runner reaches its control plane: every verb that sends it a request (register, verify, repair, unregister, start). */
+export const CONTROL_PLANE_SETTINGS = ["requestTimeoutMs", "proxy"] as const satisfies readonly SettingKey[];
+
+/** Each verb's settings, as it declared them with withSettings (the unused-flag error and the tests read them). */
+const declared = new WeakMap<Command, readonly SettingKey[]>();
+
+/** The settings a verb declared (in the settings table's order), or undefined for a verb that takes none. */
+export function declaredSettings(command: Command): readonly SettingKey[] | undefined {
+  return declared.get(command);
+}
+
+/**
+ * Adds the flags of the settings a verb uses (and --config) to it; help text and defaults come
+ * from the table. The flag of any other setting is refused there with exit 2, saying which verbs
+ * do use it: a flag that would be silently ignored is a mistake its author wants to hear about.
+ * The same settings' environment variables and config-file keys are not refused, because the
+ * environment and the config file are shared by every verb (the help footer says so).
+ */
+export function withSettings(command: Command, keys: readonly SettingKey[]): Command {
   command.addOption(
     new Option(`${CONFIG_FILE_FLAG} <file>`, `config file (env ${CONFIG_FILE_ENV}; default <config dir>/config.json)`),
   );
-  for (const spec of Object.values(SETTINGS) as SettingSpec<unknown>[]) {
+  const used = new Set(keys);
+  for (const [key, spec] of Object.entries(SETTINGS) as [SettingKey, SettingSpec<unknown>][]) {
+    if (!used.has(key)) {
+      refuseUnused(command, key);
+      continue;
+    }
     const flags = spec.arg ? `${spec.flag} ${spec.arg}` : spec.flag;
     const shown = spec.defaultValue === undefined ? spec.defaultHelp : JSON.stringify(spec.defaultValue);
     command.addOption(new Option(flags, `${spec.help} (env ${spec.env}, config "${spec.key}"; default ${shown})`));
   }
-  return command;
+  declared.set(
+    command,
+    (Object.keys(SETTINGS) as SettingKey[]).filter((key) => used.has(key)),
+  );
+  return command.addHelpText(
+    "after",
+    "\nEach setting can also come from its environment variable or config-file key, as\n" +
+      "shown above; precedence: flag > environment > config file > default. The\n" +
+      "variables and keys of settings this command does not use are ignored, not\n" +
+      "refused: every command shares the environment and the config file.",
+  );
+}
+
+/**
+ * A hidden option, so that commander parses the flag (with or without a value) instead of
+ * calling it unknown, and then refuses it naming the verbs that use it.
+ */
+function refuseUnused(command: Command, key: SettingKey): void {
+  const flag = SETTINGS[key].flag;
+  const option = new Option(`${flag} [value]`).hideHelp();
+  command.addOption(option);
+  command.on(`option:${option.name()}`, () => {
+    const here = commandPath(command);
+    const users = verbsUsing(command, key).map((verb) => `runner ${verb}`);
+    const elsewhere = users.length === 0 ? "" : `; ${users.join(", ")} ${users.length === 1 ? "does" : "do"}`;
+    command.error(
+      `error: unknown option '${flag}' (runner ${here} does not use it${elsewhere}; see runner ${here} --help)`,
+      { exitCode: ExitCode.USAGE, code: "runner.unusedSetting" },
+    );
+  });
+}
+
+/** "service install" for runner's `service install`. */
+function commandPath(command: Command): string {
+  const names: string[] = [];
+  for (let at: Command | null = command; at?.parent; at = at.parent) names.unshift(at.name());
+  return names.join(" ");
+}
+
+/** The verbs (as paths) that declared a setting, found from the program's root. */
+function verbsUsing(command: Command, key: SettingKey): string[] {
+  let root = command;
+  while (root.parent) root = root.parent;
+  const found: string[] = [];
+  const visit = (at: Command) => {
+    if (declared.get(at)?.includes(key)) found.push(commandPath(at));
+    at.commands.forEach(visit);
+  };
+  visit(root);
+  return found;
 }
 
 /**

@@ -5,6 +5,7 @@ import { InvalidArgumentError, type Command } from "commander";
 import { ExitCode, RunnerError } from "../errors.js";
 import { isLoopbackHost } from "../config/transport.js";
 import { action, print } from "../cli/output.js";
+import { withExamples } from "../cli/examples.js";
 import type { Logger } from "../log/logger.js";
 
 export const ADMIN_TOKEN_ENV = "RUNNER_CP_ADMIN_TOKEN";
@@ -21,7 +22,7 @@ interface ControlPlaneFlags {
 }
 
 export function defineControlPlaneCommand(program: Command, deps: { logger: () => Logger }): void {
-  program
+  const command = program
     .command("control-plane")
     .description("run the reference control plane (HTTP API and the runners' WebSocket channel) in the foreground")
     .option("--listen <host:port>", "address to listen on", DEFAULT_LISTEN)
@@ -30,8 +31,20 @@ export function defineControlPlaneCommand(program: Command, deps: { logger: () =
     .option("--allow-remote", "allow a non-loopback listen address (plain HTTP: put TLS in front)")
     .option("--min-agent-version <version>", "answer 426 upgrade_required to older agents")
     .option("--heartbeat-interval-ms <ms>", "how often runners ping (announced in the welcome)", toInt)
-    .option("--lease-ms <ms>", "how long a job's lease lasts without hearing from its runner", toInt)
-    .action(action((flags: ControlPlaneFlags) => runControlPlane(flags, deps.logger())));
+    .option("--lease-ms <ms>", "how long a job's lease lasts without hearing from its runner", toInt);
+  // Its own options only: the runner's settings (and their environment and config file) are not its.
+  withExamples(command, [
+    { says: "in memory on 127.0.0.1:8080, for a try-out (prints the admin token)", line: "runner control-plane" },
+    {
+      says: "keep its data, with an admin token of your choosing",
+      line: "runner control-plane --data /var/lib/runner-cp --admin-token-file /etc/runner-cp/admin-token",
+    },
+    {
+      says: "behind a TLS-terminating proxy on another host",
+      line: "runner control-plane --listen 0.0.0.0:8080 --allow-remote --data /var/lib/runner-cp",
+    },
+  ]);
+  command.action(action((flags: ControlPlaneFlags) => runControlPlane(flags, deps.logger())));
 }
 
 async function runControlPlane(flags: ControlPlaneFlags, logger: Logger): Promise<number> {

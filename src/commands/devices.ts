@@ -4,7 +4,8 @@
 // without waiting for the next scan.
 import { Command } from "commander";
 import { ExitCode } from "../errors.js";
-import { loadContext, withSettings } from "../cli/context.js";
+import { loadContext, STATE_SETTINGS, withSettings } from "../cli/context.js";
+import { withExamples } from "../cli/examples.js";
 import { action, print, printJson } from "../cli/output.js";
 import { createProviders, scanDevices, type Device, type ProviderReport } from "../devices/index.js";
 import { inspectLock } from "../state/lock.js";
@@ -17,7 +18,17 @@ export function defineDevicesCommand(program: Command): void {
     .summary("list this machine's devices (scanned now); --rescan also makes the running daemon rescan and sync")
     .option("--json", "print as JSON")
     .option("--rescan", "also signal the running daemon (SIGUSR2) to rescan at once");
-  withSettings(command).action(
+  // The state dir only to find the daemon's lock for --rescan.
+  withSettings(command, [...STATE_SETTINGS, "deviceProviders", "deviceProviderTimeoutMs"]);
+  withExamples(command, [
+    { says: "scan with every provider the settings enable, and print a table", line: "runner devices" },
+    { says: "only USB and Android devices, as JSON", line: "runner devices --device-providers usb,android --json" },
+    {
+      says: "after plugging in a device: tell the running daemon to rescan and sync now",
+      line: "runner devices --rescan",
+    },
+  ]);
+  command.action(
     action(async (options: Record<string, unknown>) => {
       const ctx = await loadContext(options);
       const { deviceProviders, deviceProviderTimeoutMs } = ctx.deviceSync;

@@ -10,7 +10,9 @@ import { gatherHostFacts } from "../state/host.js";
 import { acquireLock } from "../state/lock.js";
 import { readRegistration } from "../state/registration.js";
 import { enroll } from "../startup/enroll.js";
-import { loadContext, withSettings } from "../cli/context.js";
+import { CONTROL_PLANE_SETTINGS, LOG_SETTINGS, loadContext, STATE_SETTINGS, withSettings } from "../cli/context.js";
+import { withExamples } from "../cli/examples.js";
+import type { SettingKey } from "../config/settings.js";
 import { action, print } from "../cli/output.js";
 import { readToken, readTokenFromStdin } from "../cli/token-input.js";
 import { promises as fs } from "node:fs";
@@ -25,13 +27,23 @@ interface RegisterOptions {
   [setting: string]: unknown;
 }
 
+/** The settings register reads: where the credential goes, the host's identity, and the control plane's URL rule. */
+const REGISTER_SETTINGS: readonly SettingKey[] = [
+  ...STATE_SETTINGS,
+  ...LOG_SETTINGS,
+  ...CONTROL_PLANE_SETTINGS,
+  "credentialStore",
+  "machineId",
+  "insecurePlaintext",
+];
+
 export function defineRegisterCommand(program: Command): void {
   const command = program
     .command("register")
     .summary("register this machine with a control plane")
     .description(
-      "Exchanges a one-time registration token for a runner id and a credential. The credential goes to the OS keychain when\n" +
-        "one works, else to a 0600 file in the state dir. The token is read from --token-file, or from standard input when\n" +
+      "Exchanges a one-time registration token for a runner id and a credential. The credential goes to the OS keychain when " +
+        "one works, else to a 0600 file in the state dir. The token is read from --token-file, or from standard input when " +
         "neither --token nor --token-file is given (--token works but is visible to other users in the process list).",
     )
     .requiredOption("--url <url>", "the control plane, e.g. https://cp.example.com")
@@ -40,7 +52,22 @@ export function defineRegisterCommand(program: Command): void {
     .option("--name <name>", "the runner's name (default: this host's name)")
     .option("--labels <a,b>", "comma-separated labels that jobs can require")
     .addOption(new Option("--replace", "replace an existing registration (here and on the control plane)"));
-  withSettings(command).action(action((options: RegisterOptions) => runRegister(options)));
+  withSettings(command, REGISTER_SETTINGS);
+  withExamples(command, [
+    {
+      says: "register with the token in a file, naming the runner and the labels jobs can require",
+      line: "runner register --url https://cp.example.com --token-file token.txt --name mac-mini-07 --labels macos,arm64",
+    },
+    {
+      says: "register for a machine-wide service, keeping the credential in a 0600 file (no keychain at boot)",
+      line: "sudo runner register --system --credential-store file --url https://cp.example.com --token-file token.txt",
+    },
+    {
+      says: "take over this state dir's registration (and the name on the control plane) with a new token",
+      line: "runner register --replace --url https://cp.example.com --token-file token.txt",
+    },
+  ]);
+  command.action(action((options: RegisterOptions) => runRegister(options)));
 }
 
 async function runRegister(options: RegisterOptions): Promise<number> {

@@ -2,6 +2,8 @@
 import { Command } from "commander";
 import { ExitCode } from "../errors.js";
 import { checkContextFor, loadContext, withSettings } from "../cli/context.js";
+import { withExamples } from "../cli/examples.js";
+import { CHECK_SETTINGS } from "./verify.js";
 import { clearBlocked } from "../state/blocked.js";
 import { action, describeFinding, exitCodeForRemaining, print, printRepairReport } from "../cli/output.js";
 import { readToken } from "../cli/token-input.js";
@@ -13,15 +15,25 @@ export function defineRepairCommand(program: Command): void {
     .command("repair")
     .summary("fix stale credentials and local state, saying what was done")
     .description(
-      "Finds the same problems as `runner verify` and fixes those that are safe to fix: directory and file permissions,\n" +
-        "half-written state files (kept aside, never deleted), stale locks, a host that changed. Given a registration token it\n" +
-        "also re-registers a runner whose credential was revoked or lost or whose registration the control plane deleted,\n" +
+      "Finds the same problems as `runner verify` and fixes those that are safe to fix: directory and file permissions, " +
+        "half-written state files (kept aside, never deleted), stale locks, a host that changed. Given a registration token it " +
+        "also re-registers a runner whose credential was revoked or lost or whose registration the control plane deleted, " +
         "keeping its name and labels. The outbox of unsent results is never touched.",
     )
     .option("--dry-run", "only print what would be done")
     .option("--token <token>", "a registration token, for re-registering (prefer --token-file)")
     .option("--token-file <file>", "read the registration token from this file, or - for standard input");
-  withSettings(command).action(
+  // The same checks as verify, so the same settings.
+  withSettings(command, CHECK_SETTINGS);
+  withExamples(command, [
+    { says: "show what would be fixed, changing nothing", line: "runner repair --dry-run" },
+    { says: "fix what is safe to fix, saying what was done", line: "runner repair" },
+    {
+      says: "re-register a runner whose credential was revoked or lost, keeping its name and labels",
+      line: "runner repair --token-file token.txt",
+    },
+  ]);
+  command.action(
     action(async (options: Record<string, unknown> & { dryRun?: boolean; token?: string; tokenFile?: string }) => {
       const ctx = await loadContext(options);
       const check = await checkContextFor(ctx, await readToken(options));

@@ -1,15 +1,16 @@
 // runner service install | uninstall | status: runs `runner start` under the machine's service
 // manager (systemd on Linux, launchd on macOS), per user by default or machine-wide with
 // --system. The unit runs this node and this runner with the same state dir and config file
-// (if there is one), plus any setting given on this command line or in the environment (never
-// a secret), with the installer's PATH.
+// (if there is one), plus any of the daemon's settings given on this command line or in the
+// environment (never a secret), with the installer's PATH.
 import { promises as fs } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 import { Command } from "commander";
 import { ExitCode, RunnerError } from "../errors.js";
-import { loadContext, withSettings, type Context } from "../cli/context.js";
+import { loadContext, STATE_SETTINGS, withSettings, type Context } from "../cli/context.js";
+import { withExamples } from "../cli/examples.js";
 import { action, print } from "../cli/output.js";
 import { SETTINGS, type SettingKey, type SettingSpec } from "../config/settings.js";
 import { readRegistration, type Registration } from "../state/registration.js";
@@ -26,6 +27,7 @@ import {
 import { inspectService, installService, runCommand, uninstallService } from "../service/manager.js";
 import { stableNodePath } from "../service/node-path.js";
 import { parseProxyUrl } from "../net/proxy.js";
+import { START_SETTINGS } from "./start.js";
 
 const PACKAGE_ROOT = fileURLToPath(new URL("../../../", import.meta.url));
 const RUNNER_BIN = path.join(PACKAGE_ROOT, "bin", "runner.js");
@@ -44,9 +46,9 @@ export function defineServiceCommand(program: Command): void {
     .command("service")
     .summary("install, remove or inspect the runner's system service (systemd, launchd)")
     .description(
-      "Runs `runner start` at boot under systemd (Linux) or launchd (macOS).\n" +
-        "Per user by default; machine-wide with --system (installed by root, run as --run-as).\n" +
-        "Stopping the service drains it: running jobs finish and their results are delivered first.\n" +
+      "Runs `runner start` at boot under systemd (Linux) or launchd (macOS). " +
+        "Per user by default; machine-wide with --system (installed by root, run as --run-as). " +
+        "Stopping the service drains it: running jobs finish and their results are delivered first. " +
         `Exits that a restart cannot fix (${ExitCode.USAGE}, ${ExitCode.NEEDS_OPERATOR}, ${ExitCode.UPGRADE_REQUIRED}) are not restarted: fix the cause, then run \`runner repair\`.`,
     );
   const nameOption = (command: Command) =>
@@ -63,7 +65,20 @@ export function defineServiceCommand(program: Command): void {
       "--credential-to-file",
       "first move the credential from the keychain to the state dir's 0600 file (as `runner credentials move --to file`)",
     );
-  withSettings(install).action(
+  // The daemon's settings: each one given here is carried into the unit's `runner start`.
+  withSettings(install, START_SETTINGS);
+  withExamples(install, [
+    { says: "run this runner at boot as you (systemd --user, or a LaunchAgent)", line: "runner service install" },
+    {
+      says: "machine-wide, run as the user ci, moving the credential out of the keychain first",
+      line: "sudo runner service install --system --run-as ci --credential-to-file",
+    },
+    {
+      says: "a second runner from its own state dir, with settings carried into its unit",
+      line: "runner service install --name runner-2 --state-dir /srv/runner-2 --capacity 4",
+    },
+  ]);
+  install.action(
     action(async (options: ServiceOptions) => {
       const ctx = await loadContext(options);
       const registration = await requireRegistration(ctx);
@@ -84,7 +99,13 @@ export function defineServiceCommand(program: Command): void {
   const uninstall = nameOption(
     service.command("uninstall").summary("stop the service (draining running jobs) and remove its unit"),
   );
-  withSettings(uninstall).action(
+  // The drain timeout: how long a stop may take (the unit's stop timeout), so how long to wait for it.
+  withSettings(uninstall, [...STATE_SETTINGS, "drainTimeoutMs"]);
+  withExamples(uninstall, [
+    { says: "stop the service (it drains first) and remove its unit", line: "runner service uninstall" },
+    { says: "the machine-wide service", line: "sudo runner service uninstall --system" },
+  ]);
+  uninstall.action(
     action(async (options: ServiceOptions) => {
       const ctx = await loadContext(options);
       for (const line of await uninstallService(await planFor(ctx, options), runCommand)) print(line);
@@ -100,7 +121,12 @@ export function defineServiceCommand(program: Command): void {
         `the unit, what the service manager says, and why it stopped (exit ${ExitCode.UNHEALTHY} unless installed and running)`,
       ),
   );
-  withSettings(status).action(
+  withSettings(status, STATE_SETTINGS);
+  withExamples(status, [
+    { says: "is the service installed and running, and if not, why", line: "runner service status" },
+    { says: "the second runner's service", line: "runner service status --name runner-2" },
+  ]);
+  status.action(
     action(async (options: ServiceOptions) => {
       const ctx = await loadContext(options);
       const plan = await planFor(ctx, options);
@@ -176,11 +202,15 @@ async function configFlag(ctx: Context): Promise<string[]> {
   return (await modeOf(ctx.configFile)) === null ? [] : ["--config", ctx.configFile];
 }
 
-/** Settings given to this command by flag or environment become flags of the service's `start`. */
+/**
+ * The daemon's settings given to this command by flag or environment become flags of the
+ * service's `start`; any other setting's environment variable stays behind (start would refuse
+ * its flag).
+ */
 function carriedFlags(ctx: Context, options: ServiceOptions): string[] {
   const flags: string[] = [];
   for (const [key, source] of Object.entries(ctx.resolved.sources) as [SettingKey, string][]) {
-    if (PINNED.includes(key) || (source !== "flag" && source !== "env")) continue;
+    if (!START_SETTINGS.includes(key) || PINNED.includes(key) || (source !== "flag" && source !== "env")) continue;
     const spec = SETTINGS[key] as SettingSpec<unknown>;
     const raw = source === "flag" ? options[key] : process.env[spec.env];
     if (key === "proxy" && typeof raw === "string") refuseProxyCredentials(ctx, raw, source);

@@ -5,7 +5,17 @@
 // which launchd watches). Then the daemon runs until drained.
 import { Command } from "commander";
 import { describeError, exitCodeFor, ExitCode, NO_RESTART_EXITS } from "../errors.js";
-import { checkContextFor, loadContext, withSettings, type Context } from "../cli/context.js";
+import {
+  checkContextFor,
+  CONTROL_PLANE_SETTINGS,
+  LOG_SETTINGS,
+  loadContext,
+  STATE_SETTINGS,
+  withSettings,
+  type Context,
+} from "../cli/context.js";
+import { withExamples } from "../cli/examples.js";
+import type { SettingKey } from "../config/settings.js";
 import { action, describeFinding, exitCodeForRemaining } from "../cli/output.js";
 import { repairProblems, repairStateDirFirst } from "../startup/check.js";
 import { acquireLock } from "../state/lock.js";
@@ -15,18 +25,64 @@ import { ONCE_DONE } from "../channel/machine.js";
 import { forgetRunner } from "../startup/unregister.js";
 import { clearBlocked, LAUNCHD_MARKER_ENV, markBlocked } from "../state/blocked.js";
 
+/**
+ * The daemon's settings: every one but credentialStore (the registration names the store the
+ * credential is in). `service install` takes the same ones and carries them into the unit.
+ */
+export const START_SETTINGS: readonly SettingKey[] = [
+  ...STATE_SETTINGS,
+  ...LOG_SETTINGS,
+  ...CONTROL_PLANE_SETTINGS,
+  "machineId",
+  "insecurePlaintext",
+  "once",
+  "exitAfterIdle",
+  "capacity",
+  "drainTimeoutMs",
+  "reconnectBaseMs",
+  "reconnectCapMs",
+  "workerMaxRssMb",
+  "workerHardRssMb",
+  "workerMaxFds",
+  "workerMaxAgeS",
+  "workerMaxJobs",
+  "workDir",
+  "minFreeDiskMb",
+  "handlers",
+  "deviceProviders",
+  "deviceScanIntervalMs",
+  "deviceRefreshMs",
+  "deviceBatchSize",
+  "deviceProviderTimeoutMs",
+];
+
 export function defineStartCommand(program: Command): void {
   const command = program
     .command("start")
     .summary("run the runner in the foreground (what the service runs)")
     .description(
-      `Takes the state dir's lock (exit ${ExitCode.ALREADY_RUNNING} if another runner holds it), verifies and repairs the local\n` +
-        `state and the registration, then serves the control plane until SIGTERM (which drains: running jobs finish, results\n` +
-        `are delivered; a second signal cancels them). An unreachable control plane is retried for ever, with backoff.\n` +
-        `Exits ${ExitCode.NEEDS_OPERATOR} when a person must act\n` +
+      `Takes the state dir's lock (exit ${ExitCode.ALREADY_RUNNING} if another runner holds it), verifies and repairs the local ` +
+        `state and the registration, then serves the control plane until SIGTERM (which drains: running jobs finish, results ` +
+        `are delivered; a second signal cancels them). An unreachable control plane is retried for ever, with backoff. ` +
+        `Exits ${ExitCode.NEEDS_OPERATOR} when a person must act ` +
         `(revoked credential, deleted registration...) and ${ExitCode.UPGRADE_REQUIRED} when the control plane needs a newer runner.`,
     );
-  withSettings(command).action(
+  withSettings(command, START_SETTINGS);
+  withExamples(command, [
+    {
+      says: "run in the foreground with readable logs, two jobs at a time",
+      line: "runner start --capacity 2 --log-format pretty",
+    },
+    {
+      says: "an ephemeral runner for an autoscaled machine: one job, then unregister and exit 0",
+      line: "runner start --once",
+    },
+    {
+      says: "exit 0 after 10 idle minutes, and give each job a fresh worker",
+      line: "runner start --exit-after-idle 600 --worker-max-jobs 1",
+    },
+  ]);
+  command.action(
     action(async (options: Record<string, unknown>) => {
       let ctx: Context | undefined;
       try {

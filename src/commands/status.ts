@@ -1,7 +1,8 @@
 // runner status: the local view of this runner. Reads only local files; no network.
 import { Command } from "commander";
 import { ExitCode } from "../errors.js";
-import { loadContext, withSettings } from "../cli/context.js";
+import { loadContext, STATE_SETTINGS, withSettings } from "../cli/context.js";
+import { withExamples } from "../cli/examples.js";
 import { action, print, printJson } from "../cli/output.js";
 import { inspectLock } from "../state/lock.js";
 import { readRegistration } from "../state/registration.js";
@@ -12,8 +13,18 @@ export function defineStatusCommand(program: Command): void {
   const command = program
     .command("status")
     .summary("show this runner's local view: registration, credential store, lock owner, a stop for a person")
+    .description(
+      "Reads the state dir only (no network): whether this runner is registered and with which control plane, where its " +
+        "credential is, who holds the lock, and whether the last start stopped for a person.",
+    )
     .option("--json", "print as JSON");
-  withSettings(command).action(
+  withSettings(command, STATE_SETTINGS);
+  withExamples(command, [
+    { says: "this runner's local view", line: "runner status" },
+    { says: "the same as JSON, for scripts", line: "runner status --json" },
+    { says: "the runner in another state dir", line: "runner status --state-dir /srv/runner-2" },
+  ]);
+  command.action(
     action(async (options: Record<string, unknown>) => {
       const ctx = await loadContext(options);
       const stateDirExists = (await modeOf(ctx.files.stateDir)) !== null;

@@ -1,20 +1,46 @@
 // runner verify: report every problem with the local state and the registration; change nothing.
 import { Command } from "commander";
 import { ExitCode } from "../errors.js";
-import { checkContextFor, loadContext, withSettings } from "../cli/context.js";
+import {
+  checkContextFor,
+  CONTROL_PLANE_SETTINGS,
+  LOG_SETTINGS,
+  loadContext,
+  STATE_SETTINGS,
+  withSettings,
+} from "../cli/context.js";
+import { withExamples } from "../cli/examples.js";
+import type { SettingKey } from "../config/settings.js";
 import { action, describeFinding, print, printJson } from "../cli/output.js";
 import { findProblems } from "../startup/check.js";
+
+/** The settings verify reads: the state dir, and what it needs to ask the control plane about this host. */
+export const CHECK_SETTINGS: readonly SettingKey[] = [
+  ...STATE_SETTINGS,
+  ...LOG_SETTINGS,
+  ...CONTROL_PLANE_SETTINGS,
+  "machineId",
+];
 
 export function defineVerifyCommand(program: Command): void {
   const command = program
     .command("verify")
     .summary("check local state, credential and registration; exit 0 when healthy")
     .description(
-      `Checks the state dir, its files and their permissions, the lock, the credential store and the control plane's\n` +
+      `Checks the state dir, its files and their permissions, the lock, the credential store and the control plane's ` +
         `view of this runner. Changes nothing. Exits ${ExitCode.OK} when healthy, ${ExitCode.UNHEALTHY} with the list of findings otherwise.`,
     )
     .option("--json", "print the findings as JSON");
-  withSettings(command).action(
+  withSettings(command, CHECK_SETTINGS);
+  withExamples(command, [
+    { says: "check this runner: exit 0 when healthy, 3 with each finding and its fix", line: "runner verify" },
+    { says: "the findings as JSON, for a monitoring script", line: "runner verify --json" },
+    {
+      says: "check the machine-wide runner (the one `service install --system` runs)",
+      line: "sudo runner verify --system",
+    },
+  ]);
+  command.action(
     action(async (options: Record<string, unknown>) => {
       const ctx = await loadContext(options);
       const findings = await findProblems(await checkContextFor(ctx, undefined));

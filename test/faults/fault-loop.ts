@@ -108,13 +108,9 @@ class FaultRun {
     const proxy = await FaultProxy.start(() => port);
     const admin = new AdminClient(`http://127.0.0.1:${port}`, ADMIN_TOKEN);
     const stateDir = path.join(o.root, "runner-state");
+    const identity = ["--state-dir", stateDir, "--machine-id", "faults-machine"];
     const runnerArgs = [
-      "--state-dir",
-      stateDir,
-      "--credential-store",
-      "file",
-      "--machine-id",
-      "faults-machine",
+      ...identity,
       "--capacity",
       "2",
       "--reconnect-base-ms",
@@ -138,7 +134,7 @@ class FaultRun {
       stateDir,
     );
     await run.startControlPlane();
-    await registerThroughCli(admin, o.root, proxy.url, "faults-runner", runnerArgs.slice(0, 6));
+    await registerThroughCli(admin, o.root, proxy.url, "faults-runner", [...identity, "--credential-store", "file"]);
     run.runner = RunnerProcess.start(o.t, runnerArgs, o.tally);
     await run.runner.waitConnectedFrom(0);
     return run;

@@ -99,15 +99,9 @@ export async function runControlPlaneFuzz(options: {
   const { cp, admin, port } = await startPhaseControlPlane(t, root, tally);
 
   // The real runner, which must keep being served.
-  const base = [
-    "--state-dir",
-    path.join(root, "runner-state"),
-    "--credential-store",
-    "file",
-    "--machine-id",
-    "cp-fuzz-machine",
-  ];
-  await registerThroughCli(admin, root, cp.url, "real-runner", base);
+  // The credential store is register's setting only (start reads it from the registration).
+  const base = ["--state-dir", path.join(root, "runner-state"), "--machine-id", "cp-fuzz-machine"];
+  await registerThroughCli(admin, root, cp.url, "real-runner", [...base, "--credential-store", "file"]);
   const runner = RunnerProcess.start(
     t,
     [

@@ -113,14 +113,8 @@ export async function runRunnerFuzz(options: {
   });
 
   // ---- the runner ----
-  const base = [
-    "--state-dir",
-    path.join(root, "runner-state"),
-    "--credential-store",
-    "file",
-    "--machine-id",
-    "fuzz-machine",
-  ];
+  // The credential store is register's setting only (start reads it from the registration).
+  const base = ["--state-dir", path.join(root, "runner-state"), "--machine-id", "fuzz-machine"];
   const args = [
     ...base,
     "--capacity",
@@ -134,7 +128,7 @@ export async function runRunnerFuzz(options: {
     "--handlers",
     `noop=${path.join(REPO_ROOT, "test", "fixtures", "handlers", "noop.mjs")}`,
   ];
-  await registerThroughCli(admin, root, relayUrl, "fuzzed-runner", base);
+  await registerThroughCli(admin, root, relayUrl, "fuzzed-runner", [...base, "--credential-store", "file"]);
   let runner = RunnerProcess.start(t, args, tally);
   await runner.waitConnectedFrom(0);
 

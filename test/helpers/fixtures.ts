@@ -69,7 +69,7 @@ export async function startTestControlPlane(
 
 export interface RegisteredRunner {
   stateDir: string;
-  /** The settings flags every CLI call of this runner needs. */
+  /** The settings flags every CLI call of this runner needs (--config and --state-dir, which every verb takes). */
   flags: string[];
   register: CliResult;
 }
@@ -87,14 +87,15 @@ export async function registerRunner(
 ): Promise<RegisteredRunner> {
   const root = await tempDir(t);
   const stateDir = path.join(root, "state");
-  const flags = [
-    "--state-dir",
-    stateDir,
-    "--credential-store",
-    options.store ?? "file",
-    "--machine-id",
-    options.machineId ?? "machine-A",
-  ];
+  // The store and the host's id go in a config file rather than flags: every verb takes --config
+  // and --state-dir, but only some use these two (a verb refuses the flag of a setting it does not
+  // use, and ignores its config key).
+  const configFile = path.join(root, "config.json");
+  await fs.writeFile(
+    configFile,
+    JSON.stringify({ credentialStore: options.store ?? "file", machineId: options.machineId ?? "machine-A" }),
+  );
+  const flags = ["--config", configFile, "--state-dir", stateDir];
   const tokenFile = await plane.tokenFile(root);
   const register = await runCli([
     "register",
@@ -123,9 +124,4 @@ export function requireKeychain(t: TestContext): boolean {
     assert.fail("CI must provide a Secret Service (dbus-run-session + gnome-keyring-daemon); see .ci/run");
   t.skip("no Secret Service here: run the tests through `npm test`, which starts one");
   return false;
-}
-
-/** A runner's flags without one flag and its value (to let the registration's own setting count). */
-export function flagsWithout(flags: string[], flag: string): string[] {
-  return flags.filter((value, i) => value !== flag && flags[i - 1] !== flag);
 }

@@ -31,14 +31,25 @@ test(
     const bin = await agentOnlyInstall(t);
     const plane = await startTestControlPlane(t);
     const dir = await tempDir(t);
-    const flags = ["--state-dir", path.join(dir, "state"), "--credential-store", "file", "--device-providers", "none"];
+    const stateDir = ["--state-dir", path.join(dir, "state")];
     const register = await runCli(
-      ["register", "--url", plane.cp.url, "--token-file", await plane.tokenFile(dir), "--name", "agent-only", ...flags],
+      [
+        "register",
+        "--url",
+        plane.cp.url,
+        "--token-file",
+        await plane.tokenFile(dir),
+        "--name",
+        "agent-only",
+        ...stateDir,
+        "--credential-store",
+        "file",
+      ],
       { bin },
     );
     assert.equal(register.code, ExitCode.OK, register.all);
 
-    const daemon = startDaemon(t, flags, {}, bin);
+    const daemon = startDaemon(t, [...stateDir, "--device-providers", "none"], {}, bin);
     await daemon.waitForLog((line) => line.msg === "connected to the control plane");
     assert.equal(await daemon.stop("SIGTERM"), ExitCode.OK);
 

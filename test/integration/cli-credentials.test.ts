@@ -5,7 +5,7 @@ import { promises as fs } from "node:fs";
 import path from "node:path";
 import { describe, test } from "node:test";
 import { runCli } from "../helpers/cli.js";
-import { flagsWithout, registerRunner, requireKeychain, startTestControlPlane } from "../helpers/fixtures.js";
+import { registerRunner, requireKeychain, startTestControlPlane } from "../helpers/fixtures.js";
 import { ExitCode } from "../../src/errors.js";
 import { KeychainCredentialStore } from "../../src/credentials/keychain-store.js";
 import { acquireLock } from "../../src/state/lock.js";
@@ -22,7 +22,7 @@ describe("runner credentials move", { timeout: 60_000 }, () => {
     if (!requireKeychain(t)) return;
     const plane = await startTestControlPlane(t);
     const runner = await registerRunner(t, plane, { store: "keychain" });
-    const flags = flagsWithout(runner.flags, "--credential-store");
+    const flags = runner.flags;
     const keychain = new KeychainCredentialStore(runner.stateDir);
     t.after(() => keychain.remove().catch(() => undefined));
     const before = await keychain.read();

@@ -16,9 +16,20 @@ describe("runner register", { timeout: 60_000 }, () => {
       const dir = await tempDir(t);
       const stateDir = path.join(dir, "state");
       const { token } = await plane.admin.createRegistrationToken(60);
-      const flags = ["--state-dir", stateDir, "--credential-store", "file"];
+      const flags = ["--state-dir", stateDir];
       const register = await runCli(
-        ["register", "--url", plane.cp.url, "--name", "mac-mini-07", "--labels", "macos,arm64", ...flags],
+        [
+          "register",
+          "--url",
+          plane.cp.url,
+          "--name",
+          "mac-mini-07",
+          "--labels",
+          "macos,arm64",
+          ...flags,
+          "--credential-store",
+          "file",
+        ],
         { input: token + "\n" },
       );
       assert.equal(register.code, ExitCode.OK, register.all);
@@ -88,15 +99,7 @@ describe("runner register", { timeout: 60_000 }, () => {
         JSON.parse(await fs.readFile(path.join(dir, "a", "registration.json"), "utf8")) as { runnerId: string }
       ).runnerId;
       await plane.admin.revokeRunner(runner);
-      const repair = await runCli([
-        "repair",
-        "--token-file",
-        tokenFile,
-        "--state-dir",
-        path.join(dir, "a"),
-        "--credential-store",
-        "file",
-      ]);
+      const repair = await runCli(["repair", "--token-file", tokenFile, "--state-dir", path.join(dir, "a")]);
       assert.equal(repair.code, ExitCode.TOKEN_REFUSED, repair.all);
       assert.match(repair.stdout, /failed: the control plane at .* refused the registration token/);
     },
@@ -138,8 +141,8 @@ describe("runner register", { timeout: 60_000 }, () => {
 
   test("bad input gets a clear, specific error", { timeout: 60_000 }, async (t) => {
     const dir = await tempDir(t);
-    const flags = ["--state-dir", path.join(dir, "s"), "--credential-store", "file"];
-    const noToken = await runCli(["register", "--url", "http://127.0.0.1:9", ...flags]);
+    const flags = ["--state-dir", path.join(dir, "s")];
+    const noToken = await runCli(["register", "--url", "http://127.0.0.1:9", ...flags, "--credential-store", "file"]);
     assert.equal(noToken.code, ExitCode.USAGE);
     assert.match(noToken.stderr, /no registration token given/);
 

@@ -10,7 +10,7 @@ import path from "node:path";
 import { promisify } from "node:util";
 import * as plist from "plist";
 import { runCli, REPO_ROOT } from "../helpers/cli.js";
-import { flagsWithout, registerRunner, requireKeychain, startTestControlPlane, tempDir } from "../helpers/fixtures.js";
+import { registerRunner, requireKeychain, startTestControlPlane, tempDir } from "../helpers/fixtures.js";
 import { KeychainCredentialStore } from "../../src/credentials/keychain-store.js";
 import { LAUNCHD_MARKER_ENV } from "../../src/state/blocked.js";
 import { acquireLock } from "../../src/state/lock.js";
@@ -64,7 +64,7 @@ async function keychainRunner(t: TestContext) {
   t.after(() => new KeychainCredentialStore(runner.stateDir).remove().catch(() => undefined));
   const stubs = await stubCommands(t, ["systemctl", "loginctl"]);
   const { env } = await serviceEnv(t, stubs);
-  return { runner, flags: flagsWithout(runner.flags, "--credential-store"), stubs, env };
+  return { runner, flags: runner.flags, stubs, env };
 }
 
 /** What `systemd-analyze verify` prints about a unit: nothing, for a clean one. */
@@ -87,7 +87,11 @@ describe("runner service (systemd, stubbed)", { timeout: 60_000 }, () => {
     const runner = await registerRunner(t, plane);
     const stubs = await stubCommands(t, ["systemctl", "loginctl"]);
     const { home, env } = await serviceEnv(t, stubs);
-    const install = await runCli(["service", "install", ...runner.flags, "--capacity", "3"], { env });
+    // No --config here (runner.flags has one): without a config file the unit must not require one.
+    const install = await runCli(
+      ["service", "install", "--state-dir", runner.stateDir, "--machine-id", "machine-A", "--capacity", "3"],
+      { env: { ...env, RUNNER_DEVICE_BATCH_SIZE: "50", RUNNER_CREDENTIAL_STORE: "file" } },
+    );
     assert.equal(install.code, ExitCode.OK, install.all);
 
     const unitFile = path.join(home, ".config", "systemd", "user", "runner.service");
@@ -99,8 +103,12 @@ describe("runner service (systemd, stubbed)", { timeout: 60_000 }, () => {
     );
     assert.ok(execStart.includes(`"--state-dir" "${runner.stateDir}"`), "the same state dir");
     assert.ok(
-      execStart.includes(`"--capacity" "3"`) && execStart.includes(`"--credential-store" "file"`),
-      "settings given to install are carried",
+      execStart.includes(`"--capacity" "3"`) && execStart.includes(`"--device-batch-size" "50"`),
+      "the daemon's settings given to install, by flag or environment, are carried",
+    );
+    assert.ok(
+      !execStart.includes("--credential-store"),
+      "a setting start does not use stays behind: start refuses its flag",
     );
     assert.ok(!execStart.includes("--config"), "no config file exists, so none is required of the service");
     assert.ok(unit.includes(`Environment="PATH=${env.PATH}"`), "the installer's PATH");
@@ -165,7 +173,8 @@ describe("runner service (systemd, stubbed)", { timeout: 60_000 }, () => {
     const configFile = path.join(home, ".config", "runner", "config.json");
     await fs.mkdir(path.dirname(configFile), { recursive: true });
     await fs.writeFile(configFile, JSON.stringify({ capacity: 2 }));
-    assert.equal((await runCli(["service", "install", ...runner.flags], { env })).code, ExitCode.OK);
+    // Without --config (runner.flags has one), so that install reads the default config file.
+    assert.equal((await runCli(["service", "install", "--state-dir", runner.stateDir], { env })).code, ExitCode.OK);
     const unit = await fs.readFile(path.join(home, ".config", "systemd", "user", "runner.service"), "utf8");
     assert.ok(unit.includes(`"--config" "${configFile}"`), "the config file the install read is the service's");
     const healthy = await runCli(["service", "status", ...runner.flags], { env });

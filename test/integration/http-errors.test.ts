@@ -197,16 +197,7 @@ async function stateFor(t: TestContext, url: string): Promise<string[]> {
     JSON.stringify({ v: 1, runnerId, url, credential: CREDENTIAL }),
     { mode: 0o600 },
   );
-  return [
-    "--state-dir",
-    stateDir,
-    "--credential-store",
-    "file",
-    "--machine-id",
-    "machine-A",
-    "--request-timeout-ms",
-    String(TIMEOUT_MS),
-  ];
+  return ["--state-dir", stateDir, "--machine-id", "machine-A", "--request-timeout-ms", String(TIMEOUT_MS)];
 }
 
 describe("runner repair and verify against error answers to verify", () => {

@@ -44,7 +44,10 @@ async function register(
   extra: string[] = [],
 ): Promise<Registered> {
   const root = await tempDir(t);
-  const flags = ["--state-dir", path.join(root, "state"), "--credential-store", "file", "--machine-id", "proxy-test"];
+  // As in fixtures.ts: the store and the host's id in a config file, which start takes too.
+  const configFile = path.join(root, "config.json");
+  await fs.writeFile(configFile, JSON.stringify({ credentialStore: "file", machineId: "proxy-test" }));
+  const flags = ["--config", configFile, "--state-dir", path.join(root, "state")];
   const result = await runCli(
     ["register", "--url", plane.cp.url, "--token-file", await plane.tokenFile(root), "--name", path.basename(root)]
       .concat(flags)
@@ -319,10 +322,12 @@ describe("proxies and the service (systemctl stubbed)", { timeout: 60_000 }, () 
     const runner = await registerRunner(t, plane);
     const { unitFile, env } = await serviceEnv(t);
     const secret = "c0nfig-S3cret";
-    const config = path.join(await tempDir(t), "config.json");
-    await fs.writeFile(config, JSON.stringify({ proxy: `http://user:${secret}@127.0.0.1:3128` }), { mode: 0o600 });
+    const config = runner.flags[runner.flags.indexOf("--config") + 1]!;
+    const settings = JSON.parse(await fs.readFile(config, "utf8")) as Record<string, unknown>;
+    await fs.writeFile(config, JSON.stringify({ ...settings, proxy: `http://user:${secret}@127.0.0.1:3128` }));
+    await fs.chmod(config, 0o600);
 
-    const install = await runCli(["service", "install", ...runner.flags, "--config", config], { env });
+    const install = await runCli(["service", "install", ...runner.flags], { env });
     assert.equal(install.code, ExitCode.OK, install.all);
     const unit = await fs.readFile(unitFile, "utf8");
     assert.ok(execStart(unit).includes(`"--config" "${config}"`), execStart(unit));

@@ -26,27 +26,20 @@ test(
     const dir = await tempDir(t);
     const stateDir = path.join(dir, "state");
     const { token } = await plane.admin.createRegistrationToken(60);
-    const flags = [
-      "--state-dir",
-      stateDir,
-      "--credential-store",
-      "file",
-      "--log-level",
-      "debug",
-      "--log-format",
-      "json",
-    ];
+    const flags = ["--state-dir", stateDir];
+    // In the environment, which every verb shares: not every verb takes these settings' flags.
+    const env = { RUNNER_CREDENTIAL_STORE: "file", RUNNER_LOG_LEVEL: "debug", RUNNER_LOG_FORMAT: "json" };
 
     // --token on purpose: the most exposed way to pass it must still keep it out of the output.
-    const outputs = [await runCli(["register", "--url", plane.cp.url, "--token", token, ...flags])];
+    const outputs = [await runCli(["register", "--url", plane.cp.url, "--token", token, ...flags], { env })];
     assert.equal(outputs[0]?.code, ExitCode.OK, outputs[0]?.all);
     await fs.chmod(stateDir, 0o755); // something for start to repair, so the repair path logs too
-    const daemon = startDaemon(t, flags);
+    const daemon = startDaemon(t, flags, env);
     await daemon.waitForLog((l) => l.msg === "connected to the control plane");
     const daemonCode = await daemon.stop("SIGTERM");
     outputs.push({ code: daemonCode, stdout: "", stderr: daemon.stderr(), all: daemon.stderr() });
-    outputs.push(await runCli(["verify", ...flags]));
-    outputs.push(await runCli(["status", "--json", ...flags]));
+    outputs.push(await runCli(["verify", ...flags], { env }));
+    outputs.push(await runCli(["status", "--json", ...flags], { env }));
     assert.ok(
       outputs.every((o) => o.code === ExitCode.OK),
       outputs.map((o) => o.all).join("\n"),

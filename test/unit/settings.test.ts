@@ -1,7 +1,8 @@
 import { describe, test } from "node:test";
 import assert from "node:assert/strict";
-import { Option } from "commander";
-import { SETTINGS, type SettingSpec } from "../../src/config/settings.js";
+import { Option, type Command } from "commander";
+import { declaredSettings } from "../../src/cli/context.js";
+import { SETTINGS, type SettingKey, type SettingSpec } from "../../src/config/settings.js";
 import { resolveSettings } from "../../src/config/resolve.js";
 import { buildProgram } from "../../src/program.js";
 import { RunnerError } from "../../src/errors.js";
@@ -36,14 +37,18 @@ describe("every setting is declared completely", () => {
     for (const [name, spec] of specs) assert.equal(new Option(spec.flag).attributeName(), spec.key, name);
   });
 
-  test("every verb that reads settings offers every setting's flag", () => {
+  test("every setting is taken by some verb, and service install takes exactly start's (it carries them into the unit)", () => {
     const program = buildProgram();
-    for (const verb of ["register", "verify", "repair", "status", "start", "unregister"]) {
-      const command = program.commands.find((c) => c.name() === verb);
-      assert.ok(command, verb);
-      const flags = command.options.map((o) => o.long);
-      for (const [, spec] of specs) assert.ok(flags.includes(spec.flag), `${verb} lacks ${spec.flag}`);
-    }
+    const verb = (...words: string[]) =>
+      words.reduce<Command | undefined>((at, word) => at?.commands.find((c) => c.name() === word), program);
+    const verbs: Command[] = [];
+    const visit = (command: Command) =>
+      command.commands.forEach((sub) => (sub.commands.length === 0 ? verbs.push(sub) : visit(sub)));
+    visit(program);
+    const taken = new Set(verbs.flatMap((command) => declaredSettings(command) ?? []));
+    for (const [key] of specs) assert.ok(taken.has(key as SettingKey), `no verb takes ${key}`);
+    assert.deepEqual(declaredSettings(verb("service", "install")!), declaredSettings(verb("start")!));
+    assert.ok(!declaredSettings(verb("start")!)?.includes("credentialStore"), "the registration names the store");
   });
 });
 
