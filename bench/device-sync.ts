@@ -29,6 +29,7 @@ import { digestOf } from "../src/protocol/devices.js";
 import { AGENT_VERSION, PROTOCOL_VERSION } from "../src/protocol/version.js";
 import { fingerprintOf } from "../src/state/host.js";
 import { percentiles, printTable } from "./support.js";
+import { NO_PROXY } from "../src/net/proxy.js";
 
 const count = Number(process.argv[2] ?? 10_000);
 const repeats = Number(process.argv[3] ?? 30);
@@ -195,7 +196,7 @@ async function measureEndToEnd(): Promise<void> {
       rows.value += e.upserts + e.removals;
     });
     const { token } = await admin.createRegistrationToken(60);
-    const identity = await register({ url: cp.url, timeoutMs: 5000 }, token, {
+    const identity = await register({ url: cp.url, timeoutMs: 5000, proxy: NO_PROXY }, token, {
       protocolVersion: PROTOCOL_VERSION,
       agentVersion: AGENT_VERSION,
       name: "bench-devices",

@@ -21,6 +21,7 @@ import {
 } from "../protocol/http.js";
 import { RunnerError } from "../errors.js";
 import { requestApi, type ApiEndpoint, type ErrorAnswer } from "./http.js";
+import { NO_PROXY, type ProxyConfig } from "../net/proxy.js";
 
 /** How long one admin request may take unless the caller says otherwise. */
 export const ADMIN_REQUEST_TIMEOUT_MS = 10_000;
@@ -49,10 +50,11 @@ export class AdminClient {
   constructor(
     url: string,
     private readonly adminToken: string,
-    options: { timeoutMs?: number } = {},
+    options: { timeoutMs?: number; proxy?: ProxyConfig } = {},
   ) {
     // No cap on the body: listings grow with the fleet, and the caller is the operator's own tool.
-    this.endpoint = { url, timeoutMs: options.timeoutMs ?? ADMIN_REQUEST_TIMEOUT_MS };
+    // Direct unless a proxy is given: the caller (a tool, a test) decides, not the environment.
+    this.endpoint = { url, timeoutMs: options.timeoutMs ?? ADMIN_REQUEST_TIMEOUT_MS, proxy: options.proxy ?? NO_PROXY };
   }
 
   /** Creates a one-time registration token (default lifetime: the server's, one hour). */

@@ -7,6 +7,8 @@
 import type { z } from "zod";
 import { RunnerError } from "../errors.js";
 import { API_PREFIX, ERROR_CODES, errorBodySchema, type ApiErrorCode } from "../protocol/http.js";
+import { chooseProxy, type ProxyConfig } from "../net/proxy.js";
+import { fetchThroughProxy, type FetchAnswer, type FetchLike } from "../net/proxy-agents.js";
 
 export interface ApiEndpoint {
   /** The control plane's URL as configured; a path after the host is kept (a control plane behind a prefix). */
@@ -15,6 +17,8 @@ export interface ApiEndpoint {
   timeoutMs: number;
   /** A larger body is not read to the end; absent: read it all. */
   maxBodyBytes?: number;
+  /** Which proxy, if any, carries the request (net/proxy.ts decides per request URL). */
+  proxy: ProxyConfig;
 }
 
 export interface ApiRequest<S extends z.ZodTypeAny> {
@@ -53,13 +57,43 @@ export async function requestApi<S extends z.ZodTypeAny>(
   request: ApiRequest<S>,
   toError: (answer: ErrorAnswer) => RunnerError,
 ): Promise<z.output<S>> {
+  const target = apiUrl(endpoint.url, request.route);
+  // A bad proxy URL throws config_invalid here, before anything is sent.
+  const proxy = chooseProxy(target, endpoint.proxy);
+  if (proxy === null) return exchange(fetch, target, "", endpoint, request, toError);
+  const through = await fetchThroughProxy(proxy);
+  try {
+    return await exchange(
+      through.fetch,
+      target,
+      ` through the proxy ${proxy.redacted} (${proxy.from})`,
+      endpoint,
+      request,
+      toError,
+    );
+  } finally {
+    through.close();
+  }
+}
+
+/** One request and its answer; `via` names the proxy in errors (empty when there is none). */
+async function exchange<S extends z.ZodTypeAny>(
+  send: FetchLike,
+  target: URL,
+  via: string,
+  endpoint: ApiEndpoint,
+  request: ApiRequest<S>,
+  toError: (answer: ErrorAnswer) => RunnerError,
+): Promise<z.output<S>> {
   const { url, timeoutMs } = endpoint;
   const unreachable = (reason: string, cause: unknown) =>
-    new RunnerError("control_plane_unavailable", `cannot reach the control plane at ${url}: ${reason}`, { cause });
+    new RunnerError("control_plane_unavailable", `cannot reach the control plane at ${url}${via}: ${reason}`, {
+      cause,
+    });
   const timedOut = (error: unknown) => (error as Error).name === "TimeoutError";
-  let response: Response;
+  let response: FetchAnswer;
   try {
-    response = await fetch(apiUrl(url, request.route), {
+    response = await send(target, {
       method: request.method,
       headers: {
         authorization: `Bearer ${request.bearer}`,
@@ -103,7 +137,7 @@ function apiUrl(base: string, route: string): URL {
   return new URL(`.${API_PREFIX}${route}`, root);
 }
 
-function readErrorAnswer(response: Response, body: unknown, bearer: string): ErrorAnswer {
+function readErrorAnswer(response: FetchAnswer, body: unknown, bearer: string): ErrorAnswer {
   const status = response.status;
   const known = errorBodySchema.safeParse(body);
   const error = known.success ? known.data.error : undefined;
@@ -119,7 +153,7 @@ function readErrorAnswer(response: Response, body: unknown, bearer: string): Err
 }
 
 /** The body as text, at most `maxBytes` of it (a hostile or broken server can send any amount). */
-async function readCapped(response: Response, maxBytes = Number.POSITIVE_INFINITY): Promise<string> {
+async function readCapped(response: FetchAnswer, maxBytes = Number.POSITIVE_INFINITY): Promise<string> {
   if (!response.body) return "";
   const reader = response.body.getReader();
   const chunks: Uint8Array[] = [];
@@ -161,8 +195,15 @@ function parseJson(text: string): unknown {
   }
 }
 
-/** fetch hides the useful part ("ECONNREFUSED") in `cause`. */
+/**
+ * fetch hides the useful part in its chain of causes (a proxy's refusal is two deep): the
+ * deepest one's system error code ("ECONNREFUSED"), else its message (undici's codes, such as
+ * UND_ERR_ABORTED, say less than their messages).
+ */
 function causeText(error: unknown): string {
-  const cause = (error as { cause?: { code?: string; message?: string } }).cause;
-  return cause?.code ?? cause?.message ?? (error as Error).message;
+  let deepest = error as { cause?: unknown; code?: unknown; message?: unknown };
+  for (let depth = 0; depth < 5 && typeof deepest.cause === "object" && deepest.cause !== null; depth++)
+    deepest = deepest.cause as typeof deepest;
+  if (typeof deepest.code === "string" && /^E[A-Z0-9_]+$/.test(deepest.code)) return deepest.code;
+  return typeof deepest.message === "string" ? deepest.message : String(deepest.code);
 }

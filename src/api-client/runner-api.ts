@@ -18,10 +18,12 @@ import {
   type VerifyResponse,
 } from "../protocol/http.js";
 import { requestApi, type ErrorAnswer } from "./http.js";
+import type { ProxyConfig } from "../net/proxy.js";
 
 export interface ApiOptions {
   url: string;
   timeoutMs: number;
+  proxy: ProxyConfig;
 }
 
 export function register(
@@ -55,7 +57,7 @@ function call<S extends z.ZodTypeAny>(
   schema: S,
 ): Promise<z.output<S>> {
   return requestApi(
-    { url: options.url, timeoutMs: options.timeoutMs, maxBodyBytes: MAX_BODY_BYTES },
+    { url: options.url, timeoutMs: options.timeoutMs, maxBodyBytes: MAX_BODY_BYTES, proxy: options.proxy },
     { method: "POST", route, bearer, body, schema },
     (answer) => errorFor(answer, options.url),
   );

@@ -9,6 +9,7 @@ import { unreachable } from "../errors.js";
 import type { Logger } from "../log/logger.js";
 import { performLog } from "../log/log-effect.js";
 import { DeadlineTimer, systemClock, type Clock } from "../time/deadline.js";
+import type { ChannelTunnel } from "../net/proxy-agents.js";
 import {
   AGENT_VERSION_HEADER,
   PROTOCOL_HEADER,
@@ -89,6 +90,8 @@ export interface DriverOptions {
   /** Told `true` when the socket has too much queued to send (slow down job output), `false` when it drained. */
   onBackpressure?: (slow: boolean) => void;
   observer?: ChannelObserver;
+  /** The proxy the connection goes through (net/proxy-agents.ts); absent: a direct connection. */
+  tunnel?: ChannelTunnel;
   /** The clock the machine's deadlines are read on. */
   now?: Clock;
   random?: () => number;
@@ -275,9 +278,10 @@ export class ChannelDriver {
 
   private connect(): void {
     const generation = ++this.generation;
-    const { url, credential, maxFrameBytes } = this.options;
+    const { url, credential, maxFrameBytes, tunnel } = this.options;
     const config = this.state.config;
     const socket = new WebSocket(url, {
+      ...(tunnel === undefined ? {} : { agent: tunnel.agent }),
       headers: {
         authorization: `Bearer ${credential}`,
         [RUNNER_ID_HEADER]: config.runnerId,
@@ -292,18 +296,33 @@ export class ChannelDriver {
     let opened = false;
     let failed = false;
     const current = () => generation === this.generation;
+    // The proxy's answer to this attempt's CONNECT: one other than 200 is the proxy refusing the
+    // tunnel, which must not pass for the control plane refusing the runner (a 403 would stop it).
+    let tunnelAnswer: number | null = null;
+    const stopListening = tunnel?.onConnectAnswer((status) => {
+      if (current()) tunnelAnswer = status;
+    });
+    const via = tunnel === undefined ? "" : ` (through the proxy ${tunnel.proxy})`;
     const fail = (status: number | null, reason: string) => {
+      stopListening?.();
       if (failed || opened || !current()) return;
       failed = true;
-      this.input({ type: "connect_failed", status, reason });
+      this.input({ type: "connect_failed", status, reason: reason + via });
     };
     socket.on("unexpected-response", (request, response: IncomingMessage) => {
+      if (tunnelAnswer !== null && tunnelAnswer !== 200) {
+        // Retried like any outage: the proxy may be restarting, or a person fixes its rules.
+        fail(null, `the proxy refused the tunnel: HTTP ${tunnelAnswer}`);
+        request.destroy();
+        return;
+      }
       void readErrorBody(response).then((detail) => {
         fail(response.statusCode ?? null, `HTTP ${response.statusCode}${detail ? ` ${detail}` : ""}`);
         request.destroy();
       });
     });
     socket.on("open", () => {
+      stopListening?.();
       opened = true;
       if (current()) this.input({ type: "socket_open" });
     });
@@ -320,6 +339,7 @@ export class ChannelDriver {
       else this.options.logger.warn({ code: error.code }, `socket error: ${error.message}`);
     });
     socket.on("close", (code, reason) => {
+      stopListening?.();
       if (!current()) return;
       if (!opened) fail(null, `closed before opening (${code})`);
       else this.input({ type: "socket_closed", code, reason: reason.toString() });

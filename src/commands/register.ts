@@ -115,6 +115,7 @@ async function runRegister(options: RegisterOptions): Promise<number> {
       files: ctx.files,
       host: await gatherHostFacts(ctx.settings.machineId),
       timeoutMs: ctx.controlPlane.requestTimeoutMs,
+      proxy: ctx.controlPlane.proxy,
       now: ctx.now(),
     });
     if (existing.kind === "ok" && existing.value.credentialStore !== choice.store.kind) {

@@ -26,6 +26,7 @@ import {
 } from "../service/render.js";
 import { inspectService, installService, runCommand, uninstallService } from "../service/manager.js";
 import { stableNodePath } from "../service/node-path.js";
+import { parseProxyUrl } from "../net/proxy.js";
 import { START_SETTINGS } from "./start.js";
 
 const PACKAGE_ROOT = fileURLToPath(new URL("../../../", import.meta.url));
@@ -85,6 +86,8 @@ export function defineServiceCommand(program: Command): void {
       if (options.credentialToFile)
         for (const line of describeMove(await moveCredential(ctx.files, "file"))) print(line);
       else if (registration.credentialStore === "keychain") print(keychainAtBoot(ctx));
+      const proxyNote = proxyVariablesNote(ctx);
+      if (proxyNote) print(proxyNote);
       // Cleared before loading: launchd would not keep alive a job whose marker is present.
       if (await clearBlocked(ctx.files.blocked)) print("✓ removed the needs-operator marker an earlier stop left");
       for (const line of await installService(plan, runCommand, { start: options.start !== false })) print(line);
@@ -210,6 +213,7 @@ function carriedFlags(ctx: Context, options: ServiceOptions): string[] {
     if (!START_SETTINGS.includes(key) || PINNED.includes(key) || (source !== "flag" && source !== "env")) continue;
     const spec = SETTINGS[key] as SettingSpec<unknown>;
     const raw = source === "flag" ? options[key] : process.env[spec.env];
+    if (key === "proxy" && typeof raw === "string") refuseProxyCredentials(ctx, raw, source);
     if (spec.arg === undefined) {
       if (ctx.settings[key] === true) flags.push(spec.flag);
     } else if (typeof raw === "string") {
@@ -217,6 +221,30 @@ function carriedFlags(ctx: Context, options: ServiceOptions): string[] {
     }
   }
   return flags;
+}
+
+/**
+ * A proxy's password must not reach the unit's command line, which every user of the machine
+ * can read (ps, systemctl status, the unit file): such a proxy belongs in the config file.
+ */
+function refuseProxyCredentials(ctx: Context, raw: string, source: string): void {
+  const url = parseProxyUrl(raw);
+  if (typeof url === "string" || (url.username === "" && url.password === "")) return;
+  throw new RunnerError(
+    "usage",
+    `the proxy given by ${source === "flag" ? SETTINGS.proxy.flag : `$${SETTINGS.proxy.env}`} holds credentials, which the service's command line would show to every user of this machine`,
+    {
+      hint: `put "proxy" in the config file ${ctx.configFile} (mode 0600), which the service reads, and install without it`,
+    },
+  );
+}
+
+/** The service does not inherit this shell's environment: proxy variables set here would not reach it. */
+function proxyVariablesNote(ctx: Context): string | null {
+  const { https, http } = ctx.controlPlane.proxy;
+  const names = [https, http].flatMap((variable) => (variable === null ? [] : [variable.name]));
+  if (ctx.resolved.sources.proxy !== "default" || names.length === 0) return null;
+  return `! ${names.join(" and ")} ${names.length > 1 ? "are" : "is"} set in this shell, but the service does not inherit its environment: install with --proxy <url> (or set "proxy" in the config file) for the service to use a proxy`;
 }
 
 /**

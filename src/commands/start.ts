@@ -128,6 +128,7 @@ async function serve(ctx: Context): Promise<number> {
       files: ctx.files,
       logger: log,
       insecurePlaintext: ctx.controlPlane.insecurePlaintext,
+      proxy: ctx.controlPlane.proxy,
       channel: ctx.channel,
       pool: ctx.pool,
       rlimitNofile: ctx.rlimitNofile,
@@ -140,6 +141,7 @@ async function serve(ctx: Context): Promise<number> {
       for (const line of await forgetRunner(ctx.files, {
         localOnly: false,
         requestTimeoutMs: ctx.controlPlane.requestTimeoutMs,
+        proxy: ctx.controlPlane.proxy,
       }))
         log.info(line);
     }

@@ -33,6 +33,7 @@ export function defineUnregisterCommand(program: Command): void {
         const lines = await forgetRunner(ctx.files, {
           localOnly: options.localOnly === true,
           requestTimeoutMs: ctx.controlPlane.requestTimeoutMs,
+          proxy: ctx.controlPlane.proxy,
         });
         for (const line of lines) print(line);
         return ExitCode.OK;

@@ -14,6 +14,7 @@ import type { RecycleLimits } from "../workers/parent/recycle-policy.js";
 import { defaultSettings } from "./resolve.js";
 import { defaultDirs, stateFiles, type StateFiles } from "./paths.js";
 import type { Settings } from "./settings.js";
+import { proxyConfig, type ProxyConfig } from "../net/proxy.js";
 
 /** What the run-time defaults are worked out from. */
 export interface RunTimeFacts {
@@ -47,6 +48,8 @@ export type PoolSettings = Pick<WorkerPoolOptions, "size" | "limits" | "handlers
 export interface ControlPlaneAccess {
   requestTimeoutMs: number;
   insecurePlaintext: boolean;
+  /** The proxy setting and the proxy variables of the environment: net/proxy.ts decides per URL. */
+  proxy: ProxyConfig;
 }
 
 /** What `runner service` takes from the settings to render and install a unit. */
@@ -91,7 +94,11 @@ export function normalizeSettings(settings: Settings, facts: RunTimeFacts): Runn
     settings: normalized,
     fitness: { workDir: normalized.workDir, minFreeDiskBytes: limitOrOff(settings.minFreeDiskMb, MiB) },
     files: stateFiles(stateDir),
-    controlPlane: { requestTimeoutMs: settings.requestTimeoutMs, insecurePlaintext: settings.insecurePlaintext },
+    controlPlane: {
+      requestTimeoutMs: settings.requestTimeoutMs,
+      insecurePlaintext: settings.insecurePlaintext,
+      proxy: proxyConfig(settings.proxy, facts.env),
+    },
     channel: channelSettings(settings),
     pool: poolSettings(normalized),
     rlimitNofile: facts.rlimitNofile,

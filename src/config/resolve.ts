@@ -59,7 +59,9 @@ function check(spec: SettingSpec<unknown>, value: unknown, where: string): unkno
   const result = spec.schema.safeParse(value);
   if (result.success) return result.data;
   const problem = result.error.issues.map((i) => i.message).join("; ");
-  throw new RunnerError("config_invalid", `${where}: ${JSON.stringify(value)} is not valid (${problem})`, {
+  // A secret (a proxy URL with its password) is named, never repeated.
+  const shown = spec.secret ? "the value" : JSON.stringify(value);
+  throw new RunnerError("config_invalid", `${where}: ${shown} is not valid (${problem})`, {
     hint: `${spec.flag}: ${spec.help}`,
   });
 }

@@ -4,6 +4,7 @@ import path from "node:path";
 import { z } from "zod";
 import { DEVICE_PROVIDER_NAMES, type DeviceProviderName } from "../devices/provider-names.js";
 import { handlerNameSchema } from "../protocol/common.js";
+import { isProxyOff, parseProxyUrl } from "../net/proxy.js";
 
 export interface SettingSpec<T> {
   /** The config-file key (camelCase). */
@@ -23,6 +24,8 @@ export interface SettingSpec<T> {
   defaultValue: T | undefined;
   /** Shown in help when the default is computed. */
   defaultHelp?: string;
+  /** The value may hold a password: no error message or carried unit argument repeats it. */
+  secret?: boolean;
 }
 
 const text = (raw: string) => raw;
@@ -136,6 +139,20 @@ export const SETTINGS = {
     schema: z.number().int().min(100).max(600_000),
     fromString: int,
     defaultValue: 10_000,
+  }),
+  proxy: setting<string>({
+    key: "proxy",
+    flag: "--proxy",
+    arg: "<url|off>",
+    help: "the HTTP proxy for the control plane (its API and its WebSocket), e.g. http://user:password@proxy:3128; wins over HTTPS_PROXY, HTTP_PROXY and NO_PROXY; off or none: connect directly, whatever they say",
+    schema: z.string().superRefine((value, context) => {
+      const parsed = isProxyOff(value) ? null : parseProxyUrl(value);
+      if (typeof parsed === "string") context.addIssue({ code: z.ZodIssueCode.custom, message: parsed });
+    }),
+    fromString: text,
+    defaultValue: undefined,
+    defaultHelp: "from the environment: https_proxy/HTTPS_PROXY, http_proxy/HTTP_PROXY, no_proxy/NO_PROXY",
+    secret: true,
   }),
   insecurePlaintext: setting<boolean>({
     key: "insecurePlaintext",

@@ -21,6 +21,8 @@ import { createDeviceSync, type DeviceSyncSettings } from "../devices/index.js";
 import { systemClock } from "../time/deadline.js";
 import { countSent, countStep, newCounters } from "../status/counters.js";
 import { startStatusServer } from "../status/server.js";
+import { chooseProxy, type ProxyConfig } from "../net/proxy.js";
+import { channelTunnel } from "../net/proxy-agents.js";
 
 export interface DaemonOptions {
   registration: Registration;
@@ -28,6 +30,8 @@ export interface DaemonOptions {
   files: StateFiles;
   logger: Logger;
   insecurePlaintext: boolean;
+  /** Which proxy, if any, carries the WebSocket (the setting and the environment's variables). */
+  proxy: ProxyConfig;
   /** Each part's config, as config/normalize.ts builds it from the settings. */
   channel: ChannelSettings;
   pool: PoolSettings;
@@ -47,6 +51,15 @@ export async function runDaemon(options: DaemonOptions): Promise<DriverExit> {
   const { registration, files, logger } = options;
   const startedAt = systemClock();
   const url = channelUrl(registration.url, options.insecurePlaintext);
+  // Decided once: the channel's URL never changes while the daemon runs.
+  const proxy = chooseProxy(url, options.proxy);
+  if (proxy === null) logger.info({ proxy: null }, "the control plane is reached directly (no proxy applies)");
+  else
+    logger.info(
+      { proxy: proxy.redacted, from: proxy.from },
+      `the control plane is reached through the proxy ${proxy.redacted} (${proxy.from})`,
+    );
+  const tunnel = proxy === null ? undefined : await channelTunnel(proxy);
   const outbox = new Outbox(files.outbox);
   const journal = new JobJournal(files.running);
   await ensureDir(files.outbox);
@@ -101,6 +114,7 @@ export async function runDaemon(options: DaemonOptions): Promise<DriverExit> {
         stepped: (step, now) => countStep(counters, step, now),
         sent: (type, bytes) => countSent(counters, type, bytes),
       },
+      ...(tunnel === undefined ? {} : { tunnel }),
     },
   );
 
@@ -146,6 +160,7 @@ export async function runDaemon(options: DaemonOptions): Promise<DriverExit> {
     await Promise.all([pool.close(), deviceSync.close()]);
     return exit;
   } finally {
+    tunnel?.agent.destroy();
     diskGuard.stop();
     await status.close();
     process.off("SIGTERM", onSignal);

@@ -18,11 +18,13 @@ import {
 } from "../state/registration.js";
 import { enroll, registrationFrom } from "./enroll.js";
 import type { Action } from "./plan.js";
+import type { ProxyConfig } from "../net/proxy.js";
 
 export interface ApplyContext {
   files: StateFiles;
   host: HostFacts;
   requestTimeoutMs: number;
+  proxy: ProxyConfig;
   registrationToken: string | undefined;
   now: () => Date;
 }
@@ -90,7 +92,7 @@ async function describeFromControlPlane(
   store: CredentialStoreKind,
   ctx: ApplyContext,
 ): Promise<Registration> {
-  const api = { url: stored.url, timeoutMs: ctx.requestTimeoutMs };
+  const api = { url: stored.url, timeoutMs: ctx.requestTimeoutMs, proxy: ctx.proxy };
   const body = identityBody({ runnerId: stored.runnerId, host: ctx.host });
   try {
     const { runner } = await verify(api, stored.credential, body);
@@ -121,6 +123,7 @@ async function reregister(ctx: ApplyContext): Promise<string> {
     files: ctx.files,
     host: ctx.host,
     timeoutMs: ctx.requestTimeoutMs,
+    proxy: ctx.proxy,
     now: ctx.now(),
   });
   return `registered again as ${fresh.runnerId} (was ${old.runnerId}), name ${fresh.name}, credential in the ${fresh.credentialStore} store`;
@@ -131,7 +134,7 @@ async function rebindHost(ctx: ApplyContext): Promise<string> {
   const read = await openStore(old.credentialStore, ctx.files).read();
   if (read.kind !== "ok") throw new RunnerError("credential_missing", "the credential is no longer in its store");
   const { runner, previousFingerprint } = await repair(
-    { url: old.url, timeoutMs: ctx.requestTimeoutMs },
+    { url: old.url, timeoutMs: ctx.requestTimeoutMs, proxy: ctx.proxy },
     read.value.credential,
     identityBody({ runnerId: old.runnerId, host: ctx.host }),
   );

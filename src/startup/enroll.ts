@@ -7,6 +7,7 @@ import type { CredentialStore } from "../credentials/store.js";
 import type { HostFacts, RunnerView } from "../protocol/http.js";
 import { identityBody } from "../api-client/identity.js";
 import { writeRegistration, type Registration } from "../state/registration.js";
+import type { ProxyConfig } from "../net/proxy.js";
 
 export interface EnrollOptions {
   url: string;
@@ -18,12 +19,13 @@ export interface EnrollOptions {
   files: StateFiles;
   host: HostFacts;
   timeoutMs: number;
+  proxy: ProxyConfig;
   now: Date;
 }
 
 export async function enroll(options: EnrollOptions): Promise<Registration> {
   const answer = await register(
-    { url: options.url, timeoutMs: options.timeoutMs },
+    { url: options.url, timeoutMs: options.timeoutMs, proxy: options.proxy },
     options.registrationToken,
     identityBody({ name: options.name, labels: options.labels, host: options.host, replace: options.replace }),
   );

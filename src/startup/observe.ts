@@ -13,11 +13,13 @@ import { entryAt, isRecordName, modeOf } from "../state/files.js";
 import { inspectLock } from "../state/lock.js";
 import { readRegistration } from "../state/registration.js";
 import type { ForeignEntry, Observations } from "./plan.js";
+import type { ProxyConfig } from "../net/proxy.js";
 
 export interface ObserveContext {
   files: StateFiles;
   host: HostFacts;
   requestTimeoutMs: number;
+  proxy: ProxyConfig;
 }
 
 export async function observe(ctx: ObserveContext): Promise<Observations> {
@@ -48,13 +50,14 @@ export async function observe(ctx: ObserveContext): Promise<Observations> {
 
   try {
     await verify(
-      { url: registration.url, timeoutMs: ctx.requestTimeoutMs },
+      { url: registration.url, timeoutMs: ctx.requestTimeoutMs, proxy: ctx.proxy },
       credential.value.credential,
       identityBody({ runnerId: registration.runnerId, host: ctx.host }),
     );
     seen.controlPlane = { kind: "ok" };
   } catch (error) {
-    if (!(error instanceof RunnerError)) throw error;
+    // A bad proxy URL is the operator's input, not the control plane's answer: exit 2, not a finding.
+    if (!(error instanceof RunnerError) || error.code === "config_invalid") throw error;
     seen.controlPlane = { kind: "error", code: error.code, message: error.message };
   }
   return seen;

@@ -9,11 +9,12 @@ import type { StateFiles } from "../config/paths.js";
 import { openStore } from "../credentials/select.js";
 import { RunnerError } from "../errors.js";
 import { readRegistration } from "../state/registration.js";
+import type { ProxyConfig } from "../net/proxy.js";
 
 /** What happened, a line each, for people. */
 export async function forgetRunner(
   files: StateFiles,
-  options: { localOnly: boolean; requestTimeoutMs: number },
+  options: { localOnly: boolean; requestTimeoutMs: number; proxy: ProxyConfig },
 ): Promise<string[]> {
   const read = await readRegistration(files.registration);
   if (read.kind !== "ok") {
@@ -30,7 +31,7 @@ export async function forgetRunner(
   if (!options.localOnly && credential.kind === "ok") {
     try {
       await unregister(
-        { url: registration.url, timeoutMs: options.requestTimeoutMs },
+        { url: registration.url, timeoutMs: options.requestTimeoutMs, proxy: options.proxy },
         credential.value.credential,
         identityBody({ runnerId: registration.runnerId }),
       );

@@ -12,6 +12,7 @@ import { register } from "../../src/api-client/runner-api.js";
 import { identityBody } from "../../src/api-client/identity.js";
 import { RunnerError } from "../../src/errors.js";
 import { fakePlane } from "../helpers/fake-plane.js";
+import { NO_PROXY } from "../../src/net/proxy.js";
 
 const TIMEOUT = { timeout: 10_000 };
 const ADMIN_TOKEN = "adm_" + "A".repeat(43);
@@ -98,7 +99,7 @@ describe("the runner API client", () => {
       );
       const host = { hostname: "h", platform: "linux", arch: "x64", fingerprint: "f".repeat(64) };
       const answer = await register(
-        { url: `${plane.url}/cp`, timeoutMs: 2_000 },
+        { url: `${plane.url}/cp`, timeoutMs: 2_000, proxy: NO_PROXY },
         "rgt_" + "T".repeat(43),
         identityBody({ name: "prefixed", labels: [], host, replace: false }),
       );

@@ -17,6 +17,7 @@ import { fingerprintOf } from "../../src/state/host.js";
 import { captureLogger, startTestControlPlane, tempDir } from "../helpers/fixtures.js";
 import { channelUrl } from "../../src/daemon/daemon.js";
 import { assignment } from "../helpers/channel-fixtures.js";
+import { NO_PROXY } from "../../src/net/proxy.js";
 
 const config = (runnerId: string, overrides: Partial<MachineConfig> = {}): MachineConfig => ({
   runnerId,
@@ -210,7 +211,7 @@ describe("the channel driver", { timeout: 60_000 }, () => {
             arch: "x64",
             fingerprint: fingerprintOf(`machine-${i}`),
           };
-          return register({ url: plane.cp.url, timeoutMs: 5_000 }, token, {
+          return register({ url: plane.cp.url, timeoutMs: 5_000, proxy: NO_PROXY }, token, {
             protocolVersion: PROTOCOL_VERSION,
             agentVersion: AGENT_VERSION,
             name: `fleet-${i}`,

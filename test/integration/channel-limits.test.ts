@@ -21,6 +21,7 @@ import {
   encode,
   type ControlMessage,
 } from "../../src/protocol/channel.js";
+import { NO_PROXY } from "../../src/net/proxy.js";
 
 const finished = (job: JobView) => ["succeeded", "failed", "cancelled", "timed_out"].includes(job.status);
 
@@ -189,7 +190,7 @@ describe("the channel's limits", { timeout: 120_000 }, () => {
       const plane = await startTestControlPlane(t, { heartbeatIntervalMs: 5_000 });
       const { token } = await plane.admin.createRegistrationToken(60);
       const host = { hostname: "huge", platform: "linux", arch: "x64", fingerprint: fingerprintOf("machine-huge") };
-      const id = await register({ url: plane.cp.url, timeoutMs: 5_000 }, token, {
+      const id = await register({ url: plane.cp.url, timeoutMs: 5_000, proxy: NO_PROXY }, token, {
         protocolVersion: PROTOCOL_VERSION,
         agentVersion: AGENT_VERSION,
         name: "huge",

@@ -18,6 +18,7 @@ import type { RegisterResponse } from "../../src/protocol/http.js";
 import { AGENT_VERSION, PROTOCOL_VERSION } from "../../src/protocol/version.js";
 import { fingerprintOf } from "../../src/state/host.js";
 import { captureLogger, startTestControlPlane, tempDir, type TestControlPlane } from "../helpers/fixtures.js";
+import { NO_PROXY } from "../../src/net/proxy.js";
 
 async function until<T>(check: () => T | Promise<T>, what: string, timeoutMs = 10_000): Promise<NonNullable<T>> {
   const deadline = Date.now() + timeoutMs;
@@ -53,7 +54,7 @@ const device = (id: string, kind: string, attributes: RawDevice["attributes"] = 
 async function registerIdentity(plane: TestControlPlane, name: string): Promise<RegisterResponse> {
   const { token } = await plane.admin.createRegistrationToken(60);
   const host = { hostname: name, platform: "linux", arch: "x64", fingerprint: fingerprintOf(name) };
-  return register({ url: plane.cp.url, timeoutMs: 5_000 }, token, {
+  return register({ url: plane.cp.url, timeoutMs: 5_000, proxy: NO_PROXY }, token, {
     protocolVersion: PROTOCOL_VERSION,
     agentVersion: AGENT_VERSION,
     name,

@@ -147,6 +147,7 @@ describe("each part's config", () => {
     assert.deepEqual(config.controlPlane, {
       requestTimeoutMs: SETTINGS.requestTimeoutMs.defaultValue,
       insecurePlaintext: SETTINGS.insecurePlaintext.defaultValue,
+      proxy: { setting: undefined, https: null, http: null, noProxy: null },
     });
     assert.deepEqual(config.service, {
       system: SETTINGS.system.defaultValue,
@@ -192,7 +193,11 @@ describe("each part's config", () => {
       deviceBatchSize: 250,
       deviceProviderTimeoutMs: 2000,
     });
-    assert.deepEqual(config.controlPlane, { requestTimeoutMs: 2500, insecurePlaintext: true });
+    assert.deepEqual(config.controlPlane, {
+      requestTimeoutMs: 2500,
+      insecurePlaintext: true,
+      proxy: { setting: undefined, https: null, http: null, noProxy: null },
+    });
     assert.equal(config.service.drainTimeoutMs, 1000);
   });
 });

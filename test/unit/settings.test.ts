@@ -98,6 +98,7 @@ describe("settings precedence is flag > env > file > default", () => {
       machineId: ["env-id", "file-id"],
       requestTimeoutMs: ["2500", 4000],
       insecurePlaintext: ["1", false],
+      proxy: ["http://proxy.example:3128", "off"],
       capacity: ["4", 2],
       drainTimeoutMs: ["1000", 2000],
       reconnectBaseMs: ["50", 100],
