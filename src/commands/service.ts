@@ -9,7 +9,7 @@ import path from "node:path";
 import { fileURLToPath } from "node:url";
 import { Command } from "commander";
 import { ExitCode, RunnerError } from "../errors.js";
-import { loadContext, withSettings, type Context } from "../cli/context.js";
+import { checkContextFor, loadContext, withSettings, type Context } from "../cli/context.js";
 import { action, print } from "../cli/output.js";
 import { SETTINGS, type SettingKey, type SettingSpec } from "../config/settings.js";
 import { readRegistration, type Registration } from "../state/registration.js";
@@ -23,7 +23,17 @@ import {
   serviceManagerFor,
   type ServicePlan,
 } from "../service/render.js";
-import { inspectService, installService, runCommand, uninstallService } from "../service/manager.js";
+import {
+  DEFAULT_START_WAIT,
+  inspectService,
+  installService,
+  runCommand,
+  uninstallService,
+  waitUntilServing,
+} from "../service/manager.js";
+import { inspectLock } from "../state/lock.js";
+import { lookupAccount, type Account } from "../state/owner.js";
+import { giveStateDir } from "../startup/check.js";
 import { stableNodePath } from "../service/node-path.js";
 
 const PACKAGE_ROOT = fileURLToPath(new URL("../../../", import.meta.url));
@@ -35,6 +45,7 @@ interface ServiceOptions extends Record<string, unknown> {
   name: string;
   runAs?: string;
   start?: boolean;
+  wait?: boolean;
   credentialToFile?: boolean;
 }
 
@@ -59,6 +70,10 @@ export function defineServiceCommand(program: Command): void {
     .option("--run-as <user>", "with --system: the user the service runs as (default: $SUDO_USER, else you)")
     .option("--no-start", "write the unit only; do not load or start it")
     .option(
+      "--no-wait",
+      `do not wait (up to ${DEFAULT_START_WAIT.timeoutMs / 1000} s) for the runner to pass its start-up checks before returning`,
+    )
+    .option(
       "--credential-to-file",
       "first move the credential from the keychain to the state dir's 0600 file (as `runner credentials move --to file`)",
     );
@@ -70,9 +85,13 @@ export function defineServiceCommand(program: Command): void {
       if (options.credentialToFile)
         for (const line of describeMove(await moveCredential(ctx.files, "file"))) print(line);
       else if (registration.credentialStore === "keychain") print(keychainAtBoot(ctx));
+      if (ctx.service.system) for (const line of await giveToServiceUser(ctx, serviceUser(options))) print(line);
       // Cleared before loading: launchd would not keep alive a job whose marker is present.
       if (await clearBlocked(ctx.files.blocked)) print("✓ removed the needs-operator marker an earlier stop left");
+      const loadedAt = Date.now();
       for (const line of await installService(plan, runCommand, { start: options.start !== false })) print(line);
+      if (options.start !== false && options.wait !== false)
+        print(await waitUntilServing(plan, runCommand, () => servingSince(ctx, loadedAt)));
       print(`runner service status${options.name === "runner" ? "" : ` --name ${options.name}`} shows how it is doing`);
       return ExitCode.OK;
     }),
@@ -153,7 +172,7 @@ async function planFor(ctx: Context, options: ServiceOptions): Promise<ServicePl
     env: process.env,
     name: options.name,
     ...ctx.service,
-    runAs: options.runAs ?? process.env.SUDO_USER ?? user,
+    runAs: serviceUser(options),
     argv: [
       stableNodePath(process.execPath, process.env.PATH),
       RUNNER_BIN,
@@ -166,6 +185,49 @@ async function planFor(ctx: Context, options: ServiceOptions): Promise<ServicePl
     ],
     templates,
   });
+}
+
+/** The user a machine-wide service runs as. */
+function serviceUser(options: ServiceOptions): string {
+  return options.runAs ?? process.env.SUDO_USER ?? os.userInfo().username;
+}
+
+/**
+ * A machine-wide service is registered and installed by root but runs as its user, who must
+ * own the state dir, everything in it and the work dir (which register made root's, 0700).
+ * The ownership part of \`runner repair --owner <user>\`. Only root can do it; anyone else
+ * cannot write the unit either, and is told so there.
+ */
+async function giveToServiceUser(ctx: Context, user: string): Promise<string[]> {
+  if (process.getuid?.() !== 0) return [];
+  const owner = await lookupAccount(user);
+  const steps = await giveStateDir({ ...(await checkContextFor(ctx, undefined)), owner });
+  const lines = steps.length === 0 ? [`✓ ${ctx.files.stateDir} and its files already belong to ${owner.name}`] : [];
+  for (const step of steps) lines.push(`✓ ${step.outcome}`);
+  for (const dir of [ctx.files.stateDir, ctx.fitness.workDir]) {
+    const closed = await closedAncestor(dir, owner);
+    if (closed) lines.push(`! ${owner.name} cannot reach ${dir}: ${closed}; the service would fail to start`);
+  }
+  return lines;
+}
+
+/** The first dir above `dir` that `owner` may not pass through (no x bit for it), described; null when none. */
+async function closedAncestor(dir: string, owner: Account): Promise<string | null> {
+  for (let up = path.dirname(dir); ; up = path.dirname(up)) {
+    const stat = await fs.stat(up).catch(() => null);
+    if (stat !== null) {
+      const bit = stat.uid === owner.uid ? 0o100 : stat.gid === owner.gid ? 0o010 : 0o001;
+      if ((stat.mode & bit) === 0)
+        return `${up} has mode 0${(stat.mode & 0o777).toString(8)} and belongs to ${stat.uid === 0 ? "root" : `uid ${stat.uid}`}`;
+    }
+    if (up === path.dirname(up)) return null;
+  }
+}
+
+/** Whether the runner on the state dir passed its start-up checks since `since` (ms since the epoch). */
+async function servingSince(ctx: Context, since: number): Promise<boolean> {
+  const lock = await inspectLock(ctx.files.lock);
+  return lock.kind === "held" && lock.owner.servingSince !== undefined && Date.parse(lock.owner.servingSince) >= since;
 }
 
 /** The config file, when there is one: `--config` makes it required, and a missing one would stop the service. */

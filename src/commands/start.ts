@@ -63,6 +63,7 @@ async function serve(ctx: Context): Promise<number> {
         `start-up checks: ${blocking.map((f) => f.code).join(", ")}`,
       );
     log.info({ stateDir: ctx.files.stateDir }, "startup checks passed");
+    await lock.markServing(ctx.now()); // what `runner service install` waits for
     if (await clearBlocked(ctx.files.blocked)) log.info("removed the needs-operator marker an earlier stop left");
     const { registration, credential } = await loadIdentity(ctx.files);
     const exit = await runDaemon({

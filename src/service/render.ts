@@ -58,6 +58,54 @@ export interface ServicePlan {
   loaded: string[] | null;
   /** The longest a stop can take: the manager's own timeout for it (TimeoutStopSec, ExitTimeOut). */
   stopTimeoutMs: number;
+  /** Asked while install waits for the runner to start: its answer goes to readStartState. */
+  probe: string[];
+  /** Where the service's last log lines are: a command that prints them, or the log file. */
+  logs: { command: string[] } | { file: string };
+  /** The command that starts the service again once its cause is fixed (for messages). */
+  restart: string[];
+}
+
+/** What the manager says of a service that install has just started. */
+export type StartState =
+  | { kind: "starting" }
+  | { kind: "running" }
+  /** It exited (and may be waiting to be restarted); `exitCode` when the manager says. */
+  | { kind: "stopped"; exitCode: number | null; detail: string };
+
+/**
+ * Reads the manager's answer to `plan.probe`. systemd: `systemctl show -p ActiveState,SubState,
+ * ExecMainStatus`; a unit in `auto-restart` has exited even though systemd calls it
+ * "activating". launchd: `launchctl print`; a job that has a last exit code has exited since it
+ * was bootstrapped, whatever its state is now.
+ */
+export function readStartState(manager: ServiceManager, answer: { code: number; output: string }): StartState {
+  if (manager === "launchd") {
+    if (answer.code !== 0) return { kind: "stopped", exitCode: null, detail: "launchd no longer knows the job" };
+    const job = parseLaunchctlPrint(answer.output);
+    if (job.lastExitCode !== null)
+      return {
+        kind: "stopped",
+        exitCode: job.lastExitCode,
+        detail: `state ${job.state ?? "?"}, runs ${job.runs ?? "?"}`,
+      };
+    return job.state === "running" ? { kind: "running" } : { kind: "starting" };
+  }
+  const fields = new Map(
+    answer.output
+      .split("\n")
+      .map((line) => /^([A-Za-z]+)=(.*)$/.exec(line.trim()))
+      .filter((match) => match !== null)
+      .map((match) => [match[1]!, match[2]!] as const),
+  );
+  const active = fields.get("ActiveState");
+  const sub = fields.get("SubState") ?? "?";
+  const status = fields.get("ExecMainStatus");
+  const exitCode = status !== undefined && /^\d+$/.test(status) ? Number(status) : null;
+  if (active === "active") return sub === "running" || sub === "?" ? { kind: "running" } : { kind: "starting" };
+  if (active === "activating" && sub !== "auto-restart") return { kind: "starting" };
+  if (active === undefined || active === "reloading") return { kind: "starting" };
+  return { kind: "stopped", exitCode, detail: `${active} (${sub})` };
 }
 
 /** By absolute path: a PATH that another tool shadows must not decide what runs the service. */
@@ -163,7 +211,9 @@ function planSystemd(inputs: ServiceInputs): ServicePlan {
     unitFile,
     content,
     dirs: [],
-    unloadFirst: [],
+    // A unit that runs already would not be restarted by `enable --now`: stop it first (a stop
+    // drains, like launchd's bootout), so the runner that starts is the one just written.
+    unloadFirst: [[...systemctl, "stop", unit]],
     load: [
       [...systemctl, "daemon-reload"],
       [...systemctl, "enable", "--now", unit],
@@ -179,6 +229,9 @@ function planSystemd(inputs: ServiceInputs): ServicePlan {
     // `systemctl disable --now` returns once the unit has stopped.
     loaded: null,
     stopTimeoutMs: stopTimeoutSeconds(inputs.drainTimeoutMs) * 1000,
+    probe: [...systemctl, "show", unit, "-p", "ActiveState,SubState,ExecMainStatus"],
+    logs: { command: ["journalctl", ...(inputs.system ? [] : ["--user"]), "-u", unit, "-n", "20", "--no-pager"] },
+    restart: [...systemctl, "restart", unit],
   };
 }
 
@@ -191,6 +244,7 @@ function planLaunchd(inputs: ServiceInputs): ServicePlan {
     ? path.join("/Library/LaunchDaemons", `${label}.plist`)
     : path.join(inputs.home, "Library", "LaunchAgents", `${label}.plist`);
   const logDir = inputs.system ? "/Library/Logs/runner" : path.join(inputs.home, "Library", "Logs", "runner");
+  const logFile = path.join(logDir, `${inputs.name}.log`);
   const content = fill(inputs.templates.launchd, {
     LABEL: xmlEscape(label),
     PROGRAM_ARGUMENTS: inputs.argv.map((arg) => `    <string>${xmlEscape(arg)}</string>`).join("\n"),
@@ -198,7 +252,7 @@ function planLaunchd(inputs: ServiceInputs): ServicePlan {
     BLOCKED_MARKER: xmlEscape(stateFiles(inputs.stateDir).blocked),
     STATE_DIR: xmlEscape(inputs.stateDir),
     STOP_TIMEOUT_S: String(stopTimeoutSeconds(inputs.drainTimeoutMs)),
-    LOG_FILE: xmlEscape(path.join(logDir, `${inputs.name}.log`)),
+    LOG_FILE: xmlEscape(logFile),
     PATH: xmlEscape(searchPath(inputs)),
   });
   const target = `${domain}/${label}`;
@@ -221,6 +275,9 @@ function planLaunchd(inputs: ServiceInputs): ServicePlan {
     // "5: Input/output error".
     loaded: [LAUNCHCTL, "print", target],
     stopTimeoutMs: stopTimeoutSeconds(inputs.drainTimeoutMs) * 1000,
+    probe: [LAUNCHCTL, "print", target],
+    logs: { file: logFile },
+    restart: [LAUNCHCTL, "kickstart", "-k", target],
   };
 }
 

@@ -87,7 +87,7 @@ describe("runner service (systemd, stubbed)", { timeout: 60_000 }, () => {
     const runner = await registerRunner(t, plane);
     const stubs = await stubCommands(t, ["systemctl", "loginctl"]);
     const { home, env } = await serviceEnv(t, stubs);
-    const install = await runCli(["service", "install", ...runner.flags, "--capacity", "3"], { env });
+    const install = await runCli(["service", "install", ...runner.flags, "--capacity", "3", "--no-wait"], { env });
     assert.equal(install.code, ExitCode.OK, install.all);
 
     const unitFile = path.join(home, ".config", "systemd", "user", "runner.service");
@@ -106,6 +106,7 @@ describe("runner service (systemd, stubbed)", { timeout: 60_000 }, () => {
     assert.ok(unit.includes(`Environment="PATH=${env.PATH}"`), "the installer's PATH");
     assert.equal(await lintUnit(unitFile), "", "systemd-analyze verify prints nothing for the unit");
     assert.deepEqual(await stubs.calls(), [
+      "systemctl --user stop runner.service",
       "systemctl --user daemon-reload",
       "systemctl --user enable --now runner.service",
       `loginctl enable-linger ${os.userInfo().username}`,
@@ -114,7 +115,7 @@ describe("runner service (systemd, stubbed)", { timeout: 60_000 }, () => {
     const uninstall = await runCli(["service", "uninstall", ...runner.flags], { env });
     assert.equal(uninstall.code, ExitCode.OK, uninstall.all);
     await assert.rejects(fs.stat(unitFile), { code: "ENOENT" });
-    assert.deepEqual((await stubs.calls()).slice(3), [
+    assert.deepEqual((await stubs.calls()).slice(4), [
       "systemctl --user disable --now runner.service",
       "systemctl --user daemon-reload",
     ]);
@@ -165,7 +166,7 @@ describe("runner service (systemd, stubbed)", { timeout: 60_000 }, () => {
     const configFile = path.join(home, ".config", "runner", "config.json");
     await fs.mkdir(path.dirname(configFile), { recursive: true });
     await fs.writeFile(configFile, JSON.stringify({ capacity: 2 }));
-    assert.equal((await runCli(["service", "install", ...runner.flags], { env })).code, ExitCode.OK);
+    assert.equal((await runCli(["service", "install", ...runner.flags, "--no-wait"], { env })).code, ExitCode.OK);
     const unit = await fs.readFile(path.join(home, ".config", "systemd", "user", "runner.service"), "utf8");
     assert.ok(unit.includes(`"--config" "${configFile}"`), "the config file the install read is the service's");
     const healthy = await runCli(["service", "status", ...runner.flags], { env });
