@@ -46,6 +46,7 @@ interface ServiceOptions extends Record<string, unknown> {
   runAs?: string;
   start?: boolean;
   wait?: boolean;
+  hardened?: boolean;
   credentialToFile?: boolean;
 }
 
@@ -72,6 +73,10 @@ export function defineServiceCommand(program: Command): void {
     .option(
       "--no-wait",
       `do not wait (up to ${DEFAULT_START_WAIT.timeoutMs / 1000} s) for the runner to pass its start-up checks before returning`,
+    )
+    .option(
+      "--hardened",
+      "systemd: sandbox the service (read-only system except the state and work dirs, private /tmp, no privilege gain...; see the README for what jobs then cannot do)",
     )
     .option(
       "--credential-to-file",
@@ -173,6 +178,8 @@ async function planFor(ctx: Context, options: ServiceOptions): Promise<ServicePl
     name: options.name,
     ...ctx.service,
     runAs: serviceUser(options),
+    workDir: ctx.fitness.workDir,
+    hardened: options.hardened === true,
     argv: [
       stableNodePath(process.execPath, process.env.PATH),
       RUNNER_BIN,

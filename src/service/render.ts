@@ -26,6 +26,10 @@ export interface ServiceInputs {
   argv: string[];
   /** The state dir the service uses (the needs-operator marker lives there). */
   stateDir: string;
+  /** The jobs' work dir: with `hardened`, writable besides the state dir. */
+  workDir: string;
+  /** systemd only: the sandboxing profile (see hardeningLines). */
+  hardened: boolean;
   /** The daemon's drain deadline: the manager waits this long plus a margin before killing. */
   drainTimeoutMs: number;
   templates: { systemd: string; launchd: string };
@@ -169,7 +173,11 @@ export function planService(inputs: ServiceInputs): ServicePlan {
     );
   const manager = serviceManagerFor(inputs.platform);
   if (manager === "systemd") return planSystemd(inputs);
-  if (manager === "launchd") return planLaunchd(inputs);
+  if (manager === "launchd") {
+    if (inputs.hardened)
+      throw new RunnerError("usage", "--hardened is a systemd sandboxing profile; launchd has no equivalent to apply");
+    return planLaunchd(inputs);
+  }
   throw new RunnerError(
     "usage",
     `no service manager is supported on ${inputs.platform}: run \`runner start\` under your own supervisor`,
@@ -203,6 +211,7 @@ function planSystemd(inputs: ServiceInputs): ServicePlan {
     STOP_TIMEOUT_S: String(stopTimeoutSeconds(inputs.drainTimeoutMs)),
     NO_RESTART_EXITS: NO_RESTART_EXITS.join(" "),
     STATE_DIR: systemdPath(inputs.stateDir),
+    HARDENING: inputs.hardened ? hardeningLines(inputs) : "",
     WANTED_BY: inputs.system ? "multi-user.target" : "default.target",
   });
   return {
@@ -233,6 +242,62 @@ function planSystemd(inputs: ServiceInputs): ServicePlan {
     logs: { command: ["journalctl", ...(inputs.system ? [] : ["--user"]), "-u", unit, "-n", "20", "--no-pager"] },
     restart: [...systemctl, "restart", unit],
   };
+}
+
+/** Home dirs, which a machine-wide hardened unit replaces with empty read-only file systems (ProtectHome=tmpfs). */
+const HOMES = ["/home", "/root", "/run/user"];
+
+/**
+ * `--hardened`: the unit's processes (the runner and every job) see the file system read-only
+ * except the state dir, the work dir and a private /tmp, cannot gain privileges (setuid,
+ * file capabilities), load kernel modules, change kernel tunables, the clock or the hostname,
+ * create namespaces, use realtime scheduling or non-native system calls, and are limited to
+ * the system calls of ordinary services and to Unix, IP and netlink sockets. Devices stay
+ * visible (GPUs, USB, adb), and writable-executable memory stays allowed (node's JIT needs
+ * it). A per-user manager applies these only inside a user namespace (PrivateUsers=yes).
+ */
+export function hardeningLines(inputs: ServiceInputs): string {
+  const inHome = [inputs.stateDir, inputs.workDir].find((dir) =>
+    HOMES.some((home) => dir === home || dir.startsWith(`${home}/`)),
+  );
+  if (inputs.system && inHome !== undefined)
+    throw new RunnerError(
+      "usage",
+      `--hardened hides ${HOMES.join(", ")} from a machine-wide service (ProtectHome=tmpfs), but ${inHome} is there`,
+      {
+        hint: "keep the state dir and work dir elsewhere (the default /var/lib/runner), or install without --hardened",
+      },
+    );
+  // The work dir may not exist yet (the runner creates it at start): "-" lets systemd skip it then.
+  const writable = [systemdPath(inputs.stateDir)];
+  const within = inputs.workDir === inputs.stateDir || inputs.workDir.startsWith(`${inputs.stateDir}/`);
+  if (!within) writable.push(`-${systemdPath(inputs.workDir)}`);
+  const lines = [
+    "# --hardened: a read-only system except the state dir, the work dir and a private /tmp;",
+    "# no privilege gain, kernel changes, namespaces or unusual system calls (see the README).",
+    ...(inputs.system
+      ? ["ProtectHome=tmpfs", "ProtectProc=invisible", "CapabilityBoundingSet=", "AmbientCapabilities="]
+      : ["PrivateUsers=yes", "ProtectHome=read-only"]),
+    "ProtectSystem=strict",
+    `ReadWritePaths=${writable.join(" ")}`,
+    "PrivateTmp=yes",
+    "NoNewPrivileges=yes",
+    "RestrictSUIDSGID=yes",
+    "ProtectKernelTunables=yes",
+    "ProtectKernelModules=yes",
+    "ProtectKernelLogs=yes",
+    "ProtectControlGroups=yes",
+    "ProtectClock=yes",
+    "ProtectHostname=yes",
+    "LockPersonality=yes",
+    "RestrictRealtime=yes",
+    "RestrictNamespaces=yes",
+    "SystemCallArchitectures=native",
+    "SystemCallFilter=@system-service",
+    "SystemCallErrorNumber=EPERM",
+    "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6 AF_NETLINK",
+  ];
+  return lines.join("\n") + "\n";
 }
 
 function planLaunchd(inputs: ServiceInputs): ServicePlan {

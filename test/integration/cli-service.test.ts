@@ -221,6 +221,106 @@ describe("runner service (systemd, stubbed)", { timeout: 60_000 }, () => {
   });
 });
 
+describe("the --hardened profile", { timeout: 60_000 }, () => {
+  /** A systemd unit planned for this machine's node and runner, written where systemd-analyze can read it. */
+  async function hardenedUnit(t: TestContext, system: boolean, hardened = true): Promise<string> {
+    const home = await tempDir(t, "runner-home-");
+    const stateDir = system ? "/var/lib/runner" : path.join(home, ".local", "state", "runner");
+    const plan = planService({
+      platform: "linux",
+      home,
+      uid: 1000,
+      user: "daemon",
+      env: { PATH: "/usr/bin:/bin" },
+      name: "runner",
+      system,
+      runAs: "daemon",
+      argv: [process.execPath, path.join(REPO_ROOT, "bin", "runner.js"), "start", "--state-dir", stateDir],
+      stateDir,
+      workDir: system ? "/srv/runner-work" : path.join(stateDir, "work"),
+      hardened,
+      drainTimeoutMs: 600_000,
+      templates: {
+        systemd: await fs.readFile(path.join(REPO_ROOT, "systemd", "runner.service"), "utf8"),
+        launchd: await fs.readFile(path.join(REPO_ROOT, "launchd", "runner.plist"), "utf8"),
+      },
+    });
+    const file = path.join(home, "runner.service");
+    await fs.writeFile(file, plan.content);
+    return file;
+  }
+  const values = (unit: string, key: string) =>
+    unit
+      .split("\n")
+      .filter((line) => line.startsWith(`${key}=`))
+      .map((line) => line.slice(key.length + 1));
+
+  test("a hardened machine-wide unit lints clean, hides the homes and leaves only the state and work dirs writable", async (t) => {
+    const file = await hardenedUnit(t, true);
+    assert.equal(await lintUnit(file), "", "systemd-analyze verify prints nothing");
+    const unit = await fs.readFile(file, "utf8");
+    assert.deepEqual(values(unit, "ProtectSystem"), ["strict"]);
+    assert.deepEqual(values(unit, "ProtectHome"), ["tmpfs"]);
+    assert.deepEqual(values(unit, "ReadWritePaths"), ["/var/lib/runner -/srv/runner-work"]);
+    for (const key of ["PrivateTmp", "NoNewPrivileges", "RestrictSUIDSGID", "LockPersonality"])
+      assert.deepEqual(values(unit, key), ["yes"], key);
+    assert.deepEqual(values(unit, "CapabilityBoundingSet"), [""]);
+  });
+
+  test("a hardened per-user unit lints clean, sandboxes in a user namespace and keeps the home read-only", async (t) => {
+    const file = await hardenedUnit(t, false);
+    assert.equal(await lintUnit(file), "", "systemd-analyze verify prints nothing");
+    const unit = await fs.readFile(file, "utf8");
+    assert.deepEqual(values(unit, "PrivateUsers"), ["yes"]);
+    assert.deepEqual(values(unit, "ProtectHome"), ["read-only"]);
+    assert.equal(values(unit, "ReadWritePaths").length, 1, "the work dir is inside the state dir");
+    assert.deepEqual(values(unit, "CapabilityBoundingSet"), [], "a user manager cannot drop capabilities");
+  });
+
+  test("systemd-analyze security rates the hardened machine-wide unit well below the default one", async (t) => {
+    const exposure = async (file: string) => {
+      const { stdout } = await execFileAsync("systemd-analyze", ["security", "--offline=true", file]).catch(
+        (error: { stdout?: string }) => ({ stdout: error.stdout ?? "" }),
+      );
+      const score = /Overall exposure level for .*: (\d+\.\d+)/.exec(stdout)?.[1];
+      assert.ok(score !== undefined, stdout);
+      return Number(score);
+    };
+    const plain = await exposure(await hardenedUnit(t, true, false));
+    const hardened = await exposure(await hardenedUnit(t, true));
+    t.diagnostic(`exposure: default ${plain}, hardened ${hardened}`);
+    assert.ok(hardened <= plain - 4, `default ${plain}, hardened ${hardened}`);
+  });
+
+  test("a hardened machine-wide unit refuses a state dir under /home, which it would hide", async (t) => {
+    await assert.rejects(
+      (async () => {
+        const home = await tempDir(t);
+        planService({
+          platform: "linux",
+          home,
+          uid: 0,
+          user: "root",
+          env: {},
+          name: "runner",
+          system: true,
+          runAs: "ci",
+          argv: ["/usr/bin/node"],
+          stateDir: "/home/ci/runner",
+          workDir: "/home/ci/runner/work",
+          hardened: true,
+          drainTimeoutMs: 1000,
+          templates: {
+            systemd: await fs.readFile(path.join(REPO_ROOT, "systemd", "runner.service"), "utf8"),
+            launchd: "",
+          },
+        });
+      })(),
+      { code: "usage", message: /--hardened hides \/home, \/root, \/run\/user .* but \/home\/ci\/runner is there/ },
+    );
+  });
+});
+
 describe("launchd install (stubbed launchctl)", { timeout: 30_000 }, () => {
   test("writes a LaunchAgent that parses, then boots out any old copy, enables and bootstraps it in the gui domain", async (t) => {
     const { stubs, plan, home, argv } = await launchdPlan(t, {}, (home) => [
@@ -379,6 +479,8 @@ async function launchdPlan(
     runAs: "alice",
     argv,
     stateDir: path.join(home, "state"),
+    workDir: path.join(home, "state", "work"),
+    hardened: false,
     drainTimeoutMs: 60_000,
     templates: {
       systemd: await fs.readFile(path.join(REPO_ROOT, "systemd", "runner.service"), "utf8"),

@@ -28,6 +28,8 @@ function inputs(overrides: Partial<ServiceInputs> = {}): ServiceInputs {
     runAs: "alice",
     argv: ["/usr/bin/node", "/opt/runner/bin/runner.js", "start", "--state-dir", TRICKY],
     stateDir: "/home/alice/.local/state/runner",
+    workDir: "/home/alice/.local/state/runner/work",
+    hardened: false,
     drainTimeoutMs: 600_000,
     templates,
     ...overrides,
