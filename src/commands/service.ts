@@ -32,7 +32,7 @@ import {
   waitUntilServing,
 } from "../service/manager.js";
 import { inspectLock } from "../state/lock.js";
-import { lookupAccount, type Account } from "../state/owner.js";
+import { chownNoFollow, lookupAccount, type Account } from "../state/owner.js";
 import { giveStateDir } from "../startup/check.js";
 import { stableNodePath } from "../service/node-path.js";
 
@@ -90,7 +90,7 @@ export function defineServiceCommand(program: Command): void {
       if (options.credentialToFile)
         for (const line of describeMove(await moveCredential(ctx.files, "file"))) print(line);
       else if (registration.credentialStore === "keychain") print(keychainAtBoot(ctx));
-      if (ctx.service.system) for (const line of await giveToServiceUser(ctx, serviceUser(options))) print(line);
+      if (ctx.service.system) for (const line of await giveToServiceUser(ctx, plan, serviceUser(options))) print(line);
       // Cleared before loading: launchd would not keep alive a job whose marker is present.
       if (await clearBlocked(ctx.files.blocked)) print("✓ removed the needs-operator marker an earlier stop left");
       const loadedAt = Date.now();
@@ -205,12 +205,19 @@ function serviceUser(options: ServiceOptions): string {
  * The ownership part of \`runner repair --owner <user>\`. Only root can do it; anyone else
  * cannot write the unit either, and is told so there.
  */
-async function giveToServiceUser(ctx: Context, user: string): Promise<string[]> {
+async function giveToServiceUser(ctx: Context, plan: ServicePlan, user: string): Promise<string[]> {
   if (process.getuid?.() !== 0) return [];
   const owner = await lookupAccount(user);
   const steps = await giveStateDir({ ...(await checkContextFor(ctx, undefined)), owner });
   const lines = steps.length === 0 ? [`✓ ${ctx.files.stateDir} and its files already belong to ${owner.name}`] : [];
   for (const step of steps) lines.push(`✓ ${step.outcome}`);
+  // The runner caps launchd's log itself (src/service/log-cap.ts): its copies go beside it.
+  if ("file" in plan.logs) {
+    const logDir = path.dirname(plan.logs.file);
+    await fs.mkdir(logDir, { recursive: true, mode: 0o755 });
+    await chownNoFollow(logDir, owner, true);
+    lines.push(`✓ gave ${logDir} to ${owner.name}`);
+  }
   for (const dir of [ctx.files.stateDir, ctx.fitness.workDir]) {
     const closed = await closedAncestor(dir, owner);
     if (closed) lines.push(`! ${owner.name} cannot reach ${dir}: ${closed}; the service would fail to start`);

@@ -14,6 +14,7 @@ import { runDaemon } from "../daemon/daemon.js";
 import { ONCE_DONE } from "../channel/machine.js";
 import { forgetRunner } from "../startup/unregister.js";
 import { clearBlocked, LAUNCHD_MARKER_ENV, markBlocked } from "../state/blocked.js";
+import { startLaunchdLogCap } from "../service/log-cap.js";
 
 export function defineStartCommand(program: Command): void {
   const command = program
@@ -45,6 +46,7 @@ async function serve(ctx: Context): Promise<number> {
   const check = await checkContextFor(ctx, undefined);
   await repairStateDirFirst(check);
   const lock = await acquireLock(ctx.files.lock);
+  let logCap: { stop(): void } | null = null;
   try {
     if (lock.tookOver?.kind === "stale") log.warn({ reason: lock.tookOver.reason }, "took over a stale lock");
     const report = await repairProblems(check);
@@ -64,6 +66,7 @@ async function serve(ctx: Context): Promise<number> {
       );
     log.info({ stateDir: ctx.files.stateDir }, "startup checks passed");
     await lock.markServing(ctx.now()); // what `runner service install` waits for
+    logCap = startLaunchdLogCap(process.env, log);
     if (await clearBlocked(ctx.files.blocked)) log.info("removed the needs-operator marker an earlier stop left");
     const { registration, credential } = await loadIdentity(ctx.files);
     const exit = await runDaemon({
@@ -88,6 +91,7 @@ async function serve(ctx: Context): Promise<number> {
     }
     return await stopFor(ctx, exit.code, "the control plane refused this runner while it ran (see the log above)");
   } finally {
+    logCap?.stop();
     await lock.release();
   }
 }
