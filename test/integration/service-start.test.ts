@@ -9,7 +9,7 @@ import { execFile } from "node:child_process";
 import { promises as fs } from "node:fs";
 import path from "node:path";
 import { promisify } from "node:util";
-import { runCli } from "../helpers/cli.js";
+import { runCli, RUNNER_BIN } from "../helpers/cli.js";
 import { startTestControlPlane, tempDir, type TestControlPlane } from "../helpers/fixtures.js";
 import { ExitCode } from "../../src/errors.js";
 import type { JobView } from "../../src/protocol/http.js";
@@ -221,5 +221,64 @@ describe("service install starts the runner and waits for it", { timeout: 120_00
     assert.match(install.stderr, /credential_revoked/, "the unit's last log lines are shown");
     assert.ok((await stub.calls()).includes("journalctl --user -u runner.service -n 20 --no-pager"));
     await fs.access(path.join(home, ".config", "systemd", "user", "runner.service")); // kept, to fix and restart
+  });
+
+  test("a state dir root made is reported to its service user, stops its start with 78, and repair as root gives it over", async (t) => {
+    const user = await throwAwayUser(t);
+    if (user === null) return;
+    const plane = await startTestControlPlane(t);
+    const root = await reachableDir(t);
+    const stateDir = path.join(root, "state");
+    const flags = ["--state-dir", stateDir, "--credential-store", "file", "--machine-id", "machine-A"];
+    const register = await runCli([
+      "register",
+      "--url",
+      plane.cp.url,
+      "--token-file",
+      await plane.tokenFile(root),
+      ...flags,
+    ]);
+    assert.equal(register.code, ExitCode.OK, register.all);
+    /** The CLI run as the service user, in its own environment (no HOME or keyring of root's). */
+    const asUser = (args: string[]) =>
+      new Promise<{ code: number; stdout: string; all: string }>((resolve) =>
+        execFile(
+          "/usr/sbin/runuser",
+          ["-u", user, "--", process.execPath, RUNNER_BIN, ...args],
+          { env: { PATH: "/usr/bin:/bin", RUNNER_LOG_FORMAT: "json" }, timeout: 30_000, cwd: "/" },
+          (error, stdout, stderr) =>
+            resolve({ code: error === null ? 0 : Number(error.code), stdout, all: stdout + stderr }),
+        ),
+      );
+
+    const verify = await asUser(["verify", ...flags]);
+    assert.equal(verify.code, ExitCode.UNHEALTHY, verify.all);
+    assert.match(
+      verify.stdout,
+      /the state dir .* belongs to root, not rn-e2e-\d+ \(who runs this\).*\[state_dir_owner\]/,
+    );
+    assert.ok(verify.stdout.includes(`sudo runner repair --state-dir ${stateDir} --owner ${user}`), verify.stdout);
+    const start = await asUser(["start", ...flags]);
+    assert.equal(start.code, ExitCode.NEEDS_OPERATOR, `not a restart loop: ${start.all}`);
+
+    const repair = await runCli(["repair", ...flags, "--owner", user]);
+    assert.equal(repair.code, ExitCode.OK, repair.all);
+    assert.match(repair.stdout, new RegExp(`gave ${stateDir}/registration.json to ${user}`));
+    assert.equal((await asUser(["verify", ...flags])).code, ExitCode.OK);
+
+    // Root replaces a file in the user's state dir (as `register --replace` run by root would).
+    await fs.chown(path.join(stateDir, "registration.json"), 0, 0);
+    const found = await asUser(["verify", ...flags]);
+    assert.equal(found.code, ExitCode.UNHEALTHY, found.all);
+    assert.match(found.stdout, /registration\.json belongs to root, not rn-e2e-\d+ .*\[file_owner\]/);
+    const asRoot = await runCli(["verify", ...flags]);
+    assert.match(
+      asRoot.stdout,
+      /registration\.json belongs to root, not rn-e2e-\d+ \(the state dir's owner\).*\[file_owner\]/,
+    );
+    const fixed = await runCli(["repair", ...flags]);
+    assert.equal(fixed.code, ExitCode.OK, fixed.all);
+    const after = await asUser(["verify", ...flags]);
+    assert.equal(after.code, ExitCode.OK, after.all);
   });
 });
