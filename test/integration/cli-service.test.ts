@@ -222,30 +222,37 @@ describe("runner service (systemd, stubbed)", { timeout: 60_000 }, () => {
 });
 
 describe("the --hardened profile", { timeout: 60_000 }, () => {
-  /** A systemd unit planned for this machine's node and runner, written where systemd-analyze can read it. */
-  async function hardenedUnit(t: TestContext, system: boolean, hardened = true): Promise<string> {
+  /** A systemd unit planned for this machine's node and runner (machine-wide: as `daemon`). */
+  async function hardenedPlan(
+    t: TestContext,
+    options: { system: boolean; hardened?: boolean; stateDir?: string; workDir?: string },
+  ): Promise<ServicePlan> {
     const home = await tempDir(t, "runner-home-");
-    const stateDir = system ? "/var/lib/runner" : path.join(home, ".local", "state", "runner");
-    const plan = planService({
+    const stateDir = options.stateDir ?? (options.system ? "/var/lib/runner" : path.join(home, ".local/state/runner"));
+    return planService({
       platform: "linux",
       home,
       uid: 1000,
       user: "daemon",
       env: { PATH: "/usr/bin:/bin" },
       name: "runner",
-      system,
+      system: options.system,
       runAs: "daemon",
       argv: [process.execPath, path.join(REPO_ROOT, "bin", "runner.js"), "start", "--state-dir", stateDir],
       stateDir,
-      workDir: system ? "/srv/runner-work" : path.join(stateDir, "work"),
-      hardened,
+      workDir: options.workDir ?? (options.system ? "/srv/runner-work" : path.join(stateDir, "work")),
+      hardened: options.hardened ?? true,
       drainTimeoutMs: 600_000,
       templates: {
         systemd: await fs.readFile(path.join(REPO_ROOT, "systemd", "runner.service"), "utf8"),
         launchd: await fs.readFile(path.join(REPO_ROOT, "launchd", "runner.plist"), "utf8"),
       },
     });
-    const file = path.join(home, "runner.service");
+  }
+  /** The unit written where systemd-analyze can read it. */
+  async function hardenedUnit(t: TestContext, system: boolean, hardened = true): Promise<string> {
+    const plan = await hardenedPlan(t, { system, hardened });
+    const file = path.join(await tempDir(t), "runner.service");
     await fs.writeFile(file, plan.content);
     return file;
   }
@@ -294,29 +301,11 @@ describe("the --hardened profile", { timeout: 60_000 }, () => {
 
   test("a hardened machine-wide unit refuses a state dir under /home, which it would hide", async (t) => {
     await assert.rejects(
-      (async () => {
-        const home = await tempDir(t);
-        planService({
-          platform: "linux",
-          home,
-          uid: 0,
-          user: "root",
-          env: {},
-          name: "runner",
-          system: true,
-          runAs: "ci",
-          argv: ["/usr/bin/node"],
-          stateDir: "/home/ci/runner",
-          workDir: "/home/ci/runner/work",
-          hardened: true,
-          drainTimeoutMs: 1000,
-          templates: {
-            systemd: await fs.readFile(path.join(REPO_ROOT, "systemd", "runner.service"), "utf8"),
-            launchd: "",
-          },
-        });
-      })(),
-      { code: "usage", message: /--hardened hides \/home, \/root, \/run\/user .* but \/home\/ci\/runner is there/ },
+      hardenedPlan(t, { system: true, stateDir: "/home/ci/runner", workDir: "/home/ci/runner/work" }),
+      {
+        code: "usage",
+        message: /--hardened hides \/home, \/root, \/run\/user .* but \/home\/ci\/runner is there/,
+      },
     );
   });
 });

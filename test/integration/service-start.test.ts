@@ -129,6 +129,23 @@ async function throwAwayUser(t: TestContext): Promise<string | null> {
   return name;
 }
 
+/** Registers a runner (as the user running the test) with its state dir in `root`; returns the flags every call needs. */
+async function registerIn(
+  plane: TestControlPlane,
+  root: string,
+  options: { system: boolean },
+): Promise<{ stateDir: string; flags: string[] }> {
+  const stateDir = path.join(root, "state");
+  const flags = [
+    ...(options.system ? ["--system"] : []),
+    ...["--state-dir", stateDir, "--credential-store", "file", "--machine-id", "machine-A"],
+  ];
+  const tokenFile = await plane.tokenFile(root);
+  const register = await runCli(["register", "--url", plane.cp.url, "--token-file", tokenFile, ...flags]);
+  assert.equal(register.code, ExitCode.OK, register.all);
+  return { stateDir, flags };
+}
+
 /** A dir others may pass through (as /var/lib is): a service user must reach the state dir in it. */
 async function reachableDir(t: TestContext): Promise<string> {
   const dir = await tempDir(t, "runner-e2e-");
@@ -142,19 +159,7 @@ describe("service install starts the runner and waits for it", { timeout: 120_00
     if (user === null) return;
     const plane = await startTestControlPlane(t);
     const root = await reachableDir(t);
-    const stateDir = path.join(root, "state");
-    const flags = ["--system", "--state-dir", stateDir, "--credential-store", "file", "--machine-id", "machine-A"];
-    const register = await runCli([
-      "register",
-      "--url",
-      plane.cp.url,
-      "--token-file",
-      await plane.tokenFile(root),
-      "--name",
-      "e2e",
-      ...flags,
-    ]);
-    assert.equal(register.code, ExitCode.OK, register.all);
+    const { stateDir, flags } = await registerIn(plane, root, { system: true });
 
     const stub = await managerStub(t);
     const name = `runner-e2e-${process.pid}`;
@@ -195,17 +200,7 @@ describe("service install starts the runner and waits for it", { timeout: 120_00
   test("install fails, showing the unit's last log lines, when the runner stops during its start-up checks", async (t) => {
     const plane = await startTestControlPlane(t);
     const root = await tempDir(t);
-    const stateDir = path.join(root, "state");
-    const flags = ["--state-dir", stateDir, "--credential-store", "file", "--machine-id", "machine-A"];
-    const register = await runCli([
-      "register",
-      "--url",
-      plane.cp.url,
-      "--token-file",
-      await plane.tokenFile(root),
-      ...flags,
-    ]);
-    assert.equal(register.code, ExitCode.OK, register.all);
+    const { stateDir, flags } = await registerIn(plane, root, { system: false });
     const [record] = await plane.admin.listRunners();
     await plane.admin.revokeRunner(record!.runnerId);
 
@@ -228,17 +223,7 @@ describe("service install starts the runner and waits for it", { timeout: 120_00
     if (user === null) return;
     const plane = await startTestControlPlane(t);
     const root = await reachableDir(t);
-    const stateDir = path.join(root, "state");
-    const flags = ["--state-dir", stateDir, "--credential-store", "file", "--machine-id", "machine-A"];
-    const register = await runCli([
-      "register",
-      "--url",
-      plane.cp.url,
-      "--token-file",
-      await plane.tokenFile(root),
-      ...flags,
-    ]);
-    assert.equal(register.code, ExitCode.OK, register.all);
+    const { stateDir, flags } = await registerIn(plane, root, { system: false });
     /** The CLI run as the service user, in its own environment (no HOME or keyring of root's). */
     const asUser = (args: string[]) =>
       new Promise<{ code: number; stdout: string; all: string }>((resolve) =>
