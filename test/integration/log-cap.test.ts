@@ -5,8 +5,9 @@ import { describe, test } from "node:test";
 import assert from "node:assert/strict";
 import { constants, promises as fs } from "node:fs";
 import path from "node:path";
-import { capLogFile, planRotation } from "../../src/service/log-cap.js";
-import { tempDir } from "../helpers/fixtures.js";
+import { capLogFile, LAUNCHD_LOG_CAP, LAUNCHD_LOG_ENV, planRotation } from "../../src/service/log-cap.js";
+import { registerRunner, startTestControlPlane, tempDir } from "../helpers/fixtures.js";
+import { startDaemon } from "../helpers/daemon.js";
 
 describe("the launchd log's cap", { timeout: 10_000 }, () => {
   test("under the cap nothing happens; at the cap older copies shift up and the newest is copied to .1", () => {
@@ -42,5 +43,21 @@ describe("the launchd log's cap", { timeout: 10_000 }, () => {
     assert.equal(await fs.readFile(file, "utf8"), "after the cap\n", "no hole before the new line");
     assert.equal(await capLogFile(file, { maxBytes: 100, keep: 2 }), null, "under the cap again");
     assert.equal(await capLogFile(path.join(dir, "missing.log"), { maxBytes: 1, keep: 1 }), null);
+  });
+});
+
+describe("a runner under launchd", { timeout: 60_000 }, () => {
+  test("caps the log file the plist names once it has passed its start-up checks", async (t) => {
+    const plane = await startTestControlPlane(t);
+    const runner = await registerRunner(t, plane);
+    const log = path.join(await tempDir(t), "runner.log");
+    await fs.writeFile(log, Buffer.alloc(LAUNCHD_LOG_CAP.maxBytes, "x"));
+    const daemon = startDaemon(t, [...runner.flags, "--device-providers", "none"], { [LAUNCHD_LOG_ENV]: log });
+    const rotated = await daemon.waitForLog((line) => line.msg === "the log file reached its cap and was rotated");
+    assert.equal(rotated.keptAs, `${log}.1`);
+    assert.equal((await fs.stat(`${log}.1`)).size, LAUNCHD_LOG_CAP.maxBytes);
+    assert.equal((await fs.stat(log)).size, 0);
+    await daemon.waitForLog((line) => line.msg === "connected to the control plane");
+    assert.equal(await daemon.stop("SIGTERM"), 0);
   });
 });
