@@ -200,7 +200,7 @@ describe("service install starts the runner and waits for it", { timeout: 120_00
   test("install fails, showing the unit's last log lines, when the runner stops during its start-up checks", async (t) => {
     const plane = await startTestControlPlane(t);
     const root = await tempDir(t);
-    const { stateDir, flags } = await registerIn(plane, root, { system: false });
+    const { flags } = await registerIn(plane, root, { system: false });
     const [record] = await plane.admin.listRunners();
     await plane.admin.revokeRunner(record!.runnerId);
 
