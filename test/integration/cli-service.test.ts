@@ -22,6 +22,7 @@ import {
   installService,
   runCommand,
   uninstallService,
+  waitUntilServing,
   type RunCommand,
 } from "../../src/service/manager.js";
 
@@ -377,6 +378,43 @@ describe("launchd install (stubbed launchctl)", { timeout: 30_000 }, () => {
       message: /bootstrap .*exit 5/,
     });
     await fs.access(plan.unitFile);
+  });
+
+  test("install's wait fails with the log file's last lines when the job exits, and when it never reports serving", async (t) => {
+    const crashed = LAUNCHCTL_PRINT_CRASH_LOOP.replace("state = spawn scheduled", "state = running");
+    const { stubs, plan } = await launchdPlan(t, { printOutput: crashed });
+    const logFile = "file" in plan.logs ? plan.logs.file : assert.fail("a plist logs to a file");
+    await fs.mkdir(path.dirname(logFile), { recursive: true });
+    const lines = Array.from({ length: 30 }, (_, i) => `line ${i}`);
+    await fs.writeFile(logFile, lines.join("\n") + "\n");
+    const quick = { pollMs: 10, timeoutMs: 5_000 };
+    await assert.rejects(
+      waitUntilServing(plan, viaStubsOf(stubs), async () => true, quick),
+      (error: Error) => {
+        assert.match(error.message, /^dev\.runner\.runner stopped during its start-up checks \(exit 1\)/);
+        assert.ok(
+          error.message.endsWith(
+            lines
+              .slice(10)
+              .map((line) => `  ${line}`)
+              .join("\n"),
+          ),
+          error.message,
+        );
+        assert.doesNotMatch(error.message, /line 9\n/);
+        return true;
+      },
+    );
+
+    const running = await launchdPlan(t, { printOutput: LAUNCHCTL_PRINT_RUNNING });
+    await assert.rejects(
+      waitUntilServing(running.plan, viaStubsOf(running.stubs), async () => false, { pollMs: 10, timeoutMs: 50 }),
+      /did not pass its start-up checks within 0 s \(the manager says: running\); its last log lines .*:\n  \(none\)/,
+    );
+    assert.equal(
+      await waitUntilServing(running.plan, viaStubsOf(running.stubs), async () => true, quick),
+      "✓ dev.runner.runner is running: it passed its start-up checks",
+    );
   });
 
   test("status counts a loaded job as running only when launchctl print says state = running", async (t) => {
