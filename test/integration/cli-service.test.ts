@@ -409,7 +409,7 @@ describe("launchd install (stubbed launchctl)", { timeout: 30_000 }, () => {
     const running = await launchdPlan(t, { printOutput: LAUNCHCTL_PRINT_RUNNING });
     await assert.rejects(
       waitUntilServing(running.plan, viaStubsOf(running.stubs), async () => false, { pollMs: 10, timeoutMs: 50 }),
-      /did not pass its start-up checks within 0 s \(the manager says: running\); its last log lines .*:\n  \(none\)/,
+      /did not pass its start-up checks within 0 s \(the manager says: running\); its last log lines .*:\n {2}\(none\)/,
     );
     assert.equal(
       await waitUntilServing(running.plan, viaStubsOf(running.stubs), async () => true, quick),
