@@ -9,6 +9,13 @@ import { findProblems, repairProblems, repairStateDirFirst, withEarlierSteps } f
 import { acquireLock } from "../state/lock.js";
 import { lookupAccount } from "../state/owner.js";
 
+interface RepairOptions extends Record<string, unknown> {
+  dryRun?: boolean;
+  token?: string;
+  tokenFile?: string;
+  owner?: string;
+}
+
 export function defineRepairCommand(program: Command): void {
   const command = program
     .command("repair")
@@ -27,41 +34,37 @@ export function defineRepairCommand(program: Command): void {
     .option("--token <token>", "a registration token, for re-registering (prefer --token-file)")
     .option("--token-file <file>", "read the registration token from this file, or - for standard input");
   withSettings(command).action(
-    action(
-      async (
-        options: Record<string, unknown> & { dryRun?: boolean; token?: string; tokenFile?: string; owner?: string },
-      ) => {
-        const ctx = await loadContext(options);
-        const check = {
-          ...(await checkContextFor(ctx, await readToken(options))),
-          ...(options.owner === undefined ? {} : { owner: await lookupAccount(options.owner) }),
-        };
-        if (options.dryRun) {
-          const findings = await findProblems(check);
-          for (const finding of findings) describeFinding(finding).forEach((l) => print(l));
-          print(findings.length === 0 ? "✓ nothing to repair" : "(dry run: nothing was changed)");
-          return findings.length === 0 ? ExitCode.OK : ExitCode.UNHEALTHY;
+    action(async (options: RepairOptions) => {
+      const ctx = await loadContext(options);
+      const check = {
+        ...(await checkContextFor(ctx, await readToken(options))),
+        ...(options.owner === undefined ? {} : { owner: await lookupAccount(options.owner) }),
+      };
+      if (options.dryRun) {
+        const findings = await findProblems(check);
+        for (const finding of findings) describeFinding(finding).forEach((l) => print(l));
+        print(findings.length === 0 ? "✓ nothing to repair" : "(dry run: nothing was changed)");
+        return findings.length === 0 ? ExitCode.OK : ExitCode.UNHEALTHY;
+      }
+      // Repairs must not race a running daemon; the lock (taking over a stale one) keeps them apart.
+      const stateDirStep = await repairStateDirFirst(check);
+      const lock = await acquireLock(ctx.files.lock);
+      try {
+        if (lock.tookOver?.kind === "stale") print(`✓ took over a stale lock (${lock.tookOver.reason})`);
+        const report = withEarlierSteps(await repairProblems(check), stateDirStep);
+        printRepairReport(report);
+        // Nothing left for a person: a service stopped for one may start again.
+        if (report.remaining.every((f) => f.fix.kind === "retry") && (await clearBlocked(ctx.files.blocked))) {
+          print("✓ removed the needs-operator marker: the service may start again");
         }
-        // Repairs must not race a running daemon; the lock (taking over a stale one) keeps them apart.
-        const stateDirStep = await repairStateDirFirst(check);
-        const lock = await acquireLock(ctx.files.lock);
-        try {
-          if (lock.tookOver?.kind === "stale") print(`✓ took over a stale lock (${lock.tookOver.reason})`);
-          const report = withEarlierSteps(await repairProblems(check), stateDirStep);
-          printRepairReport(report);
-          // Nothing left for a person: a service stopped for one may start again.
-          if (report.remaining.every((f) => f.fix.kind === "retry") && (await clearBlocked(ctx.files.blocked))) {
-            print("✓ removed the needs-operator marker: the service may start again");
-          }
-          // A refused registration token is the one thing to fix, and has its own exit code.
-          const tokenRefused = report.steps.some((step) => step.errorCode === "registration_token_invalid");
-          return tokenRefused && report.remaining.length > 0
-            ? ExitCode.TOKEN_REFUSED
-            : exitCodeForRemaining(report.remaining);
-        } finally {
-          await lock.release();
-        }
-      },
-    ),
+        // A refused registration token is the one thing to fix, and has its own exit code.
+        const tokenRefused = report.steps.some((step) => step.errorCode === "registration_token_invalid");
+        return tokenRefused && report.remaining.length > 0
+          ? ExitCode.TOKEN_REFUSED
+          : exitCodeForRemaining(report.remaining);
+      } finally {
+        await lock.release();
+      }
+    }),
   );
 }
