@@ -136,10 +136,10 @@ async function registerIn(
   options: { system: boolean },
 ): Promise<{ stateDir: string; flags: string[] }> {
   const stateDir = path.join(root, "state");
-  const flags = [
-    ...(options.system ? ["--system"] : []),
-    ...["--state-dir", stateDir, "--credential-store", "file", "--machine-id", "machine-A"],
-  ];
+  // The store and the host's id in a config file (which every verb reads, and the unit is given) rather than flags.
+  const config = path.join(root, "config.json");
+  await fs.writeFile(config, JSON.stringify({ credentialStore: "file", machineId: "machine-A" }), { mode: 0o644 });
+  const flags = [...(options.system ? ["--system"] : []), "--config", config, "--state-dir", stateDir];
   const tokenFile = await plane.tokenFile(root);
   const register = await runCli(["register", "--url", plane.cp.url, "--token-file", tokenFile, ...flags]);
   assert.equal(register.code, ExitCode.OK, register.all);
