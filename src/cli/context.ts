@@ -171,6 +171,7 @@ async function readConfigFile(file: string, required: boolean): Promise<Record<s
 export async function checkContextFor(ctx: Context, registrationToken: string | undefined): Promise<CheckContext> {
   return {
     files: ctx.files,
+    workDir: ctx.fitness.workDir,
     host: await gatherHostFacts(ctx.settings.machineId),
     requestTimeoutMs: ctx.controlPlane.requestTimeoutMs,
     proxy: ctx.controlPlane.proxy,

@@ -127,6 +127,11 @@ async function runRegister(options: RegisterOptions): Promise<number> {
     print(`  labels: ${registration.labels.join(", ") || "(none)"}`);
     print(`  credential: ${choice.store.location}`);
     print(`  state dir: ${ctx.files.stateDir}`);
+    // A machine-wide service runs as another user, who could not read a state dir of root's.
+    if (ctx.settings.system && process.getuid?.() === 0)
+      print(
+        `  the state dir belongs to root: \`sudo runner service install --system --run-as <user>\` gives it to the user the service runs as`,
+      );
     return ExitCode.OK;
   } finally {
     await lock.release();

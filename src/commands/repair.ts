@@ -9,6 +9,14 @@ import { action, describeFinding, exitCodeForRemaining, print, printRepairReport
 import { readToken } from "../cli/token-input.js";
 import { findProblems, repairProblems, repairStateDirFirst, withEarlierSteps } from "../startup/check.js";
 import { acquireLock } from "../state/lock.js";
+import { lookupAccount } from "../state/owner.js";
+
+interface RepairOptions extends Record<string, unknown> {
+  dryRun?: boolean;
+  token?: string;
+  tokenFile?: string;
+  owner?: string;
+}
 
 export function defineRepairCommand(program: Command): void {
   const command = program
@@ -21,6 +29,10 @@ export function defineRepairCommand(program: Command): void {
         "keeping its name and labels. The outbox of unsent results is never touched.",
     )
     .option("--dry-run", "only print what would be done")
+    .option(
+      "--owner <user>",
+      "(root) give the state dir, its files and the work dir to this user, as a machine-wide service running as that user needs",
+    )
     .option("--token <token>", "a registration token, for re-registering (prefer --token-file)")
     .option("--token-file <file>", "read the registration token from this file, or - for standard input");
   // The same checks as verify, so the same settings.
@@ -34,9 +46,12 @@ export function defineRepairCommand(program: Command): void {
     },
   ]);
   command.action(
-    action(async (options: Record<string, unknown> & { dryRun?: boolean; token?: string; tokenFile?: string }) => {
+    action(async (options: RepairOptions) => {
       const ctx = await loadContext(options);
-      const check = await checkContextFor(ctx, await readToken(options));
+      const check = {
+        ...(await checkContextFor(ctx, await readToken(options))),
+        ...(options.owner === undefined ? {} : { owner: await lookupAccount(options.owner) }),
+      };
       if (options.dryRun) {
         const findings = await findProblems(check);
         for (const finding of findings) describeFinding(finding).forEach((l) => print(l));

@@ -9,7 +9,7 @@ import path from "node:path";
 import { fileURLToPath } from "node:url";
 import { Command } from "commander";
 import { ExitCode, RunnerError } from "../errors.js";
-import { loadContext, STATE_SETTINGS, withSettings, type Context } from "../cli/context.js";
+import { checkContextFor, loadContext, STATE_SETTINGS, withSettings, type Context } from "../cli/context.js";
 import { withExamples } from "../cli/examples.js";
 import { action, print } from "../cli/output.js";
 import { SETTINGS, type SettingKey, type SettingSpec } from "../config/settings.js";
@@ -24,7 +24,17 @@ import {
   serviceManagerFor,
   type ServicePlan,
 } from "../service/render.js";
-import { inspectService, installService, runCommand, uninstallService } from "../service/manager.js";
+import {
+  DEFAULT_START_WAIT,
+  inspectService,
+  installService,
+  runCommand,
+  uninstallService,
+  waitUntilServing,
+} from "../service/manager.js";
+import { inspectLock } from "../state/lock.js";
+import { chownNoFollow, lookupAccount, type Account } from "../state/owner.js";
+import { giveStateDir } from "../startup/check.js";
 import { stableNodePath } from "../service/node-path.js";
 import { parseProxyUrl } from "../net/proxy.js";
 import { START_SETTINGS } from "./start.js";
@@ -38,6 +48,8 @@ interface ServiceOptions extends Record<string, unknown> {
   name: string;
   runAs?: string;
   start?: boolean;
+  wait?: boolean;
+  hardened?: boolean;
   credentialToFile?: boolean;
 }
 
@@ -61,6 +73,14 @@ export function defineServiceCommand(program: Command): void {
   const install = nameOption(service.command("install").summary("write the unit, enable it at boot and start it now"))
     .option("--run-as <user>", "with --system: the user the service runs as (default: $SUDO_USER, else you)")
     .option("--no-start", "write the unit only; do not load or start it")
+    .option(
+      "--no-wait",
+      `do not wait (up to ${DEFAULT_START_WAIT.timeoutMs / 1000} s) for the runner to pass its start-up checks before returning`,
+    )
+    .option(
+      "--hardened",
+      "systemd: sandbox the service (read-only system except the state and work dirs, private /tmp, no privilege gain...; see the README for what jobs then cannot do)",
+    )
     .option(
       "--credential-to-file",
       "first move the credential from the keychain to the state dir's 0600 file (as `runner credentials move --to file`)",
@@ -88,9 +108,13 @@ export function defineServiceCommand(program: Command): void {
       else if (registration.credentialStore === "keychain") print(keychainAtBoot(ctx));
       const proxyNote = proxyVariablesNote(ctx);
       if (proxyNote) print(proxyNote);
+      if (ctx.service.system) for (const line of await giveToServiceUser(ctx, plan, serviceUser(options))) print(line);
       // Cleared before loading: launchd would not keep alive a job whose marker is present.
       if (await clearBlocked(ctx.files.blocked)) print("✓ removed the needs-operator marker an earlier stop left");
+      const loadedAt = Date.now();
       for (const line of await installService(plan, runCommand, { start: options.start !== false })) print(line);
+      if (options.start !== false && options.wait !== false)
+        print(await waitUntilServing(plan, runCommand, () => servingSince(ctx, loadedAt)));
       print(`runner service status${options.name === "runner" ? "" : ` --name ${options.name}`} shows how it is doing`);
       return ExitCode.OK;
     }),
@@ -182,7 +206,9 @@ async function planFor(ctx: Context, options: ServiceOptions): Promise<ServicePl
     env: process.env,
     name: options.name,
     ...ctx.service,
-    runAs: options.runAs ?? process.env.SUDO_USER ?? user,
+    runAs: serviceUser(options),
+    workDir: ctx.fitness.workDir,
+    hardened: options.hardened === true,
     argv: [
       stableNodePath(process.execPath, process.env.PATH),
       RUNNER_BIN,
@@ -195,6 +221,56 @@ async function planFor(ctx: Context, options: ServiceOptions): Promise<ServicePl
     ],
     templates,
   });
+}
+
+/** The user a machine-wide service runs as. */
+function serviceUser(options: ServiceOptions): string {
+  return options.runAs ?? process.env.SUDO_USER ?? os.userInfo().username;
+}
+
+/**
+ * A machine-wide service is registered and installed by root but runs as its user, who must
+ * own the state dir, everything in it and the work dir (which register made root's, 0700).
+ * The ownership part of \`runner repair --owner <user>\`. Only root can do it; anyone else
+ * cannot write the unit either, and is told so there.
+ */
+async function giveToServiceUser(ctx: Context, plan: ServicePlan, user: string): Promise<string[]> {
+  if (process.getuid?.() !== 0) return [];
+  const owner = await lookupAccount(user);
+  const steps = await giveStateDir({ ...(await checkContextFor(ctx, undefined)), owner });
+  const lines = steps.length === 0 ? [`✓ ${ctx.files.stateDir} and its files already belong to ${owner.name}`] : [];
+  for (const step of steps) lines.push(`✓ ${step.outcome}`);
+  // The runner caps launchd's log itself (src/service/log-cap.ts): its copies go beside it.
+  if ("file" in plan.logs) {
+    const logDir = path.dirname(plan.logs.file);
+    await fs.mkdir(logDir, { recursive: true, mode: 0o755 });
+    await chownNoFollow(logDir, owner, true);
+    lines.push(`✓ gave ${logDir} to ${owner.name}`);
+  }
+  for (const dir of [ctx.files.stateDir, ctx.fitness.workDir]) {
+    const closed = await closedAncestor(dir, owner);
+    if (closed) lines.push(`! ${owner.name} cannot reach ${dir}: ${closed}; the service would fail to start`);
+  }
+  return lines;
+}
+
+/** The first dir above `dir` that `owner` may not pass through (no x bit for it), described; null when none. */
+async function closedAncestor(dir: string, owner: Account): Promise<string | null> {
+  for (let up = path.dirname(dir); ; up = path.dirname(up)) {
+    const stat = await fs.stat(up).catch(() => null);
+    if (stat !== null) {
+      const bit = stat.uid === owner.uid ? 0o100 : stat.gid === owner.gid ? 0o010 : 0o001;
+      if ((stat.mode & bit) === 0)
+        return `${up} has mode 0${(stat.mode & 0o777).toString(8)} and belongs to ${stat.uid === 0 ? "root" : `uid ${stat.uid}`}`;
+    }
+    if (up === path.dirname(up)) return null;
+  }
+}
+
+/** Whether the runner on the state dir passed its start-up checks since `since` (ms since the epoch). */
+async function servingSince(ctx: Context, since: number): Promise<boolean> {
+  const lock = await inspectLock(ctx.files.lock);
+  return lock.kind === "held" && lock.owner.servingSince !== undefined && Date.parse(lock.owner.servingSince) >= since;
 }
 
 /** The config file, when there is one: `--config` makes it required, and a missing one would stop the service. */

@@ -24,6 +24,7 @@ import { runDaemon } from "../daemon/daemon.js";
 import { ONCE_DONE } from "../channel/machine.js";
 import { forgetRunner } from "../startup/unregister.js";
 import { clearBlocked, LAUNCHD_MARKER_ENV, markBlocked } from "../state/blocked.js";
+import { startLaunchdLogCap } from "../service/log-cap.js";
 
 /**
  * The daemon's settings: every one but credentialStore (the registration names the store the
@@ -102,6 +103,7 @@ async function serve(ctx: Context): Promise<number> {
   const check = await checkContextFor(ctx, undefined);
   await repairStateDirFirst(check);
   const lock = await acquireLock(ctx.files.lock);
+  let logCap: { stop(): void } | null = null;
   try {
     if (lock.tookOver?.kind === "stale") log.warn({ reason: lock.tookOver.reason }, "took over a stale lock");
     const report = await repairProblems(check);
@@ -120,6 +122,8 @@ async function serve(ctx: Context): Promise<number> {
         `start-up checks: ${blocking.map((f) => f.code).join(", ")}`,
       );
     log.info({ stateDir: ctx.files.stateDir }, "startup checks passed");
+    await lock.markServing(ctx.now()); // what `runner service install` waits for
+    logCap = startLaunchdLogCap(process.env, log);
     if (await clearBlocked(ctx.files.blocked)) log.info("removed the needs-operator marker an earlier stop left");
     const { registration, credential } = await loadIdentity(ctx.files);
     const exit = await runDaemon({
@@ -147,6 +151,7 @@ async function serve(ctx: Context): Promise<number> {
     }
     return await stopFor(ctx, exit.code, "the control plane refused this runner while it ran (see the log above)");
   } finally {
+    logCap?.stop();
     await lock.release();
   }
 }

@@ -7,7 +7,7 @@ import { promises as fs } from "node:fs";
 import path from "node:path";
 import { RunnerError } from "../errors.js";
 import { modeOf, writeFileAtomic } from "../state/files.js";
-import { isServiceRunning, LAUNCHCTL, type ServicePlan } from "./render.js";
+import { isServiceRunning, LAUNCHCTL, readStartState, type ServicePlan } from "./render.js";
 
 export interface CommandOutcome {
   code: number;
@@ -136,6 +136,86 @@ export async function uninstallService(
     if (outcome.code !== 0) lines.push(`! ${argv.join(" ")} failed: ${describe(outcome)}`);
   }
   return lines;
+}
+
+/** How often install asks whether the runner is up, and how long it waits for it. */
+export interface StartWait {
+  pollMs: number;
+  timeoutMs: number;
+}
+/** The start-up checks ask the control plane (10 s per request by default) and may read a keychain (5 s). */
+export const DEFAULT_START_WAIT: StartWait = { pollMs: 250, timeoutMs: 60_000 };
+const LOG_LINES = 20;
+
+/**
+ * After install has loaded the unit: waits until the runner says it passed its start-up checks
+ * (`serving()`: the lock the daemon holds records when) while the manager says it runs. A
+ * runner that exits first (a revoked credential, a state dir it cannot read...) or never gets
+ * there within the time is a failure, reported with the unit's last log lines.
+ */
+export async function waitUntilServing(
+  plan: ServicePlan,
+  run: RunCommand,
+  serving: () => Promise<boolean>,
+  wait: StartWait = DEFAULT_START_WAIT,
+): Promise<string> {
+  const deadline = performance.now() + wait.timeoutMs;
+  for (;;) {
+    const answer = await run(plan.probe);
+    const state = readStartState(plan.manager, { code: answer.code, output: answer.stdout + answer.stderr });
+    if (state.kind === "stopped") {
+      const exit = state.exitCode === null ? state.detail : `exit ${state.exitCode}`;
+      throw await notStarted(plan, run, `${plan.unit} stopped during its start-up checks (${exit})`);
+    }
+    if (state.kind === "running" && (await serving()))
+      return `✓ ${plan.unit} is running: it passed its start-up checks`;
+    if (performance.now() >= deadline)
+      throw await notStarted(
+        plan,
+        run,
+        `${plan.unit} did not pass its start-up checks within ${Math.round(wait.timeoutMs / 1000)} s (the manager says: ${state.kind})`,
+      );
+    await new Promise((resolve) => setTimeout(resolve, wait.pollMs));
+  }
+}
+
+async function notStarted(plan: ServicePlan, run: RunCommand, what: string): Promise<RunnerError> {
+  const lines = await lastLogLines(plan, run);
+  return new RunnerError(
+    "service_failed",
+    `${what}; its last log lines (${"command" in plan.logs ? plan.logs.command.join(" ") : plan.logs.file}):\n${lines.map((line) => `  ${line}`).join("\n") || "  (none)"}`,
+    {
+      hint: `the unit stays installed: fix what the log says, run \`runner repair\`, then \`${plan.restart.join(" ")}\``,
+    },
+  );
+}
+
+async function lastLogLines(plan: ServicePlan, run: RunCommand): Promise<string[]> {
+  if ("command" in plan.logs) {
+    const outcome = await run(plan.logs.command);
+    return (outcome.code === 0 ? outcome.stdout : `${outcome.stdout}${outcome.stderr}`)
+      .trimEnd()
+      .split("\n")
+      .slice(-LOG_LINES);
+  }
+  return tailFile(plan.logs.file, LOG_LINES);
+}
+
+/** The last `count` lines of a file, reading at most its last 64 KiB; none when it does not exist. */
+export async function tailFile(file: string, count: number): Promise<string[]> {
+  const handle = await fs.open(file, "r").catch(() => null);
+  if (handle === null) return [];
+  try {
+    const { size } = await handle.stat();
+    const length = Math.min(size, 64 * 1024);
+    const buffer = Buffer.alloc(length);
+    await handle.read(buffer, 0, length, size - length);
+    const lines = buffer.toString("utf8").trimEnd().split("\n");
+    if (length < size) lines.shift(); // cut mid-line
+    return lines.slice(-count);
+  } finally {
+    await handle.close();
+  }
 }
 
 export interface ServiceStatus {

@@ -26,6 +26,10 @@ export interface ServiceInputs {
   argv: string[];
   /** The state dir the service uses (the needs-operator marker lives there). */
   stateDir: string;
+  /** The jobs' work dir: with `hardened`, writable besides the state dir. */
+  workDir: string;
+  /** systemd only: the sandboxing profile (see hardeningLines). */
+  hardened: boolean;
   /** The daemon's drain deadline: the manager waits this long plus a margin before killing. */
   drainTimeoutMs: number;
   templates: { systemd: string; launchd: string };
@@ -58,6 +62,54 @@ export interface ServicePlan {
   loaded: string[] | null;
   /** The longest a stop can take: the manager's own timeout for it (TimeoutStopSec, ExitTimeOut). */
   stopTimeoutMs: number;
+  /** Asked while install waits for the runner to start: its answer goes to readStartState. */
+  probe: string[];
+  /** Where the service's last log lines are: a command that prints them, or the log file. */
+  logs: { command: string[] } | { file: string };
+  /** The command that starts the service again once its cause is fixed (for messages). */
+  restart: string[];
+}
+
+/** What the manager says of a service that install has just started. */
+export type StartState =
+  | { kind: "starting" }
+  | { kind: "running" }
+  /** It exited (and may be waiting to be restarted); `exitCode` when the manager says. */
+  | { kind: "stopped"; exitCode: number | null; detail: string };
+
+/**
+ * Reads the manager's answer to `plan.probe`. systemd: `systemctl show -p ActiveState,SubState,
+ * ExecMainStatus`; a unit in `auto-restart` has exited even though systemd calls it
+ * "activating". launchd: `launchctl print`; a job that has a last exit code has exited since it
+ * was bootstrapped, whatever its state is now.
+ */
+export function readStartState(manager: ServiceManager, answer: { code: number; output: string }): StartState {
+  if (manager === "launchd") {
+    if (answer.code !== 0) return { kind: "stopped", exitCode: null, detail: "launchd no longer knows the job" };
+    const job = parseLaunchctlPrint(answer.output);
+    if (job.lastExitCode !== null)
+      return {
+        kind: "stopped",
+        exitCode: job.lastExitCode,
+        detail: `state ${job.state ?? "?"}, runs ${job.runs ?? "?"}`,
+      };
+    return job.state === "running" ? { kind: "running" } : { kind: "starting" };
+  }
+  const fields = new Map(
+    answer.output
+      .split("\n")
+      .map((line) => /^([A-Za-z]+)=(.*)$/.exec(line.trim()))
+      .filter((match) => match !== null)
+      .map((match) => [match[1]!, match[2]!] as const),
+  );
+  const active = fields.get("ActiveState");
+  const sub = fields.get("SubState") ?? "?";
+  const status = fields.get("ExecMainStatus");
+  const exitCode = status !== undefined && /^\d+$/.test(status) ? Number(status) : null;
+  if (active === "active") return sub === "running" || sub === "?" ? { kind: "running" } : { kind: "starting" };
+  if (active === "activating" && sub !== "auto-restart") return { kind: "starting" };
+  if (active === undefined || active === "reloading") return { kind: "starting" };
+  return { kind: "stopped", exitCode, detail: `${active} (${sub})` };
 }
 
 /** By absolute path: a PATH that another tool shadows must not decide what runs the service. */
@@ -121,7 +173,11 @@ export function planService(inputs: ServiceInputs): ServicePlan {
     );
   const manager = serviceManagerFor(inputs.platform);
   if (manager === "systemd") return planSystemd(inputs);
-  if (manager === "launchd") return planLaunchd(inputs);
+  if (manager === "launchd") {
+    if (inputs.hardened)
+      throw new RunnerError("usage", "--hardened is a systemd sandboxing profile; launchd has no equivalent to apply");
+    return planLaunchd(inputs);
+  }
   throw new RunnerError(
     "usage",
     `no service manager is supported on ${inputs.platform}: run \`runner start\` under your own supervisor`,
@@ -155,6 +211,7 @@ function planSystemd(inputs: ServiceInputs): ServicePlan {
     STOP_TIMEOUT_S: String(stopTimeoutSeconds(inputs.drainTimeoutMs)),
     NO_RESTART_EXITS: NO_RESTART_EXITS.join(" "),
     STATE_DIR: systemdPath(inputs.stateDir),
+    HARDENING: inputs.hardened ? hardeningLines(inputs) : "",
     WANTED_BY: inputs.system ? "multi-user.target" : "default.target",
   });
   return {
@@ -163,7 +220,9 @@ function planSystemd(inputs: ServiceInputs): ServicePlan {
     unitFile,
     content,
     dirs: [],
-    unloadFirst: [],
+    // A unit that runs already would not be restarted by `enable --now`: stop it first (a stop
+    // drains, like launchd's bootout), so the runner that starts is the one just written.
+    unloadFirst: [[...systemctl, "stop", unit]],
     load: [
       [...systemctl, "daemon-reload"],
       [...systemctl, "enable", "--now", unit],
@@ -179,7 +238,66 @@ function planSystemd(inputs: ServiceInputs): ServicePlan {
     // `systemctl disable --now` returns once the unit has stopped.
     loaded: null,
     stopTimeoutMs: stopTimeoutSeconds(inputs.drainTimeoutMs) * 1000,
+    probe: [...systemctl, "show", unit, "-p", "ActiveState,SubState,ExecMainStatus"],
+    logs: { command: ["journalctl", ...(inputs.system ? [] : ["--user"]), "-u", unit, "-n", "20", "--no-pager"] },
+    restart: [...systemctl, "restart", unit],
   };
+}
+
+/** Home dirs, which a machine-wide hardened unit replaces with empty read-only file systems (ProtectHome=tmpfs). */
+const HOMES = ["/home", "/root", "/run/user"];
+
+/**
+ * `--hardened`: the unit's processes (the runner and every job) see the file system read-only
+ * except the state dir, the work dir and a private /tmp, cannot gain privileges (setuid,
+ * file capabilities), load kernel modules, change kernel tunables, the clock or the hostname,
+ * create namespaces, use realtime scheduling or non-native system calls, and are limited to
+ * the system calls of ordinary services and to Unix, IP and netlink sockets. Devices stay
+ * visible (GPUs, USB, adb), and writable-executable memory stays allowed (node's JIT needs
+ * it). A per-user manager applies these only inside a user namespace (PrivateUsers=yes).
+ */
+export function hardeningLines(inputs: ServiceInputs): string {
+  const inHome = [inputs.stateDir, inputs.workDir].find((dir) =>
+    HOMES.some((home) => dir === home || dir.startsWith(`${home}/`)),
+  );
+  if (inputs.system && inHome !== undefined)
+    throw new RunnerError(
+      "usage",
+      `--hardened hides ${HOMES.join(", ")} from a machine-wide service (ProtectHome=tmpfs), but ${inHome} is there`,
+      {
+        hint: "keep the state dir and work dir elsewhere (the default /var/lib/runner), or install without --hardened",
+      },
+    );
+  // The work dir may not exist yet (the runner creates it at start): "-" lets systemd skip it then.
+  const writable = [systemdPath(inputs.stateDir)];
+  const within = inputs.workDir === inputs.stateDir || inputs.workDir.startsWith(`${inputs.stateDir}/`);
+  if (!within) writable.push(`-${systemdPath(inputs.workDir)}`);
+  const lines = [
+    "# --hardened: a read-only system except the state dir, the work dir and a private /tmp;",
+    "# no privilege gain, kernel changes, namespaces or unusual system calls (see the README).",
+    ...(inputs.system
+      ? ["ProtectHome=tmpfs", "ProtectProc=invisible", "CapabilityBoundingSet=", "AmbientCapabilities="]
+      : ["PrivateUsers=yes", "ProtectHome=read-only"]),
+    "ProtectSystem=strict",
+    `ReadWritePaths=${writable.join(" ")}`,
+    "PrivateTmp=yes",
+    "NoNewPrivileges=yes",
+    "RestrictSUIDSGID=yes",
+    "ProtectKernelTunables=yes",
+    "ProtectKernelModules=yes",
+    "ProtectKernelLogs=yes",
+    "ProtectControlGroups=yes",
+    "ProtectClock=yes",
+    "ProtectHostname=yes",
+    "LockPersonality=yes",
+    "RestrictRealtime=yes",
+    "RestrictNamespaces=yes",
+    "SystemCallArchitectures=native",
+    "SystemCallFilter=@system-service",
+    "SystemCallErrorNumber=EPERM",
+    "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6 AF_NETLINK",
+  ];
+  return lines.join("\n") + "\n";
 }
 
 function planLaunchd(inputs: ServiceInputs): ServicePlan {
@@ -191,6 +309,7 @@ function planLaunchd(inputs: ServiceInputs): ServicePlan {
     ? path.join("/Library/LaunchDaemons", `${label}.plist`)
     : path.join(inputs.home, "Library", "LaunchAgents", `${label}.plist`);
   const logDir = inputs.system ? "/Library/Logs/runner" : path.join(inputs.home, "Library", "Logs", "runner");
+  const logFile = path.join(logDir, `${inputs.name}.log`);
   const content = fill(inputs.templates.launchd, {
     LABEL: xmlEscape(label),
     PROGRAM_ARGUMENTS: inputs.argv.map((arg) => `    <string>${xmlEscape(arg)}</string>`).join("\n"),
@@ -198,7 +317,7 @@ function planLaunchd(inputs: ServiceInputs): ServicePlan {
     BLOCKED_MARKER: xmlEscape(stateFiles(inputs.stateDir).blocked),
     STATE_DIR: xmlEscape(inputs.stateDir),
     STOP_TIMEOUT_S: String(stopTimeoutSeconds(inputs.drainTimeoutMs)),
-    LOG_FILE: xmlEscape(path.join(logDir, `${inputs.name}.log`)),
+    LOG_FILE: xmlEscape(logFile),
     PATH: xmlEscape(searchPath(inputs)),
   });
   const target = `${domain}/${label}`;
@@ -221,6 +340,9 @@ function planLaunchd(inputs: ServiceInputs): ServicePlan {
     // "5: Input/output error".
     loaded: [LAUNCHCTL, "print", target],
     stopTimeoutMs: stopTimeoutSeconds(inputs.drainTimeoutMs) * 1000,
+    probe: [LAUNCHCTL, "print", target],
+    logs: { file: logFile },
+    restart: [LAUNCHCTL, "kickstart", "-k", target],
   };
 }
 

@@ -16,6 +16,7 @@ import {
   type CredentialStoreKind,
   type Registration,
 } from "../state/registration.js";
+import { chownNoFollow, lookupAccount } from "../state/owner.js";
 import { enroll, registrationFrom } from "./enroll.js";
 import type { Action } from "./plan.js";
 import type { ProxyConfig } from "../net/proxy.js";
@@ -61,6 +62,13 @@ export async function applyFix(action: Action, ctx: ApplyContext): Promise<strin
       if (state.kind !== "stale") return "the lock is no longer stale; left alone";
       await fs.rm(files.lock, { force: true });
       return `removed the stale lock (${state.reason})`;
+    }
+    case "set_owner": {
+      const account = await lookupAccount(action.owner);
+      // The state dir itself may be a link (documented): its target is what the runner uses.
+      if (action.path === files.stateDir) await fs.chown(action.path, account.uid, account.gid);
+      else await chownNoFollow(action.path, account, action.tree);
+      return `gave ${action.path}${action.tree ? " and what is in it" : ""} to ${account.name}`;
     }
     case "reregister":
       return reregister(ctx);

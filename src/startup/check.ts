@@ -5,8 +5,8 @@
 import { RunnerError, type ErrorCode } from "../errors.js";
 import type { Logger } from "../log/logger.js";
 import { applyFix, type ApplyContext } from "./apply.js";
-import { observe, observeStateDirOnly, type ObserveContext } from "./observe.js";
-import { planRepairs, type Finding } from "./plan.js";
+import { observe, observeOwnership, observeStateDirOnly, type ObserveContext } from "./observe.js";
+import { planOwnership, planRepairs, type Finding } from "./plan.js";
 
 export type CheckContext = ObserveContext & ApplyContext & { logger: Logger };
 
@@ -68,11 +68,37 @@ export async function repairProblems(ctx: CheckContext): Promise<RepairReport> {
  * can be taken before the other repairs run. Returns the step, or null when it existed.
  */
 export async function repairStateDirFirst(ctx: CheckContext): Promise<RepairStep | null> {
-  const [first] = planRepairs(await observeStateDirOnly(ctx), { haveRegistrationToken: false });
+  const findings = planRepairs(await observeStateDirOnly(ctx), { haveRegistrationToken: false });
+  // Not even the lock can be taken in a state dir of someone else's: stop before trying.
+  const owner = findings.find((f) => f.code === "state_dir_owner" && f.fix.kind === "operator");
+  if (owner?.fix.kind === "operator")
+    throw new RunnerError("needs_operator", owner.problem, {
+      hint: `${owner.fix.description}: ${owner.fix.command ?? ""}`,
+    });
+  const [first] = findings;
   if (first?.code !== "state_dir_missing" || first.fix.kind !== "auto") return null;
   const outcome = await applyFix(first.fix.action, ctx);
   ctx.logger.info({ finding: first.code, outcome }, `repaired: ${first.problem}`);
   return { finding: first, ok: true, outcome };
+}
+
+/**
+ * Gives the state dir, what is in it and the work dir to `ctx.owner` (root only): the
+ * ownership part of the repair loop alone, as `service install --system` needs it before the
+ * service starts as that user. Returns what it did.
+ */
+export async function giveStateDir(ctx: ObserveContext & ApplyContext): Promise<RepairStep[]> {
+  const steps: RepairStep[] = [];
+  for (let round = 0; round < MAX_ROUNDS; round++) {
+    const ownership = await observeOwnership(ctx, true);
+    if (ownership === null) break;
+    const todo = planOwnership(ownership).filter((f) => f.fix.kind === "auto");
+    if (todo.length === 0) break;
+    for (const finding of todo)
+      if (finding.fix.kind === "auto")
+        steps.push({ finding, ok: true, outcome: await applyFix(finding.fix.action, ctx) });
+  }
+  return steps;
 }
 
 /** Folds steps taken before the main loop into its report. */

@@ -7,12 +7,14 @@ import { verify } from "../api-client/runner-api.js";
 import { identityBody } from "../api-client/identity.js";
 import type { HostFacts } from "../protocol/http.js";
 import type { StateFiles } from "../config/paths.js";
+import os from "node:os";
 import path from "node:path";
 import { promises as fs } from "node:fs";
 import { entryAt, isRecordName, modeOf } from "../state/files.js";
 import { inspectLock } from "../state/lock.js";
 import { readRegistration } from "../state/registration.js";
-import type { ForeignEntry, Observations } from "./plan.js";
+import { accountName, type Account } from "../state/owner.js";
+import { ownershipBlocks, type ForeignEntry, type Observations, type OwnedEntry, type OwnershipSeen } from "./plan.js";
 import type { ProxyConfig } from "../net/proxy.js";
 
 export interface ObserveContext {
@@ -20,13 +22,21 @@ export interface ObserveContext {
   host: HostFacts;
   requestTimeoutMs: number;
   proxy: ProxyConfig;
+  /** The jobs' work dir (--work-dir), whose owner is judged with the state dir's. */
+  workDir?: string;
+  /** Who must own the state dir (`repair --owner`, `service install --run-as`); default: see expectedOwner. */
+  owner?: Account;
 }
 
 export async function observe(ctx: ObserveContext): Promise<Observations> {
   const seen = await observeStateDirOnly(ctx);
   if (seen.stateDirMode === null) return seen;
+  // A user who does not own the state dir cannot look inside it.
+  if (seen.ownership !== null && ownershipBlocks(seen.ownership)) return seen;
   const { files } = ctx;
   seen.foreign = await findForeignEntries(files);
+  seen.ownership = await observeOwnership(ctx, true);
+  if (seen.ownership !== null && ownershipBlocks(seen.ownership)) return seen;
   const foreign = new Set(seen.foreign.map((f) => f.path));
   seen.outboxMode = foreign.has(files.outbox) ? null : await modeFor(files.outbox);
   seen.fileModes = [];
@@ -63,11 +73,13 @@ export async function observe(ctx: ObserveContext): Promise<Observations> {
   return seen;
 }
 
-/** Only whether the state dir exists; the rest of the observations are left empty. */
+/** Only whether the state dir exists, and who owns it; the rest of the observations are left empty. */
 export async function observeStateDirOnly(ctx: ObserveContext): Promise<Observations> {
+  const stateDirMode = await modeFor(ctx.files.stateDir);
   return {
     stateDir: ctx.files.stateDir,
-    stateDirMode: await modeFor(ctx.files.stateDir),
+    stateDirMode,
+    ownership: stateDirMode === null ? null : await observeOwnership(ctx, false),
     outboxMode: null,
     registration: { kind: "missing" },
     fileModes: [],
@@ -77,6 +89,63 @@ export async function observeStateDirOnly(ctx: ObserveContext): Promise<Observat
     recoverable: null,
     controlPlane: null,
   };
+}
+
+/**
+ * The owners of the state dir and (`inside`) of everything the runner keeps in it: its top
+ * level, outbox/ and running/, and the work dir with its top-level entries (job dirs, given
+ * away with their contents). Links are left to the foreign-entry check. Names are looked up
+ * only for owners other than the user running this (none, normally). Null on Windows.
+ */
+export async function observeOwnership(ctx: ObserveContext, inside: boolean): Promise<OwnershipSeen | null> {
+  const uid = process.getuid?.();
+  if (uid === undefined) return null;
+  const { files } = ctx;
+  const found: Omit<OwnedEntry, "owner">[] = [
+    { path: files.stateDir, name: files.stateDir, uid: (await fs.stat(files.stateDir)).uid, tree: false },
+  ];
+  const add = async (dir: string, tree: boolean) => {
+    let names: string[];
+    try {
+      names = (await fs.readdir(dir)).sort();
+    } catch (error) {
+      if (["ENOENT", "ENOTDIR"].includes((error as NodeJS.ErrnoException).code ?? "")) return;
+      throw error;
+    }
+    for (const name of names) {
+      const p = path.join(dir, name);
+      const entry = await fs.lstat(p).catch(() => null);
+      if (entry === null || entry.isSymbolicLink()) continue;
+      found.push({ path: p, name: nameIn(files.stateDir, p), uid: entry.uid, tree });
+    }
+  };
+  const workDir = ctx.workDir ?? files.work;
+  if (inside) {
+    await add(files.stateDir, false);
+    for (const dir of [files.outbox, files.running])
+      if ((await entryAt(dir))?.type === "directory") await add(dir, false);
+    if (!found.some((entry) => entry.path === workDir)) {
+      const work = await fs.lstat(workDir).catch(() => null);
+      if (work?.isDirectory())
+        found.push({ path: workDir, name: nameIn(files.stateDir, workDir), uid: work.uid, tree: false });
+    }
+    if ((await entryAt(workDir))?.type === "directory") await add(workDir, true);
+  }
+  const runningAs = { uid, name: os.userInfo().username };
+  const names = new Map<number, string>([[uid, runningAs.name]]);
+  if (ctx.owner) names.set(ctx.owner.uid, ctx.owner.name);
+  for (const entry of found) if (!names.has(entry.uid)) names.set(entry.uid, await accountName(entry.uid));
+  return {
+    runningAs,
+    wanted: ctx.owner ? { uid: ctx.owner.uid, name: ctx.owner.name } : null,
+    entries: found.map((entry) => ({ ...entry, owner: names.get(entry.uid)! })),
+  };
+}
+
+/** A path inside the state dir by its name there; anything else by its full path. */
+function nameIn(stateDir: string, p: string): string {
+  const inside = path.relative(stateDir, p);
+  return inside === "" || inside.startsWith("..") || path.isAbsolute(inside) ? p : inside;
 }
 
 /** Without a registration file: is there a credential for this state dir in either store? */

@@ -37,6 +37,29 @@ export interface Observations {
   recoverable: { store: "keychain" | "file"; value: StoredCredential } | null;
   /** The control plane's answer to verify; null when it could not be asked. */
   controlPlane: { kind: "ok" } | { kind: "error"; code: ErrorCode; message: string } | null;
+  /** Who owns the state dir and what is in it; null where owners mean nothing (Windows). */
+  ownership: OwnershipSeen | null;
+}
+
+/** A file or dir of the runner's, with its owner. */
+export interface OwnedEntry {
+  path: string;
+  /** The path inside the state dir (or the work dir's own path), for messages. */
+  name: string;
+  uid: number;
+  /** The owner's user name (the uid when the user database has none). */
+  owner: string;
+  /** A directory whose contents go with it when it is given to another user (a job's leftover work dir). */
+  tree: boolean;
+}
+
+export interface OwnershipSeen {
+  /** The user running this command. */
+  runningAs: { uid: number; name: string };
+  /** The owner asked for (`repair --owner`, `service install --run-as`); null: the default rule. */
+  wanted: { uid: number; name: string } | null;
+  /** The state dir first, then what is in it (top level, outbox/ and running/), and the work dir's top level. */
+  entries: OwnedEntry[];
 }
 
 export interface PlanContext {
@@ -53,7 +76,9 @@ export type Action =
   | { kind: "rebuild_registration"; from: "keychain" | "file" }
   | { kind: "remove_stale_lock" }
   | { kind: "reregister" }
-  | { kind: "rebind_host" };
+  | { kind: "rebind_host" }
+  /** `owner` is a user name (or a uid without one); `tree`: the dir's contents too, never through a link. */
+  | { kind: "set_owner"; path: string; owner: string; tree: boolean };
 
 export type Fix =
   | { kind: "auto"; action: Action; description: string }
@@ -69,6 +94,8 @@ export type FindingCode =
   | "outbox_missing"
   | "outbox_permissions"
   | "file_permissions"
+  | "state_dir_owner"
+  | "file_owner"
   | "registration_invalid"
   | "not_registered"
   | "stale_lock"
@@ -106,10 +133,57 @@ export function planRepairs(seen: Observations, context: PlanContext): Finding[]
   }
   // Until the registration and the credential are the runner's own files, nothing read through
   // them can be trusted: judge the identity once they have been moved aside (the next round).
+  const owners = seen.ownership === null ? [] : planOwnership(seen.ownership);
+  // Files a user cannot read were not looked into: only root (or a chown) can go on from here.
+  if (seen.ownership !== null && ownershipBlocks(seen.ownership)) return [...seen.foreign.map(planForeign), ...owners];
   const files = stateFiles(seen.stateDir);
   const foreign = new Set(seen.foreign.map((f) => f.path));
   const identityTrusted = !foreign.has(files.registration) && !foreign.has(files.credentialFile);
-  return [...planLocal(seen, files, foreign), ...(identityTrusted ? planIdentity(seen, context) : [])];
+  return [...planLocal(seen, files, foreign), ...owners, ...(identityTrusted ? planIdentity(seen, context) : [])];
+}
+
+/**
+ * Who must own the state dir and everything in it: the owner asked for; else, for root (who
+ * can read anything, and installs machine-wide services), the state dir's owner; else the user
+ * running this, who must be able to write the runner's files.
+ */
+export function expectedOwner(seen: OwnershipSeen): { uid: number; name: string; why: string } {
+  if (seen.wanted) return { ...seen.wanted, why: "the owner asked for" };
+  const dir = seen.entries[0];
+  if (seen.runningAs.uid === 0 && dir) return { uid: dir.uid, name: dir.owner, why: "the state dir's owner" };
+  return { ...seen.runningAs, why: "who runs this" };
+}
+
+/** Entries owned by someone other than the expected owner, and only root may give them away. */
+export function ownershipBlocks(seen: OwnershipSeen): boolean {
+  const expected = expectedOwner(seen);
+  return seen.runningAs.uid !== 0 && seen.entries.some((entry) => entry.uid !== expected.uid);
+}
+
+export function planOwnership(seen: OwnershipSeen): Finding[] {
+  const expected = expectedOwner(seen);
+  const asRoot = seen.runningAs.uid === 0;
+  const stateDir = seen.entries[0]?.path;
+  return seen.entries
+    .filter((entry) => entry.uid !== expected.uid)
+    .map((entry) => {
+      const isStateDir = entry.path === stateDir;
+      const problem = isStateDir
+        ? `the state dir ${entry.path} belongs to ${entry.owner}, not ${expected.name} (${expected.why}): the runner cannot write its own files there`
+        : `${entry.name} belongs to ${entry.owner}, not ${expected.name} (${expected.why}): a runner running as ${expected.name} cannot ${entry.tree ? "remove" : "read or replace"} it`;
+      const fix: Fix = asRoot
+        ? {
+            kind: "auto",
+            action: { kind: "set_owner", path: entry.path, owner: expected.name, tree: entry.tree },
+            description: `give it to ${expected.name}${entry.tree ? " (with what is in it)" : ""}, never through a link`,
+          }
+        : {
+            kind: "operator",
+            description: `only root can give it to ${expected.name}`,
+            command: `sudo runner repair --state-dir ${stateDir ?? entry.path} --owner ${expected.name}`,
+          };
+      return { code: isStateDir ? "state_dir_owner" : "file_owner", problem, fix } satisfies Finding;
+    });
 }
 
 function planForeign(entry: ForeignEntry): Finding {

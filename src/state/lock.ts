@@ -5,7 +5,7 @@ import { promises as fs, constants } from "node:fs";
 import os from "node:os";
 import { z } from "zod";
 import { RunnerError } from "../errors.js";
-import { SECRET_FILE_MODE, entryAt, moveAside, readJsonFile } from "./files.js";
+import { SECRET_FILE_MODE, entryAt, moveAside, readJsonFile, writeJsonAtomic } from "./files.js";
 import { compareStarts, processStartTime } from "./process-start.js";
 
 const lockRecordSchema = z.object({
@@ -14,6 +14,8 @@ const lockRecordSchema = z.object({
   startTime: z.string().nullable(),
   hostname: z.string(),
   acquiredAt: z.string(),
+  /** When the runner passed its start-up checks and began to serve (what `service install` waits for). */
+  servingSince: z.string().optional(),
 });
 export type LockRecord = z.infer<typeof lockRecordSchema>;
 
@@ -56,6 +58,8 @@ export interface LockHandle {
   readonly file: string;
   /** What was taken over to get the lock, if anything. */
   readonly tookOver: LockState | null;
+  /** Records in the lock that the runner passed its start-up checks (rewritten atomically: the lock never goes missing). */
+  markServing(now: Date): Promise<void>;
   release(): Promise<void>;
 }
 
@@ -76,7 +80,13 @@ export async function acquireLock(file: string, now: Date = new Date()): Promise
       } finally {
         await handle.close();
       }
-      return { file, tookOver, release: () => releaseLock(file, mine) };
+      return {
+        file,
+        tookOver,
+        markServing: (at) =>
+          writeJsonAtomic(file, { ...mine, servingSince: at.toISOString() }, SECRET_FILE_MODE, false),
+        release: () => releaseLock(file, mine),
+      };
     } catch (error) {
       if ((error as NodeJS.ErrnoException).code !== "EEXIST") throw error;
     }

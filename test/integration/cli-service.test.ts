@@ -22,6 +22,7 @@ import {
   installService,
   runCommand,
   uninstallService,
+  waitUntilServing,
   type RunCommand,
 } from "../../src/service/manager.js";
 
@@ -89,7 +90,17 @@ describe("runner service (systemd, stubbed)", { timeout: 60_000 }, () => {
     const { home, env } = await serviceEnv(t, stubs);
     // No --config here (runner.flags has one): without a config file the unit must not require one.
     const install = await runCli(
-      ["service", "install", "--state-dir", runner.stateDir, "--machine-id", "machine-A", "--capacity", "3"],
+      [
+        "service",
+        "install",
+        "--state-dir",
+        runner.stateDir,
+        "--machine-id",
+        "machine-A",
+        "--capacity",
+        "3",
+        "--no-wait",
+      ],
       { env: { ...env, RUNNER_DEVICE_BATCH_SIZE: "50", RUNNER_CREDENTIAL_STORE: "file" } },
     );
     assert.equal(install.code, ExitCode.OK, install.all);
@@ -114,6 +125,7 @@ describe("runner service (systemd, stubbed)", { timeout: 60_000 }, () => {
     assert.ok(unit.includes(`Environment="PATH=${env.PATH}"`), "the installer's PATH");
     assert.equal(await lintUnit(unitFile), "", "systemd-analyze verify prints nothing for the unit");
     assert.deepEqual(await stubs.calls(), [
+      "systemctl --user stop runner.service",
       "systemctl --user daemon-reload",
       "systemctl --user enable --now runner.service",
       `loginctl enable-linger ${os.userInfo().username}`,
@@ -122,7 +134,7 @@ describe("runner service (systemd, stubbed)", { timeout: 60_000 }, () => {
     const uninstall = await runCli(["service", "uninstall", ...runner.flags], { env });
     assert.equal(uninstall.code, ExitCode.OK, uninstall.all);
     await assert.rejects(fs.stat(unitFile), { code: "ENOENT" });
-    assert.deepEqual((await stubs.calls()).slice(3), [
+    assert.deepEqual((await stubs.calls()).slice(4), [
       "systemctl --user disable --now runner.service",
       "systemctl --user daemon-reload",
     ]);
@@ -174,7 +186,10 @@ describe("runner service (systemd, stubbed)", { timeout: 60_000 }, () => {
     await fs.mkdir(path.dirname(configFile), { recursive: true });
     await fs.writeFile(configFile, JSON.stringify({ capacity: 2 }));
     // Without --config (runner.flags has one), so that install reads the default config file.
-    assert.equal((await runCli(["service", "install", "--state-dir", runner.stateDir], { env })).code, ExitCode.OK);
+    assert.equal(
+      (await runCli(["service", "install", "--state-dir", runner.stateDir, "--no-wait"], { env })).code,
+      ExitCode.OK,
+    );
     const unit = await fs.readFile(path.join(home, ".config", "systemd", "user", "runner.service"), "utf8");
     assert.ok(unit.includes(`"--config" "${configFile}"`), "the config file the install read is the service's");
     const healthy = await runCli(["service", "status", ...runner.flags], { env });
@@ -226,6 +241,95 @@ describe("runner service (systemd, stubbed)", { timeout: 60_000 }, () => {
     assert.equal(install.code, ExitCode.NEEDS_OPERATOR, install.all);
     assert.match(install.stderr, /no runner is registered in .*\n.*register first: runner register/);
     assert.deepEqual(await stubs.calls(), [], "the service manager is not touched");
+  });
+});
+
+describe("the --hardened profile", { timeout: 60_000 }, () => {
+  /** A systemd unit planned for this machine's node and runner (machine-wide: as `daemon`). */
+  async function hardenedPlan(
+    t: TestContext,
+    options: { system: boolean; hardened?: boolean; stateDir?: string; workDir?: string },
+  ): Promise<ServicePlan> {
+    const home = await tempDir(t, "runner-home-");
+    const stateDir = options.stateDir ?? (options.system ? "/var/lib/runner" : path.join(home, ".local/state/runner"));
+    return planService({
+      platform: "linux",
+      home,
+      uid: 1000,
+      user: "daemon",
+      env: { PATH: "/usr/bin:/bin" },
+      name: "runner",
+      system: options.system,
+      runAs: "daemon",
+      argv: [process.execPath, path.join(REPO_ROOT, "bin", "runner.js"), "start", "--state-dir", stateDir],
+      stateDir,
+      workDir: options.workDir ?? (options.system ? "/srv/runner-work" : path.join(stateDir, "work")),
+      hardened: options.hardened ?? true,
+      drainTimeoutMs: 600_000,
+      templates: {
+        systemd: await fs.readFile(path.join(REPO_ROOT, "systemd", "runner.service"), "utf8"),
+        launchd: await fs.readFile(path.join(REPO_ROOT, "launchd", "runner.plist"), "utf8"),
+      },
+    });
+  }
+  /** The unit written where systemd-analyze can read it. */
+  async function hardenedUnit(t: TestContext, system: boolean, hardened = true): Promise<string> {
+    const plan = await hardenedPlan(t, { system, hardened });
+    const file = path.join(await tempDir(t), "runner.service");
+    await fs.writeFile(file, plan.content);
+    return file;
+  }
+  const values = (unit: string, key: string) =>
+    unit
+      .split("\n")
+      .filter((line) => line.startsWith(`${key}=`))
+      .map((line) => line.slice(key.length + 1));
+
+  test("a hardened machine-wide unit lints clean, hides the homes and leaves only the state and work dirs writable", async (t) => {
+    const file = await hardenedUnit(t, true);
+    assert.equal(await lintUnit(file), "", "systemd-analyze verify prints nothing");
+    const unit = await fs.readFile(file, "utf8");
+    assert.deepEqual(values(unit, "ProtectSystem"), ["strict"]);
+    assert.deepEqual(values(unit, "ProtectHome"), ["tmpfs"]);
+    assert.deepEqual(values(unit, "ReadWritePaths"), ["/var/lib/runner -/srv/runner-work"]);
+    for (const key of ["PrivateTmp", "NoNewPrivileges", "RestrictSUIDSGID", "LockPersonality"])
+      assert.deepEqual(values(unit, key), ["yes"], key);
+    assert.deepEqual(values(unit, "CapabilityBoundingSet"), [""]);
+  });
+
+  test("a hardened per-user unit lints clean, sandboxes in a user namespace and keeps the home read-only", async (t) => {
+    const file = await hardenedUnit(t, false);
+    assert.equal(await lintUnit(file), "", "systemd-analyze verify prints nothing");
+    const unit = await fs.readFile(file, "utf8");
+    assert.deepEqual(values(unit, "PrivateUsers"), ["yes"]);
+    assert.deepEqual(values(unit, "ProtectHome"), ["read-only"]);
+    assert.equal(values(unit, "ReadWritePaths").length, 1, "the work dir is inside the state dir");
+    assert.deepEqual(values(unit, "CapabilityBoundingSet"), [], "a user manager cannot drop capabilities");
+  });
+
+  test("systemd-analyze security rates the hardened machine-wide unit well below the default one", async (t) => {
+    const exposure = async (file: string) => {
+      const { stdout } = await execFileAsync("systemd-analyze", ["security", "--offline=true", file]).catch(
+        (error: { stdout?: string }) => ({ stdout: error.stdout ?? "" }),
+      );
+      const score = /Overall exposure level for .*: (\d+\.\d+)/.exec(stdout)?.[1];
+      assert.ok(score !== undefined, stdout);
+      return Number(score);
+    };
+    const plain = await exposure(await hardenedUnit(t, true, false));
+    const hardened = await exposure(await hardenedUnit(t, true));
+    t.diagnostic(`exposure: default ${plain}, hardened ${hardened}`);
+    assert.ok(hardened <= plain - 4, `default ${plain}, hardened ${hardened}`);
+  });
+
+  test("a hardened machine-wide unit refuses a state dir under /home, which it would hide", async (t) => {
+    await assert.rejects(
+      hardenedPlan(t, { system: true, stateDir: "/home/ci/runner", workDir: "/home/ci/runner/work" }),
+      {
+        code: "usage",
+        message: /--hardened hides \/home, \/root, \/run\/user .* but \/home\/ci\/runner is there/,
+      },
+    );
   });
 });
 
@@ -296,6 +400,43 @@ describe("launchd install (stubbed launchctl)", { timeout: 30_000 }, () => {
       message: /bootstrap .*exit 5/,
     });
     await fs.access(plan.unitFile);
+  });
+
+  test("install's wait fails with the log file's last lines when the job exits, and when it never reports serving", async (t) => {
+    const crashed = LAUNCHCTL_PRINT_CRASH_LOOP.replace("state = spawn scheduled", "state = running");
+    const { stubs, plan } = await launchdPlan(t, { printOutput: crashed });
+    const logFile = "file" in plan.logs ? plan.logs.file : assert.fail("a plist logs to a file");
+    await fs.mkdir(path.dirname(logFile), { recursive: true });
+    const lines = Array.from({ length: 30 }, (_, i) => `line ${i}`);
+    await fs.writeFile(logFile, lines.join("\n") + "\n");
+    const quick = { pollMs: 10, timeoutMs: 5_000 };
+    await assert.rejects(
+      waitUntilServing(plan, viaStubsOf(stubs), async () => true, quick),
+      (error: Error) => {
+        assert.match(error.message, /^dev\.runner\.runner stopped during its start-up checks \(exit 1\)/);
+        assert.ok(
+          error.message.endsWith(
+            lines
+              .slice(10)
+              .map((line) => `  ${line}`)
+              .join("\n"),
+          ),
+          error.message,
+        );
+        assert.doesNotMatch(error.message, /line 9\n/);
+        return true;
+      },
+    );
+
+    const running = await launchdPlan(t, { printOutput: LAUNCHCTL_PRINT_RUNNING });
+    await assert.rejects(
+      waitUntilServing(running.plan, viaStubsOf(running.stubs), async () => false, { pollMs: 10, timeoutMs: 50 }),
+      /did not pass its start-up checks within 0 s \(the manager says: running\); its last log lines .*:\n {2}\(none\)/,
+    );
+    assert.equal(
+      await waitUntilServing(running.plan, viaStubsOf(running.stubs), async () => true, quick),
+      "✓ dev.runner.runner is running: it passed its start-up checks",
+    );
   });
 
   test("status counts a loaded job as running only when launchctl print says state = running", async (t) => {
@@ -387,6 +528,8 @@ async function launchdPlan(
     runAs: "alice",
     argv,
     stateDir: path.join(home, "state"),
+    workDir: path.join(home, "state", "work"),
+    hardened: false,
     drainTimeoutMs: 60_000,
     templates: {
       systemd: await fs.readFile(path.join(REPO_ROOT, "systemd", "runner.service"), "utf8"),

@@ -298,7 +298,10 @@ describe("proxies and the service (systemctl stubbed)", { timeout: 60_000 }, () 
     const runner = await registerRunner(t, plane);
     const { unitFile, env } = await serviceEnv(t);
 
-    const plain = await runCli(["service", "install", ...runner.flags, "--proxy", "http://127.0.0.1:3128"], { env });
+    const plain = await runCli(
+      ["service", "install", "--no-wait", ...runner.flags, "--proxy", "http://127.0.0.1:3128"],
+      { env },
+    );
     assert.equal(plain.code, ExitCode.OK, plain.all);
     const unit = await fs.readFile(unitFile, "utf8");
     assert.ok(execStart(unit).includes(`"--proxy" "http://127.0.0.1:3128"`), execStart(unit));
@@ -308,7 +311,9 @@ describe("proxies and the service (systemctl stubbed)", { timeout: 60_000 }, () 
       [["--proxy", `http://user:${secret}@127.0.0.1:3128`], {}, "--proxy"],
       [[], { RUNNER_PROXY: `http://user:${secret}@127.0.0.1:3128` }, "$RUNNER_PROXY"],
     ] as const) {
-      const refused = await runCli(["service", "install", ...runner.flags, ...args], { env: { ...env, ...extraEnv } });
+      const refused = await runCli(["service", "install", "--no-wait", ...runner.flags, ...args], {
+        env: { ...env, ...extraEnv },
+      });
       assert.equal(refused.code, ExitCode.USAGE, refused.all);
       assert.ok(refused.stderr.includes(`the proxy given by ${named} holds credentials`), refused.stderr);
       assert.match(refused.stderr, /put "proxy" in the config file/);
@@ -327,7 +332,7 @@ describe("proxies and the service (systemctl stubbed)", { timeout: 60_000 }, () 
     await fs.writeFile(config, JSON.stringify({ ...settings, proxy: `http://user:${secret}@127.0.0.1:3128` }));
     await fs.chmod(config, 0o600);
 
-    const install = await runCli(["service", "install", ...runner.flags], { env });
+    const install = await runCli(["service", "install", "--no-wait", ...runner.flags], { env });
     assert.equal(install.code, ExitCode.OK, install.all);
     const unit = await fs.readFile(unitFile, "utf8");
     assert.ok(execStart(unit).includes(`"--config" "${config}"`), execStart(unit));
@@ -338,7 +343,7 @@ describe("proxies and the service (systemctl stubbed)", { timeout: 60_000 }, () 
     const plane = await startTestControlPlane(t);
     const runner = await registerRunner(t, plane);
     const { unitFile, env } = await serviceEnv(t);
-    const install = await runCli(["service", "install", ...runner.flags], {
+    const install = await runCli(["service", "install", "--no-wait", ...runner.flags], {
       env: { ...env, HTTPS_PROXY: "http://127.0.0.1:3128", http_proxy: "http://127.0.0.1:3128" },
     });
     assert.equal(install.code, ExitCode.OK, install.all);

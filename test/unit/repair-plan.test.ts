@@ -32,6 +32,7 @@ function healthy(): Observations {
     credential: { kind: "ok", value: credential },
     recoverable: null,
     controlPlane: { kind: "ok" },
+    ownership: null,
   };
 }
 const noToken = { haveRegistrationToken: false };
@@ -277,5 +278,80 @@ describe("the repair planner", () => {
     };
     assert.deepEqual(codes(seen), ["foreign_file_type", "foreign_file_type"]);
     assert.match(planRepairs(seen, noToken)[0]?.problem ?? "", /^runner\.lock is a symbolic link where/);
+  });
+});
+
+describe("the repair planner on owners", () => {
+  const entry = (name: string, uid: number, owner: string, tree = false) => ({
+    path: name === "" ? "/s" : `/s/${name}`,
+    name: name === "" ? "/s" : name,
+    uid,
+    owner,
+    tree,
+  });
+  const owned = (
+    runningAs: { uid: number; name: string },
+    entries: ReturnType<typeof entry>[],
+    wanted = null as { uid: number; name: string } | null,
+  ) => ({
+    ...healthy(),
+    ownership: { runningAs, wanted, entries },
+  });
+  const ci = { uid: 1001, name: "ci" };
+  const root = { uid: 0, name: "root" };
+
+  test("a user whose state dir belongs to root is told to have root give it to them, and nothing else is judged", () => {
+    const findings = planRepairs(
+      { ...owned(ci, [entry("", 0, "root")]), outboxMode: null, registration: { kind: "missing" } },
+      noToken,
+    );
+    assert.deepEqual(
+      findings.map((f) => f.code),
+      ["state_dir_owner"],
+    );
+    assert.match(findings[0]!.problem, /^the state dir \/s belongs to root, not ci \(who runs this\)/);
+    assert.deepEqual(findings[0]!.fix, {
+      kind: "operator",
+      description: "only root can give it to ci",
+      command: "sudo runner repair --state-dir /s --owner ci",
+    });
+  });
+
+  test("root finds the files in a service user's state dir that are not that user's, and gives them to it", () => {
+    const seen = owned(root, [
+      entry("", 1001, "ci"),
+      entry("registration.json", 0, "root"),
+      entry("credential", 1001, "ci"),
+      entry("work/job-1-1", 0, "root", true),
+    ]);
+    const findings = planRepairs(seen, noToken);
+    assert.deepEqual(
+      findings.map((f) => f.code),
+      ["file_owner", "file_owner"],
+    );
+    assert.match(findings[0]!.problem, /^registration\.json belongs to root, not ci \(the state dir's owner\)/);
+    assert.deepEqual(
+      findings.map((f) => f.fix.kind === "auto" && f.fix.action),
+      [
+        { kind: "set_owner", path: "/s/registration.json", owner: "ci", tree: false },
+        { kind: "set_owner", path: "/s/work/job-1-1", owner: "ci", tree: true },
+      ],
+    );
+  });
+
+  test("root asked for an owner gives it the state dir itself too; a healthy state is judged as usual alongside", () => {
+    const seen = owned(root, [entry("", 0, "root"), entry("registration.json", 0, "root")], ci);
+    assert.deepEqual(codes(seen), ["state_dir_owner", "file_owner"]);
+    assert.deepEqual(codes(owned(root, [entry("", 0, "root"), entry("registration.json", 0, "root")])), []);
+  });
+
+  test("a user's file left in their state dir by root is an operator's fix, and the identity is not read", () => {
+    const seen = { ...owned(ci, [entry("", 1001, "ci"), entry("runner.lock", 0, "root")]), controlPlane: null };
+    const findings = planRepairs({ ...seen, credential: { kind: "missing" as const } }, noToken);
+    assert.deepEqual(
+      findings.map((f) => f.code),
+      ["file_owner"],
+    );
+    assert.equal(findings[0]!.fix.kind, "operator");
   });
 });

@@ -8,7 +8,14 @@ import * as plist from "plist";
 import { NO_RESTART_EXITS } from "../../src/errors.js";
 import { LAUNCHD_MARKER_ENV } from "../../src/state/blocked.js";
 import { REPO_ROOT } from "../helpers/cli.js";
-import { fill, LAUNCHCTL, planService, quoteSystemdArg, type ServiceInputs } from "../../src/service/render.js";
+import {
+  fill,
+  LAUNCHCTL,
+  planService,
+  quoteSystemdArg,
+  readStartState,
+  type ServiceInputs,
+} from "../../src/service/render.js";
 
 const templates = {
   systemd: readFileSync(path.join(REPO_ROOT, "systemd", "runner.service"), "utf8"),
@@ -28,6 +35,8 @@ function inputs(overrides: Partial<ServiceInputs> = {}): ServiceInputs {
     runAs: "alice",
     argv: ["/usr/bin/node", "/opt/runner/bin/runner.js", "start", "--state-dir", TRICKY],
     stateDir: "/home/alice/.local/state/runner",
+    workDir: "/home/alice/.local/state/runner/work",
+    hardened: false,
     drainTimeoutMs: 600_000,
     templates,
     ...overrides,
@@ -126,6 +135,12 @@ describe("launchd plists", () => {
     assert.equal(parsed.ProcessType, undefined, "launchd's default, not repeated");
     assert.equal(parsed.StandardErrorPath, "/Users/alice/Library/Logs/runner/runner.log");
     assert.deepEqual(plan.dirs, ["/Users/alice/Library/Logs/runner"]);
+    assert.equal(
+      (parsed.EnvironmentVariables as Record<string, string>).RUNNER_LAUNCHD_LOG,
+      "/Users/alice/Library/Logs/runner/runner.log",
+      "the runner is told which file to cap",
+    );
+    assert.deepEqual(plan.logs, { file: "/Users/alice/Library/Logs/runner/runner.log" });
   });
 
   test("launchd keeps the job alive only while the needs-operator marker is absent", () => {
@@ -138,6 +153,7 @@ describe("launchd plists", () => {
       {
         PATH: "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin",
         [LAUNCHD_MARKER_ENV]: "/Users/alice/state/needs-operator",
+        RUNNER_LAUNCHD_LOG: "/home/alice/Library/Logs/runner/runner.log",
       },
       "the runner is told where the marker goes, so that it can leave it on any exit a restart cannot fix",
     );
@@ -168,5 +184,50 @@ describe("service plans", () => {
   test("a template placeholder without a value is an error, not an empty string", () => {
     assert.equal(fill("a {{X}} b", { X: "1" }), "a 1 b");
     assert.throws(() => fill("a {{Y}} b", {}), { code: "internal", message: /\{\{Y\}\} has no value/ });
+  });
+});
+
+describe("what install waits for", () => {
+  const systemd = (output: string) => readStartState("systemd", { code: 0, output });
+  const launchd = (output: string, code = 0) => readStartState("launchd", { code, output });
+
+  test("systemd: active and running is running; activating is starting; auto-restart, failed and inactive have stopped", () => {
+    assert.deepEqual(systemd("ActiveState=active\nSubState=running\nExecMainStatus=0\n"), { kind: "running" });
+    assert.deepEqual(systemd("ActiveState=activating\nSubState=start\nExecMainStatus=0\n"), { kind: "starting" });
+    assert.deepEqual(systemd("ActiveState=activating\nSubState=auto-restart\nExecMainStatus=1\n"), {
+      kind: "stopped",
+      exitCode: 1,
+      detail: "activating (auto-restart)",
+    });
+    assert.deepEqual(systemd("ActiveState=failed\nSubState=failed\nExecMainStatus=78\n"), {
+      kind: "stopped",
+      exitCode: 78,
+      detail: "failed (failed)",
+    });
+    assert.equal(systemd("ActiveState=inactive\nSubState=dead\n").kind, "stopped");
+    assert.deepEqual(systemd(""), { kind: "starting" }, "no answer yet is no verdict");
+  });
+
+  test("launchd: a job that has exited since its bootstrap has stopped, whatever its state now", () => {
+    const job = (fields: string[]) => ["system/dev.runner.runner = {", ...fields.map((f) => `\t${f}`), "}"].join("\n");
+    assert.deepEqual(launchd(job(["state = running", "pid = 42", "runs = 1", "last exit code = (never exited)"])), {
+      kind: "running",
+    });
+    assert.deepEqual(launchd(job(["state = spawn scheduled", "runs = 1"])), { kind: "starting" });
+    assert.deepEqual(launchd(job(["state = running", "pid = 43", "runs = 2", "last exit code = 1"])), {
+      kind: "stopped",
+      exitCode: 1,
+      detail: "state running, runs 2",
+    });
+    assert.equal(launchd("Could not find service", 113).kind, "stopped");
+  });
+
+  test("the unit's last log lines come from the journal (systemd) or the plist's log file (launchd)", () => {
+    assert.deepEqual(planService(inputs({ system: true, runAs: "ci" })).logs, {
+      command: ["journalctl", "-u", "runner.service", "-n", "20", "--no-pager"],
+    });
+    assert.deepEqual(planService(inputs()).logs, {
+      command: ["journalctl", "--user", "-u", "runner.service", "-n", "20", "--no-pager"],
+    });
   });
 });
