@@ -1356,10 +1356,10 @@ describe("store guards", () => {
       const job = await submit(left);
       const now = new Date();
       const lease = new Date(now.getTime() + 60_000);
-      const claimed = left.cp.store.jobs.claim(job.jobId, "rnr_" + "L".repeat(24), now, lease);
+      const claimed = await left.cp.store.jobs.claim(job.jobId, "rnr_" + "L".repeat(24), now, lease);
       assert.equal(claimed?.attempt, 1);
-      assert.equal(right.cp.store.jobs.claim(job.jobId, "rnr_" + "R".repeat(24), now, lease), undefined);
-      assert.equal(left.cp.store.jobs.claim(job.jobId, "rnr_" + "L".repeat(24), now, lease), undefined);
+      assert.equal(await right.cp.store.jobs.claim(job.jobId, "rnr_" + "R".repeat(24), now, lease), undefined);
+      assert.equal(await left.cp.store.jobs.claim(job.jobId, "rnr_" + "L".repeat(24), now, lease), undefined);
       assert.equal((await jobOf(right, job.jobId)).runnerId, "rnr_" + "L".repeat(24));
     },
   );
@@ -1370,7 +1370,7 @@ describe("store guards", () => {
     const job = await submit(h);
     const holder = "rnr_" + "H".repeat(24);
     const now = new Date();
-    jobs.claim(job.jobId, holder, now, new Date(now.getTime() + 60_000));
+    await jobs.claim(job.jobId, holder, now, new Date(now.getTime() + 60_000));
     const result = (attempt: number): JobResult => ({
       jobId: job.jobId,
       attempt,
@@ -1381,9 +1381,9 @@ describe("store guards", () => {
       startedAt: null,
       finishedAt: now.toISOString(),
     });
-    assert.equal(jobs.applyResult(result(2), holder, now), undefined, "a future attempt");
-    assert.equal(jobs.applyResult(result(1), "rnr_" + "X".repeat(24), now), undefined, "another runner");
-    assert.equal(jobs.applyResult(result(1), holder, now)?.status, "succeeded");
-    assert.equal(jobs.applyResult(result(1), holder, now), undefined, "a repeat");
+    assert.equal(await jobs.applyResult(result(2), holder, now), undefined, "a future attempt");
+    assert.equal(await jobs.applyResult(result(1), "rnr_" + "X".repeat(24), now), undefined, "another runner");
+    assert.equal((await jobs.applyResult(result(1), holder, now))?.status, "succeeded");
+    assert.equal(await jobs.applyResult(result(1), holder, now), undefined, "a repeat");
   });
 });
