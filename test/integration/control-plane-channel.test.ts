@@ -2,7 +2,7 @@
 // RAW `ws` client over loopback (no agent code): what any implementation of the runner side
 // would see. Timings are small (heartbeat 200 ms) so that each test stays well under a second
 // or two; every wait has its own timeout.
-import { test, describe, type TestContext } from "node:test";
+import { after, test, describe, type TestContext } from "node:test";
 import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
 import { mkdtempSync, rmSync } from "node:fs";
@@ -39,6 +39,7 @@ import {
 } from "../../src/protocol/http.js";
 import { AGENT_VERSION, PROTOCOL_VERSION } from "../../src/protocol/version.js";
 import { initialSyncState, stepSync, type SyncInput } from "../../src/devices/sync.js";
+import { startPostgresCluster, type PostgresCluster } from "../helpers/postgres.js";
 
 const TIMEOUT = { timeout: 10_000 };
 const HEARTBEAT_MS = 200;
@@ -54,7 +55,19 @@ interface Harness {
   logLines: string[];
 }
 
+/**
+ * RUNNER_TEST_CP_ENGINE=postgres runs this file's control planes on PostgreSQL (a throw-away
+ * cluster, one database per control plane), except those given a data dir: the whole channel
+ * suite then checks the PostgreSQL engine too (the store's own contract suite runs on both
+ * engines always).
+ */
+const ON_POSTGRES = process.env.RUNNER_TEST_CP_ENGINE === "postgres";
+let cluster: Promise<PostgresCluster> | undefined;
+after(async () => (await cluster)?.stop());
+
 async function startHarness(t: TestContext, options: ControlPlaneOptions = {}): Promise<Harness> {
+  if (ON_POSTGRES && options.dataDir === undefined)
+    options = { ...options, databaseUrl: await (cluster ??= startPostgresCluster()).then((c) => c.createDatabase()) };
   const logLines: string[] = [];
   const destination = new Writable({
     write(chunk: Buffer, _encoding, done) {

@@ -4,6 +4,7 @@
 // stores on one database (two connections, or two pools), as two replicas would.
 import { after, before, describe, test, type TestContext } from "node:test";
 import assert from "node:assert/strict";
+import { createHash } from "node:crypto";
 import { mkdtempSync, rmSync, statSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -14,6 +15,7 @@ import { DATABASE_FILE, SCHEMA_VERSION, openSqliteStore } from "../../src/contro
 import { PG_SCHEMA_VERSION, openPostgresStore } from "../../src/control-plane/store/postgres/engine.js";
 import { openStore } from "../../src/control-plane/store/open.js";
 import { RunnerError } from "../../src/errors.js";
+import { runCli } from "../helpers/cli.js";
 import {
   postgresUnavailableReason,
   requirePostgres,
@@ -124,6 +126,31 @@ function batch(overrides: Partial<DevicesBatchMessage>): DevicesBatchMessage {
 
 const later = (ms: number) => new Date(Date.now() + ms);
 
+/** One store on a fresh database; undefined when the test was skipped. */
+async function oneStore(engine: Engine, t: TestContext): Promise<ControlPlaneStore | undefined> {
+  return (await engine.fresh(t))?.open();
+}
+
+/** Two stores (two connections, or two pools) on one fresh database, as two replicas have. */
+async function twoStores(engine: Engine, t: TestContext): Promise<[ControlPlaneStore, ControlPlaneStore] | undefined> {
+  const fresh = await engine.fresh(t);
+  return fresh && Promise.all([fresh.open(), fresh.open()]);
+}
+
+/** Registers a runner through a new token; returns its id. */
+async function registered(store: ControlPlaneStore, name: string): Promise<string> {
+  const hash = createHash("sha256").update(name).digest("hex");
+  await tokenIn(store, hash);
+  const outcome = await store.registerRunner({
+    tokenHash: hash,
+    runner: newRunner(name),
+    replace: false,
+    now: new Date(),
+  });
+  assert.ok(outcome.outcome === "registered");
+  return outcome.runner.id;
+}
+
 for (const engine of [sqlite, postgres]) {
   describe(`the store contract on ${engine.name}`, () => {
     test(
@@ -143,14 +170,13 @@ for (const engine of [sqlite, postgres]) {
     );
 
     test("settings are set and replaced; insert-if-absent keeps the first value", TIMEOUT, async (t) => {
-      const fresh = await engine.fresh(t);
-      if (!fresh) return;
-      const store = await fresh.open();
+      const stores = await twoStores(engine, t);
+      if (!stores) return;
+      const [store, other] = stores;
       assert.equal(await store.getSetting("missing"), undefined);
       await store.setSetting("a", "1");
       await store.setSetting("a", "2");
       assert.equal(await store.getSetting("a"), "2");
-      const other = await fresh.open();
       const won = await Promise.all([store.insertSettingIfAbsent("b", "x"), other.insertSettingIfAbsent("b", "y")]);
       assert.deepEqual(won.filter(Boolean).length, 1, "exactly one of two stores starting at once stores its value");
       assert.equal(await store.getSetting("b"), won[0] ? "x" : "y");
@@ -160,9 +186,8 @@ for (const engine of [sqlite, postgres]) {
       "a token registers one runner; used, expired or unknown it is refused, and a taken name keeps the token",
       TIMEOUT,
       async (t) => {
-        const fresh = await engine.fresh(t);
-        if (!fresh) return;
-        const store = await fresh.open();
+        const store = await oneStore(engine, t);
+        if (!store) return;
         const now = new Date();
         await tokenIn(store, "1".repeat(64));
         await tokenIn(store, "2".repeat(64));
@@ -218,9 +243,9 @@ for (const engine of [sqlite, postgres]) {
       "two registrations racing with one token, on two connections, register exactly one runner",
       TIMEOUT,
       async (t) => {
-        const fresh = await engine.fresh(t);
-        if (!fresh) return;
-        const [left, right] = await Promise.all([fresh.open(), fresh.open()]);
+        const stores = await twoStores(engine, t);
+        if (!stores) return;
+        const [left, right] = stores;
         const now = new Date();
         for (let round = 0; round < 5; round++) {
           const hash = String(round).repeat(64);
@@ -239,9 +264,9 @@ for (const engine of [sqlite, postgres]) {
       "two registrations of one new name with two tokens at once: one registers, the other is name_taken",
       TIMEOUT,
       async (t) => {
-        const fresh = await engine.fresh(t);
-        if (!fresh) return;
-        const [left, right] = await Promise.all([fresh.open(), fresh.open()]);
+        const stores = await twoStores(engine, t);
+        if (!stores) return;
+        const [left, right] = stores;
         await tokenIn(left, "a".repeat(64));
         await tokenIn(left, "b".repeat(64));
         const now = new Date();
@@ -267,18 +292,9 @@ for (const engine of [sqlite, postgres]) {
       "runner updates return the row as changed; pause keeps its first time; delete removes devices too",
       TIMEOUT,
       async (t) => {
-        const fresh = await engine.fresh(t);
-        if (!fresh) return;
-        const store = await fresh.open();
-        await tokenIn(store, "1".repeat(64));
-        const registered = await store.registerRunner({
-          tokenHash: "1".repeat(64),
-          runner: newRunner("r"),
-          replace: false,
-          now: new Date(),
-        });
-        assert.ok(registered.outcome === "registered");
-        const id = registered.runner.id;
+        const store = await oneStore(engine, t);
+        if (!store) return;
+        const id = await registered(store, "r");
         const first = new Date(1_000_000);
         assert.equal((await store.setRunnerPaused(id, { reason: "one", at: first }))?.pausedAt?.getTime(), 1_000_000);
         const again = await store.setRunnerPaused(id, { reason: "two", at: new Date(2_000_000) });
@@ -299,9 +315,9 @@ for (const engine of [sqlite, postgres]) {
     );
 
     test("two claimers racing on two connections hand each job to exactly one runner", TIMEOUT, async (t) => {
-      const fresh = await engine.fresh(t);
-      if (!fresh) return;
-      const [left, right] = await Promise.all([fresh.open(), fresh.open()]);
+      const stores = await twoStores(engine, t);
+      if (!stores) return;
+      const [left, right] = stores;
       const ids = Array.from({ length: 40 }, (_, i) => `job_${String(i).padStart(24, "0")}`);
       for (const id of ids) await submit(left, id);
       const now = new Date();
@@ -323,9 +339,8 @@ for (const engine of [sqlite, postgres]) {
     });
 
     test("jobs keep their submit order, and listQueued pages through the queued ones", TIMEOUT, async (t) => {
-      const fresh = await engine.fresh(t);
-      if (!fresh) return;
-      const store = await fresh.open();
+      const store = await oneStore(engine, t);
+      if (!store) return;
       for (const n of [3, 1, 2]) await submit(store, `job_${n}`);
       const queued = await store.jobs.listQueued(0, 2);
       assert.deepEqual(
@@ -346,9 +361,9 @@ for (const engine of [sqlite, postgres]) {
       "leases: the holder renews them; an expired one is reaped once, and a renewal in between wins",
       TIMEOUT,
       async (t) => {
-        const fresh = await engine.fresh(t);
-        if (!fresh) return;
-        const store = await fresh.open();
+        const stores = await twoStores(engine, t);
+        if (!stores) return;
+        const [store, other] = stores;
         const runner = "rnr_" + "H".repeat(24);
         await submit(store, "job_a");
         await submit(store, "job_b");
@@ -368,7 +383,6 @@ for (const engine of [sqlite, postgres]) {
         // job_b's runner is heard from after the reaper listed it: the renewal wins.
         await store.jobs.renewLeases(runner, new Date(t0.getTime() + 60_000));
         await store.jobs.release({ jobId: "job_a", attempt: 1 }, runner, t0);
-        const other = await fresh.open();
         const reaped = await Promise.all(
           expired.flatMap((ref) => [
             store.jobs.releaseExpired(ref, new Date(t0.getTime() + 6000)),
@@ -394,9 +408,9 @@ for (const engine of [sqlite, postgres]) {
       "a result applies once, for the attempt and runner that hold the job, even from two connections at once",
       TIMEOUT,
       async (t) => {
-        const fresh = await engine.fresh(t);
-        if (!fresh) return;
-        const [left, right] = await Promise.all([fresh.open(), fresh.open()]);
+        const stores = await twoStores(engine, t);
+        if (!stores) return;
+        const [left, right] = stores;
         const holder = "rnr_" + "H".repeat(24);
         await submit(left, "job_r");
         const now = new Date();
@@ -423,9 +437,8 @@ for (const engine of [sqlite, postgres]) {
       "cancel: a queued job ends at once; a held one is marked, and released it ends cancelled",
       TIMEOUT,
       async (t) => {
-        const fresh = await engine.fresh(t);
-        if (!fresh) return;
-        const store = await fresh.open();
+        const store = await oneStore(engine, t);
+        if (!store) return;
         const holder = "rnr_" + "H".repeat(24);
         await submit(store, "job_q");
         await submit(store, "job_h");
@@ -448,9 +461,8 @@ for (const engine of [sqlite, postgres]) {
       "logs: a chunk is kept once per attempt and seq, only from the holder, and comes back as sent",
       TIMEOUT,
       async (t) => {
-        const fresh = await engine.fresh(t);
-        if (!fresh) return;
-        const store = await fresh.open();
+        const store = await oneStore(engine, t);
+        if (!store) return;
         const holder = "rnr_" + "H".repeat(24);
         await submit(store, "job_l");
         await store.jobs.claim("job_l", holder, new Date(), later(60_000));
@@ -483,18 +495,9 @@ for (const engine of [sqlite, postgres]) {
       "devices: a batch applies idempotently, a full snapshot marks the missing offline, stale rows match no job",
       TIMEOUT,
       async (t) => {
-        const fresh = await engine.fresh(t);
-        if (!fresh) return;
-        const store = await fresh.open();
-        await tokenIn(store, "1".repeat(64));
-        const registered = await store.registerRunner({
-          tokenHash: "1".repeat(64),
-          runner: newRunner("d"),
-          replace: false,
-          now: new Date(),
-        });
-        assert.ok(registered.outcome === "registered");
-        const id = registered.runner.id;
+        const store = await oneStore(engine, t);
+        if (!store) return;
+        const id = await registered(store, "d");
         const first = batch({ upserts: [device("usb:1"), device("gpu:0", { kind: "gpu", stale: true })] });
         assert.deepEqual(await store.devices.applyBatch(id, first, new Date(1000)), {
           upserted: 2,
@@ -582,5 +585,33 @@ describe("choosing and opening a store", () => {
     for (const name of [DATABASE_FILE, `${DATABASE_FILE}-wal`, `${DATABASE_FILE}-shm`]) {
       assert.equal(statSync(join(dir, name)).mode & 0o777, 0o600, name);
     }
+  });
+});
+
+describe("runner control-plane --database", () => {
+  test("a password in --database is refused with exit 2, and the password is echoed nowhere", TIMEOUT, async () => {
+    const result = await runCli(["control-plane", "--database", "postgres://runner:hunter2-pw@127.0.0.1:1/runner"], {
+      env: { RUNNER_CP_DATABASE: undefined },
+    });
+    assert.equal(result.code, 2, result.all);
+    assert.match(result.all, /RUNNER_CP_DATABASE/);
+    assert.doesNotMatch(result.all, /hunter2/);
+  });
+
+  test("--data and --database together exit 2", TIMEOUT, async (t) => {
+    const dir = mkdtempSync(join(tmpdir(), "runner-store-"));
+    t.after(() => rmSync(dir, { recursive: true, force: true }));
+    const result = await runCli(["control-plane", "--data", dir, "--database", "postgres://runner@127.0.0.1:1/x"]);
+    assert.equal(result.code, 2, result.all);
+    assert.match(result.all, /exclude each other/);
+  });
+
+  test("RUNNER_CP_DATABASE naming an unreachable PostgreSQL exits 69, without its password", TIMEOUT, async () => {
+    const result = await runCli(["control-plane"], {
+      env: { RUNNER_CP_DATABASE: "postgres://runner:hunter2-pw@127.0.0.1:1/runner" },
+    });
+    assert.equal(result.code, 69, result.all);
+    assert.match(result.all, /postgres:\/\/127\.0\.0\.1:1\/runner/);
+    assert.doesNotMatch(result.all, /hunter2/);
   });
 });
