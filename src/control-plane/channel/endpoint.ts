@@ -52,6 +52,9 @@ const DISCONNECTS = {
   replaced: { code: CLOSE_CODES.deleted, reason: "runner replaced by a new registration" },
 } as const;
 export type DisconnectWhy = keyof typeof DISCONNECTS;
+/** Frames of one connection waiting for the store before its socket is paused, and resumed. */
+const BACKLOG_PAUSE = 64;
+const BACKLOG_RESUME = 16;
 /** On close, connections get this long to finish the closing handshake before being cut. */
 const CLOSE_GRACE_MS = 1000;
 
@@ -76,6 +79,8 @@ interface Connection {
    * one's store calls: a runner's `started` must not be applied after its `result`.
    */
   handling: Promise<void>;
+  /** Frames received and not yet handled; over BACKLOG_PAUSE the socket is paused until BACKLOG_RESUME. */
+  backlog: number;
   readonly connectedAt: number;
   /** performance.now() of the last frame or ping from the runner. */
   lastHeardAt: number;
@@ -107,14 +112,19 @@ export class ChannelEndpoint implements RunnerChannels {
 
   upgrade(req: http.IncomingMessage, socket: Duplex, head: Buffer): void {
     socket.on("error", (error) => this.context.logger.debug({ err: error }, "channel upgrade socket error"));
-    this.authenticate(req).then(
-      (runner) => {
-        // The client may have given up while the store was asked.
-        if (socket.destroyed) return;
-        this.wss.handleUpgrade(req, socket, head, (ws) => this.open(ws, runner));
-      },
-      (error: unknown) => this.refuse(socket, error),
-    );
+    this.authenticate(req)
+      .then(
+        (runner) => {
+          // The client may have given up while the store was asked.
+          if (socket.destroyed) return;
+          this.wss.handleUpgrade(req, socket, head, (ws) => this.open(ws, runner));
+        },
+        (error: unknown) => this.refuse(socket, error),
+      )
+      .catch((error: unknown) => {
+        this.context.logger.error({ err: error }, "channel upgrade failed");
+        socket.destroy();
+      });
   }
 
   /** The checks of /runners/verify, without the fingerprint, from the upgrade's headers. */
@@ -168,6 +178,7 @@ export class ChannelEndpoint implements RunnerChannels {
       connectedAt: now,
       lastHeardAt: now,
       handling: Promise.resolve(),
+      backlog: 0,
     };
     const previous = this.connections.get(runner.id);
     this.connections.set(runner.id, connection);
@@ -310,7 +321,14 @@ export class ChannelEndpoint implements RunnerChannels {
    * answered `error` `internal`, and the connection stays up.
    */
   private handle(connection: Connection, type: string, handler: () => Promise<void>): void {
-    connection.handling = connection.handling.then(() => this.runHandler(connection, type, handler));
+    // A runner that sends faster than the store answers (a remote database) is read more
+    // slowly: TCP pushes back on it, and the queue of frames here stays short.
+    if (++connection.backlog === BACKLOG_PAUSE) connection.ws.pause();
+    connection.handling = connection.handling
+      .then(() => this.runHandler(connection, type, handler))
+      .finally(() => {
+        if (--connection.backlog === BACKLOG_RESUME) connection.ws.resume();
+      });
   }
 
   private async runHandler(connection: Connection, type: string, handler: () => Promise<void>): Promise<void> {
