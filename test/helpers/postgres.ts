@@ -5,7 +5,7 @@
 // package creates. Absent binaries skip the tests with the reason; under CI=true they fail
 // (.ci/run installs the package), like the keychain tests.
 import assert from "node:assert/strict";
-import { execFile } from "node:child_process";
+import { execFile, spawnSync } from "node:child_process";
 import { chownSync, existsSync, mkdtempSync, readFileSync, readdirSync, rmSync } from "node:fs";
 import net from "node:net";
 import os from "node:os";
@@ -138,6 +138,17 @@ export async function startPostgresCluster(): Promise<PostgresCluster> {
     rmSync(root, { recursive: true, force: true });
     throw error;
   }
+  // pg_ctl's server outlives this process unless stopped: a run that ends without calling
+  // stop() (a test timed out, an exception in a hook) still stops it and removes its files.
+  const stopAtExit = () => {
+    spawnSync(path.join(bin, "pg_ctl"), ["stop", "-D", dataDir, "-m", "immediate", "-w"], {
+      ...(user ?? {}),
+      stdio: "ignore",
+      timeout: 30_000,
+    });
+    rmSync(root, { recursive: true, force: true });
+  };
+  process.once("exit", stopAtExit);
   let databases = 0;
   const adminUrl = `postgres://postgres@127.0.0.1:${port}/postgres`;
   return {
@@ -154,6 +165,7 @@ export async function startPostgresCluster(): Promise<PostgresCluster> {
       return `postgres://postgres@127.0.0.1:${port}/${name}`;
     },
     async stop() {
+      process.off("exit", stopAtExit);
       try {
         await stopCluster();
       } finally {
