@@ -54,6 +54,7 @@ export type ErrorCode =
   | "control_plane_refused"
   | "registration_token_invalid"
   | "needs_operator"
+  | "database_unavailable"
   | "service_failed"
   | "internal";
 
@@ -76,6 +77,8 @@ const exitCodes: Record<ErrorCode, ExitCode> = {
   control_plane_refused: ExitCode.NEEDS_OPERATOR,
   registration_token_invalid: ExitCode.TOKEN_REFUSED,
   needs_operator: ExitCode.NEEDS_OPERATOR,
+  // The control plane's PostgreSQL cannot be reached at start: a service manager may retry.
+  database_unavailable: ExitCode.UNAVAILABLE,
   service_failed: ExitCode.INTERNAL,
   internal: ExitCode.INTERNAL,
 };

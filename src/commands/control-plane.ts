@@ -7,13 +7,16 @@ import { isLoopbackHost } from "../config/transport.js";
 import { action, print } from "../cli/output.js";
 import { withExamples } from "../cli/examples.js";
 import type { Logger } from "../log/logger.js";
+import { describeDatabaseUrl } from "../control-plane/store/describe-url.js";
 
 export const ADMIN_TOKEN_ENV = "RUNNER_CP_ADMIN_TOKEN";
+export const DATABASE_ENV = "RUNNER_CP_DATABASE";
 const DEFAULT_LISTEN = "127.0.0.1:8080";
 
 interface ControlPlaneFlags {
   listen: string;
   data?: string;
+  database?: string;
   adminTokenFile?: string;
   allowRemote?: boolean;
   minAgentVersion?: string;
@@ -27,6 +30,10 @@ export function defineControlPlaneCommand(program: Command, deps: { logger: () =
     .description("run the reference control plane (HTTP API and the runners' WebSocket channel) in the foreground")
     .option("--listen <host:port>", "address to listen on", DEFAULT_LISTEN)
     .option("--data <dir>", "directory for the SQLite database (kept in memory when absent)")
+    .option(
+      "--database <url>",
+      `a PostgreSQL database (postgres://user@host:port/db; or set ${DATABASE_ENV}) instead of SQLite, shareable by several control planes; the password goes in PGPASSWORD or ${DATABASE_ENV}, never on the command line`,
+    )
     .option("--admin-token-file <file>", `read the admin token from this file (or set ${ADMIN_TOKEN_ENV})`)
     .option("--allow-remote", "allow a non-loopback listen address (plain HTTP: put TLS in front)")
     .option("--min-agent-version <version>", "answer 426 upgrade_required to older agents")
@@ -61,12 +68,19 @@ async function runControlPlane(flags: ControlPlaneFlags, logger: Logger): Promis
     console.error(`warning: listening on ${host} with plain HTTP (--allow-remote); put TLS in front of it`);
   }
   const givenToken = readAdminToken(flags.adminTokenFile);
+  const databaseUrl = readDatabaseUrl(flags.database);
+  if (databaseUrl !== undefined && flags.data !== undefined) {
+    throw new RunnerError("usage", `--data (SQLite) and --database/${DATABASE_ENV} (PostgreSQL) exclude each other`, {
+      hint: "give one of them",
+    });
+  }
   // Loaded here, not at the top: every other verb (the daemon above all) stays free of SQLite.
   const { startControlPlane } = await import("../control-plane/control-plane.js");
   const controlPlane = await startControlPlane({
     host,
     port,
     dataDir: flags.data,
+    databaseUrl,
     adminToken: givenToken,
     minAgentVersion: flags.minAgentVersion,
     heartbeatIntervalMs: flags.heartbeatIntervalMs,
@@ -75,14 +89,22 @@ async function runControlPlane(flags: ControlPlaneFlags, logger: Logger): Promis
   });
 
   print(`control plane listening on ${controlPlane.url}`);
-  print(flags.data ? `data: ${flags.data}` : "data: in memory (lost at exit; use --data <dir> to keep it)");
+  print(
+    databaseUrl !== undefined
+      ? `data: PostgreSQL ${describeDatabaseUrl(databaseUrl)}`
+      : flags.data
+        ? `data: ${flags.data}`
+        : "data: in memory (lost at exit; use --data <dir> to keep it)",
+  );
   if (givenToken !== undefined) {
     print(`admin token: the one from ${flags.adminTokenFile ?? ADMIN_TOKEN_ENV}`);
   } else if (controlPlane.adminToken !== null) {
     print(`admin token: ${controlPlane.adminToken}`);
     print("The admin token is shown once: store it now (only its hash is kept).");
   } else {
-    print(`admin token: unchanged (stored in ${flags.data}; it was shown when it was created)`);
+    print(
+      `admin token: unchanged (stored in ${databaseUrl !== undefined ? "the database" : flags.data}; it was shown when it was created)`,
+    );
   }
 
   const signal = await waitForStopSignal();
@@ -104,6 +126,31 @@ export function parseListenAddress(value: string): { host: string; port: number 
     throw new RunnerError("usage", `--listen ${value}: expected host:port, e.g. ${DEFAULT_LISTEN} or [::1]:8080`);
   }
   return { host: match[1] ?? (match[2] || "127.0.0.1"), port };
+}
+
+/**
+ * The flag wins over the environment. A password in the flag's URL would be readable by
+ * every user of the machine (the process list): refused, with where to put it instead.
+ */
+function readDatabaseUrl(flag: string | undefined): string | undefined {
+  if (flag !== undefined) {
+    let password = "";
+    try {
+      password = new URL(flag).password;
+    } catch {
+      // Not a URL: the store says what it expects.
+    }
+    if (password !== "") {
+      throw new RunnerError("usage", "--database: the URL holds a password, which the process list would show", {
+        hint: `put the URL in ${DATABASE_ENV} instead, or the password alone in PGPASSWORD`,
+      });
+    }
+    return flag;
+  }
+  const fromEnv = process.env[DATABASE_ENV];
+  if (fromEnv === undefined) return undefined;
+  if (fromEnv.trim() === "") throw new RunnerError("usage", `${DATABASE_ENV} is set but empty`);
+  return fromEnv.trim();
 }
 
 /** The file wins over the environment; an empty value is an error, not "generate one". */

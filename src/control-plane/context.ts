@@ -6,7 +6,7 @@ import type { Logger } from "../log/logger.js";
 import { PROTOCOL_VERSION } from "../protocol/version.js";
 import type { DisconnectWhy } from "./channel/endpoint.js";
 import type { JobQueue } from "./queue/job-queue.js";
-import type { ControlPlaneStore } from "./store/store.js";
+import type { ControlPlaneStore } from "./store/contract.js";
 
 export const SUPPORTED_PROTOCOL_VERSIONS: readonly number[] = [PROTOCOL_VERSION];
 /** The settings key under which the admin token's hash is kept. */

@@ -1,12 +1,10 @@
-// The reference control plane (protocol v1), assembled: a SQLite store (store/), the job
+// The reference control plane (protocol v1), assembled: a store on SQLite or PostgreSQL (store/), the job
 // queue (queue/) and its lease reaper, the WebSocket channel (channel/), and one node:http
 // server (http/) that carries the HTTP API and hands its `upgrade` requests to the channel.
 // This file normalizes the options, builds those parts in dependency order (store → queue →
 // channel → HTTP) and tears them down in the reverse order.
 import http from "node:http";
 import { EventEmitter } from "node:events";
-import { chmodSync, mkdirSync } from "node:fs";
-import { join } from "node:path";
 import { DEFAULT_MAX_FRAME_BYTES } from "../protocol/channel.js";
 import { RunnerError } from "../errors.js";
 import { createLogger, type Logger } from "../log/logger.js";
@@ -17,14 +15,15 @@ import { createRequestHandler } from "./http/router.js";
 import { closeHttpServer, listen } from "./http/server.js";
 import { JobQueue } from "./queue/job-queue.js";
 import { ROUTES } from "./http/routes.js";
-import { ControlPlaneStore } from "./store/store.js";
+import type { ControlPlaneStore } from "./store/contract.js";
+import { openStore } from "./store/open.js";
 import { generateToken, hashSecret } from "./tokens.js";
 
 export { MAX_BODY_BYTES } from "./http/router.js";
 export { SUPPORTED_PROTOCOL_VERSIONS } from "./context.js";
 export type { JobEvent, JobEventStatus, RunnerEvent } from "./queue/job-queue.js";
 export type { DeviceEvent } from "./channel/device-sync.js";
-export const DATABASE_FILE = "control-plane.sqlite";
+export { DATABASE_FILE } from "./store/sqlite/engine.js";
 
 /** Channel and queue timings; each has a default and the bounds the welcome message allows. */
 const TIMING_DEFAULTS = {
@@ -41,8 +40,10 @@ export interface ControlPlaneOptions {
   host?: string;
   /** 0 (the default) picks a free port. */
   port?: number;
-  /** Directory for `control-plane.sqlite` (created 0700); in memory when absent. */
+  /** Directory for `control-plane.sqlite` (created 0700); in memory when absent (and no databaseUrl). */
   dataDir?: string;
+  /** A PostgreSQL database (postgres://…) instead of SQLite; several control planes may share it. */
+  databaseUrl?: string;
   /** Use this admin token (its hash replaces any stored one) instead of a stored or new one. */
   adminToken?: string;
   logger?: Logger;
@@ -79,9 +80,13 @@ export interface ControlPlane {
 export async function startControlPlane(options: ControlPlaneOptions = {}): Promise<ControlPlane> {
   const timings = normalizeTimings(options);
   const logger = options.logger ?? createLogger({ name: "control-plane" });
-  const store = openStore(options.dataDir);
+  const store = await openStore({
+    dataDir: options.dataDir,
+    databaseUrl: options.databaseUrl,
+    onPoolError: (error) => logger.error({ err: error }, "an idle database connection failed"),
+  });
   try {
-    const adminToken = setUpAdminToken(store, options.adminToken);
+    const adminToken = await setUpAdminToken(store, options.adminToken);
     const now = options.now ?? (() => new Date());
     const events = new EventEmitter();
     // Benchmarks and tests may attach many listeners; none is a leak.
@@ -114,15 +119,23 @@ export async function startControlPlane(options: ControlPlaneOptions = {}): Prom
         throw error;
       },
     );
-    const reaper = setInterval(() => reap(context), timings.reaperIntervalMs);
+    const reaper = startReaper(context, timings.reaperIntervalMs);
     const url = `http://${address.family === "IPv6" ? `[${address.address}]` : address.address}:${address.port}`;
-    logger.info({ url, persistent: options.dataDir !== undefined, ...timings }, "control plane listening");
+    logger.info(
+      {
+        url,
+        store: store.engine,
+        persistent: options.dataDir !== undefined || options.databaseUrl !== undefined,
+        ...timings,
+      },
+      "control plane listening",
+    );
     // The time the control plane was down does not count against runners: each gets a full lease to come back.
-    queue.extendLeasesAfterStart();
+    await queue.extendLeasesAfterStart();
     const close = createCloser({ httpServer, onUpgrade, store, channel, reaper });
     return { url, adminToken, httpServer, store, events, close };
   } catch (error) {
-    store.close();
+    await store.close();
     throw error;
   }
 }
@@ -142,37 +155,36 @@ function normalizeTimings(options: ControlPlaneOptions): Timings {
   return timings as Timings;
 }
 
-/** One reaper pass; a failure is logged, never thrown out of the timer. */
-function reap(context: Context): void {
-  try {
-    context.queue.reapExpiredLeases();
-  } catch (error) {
-    context.logger.error({ err: error }, "lease reaper failed");
-  }
+/** One reaper pass per interval, never two at once; a failure is logged, never thrown out of the timer. */
+function startReaper(context: Context, intervalMs: number): NodeJS.Timeout {
+  let reaping = false;
+  return setInterval(() => {
+    if (reaping) return;
+    reaping = true;
+    context.queue
+      .reapExpiredLeases()
+      .catch((error: unknown) => context.logger.error({ err: error }, "lease reaper failed"))
+      .finally(() => {
+        reaping = false;
+      });
+  }, intervalMs);
 }
 
-function openStore(dataDir: string | undefined): ControlPlaneStore {
-  if (dataDir === undefined) return new ControlPlaneStore(":memory:");
-  mkdirSync(dataDir, { recursive: true, mode: 0o700 });
-  const file = join(dataDir, DATABASE_FILE);
-  const store = new ControlPlaneStore(file);
-  // Only hashes are stored, but a runner list is still nobody else's business.
-  chmodSync(file, 0o600);
-  return store;
-}
-
-function setUpAdminToken(store: ControlPlaneStore, given: string | undefined): string | null {
+/**
+ * A given token replaces the stored hash. Otherwise a new one is stored only if none is: of
+ * several replicas starting at once on an empty database, one stores its token and prints
+ * it; the others find it stored (and print nothing, like a restart).
+ */
+async function setUpAdminToken(store: ControlPlaneStore, given: string | undefined): Promise<string | null> {
   if (given !== undefined) {
     if (given.trim().length < 16) {
       throw new RunnerError("usage", "the admin token is too short (at least 16 characters)");
     }
-    store.setSetting(ADMIN_TOKEN_HASH_SETTING, hashSecret(given.trim()));
+    await store.setSetting(ADMIN_TOKEN_HASH_SETTING, hashSecret(given.trim()));
     return given.trim();
   }
-  if (store.getSetting(ADMIN_TOKEN_HASH_SETTING) !== undefined) return null;
   const generated = generateToken("admin");
-  store.setSetting(ADMIN_TOKEN_HASH_SETTING, hashSecret(generated));
-  return generated;
+  return (await store.insertSettingIfAbsent(ADMIN_TOKEN_HASH_SETTING, hashSecret(generated))) ? generated : null;
 }
 
 function createCloser(parts: {
@@ -192,7 +204,8 @@ function createCloser(parts: {
       httpServer.off("upgrade", onUpgrade);
       await channel.close();
       await serverClosed;
-      store.close();
+      // Reaper passes and handlers still awaiting the store finish first (the SQLite engine queues the close behind them).
+      await store.close();
     })();
     return closing;
   };

@@ -2,7 +2,7 @@
 // RAW `ws` client over loopback (no agent code): what any implementation of the runner side
 // would see. Timings are small (heartbeat 200 ms) so that each test stays well under a second
 // or two; every wait has its own timeout.
-import { test, describe, type TestContext } from "node:test";
+import { after, test, describe, type TestContext } from "node:test";
 import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
 import { mkdtempSync, rmSync } from "node:fs";
@@ -39,6 +39,7 @@ import {
 } from "../../src/protocol/http.js";
 import { AGENT_VERSION, PROTOCOL_VERSION } from "../../src/protocol/version.js";
 import { initialSyncState, stepSync, type SyncInput } from "../../src/devices/sync.js";
+import { startPostgresCluster, type PostgresCluster } from "../helpers/postgres.js";
 
 const TIMEOUT = { timeout: 10_000 };
 const HEARTBEAT_MS = 200;
@@ -54,7 +55,19 @@ interface Harness {
   logLines: string[];
 }
 
+/**
+ * RUNNER_TEST_CP_ENGINE=postgres runs this file's control planes on PostgreSQL (a throw-away
+ * cluster, one database per control plane), except those given a data dir: the whole channel
+ * suite then checks the PostgreSQL engine too (the store's own contract suite runs on both
+ * engines always).
+ */
+const ON_POSTGRES = process.env.RUNNER_TEST_CP_ENGINE === "postgres";
+let cluster: Promise<PostgresCluster> | undefined;
+after(async () => (await cluster)?.stop());
+
 async function startHarness(t: TestContext, options: ControlPlaneOptions = {}): Promise<Harness> {
+  if (ON_POSTGRES && options.dataDir === undefined)
+    options = { ...options, databaseUrl: await (cluster ??= startPostgresCluster()).then((c) => c.createDatabase()) };
   const logLines: string[] = [];
   const destination = new Writable({
     write(chunk: Buffer, _encoding, done) {
@@ -1356,10 +1369,10 @@ describe("store guards", () => {
       const job = await submit(left);
       const now = new Date();
       const lease = new Date(now.getTime() + 60_000);
-      const claimed = left.cp.store.jobs.claim(job.jobId, "rnr_" + "L".repeat(24), now, lease);
+      const claimed = await left.cp.store.jobs.claim(job.jobId, "rnr_" + "L".repeat(24), now, lease);
       assert.equal(claimed?.attempt, 1);
-      assert.equal(right.cp.store.jobs.claim(job.jobId, "rnr_" + "R".repeat(24), now, lease), undefined);
-      assert.equal(left.cp.store.jobs.claim(job.jobId, "rnr_" + "L".repeat(24), now, lease), undefined);
+      assert.equal(await right.cp.store.jobs.claim(job.jobId, "rnr_" + "R".repeat(24), now, lease), undefined);
+      assert.equal(await left.cp.store.jobs.claim(job.jobId, "rnr_" + "L".repeat(24), now, lease), undefined);
       assert.equal((await jobOf(right, job.jobId)).runnerId, "rnr_" + "L".repeat(24));
     },
   );
@@ -1370,7 +1383,7 @@ describe("store guards", () => {
     const job = await submit(h);
     const holder = "rnr_" + "H".repeat(24);
     const now = new Date();
-    jobs.claim(job.jobId, holder, now, new Date(now.getTime() + 60_000));
+    await jobs.claim(job.jobId, holder, now, new Date(now.getTime() + 60_000));
     const result = (attempt: number): JobResult => ({
       jobId: job.jobId,
       attempt,
@@ -1381,9 +1394,9 @@ describe("store guards", () => {
       startedAt: null,
       finishedAt: now.toISOString(),
     });
-    assert.equal(jobs.applyResult(result(2), holder, now), undefined, "a future attempt");
-    assert.equal(jobs.applyResult(result(1), "rnr_" + "X".repeat(24), now), undefined, "another runner");
-    assert.equal(jobs.applyResult(result(1), holder, now)?.status, "succeeded");
-    assert.equal(jobs.applyResult(result(1), holder, now), undefined, "a repeat");
+    assert.equal(await jobs.applyResult(result(2), holder, now), undefined, "a future attempt");
+    assert.equal(await jobs.applyResult(result(1), "rnr_" + "X".repeat(24), now), undefined, "another runner");
+    assert.equal((await jobs.applyResult(result(1), holder, now))?.status, "succeeded");
+    assert.equal(await jobs.applyResult(result(1), holder, now), undefined, "a repeat");
   });
 });

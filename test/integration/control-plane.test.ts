@@ -16,7 +16,7 @@ import {
 } from "../../src/control-plane/control-plane.js";
 import { AdminClient, AdminRequestError } from "../../src/api-client/admin.js";
 import Database from "better-sqlite3";
-import { MIGRATIONS, SCHEMA_VERSION } from "../../src/control-plane/store/store.js";
+import { MIGRATIONS, SCHEMA_VERSION } from "../../src/control-plane/store/sqlite/engine.js";
 import { createLogger } from "../../src/log/logger.js";
 import { RunnerError } from "../../src/errors.js";
 import {
@@ -546,7 +546,7 @@ describe("persistence and secrets at rest", () => {
     const second = await startControlPlane({ dataDir, logger: createLogger({ level: "silent" }) });
     t.after(() => second.close());
     assert.equal(second.adminToken, null, "a stored admin token is never shown again");
-    assert.equal(second.store.schemaVersion(), SCHEMA_VERSION);
+    assert.equal(await second.store.schemaVersion(), SCHEMA_VERSION);
     const h: Harness = { cp: second, admin: new AdminClient(second.url, firstAdminToken) };
     assert.equal((await verify(h, runner)).status, 200);
     assert.deepEqual(
@@ -584,7 +584,7 @@ describe("persistence and secrets at rest", () => {
       db.close();
 
       const h = await startHarness(t, { dataDir });
-      assert.equal(h.cp.store.schemaVersion(), SCHEMA_VERSION);
+      assert.equal(await h.cp.store.schemaVersion(), SCHEMA_VERSION);
       const [runner] = await h.admin.listRunners();
       assert.deepEqual([runner?.runnerId, runner?.paused, runner?.pauseReason], [id, false, null]);
       assert.equal((await h.admin.pauseRunner(id, "migrated")).pauseReason, "migrated");

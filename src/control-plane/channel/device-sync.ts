@@ -16,7 +16,7 @@ import {
   type DevicesBatchMessage,
   type DevicesSummaryMessage,
 } from "../../protocol/devices.js";
-import type { DeviceStore } from "../store/device-store.js";
+import type { DeviceStoreContract } from "../store/contract.js";
 import { capText } from "../../log/cap-text.js";
 
 /** Emitted as `"devices"` on the control plane's `events` for each device message applied. */
@@ -34,7 +34,7 @@ export interface DeviceEvent {
 }
 
 export interface DeviceSyncOptions {
-  store: DeviceStore;
+  store: DeviceStoreContract;
   events: EventEmitter;
   logger: Logger;
   now: () => Date;
@@ -46,9 +46,9 @@ export class DeviceSyncEndpoint {
   constructor(private readonly options: DeviceSyncOptions) {}
 
   /** Answers a summary: `devices_ack` when it matches the stored devices, else `devices_resync`. */
-  summarize(runnerId: string, summary: DevicesSummaryMessage): ControlMessage {
+  async summarize(runnerId: string, summary: DevicesSummaryMessage): Promise<ControlMessage> {
     const { store, now, logger } = this.options;
-    const stored = store.summarize(runnerId);
+    const stored = await store.summarize(runnerId);
     const matched = stored.count === summary.count && stored.digest === summary.digest;
     this.emit({
       runnerId,
@@ -60,7 +60,7 @@ export class DeviceSyncEndpoint {
       missing: 0,
     });
     if (matched) {
-      store.touchPresent(runnerId, now());
+      await store.touchPresent(runnerId, now());
       return { type: "devices_ack", batchId: summary.batchId };
     }
     const reason =
@@ -75,8 +75,8 @@ export class DeviceSyncEndpoint {
   }
 
   /** Applies a batch (idempotently) and acknowledges it. */
-  applyBatch(runnerId: string, batch: DevicesBatchMessage): ControlMessage {
-    const applied = this.options.store.applyBatch(runnerId, batch, this.options.now());
+  async applyBatch(runnerId: string, batch: DevicesBatchMessage): Promise<ControlMessage> {
+    const applied = await this.options.store.applyBatch(runnerId, batch, this.options.now());
     this.emit({
       runnerId,
       type: "devices",
@@ -105,7 +105,7 @@ export class DeviceSyncEndpoint {
    * - without a usable `batchId`, or a snapshot batch whose envelope itself is broken, there
    *   is nothing to acknowledge: `error` `invalid`, as for any other frame.
    */
-  answerInvalidBatch(runnerId: string, raw: unknown, detail: string): ControlMessage[] {
+  async answerInvalidBatch(runnerId: string, raw: unknown, detail: string): Promise<ControlMessage[]> {
     const { logger } = this.options;
     const fields = typeof raw === "object" && raw !== null ? (raw as Record<string, unknown>) : {};
     const batchId = batchIdSchema.safeParse(fields.batchId);
@@ -137,7 +137,7 @@ export class DeviceSyncEndpoint {
       { runnerId, batchId: batchId.data, dropped: dropped.length, rows: capped(dropped.join("; ")) },
       "invalid rows of a device snapshot batch dropped; the rest applied",
     );
-    const ack = this.applyBatch(runnerId, { ...envelope.data, upserts, removals });
+    const ack = await this.applyBatch(runnerId, { ...envelope.data, upserts, removals });
     const message = `devices batch ${batchId.data}: ${dropped.length} invalid row(s) dropped, the rest applied: ${dropped.join("; ")}`;
     return [{ type: "error", code: "device_rows_dropped", message: capped(message) }, ack];
   }

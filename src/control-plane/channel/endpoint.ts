@@ -25,7 +25,7 @@ import { SUPPORTED_PROTOCOL_VERSIONS, type Context, type RunnerChannels } from "
 import { HttpError, parseBearer, toErrorAnswer } from "../http/router.js";
 import type { RunnerEvent, RunnerLink } from "../queue/job-queue.js";
 import { authenticateRunner } from "../http/runner-routes.js";
-import type { RunnerRecord } from "../store/store.js";
+import type { RunnerRecord } from "../store/contract.js";
 import type { DeviceSyncEndpoint } from "./device-sync.js";
 
 /** A connection not heard from for this many heartbeat intervals is terminated. */
@@ -52,6 +52,9 @@ const DISCONNECTS = {
   replaced: { code: CLOSE_CODES.deleted, reason: "runner replaced by a new registration" },
 } as const;
 export type DisconnectWhy = keyof typeof DISCONNECTS;
+/** Frames of one connection waiting for the store before its socket is paused, and resumed. */
+const BACKLOG_PAUSE = 64;
+const BACKLOG_RESUME = 16;
 /** On close, connections get this long to finish the closing handshake before being cut. */
 const CLOSE_GRACE_MS = 1000;
 
@@ -71,6 +74,13 @@ interface Connection {
   readonly runner: RunnerRecord;
   state: "awaiting_hello" | "open" | "closing";
   link: RunnerLink | undefined;
+  /**
+   * The frames of one connection are handled one after the other, each after the previous
+   * one's store calls: a runner's `started` must not be applied after its `result`.
+   */
+  handling: Promise<void>;
+  /** Frames received and not yet handled; over BACKLOG_PAUSE the socket is paused until BACKLOG_RESUME. */
+  backlog: number;
   readonly connectedAt: number;
   /** performance.now() of the last frame or ping from the runner. */
   lastHeardAt: number;
@@ -102,18 +112,23 @@ export class ChannelEndpoint implements RunnerChannels {
 
   upgrade(req: http.IncomingMessage, socket: Duplex, head: Buffer): void {
     socket.on("error", (error) => this.context.logger.debug({ err: error }, "channel upgrade socket error"));
-    let runner: RunnerRecord;
-    try {
-      runner = this.authenticate(req);
-    } catch (error) {
-      this.refuse(socket, error);
-      return;
-    }
-    this.wss.handleUpgrade(req, socket, head, (ws) => this.open(ws, runner));
+    this.authenticate(req)
+      .then(
+        (runner) => {
+          // The client may have given up while the store was asked.
+          if (socket.destroyed) return;
+          this.wss.handleUpgrade(req, socket, head, (ws) => this.open(ws, runner));
+        },
+        (error: unknown) => this.refuse(socket, error),
+      )
+      .catch((error: unknown) => {
+        this.context.logger.error({ err: error }, "channel upgrade failed");
+        socket.destroy();
+      });
   }
 
   /** The checks of /runners/verify, without the fingerprint, from the upgrade's headers. */
-  private authenticate(req: http.IncomingMessage): RunnerRecord {
+  private async authenticate(req: http.IncomingMessage): Promise<RunnerRecord> {
     const path = new URL(req.url ?? "/", "http://localhost").pathname;
     if (path !== CHANNEL_PATH) throw new HttpError(404, "not_found", `no such endpoint: ${path}`);
     const bearer = parseBearer(req.headers.authorization);
@@ -162,6 +177,8 @@ export class ChannelEndpoint implements RunnerChannels {
       link: undefined,
       connectedAt: now,
       lastHeardAt: now,
+      handling: Promise.resolve(),
+      backlog: 0,
     };
     const previous = this.connections.get(runner.id);
     this.connections.set(runner.id, connection);
@@ -169,7 +186,11 @@ export class ChannelEndpoint implements RunnerChannels {
       this.context.logger.info({ runnerId: runner.id }, "a new channel replaces the runner's previous one");
       this.closeConnection(previous, CLOSE_CODES.replaced, "replaced");
     }
-    this.context.store.touchRunner(runner.id, this.context.now());
+    this.context.store
+      .touchRunner(runner.id, this.context.now())
+      .catch((error: unknown) =>
+        this.context.logger.warn({ err: error, runnerId: runner.id }, "recording a runner as seen failed"),
+      );
     ws.on("message", (data, isBinary) => this.receive(connection, data, isBinary));
     ws.on("ping", () => this.hear(connection));
     ws.on("pong", () => this.hear(connection));
@@ -258,7 +279,12 @@ export class ChannelEndpoint implements RunnerChannels {
 
   private hear(connection: Connection): void {
     connection.lastHeardAt = performance.now();
-    if (connection.link) this.context.queue.renewLeases(connection.link);
+    if (connection.link)
+      this.context.queue
+        .renewLeases(connection.link)
+        .catch((error: unknown) =>
+          this.context.logger.error({ err: error, runnerId: connection.runner.id }, "lease renewal failed"),
+        );
   }
 
   private receive(connection: Connection, data: RawData, isBinary: boolean): void {
@@ -279,20 +305,35 @@ export class ChannelEndpoint implements RunnerChannels {
     }
     if (!decoded.ok) return this.refuseFrame(connection, decoded.problem, decoded.detail);
     const message = decoded.message;
-    this.handle(connection, message.type, () => {
+    this.handle(connection, message.type, async () => {
+      if (connection.state === "closing") return;
       if (connection.state === "awaiting_hello") {
-        if (message.type === "hello") this.welcome(connection, message);
+        if (message.type === "hello") await this.welcome(connection, message);
         else this.closeConnection(connection, CLOSE_CODES.policyViolation, `expected hello first, got ${message.type}`);
         return;
       }
-      if (connection.link) this.route(connection, connection.link, message);
+      if (connection.link) await this.route(connection, connection.link, message);
     });
   }
 
-  /** Runs a frame's handler; a failure is logged and answered `error` `internal`, and the connection stays up. */
-  private handle(connection: Connection, type: string, handler: () => void): void {
+  /**
+   * Queues a frame's handler behind the connection's earlier frames; a failure is logged and
+   * answered `error` `internal`, and the connection stays up.
+   */
+  private handle(connection: Connection, type: string, handler: () => Promise<void>): void {
+    // A runner that sends faster than the store answers (a remote database) is read more
+    // slowly: TCP pushes back on it, and the queue of frames here stays short.
+    if (++connection.backlog === BACKLOG_PAUSE) connection.ws.pause();
+    connection.handling = connection.handling
+      .then(() => this.runHandler(connection, type, handler))
+      .finally(() => {
+        if (--connection.backlog === BACKLOG_RESUME) connection.ws.resume();
+      });
+  }
+
+  private async runHandler(connection: Connection, type: string, handler: () => Promise<void>): Promise<void> {
     try {
-      handler();
+      await handler();
     } catch (error) {
       this.context.logger.error({ err: error, runnerId: connection.runner.id, type }, "channel message failed");
       this.send(connection, {
@@ -314,14 +355,20 @@ export class ChannelEndpoint implements RunnerChannels {
   }
 
   /** A `devices` frame that failed validation gets an answer that ends the runner's sync (never `error` alone when it can be addressed). */
-  private answerInvalidDevices(connection: Connection, link: RunnerLink, raw: unknown, detail: string): void {
-    for (const answer of this.options.devices.answerInvalidBatch(link.runnerId, raw, detail))
+  private async answerInvalidDevices(
+    connection: Connection,
+    link: RunnerLink,
+    raw: unknown,
+    detail: string,
+  ): Promise<void> {
+    for (const answer of await this.options.devices.answerInvalidBatch(link.runnerId, raw, detail))
       this.send(connection, answer);
   }
 
-  private welcome(connection: Connection, hello: Hello): void {
+  private async welcome(connection: Connection, hello: Hello): Promise<void> {
     // Read again: an admin may have paused, relabelled or deleted the runner since the upgrade.
-    const runner = this.context.store.findRunner(connection.runner.id);
+    const runner = await this.context.store.findRunner(connection.runner.id);
+    if (connection.state === "closing") return;
     if (!runner) {
       const { code, reason } = DISCONNECTS.deleted;
       return this.closeConnection(connection, code, reason);
@@ -352,7 +399,9 @@ export class ChannelEndpoint implements RunnerChannels {
       leasesRenewedAt: 0,
       send: (message) => this.send(connection, message),
     };
-    const { fenced, cancels } = this.context.queue.reconcileHello(link, hello);
+    const { fenced, cancels } = await this.context.queue.reconcileHello(link, hello);
+    // Replaced or closed while the store was asked: this link must not join the queue.
+    if (isClosing(connection)) return;
     connection.state = "open";
     connection.link = link;
     this.send(connection, {
@@ -399,7 +448,7 @@ export class ChannelEndpoint implements RunnerChannels {
     });
   }
 
-  private route(connection: Connection, link: RunnerLink, message: RunnerMessage): void {
+  private async route(connection: Connection, link: RunnerLink, message: RunnerMessage): Promise<void> {
     const queue = this.context.queue;
     switch (message.type) {
       case "hello":
@@ -423,9 +472,9 @@ export class ChannelEndpoint implements RunnerChannels {
       case "goodbye":
         return queue.drain(link, message.reason);
       case "devices_summary":
-        return this.send(connection, this.options.devices.summarize(link.runnerId, message));
+        return this.send(connection, await this.options.devices.summarize(link.runnerId, message));
       case "devices":
-        return this.send(connection, this.options.devices.applyBatch(link.runnerId, message));
+        return this.send(connection, await this.options.devices.applyBatch(link.runnerId, message));
       default: {
         const unhandled: never = message;
         throw new RunnerError("internal", `unhandled message ${JSON.stringify(unhandled)}`);
@@ -447,6 +496,11 @@ export class ChannelEndpoint implements RunnerChannels {
   private emitRunnerEvent(event: RunnerEvent): void {
     this.options.events.emit("runner", event);
   }
+}
+
+/** Read through a call: the state may have changed while a store call was awaited, which narrowing cannot see. */
+function isClosing(connection: Connection): boolean {
+  return connection.state === "closing";
 }
 
 function sameLabels(a: readonly string[], b: readonly string[]): boolean {

@@ -2,23 +2,23 @@
 import { deviceKindSchema, deviceStateSchema } from "../../protocol/devices.js";
 import { listDevicesResponseSchema, runnerIdSchema, type DeviceView } from "../../protocol/http.js";
 import type { RouteContext } from "../context.js";
-import type { DeviceRecord } from "../store/device-store.js";
+import type { DeviceRecord } from "../store/contract.js";
 import { HttpError, reply, type Reply, type RouteRequest } from "./router.js";
 
-export function listRunnerDevices(request: RouteRequest, context: RouteContext): Reply {
+export async function listRunnerDevices(request: RouteRequest, context: RouteContext): Promise<Reply> {
   const id = runnerIdSchema.safeParse(request.params.id);
   if (!id.success) throw new HttpError(400, "bad_request", "id: a runner id (rnr_...)");
-  if (!context.store.findRunner(id.data))
+  if (!(await context.store.findRunner(id.data)))
     throw new HttpError(404, "runner_not_found", `runner ${id.data} does not exist`);
-  const devices = context.store.devices.list({ runnerId: id.data });
+  const devices = await context.store.devices.list({ runnerId: id.data });
   return reply(listDevicesResponseSchema, 200, { devices: devices.map((device) => toDeviceView(device, context)) });
 }
 
 /** `?kind=gpu` keeps one kind, `?state=online` one state. */
-export function listDevices(request: RouteRequest, context: RouteContext): Reply {
+export async function listDevices(request: RouteRequest, context: RouteContext): Promise<Reply> {
   const kind = optionalQuery(request, "kind", deviceKindSchema.safeParse.bind(deviceKindSchema));
   const state = optionalQuery(request, "state", deviceStateSchema.safeParse.bind(deviceStateSchema));
-  const devices = context.store.devices.list({ kind, state });
+  const devices = await context.store.devices.list({ kind, state });
   return reply(listDevicesResponseSchema, 200, { devices: devices.map((device) => toDeviceView(device, context)) });
 }
 

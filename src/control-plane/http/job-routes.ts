@@ -11,13 +11,13 @@ import {
 } from "../../protocol/http.js";
 import type { RouteContext } from "../context.js";
 import { HttpError, parseBody, reply, type Reply, type RouteRequest } from "./router.js";
-import type { JobRecord } from "../store/job-store.js";
+import type { JobRecord } from "../store/contract.js";
 
 /** Longest values an `assign` can carry, to size the frame before the job is accepted. */
 const LONGEST_JOB_ID = "job_" + "x".repeat(124);
 const LATEST_TIMESTAMP = new Date(8.64e15).toISOString();
 
-export function submitJob(request: RouteRequest, context: RouteContext): Reply {
+export async function submitJob(request: RouteRequest, context: RouteContext): Promise<Reply> {
   const body = parseBody(submitJobRequestSchema, request.body);
   const probe: Assignment = {
     type: "assign",
@@ -37,7 +37,7 @@ export function submitJob(request: RouteRequest, context: RouteContext): Reply {
       `job: its assign frame would be ${frameBytes} bytes, over the channel's limit of ${context.maxFrameBytes}`,
     );
   }
-  const job = context.queue.submit({
+  const job = await context.queue.submit({
     spec: body.job,
     timeoutMs: body.timeoutMs,
     cancelGraceMs: body.cancelGraceMs,
@@ -49,10 +49,10 @@ export function submitJob(request: RouteRequest, context: RouteContext): Reply {
     "job submitted",
   );
   // Dispatch ran inside submit: answer with the job as it is now (often already assigned).
-  return reply(submitJobResponseSchema, 201, { job: toJobView(context.store.jobs.find(job.id) ?? job) });
+  return reply(submitJobResponseSchema, 201, { job: toJobView((await context.store.jobs.find(job.id)) ?? job) });
 }
 
-export function listJobs(request: RouteRequest, context: RouteContext): Reply {
+export async function listJobs(request: RouteRequest, context: RouteContext): Promise<Reply> {
   const raw = request.query.get("status");
   let status;
   if (raw !== null) {
@@ -61,25 +61,25 @@ export function listJobs(request: RouteRequest, context: RouteContext): Reply {
       throw new HttpError(400, "bad_request", `status: one of ${jobStatusSchema.options.join(", ")}`);
     status = parsed.data;
   }
-  return reply(listJobsResponseSchema, 200, { jobs: context.store.jobs.list(status).map(toJobView) });
+  return reply(listJobsResponseSchema, 200, { jobs: (await context.store.jobs.list(status)).map(toJobView) });
 }
 
-export function getJob(request: RouteRequest, context: RouteContext): Reply {
-  const job = findJob(request, context);
-  return reply(getJobResponseSchema, 200, { job: toJobView(job), logs: context.store.jobs.listLogs(job.id) });
+export async function getJob(request: RouteRequest, context: RouteContext): Promise<Reply> {
+  const job = await findJob(request, context);
+  return reply(getJobResponseSchema, 200, { job: toJobView(job), logs: await context.store.jobs.listLogs(job.id) });
 }
 
 /** A terminal job is returned unchanged. */
-export function cancelJob(request: RouteRequest, context: RouteContext): Reply {
-  const id = findJob(request, context).id;
-  const job = context.queue.cancel(id);
+export async function cancelJob(request: RouteRequest, context: RouteContext): Promise<Reply> {
+  const id = (await findJob(request, context)).id;
+  const job = await context.queue.cancel(id);
   if (!job) throw jobNotFound(id);
   return reply(cancelJobResponseSchema, 200, { job: toJobView(job) });
 }
 
-function findJob(request: RouteRequest, context: RouteContext): JobRecord {
+async function findJob(request: RouteRequest, context: RouteContext): Promise<JobRecord> {
   const id = request.params.id ?? "";
-  const job = context.store.jobs.find(id);
+  const job = await context.store.jobs.find(id);
   if (!job) throw jobNotFound(id);
   return job;
 }

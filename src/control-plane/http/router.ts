@@ -32,7 +32,7 @@ export interface Route {
   /** Relative to API_PREFIX; `:name` segments become params. */
   path: string;
   auth: Auth;
-  handle: (request: RouteRequest, context: RouteContext) => Reply;
+  handle: (request: RouteRequest, context: RouteContext) => Reply | Promise<Reply>;
 }
 
 export class HttpError extends Error {
@@ -127,9 +127,9 @@ async function dispatch(
   if (!url.pathname.startsWith(API_PREFIX + "/"))
     throw new HttpError(404, "not_found", `no such endpoint: ${url.pathname}`);
   const { route, params } = matchRoute(routes, req.method ?? "GET", url.pathname.slice(API_PREFIX.length));
-  const bearer = authenticate(context, route.auth, req.headers.authorization);
+  const bearer = await authenticate(context, route.auth, req.headers.authorization);
   const body = route.method === "POST" || route.method === "PUT" ? await readJsonBody(req) : undefined;
-  return route.handle({ params, query: url.searchParams, bearer, body }, context);
+  return await route.handle({ params, query: url.searchParams, bearer, body }, context);
 }
 
 /** The bearer token of an Authorization header, or undefined when missing or malformed. */
@@ -137,14 +137,14 @@ export function parseBearer(header: string | undefined): string | undefined {
   return /^Bearer\s+(\S+)\s*$/i.exec(header ?? "")?.[1];
 }
 
-function authenticate(context: Context, auth: Auth, header: string | undefined): string {
+async function authenticate(context: Context, auth: Auth, header: string | undefined): Promise<string> {
   if (auth === "none") return "";
   const bearer = parseBearer(header);
   if (bearer === undefined) {
     throw new HttpError(401, "unauthorized", "missing or malformed header: Authorization: Bearer <token>");
   }
   if (auth === "admin") {
-    const storedHash = context.store.getSetting(ADMIN_TOKEN_HASH_SETTING);
+    const storedHash = await context.store.getSetting(ADMIN_TOKEN_HASH_SETTING);
     if (storedHash === undefined || !secretMatchesHash(bearer, storedHash)) {
       throw new HttpError(401, "unauthorized", "the admin token is not valid");
     }

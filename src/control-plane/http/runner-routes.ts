@@ -24,7 +24,7 @@ import {
 import { compareVersions } from "../../protocol/version.js";
 import { SUPPORTED_PROTOCOL_VERSIONS, type Context, type RouteContext } from "../context.js";
 import { HttpError, parseBody, reply, type Reply, type RouteRequest } from "./router.js";
-import type { RunnerRecord } from "../store/store.js";
+import type { RunnerRecord } from "../store/contract.js";
 import { generateRunnerId, generateToken, generateTokenId, hashSecret, secretMatchesHash } from "../tokens.js";
 
 /** The admin answers about one runner (revoke, pause, resume, labels) have verify's shape: `{ ok: true, runner }`. */
@@ -55,11 +55,11 @@ function requireSupportedVersions(context: Context, sent: { protocolVersion: num
   }
 }
 
-export function registerRunner(request: RouteRequest, context: RouteContext): Reply {
+export async function registerRunner(request: RouteRequest, context: RouteContext): Promise<Reply> {
   const body = parseBody(registerRequestSchema, request.body);
   requireSupportedVersions(context, body);
   const credential = generateToken("credential");
-  const result = context.store.registerRunner({
+  const result = await context.store.registerRunner({
     tokenHash: hashSecret(request.bearer),
     replace: body.replace,
     now: context.now(),
@@ -106,13 +106,13 @@ export function registerRunner(request: RouteRequest, context: RouteContext): Re
  * The checks verify, repair, unregister and the channel's upgrade share, in the protocol's
  * order: versions (426), the runner (404), its credential (401), revocation (401).
  */
-export function authenticateRunner(
+export async function authenticateRunner(
   context: Context,
   bearer: string,
   sent: { protocolVersion: number; agentVersion: string; runnerId: string },
-): RunnerRecord {
+): Promise<RunnerRecord> {
   requireSupportedVersions(context, sent);
-  const runner = context.store.findRunner(sent.runnerId);
+  const runner = await context.store.findRunner(sent.runnerId);
   if (!runner) throw runnerNotFound(sent.runnerId);
   if (!secretMatchesHash(bearer, runner.credentialHash)) {
     throw new HttpError(401, "unauthorized", "the credential is not valid for this runner");
@@ -127,9 +127,9 @@ export function authenticateRunner(
   return runner;
 }
 
-export function verifyRunner(request: RouteRequest, context: RouteContext): Reply {
+export async function verifyRunner(request: RouteRequest, context: RouteContext): Promise<Reply> {
   const body = parseBody(verifyRequestSchema, request.body);
-  const runner = authenticateRunner(context, request.bearer, body);
+  const runner = await authenticateRunner(context, request.bearer, body);
   if (runner.host.fingerprint !== body.host.fingerprint) {
     throw new HttpError(
       409,
@@ -138,15 +138,15 @@ export function verifyRunner(request: RouteRequest, context: RouteContext): Repl
         `if this machine is that runner, call POST ${API_PREFIX}/runners/repair (runner repair) to re-bind it`,
     );
   }
-  const seen = context.store.touchRunner(runner.id, context.now());
+  const seen = await context.store.touchRunner(runner.id, context.now());
   if (!seen) throw runnerNotFound(runner.id);
   return reply(verifyResponseSchema, 200, { ok: true, runner: toRunnerView(seen) });
 }
 
-export function repairRunner(request: RouteRequest, context: RouteContext): Reply {
+export async function repairRunner(request: RouteRequest, context: RouteContext): Promise<Reply> {
   const body = parseBody(repairRequestSchema, request.body);
-  const runner = authenticateRunner(context, request.bearer, body);
-  const rebound = context.store.rebindRunnerHost(runner.id, body.host, context.now());
+  const runner = await authenticateRunner(context, request.bearer, body);
+  const rebound = await context.store.rebindRunnerHost(runner.id, body.host, context.now());
   if (!rebound) throw runnerNotFound(runner.id);
   const previousFingerprint = runner.host.fingerprint;
   if (previousFingerprint !== body.host.fingerprint) {
@@ -159,10 +159,10 @@ export function repairRunner(request: RouteRequest, context: RouteContext): Repl
 }
 
 /** The runner removes itself; the host does not matter, so there is no fingerprint check. */
-export function unregisterRunner(request: RouteRequest, context: RouteContext): Reply {
+export async function unregisterRunner(request: RouteRequest, context: RouteContext): Promise<Reply> {
   const body = parseBody(unregisterRequestSchema, request.body);
-  const runner = authenticateRunner(context, request.bearer, body);
-  if (!context.store.deleteRunner(runner.id)) throw runnerNotFound(runner.id);
+  const runner = await authenticateRunner(context, request.bearer, body);
+  if (!(await context.store.deleteRunner(runner.id))) throw runnerNotFound(runner.id);
   context.logger.info({ runnerId: runner.id, name: runner.name }, "runner unregistered itself");
   context.channel.disconnectRunner(runner.id, "deleted");
   return reply(unregisterResponseSchema, 200, { ok: true });
@@ -181,24 +181,24 @@ export function refusePlainChannelRequest(): never {
   );
 }
 
-export function createRegistrationToken(request: RouteRequest, context: RouteContext): Reply {
+export async function createRegistrationToken(request: RouteRequest, context: RouteContext): Promise<Reply> {
   const body = parseBody(createRegistrationTokenRequestSchema, request.body);
   const token = generateToken("registration");
   const createdAt = context.now();
   const expiresAt = new Date(createdAt.getTime() + body.expiresInSeconds * 1000);
   const tokenId = generateTokenId();
-  context.store.insertRegistrationToken({ id: tokenId, tokenHash: hashSecret(token), createdAt, expiresAt });
+  await context.store.insertRegistrationToken({ id: tokenId, tokenHash: hashSecret(token), createdAt, expiresAt });
   context.logger.info({ tokenId, expiresAt: expiresAt.toISOString() }, "registration token created");
   return reply(createRegistrationTokenResponseSchema, 201, { token, tokenId, expiresAt: expiresAt.toISOString() });
 }
 
-export function listRunners(_request: RouteRequest, context: RouteContext): Reply {
-  return reply(listRunnersResponseSchema, 200, { runners: context.store.listRunners().map(toRunnerView) });
+export async function listRunners(_request: RouteRequest, context: RouteContext): Promise<Reply> {
+  return reply(listRunnersResponseSchema, 200, { runners: (await context.store.listRunners()).map(toRunnerView) });
 }
 
-export function revokeRunner(request: RouteRequest, context: RouteContext): Reply {
+export async function revokeRunner(request: RouteRequest, context: RouteContext): Promise<Reply> {
   const id = parseRunnerId(request.params);
-  const runner = context.store.revokeRunner(id, context.now());
+  const runner = await context.store.revokeRunner(id, context.now());
   if (!runner) throw runnerNotFound(id);
   context.logger.info({ runnerId: id }, "runner credential revoked");
   context.channel.disconnectRunner(id, "revoked");
@@ -206,10 +206,10 @@ export function revokeRunner(request: RouteRequest, context: RouteContext): Repl
 }
 
 /** No new jobs for this runner until it is resumed; what it runs goes on. Pausing again updates the reason. */
-export function pauseRunner(request: RouteRequest, context: RouteContext): Reply {
+export async function pauseRunner(request: RouteRequest, context: RouteContext): Promise<Reply> {
   const id = parseRunnerId(request.params);
   const reason = parseBody(pauseRunnerRequestSchema, request.body).reason ?? "paused by an admin";
-  const runner = context.store.setRunnerPaused(id, { reason, at: context.now() });
+  const runner = await context.store.setRunnerPaused(id, { reason, at: context.now() });
   if (!runner) throw runnerNotFound(id);
   context.logger.info({ runnerId: id, reason }, "runner paused");
   context.queue.setPaused(id, { reason });
@@ -217,9 +217,9 @@ export function pauseRunner(request: RouteRequest, context: RouteContext): Reply
 }
 
 /** Jobs go to this runner again; resuming a runner that is not paused changes nothing. */
-export function resumeRunner(request: RouteRequest, context: RouteContext): Reply {
+export async function resumeRunner(request: RouteRequest, context: RouteContext): Promise<Reply> {
   const id = parseRunnerId(request.params);
-  const runner = context.store.setRunnerPaused(id, null);
+  const runner = await context.store.setRunnerPaused(id, null);
   if (!runner) throw runnerNotFound(id);
   context.logger.info({ runnerId: id }, "runner resumed");
   context.queue.setPaused(id, null);
@@ -227,19 +227,19 @@ export function resumeRunner(request: RouteRequest, context: RouteContext): Repl
 }
 
 /** Replaces the labels that gate jobs; a connected runner is matched with them at once. */
-export function setRunnerLabels(request: RouteRequest, context: RouteContext): Reply {
+export async function setRunnerLabels(request: RouteRequest, context: RouteContext): Promise<Reply> {
   const id = parseRunnerId(request.params);
   const { labels } = parseBody(setRunnerLabelsRequestSchema, request.body);
-  const runner = context.store.setRunnerLabels(id, labels);
+  const runner = await context.store.setRunnerLabels(id, labels);
   if (!runner) throw runnerNotFound(id);
   context.logger.info({ runnerId: id, labels }, "runner labels set by an admin");
   context.queue.setLabels(id, runner.labels);
   return reply(runnerResponseSchema, 200, { ok: true, runner: toRunnerView(runner) });
 }
 
-export function deleteRunner(request: RouteRequest, context: RouteContext): Reply {
+export async function deleteRunner(request: RouteRequest, context: RouteContext): Promise<Reply> {
   const id = parseRunnerId(request.params);
-  if (!context.store.deleteRunner(id)) throw runnerNotFound(id);
+  if (!(await context.store.deleteRunner(id))) throw runnerNotFound(id);
   context.logger.info({ runnerId: id }, "runner deleted");
   context.channel.disconnectRunner(id, "deleted");
   return { status: 204 };

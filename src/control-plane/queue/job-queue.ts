@@ -1,13 +1,17 @@
 // The job queue of the reference control plane: submit, dispatch to connected runners with
 // credits, and every transition a runner or an admin causes, including the reaper's. The
-// database (job-store.ts) decides each transition with a conditional UPDATE; this file
+// store (store/contract.ts) decides each transition with one atomic operation; this file
 // decides what to try, keeps the per-connection state that is not worth persisting (credits,
-// draining; labels and the paused flag are copies of the store's) and tells runners and listeners what happened.
+// draining; labels and the paused flag are copies of the store's) and tells runners and
+// listeners what happened. Store calls are asynchronous, so other messages and requests run
+// between them: nothing here reads the store and then writes assuming the row stayed as read
+// (the store's conditional updates say whether a transition happened), a runner's credit is
+// taken before its claim is awaited, and one dispatch pass runs at a time.
 import type { EventEmitter } from "node:events";
 import type { ControlMessage, JobRef, JobResult, RunnerMessage } from "../../protocol/channel.js";
 import type { DeviceRequirement } from "../../protocol/devices.js";
 import type { Logger } from "../../log/logger.js";
-import type { JobRecord, JobStore, NewJob } from "../store/job-store.js";
+import type { JobRecord, JobStoreContract, NewJob } from "../store/contract.js";
 import { generateAlphanumeric } from "../tokens.js";
 
 export type JobEventStatus =
@@ -50,11 +54,11 @@ export interface RunnerLink {
 
 /** Answers "does this runner have such a device online?" (the device store). */
 export interface DeviceMatcher {
-  hasOnlineDevice(runnerId: string, requirement: DeviceRequirement): boolean;
+  hasOnlineDevice(runnerId: string, requirement: DeviceRequirement): Promise<boolean>;
 }
 
 export interface JobQueueOptions {
-  store: JobStore;
+  store: JobStoreContract;
   /** Without it, a job that requires devices is never dispatched. */
   devices?: DeviceMatcher;
   logger: Logger;
@@ -79,6 +83,9 @@ export class JobQueue {
   private readonly rejectCooldowns = new Map<string, number>();
   private handOuts = 0;
   private readonly renewalIntervalMs: number;
+  /** The dispatch passes running now (one at a time), and whether another was asked for meanwhile. */
+  private dispatching: Promise<void> | undefined;
+  private dispatchAgain = false;
 
   constructor(private readonly options: JobQueueOptions) {
     this.renewalIntervalMs = Math.min(MAX_RENEWAL_INTERVAL_MS, options.leaseMs / 10);
@@ -92,9 +99,9 @@ export class JobQueue {
    * sends `cancel` for each after the welcome); jobs the store gave it that it mentions
    * neither as running nor as a pending result are lost, and go back to the queue.
    */
-  reconcileHello(link: RunnerLink, hello: HelloMessage): { fenced: JobRef[]; cancels: CancelMessage[] } {
+  async reconcileHello(link: RunnerLink, hello: HelloMessage): Promise<{ fenced: JobRef[]; cancels: CancelMessage[] }> {
     const { store, now } = this.options;
-    const held = new Map(store.listActiveForRunner(link.runnerId).map((job) => [job.id, job]));
+    const held = new Map((await store.listActiveForRunner(link.runnerId)).map((job) => [job.id, job]));
     const fenced: JobRef[] = [];
     const cancels: CancelMessage[] = [];
     const mentioned = new Set<string>();
@@ -107,7 +114,7 @@ export class JobQueue {
       }
       mentioned.add(ref.jobId);
       // Its `started` may have been lost with the old connection.
-      if (job.status === "assigned" && store.markRunning(ref, link.runnerId, now())) this.emit(ref, "started");
+      if (job.status === "assigned" && (await store.markRunning(ref, link.runnerId, now()))) this.emit(ref, "started");
       if (job.cancelRequested) cancels.push(cancelMessage(ref, "cancelled by an admin"));
     }
     for (const ref of hello.pendingResults) {
@@ -120,13 +127,13 @@ export class JobQueue {
         { runnerId: link.runnerId, jobId: job.id, attempt: job.attempt },
         "runner lost a job it held: re-queued",
       );
-      if (this.releaseJob({ jobId: job.id, attempt: job.attempt }, link.runnerId)) lost++;
+      if (await this.releaseJob({ jobId: job.id, attempt: job.attempt }, link.runnerId)) lost++;
     }
     if (fenced.length > 0)
       this.options.logger.info({ runnerId: link.runnerId, fenced }, "runner reported jobs it no longer holds: fenced");
-    this.renewLeases(link, true);
+    await this.renewLeases(link, true);
     // Other runners may take the lost jobs now; this one has no credits before its `ready`.
-    if (lost > 0) this.dispatch();
+    if (lost > 0) void this.dispatch();
     return { fenced, cancels };
   }
 
@@ -155,7 +162,7 @@ export class JobQueue {
       );
     }
     link.credits = Math.min(granted, link.capacity);
-    this.dispatch();
+    void this.dispatch();
   }
 
   /** `goodbye`: no more assignments to this runner; what it runs may still report. */
@@ -183,7 +190,7 @@ export class JobQueue {
     if (!link.paused) return;
     link.paused = false;
     link.send({ type: "resume" });
-    this.dispatch();
+    void this.dispatch();
   }
 
   /** An admin changed the runner's registered labels: a connected runner matches with them from now on. */
@@ -191,20 +198,21 @@ export class JobQueue {
     const link = this.runners.get(runnerId);
     if (!link) return;
     link.labels = new Set(labels);
-    this.dispatch();
+    void this.dispatch();
   }
 
   /** Every message or ping from a runner extends its leases (written at most every renewalIntervalMs). */
-  renewLeases(link: RunnerLink, force = false): void {
+  async renewLeases(link: RunnerLink, force = false): Promise<void> {
     const at = performance.now();
+    // Checked and set before the write is awaited: the frames that follow do not write again.
     if (!force && at - link.leasesRenewedAt < this.renewalIntervalMs) return;
     link.leasesRenewedAt = at;
-    this.options.store.renewLeases(link.runnerId, this.leaseExpiry());
+    await this.options.store.renewLeases(link.runnerId, this.leaseExpiry());
   }
 
   /** At start-up, every active lease runs for a full leaseMs from now: runners need time to reconnect. */
-  extendLeasesAfterStart(): void {
-    const extended = this.options.store.extendActiveLeases(this.leaseExpiry());
+  async extendLeasesAfterStart(): Promise<void> {
+    const extended = await this.options.store.extendActiveLeases(this.leaseExpiry());
     if (extended > 0)
       this.options.logger.info(
         { jobs: extended, leaseMs: this.options.leaseMs },
@@ -214,26 +222,54 @@ export class JobQueue {
 
   // ---- submit and dispatch ----
 
-  submit(input: Omit<NewJob, "id" | "submittedAt">): JobRecord {
-    const job = this.options.store.insert({
+  /** Stores the job, then waits for the dispatch pass that may hand it out (so the answer shows it assigned). */
+  async submit(input: Omit<NewJob, "id" | "submittedAt">): Promise<JobRecord> {
+    const job = await this.options.store.insert({
       ...input,
       id: "job_" + generateAlphanumeric(24),
       submittedAt: this.options.now(),
     });
     this.emit({ jobId: job.id, attempt: 0 }, "submitted");
-    this.dispatch();
+    await this.dispatch();
     return job;
   }
 
-  /** Hands queued jobs, in submit order, to runners that have credits and every required label. */
-  dispatch(): void {
+  /**
+   * Hands queued jobs, in submit order, to runners that have credits and every required
+   * label. One pass runs at a time; asked for during a pass, another pass follows it (the
+   * running one may have read the queue or the credits before the change that asked). The
+   * promise resolves once no pass is pending and never rejects: a failure is logged.
+   */
+  dispatch(): Promise<void> {
+    this.dispatchAgain = true;
+    this.dispatching ??= this.runDispatchPasses();
+    return this.dispatching;
+  }
+
+  private async runDispatchPasses(): Promise<void> {
+    try {
+      while (this.dispatchAgain) {
+        this.dispatchAgain = false;
+        try {
+          await this.dispatchPass();
+        } catch (error) {
+          this.options.logger.error({ err: error }, "dispatch failed");
+        }
+      }
+    } finally {
+      // No await between the loop's last check and here: a request cannot fall in between.
+      this.dispatching = undefined;
+    }
+  }
+
+  private async dispatchPass(): Promise<void> {
     let after = 0;
     while (this.anyCredits()) {
-      const page = this.options.store.listQueued(after, DISPATCH_PAGE);
+      const page = await this.options.store.listQueued(after, DISPATCH_PAGE);
       for (const job of page) {
         after = job.position;
-        const link = this.pickRunner(job.id, job.requiredLabels, job.requiredDevices);
-        if (link) this.handOut(job.id, link);
+        const link = await this.pickRunner(job.id, job.requiredLabels, job.requiredDevices);
+        if (link) await this.handOut(job.id, link);
         if (!this.anyCredits()) return;
       }
       if (page.length < DISPATCH_PAGE) return;
@@ -246,34 +282,41 @@ export class JobQueue {
   }
 
   /** The eligible runner with the most credits; among equals, the one served longest ago. */
-  private pickRunner(
+  private async pickRunner(
     jobId: string,
     requiredLabels: readonly string[],
     requiredDevices: readonly DeviceRequirement[],
-  ): RunnerLink | undefined {
-    let best: RunnerLink | undefined;
-    for (const link of this.runners.values()) {
-      if (!takesJobs(link)) continue;
-      if (!requiredLabels.every((label) => link.labels.has(label))) continue;
-      if (this.isCoolingDown(jobId, link.runnerId)) continue;
-      if (!this.hasDevices(link.runnerId, requiredDevices)) continue;
-      if (
-        !best ||
-        link.credits > best.credits ||
-        (link.credits === best.credits && link.lastAssigned < best.lastAssigned)
-      )
-        best = link;
+  ): Promise<RunnerLink | undefined> {
+    const eligible = (link: RunnerLink) =>
+      takesJobs(link) &&
+      requiredLabels.every((label) => link.labels.has(label)) &&
+      !this.isCoolingDown(jobId, link.runnerId);
+    if (requiredDevices.length === 0) {
+      let best: RunnerLink | undefined;
+      for (const link of this.runners.values()) if (eligible(link) && (!best || prefers(link, best))) best = link;
+      return best;
     }
-    return best;
+    // The store is asked about devices only for jobs that need them, best candidate first.
+    const candidates = [...this.runners.values()].filter(eligible).sort((a, b) => (prefers(a, b) ? -1 : 1));
+    for (const link of candidates) if (await this.hasDevices(link.runnerId, requiredDevices)) return link;
+    return undefined;
   }
 
-  private handOut(jobId: string, link: RunnerLink): void {
+  private async handOut(jobId: string, link: RunnerLink): Promise<void> {
+    // The runner may have spent its credits or gone while its devices were looked up.
+    if (!takesJobs(link) || this.runners.get(link.runnerId) !== link) return;
     const now = this.options.now();
     const leaseExpiresAt = this.leaseExpiry(now);
-    const job = this.options.store.claim(jobId, link.runnerId, now, leaseExpiresAt);
-    // Another control plane on the same database may have claimed it first.
-    if (!job) return;
+    // The credit is taken before the claim is awaited, so that nothing else spends it meanwhile.
     link.credits -= 1;
+    let job: JobRecord | undefined;
+    try {
+      job = await this.options.store.claim(jobId, link.runnerId, now, leaseExpiresAt);
+    } finally {
+      // Not claimed (or failed): another control plane on the same database may have claimed it first.
+      if (!job) link.credits = Math.min(link.credits + 1, link.capacity);
+    }
+    if (!job) return;
     link.lastAssigned = ++this.handOuts;
     this.emit({ jobId, attempt: job.attempt }, "assigned");
     link.send({
@@ -289,29 +332,29 @@ export class JobQueue {
 
   // ---- what runners report ----
 
-  accept(link: RunnerLink, ref: JobRef): void {
-    if (!this.options.store.holds(ref, link.runnerId)) return this.fence(link, ref, "accept");
+  async accept(link: RunnerLink, ref: JobRef): Promise<void> {
+    if (!(await this.options.store.holds(ref, link.runnerId))) return this.fence(link, ref, "accept");
     this.emit(ref, "accepted");
   }
 
   /** `reject`: the job goes back to the queue (attempt + 1 at its next hand-out). */
-  reject(link: RunnerLink, ref: JobRef, reason: string): void {
-    const job = this.releaseJob(ref, link.runnerId);
+  async reject(link: RunnerLink, ref: JobRef, reason: string): Promise<void> {
+    const job = await this.releaseJob(ref, link.runnerId);
     if (!job) return this.fence(link, ref, "reject");
     this.options.logger.info({ runnerId: link.runnerId, ...ref, reason }, "runner rejected a job: re-queued");
     this.rejectCooldowns.set(cooldownKey(ref.jobId, link.runnerId), performance.now() + REJECT_COOLDOWN_MS);
-    this.dispatch();
+    void this.dispatch();
   }
 
-  started(link: RunnerLink, ref: JobRef): void {
+  async started(link: RunnerLink, ref: JobRef): Promise<void> {
     const { store, now } = this.options;
-    if (store.markRunning(ref, link.runnerId, now())) this.emit(ref, "started");
-    else if (!store.holds(ref, link.runnerId)) this.fence(link, ref, "started");
+    if (await store.markRunning(ref, link.runnerId, now())) this.emit(ref, "started");
+    else if (!(await store.holds(ref, link.runnerId))) this.fence(link, ref, "started");
   }
 
   /** Stores a log chunk of the runner's current attempt; repeats and other attempts are dropped. */
-  appendLog(link: RunnerLink, chunk: Extract<RunnerMessage, { type: "log" }>): void {
-    const stored = this.options.store.insertLog(chunk, link.runnerId, chunk);
+  async appendLog(link: RunnerLink, chunk: Extract<RunnerMessage, { type: "log" }>): Promise<void> {
+    const stored = await this.options.store.insertLog(chunk, link.runnerId, chunk);
     if (!stored)
       this.options.logger.debug(
         { runnerId: link.runnerId, jobId: chunk.jobId, attempt: chunk.attempt, seq: chunk.seq },
@@ -320,14 +363,14 @@ export class JobQueue {
   }
 
   /** Applies a result at most once and always acknowledges it, so the runner can drop it. */
-  applyResult(link: RunnerLink, result: JobResult): void {
+  async applyResult(link: RunnerLink, result: JobResult): Promise<void> {
     const { store, now, logger } = this.options;
-    const applied = store.applyResult(result, link.runnerId, now()) !== undefined;
+    const applied = (await store.applyResult(result, link.runnerId, now())) !== undefined;
     if (applied) {
       this.emit(result, "result_applied");
       this.logApplied(link, result);
     } else {
-      const current = store.find(result.jobId);
+      const current = await store.find(result.jobId);
       logger.info(
         {
           runnerId: link.runnerId,
@@ -356,8 +399,8 @@ export class JobQueue {
   // ---- admin and reaper ----
 
   /** Queued: cancelled at once. Assigned/running: cancel requested and sent to the runner if it is connected (else at its hello). */
-  cancel(jobId: string): JobRecord | undefined {
-    const outcome = this.options.store.requestCancel(jobId, this.options.now());
+  async cancel(jobId: string): Promise<JobRecord | undefined> {
+    const outcome = await this.options.store.requestCancel(jobId, this.options.now());
     if (!outcome) return undefined;
     const { job, change } = outcome;
     if (change === "cancelled") this.emit({ jobId, attempt: job.attempt }, "cancelled");
@@ -370,11 +413,11 @@ export class JobQueue {
   }
 
   /** Re-queues (or cancels, when asked to) every job whose lease expired, then dispatches. */
-  reapExpiredLeases(): void {
+  async reapExpiredLeases(): Promise<void> {
     const { store, now, logger } = this.options;
     const at = now();
-    for (const expired of store.listExpired(at)) {
-      const job = store.releaseExpired(expired, at);
+    for (const expired of await store.listExpired(at)) {
+      const job = await store.releaseExpired(expired, at);
       if (!job) continue;
       logger.warn(
         { jobId: job.id, attempt: expired.attempt, runnerId: expired.runnerId, status: job.status },
@@ -385,13 +428,13 @@ export class JobQueue {
       if (expired.runnerId !== null) this.runners.get(expired.runnerId)?.send(cancelMessage(expired, "lease expired"));
     }
     this.forgetExpiredCooldowns();
-    this.dispatch();
+    await this.dispatch();
   }
 
   // ---- helpers ----
 
-  private releaseJob(ref: JobRef, runnerId: string): JobRecord | undefined {
-    const job = this.options.store.release(ref, runnerId, this.options.now());
+  private async releaseJob(ref: JobRef, runnerId: string): Promise<JobRecord | undefined> {
+    const job = await this.options.store.release(ref, runnerId, this.options.now());
     if (job) this.emit(ref, job.status === "cancelled" ? "cancelled" : "requeued");
     return job;
   }
@@ -406,12 +449,12 @@ export class JobQueue {
   }
 
   /** Every requirement met by a device of the runner's that is online (the store is asked only for jobs that need devices). */
-  private hasDevices(runnerId: string, requiredDevices: readonly DeviceRequirement[]): boolean {
-    if (requiredDevices.length === 0) return true;
+  private async hasDevices(runnerId: string, requiredDevices: readonly DeviceRequirement[]): Promise<boolean> {
     const devices = this.options.devices;
-    return (
-      devices !== undefined && requiredDevices.every((requirement) => devices.hasOnlineDevice(runnerId, requirement))
-    );
+    if (devices === undefined) return false;
+    for (const requirement of requiredDevices)
+      if (!(await devices.hasOnlineDevice(runnerId, requirement))) return false;
+    return true;
   }
 
   private isCoolingDown(jobId: string, runnerId: string): boolean {
@@ -433,6 +476,11 @@ export class JobQueue {
     const event: JobEvent = { jobId: ref.jobId, attempt: ref.attempt, status, at: process.hrtime.bigint() };
     this.options.events.emit("job", event);
   }
+}
+
+/** Whether `a` is a better pick than `b`: more credits; among equals, served longer ago. */
+function prefers(a: RunnerLink, b: RunnerLink): boolean {
+  return a.credits > b.credits || (a.credits === b.credits && a.lastAssigned < b.lastAssigned);
 }
 
 /** Has credits, and neither said goodbye nor is paused. */

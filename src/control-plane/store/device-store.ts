@@ -1,39 +1,16 @@
-// The device inventory's SQL (table `devices`, migration 3 in store.ts). A batch is applied in
+// The device inventory's SQL, shared by both engines (table `devices`). A batch is applied in
 // one transaction and is idempotent: applying it twice (a re-sent batch whose ack was lost)
 // leaves the same rows. Removed devices are kept, offline, with removed_at set.
-import type Database from "better-sqlite3";
 import {
   attributesSchema,
   deviceStateSchema,
   digestOf,
-  type AttributeValue,
   type DeviceRequirement,
   type DeviceState,
   type DevicesBatchMessage,
 } from "../../protocol/devices.js";
-
-export interface DeviceRecord {
-  runnerId: string;
-  id: string;
-  kind: string;
-  name: string;
-  /** 'offline' once removed, whatever the runner said last. */
-  state: DeviceState;
-  attributes: Record<string, AttributeValue>;
-  stale: boolean;
-  fingerprint: string;
-  /** False once the runner removed it or left it out of a full snapshot. */
-  present: boolean;
-  lastSeenAt: Date;
-  updatedAt: Date;
-}
-
-export interface AppliedBatch {
-  upserted: number;
-  removed: number;
-  /** Devices a completed full snapshot did not mention, now marked offline. */
-  missing: number;
-}
+import type { AppliedBatch, DeviceRecord, DeviceStoreContract } from "./contract.js";
+import type { SqlEngine } from "./sql.js";
 
 interface DeviceRow {
   runner_id: string;
@@ -50,97 +27,99 @@ interface DeviceRow {
 }
 
 const PRESENT = "removed_at IS NULL";
-const MARK_GONE = "state = 'offline', removed_at = @now, updated_at = @now";
+/** Parameters: removed_at, updated_at. */
+const MARK_GONE = "state = 'offline', removed_at = ?, updated_at = ?";
 
-export class DeviceStore {
-  constructor(
-    private readonly db: Database.Database,
-    private readonly statement: (sql: string) => Database.Statement,
-  ) {}
+export class SqlDeviceStore implements DeviceStoreContract {
+  constructor(private readonly db: SqlEngine) {}
 
-  /** The count and digest (protocol/devices.ts digestOf) of the runner's present devices. */
-  summarize(runnerId: string): { count: number; digest: string } {
-    const rows = this.statement(
+  async summarize(runnerId: string): Promise<{ count: number; digest: string }> {
+    const rows = await this.db.all<{ device_id: string; fingerprint: string }>(
       `SELECT device_id, fingerprint FROM devices WHERE runner_id = ? AND ${PRESENT} ORDER BY device_id`,
-    ).all(runnerId) as {
-      device_id: string;
-      fingerprint: string;
-    }[];
+      [runnerId],
+    );
     return { count: rows.length, digest: digestOf(rows.map((row) => [row.device_id, row.fingerprint] as const)) };
   }
 
-  /** A summary that matched confirms every present device as seen now. */
-  touchPresent(runnerId: string, now: Date): void {
-    this.statement(`UPDATE devices SET last_seen_at = ? WHERE runner_id = ? AND ${PRESENT}`).run(
+  async touchPresent(runnerId: string, now: Date): Promise<void> {
+    await this.db.run(`UPDATE devices SET last_seen_at = ? WHERE runner_id = ? AND ${PRESENT}`, [
       now.getTime(),
       runnerId,
-    );
+    ]);
   }
 
-  applyBatch(runnerId: string, batch: DevicesBatchMessage, now: Date): AppliedBatch {
-    const apply = this.db.transaction((): AppliedBatch => {
+  applyBatch(runnerId: string, batch: DevicesBatchMessage, now: Date): Promise<AppliedBatch> {
+    return this.db.transaction(async (tx): Promise<AppliedBatch> => {
       const at = now.getTime();
-      const upsert = this.statement(
-        `INSERT INTO devices (runner_id, device_id, kind, name, state, attributes, stale, fingerprint, snapshot_id, removed_at, last_seen_at, updated_at)
-         VALUES (@runnerId, @id, @kind, @name, @state, @attributes, @stale, @fingerprint, @snapshotId, NULL, @now, @now)
-         ON CONFLICT (runner_id, device_id) DO UPDATE SET
-           kind = excluded.kind, name = excluded.name, state = excluded.state, attributes = excluded.attributes,
-           stale = excluded.stale, fingerprint = excluded.fingerprint, snapshot_id = excluded.snapshot_id,
-           -- SET expressions read the row as it was: an unchanged, present device keeps its updated_at.
-           updated_at = CASE WHEN devices.fingerprint = excluded.fingerprint AND devices.removed_at IS NULL THEN devices.updated_at ELSE excluded.updated_at END,
-           removed_at = NULL, last_seen_at = excluded.last_seen_at`,
-      );
       for (const device of batch.upserts) {
-        upsert.run({
-          runnerId,
-          id: device.id,
-          kind: device.kind,
-          name: device.name,
-          state: device.state,
-          attributes: JSON.stringify(device.attributes),
-          stale: device.stale ? 1 : 0,
-          fingerprint: device.fingerprint,
-          snapshotId: batch.snapshotId ?? null,
-          now: at,
-        });
+        await tx.run(
+          `INSERT INTO devices (runner_id, device_id, kind, name, state, attributes, stale, fingerprint, snapshot_id, removed_at, last_seen_at, updated_at)
+           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, ?, ?)
+           ON CONFLICT (runner_id, device_id) DO UPDATE SET
+             kind = excluded.kind, name = excluded.name, state = excluded.state, attributes = excluded.attributes,
+             stale = excluded.stale, fingerprint = excluded.fingerprint, snapshot_id = excluded.snapshot_id,
+             -- SET expressions read the row as it was: an unchanged, present device keeps its updated_at.
+             updated_at = CASE WHEN devices.fingerprint = excluded.fingerprint AND devices.removed_at IS NULL THEN devices.updated_at ELSE excluded.updated_at END,
+             removed_at = NULL, last_seen_at = excluded.last_seen_at`,
+          [
+            runnerId,
+            device.id,
+            device.kind,
+            device.name,
+            device.state,
+            JSON.stringify(device.attributes),
+            device.stale ? 1 : 0,
+            device.fingerprint,
+            batch.snapshotId ?? null,
+            at,
+            at,
+          ],
+        );
       }
-      const remove = this.statement(
-        `UPDATE devices SET ${MARK_GONE} WHERE runner_id = @runnerId AND device_id = @id AND ${PRESENT}`,
-      );
       let removed = 0;
-      for (const id of batch.removals) removed += remove.run({ runnerId, id, now: at }).changes;
+      for (const id of batch.removals) {
+        removed += await tx.run(
+          `UPDATE devices SET ${MARK_GONE} WHERE runner_id = ? AND device_id = ? AND ${PRESENT}`,
+          [at, at, runnerId, id],
+        );
+      }
       let missing = 0;
       if (batch.snapshotId !== undefined && batch.last) {
-        missing = this.statement(
-          `UPDATE devices SET ${MARK_GONE} WHERE runner_id = @runnerId AND ${PRESENT} AND (snapshot_id IS NULL OR snapshot_id <> @snapshotId)`,
-        ).run({ runnerId, snapshotId: batch.snapshotId, now: at }).changes;
+        missing = await tx.run(
+          `UPDATE devices SET ${MARK_GONE}
+           WHERE runner_id = ? AND ${PRESENT} AND (snapshot_id IS NULL OR snapshot_id <> ?)`,
+          [at, at, runnerId, batch.snapshotId],
+        );
       }
       return { upserted: batch.upserts.length, removed, missing };
     });
-    return apply.immediate();
   }
 
-  /** Devices of one runner, or of all runners, optionally of one kind; ordered by runner then device id. */
-  list(filter: { runnerId?: string; kind?: string; state?: DeviceState } = {}): DeviceRecord[] {
-    const rows = this.statement(
+  async list(filter: { runnerId?: string; kind?: string; state?: DeviceState } = {}): Promise<DeviceRecord[]> {
+    const runnerId = filter.runnerId ?? null;
+    const kind = filter.kind ?? null;
+    const state = filter.state ?? null;
+    const rows = await this.db.all<DeviceRow>(
       `SELECT * FROM devices
-       WHERE (@runnerId IS NULL OR runner_id = @runnerId) AND (@kind IS NULL OR kind = @kind) AND (@state IS NULL OR state = @state)
+       WHERE (CAST(? AS TEXT) IS NULL OR runner_id = ?) AND (CAST(? AS TEXT) IS NULL OR kind = ?)
+         AND (CAST(? AS TEXT) IS NULL OR state = ?)
        ORDER BY runner_id, device_id`,
-    ).all({ runnerId: filter.runnerId ?? null, kind: filter.kind ?? null, state: filter.state ?? null }) as DeviceRow[];
+      [runnerId, runnerId, kind, kind, state, state],
+    );
     return rows.map(toDeviceRecord);
   }
 
-  /**
-   * Whether the runner has a present device matching the requirement that its last scan saw
-   * online. A stale row (its provider failed that scan) does not count: it may be gone.
-   */
-  hasOnlineDevice(runnerId: string, requirement: DeviceRequirement): boolean {
-    const row = this.statement(
-      `SELECT 1 FROM devices
-       WHERE runner_id = @runnerId AND ${PRESENT} AND state = 'online' AND stale = 0
-         AND (@kind IS NULL OR kind = @kind) AND (@id IS NULL OR device_id = @id)
+  /** A stale row (its provider failed that scan) does not count: it may be gone. */
+  async hasOnlineDevice(runnerId: string, requirement: DeviceRequirement): Promise<boolean> {
+    const kind = requirement.kind ?? null;
+    const id = requirement.id ?? null;
+    const row = await this.db.get<{ found: number }>(
+      `SELECT 1 AS found FROM devices
+       WHERE runner_id = ? AND ${PRESENT} AND state = 'online' AND stale = 0
+         AND (CAST(? AS TEXT) IS NULL OR kind = ?) AND (CAST(? AS TEXT) IS NULL OR device_id = ?)
        LIMIT 1`,
-    ).get({ runnerId, kind: requirement.kind ?? null, id: requirement.id ?? null });
+      [runnerId, kind, kind, id, id],
+    );
     return row !== undefined;
   }
 }

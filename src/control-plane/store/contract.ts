@@ -1,0 +1,219 @@
+// The control plane's storage contract: everything it keeps (settings, registration tokens,
+// runners, jobs with their attempts, leases, results and logs, devices) behind one interface
+// with two engines, SQLite (sqlite/engine.ts, the embedded default) and PostgreSQL
+// (postgres/engine.ts, shared by several replicas). Every method returns a Promise, and every
+// state change is ONE atomic store operation (a conditional UPDATE, or a transaction inside
+// one method): a caller never reads and then writes across two calls assuming nothing ran in
+// between, because another request of this process, or another replica, may have.
+// Secrets never reach this layer in plain text: callers pass sha256 hashes.
+import type { HostFacts, JobStatus } from "../../protocol/http.js";
+import type { JobRef, JobResult, JobSpec } from "../../protocol/channel.js";
+import type { AttributeValue, DeviceRequirement, DeviceState, DevicesBatchMessage } from "../../protocol/devices.js";
+
+export type StoreEngineName = "sqlite" | "postgres";
+
+// ---- runners and tokens ----
+
+export interface RunnerRecord {
+  id: string;
+  name: string;
+  labels: string[];
+  host: HostFacts;
+  credentialHash: string;
+  registeredAt: Date;
+  lastSeenAt: Date | null;
+  revokedAt: Date | null;
+  /** Set while an admin has the runner paused. */
+  pausedAt: Date | null;
+  pauseReason: string | null;
+}
+
+export interface NewRunner {
+  id: string;
+  name: string;
+  labels: string[];
+  host: HostFacts;
+  credentialHash: string;
+}
+
+export type RegisterOutcome =
+  | { outcome: "registered"; runner: RunnerRecord; replaced: RunnerRecord | null }
+  | { outcome: "token_invalid" }
+  | { outcome: "name_taken" };
+
+// ---- jobs ----
+
+export interface JobRecord {
+  id: string;
+  status: JobStatus;
+  /** 0 until the first hand-out; +1 at each. */
+  attempt: number;
+  /** Who holds (or last held) the job; null while queued. */
+  runnerId: string | null;
+  spec: JobSpec;
+  timeoutMs: number;
+  cancelGraceMs: number;
+  requiredLabels: string[];
+  /** Only a runner with a matching device online gets the job. */
+  requiredDevices: DeviceRequirement[];
+  cancelRequested: boolean;
+  submittedAt: Date;
+  assignedAt: Date | null;
+  startedAt: Date | null;
+  finishedAt: Date | null;
+  leaseExpiresAt: Date | null;
+  result: JobResult | null;
+}
+
+export interface NewJob {
+  id: string;
+  spec: JobSpec;
+  timeoutMs: number;
+  cancelGraceMs: number;
+  requiredLabels: string[];
+  requiredDevices?: DeviceRequirement[];
+  submittedAt: Date;
+}
+
+/** A queued job as the dispatcher scans it: position is the submit order. */
+export interface QueuedJob {
+  position: number;
+  id: string;
+  requiredLabels: string[];
+  requiredDevices: DeviceRequirement[];
+}
+
+export interface LogChunk {
+  attempt: number;
+  seq: number;
+  stream: "stdout" | "stderr";
+  data: string;
+}
+
+export type CancelChange = "cancelled" | "requested" | "unchanged";
+
+// ---- devices ----
+
+export interface DeviceRecord {
+  runnerId: string;
+  id: string;
+  kind: string;
+  name: string;
+  /** 'offline' once removed, whatever the runner said last. */
+  state: DeviceState;
+  attributes: Record<string, AttributeValue>;
+  stale: boolean;
+  fingerprint: string;
+  /** False once the runner removed it or left it out of a full snapshot. */
+  present: boolean;
+  lastSeenAt: Date;
+  updatedAt: Date;
+}
+
+export interface AppliedBatch {
+  upserted: number;
+  removed: number;
+  /** Devices a completed full snapshot did not mention, now marked offline. */
+  missing: number;
+}
+
+// ---- the contract ----
+
+/**
+ * The job queue's storage. Every transition is one conditional UPDATE whose WHERE clause
+ * states the state it starts from, and the caller learns from the returned row (or its
+ * absence) whether it happened: a job is claimed by one runner only, a result applies at most
+ * once per attempt, and a message about an older attempt (the fencing token) changes nothing,
+ * however many control planes share the database.
+ */
+export interface JobStoreContract {
+  insert(job: NewJob): Promise<JobRecord>;
+  find(id: string): Promise<JobRecord | undefined>;
+  /** All jobs, or those with one status, in submit order. */
+  list(status?: JobStatus): Promise<JobRecord[]>;
+  /** Queued jobs after `afterPosition`, in submit order: the dispatcher pages through them. */
+  listQueued(afterPosition: number, limit: number): Promise<QueuedJob[]>;
+  /** Jobs the store has handed to this runner and not seen finish. */
+  listActiveForRunner(runnerId: string): Promise<JobRecord[]>;
+  /** Active jobs whose lease ran out at or before `now`. */
+  listExpired(now: Date): Promise<(JobRef & { runnerId: string | null })[]>;
+  /** queued → assigned to `runnerId`, attempt + 1. Undefined when the job was not queued any more (or another claimer holds it right now). */
+  claim(id: string, runnerId: string, now: Date, leaseExpiresAt: Date): Promise<JobRecord | undefined>;
+  /** assigned → running for the runner's current attempt. */
+  markRunning(ref: JobRef, runnerId: string, now: Date): Promise<JobRecord | undefined>;
+  /** Whether `runnerId` holds this attempt of the job, still unfinished. */
+  holds(ref: JobRef, runnerId: string): Promise<boolean>;
+  /** The runner gave the job back (reject) or lost it: re-queued (or cancelled when a cancel was requested). */
+  release(ref: JobRef, runnerId: string, now: Date): Promise<JobRecord | undefined>;
+  /** The reaper's release: only while the lease is still expired (a renewal in between wins). */
+  releaseExpired(ref: JobRef, now: Date): Promise<JobRecord | undefined>;
+  /** Applies a result once: only for the attempt the runner holds, and only while unfinished. */
+  applyResult(result: JobResult, runnerId: string, now: Date): Promise<JobRecord | undefined>;
+  /** Extends the lease of every job the runner holds; returns how many. */
+  renewLeases(runnerId: string, leaseExpiresAt: Date): Promise<number>;
+  /** Moves every active lease that ends earlier to `leaseExpiresAt`; returns how many. */
+  extendActiveLeases(leaseExpiresAt: Date): Promise<number>;
+  /** Queued → cancelled at once; assigned/running → cancel requested (the runner confirms with a result). */
+  requestCancel(id: string, now: Date): Promise<{ job: JobRecord; change: CancelChange } | undefined>;
+  /** Stores a log chunk of the attempt `runnerId` holds; a repeat (same attempt and seq) or another attempt's chunk is dropped. */
+  insertLog(ref: JobRef, runnerId: string, chunk: Omit<LogChunk, "attempt">): Promise<boolean>;
+  listLogs(jobId: string): Promise<LogChunk[]>;
+}
+
+/** Devices per runner. A batch is applied atomically and idempotently. */
+export interface DeviceStoreContract {
+  /** The count and digest (protocol/devices.ts digestOf) of the runner's present devices. */
+  summarize(runnerId: string): Promise<{ count: number; digest: string }>;
+  /** A summary that matched confirms every present device as seen now. */
+  touchPresent(runnerId: string, now: Date): Promise<void>;
+  applyBatch(runnerId: string, batch: DevicesBatchMessage, now: Date): Promise<AppliedBatch>;
+  /** Devices of one runner, or of all runners, optionally of one kind or state; ordered by runner then device id. */
+  list(filter?: { runnerId?: string; kind?: string; state?: DeviceState }): Promise<DeviceRecord[]>;
+  /** Whether the runner has a present, not stale device matching the requirement that its last scan saw online. */
+  hasOnlineDevice(runnerId: string, requirement: DeviceRequirement): Promise<boolean>;
+}
+
+export interface ControlPlaneStore {
+  readonly engine: StoreEngineName;
+  /** The job queue's tables. */
+  readonly jobs: JobStoreContract;
+  /** Devices per runner. */
+  readonly devices: DeviceStoreContract;
+  /** The schema version of the open database. */
+  schemaVersion(): Promise<number>;
+  close(): Promise<void>;
+
+  getSetting(key: string): Promise<string | undefined>;
+  setSetting(key: string, value: string): Promise<void>;
+  /** Stores the value only when the key has none; returns whether it did (replicas starting at once: one wins). */
+  insertSettingIfAbsent(key: string, value: string): Promise<boolean>;
+
+  insertRegistrationToken(token: { id: string; tokenHash: string; createdAt: Date; expiresAt: Date }): Promise<void>;
+  /**
+   * Consumes the one-time token `tokenHash` and creates the runner, atomically. The token is
+   * checked before the name so that a caller without a valid token learns nothing about which
+   * names exist; on `name_taken` the token stays usable. Two requests with one token register
+   * exactly one runner.
+   */
+  registerRunner(input: {
+    tokenHash: string;
+    runner: NewRunner;
+    replace: boolean;
+    now: Date;
+  }): Promise<RegisterOutcome>;
+
+  findRunner(id: string): Promise<RunnerRecord | undefined>;
+  listRunners(): Promise<RunnerRecord[]>;
+  /** Records that the runner was seen; returns the updated runner, undefined if it is gone. */
+  touchRunner(id: string, now: Date): Promise<RunnerRecord | undefined>;
+  /** Binds the runner to new host facts (and marks it seen); undefined if it is gone. */
+  rebindRunnerHost(id: string, host: HostFacts, now: Date): Promise<RunnerRecord | undefined>;
+  /** Revokes the runner's credential; revoking twice keeps the first time. */
+  revokeRunner(id: string, now: Date): Promise<RunnerRecord | undefined>;
+  /** Pauses the runner (keeping the first pause time; the reason is the latest), or resumes it with `null`. */
+  setRunnerPaused(id: string, pause: { reason: string; at: Date } | null): Promise<RunnerRecord | undefined>;
+  /** Replaces the runner's registered labels (those that gate jobs). */
+  setRunnerLabels(id: string, labels: readonly string[]): Promise<RunnerRecord | undefined>;
+  /** Deletes the runner (and its devices); false if there was none. */
+  deleteRunner(id: string): Promise<boolean>;
+}
