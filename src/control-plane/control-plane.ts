@@ -17,7 +17,8 @@ import { JobQueue } from "./queue/job-queue.js";
 import { ROUTES } from "./http/routes.js";
 import type { ControlPlaneStore } from "./store/contract.js";
 import { openStore } from "./store/open.js";
-import { generateToken, hashSecret } from "./tokens.js";
+import { generateAlphanumeric, generateToken, hashSecret } from "./tokens.js";
+import type { ReplicaBus, ReplicaBusHandlers, ReplicaSignal } from "./queue/replica-bus.js";
 
 export { MAX_BODY_BYTES } from "./http/router.js";
 export { SUPPORTED_PROTOCOL_VERSIONS } from "./context.js";
@@ -85,12 +86,17 @@ export async function startControlPlane(options: ControlPlaneOptions = {}): Prom
     databaseUrl: options.databaseUrl,
     onPoolError: (error) => logger.error({ err: error }, "an idle database connection failed"),
   });
+  let bus: ReplicaBus | undefined;
   try {
     const adminToken = await setUpAdminToken(store, options.adminToken);
     const now = options.now ?? (() => new Date());
     const events = new EventEmitter();
     // Benchmarks and tests may attach many listeners; none is a leak.
     events.setMaxListeners(0);
+    // Opened first (the queue and the channel publish on it) and bound to them once they exist:
+    // a signal heard before then concerns no runner connected here, and the first pass follows.
+    const replicas = bindLater();
+    bus = await store.openBus("cp_" + generateAlphanumeric(12), replicas.handlers, logger);
     const queue = new JobQueue({
       store: store.jobs,
       devices: store.devices,
@@ -98,6 +104,7 @@ export async function startControlPlane(options: ControlPlaneOptions = {}): Prom
       now,
       leaseMs: timings.leaseMs,
       events,
+      bus,
     });
     const devices = new DeviceSyncEndpoint({
       store: store.devices,
@@ -109,7 +116,18 @@ export async function startControlPlane(options: ControlPlaneOptions = {}): Prom
     const context: Context = { store, queue, logger, now, minAgentVersion: options.minAgentVersion ?? "0.0.0" };
     // Built before the HTTP server and handed to it: the handlers need it to end a runner's
     // connection, and the server gives it every upgrade request.
-    const channel = new ChannelEndpoint(context, { ...timings, devices, events });
+    const channel = new ChannelEndpoint(context, { ...timings, devices, events, bus });
+    replicas.bind({
+      onSignal: (signal) => routeSignal(signal, queue, channel),
+      onResync: () => {
+        channel
+          .resync()
+          .then(() => queue.resync())
+          .catch((error: unknown) =>
+            logger.error({ err: error }, "resync after the replica listener reconnected failed"),
+          );
+      },
+    });
     const routeContext: RouteContext = { ...context, channel, maxFrameBytes: timings.maxFrameBytes };
     const onUpgrade = channel.upgrade.bind(channel);
     const httpServer = http.createServer(createRequestHandler(routeContext, ROUTES)).on("upgrade", onUpgrade);
@@ -132,11 +150,38 @@ export async function startControlPlane(options: ControlPlaneOptions = {}): Prom
     );
     // The time the control plane was down does not count against runners: each gets a full lease to come back.
     await queue.extendLeasesAfterStart();
-    const close = createCloser({ httpServer, onUpgrade, store, channel, reaper });
+    const close = createCloser({ httpServer, onUpgrade, store, channel, reaper, bus });
     return { url, adminToken, httpServer, store, events, close };
   } catch (error) {
+    await bus?.close();
     await store.close();
     throw error;
+  }
+}
+
+/** Handlers that forward to ones given later: the bus exists before the parts it wakes. */
+function bindLater(): { handlers: ReplicaBusHandlers; bind(target: ReplicaBusHandlers): void } {
+  let target: ReplicaBusHandlers | undefined;
+  return {
+    handlers: {
+      onSignal: (signal) => target?.onSignal(signal),
+      onResync: () => target?.onResync(),
+    },
+    bind: (given) => {
+      target = given;
+    },
+  };
+}
+
+/** Another replica's signal, to the part that acts on it. */
+function routeSignal(signal: ReplicaSignal, queue: JobQueue, channel: ChannelEndpoint): void {
+  switch (signal.kind) {
+    case "connected":
+      return channel.replacedElsewhere(signal.runnerId, signal.generation);
+    case "ended":
+      return channel.disconnectRunner(signal.runnerId, signal.why, true);
+    default:
+      return queue.applySignal(signal);
   }
 }
 
@@ -193,8 +238,9 @@ function createCloser(parts: {
   store: ControlPlaneStore;
   channel: ChannelEndpoint;
   reaper: NodeJS.Timeout;
+  bus: ReplicaBus;
 }): () => Promise<void> {
-  const { httpServer, onUpgrade, store, channel, reaper } = parts;
+  const { httpServer, onUpgrade, store, channel, reaper, bus } = parts;
   let closing: Promise<void> | undefined;
   return () => {
     closing ??= (async () => {
@@ -204,6 +250,7 @@ function createCloser(parts: {
       httpServer.off("upgrade", onUpgrade);
       await channel.close();
       await serverClosed;
+      await bus.close();
       // Reaper passes and handlers still awaiting the store finish first (the SQLite engine queues the close behind them).
       await store.close();
     })();

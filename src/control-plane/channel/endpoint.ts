@@ -27,6 +27,7 @@ import type { RunnerEvent, RunnerLink } from "../queue/job-queue.js";
 import { authenticateRunner } from "../http/runner-routes.js";
 import type { RunnerRecord } from "../store/contract.js";
 import type { DeviceSyncEndpoint } from "./device-sync.js";
+import type { ReplicaBus } from "../queue/replica-bus.js";
 
 /** A connection not heard from for this many heartbeat intervals is terminated. */
 export const IDLE_HEARTBEATS = 2.5;
@@ -67,6 +68,8 @@ export interface ChannelOptions {
   deviceScanIntervalMs: number;
   deviceRefreshMs: number;
   events: EventEmitter;
+  /** Tells the other replicas of a new connection (they close older ones) and of runners that may no longer connect. */
+  bus: ReplicaBus;
 }
 
 interface Connection {
@@ -84,6 +87,10 @@ interface Connection {
   readonly connectedAt: number;
   /** performance.now() of the last frame or ping from the runner. */
   lastHeardAt: number;
+  /** The runner's connection generation the store gave this connection; undefined until it answered. */
+  generation: number | undefined;
+  /** The highest generation another replica announced for this runner before this one's was known. */
+  newerSeen: number;
 }
 
 type Hello = Extract<RunnerMessage, { type: "hello" }>;
@@ -179,6 +186,8 @@ export class ChannelEndpoint implements RunnerChannels {
       lastHeardAt: now,
       handling: Promise.resolve(),
       backlog: 0,
+      generation: undefined,
+      newerSeen: 0,
     };
     const previous = this.connections.get(runner.id);
     this.connections.set(runner.id, connection);
@@ -186,11 +195,9 @@ export class ChannelEndpoint implements RunnerChannels {
       this.context.logger.info({ runnerId: runner.id }, "a new channel replaces the runner's previous one");
       this.closeConnection(previous, CLOSE_CODES.replaced, "replaced");
     }
-    this.context.store
-      .touchRunner(runner.id, this.context.now())
-      .catch((error: unknown) =>
-        this.context.logger.warn({ err: error, runnerId: runner.id }, "recording a runner as seen failed"),
-      );
+    this.claimGeneration(connection).catch((error: unknown) =>
+      this.context.logger.warn({ err: error, runnerId: runner.id }, "recording a runner's connection failed"),
+    );
     ws.on("message", (data, isBinary) => this.receive(connection, data, isBinary));
     ws.on("ping", () => this.hear(connection));
     ws.on("pong", () => this.hear(connection));
@@ -199,9 +206,53 @@ export class ChannelEndpoint implements RunnerChannels {
     this.context.logger.info({ runnerId: runner.id }, "channel connected; waiting for hello");
   }
 
-  disconnectRunner(runnerId: string, why: DisconnectWhy): void {
+  /**
+   * One connection per runner across replicas: the store numbers this connection, the others
+   * hear of it and close an older one of theirs (4000). Should another replica's newer number
+   * arrive before this one's, this connection is the older: closed as soon as it is known.
+   */
+  private async claimGeneration(connection: Connection): Promise<void> {
+    const runnerId = connection.runner.id;
+    const generation = await this.context.store.openChannelGeneration(runnerId, this.context.now());
+    if (generation === undefined) return;
+    connection.generation = generation;
+    if (connection.newerSeen > generation) return this.supersede(connection);
+    this.options.bus.publish({ kind: "connected", runnerId, generation });
+  }
+
+  /** Another replica announced a connection of this runner: an older one here is closed with 4000. */
+  replacedElsewhere(runnerId: string, generation: number): void {
     const connection = this.connections.get(runnerId);
     if (!connection) return;
+    if (connection.generation === undefined) connection.newerSeen = Math.max(connection.newerSeen, generation);
+    else if (connection.generation < generation) this.supersede(connection);
+  }
+
+  private supersede(connection: Connection): void {
+    this.context.logger.info(
+      { runnerId: connection.runner.id },
+      "the runner connected to another control-plane replica: this channel is replaced",
+    );
+    if (this.connections.get(connection.runner.id) === connection) this.connections.delete(connection.runner.id);
+    this.closeConnection(connection, CLOSE_CODES.replaced, "replaced");
+  }
+
+  /** After the bus's listener reconnected: a connection here that a newer one elsewhere replaced meanwhile is closed. */
+  async resync(): Promise<void> {
+    for (const connection of [...this.connections.values()]) {
+      if (connection.generation === undefined) continue;
+      const current = await this.context.store.channelGeneration(connection.runner.id);
+      if (current !== undefined && current > connection.generation) this.supersede(connection);
+    }
+  }
+
+  disconnectRunner(runnerId: string, why: DisconnectWhy, fromReplica = false): void {
+    const connection = this.connections.get(runnerId);
+    if (!connection) {
+      // Connected to another replica, maybe: that one closes it.
+      if (!fromReplica) this.options.bus.publish({ kind: "ended", runnerId, why });
+      return;
+    }
     this.context.logger.info({ runnerId, why }, "closing the channel of a runner that may no longer connect");
     const { code, reason } = DISCONNECTS[why];
     this.closeConnection(connection, code, reason);

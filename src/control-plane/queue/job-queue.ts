@@ -13,6 +13,7 @@ import type { DeviceRequirement } from "../../protocol/devices.js";
 import type { Logger } from "../../log/logger.js";
 import type { JobRecord, JobStoreContract, NewJob } from "../store/contract.js";
 import { generateAlphanumeric } from "../tokens.js";
+import type { ReplicaBus, ReplicaSignal } from "./replica-bus.js";
 
 export type JobEventStatus =
   "submitted" | "assigned" | "accepted" | "started" | "result_applied" | "requeued" | "cancelled";
@@ -65,6 +66,8 @@ export interface JobQueueOptions {
   now: () => Date;
   leaseMs: number;
   events: EventEmitter;
+  /** Tells the other replicas on the same database what only the holder of a runner's socket can do. */
+  bus: ReplicaBus;
 }
 
 type HelloMessage = Extract<RunnerMessage, { type: "hello" }>;
@@ -180,7 +183,7 @@ export class JobQueue {
    */
   setPaused(runnerId: string, pause: { reason: string } | null): void {
     const link = this.runners.get(runnerId);
-    if (!link) return;
+    if (!link) return this.options.bus.publish({ kind: "paused", runnerId, reason: pause?.reason ?? null });
     if (pause) {
       link.paused = true;
       link.send({ type: "pause", reason: pause.reason });
@@ -196,7 +199,7 @@ export class JobQueue {
   /** An admin changed the runner's registered labels: a connected runner matches with them from now on. */
   setLabels(runnerId: string, labels: readonly string[]): void {
     const link = this.runners.get(runnerId);
-    if (!link) return;
+    if (!link) return this.options.bus.publish({ kind: "labels", runnerId, labels: [...labels] });
     link.labels = new Set(labels);
     void this.dispatch();
   }
@@ -230,6 +233,8 @@ export class JobQueue {
       submittedAt: this.options.now(),
     });
     this.emit({ jobId: job.id, attempt: 0 }, "submitted");
+    // Told before this replica's own pass: a runner on another replica may be the one free.
+    this.options.bus.publish({ kind: "dispatch" });
     await this.dispatch();
     return job;
   }
@@ -406,7 +411,7 @@ export class JobQueue {
     if (change === "cancelled") this.emit({ jobId, attempt: job.attempt }, "cancelled");
     if (job.cancelRequested && (job.status === "assigned" || job.status === "running") && job.runnerId !== null) {
       // Sent again on a repeated request: harmless for the runner, and covers a lost frame.
-      this.runners.get(job.runnerId)?.send(cancelMessage({ jobId, attempt: job.attempt }, "cancelled by an admin"));
+      this.sendCancel(job.runnerId, { jobId, attempt: job.attempt }, "cancelled by an admin");
     }
     this.options.logger.info({ jobId, attempt: job.attempt, status: job.status, change }, "job cancel requested");
     return job;
@@ -416,6 +421,8 @@ export class JobQueue {
   async reapExpiredLeases(): Promise<void> {
     const { store, now, logger } = this.options;
     const at = now();
+    let requeued = false;
+    // Every replica reaps: releaseExpired is conditional on the attempt and the expired lease, so one wins.
     for (const expired of await store.listExpired(at)) {
       const job = await store.releaseExpired(expired, at);
       if (!job) continue;
@@ -424,18 +431,65 @@ export class JobQueue {
         "job lease expired",
       );
       this.emit({ jobId: job.id, attempt: expired.attempt }, job.status === "cancelled" ? "cancelled" : "requeued");
-      // Should the runner still be connected after all, it must stop this attempt.
-      if (expired.runnerId !== null) this.runners.get(expired.runnerId)?.send(cancelMessage(expired, "lease expired"));
+      // Should the runner still be connected after all (here or elsewhere), it must stop this attempt.
+      if (expired.runnerId !== null) this.sendCancel(expired.runnerId, expired, "lease expired");
+      if (job.status === "queued") requeued = true;
     }
+    if (requeued) this.options.bus.publish({ kind: "dispatch" });
     this.forgetExpiredCooldowns();
+    await this.dispatch();
+  }
+
+  // ---- other replicas ----
+
+  /** A signal from another replica about what this one may hold (the channel handles `connected` and `ended`). */
+  applySignal(signal: Exclude<ReplicaSignal, { kind: "connected" | "ended" }>): void {
+    switch (signal.kind) {
+      case "dispatch":
+        return void this.dispatch();
+      case "cancel":
+        return this.runners.get(signal.runnerId)?.send(cancelMessage(signal, signal.reason));
+      case "paused":
+        if (this.runners.has(signal.runnerId))
+          this.setPaused(signal.runnerId, signal.reason === null ? null : { reason: signal.reason });
+        return;
+      case "labels":
+        if (this.runners.has(signal.runnerId)) this.setLabels(signal.runnerId, signal.labels);
+        return;
+      default: {
+        const unhandled: never = signal;
+        throw new Error(`unhandled replica signal ${JSON.stringify(unhandled)}`);
+      }
+    }
+  }
+
+  /**
+   * After the bus's listener reconnected: whatever was said meanwhile is read back from the
+   * store. A dispatch pass, and the cancel of every job an admin asked to cancel that a runner
+   * connected here holds (the runner ignores a repeated cancel).
+   */
+  async resync(): Promise<void> {
+    for (const link of [...this.runners.values()]) {
+      for (const job of await this.options.store.listActiveForRunner(link.runnerId))
+        if (job.cancelRequested)
+          link.send(cancelMessage({ jobId: job.id, attempt: job.attempt }, "cancelled by an admin"));
+    }
     await this.dispatch();
   }
 
   // ---- helpers ----
 
+  /** To the runner's socket here, or through the bus to the replica that holds it. */
+  private sendCancel(runnerId: string, ref: JobRef, reason: string): void {
+    const link = this.runners.get(runnerId);
+    if (link) link.send(cancelMessage(ref, reason));
+    else this.options.bus.publish({ kind: "cancel", runnerId, jobId: ref.jobId, attempt: ref.attempt, reason });
+  }
+
   private async releaseJob(ref: JobRef, runnerId: string): Promise<JobRecord | undefined> {
     const job = await this.options.store.release(ref, runnerId, this.options.now());
     if (job) this.emit(ref, job.status === "cancelled" ? "cancelled" : "requeued");
+    if (job?.status === "queued") this.options.bus.publish({ kind: "dispatch" });
     return job;
   }
 

@@ -8,6 +8,8 @@
 // Secrets never reach this layer in plain text: callers pass sha256 hashes.
 import type { HostFacts, JobStatus } from "../../protocol/http.js";
 import type { JobRef, JobResult, JobSpec } from "../../protocol/channel.js";
+import type { Logger } from "../../log/logger.js";
+import type { ReplicaBus, ReplicaBusHandlers } from "../queue/replica-bus.js";
 import type { AttributeValue, DeviceRequirement, DeviceState, DevicesBatchMessage } from "../../protocol/devices.js";
 
 export type StoreEngineName = "sqlite" | "postgres";
@@ -181,6 +183,11 @@ export interface ControlPlaneStore {
   readonly devices: DeviceStoreContract;
   /** The schema version of the open database. */
   schemaVersion(): Promise<number>;
+  /**
+   * Opens this process's end of the replicas' bus (queue/replica-bus.ts): on PostgreSQL it
+   * LISTENs (resolved once listening) and publishes with NOTIFY; on SQLite there is no one to tell.
+   */
+  openBus(replicaId: string, handlers: ReplicaBusHandlers, logger: Logger): Promise<ReplicaBus>;
   close(): Promise<void>;
 
   getSetting(key: string): Promise<string | undefined>;
@@ -204,6 +211,14 @@ export interface ControlPlaneStore {
 
   findRunner(id: string): Promise<RunnerRecord | undefined>;
   listRunners(): Promise<RunnerRecord[]>;
+  /**
+   * A new channel of the runner: raises its connection generation (one conditional UPDATE,
+   * so of two connections made at once on two replicas each gets its own number and the
+   * higher is the newer) and marks it seen. Undefined if the runner is gone.
+   */
+  openChannelGeneration(id: string, now: Date): Promise<number | undefined>;
+  /** The runner's current connection generation (0 before any); undefined if it is gone. */
+  channelGeneration(id: string): Promise<number | undefined>;
   /** Records that the runner was seen; returns the updated runner, undefined if it is gone. */
   touchRunner(id: string, now: Date): Promise<RunnerRecord | undefined>;
   /** Binds the runner to new host facts (and marks it seen); undefined if it is gone. */

@@ -9,6 +9,8 @@ import type { ControlPlaneStore, NewRunner, RegisterOutcome, RunnerRecord, Store
 import { SqlDeviceStore } from "./device-store.js";
 import { SqlJobStore } from "./job-store.js";
 import type { SqlEngine, SqlRunner } from "./sql.js";
+import type { Logger } from "../../log/logger.js";
+import type { ReplicaBus, ReplicaBusHandlers } from "../queue/replica-bus.js";
 
 interface RunnerRow {
   id: string;
@@ -40,6 +42,10 @@ export class SqlStore implements ControlPlaneStore {
 
   close(): Promise<void> {
     return this.db.close();
+  }
+
+  openBus(replicaId: string, handlers: ReplicaBusHandlers, logger: Logger): Promise<ReplicaBus> {
+    return this.db.openBus(replicaId, handlers, logger);
   }
 
   // ---- settings ----
@@ -134,6 +140,23 @@ export class SqlStore implements ControlPlaneStore {
 
   async listRunners(): Promise<RunnerRecord[]> {
     return (await this.db.all<RunnerRow>("SELECT * FROM runners ORDER BY name")).map(toRunnerRecord);
+  }
+
+  async openChannelGeneration(id: string, now: Date): Promise<number | undefined> {
+    const row = await this.db.get<{ generation: number }>(
+      `UPDATE runners SET channel_generation = channel_generation + 1, last_seen_at = ?
+       WHERE id = ? RETURNING channel_generation AS generation`,
+      [now.getTime(), id],
+    );
+    return row?.generation;
+  }
+
+  async channelGeneration(id: string): Promise<number | undefined> {
+    const row = await this.db.get<{ generation: number }>(
+      "SELECT channel_generation AS generation FROM runners WHERE id = ?",
+      [id],
+    );
+    return row?.generation;
   }
 
   touchRunner(id: string, now: Date): Promise<RunnerRecord | undefined> {

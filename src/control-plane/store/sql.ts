@@ -15,6 +15,9 @@
 // migrations, kept per engine. Parameters whose type the statement alone does not fix are
 // written `CAST(? AS ...)`, which both engines read the same way.
 
+import type { Logger } from "../../log/logger.js";
+import type { ReplicaBus, ReplicaBusHandlers } from "../queue/replica-bus.js";
+
 export type SqlValue = string | number | Buffer | null;
 
 export interface SqlRunner {
@@ -43,6 +46,8 @@ export interface SqlEngine extends SqlRunner {
    * its statements go through `tx`, and nothing else runs on that connection meanwhile.
    */
   transaction<T>(work: (tx: SqlRunner) => Promise<T>): Promise<T>;
+  /** The replicas' bus: NOTIFY/LISTEN on PostgreSQL; on SQLite (one process) a bus with no one to tell. */
+  openBus(replicaId: string, handlers: ReplicaBusHandlers, logger: Logger): Promise<ReplicaBus>;
   /** Whether the error is a UNIQUE constraint violation. */
   isUniqueViolation(error: unknown): boolean;
   schemaVersion(): Promise<number>;

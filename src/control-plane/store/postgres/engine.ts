@@ -6,7 +6,9 @@
 // takes a transaction-level advisory lock: replicas starting at once on an empty database
 // apply each migration once, the others wait and then find nothing to do.
 // The connection URL may hold a password: it never reaches a log line or an error message.
-import type { Pool, PoolClient, QueryResultRow } from "pg";
+import type { Client, Pool, PoolClient, QueryResultRow } from "pg";
+import type { Logger } from "../../../log/logger.js";
+import type { ReplicaBus, ReplicaBusHandlers } from "../../queue/replica-bus.js";
 import { RunnerError } from "../../../errors.js";
 import { describeDatabaseUrl } from "../describe-url.js";
 import { SqlStore } from "../sql-store.js";
@@ -98,6 +100,14 @@ export const PG_MIGRATIONS: readonly string[] = [
   );
   CREATE INDEX devices_by_kind ON devices (kind, runner_id);
   `,
+  // 2: replicas. A runner's channel generation, raised by every new connection with one
+  // conditional UPDATE: the replica holding an older connection closes it (4000). The index
+  // of queued jobs by their requirements lets a dispatcher read only the jobs a runner can take.
+  `
+  ALTER TABLE runners ADD COLUMN channel_generation BIGINT NOT NULL DEFAULT 0;
+  CREATE INDEX jobs_queued_by_requirements ON jobs (required_labels, required_devices, queue_position)
+    WHERE status = 'queued';
+  `,
 ];
 
 export const PG_SCHEMA_VERSION = PG_MIGRATIONS.length;
@@ -153,8 +163,16 @@ class PostgresEngine implements SqlEngine {
   readonly dialect = POSTGRES_DIALECT;
   private readonly pooled: SqlRunner;
 
-  constructor(private readonly pool: Pool) {
+  constructor(
+    private readonly pool: Pool,
+    private readonly newClient: () => Client,
+  ) {
     this.pooled = runnerOn(clientQuery(pool));
+  }
+
+  async openBus(replicaId: string, handlers: ReplicaBusHandlers, logger: Logger): Promise<ReplicaBus> {
+    const { openPostgresBus } = await import("./notifications.js");
+    return openPostgresBus({ replicaId, handlers, logger, pool: this.pool, newClient: this.newClient });
   }
 
   all<Row>(sql: string, params?: readonly SqlValue[]): Promise<Row[]> {
@@ -219,6 +237,8 @@ export async function openPostgresStore(options: PostgresStoreOptions): Promise<
   const types = new pg.TypeOverrides();
   types.setTypeParser(pg.types.builtins.INT8, (value: string) => Number(value));
   const pool = new pg.Pool({ connectionString: options.url, max: options.maxConnections ?? 10, types });
+  // The replicas' listener: its own session (LISTEN belongs to one), kept alive through NATs.
+  const newClient = () => new pg.Client({ connectionString: options.url, types, keepAlive: true });
   pool.on("error", (error) => options.onPoolError?.(error));
   try {
     await migrate(pool);
@@ -234,7 +254,7 @@ export async function openPostgresStore(options: PostgresStoreOptions): Promise<
       },
     );
   }
-  return new SqlStore(new PostgresEngine(pool));
+  return new SqlStore(new PostgresEngine(pool, newClient));
 }
 
 async function migrate(pool: Pool): Promise<void> {

@@ -10,6 +10,7 @@ import type Database from "better-sqlite3";
 import { RunnerError } from "../../../errors.js";
 import { SqlStore } from "../sql-store.js";
 import type { SqlDialect, SqlEngine, SqlRunner, SqlValue } from "../sql.js";
+import { localBus, type ReplicaBus } from "../../queue/replica-bus.js";
 
 export const DATABASE_FILE = "control-plane.sqlite";
 
@@ -108,6 +109,13 @@ export const MIGRATIONS: readonly string[] = [
   ALTER TABLE runners ADD COLUMN paused_at INTEGER;
   ALTER TABLE runners ADD COLUMN pause_reason TEXT;
   `,
+  // 5: as PostgreSQL's migration 2. One process has no other replica to tell, but the
+  // generation column keeps the two schemas alike; the index serves the dispatcher's reads.
+  `
+  ALTER TABLE runners ADD COLUMN channel_generation INTEGER NOT NULL DEFAULT 0;
+  CREATE INDEX jobs_queued_by_requirements ON jobs (required_labels, required_devices, queue_position)
+    WHERE status = 'queued';
+  `,
 ];
 
 export const SCHEMA_VERSION = MIGRATIONS.length;
@@ -185,6 +193,11 @@ class SqliteEngine implements SqlEngine {
         throw error;
       }
     });
+  }
+
+  /** One process: it acts on its own changes, and has no other replica to tell. */
+  openBus(replicaId: string): Promise<ReplicaBus> {
+    return Promise.resolve(localBus(replicaId));
   }
 
   isUniqueViolation(error: unknown): boolean {
