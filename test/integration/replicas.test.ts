@@ -48,6 +48,8 @@ interface Replica {
   url: string;
   child: ChildProcess;
   output: () => string;
+  /** Resolves once the replica's output (stdout and stderr) satisfies the predicate. */
+  outputWhere: (predicate: (output: string) => boolean) => Promise<void>;
   admin: AdminClient;
 }
 
@@ -77,15 +79,33 @@ function startReplica(t: TestContext, databaseUrl: string, args: string[] = []):
     { env: { ...process.env, RUNNER_LOG_FORMAT: "json" }, stdio: ["ignore", "pipe", "pipe"] },
   );
   let output = "";
+  const watchers = new Set<() => void>();
+  const outputWhere = (predicate: (text: string) => boolean) =>
+    new Promise<void>((resolve) => {
+      const check = () => {
+        if (!predicate(output)) return;
+        watchers.delete(check);
+        resolve();
+      };
+      watchers.add(check);
+      check();
+    });
   t.after(() => {
     if (child.exitCode === null && child.signalCode === null) child.kill("SIGKILL");
   });
   return new Promise((resolve, reject) => {
     const onData = (data: Buffer) => {
       output += data.toString("utf8");
+      for (const check of [...watchers]) check();
       const match = /control plane listening on (http:\/\/127\.0\.0\.1:\d+)/.exec(output);
       if (match)
-        resolve({ url: match[1]!, child, output: () => output, admin: new AdminClient(match[1]!, ADMIN_TOKEN) });
+        resolve({
+          url: match[1]!,
+          child,
+          output: () => output,
+          outputWhere,
+          admin: new AdminClient(match[1]!, ADMIN_TOKEN),
+        });
     };
     child.stdout.on("data", onData);
     child.stderr.on("data", onData);
@@ -281,6 +301,82 @@ describe("control-plane replicas on one PostgreSQL database", () => {
     await a.admin.pauseRunner(identity.runnerId, "maintenance");
     assert.equal((await runner.next("pause")).reason, "maintenance");
   });
+
+  test(
+    "replica A killed mid-run: its runner goes on at replica B with its lease, every job ends once, none stranded",
+    TIMEOUT,
+    async (t) => {
+      if (!requirePostgres(t)) return;
+      const databaseUrl = await newDatabase();
+      const tokenFile = adminTokenFile(t);
+      const lease = ["--admin-token-file", tokenFile, "--lease-ms", "4000"];
+      const a = await startReplica(t, databaseUrl, lease);
+      const b = await startReplica(t, databaseUrl, lease);
+      const survivor = await registerRunner(a, "survivor");
+      const ghost = await registerRunner(a, "ghost");
+      // Both runners on A, each running one job when A dies; the ghost never comes back.
+      const onA = await RawRunner.connect(t, a, survivor);
+      await onA.hello({ capacity: 1 });
+      onA.send({ type: "ready", slots: 1 });
+      const ghostOnA = await RawRunner.connect(t, a, ghost);
+      await ghostOnA.hello({ capacity: 1 });
+      ghostOnA.send({ type: "ready", slots: 1 });
+      const jobs = [await submit(a), await submit(a)];
+      const running = new Map<string, JobRef>();
+      for (const runner of [onA, ghostOnA]) {
+        const assign = await runner.next("assign");
+        runner.send({ type: "accept", jobId: assign.jobId, attempt: assign.attempt });
+        runner.send({
+          type: "started",
+          jobId: assign.jobId,
+          attempt: assign.attempt,
+          startedAt: new Date().toISOString(),
+        });
+        running.set(runner.identity.runnerId, { jobId: assign.jobId, attempt: assign.attempt });
+      }
+      // Queued behind them, submitted to A just before it dies: B must dispatch it.
+      jobs.push(await submit(a));
+      a.child.kill("SIGKILL");
+      await Promise.all([onA.closed, ghostOnA.closed]);
+
+      // The survivor reconnects (as through a load balancer) to B, still running its job.
+      const held = running.get(survivor.runnerId)!;
+      const onB = await RawRunner.connect(t, b, survivor);
+      const welcome = await onB.hello({ capacity: 2, running: [held] });
+      assert.deepEqual(welcome.fenced, [], "the job keeps its attempt and lease across the reconnect");
+      assert.equal((await b.admin.getJob(held.jobId)).job.attempt, held.attempt);
+      onB.result(held);
+      assert.equal((await onB.next("result_ack")).applied, true);
+      // Its outbox sends it again after another reconnect: acknowledged, not applied twice.
+      onB.result(held);
+      assert.equal((await onB.next("result_ack")).applied, false);
+
+      // The queued job, and the ghost's once its lease runs out on B's reaper, come to the survivor.
+      onB.send({ type: "ready", slots: 2 });
+      const rest = new Set(jobs.filter((jobId) => jobId !== held.jobId));
+      while (rest.size > 0) {
+        const assign = await onB.next("assign", 30_000);
+        assert.ok(rest.delete(assign.jobId), `unexpected assign of ${assign.jobId}`);
+        onB.send({ type: "accept", jobId: assign.jobId, attempt: assign.attempt });
+        onB.result(assign);
+        assert.equal((await onB.next("result_ack")).applied, true);
+        onB.send({ type: "ready", slots: 1 });
+      }
+
+      // The audit: every job succeeded exactly once, and nothing is left queued or running.
+      const all = await b.admin.listJobs();
+      assert.deepEqual(
+        all.map((job) => job.status),
+        jobs.map(() => "succeeded"),
+      );
+      const ghostJob = all.find((job) => job.jobId === running.get(ghost.runnerId)!.jobId)!;
+      assert.equal(ghostJob.attempt, 2, "the ghost's job ran again as attempt 2 after its lease ran out");
+      // The audit trail: one "result applied" line per job (B's log lines may trail its acks a little).
+      const appliedLines = (text: string) => text.match(/"msg":"result applied"/g)?.length ?? 0;
+      await b.outputWhere((text) => appliedLines(text) >= jobs.length);
+      assert.equal(appliedLines(a.output()) + appliedLines(b.output()), jobs.length, "no result applied twice");
+    },
+  );
 
   test(
     "two replicas starting at once on an empty database share one schema and one admin token",

@@ -11,7 +11,7 @@ import type { EventEmitter } from "node:events";
 import type { ControlMessage, JobRef, JobResult, RunnerMessage } from "../../protocol/channel.js";
 import type { DeviceRequirement } from "../../protocol/devices.js";
 import type { Logger } from "../../log/logger.js";
-import type { JobRecord, JobStoreContract, NewJob } from "../store/contract.js";
+import type { JobRecord, JobStoreContract, NewJob, QueuedRequirements } from "../store/contract.js";
 import { generateAlphanumeric } from "../tokens.js";
 import type { ReplicaBus, ReplicaSignal } from "./replica-bus.js";
 
@@ -75,6 +75,15 @@ type CancelMessage = Extract<ControlMessage, { type: "cancel" }>;
 
 /** The dispatcher reads queued jobs in pages of this size. */
 const DISPATCH_PAGE = 256;
+/**
+ * Up to this many distinct requirement groups some runner can take, the dispatcher reads only
+ * their jobs (one index range each); past it, the statement would grow too long, and it reads
+ * the queue in submit order as it is, skipping what no runner takes.
+ */
+const MAX_FILTER_GROUPS = 64;
+
+/** Per dispatch pass: `${runnerId} ${devices key}` → whether the runner has those devices online. */
+type DeviceAnswers = Map<string, boolean>;
 /** A job a runner rejected is not offered to that runner again for this long. */
 export const REJECT_COOLDOWN_MS = 1000;
 /** Lease writes for one runner happen at most this often (and at least every leaseMs / 10). */
@@ -89,6 +98,13 @@ export class JobQueue {
   /** The dispatch passes running now (one at a time), and whether another was asked for meanwhile. */
   private dispatching: Promise<void> | undefined;
   private dispatchAgain = false;
+  /**
+   * The last pass found no queued job that any runner with credits could take, and nothing
+   * that could change that (a job, a runner's labels, pause or devices, a new runner with
+   * credits: each asks for a pass) happened since. A `ready` from a runner that already had
+   * credits then changes nothing either, and runs no pass: 200 `ready`s cost no queue reads.
+   */
+  private settled = false;
 
   constructor(private readonly options: JobQueueOptions) {
     this.renewalIntervalMs = Math.min(MAX_RENEWAL_INTERVAL_MS, options.leaseMs / 10);
@@ -157,6 +173,7 @@ export class JobQueue {
 
   /** `ready`: the runner grants `slots` more assignments. */
   grantCredits(link: RunnerLink, slots: number): void {
+    const hadCredits = link.credits > 0;
     const granted = link.credits + slots;
     if (granted > link.capacity) {
       this.options.logger.warn(
@@ -165,6 +182,7 @@ export class JobQueue {
       );
     }
     link.credits = Math.min(granted, link.capacity);
+    if (hadCredits && this.settled && this.runners.get(link.runnerId) === link) return;
     void this.dispatch();
   }
 
@@ -246,6 +264,7 @@ export class JobQueue {
    * promise resolves once no pass is pending and never rejects: a failure is logged.
    */
   dispatch(): Promise<void> {
+    this.settled = false;
     this.dispatchAgain = true;
     this.dispatching ??= this.runDispatchPasses();
     return this.dispatching;
@@ -256,7 +275,9 @@ export class JobQueue {
       while (this.dispatchAgain) {
         this.dispatchAgain = false;
         try {
-          await this.dispatchPass();
+          const settled = await this.dispatchPass();
+          // Asked for again meanwhile: something may have changed after the pass read it.
+          this.settled = settled && !this.dispatchAgain;
         } catch (error) {
           this.options.logger.error({ err: error }, "dispatch failed");
         }
@@ -267,18 +288,58 @@ export class JobQueue {
     }
   }
 
-  private async dispatchPass(): Promise<void> {
+  /**
+   * Work proportional to what can match, not to the queue: the queue's distinct requirement
+   * groups are read from an index, those no runner with credits can take are left out, and
+   * only the jobs of the others are read (in submit order, as before). A thousand queued jobs
+   * that no connected runner qualifies for cost one index read per pass, whatever the number
+   * of `ready` frames (passes coalesce: one runs, at most one more is pending).
+   */
+  /** Returns true when no queued job could go to any runner with credits (see `settled`). */
+  private async dispatchPass(): Promise<boolean> {
+    if (!this.anyCredits()) return false;
+    const answers: DeviceAnswers = new Map();
+    const groups = await this.options.store.listQueuedRequirements();
+    const takeable: QueuedRequirements["key"][] = [];
+    for (const group of groups) if (await this.anyRunnerTakes(group, answers)) takeable.push(group.key);
+    if (takeable.length === 0) return true;
+    const only = takeable.length <= MAX_FILTER_GROUPS ? takeable : undefined;
     let after = 0;
     while (this.anyCredits()) {
-      const page = await this.options.store.listQueued(after, DISPATCH_PAGE);
+      const page = await this.options.store.listQueued(after, DISPATCH_PAGE, only);
       for (const job of page) {
         after = job.position;
-        const link = await this.pickRunner(job.id, job.requiredLabels, job.requiredDevices);
+        const link = await this.pickRunner(job.id, job.requiredLabels, job.requiredDevices, answers);
         if (link) await this.handOut(job.id, link);
-        if (!this.anyCredits()) return;
+        if (!this.anyCredits()) return false;
       }
-      if (page.length < DISPATCH_PAGE) return;
+      if (page.length < DISPATCH_PAGE) return false;
     }
+    return false;
+  }
+
+  /** Whether some runner with credits has the group's labels and devices (cooldowns aside: they are per job). */
+  private async anyRunnerTakes(group: QueuedRequirements, answers: DeviceAnswers): Promise<boolean> {
+    for (const link of this.runners.values()) {
+      if (!takesJobs(link) || !group.requiredLabels.every((label) => link.labels.has(label))) continue;
+      if (await this.hasDevicesCached(link.runnerId, group.requiredDevices, answers)) return true;
+    }
+    return false;
+  }
+
+  private async hasDevicesCached(
+    runnerId: string,
+    requiredDevices: readonly DeviceRequirement[],
+    answers: DeviceAnswers,
+  ): Promise<boolean> {
+    if (requiredDevices.length === 0) return true;
+    const key = `${runnerId} ${JSON.stringify(requiredDevices)}`;
+    let answer = answers.get(key);
+    if (answer === undefined) {
+      answer = await this.hasDevices(runnerId, requiredDevices);
+      answers.set(key, answer);
+    }
+    return answer;
   }
 
   private anyCredits(): boolean {
@@ -291,6 +352,7 @@ export class JobQueue {
     jobId: string,
     requiredLabels: readonly string[],
     requiredDevices: readonly DeviceRequirement[],
+    answers: DeviceAnswers,
   ): Promise<RunnerLink | undefined> {
     const eligible = (link: RunnerLink) =>
       takesJobs(link) &&
@@ -303,7 +365,8 @@ export class JobQueue {
     }
     // The store is asked about devices only for jobs that need them, best candidate first.
     const candidates = [...this.runners.values()].filter(eligible).sort((a, b) => (prefers(a, b) ? -1 : 1));
-    for (const link of candidates) if (await this.hasDevices(link.runnerId, requiredDevices)) return link;
+    for (const link of candidates)
+      if (await this.hasDevicesCached(link.runnerId, requiredDevices, answers)) return link;
     return undefined;
   }
 

@@ -85,6 +85,17 @@ export interface QueuedJob {
   requiredDevices: DeviceRequirement[];
 }
 
+/**
+ * What a queued job requires, as stored: the dispatcher groups the queue by it, decides per
+ * group which runners qualify, and reads only the jobs of groups some runner can take.
+ */
+export interface QueuedRequirements {
+  /** The stored texts, exactly: they are the key the queue is indexed by. */
+  key: { labels: string; devices: string };
+  requiredLabels: string[];
+  requiredDevices: DeviceRequirement[];
+}
+
 export interface LogChunk {
   attempt: number;
   seq: number;
@@ -133,8 +144,13 @@ export interface JobStoreContract {
   find(id: string): Promise<JobRecord | undefined>;
   /** All jobs, or those with one status, in submit order. */
   list(status?: JobStatus): Promise<JobRecord[]>;
-  /** Queued jobs after `afterPosition`, in submit order: the dispatcher pages through them. */
-  listQueued(afterPosition: number, limit: number): Promise<QueuedJob[]>;
+  /**
+   * Queued jobs after `afterPosition`, in submit order: the dispatcher pages through them.
+   * With `only`, just the jobs whose requirements are one of these (read through an index).
+   */
+  listQueued(afterPosition: number, limit: number, only?: readonly QueuedRequirements["key"][]): Promise<QueuedJob[]>;
+  /** The distinct requirements of the queued jobs (read from the index, not the rows). */
+  listQueuedRequirements(): Promise<QueuedRequirements[]>;
   /** Jobs the store has handed to this runner and not seen finish. */
   listActiveForRunner(runnerId: string): Promise<JobRecord[]>;
   /** Active jobs whose lease ran out at or before `now`. */

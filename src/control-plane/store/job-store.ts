@@ -8,7 +8,15 @@
 import { jobResultSchema, jobSpecSchema, type JobRef, type JobResult } from "../../protocol/channel.js";
 import { jobStatusSchema, labelsSchema, type JobStatus } from "../../protocol/http.js";
 import { deviceRequirementSchema, type DeviceRequirement } from "../../protocol/devices.js";
-import type { CancelChange, JobRecord, JobStoreContract, LogChunk, NewJob, QueuedJob } from "./contract.js";
+import type {
+  CancelChange,
+  JobRecord,
+  JobStoreContract,
+  LogChunk,
+  NewJob,
+  QueuedJob,
+  QueuedRequirements,
+} from "./contract.js";
 import type { SqlEngine } from "./sql.js";
 
 interface JobRow {
@@ -77,7 +85,14 @@ export class SqlJobStore implements JobStoreContract {
     return rows.map(toJobRecord);
   }
 
-  async listQueued(afterPosition: number, limit: number): Promise<QueuedJob[]> {
+  async listQueued(
+    afterPosition: number,
+    limit: number,
+    only?: readonly QueuedRequirements["key"][],
+  ): Promise<QueuedJob[]> {
+    if (only?.length === 0) return [];
+    // One equality pair per group: each is a range of the jobs_queued_by_requirements index.
+    const groups = only?.map(() => "(required_labels = ? AND required_devices = ?)").join(" OR ");
     const rows = await this.db.all<{
       position: number;
       id: string;
@@ -85,12 +100,24 @@ export class SqlJobStore implements JobStoreContract {
       required_devices: string;
     }>(
       `SELECT queue_position AS position, id, required_labels, required_devices FROM jobs
-       WHERE status = 'queued' AND queue_position > ? ORDER BY queue_position LIMIT ?`,
-      [afterPosition, limit],
+       WHERE status = 'queued' AND queue_position > ?${groups === undefined ? "" : ` AND (${groups})`}
+       ORDER BY queue_position LIMIT ?`,
+      [afterPosition, ...(only?.flatMap((key) => [key.labels, key.devices]) ?? []), limit],
     );
     return rows.map((row) => ({
       position: row.position,
       id: row.id,
+      requiredLabels: parseLabels(row.required_labels),
+      requiredDevices: parseDeviceRequirements(row.required_devices),
+    }));
+  }
+
+  async listQueuedRequirements(): Promise<QueuedRequirements[]> {
+    const rows = await this.db.all<{ required_labels: string; required_devices: string }>(
+      "SELECT DISTINCT required_labels, required_devices FROM jobs WHERE status = 'queued'",
+    );
+    return rows.map((row) => ({
+      key: { labels: row.required_labels, devices: row.required_devices },
       requiredLabels: parseLabels(row.required_labels),
       requiredDevices: parseDeviceRequirements(row.required_devices),
     }));
