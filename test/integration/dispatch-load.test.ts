@@ -6,23 +6,10 @@
 // same run, with a generous floor for a loaded 2-core machine.
 import { after, describe, test, type TestContext } from "node:test";
 import assert from "node:assert/strict";
-import { createHash } from "node:crypto";
-import WebSocket from "ws";
 import { startControlPlane, type ControlPlane } from "../../src/control-plane/control-plane.js";
 import { AdminClient } from "../../src/api-client/admin.js";
 import { createLogger } from "../../src/log/logger.js";
-import {
-  AGENT_VERSION_HEADER,
-  CHANNEL_PATH,
-  PROTOCOL_HEADER,
-  RUNNER_ID_HEADER,
-  decodeControlMessage,
-  encode,
-  type ControlMessage,
-  type RunnerMessage,
-} from "../../src/protocol/channel.js";
-import { registerResponseSchema } from "../../src/protocol/http.js";
-import { AGENT_VERSION, PROTOCOL_VERSION } from "../../src/protocol/version.js";
+import { RawRunner, registerRawRunner } from "../helpers/raw-runner.js";
 import { requirePostgres, startPostgresCluster, type PostgresCluster } from "../helpers/postgres.js";
 
 const TIMEOUT = { timeout: 120_000 };
@@ -49,19 +36,7 @@ function median(values: number[]): number {
 async function runLoad(t: TestContext, cp: ControlPlane): Promise<void> {
   t.after(() => cp.close());
   const admin = new AdminClient(cp.url, ADMIN_TOKEN);
-  const { token } = await admin.createRegistrationToken();
-  const registered = await fetch(`${cp.url}/api/v1/runners/register`, {
-    method: "POST",
-    headers: { authorization: `Bearer ${token}`, "content-type": "application/json" },
-    body: JSON.stringify({
-      protocolVersion: PROTOCOL_VERSION,
-      agentVersion: AGENT_VERSION,
-      name: "busy",
-      labels: ["linux"],
-      host: { hostname: "busy", platform: "linux", arch: "x64", fingerprint: createHash("sha256").digest("hex") },
-    }),
-  });
-  const identity = registerResponseSchema.parse(await registered.json());
+  const identity = await registerRawRunner(cp.url, admin, "busy", ["linux"]);
 
   // The queue: jobs that need a label this runner lacks, written straight to the store (fast, bounded).
   for (let i = 0; i < UNMATCHED_JOBS; i++) {
@@ -79,56 +54,19 @@ async function runLoad(t: TestContext, cp: ControlPlane): Promise<void> {
   for (let i = 0; i < 20; i++) idle.push(await healthMs(cp.url));
   const baseline = median(idle);
 
-  const ws = new WebSocket(cp.url.replace(/^http/, "ws") + CHANNEL_PATH, {
-    headers: {
-      authorization: `Bearer ${identity.credential}`,
-      [RUNNER_ID_HEADER]: identity.runnerId,
-      [PROTOCOL_HEADER]: String(PROTOCOL_VERSION),
-      [AGENT_VERSION_HEADER]: AGENT_VERSION,
-    },
-  });
-  t.after(() => ws.terminate());
-  const received: ControlMessage[] = [];
-  const arrivals: (() => void)[] = [];
-  ws.on("message", (data: Buffer) => {
-    const decoded = decodeControlMessage(data.toString("utf8"));
-    if (decoded.ok) received.push(decoded.message);
-    for (const wake of arrivals.splice(0)) wake();
-  });
-  // Woken by each message; the test's own timeout bounds the wait.
-  const until = async (predicate: () => boolean) => {
-    while (!predicate()) await new Promise<void>((resolve) => arrivals.push(resolve));
-  };
-  await new Promise<void>((resolve, reject) => ws.once("open", resolve).once("error", reject));
-  const send = (message: RunnerMessage) => ws.send(encode(message));
-  send({
-    type: "hello",
-    protocolVersion: PROTOCOL_VERSION,
-    agentVersion: AGENT_VERSION,
-    runnerId: identity.runnerId,
-    capacity: READY_FRAMES,
-    running: [],
-    pendingResults: [],
-  });
-  await until(() => received.some((m) => m.type === "welcome"));
+  const runner = await RawRunner.connect(t, cp.url, identity);
+  await runner.hello({ capacity: READY_FRAMES });
 
   // The load: 200 `ready` frames, then a second hello, whose `error` answer says every frame
   // before it was handled (a connection's frames are handled in order).
-  for (let i = 0; i < READY_FRAMES; i++) send({ type: "ready", slots: 1 });
-  send({
-    type: "hello",
-    protocolVersion: PROTOCOL_VERSION,
-    agentVersion: AGENT_VERSION,
-    runnerId: identity.runnerId,
-    capacity: READY_FRAMES,
-    running: [],
-    pendingResults: [],
-  });
+  for (let i = 0; i < READY_FRAMES; i++) runner.send({ type: "ready", slots: 1 });
+  runner.sendHello({ capacity: READY_FRAMES });
   const loaded: number[] = [];
   let handled = false;
-  void until(() => received.some((m) => m.type === "error" && m.code === "unexpected_hello")).then(
-    () => (handled = true),
-  );
+  void runner.next("error", 60_000).then((error) => {
+    assert.equal(error.code, "unexpected_hello");
+    handled = true;
+  });
   // /health while the frames are handled, and as many times again after: the passes they asked for run then.
   while (!handled) loaded.push(await healthMs(cp.url));
   for (let i = 0; i < 20; i++) loaded.push(await healthMs(cp.url));
@@ -142,14 +80,14 @@ async function runLoad(t: TestContext, cp: ControlPlane): Promise<void> {
   t.diagnostic(
     `/health idle median ${baseline.toFixed(2)} ms; under load worst ${worst.toFixed(1)} ms, ${loaded.length} requests`,
   );
-  assert.ok(!received.some((m) => m.type === "assign"), "no unmatched job was assigned");
+  assert.ok(!runner.received.some((m) => m.type === "assign"), "no unmatched job was assigned");
 
   // The runner still gets a job it can take, at once, behind the 5,000 it cannot.
   const { job } = await admin.submitJob({
     job: { kind: "command", argv: ["true"], env: {} },
     requiredLabels: ["linux"],
   });
-  await until(() => received.some((m) => m.type === "assign" && m.jobId === job.jobId));
+  assert.equal((await runner.next("assign")).jobId, job.jobId);
 }
 
 describe("dispatch under 200 ready frames with 5,000 unmatched jobs queued", () => {

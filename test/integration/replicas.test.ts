@@ -8,26 +8,13 @@
 import { after, describe, test, type TestContext } from "node:test";
 import assert from "node:assert/strict";
 import { spawn, type ChildProcess } from "node:child_process";
-import { createHash } from "node:crypto";
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import WebSocket from "ws";
 import pg from "pg";
 import { AdminClient } from "../../src/api-client/admin.js";
-import {
-  AGENT_VERSION_HEADER,
-  CHANNEL_PATH,
-  PROTOCOL_HEADER,
-  RUNNER_ID_HEADER,
-  decodeControlMessage,
-  encode,
-  type ControlMessage,
-  type JobRef,
-  type RunnerMessage,
-} from "../../src/protocol/channel.js";
-import { registerResponseSchema } from "../../src/protocol/http.js";
-import { AGENT_VERSION, PROTOCOL_VERSION } from "../../src/protocol/version.js";
+import type { JobRef } from "../../src/protocol/channel.js";
+import { RawRunner, registerRawRunner, type Identity } from "../helpers/raw-runner.js";
 import { RUNNER_BIN } from "../helpers/cli.js";
 import { requirePostgres, startPostgresCluster, type PostgresCluster } from "../helpers/postgres.js";
 
@@ -115,116 +102,14 @@ function startReplica(t: TestContext, databaseUrl: string, args: string[] = []):
   });
 }
 
-// ---- runners as raw protocol clients ----
+// ---- runners ----
 
-interface Identity {
-  runnerId: string;
-  credential: string;
+function registerRunner(replica: Replica, name: string): Promise<Identity> {
+  return registerRawRunner(replica.url, replica.admin, name);
 }
 
-async function registerRunner(replica: Replica, name: string): Promise<Identity> {
-  const { token } = await replica.admin.createRegistrationToken();
-  const response = await fetch(`${replica.url}/api/v1/runners/register`, {
-    method: "POST",
-    headers: { authorization: `Bearer ${token}`, "content-type": "application/json" },
-    body: JSON.stringify({
-      protocolVersion: PROTOCOL_VERSION,
-      agentVersion: AGENT_VERSION,
-      name,
-      labels: ["linux"],
-      host: {
-        hostname: name,
-        platform: "linux",
-        arch: "x64",
-        fingerprint: createHash("sha256").update(name).digest("hex"),
-      },
-    }),
-  });
-  assert.equal(response.status, 201, await response.clone().text());
-  return registerResponseSchema.parse(await response.json());
-}
-
-type Of<T extends ControlMessage["type"]> = Extract<ControlMessage, { type: T }>;
-
-class RawRunner {
-  private readonly pending: ControlMessage[] = [];
-  private readonly waiters: { types: readonly string[]; resolve: (m: ControlMessage) => void }[] = [];
-  private readonly pinger: NodeJS.Timeout;
-  readonly closed: Promise<{ code: number; reason: string }>;
-
-  private constructor(
-    readonly ws: WebSocket,
-    readonly identity: Identity,
-  ) {
-    ws.on("message", (data: Buffer) => {
-      const decoded = decodeControlMessage(data.toString("utf8"));
-      assert.ok(decoded.ok, "the control plane sent a frame outside the protocol");
-      const index = this.waiters.findIndex((w) => w.types.includes(decoded.message.type));
-      if (index >= 0) this.waiters.splice(index, 1)[0]!.resolve(decoded.message);
-      else this.pending.push(decoded.message);
-    });
-    this.closed = new Promise((resolve) =>
-      ws.once("close", (code, reason) => resolve({ code, reason: reason.toString() })),
-    );
-    this.pinger = setInterval(() => ws.readyState === WebSocket.OPEN && ws.ping(), HEARTBEAT_MS / 4);
-    void this.closed.then(() => clearInterval(this.pinger));
-  }
-
-  static async connect(t: TestContext, replica: Replica, identity: Identity): Promise<RawRunner> {
-    const ws = new WebSocket(replica.url.replace(/^http/, "ws") + CHANNEL_PATH, {
-      headers: {
-        authorization: `Bearer ${identity.credential}`,
-        [RUNNER_ID_HEADER]: identity.runnerId,
-        [PROTOCOL_HEADER]: String(PROTOCOL_VERSION),
-        [AGENT_VERSION_HEADER]: AGENT_VERSION,
-      },
-    });
-    await new Promise<void>((resolve, reject) => {
-      ws.once("open", resolve);
-      ws.once("error", reject);
-    });
-    const runner = new RawRunner(ws, identity);
-    t.after(() => ws.terminate());
-    return runner;
-  }
-
-  send(message: RunnerMessage): void {
-    this.ws.send(encode(message));
-  }
-
-  next<T extends ControlMessage["type"]>(type: T, timeoutMs = 10_000): Promise<Of<T>> {
-    const index = this.pending.findIndex((m) => m.type === type);
-    if (index >= 0) return Promise.resolve(this.pending.splice(index, 1)[0] as Of<T>);
-    return new Promise((resolve, reject) => {
-      const waiter = { types: [type], resolve: (m: ControlMessage) => (clearTimeout(timer), resolve(m as Of<T>)) };
-      const timer = setTimeout(() => {
-        this.waiters.splice(this.waiters.indexOf(waiter), 1);
-        reject(new Error(`no ${type} within ${timeoutMs} ms`));
-      }, timeoutMs);
-      this.waiters.push(waiter);
-    });
-  }
-
-  async hello(options: { capacity?: number; running?: JobRef[] } = {}): Promise<Of<"welcome">> {
-    this.send({
-      type: "hello",
-      protocolVersion: PROTOCOL_VERSION,
-      agentVersion: AGENT_VERSION,
-      runnerId: this.identity.runnerId,
-      capacity: options.capacity ?? 4,
-      running: options.running ?? [],
-      pendingResults: [],
-    });
-    return this.next("welcome");
-  }
-
-  result(ref: JobRef): void {
-    const at = new Date().toISOString();
-    this.send({
-      type: "result",
-      result: { ...ref, outcome: "succeeded", exitCode: 0, signal: null, reason: null, startedAt: at, finishedAt: at },
-    });
-  }
+function connect(t: TestContext, replica: Replica, identity: Identity): Promise<RawRunner> {
+  return RawRunner.connect(t, replica.url, identity, HEARTBEAT_MS / 4);
 }
 
 async function submit(replica: Replica): Promise<string> {
@@ -245,7 +130,7 @@ describe("control-plane replicas on one PostgreSQL database", () => {
   test("a job submitted to replica A is assigned at once to a runner connected to replica B", TIMEOUT, async (t) => {
     if (!requirePostgres(t)) return;
     const [a, b] = await twoReplicas(t);
-    const runner = await RawRunner.connect(t, b, await registerRunner(a, "on-b"));
+    const runner = await connect(t, b, await registerRunner(a, "on-b"));
     await runner.hello();
     runner.send({ type: "ready", slots: 1 });
     // B has no job yet: the pass its `ready` caused found none. Only A's NOTIFY can wake it now.
@@ -261,7 +146,7 @@ describe("control-plane replicas on one PostgreSQL database", () => {
   test("an admin's cancel on replica A reaches the runner connected to replica B", TIMEOUT, async (t) => {
     if (!requirePostgres(t)) return;
     const [a, b] = await twoReplicas(t);
-    const runner = await RawRunner.connect(t, b, await registerRunner(b, "cancel-on-b"));
+    const runner = await connect(t, b, await registerRunner(b, "cancel-on-b"));
     await runner.hello();
     runner.send({ type: "ready", slots: 1 });
     const jobId = await submit(b);
@@ -280,9 +165,9 @@ describe("control-plane replicas on one PostgreSQL database", () => {
       if (!requirePostgres(t)) return;
       const [a, b] = await twoReplicas(t);
       const identity = await registerRunner(a, "moving");
-      const old = await RawRunner.connect(t, a, identity);
+      const old = await connect(t, a, identity);
       await old.hello();
-      const fresh = await RawRunner.connect(t, b, identity);
+      const fresh = await connect(t, b, identity);
       await fresh.hello();
       assert.equal((await old.closed).code, 4000);
       // The new connection is the one that takes work, whichever replica the job comes to.
@@ -296,7 +181,7 @@ describe("control-plane replicas on one PostgreSQL database", () => {
     if (!requirePostgres(t)) return;
     const [a, b] = await twoReplicas(t);
     const identity = await registerRunner(a, "paused-on-b");
-    const runner = await RawRunner.connect(t, b, identity);
+    const runner = await connect(t, b, identity);
     await runner.hello();
     await a.admin.pauseRunner(identity.runnerId, "maintenance");
     assert.equal((await runner.next("pause")).reason, "maintenance");
@@ -315,10 +200,10 @@ describe("control-plane replicas on one PostgreSQL database", () => {
       const survivor = await registerRunner(a, "survivor");
       const ghost = await registerRunner(a, "ghost");
       // Both runners on A, each running one job when A dies; the ghost never comes back.
-      const onA = await RawRunner.connect(t, a, survivor);
+      const onA = await connect(t, a, survivor);
       await onA.hello({ capacity: 1 });
       onA.send({ type: "ready", slots: 1 });
-      const ghostOnA = await RawRunner.connect(t, a, ghost);
+      const ghostOnA = await connect(t, a, ghost);
       await ghostOnA.hello({ capacity: 1 });
       ghostOnA.send({ type: "ready", slots: 1 });
       const jobs = [await submit(a), await submit(a)];
@@ -341,7 +226,7 @@ describe("control-plane replicas on one PostgreSQL database", () => {
 
       // The survivor reconnects (as through a load balancer) to B, still running its job.
       const held = running.get(survivor.runnerId)!;
-      const onB = await RawRunner.connect(t, b, survivor);
+      const onB = await connect(t, b, survivor);
       const welcome = await onB.hello({ capacity: 2, running: [held] });
       assert.deepEqual(welcome.fenced, [], "the job keeps its attempt and lease across the reconnect");
       assert.equal((await b.admin.getJob(held.jobId)).job.attempt, held.attempt);
@@ -386,6 +271,8 @@ describe("control-plane replicas on one PostgreSQL database", () => {
       const databaseUrl = await newDatabase();
       const [a, b] = await Promise.all([startReplica(t, databaseUrl), startReplica(t, databaseUrl)]);
       // Each prints the admin token only when it stored it: exactly one did, and it works on both.
+      // (That line follows the "listening" one: waited for.)
+      await Promise.all([a, b].map((replica) => replica.outputWhere((text) => /admin token: \S+/.test(text))));
       const tokens = [a, b]
         .map((replica) => /admin token: (adm_\S+)/.exec(replica.output())?.[1])
         .filter((token): token is string => token !== undefined);
