@@ -338,6 +338,59 @@ for (const engine of [sqlite, postgres]) {
       assert.deepEqual(await left.jobs.listQueued(0, 100), []);
     });
 
+    test(
+      "the queue's distinct requirements are listed, and listQueued reads only the groups it is given",
+      TIMEOUT,
+      async (t) => {
+        const store = await oneStore(engine, t);
+        if (!store) return;
+        const spec = { kind: "command" as const, argv: ["true"], env: {} };
+        const add = (id: string, requiredLabels: string[]) =>
+          store.jobs.insert({
+            id,
+            spec,
+            timeoutMs: 60_000,
+            cancelGraceMs: 1000,
+            requiredLabels,
+            submittedAt: new Date(),
+          });
+        await add("job_gpu1", ["gpu"]);
+        await add("job_any", []);
+        await add("job_gpu2", ["gpu"]);
+        await add("job_mac", ["macos", "arm64"]);
+        const groups = await store.jobs.listQueuedRequirements();
+        assert.deepEqual(groups.map((group) => group.requiredLabels.join(",")).sort(), ["", "gpu", "macos,arm64"]);
+        const gpu = groups.find((group) => group.requiredLabels.join(",") === "gpu")!;
+        assert.deepEqual(
+          (await store.jobs.listQueued(0, 10, [gpu.key])).map((job) => job.id),
+          ["job_gpu1", "job_gpu2"],
+        );
+        assert.deepEqual(await store.jobs.listQueued(0, 10, []), []);
+        await store.jobs.claim("job_gpu1", "rnr_" + "G".repeat(24), new Date(), later(60_000));
+        assert.deepEqual(
+          (await store.jobs.listQueued(0, 10, [gpu.key])).map((job) => job.id),
+          ["job_gpu2"],
+        );
+      },
+    );
+
+    test("each new channel of a runner gets a higher generation, from any replica", TIMEOUT, async (t) => {
+      const stores = await twoStores(engine, t);
+      if (!stores) return;
+      const [left, right] = stores;
+      const id = await registered(left, "generations");
+      assert.equal(await right.channelGeneration(id), 0);
+      const now = new Date();
+      const opened = await Promise.all([
+        left.openChannelGeneration(id, now),
+        right.openChannelGeneration(id, now),
+        left.openChannelGeneration(id, now),
+      ]);
+      assert.deepEqual([...opened].sort(), [1, 2, 3]);
+      assert.equal(await left.channelGeneration(id), 3);
+      assert.equal(await right.openChannelGeneration("rnr_" + "N".repeat(24), now), undefined);
+    });
+
     test("jobs keep their submit order, and listQueued pages through the queued ones", TIMEOUT, async (t) => {
       const store = await oneStore(engine, t);
       if (!store) return;
