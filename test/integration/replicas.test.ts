@@ -16,6 +16,7 @@ import { AdminClient } from "../../src/api-client/admin.js";
 import type { JobRef } from "../../src/protocol/channel.js";
 import { RawRunner, registerRawRunner, type Identity } from "../helpers/raw-runner.js";
 import { RUNNER_BIN } from "../helpers/cli.js";
+import { LISTENER_APPLICATION_NAME } from "../../src/control-plane/store/postgres/engine.js";
 import { requirePostgres, startPostgresCluster, type PostgresCluster } from "../helpers/postgres.js";
 
 const TIMEOUT = { timeout: 60_000 };
@@ -33,6 +34,7 @@ async function newDatabase(): Promise<string> {
 
 interface Replica {
   url: string;
+  databaseUrl: string;
   child: ChildProcess;
   output: () => string;
   /** Resolves once the replica's output (stdout and stderr) satisfies the predicate. */
@@ -88,6 +90,7 @@ function startReplica(t: TestContext, databaseUrl: string, args: string[] = []):
       if (match)
         resolve({
           url: match[1]!,
+          databaseUrl,
           child,
           output: () => output,
           outputWhere,
@@ -185,6 +188,38 @@ describe("control-plane replicas on one PostgreSQL database", () => {
     await runner.hello();
     await a.admin.pauseRunner(identity.runnerId, "maintenance");
     assert.equal((await runner.next("pause")).reason, "maintenance");
+  });
+
+  test("a replica whose LISTEN connection is cut reconnects it and still delivers a cancel", TIMEOUT, async (t) => {
+    if (!requirePostgres(t)) return;
+    const [a, b] = await twoReplicas(t);
+    const runner = await connect(t, b, await registerRunner(b, "listener-cut"));
+    await runner.hello();
+    runner.send({ type: "ready", slots: 1 });
+    const jobId = await submit(b);
+    const assign = await runner.next("assign");
+    runner.send({ type: "accept", jobId, attempt: assign.attempt });
+    // Both replicas' listeners are cut (as by a database restart or a network cut); the cancel
+    // on A is sent at once, so its NOTIFY may well reach no listener: B's resync makes up for it.
+    const databaseUrl = a.databaseUrl;
+    const admin = new pg.Client({ connectionString: databaseUrl });
+    await admin.connect();
+    try {
+      const { rowCount } = await admin.query(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1",
+        [LISTENER_APPLICATION_NAME],
+      );
+      assert.equal(rowCount, 2);
+    } finally {
+      await admin.end();
+    }
+    await a.admin.cancelJob(jobId);
+    assert.equal((await runner.next("cancel")).jobId, jobId);
+    await b.outputWhere((text) => text.includes("replica listener reconnected"));
+    // And the reconnected listeners carry signals again.
+    runner.send({ type: "ready", slots: 1 });
+    const next = await submit(a);
+    assert.equal((await runner.next("assign")).jobId, next);
   });
 
   test(

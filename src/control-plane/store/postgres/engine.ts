@@ -127,6 +127,9 @@ const POSTGRES_DIALECT: SqlDialect = {
   },
 };
 
+/** The application_name of each replica's LISTEN connection (pg_stat_activity shows it). */
+export const LISTENER_APPLICATION_NAME = "runner-control-plane-listener";
+
 /** The PostgreSQL error code of a UNIQUE violation. */
 const UNIQUE_VIOLATION = "23505";
 
@@ -238,7 +241,14 @@ export async function openPostgresStore(options: PostgresStoreOptions): Promise<
   types.setTypeParser(pg.types.builtins.INT8, (value: string) => Number(value));
   const pool = new pg.Pool({ connectionString: options.url, max: options.maxConnections ?? 10, types });
   // The replicas' listener: its own session (LISTEN belongs to one), kept alive through NATs.
-  const newClient = () => new pg.Client({ connectionString: options.url, types, keepAlive: true });
+  // Named, so that an operator sees it in pg_stat_activity.
+  const newClient = () =>
+    new pg.Client({
+      connectionString: options.url,
+      types,
+      keepAlive: true,
+      application_name: LISTENER_APPLICATION_NAME,
+    });
   pool.on("error", (error) => options.onPoolError?.(error));
   try {
     await migrate(pool);
