@@ -1,12 +1,14 @@
 // The one HTTP client behind both API clients (the runner's, runner-api.ts; the admin's,
-// admin.ts): fetch with a deadline that covers the headers and the body, redirects reported
-// rather than followed (a bearer token goes only where it was configured to go), a 2xx
-// answer checked against its schema, and any other answer read into an ErrorAnswer that each
-// client turns into its own typed error. Nothing a server sends reaches a message uncapped
+// admin.ts): a fetch-shaped request (node-fetch.ts: the global fetch costs the daemon 15 MB)
+// with a deadline that covers the headers and the body, redirects reported rather than
+// followed (a bearer token goes only where it was configured to go), a 2xx answer checked
+// against its schema, and any other answer read into an ErrorAnswer that each client turns
+// into its own typed error. Nothing a server sends reaches a message uncapped
 // or with the bearer in it.
 import type { z } from "zod";
 import { RunnerError } from "../errors.js";
 import { API_PREFIX, ERROR_CODES, errorBodySchema, type ApiErrorCode } from "../protocol/http.js";
+import { directFetch, type DirectAnswer } from "./node-fetch.js";
 
 export interface ApiEndpoint {
   /** The control plane's URL as configured; a path after the host is kept (a control plane behind a prefix). */
@@ -57,9 +59,9 @@ export async function requestApi<S extends z.ZodTypeAny>(
   const unreachable = (reason: string, cause: unknown) =>
     new RunnerError("control_plane_unavailable", `cannot reach the control plane at ${url}: ${reason}`, { cause });
   const timedOut = (error: unknown) => (error as Error).name === "TimeoutError";
-  let response: Response;
+  let response: DirectAnswer;
   try {
-    response = await fetch(apiUrl(url, request.route), {
+    response = await directFetch(apiUrl(url, request.route), {
       method: request.method,
       headers: {
         authorization: `Bearer ${request.bearer}`,
@@ -103,7 +105,7 @@ function apiUrl(base: string, route: string): URL {
   return new URL(`.${API_PREFIX}${route}`, root);
 }
 
-function readErrorAnswer(response: Response, body: unknown, bearer: string): ErrorAnswer {
+function readErrorAnswer(response: DirectAnswer, body: unknown, bearer: string): ErrorAnswer {
   const status = response.status;
   const known = errorBodySchema.safeParse(body);
   const error = known.success ? known.data.error : undefined;
@@ -119,7 +121,7 @@ function readErrorAnswer(response: Response, body: unknown, bearer: string): Err
 }
 
 /** The body as text, at most `maxBytes` of it (a hostile or broken server can send any amount). */
-async function readCapped(response: Response, maxBytes = Number.POSITIVE_INFINITY): Promise<string> {
+async function readCapped(response: DirectAnswer, maxBytes = Number.POSITIVE_INFINITY): Promise<string> {
   if (!response.body) return "";
   const reader = response.body.getReader();
   const chunks: Uint8Array[] = [];
