@@ -1,20 +1,17 @@
-// iOS simulators through `xcrun simctl list -j devices`, on macOS only. The parser is pure and
+// iOS simulators through `/usr/bin/xcrun simctl list -j devices`, on macOS only. The parser is pure and
 // tested on captured output. An available simulator is "online" whether booted or shut down
 // (a job can boot it); `simState` says which.
-import { execa } from "execa";
 import { z } from "zod";
 import type { RawDevice } from "../device.js";
-import { findOnPath } from "./find-command.js";
+import { isExecutableFile, runTool, SYSTEM_TOOLS } from "./find-command.js";
 import type { DeviceProvider } from "./provider.js";
 
 export const iosSimulatorProvider: DeviceProvider = {
   name: "ios-simulator",
   async scan({ timeoutMs }) {
     if (process.platform !== "darwin") return [];
-    const xcrun = await findOnPath("xcrun");
-    if (!xcrun) return [];
-    const { stdout } = await execa(xcrun, ["simctl", "list", "-j", "devices"], { timeout: timeoutMs, stdin: "ignore" });
-    return parseSimctlList(stdout);
+    if (!(await isExecutableFile(SYSTEM_TOOLS.xcrun))) return [];
+    return parseSimctlList(await runTool(SYSTEM_TOOLS.xcrun, ["simctl", "list", "-j", "devices"], { timeoutMs }));
   },
 };
 
