@@ -104,6 +104,8 @@ class DeviceSyncHost {
   private nextScanAt: number | null = null;
   private scanning: Promise<void> | null = null;
   private scanAgain = false;
+  /** Whether the next scan reads everything again (see ScanOptions.fresh). */
+  private nextFresh = true;
   private lastGood: LastGood = new Map();
   private readonly stillRunning = new Map<string, Promise<unknown>>();
   private lastScan: DeviceSyncStatus["lastScan"] = null;
@@ -169,8 +171,10 @@ class DeviceSyncHost {
     };
   }
 
-  rescan(): Promise<void> {
+  /** `fresh` false: the periodic scan, which lets providers reuse what a cheap signal says is unchanged. */
+  rescan(fresh = true): Promise<void> {
     if (this.closed) return Promise.resolve();
+    this.nextFresh ||= fresh;
     if (this.scanning) {
       this.scanAgain = true;
       return this.scanning;
@@ -215,8 +219,12 @@ class DeviceSyncHost {
     await this.loaded;
     do {
       this.scanAgain = false;
+      const fresh = this.nextFresh;
+      this.nextFresh = false;
       const result = await scanDevices(this.providers, {
         timeoutMs: this.providerTimeoutMs,
+        fresh,
+        now: this.now(),
         lastGood: this.lastGood,
         stillRunning: this.stillRunning,
       });
@@ -309,7 +317,7 @@ class DeviceSyncHost {
     switch (due.timer) {
       case "scan":
         // Scanning, the timer waits for the core's deadline only; the scan's end arms the next one.
-        void this.rescan();
+        void this.rescan(false);
         return this.schedule();
       case "ack":
         return this.feed({ type: "timer", timer: "ack", now: this.now() });

@@ -1,40 +1,104 @@
-// GPUs and displays, both from one `si.graphics()` call (it runs lspci, nvidia-smi, xrandr or
-// system_profiler, depending on the platform). The gpu and display providers run side by
-// side in a scan and share the call. The mappings to RawDevice are pure and tested.
+// GPUs and displays, both from one `si.graphics()` call (on Linux it runs lspci, clinfo,
+// xdpyinfo and xrandr through a shell, and nvidia-smi where there is one; system_profiler on
+// macOS): the most expensive scan there is, for an inventory that rarely changes. So it runs
+// on the first scan, on every fresh one (a connect, `runner devices --rescan`), when a cheap
+// signal says something changed (Linux: the DRM cards and connectors in /sys/class/drm and
+// each connector's status), and at least every GRAPHICS_MAX_AGE_MS; in between, the last
+// answer is reused. The gpu and display providers share the call. The mappings to RawDevice
+// and the decision are pure and tested.
+import { promises as fs } from "node:fs";
+import path from "node:path";
 import type { Systeminformation } from "systeminformation";
 import type { RawDevice } from "../device.js";
-import type { DeviceProvider } from "./provider.js";
+import type { DeviceProvider, ScanOptions } from "./provider.js";
 
 type Graphics = Systeminformation.GraphicsData;
 type Controller = Systeminformation.GraphicsControllerData;
 type Display = Systeminformation.GraphicsDisplayData;
 
-let pending: Promise<Graphics> | null = null;
+/** How long a graphics answer is reused at most when nothing says it changed (and where nothing can say so). */
+export const GRAPHICS_MAX_AGE_MS = 10 * 60_000;
+export const SYSFS_DRM = "/sys/class/drm";
 
-/** One si.graphics() at a time: callers while it runs share its answer. */
-function readGraphics(): Promise<Graphics> {
-  pending ??= loadSystemInformation()
-    .then((si) => si.graphics())
-    .finally(() => {
+/** The last answer, the signal it was read under, and when (on the scan's clock). */
+export interface GraphicsCache {
+  signal: string | null;
+  at: number;
+}
+
+/**
+ * Pure: whether si.graphics() must run again. A fresh scan, a first one, an answer older than
+ * the maximum age, or a different signal say yes. A platform without a signal (null both
+ * times) relies on the age alone.
+ */
+export function needsGraphicsScan(
+  last: GraphicsCache | null,
+  signal: string | null,
+  options: { now: number; fresh: boolean; maxAgeMs: number },
+): boolean {
+  if (options.fresh || last === null) return true;
+  if (options.now - last.at >= options.maxAgeMs) return true;
+  return signal !== last.signal;
+}
+
+/**
+ * Linux: the DRM devices (cards and their connectors, which come and go with GPUs and with
+ * outputs) and each connector's status ("connected"/"disconnected", which changes when a
+ * display is plugged in). A few directory entries and small files, no process. Null where
+ * there is no such signal (other platforms, no /sys/class/drm).
+ */
+export async function readGraphicsSignal(root = SYSFS_DRM, platform = process.platform): Promise<string | null> {
+  if (platform !== "linux") return null;
+  try {
+    const names = (await fs.readdir(root)).sort();
+    const statuses = await Promise.all(
+      names.map((name) =>
+        name.includes("-")
+          ? fs.readFile(path.join(root, name, "status"), "utf8").then(
+              (status) => `${name}=${status.trim()}`,
+              () => name,
+            )
+          : name,
+      ),
+    );
+    return statuses.join(",");
+  } catch {
+    return null;
+  }
+}
+
+/** The gpu and display providers of one inventory, sharing one si.graphics() call and its cache. */
+export function createGraphicsProviders(
+  readSignal: () => Promise<string | null> = () => readGraphicsSignal(),
+  readGraphics: () => Promise<Graphics> = async () => (await loadSystemInformation()).graphics(),
+): { gpu: DeviceProvider; display: DeviceProvider } {
+  let cache: (GraphicsCache & { answer: Graphics }) | null = null;
+  let pending: Promise<Graphics> | null = null;
+
+  /** One read at a time: the two providers of one scan share its answer. */
+  const graphics = (options: ScanOptions): Promise<Graphics> => {
+    pending ??= (async () => {
+      const signal = await readSignal();
+      if (cache && !needsGraphicsScan(cache, signal, { ...options, maxAgeMs: GRAPHICS_MAX_AGE_MS }))
+        return cache.answer;
+      const answer = await readGraphics();
+      cache = { signal, at: options.now, answer };
+      return answer;
+    })().finally(() => {
       pending = null;
     });
-  return pending;
+    return pending;
+  };
+  return {
+    gpu: { name: "gpu", scan: async (options) => toGpuDevices((await graphics(options)).controllers) },
+    display: { name: "display", scan: async (options) => toDisplayDevices((await graphics(options)).displays) },
+  };
 }
 
 /** Loaded on the first scan that needs it (about 11 MB): a runner with these providers off never pays for it. */
 export async function loadSystemInformation(): Promise<typeof import("systeminformation")> {
   return (await import("systeminformation")).default;
 }
-
-export const gpuProvider: DeviceProvider = {
-  name: "gpu",
-  scan: async () => toGpuDevices((await readGraphics()).controllers),
-};
-
-export const displayProvider: DeviceProvider = {
-  name: "display",
-  scan: async () => toDisplayDevices((await readGraphics()).displays),
-};
 
 /**
  * Identity and capacity only: utilization, temperatures, used memory, fan, power and clocks

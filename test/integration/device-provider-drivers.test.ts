@@ -1,12 +1,13 @@
-// The USB provider's drivers against real processes and files: ioreg replaced at the process
-// boundary by a stub program that records its arguments and replays a captured answer
-// (test/fixtures/ioreg-usb.plist), and a sysfs tree laid out in a temp dir as the kernel
-// lays out /sys/bus/usb/devices.
+// The device providers' drivers against real processes and files: ioreg replaced at the
+// process boundary by a stub program that records its arguments and replays a captured answer
+// (test/fixtures/ioreg-usb.plist), and sysfs trees laid out in a temp dir as the kernel lays
+// out /sys/bus/usb/devices and /sys/class/drm.
 import { describe, test } from "node:test";
 import assert from "node:assert/strict";
 import { promises as fs } from "node:fs";
 import path from "node:path";
 import { readIoregUsb, readSysfsUsb, toUsbDevices } from "../../src/devices/providers/usb.js";
+import { readGraphicsSignal } from "../../src/devices/providers/graphics.js";
 import { REPO_ROOT } from "../helpers/cli.js";
 import { tempDir } from "../helpers/fixtures.js";
 
@@ -107,5 +108,23 @@ describe("sysfs", () => {
 
   test("a machine without a USB bus has no USB devices, and no error", TIMEOUT, async (t) => {
     assert.deepEqual(await readSysfsUsb(path.join(await tempDir(t), "no-such-dir")), []);
+  });
+});
+
+describe("the graphics signal (/sys/class/drm)", () => {
+  test("it changes when a display is plugged in or a GPU appears, and not otherwise", TIMEOUT, async (t) => {
+    const root = await tempDir(t);
+    const connector = path.join(root, "card0-HDMI-A-1");
+    await fs.mkdir(connector, { recursive: true });
+    await fs.mkdir(path.join(root, "card0"));
+    await fs.writeFile(path.join(connector, "status"), "disconnected\n");
+    const before = await readGraphicsSignal(root, "linux");
+    assert.equal(before, "card0,card0-HDMI-A-1=disconnected");
+    assert.equal(await readGraphicsSignal(root, "linux"), before);
+    await fs.writeFile(path.join(connector, "status"), "connected\n");
+    const plugged = await readGraphicsSignal(root, "linux");
+    assert.notEqual(plugged, before);
+    await fs.mkdir(path.join(root, "card1"));
+    assert.notEqual(await readGraphicsSignal(root, "linux"), plugged);
   });
 });
