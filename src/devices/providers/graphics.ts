@@ -8,8 +8,10 @@
 // and the decision are pure and tested.
 import { promises as fs } from "node:fs";
 import path from "node:path";
+import { fileURLToPath } from "node:url";
 import type { Systeminformation } from "systeminformation";
 import type { RawDevice } from "../device.js";
+import { runTool } from "./find-command.js";
 import type { DeviceProvider, ScanOptions } from "./provider.js";
 
 type Graphics = Systeminformation.GraphicsData;
@@ -70,7 +72,7 @@ export async function readGraphicsSignal(root = SYSFS_DRM, platform = process.pl
 /** The gpu and display providers of one inventory, sharing one si.graphics() call and its cache. */
 export function createGraphicsProviders(
   readSignal: () => Promise<string | null> = () => readGraphicsSignal(),
-  readGraphics: () => Promise<Graphics> = async () => (await loadSystemInformation()).graphics(),
+  readGraphics: (options: ScanOptions) => Promise<Graphics> = probeGraphics,
 ): { gpu: DeviceProvider; display: DeviceProvider } {
   let cache: (GraphicsCache & { answer: Graphics }) | null = null;
   let pending: Promise<Graphics> | null = null;
@@ -81,7 +83,7 @@ export function createGraphicsProviders(
       const signal = await readSignal();
       if (cache && !needsGraphicsScan(cache, signal, { ...options, maxAgeMs: GRAPHICS_MAX_AGE_MS }))
         return cache.answer;
-      const answer = await readGraphics();
+      const answer = await readGraphics(options);
       cache = { signal, at: options.now, answer };
       return answer;
     })().finally(() => {
@@ -95,9 +97,11 @@ export function createGraphicsProviders(
   };
 }
 
-/** Loaded on the first scan that needs it (about 11 MB): a runner with these providers off never pays for it. */
-export async function loadSystemInformation(): Promise<typeof import("systeminformation")> {
-  return (await import("systeminformation")).default;
+const GRAPHICS_PROBE = fileURLToPath(new URL("./graphics-probe.js", import.meta.url));
+
+/** si.graphics() in a process of its own (graphics-probe.ts), killed at the scan's timeout. */
+async function probeGraphics({ timeoutMs }: ScanOptions): Promise<Graphics> {
+  return JSON.parse(await runTool(process.execPath, [GRAPHICS_PROBE], { timeoutMs })) as Graphics;
 }
 
 /**

@@ -12,7 +12,6 @@ import path from "node:path";
 import type { Systeminformation } from "systeminformation";
 import type { RawDevice } from "../device.js";
 import { runTool, SYSTEM_TOOLS } from "./find-command.js";
-import { loadSystemInformation } from "./graphics.js";
 import { parsePlist, type PlistValue } from "./plist.js";
 import type { DeviceProvider } from "./provider.js";
 
@@ -45,7 +44,9 @@ export const usbProvider: DeviceProvider = {
   async scan({ timeoutMs }) {
     if (process.platform === "linux") return toUsbDevices(await readSysfsUsb(SYSFS_USB_DEVICES));
     if (process.platform === "darwin") return toUsbDevices(await readIoregUsb(SYSTEM_TOOLS.ioreg, timeoutMs));
-    return toUsbDevices(fromSystemInformation(await (await loadSystemInformation()).usb()));
+    // Imported here: Linux and macOS never load it.
+    const { default: si } = await import("systeminformation");
+    return toUsbDevices(fromSystemInformation(await si.usb()));
   },
 };
 
