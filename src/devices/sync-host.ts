@@ -1,5 +1,6 @@
 // The thin shell around the device sync core (sync.ts): scans on a timer while the channel
-// is connected (and at once on each connect, and on demand), feeds the results and the
+// is connected (and at once on each connect, and on demand: those two are fresh scans; a
+// timer's scan lets providers reuse what a cheap signal says is unchanged), feeds the results and the
 // control plane's answers to `stepSync`, sends what it says over the channel (as a channel
 // companion, see channel/driver.ts: the channel machine says when it is connected) and writes
 // the confirmed state to disk, one write at a time, the latest winning. Its one timer wakes
