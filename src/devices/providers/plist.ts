@@ -34,6 +34,13 @@ export function parsePlist(xml: string): PlistValue {
     const token = next();
     if (typeof token !== "object" || token.kind !== "close" || token.name !== name) fail(`expected </${name}>`);
   };
+  /** Whether the next token closes `name`; if so, it is consumed. */
+  const closes = (name: string): boolean => {
+    const head = tokens[position];
+    if (typeof head !== "object" || head.kind !== "close" || head.name !== name) return false;
+    position++;
+    return true;
+  };
   const textUntilClose = (name: string): string => {
     const token = tokens[position];
     if (typeof token === "string") {
@@ -52,30 +59,18 @@ export function parsePlist(xml: string): PlistValue {
     switch (token.name) {
       case "dict": {
         const dict: { [key: string]: PlistValue } = {};
-        if (empty) return dict;
-        for (;;) {
-          const head = tokens[position];
-          if (typeof head === "object" && head.kind === "close" && head.name === "dict") {
-            position++;
-            return dict;
-          }
+        while (!empty && !closes("dict")) {
           const key = next();
           if (typeof key !== "object" || key.name !== "key") return fail("expected <key>");
           const name = key.kind === "empty" ? "" : textUntilClose("key");
           dict[name] = readValue();
         }
+        return dict;
       }
       case "array": {
         const array: PlistValue[] = [];
-        if (empty) return array;
-        for (;;) {
-          const head = tokens[position];
-          if (typeof head === "object" && head.kind === "close" && head.name === "array") {
-            position++;
-            return array;
-          }
-          array.push(readValue());
-        }
+        while (!empty && !closes("array")) array.push(readValue());
+        return array;
       }
       case "string":
       case "data":
