@@ -63,8 +63,7 @@ describe("the admin client", () => {
     "a control plane that refuses the connection is unreachable, and the error says so by its code",
     TIMEOUT,
     async () => {
-      const url = await silentServer(t);
-      // A port nobody listens on: the silent server's, once it is closed.
+      // A port nobody listens on: a server's, once it is closed.
       const closed = await new Promise<string>((resolve) => {
         const server = net.createServer().listen(0, "127.0.0.1", () => {
           const port = (server.address() as AddressInfo).port;
