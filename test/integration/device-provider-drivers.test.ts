@@ -8,6 +8,7 @@ import { promises as fs } from "node:fs";
 import path from "node:path";
 import { readIoregUsb, readSysfsUsb, toUsbDevices } from "../../src/devices/providers/usb.js";
 import { createGraphicsProviders, readGraphicsSignal } from "../../src/devices/providers/graphics.js";
+import { readSimulatorsSignal } from "../../src/devices/providers/ios-simulator.js";
 import { REPO_ROOT } from "../helpers/cli.js";
 import { tempDir } from "../helpers/fixtures.js";
 
@@ -142,6 +143,27 @@ describe("the graphics scan", () => {
       assert.notEqual(plugged, before);
       await fs.mkdir(path.join(root, "card1"));
       assert.notEqual(await readGraphicsSignal(root, "linux"), plugged);
+    },
+  );
+});
+
+describe("the simulators' signal (CoreSimulator's Devices directory)", () => {
+  test(
+    "it changes when a simulator is created or its device.plist is rewritten (a boot), and not otherwise",
+    TIMEOUT,
+    async (t) => {
+      const root = path.join(await tempDir(t), "Devices");
+      assert.equal(await readSimulatorsSignal(root), "none");
+      const udid = "8A1C2F3E-0B6D-4E8F-9A51-3C7D2E1F0A9B";
+      await fs.mkdir(path.join(root, udid), { recursive: true });
+      const plist = path.join(root, udid, "device.plist");
+      await fs.writeFile(plist, "<plist/>");
+      await fs.utimes(plist, 1_700_000_000, 1_700_000_000);
+      const created = await readSimulatorsSignal(root);
+      assert.notEqual(created, "none");
+      assert.equal(await readSimulatorsSignal(root), created);
+      await fs.utimes(plist, 1_700_000_060, 1_700_000_060);
+      assert.notEqual(await readSimulatorsSignal(root), created);
     },
   );
 });

@@ -4,8 +4,9 @@
 // on the first scan, on every fresh one (a connect, `runner devices --rescan`), when a cheap
 // signal says something changed (Linux: the DRM cards and connectors in /sys/class/drm and
 // each connector's status), and at least every GRAPHICS_MAX_AGE_MS; in between, the last
-// answer is reused. The gpu and display providers share the call. The mappings to RawDevice
-// and the decision are pure and tested.
+// answer is reused (reuse.ts). It runs in a process of its own (graphics-probe.ts), so
+// systeminformation never enters the daemon's memory. The gpu and display providers share
+// the call. The mappings to RawDevice are pure and tested.
 import { promises as fs } from "node:fs";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
@@ -13,6 +14,7 @@ import type { Systeminformation } from "systeminformation";
 import type { RawDevice } from "../device.js";
 import { runTool } from "./find-command.js";
 import type { DeviceProvider, ScanOptions } from "./provider.js";
+import { reuseWhileUnchanged } from "./reuse.js";
 
 type Graphics = Systeminformation.GraphicsData;
 type Controller = Systeminformation.GraphicsControllerData;
@@ -21,27 +23,6 @@ type Display = Systeminformation.GraphicsDisplayData;
 /** How long a graphics answer is reused at most when nothing says it changed (and where nothing can say so). */
 export const GRAPHICS_MAX_AGE_MS = 10 * 60_000;
 export const SYSFS_DRM = "/sys/class/drm";
-
-/** The last answer, the signal it was read under, and when (on the scan's clock). */
-export interface GraphicsCache {
-  signal: string | null;
-  at: number;
-}
-
-/**
- * Pure: whether si.graphics() must run again. A fresh scan, a first one, an answer older than
- * the maximum age, or a different signal say yes. A platform without a signal (null both
- * times) relies on the age alone.
- */
-export function needsGraphicsScan(
-  last: GraphicsCache | null,
-  signal: string | null,
-  options: { now: number; fresh: boolean; maxAgeMs: number },
-): boolean {
-  if (options.fresh || last === null) return true;
-  if (options.now - last.at >= options.maxAgeMs) return true;
-  return signal !== last.signal;
-}
 
 /**
  * Linux: the DRM devices (cards and their connectors, which come and go with GPUs and with
@@ -69,28 +50,12 @@ export async function readGraphicsSignal(root = SYSFS_DRM, platform = process.pl
   }
 }
 
-/** The gpu and display providers of one inventory, sharing one si.graphics() call and its cache. */
+/** The gpu and display providers of one inventory, sharing one si.graphics() call and its reuse. */
 export function createGraphicsProviders(
   readSignal: () => Promise<string | null> = () => readGraphicsSignal(),
   readGraphics: (options: ScanOptions) => Promise<Graphics> = probeGraphics,
 ): { gpu: DeviceProvider; display: DeviceProvider } {
-  let cache: (GraphicsCache & { answer: Graphics }) | null = null;
-  let pending: Promise<Graphics> | null = null;
-
-  /** One read at a time: the two providers of one scan share its answer. */
-  const graphics = (options: ScanOptions): Promise<Graphics> => {
-    pending ??= (async () => {
-      const signal = await readSignal();
-      if (cache && !needsGraphicsScan(cache, signal, { ...options, maxAgeMs: GRAPHICS_MAX_AGE_MS }))
-        return cache.answer;
-      const answer = await readGraphics(options);
-      cache = { signal, at: options.now, answer };
-      return answer;
-    })().finally(() => {
-      pending = null;
-    });
-    return pending;
-  };
+  const graphics = reuseWhileUnchanged(readSignal, readGraphics, GRAPHICS_MAX_AGE_MS);
   return {
     gpu: { name: "gpu", scan: async (options) => toGpuDevices((await graphics(options)).controllers) },
     display: { name: "display", scan: async (options) => toDisplayDevices((await graphics(options)).displays) },

@@ -2,13 +2,13 @@
 import type { DeviceProviderName } from "../provider-names.js";
 import { androidProvider } from "./android.js";
 import { createGraphicsProviders } from "./graphics.js";
-import { iosSimulatorProvider } from "./ios-simulator.js";
+import { createIosSimulatorProvider } from "./ios-simulator.js";
 import type { DeviceProvider } from "./provider.js";
 import { usbProvider } from "./usb.js";
 
 export type { DeviceProvider, ScanOptions } from "./provider.js";
 
-/** Fresh providers for one inventory: the graphics pair keeps its cache between that inventory's scans. */
+/** Fresh providers for one inventory: graphics and simulators keep their last answers between its scans. */
 export function createProviders(names: readonly DeviceProviderName[]): DeviceProvider[] {
   const graphics = createGraphicsProviders();
   const providers: Record<DeviceProviderName, DeviceProvider> = {
@@ -16,7 +16,7 @@ export function createProviders(names: readonly DeviceProviderName[]): DevicePro
     usb: usbProvider,
     display: graphics.display,
     android: androidProvider,
-    "ios-simulator": iosSimulatorProvider,
+    "ios-simulator": createIosSimulatorProvider(),
   };
   return [...new Set(names)].map((name) => providers[name]);
 }

@@ -1,32 +1,32 @@
-// When the graphics providers run si.graphics() again, and when they reuse its last answer:
-// the pure decision, and the shared reader with its signal and graphics reads replaced by
-// counters (time passed in).
+// When a provider's expensive read (si.graphics(), simctl) runs again and when its last answer
+// is reused: the pure decision, and the graphics providers with their signal and read
+// replaced by counters (time passed in).
 import { describe, test } from "node:test";
 import assert from "node:assert/strict";
 import type { Systeminformation } from "systeminformation";
 import {
   createGraphicsProviders,
   GRAPHICS_MAX_AGE_MS,
-  needsGraphicsScan,
   readGraphicsSignal,
 } from "../../src/devices/providers/graphics.js";
+import { needsFullScan } from "../../src/devices/providers/reuse.js";
 
 const MAX = { maxAgeMs: 600_000 };
 
-describe("needsGraphicsScan", () => {
+describe("needsFullScan", () => {
   test("a first scan, a fresh one, an old answer or a changed signal read again; otherwise the answer is reused", () => {
     const last = { signal: "card0,card0-HDMI-A-1=disconnected", at: 1_000 };
-    assert.equal(needsGraphicsScan(null, last.signal, { now: 1_000, fresh: false, ...MAX }), true);
-    assert.equal(needsGraphicsScan(last, last.signal, { now: 2_000, fresh: true, ...MAX }), true);
-    assert.equal(needsGraphicsScan(last, last.signal, { now: 601_000, fresh: false, ...MAX }), true);
-    assert.equal(needsGraphicsScan(last, "card0,card0-HDMI-A-1=connected", { now: 2_000, fresh: false, ...MAX }), true);
-    assert.equal(needsGraphicsScan(last, last.signal, { now: 600_999, fresh: false, ...MAX }), false);
+    assert.equal(needsFullScan(null, last.signal, { now: 1_000, fresh: false, ...MAX }), true);
+    assert.equal(needsFullScan(last, last.signal, { now: 2_000, fresh: true, ...MAX }), true);
+    assert.equal(needsFullScan(last, last.signal, { now: 601_000, fresh: false, ...MAX }), true);
+    assert.equal(needsFullScan(last, "card0,card0-HDMI-A-1=connected", { now: 2_000, fresh: false, ...MAX }), true);
+    assert.equal(needsFullScan(last, last.signal, { now: 600_999, fresh: false, ...MAX }), false);
   });
 
   test("where there is no signal (null before and now) only the age decides", () => {
     const last = { signal: null, at: 0 };
-    assert.equal(needsGraphicsScan(last, null, { now: 599_999, fresh: false, ...MAX }), false);
-    assert.equal(needsGraphicsScan(last, null, { now: 600_000, fresh: false, ...MAX }), true);
+    assert.equal(needsFullScan(last, null, { now: 599_999, fresh: false, ...MAX }), false);
+    assert.equal(needsFullScan(last, null, { now: 600_000, fresh: false, ...MAX }), true);
   });
 });
 
