@@ -257,12 +257,19 @@ export class SqlJobStore implements JobStoreContract {
         [ref.jobId, ref.attempt, bytes, bytes, limits.maxBytes, limits.maxBytes],
       );
       if (counted !== 1) return "limit_reached";
-      await tx.run(
+      const inserted = await tx.run(
         `INSERT INTO job_logs (job_id, attempt, seq, stream, data)
-         VALUES (?, CAST(? AS BIGINT), CAST(? AS BIGINT), CAST(? AS TEXT), ${this.db.dialect.logData.param})`,
+         VALUES (?, CAST(? AS BIGINT), CAST(? AS BIGINT), CAST(? AS TEXT), ${this.db.dialect.logData.param})
+         ON CONFLICT (job_id, attempt, seq) DO NOTHING`,
         [ref.jobId, ref.attempt, chunk.seq, chunk.stream, this.db.dialect.logData.encode(chunk.data)],
       );
-      return "stored";
+      if (inserted === 1) return "stored";
+      // The same chunk stored meanwhile by another connection: give its bytes back.
+      await tx.run(
+        "UPDATE job_log_totals SET bytes = bytes - CAST(? AS BIGINT), chunks = chunks - 1 WHERE job_id = ? AND attempt = ?",
+        [bytes, ref.jobId, ref.attempt],
+      );
+      return "repeat";
     });
   }
 
