@@ -868,7 +868,7 @@ describe("limits of what a runner may store", () => {
     "a log chunk past the attempt's byte cap, past its seq range or after its result gets an error frame naming the limit, and is not stored",
     TIMEOUT,
     async (t) => {
-      const h = await startHarness(t, { maxLogBytesPerJob: 1024, maxLogChunksPerJob: 4 });
+      const h = await startHarness(t, { maxLogBytesPerJob: 1024, maxLogChunksPerJob: 8 });
       const runner = await connected(h, await registerRunner(h, "chatty"));
       runner.ready(1);
       const job = await submit(h);
@@ -881,21 +881,28 @@ describe("limits of what a runner may store", () => {
       const overBytes = await runner.next("error");
       assert.equal(overBytes.code, "log_limit_exceeded");
       assert.match(overBytes.message, /1024 bytes/);
-      log(4, "c");
+      log(2, "d".repeat(100)); // over again: dropped without a second error
+      log(3, "e".repeat(24)); // fits exactly: stored
+      log(8, "c");
       const overSeq = await runner.next("error");
       assert.equal(overSeq.code, "log_seq_out_of_range");
-      assert.match(overSeq.message, /below 4/);
+      assert.match(overSeq.message, /below 8/);
       const health = await fetch(`${h.cp.url}/api/v1/health`);
       assert.equal(health.status, 200, "/health answers while the runner is refused");
       runner.result(ref);
       await runner.next("result_ack");
-      log(2, "late");
+      log(5, "late");
       assert.equal((await runner.next("error")).code, "log_after_result");
+      log(6, "later");
+      await runner.expectNo("error");
       const { logs } = await h.admin.getJob(job.jobId);
       assert.deepEqual(
         logs.map((chunk) => [chunk.seq, chunk.data.length]),
-        [[0, 1000]],
-        "only the chunk within the limits is kept",
+        [
+          [0, 1000],
+          [3, 24],
+        ],
+        "only the chunks within the limits are kept",
       );
     },
   );

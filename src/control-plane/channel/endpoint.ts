@@ -85,6 +85,8 @@ interface Connection {
   handling: Promise<void>;
   /** Frames received and not yet handled; over BACKLOG_PAUSE the socket is paused until BACKLOG_RESUME. */
   backlog: number;
+  /** Log refusals already answered on this connection (channel/log-intake.ts). */
+  readonly toldLogRefusals: Set<string>;
   readonly connectedAt: number;
   /** performance.now() of the last frame or ping from the runner. */
   lastHeardAt: number;
@@ -183,6 +185,7 @@ export class ChannelEndpoint implements RunnerChannels {
       lastHeardAt: now,
       handling: Promise.resolve(),
       backlog: 0,
+      toldLogRefusals: new Set(),
     };
     const previous = this.connections.get(runner.id);
     this.connections.set(runner.id, connection);
@@ -470,10 +473,17 @@ export class ChannelEndpoint implements RunnerChannels {
       case "started":
         return queue.started(link, message);
       case "log": {
-        const refused = await appendLog(this.context.store.jobs, this.context.logger, link.runnerId, message, {
-          maxBytes: this.options.maxLogBytesPerJob,
-          maxChunks: this.options.maxLogChunksPerJob,
-        });
+        const refused = await appendLog(
+          this.context.store.jobs,
+          this.context.logger,
+          link.runnerId,
+          message,
+          {
+            maxBytes: this.options.maxLogBytesPerJob,
+            maxChunks: this.options.maxLogChunksPerJob,
+          },
+          connection.toldLogRefusals,
+        );
         return refused && this.send(connection, refused);
       }
       case "result":

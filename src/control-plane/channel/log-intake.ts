@@ -17,51 +17,49 @@ export const LOG_ERROR_CODES = {
   limit_reached: "log_limit_exceeded",
 } as const satisfies Partial<Record<LogInsertOutcome, string>>;
 
-/** Stores the chunk; returns the `error` frame to answer with, or undefined when there is nothing to say. */
+/** How many (job attempt, code) pairs a connection remembers having answered before it forgets them all. */
+const TOLD_MEMORY = 1024;
+
+/**
+ * Stores the chunk; returns the `error` frame to answer with, or undefined when there is
+ * nothing to say. `told` is the connection's memory of what it already answered: a job past
+ * its cap goes on printing, and one `error` per job attempt and code is enough (the runner
+ * logs each one it gets, and must not get one per chunk).
+ */
 export async function appendLog(
   store: JobStoreContract,
   logger: Logger,
   runnerId: string,
   chunk: LogMessage,
   limits: LogLimits,
+  told: Set<string>,
 ): Promise<ErrorMessage | undefined> {
   const outcome = await store.insertLog(chunk, runnerId, chunk, limits);
-  const where = `job ${chunk.jobId} attempt ${chunk.attempt} seq ${chunk.seq}`;
-  switch (outcome) {
-    case "stored":
-      return undefined;
-    case "repeat":
-    case "not_held":
-      logger.debug(
-        { runnerId, jobId: chunk.jobId, attempt: chunk.attempt, seq: chunk.seq, outcome },
-        "log chunk dropped (repeat or stale attempt)",
-      );
-      return undefined;
-    case "finished":
-      return refuse(
-        logger,
-        runnerId,
-        LOG_ERROR_CODES.finished,
-        `${where}: the attempt's result was applied; log chunk dropped`,
-      );
-    case "seq_out_of_range":
-      return refuse(
-        logger,
-        runnerId,
-        LOG_ERROR_CODES.seq_out_of_range,
-        `${where}: seq must be below ${limits.maxChunks} (the log chunks a job attempt may store); chunk dropped`,
-      );
-    case "limit_reached":
-      return refuse(
-        logger,
-        runnerId,
-        LOG_ERROR_CODES.limit_reached,
-        `${where}: the attempt's log would pass ${limits.maxBytes} bytes; chunk dropped`,
-      );
+  if (outcome === "stored") return undefined;
+  if (outcome === "repeat" || outcome === "not_held") {
+    logger.debug(
+      { runnerId, jobId: chunk.jobId, attempt: chunk.attempt, seq: chunk.seq, outcome },
+      "log chunk dropped (repeat or stale attempt)",
+    );
+    return undefined;
   }
-}
-
-function refuse(logger: Logger, runnerId: string, code: string, message: string): ErrorMessage {
+  const code = LOG_ERROR_CODES[outcome];
+  const key = `${chunk.jobId}\n${chunk.attempt}\n${code}`;
+  if (told.has(key)) return undefined;
+  if (told.size >= TOLD_MEMORY) told.clear();
+  told.add(key);
+  const message = `job ${chunk.jobId} attempt ${chunk.attempt} seq ${chunk.seq}: ${explain(outcome, limits)}`;
   logger.warn({ runnerId, code, detail: message }, "log chunk refused");
   return { type: "error", code, message };
+}
+
+function explain(outcome: keyof typeof LOG_ERROR_CODES, limits: LogLimits): string {
+  switch (outcome) {
+    case "finished":
+      return "the attempt's result was applied; log chunk dropped (and any later one, without another error)";
+    case "seq_out_of_range":
+      return `seq must be below ${limits.maxChunks} (the log chunks a job attempt may store); chunk dropped (and any later one out of range, without another error)`;
+    case "limit_reached":
+      return `the attempt's log would pass ${limits.maxBytes} bytes; chunk dropped (and any later one over it, without another error)`;
+  }
 }
