@@ -577,6 +577,59 @@ for (const engine of [sqlite, postgres]) {
     );
 
     test(
+      "pages: jobs, runners, devices and logs continue after a cursor, in order, within the limit",
+      TIMEOUT,
+      async (t) => {
+        const store = await oneStore(engine, t);
+        if (!store) return;
+        for (const n of [1, 2, 3, 4, 5]) await submit(store, `job_${n}`);
+        assert.deepEqual(
+          (await store.jobs.list(undefined, { afterId: "job_2", limit: 2 })).map((job) => job.id),
+          ["job_3", "job_4"],
+        );
+        assert.deepEqual(
+          (await store.jobs.list("queued", { limit: 2 })).map((job) => job.id),
+          ["job_1", "job_2"],
+        );
+        const ids = [await registered(store, "pa"), await registered(store, "pb"), await registered(store, "pc")];
+        assert.deepEqual(
+          (await store.listRunners({ afterName: "pa", limit: 1 })).map((runner) => runner.name),
+          ["pb"],
+        );
+        const [left, right] = [...ids].sort() as [string, string];
+        for (const id of [left, right])
+          await store.devices.applyBatch(id, batch({ upserts: [device("a:1"), device("b:2")] }), new Date(), MAX_ROWS);
+        assert.deepEqual(
+          (await store.devices.list({}, { after: { runnerId: left, deviceId: "b:2" }, limit: 3 })).map((row) => [
+            row.runnerId,
+            row.id,
+          ]),
+          [
+            [right, "a:1"],
+            [right, "b:2"],
+          ],
+        );
+        const holder = ids[0]!;
+        await store.jobs.claim("job_1", holder, new Date(), later(60_000));
+        for (const seq of [0, 1, 2, 3])
+          await store.jobs.insertLog(
+            { jobId: "job_1", attempt: 1 },
+            holder,
+            { seq, stream: "stdout", data: `${seq}` },
+            LOG_LIMITS,
+          );
+        assert.deepEqual(
+          (await store.jobs.listLogs("job_1", { after: { attempt: 1, seq: 1 }, limit: 5 })).map((chunk) => chunk.seq),
+          [2, 3],
+        );
+        assert.deepEqual(
+          (await store.jobs.listLogs("job_1", { limit: 1 })).map((chunk) => chunk.seq),
+          [0],
+        );
+      },
+    );
+
+    test(
       "registration tokens: usable until used or expired, and checking one does not consume it",
       TIMEOUT,
       async (t) => {

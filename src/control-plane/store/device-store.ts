@@ -147,13 +147,13 @@ export class SqlDeviceStore implements DeviceStoreContract {
     const runnerId = filter.runnerId ?? null;
     const kind = filter.kind ?? null;
     const state = filter.state ?? null;
-    const afterRunner = page?.after?.runnerId ?? null;
-    const afterDevice = page?.after?.deviceId ?? null;
+    // The cursor is a row-value range on the primary key, so a page starts where the last
+    // ended instead of scanning from the first row (both engines seek on it).
+    const after = page?.after;
     const rows = await this.db.all<DeviceRow>(
       `SELECT * FROM devices
        WHERE (CAST(? AS TEXT) IS NULL OR runner_id = ?) AND (CAST(? AS TEXT) IS NULL OR kind = ?)
-         AND (CAST(? AS TEXT) IS NULL OR state = ?)
-         AND (CAST(? AS TEXT) IS NULL OR runner_id > ? OR (runner_id = ? AND device_id > ?))
+         AND (CAST(? AS TEXT) IS NULL OR state = ?)${after ? " AND (runner_id, device_id) > (CAST(? AS TEXT), CAST(? AS TEXT))" : ""}
        ORDER BY runner_id, device_id${page ? " LIMIT ?" : ""}`,
       [
         runnerId,
@@ -162,10 +162,7 @@ export class SqlDeviceStore implements DeviceStoreContract {
         kind,
         state,
         state,
-        afterRunner,
-        afterRunner,
-        afterRunner,
-        afterDevice,
+        ...(after ? [after.runnerId, after.deviceId] : []),
         ...(page ? [page.limit] : []),
       ],
     );

@@ -18,7 +18,7 @@ import type {
   NewJob,
   QueuedJob,
 } from "./contract.js";
-import type { SqlEngine } from "./sql.js";
+import type { SqlEngine, SqlValue } from "./sql.js";
 
 interface JobRow {
   id: string;
@@ -79,15 +79,24 @@ export class SqlJobStore implements JobStoreContract {
   }
 
   async list(status?: JobStatus, page?: { afterId?: string; limit: number }): Promise<JobRecord[]> {
-    const statusOrNull = status ?? null;
-    const afterId = page?.afterId ?? null;
-    // A cursor's job is found by id (it is never deleted); from it on, the submit order.
+    // Conditions are added only when given, so that each page is an index range (by status
+    // and position, or by position), not a scan from the start. A cursor's job is found by id
+    // (jobs are never deleted); from it on, the submit order.
+    const where: string[] = [];
+    const params: SqlValue[] = [];
+    if (status !== undefined) {
+      where.push("status = ?");
+      params.push(status);
+    }
+    if (page?.afterId !== undefined) {
+      where.push("queue_position > (SELECT queue_position FROM jobs WHERE id = ?)");
+      params.push(page.afterId);
+    }
+    if (page) params.push(page.limit);
     const rows = await this.db.all<JobRow>(
-      `SELECT * FROM jobs
-       WHERE (CAST(? AS TEXT) IS NULL OR status = ?)
-         AND (CAST(? AS TEXT) IS NULL OR queue_position > (SELECT queue_position FROM jobs WHERE id = ?))
+      `SELECT * FROM jobs${where.length > 0 ? ` WHERE ${where.join(" AND ")}` : ""}
        ORDER BY queue_position${page ? " LIMIT ?" : ""}`,
-      [statusOrNull, statusOrNull, afterId, afterId, ...(page ? [page.limit] : [])],
+      params,
     );
     return rows.map(toJobRecord);
   }
@@ -280,9 +289,9 @@ export class SqlJobStore implements JobStoreContract {
     const after = page?.after ?? { attempt: 0, seq: -1 };
     const rows = await this.db.all<Omit<LogChunk, "data"> & { data: unknown }>(
       `SELECT attempt, seq, stream, data FROM job_logs
-       WHERE job_id = ? AND (attempt > ? OR (attempt = ? AND seq > ?))
+       WHERE job_id = ? AND (attempt, seq) > (CAST(? AS BIGINT), CAST(? AS BIGINT))
        ORDER BY attempt, seq${page ? " LIMIT ?" : ""}`,
-      [jobId, after.attempt, after.attempt, after.seq, ...(page ? [page.limit] : [])],
+      [jobId, after.attempt, after.seq, ...(page ? [page.limit] : [])],
     );
     const { decode } = this.db.dialect.logData;
     return rows.map((row) => ({ attempt: row.attempt, seq: row.seq, stream: row.stream, data: decode(row.data) }));

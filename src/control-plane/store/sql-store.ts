@@ -141,10 +141,11 @@ export class SqlStore implements ControlPlaneStore {
   }
 
   async listRunners(page?: { afterName?: string; limit: number }): Promise<RunnerRecord[]> {
-    const afterName = page?.afterName ?? null;
+    // Only with a cursor is there a WHERE: the page is then a range of the name index.
+    const afterName = page?.afterName;
     const rows = await this.db.all<RunnerRow>(
-      `SELECT * FROM runners WHERE (CAST(? AS TEXT) IS NULL OR name > ?) ORDER BY name${page ? " LIMIT ?" : ""}`,
-      [afterName, afterName, ...(page ? [page.limit] : [])],
+      `SELECT * FROM runners${afterName !== undefined ? " WHERE name > ?" : ""} ORDER BY name${page ? " LIMIT ?" : ""}`,
+      [...(afterName !== undefined ? [afterName] : []), ...(page ? [page.limit] : [])],
     );
     return rows.map(toRunnerRecord);
   }
