@@ -98,8 +98,17 @@ export const PG_MIGRATIONS: readonly string[] = [
   );
   CREATE INDEX devices_by_kind ON devices (kind, runner_id);
   `,
+  // 5: limits (issue 12): the log each job attempt stored (see the SQLite migration).
+  `
+  CREATE TABLE job_log_totals (
+    job_id  TEXT NOT NULL REFERENCES jobs (id) ON DELETE CASCADE,
+    attempt INTEGER NOT NULL,
+    bytes   BIGINT NOT NULL,
+    chunks  BIGINT NOT NULL,
+    PRIMARY KEY (job_id, attempt)
+  );
+  `,
 ];
-
 export const PG_SCHEMA_VERSION = PG_MIGRATIONS.length;
 
 /** The advisory lock every replica takes around its migrations (any fixed 64-bit key; this one spells "runner"). */

@@ -108,8 +108,19 @@ export const MIGRATIONS: readonly string[] = [
   ALTER TABLE runners ADD COLUMN paused_at INTEGER;
   ALTER TABLE runners ADD COLUMN pause_reason TEXT;
   `,
-];
+  // 5: limits (issue 12): the bytes and chunks of log each job attempt stored, so that the cap
+  // is one conditional upsert and not a SUM over the attempt's chunks at every chunk.
+  `
+  CREATE TABLE job_log_totals (
+    job_id  TEXT NOT NULL REFERENCES jobs (id) ON DELETE CASCADE,
+    attempt INTEGER NOT NULL,
+    bytes   INTEGER NOT NULL,
+    chunks  INTEGER NOT NULL,
+    PRIMARY KEY (job_id, attempt)
+  ) STRICT, WITHOUT ROWID;
 
+  `,
+];
 export const SCHEMA_VERSION = MIGRATIONS.length;
 
 const SQLITE_DIALECT: SqlDialect = {
