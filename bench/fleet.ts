@@ -3,8 +3,8 @@
 // once-a-second polling model measured in the same run.
 //
 // - Control planes are real child processes (`runner control-plane --listen 127.0.0.1:0`),
-//   their log on a file. SQLite keeps its file in a temp --data dir; PostgreSQL is a
-//   throw-away cluster (test/helpers/postgres.ts) with fsync, synchronous_commit and
+//   their log on a file. SQLite keeps its file in a temp --data dir (and runs once more in
+//   memory, to show what the file's fsyncs cost); PostgreSQL is a throw-away cluster (test/helpers/postgres.ts) with fsync, synchronous_commit and
 //   full_page_writes off: a benchmark database need not survive a crash, so the numbers
 //   leave out the disk's flush latency.
 // - The runners are light protocol clients (bench/peers/light-runner.ts), all in one forked
@@ -47,7 +47,7 @@ import { NO_PROXY } from "../src/net/proxy.js";
 import { openStore } from "../src/control-plane/store/open.js";
 import type { ControlPlaneStore } from "../src/control-plane/store/contract.js";
 import { AGENT_VERSION, PROTOCOL_VERSION } from "../src/protocol/version.js";
-import { postgresUnavailableReason, startPostgresCluster, type PostgresCluster } from "../test/helpers/postgres.js";
+import { postgresUnavailableReason, startPostgresCluster } from "../test/helpers/postgres.js";
 import type { LightRunnerIdentity } from "./peers/light-runner.js";
 import type { FleetCommand, FleetObservation, FleetReport } from "./peers/fleet-peer.js";
 import { RUNNER_BIN, percentiles, type Percentiles } from "./support.js";
@@ -64,11 +64,19 @@ const RUNNERS = setting(2, "FLEET_RUNNERS", 500);
 const JOBS = setting(3, "FLEET_JOBS", 5000);
 const IN_FLIGHT = Math.min(setting(4, "FLEET_IN_FLIGHT", 200), RUNNERS);
 const PHASE_SECONDS = setting(5, "FLEET_SECONDS", 30);
+const CONFIG_NAMES = ["sqlite", "sqlite-memory", "pg1", "pg2", "pg2-cross", "baseline"];
+/** Which configurations run: FLEET_CONFIGS=sqlite,pg1,... (default: all of them). */
+const CONFIGS = new Set(process.env.FLEET_CONFIGS?.split(",").map((name) => name.trim()) ?? CONFIG_NAMES);
+for (const name of CONFIGS)
+  if (!CONFIG_NAMES.includes(name))
+    throw new Error(`FLEET_CONFIGS: unknown configuration ${name} (known: ${CONFIG_NAMES.join(", ")})`);
 /** Jobs that warm a configuration up, not counted. */
 const WARM_UP = Math.min(200, Math.floor(JOBS / 10));
 /** After the submissions stop, how long the jobs in flight get to finish. */
 const DRAIN_GRACE_MS = 10_000;
 const CAPACITY = 1;
+/** A polling runner of the baseline reads this many queued jobs and claims one of them. */
+const POLL_PAGE = 32;
 const ADMIN_TOKEN = "adm_fleet-bench-" + createHash("sha256").update(String(process.pid)).digest("hex").slice(0, 32);
 const FLEET_PEER = path.join(path.dirname(fileURLToPath(import.meta.url)), "peers", "fleet-peer.js");
 const JOB_BODY = JSON.stringify({ job: { kind: "command", argv: ["true"], env: {} } });
@@ -183,6 +191,10 @@ class Fleet {
     await this.ask({ type: "close" }, 30_000);
   }
 
+  get pid(): number {
+    return this.child.pid!;
+  }
+
   stop(): void {
     this.child.disconnect();
   }
@@ -234,6 +246,12 @@ function rssKiB(pid: number): number {
   const match = /^VmRSS:\s+(\d+) kB$/m.exec(readFileSync(`/proc/${pid}/status`, "utf8"));
   if (!match) throw new Error(`no VmRSS in /proc/${pid}/status`);
   return Number(match[1]);
+}
+
+/** utime + stime of the process, in ms (/proc/<pid>/stat, in clock ticks of 10 ms). */
+function cpuMs(pid: number): number {
+  const fields = readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1]!.split(" ");
+  return (Number(fields[11]) + Number(fields[12])) * 10;
 }
 
 async function settledRss(pids: number[]): Promise<number> {
@@ -377,6 +395,10 @@ interface Row {
   rssIdleKiB: number | null;
   rssConnectedKiB: number | null;
   troubles: Map<string, number>;
+  /** Per control-plane process: CPU time over wall time during the load phase (1 = one core). */
+  cpuBusy: number[];
+  /** The other processes' share of the machine during the load phase. */
+  context: string;
 }
 
 interface PushConfig {
@@ -414,6 +436,10 @@ async function runPushConfig(config: PushConfig, fleet: Fleet, work: string): Pr
     const rssConnectedKiB = await settledRss(pids);
     console.error(`[fleet] ${config.name}: submitting up to ${JOBS} jobs, ${IN_FLIGHT} in flight`);
     const submitter = makeSubmitter(urls);
+    const cpuBefore = pids.map(cpuMs);
+    const fleetCpuBefore = cpuMs(fleet.pid);
+    const benchCpuBefore = process.cpuUsage();
+    const wallBefore = nowMs();
     const load = await runLoad(submitter, config.submitTo, config.runnerReplica, (tracker) => {
       fleet.onObservations = (items) => {
         for (const item of items) {
@@ -422,6 +448,10 @@ async function runPushConfig(config: PushConfig, fleet: Fleet, work: string): Pr
         }
       };
     });
+    const wall = nowMs() - wallBefore;
+    const cpuBusy = pids.map((pid, i) => (cpuMs(pid) - cpuBefore[i]!) / wall);
+    const benchCpu = process.cpuUsage(benchCpuBefore);
+    const context = `fleet process ${((100 * (cpuMs(fleet.pid) - fleetCpuBefore)) / wall).toFixed(0)}% CPU, submitting process ${((benchCpu.user + benchCpu.system) / 10 / wall).toFixed(0)}%, load average ${os.loadavg()[0]!.toFixed(1)} at the end (2 cores shared with other work)`;
     submitter.close();
     await fleet.close();
     return {
@@ -432,6 +462,8 @@ async function runPushConfig(config: PushConfig, fleet: Fleet, work: string): Pr
       rssIdleKiB,
       rssConnectedKiB,
       troubles: new Map(fleet.troubles),
+      cpuBusy,
+      context,
     };
   } finally {
     await stopPlanes();
@@ -465,7 +497,12 @@ async function runPollingBaseline(databaseUrl: string, work: string): Promise<Ro
         for (let r = 0; r < RUNNERS; r++) {
           const runnerId = `rnr_poller${String(r).padStart(14, "0")}`;
           const poll = async () => {
-            for (const queued of await jobs.listQueued(0, 8)) {
+            // Tried from a random place in the first page: pollers that all went for the head of
+            // the queue would mostly wait on each other's row locks (SKIP LOCKED's effect).
+            const page = await jobs.listQueued(0, POLL_PAGE);
+            const from = Math.floor(Math.random() * page.length);
+            for (let i = 0; i < page.length; i++) {
+              const queued = page[(from + i) % page.length]!;
               const now = new Date();
               const job = await jobs.claim(queued.id, runnerId, now, new Date(now.getTime() + 60_000));
               if (!job) continue;
@@ -516,6 +553,8 @@ async function runPollingBaseline(databaseUrl: string, work: string): Promise<Ro
       rssIdleKiB: null,
       rssConnectedKiB: null,
       troubles: new Map(),
+      cpuBusy: [],
+      context: `load average ${os.loadavg()[0]!.toFixed(1)} at the end`,
     };
   } finally {
     await stopAll();
@@ -540,6 +579,7 @@ function printRows(rows: Row[]): void {
     "RSS 0 MiB",
     "RSS N MiB",
     "KiB/runner",
+    "CP CPU",
   ];
   const table = rows.map((row) => {
     const perRunner =
@@ -557,6 +597,7 @@ function printRows(rows: Row[]): void {
       row.rssIdleKiB === null ? "-" : fmt(row.rssIdleKiB / 1024),
       row.rssConnectedKiB === null ? "-" : fmt(row.rssConnectedKiB / 1024),
       fmt(perRunner),
+      row.cpuBusy.length === 0 ? "-" : row.cpuBusy.map((busy) => `${(busy * 100).toFixed(0)}%`).join("+"),
     ];
   });
   const widths = header.map((h, i) => Math.max(h.length, ...table.map((r) => r[i]!.length)));
@@ -573,38 +614,37 @@ async function main(): Promise<void> {
   cleanups.push(async () => fleet.stop());
   const rows: Row[] = [];
   const alternate = (n: number) => n % 2;
-
-  rows.push(
-    await runPushConfig(
-      {
-        name: "SQLite, 1 process",
-        replicas: 1,
-        runnerReplica: () => 0,
-        submitTo: () => 0,
-        store: async () => ["--data", await fs.mkdtemp(path.join(work, "sqlite-"))],
-      },
-      fleet,
-      work,
-    ),
-  );
-
+  const sqlite = async () => ["--data", await fs.mkdtemp(path.join(work, "sqlite-"))];
+  if (CONFIGS.has("sqlite")) {
+    const config = { name: "SQLite, 1 process", replicas: 1, runnerReplica: () => 0, submitTo: () => 0, store: sqlite };
+    rows.push(await runPushConfig(config, fleet, work));
+  }
+  if (CONFIGS.has("sqlite-memory")) {
+    // No --data: the same control plane with its SQLite database in memory, so no commit waits for
+    // the disk. It shows what the file's fsyncs cost (not a way to run: everything is lost at exit).
+    const config = {
+      name: "SQLite in memory (no fsync), 1 process",
+      replicas: 1,
+      runnerReplica: () => 0,
+      submitTo: () => 0,
+      store: async () => [],
+    };
+    rows.push(await runPushConfig(config, fleet, work));
+  }
   const unavailable = postgresUnavailableReason();
-  let cluster: PostgresCluster | undefined;
-  if (unavailable === undefined) {
+  const wantsPostgres = [...CONFIGS].some((name) => name !== "sqlite");
+  if (unavailable === undefined && wantsPostgres) {
     console.error("[fleet] starting a throw-away PostgreSQL cluster (fsync off)");
-    cluster = await startPostgresCluster();
-    const stopCluster = cluster.stop.bind(cluster);
-    cleanups.push(stopCluster);
-    const database = async () => ["--database", await cluster!.createDatabase()];
-    rows.push(
-      await runPushConfig(
+    const cluster = await startPostgresCluster();
+    cleanups.push(() => cluster.stop());
+    const database = async () => ["--database", await cluster.createDatabase()];
+    const postgres: [string, PushConfig][] = [
+      [
+        "pg1",
         { name: "PostgreSQL, 1 replica", replicas: 1, runnerReplica: () => 0, submitTo: () => 0, store: database },
-        fleet,
-        work,
-      ),
-    );
-    rows.push(
-      await runPushConfig(
+      ],
+      [
+        "pg2",
         {
           name: "PostgreSQL, 2 replicas (runners split, submits alternate)",
           replicas: 2,
@@ -612,12 +652,9 @@ async function main(): Promise<void> {
           submitTo: alternate,
           store: database,
         },
-        fleet,
-        work,
-      ),
-    );
-    rows.push(
-      await runPushConfig(
+      ],
+      [
+        "pg2-cross",
         {
           name: "PostgreSQL, 2 replicas, every job cross-replica (runners on B, submits to A)",
           replicas: 2,
@@ -625,11 +662,10 @@ async function main(): Promise<void> {
           submitTo: () => 0,
           store: database,
         },
-        fleet,
-        work,
-      ),
-    );
-    rows.push(await runPollingBaseline(await cluster.createDatabase(), work));
+      ],
+    ];
+    for (const [key, config] of postgres) if (CONFIGS.has(key)) rows.push(await runPushConfig(config, fleet, work));
+    if (CONFIGS.has("baseline")) rows.push(await runPollingBaseline(await cluster.createDatabase(), work));
   }
 
   const title = `fleet: ${RUNNERS} light runners (capacity ${CAPACITY}, instant jobs), up to ${JOBS} jobs per configuration (${WARM_UP} warm-up not counted), ${IN_FLIGHT} in flight, submissions capped at ${PHASE_SECONDS} s`;
@@ -638,12 +674,13 @@ async function main(): Promise<void> {
     "latencies: submitted (client, before the POST) → assign read by the runner, ms; cross: jobs taken by a runner on another replica than the one they were submitted to",
   );
   console.log(
-    "RSS: control-plane process(es), VmRSS idle with 0 connected vs. the N runners connected and idle; KiB/runner = the difference / N\n",
+    "RSS: control-plane process(es), VmRSS idle with 0 connected vs. the N runners connected and idle; KiB/runner = the difference / N; CP CPU: CPU time of each control-plane process over the load phase's wall time (100% = one core)\n",
   );
   printRows(rows);
   if (unavailable !== undefined)
     console.log(`\nPostgreSQL configurations and the polling baseline skipped: ${unavailable}`);
   for (const row of rows) {
+    console.log(`${row.name}: ${row.context}`);
     if (row.load.unfinished > 0) console.log(`${row.name}: ${row.load.unfinished} jobs unfinished at the time cap`);
     for (const [what, count] of row.troubles) console.log(`${row.name}: ${count} × ${what}`);
   }
