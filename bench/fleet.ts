@@ -76,7 +76,7 @@ const WARM_UP = Math.min(200, Math.floor(JOBS / 10));
 const DRAIN_GRACE_MS = 10_000;
 const CAPACITY = 1;
 /** A polling runner of the baseline reads this many queued jobs and claims one of them. */
-const POLL_PAGE = 32;
+const POLL_PAGE = 8;
 const ADMIN_TOKEN = "adm_fleet-bench-" + createHash("sha256").update(String(process.pid)).digest("hex").slice(0, 32);
 const FLEET_PEER = path.join(path.dirname(fileURLToPath(import.meta.url)), "peers", "fleet-peer.js");
 const JOB_BODY = JSON.stringify({ job: { kind: "command", argv: ["true"], env: {} } });
@@ -394,6 +394,8 @@ interface Row {
   load: LoadResult;
   rssIdleKiB: number | null;
   rssConnectedKiB: number | null;
+  /** RSS growth per runner while the second half of the fleet connected. */
+  marginalKiB: number | null;
   troubles: Map<string, number>;
   /** Per control-plane process: CPU time over wall time during the load phase (1 = one core). */
   cpuBusy: number[];
@@ -432,8 +434,14 @@ async function runPushConfig(config: PushConfig, fleet: Fleet, work: string): Pr
     const rssIdleKiB = await settledRss(pids);
     console.error(`[fleet] ${config.name}: connecting ${RUNNERS} runners`);
     fleet.troubles.clear();
-    const connectMs = await fleet.connect(identities, 30_000);
+    // In two halves: the second half's growth, per runner, leaves out what the first connections
+    // cost once (buffers, code compiled on first use), which the brief's figure spreads over N.
+    const half = Math.floor(RUNNERS / 2);
+    const connectMs = await fleet.connect(identities.slice(0, half), 30_000);
+    const rssHalfKiB = await settledRss(pids);
+    const connectRestMs = await fleet.connect(identities.slice(half), 30_000);
     const rssConnectedKiB = await settledRss(pids);
+    const marginalKiB = (rssConnectedKiB - rssHalfKiB) / (RUNNERS - half);
     console.error(`[fleet] ${config.name}: submitting up to ${JOBS} jobs, ${IN_FLIGHT} in flight`);
     const submitter = makeSubmitter(urls);
     const cpuBefore = pids.map(cpuMs);
@@ -451,14 +459,15 @@ async function runPushConfig(config: PushConfig, fleet: Fleet, work: string): Pr
     const wall = nowMs() - wallBefore;
     const cpuBusy = pids.map((pid, i) => (cpuMs(pid) - cpuBefore[i]!) / wall);
     const benchCpu = process.cpuUsage(benchCpuBefore);
-    const context = `fleet process ${((100 * (cpuMs(fleet.pid) - fleetCpuBefore)) / wall).toFixed(0)}% CPU, submitting process ${((benchCpu.user + benchCpu.system) / 10 / wall).toFixed(0)}%, load average ${os.loadavg()[0]!.toFixed(1)} at the end (2 cores shared with other work)`;
+    const context = `${RUNNERS} connected in ${((connectMs + connectRestMs) / 1000).toFixed(1)} s; fleet process ${((100 * (cpuMs(fleet.pid) - fleetCpuBefore)) / wall).toFixed(0)}% CPU, submitting process ${((benchCpu.user + benchCpu.system) / 10 / wall).toFixed(0)}%, load average ${os.loadavg()[0]!.toFixed(1)} at the end (2 cores shared with other work)`;
     submitter.close();
     await fleet.close();
     return {
       name: config.name,
       connected: RUNNERS,
-      connectMs,
+      connectMs: connectMs + connectRestMs,
       load,
+      marginalKiB,
       rssIdleKiB,
       rssConnectedKiB,
       troubles: new Map(fleet.troubles),
@@ -478,9 +487,11 @@ async function runPollingBaseline(databaseUrl: string, work: string): Promise<Ro
   let store: ControlPlaneStore | undefined;
   const timers = new Set<NodeJS.Timeout>();
   let polling = true;
+  const polls = new Set<Promise<void>>();
   const stopAll = async () => {
     polling = false;
     for (const timer of timers) clearTimeout(timer);
+    await Promise.all(polls);
     await store?.close();
     await plane.stop();
   };
@@ -552,6 +563,7 @@ async function runPollingBaseline(databaseUrl: string, work: string): Promise<Ro
       load,
       rssIdleKiB: null,
       rssConnectedKiB: null,
+      marginalKiB: null,
       troubles: new Map(),
       cpuBusy: [],
       context: `load average ${os.loadavg()[0]!.toFixed(1)} at the end`,
@@ -579,6 +591,7 @@ function printRows(rows: Row[]): void {
     "RSS 0 MiB",
     "RSS N MiB",
     "KiB/runner",
+    "2nd half",
     "CP CPU",
   ];
   const table = rows.map((row) => {
@@ -597,6 +610,7 @@ function printRows(rows: Row[]): void {
       row.rssIdleKiB === null ? "-" : fmt(row.rssIdleKiB / 1024),
       row.rssConnectedKiB === null ? "-" : fmt(row.rssConnectedKiB / 1024),
       fmt(perRunner),
+      row.marginalKiB === null ? "-" : fmt(row.marginalKiB),
       row.cpuBusy.length === 0 ? "-" : row.cpuBusy.map((busy) => `${(busy * 100).toFixed(0)}%`).join("+"),
     ];
   });
@@ -674,7 +688,7 @@ async function main(): Promise<void> {
     "latencies: submitted (client, before the POST) → assign read by the runner, ms; cross: jobs taken by a runner on another replica than the one they were submitted to",
   );
   console.log(
-    "RSS: control-plane process(es), VmRSS idle with 0 connected vs. the N runners connected and idle; KiB/runner = the difference / N; CP CPU: CPU time of each control-plane process over the load phase's wall time (100% = one core)\n",
+    "RSS: control-plane process(es), VmRSS idle with 0 connected vs. the N runners connected and idle; KiB/runner = the difference / N; 2nd half: KiB per runner while the second half of the N connected; CP CPU: CPU time of each control-plane process over the load phase's wall time (100% = one core)\n",
   );
   printRows(rows);
   if (unavailable !== undefined)

@@ -42,19 +42,22 @@ function observe(item: FleetObservation): void {
   });
 }
 
-async function connectAll(identities: LightRunnerIdentity[], capacity: number, timeoutMs: number): Promise<void> {
+/** Connects more runners beside those already connected; a runner's index counts across calls. */
+async function connectMore(identities: LightRunnerIdentity[], capacity: number, timeoutMs: number): Promise<void> {
   const started = performance.now();
-  runners = identities.map(
-    (identity, index) =>
+  const first = runners.length;
+  const added = identities.map(
+    (identity, i) =>
       new LightRunner(identity, capacity, {
-        onAssign: (jobId, at) => observe({ kind: "a", jobId, runner: index, atMs: Number(at) / 1e6 }),
+        onAssign: (jobId, at) => observe({ kind: "a", jobId, runner: first + i, atMs: Number(at) / 1e6 }),
         onResultAck: (jobId) => observe({ kind: "d", jobId }),
         onTrouble: (what) => report({ type: "trouble", what }),
       }),
   );
+  runners.push(...added);
   let next = 0;
   const worker = async () => {
-    while (next < runners.length) await runners[next++]!.connect(timeoutMs);
+    while (next < added.length) await added[next++]!.connect(timeoutMs);
   };
   await Promise.all(Array.from({ length: CONNECT_CONCURRENCY }, worker));
   report({ type: "connected", count: runners.length, ms: performance.now() - started });
@@ -62,7 +65,7 @@ async function connectAll(identities: LightRunnerIdentity[], capacity: number, t
 
 process.on("message", (command: FleetCommand) => {
   if (command.type === "connect") {
-    connectAll(command.runners, command.capacity, command.timeoutMs).catch((error: Error) =>
+    connectMore(command.runners, command.capacity, command.timeoutMs).catch((error: Error) =>
       report({ type: "connect_failed", message: error.message }),
     );
   } else {
