@@ -124,7 +124,14 @@ async function startControlPlane(work: string, name: string, store: string[]): P
   );
   closeSync(log);
   children.add(child);
+  let stopping = false;
   const exited = new Promise<void>((resolve) => child.once("exit", () => resolve()));
+  void exited.then(() => {
+    if (!stopping)
+      console.error(
+        `[fleet] ${name} exited unexpectedly (${child.exitCode ?? child.signalCode}): ${readTail(logFile)}`,
+      );
+  });
   void exited.then(() => children.delete(child));
   const url = await new Promise<string>((resolve, reject) => {
     let out = "";
@@ -147,6 +154,7 @@ async function startControlPlane(work: string, name: string, store: string[]): P
     url,
     pid: child.pid!,
     async stop() {
+      stopping = true;
       if (child.exitCode !== null || child.signalCode !== null) return;
       child.kill("SIGTERM");
       const timer = setTimeout(() => child.kill("SIGKILL"), 15_000);
@@ -265,29 +273,37 @@ function makeSubmitter(urls: string[]): { submit(replica: number): Promise<strin
   const targets = urls.map((url) => new URL("/api/v1/admin/jobs", url));
   return {
     submit(replica) {
-      return new Promise((resolve, reject) => {
-        const request = http.request(
-          targets[replica]!,
-          {
-            method: "POST",
-            agent,
-            headers: { authorization: `Bearer ${ADMIN_TOKEN}`, "content-type": "application/json" },
-            timeout: 30_000,
-          },
-          (response) => {
-            let body = "";
-            response.setEncoding("utf8");
-            response.on("data", (chunk: string) => (body += chunk));
-            response.on("end", () => {
-              if (response.statusCode !== 201) return reject(new Error(`submit: ${response.statusCode} ${body}`));
-              resolve((JSON.parse(body) as { job: { jobId: string } }).job.jobId);
-            });
-          },
-        );
-        request.on("timeout", () => request.destroy(new Error("submit: no answer within 30 s")));
-        request.on("error", reject);
-        request.end(JOB_BODY);
-      });
+      const attempt = (retried: boolean): Promise<string> =>
+        new Promise((resolve, reject) => {
+          const request = http.request(
+            targets[replica]!,
+            {
+              method: "POST",
+              agent,
+              headers: { authorization: `Bearer ${ADMIN_TOKEN}`, "content-type": "application/json" },
+              timeout: 30_000,
+            },
+            (response) => {
+              let body = "";
+              response.setEncoding("utf8");
+              response.on("data", (chunk: string) => (body += chunk));
+              response.on("end", () => {
+                if (response.statusCode !== 201) return reject(new Error(`submit: ${response.statusCode} ${body}`));
+                resolve((JSON.parse(body) as { job: { jobId: string } }).job.jobId);
+              });
+            },
+          );
+          request.on("timeout", () => request.destroy(new Error("submit: no answer within 30 s")));
+          request.on("error", (error: NodeJS.ErrnoException) => {
+            // A kept-alive socket the server closed as we reused it (its keep-alive timeout ran
+            // out meanwhile): the request never reached it, so it is sent again, once (Node's
+            // documented pattern, request.reusedSocket).
+            if (!retried && request.reusedSocket && error.code === "ECONNRESET") resolve(attempt(true));
+            else reject(error);
+          });
+          request.end(JOB_BODY);
+        });
+      return attempt(false);
     },
     close: () => agent.destroy(),
   };
@@ -621,7 +637,23 @@ function printRows(rows: Row[]): void {
   for (const cells of table) console.log(line(cells));
 }
 
+/**
+ * The fleet's process holds a socket per runner, and so do the control planes. Node raises
+ * its soft RLIMIT_NOFILE to the hard limit at start, never above: a hard limit too low for
+ * the fleet is refused here with what to do, rather than failing on the N-th connect.
+ */
+function checkFileLimit(): void {
+  const match = /^Max open files\s+(\d+|unlimited)\s+(\d+|unlimited)/m.exec(readFileSync("/proc/self/limits", "utf8"));
+  const soft = match?.[1] === "unlimited" ? Infinity : Number(match?.[1] ?? Infinity);
+  const needed = RUNNERS + 256;
+  if (soft < needed)
+    throw new Error(
+      `${RUNNERS} runners need about ${needed} open files per process, and this process may open ${soft}: raise the hard limit (ulimit -Hn) or run fewer runners`,
+    );
+}
+
 async function main(): Promise<void> {
+  checkFileLimit();
   const work = await fs.mkdtemp(path.join(os.tmpdir(), "runner-bench-fleet-"));
   cleanups.push(() => fs.rm(work, { recursive: true, force: true }));
   const fleet = new Fleet();
