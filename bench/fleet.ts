@@ -269,7 +269,9 @@ async function settledRss(pids: number[]): Promise<number> {
 
 /** POST /admin/jobs on keep-alive connections; resolves with the new job's id. */
 function makeSubmitter(urls: string[]): { submit(replica: number): Promise<string>; close(): void } {
-  const agent = new http.Agent({ keepAlive: true, maxSockets: IN_FLIGHT });
+  // Idle sockets are dropped after 4 s, before the server's keep-alive timeout (Node's 5 s) can
+  // close one just as a request goes out on it.
+  const agent = new http.Agent({ keepAlive: true, maxSockets: IN_FLIGHT, timeout: 4000 });
   const targets = urls.map((url) => new URL("/api/v1/admin/jobs", url));
   return {
     submit(replica) {
@@ -322,6 +324,8 @@ interface LoadResult {
   jobsPerSecond: number;
   counted: number;
   unfinished: number;
+  /** Submissions that failed, by message. */
+  submitErrors: Map<string, number>;
   all: Percentiles;
   /** Jobs taken by a runner on another replica than the one it was submitted to. */
   cross: Percentiles;
@@ -356,13 +360,21 @@ async function runLoad(
   let countedFromMs = NaN;
   let lastDoneMs = NaN;
   let unfinished = 0;
+  const submitErrors = new Map<string, number>();
   const loop = async () => {
     while (issued < JOBS && nowMs() < stopSubmittingAt) {
       const n = issued++;
       const replica = submitTo(n);
       const atMs = nowMs();
       if (n === WARM_UP) countedFromMs = atMs;
-      const jobId = await submitter.submit(replica);
+      let jobId: string;
+      try {
+        jobId = await submitter.submit(replica);
+      } catch (error) {
+        // Counted and reported, not fatal: one refused submission says something, but the run goes on.
+        submitErrors.set((error as Error).message, (submitErrors.get((error as Error).message) ?? 0) + 1);
+        continue;
+      }
       submitted.set(jobId, { n, atMs, replica });
       if (!finished.has(jobId)) {
         const done = new Promise<boolean>((resolve) => waiters.set(jobId, () => resolve(true)));
@@ -395,6 +407,7 @@ async function runLoad(
     jobsPerSecond: counted / ((lastDoneMs - countedFromMs) / 1000),
     counted,
     unfinished,
+    submitErrors,
     all: percentiles(all),
     cross: percentiles(cross),
     same: percentiles(same),
@@ -728,6 +741,7 @@ async function main(): Promise<void> {
   for (const row of rows) {
     console.log(`${row.name}: ${row.context}`);
     if (row.load.unfinished > 0) console.log(`${row.name}: ${row.load.unfinished} jobs unfinished at the time cap`);
+    for (const [what, count] of row.load.submitErrors) console.log(`${row.name}: ${count} submissions failed: ${what}`);
     for (const [what, count] of row.troubles) console.log(`${row.name}: ${count} × ${what}`);
   }
 
