@@ -48,7 +48,7 @@ import { openStore } from "../src/control-plane/store/open.js";
 import type { ControlPlaneStore } from "../src/control-plane/store/contract.js";
 import { AGENT_VERSION, PROTOCOL_VERSION } from "../src/protocol/version.js";
 import { postgresUnavailableReason, startPostgresCluster } from "../test/helpers/postgres.js";
-import type { LightRunnerIdentity } from "./peers/light-runner.js";
+import { instantSuccess, type LightRunnerIdentity } from "./peers/light-runner.js";
 import type { FleetCommand, FleetObservation, FleetReport } from "./peers/fleet-peer.js";
 import { RUNNER_BIN, percentiles, type Percentiles } from "./support.js";
 
@@ -547,18 +547,7 @@ async function runPollingBaseline(databaseUrl: string, work: string): Promise<Ro
               const job = await jobs.claim(queued.id, runnerId, now, new Date(now.getTime() + 60_000));
               if (!job) continue;
               tracker.assigned(job.id, r, nowMs());
-              const at = new Date().toISOString();
-              const result = {
-                jobId: job.id,
-                attempt: job.attempt,
-                outcome: "succeeded" as const,
-                exitCode: 0,
-                signal: null,
-                reason: null,
-                startedAt: at,
-                finishedAt: at,
-              };
-              await jobs.applyResult(result, runnerId, new Date());
+              await jobs.applyResult(instantSuccess(job.id, job.attempt), runnerId, new Date());
               tracker.done(job.id);
               return;
             }
@@ -571,9 +560,13 @@ async function runPollingBaseline(databaseUrl: string, work: string): Promise<Ro
               () => {
                 timers.delete(timer);
                 due += 1000;
-                void poll()
+                const polled: Promise<void> = poll()
                   .catch((error: Error) => console.error(`[fleet] poller ${r}: ${error.message}`))
-                  .finally(schedule);
+                  .finally(() => {
+                    polls.delete(polled);
+                    schedule();
+                  });
+                polls.add(polled);
               },
               Math.max(0, due - performance.now()),
             );

@@ -12,6 +12,7 @@ import {
   RUNNER_ID_HEADER,
   decodeControlMessage,
   encode,
+  type JobResult,
   type RunnerMessage,
 } from "../../src/protocol/channel.js";
 import { AGENT_VERSION, PROTOCOL_VERSION } from "../../src/protocol/version.js";
@@ -126,26 +127,29 @@ export class LightRunner {
   }
 
   private runInstantly(jobId: string, attempt: number): void {
-    const startedAt = new Date().toISOString();
+    const result = instantSuccess(jobId, attempt);
     this.send({ type: "accept", jobId, attempt });
-    this.send({ type: "started", jobId, attempt, startedAt });
-    this.send({
-      type: "result",
-      result: {
-        jobId,
-        attempt,
-        outcome: "succeeded",
-        exitCode: 0,
-        signal: null,
-        reason: null,
-        startedAt,
-        finishedAt: new Date().toISOString(),
-      },
-    });
+    this.send({ type: "started", jobId, attempt, startedAt: result.startedAt! });
+    this.send({ type: "result", result });
     this.send({ type: "ready", slots: 1 });
   }
 
   private send(message: RunnerMessage): void {
     this.socket?.send(encode(message));
   }
+}
+
+/** The result of a job that started and succeeded this very moment. */
+export function instantSuccess(jobId: string, attempt: number): JobResult {
+  const now = new Date().toISOString();
+  return {
+    jobId,
+    attempt,
+    outcome: "succeeded",
+    exitCode: 0,
+    signal: null,
+    reason: null,
+    startedAt: now,
+    finishedAt: now,
+  };
 }
