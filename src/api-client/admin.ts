@@ -8,12 +8,14 @@ import {
   createRegistrationTokenResponseSchema,
   getJobResponseSchema,
   listDevicesResponseSchema,
+  listJobLogsResponseSchema,
   listJobsResponseSchema,
   listRunnersResponseSchema,
   submitJobResponseSchema,
   verifyResponseSchema,
   type CreateRegistrationTokenResponse,
   type DeviceView,
+  type JobLogChunk,
   type JobStatus,
   type JobView,
   type RunnerView,
@@ -63,8 +65,9 @@ export class AdminClient {
     return this.request("POST", "/admin/registration-tokens", createRegistrationTokenResponseSchema, body);
   }
 
+  /** Every runner, by name (all pages). */
   async listRunners(): Promise<RunnerView[]> {
-    return (await this.request("GET", "/admin/runners", listRunnersResponseSchema)).runners;
+    return this.walk("/admin/runners", new URLSearchParams(), listRunnersResponseSchema, (page) => page.runners);
   }
 
   /** Revokes the runner's credential; returns the runner as it is now. */
@@ -108,15 +111,39 @@ export class AdminClient {
     return this.request("POST", "/admin/jobs", submitJobResponseSchema, request);
   }
 
-  /** The job with its log chunks, ordered by attempt then seq. */
-  async getJob(id: string): Promise<z.output<typeof getJobResponseSchema>> {
-    return this.request("GET", `/admin/jobs/${encodeURIComponent(id)}`, getJobResponseSchema);
+  /** The job with all its log chunks (every page), ordered by attempt then seq. */
+  async getJob(id: string): Promise<{ job: JobView; logs: JobLogChunk[] }> {
+    const path = `/admin/jobs/${encodeURIComponent(id)}`;
+    const first = await this.request("GET", path, getJobResponseSchema);
+    const logs = [...first.logs];
+    if (first.logsNextCursor !== null) {
+      const query = new URLSearchParams({ after: first.logsNextCursor });
+      logs.push(...(await this.walk(`${path}/logs`, query, listJobLogsResponseSchema, (page) => page.logs)));
+    }
+    return { job: first.job, logs };
   }
 
-  /** Every job in submit order, or only those with `status`. */
+  /** Every job in submit order (all pages), or only those with `status`. */
   async listJobs(status?: JobStatus): Promise<JobView[]> {
-    const query = status === undefined ? "" : `?status=${encodeURIComponent(status)}`;
-    return (await this.request("GET", `/admin/jobs${query}`, listJobsResponseSchema)).jobs;
+    const query = new URLSearchParams(status === undefined ? {} : { status });
+    return this.walk("/admin/jobs", query, listJobsResponseSchema, (page) => page.jobs);
+  }
+
+  /** Follows `nextCursor` from the query's page to the last one. */
+  private async walk<S extends z.ZodType<{ nextCursor: string | null }, z.ZodTypeDef, unknown>, T>(
+    path: string,
+    query: URLSearchParams,
+    schema: S,
+    itemsOf: (page: z.output<S>) => T[],
+  ): Promise<T[]> {
+    const items: T[] = [];
+    for (;;) {
+      const text = query.toString();
+      const page = await this.request("GET", `${path}${text ? `?${text}` : ""}`, schema);
+      items.push(...itemsOf(page));
+      if (page.nextCursor === null) return items;
+      query.set("after", page.nextCursor);
+    }
   }
 
   /** Cancels a queued job at once, asks the runner to cancel an assigned or running one; a finished job comes back unchanged. */
@@ -126,17 +153,16 @@ export class AdminClient {
 
   /** One runner's devices, including those it removed (present: false, state offline). */
   async listRunnerDevices(runnerId: string): Promise<DeviceView[]> {
-    return (
-      await this.request("GET", `/admin/runners/${encodeURIComponent(runnerId)}/devices`, listDevicesResponseSchema)
-    ).devices;
+    const path = `/admin/runners/${encodeURIComponent(runnerId)}/devices`;
+    return this.walk(path, new URLSearchParams(), listDevicesResponseSchema, (page) => page.devices);
   }
 
   /** Every runner's devices, optionally of one kind and/or one state. */
   async listDevices(filter: { kind?: string; state?: string } = {}): Promise<DeviceView[]> {
     const query = new URLSearchParams(
       Object.entries(filter).filter((entry): entry is [string, string] => entry[1] !== undefined),
-    ).toString();
-    return (await this.request("GET", `/admin/devices${query ? `?${query}` : ""}`, listDevicesResponseSchema)).devices;
+    );
+    return this.walk("/admin/devices", query, listDevicesResponseSchema, (page) => page.devices);
   }
 
   private request<S extends z.ZodTypeAny>(

@@ -1,14 +1,16 @@
 // The one HTTP client behind both API clients (the runner's, runner-api.ts; the admin's,
-// admin.ts): fetch with a deadline that covers the headers and the body, redirects reported
-// rather than followed (a bearer token goes only where it was configured to go), a 2xx
-// answer checked against its schema, and any other answer read into an ErrorAnswer that each
-// client turns into its own typed error. Nothing a server sends reaches a message uncapped
+// admin.ts): a fetch-shaped request (node-fetch.ts: the global fetch costs the daemon 15 MB)
+// with a deadline that covers the headers and the body, redirects reported rather than
+// followed (a bearer token goes only where it was configured to go), a 2xx answer checked
+// against its schema, and any other answer read into an ErrorAnswer that each client turns
+// into its own typed error. Nothing a server sends reaches a message uncapped
 // or with the bearer in it.
 import type { z } from "zod";
 import { RunnerError } from "../errors.js";
 import { API_PREFIX, ERROR_CODES, errorBodySchema, type ApiErrorCode } from "../protocol/http.js";
 import { chooseProxy, type ProxyConfig } from "../net/proxy.js";
 import { fetchThroughProxy, type FetchAnswer, type FetchLike } from "../net/proxy-agents.js";
+import { directFetch } from "./node-fetch.js";
 
 export interface ApiEndpoint {
   /** The control plane's URL as configured; a path after the host is kept (a control plane behind a prefix). */
@@ -60,7 +62,7 @@ export async function requestApi<S extends z.ZodTypeAny>(
   const target = apiUrl(endpoint.url, request.route);
   // A bad proxy URL throws config_invalid here, before anything is sent.
   const proxy = chooseProxy(target, endpoint.proxy);
-  if (proxy === null) return exchange(fetch, target, "", endpoint, request, toError);
+  if (proxy === null) return exchange(directFetch, target, "", endpoint, request, toError);
   const through = await fetchThroughProxy(proxy);
   try {
     return await exchange(

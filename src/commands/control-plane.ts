@@ -22,6 +22,10 @@ interface ControlPlaneFlags {
   minAgentVersion?: string;
   heartbeatIntervalMs?: number;
   leaseMs?: number;
+  maxConnections?: number;
+  maxLogBytesPerJob?: number;
+  maxLogChunksPerJob?: number;
+  maxDevicesPerRunner?: number;
 }
 
 export function defineControlPlaneCommand(program: Command, deps: { logger: () => Logger }): void {
@@ -38,7 +42,11 @@ export function defineControlPlaneCommand(program: Command, deps: { logger: () =
     .option("--allow-remote", "allow a non-loopback listen address (plain HTTP: put TLS in front)")
     .option("--min-agent-version <version>", "answer 426 upgrade_required to older agents")
     .option("--heartbeat-interval-ms <ms>", "how often runners ping (announced in the welcome)", toInt)
-    .option("--lease-ms <ms>", "how long a job's lease lasts without hearing from its runner", toInt);
+    .option("--lease-ms <ms>", "how long a job's lease lasts without hearing from its runner", toInt)
+    .option("--max-connections <n>", "open sockets at once, runners' channels included (default 4096)", toCount)
+    .option("--max-log-bytes-per-job <bytes>", "log bytes one job attempt may store (default 67108864)", toCount)
+    .option("--max-log-chunks-per-job <n>", "log chunks one job attempt may store (default 1048576)", toCount)
+    .option("--max-devices-per-runner <n>", "device rows one runner may have (default 10000)", toCount);
   // Its own options only: the runner's settings (and their environment and config file) are not its.
   withExamples(command, [
     { says: "in memory on 127.0.0.1:8080, for a try-out (prints the admin token)", line: "runner control-plane" },
@@ -85,6 +93,10 @@ async function runControlPlane(flags: ControlPlaneFlags, logger: Logger): Promis
     minAgentVersion: flags.minAgentVersion,
     heartbeatIntervalMs: flags.heartbeatIntervalMs,
     leaseMs: flags.leaseMs,
+    maxConnections: flags.maxConnections,
+    maxLogBytesPerJob: flags.maxLogBytesPerJob,
+    maxLogChunksPerJob: flags.maxLogChunksPerJob,
+    maxDevicesPerRunner: flags.maxDevicesPerRunner,
     logger,
   });
 
@@ -111,6 +123,11 @@ async function runControlPlane(flags: ControlPlaneFlags, logger: Logger): Promis
   print(`${signal}: stopping the control plane`);
   await controlPlane.close();
   return ExitCode.OK;
+}
+
+function toCount(value: string): number {
+  if (!/^\d+$/.test(value)) throw new InvalidArgumentError("expected a whole number");
+  return Number(value);
 }
 
 function toInt(value: string): number {

@@ -3,7 +3,7 @@
 // server (http/) that carries the HTTP API and hands its `upgrade` requests to the channel.
 // This file normalizes the options, builds those parts in dependency order (store → queue →
 // channel → HTTP) and tears them down in the reverse order.
-import http from "node:http";
+import type http from "node:http";
 import { EventEmitter } from "node:events";
 import { DEFAULT_MAX_FRAME_BYTES } from "../protocol/channel.js";
 import { RunnerError } from "../errors.js";
@@ -12,7 +12,7 @@ import { ChannelEndpoint } from "./channel/endpoint.js";
 import { DeviceSyncEndpoint } from "./channel/device-sync.js";
 import { ADMIN_TOKEN_HASH_SETTING, type Context, type RouteContext } from "./context.js";
 import { createRequestHandler } from "./http/router.js";
-import { closeHttpServer, listen } from "./http/server.js";
+import { closeHttpServer, createHttpServer, listen } from "./http/server.js";
 import { JobQueue } from "./queue/job-queue.js";
 import { ROUTES } from "./http/routes.js";
 import type { ControlPlaneStore } from "./store/contract.js";
@@ -26,16 +26,36 @@ export type { JobEvent, JobEventStatus, RunnerEvent } from "./queue/job-queue.js
 export type { DeviceEvent } from "./channel/device-sync.js";
 export { DATABASE_FILE } from "./store/sqlite/engine.js";
 
-/** Channel and queue timings; each has a default and the bounds the welcome message allows. */
-const TIMING_DEFAULTS = {
+/**
+ * Channel and queue timings, and the limits of the HTTP server and of what a runner may store;
+ * each has a default and the bounds it is checked against. PROTOCOL.md ("Limits") lists them.
+ */
+export const CONTROL_PLANE_SETTINGS = {
   heartbeatIntervalMs: { default: 15_000, min: 100, max: 600_000 },
   leaseMs: { default: 60_000, min: 1000, max: 7 * 24 * 3600 * 1000 },
   reaperIntervalMs: { default: 1000, min: 10, max: 600_000 },
   maxFrameBytes: { default: DEFAULT_MAX_FRAME_BYTES, min: 1024, max: 64 * 1024 * 1024 },
   deviceScanIntervalMs: { default: 60_000, min: 1000, max: 24 * 3600 * 1000 },
   deviceRefreshMs: { default: 600_000, min: 1000, max: 7 * 24 * 3600 * 1000 },
+  // The HTTP server. Sockets include the runners' channels: 4096 leaves room for a fleet of a
+  // few thousand runners and their HTTP calls within the default open-files limit of 1024
+  // raised by systemd's (or the shell's) usual 4096+ hard limit.
+  maxConnections: { default: 4096, min: 1, max: 1_000_000 },
+  // Headers of a real request arrive in one packet; 10 s drops a slowloris socket quickly
+  // and still forgives a slow link. A body is at most 64 KiB: 30 s is generous for it.
+  headersTimeoutMs: { default: 10_000, min: 100, max: 600_000 },
+  requestTimeoutMs: { default: 30_000, min: 100, max: 3_600_000 },
+  keepAliveTimeoutMs: { default: 5000, min: 100, max: 600_000 },
+  // What one runner may store. 64 MiB of log per job attempt holds a very verbose build (a
+  // large C++ or Android build logs 10-50 MB); the chunk count bounds rows when chunks are
+  // tiny (a line per read): 1,048,576 chunks is an average of 64 bytes a chunk at the byte cap.
+  maxLogBytesPerJob: { default: 64 * 1024 * 1024, min: 1024, max: 2 ** 40 },
+  maxLogChunksPerJob: { default: 1_048_576, min: 1, max: 2 ** 31 },
+  // Thousands of devices per machine is a big device farm (the design's sync target); ten
+  // thousand rows, removed devices included, is room for it and its churn.
+  maxDevicesPerRunner: { default: 10_000, min: 1, max: 1_000_000 },
 } as const;
-type Timings = { -readonly [K in keyof typeof TIMING_DEFAULTS]: number };
+type Timings = { -readonly [K in keyof typeof CONTROL_PLANE_SETTINGS]: number };
 
 export interface ControlPlaneOptions {
   host?: string;
@@ -64,6 +84,20 @@ export interface ControlPlaneOptions {
   deviceScanIntervalMs?: number;
   /** Runners re-send an unchanged device once its last confirmed sync is this old (announced in welcome). Default 600000. */
   deviceRefreshMs?: number;
+  /** Open sockets at once (HTTP and the runners' channels); more are closed unanswered. Default 4096. */
+  maxConnections?: number;
+  /** A request's headers must arrive within this (else 408 and the socket is closed). Default 10000. */
+  headersTimeoutMs?: number;
+  /** A whole request, body included, must arrive within this (else 408 and the socket is closed). Default 30000. */
+  requestTimeoutMs?: number;
+  /** An idle keep-alive connection is closed after this. Default 5000. */
+  keepAliveTimeoutMs?: number;
+  /** UTF-8 bytes of log one job attempt may store. Default 67108864 (64 MiB). */
+  maxLogBytesPerJob?: number;
+  /** Log chunks one job attempt may store: `seq` must be below it. Default 1048576. */
+  maxLogChunksPerJob?: number;
+  /** Device rows (present and removed) one runner may have. Default 10000. */
+  maxDevicesPerRunner?: number;
 }
 
 export interface ControlPlane {
@@ -112,6 +146,7 @@ export async function startControlPlane(options: ControlPlaneOptions = {}): Prom
       logger,
       now,
       devicesChanged: () => queue.dispatch(),
+      maxDevicesPerRunner: timings.maxDevicesPerRunner,
     });
     const context: Context = { store, queue, logger, now, minAgentVersion: options.minAgentVersion ?? "0.0.0" };
     // Built before the HTTP server and handed to it: the handlers need it to end a runner's
@@ -130,7 +165,9 @@ export async function startControlPlane(options: ControlPlaneOptions = {}): Prom
     });
     const routeContext: RouteContext = { ...context, channel, maxFrameBytes: timings.maxFrameBytes };
     const onUpgrade = channel.upgrade.bind(channel);
-    const httpServer = http.createServer(createRequestHandler(routeContext, ROUTES)).on("upgrade", onUpgrade);
+    const httpServer = createHttpServer(createRequestHandler(routeContext, ROUTES), timings, () =>
+      logger.debug({ maxConnections: timings.maxConnections }, "connection closed: over maxConnections"),
+    ).on("upgrade", onUpgrade);
     const address = await listen(httpServer, options.host ?? "127.0.0.1", options.port ?? 0).catch(
       async (error: unknown) => {
         await channel.close();
@@ -187,15 +224,22 @@ function routeSignal(signal: ReplicaSignal, queue: JobQueue, channel: ChannelEnd
 
 function normalizeTimings(options: ControlPlaneOptions): Timings {
   const timings: Partial<Timings> = {};
-  for (const [name, rule] of Object.entries(TIMING_DEFAULTS) as [
+  for (const [name, rule] of Object.entries(CONTROL_PLANE_SETTINGS) as [
     keyof Timings,
-    (typeof TIMING_DEFAULTS)[keyof Timings],
+    (typeof CONTROL_PLANE_SETTINGS)[keyof Timings],
   ][]) {
     const value = options[name] ?? rule.default;
     if (!Number.isInteger(value) || value < rule.min || value > rule.max) {
       throw new RunnerError("usage", `${name} must be an integer from ${rule.min} to ${rule.max}, not ${value}`);
     }
     timings[name] = value;
+  }
+  // node:http refuses the pair otherwise; the headers are part of the request.
+  if ((timings.headersTimeoutMs ?? 0) > (timings.requestTimeoutMs ?? 0)) {
+    throw new RunnerError(
+      "usage",
+      `headersTimeoutMs (${timings.headersTimeoutMs}) must not be larger than requestTimeoutMs (${timings.requestTimeoutMs})`,
+    );
   }
   return timings as Timings;
 }

@@ -2,7 +2,7 @@
 // A provider that fails or times out does not stop the others; its last good rows are kept,
 // marked stale (mergeScan, pure). A provider still running from an earlier scan that timed
 // out is not started again: that would pile up processes on a machine that is already slow.
-import type { DeviceProvider } from "./providers/provider.js";
+import type { DeviceProvider, ScanOptions } from "./providers/provider.js";
 import { markStale, toDevice, type Device } from "./device.js";
 
 export interface ProviderReport {
@@ -30,6 +30,10 @@ export interface ScanResult {
 
 export interface ScanRunOptions {
   timeoutMs: number;
+  /** False lets providers reuse an answer a cheap signal says is still right (the periodic scan); default true. */
+  fresh?: boolean;
+  /** The scan's time on the caller's clock; default performance.now(). */
+  now?: number;
   lastGood?: LastGood;
   /** Providers' scans that outlived their timeout and are still running; shared between scans. */
   stillRunning?: Map<string, Promise<unknown>>;
@@ -38,7 +42,8 @@ export interface ScanRunOptions {
 export async function scanDevices(providers: readonly DeviceProvider[], options: ScanRunOptions): Promise<ScanResult> {
   const started = performance.now();
   const stillRunning = options.stillRunning ?? new Map<string, Promise<unknown>>();
-  const timed = await Promise.all(providers.map((provider) => runProvider(provider, options.timeoutMs, stillRunning)));
+  const scanOptions = { timeoutMs: options.timeoutMs, fresh: options.fresh ?? true, now: options.now ?? started };
+  const timed = await Promise.all(providers.map((provider) => runProvider(provider, scanOptions, stillRunning)));
   const merged = mergeScan(
     timed.map((t) => t.outcome),
     options.lastGood ?? new Map(),
@@ -83,9 +88,10 @@ export function mergeScan(
 
 async function runProvider(
   provider: DeviceProvider,
-  timeoutMs: number,
+  options: ScanOptions,
   stillRunning: Map<string, Promise<unknown>>,
 ): Promise<{ outcome: ProviderOutcome; ms: number }> {
+  const { timeoutMs } = options;
   const started = performance.now();
   const elapsed = () => Math.round((performance.now() - started) * 10) / 10;
   if (stillRunning.has(provider.name)) {
@@ -95,7 +101,7 @@ async function runProvider(
     };
   }
   let timer: NodeJS.Timeout | undefined;
-  const scan = Promise.resolve().then(() => provider.scan({ timeoutMs }));
+  const scan = Promise.resolve().then(() => provider.scan(options));
   const timeout = new Promise<"timeout">((resolve) => {
     timer = setTimeout(() => resolve("timeout"), timeoutMs);
   });

@@ -1,5 +1,6 @@
 // The thin shell around the device sync core (sync.ts): scans on a timer while the channel
-// is connected (and at once on each connect, and on demand), feeds the results and the
+// is connected (and at once on each connect, and on demand: those two are fresh scans; a
+// timer's scan lets providers reuse what a cheap signal says is unchanged), feeds the results and the
 // control plane's answers to `stepSync`, sends what it says over the channel (as a channel
 // companion, see channel/driver.ts: the channel machine says when it is connected) and writes
 // the confirmed state to disk, one write at a time, the latest winning. Its one timer wakes
@@ -106,6 +107,8 @@ class DeviceSyncHost {
   private nextScanAt: number | null = null;
   private scanning: Promise<void> | null = null;
   private scanAgain = false;
+  /** Whether the next scan reads everything again (see ScanOptions.fresh). */
+  private nextFresh = true;
   private lastGood: LastGood = new Map();
   private readonly stillRunning = new Map<string, Promise<unknown>>();
   private lastScan: DeviceSyncStatus["lastScan"] = null;
@@ -174,8 +177,10 @@ class DeviceSyncHost {
     };
   }
 
-  rescan(): Promise<void> {
+  /** `fresh` false: the periodic scan, which lets providers reuse what a cheap signal says is unchanged. */
+  rescan(fresh = true): Promise<void> {
     if (this.closed) return Promise.resolve();
+    this.nextFresh ||= fresh;
     if (this.scanning) {
       this.scanAgain = true;
       return this.scanning;
@@ -221,8 +226,12 @@ class DeviceSyncHost {
     await this.loaded;
     do {
       this.scanAgain = false;
+      const fresh = this.nextFresh;
+      this.nextFresh = false;
       const result = await scanDevices(this.providers, {
         timeoutMs: this.providerTimeoutMs,
+        fresh,
+        now: this.now(),
         lastGood: this.lastGood,
         stillRunning: this.stillRunning,
       });
@@ -315,7 +324,7 @@ class DeviceSyncHost {
     switch (due.timer) {
       case "scan":
         // Scanning, the timer waits for the core's deadline only; the scan's end arms the next one.
-        void this.rescan();
+        void this.rescan(false);
         return this.schedule();
       case "ack":
         return this.feed({ type: "timer", timer: "ack", now: this.now() });

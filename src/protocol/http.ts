@@ -115,7 +115,13 @@ export const createRegistrationTokenResponseSchema = z.object({
 });
 export type CreateRegistrationTokenResponse = z.infer<typeof createRegistrationTokenResponseSchema>;
 
-export const listRunnersResponseSchema = z.object({ runners: z.array(runnerViewSchema) });
+/**
+ * The cursor of the next page of a list, or null on its last page (PROTOCOL.md, "Pages").
+ * Absent (a control plane from before pages, whose answer is the whole list) reads as null.
+ */
+const nextCursorSchema = z.string().nullable().default(null);
+
+export const listRunnersResponseSchema = z.object({ runners: z.array(runnerViewSchema), nextCursor: nextCursorSchema });
 export type ListRunnersResponse = z.infer<typeof listRunnersResponseSchema>;
 
 /** POST /admin/runners/{id}/pause; an empty body is `{}`. */
@@ -155,6 +161,7 @@ export const jobLogChunkSchema = z.object({
   stream: z.enum(["stdout", "stderr"]),
   data: z.string(),
 });
+export type JobLogChunk = z.infer<typeof jobLogChunkSchema>;
 
 export const jobViewSchema = z.object({
   jobId: z.string(),
@@ -177,8 +184,14 @@ export const jobViewSchema = z.object({
 export type JobView = z.infer<typeof jobViewSchema>;
 
 export const submitJobResponseSchema = z.object({ job: jobViewSchema });
-export const getJobResponseSchema = z.object({ job: jobViewSchema, logs: z.array(jobLogChunkSchema) });
-export const listJobsResponseSchema = z.object({ jobs: z.array(jobViewSchema) });
+/** The job with the first page of its log; `logsNextCursor` continues at GET /admin/jobs/{id}/logs. */
+export const getJobResponseSchema = z.object({
+  job: jobViewSchema,
+  logs: z.array(jobLogChunkSchema),
+  logsNextCursor: nextCursorSchema,
+});
+export const listJobLogsResponseSchema = z.object({ logs: z.array(jobLogChunkSchema), nextCursor: nextCursorSchema });
+export const listJobsResponseSchema = z.object({ jobs: z.array(jobViewSchema), nextCursor: nextCursorSchema });
 export const cancelJobResponseSchema = z.object({ job: jobViewSchema });
 
 export const healthResponseSchema = z.object({
@@ -237,4 +250,4 @@ export const deviceViewSchema = z.object({
   runnerConnected: z.boolean(),
 });
 export type DeviceView = z.infer<typeof deviceViewSchema>;
-export const listDevicesResponseSchema = z.object({ devices: z.array(deviceViewSchema) });
+export const listDevicesResponseSchema = z.object({ devices: z.array(deviceViewSchema), nextCursor: nextCursorSchema });

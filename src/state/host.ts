@@ -23,7 +23,8 @@ export async function readMachineId(): Promise<string> {
         if (id) return id;
       }
     } else if (process.platform === "darwin") {
-      const { stdout } = await execFileAsync("ioreg", ["-rd1", "-c", "IOPlatformExpertDevice"]);
+      // By absolute path: a service's PATH, or one an operator changed, must not decide which ioreg answers.
+      const { stdout } = await execFileAsync("/usr/sbin/ioreg", ["-rd1", "-c", "IOPlatformExpertDevice"]);
       const match = /"IOPlatformUUID" = "([^"]+)"/.exec(stdout);
       if (match?.[1]) return match[1];
     } else if (process.platform === "win32") {

@@ -60,6 +60,27 @@ describe("the admin client", () => {
     },
   );
 
+  test(
+    "a control plane that refuses the connection is unreachable, and the error says so by its code",
+    TIMEOUT,
+    async () => {
+      // A port nobody listens on: a server's, once it is closed.
+      const closed = await new Promise<string>((resolve) => {
+        const server = net.createServer().listen(0, "127.0.0.1", () => {
+          const port = (server.address() as AddressInfo).port;
+          server.close(() => resolve(`http://127.0.0.1:${port}`));
+        });
+      });
+      await assert.rejects(
+        new AdminClient(closed, ADMIN_TOKEN, { timeoutMs: 5_000 }).listRunners(),
+        (error: unknown) =>
+          error instanceof RunnerError &&
+          error.code === "control_plane_unavailable" &&
+          error.message === `cannot reach the control plane at ${closed}: ECONNREFUSED`,
+      );
+    },
+  );
+
   test("a control plane behind a path prefix is reached under that prefix", TIMEOUT, async (t) => {
     const plane = await fakePlane(t, (_req, res) => sendJson(res, 200, { runners: [] }));
     const admin = new AdminClient(`${plane.url}/cp/`, ADMIN_TOKEN);

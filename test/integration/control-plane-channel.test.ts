@@ -863,6 +863,82 @@ describe("results, logs and fencing", () => {
   );
 });
 
+describe("limits of what a runner may store", () => {
+  test(
+    "a log chunk past the attempt's byte cap, past its seq range or after its result gets an error frame naming the limit, and is not stored",
+    TIMEOUT,
+    async (t) => {
+      const h = await startHarness(t, { maxLogBytesPerJob: 1024, maxLogChunksPerJob: 8 });
+      const runner = await connected(h, await registerRunner(h, "chatty"));
+      runner.ready(1);
+      const job = await submit(h);
+      const assign = await runner.next("assign");
+      const ref = { jobId: assign.jobId, attempt: assign.attempt };
+      runner.send({ type: "accept", ...ref });
+      const log = (seq: number, data: string) => runner.send({ type: "log", ...ref, seq, stream: "stdout", data });
+      log(0, "a".repeat(1000));
+      log(1, "b".repeat(100));
+      const overBytes = await runner.next("error");
+      assert.equal(overBytes.code, "log_limit_exceeded");
+      assert.match(overBytes.message, /1024 bytes/);
+      log(2, "d".repeat(100)); // over again: dropped without a second error
+      log(3, "e".repeat(24)); // fits exactly: stored
+      log(8, "c");
+      const overSeq = await runner.next("error");
+      assert.equal(overSeq.code, "log_seq_out_of_range");
+      assert.match(overSeq.message, /below 8/);
+      const health = await fetch(`${h.cp.url}/api/v1/health`);
+      assert.equal(health.status, 200, "/health answers while the runner is refused");
+      runner.result(ref);
+      await runner.next("result_ack");
+      log(5, "late");
+      assert.equal((await runner.next("error")).code, "log_after_result");
+      log(6, "later");
+      await runner.expectNo("error");
+      const { logs } = await h.admin.getJob(job.jobId);
+      assert.deepEqual(
+        logs.map((chunk) => [chunk.seq, chunk.data.length]),
+        [
+          [0, 1000],
+          [3, 24],
+        ],
+        "only the chunks within the limits are kept",
+      );
+    },
+  );
+
+  test(
+    "device rows past the runner's cap are refused with device_limit_exceeded and acknowledged; an empty snapshot deletes them",
+    TIMEOUT,
+    async (t) => {
+      const h = await startHarness(t, { maxDevicesPerRunner: 3 });
+      const identity = await registerRunner(h, "farm");
+      const runner = await connected(h, identity);
+      const usb = (n: number) => ({
+        id: `usb:${n}`,
+        kind: "usb",
+        name: `usb ${n}`,
+        state: "online" as const,
+        attributes: {},
+        stale: false,
+        fingerprint: `fingerprint-${n}`,
+      });
+      const rows = async () => (await h.admin.listRunnerDevices(identity.runnerId)).length;
+      runner.send({ type: "devices", batchId: "b1", last: true, upserts: [usb(1), usb(2), usb(3)], removals: [] });
+      assert.equal((await runner.next("devices_ack")).batchId, "b1");
+      runner.send({ type: "devices", batchId: "b2", last: true, upserts: [usb(4)], removals: [] });
+      const refused = await runner.next("error");
+      assert.equal(refused.code, "device_limit_exceeded");
+      assert.match(refused.message, /4 device rows, over the limit of 3/);
+      assert.equal((await runner.next("devices_ack")).batchId, "b2", "acknowledged, so the runner does not loop");
+      assert.equal(await rows(), 3);
+      runner.send({ type: "devices", batchId: "b3", snapshotId: "empty", last: true, upserts: [], removals: [] });
+      assert.equal((await runner.next("devices_ack")).batchId, "b3");
+      assert.equal(await rows(), 0, "an empty full snapshot leaves no rows");
+    },
+  );
+});
+
 describe("cancel", () => {
   test(
     "a queued job is cancelled at once; a running one gets cancel and ends with the runner's result",

@@ -458,28 +458,23 @@ describe("admin API", () => {
 describe("request errors", () => {
   test("invalid JSON is 400 bad_request", TIMEOUT, async (t) => {
     const h = await startHarness(t);
-    const answer = await call(h.cp, "POST", "/runners/register", { token: "rgt_x", raw: "{not json" });
+    // A usable token: it is checked before the body is read (a bad one never gets that far).
+    const { token } = await h.admin.createRegistrationToken();
+    const answer = await call(h.cp, "POST", "/runners/register", { token, raw: "{not json" });
     assert.match(assertError(answer, 400, "bad_request"), /JSON/);
   });
 
   test("a schema failure names each bad field", TIMEOUT, async (t) => {
     const h = await startHarness(t);
+    const { token } = await h.admin.createRegistrationToken();
     const body = { ...registerBody("ok"), name: "bad name!", host: { ...hostFacts("x"), fingerprint: "nope" } };
-    const message = assertError(
-      await call(h.cp, "POST", "/runners/register", { token: "rgt_x", body }),
-      400,
-      "bad_request",
-    );
+    const message = assertError(await call(h.cp, "POST", "/runners/register", { token, body }), 400, "bad_request");
     assert.match(message, /^name: /);
     assert.match(message, /host\.fingerprint: a sha256 hex digest/);
 
     const { host: _host, ...withoutHost } = registerBody("ok");
     assert.match(
-      assertError(
-        await call(h.cp, "POST", "/runners/register", { token: "rgt_x", body: withoutHost }),
-        400,
-        "bad_request",
-      ),
+      assertError(await call(h.cp, "POST", "/runners/register", { token, body: withoutHost }), 400, "bad_request"),
       /host: Required/,
     );
 
@@ -492,14 +487,15 @@ describe("request errors", () => {
 
   test("a body over 64 KiB is 413 payload_too_large, with or without Content-Length", TIMEOUT, async (t) => {
     const h = await startHarness(t);
+    const { token } = await h.admin.createRegistrationToken();
     const big = JSON.stringify({ ...registerBody("big"), padding: "x".repeat(100 * 1024) });
-    assertError(await call(h.cp, "POST", "/runners/register", { token: "rgt_x", raw: big }), 413, "payload_too_large");
+    assertError(await call(h.cp, "POST", "/runners/register", { token, raw: big }), 413, "payload_too_large");
 
     // Chunked: the limit must hold while reading, not only from the header.
     const chunked = await new Promise<{ status: number; text: string }>((resolve, reject) => {
       const req = httpRequest(
         `${h.cp.url}/api/v1/runners/register`,
-        { method: "POST", headers: { authorization: "Bearer rgt_x" } },
+        { method: "POST", headers: { authorization: `Bearer ${token}` } },
         (res) => {
           let text = "";
           res.setEncoding("utf8");

@@ -24,6 +24,9 @@ import {
 } from "../helpers/postgres.js";
 
 const TIMEOUT = { timeout: 30_000 };
+/** Limits far above what a test stores, where a test is not about them. */
+const LOG_LIMITS = { maxBytes: 1024 * 1024, maxChunks: 2 ** 41 };
+const MAX_ROWS = 1000;
 const HOST = { hostname: "box", platform: "linux", arch: "x64", fingerprint: "a".repeat(64) };
 
 /** One database per test; `open` may be called again for a second connection to it. */
@@ -306,7 +309,7 @@ for (const engine of [sqlite, postgres]) {
         assert.equal((await store.touchRunner(id, new Date(3_000_000)))?.lastSeenAt?.getTime(), 3_000_000);
         const rebound = await store.rebindRunnerHost(id, { ...HOST, fingerprint: "b".repeat(64) }, new Date());
         assert.equal(rebound?.host.fingerprint, "b".repeat(64));
-        await store.devices.applyBatch(id, batch({ upserts: [device("usb:1")] }), new Date());
+        await store.devices.applyBatch(id, batch({ upserts: [device("usb:1")] }), new Date(), MAX_ROWS);
         assert.equal(await store.deleteRunner(id), true);
         assert.equal(await store.deleteRunner(id), false);
         assert.equal(await store.touchRunner(id, new Date()), undefined);
@@ -521,26 +524,190 @@ for (const engine of [sqlite, postgres]) {
         await store.jobs.claim("job_l", holder, new Date(), later(60_000));
         const ref = { jobId: "job_l", attempt: 1 };
         const odd = "tab\t, NUL \u0000, emoji \u{1F600}, quote ' and ?";
-        assert.equal(await store.jobs.insertLog(ref, holder, { seq: 1, stream: "stderr", data: "second" }), true);
-        assert.equal(await store.jobs.insertLog(ref, holder, { seq: 0, stream: "stdout", data: odd }), true);
-        assert.equal(await store.jobs.insertLog(ref, holder, { seq: 0, stream: "stdout", data: "repeat" }), false);
-        assert.equal(
-          await store.jobs.insertLog(ref, "rnr_" + "X".repeat(24), { seq: 2, stream: "stdout", data: "x" }),
-          false,
-        );
-        assert.equal(
-          await store.jobs.insertLog({ ...ref, attempt: 2 }, holder, { seq: 2, stream: "stdout", data: "x" }),
-          false,
-        );
-        assert.equal(
-          await store.jobs.insertLog(ref, holder, { seq: 2 ** 40, stream: "stdout", data: "big seq" }),
-          true,
-        );
+        const insert = (chunk: { seq: number; stream?: "stdout" | "stderr"; data: string }, who = holder, at = ref) =>
+          store.jobs.insertLog(at, who, { stream: "stdout", ...chunk }, LOG_LIMITS);
+        assert.equal(await insert({ seq: 1, stream: "stderr", data: "second" }), "stored");
+        assert.equal(await insert({ seq: 0, data: odd }), "stored");
+        assert.equal(await insert({ seq: 0, data: "repeat" }), "repeat");
+        assert.equal(await insert({ seq: 2, data: "x" }, "rnr_" + "X".repeat(24)), "not_held");
+        assert.equal(await insert({ seq: 2, data: "x" }, holder, { ...ref, attempt: 2 }), "not_held");
+        assert.equal(await insert({ seq: 2 ** 40, data: "big seq" }), "stored");
         assert.deepEqual(await store.jobs.listLogs("job_l"), [
           { attempt: 1, seq: 0, stream: "stdout", data: odd },
           { attempt: 1, seq: 1, stream: "stderr", data: "second" },
           { attempt: 1, seq: 2 ** 40, stream: "stdout", data: "big seq" },
         ]);
+      },
+    );
+
+    test(
+      "logs: an attempt stores chunks up to its byte cap and seq range, and nothing after its result",
+      TIMEOUT,
+      async (t) => {
+        const store = await oneStore(engine, t);
+        if (!store) return;
+        const holder = "rnr_" + "C".repeat(24);
+        await submit(store, "job_c");
+        await store.jobs.claim("job_c", holder, new Date(), later(60_000));
+        const ref = { jobId: "job_c", attempt: 1 };
+        const limits = { maxBytes: 10, maxChunks: 4 };
+        const insert = (seq: number, data: string) =>
+          store.jobs.insertLog(ref, holder, { seq, stream: "stdout", data }, limits);
+        assert.equal(await insert(4, "x"), "seq_out_of_range", "seq is below maxChunks");
+        assert.equal(await insert(0, "é".repeat(4)), "stored", "8 UTF-8 bytes");
+        assert.equal(await insert(1, "abc"), "limit_reached", "8 + 3 bytes is over 10");
+        assert.equal(await insert(1, "ab"), "stored", "exactly 10 bytes");
+        assert.equal(await insert(2, ""), "stored", "an empty chunk adds no bytes");
+        assert.equal(await insert(3, "z"), "limit_reached");
+        assert.equal(await insert(1, "ab"), "repeat", "a repeat at the cap is still a repeat");
+        await store.jobs.applyResult(result("job_c", 1), holder, new Date());
+        assert.equal(await insert(3, ""), "finished", "after the result nothing is stored");
+        assert.deepEqual(
+          (await store.jobs.listLogs("job_c")).map((chunk) => [chunk.seq, chunk.data]),
+          [
+            [0, "éééé"],
+            [1, "ab"],
+            [2, ""],
+          ],
+        );
+        // A new attempt has its own budget.
+        await submit(store, "job_d");
+        await store.jobs.claim("job_d", holder, new Date(), later(60_000));
+        assert.equal(
+          await store.jobs.insertLog(
+            { jobId: "job_d", attempt: 1 },
+            holder,
+            { seq: 0, stream: "stdout", data: "x".repeat(10) },
+            limits,
+          ),
+          "stored",
+        );
+      },
+    );
+
+    test(
+      "devices: a runner holds at most its cap of rows; removed ones make room, an empty snapshot deletes them all",
+      TIMEOUT,
+      async (t) => {
+        const store = await oneStore(engine, t);
+        if (!store) return;
+        const id = await registered(store, "cap");
+        const ids = (from: number, to: number) => Array.from({ length: to - from }, (_, i) => `usb:${from + i}`);
+        const rows = async () => (await store.devices.list({ runnerId: id })).length;
+        const first = batch({ upserts: ids(0, 3).map((n) => device(n)) });
+        assert.deepEqual(await store.devices.applyBatch(id, first, new Date(1000), 3), {
+          upserted: 3,
+          removed: 0,
+          missing: 0,
+        });
+        const over = batch({ batchId: "b2", upserts: [device("usb:3")] });
+        assert.deepEqual(await store.devices.applyBatch(id, over, new Date(2000), 3), {
+          upserted: 0,
+          removed: 0,
+          missing: 0,
+          refusedRows: 4,
+        });
+        assert.deepEqual(
+          (await store.devices.list({ runnerId: id })).map((row) => row.id),
+          ["usb:0", "usb:1", "usb:2"],
+          "nothing of a refused batch is applied",
+        );
+        await store.devices.applyBatch(id, batch({ batchId: "b3", removals: ["usb:0"] }), new Date(3000), 3);
+        assert.equal((await store.devices.applyBatch(id, over, new Date(4000), 3)).refusedRows, undefined);
+        assert.deepEqual(
+          (await store.devices.list({ runnerId: id })).map((row) => row.id),
+          ["usb:1", "usb:2", "usb:3"],
+          "the removed device's row made room",
+        );
+        const empty = batch({ batchId: "b4", snapshotId: "s-empty", upserts: [] });
+        assert.deepEqual(await store.devices.applyBatch(id, empty, new Date(5000), 3), {
+          upserted: 0,
+          removed: 0,
+          missing: 3,
+        });
+        assert.equal(await rows(), 0, "an empty snapshot leaves no rows");
+      },
+    );
+
+    test(
+      "pages: jobs, runners, devices and logs continue after a cursor, in order, within the limit",
+      TIMEOUT,
+      async (t) => {
+        const store = await oneStore(engine, t);
+        if (!store) return;
+        for (const n of [1, 2, 3, 4, 5]) await submit(store, `job_${n}`);
+        assert.deepEqual(
+          (await store.jobs.list(undefined, { afterId: "job_2", limit: 2 })).map((job) => job.id),
+          ["job_3", "job_4"],
+        );
+        assert.deepEqual(
+          (await store.jobs.list("queued", { limit: 2 })).map((job) => job.id),
+          ["job_1", "job_2"],
+        );
+        const ids = [await registered(store, "pa"), await registered(store, "pb"), await registered(store, "pc")];
+        assert.deepEqual(
+          (await store.listRunners({ afterName: "pa", limit: 1 })).map((runner) => runner.name),
+          ["pb"],
+        );
+        const [left, right] = [...ids].sort() as [string, string];
+        for (const id of [left, right])
+          await store.devices.applyBatch(id, batch({ upserts: [device("a:1"), device("b:2")] }), new Date(), MAX_ROWS);
+        assert.deepEqual(
+          (await store.devices.list({}, { after: { runnerId: left, deviceId: "b:2" }, limit: 3 })).map((row) => [
+            row.runnerId,
+            row.id,
+          ]),
+          [
+            [right, "a:1"],
+            [right, "b:2"],
+          ],
+        );
+        const holder = ids[0]!;
+        await store.jobs.claim("job_1", holder, new Date(), later(60_000));
+        for (const seq of [0, 1, 2, 3])
+          await store.jobs.insertLog(
+            { jobId: "job_1", attempt: 1 },
+            holder,
+            { seq, stream: "stdout", data: `${seq}` },
+            LOG_LIMITS,
+          );
+        assert.deepEqual(
+          (await store.jobs.listLogs("job_1", { after: { attempt: 1, seq: 1 }, limit: 5 })).map((chunk) => chunk.seq),
+          [2, 3],
+        );
+        assert.deepEqual(
+          (await store.jobs.listLogs("job_1", { limit: 1 })).map((chunk) => chunk.seq),
+          [0],
+        );
+      },
+    );
+
+    test(
+      "registration tokens: usable until used or expired, and checking one does not consume it",
+      TIMEOUT,
+      async (t) => {
+        const store = await oneStore(engine, t);
+        if (!store) return;
+        const hash = createHash("sha256").update("usable").digest("hex");
+        const now = new Date();
+        assert.equal(await store.registrationTokenUsable(hash, now), false, "unknown");
+        await store.insertRegistrationToken({
+          id: "rgi_" + "U".repeat(24),
+          tokenHash: hash,
+          createdAt: now,
+          expiresAt: later(60_000),
+        });
+        assert.equal(await store.registrationTokenUsable(hash, now), true);
+        assert.equal(await store.registrationTokenUsable(hash, now), true, "still usable: checking consumed nothing");
+        assert.equal(await store.registrationTokenUsable(hash, later(120_000)), false, "expired");
+        const outcome = await store.registerRunner({
+          tokenHash: hash,
+          runner: newRunner("usable"),
+          replace: false,
+          now,
+        });
+        assert.equal(outcome.outcome, "registered");
+        assert.equal(await store.registrationTokenUsable(hash, now), false, "used");
       },
     );
 
@@ -552,12 +719,12 @@ for (const engine of [sqlite, postgres]) {
         if (!store) return;
         const id = await registered(store, "d");
         const first = batch({ upserts: [device("usb:1"), device("gpu:0", { kind: "gpu", stale: true })] });
-        assert.deepEqual(await store.devices.applyBatch(id, first, new Date(1000)), {
+        assert.deepEqual(await store.devices.applyBatch(id, first, new Date(1000), MAX_ROWS), {
           upserted: 2,
           removed: 0,
           missing: 0,
         });
-        const again = await store.devices.applyBatch(id, first, new Date(2000));
+        const again = await store.devices.applyBatch(id, first, new Date(2000), MAX_ROWS);
         assert.deepEqual(again, { upserted: 2, removed: 0, missing: 0 });
         const rows = await store.devices.list({ runnerId: id });
         assert.deepEqual(
@@ -575,7 +742,7 @@ for (const engine of [sqlite, postgres]) {
         assert.equal(await store.devices.hasOnlineDevice(id, { id: "usb:1", kind: "usb" }), true);
         assert.equal(await store.devices.hasOnlineDevice(id, { id: "usb:2" }), false);
         const snapshot = batch({ batchId: "b2", snapshotId: "s1", upserts: [device("usb:1")] });
-        assert.deepEqual(await store.devices.applyBatch(id, snapshot, new Date(3000)), {
+        assert.deepEqual(await store.devices.applyBatch(id, snapshot, new Date(3000), MAX_ROWS), {
           upserted: 1,
           removed: 0,
           missing: 1,
@@ -587,7 +754,12 @@ for (const engine of [sqlite, postgres]) {
           ["usb:1"],
         );
         assert.deepEqual(
-          await store.devices.applyBatch(id, batch({ batchId: "b3", removals: ["usb:1", "usb:9"] }), new Date(4000)),
+          await store.devices.applyBatch(
+            id,
+            batch({ batchId: "b3", removals: ["usb:1", "usb:9"] }),
+            new Date(4000),
+            MAX_ROWS,
+          ),
           {
             upserted: 0,
             removed: 1,

@@ -6,7 +6,7 @@ import type { Systeminformation } from "systeminformation";
 import { parseAdbDevices } from "../../src/devices/providers/android.js";
 import { describeRuntime, parseSimctlList } from "../../src/devices/providers/ios-simulator.js";
 import { toDisplayDevices, toGpuDevices } from "../../src/devices/providers/graphics.js";
-import { toUsbDevices } from "../../src/devices/providers/usb.js";
+import { fromSystemInformation, toUsbDevices } from "../../src/devices/providers/usb.js";
 import { toDevice } from "../../src/devices/device.js";
 
 // `adb devices -l` on a machine whose adb server was not running, with one of each kind of line.
@@ -300,7 +300,7 @@ describe("systeminformation answers", () => {
     assert.equal(noSerial!.id, "display:1");
   });
 
-  test("USB: hubs are left out; a serial gives a stable id, else the bus path", () => {
+  test("USB (systeminformation, used where neither sysfs nor ioreg is): hubs are left out; a serial gives a stable id, else the bus address", () => {
     const usb: Systeminformation.UsbData[] = [
       {
         id: "1d6b:0002",
@@ -339,12 +339,12 @@ describe("systeminformation answers", () => {
         serialNumber: "",
       },
     ];
-    const devices = toUsbDevices(usb);
+    const devices = toUsbDevices(fromSystemInformation(usb));
     assert.deepEqual(
       devices.map((d) => d.id),
-      ["usb:18d1:4ee7:2C151FDH2004NP", "usb:3-4:0403:6001"],
+      ["usb:18d1:4ee7:2C151FDH2004NP", "usb:0403:6001@3-4"],
     );
-    assert.equal(devices[0]!.attributes.vendor, "Google Inc.");
+    assert.equal(devices[0]!.attributes.manufacturer, "Google");
     assert.equal(devices[1]!.name, "FT232 Serial (UART) IC");
   });
 });

@@ -40,6 +40,8 @@ export interface DeviceSyncOptions {
   now: () => Date;
   /** Called after a batch that changed devices: queued jobs may now find their runner. */
   devicesChanged: () => void;
+  /** Device rows one runner may hold (present and removed); a batch past it is refused. */
+  maxDevicesPerRunner: number;
 }
 
 export class DeviceSyncEndpoint {
@@ -74,9 +76,24 @@ export class DeviceSyncEndpoint {
     return { type: "devices_resync", batchId: summary.batchId, reason };
   }
 
-  /** Applies a batch (idempotently) and acknowledges it. */
-  async applyBatch(runnerId: string, batch: DevicesBatchMessage): Promise<ControlMessage> {
-    const applied = await this.options.store.applyBatch(runnerId, batch, this.options.now());
+  /**
+   * Applies a batch (idempotently) and acknowledges it. A batch past the runner's device cap
+   * is not applied: `error` device_limit_exceeded, then the ack all the same, because without
+   * an ack the runner re-sends the batch at once and for ever; the summary of its next scan
+   * will not match, so it tries again once per scan interval, not in a loop.
+   */
+  async applyBatch(runnerId: string, batch: DevicesBatchMessage): Promise<ControlMessage[]> {
+    const { maxDevicesPerRunner } = this.options;
+    const applied = await this.options.store.applyBatch(runnerId, batch, this.options.now(), maxDevicesPerRunner);
+    const ack: ControlMessage = { type: "devices_ack", batchId: batch.batchId };
+    if (applied.refusedRows !== undefined) {
+      const message = `devices batch ${batch.batchId} not applied: the runner would hold ${applied.refusedRows} device rows, over the limit of ${maxDevicesPerRunner}`;
+      this.options.logger.warn(
+        { runnerId, batchId: batch.batchId, rows: applied.refusedRows },
+        "device batch over the cap refused",
+      );
+      return [{ type: "error", code: "device_limit_exceeded", message }, ack];
+    }
     this.emit({
       runnerId,
       type: "devices",
@@ -91,7 +108,7 @@ export class DeviceSyncEndpoint {
         "devices missing from the runner's full snapshot marked offline",
       );
     if (applied.upserted + applied.removed + applied.missing > 0) this.options.devicesChanged();
-    return { type: "devices_ack", batchId: batch.batchId };
+    return [ack];
   }
 
   /**
@@ -137,9 +154,9 @@ export class DeviceSyncEndpoint {
       { runnerId, batchId: batchId.data, dropped: dropped.length, rows: capped(dropped.join("; ")) },
       "invalid rows of a device snapshot batch dropped; the rest applied",
     );
-    const ack = await this.applyBatch(runnerId, { ...envelope.data, upserts, removals });
+    const answers = await this.applyBatch(runnerId, { ...envelope.data, upserts, removals });
     const message = `devices batch ${batchId.data}: ${dropped.length} invalid row(s) dropped, the rest applied: ${dropped.join("; ")}`;
-    return [{ type: "error", code: "device_rows_dropped", message: capped(message) }, ack];
+    return [{ type: "error", code: "device_rows_dropped", message: capped(message) }, ...answers];
   }
 
   private emit(event: DeviceEvent): void {

@@ -28,6 +28,7 @@ import { authenticateRunner } from "../http/runner-routes.js";
 import type { RunnerRecord } from "../store/contract.js";
 import type { DeviceSyncEndpoint } from "./device-sync.js";
 import type { ReplicaBus } from "../queue/replica-bus.js";
+import { appendLog } from "./log-intake.js";
 
 /** A connection not heard from for this many heartbeat intervals is terminated. */
 export const IDLE_HEARTBEATS = 2.5;
@@ -67,6 +68,9 @@ export interface ChannelOptions {
   maxFrameBytes: number;
   deviceScanIntervalMs: number;
   deviceRefreshMs: number;
+  /** Log each job attempt may store (channel/log-intake.ts). */
+  maxLogBytesPerJob: number;
+  maxLogChunksPerJob: number;
   events: EventEmitter;
   /** Tells the other replicas of a new connection (they close older ones) and of runners that may no longer connect. */
   bus: ReplicaBus;
@@ -84,6 +88,8 @@ interface Connection {
   handling: Promise<void>;
   /** Frames received and not yet handled; over BACKLOG_PAUSE the socket is paused until BACKLOG_RESUME. */
   backlog: number;
+  /** Log refusals already answered on this connection (channel/log-intake.ts). */
+  readonly toldLogRefusals: Set<string>;
   readonly connectedAt: number;
   /** performance.now() of the last frame or ping from the runner. */
   lastHeardAt: number;
@@ -188,6 +194,7 @@ export class ChannelEndpoint implements RunnerChannels {
       backlog: 0,
       generation: undefined,
       newerSeen: 0,
+      toldLogRefusals: new Set(),
     };
     const previous = this.connections.get(runner.id);
     this.connections.set(runner.id, connection);
@@ -516,8 +523,20 @@ export class ChannelEndpoint implements RunnerChannels {
         return queue.reject(link, message, message.reason);
       case "started":
         return queue.started(link, message);
-      case "log":
-        return queue.appendLog(link, message);
+      case "log": {
+        const refused = await appendLog(
+          this.context.store.jobs,
+          this.context.logger,
+          link.runnerId,
+          message,
+          {
+            maxBytes: this.options.maxLogBytesPerJob,
+            maxChunks: this.options.maxLogChunksPerJob,
+          },
+          connection.toldLogRefusals,
+        );
+        return refused && this.send(connection, refused);
+      }
       case "result":
         return queue.applyResult(link, message.result);
       case "goodbye":
@@ -525,7 +544,9 @@ export class ChannelEndpoint implements RunnerChannels {
       case "devices_summary":
         return this.send(connection, await this.options.devices.summarize(link.runnerId, message));
       case "devices":
-        return this.send(connection, await this.options.devices.applyBatch(link.runnerId, message));
+        for (const answer of await this.options.devices.applyBatch(link.runnerId, message))
+          this.send(connection, answer);
+        return;
       default: {
         const unhandled: never = message;
         throw new RunnerError("internal", `unhandled message ${JSON.stringify(unhandled)}`);

@@ -4,22 +4,36 @@ import { listDevicesResponseSchema, runnerIdSchema, type DeviceView } from "../.
 import type { RouteContext } from "../context.js";
 import type { DeviceRecord } from "../store/contract.js";
 import { HttpError, reply, type Reply, type RouteRequest } from "./router.js";
+import { CURSOR_KEYS, LIST_PAGE, parsePage, takePage } from "./pagination.js";
 
 export async function listRunnerDevices(request: RouteRequest, context: RouteContext): Promise<Reply> {
   const id = runnerIdSchema.safeParse(request.params.id);
   if (!id.success) throw new HttpError(400, "bad_request", "id: a runner id (rnr_...)");
   if (!(await context.store.findRunner(id.data)))
     throw new HttpError(404, "runner_not_found", `runner ${id.data} does not exist`);
-  const devices = await context.store.devices.list({ runnerId: id.data });
-  return reply(listDevicesResponseSchema, 200, { devices: devices.map((device) => toDeviceView(device, context)) });
+  return replyWithPage(request, context, { runnerId: id.data });
 }
 
 /** `?kind=gpu` keeps one kind, `?state=online` one state. */
 export async function listDevices(request: RouteRequest, context: RouteContext): Promise<Reply> {
   const kind = optionalQuery(request, "kind", deviceKindSchema.safeParse.bind(deviceKindSchema));
   const state = optionalQuery(request, "state", deviceStateSchema.safeParse.bind(deviceStateSchema));
-  const devices = await context.store.devices.list({ kind, state });
-  return reply(listDevicesResponseSchema, 200, { devices: devices.map((device) => toDeviceView(device, context)) });
+  return replyWithPage(request, context, { kind, state });
+}
+
+async function replyWithPage(
+  request: RouteRequest,
+  context: RouteContext,
+  filter: Parameters<RouteContext["store"]["devices"]["list"]>[0],
+): Promise<Reply> {
+  const page = parsePage(request.query, LIST_PAGE, CURSOR_KEYS.device);
+  const after = page.after && { runnerId: page.after[0], deviceId: page.after[1] };
+  const rows = await context.store.devices.list(filter, { after, limit: page.limit + 1 });
+  const { items, nextCursor } = takePage(rows, page.limit, (device) => [device.runnerId, device.id]);
+  return reply(listDevicesResponseSchema, 200, {
+    devices: items.map((device) => toDeviceView(device, context)),
+    nextCursor,
+  });
 }
 
 function optionalQuery<T>(

@@ -4,6 +4,7 @@ import {
   cancelJobResponseSchema,
   getJobResponseSchema,
   jobStatusSchema,
+  listJobLogsResponseSchema,
   listJobsResponseSchema,
   submitJobRequestSchema,
   submitJobResponseSchema,
@@ -11,7 +12,8 @@ import {
 } from "../../protocol/http.js";
 import type { RouteContext } from "../context.js";
 import { HttpError, parseBody, reply, type Reply, type RouteRequest } from "./router.js";
-import type { JobRecord } from "../store/contract.js";
+import type { JobRecord, LogChunk } from "../store/contract.js";
+import { CURSOR_KEYS, LIST_PAGE, LOG_PAGE, LOG_PAGE_MAX_BYTES, parsePage, takePage } from "./pagination.js";
 
 /** Longest values an `assign` can carry, to size the frame before the job is accepted. */
 const LONGEST_JOB_ID = "job_" + "x".repeat(124);
@@ -61,12 +63,43 @@ export async function listJobs(request: RouteRequest, context: RouteContext): Pr
       throw new HttpError(400, "bad_request", `status: one of ${jobStatusSchema.options.join(", ")}`);
     status = parsed.data;
   }
-  return reply(listJobsResponseSchema, 200, { jobs: (await context.store.jobs.list(status)).map(toJobView) });
+  const page = parsePage(request.query, LIST_PAGE, CURSOR_KEYS.job);
+  const rows = await context.store.jobs.list(status, { afterId: page.after, limit: page.limit + 1 });
+  const { items, nextCursor } = takePage(rows, page.limit, (job) => job.id);
+  return reply(listJobsResponseSchema, 200, { jobs: items.map(toJobView), nextCursor });
 }
 
+/** The job and the first page of its log (`?limit=` sizes that page, as on /logs). */
 export async function getJob(request: RouteRequest, context: RouteContext): Promise<Reply> {
   const job = await findJob(request, context);
-  return reply(getJobResponseSchema, 200, { job: toJobView(job), logs: await context.store.jobs.listLogs(job.id) });
+  const { logs, nextCursor } = await logPage(job.id, request, context);
+  return reply(getJobResponseSchema, 200, { job: toJobView(job), logs, logsNextCursor: nextCursor });
+}
+
+/** A page of the job's log chunks, by attempt then seq. */
+export async function listJobLogs(request: RouteRequest, context: RouteContext): Promise<Reply> {
+  const job = await findJob(request, context);
+  return reply(listJobLogsResponseSchema, 200, await logPage(job.id, request, context));
+}
+
+async function logPage(
+  jobId: string,
+  request: RouteRequest,
+  context: RouteContext,
+): Promise<{ logs: LogChunk[]; nextCursor: string | null }> {
+  const page = parsePage(request.query, LOG_PAGE, CURSOR_KEYS.log);
+  const after = page.after && { attempt: page.after[0], seq: page.after[1] };
+  const rows = await context.store.jobs.listLogs(jobId, { after, limit: page.limit + 1 });
+  // Chunks can be up to a frame each: the page also stops at a byte budget (after one chunk at least).
+  let bytes = 0;
+  let fit = 0;
+  for (const chunk of rows.slice(0, page.limit)) {
+    bytes += Buffer.byteLength(chunk.data, "utf8");
+    if (fit > 0 && bytes > LOG_PAGE_MAX_BYTES) break;
+    fit++;
+  }
+  const { items, nextCursor } = takePage(rows, fit, (chunk) => [chunk.attempt, chunk.seq]);
+  return { logs: items, nextCursor };
 }
 
 /** A terminal job is returned unchanged. */

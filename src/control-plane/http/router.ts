@@ -6,7 +6,7 @@ import type http from "node:http";
 import type { z } from "zod";
 import { API_PREFIX, type ApiErrorCode, type ErrorBody } from "../../protocol/http.js";
 import { ADMIN_TOKEN_HASH_SETTING, type Context, type RouteContext } from "../context.js";
-import { secretMatchesHash } from "../tokens.js";
+import { hashSecret, secretMatchesHash } from "../tokens.js";
 
 export const MAX_BODY_BYTES = 64 * 1024;
 
@@ -24,8 +24,13 @@ export interface Reply {
   body?: unknown;
 }
 
-/** "none": public; "bearer": a token the handler checks itself; "admin": the admin token. */
-export type Auth = "none" | "bearer" | "admin";
+/**
+ * "none": public; "bearer": a token the handler checks itself (the runner routes: the runner
+ * id it is checked against is in the body); "registration": a usable registration token,
+ * checked from the header before the body is read (the handler consumes it); "admin": the
+ * admin token, also checked before the body.
+ */
+export type Auth = "none" | "bearer" | "registration" | "admin";
 
 export interface Route {
   method: "GET" | "POST" | "PUT" | "DELETE";
@@ -137,11 +142,19 @@ export function parseBearer(header: string | undefined): string | undefined {
   return /^Bearer\s+(\S+)\s*$/i.exec(header ?? "")?.[1];
 }
 
+/**
+ * Runs before a byte of the body is read: a caller without a valid admin or registration
+ * token cannot make the server hold a socket open, or buffer, for its body.
+ */
 async function authenticate(context: Context, auth: Auth, header: string | undefined): Promise<string> {
   if (auth === "none") return "";
   const bearer = parseBearer(header);
   if (bearer === undefined) {
     throw new HttpError(401, "unauthorized", "missing or malformed header: Authorization: Bearer <token>");
+  }
+  if (auth === "registration" && !(await context.store.registrationTokenUsable(hashSecret(bearer), context.now()))) {
+    // Not consumed here: registration consumes it atomically with creating the runner.
+    throw registrationTokenInvalid();
   }
   if (auth === "admin") {
     const storedHash = await context.store.getSetting(ADMIN_TOKEN_HASH_SETTING);
@@ -150,6 +163,14 @@ async function authenticate(context: Context, auth: Auth, header: string | undef
     }
   }
   return bearer;
+}
+
+export function registrationTokenInvalid(): HttpError {
+  return new HttpError(
+    401,
+    "registration_token_invalid",
+    "the registration token is unknown, already used or expired; ask an admin for a new one",
+  );
 }
 
 /** Reads at most MAX_BODY_BYTES and parses JSON; an empty body is `{}`. */

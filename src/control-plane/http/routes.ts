@@ -1,7 +1,7 @@
 // The reference control plane's HTTP routes: method, path (under /api/v1), auth rule, handler.
 import type { Route } from "./router.js";
 import { listDevices, listRunnerDevices } from "./device-routes.js";
-import { cancelJob, getJob, listJobs, submitJob } from "./job-routes.js";
+import { cancelJob, getJob, listJobLogs, listJobs, submitJob } from "./job-routes.js";
 import {
   createRegistrationToken,
   deleteRunner,
@@ -22,7 +22,7 @@ export const ROUTES: readonly Route[] = [
   { method: "GET", path: "/health", auth: "none", handle: getHealth },
   // The channel itself is served on the HTTP server's `upgrade` event; this answers the rest.
   { method: "GET", path: "/channel", auth: "none", handle: refusePlainChannelRequest },
-  { method: "POST", path: "/runners/register", auth: "bearer", handle: registerRunner },
+  { method: "POST", path: "/runners/register", auth: "registration", handle: registerRunner },
   { method: "POST", path: "/runners/verify", auth: "bearer", handle: verifyRunner },
   { method: "POST", path: "/runners/repair", auth: "bearer", handle: repairRunner },
   { method: "POST", path: "/runners/unregister", auth: "bearer", handle: unregisterRunner },
@@ -36,6 +36,7 @@ export const ROUTES: readonly Route[] = [
   { method: "POST", path: "/admin/jobs", auth: "admin", handle: submitJob },
   { method: "GET", path: "/admin/jobs", auth: "admin", handle: listJobs },
   { method: "GET", path: "/admin/jobs/:id", auth: "admin", handle: getJob },
+  { method: "GET", path: "/admin/jobs/:id/logs", auth: "admin", handle: listJobLogs },
   { method: "POST", path: "/admin/jobs/:id/cancel", auth: "admin", handle: cancelJob },
   { method: "GET", path: "/admin/runners/:id/devices", auth: "admin", handle: listRunnerDevices },
   { method: "GET", path: "/admin/devices", auth: "admin", handle: listDevices },

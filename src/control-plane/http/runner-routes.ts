@@ -23,8 +23,9 @@ import {
 } from "../../protocol/http.js";
 import { compareVersions } from "../../protocol/version.js";
 import { SUPPORTED_PROTOCOL_VERSIONS, type Context, type RouteContext } from "../context.js";
-import { HttpError, parseBody, reply, type Reply, type RouteRequest } from "./router.js";
+import { HttpError, parseBody, registrationTokenInvalid, reply, type Reply, type RouteRequest } from "./router.js";
 import type { RunnerRecord } from "../store/contract.js";
+import { CURSOR_KEYS, LIST_PAGE, parsePage, takePage } from "./pagination.js";
 import { generateRunnerId, generateToken, generateTokenId, hashSecret, secretMatchesHash } from "../tokens.js";
 
 /** The admin answers about one runner (revoke, pause, resume, labels) have verify's shape: `{ ok: true, runner }`. */
@@ -73,11 +74,8 @@ export async function registerRunner(request: RouteRequest, context: RouteContex
   });
   switch (result.outcome) {
     case "token_invalid":
-      throw new HttpError(
-        401,
-        "registration_token_invalid",
-        "the registration token is unknown, already used or expired; ask an admin for a new one",
-      );
+      // Checked before the body too (router.ts); used or expired meanwhile, it is refused here.
+      throw registrationTokenInvalid();
     case "name_taken":
       throw new HttpError(
         409,
@@ -192,8 +190,11 @@ export async function createRegistrationToken(request: RouteRequest, context: Ro
   return reply(createRegistrationTokenResponseSchema, 201, { token, tokenId, expiresAt: expiresAt.toISOString() });
 }
 
-export async function listRunners(_request: RouteRequest, context: RouteContext): Promise<Reply> {
-  return reply(listRunnersResponseSchema, 200, { runners: (await context.store.listRunners()).map(toRunnerView) });
+export async function listRunners(request: RouteRequest, context: RouteContext): Promise<Reply> {
+  const page = parsePage(request.query, LIST_PAGE, CURSOR_KEYS.runner);
+  const rows = await context.store.listRunners({ afterName: page.after, limit: page.limit + 1 });
+  const { items, nextCursor } = takePage(rows, page.limit, (runner) => runner.name);
+  return reply(listRunnersResponseSchema, 200, { runners: items.map(toRunnerView), nextCursor });
 }
 
 export async function revokeRunner(request: RouteRequest, context: RouteContext): Promise<Reply> {

@@ -421,15 +421,6 @@ export class JobQueue {
   }
 
   /** Stores a log chunk of the runner's current attempt; repeats and other attempts are dropped. */
-  async appendLog(link: RunnerLink, chunk: Extract<RunnerMessage, { type: "log" }>): Promise<void> {
-    const stored = await this.options.store.insertLog(chunk, link.runnerId, chunk);
-    if (!stored)
-      this.options.logger.debug(
-        { runnerId: link.runnerId, jobId: chunk.jobId, attempt: chunk.attempt, seq: chunk.seq },
-        "log chunk dropped (repeat or stale attempt)",
-      );
-  }
-
   /** Applies a result at most once and always acknowledges it, so the runner can drop it. */
   async applyResult(link: RunnerLink, result: JobResult): Promise<void> {
     const { store, now, logger } = this.options;

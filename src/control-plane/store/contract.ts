@@ -105,6 +105,21 @@ export interface LogChunk {
 
 export type CancelChange = "cancelled" | "requested" | "unchanged";
 
+/** What one job attempt may store of log: chunks are numbered by `seq` from 0, so `seq < maxChunks`. */
+export interface LogLimits {
+  /** UTF-8 bytes of `data`, summed over the attempt's stored chunks. */
+  maxBytes: number;
+  maxChunks: number;
+}
+
+/**
+ * What became of a log chunk: `stored`; `repeat` (that attempt and seq are already stored);
+ * `not_held` (the runner does not hold that attempt: another runner's, or a stale attempt);
+ * `finished` (the attempt's result was applied: nothing more is kept); `seq_out_of_range`
+ * (seq ≥ maxChunks); `limit_reached` (the attempt's bytes would pass maxBytes).
+ */
+export type LogInsertOutcome = "stored" | "repeat" | "not_held" | "finished" | "seq_out_of_range" | "limit_reached";
+
 // ---- devices ----
 
 export interface DeviceRecord {
@@ -128,6 +143,11 @@ export interface AppliedBatch {
   removed: number;
   /** Devices a completed full snapshot did not mention, now marked offline. */
   missing: number;
+  /**
+   * Present only when the batch was NOT applied: the runner would have held this many device
+   * rows, over its cap (after the rows of removed devices were deleted to make room).
+   */
+  refusedRows?: number;
 }
 
 // ---- the contract ----
@@ -142,8 +162,8 @@ export interface AppliedBatch {
 export interface JobStoreContract {
   insert(job: NewJob): Promise<JobRecord>;
   find(id: string): Promise<JobRecord | undefined>;
-  /** All jobs, or those with one status, in submit order. */
-  list(status?: JobStatus): Promise<JobRecord[]>;
+  /** All jobs, or those with one status, in submit order; with a page, at most `limit` of those after job `afterId`. */
+  list(status?: JobStatus, page?: { afterId?: string; limit: number }): Promise<JobRecord[]>;
   /**
    * Queued jobs after `afterPosition`, in submit order: the dispatcher pages through them.
    * With `only`, just the jobs whose requirements are one of these (read through an index).
@@ -173,9 +193,18 @@ export interface JobStoreContract {
   extendActiveLeases(leaseExpiresAt: Date): Promise<number>;
   /** Queued → cancelled at once; assigned/running → cancel requested (the runner confirms with a result). */
   requestCancel(id: string, now: Date): Promise<{ job: JobRecord; change: CancelChange } | undefined>;
-  /** Stores a log chunk of the attempt `runnerId` holds; a repeat (same attempt and seq) or another attempt's chunk is dropped. */
-  insertLog(ref: JobRef, runnerId: string, chunk: Omit<LogChunk, "attempt">): Promise<boolean>;
-  listLogs(jobId: string): Promise<LogChunk[]>;
+  /**
+   * Stores a log chunk of the unfinished attempt `runnerId` holds, within the limits; a repeat
+   * (same attempt and seq), another attempt's chunk, or a chunk after the result is dropped.
+   */
+  insertLog(
+    ref: JobRef,
+    runnerId: string,
+    chunk: Omit<LogChunk, "attempt">,
+    limits: LogLimits,
+  ): Promise<LogInsertOutcome>;
+  /** The job's chunks by attempt then seq; with a page, at most `limit` of those after (attempt, seq) `after`. */
+  listLogs(jobId: string, page?: { after?: { attempt: number; seq: number }; limit: number }): Promise<LogChunk[]>;
 }
 
 /** Devices per runner. A batch is applied atomically and idempotently. */
@@ -184,9 +213,21 @@ export interface DeviceStoreContract {
   summarize(runnerId: string): Promise<{ count: number; digest: string }>;
   /** A summary that matched confirms every present device as seen now. */
   touchPresent(runnerId: string, now: Date): Promise<void>;
-  applyBatch(runnerId: string, batch: DevicesBatchMessage, now: Date): Promise<AppliedBatch>;
-  /** Devices of one runner, or of all runners, optionally of one kind or state; ordered by runner then device id. */
-  list(filter?: { runnerId?: string; kind?: string; state?: DeviceState }): Promise<DeviceRecord[]>;
+  /**
+   * Applies the batch unless the runner would then hold more than `maxRows` device rows: rows
+   * of removed devices are deleted first to make room, and if that is not enough nothing is
+   * applied (`refusedRows`). A completed full snapshot that leaves no device present deletes
+   * all of the runner's rows: an empty inventory keeps nothing.
+   */
+  applyBatch(runnerId: string, batch: DevicesBatchMessage, now: Date, maxRows: number): Promise<AppliedBatch>;
+  /**
+   * Devices of one runner, or of all runners, optionally of one kind or state; ordered by
+   * runner then device id; with a page, at most `limit` of those after (runnerId, deviceId) `after`.
+   */
+  list(
+    filter?: { runnerId?: string; kind?: string; state?: DeviceState },
+    page?: { after?: { runnerId: string; deviceId: string }; limit: number },
+  ): Promise<DeviceRecord[]>;
   /** Whether the runner has a present, not stale device matching the requirement that its last scan saw online. */
   hasOnlineDevice(runnerId: string, requirement: DeviceRequirement): Promise<boolean>;
 }
@@ -225,8 +266,12 @@ export interface ControlPlaneStore {
     now: Date;
   }): Promise<RegisterOutcome>;
 
+  /** Whether `tokenHash` is a registration token that is unused and unexpired at `now` (nothing is consumed). */
+  registrationTokenUsable(tokenHash: string, now: Date): Promise<boolean>;
+
   findRunner(id: string): Promise<RunnerRecord | undefined>;
-  listRunners(): Promise<RunnerRecord[]>;
+  /** Runners by name; with a page, at most `limit` of those named after `afterName`. */
+  listRunners(page?: { afterName?: string; limit: number }): Promise<RunnerRecord[]>;
   /**
    * A new channel of the runner: raises its connection generation (one conditional UPDATE,
    * so of two connections made at once on two replicas each gets its own number and the

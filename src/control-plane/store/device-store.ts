@@ -10,7 +10,7 @@ import {
   type DevicesBatchMessage,
 } from "../../protocol/devices.js";
 import type { AppliedBatch, DeviceRecord, DeviceStoreContract } from "./contract.js";
-import type { SqlEngine } from "./sql.js";
+import type { SqlEngine, SqlRunner } from "./sql.js";
 
 interface DeviceRow {
   runner_id: string;
@@ -30,6 +30,28 @@ const PRESENT = "removed_at IS NULL";
 /** Parameters: removed_at, updated_at. */
 const MARK_GONE = "state = 'offline', removed_at = ?, updated_at = ?";
 
+/** Thrown inside the transaction so that it rolls back: the batch would pass the runner's cap. */
+class OverDeviceCap extends Error {
+  constructor(readonly rows: number) {
+    super(`over the device cap: ${rows} rows`);
+  }
+}
+
+/** Rows of removed devices make room first (oldest removal first); present ones are never dropped. */
+async function enforceDeviceCap(tx: SqlRunner, runnerId: string, maxRows: number): Promise<void> {
+  const count = async () =>
+    Number((await tx.get<{ n: number }>("SELECT COUNT(*) AS n FROM devices WHERE runner_id = ?", [runnerId]))?.n ?? 0);
+  const rows = await count();
+  if (rows <= maxRows) return;
+  await tx.run(
+    `DELETE FROM devices WHERE runner_id = ? AND device_id IN (
+       SELECT device_id FROM devices WHERE runner_id = ? AND removed_at IS NOT NULL ORDER BY removed_at, device_id LIMIT ?)`,
+    [runnerId, runnerId, rows - maxRows],
+  );
+  const left = await count();
+  if (left > maxRows) throw new OverDeviceCap(left);
+}
+
 export class SqlDeviceStore implements DeviceStoreContract {
   constructor(private readonly db: SqlEngine) {}
 
@@ -48,7 +70,21 @@ export class SqlDeviceStore implements DeviceStoreContract {
     ]);
   }
 
-  applyBatch(runnerId: string, batch: DevicesBatchMessage, now: Date): Promise<AppliedBatch> {
+  async applyBatch(runnerId: string, batch: DevicesBatchMessage, now: Date, maxRows: number): Promise<AppliedBatch> {
+    try {
+      return await this.applyWithinCap(runnerId, batch, now, maxRows);
+    } catch (error) {
+      if (error instanceof OverDeviceCap) return { upserted: 0, removed: 0, missing: 0, refusedRows: error.rows };
+      throw error;
+    }
+  }
+
+  private applyWithinCap(
+    runnerId: string,
+    batch: DevicesBatchMessage,
+    now: Date,
+    maxRows: number,
+  ): Promise<AppliedBatch> {
     return this.db.transaction(async (tx): Promise<AppliedBatch> => {
       const at = now.getTime();
       for (const device of batch.upserts) {
@@ -91,20 +127,44 @@ export class SqlDeviceStore implements DeviceStoreContract {
           [at, at, runnerId, batch.snapshotId],
         );
       }
+      if (batch.snapshotId !== undefined && batch.last) {
+        // A completed snapshot with nothing present: the runner has no devices, keep no rows.
+        const present = await tx.get<{ n: number }>(
+          `SELECT COUNT(*) AS n FROM devices WHERE runner_id = ? AND ${PRESENT}`,
+          [runnerId],
+        );
+        if (Number(present?.n ?? 0) === 0) await tx.run("DELETE FROM devices WHERE runner_id = ?", [runnerId]);
+      }
+      await enforceDeviceCap(tx, runnerId, maxRows);
       return { upserted: batch.upserts.length, removed, missing };
     });
   }
 
-  async list(filter: { runnerId?: string; kind?: string; state?: DeviceState } = {}): Promise<DeviceRecord[]> {
+  async list(
+    filter: { runnerId?: string; kind?: string; state?: DeviceState } = {},
+    page?: { after?: { runnerId: string; deviceId: string }; limit: number },
+  ): Promise<DeviceRecord[]> {
     const runnerId = filter.runnerId ?? null;
     const kind = filter.kind ?? null;
     const state = filter.state ?? null;
+    // The cursor is a row-value range on the primary key, so a page starts where the last
+    // ended instead of scanning from the first row (both engines seek on it).
+    const after = page?.after;
     const rows = await this.db.all<DeviceRow>(
       `SELECT * FROM devices
        WHERE (CAST(? AS TEXT) IS NULL OR runner_id = ?) AND (CAST(? AS TEXT) IS NULL OR kind = ?)
-         AND (CAST(? AS TEXT) IS NULL OR state = ?)
-       ORDER BY runner_id, device_id`,
-      [runnerId, runnerId, kind, kind, state, state],
+         AND (CAST(? AS TEXT) IS NULL OR state = ?)${after ? " AND (runner_id, device_id) > (CAST(? AS TEXT), CAST(? AS TEXT))" : ""}
+       ORDER BY runner_id, device_id${page ? " LIMIT ?" : ""}`,
+      [
+        runnerId,
+        runnerId,
+        kind,
+        kind,
+        state,
+        state,
+        ...(after ? [after.runnerId, after.deviceId] : []),
+        ...(page ? [page.limit] : []),
+      ],
     );
     return rows.map(toDeviceRecord);
   }

@@ -13,11 +13,13 @@ import type {
   JobRecord,
   JobStoreContract,
   LogChunk,
+  LogInsertOutcome,
+  LogLimits,
   NewJob,
   QueuedJob,
   QueuedRequirements,
 } from "./contract.js";
-import type { SqlEngine } from "./sql.js";
+import type { SqlEngine, SqlValue } from "./sql.js";
 
 interface JobRow {
   id: string;
@@ -77,11 +79,26 @@ export class SqlJobStore implements JobStoreContract {
     return optionalRecord(await this.db.get<JobRow>("SELECT * FROM jobs WHERE id = ?", [id]));
   }
 
-  async list(status?: JobStatus): Promise<JobRecord[]> {
-    const rows =
-      status === undefined
-        ? await this.db.all<JobRow>("SELECT * FROM jobs ORDER BY queue_position")
-        : await this.db.all<JobRow>("SELECT * FROM jobs WHERE status = ? ORDER BY queue_position", [status]);
+  async list(status?: JobStatus, page?: { afterId?: string; limit: number }): Promise<JobRecord[]> {
+    // Conditions are added only when given, so that each page is an index range (by status
+    // and position, or by position), not a scan from the start. A cursor's job is found by id
+    // (jobs are never deleted); from it on, the submit order.
+    const where: string[] = [];
+    const params: SqlValue[] = [];
+    if (status !== undefined) {
+      where.push("status = ?");
+      params.push(status);
+    }
+    if (page?.afterId !== undefined) {
+      where.push("queue_position > (SELECT queue_position FROM jobs WHERE id = ?)");
+      params.push(page.afterId);
+    }
+    if (page) params.push(page.limit);
+    const rows = await this.db.all<JobRow>(
+      `SELECT * FROM jobs${where.length > 0 ? ` WHERE ${where.join(" AND ")}` : ""}
+       ORDER BY queue_position${page ? " LIMIT ?" : ""}`,
+      params,
+    );
     return rows.map(toJobRecord);
   }
 
@@ -236,21 +253,65 @@ export class SqlJobStore implements JobStoreContract {
     });
   }
 
-  async insertLog(ref: JobRef, runnerId: string, chunk: Omit<LogChunk, "attempt">): Promise<boolean> {
-    const stored = await this.db.run(
-      `INSERT INTO job_logs (job_id, attempt, seq, stream, data)
-       SELECT id, attempt, CAST(? AS BIGINT), CAST(? AS TEXT), ${this.db.dialect.logData.param} FROM jobs
-       WHERE id = ? AND attempt = ? AND runner_id = ?
-       ON CONFLICT (job_id, attempt, seq) DO NOTHING`,
-      [chunk.seq, chunk.stream, this.db.dialect.logData.encode(chunk.data), ref.jobId, ref.attempt, runnerId],
-    );
-    return stored === 1;
+  /**
+   * One transaction: the job row says whether the runner holds the attempt and whether it is
+   * still unfinished; the attempt's totals are raised by a conditional upsert that is the cap
+   * (two chunks racing on two replicas cannot both pass it); then the chunk is inserted.
+   */
+  async insertLog(
+    ref: JobRef,
+    runnerId: string,
+    chunk: Omit<LogChunk, "attempt">,
+    limits: LogLimits,
+  ): Promise<LogInsertOutcome> {
+    if (chunk.seq >= limits.maxChunks) return "seq_out_of_range";
+    const bytes = Buffer.byteLength(chunk.data, "utf8");
+    return this.db.transaction(async (tx): Promise<LogInsertOutcome> => {
+      const job = await tx.get<{ status: string }>(
+        "SELECT status FROM jobs WHERE id = ? AND attempt = ? AND runner_id = ?",
+        [ref.jobId, ref.attempt, runnerId],
+      );
+      if (job === undefined) return "not_held";
+      if (job.status !== "assigned" && job.status !== "running") return "finished";
+      const repeat = await tx.get<{ seq: number }>(
+        "SELECT seq FROM job_logs WHERE job_id = ? AND attempt = ? AND seq = ?",
+        [ref.jobId, ref.attempt, chunk.seq],
+      );
+      if (repeat !== undefined) return "repeat";
+      const counted = await tx.run(
+        `INSERT INTO job_log_totals (job_id, attempt, bytes, chunks)
+         SELECT ?, CAST(? AS BIGINT), CAST(? AS BIGINT), 1 WHERE CAST(? AS BIGINT) <= CAST(? AS BIGINT)
+         ON CONFLICT (job_id, attempt) DO UPDATE SET bytes = job_log_totals.bytes + excluded.bytes, chunks = job_log_totals.chunks + 1
+         WHERE job_log_totals.bytes + excluded.bytes <= CAST(? AS BIGINT)`,
+        [ref.jobId, ref.attempt, bytes, bytes, limits.maxBytes, limits.maxBytes],
+      );
+      if (counted !== 1) return "limit_reached";
+      const inserted = await tx.run(
+        `INSERT INTO job_logs (job_id, attempt, seq, stream, data)
+         VALUES (?, CAST(? AS BIGINT), CAST(? AS BIGINT), CAST(? AS TEXT), ${this.db.dialect.logData.param})
+         ON CONFLICT (job_id, attempt, seq) DO NOTHING`,
+        [ref.jobId, ref.attempt, chunk.seq, chunk.stream, this.db.dialect.logData.encode(chunk.data)],
+      );
+      if (inserted === 1) return "stored";
+      // The same chunk stored meanwhile by another connection: give its bytes back.
+      await tx.run(
+        "UPDATE job_log_totals SET bytes = bytes - CAST(? AS BIGINT), chunks = chunks - 1 WHERE job_id = ? AND attempt = ?",
+        [bytes, ref.jobId, ref.attempt],
+      );
+      return "repeat";
+    });
   }
 
-  async listLogs(jobId: string): Promise<LogChunk[]> {
+  async listLogs(
+    jobId: string,
+    page?: { after?: { attempt: number; seq: number }; limit: number },
+  ): Promise<LogChunk[]> {
+    const after = page?.after ?? { attempt: 0, seq: -1 };
     const rows = await this.db.all<Omit<LogChunk, "data"> & { data: unknown }>(
-      "SELECT attempt, seq, stream, data FROM job_logs WHERE job_id = ? ORDER BY attempt, seq",
-      [jobId],
+      `SELECT attempt, seq, stream, data FROM job_logs
+       WHERE job_id = ? AND (attempt, seq) > (CAST(? AS BIGINT), CAST(? AS BIGINT))
+       ORDER BY attempt, seq${page ? " LIMIT ?" : ""}`,
+      [jobId, after.attempt, after.seq, ...(page ? [page.limit] : [])],
     );
     const { decode } = this.db.dialect.logData;
     return rows.map((row) => ({ attempt: row.attempt, seq: row.seq, stream: row.stream, data: decode(row.data) }));

@@ -132,14 +132,28 @@ export class SqlStore implements ControlPlaneStore {
     }
   }
 
+  async registrationTokenUsable(tokenHash: string, now: Date): Promise<boolean> {
+    const row = await this.db.get<{ id: string }>(
+      "SELECT id FROM registration_tokens WHERE token_hash = ? AND used_at IS NULL AND expires_at > ?",
+      [tokenHash, now.getTime()],
+    );
+    return row !== undefined;
+  }
+
   // ---- runners ----
 
   async findRunner(id: string): Promise<RunnerRecord | undefined> {
     return optionalRunner(await this.db.get<RunnerRow>("SELECT * FROM runners WHERE id = ?", [id]));
   }
 
-  async listRunners(): Promise<RunnerRecord[]> {
-    return (await this.db.all<RunnerRow>("SELECT * FROM runners ORDER BY name")).map(toRunnerRecord);
+  async listRunners(page?: { afterName?: string; limit: number }): Promise<RunnerRecord[]> {
+    // Only with a cursor is there a WHERE: the page is then a range of the name index.
+    const afterName = page?.afterName;
+    const rows = await this.db.all<RunnerRow>(
+      `SELECT * FROM runners${afterName !== undefined ? " WHERE name > ?" : ""} ORDER BY name${page ? " LIMIT ?" : ""}`,
+      [...(afterName !== undefined ? [afterName] : []), ...(page ? [page.limit] : [])],
+    );
+    return rows.map(toRunnerRecord);
   }
 
   async openChannelGeneration(id: string, now: Date): Promise<number | undefined> {

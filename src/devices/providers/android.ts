@@ -1,8 +1,7 @@
 // Android devices and emulators through `adb devices -l`, when adb is on PATH. The parser is
 // pure and tested on captured output.
-import { execa } from "execa";
 import type { DeviceState, RawDevice } from "../device.js";
-import { findOnPath } from "./find-command.js";
+import { findOnPath, runTool } from "./find-command.js";
 import type { DeviceProvider } from "./provider.js";
 
 export const androidProvider: DeviceProvider = {
@@ -11,8 +10,7 @@ export const androidProvider: DeviceProvider = {
     const adb = await findOnPath("adb");
     if (!adb) return [];
     // The first call may start adb's server (it then prints "* daemon started" lines, which the parser skips).
-    const { stdout } = await execa(adb, ["devices", "-l"], { timeout: timeoutMs, stdin: "ignore" });
-    return parseAdbDevices(stdout);
+    return parseAdbDevices(await runTool(adb, ["devices", "-l"], { timeoutMs }));
   },
 };
 

@@ -1,22 +1,61 @@
-// iOS simulators through `xcrun simctl list -j devices`, on macOS only. The parser is pure and
-// tested on captured output. An available simulator is "online" whether booted or shut down
-// (a job can boot it); `simState` says which.
-import { execa } from "execa";
+// iOS simulators through `/usr/bin/xcrun simctl list -j devices`, on macOS only, run again only
+// when the simulators' files changed (below). The parser is pure and tested on captured
+// output. An available simulator is "online" whether booted or shut down (a job can boot it);
+// `simState` says which.
+import { promises as fs } from "node:fs";
+import os from "node:os";
+import path from "node:path";
 import { z } from "zod";
 import type { RawDevice } from "../device.js";
-import { findOnPath } from "./find-command.js";
+import { isExecutableFile, runTool, SYSTEM_TOOLS } from "./find-command.js";
 import type { DeviceProvider } from "./provider.js";
+import { reuseWhileUnchanged } from "./reuse.js";
 
-export const iosSimulatorProvider: DeviceProvider = {
-  name: "ios-simulator",
-  async scan({ timeoutMs }) {
-    if (process.platform !== "darwin") return [];
-    const xcrun = await findOnPath("xcrun");
-    if (!xcrun) return [];
-    const { stdout } = await execa(xcrun, ["simctl", "list", "-j", "devices"], { timeout: timeoutMs, stdin: "ignore" });
-    return parseSimctlList(stdout);
-  },
-};
+/** How long simctl's answer is reused at most while the simulators' files say nothing changed. */
+export const SIMULATORS_MAX_AGE_MS = 10 * 60_000;
+
+/**
+ * `xcrun simctl list` starts CoreSimulator's service and takes hundreds of ms; each
+ * simulator is a directory with a device.plist that CoreSimulator rewrites when the simulator
+ * is created, renamed, booted or shut down. So a periodic scan lists those directories and
+ * their device.plist times, and runs simctl only when they changed (reuse.ts), or every
+ * SIMULATORS_MAX_AGE_MS (a runtime installed or removed changes no device.plist).
+ */
+export function createIosSimulatorProvider(
+  devicesDir = path.join(os.homedir(), "Library", "Developer", "CoreSimulator", "Devices"),
+): DeviceProvider {
+  const list = reuseWhileUnchanged(
+    () => readSimulatorsSignal(devicesDir),
+    async ({ timeoutMs }) => {
+      if (!(await isExecutableFile(SYSTEM_TOOLS.xcrun))) return [];
+      return parseSimctlList(await runTool(SYSTEM_TOOLS.xcrun, ["simctl", "list", "-j", "devices"], { timeoutMs }));
+    },
+    SIMULATORS_MAX_AGE_MS,
+  );
+  return {
+    name: "ios-simulator",
+    scan: async (options) => (process.platform === "darwin" ? list(options) : []),
+  };
+}
+
+/** Each simulator directory with its device.plist's modification time; "none" without the directory. */
+export async function readSimulatorsSignal(devicesDir: string): Promise<string> {
+  let names: string[];
+  try {
+    names = (await fs.readdir(devicesDir)).sort();
+  } catch {
+    return "none";
+  }
+  const stamps = await Promise.all(
+    names.map((name) =>
+      fs.stat(path.join(devicesDir, name, "device.plist")).then(
+        (stat) => `${name}@${stat.mtimeMs}`,
+        () => name,
+      ),
+    ),
+  );
+  return stamps.join(",");
+}
 
 const simulatorSchema = z
   .object({

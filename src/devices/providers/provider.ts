@@ -5,6 +5,14 @@ import type { RawDevice } from "../device.js";
 
 export interface ScanOptions {
   timeoutMs: number;
+  /**
+   * True: read everything again (a connect, `runner devices`, a rescan asked for). False (the
+   * periodic scan): a provider may reuse its last answer while a cheap signal says nothing
+   * changed (see graphics.ts).
+   */
+  fresh: boolean;
+  /** The scan's time, in ms on the caller's clock (only differences matter). */
+  now: number;
 }
 
 export interface DeviceProvider {

@@ -4,7 +4,6 @@
 // only busy workers and only every sampleIntervalMs. The worker's own readings, sent with every
 // result, are in child/own-health.ts.
 import { readFileSync } from "node:fs";
-import pidusage from "pidusage";
 
 let pageSize: number | null = null;
 
@@ -44,6 +43,8 @@ export async function sampleRss(pid: number, platform: NodeJS.Platform = process
   try {
     // Default options on purpose: pidusage 4.1's /proc reader (Linux, FreeBSD) loops opening
     // files for ever when told `maxage: 0`. Its history expires by an unref'd timer.
+    // Imported here: Linux (above) never needs it, and an idle daemon should not carry it.
+    const { default: pidusage } = await import("pidusage");
     return (await pidusage(pid)).memory;
   } catch {
     return null;

@@ -100,7 +100,17 @@ export const PG_MIGRATIONS: readonly string[] = [
   );
   CREATE INDEX devices_by_kind ON devices (kind, runner_id);
   `,
-  // 2: replicas. A runner's channel generation, raised by every new connection with one
+  // 5: limits (issue 12): the log each job attempt stored (see the SQLite migration).
+  `
+  CREATE TABLE job_log_totals (
+    job_id  TEXT NOT NULL REFERENCES jobs (id) ON DELETE CASCADE,
+    attempt INTEGER NOT NULL,
+    bytes   BIGINT NOT NULL,
+    chunks  BIGINT NOT NULL,
+    PRIMARY KEY (job_id, attempt)
+  );
+  `,
+  // 6: replicas. A runner's channel generation, raised by every new connection with one
   // conditional UPDATE: the replica holding an older connection closes it (4000). The index
   // of queued jobs by their requirements lets a dispatcher read only the jobs a runner can take.
   `

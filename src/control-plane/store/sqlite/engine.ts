@@ -109,7 +109,18 @@ export const MIGRATIONS: readonly string[] = [
   ALTER TABLE runners ADD COLUMN paused_at INTEGER;
   ALTER TABLE runners ADD COLUMN pause_reason TEXT;
   `,
-  // 5: as PostgreSQL's migration 2. One process has no other replica to tell, but the
+  // 5: limits (issue 12): the bytes and chunks of log each job attempt stored, so that the cap
+  // is one conditional upsert and not a SUM over the attempt's chunks at every chunk.
+  `
+  CREATE TABLE job_log_totals (
+    job_id  TEXT NOT NULL REFERENCES jobs (id) ON DELETE CASCADE,
+    attempt INTEGER NOT NULL,
+    bytes   INTEGER NOT NULL,
+    chunks  INTEGER NOT NULL,
+    PRIMARY KEY (job_id, attempt)
+  ) STRICT, WITHOUT ROWID;
+  `,
+  // 6: the same as PostgreSQL's. One process has no other replica to tell, but the
   // generation column keeps the two schemas alike; the index serves the dispatcher's reads.
   `
   ALTER TABLE runners ADD COLUMN channel_generation INTEGER NOT NULL DEFAULT 0;
