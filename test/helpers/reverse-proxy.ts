@@ -1,11 +1,12 @@
 // The reverse-proxy examples in deploy/ run by the real servers: nginx (Debian's nginx-light)
 // loads deploy/nginx/runner-control-plane.conf inside a minimal wrapping config, unprivileged
-// style (its own prefix, pid file and temp dirs in a temp dir, error log on stderr), and
+// style (its own prefix, pid file and temp dirs in a temp dir, error log on stderr; under root
+// its workers run as `nobody`, nginx's default, with no `user` directive needed), and
 // Caddy validates deploy/caddy/Caddyfile. Absent binaries skip the tests with the reason;
 // under CI=true they fail (.ci/run installs both), as with PostgreSQL (test/helpers/postgres.ts).
 import assert from "node:assert/strict";
 import { spawn, spawnSync, type ChildProcess } from "node:child_process";
-import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
+import { chmodSync, existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import net from "node:net";
 import path from "node:path";
 import type { TestContext } from "node:test";
@@ -92,6 +93,9 @@ export function nginxSite(options: { tls: Certificate; listenPort?: number; upst
  * (/var/lib/nginx) are root's.
  */
 export function writeNginxConfig(dir: string, site: string): string {
+  // Run as root, nginx's workers drop to `nobody` (its default `user`): they must be able to
+  // reach the temp dirs the master makes for them in dir (mkdtemp's 0700 would stop them).
+  if (process.getuid?.() === 0) chmodSync(dir, 0o711);
   const sitePath = path.join(dir, "runner-control-plane.conf");
   writeFileSync(sitePath, site);
   const temp = (name: string) => `${name}_temp_path ${path.join(dir, name)};`;

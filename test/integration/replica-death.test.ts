@@ -1,8 +1,9 @@
 // A replica killed (kill -9) under real `runner start` daemons that reach two replicas through
 // real nginx, loading the example in deploy/nginx with only its certificate, listening port and
 // upstream ports put in: the daemons reconnect through nginx to the survivor, their running
-// jobs keep attempt and lease (no re-run), each result is applied exactly once, no job is left
-// queued or running, jobs submitted after the death run. And a result that waits in a runner's
+// jobs keep attempt and lease (no re-run), a job queued on the victim runs on the survivor,
+// each result is applied exactly once, no job is left queued or running, jobs submitted after
+// the death run. And a result that waits in a runner's
 // outbox while its replica is dead (the runner cut off by a black hole) is applied once by
 // the survivor. Audited from the database, the replicas' "result applied" lines and the jobs'
 // own marker files. Skipped where PostgreSQL or nginx is not installed; failures under CI=true.
@@ -183,6 +184,10 @@ describe("a replica killed under real daemons behind nginx", () => {
       const orphaned = heldBy(victim);
       assert.ok(orphaned.length >= 2);
       const before = await Promise.all(jobs.map(async (jobId) => (await survivor.admin.getJob(jobId)).job));
+      // One more, submitted to the victim and queued behind the three when it dies: the survivor must run it.
+      const queuedMarker = path.join(f.dir, "queued.runs");
+      const queued = await submitWaiting(victim, queuedMarker, go);
+      assert.equal((await victim.admin.getJob(queued)).job.status, "queued");
 
       victim.child.kill("SIGKILL");
       // Each orphaned daemon connects again, through nginx, and lands on the survivor.
@@ -201,7 +206,7 @@ describe("a replica killed under real daemons behind nginx", () => {
       }
 
       await fs.writeFile(go, "");
-      for (const jobId of jobs) {
+      for (const jobId of [...jobs, queued]) {
         const done = await jobWhere(survivor, jobId, (job) => TERMINAL.has(job.status));
         assert.deepEqual({ status: done.status, attempt: done.attempt }, { status: "succeeded", attempt: 1 });
       }
@@ -214,16 +219,22 @@ describe("a replica killed under real daemons behind nginx", () => {
         assert.equal((await jobWhere(survivor, jobId, (job) => TERMINAL.has(job.status))).status, "succeeded");
 
       // The audit. Each waiting job ran once (its marker has one line) ...
-      for (const marker of markers) assert.equal(await fs.readFile(marker, "utf8"), "run\n", marker);
+      for (const marker of [...markers, queuedMarker]) assert.equal(await fs.readFile(marker, "utf8"), "run\n", marker);
       // ... every job is in one terminal state with its attempt-1 result, nothing holds a lease ...
       const rows = await audit(f.databaseUrl);
       assert.deepEqual(
         rows.map((row) => ({ ...row, id: "" })),
-        [...jobs, ...later].map(() => ({ id: "", status: "succeeded", attempt: 1, resultAttempt: 1, leased: false })),
+        [...jobs, queued, ...later].map(() => ({
+          id: "",
+          status: "succeeded",
+          attempt: 1,
+          resultAttempt: 1,
+          leased: false,
+        })),
       );
-      // ... and each result was applied exactly once, by the survivor for the waiting jobs
+      // ... and each result was applied exactly once, by the survivor
       // (its log line may trail its ack a little: waited for).
-      for (const jobId of [...jobs, ...later]) {
+      for (const jobId of [...jobs, queued, ...later]) {
         await until(`the applied line of ${jobId}`, async () => (appliedAt(survivor, jobId) > 0 ? true : undefined));
         assert.equal(appliedAt(a, jobId) + appliedAt(b, jobId), 1, `result of ${jobId} applied once`);
       }
