@@ -62,9 +62,9 @@ export function selfSignedCertificate(dir: string): Certificate {
 }
 
 /** One textual substitution in the example; the example must still contain the text, exactly once. */
-function substitute(text: string, from: string, to: string): string {
+function substitute(file: string, text: string, from: string, to: string): string {
   const count = text.split(from).length - 1;
-  assert.equal(count, 1, `${NGINX_EXAMPLE} should contain \`${from}\` once (test/helpers/reverse-proxy.ts edits it)`);
+  assert.equal(count, 1, `${file} should contain \`${from}\` once (test/helpers/reverse-proxy.ts edits it)`);
   return text.replace(from, to);
 }
 
@@ -74,12 +74,13 @@ function substitute(text: string, from: string, to: string): string {
  */
 export function nginxSite(options: { tls: Certificate; listenPort?: number; upstreamPorts?: number[] }): string {
   let site = readFileSync(NGINX_EXAMPLE, "utf8");
-  site = substitute(site, "/etc/ssl/certs/cp.example.com.pem", options.tls.certificate);
-  site = substitute(site, "/etc/ssl/private/cp.example.com.key", options.tls.key);
+  site = substitute(NGINX_EXAMPLE, site, "/etc/ssl/certs/cp.example.com.pem", options.tls.certificate);
+  site = substitute(NGINX_EXAMPLE, site, "/etc/ssl/private/cp.example.com.key", options.tls.key);
   if (options.listenPort !== undefined)
-    site = substitute(site, "listen 443 ssl;", `listen 127.0.0.1:${options.listenPort} ssl;`);
+    site = substitute(NGINX_EXAMPLE, site, "listen 443 ssl;", `listen 127.0.0.1:${options.listenPort} ssl;`);
   if (options.upstreamPorts !== undefined)
     site = substitute(
+      NGINX_EXAMPLE,
       site,
       "server 127.0.0.1:8080;",
       options.upstreamPorts.map((port) => `server 127.0.0.1:${port};`).join("\n    "),
@@ -128,63 +129,68 @@ export function checkNginxConfig(dir: string, confPath: string): { status: numbe
   return { status: result.status, output: `${result.stdout}${result.stderr}` };
 }
 
-/** `caddy validate` on a Caddyfile, with HOME in dir (Caddy's storage stays out of the real one). */
-export function validateCaddyfile(dir: string, file: string): { status: number | null; output: string } {
+/** Caddy's environment: HOME (where it keeps certificates and state) in dir. */
+function caddyEnv(dir: string): NodeJS.ProcessEnv {
   const home = path.join(dir, "caddy-home");
   mkdirSync(home, { recursive: true });
+  return { PATH: process.env.PATH ?? "/usr/bin:/bin", HOME: home, XDG_DATA_HOME: home, XDG_CONFIG_HOME: home };
+}
+
+/** `caddy validate` on a Caddyfile, with HOME in dir (Caddy's storage stays out of the real one). */
+export function validateCaddyfile(dir: string, file: string): { status: number | null; output: string } {
   const result = spawnSync(findServer("caddy")!, ["validate", "--adapter", "caddyfile", "--config", file], {
     encoding: "utf8",
     timeout: 60_000,
-    env: { PATH: process.env.PATH ?? "/usr/bin:/bin", HOME: home, XDG_DATA_HOME: home, XDG_CONFIG_HOME: home },
+    env: caddyEnv(dir),
   });
   return { status: result.status, output: `${result.stdout}${result.stderr}` };
 }
 
-export interface Nginx {
-  /** https://127.0.0.1:<port>: the one URL the runners are given. */
+export interface RunningServer {
+  /** http(s)://127.0.0.1:<port>: the one URL the runners are given. */
   url: string;
   child: ChildProcess;
   output: () => string;
 }
 
 /** Resolves once something accepts TCP connections on the loopback port, or rejects at the deadline. */
-async function accepting(port: number, child: ChildProcess, output: () => string, timeoutMs: number): Promise<void> {
+async function accepting(name: Server, port: number, child: ChildProcess, output: () => string): Promise<void> {
+  const timeoutMs = 30_000;
   const deadline = Date.now() + timeoutMs;
   for (;;) {
     if (child.exitCode !== null || child.signalCode !== null)
-      throw new Error(`nginx exited (${child.exitCode ?? child.signalCode}):\n${output()}`);
+      throw new Error(`${name} exited (${child.exitCode ?? child.signalCode}):\n${output()}`);
     const connected = await new Promise<boolean>((resolve) => {
       const socket = net.connect(port, "127.0.0.1");
       socket.once("connect", () => (socket.destroy(), resolve(true)));
       socket.once("error", () => resolve(false));
     });
     if (connected) return;
-    if (Date.now() > deadline) throw new Error(`nginx did not listen on ${port} within ${timeoutMs} ms:\n${output()}`);
-    // nginx says nothing when it is up: a refused connect is retried shortly.
+    if (Date.now() > deadline)
+      throw new Error(`${name} did not listen on ${port} within ${timeoutMs} ms:\n${output()}`);
+    // Neither server says when it is up: a refused connect is retried shortly.
     await new Promise((resolve) => setTimeout(resolve, 50));
   }
 }
 
 /**
- * nginx in the foreground with the example in front of the replicas' loopback ports, TLS with
- * the given certificate. Stopped (SIGTERM, fast shutdown) after the test, or when this process exits.
+ * The server in the foreground, resolved once it accepts connections on the port; stopped
+ * with SIGTERM (nginx's master takes its workers down with it, where a SIGKILL would leave
+ * them behind) after the test, or when this process exits.
  */
-export async function startNginx(
+async function runServer(
   t: TestContext,
-  dir: string,
-  tls: Certificate,
-  upstreamPorts: number[],
-): Promise<Nginx> {
-  const listenPort = await freeLoopbackPort();
-  const confPath = writeNginxConfig(dir, nginxSite({ tls, listenPort, upstreamPorts }));
-  const child = spawn(findServer("nginx")!, nginxArgs(dir, confPath, "daemon off; "), {
-    stdio: ["ignore", "pipe", "pipe"],
-  });
+  name: Server,
+  args: string[],
+  port: number,
+  url: string,
+  env: NodeJS.ProcessEnv = process.env,
+): Promise<RunningServer> {
+  const child = spawn(findServer(name)!, args, { stdio: ["ignore", "pipe", "pipe"], env });
   let output = "";
   child.stdout.on("data", (chunk: Buffer) => (output += chunk.toString("utf8")));
   child.stderr.on("data", (chunk: Buffer) => (output += chunk.toString("utf8")));
   const exited = new Promise<void>((resolve) => child.once("exit", () => resolve()));
-  // The master's SIGTERM takes its workers down with it; a SIGKILL would leave them behind.
   const stopAtExit = () => {
     if (child.exitCode === null && child.signalCode === null) child.kill("SIGTERM");
   };
@@ -194,6 +200,40 @@ export async function startNginx(
     stopAtExit();
     await exited;
   });
-  await accepting(listenPort, child, () => output, 30_000);
-  return { url: `https://127.0.0.1:${listenPort}`, child, output: () => output };
+  await accepting(name, port, child, () => output);
+  return { url, child, output: () => output };
+}
+
+/** nginx with the example in front of the replicas' loopback ports, TLS with the given certificate. */
+export async function startNginx(
+  t: TestContext,
+  dir: string,
+  tls: Certificate,
+  upstreamPorts: number[],
+): Promise<RunningServer> {
+  const listenPort = await freeLoopbackPort();
+  const confPath = writeNginxConfig(dir, nginxSite({ tls, listenPort, upstreamPorts }));
+  const args = nginxArgs(dir, confPath, "daemon off; ");
+  return runServer(t, "nginx", args, listenPort, `https://127.0.0.1:${listenPort}`);
+}
+
+/**
+ * Caddy with the example in front of a control plane's loopback port, serving plain HTTP on
+ * a loopback port of its own in place of the example's TLS site (automatic TLS needs a real
+ * domain), its admin endpoint off (it would take port 2019), its storage in dir.
+ */
+export async function startCaddy(t: TestContext, dir: string, upstreamPort: number): Promise<RunningServer> {
+  const listenPort = await freeLoopbackPort();
+  let caddyfile = readFileSync(CADDY_EXAMPLE, "utf8");
+  caddyfile = substitute(CADDY_EXAMPLE, caddyfile, "cp.example.com {", `http://127.0.0.1:${listenPort} {`);
+  caddyfile = substitute(
+    CADDY_EXAMPLE,
+    caddyfile,
+    "reverse_proxy 127.0.0.1:8080 {",
+    `reverse_proxy 127.0.0.1:${upstreamPort} {`,
+  );
+  const file = path.join(dir, "Caddyfile");
+  writeFileSync(file, `{\n\tadmin off\n}\n\n${caddyfile}`);
+  const args = ["run", "--adapter", "caddyfile", "--config", file];
+  return runServer(t, "caddy", args, listenPort, `http://127.0.0.1:${listenPort}`, caddyEnv(dir));
 }

@@ -22,9 +22,10 @@ import {
   selfSignedCertificate,
   startNginx,
   type Certificate,
-  type Nginx,
+  type RunningServer,
 } from "../helpers/reverse-proxy.js";
 import { startTcpProxy } from "../helpers/tcp-proxy.js";
+import { until } from "../helpers/until.js";
 
 const TIMEOUT = { timeout: 180_000 };
 const HEARTBEAT_MS = 1000;
@@ -38,7 +39,7 @@ interface Fleet {
   dir: string;
   databaseUrl: string;
   replicas: [Replica, Replica];
-  nginx: Nginx;
+  nginx: RunningServer;
   tls: Certificate;
   /** The daemons' environment: they trust the test certificate nginx presents. */
   env: Record<string, string>;
@@ -94,16 +95,6 @@ function appliedAt(replica: Replica, jobId: string): number {
     .output()
     .split("\n")
     .filter((line) => line.includes('"msg":"result applied"') && line.includes(`"${jobId}"`)).length;
-}
-
-async function until<T>(what: string, probe: () => Promise<T | undefined>, timeoutMs = 30_000): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const value = await probe();
-    if (value !== undefined) return value;
-    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
-    await new Promise((resolve) => setTimeout(resolve, 50));
-  }
 }
 
 function jobWhere(replica: Replica, jobId: string, done: (job: JobView) => boolean): Promise<JobView> {
