@@ -169,7 +169,12 @@ describe("a replica killed under real daemons behind nginx", () => {
 
       // nginx spread the daemons over the replicas: each has exactly one channel, on one of
       // them. The victim is the replica holding the most (two at least, of three).
-      for (const id of ids) assert.equal(channelsAt(a, id) + channelsAt(b, id), 1, `runner ${id} connected once`);
+      // (A replica's log line may trail what its API says a little: waited for.)
+      const channels = (id: string) => channelsAt(a, id) + channelsAt(b, id);
+      await until("each runner's channel in a replica's log", async () =>
+        ids.every((id) => channels(id) > 0) ? true : undefined,
+      );
+      for (const id of ids) assert.equal(channels(id), 1, `runner ${id} connected once`);
       const heldBy = (replica: Replica) => ids.filter((id) => channelsAt(replica, id) === 1);
       const [victim, survivor] = heldBy(a).length >= heldBy(b).length ? [a, b] : [b, a];
       const orphaned = heldBy(victim);
@@ -257,6 +262,9 @@ describe("a replica killed under real daemons behind nginx", () => {
       const marker = path.join(f.dir, "outbox.runs");
       const jobId = await submitWaiting(a, marker, go);
       await jobWhere(a, jobId, (job) => job.status === "running");
+      await until("the runner's channel in a replica's log", async () =>
+        channelsAt(a, id) + channelsAt(b, id) > 0 ? true : undefined,
+      );
       const [victim, survivor] = channelsAt(a, id) === 1 ? [a, b] : [b, a];
       assert.equal(channelsAt(victim, id), 1);
 
