@@ -185,10 +185,14 @@ describe("a replica killed under real daemons behind nginx", () => {
       const queued = await submitWaiting(victim, queuedMarker, go);
       assert.equal((await victim.admin.getJob(queued)).job.status, "queued");
 
+      const killedAt = Date.now();
       victim.child.kill("SIGKILL");
       // Each orphaned daemon connects again, through nginx, and lands on the survivor.
       const orphanDaemons = ids.flatMap((id, index) => (orphaned.includes(id) ? [daemons[index]!] : []));
       await Promise.all(orphanDaemons.map((daemon) => connections(daemon, 2)));
+      t.diagnostic(
+        `${orphanDaemons.length} daemons reconnected through nginx ${Date.now() - killedAt} ms after the kill`,
+      );
       for (const id of orphaned)
         await until(`runner ${id} on the survivor`, async () => (channelsAt(survivor, id) === 1 ? true : undefined));
 
