@@ -2,7 +2,7 @@
 // loads deploy/nginx/runner-control-plane.conf inside a minimal wrapping config, unprivileged
 // style (its own prefix, pid file and temp dirs in a temp dir, error log on stderr; under root
 // its workers run as `nobody`, nginx's default, with no `user` directive needed), and
-// Caddy validates deploy/caddy/Caddyfile. Absent binaries skip the tests with the reason;
+// Caddy validates deploy/caddy/Caddyfile and runs it (admin endpoint off, plain HTTP). Absent binaries skip the tests with the reason;
 // under CI=true they fail (.ci/run installs both), as with PostgreSQL (test/helpers/postgres.ts).
 import assert from "node:assert/strict";
 import { spawn, spawnSync, type ChildProcess } from "node:child_process";
