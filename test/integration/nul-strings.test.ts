@@ -65,6 +65,15 @@ async function start(t: TestContext, engine: Engine): Promise<{ cp: ControlPlane
   return { cp, admin: new AdminClient(cp.url, ADMIN_TOKEN) };
 }
 
+/** A control plane and a runner connected to it, past its welcome. */
+async function startWithRunner(t: TestContext, engine: Engine, name: string) {
+  const plane = await start(t, engine);
+  if (!plane) return undefined;
+  const runner = await RawRunner.connect(t, plane.cp.url, await registerRawRunner(plane.cp.url, plane.admin, name));
+  await runner.hello();
+  return { ...plane, runner };
+}
+
 /** An admin request by hand (the client would refuse some of these itself): status and error code. */
 async function adminCall(cp: ControlPlane, method: string, path: string, body?: unknown) {
   const response = await fetch(`${cp.url}/api/v1/admin${path}`, {
@@ -102,11 +111,9 @@ for (const engine of engines) {
     });
 
     test("a runner's job id, device name or attribute, or batch id with a NUL gets the documented answer, not internal", async (t) => {
-      const plane = await start(t, engine);
+      const plane = await startWithRunner(t, engine, "sender");
       if (!plane) return;
-      const { cp, admin } = plane;
-      const runner = await RawRunner.connect(t, cp.url, await registerRawRunner(cp.url, admin, "sender"));
-      await runner.hello();
+      const { cp, admin, runner } = plane;
       for (const type of ["accept", "started"] as const) {
         runner.send(JSON.stringify({ type, jobId: `job_${NUL}`, attempt: 1, startedAt: new Date().toISOString() }));
         const error = await runner.next("error");
@@ -140,11 +147,9 @@ for (const engine of engines) {
     });
 
     test("log chunks, a module job's payload and a result's reason keep a NUL as sent", async (t) => {
-      const plane = await start(t, engine);
+      const plane = await startWithRunner(t, engine, "logger");
       if (!plane) return;
-      const { cp, admin } = plane;
-      const runner = await RawRunner.connect(t, cp.url, await registerRawRunner(cp.url, admin, "logger"));
-      await runner.hello();
+      const { cp, admin, runner } = plane;
       runner.ready(1);
       const payload = { text: `a${NUL}b`, [`key${NUL}`]: 1 };
       const {
