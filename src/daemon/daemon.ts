@@ -60,7 +60,7 @@ export async function runDaemon(options: DaemonOptions): Promise<DriverExit> {
       { proxy: proxy.redacted, from: proxy.from },
       `the control plane is reached through the proxy ${proxy.redacted} (${proxy.from})`,
     );
-  const tunnel = proxy === null ? undefined : await channelTunnel(proxy);
+  const tunnel = proxy === null ? undefined : await channelTunnel(proxy, HANDSHAKE_TIMEOUT_MS);
   const outbox = new Outbox(files.outbox);
   const journal = new JobJournal(files.running);
   await ensureDir(files.outbox);
