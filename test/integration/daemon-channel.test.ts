@@ -12,6 +12,7 @@ import { ExitCode } from "../../src/errors.js";
 import { isRunning, childrenOf } from "../helpers/processes.js";
 
 const FAST = ["--reconnect-base-ms", "100", "--reconnect-cap-ms", "400"];
+const HEARTBEAT_MS = 1000;
 
 function killIfAlive(pid: number): void {
   try {
@@ -54,7 +55,10 @@ async function waitFor(check: () => Promise<boolean>, what: string, timeoutMs = 
 
 async function setUp(t: TestContext, cpOptions: Parameters<typeof startTestControlPlane>[1] = {}, viaProxy = false) {
   const dataDir = await tempDir(t, "runner-cp-");
-  const plane = await startTestControlPlane(t, { dataDir, heartbeatIntervalMs: 300, ...cpOptions });
+  // 1 s: a runner is cut after 2.5 intervals of silence, and on a loaded 2-core machine a
+  // daemon busy starting a worker has been seen silent for more than 750 ms. The tests about
+  // silence pass a shorter interval of their own.
+  const plane = await startTestControlPlane(t, { dataDir, heartbeatIntervalMs: HEARTBEAT_MS, ...cpOptions });
   const proxy = viaProxy ? await startTcpProxy(t, Number(new URL(plane.cp.url).port)) : null;
   const runner = await registerRunner(t, plane, { url: proxy?.url });
   return { plane, runner, proxy, dataDir };
@@ -110,7 +114,7 @@ describe("the daemon and the control plane", { timeout: 120_000 }, () => {
     await waitForJob(plane, job.jobId, (j) => j.status === "running");
     await plane.cp.close();
     await new Promise((r) => setTimeout(r, 300));
-    const again = await startTestControlPlane(t, { dataDir, port, heartbeatIntervalMs: 300 });
+    const again = await startTestControlPlane(t, { dataDir, port, heartbeatIntervalMs: HEARTBEAT_MS });
     const done = await waitForJob(again, job.jobId, finished);
     assert.equal(done.status, "succeeded");
     assert.equal(done.attempt, 1, "not re-queued: the runner came back within its lease");
@@ -285,7 +289,7 @@ describe("the daemon and the control plane", { timeout: 120_000 }, () => {
     // Restart the control plane so the runner must authenticate again.
     const port = Number(new URL(plane.cp.url).port);
     await plane.cp.close();
-    await startTestControlPlane(t, { dataDir, port, heartbeatIntervalMs: 300 });
+    await startTestControlPlane(t, { dataDir, port, heartbeatIntervalMs: HEARTBEAT_MS });
     assert.equal(await daemon.exited, ExitCode.NEEDS_OPERATOR, daemon.stderr());
     assert.ok(daemon.lines.some((l) => /rejected this runner's credential/.test(l.msg)));
   });
