@@ -155,7 +155,7 @@ export type JobResult = z.infer<typeof jobResultSchema>;
 export const helloSchema = z.object({
   type: z.literal("hello"),
   protocolVersion: z.number().int().positive(),
-  agentVersion: z.string(),
+  agentVersion: z.string().min(1).max(64),
   runnerId: runnerIdSchema,
   capacity: z.number().int().min(0).max(1024),
   /** Jobs this runner is still running (survived a disconnect). */

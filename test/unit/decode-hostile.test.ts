@@ -78,3 +78,25 @@ describe("an assign that breaks the schema outside its job", () => {
     },
   );
 });
+
+describe("a hello whose agentVersion is out of bounds", () => {
+  const hello = (agentVersion: string) =>
+    JSON.stringify({
+      type: "hello",
+      protocolVersion: 1,
+      agentVersion,
+      runnerId: "rnr_0123456789abcdef",
+      capacity: 1,
+      running: [],
+      pendingResults: [],
+    });
+
+  test("1 to 64 characters is a hello; empty or 65 is invalid, as on the HTTP API", { timeout: 10_000 }, () => {
+    assert.equal(decodeRunnerMessage(hello("x".repeat(64))).ok, true);
+    for (const agentVersion of ["", "x".repeat(65)]) {
+      const decoded = decodeRunnerMessage(hello(agentVersion));
+      assert.equal(!decoded.ok && decoded.problem, "invalid", `agentVersion of ${agentVersion.length} chars`);
+      assert.match(!decoded.ok ? decoded.detail : "", /agentVersion/);
+    }
+  });
+});
