@@ -718,6 +718,8 @@ function checkFileLimit(): void {
 
 async function main(): Promise<void> {
   checkFileLimit();
+  // The machine is shared: its load around the run is part of the result.
+  const loadAtStart = os.loadavg();
   const work = await fs.mkdtemp(path.join(os.tmpdir(), "runner-bench-fleet-"));
   cleanups.push(() => fs.rm(work, { recursive: true, force: true }));
   const fleet = new Fleet();
@@ -780,6 +782,10 @@ async function main(): Promise<void> {
 
   const title = `fleet: ${RUNNERS} light runners (capacity ${CAPACITY}, instant jobs), up to ${JOBS} jobs per configuration (${WARM_UP} warm-up not counted), ${IN_FLIGHT} in flight, submissions capped at ${PHASE_SECONDS} s`;
   console.log(`\n${title}`);
+  const loads = (l: number[]) => l.map((v) => v.toFixed(1)).join(" / ");
+  console.log(
+    `load average (1 / 5 / 15 min) of the machine (${os.cpus().length} cores, shared with other work): ${loads(loadAtStart)} at the start, ${loads(os.loadavg())} at the end`,
+  );
   console.log(
     "latencies: submitted (client, before the POST) → assign read by the runner, ms; cross: jobs taken by a runner on another replica than the one they were submitted to",
   );

@@ -434,6 +434,9 @@ export class JobQueue {
       for (const { jobId, link } of picks)
         if (!claimed.has(jobId)) link.credits = Math.min(link.credits + 1, link.capacity);
     }
+    // Another replica took some of these first: the queue changed after this pass read it, and
+    // the credits that came back may fit the jobs behind those, so another pass follows.
+    if (claimed.size < picks.length) this.dispatchAgain = true;
     for (const { jobId, link } of picks) {
       const job = claimed.get(jobId);
       if (!job) continue;
