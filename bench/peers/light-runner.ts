@@ -5,17 +5,9 @@
 // grant the freed credit back (PROTOCOL.md, "Sequence: connect, one job"). It pings every
 // heartbeat interval, as a real runner does, so that the control plane keeps the connection.
 import WebSocket from "ws";
-import {
-  AGENT_VERSION_HEADER,
-  CHANNEL_PATH,
-  PROTOCOL_HEADER,
-  RUNNER_ID_HEADER,
-  decodeControlMessage,
-  encode,
-  type JobResult,
-  type RunnerMessage,
-} from "../../src/protocol/channel.js";
+import { decodeControlMessage, encode, type JobResult, type RunnerMessage } from "../../src/protocol/channel.js";
 import { AGENT_VERSION, PROTOCOL_VERSION } from "../../src/protocol/version.js";
+import { channelHeaders, channelUrl, finishedResult } from "../../test/helpers/channel-fixtures.js";
 
 export interface LightRunnerIdentity {
   /** The control plane's base URL (http://127.0.0.1:port). */
@@ -46,16 +38,8 @@ export class LightRunner {
 
   /** Opens the channel, says hello, grants its credits; resolves at the welcome. */
   connect(timeoutMs: number): Promise<void> {
-    const { url, runnerId, credential } = this.identity;
-    const socket = new WebSocket(url.replace(/^http/, "ws") + CHANNEL_PATH, {
-      perMessageDeflate: false,
-      headers: {
-        authorization: `Bearer ${credential}`,
-        [RUNNER_ID_HEADER]: runnerId,
-        [PROTOCOL_HEADER]: String(PROTOCOL_VERSION),
-        [AGENT_VERSION_HEADER]: AGENT_VERSION,
-      },
-    });
+    const { url, runnerId } = this.identity;
+    const socket = new WebSocket(channelUrl(url), { perMessageDeflate: false, headers: channelHeaders(this.identity) });
     this.socket = socket;
     return new Promise<void>((resolve, reject) => {
       const timer = setTimeout(() => {
@@ -141,15 +125,5 @@ export class LightRunner {
 
 /** The result of a job that started and succeeded this very moment. */
 export function instantSuccess(jobId: string, attempt: number): JobResult {
-  const now = new Date().toISOString();
-  return {
-    jobId,
-    attempt,
-    outcome: "succeeded",
-    exitCode: 0,
-    signal: null,
-    reason: null,
-    startedAt: now,
-    finishedAt: now,
-  };
+  return finishedResult({ jobId, attempt });
 }

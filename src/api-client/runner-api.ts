@@ -19,11 +19,14 @@ import {
 } from "../protocol/http.js";
 import { requestApi, type ErrorAnswer } from "./http.js";
 import type { ProxyConfig } from "../net/proxy.js";
+import { checkControlPlaneUrl } from "../config/transport.js";
 
 export interface ApiOptions {
   url: string;
   timeoutMs: number;
   proxy: ProxyConfig;
+  /** The operator's --insecure-plaintext: plain http:// to a host that is not loopback is refused without it (default). */
+  insecurePlaintext?: boolean;
 }
 
 export function register(
@@ -56,6 +59,10 @@ function call<S extends z.ZodTypeAny>(
   body: unknown,
   schema: S,
 ): Promise<z.output<S>> {
+  // Every request carries a token or a credential: the transport rule is checked here, for
+  // every verb, and not only where the URL was first given (a registration.json written
+  // by hand, or an opt-in dropped since, must not send the credential in the clear).
+  checkControlPlaneUrl(options.url, options.insecurePlaintext === true);
   return requestApi(
     { url: options.url, timeoutMs: options.timeoutMs, maxBodyBytes: MAX_BODY_BYTES, proxy: options.proxy },
     { method: "POST", route, bearer, body, schema },

@@ -28,8 +28,15 @@ export interface Context extends RunnerConfig {
 export const STATE_SETTINGS = ["stateDir", "system"] as const satisfies readonly SettingKey[];
 /** How log lines look: the verbs that write any (the others print plain lines only). */
 export const LOG_SETTINGS = ["logLevel", "logFormat"] as const satisfies readonly SettingKey[];
-/** How the runner reaches its control plane: every verb that sends it a request (register, verify, repair, unregister, start). */
-export const CONTROL_PLANE_SETTINGS = ["requestTimeoutMs", "proxy"] as const satisfies readonly SettingKey[];
+/**
+ * How the runner reaches its control plane: every verb that sends it a request (register,
+ * verify, repair, unregister, start), each under the same transport rule (--insecure-plaintext).
+ */
+export const CONTROL_PLANE_SETTINGS = [
+  "requestTimeoutMs",
+  "proxy",
+  "insecurePlaintext",
+] as const satisfies readonly SettingKey[];
 
 /** Each verb's settings, as it declared them with withSettings (the unused-flag error and the tests read them). */
 const declared = new WeakMap<Command, readonly SettingKey[]>();
@@ -175,6 +182,7 @@ export async function checkContextFor(ctx: Context, registrationToken: string | 
     host: await gatherHostFacts(ctx.settings.machineId),
     requestTimeoutMs: ctx.controlPlane.requestTimeoutMs,
     proxy: ctx.controlPlane.proxy,
+    insecurePlaintext: ctx.controlPlane.insecurePlaintext,
     registrationToken,
     now: ctx.now,
     logger: ctx.logger,

@@ -34,7 +34,6 @@ const REGISTER_SETTINGS: readonly SettingKey[] = [
   ...CONTROL_PLANE_SETTINGS,
   "credentialStore",
   "machineId",
-  "insecurePlaintext",
 ];
 
 export function defineRegisterCommand(program: Command): void {
@@ -116,6 +115,7 @@ async function runRegister(options: RegisterOptions): Promise<number> {
       host: await gatherHostFacts(ctx.settings.machineId),
       timeoutMs: ctx.controlPlane.requestTimeoutMs,
       proxy: ctx.controlPlane.proxy,
+      insecurePlaintext: ctx.controlPlane.insecurePlaintext,
       now: ctx.now(),
     });
     if (existing.kind === "ok" && existing.value.credentialStore !== choice.store.kind) {

@@ -35,7 +35,6 @@ export const START_SETTINGS: readonly SettingKey[] = [
   ...LOG_SETTINGS,
   ...CONTROL_PLANE_SETTINGS,
   "machineId",
-  "insecurePlaintext",
   "once",
   "exitAfterIdle",
   "statusPort",
@@ -146,6 +145,7 @@ async function serve(ctx: Context): Promise<number> {
         localOnly: false,
         requestTimeoutMs: ctx.controlPlane.requestTimeoutMs,
         proxy: ctx.controlPlane.proxy,
+        insecurePlaintext: ctx.controlPlane.insecurePlaintext,
       }))
         log.info(line);
     }

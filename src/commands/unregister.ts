@@ -34,6 +34,7 @@ export function defineUnregisterCommand(program: Command): void {
           localOnly: options.localOnly === true,
           requestTimeoutMs: ctx.controlPlane.requestTimeoutMs,
           proxy: ctx.controlPlane.proxy,
+          insecurePlaintext: ctx.controlPlane.insecurePlaintext,
         });
         for (const line of lines) print(line);
         return ExitCode.OK;

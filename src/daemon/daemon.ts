@@ -23,6 +23,7 @@ import { countSent, countStep, newCounters } from "../status/counters.js";
 import { startStatusServer } from "../status/server.js";
 import { chooseProxy, type ProxyConfig } from "../net/proxy.js";
 import { channelTunnel } from "../net/proxy-agents.js";
+import { releaseOptimizingCompiler } from "./optimizer.js";
 
 export interface DaemonOptions {
   registration: Registration;
@@ -59,7 +60,7 @@ export async function runDaemon(options: DaemonOptions): Promise<DriverExit> {
       { proxy: proxy.redacted, from: proxy.from },
       `the control plane is reached through the proxy ${proxy.redacted} (${proxy.from})`,
     );
-  const tunnel = proxy === null ? undefined : await channelTunnel(proxy);
+  const tunnel = proxy === null ? undefined : await channelTunnel(proxy, HANDSHAKE_TIMEOUT_MS);
   const outbox = new Outbox(files.outbox);
   const journal = new JobJournal(files.running);
   await ensureDir(files.outbox);
@@ -111,7 +112,10 @@ export async function runDaemon(options: DaemonOptions): Promise<DriverExit> {
       companions: [deviceSync.companion],
       onBackpressure: (slow) => (slow ? pool.pauseOutput() : pool.resumeOutput()),
       observer: {
-        stepped: (step, now) => countStep(counters, step, now),
+        stepped: (step, now) => {
+          countStep(counters, step, now);
+          if (step.after.connection.phase === "connected") releaseOptimizingCompiler();
+        },
         sent: (type, bytes) => countSent(counters, type, bytes),
       },
       ...(tunnel === undefined ? {} : { tunnel }),

@@ -20,7 +20,7 @@ export function toDevice(raw: RawDevice, stale = false): Device {
   const content = {
     id: normalizeId(raw.id),
     kind: normalizeKind(raw.kind),
-    name: truncate(raw.name.trim(), DEVICE_LIMITS.nameChars),
+    name: truncate(dropNul(raw.name).trim(), DEVICE_LIMITS.nameChars),
     state: raw.state,
     attributes: normalizeAttributes(raw.attributes),
     stale,
@@ -65,16 +65,21 @@ function normalizeKind(kind: string): string {
 function normalizeAttributes(attributes: Record<string, AttributeValue | undefined>): Record<string, AttributeValue> {
   const out: Record<string, AttributeValue> = {};
   const keys = Object.keys(attributes)
-    .filter((key) => attributes[key] !== undefined && key.length > 0)
+    .filter((key) => attributes[key] !== undefined && dropNul(key).length > 0)
     .sort();
   for (const key of keys.slice(0, DEVICE_LIMITS.attributes)) {
     const value = attributes[key]!;
-    const bounded = truncate(key, DEVICE_LIMITS.attributeKeyChars);
-    if (typeof value === "string") out[bounded] = truncate(value.trim(), DEVICE_LIMITS.attributeValueChars);
+    const bounded = truncate(dropNul(key), DEVICE_LIMITS.attributeKeyChars);
+    if (typeof value === "string") out[bounded] = truncate(dropNul(value).trim(), DEVICE_LIMITS.attributeValueChars);
     else if (typeof value === "number") out[bounded] = Number.isFinite(value) ? value : null;
     else out[bounded] = value;
   }
   return out;
+}
+
+/** The protocol refuses U+0000 in a device's name and attributes (a database may not hold it): dropped here. */
+function dropNul(text: string): string {
+  return text.replaceAll("\0", "");
 }
 
 function truncate(text: string, max: number): string {

@@ -3,6 +3,7 @@
 // the WebSocket. Both tunnel through the proxy with CONNECT, whatever the target's scheme. Each
 // library is imported only when a proxy applies: a runner without one never loads them.
 import type { Agent } from "node:http";
+import type { Socket } from "node:net";
 import type { ProxyChoice } from "./proxy.js";
 
 /** What the HTTP client needs of a fetch: a subset that both Node's fetch and undici's satisfy. */
@@ -61,9 +62,38 @@ export interface ChannelTunnel {
   onConnectAnswer(listener: (status: number) => void): () => void;
 }
 
-export async function channelTunnel(proxy: ProxyChoice): Promise<ChannelTunnel> {
+/**
+ * The channel's tunnel. `answerTimeoutMs` bounds the wait for the proxy's answer to each
+ * CONNECT: https-proxy-agent alone waits for ever, and a proxy that accepts the connection but
+ * never answers would keep one socket open per reconnect attempt (ws giving up on the
+ * handshake does not reach a socket the agent has not handed over yet). Each CONNECT gets a
+ * socket of its own, destroyed when the answer is late; a tunnel once opened is left alone.
+ */
+export async function channelTunnel(proxy: ProxyChoice, answerTimeoutMs: number): Promise<ChannelTunnel> {
   const { HttpsProxyAgent } = await import("https-proxy-agent");
-  const agent = new HttpsProxyAgent(proxy.url);
+  type ConnectArgs = Parameters<InstanceType<typeof HttpsProxyAgent<string>>["connect"]>;
+  class BoundedProxyAgent extends HttpsProxyAgent<string> {
+    override async connect(...[req, opts]: ConnectArgs): Promise<Socket> {
+      const late = new AbortController();
+      const timer = setTimeout(
+        () => late.abort(new Error(`the proxy did not answer the CONNECT within ${answerTimeoutMs} ms`)),
+        answerTimeoutMs,
+      );
+      // The abort signal goes to net.connect: it destroys the socket to the proxy, which fails
+      // this attempt with the error above.
+      const attempt = new HttpsProxyAgent(proxy.url, { signal: late.signal });
+      attempt.on("proxyConnect", (connect: { statusCode: number }) => this.emit("proxyConnect", connect, req));
+      try {
+        return await attempt.connect(req, opts);
+      } catch (error) {
+        // Say why, rather than the bare AbortError of the destroyed socket.
+        throw late.signal.aborted ? (late.signal.reason as Error) : error;
+      } finally {
+        clearTimeout(timer);
+      }
+    }
+  }
+  const agent = new BoundedProxyAgent(proxy.url);
   return {
     agent,
     proxy: proxy.redacted,

@@ -3,7 +3,7 @@
 // Both the agent and the reference control plane decode every frame through `decode*`.
 import { z } from "zod";
 import { capText } from "../log/cap-text.js";
-import { handlerNameSchema, labelsSchema, runnerIdSchema } from "./common.js";
+import { handlerNameSchema, labelsSchema, runnerIdSchema, withoutNul } from "./common.js";
 import { devicesAckSchema, devicesBatchSchema, devicesResyncSchema, devicesSummarySchema } from "./devices.js";
 
 /** The upgrade path. Auth: `Authorization: Bearer <credential>`, `X-Runner-Id`, `X-Runner-Protocol`. */
@@ -20,7 +20,9 @@ export const DEFAULT_MAX_FRAME_BYTES = 1024 * 1024;
 /** The smallest `welcome.maxFrameBytes` a control plane may announce. */
 export const MIN_MAX_FRAME_BYTES = 1024;
 
-const jobId = z.string().min(1).max(128);
+/** Looked up in the store: no NUL (common.ts). */
+export const jobIdSchema = withoutNul("a job id", 128, 1);
+const jobId = jobIdSchema;
 /** The fencing token: raised each time the job is handed out; a result for an older attempt is stale. */
 const attempt = z.number().int().positive();
 const jobRef = { jobId, attempt };
@@ -44,13 +46,6 @@ export const ENV_MAX_ENTRIES = 1024;
 /** Each argv item and env value, in UTF-16 code units (JSON string length). */
 export const JOB_STRING_MAX = 64 * 1024;
 export const CWD_MAX = 4096;
-
-const withoutNul = (what: string, max: number, min = 0) =>
-  z
-    .string()
-    .min(min)
-    .max(max)
-    .refine((value) => !value.includes("\0"), `${what} must not contain a NUL character`);
 
 export const commandJobSchema = z.object({
   kind: z.literal("command"),

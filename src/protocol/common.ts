@@ -20,4 +20,19 @@ export const labelsSchema = z.array(label).max(64);
 export const handlerNameSchema = z
   .string()
   .regex(/^[A-Za-z0-9._-]{1,128}$/, "a handler name is 1-128 letters, digits, '.', '_' and '-'");
+/**
+ * A string of `min` to `max` UTF-16 code units without the NUL character (U+0000). A job's
+ * argument, variable or path cannot hold one (the OS would cut it or spawn() would throw), and
+ * PostgreSQL's TEXT cannot either (SQLite's can): every string that a runner or an admin sends
+ * and that the control plane keeps as text or looks up is declared with this, so that both
+ * engines answer a NUL alike, with the protocol's error for invalid input (PROTOCOL.md,
+ * "Strings and the NUL character").
+ */
+export const withoutNul = (what: string, max: number, min = 0) =>
+  z
+    .string()
+    .min(min)
+    .max(max)
+    .refine((value) => !value.includes("\0"), `${what} must not contain a NUL character`);
+
 export const runnerIdSchema = z.string().regex(/^rnr_[A-Za-z0-9]{16,64}$/, "a runner id (rnr_...)");

@@ -4,6 +4,7 @@
 // schemas to its two discriminated unions; PROTOCOL.md ("Devices") specifies them.
 import { createHash } from "node:crypto";
 import { z } from "zod";
+import { withoutNul } from "./common.js";
 
 export const DEVICE_STATES = ["online", "offline", "unavailable"] as const;
 export const deviceStateSchema = z.enum(DEVICE_STATES);
@@ -40,14 +41,14 @@ export const deviceKindSchema = z
   .max(DEVICE_LIMITS.kindChars)
   .regex(/^[a-z0-9][a-z0-9._-]*$/, "a device kind is lowercase letters, digits, '.', '_' and '-'");
 export const attributeValueSchema = z.union([
-  z.string().max(DEVICE_LIMITS.attributeValueChars),
+  withoutNul("an attribute value", DEVICE_LIMITS.attributeValueChars),
   z.number(),
   z.boolean(),
   z.null(),
 ]);
 export type AttributeValue = z.infer<typeof attributeValueSchema>;
 export const attributesSchema = z
-  .record(z.string().min(1).max(DEVICE_LIMITS.attributeKeyChars), attributeValueSchema)
+  .record(withoutNul("an attribute name", DEVICE_LIMITS.attributeKeyChars, 1), attributeValueSchema)
   .refine(
     (attributes) => Object.keys(attributes).length <= DEVICE_LIMITS.attributes,
     `at most ${DEVICE_LIMITS.attributes} attributes`,
@@ -63,7 +64,7 @@ export const deviceSchema = z.object({
   /** Stable across scans and restarts: a serial, a bus path, or vendor + product + serial. */
   id: deviceIdSchema,
   kind: deviceKindSchema,
-  name: z.string().max(DEVICE_LIMITS.nameChars),
+  name: withoutNul("a device name", DEVICE_LIMITS.nameChars),
   state: deviceStateSchema,
   attributes: attributesSchema,
   /** The provider that reports it failed this scan: this is its last good row, kept, not confirmed. */
@@ -82,7 +83,7 @@ export const deviceRequirementSchema = z
   );
 export type DeviceRequirement = z.infer<typeof deviceRequirementSchema>;
 
-export const batchIdSchema = z.string().min(1).max(64);
+export const batchIdSchema = withoutNul("a batch id", 64, 1);
 const batchId = batchIdSchema;
 
 // ---- runner → control plane ----

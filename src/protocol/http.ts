@@ -13,7 +13,7 @@ import {
 
 export const API_PREFIX = "/api/v1";
 
-import { labelsSchema, nameSchema as name, runnerIdSchema } from "./common.js";
+import { labelsSchema, nameSchema as name, runnerIdSchema, withoutNul } from "./common.js";
 
 export { labelsSchema, runnerIdSchema };
 
@@ -125,7 +125,7 @@ export const listRunnersResponseSchema = z.object({ runners: z.array(runnerViewS
 export type ListRunnersResponse = z.infer<typeof listRunnersResponseSchema>;
 
 /** POST /admin/runners/{id}/pause; an empty body is `{}`. */
-export const pauseRunnerRequestSchema = z.object({ reason: z.string().max(1024).optional() });
+export const pauseRunnerRequestSchema = z.object({ reason: withoutNul("a pause reason", 1024).optional() });
 export type PauseRunnerRequest = z.input<typeof pauseRunnerRequestSchema>;
 
 /** PUT /admin/runners/{id}/labels: the labels that gate jobs (a runner's hello cannot change them). */

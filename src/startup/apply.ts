@@ -2,7 +2,7 @@
 // and the caller reports it as the fix's outcome.
 import { promises as fs } from "node:fs";
 import { RunnerError } from "../errors.js";
-import { repair, verify } from "../api-client/runner-api.js";
+import { repair, verify, type ApiOptions } from "../api-client/runner-api.js";
 import type { StateFiles } from "../config/paths.js";
 import { openStore } from "../credentials/select.js";
 import type { StoredCredential } from "../credentials/store.js";
@@ -26,6 +26,7 @@ export interface ApplyContext {
   host: HostFacts;
   requestTimeoutMs: number;
   proxy: ProxyConfig;
+  insecurePlaintext: boolean;
   registrationToken: string | undefined;
   now: () => Date;
 }
@@ -100,7 +101,7 @@ async function describeFromControlPlane(
   store: CredentialStoreKind,
   ctx: ApplyContext,
 ): Promise<Registration> {
-  const api = { url: stored.url, timeoutMs: ctx.requestTimeoutMs, proxy: ctx.proxy };
+  const api = apiOf(stored.url, ctx);
   const body = identityBody({ runnerId: stored.runnerId, host: ctx.host });
   try {
     const { runner } = await verify(api, stored.credential, body);
@@ -132,6 +133,7 @@ async function reregister(ctx: ApplyContext): Promise<string> {
     host: ctx.host,
     timeoutMs: ctx.requestTimeoutMs,
     proxy: ctx.proxy,
+    insecurePlaintext: ctx.insecurePlaintext,
     now: ctx.now(),
   });
   return `registered again as ${fresh.runnerId} (was ${old.runnerId}), name ${fresh.name}, credential in the ${fresh.credentialStore} store`;
@@ -142,7 +144,7 @@ async function rebindHost(ctx: ApplyContext): Promise<string> {
   const read = await openStore(old.credentialStore, ctx.files).read();
   if (read.kind !== "ok") throw new RunnerError("credential_missing", "the credential is no longer in its store");
   const { runner, previousFingerprint } = await repair(
-    { url: old.url, timeoutMs: ctx.requestTimeoutMs, proxy: ctx.proxy },
+    apiOf(old.url, ctx),
     read.value.credential,
     identityBody({ runnerId: old.runnerId, host: ctx.host }),
   );
@@ -151,4 +153,9 @@ async function rebindHost(ctx: ApplyContext): Promise<string> {
     registeredAt: old.registeredAt,
   });
   return `the control plane re-bound runner ${runner.runnerId} from host ${previousFingerprint.slice(0, 12)}… to ${ctx.host.fingerprint.slice(0, 12)}…`;
+}
+
+/** How to reach the control plane at `url` with this context's timeout, proxy and transport rule. */
+function apiOf(url: string, ctx: ApplyContext): ApiOptions {
+  return { url, timeoutMs: ctx.requestTimeoutMs, proxy: ctx.proxy, insecurePlaintext: ctx.insecurePlaintext };
 }

@@ -20,12 +20,18 @@ export interface EnrollOptions {
   host: HostFacts;
   timeoutMs: number;
   proxy: ProxyConfig;
+  insecurePlaintext: boolean;
   now: Date;
 }
 
 export async function enroll(options: EnrollOptions): Promise<Registration> {
   const answer = await register(
-    { url: options.url, timeoutMs: options.timeoutMs, proxy: options.proxy },
+    {
+      url: options.url,
+      timeoutMs: options.timeoutMs,
+      proxy: options.proxy,
+      insecurePlaintext: options.insecurePlaintext,
+    },
     options.registrationToken,
     identityBody({ name: options.name, labels: options.labels, host: options.host, replace: options.replace }),
   );

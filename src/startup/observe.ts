@@ -22,6 +22,7 @@ export interface ObserveContext {
   host: HostFacts;
   requestTimeoutMs: number;
   proxy: ProxyConfig;
+  insecurePlaintext: boolean;
   /** The jobs' work dir (--work-dir), whose owner is judged with the state dir's. */
   workDir?: string;
   /** Who must own the state dir (`repair --owner`, `service install --run-as`); default: see expectedOwner. */
@@ -60,14 +61,20 @@ export async function observe(ctx: ObserveContext): Promise<Observations> {
 
   try {
     await verify(
-      { url: registration.url, timeoutMs: ctx.requestTimeoutMs, proxy: ctx.proxy },
+      {
+        url: registration.url,
+        timeoutMs: ctx.requestTimeoutMs,
+        proxy: ctx.proxy,
+        insecurePlaintext: ctx.insecurePlaintext,
+      },
       credential.value.credential,
       identityBody({ runnerId: registration.runnerId, host: ctx.host }),
     );
     seen.controlPlane = { kind: "ok" };
   } catch (error) {
-    // A bad proxy URL is the operator's input, not the control plane's answer: exit 2, not a finding.
-    if (!(error instanceof RunnerError) || error.code === "config_invalid") throw error;
+    // A bad proxy URL, or plain http:// to another host without the opt-in, is the operator's
+    // input, not the control plane's answer: exit 2, not a finding.
+    if (!(error instanceof RunnerError) || error.code === "config_invalid" || error.code === "usage") throw error;
     seen.controlPlane = { kind: "error", code: error.code, message: error.message };
   }
   return seen;

@@ -14,7 +14,7 @@ import type { ProxyConfig } from "../net/proxy.js";
 /** What happened, a line each, for people. */
 export async function forgetRunner(
   files: StateFiles,
-  options: { localOnly: boolean; requestTimeoutMs: number; proxy: ProxyConfig },
+  options: { localOnly: boolean; requestTimeoutMs: number; proxy: ProxyConfig; insecurePlaintext: boolean },
 ): Promise<string[]> {
   const read = await readRegistration(files.registration);
   if (read.kind !== "ok") {
@@ -31,7 +31,12 @@ export async function forgetRunner(
   if (!options.localOnly && credential.kind === "ok") {
     try {
       await unregister(
-        { url: registration.url, timeoutMs: options.requestTimeoutMs, proxy: options.proxy },
+        {
+          url: registration.url,
+          timeoutMs: options.requestTimeoutMs,
+          proxy: options.proxy,
+          insecurePlaintext: options.insecurePlaintext,
+        },
         credential.value.credential,
         identityBody({ runnerId: registration.runnerId }),
       );

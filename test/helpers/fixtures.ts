@@ -76,13 +76,15 @@ export interface RegisteredRunner {
 
 export async function registerRunner(
   t: TestContext,
-  plane: TestControlPlane,
+  plane: Pick<TestControlPlane, "tokenFile"> & { cp: { url: string } },
   options: {
     store?: "file" | "keychain" | "auto";
     name?: string;
     machineId?: string;
     extra?: string[];
     url?: string;
+    /** The CLI's environment on top of this process's (NODE_EXTRA_CA_CERTS, say). */
+    env?: Record<string, string>;
   } = {},
 ): Promise<RegisteredRunner> {
   const root = await tempDir(t);
@@ -97,17 +99,20 @@ export async function registerRunner(
   );
   const flags = ["--config", configFile, "--state-dir", stateDir];
   const tokenFile = await plane.tokenFile(root);
-  const register = await runCli([
-    "register",
-    "--url",
-    options.url ?? plane.cp.url,
-    "--token-file",
-    tokenFile,
-    "--name",
-    options.name ?? `runner-${path.basename(root)}`,
-    ...flags,
-    ...(options.extra ?? []),
-  ]);
+  const register = await runCli(
+    [
+      "register",
+      "--url",
+      options.url ?? plane.cp.url,
+      "--token-file",
+      tokenFile,
+      "--name",
+      options.name ?? `runner-${path.basename(root)}`,
+      ...flags,
+      ...(options.extra ?? []),
+    ],
+    { env: options.env },
+  );
   assert.equal(register.code, 0, `register failed: ${register.all}`);
   return { stateDir, flags, register };
 }

@@ -65,7 +65,7 @@ export function requirePostgres(t: TestContext): boolean {
   return false;
 }
 
-function freeLoopbackPort(): Promise<number> {
+export function freeLoopbackPort(): Promise<number> {
   return new Promise((resolve, reject) => {
     const server = net.createServer();
     server.once("error", reject);

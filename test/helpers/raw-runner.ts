@@ -7,30 +7,29 @@ import { createHash } from "node:crypto";
 import WebSocket from "ws";
 import type { AdminClient } from "../../src/api-client/admin.js";
 import {
-  AGENT_VERSION_HEADER,
-  CHANNEL_PATH,
-  PROTOCOL_HEADER,
-  RUNNER_ID_HEADER,
   decodeControlMessage,
   encode,
   type ControlMessage,
   type JobRef,
+  type JobResult,
   type RunnerMessage,
 } from "../../src/protocol/channel.js";
 import { registerResponseSchema } from "../../src/protocol/http.js";
 import { AGENT_VERSION, PROTOCOL_VERSION } from "../../src/protocol/version.js";
+import { channelHeaders, channelUrl, finishedResult, type ChannelIdentity } from "./channel-fixtures.js";
 
-export interface Identity {
-  runnerId: string;
-  credential: string;
-}
+export type Identity = ChannelIdentity;
 
-/** Registers a runner named `name` with a new registration token from `admin`. */
+/**
+ * Registers a runner named `name` with a new registration token from `admin`; `replace` asks
+ * the control plane to replace a runner already registered from the same host.
+ */
 export async function registerRawRunner(
   url: string,
   admin: AdminClient,
   name: string,
   labels: string[] = ["linux"],
+  replace = false,
 ): Promise<Identity> {
   const { token } = await admin.createRegistrationToken();
   const response = await fetch(`${url}/api/v1/runners/register`, {
@@ -47,18 +46,27 @@ export async function registerRawRunner(
         arch: "x64",
         fingerprint: createHash("sha256").update(name).digest("hex"),
       },
+      replace,
     }),
   });
   assert.equal(response.status, 201, await response.clone().text());
-  return registerResponseSchema.parse(await response.json());
+  const { runnerId, credential } = registerResponseSchema.parse(await response.json());
+  return { runnerId, credential };
 }
 
 export type Of<T extends ControlMessage["type"]> = Extract<ControlMessage, { type: T }>;
 
+export interface RawRunnerOptions {
+  /** How long `next`/`nextOf` wait by default before they reject (ms). */
+  waitMs?: number;
+}
+
+export type HelloOptions = { capacity?: number; running?: JobRef[]; pendingResults?: JobRef[]; labels?: string[] };
+
 export class RawRunner {
   private readonly pending: ControlMessage[] = [];
   private readonly waiters: { types: readonly string[]; resolve: (m: ControlMessage) => void }[] = [];
-  private readonly pinger: NodeJS.Timeout;
+  private readonly waitMs: number;
   /** Every message received, in order (also those already taken by `next`). */
   readonly received: ControlMessage[] = [];
   readonly closed: Promise<{ code: number; reason: string }>;
@@ -66,63 +74,84 @@ export class RawRunner {
   private constructor(
     readonly ws: WebSocket,
     readonly identity: Identity,
-    pingMs: number,
+    pingMs: number | false,
+    options: RawRunnerOptions,
   ) {
+    this.waitMs = options.waitMs ?? 10_000;
     ws.on("message", (data: Buffer) => {
       const decoded = decodeControlMessage(data.toString("utf8"));
-      assert.ok(decoded.ok, "the control plane sent a frame outside the protocol");
-      this.received.push(decoded.message);
-      const index = this.waiters.findIndex((w) => w.types.includes(decoded.message.type));
-      if (index >= 0) this.waiters.splice(index, 1)[0]!.resolve(decoded.message);
-      else this.pending.push(decoded.message);
+      assert.ok(decoded.ok, `the control plane sent a frame outside the protocol: ${decoded.ok ? "" : decoded.detail}`);
+      const message = decoded.message;
+      this.received.push(message);
+      const index = this.waiters.findIndex((w) => w.types.includes(message.type));
+      if (index >= 0) this.waiters.splice(index, 1)[0]!.resolve(message);
+      else this.pending.push(message);
     });
     this.closed = new Promise((resolve) =>
       ws.once("close", (code, reason) => resolve({ code, reason: reason.toString() })),
     );
-    // Like an agent: pings keep the connection (and its leases) alive.
-    this.pinger = setInterval(() => ws.readyState === WebSocket.OPEN && ws.ping(), pingMs);
-    void this.closed.then(() => clearInterval(this.pinger));
+    // Like an agent: pings keep the connection (and its leases) alive. Without them the runner
+    // is heard only by its frames, which is what the heartbeat tests need.
+    if (pingMs !== false) {
+      const pinger = setInterval(() => ws.readyState === WebSocket.OPEN && ws.ping(), pingMs);
+      void this.closed.then(() => clearInterval(pinger));
+    }
   }
 
-  /** Connects to the control plane at `url` (http://…); the socket is cut when the test ends. */
-  static async connect(t: TestContext, url: string, identity: Identity, pingMs = 250): Promise<RawRunner> {
-    const ws = new WebSocket(url.replace(/^http/, "ws") + CHANNEL_PATH, {
-      headers: {
-        authorization: `Bearer ${identity.credential}`,
-        [RUNNER_ID_HEADER]: identity.runnerId,
-        [PROTOCOL_HEADER]: String(PROTOCOL_VERSION),
-        [AGENT_VERSION_HEADER]: AGENT_VERSION,
-      },
-    });
+  /**
+   * Connects to the control plane at `url` (http://…), pinging every `pingMs` (false: never).
+   * Rejects when the upgrade is refused (with its HTTP status); the socket is cut when the test ends.
+   */
+  static async connect(
+    t: TestContext,
+    url: string,
+    identity: Identity,
+    pingMs: number | false = 250,
+    options: RawRunnerOptions = {},
+  ): Promise<RawRunner> {
+    const ws = new WebSocket(channelUrl(url), { headers: channelHeaders(identity) });
+    t.after(() => ws.terminate());
     await new Promise<void>((resolve, reject) => {
       ws.once("open", resolve);
       ws.once("error", reject);
+      ws.once("unexpected-response", (_req, res) => reject(new Error(`upgrade refused: ${res.statusCode}`)));
     });
-    const runner = new RawRunner(ws, identity, pingMs);
-    t.after(() => ws.terminate());
-    return runner;
+    return new RawRunner(ws, identity, pingMs, options);
   }
 
-  send(message: RunnerMessage): void {
-    this.ws.send(encode(message));
+  /** Sends a protocol message, or a raw string as it is (for frames outside the protocol). */
+  send(message: RunnerMessage | string): void {
+    this.ws.send(typeof message === "string" ? message : encode(message));
   }
 
   /** The next message of this type (earlier ones of other types stay queued). */
-  next<T extends ControlMessage["type"]>(type: T, timeoutMs = 10_000): Promise<Of<T>> {
-    const index = this.pending.findIndex((m) => m.type === type);
+  next<T extends ControlMessage["type"]>(type: T, timeoutMs = this.waitMs): Promise<Of<T>> {
+    return this.nextOf([type], timeoutMs);
+  }
+
+  /** The next message of any of these types (earlier ones of other types stay queued). */
+  nextOf<T extends ControlMessage["type"]>(types: readonly T[], timeoutMs = this.waitMs): Promise<Of<T>> {
+    const index = this.pending.findIndex((m) => (types as readonly string[]).includes(m.type));
     if (index >= 0) return Promise.resolve(this.pending.splice(index, 1)[0] as Of<T>);
     return new Promise((resolve, reject) => {
-      const waiter = { types: [type], resolve: (m: ControlMessage) => (clearTimeout(timer), resolve(m as Of<T>)) };
+      const waiter = { types, resolve: (m: ControlMessage) => (clearTimeout(timer), resolve(m as Of<T>)) };
       const timer = setTimeout(() => {
         this.waiters.splice(this.waiters.indexOf(waiter), 1);
-        reject(new Error(`no ${type} within ${timeoutMs} ms`));
+        reject(new Error(`no ${types.join(" or ")} within ${timeoutMs} ms`));
       }, timeoutMs);
       this.waiters.push(waiter);
     });
   }
 
+  /** Asserts that no message of this type is queued after `ms` (one not yet taken by `next`). */
+  async expectNo(type: ControlMessage["type"], ms = 150): Promise<void> {
+    await new Promise((resolve) => setTimeout(resolve, ms));
+    const found = this.pending.filter((m) => m.type === type);
+    assert.deepEqual(found, [], `unexpected ${type}`);
+  }
+
   /** Sends `hello` (without waiting for the welcome). */
-  sendHello(options: { capacity?: number; running?: JobRef[] } = {}): void {
+  sendHello(options: HelloOptions = {}): void {
     this.send({
       type: "hello",
       protocolVersion: PROTOCOL_VERSION,
@@ -130,20 +159,32 @@ export class RawRunner {
       runnerId: this.identity.runnerId,
       capacity: options.capacity ?? 4,
       running: options.running ?? [],
-      pendingResults: [],
+      pendingResults: options.pendingResults ?? [],
+      ...(options.labels ? { labels: options.labels } : {}),
     });
   }
 
-  async hello(options: { capacity?: number; running?: JobRef[] } = {}): Promise<Of<"welcome">> {
+  async hello(options: HelloOptions = {}): Promise<Of<"welcome">> {
     this.sendHello(options);
     return this.next("welcome");
   }
 
-  result(ref: JobRef): void {
-    const at = new Date().toISOString();
-    this.send({
-      type: "result",
-      result: { ...ref, outcome: "succeeded", exitCode: 0, signal: null, reason: null, startedAt: at, finishedAt: at },
-    });
+  ready(slots: number): void {
+    this.send({ type: "ready", slots });
+  }
+
+  result(ref: JobRef, outcome: JobResult["outcome"] = "succeeded", exitCode: number | null = 0): void {
+    this.send({ type: "result", result: finishedResult(ref, outcome, exitCode) });
+  }
+
+  close(): Promise<{ code: number; reason: string }> {
+    this.ws.close();
+    return this.closed;
+  }
+
+  /** Drops the TCP connection without a closing handshake (a crash or a cut cable). */
+  drop(): Promise<{ code: number; reason: string }> {
+    this.ws.terminate();
+    return this.closed;
   }
 }

@@ -4,7 +4,6 @@
 // or two; every wait has its own timeout.
 import { after, test, describe, type TestContext } from "node:test";
 import assert from "node:assert/strict";
-import { createHash } from "node:crypto";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -21,25 +20,18 @@ import { AdminClient, AdminRequestError } from "../../src/api-client/admin.js";
 import { createLogger } from "../../src/log/logger.js";
 import {
   AGENT_VERSION_HEADER,
-  CHANNEL_PATH,
   PROTOCOL_HEADER,
   RUNNER_ID_HEADER,
-  decodeControlMessage,
-  encode,
   type ControlMessage,
-  type JobRef,
   type JobResult,
   type RunnerMessage,
 } from "../../src/protocol/channel.js";
-import {
-  errorBodySchema,
-  registerResponseSchema,
-  type JobView,
-  type SubmitJobRequest,
-} from "../../src/protocol/http.js";
+import { errorBodySchema, type JobView, type SubmitJobRequest } from "../../src/protocol/http.js";
 import { AGENT_VERSION, PROTOCOL_VERSION } from "../../src/protocol/version.js";
 import { initialSyncState, stepSync, type SyncInput } from "../../src/devices/sync.js";
 import { startPostgresCluster, type PostgresCluster } from "../helpers/postgres.js";
+import { channelHeaders, channelUrl } from "../helpers/channel-fixtures.js";
+import { RawRunner, registerRawRunner, type HelloOptions, type Identity } from "../helpers/raw-runner.js";
 
 const TIMEOUT = { timeout: 10_000 };
 const HEARTBEAT_MS = 200;
@@ -48,6 +40,7 @@ const ADMIN_TOKEN = "adm_channel-test-admin-token-0123456789";
 // ---- harness ----
 
 interface Harness {
+  t: TestContext;
   cp: ControlPlane;
   admin: AdminClient;
   events: JobEvent[];
@@ -87,7 +80,7 @@ async function startHarness(t: TestContext, options: ControlPlaneOptions = {}): 
   const runnerEvents: RunnerEvent[] = [];
   cp.events.on("job", (event: JobEvent) => events.push(event));
   cp.events.on("runner", (event: RunnerEvent) => runnerEvents.push(event));
-  return { cp, admin: new AdminClient(cp.url, ADMIN_TOKEN), events, runnerEvents, logLines };
+  return { t, cp, admin: new AdminClient(cp.url, ADMIN_TOKEN), events, runnerEvents, logLines };
 }
 
 function makeTempDir(t: TestContext): string {
@@ -96,177 +89,17 @@ function makeTempDir(t: TestContext): string {
   return dir;
 }
 
-interface Identity {
-  runnerId: string;
-  credential: string;
+function registerRunner(h: Harness, name: string, labels: string[] = ["linux"], replace = false): Promise<Identity> {
+  return registerRawRunner(h.cp.url, h.admin, name, labels, replace);
 }
 
-async function registerRunner(
-  h: Harness,
-  name: string,
-  labels: string[] = ["linux"],
-  replace = false,
-): Promise<Identity> {
-  const { token } = await h.admin.createRegistrationToken();
-  const response = await fetch(`${h.cp.url}/api/v1/runners/register`, {
-    method: "POST",
-    headers: { authorization: `Bearer ${token}`, "content-type": "application/json" },
-    body: JSON.stringify({
-      protocolVersion: PROTOCOL_VERSION,
-      agentVersion: AGENT_VERSION,
-      name,
-      labels,
-      host: {
-        hostname: name,
-        platform: "linux",
-        arch: "x64",
-        fingerprint: createHash("sha256").update(name).digest("hex"),
-      },
-      replace,
-    }),
-  });
-  assert.equal(response.status, 201);
-  const { runnerId, credential } = registerResponseSchema.parse(await response.json());
-  return { runnerId, credential };
+/** Connects `identity` to `h`'s control plane, pinging like an agent unless `pingMs` is false. */
+function connect(h: Harness, identity: Identity, pingMs: number | false = HEARTBEAT_MS / 4): Promise<RawRunner> {
+  return RawRunner.connect(h.t, h.cp.url, identity, pingMs, { waitMs: 2000 });
 }
 
-function channelUrl(cp: ControlPlane): string {
-  return cp.url.replace(/^http/, "ws") + CHANNEL_PATH;
-}
-
-function channelHeaders(runner: Identity): Record<string, string> {
-  return {
-    authorization: `Bearer ${runner.credential}`,
-    [RUNNER_ID_HEADER]: runner.runnerId,
-    [PROTOCOL_HEADER]: String(PROTOCOL_VERSION),
-    [AGENT_VERSION_HEADER]: AGENT_VERSION,
-  };
-}
-
-type Of<T extends ControlMessage["type"]> = Extract<ControlMessage, { type: T }>;
-
-/** A runner reduced to a socket: sends what the test says, queues what arrives. */
-class RawRunner {
-  private readonly pending: ControlMessage[] = [];
-  private readonly waiters: { types: readonly string[]; resolve: (m: ControlMessage) => void }[] = [];
-  private pinger: NodeJS.Timeout | undefined;
-  readonly closed: Promise<{ code: number; reason: string }>;
-
-  constructor(
-    readonly ws: WebSocket,
-    readonly identity: Identity,
-  ) {
-    ws.on("message", (data: Buffer) => {
-      const decoded = decodeControlMessage(data.toString("utf8"));
-      assert.ok(decoded.ok, `the control plane sent a frame outside the protocol: ${decoded.ok ? "" : decoded.detail}`);
-      const message = decoded.message;
-      const index = this.waiters.findIndex((w) => w.types.includes(message.type));
-      if (index >= 0) this.waiters.splice(index, 1)[0]!.resolve(message);
-      else this.pending.push(message);
-    });
-    this.closed = new Promise((resolve) =>
-      ws.once("close", (code, reason) => resolve({ code, reason: reason.toString() })),
-    );
-    void this.closed.then(() => clearInterval(this.pinger));
-  }
-
-  static async connect(cp: ControlPlane, identity: Identity, options: { ping?: boolean } = {}): Promise<RawRunner> {
-    const ws = new WebSocket(channelUrl(cp), { headers: channelHeaders(identity) });
-    await new Promise<void>((resolve, reject) => {
-      ws.once("open", resolve);
-      ws.once("error", reject);
-      ws.once("unexpected-response", (_req, res) => reject(new Error(`upgrade refused: ${res.statusCode}`)));
-    });
-    const runner = new RawRunner(ws, identity);
-    // Like an agent: pings keep the connection (and its leases) alive.
-    if (options.ping !== false)
-      runner.pinger = setInterval(() => ws.readyState === WebSocket.OPEN && ws.ping(), HEARTBEAT_MS / 4);
-    return runner;
-  }
-
-  send(message: RunnerMessage | string): void {
-    this.ws.send(typeof message === "string" ? message : encode(message));
-  }
-
-  /** The next message of this type (earlier ones of other types stay queued). */
-  next<T extends ControlMessage["type"]>(type: T, timeoutMs = 2000): Promise<Of<T>> {
-    return this.nextOf([type], timeoutMs);
-  }
-
-  /** The next message of any of these types (earlier ones of other types stay queued). */
-  nextOf<T extends ControlMessage["type"]>(types: readonly T[], timeoutMs = 2000): Promise<Of<T>> {
-    const index = this.pending.findIndex((m) => (types as readonly string[]).includes(m.type));
-    if (index >= 0) return Promise.resolve(this.pending.splice(index, 1)[0] as Of<T>);
-    return new Promise((resolve, reject) => {
-      const waiter = { types, resolve: (m: ControlMessage) => (clearTimeout(timer), resolve(m as Of<T>)) };
-      const timer = setTimeout(() => {
-        this.waiters.splice(this.waiters.indexOf(waiter), 1);
-        reject(new Error(`no ${types.join(" or ")} within ${timeoutMs} ms`));
-      }, timeoutMs);
-      this.waiters.push(waiter);
-    });
-  }
-
-  /** Asserts that no message of this type arrives within `ms`. */
-  async expectNo(type: ControlMessage["type"], ms = 150): Promise<void> {
-    await delay(ms);
-    const found = this.pending.filter((m) => m.type === type);
-    assert.deepEqual(found, [], `unexpected ${type}`);
-  }
-
-  async hello(
-    options: { capacity?: number; running?: JobRef[]; pendingResults?: JobRef[]; labels?: string[] } = {},
-  ): Promise<Of<"welcome">> {
-    this.send({
-      type: "hello",
-      protocolVersion: PROTOCOL_VERSION,
-      agentVersion: AGENT_VERSION,
-      runnerId: this.identity.runnerId,
-      capacity: options.capacity ?? 4,
-      running: options.running ?? [],
-      pendingResults: options.pendingResults ?? [],
-      ...(options.labels ? { labels: options.labels } : {}),
-    });
-    return this.next("welcome");
-  }
-
-  ready(slots: number): void {
-    this.send({ type: "ready", slots });
-  }
-
-  result(ref: JobRef, outcome: JobResult["outcome"] = "succeeded", exitCode: number | null = 0): void {
-    this.send({
-      type: "result",
-      result: {
-        ...ref,
-        outcome,
-        exitCode,
-        signal: null,
-        reason: null,
-        startedAt: new Date().toISOString(),
-        finishedAt: new Date().toISOString(),
-      },
-    });
-  }
-
-  close(): Promise<{ code: number; reason: string }> {
-    this.ws.close();
-    return this.closed;
-  }
-
-  /** Drops the TCP connection without a closing handshake (a crash or a cut cable). */
-  drop(): Promise<{ code: number; reason: string }> {
-    this.ws.terminate();
-    return this.closed;
-  }
-}
-
-async function connected(
-  h: Harness,
-  identity: Identity,
-  hello: Parameters<RawRunner["hello"]>[0] = {},
-): Promise<RawRunner> {
-  const runner = await RawRunner.connect(h.cp, identity);
+async function connected(h: Harness, identity: Identity, hello: HelloOptions = {}): Promise<RawRunner> {
+  const runner = await connect(h, identity);
   await runner.hello(hello);
   return runner;
 }
@@ -344,7 +177,7 @@ describe("channel upgrade", () => {
     const h = await startHarness(t, { minAgentVersion: "0.1.0" });
     const runner = await registerRunner(h, "upgrader");
     const other = await registerRunner(h, "other");
-    const url = channelUrl(h.cp);
+    const url = channelUrl(h.cp.url);
     const headers = channelHeaders(runner);
     const without = (name: string) => Object.fromEntries(Object.entries(headers).filter(([key]) => key !== name));
 
@@ -393,7 +226,7 @@ describe("channel upgrade", () => {
       const h = await startHarness(t, { leaseMs: 30_000, maxFrameBytes: 64 * 1024 });
       const identity = await registerRunner(h, "greeter");
       const before = Date.now();
-      const runner = await RawRunner.connect(h.cp, identity);
+      const runner = await connect(h, identity);
       const welcome = await runner.hello();
       assert.deepEqual(welcome, {
         type: "welcome",
@@ -428,23 +261,26 @@ describe("channel upgrade", () => {
       assert.deepEqual(await revoked.closed, { code: 4001, reason: "credential revoked" });
       assert.deepEqual(await deleted.closed, { code: 4002, reason: "runner deleted" });
       assert.equal(
-        (await refusedUpgrade(channelUrl(h.cp), channelHeaders(revokedIdentity))).code,
+        (await refusedUpgrade(channelUrl(h.cp.url), channelHeaders(revokedIdentity))).code,
         "credential_revoked",
       );
-      assert.equal((await refusedUpgrade(channelUrl(h.cp), channelHeaders(deletedIdentity))).code, "runner_not_found");
+      assert.equal(
+        (await refusedUpgrade(channelUrl(h.cp.url), channelHeaders(deletedIdentity))).code,
+        "runner_not_found",
+      );
     },
   );
 
   test("anything before hello closes the connection with 1008", TIMEOUT, async (t) => {
     const h = await startHarness(t);
     const identity = await registerRunner(h, "impatient");
-    const early = await RawRunner.connect(h.cp, identity);
+    const early = await connect(h, identity);
     early.ready(1);
     assert.equal((await early.closed).code, 1008);
-    const garbage = await RawRunner.connect(h.cp, identity);
+    const garbage = await connect(h, identity);
     garbage.send("{not json");
     assert.equal((await garbage.closed).code, 1008);
-    const impostor = await RawRunner.connect(h.cp, identity);
+    const impostor = await connect(h, identity);
     impostor.send({
       type: "hello",
       protocolVersion: 1,
@@ -478,7 +314,7 @@ describe("channel upgrade", () => {
       const h = await startHarness(t);
       const identity = await registerRunner(h, "quiet");
       const pinging = await connected(h, await registerRunner(h, "chatty"));
-      const silent = await RawRunner.connect(h.cp, identity, { ping: false });
+      const silent = await connect(h, identity, false);
       const started = Date.now();
       await silent.hello();
       const { code } = await silent.closed;
@@ -681,7 +517,7 @@ describe("results, logs and fencing", () => {
       assert.ok(assignedAgain.at >= requeued.at);
 
       // The slow runner comes back with its attempt-1 result.
-      const back = await RawRunner.connect(h.cp, slowIdentity);
+      const back = await connect(h, slowIdentity);
       const welcome = await back.hello({ pendingResults: [{ jobId: job.jobId, attempt: 1 }] });
       assert.deepEqual(welcome.fenced, []);
       back.send({ type: "log", jobId: job.jobId, attempt: 1, seq: 0, stream: "stdout", data: "stale\n" });
@@ -725,7 +561,7 @@ describe("results, logs and fencing", () => {
       await runner.drop();
       await waitForEvent(h, job.jobId, "requeued", 1);
 
-      const back = await RawRunner.connect(h.cp, identity);
+      const back = await connect(h, identity);
       await back.hello({ pendingResults: [{ jobId: job.jobId, attempt: 1 }] });
       back.ready(1);
       assert.equal((await back.next("assign")).attempt, 2);
@@ -764,7 +600,7 @@ describe("results, logs and fencing", () => {
       await runner.next("assign");
       await runner.drop();
 
-      const back = await RawRunner.connect(h.cp, identity);
+      const back = await connect(h, identity);
       const running = [
         { jobId: job.jobId, attempt: 7 },
         { jobId: "job_neverexisted", attempt: 1 },
@@ -797,7 +633,7 @@ describe("results, logs and fencing", () => {
       await runner.drop();
       helper.ready(1);
 
-      const back = await RawRunner.connect(h.cp, identity);
+      const back = await connect(h, identity);
       const welcome = await back.hello({ running: [{ jobId: kept.jobId, attempt: 1 }] });
       assert.deepEqual(welcome.fenced, []);
       await waitForEvent(h, lost.jobId, "requeued", 1);
@@ -984,7 +820,7 @@ describe("cancel", () => {
     await runner.drop();
     assert.equal((await h.admin.cancelJob(job.jobId)).job.cancelRequested, true);
 
-    const back = await RawRunner.connect(h.cp, identity);
+    const back = await connect(h, identity);
     await back.hello({ running: [{ jobId: job.jobId, attempt: 1 }] });
     const cancel = await back.next("cancel");
     assert.deepEqual([cancel.jobId, cancel.attempt], [job.jobId, 1]);
@@ -1122,7 +958,7 @@ describe("pause and resume", () => {
       const first = await startHarness(t, { dataDir });
       const identity = await registerRunner(first, "stays-paused");
       await first.admin.pauseRunner(identity.runnerId);
-      const runner = await RawRunner.connect(first.cp, identity);
+      const runner = await connect(first, identity);
       const welcome = await runner.hello();
       assert.equal(welcome.paused, true);
       runner.ready(1);
@@ -1133,7 +969,7 @@ describe("pause and resume", () => {
       await first.cp.close();
 
       const second = await startHarness(t, { dataDir });
-      const back = await RawRunner.connect(second.cp, identity);
+      const back = await connect(second, identity);
       assert.equal((await back.hello()).paused, true);
       back.ready(1);
       await back.expectNo("assign", 150);
@@ -1141,7 +977,7 @@ describe("pause and resume", () => {
       await second.admin.resumeRunner(identity.runnerId);
       await back.next("resume");
       assert.equal((await back.next("assign")).jobId, job.jobId);
-      const again = await RawRunner.connect(second.cp, identity);
+      const again = await connect(second, identity);
       assert.equal((await again.hello()).paused, false);
     },
   );
@@ -1186,7 +1022,7 @@ describe("replaced runners and labels", () => {
       await old.expectNo("assign", 50);
       assert.equal((await jobOf(h, next.jobId)).status, "queued");
       assert.equal((await jobOf(h, held.jobId)).status, "assigned", "the replaced runner's result was not applied");
-      assert.equal((await refusedUpgrade(channelUrl(h.cp), channelHeaders(old.identity))).code, "runner_not_found");
+      assert.equal((await refusedUpgrade(channelUrl(h.cp.url), channelHeaders(old.identity))).code, "runner_not_found");
       const fresh = await connected(h, successor);
       fresh.ready(1);
       assert.equal((await fresh.next("assign")).jobId, next.jobId);

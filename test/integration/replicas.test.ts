@@ -7,20 +7,15 @@
 // Skipped where PostgreSQL is not installed; a failure under CI=true (test/helpers/postgres.ts).
 import { after, describe, test, type TestContext } from "node:test";
 import assert from "node:assert/strict";
-import { spawn, type ChildProcess } from "node:child_process";
-import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
 import pg from "pg";
 import { AdminClient } from "../../src/api-client/admin.js";
 import type { JobRef } from "../../src/protocol/channel.js";
 import { RawRunner, registerRawRunner, type Identity } from "../helpers/raw-runner.js";
-import { RUNNER_BIN } from "../helpers/cli.js";
+import { adminTokenFile, startReplica as startReplicaProcess, type Replica } from "../helpers/replica.js";
 import { LISTENER_APPLICATION_NAME } from "../../src/control-plane/store/postgres/engine.js";
 import { requirePostgres, startPostgresCluster, type PostgresCluster } from "../helpers/postgres.js";
 
 const TIMEOUT = { timeout: 60_000 };
-const ADMIN_TOKEN = "adm_replicas-test-admin-token-0123456789";
 const HEARTBEAT_MS = 1000;
 
 let cluster: Promise<PostgresCluster> | undefined;
@@ -30,79 +25,9 @@ async function newDatabase(): Promise<string> {
   return (await (cluster ??= startPostgresCluster())).createDatabase();
 }
 
-// ---- replicas as child processes ----
-
-interface Replica {
-  url: string;
-  databaseUrl: string;
-  child: ChildProcess;
-  output: () => string;
-  /** Resolves once the replica's output (stdout and stderr) satisfies the predicate. */
-  outputWhere: (predicate: (output: string) => boolean) => Promise<void>;
-  admin: AdminClient;
-}
-
-function adminTokenFile(t: TestContext): string {
-  const dir = mkdtempSync(join(tmpdir(), "runner-replicas-"));
-  t.after(() => rmSync(dir, { recursive: true, force: true }));
-  const file = join(dir, "admin-token");
-  writeFileSync(file, ADMIN_TOKEN, { mode: 0o600 });
-  return file;
-}
-
-/** Starts `runner control-plane` on the database and resolves with its URL once it listens. */
+/** Starts a replica on the database (test/helpers/replica.ts) at this file's heartbeat. */
 function startReplica(t: TestContext, databaseUrl: string, args: string[] = []): Promise<Replica> {
-  const child = spawn(
-    process.execPath,
-    [
-      RUNNER_BIN,
-      "control-plane",
-      "--database",
-      databaseUrl,
-      "--listen",
-      "127.0.0.1:0",
-      "--heartbeat-interval-ms",
-      String(HEARTBEAT_MS),
-      ...args,
-    ],
-    { env: { ...process.env, RUNNER_LOG_FORMAT: "json" }, stdio: ["ignore", "pipe", "pipe"] },
-  );
-  let output = "";
-  const watchers = new Set<() => void>();
-  const outputWhere = (predicate: (text: string) => boolean) =>
-    new Promise<void>((resolve) => {
-      const check = () => {
-        if (!predicate(output)) return;
-        watchers.delete(check);
-        resolve();
-      };
-      watchers.add(check);
-      check();
-    });
-  t.after(() => {
-    if (child.exitCode === null && child.signalCode === null) child.kill("SIGKILL");
-  });
-  return new Promise((resolve, reject) => {
-    const onData = (data: Buffer) => {
-      output += data.toString("utf8");
-      for (const check of [...watchers]) check();
-      const match = /control plane listening on (http:\/\/127\.0\.0\.1:\d+)/.exec(output);
-      if (match)
-        resolve({
-          url: match[1]!,
-          databaseUrl,
-          child,
-          output: () => output,
-          outputWhere,
-          admin: new AdminClient(match[1]!, ADMIN_TOKEN),
-        });
-    };
-    child.stdout.on("data", onData);
-    child.stderr.on("data", onData);
-    child.once("exit", (code, signal) =>
-      reject(new Error(`replica exited (${code ?? signal}) before listening:\n${output}`)),
-    );
-  });
+  return startReplicaProcess(t, databaseUrl, HEARTBEAT_MS, args);
 }
 
 // ---- runners ----

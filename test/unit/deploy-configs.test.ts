@@ -1,8 +1,8 @@
 // The reverse-proxy examples in deploy/ (README, "Control plane limits and a reverse proxy"),
 // checked against the numbers the control plane itself uses, so that neither can drift: an
 // idle channel must outlive the control plane's own silence limit at the proxy, bodies the
-// control plane accepts must pass, and the channel's upgrade must be forwarded. nginx and
-// Caddy are not installed here, so these read the files rather than load them.
+// control plane accepts must pass, and the channel's upgrade must be forwarded. These read
+// the files; test/integration/deploy-servers.test.ts has the real nginx and Caddy load them.
 import { describe, test } from "node:test";
 import assert from "node:assert/strict";
 import { readFileSync } from "node:fs";

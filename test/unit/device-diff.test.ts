@@ -11,6 +11,7 @@ import {
 } from "../../src/devices/diff.js";
 import { mergeScan, scanDevices } from "../../src/devices/scan.js";
 import type { DeviceProvider } from "../../src/devices/providers/provider.js";
+import { deviceSchema } from "../../src/protocol/devices.js";
 
 const NOW = 1_800_000_000_000;
 const REFRESH_MS = 600_000;
@@ -155,6 +156,10 @@ describe("the device diff", () => {
     assert.deepEqual(Object.keys(d.attributes).sort(), ["long", "nan"]);
     assert.equal(d.attributes.nan, null);
     assert.equal((d.attributes.long as string).length, 256);
+    const nul = toDevice({ id: "x", kind: "usb", name: "pho\0ne", state: "online", attributes: { "k\0": "v\0" } });
+    assert.equal(nul.name, "phone", "U+0000, which the protocol refuses, is dropped");
+    assert.deepEqual(nul.attributes, { k: "v" });
+    assert.ok(deviceSchema.safeParse(nul).success);
   });
 });
 

@@ -1,5 +1,5 @@
 // Handlers of the admin job API: submit, list, get (with logs), cancel.
-import { encode, type Assignment } from "../../protocol/channel.js";
+import { encode, jobIdSchema, type Assignment } from "../../protocol/channel.js";
 import {
   cancelJobResponseSchema,
   getJobResponseSchema,
@@ -114,7 +114,8 @@ export async function cancelJob(request: RouteRequest, context: RouteContext): P
 
 async function findJob(request: RouteRequest, context: RouteContext): Promise<JobRecord> {
   const id = request.params.id ?? "";
-  const job = await context.store.jobs.find(id);
+  // An id no job can have (a NUL, which PostgreSQL could not even look up) is simply not found.
+  const job = jobIdSchema.safeParse(id).success ? await context.store.jobs.find(id) : undefined;
   if (!job) throw jobNotFound(id);
   return job;
 }

@@ -5,6 +5,7 @@
 // are added. A page is fetched with one row more than asked, to know whether another follows.
 import { z } from "zod";
 import { HttpError } from "./router.js";
+import { withoutNul } from "../../protocol/common.js";
 
 export interface PageRule {
   /** Items when `limit` is absent. */
@@ -70,9 +71,11 @@ export function takePage<T>(
 }
 
 /** The key schemas of the cursors, one per list. */
+// The keys are looked up in the store: no NUL (protocol/common.ts).
+const cursorText = withoutNul("a cursor key", 256, 1);
 export const CURSOR_KEYS = {
-  job: z.string().min(1).max(256),
-  runner: z.string().min(1).max(256),
-  device: z.tuple([z.string().min(1).max(256), z.string().min(1).max(256)]),
+  job: cursorText,
+  runner: cursorText,
+  device: z.tuple([cursorText, cursorText]),
   log: z.tuple([z.number().int().min(0), z.number().int().min(0)]),
 } as const;
