@@ -64,6 +64,9 @@ const RUNNERS = setting(2, "FLEET_RUNNERS", 500);
 const JOBS = setting(3, "FLEET_JOBS", 5000);
 const IN_FLIGHT = Math.min(setting(4, "FLEET_IN_FLIGHT", 200), RUNNERS);
 const PHASE_SECONDS = setting(5, "FLEET_SECONDS", 30);
+/** The latency phase: this many jobs one at a time, for at most this long. */
+const LATENCY_JOBS = setting(6, "FLEET_LATENCY_JOBS", 300);
+const LATENCY_SECONDS = setting(7, "FLEET_LATENCY_SECONDS", 20);
 const CONFIG_NAMES = ["sqlite", "sqlite-memory", "pg1", "pg2", "pg2-cross", "baseline"];
 /** Which configurations run: FLEET_CONFIGS=sqlite,pg1,... (default: all of them). */
 const CONFIGS = new Set(process.env.FLEET_CONFIGS?.split(",").map((name) => name.trim()) ?? CONFIG_NAMES);
@@ -332,16 +335,39 @@ interface LoadResult {
   same: Percentiles;
 }
 
+/** How many jobs a load phase submits, how many at a time, for how long at most, and how many of the first are not counted. */
+interface LoadPlan {
+  jobs: number;
+  inFlight: number;
+  seconds: number;
+  warmUp: number;
+}
+
+/** The saturated phase: as fast as the fleet takes them. */
+const THROUGHPUT_PLAN: LoadPlan = { jobs: JOBS, inFlight: IN_FLIGHT, seconds: PHASE_SECONDS, warmUp: WARM_UP };
 /**
- * Submits up to JOBS jobs, IN_FLIGHT at a time, for at most PHASE_SECONDS, through
+ * The latency phase: one job at a time (the next submitted when the last one's result is
+ * acknowledged), so that nothing queues and submitted → assigned is the dispatch path alone.
+ */
+const LATENCY_PLAN: LoadPlan = {
+  jobs: LATENCY_JOBS,
+  inFlight: 1,
+  seconds: LATENCY_SECONDS,
+  warmUp: Math.min(20, Math.floor(LATENCY_JOBS / 10)),
+};
+
+/**
+ * Submits up to `plan.jobs` jobs, `plan.inFlight` at a time, for at most `plan.seconds`, through
  * `submitTo(n)`'s replica; `runnerReplica(i)` says which replica runner i is connected to.
  */
 async function runLoad(
+  plan: LoadPlan,
   submitter: ReturnType<typeof makeSubmitter>,
   submitTo: (n: number) => number,
   runnerReplica: (runner: number) => number,
   attach: (tracker: Tracker) => void,
 ): Promise<LoadResult> {
+  const { jobs, inFlight, seconds, warmUp } = plan;
   const submitted = new Map<string, { n: number; atMs: number; replica: number }>();
   const assigned = new Map<string, { runner: number; atMs: number }>();
   const finished = new Set<string>();
@@ -353,7 +379,7 @@ async function runLoad(
       waiters.get(jobId)?.();
     },
   });
-  const stopSubmittingAt = nowMs() + PHASE_SECONDS * 1000;
+  const stopSubmittingAt = nowMs() + seconds * 1000;
   let giveUp: () => void = () => undefined;
   const gaveUp = new Promise<void>((resolve) => (giveUp = resolve));
   let issued = 0;
@@ -362,11 +388,11 @@ async function runLoad(
   let unfinished = 0;
   const submitErrors = new Map<string, number>();
   const loop = async () => {
-    while (issued < JOBS && nowMs() < stopSubmittingAt) {
+    while (issued < jobs && nowMs() < stopSubmittingAt) {
       const n = issued++;
       const replica = submitTo(n);
       const atMs = nowMs();
-      if (n === WARM_UP) countedFromMs = atMs;
+      if (n === warmUp) countedFromMs = atMs;
       let jobId: string;
       try {
         jobId = await submitter.submit(replica);
@@ -387,9 +413,9 @@ async function runLoad(
       lastDoneMs = nowMs();
     }
   };
-  const loops = Promise.all(Array.from({ length: IN_FLIGHT }, loop));
+  const loops = Promise.all(Array.from({ length: inFlight }, loop));
   // Submissions stop at the time cap; what is in flight then gets DRAIN_GRACE_MS to finish.
-  const capTimer = setTimeout(giveUp, PHASE_SECONDS * 1000 + DRAIN_GRACE_MS);
+  const capTimer = setTimeout(giveUp, seconds * 1000 + DRAIN_GRACE_MS);
   await loops;
   clearTimeout(capTimer);
   const all: number[] = [];
@@ -397,12 +423,12 @@ async function runLoad(
   const same: number[] = [];
   for (const [jobId, submit] of submitted) {
     const assign = assigned.get(jobId);
-    if (submit.n < WARM_UP || !assign) continue;
+    if (submit.n < warmUp || !assign) continue;
     const latency = assign.atMs - submit.atMs;
     all.push(latency);
     (runnerReplica(assign.runner) === submit.replica ? same : cross).push(latency);
   }
-  const counted = [...submitted.entries()].filter(([id, s]) => s.n >= WARM_UP && finished.has(id)).length;
+  const counted = [...submitted.entries()].filter(([id, s]) => s.n >= warmUp && finished.has(id)).length;
   return {
     jobsPerSecond: counted / ((lastDoneMs - countedFromMs) / 1000),
     counted,
@@ -421,6 +447,8 @@ interface Row {
   connected: number | null;
   connectMs: number | null;
   load: LoadResult;
+  /** The latency phase: one job at a time. */
+  latency: LoadResult;
   rssIdleKiB: number | null;
   rssConnectedKiB: number | null;
   /** RSS growth per runner while the second half of the fleet connected. */
@@ -471,20 +499,23 @@ async function runPushConfig(config: PushConfig, fleet: Fleet, work: string): Pr
     const connectRestMs = await fleet.connect(identities.slice(half), 30_000);
     const rssConnectedKiB = await settledRss(pids);
     const marginalKiB = (rssConnectedKiB - rssHalfKiB) / (RUNNERS - half);
-    console.error(`[fleet] ${config.name}: submitting up to ${JOBS} jobs, ${IN_FLIGHT} in flight`);
     const submitter = makeSubmitter(urls);
-    const cpuBefore = pids.map(cpuMs);
-    const fleetCpuBefore = cpuMs(fleet.pid);
-    const benchCpuBefore = process.cpuUsage();
-    const wallBefore = nowMs();
-    const load = await runLoad(submitter, config.submitTo, config.runnerReplica, (tracker) => {
+    const attach = (tracker: Tracker) => {
       fleet.onObservations = (items) => {
         for (const item of items) {
           if (item.kind === "a") tracker.assigned(item.jobId, item.runner, item.atMs);
           else tracker.done(item.jobId);
         }
       };
-    });
+    };
+    console.error(`[fleet] ${config.name}: latency phase, up to ${LATENCY_JOBS} jobs one at a time`);
+    const latency = await runLoad(LATENCY_PLAN, submitter, config.submitTo, config.runnerReplica, attach);
+    console.error(`[fleet] ${config.name}: submitting up to ${JOBS} jobs, ${IN_FLIGHT} in flight`);
+    const cpuBefore = pids.map(cpuMs);
+    const fleetCpuBefore = cpuMs(fleet.pid);
+    const benchCpuBefore = process.cpuUsage();
+    const wallBefore = nowMs();
+    const load = await runLoad(THROUGHPUT_PLAN, submitter, config.submitTo, config.runnerReplica, attach);
     const wall = nowMs() - wallBefore;
     const cpuBusy = pids.map((pid, i) => (cpuMs(pid) - cpuBefore[i]!) / wall);
     const benchCpu = process.cpuUsage(benchCpuBefore);
@@ -496,6 +527,7 @@ async function runPushConfig(config: PushConfig, fleet: Fleet, work: string): Pr
       connected: RUNNERS,
       connectMs: connectMs + connectRestMs,
       load,
+      latency,
       marginalKiB,
       rssIdleKiB,
       rssConnectedKiB,
@@ -529,14 +561,16 @@ async function runPollingBaseline(databaseUrl: string, work: string): Promise<Ro
     store = await openStore({ databaseUrl });
     const jobs = store.jobs;
     const submitter = makeSubmitter([plane.url]);
-    const load = await runLoad(
-      submitter,
-      () => 0,
-      () => 0,
-      (tracker) => {
+    // The pollers start with the first phase and report to the phase that runs.
+    let current: Tracker | undefined;
+    const attach = (phaseTracker: Tracker) => {
+      const started = current !== undefined;
+      current = phaseTracker;
+      if (!started)
         for (let r = 0; r < RUNNERS; r++) {
           const runnerId = `rnr_poller${String(r).padStart(14, "0")}`;
           const poll = async () => {
+            const tracker = current!;
             // Tried from a random place in the first page: pollers that all went for the head of
             // the queue would mostly wait on each other's row locks (SKIP LOCKED's effect).
             const page = await jobs.listQueued(0, POLL_PAGE);
@@ -574,7 +608,20 @@ async function runPollingBaseline(databaseUrl: string, work: string): Promise<Ro
           };
           schedule();
         }
-      },
+    };
+    const latency = await runLoad(
+      LATENCY_PLAN,
+      submitter,
+      () => 0,
+      () => 0,
+      attach,
+    );
+    const load = await runLoad(
+      THROUGHPUT_PLAN,
+      submitter,
+      () => 0,
+      () => 0,
+      attach,
     );
     submitter.close();
     polling = false;
@@ -583,6 +630,7 @@ async function runPollingBaseline(databaseUrl: string, work: string): Promise<Ro
       connected: null,
       connectMs: null,
       load,
+      latency,
       rssIdleKiB: null,
       rssConnectedKiB: null,
       marginalKiB: null,
@@ -610,6 +658,11 @@ function printRows(rows: Row[]): void {
     "cross n",
     "cross p50",
     "cross p99",
+    "1-by-1 n",
+    "p50 ms",
+    "p99 ms",
+    "cross p50",
+    "cross p99",
     "RSS 0 MiB",
     "RSS N MiB",
     "KiB/runner",
@@ -629,6 +682,11 @@ function printRows(rows: Row[]): void {
       String(row.load.cross.n),
       fmt(row.load.cross.p50),
       fmt(row.load.cross.p99),
+      String(row.latency.counted),
+      fmt(row.latency.all.p50),
+      fmt(row.latency.all.p99),
+      fmt(row.latency.cross.p50),
+      fmt(row.latency.cross.p99),
       row.rssIdleKiB === null ? "-" : fmt(row.rssIdleKiB / 1024),
       row.rssConnectedKiB === null ? "-" : fmt(row.rssConnectedKiB / 1024),
       fmt(perRunner),
@@ -660,6 +718,8 @@ function checkFileLimit(): void {
 
 async function main(): Promise<void> {
   checkFileLimit();
+  // The machine is shared: its load around the run is part of the result.
+  const loadAtStart = os.loadavg();
   const work = await fs.mkdtemp(path.join(os.tmpdir(), "runner-bench-fleet-"));
   cleanups.push(() => fs.rm(work, { recursive: true, force: true }));
   const fleet = new Fleet();
@@ -722,8 +782,15 @@ async function main(): Promise<void> {
 
   const title = `fleet: ${RUNNERS} light runners (capacity ${CAPACITY}, instant jobs), up to ${JOBS} jobs per configuration (${WARM_UP} warm-up not counted), ${IN_FLIGHT} in flight, submissions capped at ${PHASE_SECONDS} s`;
   console.log(`\n${title}`);
+  const loads = (l: number[]) => l.map((v) => v.toFixed(1)).join(" / ");
+  console.log(
+    `load average (1 / 5 / 15 min) of the machine (${os.cpus().length} cores, shared with other work): ${loads(loadAtStart)} at the start, ${loads(os.loadavg())} at the end`,
+  );
   console.log(
     "latencies: submitted (client, before the POST) → assign read by the runner, ms; cross: jobs taken by a runner on another replica than the one they were submitted to",
+  );
+  console.log(
+    `1-by-1: the latency phase before the saturated one, ${LATENCY_JOBS} jobs one at a time (the next submitted when the last one's result is acknowledged; ${LATENCY_PLAN.warmUp} warm-up not counted; at most ${LATENCY_SECONDS} s): submitted → assigned with nothing queued`,
   );
   console.log(
     "RSS: control-plane process(es), VmRSS idle with 0 connected vs. the N runners connected and idle; KiB/runner = the difference / N; 2nd half: KiB per runner while the second half of the N connected; CP CPU: CPU time of each control-plane process over the load phase's wall time (100% = one core)\n",
@@ -752,8 +819,10 @@ async function main(): Promise<void> {
   console.log(
     `  ≥ 1,000 jobs/s through 2 PostgreSQL replicas: ${split ? split.load.jobsPerSecond.toFixed(0) : "-"} jobs/s: ${verdict(split && split.load.jobsPerSecond >= 1000)}`,
   );
+  // The target is about dispatch, so it is judged on the latency phase (nothing queued); the
+  // saturated phase's figures, which are mostly queueing, are printed beside it.
   console.log(
-    `  cross-replica dispatch p50 < 5 ms, p99 < 50 ms: ${crossOnly ? `p50 ${crossOnly.load.cross.p50.toFixed(2)} ms, p99 ${crossOnly.load.cross.p99.toFixed(2)} ms` : "-"}: ${verdict(crossOnly && crossOnly.load.cross.p50 < 5 && crossOnly.load.cross.p99 < 50)}`,
+    `  cross-replica dispatch p50 < 5 ms, p99 < 50 ms (one job at a time, submitted to A, runner on B): ${crossOnly ? `p50 ${crossOnly.latency.cross.p50.toFixed(2)} ms, p99 ${crossOnly.latency.cross.p99.toFixed(2)} ms` : "-"}: ${verdict(crossOnly && crossOnly.latency.cross.p50 < 5 && crossOnly.latency.cross.p99 < 50)}${crossOnly ? ` (saturated, ${IN_FLIGHT} in flight: p50 ${crossOnly.load.cross.p50.toFixed(0)} ms, p99 ${crossOnly.load.cross.p99.toFixed(0)} ms, mostly queueing)` : ""}`,
   );
   console.log(
     `  < 50 KB of control-plane memory per connected runner: ${perRunner.map((v) => v.toFixed(1)).join(", ")} KiB: ${verdict(perRunner.every((v) => v * 1024 < 50_000))}`,

@@ -342,6 +342,143 @@ for (const engine of [sqlite, postgres]) {
     });
 
     test(
+      "a batch claim gives each queued job to its own runner, and leaves out jobs that are not queued",
+      TIMEOUT,
+      async (t) => {
+        const store = await oneStore(engine, t);
+        if (!store) return;
+        for (const id of ["job_b1", "job_b2", "job_b3"]) await submit(store, id);
+        await store.jobs.claim("job_b3", "rnr_" + "Z".repeat(24), new Date(), later(60_000));
+        const now = new Date();
+        const lease = later(60_000);
+        const claimed = await store.jobs.claimMany(
+          [
+            { jobId: "job_b1", runnerId: "rnr_" + "A".repeat(24) },
+            { jobId: "job_b2", runnerId: "rnr_" + "B".repeat(24) },
+            { jobId: "job_b3", runnerId: "rnr_" + "C".repeat(24) },
+            { jobId: "job_none", runnerId: "rnr_" + "D".repeat(24) },
+          ],
+          now,
+          lease,
+        );
+        const byId = new Map(claimed.map((job) => [job.id, job]));
+        assert.deepEqual([...byId.keys()].sort(), ["job_b1", "job_b2"]);
+        assert.equal(byId.get("job_b1")?.runnerId, "rnr_" + "A".repeat(24));
+        assert.equal(byId.get("job_b2")?.runnerId, "rnr_" + "B".repeat(24));
+        for (const job of claimed) {
+          assert.deepEqual([job.status, job.attempt], ["assigned", 1]);
+          assert.equal(job.assignedAt?.getTime(), now.getTime());
+          assert.equal(job.leaseExpiresAt?.getTime(), lease.getTime());
+        }
+        assert.equal((await store.jobs.find("job_b3"))?.runnerId, "rnr_" + "Z".repeat(24), "a claimed job stays put");
+        assert.deepEqual(
+          await store.jobs.claimMany([{ jobId: "job_b1", runnerId: "rnr_" + "D".repeat(24) }], now, lease),
+          [],
+        );
+        assert.deepEqual(await store.jobs.claimMany([], now, lease), []);
+        await assert.rejects(
+          store.jobs.claimMany(
+            [
+              { jobId: "job_b1", runnerId: "rnr_" + "A".repeat(24) },
+              { jobId: "job_b1", runnerId: "rnr_" + "B".repeat(24) },
+            ],
+            now,
+            lease,
+          ),
+          (error: unknown) => error instanceof RunnerError && error.code === "internal",
+        );
+      },
+    );
+
+    test(
+      "batched started and result reports change only the rows whose runner holds that attempt, unfinished",
+      TIMEOUT,
+      async (t) => {
+        const store = await oneStore(engine, t);
+        if (!store) return;
+        const holder = "rnr_" + "H".repeat(24);
+        const other = "rnr_" + "O".repeat(24);
+        for (const id of ["job_s1", "job_s2", "job_s3"]) await submit(store, id);
+        await store.jobs.claimMany(
+          ["job_s1", "job_s2", "job_s3"].map((jobId) => ({ jobId, runnerId: holder })),
+          new Date(),
+          later(60_000),
+        );
+        const at = new Date(1_700_000_000_000);
+        const started = await store.jobs.markRunningMany([
+          { ref: { jobId: "job_s1", attempt: 1 }, runnerId: holder, at },
+          { ref: { jobId: "job_s2", attempt: 2 }, runnerId: holder, at },
+          { ref: { jobId: "job_s3", attempt: 1 }, runnerId: other, at },
+        ]);
+        assert.deepEqual(
+          started.map((job) => [job.id, job.status, job.startedAt?.getTime()]),
+          [["job_s1", "running", at.getTime()]],
+          "a stale attempt and another runner's report change nothing",
+        );
+        assert.deepEqual(
+          await store.jobs.markRunningMany([{ ref: { jobId: "job_s1", attempt: 1 }, runnerId: holder, at }]),
+          [],
+        );
+        const applied = await store.jobs.applyResults([
+          { result: result("job_s1", 1), runnerId: holder, at },
+          { result: { ...result("job_s2", 1), outcome: "failed", exitCode: 3 }, runnerId: holder, at },
+          { result: result("job_s3", 2), runnerId: holder, at },
+          { result: result("job_none", 1), runnerId: holder, at },
+        ]);
+        const byId = new Map(applied.map((job) => [job.id, job]));
+        assert.deepEqual([...byId.keys()].sort(), ["job_s1", "job_s2"], "from running and from assigned");
+        assert.equal(byId.get("job_s1")?.status, "succeeded");
+        assert.deepEqual([byId.get("job_s2")?.status, byId.get("job_s2")?.result?.exitCode], ["failed", 3]);
+        assert.equal(byId.get("job_s2")?.finishedAt?.getTime(), at.getTime());
+        assert.equal(byId.get("job_s2")?.leaseExpiresAt, null);
+        assert.deepEqual(
+          await store.jobs.applyResults([{ result: result("job_s1", 1), runnerId: holder, at }]),
+          [],
+          "a result applies once",
+        );
+        assert.equal((await store.jobs.find("job_s3"))?.status, "assigned");
+        await assert.rejects(
+          store.jobs.applyResults([
+            { result: result("job_s3", 1), runnerId: holder, at },
+            { result: result("job_s3", 1), runnerId: holder, at },
+          ]),
+          (error: unknown) => error instanceof RunnerError && error.code === "internal",
+        );
+      },
+    );
+
+    test("two batch claims racing on two connections hand each job to exactly one runner", TIMEOUT, async (t) => {
+      const stores = await twoStores(engine, t);
+      if (!stores) return;
+      const [left, right] = stores;
+      const ids = Array.from({ length: 60 }, (_, i) => `job_${String(i).padStart(24, "0")}`);
+      for (const id of ids) await submit(left, id);
+      const now = new Date();
+      // Overlapping batches in opposite orders, several at once from each side.
+      const batch = (store: ControlPlaneStore, side: string, order: string[]) =>
+        store.jobs.claimMany(
+          order.map((jobId, i) => ({ jobId, runnerId: `rnr_${side}${String(i).padStart(23, "0")}` })),
+          now,
+          later(60_000),
+        );
+      const reversed = [...ids].reverse();
+      const claims = (
+        await Promise.all([
+          batch(left, "L", ids.slice(0, 40)),
+          batch(right, "R", reversed.slice(0, 40)),
+          batch(left, "M", ids.slice(20)),
+          batch(right, "S", reversed.slice(20)),
+        ])
+      ).flat();
+      assert.equal(claims.length, ids.length, "one claim per job");
+      assert.equal(new Set(claims.map((job) => job.id)).size, ids.length);
+      for (const job of await left.jobs.list()) {
+        assert.deepEqual([job.status, job.attempt], ["assigned", 1]);
+        assert.equal(job.runnerId, claims.find((claimed) => claimed.id === job.id)?.runnerId);
+      }
+    });
+
+    test(
       "the queue's distinct requirements are listed, and listQueued reads only the groups it is given",
       TIMEOUT,
       async (t) => {

@@ -454,6 +454,7 @@ export class ChannelEndpoint implements RunnerChannels {
       draining: false,
       paused: runner.pausedAt !== null,
       lastAssigned: 0,
+      handedOut: new Set(),
       leasesRenewedAt: 0,
       send: (message) => this.send(connection, message),
     };

@@ -39,7 +39,7 @@ export async function submitJob(request: RouteRequest, context: RouteContext): P
       `job: its assign frame would be ${frameBytes} bytes, over the channel's limit of ${context.maxFrameBytes}`,
     );
   }
-  const job = await context.queue.submit({
+  const { job, claimedHere } = await context.queue.submit({
     spec: body.job,
     timeoutMs: body.timeoutMs,
     cancelGraceMs: body.cancelGraceMs,
@@ -50,8 +50,10 @@ export async function submitJob(request: RouteRequest, context: RouteContext): P
     { jobId: job.id, kind: job.spec.kind, requiredLabels: job.requiredLabels, requiredDevices: job.requiredDevices },
     "job submitted",
   );
-  // Dispatch ran inside submit: answer with the job as it is now (often already assigned).
-  return reply(submitJobResponseSchema, 201, { job: toJobView((await context.store.jobs.find(job.id)) ?? job) });
+  // Dispatch ran inside submit: answer with the job as that pass left it (often assigned); one
+  // that no pass here claimed is read back, for another replica may have claimed it meanwhile.
+  const current = claimedHere ? job : ((await context.store.jobs.find(job.id)) ?? job);
+  return reply(submitJobResponseSchema, 201, { job: toJobView(current) });
 }
 
 export async function listJobs(request: RouteRequest, context: RouteContext): Promise<Reply> {

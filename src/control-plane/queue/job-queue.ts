@@ -6,7 +6,8 @@
 // listeners what happened. Store calls are asynchronous, so other messages and requests run
 // between them: nothing here reads the store and then writes assuming the row stayed as read
 // (the store's conditional updates say whether a transition happened), a runner's credit is
-// taken before its claim is awaited, and one dispatch pass runs at a time.
+// taken before its claim is awaited, and one dispatch pass runs at a time. A pass claims the
+// jobs of a page of the queue in one statement (store.claimMany), not one by one.
 import type { EventEmitter } from "node:events";
 import type { ControlMessage, JobRef, JobResult, RunnerMessage } from "../../protocol/channel.js";
 import type { DeviceRequirement } from "../../protocol/devices.js";
@@ -14,6 +15,7 @@ import type { Logger } from "../../log/logger.js";
 import type { JobRecord, JobStoreContract, NewJob, QueuedRequirements } from "../store/contract.js";
 import { generateAlphanumeric } from "../tokens.js";
 import type { ReplicaBus, ReplicaSignal } from "./replica-bus.js";
+import { StatementBatcher } from "./statement-batcher.js";
 
 export type JobEventStatus =
   "submitted" | "assigned" | "accepted" | "started" | "result_applied" | "requeued" | "cancelled";
@@ -48,6 +50,8 @@ export interface RunnerLink {
   paused: boolean;
   /** Order of the last hand-out, to share work among runners with equal credits. */
   lastAssigned: number;
+  /** `${jobId} ${attempt}` handed out on this link and not yet accepted or rejected (see accept). */
+  readonly handedOut: Set<string>;
   /** performance.now() of the last lease renewal written for this runner. */
   leasesRenewedAt: number;
   send(message: ControlMessage): void;
@@ -73,6 +77,8 @@ export interface JobQueueOptions {
 type HelloMessage = Extract<RunnerMessage, { type: "hello" }>;
 type CancelMessage = Extract<ControlMessage, { type: "cancel" }>;
 
+/** At most this many `started` (or `result`) reports in one statement. */
+const REPORT_BATCH = 128;
 /** The dispatcher reads queued jobs in pages of this size. */
 const DISPATCH_PAGE = 256;
 /**
@@ -86,8 +92,12 @@ const MAX_FILTER_GROUPS = 64;
 type DeviceAnswers = Map<string, boolean>;
 /** A job a runner rejected is not offered to that runner again for this long. */
 export const REJECT_COOLDOWN_MS = 1000;
-/** Lease writes for one runner happen at most this often (and at least every leaseMs / 10). */
-const MAX_RENEWAL_INTERVAL_MS = 1000;
+/**
+ * Lease writes for one runner happen at most once per leaseMs / 10: a runner that keeps
+ * talking always has at least nine tenths of its lease ahead, and a busy runner costs one
+ * write per leaseMs / 10 rather than one per job (a claim writes its job's lease itself).
+ */
+const RENEWAL_FRACTION = 10;
 
 export class JobQueue {
   private readonly runners = new Map<string, RunnerLink>();
@@ -98,6 +108,8 @@ export class JobQueue {
   /** The dispatch passes running now (one at a time), and whether another was asked for meanwhile. */
   private dispatching: Promise<void> | undefined;
   private dispatchAgain = false;
+  /** Jobs whose submit waits for its dispatch pass → the record as claimed here, once it is. */
+  private readonly submitted = new Map<string, JobRecord | undefined>();
   /**
    * The last pass found no queued job that any runner with credits could take, and nothing
    * that could change that (a job, a runner's labels, pause or devices, a new runner with
@@ -106,8 +118,24 @@ export class JobQueue {
    */
   private settled = false;
 
+  /** `started` and `result` of many runners, a statement per batch (statement-batcher.ts). */
+  private readonly startedReports: StatementBatcher<{ ref: JobRef; runnerId: string; at: Date }, JobRecord>;
+  private readonly resultReports: StatementBatcher<{ result: JobResult; runnerId: string; at: Date }, JobRecord>;
+
   constructor(private readonly options: JobQueueOptions) {
-    this.renewalIntervalMs = Math.min(MAX_RENEWAL_INTERVAL_MS, options.leaseMs / 10);
+    this.startedReports = new StatementBatcher(
+      (report) => report.ref.jobId,
+      (job) => job.id,
+      (reports) => options.store.markRunningMany(reports),
+      REPORT_BATCH,
+    );
+    this.resultReports = new StatementBatcher(
+      (report) => report.result.jobId,
+      (job) => job.id,
+      (reports) => options.store.applyResults(reports),
+      REPORT_BATCH,
+    );
+    this.renewalIntervalMs = options.leaseMs / RENEWAL_FRACTION;
   }
 
   // ---- runners coming and going ----
@@ -243,8 +271,12 @@ export class JobQueue {
 
   // ---- submit and dispatch ----
 
-  /** Stores the job, then waits for the dispatch pass that may hand it out (so the answer shows it assigned). */
-  async submit(input: Omit<NewJob, "id" | "submittedAt">): Promise<JobRecord> {
+  /**
+   * Stores the job, then waits for the dispatch pass that may hand it out. Returns the job as
+   * this replica's pass claimed it, or as inserted (`queued`) when no pass here claimed it: it
+   * may have been claimed by another replica meanwhile, which only the store can say.
+   */
+  async submit(input: Omit<NewJob, "id" | "submittedAt">): Promise<{ job: JobRecord; claimedHere: boolean }> {
     const job = await this.options.store.insert({
       ...input,
       id: "job_" + generateAlphanumeric(24),
@@ -253,8 +285,14 @@ export class JobQueue {
     this.emit({ jobId: job.id, attempt: 0 }, "submitted");
     // Told before this replica's own pass: a runner on another replica may be the one free.
     this.options.bus.publish({ kind: "dispatch" });
-    await this.dispatch();
-    return job;
+    this.submitted.set(job.id, undefined);
+    try {
+      await this.dispatch();
+      const claimed = this.submitted.get(job.id);
+      return claimed ? { job: claimed, claimedHere: true } : { job, claimedHere: false };
+    } finally {
+      this.submitted.delete(job.id);
+    }
   }
 
   /**
@@ -307,12 +345,23 @@ export class JobQueue {
     let after = 0;
     while (this.anyCredits()) {
       const page = await this.options.store.listQueued(after, DISPATCH_PAGE, only);
+      // The page's jobs are paired with runners here, then claimed in one statement: one
+      // database round trip per page, however many jobs it hands out.
+      const picks: { jobId: string; link: RunnerLink }[] = [];
       for (const job of page) {
         after = job.position;
         const link = await this.pickRunner(job.id, job.requiredLabels, job.requiredDevices, answers);
-        if (link) await this.handOut(job.id, link);
-        if (!this.anyCredits()) return false;
+        // The runner may have spent its credits or gone while its devices were looked up.
+        if (link && takesJobs(link) && this.runners.get(link.runnerId) === link) {
+          // Its credit is taken now, before the claim is awaited, so that nothing else spends it
+          // meanwhile, and its turn too: the next job goes to another runner among equals.
+          link.credits -= 1;
+          link.lastAssigned = ++this.handOuts;
+          picks.push({ jobId: job.id, link });
+        }
+        if (!this.anyCredits()) break;
       }
+      await this.handOut(picks);
       if (page.length < DISPATCH_PAGE) return false;
     }
     return false;
@@ -370,43 +419,62 @@ export class JobQueue {
     return undefined;
   }
 
-  private async handOut(jobId: string, link: RunnerLink): Promise<void> {
-    // The runner may have spent its credits or gone while its devices were looked up.
-    if (!takesJobs(link) || this.runners.get(link.runnerId) !== link) return;
+  /** Claims the picked jobs for their runners, and sends each runner what it got. */
+  private async handOut(picks: readonly { jobId: string; link: RunnerLink }[]): Promise<void> {
+    if (picks.length === 0) return;
     const now = this.options.now();
     const leaseExpiresAt = this.leaseExpiry(now);
-    // The credit is taken before the claim is awaited, so that nothing else spends it meanwhile.
-    link.credits -= 1;
-    let job: JobRecord | undefined;
+    const claims = picks.map(({ jobId, link }) => ({ jobId, runnerId: link.runnerId }));
+    let claimed = new Map<string, JobRecord>();
     try {
-      job = await this.options.store.claim(jobId, link.runnerId, now, leaseExpiresAt);
+      claimed = new Map((await this.options.store.claimMany(claims, now, leaseExpiresAt)).map((job) => [job.id, job]));
     } finally {
-      // Not claimed (or failed): another control plane on the same database may have claimed it first.
-      if (!job) link.credits = Math.min(link.credits + 1, link.capacity);
+      // Not claimed (or failed): another control plane on the same database may have claimed it
+      // first. The credit comes back (within the capacity).
+      for (const { jobId, link } of picks)
+        if (!claimed.has(jobId)) link.credits = Math.min(link.credits + 1, link.capacity);
     }
-    if (!job) return;
-    link.lastAssigned = ++this.handOuts;
-    this.emit({ jobId, attempt: job.attempt }, "assigned");
-    link.send({
-      type: "assign",
-      jobId,
-      attempt: job.attempt,
-      job: job.spec,
-      timeoutMs: job.timeoutMs,
-      cancelGraceMs: job.cancelGraceMs,
-      leaseExpiresAt: leaseExpiresAt.toISOString(),
-    });
+    // Another replica took some of these first: the queue changed after this pass read it, and
+    // the credits that came back may fit the jobs behind those, so another pass follows.
+    if (claimed.size < picks.length) this.dispatchAgain = true;
+    for (const { jobId, link } of picks) {
+      const job = claimed.get(jobId);
+      if (!job) continue;
+      if (this.submitted.has(jobId)) this.submitted.set(jobId, job);
+      link.handedOut.add(attemptKey(jobId, job.attempt));
+      this.emit({ jobId, attempt: job.attempt }, "assigned");
+      link.send({
+        type: "assign",
+        jobId,
+        attempt: job.attempt,
+        job: job.spec,
+        timeoutMs: job.timeoutMs,
+        cancelGraceMs: job.cancelGraceMs,
+        leaseExpiresAt: leaseExpiresAt.toISOString(),
+      });
+    }
   }
 
   // ---- what runners report ----
 
+  /**
+   * An attempt this very link was handed here is accepted without asking the store: were it
+   * taken from the runner since (its lease expired), the reaper sent the cancel, and whatever
+   * the runner says next about it (started, log, result) is fenced by the store's conditional
+   * updates. Any other accept is checked against the store.
+   */
   async accept(link: RunnerLink, ref: JobRef): Promise<void> {
-    if (!(await this.options.store.holds(ref, link.runnerId))) return this.fence(link, ref, "accept");
+    if (
+      !link.handedOut.delete(attemptKey(ref.jobId, ref.attempt)) &&
+      !(await this.options.store.holds(ref, link.runnerId))
+    )
+      return this.fence(link, ref, "accept");
     this.emit(ref, "accepted");
   }
 
   /** `reject`: the job goes back to the queue (attempt + 1 at its next hand-out). */
   async reject(link: RunnerLink, ref: JobRef, reason: string): Promise<void> {
+    link.handedOut.delete(attemptKey(ref.jobId, ref.attempt));
     const job = await this.releaseJob(ref, link.runnerId);
     if (!job) return this.fence(link, ref, "reject");
     this.options.logger.info({ runnerId: link.runnerId, ...ref, reason }, "runner rejected a job: re-queued");
@@ -416,7 +484,8 @@ export class JobQueue {
 
   async started(link: RunnerLink, ref: JobRef): Promise<void> {
     const { store, now } = this.options;
-    if (await store.markRunning(ref, link.runnerId, now())) this.emit(ref, "started");
+    link.handedOut.delete(attemptKey(ref.jobId, ref.attempt));
+    if (await this.startedReports.submit({ ref, runnerId: link.runnerId, at: now() })) this.emit(ref, "started");
     else if (!(await store.holds(ref, link.runnerId))) this.fence(link, ref, "started");
   }
 
@@ -424,7 +493,8 @@ export class JobQueue {
   /** Applies a result at most once and always acknowledges it, so the runner can drop it. */
   async applyResult(link: RunnerLink, result: JobResult): Promise<void> {
     const { store, now, logger } = this.options;
-    const applied = (await store.applyResult(result, link.runnerId, now())) !== undefined;
+    link.handedOut.delete(attemptKey(result.jobId, result.attempt));
+    const applied = (await this.resultReports.submit({ result, runnerId: link.runnerId, at: now() })) !== undefined;
     if (applied) {
       this.emit(result, "result_applied");
       this.logApplied(link, result);
@@ -598,6 +668,10 @@ function takesJobs(link: RunnerLink): boolean {
 
 function cancelMessage(ref: JobRef, reason: string): CancelMessage {
   return { type: "cancel", jobId: ref.jobId, attempt: ref.attempt, reason };
+}
+
+function attemptKey(jobId: string, attempt: number): string {
+  return `${jobId} ${attempt}`;
 }
 
 function cooldownKey(jobId: string, runnerId: string): string {

@@ -177,8 +177,24 @@ export interface JobStoreContract {
   listExpired(now: Date): Promise<(JobRef & { runnerId: string | null })[]>;
   /** queued → assigned to `runnerId`, attempt + 1. Undefined when the job was not queued any more (or another claimer holds it right now). */
   claim(id: string, runnerId: string, now: Date, leaseExpiresAt: Date): Promise<JobRecord | undefined>;
+  /**
+   * claim() for a batch, in one statement: each job (at most once in `claims`) queued → assigned
+   * to its runner, attempt + 1. Returns the jobs claimed, in no particular order; a job that was
+   * not queued any more, or that another claimer holds right now, is left out (its runner did
+   * not get it).
+   */
+  claimMany(
+    claims: readonly { jobId: string; runnerId: string }[],
+    now: Date,
+    leaseExpiresAt: Date,
+  ): Promise<JobRecord[]>;
   /** assigned → running for the runner's current attempt. */
   markRunning(ref: JobRef, runnerId: string, now: Date): Promise<JobRecord | undefined>;
+  /**
+   * markRunning() for a batch, in one statement (each job at most once): returns the jobs that
+   * went assigned → running, with `at` as their start.
+   */
+  markRunningMany(reports: readonly { ref: JobRef; runnerId: string; at: Date }[]): Promise<JobRecord[]>;
   /** Whether `runnerId` holds this attempt of the job, still unfinished. */
   holds(ref: JobRef, runnerId: string): Promise<boolean>;
   /** The runner gave the job back (reject) or lost it: re-queued (or cancelled when a cancel was requested). */
@@ -187,6 +203,11 @@ export interface JobStoreContract {
   releaseExpired(ref: JobRef, now: Date): Promise<JobRecord | undefined>;
   /** Applies a result once: only for the attempt the runner holds, and only while unfinished. */
   applyResult(result: JobResult, runnerId: string, now: Date): Promise<JobRecord | undefined>;
+  /**
+   * applyResult() for a batch, in one statement (each job at most once): returns the jobs
+   * whose result was applied, each under applyResult()'s conditions.
+   */
+  applyResults(reports: readonly { result: JobResult; runnerId: string; at: Date }[]): Promise<JobRecord[]>;
   /** Extends the lease of every job the runner holds; returns how many. */
   renewLeases(runnerId: string, leaseExpiresAt: Date): Promise<number>;
   /** Moves every active lease that ends earlier to `leaseExpiresAt`; returns how many. */

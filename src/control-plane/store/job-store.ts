@@ -8,6 +8,7 @@
 import { jobResultSchema, jobSpecSchema, type JobRef, type JobResult } from "../../protocol/channel.js";
 import { jobStatusSchema, labelsSchema, type JobStatus } from "../../protocol/http.js";
 import { deviceRequirementSchema, type DeviceRequirement } from "../../protocol/devices.js";
+import { RunnerError } from "../../errors.js";
 import type {
   CancelChange,
   JobRecord,
@@ -41,6 +42,26 @@ interface JobRow {
 }
 
 const ACTIVE = "status IN ('assigned', 'running')";
+
+/** The columns of a JobRow, for a RETURNING that may not say `*`. */
+const JOB_COLUMNS = [
+  "id",
+  "status",
+  "attempt",
+  "runner_id",
+  "spec",
+  "timeout_ms",
+  "cancel_grace_ms",
+  "required_labels",
+  "required_devices",
+  "cancel_requested",
+  "submitted_at",
+  "assigned_at",
+  "started_at",
+  "finished_at",
+  "lease_expires_at",
+  "result",
+].join(", ");
 
 /**
  * Back to the queue, or to `cancelled` when an admin asked for that meanwhile (a job whose
@@ -170,6 +191,33 @@ export class SqlJobStore implements JobStoreContract {
     );
   }
 
+  async claimMany(
+    claims: readonly { jobId: string; runnerId: string }[],
+    now: Date,
+    leaseExpiresAt: Date,
+  ): Promise<JobRecord[]> {
+    if (claims.length === 0) return [];
+    onePerJob(claims.map((claim) => claim.jobId));
+    // One statement for the batch, with claim()'s rule per row: the rows still queued are
+    // locked (those another claimer has locked right now are skipped, not waited for), and
+    // only those change, each to its own runner. The pairs come as a CTE of VALUES, which
+    // both engines read the same way (SQLite 3.33+ and PostgreSQL both speak UPDATE … FROM).
+    // RETURNING names the job's columns: SQLite refuses `jobs.*` there, and PostgreSQL's `*`
+    // would add the CTE's.
+    const values = claims.map(() => "(CAST(? AS TEXT), CAST(? AS TEXT))").join(", ");
+    const rows = await this.db.all<JobRow>(
+      `WITH wanted (claimed_id, claimer_id) AS (VALUES ${values})
+       UPDATE jobs SET status = 'assigned', attempt = attempt + 1, runner_id = wanted.claimer_id, assigned_at = ?,
+                       started_at = NULL, lease_expires_at = ?
+       FROM wanted
+       WHERE jobs.id = wanted.claimed_id AND jobs.status = 'queued'
+         AND jobs.id IN (SELECT id FROM jobs WHERE id IN (SELECT claimed_id FROM wanted) AND status = 'queued'${this.db.dialect.lockSkipLocked})
+       RETURNING ${JOB_COLUMNS}`,
+      [...claims.flatMap((c) => [c.jobId, c.runnerId]), now.getTime(), leaseExpiresAt.getTime()],
+    );
+    return rows.map(toJobRecord);
+  }
+
   async markRunning(ref: JobRef, runnerId: string, now: Date): Promise<JobRecord | undefined> {
     return optionalRecord(
       await this.db.get<JobRow>(
@@ -178,6 +226,25 @@ export class SqlJobStore implements JobStoreContract {
         [now.getTime(), ref.jobId, ref.attempt, runnerId],
       ),
     );
+  }
+
+  async markRunningMany(reports: readonly { ref: JobRef; runnerId: string; at: Date }[]): Promise<JobRecord[]> {
+    if (reports.length === 0) return [];
+    onePerJob(reports.map((report) => report.ref.jobId));
+    // markRunning()'s WHERE clause, per row of the batch.
+    const values = reports
+      .map(() => "(CAST(? AS TEXT), CAST(? AS INTEGER), CAST(? AS TEXT), CAST(? AS BIGINT))")
+      .join(", ");
+    const rows = await this.db.all<JobRow>(
+      `WITH reported (job_id, job_attempt, holder_id, started) AS (VALUES ${values})
+       UPDATE jobs SET status = 'running', started_at = reported.started
+       FROM reported
+       WHERE jobs.id = reported.job_id AND jobs.attempt = reported.job_attempt
+         AND jobs.runner_id = reported.holder_id AND jobs.status = 'assigned'
+       RETURNING ${JOB_COLUMNS}`,
+      reports.flatMap(({ ref, runnerId, at }) => [ref.jobId, ref.attempt, runnerId, at.getTime()]),
+    );
+    return rows.map(toJobRecord);
   }
 
   async holds(ref: JobRef, runnerId: string): Promise<boolean> {
@@ -215,6 +282,36 @@ export class SqlJobStore implements JobStoreContract {
         [result.outcome, JSON.stringify(result), now.getTime(), result.jobId, result.attempt, runnerId],
       ),
     );
+  }
+
+  async applyResults(reports: readonly { result: JobResult; runnerId: string; at: Date }[]): Promise<JobRecord[]> {
+    if (reports.length === 0) return [];
+    onePerJob(reports.map((report) => report.result.jobId));
+    // applyResult()'s WHERE clause, per row of the batch.
+    const values = reports
+      .map(
+        () =>
+          "(CAST(? AS TEXT), CAST(? AS INTEGER), CAST(? AS TEXT), CAST(? AS TEXT), CAST(? AS TEXT), CAST(? AS BIGINT))",
+      )
+      .join(", ");
+    const rows = await this.db.all<JobRow>(
+      `WITH reported (job_id, job_attempt, holder_id, outcome, result_json, finished) AS (VALUES ${values})
+       UPDATE jobs SET status = reported.outcome, result = reported.result_json, finished_at = reported.finished,
+                       lease_expires_at = NULL
+       FROM reported
+       WHERE jobs.id = reported.job_id AND jobs.attempt = reported.job_attempt
+         AND jobs.runner_id = reported.holder_id AND jobs.${ACTIVE}
+       RETURNING ${JOB_COLUMNS}`,
+      reports.flatMap(({ result, runnerId, at }) => [
+        result.jobId,
+        result.attempt,
+        runnerId,
+        result.outcome,
+        JSON.stringify(result),
+        at.getTime(),
+      ]),
+    );
+    return rows.map(toJobRecord);
   }
 
   renewLeases(runnerId: string, leaseExpiresAt: Date): Promise<number> {
@@ -316,6 +413,12 @@ export class SqlJobStore implements JobStoreContract {
     const { decode } = this.db.dialect.logData;
     return rows.map((row) => ({ attempt: row.attempt, seq: row.seq, stream: row.stream, data: decode(row.data) }));
   }
+}
+
+/** A batch names each job once: two rows of one job would make its outcome ambiguous. */
+function onePerJob(jobIds: readonly string[]): void {
+  if (new Set(jobIds).size !== jobIds.length)
+    throw new RunnerError("internal", "a batch of job transitions names a job more than once");
 }
 
 function optionalRecord(row: JobRow | undefined): JobRecord | undefined {

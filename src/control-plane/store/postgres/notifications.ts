@@ -93,14 +93,35 @@ export async function openPostgresBus(options: PostgresBusOptions): Promise<Repl
 
   await listen();
 
+  const notify = (signal: ReplicaSignal): Promise<void> =>
+    pool.query("SELECT pg_notify($1, $2)", [REPLICA_CHANNEL, JSON.stringify({ from: replicaId, signal })]).then(
+      () => undefined,
+      (error: unknown) => logger.warn({ err: error, kind: signal.kind }, "replica notification failed"),
+    );
+
+  // `dispatch` says only "read the queue": a replica that hears it runs a pass over the whole
+  // queue. So while one is on its way, those published meanwhile become ONE more, sent when it
+  // is done: that one is still sent after each of their publishers' commits, which is all a
+  // listener needs to see their jobs, and a burst of submits costs two NOTIFYs, not one each.
+  let dispatchSending = false;
+  let dispatchAgain = false;
+  const sendDispatch = (): void => {
+    dispatchSending = true;
+    void notify({ kind: "dispatch" }).finally(() => {
+      if (dispatchAgain && !closed) {
+        dispatchAgain = false;
+        sendDispatch();
+      } else dispatchSending = false;
+    });
+  };
+
   return {
     replicaId,
     publish(signal: ReplicaSignal) {
       if (closed) return;
-      const payload = JSON.stringify({ from: replicaId, signal });
-      pool
-        .query("SELECT pg_notify($1, $2)", [REPLICA_CHANNEL, payload])
-        .catch((error: unknown) => logger.warn({ err: error, kind: signal.kind }, "replica notification failed"));
+      if (signal.kind !== "dispatch") return void notify(signal);
+      if (dispatchSending) dispatchAgain = true;
+      else sendDispatch();
     },
     async close() {
       closed = true;
