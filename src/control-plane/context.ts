@@ -3,6 +3,7 @@
 // version floor (Context); the handlers also reach the channel, built before them, to end a
 // runner's connection, and check jobs against the frame limit (RouteContext).
 import type { Logger } from "../log/logger.js";
+import type { AdminTokenHash } from "./admin-token.js";
 import { PROTOCOL_VERSION } from "../protocol/version.js";
 import type { DisconnectWhy } from "./channel/endpoint.js";
 import type { JobQueue } from "./queue/job-queue.js";
@@ -19,6 +20,8 @@ export interface Context {
   /** The wall clock for stored times and leases; tests pass their own to move time. */
   now: () => Date;
   minAgentVersion: string;
+  /** The admin token's hash, kept in memory (admin-token.ts). */
+  adminTokenHash: AdminTokenHash;
 }
 
 /** What the HTTP handlers know of the runners' channel. */

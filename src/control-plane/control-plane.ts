@@ -8,6 +8,7 @@ import { EventEmitter } from "node:events";
 import { DEFAULT_MAX_FRAME_BYTES } from "../protocol/channel.js";
 import { RunnerError } from "../errors.js";
 import { createLogger, type Logger } from "../log/logger.js";
+import { AdminTokenHash } from "./admin-token.js";
 import { ChannelEndpoint } from "./channel/endpoint.js";
 import { DeviceSyncEndpoint } from "./channel/device-sync.js";
 import { ADMIN_TOKEN_HASH_SETTING, type Context, type RouteContext } from "./context.js";
@@ -122,7 +123,8 @@ export async function startControlPlane(options: ControlPlaneOptions = {}): Prom
   });
   let bus: ReplicaBus | undefined;
   try {
-    const adminToken = await setUpAdminToken(store, options.adminToken);
+    const { adminToken, stored: adminTokenStored } = await setUpAdminToken(store, options.adminToken);
+    const adminTokenHash = new AdminTokenHash(store);
     const now = options.now ?? (() => new Date());
     const events = new EventEmitter();
     // Benchmarks and tests may attach many listeners; none is a leak.
@@ -131,6 +133,8 @@ export async function startControlPlane(options: ControlPlaneOptions = {}): Prom
     // a signal heard before then concerns no runner connected here, and the first pass follows.
     const replicas = bindLater();
     bus = await store.openBus("cp_" + generateAlphanumeric(12), replicas.handlers, logger);
+    // Replicas already serving keep the hash they read: a new one must reach them.
+    if (adminTokenStored) bus.publish({ kind: "admin_token" });
     const queue = new JobQueue({
       store: store.jobs,
       devices: store.devices,
@@ -148,13 +152,22 @@ export async function startControlPlane(options: ControlPlaneOptions = {}): Prom
       devicesChanged: () => queue.dispatch(),
       maxDevicesPerRunner: timings.maxDevicesPerRunner,
     });
-    const context: Context = { store, queue, logger, now, minAgentVersion: options.minAgentVersion ?? "0.0.0" };
+    const context: Context = {
+      store,
+      queue,
+      logger,
+      now,
+      minAgentVersion: options.minAgentVersion ?? "0.0.0",
+      adminTokenHash,
+    };
     // Built before the HTTP server and handed to it: the handlers need it to end a runner's
     // connection, and the server gives it every upgrade request.
     const channel = new ChannelEndpoint(context, { ...timings, devices, events, bus });
     replicas.bind({
-      onSignal: (signal) => routeSignal(signal, queue, channel),
+      onSignal: (signal) => routeSignal(signal, queue, channel, adminTokenHash, logger),
       onResync: () => {
+        // A new admin token may have been stored while the listener was away.
+        adminTokenHash.forget();
         channel
           .resync()
           .then(() => queue.resync())
@@ -211,8 +224,17 @@ function bindLater(): { handlers: ReplicaBusHandlers; bind(target: ReplicaBusHan
 }
 
 /** Another replica's signal, to the part that acts on it. */
-function routeSignal(signal: ReplicaSignal, queue: JobQueue, channel: ChannelEndpoint): void {
+function routeSignal(
+  signal: ReplicaSignal,
+  queue: JobQueue,
+  channel: ChannelEndpoint,
+  adminTokenHash: AdminTokenHash,
+  logger: Logger,
+): void {
   switch (signal.kind) {
+    case "admin_token":
+      adminTokenHash.forget();
+      return logger.info("admin token replaced on another replica: its hash is read again");
     case "connected":
       return channel.replacedElsewhere(signal.runnerId, signal.generation);
     case "ended":
@@ -264,16 +286,20 @@ function startReaper(context: Context, intervalMs: number): NodeJS.Timeout {
  * several replicas starting at once on an empty database, one stores its token and prints
  * it; the others find it stored (and print nothing, like a restart).
  */
-async function setUpAdminToken(store: ControlPlaneStore, given: string | undefined): Promise<string | null> {
+async function setUpAdminToken(
+  store: ControlPlaneStore,
+  given: string | undefined,
+): Promise<{ adminToken: string | null; stored: boolean }> {
   if (given !== undefined) {
     if (given.trim().length < 16) {
       throw new RunnerError("usage", "the admin token is too short (at least 16 characters)");
     }
     await store.setSetting(ADMIN_TOKEN_HASH_SETTING, hashSecret(given.trim()));
-    return given.trim();
+    return { adminToken: given.trim(), stored: true };
   }
   const generated = generateToken("admin");
-  return (await store.insertSettingIfAbsent(ADMIN_TOKEN_HASH_SETTING, hashSecret(generated))) ? generated : null;
+  const stored = await store.insertSettingIfAbsent(ADMIN_TOKEN_HASH_SETTING, hashSecret(generated));
+  return { adminToken: stored ? generated : null, stored };
 }
 
 function createCloser(parts: {

@@ -7,11 +7,14 @@
 // Skipped where PostgreSQL is not installed; a failure under CI=true (test/helpers/postgres.ts).
 import { after, describe, test, type TestContext } from "node:test";
 import assert from "node:assert/strict";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import pg from "pg";
 import { AdminClient } from "../../src/api-client/admin.js";
 import type { JobRef } from "../../src/protocol/channel.js";
 import { RawRunner, registerRawRunner, type Identity } from "../helpers/raw-runner.js";
-import { adminTokenFile, startReplica as startReplicaProcess, type Replica } from "../helpers/replica.js";
+import { ADMIN_TOKEN, adminTokenFile, startReplica as startReplicaProcess, type Replica } from "../helpers/replica.js";
 import { LISTENER_APPLICATION_NAME } from "../../src/control-plane/store/postgres/engine.js";
 import { requirePostgres, startPostgresCluster, type PostgresCluster } from "../helpers/postgres.js";
 
@@ -220,6 +223,33 @@ describe("control-plane replicas on one PostgreSQL database", () => {
       const appliedLines = (text: string) => text.match(/"msg":"result applied"/g)?.length ?? 0;
       await b.outputWhere((text) => appliedLines(text) >= jobs.length);
       assert.equal(appliedLines(a.output()) + appliedLines(b.output()), jobs.length, "no result applied twice");
+    },
+  );
+
+  test(
+    "a replica started with a new admin token file makes the old token refused at once on a replica already serving",
+    TIMEOUT,
+    async (t) => {
+      if (!requirePostgres(t)) return;
+      const databaseUrl = await newDatabase();
+      const b = await startReplica(t, databaseUrl, ["--admin-token-file", adminTokenFile(t)]);
+      // B serves the old token, and keeps its hash in memory from here on.
+      assert.deepEqual(await b.admin.listJobs(), []);
+      const dir = mkdtempSync(join(tmpdir(), "runner-replicas-rotated-"));
+      t.after(() => rmSync(dir, { recursive: true, force: true }));
+      const rotated = "adm_replicas-test-rotated-token-9876543210";
+      writeFileSync(join(dir, "admin-token"), rotated, { mode: 0o600 });
+      const c = await startReplica(t, databaseUrl, ["--admin-token-file", join(dir, "admin-token")]);
+      // The event: B heard C's `admin_token` signal (no sleep; nothing else makes B read the hash again).
+      await b.outputWhere((text) => text.includes("admin token replaced on another replica"));
+      for (const replica of [b, c]) {
+        const old = await fetch(`${replica.url}/api/v1/admin/jobs`, {
+          headers: { authorization: `Bearer ${ADMIN_TOKEN}` },
+        });
+        assert.equal(old.status, 401, `the old token on ${replica.url}`);
+        assert.equal(((await old.json()) as { error: { code: string } }).error.code, "unauthorized");
+        assert.deepEqual(await new AdminClient(replica.url, rotated).listJobs(), []);
+      }
     },
   );
 

@@ -4,6 +4,7 @@
 // stores on one database (two connections, or two pools), as two replicas would.
 import { after, before, describe, test, type TestContext } from "node:test";
 import assert from "node:assert/strict";
+import pg from "pg";
 import { createHash } from "node:crypto";
 import { mkdtempSync, rmSync, statSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -33,6 +34,8 @@ const HOST = { hostname: "box", platform: "linux", arch: "x64", fingerprint: "a"
 interface Fresh {
   open(): Promise<ControlPlaneStore>;
   schemaVersion: number;
+  /** PostgreSQL's database URL, for a client of the test's own (a LISTEN). */
+  url?: string;
 }
 
 interface Engine {
@@ -63,7 +66,7 @@ const postgres: Engine = {
   async fresh(t) {
     if (!requirePostgres(t) || !cluster) return undefined;
     const url = await cluster.createDatabase();
-    return { open: () => track(t, openPostgresStore({ url })), schemaVersion: PG_SCHEMA_VERSION };
+    return { open: () => track(t, openPostgresStore({ url })), schemaVersion: PG_SCHEMA_VERSION, url };
   },
 };
 
@@ -87,14 +90,26 @@ async function tokenIn(store: ControlPlaneStore, hash: string, expiresInMs = 60_
 }
 
 async function submit(store: ControlPlaneStore, id: string, env: Record<string, string> = {}) {
-  return store.jobs.insert({
-    id,
-    spec: { kind: "command", argv: ["true"], env },
-    timeoutMs: 60_000,
-    cancelGraceMs: 1000,
-    requiredLabels: [],
-    submittedAt: new Date(),
-  });
+  return submitWith(store, id, undefined, env);
+}
+
+async function submitWith(
+  store: ControlPlaneStore,
+  id: string,
+  notice: { channel: string; payload: string } | undefined,
+  env: Record<string, string> = {},
+) {
+  return store.jobs.insert(
+    {
+      id,
+      spec: { kind: "command", argv: ["true"], env },
+      timeoutMs: 60_000,
+      cancelGraceMs: 1000,
+      requiredLabels: [],
+      submittedAt: new Date(),
+    },
+    notice,
+  );
 }
 
 function result(jobId: string, attempt: number): JobResult {
@@ -169,6 +184,37 @@ for (const engine of [sqlite, postgres]) {
         assert.equal(await second.getSetting("k"), "v");
         const third = await fresh.open();
         assert.equal(await third.getSetting("k"), "v", "reopening keeps the data");
+      },
+    );
+
+    test(
+      "a job's insert carrying a notice sends that NOTIFY with the row readable on PostgreSQL, and is refused on SQLite",
+      TIMEOUT,
+      async (t) => {
+        const fresh = await engine.fresh(t);
+        if (!fresh) return;
+        const store = await fresh.open();
+        const notice = { channel: "contract_test", payload: '{"hello":"there"}' };
+        if (fresh.url === undefined) {
+          await assert.rejects(submitWith(store, "job_refused", notice), /cannot send a NOTIFY/);
+          assert.equal(await store.jobs.find("job_refused"), undefined, "nothing stored");
+          return;
+        }
+        const listener = new pg.Client({ connectionString: fresh.url });
+        await listener.connect();
+        t.after(() => listener.end());
+        await listener.query(`LISTEN ${notice.channel}`);
+        const heard = new Promise<string | undefined>((resolve) =>
+          listener.once("notification", (message) => resolve(message.payload)),
+        );
+        const inserted = await submitWith(store, "job_announced", notice);
+        assert.equal(inserted.status, "queued");
+        assert.equal(await heard, notice.payload);
+        // Heard on another connection: the row it announces is there to read.
+        const { rows } = await listener.query<{ status: string }>("SELECT status FROM jobs WHERE id = $1", [
+          "job_announced",
+        ]);
+        assert.deepEqual(rows, [{ status: "queued" }]);
       },
     );
 

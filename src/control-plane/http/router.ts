@@ -5,7 +5,7 @@
 import type http from "node:http";
 import type { z } from "zod";
 import { API_PREFIX, type ApiErrorCode, type ErrorBody } from "../../protocol/http.js";
-import { ADMIN_TOKEN_HASH_SETTING, type Context, type RouteContext } from "../context.js";
+import type { Context, RouteContext } from "../context.js";
 import { hashSecret, secretMatchesHash } from "../tokens.js";
 
 export const MAX_BODY_BYTES = 64 * 1024;
@@ -157,7 +157,7 @@ async function authenticate(context: Context, auth: Auth, header: string | undef
     throw registrationTokenInvalid();
   }
   if (auth === "admin") {
-    const storedHash = await context.store.getSetting(ADMIN_TOKEN_HASH_SETTING);
+    const storedHash = await context.adminTokenHash.read();
     if (storedHash === undefined || !secretMatchesHash(bearer, storedHash)) {
       throw new HttpError(401, "unauthorized", "the admin token is not valid");
     }

@@ -277,14 +277,21 @@ export class JobQueue {
    * may have been claimed by another replica meanwhile, which only the store can say.
    */
   async submit(input: Omit<NewJob, "id" | "submittedAt">): Promise<{ job: JobRecord; claimedHere: boolean }> {
-    const job = await this.options.store.insert({
-      ...input,
-      id: "job_" + generateAlphanumeric(24),
-      submittedAt: this.options.now(),
-    });
+    // The other replicas are told (a runner on another replica may be the one free) by the
+    // INSERT itself when the bus lets it carry the notice, else by a NOTIFY of its own after
+    // the commit (coalesced with the one on its way); either way before this replica's pass.
+    const notice = this.options.bus.carryDispatch();
+    let job: JobRecord;
+    try {
+      job = await this.options.store.insert(
+        { ...input, id: "job_" + generateAlphanumeric(24), submittedAt: this.options.now() },
+        notice,
+      );
+    } finally {
+      notice?.done();
+    }
     this.emit({ jobId: job.id, attempt: 0 }, "submitted");
-    // Told before this replica's own pass: a runner on another replica may be the one free.
-    this.options.bus.publish({ kind: "dispatch" });
+    if (!notice) this.options.bus.publish({ kind: "dispatch" });
     this.submitted.set(job.id, undefined);
     try {
       await this.dispatch();
@@ -567,7 +574,7 @@ export class JobQueue {
   // ---- other replicas ----
 
   /** A signal from another replica about what this one may hold (the channel handles `connected` and `ended`). */
-  applySignal(signal: Exclude<ReplicaSignal, { kind: "connected" | "ended" }>): void {
+  applySignal(signal: Exclude<ReplicaSignal, { kind: "connected" | "ended" | "admin_token" }>): void {
     switch (signal.kind) {
       case "dispatch":
         return void this.dispatch();

@@ -29,6 +29,8 @@ export const replicaSignalSchema = z.discriminatedUnion("kind", [
   z.object({ kind: z.literal("labels"), runnerId: runnerIdSchema, labels: labelsSchema }),
   /** The runner may no longer connect: its holder closes the socket (4001/4002). */
   z.object({ kind: z.literal("ended"), runnerId: runnerIdSchema, why: z.enum(["revoked", "deleted", "replaced"]) }),
+  /** A replica stored a new admin token hash: the others forget the one they keep (admin-token.ts). */
+  z.object({ kind: z.literal("admin_token") }),
 ]);
 export type ReplicaSignal = z.infer<typeof replicaSignalSchema>;
 
@@ -45,15 +47,33 @@ export interface ReplicaBusHandlers {
   onResync(): void;
 }
 
+/**
+ * A `dispatch` signal that a statement carries itself (the job's INSERT, on PostgreSQL, calls
+ * `pg_notify(channel, payload)`): NOTIFY is delivered at commit, so no replica hears it before
+ * the row is there, and it costs no round trip of its own.
+ */
+export interface DispatchNotice {
+  channel: string;
+  payload: string;
+  /** The statement carrying it returned (committed or failed): the bus may send the next one. */
+  done(): void;
+}
+
 export interface ReplicaBus {
   /** This process's id among the replicas (random per start). */
   readonly replicaId: string;
   /** Tells every other replica; this one acts on its own change itself. Never throws: a failure is logged. */
   publish(signal: ReplicaSignal): void;
+  /**
+   * A `dispatch` signal for the caller's statement to carry, or undefined when there is no one
+   * to tell or one is on its way already: then the caller publishes `dispatch` after its commit
+   * as usual (coalesced with the one on its way).
+   */
+  carryDispatch(): DispatchNotice | undefined;
   close(): Promise<void>;
 }
 
 /** One process (SQLite): there is no other replica to tell. */
 export function localBus(replicaId: string): ReplicaBus {
-  return { replicaId, publish: () => undefined, close: () => Promise.resolve() };
+  return { replicaId, publish: () => undefined, carryDispatch: () => undefined, close: () => Promise.resolve() };
 }

@@ -160,7 +160,12 @@ export interface AppliedBatch {
  * however many control planes share the database.
  */
 export interface JobStoreContract {
-  insert(job: NewJob): Promise<JobRecord>;
+  /**
+   * Stores the job as `queued`. With `notice` (PostgreSQL only: the bus's `carryDispatch`) the
+   * same statement sends that NOTIFY, delivered when the row is committed; an engine without
+   * NOTIFY (SQLite) throws on one.
+   */
+  insert(job: NewJob, notice?: { channel: string; payload: string }): Promise<JobRecord>;
   find(id: string): Promise<JobRecord | undefined>;
   /** All jobs, or those with one status, in submit order; with a page, at most `limit` of those after job `afterId`. */
   list(status?: JobStatus, page?: { afterId?: string; limit: number }): Promise<JobRecord[]>;

@@ -79,20 +79,27 @@ const RELEASE_SET = `
 export class SqlJobStore implements JobStoreContract {
   constructor(private readonly db: SqlEngine) {}
 
-  async insert(job: NewJob): Promise<JobRecord> {
-    const row = await this.db.get<JobRow>(
-      `INSERT INTO jobs (id, queue_position, status, spec, timeout_ms, cancel_grace_ms, required_labels, required_devices, submitted_at)
-       VALUES (?, ${this.db.dialect.nextQueuePosition}, 'queued', ?, ?, ?, ?, ?, ?) RETURNING *`,
-      [
-        job.id,
-        JSON.stringify(job.spec),
-        job.timeoutMs,
-        job.cancelGraceMs,
-        JSON.stringify(job.requiredLabels),
-        JSON.stringify(job.requiredDevices ?? []),
-        job.submittedAt.getTime(),
-      ],
-    );
+  async insert(job: NewJob, notice?: { channel: string; payload: string }): Promise<JobRecord> {
+    if (notice && !this.db.dialect.notifies) throw new Error(`the ${this.db.name} store cannot send a NOTIFY`);
+    const insert = `INSERT INTO jobs (id, queue_position, status, spec, timeout_ms, cancel_grace_ms, required_labels, required_devices, submitted_at)
+       VALUES (?, ${this.db.dialect.nextQueuePosition}, 'queued', ?, ?, ?, ?, ?, ?) RETURNING *`;
+    const params: SqlValue[] = [
+      job.id,
+      JSON.stringify(job.spec),
+      job.timeoutMs,
+      job.cancelGraceMs,
+      JSON.stringify(job.requiredLabels),
+      JSON.stringify(job.requiredDevices ?? []),
+      job.submittedAt.getTime(),
+    ];
+    // With a notice, the NOTIFY rides in the INSERT's own statement (one round trip, not two);
+    // PostgreSQL delivers it at commit, so no listener hears it before it can read the row.
+    const row = notice
+      ? await this.db.get<JobRow>(
+          `WITH inserted AS (${insert}) SELECT inserted.*, pg_notify(?, ?) AS notified FROM inserted`,
+          [...params, notice.channel, notice.payload],
+        )
+      : await this.db.get<JobRow>(insert, params);
     return toJobRecord(row!);
   }
 

@@ -34,6 +34,8 @@ export interface SqlDialect {
   readonly nextQueuePosition: string;
   /** Appended to a SELECT whose rows are about to be changed by a claim. */
   readonly lockSkipLocked: string;
+  /** Whether statements may call `pg_notify` (PostgreSQL); SQLite has no one to notify. */
+  readonly notifies: boolean;
   /** A log chunk's text as stored, the placeholder that takes it, and back. */
   readonly logData: { param: string; encode(text: string): SqlValue; decode(stored: unknown): string };
 }

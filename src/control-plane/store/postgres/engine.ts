@@ -129,6 +129,7 @@ const POSTGRES_DIALECT: SqlDialect = {
   nextQueuePosition: "nextval('jobs_queue_position')",
   // A second claimer skips a row another transaction is claiming rather than waiting for it.
   lockSkipLocked: " FOR UPDATE SKIP LOCKED",
+  notifies: true,
   // UTF-8 bytes: TEXT cannot hold the NUL character a process may print.
   logData: {
     param: "CAST(? AS BYTEA)",

@@ -103,16 +103,18 @@ export async function openPostgresBus(options: PostgresBusOptions): Promise<Repl
   // queue. So while one is on its way, those published meanwhile become ONE more, sent when it
   // is done: that one is still sent after each of their publishers' commits, which is all a
   // listener needs to see their jobs, and a burst of submits costs two NOTIFYs, not one each.
+  // A notice carried by a submit's INSERT (carryDispatch) counts as one on its way too.
   let dispatchSending = false;
   let dispatchAgain = false;
+  const dispatchSent = (): void => {
+    if (dispatchAgain && !closed) {
+      dispatchAgain = false;
+      sendDispatch();
+    } else dispatchSending = false;
+  };
   const sendDispatch = (): void => {
     dispatchSending = true;
-    void notify({ kind: "dispatch" }).finally(() => {
-      if (dispatchAgain && !closed) {
-        dispatchAgain = false;
-        sendDispatch();
-      } else dispatchSending = false;
-    });
+    void notify({ kind: "dispatch" }).finally(dispatchSent);
   };
 
   return {
@@ -122,6 +124,20 @@ export async function openPostgresBus(options: PostgresBusOptions): Promise<Repl
       if (signal.kind !== "dispatch") return void notify(signal);
       if (dispatchSending) dispatchAgain = true;
       else sendDispatch();
+    },
+    carryDispatch() {
+      if (closed || dispatchSending) return undefined;
+      dispatchSending = true;
+      let finished = false;
+      return {
+        channel: REPLICA_CHANNEL,
+        payload: JSON.stringify({ from: replicaId, signal: { kind: "dispatch" } }),
+        done: () => {
+          if (finished) return;
+          finished = true;
+          dispatchSent();
+        },
+      };
     },
     async close() {
       closed = true;

@@ -135,6 +135,7 @@ const SQLITE_DIALECT: SqlDialect = {
   // One writer at a time (BEGIN IMMEDIATE / the statement's own lock): MAX + 1 cannot collide.
   nextQueuePosition: "(SELECT COALESCE(MAX(queue_position), 0) + 1 FROM jobs)",
   lockSkipLocked: "",
+  notifies: false,
   logData: { param: "CAST(? AS TEXT)", encode: (text) => text, decode: (stored) => stored as string },
 };
 
