@@ -597,6 +597,37 @@ for (const engine of [sqlite, postgres]) {
     });
 
     test(
+      "listQueuedHead answers in one statement what listQueuedRequirements and listQueued would",
+      TIMEOUT,
+      async (t) => {
+        const store = await oneStore(engine, t);
+        if (!store) return;
+        assert.deepEqual(await store.jobs.listQueuedHead(5), { groups: [], head: [] });
+        for (const n of [4, 2, 3, 1]) await submit(store, `job_${n}`);
+        await store.jobs.insert({
+          id: "job_gpu",
+          spec: { kind: "command", argv: ["true"], env: {} },
+          timeoutMs: 60_000,
+          cancelGraceMs: 1000,
+          requiredLabels: ["gpu"],
+          submittedAt: new Date(),
+        });
+        await store.jobs.claim("job_2", "rnr_" + "Q".repeat(24), new Date(), new Date(Date.now() + 60_000));
+        for (const limit of [1, 3, 10]) {
+          const { groups, head } = await store.jobs.listQueuedHead(limit);
+          assert.deepEqual(head, await store.jobs.listQueued(0, limit), `head of ${limit}`);
+          const byKey = (a: { key: { labels: string } }, b: { key: { labels: string } }) =>
+            a.key.labels.localeCompare(b.key.labels);
+          assert.deepEqual(groups.sort(byKey), (await store.jobs.listQueuedRequirements()).sort(byKey));
+        }
+        assert.deepEqual(
+          (await store.jobs.listQueuedHead(10)).head.map((job) => job.id),
+          ["job_4", "job_3", "job_1", "job_gpu"],
+        );
+      },
+    );
+
+    test(
       "leases: the holder renews them; an expired one is reaped once, and a renewal in between wins",
       TIMEOUT,
       async (t) => {

@@ -12,7 +12,7 @@ import type { EventEmitter } from "node:events";
 import type { ControlMessage, JobRef, JobResult, RunnerMessage } from "../../protocol/channel.js";
 import type { DeviceRequirement } from "../../protocol/devices.js";
 import type { Logger } from "../../log/logger.js";
-import type { JobRecord, JobStoreContract, NewJob, QueuedRequirements } from "../store/contract.js";
+import type { JobRecord, JobStoreContract, NewJob, QueuedJob, QueuedRequirements } from "../store/contract.js";
 import { generateAlphanumeric } from "../tokens.js";
 import type { ReplicaBus, ReplicaSignal } from "./replica-bus.js";
 import { StatementBatcher } from "./statement-batcher.js";
@@ -336,22 +336,33 @@ export class JobQueue {
   /**
    * Work proportional to what can match, not to the queue: the queue's distinct requirement
    * groups are read from an index, those no runner with credits can take are left out, and
-   * only the jobs of the others are read (in submit order, as before). A thousand queued jobs
-   * that no connected runner qualifies for cost one index read per pass, whatever the number
-   * of `ready` frames (passes coalesce: one runs, at most one more is pending).
+   * past the head of the queue only the jobs of the others are read (in submit order, as
+   * before). The groups and the head come in one statement (one round trip, not two: the
+   * pass that hands out a job just submitted costs that and the claim), and the head is no
+   * longer than this replica's free credits, the most one page can hand out: a thousand queued
+   * jobs that no connected runner qualifies for cost one index read and at most that many
+   * rows per pass, whatever the number of `ready` frames (passes coalesce: one runs, at most
+   * one more is pending).
    */
   /** Returns true when no queued job could go to any runner with credits (see `settled`). */
   private async dispatchPass(): Promise<boolean> {
-    if (!this.anyCredits()) return false;
+    const credits = this.freeCredits();
+    if (credits === 0) return false;
     const answers: DeviceAnswers = new Map();
-    const groups = await this.options.store.listQueuedRequirements();
+    const headLimit = Math.min(credits, DISPATCH_PAGE);
+    const { groups, head } = await this.options.store.listQueuedHead(headLimit);
     const takeable: QueuedRequirements["key"][] = [];
     for (const group of groups) if (await this.anyRunnerTakes(group, answers)) takeable.push(group.key);
     if (takeable.length === 0) return true;
     const only = takeable.length <= MAX_FILTER_GROUPS ? takeable : undefined;
+    // The head is the first page, unfiltered: pickRunner skips its jobs no runner takes, and
+    // the pages after it (filtered) start past its last job, so none is skipped or seen twice.
+    let first: QueuedJob[] | undefined = head;
     let after = 0;
     while (this.anyCredits()) {
-      const page = await this.options.store.listQueued(after, DISPATCH_PAGE, only);
+      const limit = first ? headLimit : DISPATCH_PAGE;
+      const page = first ?? (await this.options.store.listQueued(after, DISPATCH_PAGE, only));
+      first = undefined;
       // The page's jobs are paired with runners here, then claimed in one statement: one
       // database round trip per page, however many jobs it hands out.
       const picks: { jobId: string; link: RunnerLink }[] = [];
@@ -369,7 +380,7 @@ export class JobQueue {
         if (!this.anyCredits()) break;
       }
       await this.handOut(picks);
-      if (page.length < DISPATCH_PAGE) return false;
+      if (page.length < limit) return false;
     }
     return false;
   }
@@ -396,6 +407,13 @@ export class JobQueue {
       answers.set(key, answer);
     }
     return answer;
+  }
+
+  /** The credits of the runners that take jobs now (paused and draining ones' do not count). */
+  private freeCredits(): number {
+    let credits = 0;
+    for (const link of this.runners.values()) if (takesJobs(link)) credits += link.credits;
+    return credits;
   }
 
   private anyCredits(): boolean {

@@ -176,6 +176,11 @@ export interface JobStoreContract {
   listQueued(afterPosition: number, limit: number, only?: readonly QueuedRequirements["key"][]): Promise<QueuedJob[]>;
   /** The distinct requirements of the queued jobs (read from the index, not the rows). */
   listQueuedRequirements(): Promise<QueuedRequirements[]>;
+  /**
+   * In one statement, what `listQueuedRequirements()` and `listQueued(0, limit)` (no `only`)
+   * would answer: a dispatch pass's first two reads in one round trip.
+   */
+  listQueuedHead(limit: number): Promise<{ groups: QueuedRequirements[]; head: QueuedJob[] }>;
   /** Jobs the store has handed to this runner and not seen finish. */
   listActiveForRunner(runnerId: string): Promise<JobRecord[]>;
   /** Active jobs whose lease ran out at or before `now`. */

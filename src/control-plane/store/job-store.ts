@@ -168,6 +168,42 @@ export class SqlJobStore implements JobStoreContract {
     }));
   }
 
+  async listQueuedHead(limit: number): Promise<{ groups: QueuedRequirements[]; head: QueuedJob[] }> {
+    // The two reads of listQueuedRequirements() and listQueued(0, limit) as the two halves of
+    // one UNION ALL (each half the same index read as alone), told apart by `kind`.
+    const rows = await this.db.all<{
+      kind: "group" | "job";
+      required_labels: string;
+      required_devices: string;
+      position: number | null;
+      id: string | null;
+    }>(
+      `SELECT 'group' AS kind, required_labels, required_devices, CAST(NULL AS BIGINT) AS position, CAST(NULL AS TEXT) AS id
+         FROM (SELECT DISTINCT required_labels, required_devices FROM jobs WHERE status = 'queued') AS queued_groups
+       UNION ALL
+       SELECT 'job', required_labels, required_devices, queue_position, id
+         FROM (SELECT queue_position, id, required_labels, required_devices FROM jobs
+               WHERE status = 'queued' ORDER BY queue_position LIMIT ?) AS queued_head`,
+      [limit],
+    );
+    const groups: QueuedRequirements[] = [];
+    const head: QueuedJob[] = [];
+    for (const row of rows) {
+      const requiredLabels = parseLabels(row.required_labels);
+      const requiredDevices = parseDeviceRequirements(row.required_devices);
+      if (row.kind === "group")
+        groups.push({
+          key: { labels: row.required_labels, devices: row.required_devices },
+          requiredLabels,
+          requiredDevices,
+        });
+      else head.push({ position: row.position!, id: row.id!, requiredLabels, requiredDevices });
+    }
+    // A UNION ALL promises no order across its halves: the head is put back in submit order.
+    head.sort((a, b) => a.position - b.position);
+    return { groups, head };
+  }
+
   async listActiveForRunner(runnerId: string): Promise<JobRecord[]> {
     const rows = await this.db.all<JobRow>(
       `SELECT * FROM jobs WHERE runner_id = ? AND ${ACTIVE} ORDER BY queue_position`,
