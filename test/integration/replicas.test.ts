@@ -3,7 +3,9 @@
 // raw protocol clients: a job submitted to one replica reaches a runner on another at once
 // (NOTIFY, no polling), an admin's cancel reaches the runner wherever it is connected, a
 // runner's new connection to one replica closes its old one on another (4000), and replicas
-// starting at once on an empty database agree on one schema and one admin token.
+// starting at once on an empty database agree on one schema and one admin token, and a
+// replica keeps the admin token's hash in memory until another stores a new one (its NOTIFY)
+// or its own listener reconnects.
 // Skipped where PostgreSQL is not installed; a failure under CI=true (test/helpers/postgres.ts).
 import { after, describe, test, type TestContext } from "node:test";
 import assert from "node:assert/strict";
@@ -16,6 +18,8 @@ import type { JobRef } from "../../src/protocol/channel.js";
 import { RawRunner, registerRawRunner, type Identity } from "../helpers/raw-runner.js";
 import { ADMIN_TOKEN, adminTokenFile, startReplica as startReplicaProcess, type Replica } from "../helpers/replica.js";
 import { LISTENER_APPLICATION_NAME } from "../../src/control-plane/store/postgres/engine.js";
+import { ADMIN_TOKEN_HASH_SETTING } from "../../src/control-plane/context.js";
+import { hashSecret } from "../../src/control-plane/tokens.js";
 import { requirePostgres, startPostgresCluster, type PostgresCluster } from "../helpers/postgres.js";
 
 const TIMEOUT = { timeout: 60_000 };
@@ -250,6 +254,37 @@ describe("control-plane replicas on one PostgreSQL database", () => {
         assert.equal(((await old.json()) as { error: { code: string } }).error.code, "unauthorized");
         assert.deepEqual(await new AdminClient(replica.url, rotated).listJobs(), []);
       }
+    },
+  );
+
+  test(
+    "a replica keeps the admin token's hash in memory and reads it again when its listener reconnects",
+    TIMEOUT,
+    async (t) => {
+      if (!requirePostgres(t)) return;
+      const databaseUrl = await newDatabase();
+      const b = await startReplica(t, databaseUrl, ["--admin-token-file", adminTokenFile(t)]);
+      assert.deepEqual(await b.admin.listJobs(), []);
+      const rotated = "adm_replicas-test-resync-token-0123456789";
+      const client = new pg.Client({ connectionString: databaseUrl });
+      await client.connect();
+      t.after(() => client.end());
+      // Changed behind B's back (no signal, as if said while B's listener was away): B still
+      // answers from the hash it keeps.
+      await client.query("UPDATE settings SET value = $1 WHERE key = $2", [
+        hashSecret(rotated),
+        ADMIN_TOKEN_HASH_SETTING,
+      ]);
+      assert.deepEqual(await b.admin.listJobs(), [], "the kept hash");
+      const { rowCount } = await client.query(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1",
+        [LISTENER_APPLICATION_NAME],
+      );
+      assert.equal(rowCount, 1);
+      await b.outputWhere((text) => text.includes("replica listener reconnected"));
+      const old = await fetch(`${b.url}/api/v1/admin/jobs`, { headers: { authorization: `Bearer ${ADMIN_TOKEN}` } });
+      assert.equal(old.status, 401);
+      assert.deepEqual(await new AdminClient(b.url, rotated).listJobs(), []);
     },
   );
 
