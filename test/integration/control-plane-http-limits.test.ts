@@ -75,7 +75,8 @@ describe("the control plane's HTTP limits", () => {
     "sockets that never finish their headers get 408 and are closed at headersTimeoutMs, and /health answers meanwhile",
     TIMEOUT,
     async (t) => {
-      const cp = await controlPlane(t, { headersTimeoutMs: 2000, requestTimeoutMs: 4000 });
+      // requestTimeoutMs far past it: a close before 9 s can only be the headers' timeout.
+      const cp = await controlPlane(t, { headersTimeoutMs: 2000, requestTimeoutMs: 10_000 });
       const started = performance.now();
       const slow = Array.from({ length: 20 }, (_, i) =>
         rawSocket(t, cp.url, i % 2 === 0 ? "GET /api/v1/health HTTP/1.1\r\nHost: x\r\nX-Slow: " : ""),
@@ -85,7 +86,9 @@ describe("the control plane's HTTP limits", () => {
       assert.equal(slow.filter((raw) => raw.isClosed()).length, 0, "/health answered while every slow socket was held");
       const answers = await Promise.all(slow.map((raw) => raw.closed));
       for (const answer of answers) assert.match(answer, /^HTTP\/1\.1 408 /);
-      assert.ok(performance.now() - started >= 2000 - 50, "not before headersTimeoutMs");
+      const elapsed = performance.now() - started;
+      assert.ok(elapsed >= 2000 - 50, `not before headersTimeoutMs (${elapsed} ms)`);
+      assert.ok(elapsed < 9000, `at headersTimeoutMs, not at requestTimeoutMs (${elapsed} ms)`);
     },
   );
 
@@ -125,7 +128,11 @@ describe("the control plane's HTTP limits", () => {
     const cp = await controlPlane(t, { keepAliveTimeoutMs: 300 });
     const raw = rawSocket(t, cp.url, "GET /api/v1/health HTTP/1.1\r\nHost: x\r\n\r\n");
     assert.equal((await firstAnswer(raw)).status, 200);
+    const answered = performance.now();
     assert.match(await raw.closed, /^HTTP\/1\.1 200 /);
+    // Node's own default is 5 s: a close well before that is the setting's.
+    const idle = performance.now() - answered;
+    assert.ok(idle < 4000, `closed ${idle} ms after the answer`);
   });
 
   test(
@@ -301,6 +308,25 @@ describe("pages of the admin lists", () => {
       assert.equal(head.logs.length, 3);
       assert.notEqual(head.logsNextCursor, null);
       assert.equal((await admin.getJob(jobId)).logs.length, 17, "the admin client follows the pages");
+
+      // Chunks of 100 KiB: a page stops at LOG_PAGE_MAX_BYTES (4 MiB) well before its limit,
+      // and the chunks are read in slices past which the page does not go.
+      const bigJob = jobIds[1]!;
+      await cp.store.jobs.claim(bigJob, first!.runnerId, new Date(), new Date(Date.now() + 60_000));
+      const chunk = "x".repeat(100 * 1024);
+      for (let seq = 0; seq < 150; seq++)
+        await cp.store.jobs.insertLog(
+          { jobId: bigJob, attempt: 1 },
+          first!.runnerId,
+          { seq, stream: "stdout", data: chunk },
+          { maxBytes: 1 << 30, maxChunks: 1 << 20 },
+        );
+      const big = await walk<{ seq: number; data: string }>(`${api}/admin/jobs/${bigJob}/logs`, "logs", 1000);
+      assert.deepEqual(
+        big.items.map((c) => c.seq),
+        Array.from({ length: 150 }, (_, i) => i),
+      );
+      assert.equal(big.pages, 4, "40 chunks of 100 KiB fit in 4 MiB: pages of 40, 40, 40 and 30");
     },
   );
 

@@ -78,6 +78,9 @@ export async function getJob(request: RouteRequest, context: RouteContext): Prom
   return reply(getJobResponseSchema, 200, { job: toJobView(job), logs, logsNextCursor: nextCursor });
 }
 
+/** Log chunks read from the store at a time, while a page is filled (a chunk is at most a frame). */
+const LOG_SLICE = 64;
+
 /** A page of the job's log chunks, by attempt then seq. */
 export async function listJobLogs(request: RouteRequest, context: RouteContext): Promise<Reply> {
   const job = await findJob(request, context);
@@ -91,8 +94,22 @@ async function logPage(
 ): Promise<{ logs: LogChunk[]; nextCursor: string | null }> {
   const page = parsePage(request.query, LOG_PAGE, CURSOR_KEYS.log);
   const after = page.after && { attempt: page.after[0], seq: page.after[1] };
-  const rows = await context.store.jobs.listLogs(jobId, { after, limit: page.limit + 1 });
-  // Chunks can be up to a frame each: the page also stops at a byte budget (after one chunk at least).
+  // Chunks can be up to a frame each: the page also stops at a byte budget (after one chunk at
+  // least). They are read in slices, so that no more than the budget and one slice is ever
+  // read from the store (a page of `limit` whole frames could be gigabytes).
+  const rows: LogChunk[] = [];
+  let read = 0;
+  let cursor = after;
+  while (rows.length <= page.limit) {
+    const wanted = Math.min(LOG_SLICE, page.limit + 1 - rows.length);
+    const slice = await context.store.jobs.listLogs(jobId, { after: cursor, limit: wanted });
+    rows.push(...slice);
+    for (const chunk of slice) read += Buffer.byteLength(chunk.data, "utf8");
+    const last = slice[slice.length - 1];
+    // Past the budget with a chunk to spare: whether another page follows is known.
+    if (slice.length < wanted || last === undefined || (read > LOG_PAGE_MAX_BYTES && rows.length > 1)) break;
+    cursor = { attempt: last.attempt, seq: last.seq };
+  }
   let bytes = 0;
   let fit = 0;
   for (const chunk of rows.slice(0, page.limit)) {
