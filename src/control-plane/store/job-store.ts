@@ -158,18 +158,11 @@ export class SqlJobStore implements JobStoreContract {
   }
 
   async listQueuedRequirements(): Promise<QueuedRequirements[]> {
-    const rows = await this.db.all<{ required_labels: string; required_devices: string }>(
-      "SELECT DISTINCT required_labels, required_devices FROM jobs WHERE status = 'queued'",
-    );
-    return rows.map((row) => ({
-      key: { labels: row.required_labels, devices: row.required_devices },
-      requiredLabels: parseLabels(row.required_labels),
-      requiredDevices: parseDeviceRequirements(row.required_devices),
-    }));
+    return (await this.listQueuedHead(0)).groups;
   }
 
   async listQueuedHead(limit: number): Promise<{ groups: QueuedRequirements[]; head: QueuedJob[] }> {
-    // The two reads of listQueuedRequirements() and listQueued(0, limit) as the two halves of
+    // The queue's distinct requirement groups and listQueued(0, limit) as the two halves of
     // one UNION ALL (each half the same index read as alone), told apart by `kind`.
     const rows = await this.db.all<{
       kind: "group" | "job";
@@ -220,18 +213,9 @@ export class SqlJobStore implements JobStoreContract {
     return rows.map((row) => ({ jobId: row.id, attempt: row.attempt, runnerId: row.runner_id }));
   }
 
+  /** claimMany() of one: the same statement, so one rule for both. */
   async claim(id: string, runnerId: string, now: Date, leaseExpiresAt: Date): Promise<JobRecord | undefined> {
-    // The inner SELECT locks the row where the engine has row locks, skipping it when another
-    // claimer has it: that claimer wins, and this one learns it at once instead of waiting.
-    return optionalRecord(
-      await this.db.get<JobRow>(
-        `UPDATE jobs SET status = 'assigned', attempt = attempt + 1, runner_id = ?, assigned_at = ?,
-                         started_at = NULL, lease_expires_at = ?
-         WHERE id = (SELECT id FROM jobs WHERE id = ? AND status = 'queued'${this.db.dialect.lockSkipLocked})
-           AND status = 'queued' RETURNING *`,
-        [runnerId, now.getTime(), leaseExpiresAt.getTime(), id],
-      ),
-    );
+    return (await this.claimMany([{ jobId: id, runnerId }], now, leaseExpiresAt))[0];
   }
 
   async claimMany(
@@ -241,7 +225,7 @@ export class SqlJobStore implements JobStoreContract {
   ): Promise<JobRecord[]> {
     if (claims.length === 0) return [];
     onePerJob(claims.map((claim) => claim.jobId));
-    // One statement for the batch, with claim()'s rule per row: the rows still queued are
+    // One statement for the batch, with this rule per row: the rows still queued are
     // locked (those another claimer has locked right now are skipped, not waited for), and
     // only those change, each to its own runner. The pairs come as a CTE of VALUES, which
     // both engines read the same way (SQLite 3.33+ and PostgreSQL both speak UPDATE … FROM).
@@ -261,20 +245,15 @@ export class SqlJobStore implements JobStoreContract {
     return rows.map(toJobRecord);
   }
 
+  /** markRunningMany() of one. */
   async markRunning(ref: JobRef, runnerId: string, now: Date): Promise<JobRecord | undefined> {
-    return optionalRecord(
-      await this.db.get<JobRow>(
-        `UPDATE jobs SET status = 'running', started_at = ?
-         WHERE id = ? AND attempt = ? AND runner_id = ? AND status = 'assigned' RETURNING *`,
-        [now.getTime(), ref.jobId, ref.attempt, runnerId],
-      ),
-    );
+    return (await this.markRunningMany([{ ref, runnerId, at: now }]))[0];
   }
 
   async markRunningMany(reports: readonly { ref: JobRef; runnerId: string; at: Date }[]): Promise<JobRecord[]> {
     if (reports.length === 0) return [];
     onePerJob(reports.map((report) => report.ref.jobId));
-    // markRunning()'s WHERE clause, per row of the batch.
+    // Per row: only the runner that holds this attempt, and only once (from assigned).
     const values = reports
       .map(() => "(CAST(? AS TEXT), CAST(? AS INTEGER), CAST(? AS TEXT), CAST(? AS BIGINT))")
       .join(", ");
@@ -317,20 +296,15 @@ export class SqlJobStore implements JobStoreContract {
     );
   }
 
+  /** applyResults() of one. */
   async applyResult(result: JobResult, runnerId: string, now: Date): Promise<JobRecord | undefined> {
-    return optionalRecord(
-      await this.db.get<JobRow>(
-        `UPDATE jobs SET status = ?, result = ?, finished_at = ?, lease_expires_at = NULL
-         WHERE id = ? AND attempt = ? AND runner_id = ? AND ${ACTIVE} RETURNING *`,
-        [result.outcome, JSON.stringify(result), now.getTime(), result.jobId, result.attempt, runnerId],
-      ),
-    );
+    return (await this.applyResults([{ result, runnerId, at: now }]))[0];
   }
 
   async applyResults(reports: readonly { result: JobResult; runnerId: string; at: Date }[]): Promise<JobRecord[]> {
     if (reports.length === 0) return [];
     onePerJob(reports.map((report) => report.result.jobId));
-    // applyResult()'s WHERE clause, per row of the batch.
+    // Per row: only the runner that holds this attempt, and only while it is active (once).
     const values = reports
       .map(
         () =>
