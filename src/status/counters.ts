@@ -121,7 +121,9 @@ export function countStep(
       break;
   }
   // Whatever way a job leaves the machine's running set (finished, or dropped at a stop), it leaves this one.
-  if (before.running !== after.running)
+  // (Only inputs that can remove a job look: the machine builds a new running set for every
+  // chunk of output, and this is on that path.)
+  if (before.running !== after.running && input.type !== "job_output")
     for (const key of Object.keys(counters.jobs)) if (!after.running[key]) delete counters.jobs[key];
   for (const effect of effects)
     if (effect.type === "log" && (effect.level === "warn" || effect.level === "error"))

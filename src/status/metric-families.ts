@@ -6,6 +6,7 @@ import { OUTCOMES } from "../protocol/channel.js";
 import type { HistogramCounts } from "./counters.js";
 import { RECONNECT_REASONS } from "./counters.js";
 import { readiness, type StatusParts } from "./snapshot.js";
+import { RECYCLE_REASONS } from "../workers/parent/recycle-policy.js";
 
 export interface MetricSample {
   value: number;
@@ -68,7 +69,7 @@ export function metricFamilies(parts: StatusParts): MetricFamily[] {
       "runner_worker_recycles_total",
       "counter",
       "Workers retired at a job boundary for crossing a limit, by reason",
-      (["memory", "fds", "age", "jobs"] as const).map((reason) => ({
+      RECYCLE_REASONS.map((reason) => ({
         value: pool.recycled[reason],
         labels: { reason },
       })),

@@ -3,6 +3,7 @@
 import { z } from "zod";
 import { OUTCOMES } from "../protocol/channel.js";
 import { RECONNECT_REASONS } from "./counters.js";
+import { RECYCLE_REASONS } from "../workers/parent/recycle-policy.js";
 
 const count = z.number().int().min(0);
 const countsOf = <T extends string>(keys: readonly [T, ...T[]]) =>
@@ -53,7 +54,7 @@ export const statusViewSchema = z.object({
       openFds: count.nullable(),
     }),
   ),
-  recycles: countsOf(["memory", "fds", "age", "jobs"]),
+  recycles: countsOf(RECYCLE_REASONS),
   /** Results written to the outbox that the control plane has not acknowledged yet. */
   outbox: z.object({ results: count }),
   devices: z.object({

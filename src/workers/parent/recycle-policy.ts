@@ -17,7 +17,9 @@
 // included): this file holds no default, and every question the pool asks of a worker's
 // readings and limits has its own function here.
 
-export type RecycleReason = "memory" | "fds" | "age" | "jobs";
+/** The limits a worker is retired for, in the order they are checked. */
+export const RECYCLE_REASONS = ["memory", "fds", "age", "jobs"] as const;
+export type RecycleReason = (typeof RECYCLE_REASONS)[number];
 
 export interface RecycleLimits {
   /** Soft RSS limit: at or past it the worker is recycled at the next job boundary. */
@@ -44,7 +46,7 @@ export interface WorkerHealth {
 
 /** At a job boundary: should this worker be retired, and for which reason first? */
 export function evaluateRecycle(health: WorkerHealth, limits: RecycleLimits, now: number): RecycleReason | null {
-  for (const reason of ["memory", "fds", "age", "jobs"] as const) {
+  for (const reason of RECYCLE_REASONS) {
     const { reading, limit } = recycleFigures(reason, health, limits, now);
     if (reaches(reading, limit)) return reason;
   }
