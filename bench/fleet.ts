@@ -519,7 +519,7 @@ async function runPushConfig(config: PushConfig, fleet: Fleet, work: string): Pr
     const wall = nowMs() - wallBefore;
     const cpuBusy = pids.map((pid, i) => (cpuMs(pid) - cpuBefore[i]!) / wall);
     const benchCpu = process.cpuUsage(benchCpuBefore);
-    const context = `${RUNNERS} connected in ${((connectMs + connectRestMs) / 1000).toFixed(1)} s; fleet process ${((100 * (cpuMs(fleet.pid) - fleetCpuBefore)) / wall).toFixed(0)}% CPU, submitting process ${((benchCpu.user + benchCpu.system) / 10 / wall).toFixed(0)}%, load average ${os.loadavg()[0]!.toFixed(1)} at the end (2 cores shared with other work)`;
+    const context = `${RUNNERS} connected in ${((connectMs + connectRestMs) / 1000).toFixed(1)} s; fleet process ${((100 * (cpuMs(fleet.pid) - fleetCpuBefore)) / wall).toFixed(0)}% CPU, submitting process ${((benchCpu.user + benchCpu.system) / 10 / wall).toFixed(0)}%, load average ${os.loadavg()[0]!.toFixed(1)} at the end (${os.cpus().length} cores shared with other work)`;
     submitter.close();
     await fleet.close();
     return {

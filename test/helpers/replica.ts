@@ -53,15 +53,24 @@ export function startReplica(
   );
   let output = "";
   const watchers = new Set<() => void>();
+  // A replica that exits never satisfies a predicate again: the wait fails then, with its output.
   const outputWhere = (predicate: (text: string) => boolean) =>
-    new Promise<void>((resolve) => {
+    new Promise<void>((resolve, reject) => {
+      const onExit = (code: number | null, signal: string | null) => {
+        watchers.delete(check);
+        reject(new Error(`the replica exited (${code ?? signal}) before its output matched:\n${output}`));
+      };
       const check = () => {
         if (!predicate(output)) return;
         watchers.delete(check);
+        child.off("exit", onExit);
         resolve();
       };
       watchers.add(check);
+      child.once("exit", onExit);
       check();
+      if (watchers.has(check) && (child.exitCode !== null || child.signalCode !== null))
+        onExit(child.exitCode, child.signalCode);
     });
   t.after(() => {
     if (child.exitCode === null && child.signalCode === null) child.kill("SIGKILL");

@@ -45,7 +45,7 @@ describe("the deploy examples in the real servers", () => {
   test("Caddy running the example carries a daemon's channel: a job runs through it", TIMEOUT, async (t) => {
     if (!requireServer(t, "caddy")) return;
     const dir = await tempDir(t, "runner-caddy-");
-    const plane = await startTestControlPlane(t, { heartbeatIntervalMs: 300 });
+    const plane = await startTestControlPlane(t, { heartbeatIntervalMs: 1000 });
     const caddy = await startCaddy(t, dir, Number(new URL(plane.cp.url).port));
     const runner = await registerRunner(t, plane, { url: caddy.url });
     const daemon = startDaemon(t, [...runner.flags, "--reconnect-base-ms", "100", "--reconnect-cap-ms", "400"]);
