@@ -108,6 +108,8 @@ export class JobQueue {
   /** The dispatch passes running now (one at a time), and whether another was asked for meanwhile. */
   private dispatching: Promise<void> | undefined;
   private dispatchAgain = false;
+  /** The last pass failed (a database error, say): the reaper's next tick tries again. */
+  private dispatchFailed = false;
   /** Jobs whose submit waits for its dispatch pass → the record as claimed here, once it is. */
   private readonly submitted = new Map<string, JobRecord | undefined>();
   /**
@@ -321,9 +323,11 @@ export class JobQueue {
         this.dispatchAgain = false;
         try {
           const settled = await this.dispatchPass();
+          this.dispatchFailed = false;
           // Asked for again meanwhile: something may have changed after the pass read it.
           this.settled = settled && !this.dispatchAgain;
         } catch (error) {
+          this.dispatchFailed = true;
           this.options.logger.error({ err: error }, "dispatch failed");
         }
       }
@@ -585,8 +589,9 @@ export class JobQueue {
       if (job.status === "queued") requeued = true;
     }
     if (requeued) this.options.bus.publish({ kind: "dispatch" });
-    this.forgetExpiredCooldowns();
-    await this.dispatch();
+    // A pass only when this tick changed what can be handed out (everything else that can asks
+    // for one itself), or the last one failed: an idle control plane does not read its queue every tick.
+    if (this.forgetExpiredCooldowns() || requeued || this.dispatchFailed) await this.dispatch();
   }
 
   // ---- other replicas ----
@@ -666,9 +671,16 @@ export class JobQueue {
     return until !== undefined && until > performance.now();
   }
 
-  private forgetExpiredCooldowns(): void {
+  /** Drops the cooldowns that ran out; true when there were any (their jobs may go to their runners now). */
+  private forgetExpiredCooldowns(): boolean {
     const at = performance.now();
-    for (const [key, until] of this.rejectCooldowns) if (until <= at) this.rejectCooldowns.delete(key);
+    let any = false;
+    for (const [key, until] of this.rejectCooldowns)
+      if (until <= at) {
+        this.rejectCooldowns.delete(key);
+        any = true;
+      }
+    return any;
   }
 
   private leaseExpiry(now = this.options.now()): Date {
