@@ -3,7 +3,6 @@
 // always end: every one has a deadline and says what it waited for.
 import { spawn, type ChildProcess } from "node:child_process";
 import { promises as fs, readFileSync } from "node:fs";
-import net from "node:net";
 import path from "node:path";
 import type { TestContext } from "node:test";
 import { AdminClient } from "../../src/api-client/admin.js";
@@ -11,6 +10,7 @@ import { RUNNER_BIN, runCli } from "../helpers/cli.js";
 import { startDaemon, type DaemonProcess, type LogLine } from "../helpers/daemon.js";
 import { childrenOf } from "../helpers/processes.js";
 import type { Tally } from "./tally.js";
+import { freeLoopbackPort } from "../helpers/ports.js";
 
 export const ADMIN_TOKEN = "adm_faults-admin-token-0123456789";
 
@@ -26,14 +26,6 @@ export async function waitUntil(
     if (performance.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
     await new Promise((resolve) => setTimeout(resolve, everyMs));
   }
-}
-
-export async function freePort(): Promise<number> {
-  const server = net.createServer();
-  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
-  const { port } = server.address() as net.AddressInfo;
-  await new Promise<void>((resolve) => server.close(() => resolve()));
-  return port;
 }
 
 /** Parses JSON log lines from a stream as they come; non-JSON lines are kept as `msg`. */
@@ -244,7 +236,7 @@ export async function startPhaseControlPlane(
   root: string,
   tally: Tally,
 ): Promise<{ cp: ControlPlaneProcess; admin: AdminClient; port: number }> {
-  const port = await freePort();
+  const port = await freeLoopbackPort();
   const cp = await ControlPlaneProcess.start({
     port,
     dataDir: path.join(root, "cp-data"),

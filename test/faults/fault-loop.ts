@@ -13,7 +13,6 @@ import {
   ADMIN_TOKEN,
   ControlPlaneProcess,
   RunnerProcess,
-  freePort,
   parentOf,
   registerThroughCli,
   waitUntil,
@@ -23,6 +22,7 @@ import { MarkedJobs, findMarkedProcesses, killMarkedProcesses, type JobShape } f
 import type { Prng } from "./prng.js";
 import { FaultProxy } from "./proxy.js";
 import type { Tally } from "./tally.js";
+import { freeLoopbackPort } from "../helpers/ports.js";
 
 export const FAULT_KINDS = {
   /** kill -9 of the daemon alone while a job runs. */
@@ -102,7 +102,7 @@ class FaultRun {
   ) {}
 
   static async setUp(o: FaultRunOptions): Promise<FaultRun> {
-    const port = await freePort();
+    const port = await freeLoopbackPort();
     const dataDir = path.join(o.root, "cp-data");
     const tokenFile = await writeAdminTokenFile(o.root);
     const proxy = await FaultProxy.start(() => port);

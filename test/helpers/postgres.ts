@@ -7,11 +7,11 @@
 import assert from "node:assert/strict";
 import { execFile, spawnSync } from "node:child_process";
 import { chownSync, existsSync, mkdtempSync, readFileSync, readdirSync, rmSync } from "node:fs";
-import net from "node:net";
 import os from "node:os";
 import path from "node:path";
 import type { TestContext } from "node:test";
 import pg from "pg";
+import { freeLoopbackPort } from "./ports.js";
 
 export interface PostgresCluster {
   port: number;
@@ -63,18 +63,6 @@ export function requirePostgres(t: TestContext): boolean {
   if (process.env.CI) assert.fail(`CI must provide PostgreSQL (see .ci/run): ${reason}`);
   t.skip(reason);
   return false;
-}
-
-export function freeLoopbackPort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = net.createServer();
-    server.once("error", reject);
-    server.listen(0, "127.0.0.1", () => {
-      const address = server.address();
-      const port = typeof address === "object" && address !== null ? address.port : 0;
-      server.close(() => resolve(port));
-    });
-  });
 }
 
 function run(

@@ -11,7 +11,7 @@ import net from "node:net";
 import path from "node:path";
 import type { TestContext } from "node:test";
 import { REPO_ROOT } from "./cli.js";
-import { freeLoopbackPort } from "./postgres.js";
+import { freeLoopbackPort } from "./ports.js";
 
 export const NGINX_EXAMPLE = path.join(REPO_ROOT, "deploy", "nginx", "runner-control-plane.conf");
 export const CADDY_EXAMPLE = path.join(REPO_ROOT, "deploy", "caddy", "Caddyfile");

@@ -8,7 +8,6 @@ import { execFile, spawn } from "node:child_process";
 import { once, type EventEmitter } from "node:events";
 import { promises as fs } from "node:fs";
 import http from "node:http";
-import net from "node:net";
 import path from "node:path";
 import { promisify } from "node:util";
 import { runCli } from "../helpers/cli.js";
@@ -17,6 +16,7 @@ import { startDaemon } from "../helpers/daemon.js";
 import { parseExposition, valueOf } from "../helpers/prom-text.js";
 import { statusViewSchema } from "../../src/status/view.js";
 import { ExitCode } from "../../src/errors.js";
+import { freeLoopbackPort } from "../helpers/ports.js";
 
 interface Reply {
   status: number;
@@ -61,14 +61,6 @@ function nextEvent<T>(
   });
 }
 
-async function freePort(): Promise<number> {
-  const server = net.createServer().listen(0, "127.0.0.1");
-  await once(server, "listening");
-  const { port } = server.address() as net.AddressInfo;
-  await new Promise((resolve) => server.close(resolve));
-  return port;
-}
-
 describe("status and metrics", { timeout: 120_000 }, () => {
   test("a running daemon serves health, readiness, status and metrics that move with a real job, and runner status shows them", async (t) => {
     const plane = await startTestControlPlane(t, { heartbeatIntervalMs: 1000 });
@@ -76,7 +68,7 @@ describe("status and metrics", { timeout: 120_000 }, () => {
     const [record] = await plane.admin.listRunners();
     const runnerId = record!.runnerId;
     const socketPath = path.join(runner.stateDir, "status.sock");
-    const port = await freePort();
+    const port = await freeLoopbackPort();
     const daemon = startDaemon(t, [
       ...runner.flags,
       "--device-providers",
