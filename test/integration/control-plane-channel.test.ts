@@ -30,7 +30,7 @@ import { errorBodySchema, type JobView, type SubmitJobRequest } from "../../src/
 import { AGENT_VERSION, PROTOCOL_VERSION } from "../../src/protocol/version.js";
 import { initialSyncState, stepSync, type SyncInput } from "../../src/devices/sync.js";
 import { startPostgresCluster, type PostgresCluster } from "../helpers/postgres.js";
-import { channelHeaders, channelUrl } from "../helpers/channel-fixtures.js";
+import { channelHeaders, channelUrl, finishedResult } from "../helpers/channel-fixtures.js";
 import { RawRunner, registerRawRunner, type HelloOptions, type Identity } from "../helpers/raw-runner.js";
 
 const TIMEOUT = { timeout: 10_000 };
@@ -1296,16 +1296,7 @@ describe("store guards", () => {
     const holder = "rnr_" + "H".repeat(24);
     const now = new Date();
     await jobs.claim(job.jobId, holder, now, new Date(now.getTime() + 60_000));
-    const result = (attempt: number): JobResult => ({
-      jobId: job.jobId,
-      attempt,
-      outcome: "succeeded",
-      exitCode: 0,
-      signal: null,
-      reason: null,
-      startedAt: null,
-      finishedAt: now.toISOString(),
-    });
+    const result = (attempt: number): JobResult => finishedResult({ jobId: job.jobId, attempt });
     assert.equal(await jobs.applyResult(result(2), holder, now), undefined, "a future attempt");
     assert.equal(await jobs.applyResult(result(1), "rnr_" + "X".repeat(24), now), undefined, "another runner");
     assert.equal((await jobs.applyResult(result(1), holder, now))?.status, "succeeded");

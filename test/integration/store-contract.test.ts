@@ -23,6 +23,7 @@ import {
   startPostgresCluster,
   type PostgresCluster,
 } from "../helpers/postgres.js";
+import { finishedResult } from "../helpers/channel-fixtures.js";
 
 const TIMEOUT = { timeout: 30_000 };
 /** Limits far above what a test stores, where a test is not about them. */
@@ -112,18 +113,7 @@ async function submitWith(
   );
 }
 
-function result(jobId: string, attempt: number): JobResult {
-  return {
-    jobId,
-    attempt,
-    outcome: "succeeded",
-    exitCode: 0,
-    signal: null,
-    reason: null,
-    startedAt: null,
-    finishedAt: new Date().toISOString(),
-  };
-}
+const result = (jobId: string, attempt: number): JobResult => finishedResult({ jobId, attempt });
 
 function device(id: string, overrides: Partial<Device> = {}): Device {
   return {
