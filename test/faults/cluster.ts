@@ -11,6 +11,7 @@ import { startDaemon, type DaemonProcess, type LogLine } from "../helpers/daemon
 import { childrenOf } from "../helpers/processes.js";
 import type { Tally } from "./tally.js";
 import { freeLoopbackPort } from "../helpers/ports.js";
+import { onCleanup } from "../helpers/cleanup.js";
 
 export const ADMIN_TOKEN = "adm_faults-admin-token-0123456789";
 
@@ -245,7 +246,7 @@ export async function startPhaseControlPlane(
     tally,
     onLine: () => undefined,
   });
-  t.after(() => cp.stop("SIGTERM"));
+  onCleanup(t, () => cp.stop("SIGTERM"));
   return { cp, admin: new AdminClient(cp.url, ADMIN_TOKEN), port };
 }
 

@@ -12,6 +12,7 @@ import { MarkedJobs } from "./marked-jobs.js";
 import { encodeFuzzed, mangleText, mutateMessage, randomFrame } from "./mutate.js";
 import type { Prng } from "./prng.js";
 import type { Tally } from "./tally.js";
+import { onCleanup } from "../helpers/cleanup.js";
 
 /** Messages the control plane may send, as seeds for mutation before real ones have been seen. */
 function seedTemplates(): Record<string, Record<string, unknown>> {
@@ -107,7 +108,7 @@ export async function runRunnerFuzz(options: {
   });
   await new Promise<void>((resolve) => relay.listen(0, "127.0.0.1", resolve));
   const relayUrl = `http://127.0.0.1:${(relay.address() as { port: number }).port}`;
-  t.after(async () => {
+  onCleanup(t, async () => {
     for (const ws of downstreams) ws.terminate();
     await new Promise<void>((resolve) => relay.close(() => resolve()));
   });

@@ -16,6 +16,7 @@ import { runControlPlaneFuzz } from "./fuzz-control-plane.js";
 import { killMarkedProcesses } from "./marked-jobs.js";
 import { Prng } from "./prng.js";
 import { Tally } from "./tally.js";
+import { onCleanup } from "../helpers/cleanup.js";
 
 if (process.platform !== "linux") throw new Error("the fault suite reads /proc: it runs on Linux only");
 
@@ -50,7 +51,7 @@ test(
   { timeout: 360_000 },
   async (t) => {
     const root = await phaseRoot("loop");
-    t.after(() => fs.rm(root, { recursive: true, force: true }));
+    onCleanup(t, () => fs.rm(root, { recursive: true, force: true }));
     await runFaultLoop({ t, prng: loopPrng, tally, scale, runMark, root, log });
     assert.ok(
       tally.faultsInjected >= Math.min(200, Math.floor(200 * scale)),
@@ -72,7 +73,7 @@ function fuzzPhase(
 ): void {
   test(name, { timeout: 180_000 }, async (t) => {
     const dir = await phaseRoot(root);
-    t.after(() => fs.rm(dir, { recursive: true, force: true }));
+    onCleanup(t, () => fs.rm(dir, { recursive: true, force: true }));
     const before = tally.crashes + tally.lost;
     await fuzz({ t, root: dir });
     assert.equal(tally.crashes + tally.lost - before, 0, tally.findings.join("\n"));

@@ -6,6 +6,7 @@ import http from "node:http";
 import net from "node:net";
 import type { TestContext } from "node:test";
 import { isLoopbackHost } from "../../src/config/transport.js";
+import { onCleanup } from "./cleanup.js";
 
 export interface ConnectRequest {
   /** The CONNECT target, `host:port`. */
@@ -100,7 +101,7 @@ export async function startConnectProxy(
     for (const socket of sockets) socket.destroy();
     await new Promise<void>((resolve) => server.close(() => resolve()));
   };
-  t.after(close);
+  onCleanup(t, close);
   return {
     port,
     url: `http://127.0.0.1:${port}`,

@@ -2,6 +2,7 @@
 import { spawn, type ChildProcess } from "node:child_process";
 import type { TestContext } from "node:test";
 import { RUNNER_BIN } from "./cli.js";
+import { onCleanup } from "./cleanup.js";
 
 export interface LogLine {
   level: number;
@@ -61,7 +62,7 @@ export function startDaemon(
   const exited = new Promise<number>((resolve) =>
     child.on("exit", (code, signal) => resolve(code ?? 128 + (signals[signal ?? ""] ?? 0))),
   );
-  t.after(() => {
+  onCleanup(t, () => {
     if (child.exitCode === null && child.signalCode === null) child.kill("SIGKILL");
   });
   return {

@@ -3,6 +3,7 @@
 import type { TestContext } from "node:test";
 import http from "node:http";
 import type { AddressInfo } from "node:net";
+import { onCleanup } from "./cleanup.js";
 
 export type Answer = (req: http.IncomingMessage, res: http.ServerResponse) => void;
 
@@ -20,6 +21,6 @@ export async function fakePlane(t: TestContext, answer: Answer): Promise<FakePla
     req.on("end", () => answer(req, res));
   });
   await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
-  t.after(() => new Promise<void>((resolve) => (server.closeAllConnections(), server.close(() => resolve()))));
+  onCleanup(t, () => new Promise<void>((resolve) => (server.closeAllConnections(), server.close(() => resolve()))));
   return { url: `http://127.0.0.1:${(server.address() as AddressInfo).port}`, requests };
 }

@@ -14,10 +14,11 @@ import {
 } from "../../src/control-plane/control-plane.js";
 import { AdminClient } from "../../src/api-client/admin.js";
 import { runCli, type CliResult } from "./cli.js";
+import { onCleanup } from "./cleanup.js";
 
 export async function tempDir(t: TestContext, prefix = "runner-test-"): Promise<string> {
   const dir = await fs.mkdtemp(path.join(os.tmpdir(), prefix));
-  t.after(() => fs.rm(dir, { recursive: true, force: true }));
+  onCleanup(t, () => fs.rm(dir, { recursive: true, force: true, maxRetries: 3 }));
   return dir;
 }
 
@@ -51,7 +52,7 @@ export async function startTestControlPlane(
     adminToken: "adm_test-admin-token-0123456789",
     ...options,
   });
-  t.after(() => cp.close());
+  onCleanup(t, () => cp.close());
   const admin = new AdminClient(cp.url, "adm_test-admin-token-0123456789");
   let n = 0;
   return {

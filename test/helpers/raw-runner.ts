@@ -17,6 +17,7 @@ import {
 import { registerResponseSchema } from "../../src/protocol/http.js";
 import { AGENT_VERSION, PROTOCOL_VERSION } from "../../src/protocol/version.js";
 import { channelHeaders, channelUrl, finishedResult, type ChannelIdentity } from "./channel-fixtures.js";
+import { onCleanup } from "./cleanup.js";
 
 export type Identity = ChannelIdentity;
 
@@ -110,7 +111,7 @@ export class RawRunner {
     options: RawRunnerOptions = {},
   ): Promise<RawRunner> {
     const ws = new WebSocket(channelUrl(url), { headers: channelHeaders(identity) });
-    t.after(() => ws.terminate());
+    onCleanup(t, () => ws.terminate());
     await new Promise<void>((resolve, reject) => {
       ws.once("open", resolve);
       ws.once("error", reject);

@@ -7,6 +7,7 @@ import { join } from "node:path";
 import type { TestContext } from "node:test";
 import { AdminClient } from "../../src/api-client/admin.js";
 import { RUNNER_BIN } from "./cli.js";
+import { onCleanup } from "./cleanup.js";
 
 export const ADMIN_TOKEN = "adm_replicas-test-admin-token-0123456789";
 
@@ -23,7 +24,7 @@ export interface Replica {
 /** A file holding ADMIN_TOKEN (0600), removed after the test: give it to every replica. */
 export function adminTokenFile(t: TestContext): string {
   const dir = mkdtempSync(join(tmpdir(), "runner-replicas-"));
-  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  onCleanup(t, () => rmSync(dir, { recursive: true, force: true }));
   const file = join(dir, "admin-token");
   writeFileSync(file, ADMIN_TOKEN, { mode: 0o600 });
   return file;
@@ -72,7 +73,7 @@ export function startReplica(
       if (watchers.has(check) && (child.exitCode !== null || child.signalCode !== null))
         onExit(child.exitCode, child.signalCode);
     });
-  t.after(() => {
+  onCleanup(t, () => {
     if (child.exitCode === null && child.signalCode === null) child.kill("SIGKILL");
   });
   return new Promise((resolve, reject) => {

@@ -12,6 +12,7 @@ import path from "node:path";
 import type { TestContext } from "node:test";
 import { REPO_ROOT } from "./cli.js";
 import { freeLoopbackPort } from "./ports.js";
+import { onCleanup } from "./cleanup.js";
 
 export const NGINX_EXAMPLE = path.join(REPO_ROOT, "deploy", "nginx", "runner-control-plane.conf");
 export const CADDY_EXAMPLE = path.join(REPO_ROOT, "deploy", "caddy", "Caddyfile");
@@ -195,7 +196,7 @@ async function runServer(
     if (child.exitCode === null && child.signalCode === null) child.kill("SIGTERM");
   };
   process.once("exit", stopAtExit);
-  t.after(async () => {
+  onCleanup(t, async () => {
     process.off("exit", stopAtExit);
     stopAtExit();
     await exited;

@@ -2,6 +2,7 @@
 // half-open connection looks to both ends (a NAT that forgot the flow, a cable pulled).
 import net from "node:net";
 import type { TestContext } from "node:test";
+import { onCleanup } from "./cleanup.js";
 
 export interface TcpProxy {
   port: number;
@@ -66,6 +67,6 @@ export async function startTcpProxy(t: TestContext, targetPort: number): Promise
         server.close(() => resolve());
       }),
   };
-  t.after(() => proxy.close());
+  onCleanup(t, () => proxy.close());
   return proxy;
 }

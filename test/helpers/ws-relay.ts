@@ -6,6 +6,7 @@ import http from "node:http";
 import type { Duplex } from "node:stream";
 import type { TestContext } from "node:test";
 import { WebSocket, WebSocketServer, type RawData } from "ws";
+import { onCleanup } from "./cleanup.js";
 
 /** The channel's upgrade headers a relay passes on to the control plane. */
 const FORWARDED_HEADERS = ["authorization", "x-runner-id", "x-runner-protocol", "x-runner-agent-version"];
@@ -155,7 +156,7 @@ export async function startWsRelay(
     },
   });
   await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
-  t.after(async () => {
+  onCleanup(t, async () => {
     for (const ws of downstreams) ws.terminate();
     await new Promise<void>((resolve) => server.close(() => resolve()));
   });

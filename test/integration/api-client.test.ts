@@ -13,6 +13,7 @@ import { identityBody } from "../../src/api-client/identity.js";
 import { RunnerError } from "../../src/errors.js";
 import { fakePlane } from "../helpers/fake-plane.js";
 import { NO_PROXY } from "../../src/net/proxy.js";
+import { onCleanup } from "../helpers/cleanup.js";
 
 const TIMEOUT = { timeout: 10_000 };
 const ADMIN_TOKEN = "adm_" + "A".repeat(43);
@@ -26,7 +27,8 @@ async function silentServer(t: TestContext): Promise<string> {
     socket.on("close", () => sockets.delete(socket));
   });
   await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
-  t.after(
+  onCleanup(
+    t,
     () =>
       new Promise<void>((resolve) => {
         for (const socket of sockets) socket.destroy();

@@ -18,6 +18,7 @@ import { captureLogger, startTestControlPlane, tempDir } from "../helpers/fixtur
 import { channelUrl } from "../../src/daemon/daemon.js";
 import { assignment } from "../helpers/channel-fixtures.js";
 import { NO_PROXY } from "../../src/net/proxy.js";
+import { onCleanup } from "../helpers/cleanup.js";
 
 const config = (runnerId: string, overrides: Partial<MachineConfig> = {}): MachineConfig => ({
   runnerId,
@@ -56,7 +57,7 @@ async function until(check: () => boolean, what: string, timeoutMs = 5_000): Pro
 /** A WebSocket server on 127.0.0.1 that the test's end closes, clients and all. */
 function loopbackServer(t: TestContext): WebSocketServer {
   const server = new WebSocketServer({ host: "127.0.0.1", port: 0 });
-  t.after(() => {
+  onCleanup(t, () => {
     for (const socket of server.clients) socket.terminate();
     return new Promise<void>((r) => server.close(() => r()));
   });
@@ -113,7 +114,7 @@ describe("the channel driver", { timeout: 60_000 }, () => {
       },
     );
     void driver.start();
-    t.after(() => driver.dispose());
+    onCleanup(t, () => driver.dispose());
     await until(() => driver.current.connection.phase === "connected", "the welcome");
 
     const socket = sockets[0]!;
@@ -170,7 +171,7 @@ describe("the channel driver", { timeout: 60_000 }, () => {
     let upgrades = 0;
     wss.on("connection", () => upgrades++);
     await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
-    t.after(() => new Promise<void>((r) => (wss.close(), server.close(() => r()))));
+    onCleanup(t, () => new Promise<void>((r) => (wss.close(), server.close(() => r()))));
     const capture = captureLogger();
     const driver = new ChannelDriver(
       config("rnr_bbbbbbbbbbbbbbbbbbbbbbbb"),
@@ -184,7 +185,7 @@ describe("the channel driver", { timeout: 60_000 }, () => {
       },
     );
     void driver.start();
-    t.after(() => driver.dispose());
+    onCleanup(t, () => driver.dispose());
     await until(
       () => (capture.text().match(/cannot connect: .*(SELF_SIGNED|self-signed)/gi) ?? []).length >= 2,
       "two refused attempts",
@@ -236,7 +237,7 @@ describe("the channel driver", { timeout: 60_000 }, () => {
             },
           ),
       );
-      t.after(() => drivers.forEach((d) => d.dispose()));
+      onCleanup(t, () => drivers.forEach((d) => d.dispose()));
       for (const driver of drivers) void driver.start();
       await until(
         () => drivers.every((d) => d.current.connection.phase === "connected"),
@@ -293,7 +294,7 @@ describe("the channel driver", { timeout: 60_000 }, () => {
       },
     );
     void driver.start();
-    t.after(() => driver.dispose());
+    onCleanup(t, () => driver.dispose());
     await until(() => heard.length === 1, "the companion to hear of the connection");
     assert.deepEqual(heard, ["connected 1024"]);
     const sendOnFirst = sends[0]!;
@@ -329,7 +330,7 @@ describe("the channel driver", { timeout: 60_000 }, () => {
       },
     );
     void driver.start();
-    t.after(() => driver.dispose());
+    onCleanup(t, () => driver.dispose());
     await until(() => driver.current.connection.phase === "connected", "the welcome");
 
     const huge = "\u0001".repeat(150_000); // 900 KB once escaped

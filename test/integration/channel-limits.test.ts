@@ -22,6 +22,7 @@ import {
   type ControlMessage,
 } from "../../src/protocol/channel.js";
 import { NO_PROXY } from "../../src/net/proxy.js";
+import { onCleanup } from "../helpers/cleanup.js";
 
 const finished = (job: JobView) => ["succeeded", "failed", "cancelled", "timed_out"].includes(job.status);
 
@@ -206,7 +207,7 @@ describe("the channel's limits", { timeout: 120_000 }, () => {
           [AGENT_VERSION_HEADER]: AGENT_VERSION,
         },
       });
-      t.after(() => socket.terminate());
+      onCleanup(t, () => socket.terminate());
       const received: ControlMessage[] = [];
       socket.on("message", (data) => {
         const decoded = decodeControlMessage(data.toString());

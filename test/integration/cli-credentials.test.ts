@@ -9,6 +9,7 @@ import { registerRunner, requireKeychain, startTestControlPlane } from "../helpe
 import { ExitCode } from "../../src/errors.js";
 import { KeychainCredentialStore } from "../../src/credentials/keychain-store.js";
 import { acquireLock } from "../../src/state/lock.js";
+import { onCleanup } from "../helpers/cleanup.js";
 
 async function storeOf(stateDir: string): Promise<string> {
   const registration = JSON.parse(await fs.readFile(path.join(stateDir, "registration.json"), "utf8")) as {
@@ -24,7 +25,7 @@ describe("runner credentials move", { timeout: 60_000 }, () => {
     const runner = await registerRunner(t, plane, { store: "keychain" });
     const flags = runner.flags;
     const keychain = new KeychainCredentialStore(runner.stateDir);
-    t.after(() => keychain.remove().catch(() => undefined));
+    onCleanup(t, () => keychain.remove().catch(() => undefined));
     const before = await keychain.read();
     assert.equal(before.kind, "ok");
 
@@ -58,7 +59,7 @@ describe("runner credentials move", { timeout: 60_000 }, () => {
     const plane = await startTestControlPlane(t);
     const runner = await registerRunner(t, plane, { store: "file" });
     const lock = await acquireLock(path.join(runner.stateDir, "runner.lock"));
-    t.after(() => lock.release());
+    onCleanup(t, () => lock.release());
     const move = await runCli(["credentials", "move", "--to", "keychain", ...runner.flags]);
     assert.equal(move.code, ExitCode.ALREADY_RUNNING, move.all);
     assert.equal(await storeOf(runner.stateDir), "file");

@@ -12,6 +12,7 @@ import path from "node:path";
 import { runCli } from "../helpers/cli.js";
 import { registerRunner, startTestControlPlane } from "../helpers/fixtures.js";
 import { ExitCode } from "../../src/errors.js";
+import { onCleanup } from "../helpers/cleanup.js";
 
 /** A loopback HTTP server that records each request's headers and answers 503. */
 async function startListener(t: TestContext): Promise<{ port: number; requests: IncomingHttpHeaders[] }> {
@@ -22,7 +23,7 @@ async function startListener(t: TestContext): Promise<{ port: number; requests: 
     res.writeHead(503, { "content-type": "text/plain" }).end("listener");
   });
   await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
-  t.after(() => new Promise<void>((resolve) => server.close(() => resolve())));
+  onCleanup(t, () => new Promise<void>((resolve) => server.close(() => resolve())));
   return { port: (server.address() as AddressInfo).port, requests };
 }
 

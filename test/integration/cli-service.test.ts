@@ -25,6 +25,7 @@ import {
   waitUntilServing,
   type RunCommand,
 } from "../../src/service/manager.js";
+import { onCleanup } from "../helpers/cleanup.js";
 
 const execFileAsync = promisify(execFile);
 
@@ -62,7 +63,7 @@ async function serviceEnv(t: TestContext, stubs: Stubs): Promise<{ home: string;
 async function keychainRunner(t: TestContext) {
   const plane = await startTestControlPlane(t);
   const runner = await registerRunner(t, plane, { store: "keychain" });
-  t.after(() => new KeychainCredentialStore(runner.stateDir).remove().catch(() => undefined));
+  onCleanup(t, () => new KeychainCredentialStore(runner.stateDir).remove().catch(() => undefined));
   const stubs = await stubCommands(t, ["systemctl", "loginctl"]);
   const { env } = await serviceEnv(t, stubs);
   return { runner, flags: runner.flags, stubs, env };
@@ -167,7 +168,7 @@ describe("runner service (systemd, stubbed)", { timeout: 60_000 }, () => {
     const { flags, stubs, env } = await keychainRunner(t);
     const name = `runner-test-${process.pid}`;
     const unitFile = path.join("/etc/systemd/system", `${name}.service`);
-    t.after(() => fs.rm(unitFile, { force: true }));
+    onCleanup(t, () => fs.rm(unitFile, { force: true }));
     const install = await runCli(["service", "install", ...flags, "--system", "--run-as", "nobody", "--name", name], {
       env,
     });

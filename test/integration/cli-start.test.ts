@@ -10,6 +10,7 @@ import { startDaemon } from "../helpers/daemon.js";
 import { processStartTime } from "../../src/state/process-start.js";
 import { ExitCode } from "../../src/errors.js";
 import { LAUNCHD_MARKER_ENV } from "../../src/state/blocked.js";
+import { onCleanup } from "../helpers/cleanup.js";
 
 describe("runner start", { timeout: 60_000 }, () => {
   test("applies safe fixes, logs them, passes its checks, connects, and exits 0 on SIGTERM", async (t) => {
@@ -59,7 +60,7 @@ describe("runner start", { timeout: 60_000 }, () => {
       minAgentVersion: "999.0.0",
       logger: (await import("pino")).pino({ level: "silent" }),
     });
-    t.after(() => strict.close());
+    onCleanup(t, () => strict.close());
     const marker = path.join(runner.stateDir, "launchd-marker");
     const start = await runCli(["start", ...runner.flags], { env: { [LAUNCHD_MARKER_ENV]: marker } });
     assert.equal(start.code, ExitCode.UPGRADE_REQUIRED, start.all);
@@ -70,7 +71,7 @@ describe("runner start", { timeout: 60_000 }, () => {
     const plane = await startTestControlPlane(t);
     const runner = await registerRunner(t, plane);
     const holder = spawn(process.execPath, ["-e", "setTimeout(() => {}, 60000)"]);
-    t.after(() => holder.kill("SIGKILL"));
+    onCleanup(t, () => holder.kill("SIGKILL"));
     const pid = holder.pid!;
     const lock = { pid, startTime: await processStartTime(pid), hostname: "h", acquiredAt: new Date().toISOString() };
     await fs.writeFile(path.join(runner.stateDir, "runner.lock"), JSON.stringify(lock));

@@ -10,6 +10,7 @@ import { jobWorkDir, prepareWorkRoot } from "../../src/jobs/work-dir.js";
 import { MAX_LOG_CHUNK_BYTES, createLogChunker, type LogChunk } from "../../src/jobs/log-chunks.js";
 import type { Assignment } from "../../src/protocol/channel.js";
 import { isRunning } from "../helpers/processes.js";
+import { onCleanup } from "../helpers/cleanup.js";
 
 const node = process.execPath;
 const onLinux = process.platform === "linux";
@@ -18,7 +19,7 @@ const posixOnly = process.platform === "win32" ? "needs POSIX process groups and
 // Not from ../helpers/fixtures.js: that pulls in the control plane, which this file does not need.
 async function tempDir(t: TestContext): Promise<string> {
   const dir = await fs.mkdtemp(path.join(os.tmpdir(), "runner-command-job-"));
-  t.after(() => fs.rm(dir, { recursive: true, force: true }));
+  onCleanup(t, () => fs.rm(dir, { recursive: true, force: true }));
   return dir;
 }
 
@@ -80,7 +81,7 @@ function run(t: TestContext, a: Assignment, options: CommandJobOptions = {}): Ob
     },
     options,
   );
-  t.after(() => {
+  onCleanup(t, () => {
     if (job.pid !== null) killQuietly(-job.pid);
   });
   const waitForOutput = (needle: string) =>
@@ -332,7 +333,7 @@ describe("the environment a command job sees", { timeout: 30_000 }, () => {
 
   test("by default the base is the runner's own env, still filtered", { timeout: 10_000 }, async (t) => {
     process.env.RUNNER_SECRET_TEST = "s3cret-in-process-env";
-    t.after(() => delete process.env.RUNNER_SECRET_TEST);
+    onCleanup(t, () => delete process.env.RUNNER_SECRET_TEST);
     const observed = run(t, assignment(printEnv));
     await observed.job.done;
     const env = JSON.parse(observed.text("stdout")) as Record<string, string>;
@@ -471,7 +472,7 @@ describe("command job output", { timeout: 60_000 }, () => {
         biggest = Math.max(biggest, size);
       },
     });
-    t.after(() => job.pid !== null && killQuietly(-job.pid));
+    onCleanup(t, () => job.pid !== null && killQuietly(-job.pid));
     const result = await job.done;
     assert.equal(result.outcome, "succeeded");
     assert.equal(bytes, total);

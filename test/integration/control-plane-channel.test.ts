@@ -32,6 +32,7 @@ import { initialSyncState, stepSync, type SyncInput } from "../../src/devices/sy
 import { startPostgresCluster, type PostgresCluster } from "../helpers/postgres.js";
 import { channelHeaders, channelUrl, finishedResult } from "../helpers/channel-fixtures.js";
 import { RawRunner, registerRawRunner, type HelloOptions, type Identity } from "../helpers/raw-runner.js";
+import { onCleanup } from "../helpers/cleanup.js";
 
 const TIMEOUT = { timeout: 10_000 };
 const HEARTBEAT_MS = 200;
@@ -75,7 +76,7 @@ async function startHarness(t: TestContext, options: ControlPlaneOptions = {}): 
     reaperIntervalMs: 20,
     ...options,
   });
-  t.after(() => cp.close());
+  onCleanup(t, () => cp.close());
   const events: JobEvent[] = [];
   const runnerEvents: RunnerEvent[] = [];
   cp.events.on("job", (event: JobEvent) => events.push(event));
@@ -85,7 +86,7 @@ async function startHarness(t: TestContext, options: ControlPlaneOptions = {}): 
 
 function makeTempDir(t: TestContext): string {
   const dir = mkdtempSync(join(tmpdir(), "runner-cp-channel-"));
-  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  onCleanup(t, () => rmSync(dir, { recursive: true, force: true }));
   return dir;
 }
 

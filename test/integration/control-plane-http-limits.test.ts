@@ -8,6 +8,7 @@ import assert from "node:assert/strict";
 import net from "node:net";
 import { startTestControlPlane } from "../helpers/fixtures.js";
 import type { ControlPlaneOptions } from "../../src/control-plane/control-plane.js";
+import { onCleanup } from "../helpers/cleanup.js";
 
 const TIMEOUT = { timeout: 15_000 };
 const ADMIN = "Bearer adm_test-admin-token-0123456789";
@@ -24,7 +25,7 @@ interface RawSocket {
 function rawSocket(t: TestContext, url: string, text = ""): RawSocket {
   const { hostname, port } = new URL(url);
   const socket = net.connect(Number(port), hostname);
-  t.after(() => socket.destroy());
+  onCleanup(t, () => socket.destroy());
   let received = "";
   let closed = false;
   socket.on("data", (data: Buffer) => (received += data.toString("latin1")));

@@ -29,6 +29,7 @@ import {
   type RegisterRequest,
 } from "../../src/protocol/http.js";
 import { AGENT_VERSION, PROTOCOL_VERSION } from "../../src/protocol/version.js";
+import { onCleanup } from "../helpers/cleanup.js";
 
 const TIMEOUT = { timeout: 10_000 };
 
@@ -47,14 +48,14 @@ interface Harness {
 
 async function startHarness(t: TestContext, options: ControlPlaneOptions = {}): Promise<Harness> {
   const cp = await startControlPlane({ logger: createLogger({ level: "silent" }), ...options });
-  t.after(() => cp.close());
+  onCleanup(t, () => cp.close());
   assert.ok(cp.adminToken, "a fresh control plane hands out its admin token");
   return { cp, admin: new AdminClient(cp.url, cp.adminToken) };
 }
 
 function makeTempDir(t: TestContext): string {
   const dir = mkdtempSync(join(tmpdir(), "runner-cp-test-"));
-  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  onCleanup(t, () => rmSync(dir, { recursive: true, force: true }));
   return dir;
 }
 
@@ -208,7 +209,7 @@ describe("registration", () => {
     const dataDir = makeTempDir(t);
     const first = await startHarness(t, { dataDir });
     const second = await startControlPlane({ dataDir, logger: createLogger({ level: "silent" }) });
-    t.after(() => second.close());
+    onCleanup(t, () => second.close());
     const { token } = await first.admin.createRegistrationToken();
     const answers = await Promise.all([
       call(first.cp, "POST", "/runners/register", { token, body: registerBody("left") }),
@@ -540,7 +541,7 @@ describe("persistence and secrets at rest", () => {
     await first.cp.close();
 
     const second = await startControlPlane({ dataDir, logger: createLogger({ level: "silent" }) });
-    t.after(() => second.close());
+    onCleanup(t, () => second.close());
     assert.equal(second.adminToken, null, "a stored admin token is never shown again");
     assert.equal(await second.store.schemaVersion(), SCHEMA_VERSION);
     const h: Harness = { cp: second, admin: new AdminClient(second.url, firstAdminToken) };
@@ -558,7 +559,7 @@ describe("persistence and secrets at rest", () => {
       adminToken: replacement,
       logger: createLogger({ level: "silent" }),
     });
-    t.after(() => third.close());
+    onCleanup(t, () => third.close());
     assert.equal(third.adminToken, replacement);
     assertError(await call(third, "GET", "/admin/runners", { token: firstAdminToken }), 401, "unauthorized");
     assert.equal((await call(third, "GET", "/admin/runners", { token: replacement })).status, 200);
@@ -604,7 +605,7 @@ describe("persistence and secrets at rest", () => {
           /schema version \d+, newer than this program knows .*upgrade runner/.test(error.message),
       );
       const after = new Database(join(dataDir, DATABASE_FILE));
-      t.after(() => after.close());
+      onCleanup(t, () => after.close());
       assert.equal(after.pragma("user_version", { simple: true }), SCHEMA_VERSION + 1);
     },
   );

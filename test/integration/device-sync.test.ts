@@ -19,6 +19,7 @@ import { AGENT_VERSION, PROTOCOL_VERSION } from "../../src/protocol/version.js";
 import { fingerprintOf } from "../../src/state/host.js";
 import { captureLogger, startTestControlPlane, tempDir, type TestControlPlane } from "../helpers/fixtures.js";
 import { NO_PROXY } from "../../src/net/proxy.js";
+import { onCleanup } from "../helpers/cleanup.js";
 
 async function until<T>(check: () => T | Promise<T>, what: string, timeoutMs = 10_000): Promise<NonNullable<T>> {
   const deadline = Date.now() + timeoutMs;
@@ -125,7 +126,7 @@ function startRunner(
     driver.dispose();
     await sync.close();
   };
-  t.after(stop);
+  onCleanup(t, stop);
   return { driver, sync, stop };
 }
 

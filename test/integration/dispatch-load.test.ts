@@ -11,6 +11,7 @@ import { AdminClient } from "../../src/api-client/admin.js";
 import { createLogger } from "../../src/log/logger.js";
 import { RawRunner, registerRawRunner } from "../helpers/raw-runner.js";
 import { requirePostgres, startPostgresCluster, type PostgresCluster } from "../helpers/postgres.js";
+import { onCleanup } from "../helpers/cleanup.js";
 
 const TIMEOUT = { timeout: 120_000 };
 const ADMIN_TOKEN = "adm_dispatch-load-admin-token-0123456789";
@@ -34,7 +35,7 @@ function median(values: number[]): number {
 }
 
 async function runLoad(t: TestContext, cp: ControlPlane): Promise<void> {
-  t.after(() => cp.close());
+  onCleanup(t, () => cp.close());
   const admin = new AdminClient(cp.url, ADMIN_TOKEN);
   const identity = await registerRawRunner(cp.url, admin, "busy", ["linux"]);
 

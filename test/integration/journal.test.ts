@@ -10,13 +10,14 @@ import path from "node:path";
 import { JobJournal, recoverOrphans, type JournalEntry } from "../../src/jobs/journal.js";
 import { processStartTime } from "../../src/state/process-start.js";
 import { jobMarks } from "../../src/jobs/job-marks.js";
+import { onCleanup } from "../helpers/cleanup.js";
 
 const posixOnly = process.platform === "win32" ? "needs POSIX process groups and sh" : false;
 const onLinux = process.platform === "linux";
 
 async function tempDir(t: TestContext): Promise<string> {
   const dir = await fs.mkdtemp(path.join(os.tmpdir(), "runner-journal-"));
-  t.after(() => fs.rm(dir, { recursive: true, force: true }));
+  onCleanup(t, () => fs.rm(dir, { recursive: true, force: true }));
   return dir;
 }
 
@@ -81,7 +82,7 @@ async function spawnGroup(
     env: env && { ...process.env, ...env },
   });
   const pid = child.pid as number;
-  t.after(() => killQuietly(-pid));
+  onCleanup(t, () => killQuietly(-pid));
   let out = "";
   child.stdout?.on("data", (d: Buffer) => (out += d.toString()));
   while (!out.includes("\n")) await once(child.stdout as NodeJS.ReadableStream, "data");

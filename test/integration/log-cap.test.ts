@@ -8,6 +8,7 @@ import path from "node:path";
 import { capLogFile, LAUNCHD_LOG_CAP, LAUNCHD_LOG_ENV, planRotation } from "../../src/service/log-cap.js";
 import { registerRunner, startTestControlPlane, tempDir } from "../helpers/fixtures.js";
 import { startDaemon } from "../helpers/daemon.js";
+import { onCleanup } from "../helpers/cleanup.js";
 
 describe("the launchd log's cap", { timeout: 10_000 }, () => {
   test("under the cap nothing happens; at the cap older copies shift up and the newest is copied to .1", () => {
@@ -27,7 +28,7 @@ describe("the launchd log's cap", { timeout: 10_000 }, () => {
     const dir = await tempDir(t);
     const file = path.join(dir, "runner.log");
     const launchd = await fs.open(file, constants.O_WRONLY | constants.O_CREAT | constants.O_APPEND, 0o600);
-    t.after(() => launchd.close());
+    onCleanup(t, () => launchd.close());
     await fs.writeFile(`${file}.1`, "older\n");
     await fs.writeFile(`${file}.2`, "oldest\n");
     const before = "x".repeat(150) + "\n";

@@ -23,6 +23,7 @@ import {
   type PostgresCluster,
 } from "../helpers/postgres.js";
 import { RawRunner, registerRawRunner } from "../helpers/raw-runner.js";
+import { onCleanup } from "../helpers/cleanup.js";
 
 const ADMIN_TOKEN = "adm_nul-strings-test-admin-token-0123";
 const NUL = "\u0000";
@@ -44,7 +45,7 @@ const engines: Engine[] = [
     name: "SQLite",
     async store(t) {
       const dataDir = mkdtempSync(join(tmpdir(), "runner-nul-"));
-      t.after(() => rmSync(dataDir, { recursive: true, force: true }));
+      onCleanup(t, () => rmSync(dataDir, { recursive: true, force: true }));
       return { dataDir };
     },
   },
@@ -61,7 +62,7 @@ async function start(t: TestContext, engine: Engine): Promise<{ cp: ControlPlane
   const store = await engine.store(t);
   if (!store) return undefined;
   const cp = await startControlPlane({ logger: createLogger({ level: "silent" }), adminToken: ADMIN_TOKEN, ...store });
-  t.after(() => cp.close());
+  onCleanup(t, () => cp.close());
   return { cp, admin: new AdminClient(cp.url, ADMIN_TOKEN) };
 }
 

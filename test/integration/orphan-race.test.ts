@@ -11,6 +11,7 @@ import { startDaemon } from "../helpers/daemon.js";
 import { childrenOf, isRunning } from "../helpers/processes.js";
 import type { JobView } from "../../src/protocol/http.js";
 import { listLiveGroupMembers as groupMembers } from "../../src/jobs/process-group.js";
+import { onCleanup } from "../helpers/cleanup.js";
 
 const linuxOnly = process.platform === "linux" ? false : "reads /proc to find the job's processes";
 const FAST = ["--reconnect-base-ms", "100", "--reconnect-cap-ms", "400"];
@@ -58,7 +59,7 @@ describe("a crash between a command job's spawn and the daemon learning its pid"
       const first = startDaemon(t, [...runner.flags, ...FAST]);
       await first.waitForLog((l) => l.msg === "connected to the control plane", 20_000);
       const daemonPid = first.child.pid!;
-      t.after(() => signal(daemonPid, "SIGKILL"));
+      onCleanup(t, () => signal(daemonPid, "SIGKILL"));
 
       // A warm worker, idle.
       const { job: warmUp } = await plane.admin.submitJob({ job: { kind: "command", argv: ["true"], env: {} } });
@@ -73,7 +74,7 @@ describe("a crash between a command job's spawn and the daemon learning its pid"
         return found.length === 1 ? found : null;
       }, "one idle worker");
       const worker = workers[0]!;
-      t.after(() => signal(worker, "SIGKILL"));
+      onCleanup(t, () => signal(worker, "SIGKILL"));
 
       // The worker is stopped, so the `run` message waits in its pipe; once the runner has sent
       // `accept` (written after it handed the job to the worker), the daemon is stopped too.
@@ -106,7 +107,7 @@ describe("a crash between a command job's spawn and the daemon learning its pid"
       }, "the job's child");
       const [leader] = pidsWithArg(marker);
       assert.ok(leader !== undefined, "the job's leader runs");
-      t.after(() => signal(-leader, "SIGKILL"));
+      onCleanup(t, () => signal(-leader, "SIGKILL"));
       assert.deepEqual(
         groupMembers(leader).sort(),
         [leader, sleeper].sort(),

@@ -4,12 +4,13 @@ import assert from "node:assert/strict";
 import { promises as fs } from "node:fs";
 import os from "node:os";
 import path from "node:path";
-import { test } from "node:test";
+import { test, type TestContext } from "node:test";
 import { processStartTime } from "../../src/state/process-start.js";
+import { onCleanup } from "../helpers/cleanup.js";
 
-async function stubPs(t: { after(fn: () => Promise<void>): void }): Promise<{ ps: string; calls: string }> {
+async function stubPs(t: TestContext): Promise<{ ps: string; calls: string }> {
   const dir = await fs.mkdtemp(path.join(os.tmpdir(), "runner-ps-"));
-  t.after(() => fs.rm(dir, { recursive: true, force: true }));
+  onCleanup(t, () => fs.rm(dir, { recursive: true, force: true }));
   const calls = path.join(dir, "calls");
   const ps = path.join(dir, "ps");
   // In the C locale and UTC: "Mon Nov 30 21:31:34 2026"; in de_DE and Berlin time, as a shell

@@ -12,6 +12,7 @@ import { chooseProxy, proxyConfig } from "../../src/net/proxy.js";
 import { channelTunnel } from "../../src/net/proxy-agents.js";
 import { machineConfig } from "../helpers/channel-fixtures.js";
 import { captureLogger } from "../helpers/fixtures.js";
+import { onCleanup } from "../helpers/cleanup.js";
 
 interface SilentProxy {
   url: string;
@@ -40,7 +41,7 @@ async function startSilentProxy(t: TestContext): Promise<SilentProxy> {
     changed();
   });
   await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
-  t.after(async () => {
+  onCleanup(t, async () => {
     for (const socket of sockets) socket.destroy();
     await new Promise<void>((resolve) => server.close(() => resolve()));
   });
@@ -98,7 +99,7 @@ describe("a proxy that accepts and never answers CONNECT", { timeout: 60_000 }, 
       },
     );
     void driver.start();
-    t.after(() => driver.dispose());
+    onCleanup(t, () => driver.dispose());
     let mostOpen = 0;
     await proxy.until(
       `${ATTEMPTS} attempts`,

@@ -21,6 +21,7 @@ import { LISTENER_APPLICATION_NAME } from "../../src/control-plane/store/postgre
 import { ADMIN_TOKEN_HASH_SETTING } from "../../src/control-plane/context.js";
 import { hashSecret } from "../../src/control-plane/tokens.js";
 import { requirePostgres, startPostgresCluster, type PostgresCluster } from "../helpers/postgres.js";
+import { onCleanup } from "../helpers/cleanup.js";
 
 const TIMEOUT = { timeout: 60_000 };
 const HEARTBEAT_MS = 1000;
@@ -240,7 +241,7 @@ describe("control-plane replicas on one PostgreSQL database", () => {
       // B serves the old token, and keeps its hash in memory from here on.
       assert.deepEqual(await b.admin.listJobs(), []);
       const dir = mkdtempSync(join(tmpdir(), "runner-replicas-rotated-"));
-      t.after(() => rmSync(dir, { recursive: true, force: true }));
+      onCleanup(t, () => rmSync(dir, { recursive: true, force: true }));
       const rotated = "adm_replicas-test-rotated-token-9876543210";
       writeFileSync(join(dir, "admin-token"), rotated, { mode: 0o600 });
       const c = await startReplica(t, databaseUrl, ["--admin-token-file", join(dir, "admin-token")]);
@@ -268,7 +269,7 @@ describe("control-plane replicas on one PostgreSQL database", () => {
       const rotated = "adm_replicas-test-resync-token-0123456789";
       const client = new pg.Client({ connectionString: databaseUrl });
       await client.connect();
-      t.after(() => client.end());
+      onCleanup(t, () => client.end());
       // Changed behind B's back (no signal, as if said while B's listener was away): B still
       // answers from the hash it keeps.
       await client.query("UPDATE settings SET value = $1 WHERE key = $2", [

@@ -13,6 +13,7 @@ import { runCli, RUNNER_BIN } from "../helpers/cli.js";
 import { startTestControlPlane, tempDir, type TestControlPlane } from "../helpers/fixtures.js";
 import { ExitCode } from "../../src/errors.js";
 import type { JobView } from "../../src/protocol/http.js";
+import { onCleanup } from "../helpers/cleanup.js";
 
 const execFileAsync = promisify(execFile);
 
@@ -125,7 +126,7 @@ async function throwAwayUser(t: TestContext): Promise<string | null> {
     "--user-group",
     name,
   ]);
-  t.after(() => execFileAsync("userdel", [name]).then(() => undefined));
+  onCleanup(t, () => execFileAsync("userdel", [name]).then(() => undefined));
   return name;
 }
 
@@ -164,13 +165,13 @@ describe("service install starts the runner and waits for it", { timeout: 120_00
     const stub = await managerStub(t);
     const name = `runner-e2e-${process.pid}`;
     const unitFile = path.join("/etc/systemd/system", `${name}.service`);
-    t.after(() => fs.rm(unitFile, { force: true }));
+    onCleanup(t, () => fs.rm(unitFile, { force: true }));
     const env = { PATH: `${stub.dir}:/usr/bin:/bin` };
     const install = await runCli(
       ["service", "install", ...flags, "--run-as", user, "--name", name, "--device-providers", "none"],
       { env, timeoutMs: 60_000 },
     );
-    t.after(async () => {
+    onCleanup(t, async () => {
       await runCli(["service", "uninstall", ...flags, "--name", name], { env, timeoutMs: 60_000 });
     });
     assert.equal(install.code, ExitCode.OK, `${install.all}\n--- service output:\n${await stub.serviceLog()}`);

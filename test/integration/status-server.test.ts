@@ -9,6 +9,7 @@ import path from "node:path";
 import { captureLogger, tempDir } from "../helpers/fixtures.js";
 import { maxSocketPathBytes, startStatusServer, type StatusServerOptions } from "../../src/status/server.js";
 import { readDaemonStatus } from "../../src/status/client.js";
+import { onCleanup } from "../helpers/cleanup.js";
 
 function options(logger: StatusServerOptions["logger"], where: Partial<StatusServerOptions>): StatusServerOptions {
   return {
@@ -53,7 +54,7 @@ describe("status server", { timeout: 30_000 }, () => {
     await fs.writeFile(socketPath, "not mine to delete");
     const log = captureLogger();
     const server = await startStatusServer(options(log.logger, { socketPath, port: 0 }));
-    t.after(() => server.close());
+    onCleanup(t, () => server.close());
     assert.equal(server.socketPath, null);
     assert.equal(await fs.readFile(socketPath, "utf8"), "not mine to delete");
     assert.match(log.text(), /something that is not a socket is in the status socket's place/);
@@ -76,11 +77,11 @@ describe("status server", { timeout: 30_000 }, () => {
     const socketPath = path.join(dir, "status.sock");
     const taken = net.createServer().listen(0, "127.0.0.1");
     await once(taken, "listening");
-    t.after(() => taken.close());
+    onCleanup(t, () => taken.close());
     const port = (taken.address() as net.AddressInfo).port;
     const log = captureLogger();
     const server = await startStatusServer(options(log.logger, { socketPath, port }));
-    t.after(() => server.close());
+    onCleanup(t, () => server.close());
     assert.equal(server.port, null);
     assert.match(log.text(), /could not serve the status endpoints on 127\.0\.0\.1/);
     assert.match(log.text(), /EADDRINUSE/);
@@ -93,7 +94,7 @@ describe("status server", { timeout: 30_000 }, () => {
     const held: net.Socket[] = [];
     const mute = net.createServer((socket) => void held.push(socket)).listen(silent);
     await once(mute, "listening");
-    t.after(() => {
+    onCleanup(t, () => {
       for (const socket of held) socket.destroy();
       mute.close();
     });
@@ -105,7 +106,7 @@ describe("status server", { timeout: 30_000 }, () => {
     const odd = path.join(dir, "odd.sock");
     const impostor = http.createServer((_request, response) => response.end('{"pid":"not a number"}')).listen(odd);
     await once(impostor, "listening");
-    t.after(() => impostor.close());
+    onCleanup(t, () => impostor.close());
     const answer = await readDaemonStatus(odd, 5000);
     assert.equal(answer.kind, "none");
     assert.match(

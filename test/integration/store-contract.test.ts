@@ -24,6 +24,7 @@ import {
   type PostgresCluster,
 } from "../helpers/postgres.js";
 import { finishedResult } from "../helpers/channel-fixtures.js";
+import { onCleanup } from "../helpers/cleanup.js";
 
 const TIMEOUT = { timeout: 30_000 };
 /** Limits far above what a test stores, where a test is not about them. */
@@ -47,7 +48,7 @@ interface Engine {
 
 function track(t: TestContext, opened: Promise<ControlPlaneStore>): Promise<ControlPlaneStore> {
   return opened.then((store) => {
-    t.after(() => store.close());
+    onCleanup(t, () => store.close());
     return store;
   });
 }
@@ -56,7 +57,7 @@ const sqlite: Engine = {
   name: "SQLite",
   async fresh(t) {
     const dir = mkdtempSync(join(tmpdir(), "runner-store-"));
-    t.after(() => rmSync(dir, { recursive: true, force: true }));
+    onCleanup(t, () => rmSync(dir, { recursive: true, force: true }));
     return { open: () => track(t, Promise.resolve(openSqliteStore(dir))), schemaVersion: SCHEMA_VERSION };
   },
 };
@@ -192,7 +193,7 @@ for (const engine of [sqlite, postgres]) {
         }
         const listener = new pg.Client({ connectionString: fresh.url });
         await listener.connect();
-        t.after(() => listener.end());
+        onCleanup(t, () => listener.end());
         await listener.query(`LISTEN ${notice.channel}`);
         const heard = new Promise<string | undefined>((resolve) =>
           listener.once("notification", (message) => resolve(message.payload)),
@@ -1005,11 +1006,11 @@ describe("choosing and opening a store", () => {
 
   test("the SQLite file and its -wal and -shm are 0600, even in a 0755 directory", TIMEOUT, async (t) => {
     const dir = mkdtempSync(join(tmpdir(), "runner-store-"));
-    t.after(() => rmSync(dir, { recursive: true, force: true }));
+    onCleanup(t, () => rmSync(dir, { recursive: true, force: true }));
     const { chmodSync } = await import("node:fs");
     chmodSync(dir, 0o755);
     const store = openSqliteStore(dir);
-    t.after(() => store.close());
+    onCleanup(t, () => store.close());
     await store.setSetting("k", "v");
     for (const name of [DATABASE_FILE, `${DATABASE_FILE}-wal`, `${DATABASE_FILE}-shm`]) {
       assert.equal(statSync(join(dir, name)).mode & 0o777, 0o600, name);
@@ -1029,7 +1030,7 @@ describe("runner control-plane --database", () => {
 
   test("--data and --database together exit 2", TIMEOUT, async (t) => {
     const dir = mkdtempSync(join(tmpdir(), "runner-store-"));
-    t.after(() => rmSync(dir, { recursive: true, force: true }));
+    onCleanup(t, () => rmSync(dir, { recursive: true, force: true }));
     const result = await runCli(["control-plane", "--data", dir, "--database", "postgres://runner@127.0.0.1:1/x"]);
     assert.equal(result.code, 2, result.all);
     assert.match(result.all, /exclude each other/);

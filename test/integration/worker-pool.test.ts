@@ -17,6 +17,7 @@ import { RECYCLE_STREAK_WARN, type RecycleLimits } from "../../src/workers/paren
 import { HELD_LIMIT_BYTES } from "../../src/workers/child/worker-output.js";
 import { REPO_ROOT } from "../helpers/cli.js";
 import { isRunning } from "../helpers/processes.js";
+import { onCleanup } from "../helpers/cleanup.js";
 
 const posixOnly = process.platform === "win32" ? "needs POSIX process groups, sh and /dev/null" : false;
 const MiB = 1024 * 1024;
@@ -63,7 +64,7 @@ function createPool(
     logger,
     limits: { ...NO_LIMITS, ...options.limits },
   });
-  t.after(async () => {
+  onCleanup(t, async () => {
     // Bounded, so a broken pool fails its test instead of hanging the run; leftovers are killed.
     await Promise.race([pool.close(), delay(10_000)]);
     for (const worker of pool.stats().workers) killGroupQuietly(worker.pid);
@@ -73,7 +74,7 @@ function createPool(
 
 async function tempDir(t: TestContext): Promise<string> {
   const dir = await fs.mkdtemp(path.join(os.tmpdir(), "runner-pool-"));
-  t.after(() => fs.rm(dir, { recursive: true, force: true }));
+  onCleanup(t, () => fs.rm(dir, { recursive: true, force: true }));
   return dir;
 }
 
@@ -193,7 +194,7 @@ describe("warm workers", { skip: posixOnly }, () => {
 
   test("a worker's environment, and a command job's, hold nothing of the runner's", { timeout: 20_000 }, async (t) => {
     process.env.RUNNER_TEST_POOL_SECRET = "pool-secret-value";
-    t.after(() => delete process.env.RUNNER_TEST_POOL_SECRET);
+    onCleanup(t, () => delete process.env.RUNNER_TEST_POOL_SECRET);
     const { pool } = createPool(t);
     const fromModule = await runToEnd(pool, moduleJob("counter"));
     assert.ok(
