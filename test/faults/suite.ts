@@ -39,6 +39,12 @@ after(async () => {
   // Whatever a failed phase left running goes; the count was taken before.
   killMarkedProcesses(runMark);
   process.stdout.write(tally.summary(prng.seed, performance.now() - began) + "\n");
+  // Unref'd: it fires only if something the phases left open keeps the process up, which
+  // would otherwise hold CI until its deadline.
+  setTimeout(() => {
+    process.stderr.write("the fault suite's process stayed up 30 s after its tests: a socket, timer or child leaked\n");
+    process.exit(1);
+  }, 30_000).unref();
 });
 
 // Each phase gets its own PRNG stream, so changing one phase does not reshuffle another.
