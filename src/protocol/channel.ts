@@ -25,6 +25,12 @@ export const jobIdSchema = withoutNul("a job id", 128, 1);
 const jobId = jobIdSchema;
 /** The fencing token: raised each time the job is handed out; a result for an older attempt is stale. */
 const attempt = z.number().int().positive();
+/**
+ * The highest attempt a control plane hands out (2^31 − 1: it fits a 32-bit column). A message
+ * naming a higher one still decodes (any integer ≥ 1 does): it is about an attempt the sender
+ * does not hold, and is fenced like any other.
+ */
+export const MAX_ATTEMPT = 2_147_483_647;
 const jobRef = { jobId, attempt };
 export const jobRefSchema = z.object(jobRef);
 export type JobRef = z.infer<typeof jobRefSchema>;
