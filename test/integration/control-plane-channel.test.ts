@@ -7,6 +7,7 @@ import assert from "node:assert/strict";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import net from "node:net";
 import { Writable } from "node:stream";
 import WebSocket from "ws";
 import {
@@ -39,6 +40,17 @@ const HEARTBEAT_MS = 200;
 const ADMIN_TOKEN = "adm_channel-test-admin-token-0123456789";
 
 // ---- harness ----
+
+/** Sends `text` on a raw socket and resolves with everything received once the server closed it. */
+function rawExchange(t: TestContext, url: string, text: string): Promise<string> {
+  const { hostname, port } = new URL(url);
+  const socket = net.connect(Number(port), hostname, () => socket.write(text));
+  onCleanup(t, () => socket.destroy());
+  let received = "";
+  socket.on("data", (data: Buffer) => (received += data.toString("utf8")));
+  socket.on("error", () => undefined); // a reset after the answer is a close like any other here
+  return new Promise((resolve) => socket.once("close", () => resolve(received)));
+}
 
 interface Harness {
   t: TestContext;
@@ -219,6 +231,36 @@ describe("channel upgrade", () => {
     const ok = await connected(h, other);
     await ok.close();
   });
+
+  test(
+    "an upgrade that is not a WebSocket handshake gets the protocol's JSON error, before its credentials are checked",
+    TIMEOUT,
+    async (t) => {
+      const h = await startHarness(t);
+      const key = "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==";
+      const cases: [string, string, number, string][] = [
+        ["POST", `Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n${key}`, 405, "not_found"],
+        ["GET", "Upgrade: h2c\r\nConnection: Upgrade", 400, "bad_request"],
+        ["GET", "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13", 400, "bad_request"],
+        ["GET", `Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 7\r\n${key}`, 400, "bad_request"],
+      ];
+      for (const [method, headers, status, code] of cases) {
+        // No credentials at all: the request is refused for what it is, not for who sent it.
+        const answer = await rawExchange(
+          t,
+          h.cp.url,
+          `${method} /api/v1/channel HTTP/1.1\r\nHost: x\r\n${headers}\r\nContent-Length: 0\r\n\r\n`,
+        );
+        const what = `${method} ${headers}`;
+        assert.equal(Number(answer.slice(9, 12)), status, what);
+        assert.match(answer, /\r\ncontent-type: application\/json/i, what);
+        const body = errorBodySchema.parse(JSON.parse(answer.slice(answer.indexOf("\r\n\r\n") + 4)));
+        assert.equal(body.error.code, code, what);
+        if (status === 405) assert.match(answer, /\r\nAllow: GET\r\n/, what);
+      }
+      assert.equal((await fetch(`${h.cp.url}/api/v1/health`)).status, 200);
+    },
+  );
 
   test(
     "hello gets welcome with the announced timings; the runner is marked seen and reported connected",

@@ -117,6 +117,11 @@ export class ChannelEndpoint implements RunnerChannels {
   ) {
     // ws closes a connection with 1009 by itself when a frame is over maxPayload.
     this.wss = new WebSocketServer({ noServer: true, maxPayload: options.maxFrameBytes });
+    // What ws still refuses after checkHandshake (a malformed Sec-WebSocket-Protocol) gets the
+    // protocol's JSON answer too, instead of ws's plain-text one.
+    this.wss.on("wsClientError", (error: Error, socket: Duplex) =>
+      this.refuse(socket, new HttpError(400, "bad_request", `not a WebSocket handshake: ${error.message}`)),
+    );
     this.idleLimitMs = options.heartbeatIntervalMs * IDLE_HEARTBEATS;
     this.sweepTimer = setInterval(() => this.dropSilentConnections(), Math.max(10, options.heartbeatIntervalMs / 2));
   }
@@ -144,6 +149,7 @@ export class ChannelEndpoint implements RunnerChannels {
   private async authenticate(req: http.IncomingMessage): Promise<RunnerRecord> {
     const path = new URL(req.url ?? "/", "http://localhost").pathname;
     if (path !== CHANNEL_PATH) throw new HttpError(404, "not_found", `no such endpoint: ${path}`);
+    checkHandshake(req);
     const bearer = parseBearer(req.headers.authorization);
     if (bearer === undefined)
       throw new HttpError(401, "unauthorized", "missing or malformed header: Authorization: Bearer <credential>");
@@ -165,7 +171,7 @@ export class ChannelEndpoint implements RunnerChannels {
 
   /** Answers the upgrade request with a plain HTTP error (the protocol's JSON body) and drops the socket. */
   private refuse(socket: Duplex, error: unknown): void {
-    const { status, body } = toErrorAnswer(this.context, error);
+    const { status, body, headers } = toErrorAnswer(this.context, error);
     this.context.logger.info({ status, code: body.error.code, reason: body.error.message }, "channel upgrade refused");
     const text = JSON.stringify(body);
     const head = [
@@ -174,6 +180,7 @@ export class ChannelEndpoint implements RunnerChannels {
       "Content-Type: application/json; charset=utf-8",
       `Content-Length: ${Buffer.byteLength(text)}`,
       "Cache-Control: no-store",
+      ...Object.entries(headers).map(([name, value]) => `${name}: ${value}`),
     ];
     socket.once("finish", () => socket.destroy());
     socket.end(`${head.join("\r\n")}\r\n\r\n${text}`);
@@ -580,6 +587,31 @@ function sameLabels(a: readonly string[], b: readonly string[]): boolean {
   const left = new Set(a);
   const right = new Set(b);
   return left.size === right.size && [...left].every((label) => right.has(label));
+}
+
+/** The Sec-WebSocket-Key of a handshake: 16 bytes in base64 (RFC 6455 §4.1), as ws checks it. */
+const WEBSOCKET_KEY = /^[+/0-9A-Za-z]{22}==$/;
+
+/**
+ * An upgrade request that is not a WebSocket handshake ws would take is refused here, before
+ * its credentials are checked (as a plain request on the channel path is, PROTOCOL.md
+ * "Connecting"), with the protocol's JSON error body: ws would answer it in plain text.
+ */
+function checkHandshake(req: http.IncomingMessage): void {
+  if (req.method !== "GET")
+    throw new HttpError(405, "not_found", `${CHANNEL_PATH} is opened with GET (a WebSocket handshake)`, {
+      Allow: "GET",
+    });
+  const notHandshake = (what: string) =>
+    new HttpError(400, "bad_request", `not a WebSocket handshake (RFC 6455): ${what}`, {
+      "Sec-WebSocket-Version": "13",
+    });
+  if (header(req, "upgrade")?.toLowerCase() !== "websocket") throw notHandshake("Upgrade must be websocket");
+  if (!WEBSOCKET_KEY.test(header(req, "sec-websocket-key") ?? ""))
+    throw notHandshake("missing or malformed Sec-WebSocket-Key");
+  // ws speaks versions 13 (RFC 6455) and 8 (its last draft).
+  const version = header(req, "sec-websocket-version");
+  if (version !== "13" && version !== "8") throw notHandshake("Sec-WebSocket-Version must be 13");
 }
 
 function header(req: http.IncomingMessage, name: string): string | undefined {
