@@ -946,6 +946,25 @@ describe("bad frames", () => {
   });
 });
 
+describe("bad frames: encoding", () => {
+  test(
+    "a text frame that is not valid UTF-8 closes that connection with 1007; the server keeps serving",
+    TIMEOUT,
+    async (t) => {
+      const h = await startHarness(t);
+      const identity = await registerRunner(h, "garbled");
+      const runner = await connected(h, identity);
+      // A text frame (not binary) whose bytes are not UTF-8: RFC 6455 §8.1 fails the connection.
+      runner.ws.send(Buffer.from([0x7b, 0xff, 0xfe, 0x7d]), { binary: false });
+      assert.equal((await runner.closed).code, 1007);
+      const again = await connected(h, identity);
+      again.ready(1);
+      await submit(h);
+      await again.next("assign");
+    },
+  );
+});
+
 /** A connected runner that granted two credits and was assigned one job. */
 async function holdingOneJob(h: Harness, name: string): Promise<{ runner: RawRunner; job: JobView }> {
   const runner = await connected(h, await registerRunner(h, name));
