@@ -526,6 +526,26 @@ describe("results, logs and fencing", () => {
     },
   );
 
+  test(
+    "the runner's timestamps are kept as sent, whatever their form; the job is timed with the control plane's clock",
+    TIMEOUT,
+    async (t) => {
+      const h = await startHarness(t);
+      const runner = await connected(h, await registerRunner(h, "odd-clock"));
+      runner.ready(1);
+      const job = await submit(h);
+      const assign = await runner.next("assign");
+      const ref = { jobId: assign.jobId, attempt: assign.attempt };
+      const before = Date.now();
+      runner.send({ type: "started", ...ref, startedAt: "yesterday" });
+      runner.send({ type: "result", result: { ...finishedResult(ref), startedAt: "t0", finishedAt: "1700000000" } });
+      assert.deepEqual(await runner.next("result_ack"), { type: "result_ack", ...ref, applied: true });
+      const { job: view } = await h.admin.getJob(job.jobId);
+      assert.deepEqual([view.result?.startedAt, view.result?.finishedAt], ["t0", "1700000000"]);
+      for (const at of [view.startedAt, view.finishedAt]) assert.ok(Date.parse(at ?? "") >= before - 5, String(at));
+    },
+  );
+
   test("pings alone keep the leases of a runner's jobs", TIMEOUT, async (t) => {
     const h = await startHarness(t, { leaseMs: 1000 });
     const runner = await connected(h, await registerRunner(h, "pinger"));
