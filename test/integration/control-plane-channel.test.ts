@@ -966,6 +966,24 @@ describe("bad frames", () => {
   });
 });
 
+describe("bad frames: a small frame limit", () => {
+  test(
+    "a hello larger than a small maxFrameBytes is taken (the runner does not know the limit yet); a later frame over it gets 1009",
+    TIMEOUT,
+    async (t) => {
+      const h = await startHarness(t, { maxFrameBytes: 1024 });
+      // 64 labels of 60 characters: a hello of about 4 KiB, all of it legitimate.
+      const labels = Array.from({ length: 64 }, (_, i) => `label-${String(i).padStart(2, "0")}-${"x".repeat(51)}`);
+      const runner = await connect(h, await registerRunner(h, "labelled", labels));
+      const welcome = await runner.hello({ labels });
+      assert.equal(welcome.maxFrameBytes, 1024);
+      runner.send({ type: "goodbye", reason: "x".repeat(1000) });
+      assert.deepEqual(await runner.closed, { code: 1009, reason: "frame over maxFrameBytes" });
+      await waitFor("the size-limit warning", () => h.logLines.some((l) => l.includes("frame over the size limit")));
+    },
+  );
+});
+
 describe("bad frames: encoding", () => {
   test(
     "a text frame that is not valid UTF-8 closes that connection with 1007; the server keeps serving",

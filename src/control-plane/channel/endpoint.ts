@@ -11,6 +11,7 @@ import { WebSocket, WebSocketServer, type RawData } from "ws";
 import {
   AGENT_VERSION_HEADER,
   CHANNEL_PATH,
+  DEFAULT_MAX_FRAME_BYTES,
   PROTOCOL_HEADER,
   RUNNER_ID_HEADER,
   decodeRunnerMessage,
@@ -88,6 +89,8 @@ interface Connection {
   handling: Promise<void>;
   /** Frames received and not yet handled; over BACKLOG_PAUSE the socket is paused until BACKLOG_RESUME. */
   backlog: number;
+  /** Whether a frame arrived: the first (the hello) may be larger than maxFrameBytes, no other may. */
+  heardFrame: boolean;
   /** Log refusals already answered on this connection (channel/log-intake.ts). */
   readonly toldLogRefusals: Set<string>;
   readonly connectedAt: number;
@@ -115,8 +118,13 @@ export class ChannelEndpoint implements RunnerChannels {
     private readonly context: Context,
     private readonly options: ChannelOptions,
   ) {
-    // ws closes a connection with 1009 by itself when a frame is over maxPayload.
-    this.wss = new WebSocketServer({ noServer: true, maxPayload: options.maxFrameBytes });
+    // ws closes a connection with 1009 by itself when a frame is over maxPayload: that is the
+    // limit of a hello, sent before the runner knows maxFrameBytes (PROTOCOL.md, "Frames"); the
+    // frames after it are held to maxFrameBytes here (receive).
+    this.wss = new WebSocketServer({
+      noServer: true,
+      maxPayload: Math.max(options.maxFrameBytes, DEFAULT_MAX_FRAME_BYTES),
+    });
     // What ws still refuses after checkHandshake (a malformed Sec-WebSocket-Protocol) gets the
     // protocol's JSON answer too, instead of ws's plain-text one.
     this.wss.on("wsClientError", (error: Error, socket: Duplex) =>
@@ -201,6 +209,7 @@ export class ChannelEndpoint implements RunnerChannels {
       backlog: 0,
       generation: undefined,
       newerSeen: 0,
+      heardFrame: false,
       toldLogRefusals: new Set(),
     };
     const previous = this.connections.get(runner.id);
@@ -296,13 +305,17 @@ export class ChannelEndpoint implements RunnerChannels {
   private logSocketError(connection: Connection, error: Error): void {
     const code = (error as { code?: string }).code;
     if (code === "WS_ERR_UNSUPPORTED_MESSAGE_LENGTH") {
-      this.context.logger.warn(
-        { runnerId: connection.runner.id, maxFrameBytes: this.options.maxFrameBytes },
-        "frame over the size limit: connection closed with 1009",
-      );
+      this.refuseLargeFrame(connection);
     } else {
       this.context.logger.warn({ runnerId: connection.runner.id, err: error, code }, "channel socket error");
     }
+  }
+
+  private refuseLargeFrame(connection: Connection): void {
+    this.context.logger.warn(
+      { runnerId: connection.runner.id, maxFrameBytes: this.options.maxFrameBytes },
+      "frame over the size limit: connection closed with 1009",
+    );
   }
 
   private dropSilentConnections(): void {
@@ -355,6 +368,12 @@ export class ChannelEndpoint implements RunnerChannels {
   private receive(connection: Connection, data: RawData, isBinary: boolean): void {
     this.hear(connection);
     if (connection.state === "closing") return;
+    const first = !connection.heardFrame;
+    connection.heardFrame = true;
+    if (!first && frameBytes(data) > this.options.maxFrameBytes) {
+      this.refuseLargeFrame(connection);
+      return this.closeConnection(connection, CLOSE_CODES.frameTooLarge, "frame over maxFrameBytes");
+    }
     if (isBinary)
       return this.refuseFrame(connection, "binary_frame", "binary frames are not part of the protocol; send JSON text");
     const text = toText(data);
@@ -621,6 +640,10 @@ function header(req: http.IncomingMessage, name: string): string | undefined {
 
 function typeOf(parsed: unknown): unknown {
   return typeof parsed === "object" && parsed !== null ? (parsed as { type?: unknown }).type : undefined;
+}
+
+function frameBytes(data: RawData): number {
+  return Array.isArray(data) ? data.reduce((sum, part) => sum + part.length, 0) : data.byteLength;
 }
 
 function toText(data: RawData): string {
