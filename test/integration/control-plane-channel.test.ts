@@ -546,6 +546,39 @@ describe("results, logs and fencing", () => {
     },
   );
 
+  test(
+    "a result the store failed to apply closes the connection (1011); the result re-sent after the next hello applies",
+    TIMEOUT,
+    async (t) => {
+      const h = await startHarness(t);
+      const identity = await registerRunner(h, "unlucky");
+      const runner = await connected(h, identity);
+      runner.ready(1);
+      const job = await submit(h);
+      const assign = await runner.next("assign");
+      const ref = { jobId: assign.jobId, attempt: assign.attempt };
+      // The database fails once (a restart, a lost connection): the first report is not applied.
+      const jobs = h.cp.store.jobs;
+      const applyResults = jobs.applyResults.bind(jobs);
+      jobs.applyResults = () => {
+        jobs.applyResults = applyResults;
+        return Promise.reject(new Error("the database went away"));
+      };
+      runner.result(ref, "failed", 3);
+      const error = await runner.next("error");
+      assert.equal(error.code, "internal");
+      assert.deepEqual(await runner.closed, { code: 1011, reason: "the control plane failed to handle result" });
+      assert.equal((await jobOf(h, job.jobId)).status, "assigned", "not applied, and not lost either");
+
+      const again = await connect(h, identity);
+      const welcome = await again.hello({ pendingResults: [ref] });
+      assert.deepEqual(welcome.fenced, []);
+      again.result(ref, "failed", 3);
+      assert.deepEqual(await again.next("result_ack"), { type: "result_ack", ...ref, applied: true });
+      assert.equal((await jobOf(h, job.jobId)).status, "failed");
+    },
+  );
+
   test("pings alone keep the leases of a runner's jobs", TIMEOUT, async (t) => {
     const h = await startHarness(t, { leaseMs: 1000 });
     const runner = await connected(h, await registerRunner(h, "pinger"));

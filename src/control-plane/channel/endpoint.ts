@@ -38,6 +38,8 @@ export const CLOSE_CODES = {
   goingAway: 1001,
   policyViolation: 1008,
   frameTooLarge: 1009,
+  /** The control plane failed to handle a frame whose loss the runner's next hello repairs. */
+  internalError: 1011,
   replaced: 4000,
   /** An admin revoked the credential: a reconnect gets 401 credential_revoked. */
   revoked: 4001,
@@ -55,6 +57,8 @@ const DISCONNECTS = {
   replaced: { code: CLOSE_CODES.deleted, reason: "runner replaced by a new registration" },
 } as const;
 export type DisconnectWhy = keyof typeof DISCONNECTS;
+/** Frame types whose failed handling closes the connection (1011), so that the runner's hello restates them. */
+const RESTATED_ON_RECONNECT: ReadonlySet<string> = new Set(["result", "reject", "ready"]);
 /** Frames of one connection waiting for the store before its socket is paused, and resumed. */
 const BACKLOG_PAUSE = 64;
 const BACKLOG_RESUME = 16;
@@ -425,6 +429,12 @@ export class ChannelEndpoint implements RunnerChannels {
         code: "internal",
         message: `the control plane failed to handle ${type}; see its log`,
       });
+      // A result, a reject or a ready that was lost would strand its job (running, or held by a
+      // runner that does not run it) or the runner's credits for as long as the connection
+      // lasts: closed, the runner says hello again, which squares its jobs, re-sends its
+      // results and grants its credits anew.
+      if (RESTATED_ON_RECONNECT.has(type))
+        this.closeConnection(connection, CLOSE_CODES.internalError, `the control plane failed to handle ${type}`);
     }
   }
 
