@@ -8,6 +8,7 @@ import { encode, type JobRef, type JobResult, type RunnerMessage } from "../prot
 
 export type LogFrame = Extract<RunnerMessage, { type: "log" }>;
 type ResultFrame = Extract<RunnerMessage, { type: "result" }>;
+type RejectFrame = Extract<RunnerMessage, { type: "reject" }>;
 
 /** The UTF-8 size of one character inside a JSON string as JSON.stringify writes it; `width` is 2 for a surrogate pair. */
 function encodedCharAt(text: string, i: number): { bytes: number; width: 1 | 2 } {
@@ -72,20 +73,43 @@ export function splitLogData(ref: JobRef, stream: LogFrame["stream"], data: stri
  * with a marker that says how much was cut. The outbox keeps the whole result.
  */
 export function fitResultFrame(result: JobResult, maxFrameBytes: number): ResultFrame {
-  const frame: ResultFrame = { type: "result", result };
   const reason = result.reason;
-  if (reason === null || Buffer.byteLength(encode(frame)) <= maxFrameBytes) return frame;
-  const withReason = (kept: number): ResultFrame => ({
-    type: "result",
-    result: { ...result, reason: capText(reason, kept) },
-  });
+  if (reason === null) return { type: "result", result };
+  return fitReason(reason, Infinity, maxFrameBytes, (cut) => ({ type: "result", result: { ...result, reason: cut } }));
+}
+
+/** The protocol's longest `reject` reason. */
+export const MAX_REJECT_REASON_CHARS = 1024;
+
+/**
+ * The `reject` frame of `ref`, its reason cut to the protocol's 1024 characters and to
+ * `maxFrameBytes`: a reason can name the work dir (`low disk: … for <dir>`), of any length.
+ * Sent whole, a longer one would be refused (`error` `invalid`, or 1009), and the job would
+ * stay with this runner, which does not run it, for as long as it stays connected.
+ */
+export function fitRejectFrame(ref: JobRef, reason: string, maxFrameBytes: number): RejectFrame {
+  return fitReason(reason, MAX_REJECT_REASON_CHARS, maxFrameBytes, (cut) => ({ type: "reject", ...ref, reason: cut }));
+}
+
+/** `build(reason)` when it fits; else built with the longest start of `reason` that fits, and a marker. */
+function fitReason<Frame extends RunnerMessage>(
+  reason: string,
+  maxChars: number,
+  maxFrameBytes: number,
+  build: (reason: string) => Frame,
+): Frame {
+  const fits = (frame: Frame, text: string) =>
+    text.length <= maxChars && Buffer.byteLength(encode(frame)) <= maxFrameBytes;
+  const whole = build(reason);
+  if (fits(whole, reason)) return whole;
   // The longest prefix that fits, by bisection (capText's marker grows a little as the cut grows).
   let low = 0;
   let high = reason.length;
   while (low < high) {
     const mid = Math.ceil((low + high) / 2);
-    if (Buffer.byteLength(encode(withReason(mid))) <= maxFrameBytes) low = mid;
+    const text = capText(reason, mid);
+    if (fits(build(text), text)) low = mid;
     else high = mid - 1;
   }
-  return withReason(low);
+  return build(capText(reason, low));
 }

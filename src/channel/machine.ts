@@ -16,9 +16,10 @@
 import { ExitCode, unreachable } from "../errors.js";
 import { capText } from "../log/cap-text.js";
 import { logEffect as log, type LogEffect, type LogEffectLevel } from "../log/log-effect.js";
+import { withBoundedReason } from "../protocol/channel.js";
 import type { Assignment, ControlMessage, JobRef, JobResult, RunnerMessage } from "../protocol/channel.js";
 import { earliest, type Deadline } from "../time/deadline.js";
-import { fitResultFrame, splitLogData } from "./frame-fit.js";
+import { fitRejectFrame, fitResultFrame, splitLogData } from "./frame-fit.js";
 
 export interface MachineConfig {
   runnerId: string;
@@ -730,7 +731,7 @@ function onAssign(state: State, assignment: Assignment): Step {
   if (refusal) {
     const effects: Effect[] = [
       log("warn", `rejected job ${assignment.jobId}: ${refusal}`),
-      { type: "send", message: { type: "reject", ...ref, reason: refusal } },
+      ...whenConnected(state, (welcome) => fitRejectFrame(ref, refusal, welcome.maxFrameBytes)),
     ];
     // An assignment that crossed the `pause` on the wire used a credit for a slot that is still
     // free: grant it back, so the credits are exact when the pause ends.
@@ -833,7 +834,8 @@ function onJobOutput(state: State, input: Extract<Input, { type: "job_output" }>
   return { state: { ...state, running }, effects };
 }
 
-function onJobFinished(state: State, result: JobResult): Step {
+function onJobFinished(state: State, finished: JobResult): Step {
+  const result = withBoundedReason(finished);
   const key = keyOf(result);
   const { [key]: _done, ...running } = state.running;
   const next: State = { ...state, running, pending: { ...state.pending, [key]: result } };

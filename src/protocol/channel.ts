@@ -25,6 +25,12 @@ export const jobIdSchema = withoutNul("a job id", 128, 1);
 const jobId = jobIdSchema;
 /** The fencing token: raised each time the job is handed out; a result for an older attempt is stale. */
 const attempt = z.number().int().positive();
+/**
+ * The highest attempt a control plane hands out (2^31 − 1: it fits a 32-bit column). A message
+ * naming a higher one still decodes (any integer ≥ 1 does): it is about an attempt the sender
+ * does not hold, and is fenced like any other.
+ */
+export const MAX_ATTEMPT = 2_147_483_647;
 const jobRef = { jobId, attempt };
 export const jobRefSchema = z.object(jobRef);
 export type JobRef = z.infer<typeof jobRefSchema>;
@@ -138,17 +144,32 @@ export const OUTCOMES = ["succeeded", "failed", "cancelled", "timed_out"] as con
 export const outcomeSchema = z.enum(OUTCOMES);
 export type Outcome = z.infer<typeof outcomeSchema>;
 
+/** The longest `reason` a result may carry (PROTOCOL.md, JobResult). */
+export const MAX_RESULT_REASON_CHARS = 4096;
+
 export const jobResultSchema = z.object({
   ...jobRef,
   outcome: outcomeSchema,
   exitCode: z.number().int().nullable(),
   signal: z.string().nullable(),
   /** Why it failed or was cancelled, in words or a stable code (e.g. "agent restarted"). */
-  reason: z.string().max(4096).nullable(),
+  reason: z.string().max(MAX_RESULT_REASON_CHARS).nullable(),
   startedAt: z.string().nullable(),
   finishedAt: z.string(),
 });
 export type JobResult = z.infer<typeof jobResultSchema>;
+
+/**
+ * `result` with a reason too long for the protocol cut, with a marker that says how much was
+ * cut. A reason can quote the job (`cannot start: ENOENT: <argv[0]>`, up to 64 KiB): uncut, the
+ * result could be neither written to the outbox nor applied, and its job would never end.
+ */
+export function withBoundedReason(result: JobResult): JobResult {
+  const reason = result.reason;
+  if (reason === null || reason.length <= MAX_RESULT_REASON_CHARS) return result;
+  // capText appends "… [N more chars]": 32 characters leave room for it.
+  return { ...result, reason: capText(reason, MAX_RESULT_REASON_CHARS - 32) };
+}
 
 // ---- runner → control plane ----
 

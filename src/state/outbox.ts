@@ -4,14 +4,15 @@
 import { promises as fs } from "node:fs";
 import path from "node:path";
 import { createHash } from "node:crypto";
-import { jobResultSchema, type JobRef, type JobResult } from "../protocol/channel.js";
+import { jobResultSchema, withBoundedReason, type JobRef, type JobResult } from "../protocol/channel.js";
 import { readJsonDir, writeJsonAtomic, type SetAsideFile } from "./files.js";
 
 export class Outbox {
   constructor(readonly dir: string) {}
 
   async put(result: JobResult): Promise<void> {
-    await writeJsonAtomic(this.fileFor(result), jobResultSchema.parse(result));
+    // Every result is kept, whatever its reason's length (a stop's results come straight here).
+    await writeJsonAtomic(this.fileFor(result), jobResultSchema.parse(withBoundedReason(result)));
   }
 
   /**

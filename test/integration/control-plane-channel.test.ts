@@ -7,6 +7,7 @@ import assert from "node:assert/strict";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import net from "node:net";
 import { Writable } from "node:stream";
 import WebSocket from "ws";
 import {
@@ -39,6 +40,17 @@ const HEARTBEAT_MS = 200;
 const ADMIN_TOKEN = "adm_channel-test-admin-token-0123456789";
 
 // ---- harness ----
+
+/** Sends `text` on a raw socket and resolves with everything received once the server closed it. */
+function rawExchange(t: TestContext, url: string, text: string): Promise<string> {
+  const { hostname, port } = new URL(url);
+  const socket = net.connect(Number(port), hostname, () => socket.write(text));
+  onCleanup(t, () => socket.destroy());
+  let received = "";
+  socket.on("data", (data: Buffer) => (received += data.toString("utf8")));
+  socket.on("error", () => undefined); // a reset after the answer is a close like any other here
+  return new Promise((resolve) => socket.once("close", () => resolve(received)));
+}
 
 interface Harness {
   t: TestContext;
@@ -219,6 +231,36 @@ describe("channel upgrade", () => {
     const ok = await connected(h, other);
     await ok.close();
   });
+
+  test(
+    "an upgrade that is not a WebSocket handshake gets the protocol's JSON error, before its credentials are checked",
+    TIMEOUT,
+    async (t) => {
+      const h = await startHarness(t);
+      const key = "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==";
+      const cases: [string, string, number, string][] = [
+        ["POST", `Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n${key}`, 405, "not_found"],
+        ["GET", "Upgrade: h2c\r\nConnection: Upgrade", 400, "bad_request"],
+        ["GET", "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13", 400, "bad_request"],
+        ["GET", `Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 7\r\n${key}`, 400, "bad_request"],
+      ];
+      for (const [method, headers, status, code] of cases) {
+        // No credentials at all: the request is refused for what it is, not for who sent it.
+        const answer = await rawExchange(
+          t,
+          h.cp.url,
+          `${method} /api/v1/channel HTTP/1.1\r\nHost: x\r\n${headers}\r\nContent-Length: 0\r\n\r\n`,
+        );
+        const what = `${method} ${headers}`;
+        assert.equal(Number(answer.slice(9, 12)), status, what);
+        assert.match(answer, /\r\ncontent-type: application\/json/i, what);
+        const body = errorBodySchema.parse(JSON.parse(answer.slice(answer.indexOf("\r\n\r\n") + 4)));
+        assert.equal(body.error.code, code, what);
+        if (status === 405) assert.match(answer, /\r\nAllow: GET\r\n/, what);
+      }
+      assert.equal((await fetch(`${h.cp.url}/api/v1/health`)).status, 200);
+    },
+  );
 
   test(
     "hello gets welcome with the announced timings; the runner is marked seen and reported connected",
@@ -481,6 +523,59 @@ describe("results, logs and fencing", () => {
         "event times are monotonic",
       );
       assert.match(h.logLines.join(""), /duplicate, stale attempt or unknown job/);
+    },
+  );
+
+  test(
+    "the runner's timestamps are kept as sent, whatever their form; the job is timed with the control plane's clock",
+    TIMEOUT,
+    async (t) => {
+      const h = await startHarness(t);
+      const runner = await connected(h, await registerRunner(h, "odd-clock"));
+      runner.ready(1);
+      const job = await submit(h);
+      const assign = await runner.next("assign");
+      const ref = { jobId: assign.jobId, attempt: assign.attempt };
+      const before = Date.now();
+      runner.send({ type: "started", ...ref, startedAt: "yesterday" });
+      runner.send({ type: "result", result: { ...finishedResult(ref), startedAt: "t0", finishedAt: "1700000000" } });
+      assert.deepEqual(await runner.next("result_ack"), { type: "result_ack", ...ref, applied: true });
+      const { job: view } = await h.admin.getJob(job.jobId);
+      assert.deepEqual([view.result?.startedAt, view.result?.finishedAt], ["t0", "1700000000"]);
+      for (const at of [view.startedAt, view.finishedAt]) assert.ok(Date.parse(at ?? "") >= before - 5, String(at));
+    },
+  );
+
+  test(
+    "a result the store failed to apply closes the connection (1011); the result re-sent after the next hello applies",
+    TIMEOUT,
+    async (t) => {
+      const h = await startHarness(t);
+      const identity = await registerRunner(h, "unlucky");
+      const runner = await connected(h, identity);
+      runner.ready(1);
+      const job = await submit(h);
+      const assign = await runner.next("assign");
+      const ref = { jobId: assign.jobId, attempt: assign.attempt };
+      // The database fails once (a restart, a lost connection): the first report is not applied.
+      const jobs = h.cp.store.jobs;
+      const applyResults = jobs.applyResults.bind(jobs);
+      jobs.applyResults = () => {
+        jobs.applyResults = applyResults;
+        return Promise.reject(new Error("the database went away"));
+      };
+      runner.result(ref, "failed", 3);
+      const error = await runner.next("error");
+      assert.equal(error.code, "internal");
+      assert.deepEqual(await runner.closed, { code: 1011, reason: "the control plane failed to handle result" });
+      assert.equal((await jobOf(h, job.jobId)).status, "assigned", "not applied, and not lost either");
+
+      const again = await connect(h, identity);
+      const welcome = await again.hello({ pendingResults: [ref] });
+      assert.deepEqual(welcome.fenced, []);
+      again.result(ref, "failed", 3);
+      assert.deepEqual(await again.next("result_ack"), { type: "result_ack", ...ref, applied: true });
+      assert.equal((await jobOf(h, job.jobId)).status, "failed");
     },
   );
 
@@ -902,6 +997,43 @@ describe("bad frames", () => {
     await submit(h);
     await again.next("assign");
   });
+});
+
+describe("bad frames: a small frame limit", () => {
+  test(
+    "a hello larger than a small maxFrameBytes is taken (the runner does not know the limit yet); a later frame over it gets 1009",
+    TIMEOUT,
+    async (t) => {
+      const h = await startHarness(t, { maxFrameBytes: 1024 });
+      // 64 labels of 60 characters: a hello of about 4 KiB, all of it legitimate.
+      const labels = Array.from({ length: 64 }, (_, i) => `label-${String(i).padStart(2, "0")}-${"x".repeat(51)}`);
+      const runner = await connect(h, await registerRunner(h, "labelled", labels));
+      const welcome = await runner.hello({ labels });
+      assert.equal(welcome.maxFrameBytes, 1024);
+      runner.send({ type: "goodbye", reason: "x".repeat(1000) });
+      assert.deepEqual(await runner.closed, { code: 1009, reason: "frame over maxFrameBytes" });
+      await waitFor("the size-limit warning", () => h.logLines.some((l) => l.includes("frame over the size limit")));
+    },
+  );
+});
+
+describe("bad frames: encoding", () => {
+  test(
+    "a text frame that is not valid UTF-8 closes that connection with 1007; the server keeps serving",
+    TIMEOUT,
+    async (t) => {
+      const h = await startHarness(t);
+      const identity = await registerRunner(h, "garbled");
+      const runner = await connected(h, identity);
+      // A text frame (not binary) whose bytes are not UTF-8: RFC 6455 §8.1 fails the connection.
+      runner.ws.send(Buffer.from([0x7b, 0xff, 0xfe, 0x7d]), { binary: false });
+      assert.equal((await runner.closed).code, 1007);
+      const again = await connected(h, identity);
+      again.ready(1);
+      await submit(h);
+      await again.next("assign");
+    },
+  );
 });
 
 /** A connected runner that granted two credits and was assigned one job. */

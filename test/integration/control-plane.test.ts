@@ -401,6 +401,16 @@ describe("versions", () => {
       },
     });
     assertError(staleVerify, 426, "upgrade_required");
+    // Each part counts by its leading digits (none: 0), a missing part is 0, a -suffix is ignored.
+    const verifyAs = (agentVersion: string) =>
+      call(h.cp, "POST", "/runners/verify", {
+        token: runner.credential,
+        body: { protocolVersion: PROTOCOL_VERSION, agentVersion, runnerId: runner.runnerId, host: hostFacts("new") },
+      });
+    for (const accepted of ["2", "2.0.0-rc.1", "2.0.0.0", "10.0.0", "2.1x"])
+      assert.equal((await verifyAs(accepted)).status, 200, accepted);
+    for (const refused of ["abc", "v2.0.0", "1.99.99", "0x2"])
+      assertError(await verifyAs(refused), 426, "upgrade_required");
   });
 });
 

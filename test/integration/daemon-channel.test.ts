@@ -90,6 +90,25 @@ describe("the daemon and the control plane", { timeout: 120_000 }, () => {
     );
   });
 
+  test(
+    "a job whose failure reason would pass the protocol's 4096 characters ends failed with the reason cut, and the outbox empties",
+    { timeout: 60_000 },
+    async (t) => {
+      const { plane, runner } = await setUp(t);
+      const daemon = startDaemon(t, [...runner.flags, ...FAST]);
+      await connectedLine(daemon);
+      // The reason quotes the program: `cannot start: ENAMETOOLONG: <5000 characters>`.
+      const { job } = await plane.admin.submitJob({ job: { kind: "command", argv: ["x".repeat(5000)], env: {} } });
+      const done = await waitForJob(plane, job.jobId, finished);
+      assert.equal(done.status, "failed");
+      const reason = done.result?.reason ?? "";
+      assert.ok(reason.length <= 4096, `${reason.length} characters`);
+      assert.match(reason, /^cannot start: [A-Z]+: x+… \[\d+ more chars\]$/, "the code is ENOENT or ENAMETOOLONG");
+      await waitFor(async () => (await outboxFiles(runner.stateDir)).length === 0, "the outbox to empty after the ack");
+      assert.ok(!daemon.lines.some((l) => /could not write a result/.test(l.msg)), daemon.stderr());
+    },
+  );
+
   test("with less free disk than --min-free-disk-mb the runner rejects jobs with the reason, and the job stays queued", async (t) => {
     const { plane, runner } = await setUp(t);
     // 100 TB: more than this machine has.

@@ -484,6 +484,43 @@ for (const engine of [sqlite, postgres]) {
       },
     );
 
+    test(
+      "an attempt above 2^31 - 1 is held by no one: every report of it changes nothing, and its batch still applies",
+      TIMEOUT,
+      async (t) => {
+        const store = await oneStore(engine, t);
+        if (!store) return;
+        const holder = "rnr_" + "H".repeat(24);
+        for (const id of ["job_h1", "job_h2"]) await submit(store, id);
+        await store.jobs.claimMany(
+          ["job_h1", "job_h2"].map((jobId) => ({ jobId, runnerId: holder })),
+          new Date(),
+          later(60_000),
+        );
+        const at = new Date();
+        for (const attempt of [2 ** 31, 2 ** 53, 1e308]) {
+          const ref = { jobId: "job_h1", attempt };
+          assert.equal(await store.jobs.holds(ref, holder), false);
+          assert.equal(await store.jobs.release(ref, holder, at), undefined);
+          assert.equal(
+            await store.jobs.insertLog(ref, holder, { seq: 0, stream: "stdout", data: "x" }, LOG_LIMITS),
+            "not_held",
+          );
+          assert.deepEqual(await store.jobs.markRunningMany([{ ref, runnerId: holder, at }]), []);
+        }
+        const applied = await store.jobs.applyResults([
+          { result: result("job_h1", 2 ** 31), runnerId: holder, at },
+          { result: result("job_h2", 1), runnerId: holder, at },
+        ]);
+        assert.deepEqual(
+          applied.map((job) => [job.id, job.status]),
+          [["job_h2", "succeeded"]],
+          "the report of a held attempt in the same batch applies",
+        );
+        assert.equal((await store.jobs.find("job_h1"))?.status, "assigned");
+      },
+    );
+
     test("two batch claims racing on two connections hand each job to exactly one runner", TIMEOUT, async (t) => {
       const stores = await twoStores(engine, t);
       if (!stores) return;

@@ -139,6 +139,29 @@ describe("the channel state machine", () => {
     assert.deepEqual(sent(runs.effects), [{ type: "accept", jobId: "j3", attempt: 1 }]);
   });
 
+  test("a low-disk reason naming a long work dir is cut to the protocol's 1024 characters in the reject", () => {
+    const unfit = `low disk: 100 MiB free for /${"w".repeat(3000)}, below --min-free-disk-mb 512`;
+    const low = run(connected(), { type: "fitness", unfit });
+    const [reject] = sent(run(low.state, { type: "message", message: assignment("j1") }).effects);
+    assert.equal(reject?.type, "reject");
+    const reason = (reject as Extract<typeof reject, { type: "reject" }>).reason;
+    assert.ok(reason.length <= 1024, `${reason.length} characters`);
+    assert.match(reason, /^low disk: 100 MiB free for \/w+… \[\d+ more chars\]$/);
+  });
+
+  test("a finished job's reason over 4096 characters is cut before it is kept and sent", () => {
+    const long = { ...result("j1"), outcome: "failed" as const, reason: `cannot start: ENOENT: ${"x".repeat(10_000)}` };
+    const running = run(connected(), { type: "message", message: assignment("j1") }).state;
+    const { effects } = run(running, { type: "job_finished", result: long });
+    const persisted = effects.find((e) => e.type === "persist_result") as Extract<Effect, { type: "persist_result" }>;
+    const frame = sent(effects).find((message) => message.type === "result");
+    assert.ok(frame?.type === "result");
+    for (const kept of [persisted.result, frame.result]) {
+      assert.ok((kept?.reason ?? "").length <= 4096);
+      assert.match(kept?.reason ?? "", /^cannot start: ENOENT: x+… \[\d+ more chars\]$/);
+    }
+  });
+
   test("an ephemeral runner (once) takes one job, says goodbye, rejects any other, and stops once its result is acknowledged", () => {
     const onceConfig = { ...config, once: true };
     const ready = run(

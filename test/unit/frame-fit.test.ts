@@ -2,8 +2,14 @@
 // every log piece fits, and the pieces put together are the original text.
 import { describe, test } from "node:test";
 import assert from "node:assert/strict";
-import { encodedStringBytes, fitResultFrame, splitLogData } from "../../src/channel/frame-fit.js";
-import { encode, type JobResult } from "../../src/protocol/channel.js";
+import { encodedStringBytes, fitRejectFrame, fitResultFrame, splitLogData } from "../../src/channel/frame-fit.js";
+import {
+  decodeRunnerMessage,
+  encode,
+  withBoundedReason,
+  jobResultSchema,
+  type JobResult,
+} from "../../src/protocol/channel.js";
 
 /** A deterministic generator (mulberry32), so that a failure can be replayed. */
 function random(seed: number): () => number {
@@ -89,5 +95,46 @@ describe("frame sizing", () => {
       assert.match(frame.result.reason ?? "", /… \[\d+ more chars\]$/);
       assert.deepEqual({ ...frame.result, reason: null }, { ...result, reason: null }, "only the reason changes");
     }
+  });
+
+  test("a reject frame fits the minimum limit and the protocol's 1024 characters, whatever its reason and job id", () => {
+    const next = random(4);
+    for (let i = 0; i < 100; i++) {
+      // A job id holds no NUL (the control plane refuses one), anything else goes.
+      const ref = { jobId: randomText(next, 128).replaceAll("\u0000", "\u0001").slice(0, 128), attempt: 2_147_483_647 };
+      // A low-disk refusal names the work dir, which may be any path.
+      const reason = `low disk: 3 MiB free for /${randomText(next, 4000)}, below --min-free-disk-mb 1024`;
+      const frame = fitRejectFrame(ref, reason, 1024);
+      const text = encode(frame);
+      assert.ok(Buffer.byteLength(text) <= 1024);
+      assert.ok(frame.reason.length <= 1024);
+      assert.match(frame.reason, /^low disk: 3 MiB free for \/.*… \[\d+ more chars\]$/s);
+      const decoded = decodeRunnerMessage(text);
+      assert.ok(decoded.ok, `the control plane takes it: ${JSON.stringify(decoded)}`);
+    }
+    assert.deepEqual(fitRejectFrame({ jobId: "j", attempt: 1 }, "paused", 1024), {
+      type: "reject",
+      jobId: "j",
+      attempt: 1,
+      reason: "paused",
+    });
+  });
+
+  test("a result's reason over the protocol's 4096 characters is cut with a marker; a shorter one is kept", () => {
+    const result: JobResult = {
+      jobId: "j",
+      attempt: 1,
+      outcome: "failed",
+      exitCode: null,
+      signal: null,
+      reason: `cannot start: ENOENT: ${"x".repeat(65_536)}`,
+      startedAt: null,
+      finishedAt: new Date().toISOString(),
+    };
+    const bounded = withBoundedReason(result);
+    assert.ok(jobResultSchema.safeParse(bounded).success);
+    assert.match(bounded.reason ?? "", /^cannot start: ENOENT: x+… \[\d+ more chars\]$/);
+    const short = { ...result, reason: "x".repeat(4096) };
+    assert.equal(withBoundedReason(short), short);
   });
 });

@@ -11,6 +11,7 @@ import { WebSocket, WebSocketServer, type RawData } from "ws";
 import {
   AGENT_VERSION_HEADER,
   CHANNEL_PATH,
+  DEFAULT_MAX_FRAME_BYTES,
   PROTOCOL_HEADER,
   RUNNER_ID_HEADER,
   decodeRunnerMessage,
@@ -37,6 +38,8 @@ export const CLOSE_CODES = {
   goingAway: 1001,
   policyViolation: 1008,
   frameTooLarge: 1009,
+  /** The control plane failed to handle a frame whose loss the runner's next hello repairs. */
+  internalError: 1011,
   replaced: 4000,
   /** An admin revoked the credential: a reconnect gets 401 credential_revoked. */
   revoked: 4001,
@@ -54,6 +57,8 @@ const DISCONNECTS = {
   replaced: { code: CLOSE_CODES.deleted, reason: "runner replaced by a new registration" },
 } as const;
 export type DisconnectWhy = keyof typeof DISCONNECTS;
+/** Frame types whose failed handling closes the connection (1011), so that the runner's hello restates them. */
+const RESTATED_ON_RECONNECT: ReadonlySet<string> = new Set(["result", "reject", "ready"]);
 /** Frames of one connection waiting for the store before its socket is paused, and resumed. */
 const BACKLOG_PAUSE = 64;
 const BACKLOG_RESUME = 16;
@@ -88,6 +93,8 @@ interface Connection {
   handling: Promise<void>;
   /** Frames received and not yet handled; over BACKLOG_PAUSE the socket is paused until BACKLOG_RESUME. */
   backlog: number;
+  /** Whether a frame arrived: the first (the hello) may be larger than maxFrameBytes, no other may. */
+  heardFrame: boolean;
   /** Log refusals already answered on this connection (channel/log-intake.ts). */
   readonly toldLogRefusals: Set<string>;
   readonly connectedAt: number;
@@ -115,8 +122,18 @@ export class ChannelEndpoint implements RunnerChannels {
     private readonly context: Context,
     private readonly options: ChannelOptions,
   ) {
-    // ws closes a connection with 1009 by itself when a frame is over maxPayload.
-    this.wss = new WebSocketServer({ noServer: true, maxPayload: options.maxFrameBytes });
+    // ws closes a connection with 1009 by itself when a frame is over maxPayload: that is the
+    // limit of a hello, sent before the runner knows maxFrameBytes (PROTOCOL.md, "Frames"); the
+    // frames after it are held to maxFrameBytes here (receive).
+    this.wss = new WebSocketServer({
+      noServer: true,
+      maxPayload: Math.max(options.maxFrameBytes, DEFAULT_MAX_FRAME_BYTES),
+    });
+    // What ws still refuses after checkHandshake (a malformed Sec-WebSocket-Protocol) gets the
+    // protocol's JSON answer too, instead of ws's plain-text one.
+    this.wss.on("wsClientError", (error: Error, socket: Duplex) =>
+      this.refuse(socket, new HttpError(400, "bad_request", `not a WebSocket handshake: ${error.message}`)),
+    );
     this.idleLimitMs = options.heartbeatIntervalMs * IDLE_HEARTBEATS;
     this.sweepTimer = setInterval(() => this.dropSilentConnections(), Math.max(10, options.heartbeatIntervalMs / 2));
   }
@@ -144,6 +161,7 @@ export class ChannelEndpoint implements RunnerChannels {
   private async authenticate(req: http.IncomingMessage): Promise<RunnerRecord> {
     const path = new URL(req.url ?? "/", "http://localhost").pathname;
     if (path !== CHANNEL_PATH) throw new HttpError(404, "not_found", `no such endpoint: ${path}`);
+    checkHandshake(req);
     const bearer = parseBearer(req.headers.authorization);
     if (bearer === undefined)
       throw new HttpError(401, "unauthorized", "missing or malformed header: Authorization: Bearer <credential>");
@@ -165,7 +183,7 @@ export class ChannelEndpoint implements RunnerChannels {
 
   /** Answers the upgrade request with a plain HTTP error (the protocol's JSON body) and drops the socket. */
   private refuse(socket: Duplex, error: unknown): void {
-    const { status, body } = toErrorAnswer(this.context, error);
+    const { status, body, headers } = toErrorAnswer(this.context, error);
     this.context.logger.info({ status, code: body.error.code, reason: body.error.message }, "channel upgrade refused");
     const text = JSON.stringify(body);
     const head = [
@@ -174,6 +192,7 @@ export class ChannelEndpoint implements RunnerChannels {
       "Content-Type: application/json; charset=utf-8",
       `Content-Length: ${Buffer.byteLength(text)}`,
       "Cache-Control: no-store",
+      ...Object.entries(headers).map(([name, value]) => `${name}: ${value}`),
     ];
     socket.once("finish", () => socket.destroy());
     socket.end(`${head.join("\r\n")}\r\n\r\n${text}`);
@@ -194,6 +213,7 @@ export class ChannelEndpoint implements RunnerChannels {
       backlog: 0,
       generation: undefined,
       newerSeen: 0,
+      heardFrame: false,
       toldLogRefusals: new Set(),
     };
     const previous = this.connections.get(runner.id);
@@ -289,13 +309,17 @@ export class ChannelEndpoint implements RunnerChannels {
   private logSocketError(connection: Connection, error: Error): void {
     const code = (error as { code?: string }).code;
     if (code === "WS_ERR_UNSUPPORTED_MESSAGE_LENGTH") {
-      this.context.logger.warn(
-        { runnerId: connection.runner.id, maxFrameBytes: this.options.maxFrameBytes },
-        "frame over the size limit: connection closed with 1009",
-      );
+      this.refuseLargeFrame(connection);
     } else {
       this.context.logger.warn({ runnerId: connection.runner.id, err: error, code }, "channel socket error");
     }
+  }
+
+  private refuseLargeFrame(connection: Connection): void {
+    this.context.logger.warn(
+      { runnerId: connection.runner.id, maxFrameBytes: this.options.maxFrameBytes },
+      "frame over the size limit: connection closed with 1009",
+    );
   }
 
   private dropSilentConnections(): void {
@@ -348,6 +372,12 @@ export class ChannelEndpoint implements RunnerChannels {
   private receive(connection: Connection, data: RawData, isBinary: boolean): void {
     this.hear(connection);
     if (connection.state === "closing") return;
+    const first = !connection.heardFrame;
+    connection.heardFrame = true;
+    if (!first && frameBytes(data) > this.options.maxFrameBytes) {
+      this.refuseLargeFrame(connection);
+      return this.closeConnection(connection, CLOSE_CODES.frameTooLarge, "frame over maxFrameBytes");
+    }
     if (isBinary)
       return this.refuseFrame(connection, "binary_frame", "binary frames are not part of the protocol; send JSON text");
     const text = toText(data);
@@ -399,6 +429,12 @@ export class ChannelEndpoint implements RunnerChannels {
         code: "internal",
         message: `the control plane failed to handle ${type}; see its log`,
       });
+      // A result, a reject or a ready that was lost would strand its job (running, or held by a
+      // runner that does not run it) or the runner's credits for as long as the connection
+      // lasts: closed, the runner says hello again, which squares its jobs, re-sends its
+      // results and grants its credits anew.
+      if (RESTATED_ON_RECONNECT.has(type))
+        this.closeConnection(connection, CLOSE_CODES.internalError, `the control plane failed to handle ${type}`);
     }
   }
 
@@ -582,6 +618,31 @@ function sameLabels(a: readonly string[], b: readonly string[]): boolean {
   return left.size === right.size && [...left].every((label) => right.has(label));
 }
 
+/** The Sec-WebSocket-Key of a handshake: 16 bytes in base64 (RFC 6455 §4.1), as ws checks it. */
+const WEBSOCKET_KEY = /^[+/0-9A-Za-z]{22}==$/;
+
+/**
+ * An upgrade request that is not a WebSocket handshake ws would take is refused here, before
+ * its credentials are checked (as a plain request on the channel path is, PROTOCOL.md
+ * "Connecting"), with the protocol's JSON error body: ws would answer it in plain text.
+ */
+function checkHandshake(req: http.IncomingMessage): void {
+  if (req.method !== "GET")
+    throw new HttpError(405, "not_found", `${CHANNEL_PATH} is opened with GET (a WebSocket handshake)`, {
+      Allow: "GET",
+    });
+  const notHandshake = (what: string) =>
+    new HttpError(400, "bad_request", `not a WebSocket handshake (RFC 6455): ${what}`, {
+      "Sec-WebSocket-Version": "13",
+    });
+  if (header(req, "upgrade")?.toLowerCase() !== "websocket") throw notHandshake("Upgrade must be websocket");
+  if (!WEBSOCKET_KEY.test(header(req, "sec-websocket-key") ?? ""))
+    throw notHandshake("missing or malformed Sec-WebSocket-Key");
+  // ws speaks versions 13 (RFC 6455) and 8 (its last draft).
+  const version = header(req, "sec-websocket-version");
+  if (version !== "13" && version !== "8") throw notHandshake("Sec-WebSocket-Version must be 13");
+}
+
 function header(req: http.IncomingMessage, name: string): string | undefined {
   const value = req.headers[name];
   return Array.isArray(value) ? value[0] : value;
@@ -589,6 +650,10 @@ function header(req: http.IncomingMessage, name: string): string | undefined {
 
 function typeOf(parsed: unknown): unknown {
   return typeof parsed === "object" && parsed !== null ? (parsed as { type?: unknown }).type : undefined;
+}
+
+function frameBytes(data: RawData): number {
+  return Array.isArray(data) ? data.reduce((sum, part) => sum + part.length, 0) : data.byteLength;
 }
 
 function toText(data: RawData): string {

@@ -5,7 +5,7 @@
 // row (or its absence) whether it happened. So a job is claimed by one runner only, a result
 // applies at most once, and a message about an older attempt (the fencing token) changes
 // nothing, however many control planes share the database.
-import { jobResultSchema, jobSpecSchema, type JobRef, type JobResult } from "../../protocol/channel.js";
+import { MAX_ATTEMPT, jobResultSchema, jobSpecSchema, type JobRef, type JobResult } from "../../protocol/channel.js";
 import { jobStatusSchema, labelsSchema, type JobStatus } from "../../protocol/http.js";
 import { deviceRequirementSchema, type DeviceRequirement } from "../../protocol/devices.js";
 import { RunnerError } from "../../errors.js";
@@ -250,7 +250,8 @@ export class SqlJobStore implements JobStoreContract {
     return (await this.markRunningMany([{ ref, runnerId, at: now }]))[0];
   }
 
-  async markRunningMany(reports: readonly { ref: JobRef; runnerId: string; at: Date }[]): Promise<JobRecord[]> {
+  async markRunningMany(reported: readonly { ref: JobRef; runnerId: string; at: Date }[]): Promise<JobRecord[]> {
+    const reports = reported.filter((report) => storable(report.ref));
     if (reports.length === 0) return [];
     onePerJob(reports.map((report) => report.ref.jobId));
     // Per row: only the runner that holds this attempt, and only once (from assigned).
@@ -270,6 +271,7 @@ export class SqlJobStore implements JobStoreContract {
   }
 
   async holds(ref: JobRef, runnerId: string): Promise<boolean> {
+    if (!storable(ref)) return false;
     const row = await this.db.get<{ held: number }>(
       `SELECT 1 AS held FROM jobs WHERE id = ? AND attempt = ? AND runner_id = ? AND ${ACTIVE}`,
       [ref.jobId, ref.attempt, runnerId],
@@ -278,6 +280,7 @@ export class SqlJobStore implements JobStoreContract {
   }
 
   async release(ref: JobRef, runnerId: string, now: Date): Promise<JobRecord | undefined> {
+    if (!storable(ref)) return undefined;
     return optionalRecord(
       await this.db.get<JobRow>(
         `UPDATE jobs SET ${RELEASE_SET} WHERE id = ? AND attempt = ? AND runner_id = ? AND ${ACTIVE} RETURNING *`,
@@ -301,7 +304,8 @@ export class SqlJobStore implements JobStoreContract {
     return (await this.applyResults([{ result, runnerId, at: now }]))[0];
   }
 
-  async applyResults(reports: readonly { result: JobResult; runnerId: string; at: Date }[]): Promise<JobRecord[]> {
+  async applyResults(reported: readonly { result: JobResult; runnerId: string; at: Date }[]): Promise<JobRecord[]> {
+    const reports = reported.filter((report) => storable(report.result));
     if (reports.length === 0) return [];
     onePerJob(reports.map((report) => report.result.jobId));
     // Per row: only the runner that holds this attempt, and only while it is active (once).
@@ -379,6 +383,7 @@ export class SqlJobStore implements JobStoreContract {
     limits: LogLimits,
   ): Promise<LogInsertOutcome> {
     if (chunk.seq >= limits.maxChunks) return "seq_out_of_range";
+    if (!storable(ref)) return "not_held";
     const bytes = Buffer.byteLength(chunk.data, "utf8");
     return this.db.transaction(async (tx): Promise<LogInsertOutcome> => {
       const job = await tx.get<{ status: string }>(
@@ -433,6 +438,16 @@ export class SqlJobStore implements JobStoreContract {
 }
 
 /** A batch names each job once: two rows of one job would make its outcome ambiguous. */
+/**
+ * Whether an attempt can be one the store handed out: attempts are stored as 32-bit integers
+ * (PostgreSQL's INTEGER), and a control plane never counts that high. A runner naming a higher
+ * one does not hold it; asking the database would fail the statement (and with it every report
+ * batched alongside).
+ */
+function storable(ref: JobRef): boolean {
+  return ref.attempt <= MAX_ATTEMPT;
+}
+
 function onePerJob(jobIds: readonly string[]): void {
   if (new Set(jobIds).size !== jobIds.length)
     throw new RunnerError("internal", "a batch of job transitions names a job more than once");
