@@ -16,8 +16,14 @@
 import { ExitCode, unreachable } from "../errors.js";
 import { capText } from "../log/cap-text.js";
 import { logEffect as log, type LogEffect, type LogEffectLevel } from "../log/log-effect.js";
-import { withBoundedReason } from "../protocol/channel.js";
-import type { Assignment, ControlMessage, JobRef, JobResult, RunnerMessage } from "../protocol/channel.js";
+import {
+  withBoundedReason,
+  type Assignment,
+  type ControlMessage,
+  type JobRef,
+  type JobResult,
+  type RunnerMessage,
+} from "../protocol/channel.js";
 import { earliest, type Deadline } from "../time/deadline.js";
 import { fitRejectFrame, fitResultFrame, splitLogData } from "./frame-fit.js";
 

@@ -437,7 +437,6 @@ export class SqlJobStore implements JobStoreContract {
   }
 }
 
-/** A batch names each job once: two rows of one job would make its outcome ambiguous. */
 /**
  * Whether an attempt can be one the store handed out: attempts are stored as 32-bit integers
  * (PostgreSQL's INTEGER), and a control plane never counts that high. A runner naming a higher
@@ -448,6 +447,7 @@ function storable(ref: JobRef): boolean {
   return ref.attempt <= MAX_ATTEMPT;
 }
 
+/** A batch names each job once: two rows of one job would make its outcome ambiguous. */
 function onePerJob(jobIds: readonly string[]): void {
   if (new Set(jobIds).size !== jobIds.length)
     throw new RunnerError("internal", "a batch of job transitions names a job more than once");
