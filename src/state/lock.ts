@@ -5,7 +5,7 @@ import { promises as fs, constants } from "node:fs";
 import os from "node:os";
 import { z } from "zod";
 import { RunnerError } from "../errors.js";
-import { SECRET_FILE_MODE, entryAt, moveAside, readJsonFile, writeJsonAtomic } from "./files.js";
+import { SECRET_FILE_MODE, entryAt, moveAside, readJsonFile, unwritable, writeJsonAtomic } from "./files.js";
 import { compareStarts, processStartTime } from "./process-start.js";
 
 const lockRecordSchema = z.object({
@@ -88,7 +88,7 @@ export async function acquireLock(file: string, now: Date = new Date()): Promise
         release: () => releaseLock(file, mine),
       };
     } catch (error) {
-      if ((error as NodeJS.ErrnoException).code !== "EEXIST") throw error;
+      if ((error as NodeJS.ErrnoException).code !== "EEXIST") throw unwritable(`write the lock ${file}`, error);
     }
     // A link (even a dangling one) or a dir at the lock's name makes O_EXCL fail for ever and
     // is never a lock a runner wrote: move it aside (kept for a person) and try again.

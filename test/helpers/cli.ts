@@ -20,6 +20,8 @@ export interface CliOptions {
   bin?: string;
   input?: string;
   timeoutMs?: number;
+  /** Run as this user id (the test must be root). */
+  uid?: number;
 }
 
 export function runCli(args: string[], options: CliOptions = {}): Promise<CliResult> {
@@ -27,6 +29,7 @@ export function runCli(args: string[], options: CliOptions = {}): Promise<CliRes
     const child = spawn(process.execPath, [options.bin ?? RUNNER_BIN, ...args], {
       env: { ...process.env, RUNNER_LOG_FORMAT: "json", ...options.env },
       stdio: [options.input === undefined ? "ignore" : "pipe", "pipe", "pipe"],
+      ...(options.uid === undefined ? {} : { uid: options.uid }),
     });
     let stdout = "";
     let stderr = "";

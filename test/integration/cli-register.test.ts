@@ -190,6 +190,30 @@ describe("runner register", { timeout: 60_000 }, () => {
     assert.match(unreachable.stderr, /cannot reach the control plane at http:\/\/127\.0\.0\.1:9/);
   });
 
+  test("status of a state dir this user cannot read says so and still exits 0", { timeout: 60_000 }, async (t) => {
+    // EACCES needs a user who is not root, and root to make one's dir unreadable to it.
+    const nobody = 65534;
+    if (process.getuid?.() !== 0) return t.skip("needs root, to run status as another user");
+    const probe = await runCli(["--version"], { uid: nobody, env: { HOME: "/" } }).catch(() => null);
+    if (probe?.code !== 0) return t.skip("the checkout is not readable by uid 65534");
+    const dir = await tempDir(t);
+    await fs.chmod(dir, 0o755);
+    const stateDir = path.join(dir, "state");
+    await fs.mkdir(stateDir, { mode: 0o700 });
+    await fs.writeFile(path.join(stateDir, "registration.json"), "{}", { mode: 0o600 });
+    const text = await runCli(["status", "--state-dir", stateDir], { uid: nobody, env: { HOME: "/" } });
+    assert.equal(text.code, ExitCode.OK, text.all);
+    assert.doesNotMatch(text.all, /unexpected error/);
+    assert.match(text.stdout, /cannot read the state dir .*: EACCES \(it belongs to root\)/);
+    assert.match(text.stdout, /lock: unknown/);
+    const json = await runCli(["status", "--json", "--state-dir", stateDir], { uid: nobody, env: { HOME: "/" } });
+    assert.equal(json.code, ExitCode.OK, json.all);
+    const view = JSON.parse(json.stdout) as { registered: boolean; lock: { state: string }; daemon: unknown };
+    assert.equal(view.registered, false);
+    assert.equal(view.lock.state, "unknown");
+    assert.equal(view.daemon, null);
+  });
+
   test("settings come from the config file when no flag or env var is given", { timeout: 60_000 }, async (t) => {
     const plane = await startTestControlPlane(t);
     const dir = await tempDir(t);
