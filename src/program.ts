@@ -32,7 +32,7 @@ export function buildProgram(): Command {
     `
 Exit codes: ${ExitCode.OK} ok, ${ExitCode.INTERNAL} unexpected error, ${ExitCode.USAGE} usage or config error, ${ExitCode.UNHEALTHY} verify found problems,
 ${ExitCode.ALREADY_RUNNING} another runner holds the lock, ${ExitCode.UNAVAILABLE} control plane unreachable (try later),
-${ExitCode.NEEDS_OPERATOR} needs an operator (do not restart), ${ExitCode.UPGRADE_REQUIRED} upgrade required.`,
+${ExitCode.TOKEN_REFUSED} registration token refused, ${ExitCode.NEEDS_OPERATOR} needs an operator (do not restart), ${ExitCode.UPGRADE_REQUIRED} upgrade required.`,
   );
   defineRegisterCommand(program);
   defineVerifyCommand(program);

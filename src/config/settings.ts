@@ -84,7 +84,7 @@ export const SETTINGS = {
     fromString: text,
     defaultValue: undefined,
     defaultHelp:
-      "per platform: $XDG_STATE_HOME/runner, ~/Library/Application Support/runner, %LOCALAPPDATA%\\runner; system dirs with --system",
+      "per platform: $XDG_STATE_HOME/runner (~/.local/state/runner), ~/Library/Application Support/runner/state, %LOCALAPPDATA%\\runner\\state; /var/lib/runner or /Library/Application Support/runner/state with --system",
   }),
   system: setting<boolean>({
     key: "system",

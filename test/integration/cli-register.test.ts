@@ -123,6 +123,22 @@ describe("runner register", { timeout: 60_000 }, () => {
       ]);
       assert.equal(again.code, ExitCode.USAGE, again.all);
       assert.match(again.stderr, /already holds runner rnr_\w+ \(box\)[\s\S]*--replace/);
+      // Another state dir taking the same name: the control plane's 409 name_taken points at the flag.
+      const sameName = await runCli([
+        "register",
+        "--url",
+        plane.cp.url,
+        "--token-file",
+        await plane.tokenFile(path.dirname(runner.stateDir)),
+        "--name",
+        "box",
+        "--credential-store",
+        "file",
+        "--state-dir",
+        path.join(path.dirname(runner.stateDir), "other"),
+      ]);
+      assert.equal(sameName.code, ExitCode.USAGE, sameName.all);
+      assert.match(sameName.stderr, /HTTP 409, name_taken[\s\S]*→ pass --replace to take the name over/);
       const replaced = await runCli([
         "register",
         "--replace",
@@ -166,6 +182,29 @@ describe("runner register", { timeout: 60_000 }, () => {
     const badSetting = await runCli(["verify", ...flags, "--log-level", "loud"]);
     assert.equal(badSetting.code, ExitCode.USAGE);
     assert.match(badSetting.stderr, /--log-level: "loud" is not valid/);
+
+    const bothTokens = await runCli([
+      "register",
+      "--url",
+      "http://127.0.0.1:9",
+      "--token",
+      "rgt_x",
+      "--token-file",
+      "-",
+      ...flags,
+    ]);
+    assert.equal(bothTokens.code, ExitCode.USAGE, bothTokens.all);
+    assert.match(bothTokens.stderr, /--token and --token-file exclude each other/);
+
+    const fraction = await runCli(["verify", ...flags, "--request-timeout-ms", "1.5"]);
+    assert.equal(fraction.code, ExitCode.USAGE, fraction.all);
+    assert.match(fraction.stderr, /--request-timeout-ms: "1\.5" is not valid \(expected a whole number\)/);
+
+    // Nothing there that repair fixes by itself: verify does not send the person to it.
+    await fs.mkdir(path.join(dir, "empty", "outbox"), { mode: 0o700, recursive: true });
+    const unregistered = await runCli(["verify", "--state-dir", path.join(dir, "empty")]);
+    assert.equal(unregistered.code, ExitCode.UNHEALTHY, unregistered.all);
+    assert.match(unregistered.stdout, /\[not_registered\][\s\S]*none that `runner repair` fixes by itself/);
 
     const unknownVerb = await runCli(["frobnicate"]);
     assert.equal(unknownVerb.code, ExitCode.USAGE);

@@ -152,6 +152,33 @@ describe("settings precedence is flag > env > file > default", () => {
     );
   });
 
+  test(
+    "a number setting given text says a whole number is expected, and off only where off is a word",
+    { timeout: 10_000 },
+    () => {
+      const message = (inputs: Parameters<typeof resolveSettings>[0]) => {
+        try {
+          resolveSettings(inputs);
+        } catch (error) {
+          return (error as Error).message;
+        }
+        return "accepted";
+      };
+      assert.match(
+        message({ flags: { capacity: "1.5" }, env: {} }),
+        /--capacity: "1\.5" is not valid \(expected a whole number\)$/,
+      );
+      assert.match(
+        message({ flags: {}, env: { RUNNER_WORKER_MAX_FDS: "many" } }),
+        /\(expected a whole number, or off\)$/,
+      );
+      assert.match(
+        message({ flags: {}, env: {}, file: { workerMaxFds: "off" }, fileName: "c.json" }),
+        /c\.json: "workerMaxFds": "off" is not valid \(expected a whole number\)$/,
+      );
+    },
+  );
+
   test("an unknown key in the config file is refused by name", () => {
     assert.throws(
       () => resolveSettings({ flags: {}, env: {}, file: { stateDirectory: "/x" }, fileName: "c.json" }),
