@@ -10,7 +10,7 @@ import { defineDevicesCommand } from "./commands/devices.js";
 import { defineRegisterCommand } from "./commands/register.js";
 import { defineRepairCommand } from "./commands/repair.js";
 import { defineServiceCommand } from "./commands/service.js";
-import { defineStartCommand } from "./commands/start.js";
+import { defineStartCommand, stopForUsageError } from "./commands/start.js";
 import { defineStatusCommand } from "./commands/status.js";
 import { defineUnregisterCommand } from "./commands/unregister.js";
 import { defineVerifyCommand } from "./commands/verify.js";
@@ -55,7 +55,9 @@ export async function main(argv: string[]): Promise<number> {
     await buildProgram().parseAsync(argv, { from: "user" });
   } catch (error) {
     if (error instanceof CommanderError) {
-      return error.exitCode === 0 ? ExitCode.OK : ExitCode.USAGE;
+      if (error.exitCode === 0) return ExitCode.OK;
+      if (argv[0] === "start") await stopForUsageError(error.message);
+      return ExitCode.USAGE;
     }
     throw error;
   }

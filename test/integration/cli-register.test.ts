@@ -206,6 +206,15 @@ describe("runner register", { timeout: 60_000 }, () => {
     assert.equal(unregistered.code, ExitCode.UNHEALTHY, unregistered.all);
     assert.match(unregistered.stdout, /\[not_registered\][\s\S]*none that `runner repair` fixes by itself/);
 
+    for (const verb of [
+      ["unregister", "--local-only"],
+      ["credentials", "move", "--to", "file"],
+    ]) {
+      const noDir = await runCli([...verb, "--state-dir", path.join(dir, "nowhere")]);
+      assert.equal(noDir.code, ExitCode.NEEDS_OPERATOR, noDir.all);
+      assert.match(noDir.stderr, /no runner is registered in .*nowhere: there is no such dir/);
+    }
+
     const unknownVerb = await runCli(["frobnicate"]);
     assert.equal(unknownVerb.code, ExitCode.USAGE);
 

@@ -105,6 +105,23 @@ describe("runner start", { timeout: 60_000 }, () => {
     assert.match(badWorkDir.stderr, /cannot create the directory .*a-file\/work: ENOTDIR/);
   });
 
+  test("under launchd, a command line start refuses (an unknown flag) exits 2 and leaves the marker", async (t) => {
+    const dir = await tempDir(t);
+    const marker = path.join(dir, "needs-operator");
+    // A plist written by another version of the runner may carry a flag this one does not know.
+    const unknown = await runCli(["start", "--no-such-flag"], { env: { [LAUNCHD_MARKER_ENV]: marker } });
+    assert.equal(unknown.code, ExitCode.USAGE, unknown.all);
+    const kept = JSON.parse(await fs.readFile(marker, "utf8")) as { exitCode: number; reason: string };
+    assert.equal(kept.exitCode, ExitCode.USAGE);
+    assert.match(kept.reason, /unknown option '--no-such-flag'/);
+    await fs.rm(marker);
+    const help = await runCli(["start", "--help"], { env: { [LAUNCHD_MARKER_ENV]: marker } });
+    assert.equal(help.code, ExitCode.OK, help.all);
+    const otherVerb = await runCli(["status", "--no-such-flag"], { env: { [LAUNCHD_MARKER_ENV]: marker } });
+    assert.equal(otherVerb.code, ExitCode.USAGE, otherVerb.all);
+    await assert.rejects(fs.access(marker), { code: "ENOENT" }, "only start leaves the marker");
+  });
+
   test("starts anyway when the control plane cannot be reached, and connects once it is back", async (t) => {
     const dataDir = await tempDir(t, "runner-cp-");
     const plane = await startTestControlPlane(t, { dataDir });

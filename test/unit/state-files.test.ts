@@ -174,11 +174,19 @@ test(
         /cannot create the directory .*a-file\/sub: ENOTDIR/.test(error.message),
     );
     await assert.rejects(
-      acquireLock(path.join(d, "missing", "runner.lock")),
+      acquireLock(path.join(file, "runner.lock")),
       (error: unknown) =>
         error instanceof RunnerError &&
         error.code === "state_invalid" &&
-        /cannot write the lock .*runner\.lock: ENOENT/.test(error.message),
+        /cannot write the lock .*runner\.lock: ENOTDIR/.test(error.message),
+    );
+    // No state dir at all: nothing is registered there (unregister, credentials move).
+    await assert.rejects(
+      acquireLock(path.join(d, "missing", "runner.lock")),
+      (error: unknown) =>
+        error instanceof RunnerError &&
+        error.code === "not_registered" &&
+        /no runner is registered in/.test(error.message),
     );
   },
 );
