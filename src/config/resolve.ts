@@ -75,6 +75,8 @@ function check(spec: SettingSpec<unknown>, value: unknown, where: string, fromTe
 function describeIssue(spec: SettingSpec<unknown>, issue: z.ZodIssue, fromText: boolean): string {
   if (issue.code === "invalid_type" && issue.expected === "number" && issue.received === "string")
     return fromText && spec.arg?.includes("|off") ? "expected a whole number, or off" : "expected a whole number";
+  if (issue.code === "invalid_type" && issue.expected === "array" && issue.received === "string")
+    return fromText ? "expected a comma-separated list, or none" : "expected a JSON array";
   return issue.message;
 }
 

@@ -179,6 +179,29 @@ describe("settings precedence is flag > env > file > default", () => {
     },
   );
 
+  test(
+    "an empty device provider list is refused (none is the word for none); an empty env var is unset",
+    { timeout: 10_000 },
+    () => {
+      for (const raw of ["", " , "])
+        assert.throws(
+          () => resolveSettings({ flags: { deviceProviders: raw }, env: {} }),
+          (e: unknown) =>
+            e instanceof RunnerError &&
+            /--device-providers: .* \(expected a comma-separated list, or none\)$/.test(e.message),
+        );
+      assert.deepEqual(resolveSettings({ flags: { deviceProviders: "none" }, env: {} }).settings.deviceProviders, []);
+      assert.deepEqual(
+        resolveSettings({ flags: {}, env: { RUNNER_DEVICE_PROVIDERS: "" } }).settings.deviceProviders,
+        SETTINGS.deviceProviders.defaultValue,
+      );
+      assert.throws(
+        () => resolveSettings({ flags: {}, env: {}, file: { deviceProviders: "usb" }, fileName: "c.json" }),
+        (e: unknown) => e instanceof RunnerError && /\(expected a JSON array\)$/.test(e.message),
+      );
+    },
+  );
+
   test("an unknown key in the config file is refused by name", () => {
     assert.throws(
       () => resolveSettings({ flags: {}, env: {}, file: { stateDirectory: "/x" }, fileName: "c.json" }),
