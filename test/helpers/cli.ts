@@ -22,6 +22,8 @@ export interface CliOptions {
   timeoutMs?: number;
   /** Run as this user id (the test must be root). */
   uid?: number;
+  /** The working directory (relative paths in arguments resolve against it). */
+  cwd?: string;
 }
 
 export function runCli(args: string[], options: CliOptions = {}): Promise<CliResult> {
@@ -30,6 +32,7 @@ export function runCli(args: string[], options: CliOptions = {}): Promise<CliRes
       env: { ...process.env, RUNNER_LOG_FORMAT: "json", ...options.env },
       stdio: [options.input === undefined ? "ignore" : "pipe", "pipe", "pipe"],
       ...(options.uid === undefined ? {} : { uid: options.uid }),
+      ...(options.cwd === undefined ? {} : { cwd: options.cwd }),
     });
     let stdout = "";
     let stderr = "";
