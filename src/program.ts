@@ -49,8 +49,32 @@ ${ExitCode.TOKEN_REFUSED} registration token refused, ${ExitCode.NEEDS_OPERATOR}
   return program;
 }
 
+/**
+ * The first long option given more than once, or null. Commander would keep the last value
+ * silently; two values for one option are a mistake (a copied line, an edited unit) whose
+ * author should hear which one would have counted. Stops at `--`.
+ */
+export function repeatedOption(argv: readonly string[]): string | null {
+  const seen = new Set<string>();
+  for (const arg of argv) {
+    if (arg === "--") break;
+    const flag = /^(--[a-z][a-z0-9-]*)(?:=|$)/.exec(arg)?.[1];
+    if (flag === undefined || flag === "--help") continue;
+    if (seen.has(flag)) return flag;
+    seen.add(flag);
+  }
+  return null;
+}
+
 export async function main(argv: string[]): Promise<number> {
   process.exitCode = undefined;
+  const repeated = repeatedOption(argv);
+  if (repeated !== null) {
+    const message = `error: option '${repeated}' given more than once: give each option once`;
+    process.stderr.write(`${message}\n(add --help for the command's options and examples)\n`);
+    if (argv[0] === "start") await stopForUsageError(message);
+    return ExitCode.USAGE;
+  }
   try {
     await buildProgram().parseAsync(argv, { from: "user" });
   } catch (error) {
