@@ -10,7 +10,7 @@ import { defineDevicesCommand } from "./commands/devices.js";
 import { defineRegisterCommand } from "./commands/register.js";
 import { defineRepairCommand } from "./commands/repair.js";
 import { defineServiceCommand } from "./commands/service.js";
-import { defineStartCommand } from "./commands/start.js";
+import { defineStartCommand, stopForUsageError } from "./commands/start.js";
 import { defineStatusCommand } from "./commands/status.js";
 import { defineUnregisterCommand } from "./commands/unregister.js";
 import { defineVerifyCommand } from "./commands/verify.js";
@@ -32,7 +32,7 @@ export function buildProgram(): Command {
     `
 Exit codes: ${ExitCode.OK} ok, ${ExitCode.INTERNAL} unexpected error, ${ExitCode.USAGE} usage or config error, ${ExitCode.UNHEALTHY} verify found problems,
 ${ExitCode.ALREADY_RUNNING} another runner holds the lock, ${ExitCode.UNAVAILABLE} control plane unreachable (try later),
-${ExitCode.NEEDS_OPERATOR} needs an operator (do not restart), ${ExitCode.UPGRADE_REQUIRED} upgrade required.`,
+${ExitCode.TOKEN_REFUSED} registration token refused, ${ExitCode.NEEDS_OPERATOR} needs an operator (do not restart), ${ExitCode.UPGRADE_REQUIRED} upgrade required.`,
   );
   defineRegisterCommand(program);
   defineVerifyCommand(program);
@@ -49,13 +49,39 @@ ${ExitCode.NEEDS_OPERATOR} needs an operator (do not restart), ${ExitCode.UPGRAD
   return program;
 }
 
+/**
+ * The first long option given more than once, or null. Commander would keep the last value
+ * silently; two values for one option are a mistake (a copied line, an edited unit) whose
+ * author should hear which one would have counted. Stops at `--`.
+ */
+export function repeatedOption(argv: readonly string[]): string | null {
+  const seen = new Set<string>();
+  for (const arg of argv) {
+    if (arg === "--") break;
+    const flag = /^(--[a-z][a-z0-9-]*)(?:=|$)/.exec(arg)?.[1];
+    if (flag === undefined || flag === "--help") continue;
+    if (seen.has(flag)) return flag;
+    seen.add(flag);
+  }
+  return null;
+}
+
 export async function main(argv: string[]): Promise<number> {
   process.exitCode = undefined;
+  const repeated = repeatedOption(argv);
+  if (repeated !== null) {
+    const message = `error: option '${repeated}' given more than once: give each option once`;
+    process.stderr.write(`${message}\n(add --help for the command's options and examples)\n`);
+    if (argv[0] === "start") await stopForUsageError(message);
+    return ExitCode.USAGE;
+  }
   try {
     await buildProgram().parseAsync(argv, { from: "user" });
   } catch (error) {
     if (error instanceof CommanderError) {
-      return error.exitCode === 0 ? ExitCode.OK : ExitCode.USAGE;
+      if (error.exitCode === 0) return ExitCode.OK;
+      if (argv[0] === "start") await stopForUsageError(error.message);
+      return ExitCode.USAGE;
     }
     throw error;
   }

@@ -119,7 +119,10 @@ function errorFor(answer: ErrorAnswer, url: string): RunnerError {
       { hint: hints[mapped] },
     );
   }
-  return new RunnerError(mapped, `the control plane at ${url} answered HTTP ${status}, ${answer.said}`, {
-    hint: hints[mapped],
-  });
+  // The wire's own wording ("replace=true") is an API field; a person at the CLI needs the flag.
+  const hint =
+    apiCode === "name_taken"
+      ? "pass --replace to take the name over (the control plane deletes the runner that had it), or choose another --name"
+      : hints[mapped];
+  return new RunnerError(mapped, `the control plane at ${url} answered HTTP ${status}, ${answer.said}`, { hint });
 }

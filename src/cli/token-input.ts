@@ -9,6 +9,9 @@ export interface TokenOptions {
 }
 
 export async function readToken(options: TokenOptions): Promise<string | undefined> {
+  // Both given: which one the person meant is a guess, and a wrong guess spends a one-time token.
+  if (options.token !== undefined && options.tokenFile !== undefined)
+    throw new RunnerError("usage", "--token and --token-file exclude each other: give the token one way");
   if (options.token !== undefined) {
     process.stderr.write(
       "runner: warning: --token is visible to other users in the process list; prefer --token-file or stdin\n",

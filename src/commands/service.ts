@@ -292,6 +292,9 @@ function carriedFlags(ctx: Context, options: ServiceOptions): string[] {
     if (key === "proxy" && typeof raw === "string") refuseProxyCredentials(ctx, raw, source);
     if (spec.arg === undefined) {
       if (ctx.settings[key] === true) flags.push(spec.flag);
+    } else if (key === "workDir") {
+      // Absolute, as resolved here: the unit runs in the state dir, where a relative one would land elsewhere.
+      flags.push(spec.flag, ctx.fitness.workDir);
     } else if (typeof raw === "string") {
       flags.push(spec.flag, raw);
     }

@@ -157,6 +157,15 @@ async function serve(ctx: Context): Promise<number> {
 }
 
 /**
+ * A command line `start` refuses (an unknown flag, a missing value: commander's own errors,
+ * before the action runs) exits 2 like any bad setting, so under launchd it leaves the marker
+ * too: a plist written by another version of the runner must not restart-loop.
+ */
+export async function stopForUsageError(message: string): Promise<void> {
+  await stopFor(undefined, ExitCode.USAGE, message);
+}
+
+/**
  * Exits that need a person (78, 79) leave the needs-operator marker, which `runner status` and
  * `service status` show. Under launchd (which cannot be told which exits not to restart) every
  * exit in NO_RESTART_EXITS leaves it, at the path the plist gives, so that launchd leaves the

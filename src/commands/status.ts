@@ -1,5 +1,6 @@
 // runner status: the local view of this runner (its files), then what the daemon says of itself
 // when one runs: its /status, read over the state dir's socket. No network.
+import { constants, promises as fs } from "node:fs";
 import { Command } from "commander";
 import { ExitCode } from "../errors.js";
 import { loadContext, STATE_SETTINGS, withSettings } from "../cli/context.js";
@@ -9,6 +10,7 @@ import { inspectLock } from "../state/lock.js";
 import { readRegistration } from "../state/registration.js";
 import { modeOf } from "../state/files.js";
 import { readBlocked } from "../state/blocked.js";
+import { accountName, ownerOf } from "../state/owner.js";
 import { readDaemonStatus, STATUS_TIMEOUT_MS } from "../status/client.js";
 import { daemonSummary } from "../status/summary.js";
 
@@ -34,12 +36,23 @@ export function defineStatusCommand(program: Command): void {
     action(async (options: Record<string, unknown>) => {
       const ctx = await loadContext(options);
       const stateDirExists = (await modeOf(ctx.files.stateDir)) !== null;
-      const registration = stateDirExists
+      // A state dir of another user (a machine-wide runner's, read without sudo) cannot be read:
+      // say so, rather than fail with an unexpected error, and still ask the daemon (its socket
+      // answers EACCES too, which the daemon line then names).
+      const unreadable = stateDirExists ? await unreadableReason(ctx.files.stateDir) : null;
+      const readable = stateDirExists && unreadable === null;
+      const registration = readable
         ? await readRegistration(ctx.files.registration)
-        : { kind: "missing" as const };
-      const lock = stateDirExists ? await inspectLock(ctx.files.lock) : { kind: "free" as const };
+        : unreadable !== null
+          ? { kind: "invalid" as const, reason: unreadable }
+          : { kind: "missing" as const };
+      const lock = readable
+        ? await inspectLock(ctx.files.lock)
+        : unreadable !== null
+          ? { kind: "unknown" as const, reason: unreadable }
+          : { kind: "free" as const };
       const reg = registration.kind === "ok" ? registration.value : null;
-      const blocked = stateDirExists ? await readBlocked(ctx.files.blocked) : null;
+      const blocked = readable ? await readBlocked(ctx.files.blocked) : null;
       const daemon = stateDirExists
         ? await readDaemonStatus(ctx.files.statusSocket, STATUS_TIMEOUT_MS)
         : { kind: "none" as const, reason: `no daemon is running: no state dir at ${ctx.files.stateDir}` };
@@ -58,7 +71,9 @@ export function defineStatusCommand(program: Command): void {
             ? { state: "free" as const, pid: null }
             : lock.kind === "held"
               ? { state: "held" as const, pid: lock.owner.pid, since: lock.owner.acquiredAt }
-              : { state: "stale" as const, pid: lock.owner?.pid ?? null, reason: lock.reason },
+              : lock.kind === "unknown"
+                ? { state: "unknown" as const, pid: null, reason: lock.reason }
+                : { state: "stale" as const, pid: lock.owner?.pid ?? null, reason: lock.reason },
         /** Set when the last start stopped for a person (exit 78/79); cleared by repair or a clean start. */
         stoppedForOperator: blocked,
         /** The daemon's own /status (README, "Status and metrics"); null when none answers, and `daemonProblem` says why. */
@@ -83,4 +98,17 @@ export function defineStatusCommand(program: Command): void {
       return ExitCode.OK;
     }),
   );
+}
+
+/** Why this user cannot read the state dir's files, or null when it can. */
+async function unreadableReason(stateDir: string): Promise<string | null> {
+  try {
+    await fs.access(stateDir, constants.R_OK | constants.X_OK);
+    return null;
+  } catch (error) {
+    const code = (error as NodeJS.ErrnoException).code ?? "EACCES";
+    const owner = await ownerOf(stateDir);
+    const whose = owner === null ? "" : ` (it belongs to ${await accountName(owner)})`;
+    return `cannot read the state dir ${stateDir}: ${code}${whose}; run runner status as its owner, or with sudo`;
+  }
 }

@@ -48,7 +48,13 @@ export function defineVerifyCommand(program: Command): void {
       else if (findings.length === 0) print(`✓ healthy (state dir ${ctx.files.stateDir})`);
       else {
         for (const finding of findings) describeFinding(finding).forEach((l) => print(l));
-        print(`${findings.length} problem(s); \`runner repair\` applies the fixes marked "fix"`);
+        // Only point at `runner repair` when it has something to apply by itself.
+        const fixable = findings.some((finding) => finding.fix.kind === "auto");
+        print(
+          fixable
+            ? `${findings.length} problem(s); \`runner repair\` applies the fixes marked "fix"`
+            : `${findings.length} problem(s); none that \`runner repair\` fixes by itself (see each one above)`,
+        );
       }
       return findings.length === 0 ? ExitCode.OK : ExitCode.UNHEALTHY;
     }),

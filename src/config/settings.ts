@@ -50,14 +50,19 @@ const handlerList = (raw: string) => {
   );
 };
 
-/** "gpu,usb" → ["gpu", "usb"]; "none" → [] (an empty env var counts as unset). */
+/**
+ * "gpu,usb" → ["gpu", "usb"]; "none" → []. An empty flag (`--device-providers ""`) is left for
+ * the schema to refuse: "none" is the way to say none (an empty env var counts as unset).
+ */
 const nameList = (raw: string) =>
   raw.trim().toLowerCase() === "none"
     ? []
-    : raw
-        .split(",")
-        .map((item) => item.trim())
-        .filter((item) => item.length > 0);
+    : raw.split(",").every((item) => item.trim() === "")
+      ? raw
+      : raw
+          .split(",")
+          .map((item) => item.trim())
+          .filter((item) => item.length > 0);
 
 type SpecInput<T> = Omit<SettingSpec<T>, "env"> & { env?: string };
 /**
@@ -84,7 +89,7 @@ export const SETTINGS = {
     fromString: text,
     defaultValue: undefined,
     defaultHelp:
-      "per platform: $XDG_STATE_HOME/runner, ~/Library/Application Support/runner, %LOCALAPPDATA%\\runner; system dirs with --system",
+      "per platform: $XDG_STATE_HOME/runner (~/.local/state/runner), ~/Library/Application Support/runner/state, %LOCALAPPDATA%\\runner\\state; /var/lib/runner or /Library/Application Support/runner/state with --system",
   }),
   system: setting<boolean>({
     key: "system",

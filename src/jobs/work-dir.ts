@@ -5,6 +5,7 @@
 import { mkdirSync, promises as fs } from "node:fs";
 import path from "node:path";
 import type { JobRef } from "../protocol/channel.js";
+import { makeDirs } from "../state/files.js";
 
 /** The directory of one attempt of a job (job ids are [A-Za-z0-9_-], so the name is safe). */
 export function jobWorkDir(workRoot: string, ref: JobRef): string {
@@ -22,7 +23,7 @@ export async function removeJobWorkDir(dir: string): Promise<void> {
 
 /** At start (no job runs yet): creates the work dir, and empties it of what earlier runs left. Returns what it removed. */
 export async function prepareWorkRoot(workRoot: string): Promise<string[]> {
-  await fs.mkdir(workRoot, { recursive: true, mode: 0o700 });
+  await makeDirs(workRoot, 0o700);
   const left = await fs.readdir(workRoot);
   for (const name of left) await removeJobWorkDir(path.join(workRoot, name));
   return left;

@@ -136,7 +136,7 @@ export async function entryAt(p: string): Promise<Entry | null> {
   try {
     stat = await fs.lstat(p);
   } catch (error) {
-    if ((error as NodeJS.ErrnoException).code === "ENOENT") return null;
+    if (isAbsent(error)) return null;
     throw error;
   }
   const type = typeOf(stat);
@@ -216,9 +216,15 @@ export async function modeOf(p: string): Promise<number | null> {
   try {
     return (await fs.stat(p)).mode & 0o777;
   } catch (error) {
-    if ((error as NodeJS.ErrnoException).code === "ENOENT") return null;
+    if (isAbsent(error)) return null;
     throw error;
   }
+}
+
+/** Nothing there: ENOENT, or ENOTDIR when a part of the path is a file (`repair` then fails to create it, saying so). */
+function isAbsent(error: unknown): boolean {
+  const code = (error as NodeJS.ErrnoException).code;
+  return code === "ENOENT" || code === "ENOTDIR";
 }
 
 /**
@@ -226,10 +232,68 @@ export async function modeOf(p: string): Promise<number | null> {
  * ForeignEntryError, unless `followLink` (only for the state dir itself, which may be a link).
  */
 export async function ensureDir(dir: string, options: { followLink?: boolean } = {}): Promise<void> {
-  await fs.mkdir(dir, { recursive: true, mode: DIR_MODE });
+  await makeDirs(dir);
   if (options.followLink) return;
   const entry = await entryAt(dir);
   if (entry !== null && entry.type !== "directory") throw new ForeignEntryError(dir, entry.type, "directory");
+}
+
+/** Why a file or dir could not be written, in words, for the errno codes an operator meets. */
+const WRITE_CAUSES: Record<string, string> = {
+  EROFS: "the file system is read-only",
+  EACCES: "permission denied",
+  EPERM: "not permitted",
+  ENOENT: "no such file or directory",
+  ENOTDIR: "a part of the path is a file, not a directory",
+  ENOSPC: "no space left on the device",
+  EDQUOT: "disk quota exceeded",
+};
+
+/**
+ * A state or work dir the runner cannot write, as a RunnerError (state_invalid: exit 78, no
+ * restart loop) naming the path and the cause; any other error is returned as it is.
+ */
+export function unwritable(what: string, error: unknown): unknown {
+  const code = (error as NodeJS.ErrnoException).code;
+  const why = code === undefined ? undefined : WRITE_CAUSES[code];
+  if (why === undefined) return error;
+  return new RunnerError("state_invalid", `cannot ${what}: ${code} (${why})`, {
+    cause: error,
+    hint: "give the runner a directory it can write (--state-dir, --work-dir), or fix the file system's mount or permissions",
+  });
+}
+
+/**
+ * `mkdir -p`, one level at a time, failing with a RunnerError (state_invalid: exit 78) that
+ * names the dir and the cause. Not `fs.mkdir(..., { recursive: true })`: on a path whose
+ * parent exists but refuses the child with ENOENT (anything under /proc, say) Node's recursive
+ * mkdir retries for ever at full CPU, and its other failures surfaced as "unexpected error".
+ */
+export async function makeDirs(dir: string, mode = DIR_MODE): Promise<void> {
+  const missing: string[] = [];
+  for (let at = path.resolve(dir); ;) {
+    try {
+      await fs.stat(at);
+      break;
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code !== "ENOENT") throw cannotCreate(dir, error);
+    }
+    missing.unshift(at);
+    const parent = path.dirname(at);
+    if (parent === at) break;
+    at = parent;
+  }
+  for (const at of missing) {
+    try {
+      await fs.mkdir(at, { mode });
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code !== "EEXIST") throw cannotCreate(dir, error);
+    }
+  }
+}
+
+function cannotCreate(dir: string, error: unknown): unknown {
+  return unwritable(`create the directory ${dir}`, error);
 }
 
 export interface SetAsideFile {

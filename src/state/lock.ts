@@ -3,9 +3,10 @@
 // another process, is recognised as stale and taken over.
 import { promises as fs, constants } from "node:fs";
 import os from "node:os";
+import path from "node:path";
 import { z } from "zod";
 import { RunnerError } from "../errors.js";
-import { SECRET_FILE_MODE, entryAt, moveAside, readJsonFile, writeJsonAtomic } from "./files.js";
+import { SECRET_FILE_MODE, entryAt, moveAside, readJsonFile, unwritable, writeJsonAtomic } from "./files.js";
 import { compareStarts, processStartTime } from "./process-start.js";
 
 const lockRecordSchema = z.object({
@@ -88,7 +89,18 @@ export async function acquireLock(file: string, now: Date = new Date()): Promise
         release: () => releaseLock(file, mine),
       };
     } catch (error) {
-      if ((error as NodeJS.ErrnoException).code !== "EEXIST") throw error;
+      const code = (error as NodeJS.ErrnoException).code;
+      // `unregister` and `credentials move` take the lock of a state dir that may not exist:
+      // nothing is registered there, which is what the person needs to hear.
+      if (code === "ENOENT" && (await entryAt(path.dirname(file))) === null)
+        throw new RunnerError(
+          "not_registered",
+          `no runner is registered in ${path.dirname(file)}: there is no such dir`,
+          {
+            hint: "check --state-dir/--system (the same as at `runner register`)",
+          },
+        );
+      if (code !== "EEXIST") throw unwritable(`write the lock ${file}`, error);
     }
     // A link (even a dangling one) or a dir at the lock's name makes O_EXCL fail for ever and
     // is never a lock a runner wrote: move it aside (kept for a person) and try again.

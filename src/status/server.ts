@@ -56,7 +56,7 @@ export async function startStatusServer(options: StatusServerOptions): Promise<S
     } else if (await clearStaleSocket(options.socketPath, logger)) {
       const server = createServer(options);
       try {
-        await listen(server, { path: options.socketPath });
+        await listen(server, { path: options.socketPath }, logger);
         // The state dir is 0700, so no one else can reach the socket before this narrows it.
         await fs.chmod(options.socketPath, 0o600);
         servers.push(server);
@@ -70,7 +70,7 @@ export async function startStatusServer(options: StatusServerOptions): Promise<S
   if (options.port !== null) {
     const server = createServer(options);
     try {
-      await listen(server, { host: "127.0.0.1", port: options.port });
+      await listen(server, { host: "127.0.0.1", port: options.port }, logger);
       servers.push(server);
       port = (server.address() as AddressInfo).port;
     } catch (error) {
@@ -125,11 +125,17 @@ async function clearStaleSocket(file: string, logger: Logger): Promise<boolean> 
   }
 }
 
-function listen(server: http.Server, where: { path: string } | { host: string; port: number }): Promise<void> {
+function listen(
+  server: http.Server,
+  where: { path: string } | { host: string; port: number },
+  logger: Logger,
+): Promise<void> {
   return new Promise((resolve, reject) => {
     server.once("error", reject);
     server.listen(where, () => {
       server.off("error", reject);
+      // Only a listening server's errors are logged as such: a failed listen is logged once, by the caller.
+      server.on("error", (error) => logger.error({ err: error }, "status server error"));
       resolve();
     });
   });
@@ -146,7 +152,6 @@ function createServer(options: StatusServerOptions): http.Server {
   // A status client that stalls must not hold a connection for long.
   server.requestTimeout = 10_000;
   server.headersTimeout = 5_000;
-  server.on("error", (error) => options.logger.error({ err: error }, "status server error"));
   return server;
 }
 

@@ -20,6 +20,10 @@ export interface CliOptions {
   bin?: string;
   input?: string;
   timeoutMs?: number;
+  /** Run as this user id (the test must be root). */
+  uid?: number;
+  /** The working directory (relative paths in arguments resolve against it). */
+  cwd?: string;
 }
 
 export function runCli(args: string[], options: CliOptions = {}): Promise<CliResult> {
@@ -27,6 +31,8 @@ export function runCli(args: string[], options: CliOptions = {}): Promise<CliRes
     const child = spawn(process.execPath, [options.bin ?? RUNNER_BIN, ...args], {
       env: { ...process.env, RUNNER_LOG_FORMAT: "json", ...options.env },
       stdio: [options.input === undefined ? "ignore" : "pipe", "pipe", "pipe"],
+      ...(options.uid === undefined ? {} : { uid: options.uid }),
+      ...(options.cwd === undefined ? {} : { cwd: options.cwd }),
     });
     let stdout = "";
     let stderr = "";

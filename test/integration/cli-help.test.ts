@@ -146,6 +146,8 @@ describe("each verb's help", { timeout: 120_000 }, () => {
       [],
     );
     for (const verb of buildProgram().commands) assert.match(result.stdout, new RegExp(`^ {2}${verb.name()} `, "m"));
+    // Every exit code of the README's table, 77 (a refused registration token) included.
+    for (const code of [0, 1, 2, 3, 4, 69, 77, 78, 79]) assert.match(result.stdout, new RegExp(`\\b${code} [a-z]`));
   });
 });
 

@@ -123,6 +123,22 @@ describe("runner register", { timeout: 60_000 }, () => {
       ]);
       assert.equal(again.code, ExitCode.USAGE, again.all);
       assert.match(again.stderr, /already holds runner rnr_\w+ \(box\)[\s\S]*--replace/);
+      // Another state dir taking the same name: the control plane's 409 name_taken points at the flag.
+      const sameName = await runCli([
+        "register",
+        "--url",
+        plane.cp.url,
+        "--token-file",
+        await plane.tokenFile(path.dirname(runner.stateDir)),
+        "--name",
+        "box",
+        "--credential-store",
+        "file",
+        "--state-dir",
+        path.join(path.dirname(runner.stateDir), "other"),
+      ]);
+      assert.equal(sameName.code, ExitCode.USAGE, sameName.all);
+      assert.match(sameName.stderr, /HTTP 409, name_taken[\s\S]*→ pass --replace to take the name over/);
       const replaced = await runCli([
         "register",
         "--replace",
@@ -167,6 +183,38 @@ describe("runner register", { timeout: 60_000 }, () => {
     assert.equal(badSetting.code, ExitCode.USAGE);
     assert.match(badSetting.stderr, /--log-level: "loud" is not valid/);
 
+    const bothTokens = await runCli([
+      "register",
+      "--url",
+      "http://127.0.0.1:9",
+      "--token",
+      "rgt_x",
+      "--token-file",
+      "-",
+      ...flags,
+    ]);
+    assert.equal(bothTokens.code, ExitCode.USAGE, bothTokens.all);
+    assert.match(bothTokens.stderr, /--token and --token-file exclude each other/);
+
+    const fraction = await runCli(["verify", ...flags, "--request-timeout-ms", "1.5"]);
+    assert.equal(fraction.code, ExitCode.USAGE, fraction.all);
+    assert.match(fraction.stderr, /--request-timeout-ms: "1\.5" is not valid \(expected a whole number\)/);
+
+    // Nothing there that repair fixes by itself: verify does not send the person to it.
+    await fs.mkdir(path.join(dir, "empty", "outbox"), { mode: 0o700, recursive: true });
+    const unregistered = await runCli(["verify", "--state-dir", path.join(dir, "empty")]);
+    assert.equal(unregistered.code, ExitCode.UNHEALTHY, unregistered.all);
+    assert.match(unregistered.stdout, /\[not_registered\][\s\S]*none that `runner repair` fixes by itself/);
+
+    for (const verb of [
+      ["unregister", "--local-only"],
+      ["credentials", "move", "--to", "file"],
+    ]) {
+      const noDir = await runCli([...verb, "--state-dir", path.join(dir, "nowhere")]);
+      assert.equal(noDir.code, ExitCode.NEEDS_OPERATOR, noDir.all);
+      assert.match(noDir.stderr, /no runner is registered in .*nowhere: there is no such dir/);
+    }
+
     const unknownVerb = await runCli(["frobnicate"]);
     assert.equal(unknownVerb.code, ExitCode.USAGE);
 
@@ -188,6 +236,30 @@ describe("runner register", { timeout: 60_000 }, () => {
     ]);
     assert.equal(unreachable.code, ExitCode.UNAVAILABLE);
     assert.match(unreachable.stderr, /cannot reach the control plane at http:\/\/127\.0\.0\.1:9/);
+  });
+
+  test("status of a state dir this user cannot read says so and still exits 0", { timeout: 60_000 }, async (t) => {
+    // EACCES needs a user who is not root, and root to make one's dir unreadable to it.
+    const nobody = 65534;
+    if (process.getuid?.() !== 0) return t.skip("needs root, to run status as another user");
+    const probe = await runCli(["--version"], { uid: nobody, env: { HOME: "/" } }).catch(() => null);
+    if (probe?.code !== 0) return t.skip("the checkout is not readable by uid 65534");
+    const dir = await tempDir(t);
+    await fs.chmod(dir, 0o755);
+    const stateDir = path.join(dir, "state");
+    await fs.mkdir(stateDir, { mode: 0o700 });
+    await fs.writeFile(path.join(stateDir, "registration.json"), "{}", { mode: 0o600 });
+    const text = await runCli(["status", "--state-dir", stateDir], { uid: nobody, env: { HOME: "/" } });
+    assert.equal(text.code, ExitCode.OK, text.all);
+    assert.doesNotMatch(text.all, /unexpected error/);
+    assert.match(text.stdout, /cannot read the state dir .*: EACCES \(it belongs to root\)/);
+    assert.match(text.stdout, /lock: unknown/);
+    const json = await runCli(["status", "--json", "--state-dir", stateDir], { uid: nobody, env: { HOME: "/" } });
+    assert.equal(json.code, ExitCode.OK, json.all);
+    const view = JSON.parse(json.stdout) as { registered: boolean; lock: { state: string }; daemon: unknown };
+    assert.equal(view.registered, false);
+    assert.equal(view.lock.state, "unknown");
+    assert.equal(view.daemon, null);
   });
 
   test("settings come from the config file when no flag or env var is given", { timeout: 60_000 }, async (t) => {

@@ -142,6 +142,24 @@ describe("runner service (systemd, stubbed)", { timeout: 60_000 }, () => {
     await fs.access(path.join(runner.stateDir, "registration.json")); // the runner itself is kept
   });
 
+  test("install carries a relative --work-dir as the absolute dir it names here, not one under the unit's state dir", async (t) => {
+    const plane = await startTestControlPlane(t);
+    const runner = await registerRunner(t, plane);
+    const stubs = await stubCommands(t, ["systemctl", "loginctl"]);
+    const { home, env } = await serviceEnv(t, stubs);
+    const here = await tempDir(t, "runner-cwd-");
+    const install = await runCli(
+      ["service", "install", "--state-dir", runner.stateDir, "--work-dir", "jobs", "--no-start", "--hardened"],
+      { env, cwd: here },
+    );
+    assert.equal(install.code, ExitCode.OK, install.all);
+    const unit = await fs.readFile(path.join(home, ".config", "systemd", "user", "runner.service"), "utf8");
+    const execStart = unit.split("\n").find((line) => line.startsWith("ExecStart="))!;
+    // The unit runs in its state dir (WorkingDirectory=), where "jobs" would be another dir.
+    assert.ok(execStart.includes(`"--work-dir" "${path.join(here, "jobs")}"`), execStart);
+    assert.match(unit, new RegExp(`^ReadWritePaths=.* -${path.join(here, "jobs")}$`, "m"));
+  });
+
   test("install warns that a keychain credential is locked at boot, and --credential-to-file moves it to the file first", async (t) => {
     if (!requireKeychain(t)) return;
     const { runner, flags, env } = await keychainRunner(t);

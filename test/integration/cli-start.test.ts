@@ -80,6 +80,48 @@ describe("runner start", { timeout: 60_000 }, () => {
     assert.match(start.stderr, new RegExp(`another runner \\(pid ${pid}`));
   });
 
+  test("exits 78 naming the directory when the state dir or the work dir cannot be created", async (t) => {
+    const dir = await tempDir(t);
+    const file = path.join(dir, "a-file");
+    await fs.writeFile(file, "");
+    const underFile = await runCli(["start", "--state-dir", path.join(file, "state")]);
+    assert.equal(underFile.code, ExitCode.NEEDS_OPERATOR, underFile.all);
+    assert.match(underFile.stderr, /cannot create the directory .*a-file\/state: ENOTDIR/);
+    assert.doesNotMatch(underFile.stderr, /unexpected error/);
+    const repair = await runCli(["repair", "--state-dir", path.join(file, "state")]);
+    assert.equal(repair.code, ExitCode.NEEDS_OPERATOR, repair.all);
+    assert.match(repair.stderr, /cannot create the directory/);
+    if (process.platform === "linux") {
+      // /proc refuses a new dir with ENOENT although its parent exists: Node's recursive mkdir
+      // then retried for ever at full CPU, and `start` never returned.
+      const underProc = await runCli(["start", "--state-dir", "/proc/self/runner-state"], { timeoutMs: 20_000 });
+      assert.equal(underProc.code, ExitCode.NEEDS_OPERATOR, underProc.all);
+      assert.match(underProc.stderr, /cannot create the directory \/proc\/self\/runner-state/);
+    }
+    const plane = await startTestControlPlane(t);
+    const runner = await registerRunner(t, plane);
+    const badWorkDir = await runCli(["start", ...runner.flags, "--work-dir", path.join(file, "work")]);
+    assert.equal(badWorkDir.code, ExitCode.NEEDS_OPERATOR, badWorkDir.all);
+    assert.match(badWorkDir.stderr, /cannot create the directory .*a-file\/work: ENOTDIR/);
+  });
+
+  test("under launchd, a command line start refuses (an unknown flag) exits 2 and leaves the marker", async (t) => {
+    const dir = await tempDir(t);
+    const marker = path.join(dir, "needs-operator");
+    // A plist written by another version of the runner may carry a flag this one does not know.
+    const unknown = await runCli(["start", "--no-such-flag"], { env: { [LAUNCHD_MARKER_ENV]: marker } });
+    assert.equal(unknown.code, ExitCode.USAGE, unknown.all);
+    const kept = JSON.parse(await fs.readFile(marker, "utf8")) as { exitCode: number; reason: string };
+    assert.equal(kept.exitCode, ExitCode.USAGE);
+    assert.match(kept.reason, /unknown option '--no-such-flag'/);
+    await fs.rm(marker);
+    const help = await runCli(["start", "--help"], { env: { [LAUNCHD_MARKER_ENV]: marker } });
+    assert.equal(help.code, ExitCode.OK, help.all);
+    const otherVerb = await runCli(["status", "--no-such-flag"], { env: { [LAUNCHD_MARKER_ENV]: marker } });
+    assert.equal(otherVerb.code, ExitCode.USAGE, otherVerb.all);
+    await assert.rejects(fs.access(marker), { code: "ENOENT" }, "only start leaves the marker");
+  });
+
   test("starts anyway when the control plane cannot be reached, and connects once it is back", async (t) => {
     const dataDir = await tempDir(t, "runner-cp-");
     const plane = await startTestControlPlane(t, { dataDir });

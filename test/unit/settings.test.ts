@@ -152,6 +152,56 @@ describe("settings precedence is flag > env > file > default", () => {
     );
   });
 
+  test(
+    "a number setting given text says a whole number is expected, and off only where off is a word",
+    { timeout: 10_000 },
+    () => {
+      const message = (inputs: Parameters<typeof resolveSettings>[0]) => {
+        try {
+          resolveSettings(inputs);
+        } catch (error) {
+          return (error as Error).message;
+        }
+        return "accepted";
+      };
+      assert.match(
+        message({ flags: { capacity: "1.5" }, env: {} }),
+        /--capacity: "1\.5" is not valid \(expected a whole number\)$/,
+      );
+      assert.match(
+        message({ flags: {}, env: { RUNNER_WORKER_MAX_FDS: "many" } }),
+        /\(expected a whole number, or off\)$/,
+      );
+      assert.match(
+        message({ flags: {}, env: {}, file: { workerMaxFds: "off" }, fileName: "c.json" }),
+        /c\.json: "workerMaxFds": "off" is not valid \(expected a whole number\)$/,
+      );
+    },
+  );
+
+  test(
+    "an empty device provider list is refused (none is the word for none); an empty env var is unset",
+    { timeout: 10_000 },
+    () => {
+      for (const raw of ["", " , "])
+        assert.throws(
+          () => resolveSettings({ flags: { deviceProviders: raw }, env: {} }),
+          (e: unknown) =>
+            e instanceof RunnerError &&
+            /--device-providers: .* \(expected a comma-separated list, or none\)$/.test(e.message),
+        );
+      assert.deepEqual(resolveSettings({ flags: { deviceProviders: "none" }, env: {} }).settings.deviceProviders, []);
+      assert.deepEqual(
+        resolveSettings({ flags: {}, env: { RUNNER_DEVICE_PROVIDERS: "" } }).settings.deviceProviders,
+        SETTINGS.deviceProviders.defaultValue,
+      );
+      assert.throws(
+        () => resolveSettings({ flags: {}, env: {}, file: { deviceProviders: "usb" }, fileName: "c.json" }),
+        (e: unknown) => e instanceof RunnerError && /\(expected a JSON array\)$/.test(e.message),
+      );
+    },
+  );
+
   test("an unknown key in the config file is refused by name", () => {
     assert.throws(
       () => resolveSettings({ flags: {}, env: {}, file: { stateDirectory: "/x" }, fileName: "c.json" }),

@@ -5,10 +5,13 @@ import os from "node:os";
 import path from "node:path";
 import { z } from "zod";
 import { execFileSync } from "node:child_process";
+import { RunnerError } from "../../src/errors.js";
+import { acquireLock } from "../../src/state/lock.js";
 import {
   ForeignEntryError,
   chmodNoFollow,
   ensureDir,
+  makeDirs,
   moveAside,
   readJsonDir,
   readJsonFile,
@@ -150,6 +153,40 @@ test(
       await fs.readdir(path.dirname(outside)),
       ["precious.json"],
       "nothing was moved or created outside",
+    );
+  },
+);
+
+test(
+  "a dir that cannot be made, or a lock that cannot be written, is a state_invalid error naming the path and the cause",
+  { timeout: 10_000 },
+  async () => {
+    const d = await dir();
+    const file = path.join(d, "a-file");
+    await fs.writeFile(file, "");
+    await makeDirs(path.join(d, "x", "y", "z"));
+    assert.ok((await fs.stat(path.join(d, "x", "y", "z"))).isDirectory());
+    await assert.rejects(
+      makeDirs(path.join(file, "sub")),
+      (error: unknown) =>
+        error instanceof RunnerError &&
+        error.code === "state_invalid" &&
+        /cannot create the directory .*a-file\/sub: ENOTDIR/.test(error.message),
+    );
+    await assert.rejects(
+      acquireLock(path.join(file, "runner.lock")),
+      (error: unknown) =>
+        error instanceof RunnerError &&
+        error.code === "state_invalid" &&
+        /cannot write the lock .*runner\.lock: ENOTDIR/.test(error.message),
+    );
+    // No state dir at all: nothing is registered there (unregister, credentials move).
+    await assert.rejects(
+      acquireLock(path.join(d, "missing", "runner.lock")),
+      (error: unknown) =>
+        error instanceof RunnerError &&
+        error.code === "not_registered" &&
+        /no runner is registered in/.test(error.message),
     );
   },
 );
