@@ -93,8 +93,8 @@ function welcomingPeer(server: WebSocketServer, maxFrameBytes: number) {
   return { sockets, received };
 }
 
-describe("the channel driver", { timeout: 60_000 }, () => {
-  test("malformed, unknown and oversized frames are logged and survived", async (t) => {
+describe("the channel driver", () => {
+  test("malformed, unknown and oversized frames are logged and survived", { timeout: 60_000 }, async (t) => {
     const server = loopbackServer(t);
     const { sockets, received } = welcomingPeer(server, 65_536);
     const hellos = () => received.filter((m) => m.type === "hello");
@@ -142,58 +142,62 @@ describe("the channel driver", { timeout: 60_000 }, () => {
     );
   });
 
-  test("wss:// verifies the certificate: a self-signed one is refused and retried, never trusted", async (t) => {
-    const dir = await tempDir(t);
-    const key = path.join(dir, "key.pem");
-    const cert = path.join(dir, "cert.pem");
-    const made = spawnSync(
-      "openssl",
-      [
-        "req",
-        "-x509",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-keyout",
-        key,
-        "-out",
-        cert,
-        "-subj",
-        "/CN=localhost",
-        "-days",
-        "1",
-      ],
-      { encoding: "utf8" },
-    );
-    if (made.status !== 0) return t.skip(`openssl could not make a certificate: ${made.stderr}`);
-    const server = https.createServer({ key: readFileSync(key), cert: readFileSync(cert) });
-    const wss = new WebSocketServer({ server });
-    let upgrades = 0;
-    wss.on("connection", () => upgrades++);
-    await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
-    onCleanup(t, () => new Promise<void>((r) => (wss.close(), server.close(() => r()))));
-    const capture = captureLogger();
-    const driver = new ChannelDriver(
-      config("rnr_bbbbbbbbbbbbbbbbbbbbbbbb"),
-      {},
-      {
-        url: `wss://localhost:${(server.address() as AddressInfo).port}/api/v1/channel`,
-        credential: "rnc_test-credential-not-secret-here",
-        maxFrameBytes: 65_536,
-        logger: capture.logger,
-        ports: recordingPorts().ports,
-      },
-    );
-    void driver.start();
-    onCleanup(t, () => driver.dispose());
-    await until(
-      () => (capture.text().match(/cannot connect: .*(SELF_SIGNED|self-signed)/gi) ?? []).length >= 2,
-      "two refused attempts",
-      10_000,
-    );
-    assert.equal(upgrades, 0, "no WebSocket was ever opened to the untrusted server");
-    assert.notEqual(driver.current.connection.phase, "connected");
-  });
+  test(
+    "wss:// verifies the certificate: a self-signed one is refused and retried, never trusted",
+    { timeout: 60_000 },
+    async (t) => {
+      const dir = await tempDir(t);
+      const key = path.join(dir, "key.pem");
+      const cert = path.join(dir, "cert.pem");
+      const made = spawnSync(
+        "openssl",
+        [
+          "req",
+          "-x509",
+          "-newkey",
+          "rsa:2048",
+          "-nodes",
+          "-keyout",
+          key,
+          "-out",
+          cert,
+          "-subj",
+          "/CN=localhost",
+          "-days",
+          "1",
+        ],
+        { encoding: "utf8" },
+      );
+      if (made.status !== 0) return t.skip(`openssl could not make a certificate: ${made.stderr}`);
+      const server = https.createServer({ key: readFileSync(key), cert: readFileSync(cert) });
+      const wss = new WebSocketServer({ server });
+      let upgrades = 0;
+      wss.on("connection", () => upgrades++);
+      await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
+      onCleanup(t, () => new Promise<void>((r) => (wss.close(), server.close(() => r()))));
+      const capture = captureLogger();
+      const driver = new ChannelDriver(
+        config("rnr_bbbbbbbbbbbbbbbbbbbbbbbb"),
+        {},
+        {
+          url: `wss://localhost:${(server.address() as AddressInfo).port}/api/v1/channel`,
+          credential: "rnc_test-credential-not-secret-here",
+          maxFrameBytes: 65_536,
+          logger: capture.logger,
+          ports: recordingPorts().ports,
+        },
+      );
+      void driver.start();
+      onCleanup(t, () => driver.dispose());
+      await until(
+        () => (capture.text().match(/cannot connect: .*(SELF_SIGNED|self-signed)/gi) ?? []).length >= 2,
+        "two refused attempts",
+        10_000,
+      );
+      assert.equal(upgrades, 0, "no WebSocket was ever opened to the untrusted server");
+      assert.notEqual(driver.current.connection.phase, "connected");
+    },
+  );
 
   test(
     "100 runners reconnecting after a control-plane restart are spread out by jitter",
@@ -267,86 +271,94 @@ describe("the channel driver", { timeout: 60_000 }, () => {
     },
   );
 
-  test("a companion hears of the connection after the welcome's own frames, sends within its frame limit on that connection only, and hears of its loss", async (t) => {
-    const server = loopbackServer(t);
-    const { sockets, received } = welcomingPeer(server, 1024);
-    await new Promise((r) => server.once("listening", r));
-    const heard: string[] = [];
-    const sends: ((message: RunnerMessage) => boolean)[] = [];
-    const companion: ChannelCompanion = {
-      onConnected: (sendOnThis, welcome) => {
-        heard.push(`connected ${welcome.maxFrameBytes}`);
-        sends.push(sendOnThis);
-      },
-      onDisconnected: () => void heard.push("disconnected"),
-      onMessage: () => false,
-    };
-    const driver = new ChannelDriver(
-      config("rnr_dddddddddddddddddddddddd"),
-      {},
-      {
-        url: `ws://127.0.0.1:${(server.address() as AddressInfo).port}/api/v1/channel`,
-        credential: "rnc_test-credential-not-secret-here",
-        maxFrameBytes: 1 << 20,
-        logger: captureLogger().logger,
-        ports: recordingPorts().ports,
-        companions: [companion],
-      },
-    );
-    void driver.start();
-    onCleanup(t, () => driver.dispose());
-    await until(() => heard.length === 1, "the companion to hear of the connection");
-    assert.deepEqual(heard, ["connected 1024"]);
-    const sendOnFirst = sends[0]!;
-    assert.equal(sendOnFirst({ type: "goodbye", reason: "x".repeat(2000) }), false, "over the welcome's limit");
-    assert.equal(sendOnFirst({ type: "goodbye", reason: "companion" }), true);
-    await until(() => received.length === 3, "the companion's frame");
-    assert.deepEqual(
-      received.map((m) => m.type),
-      ["hello", "ready", "goodbye"],
-      "the welcome's own ready goes first",
-    );
-    sockets[0]!.terminate();
-    await until(() => heard.length === 2, "the companion to hear of the loss");
-    assert.deepEqual(heard, ["connected 1024", "disconnected"]);
-    assert.equal(sendOnFirst({ type: "goodbye", reason: "late" }), false, "a send bound to a gone connection");
-  });
+  test(
+    "a companion hears of the connection after the welcome's own frames, sends within its frame limit on that connection only, and hears of its loss",
+    { timeout: 60_000 },
+    async (t) => {
+      const server = loopbackServer(t);
+      const { sockets, received } = welcomingPeer(server, 1024);
+      await new Promise((r) => server.once("listening", r));
+      const heard: string[] = [];
+      const sends: ((message: RunnerMessage) => boolean)[] = [];
+      const companion: ChannelCompanion = {
+        onConnected: (sendOnThis, welcome) => {
+          heard.push(`connected ${welcome.maxFrameBytes}`);
+          sends.push(sendOnThis);
+        },
+        onDisconnected: () => void heard.push("disconnected"),
+        onMessage: () => false,
+      };
+      const driver = new ChannelDriver(
+        config("rnr_dddddddddddddddddddddddd"),
+        {},
+        {
+          url: `ws://127.0.0.1:${(server.address() as AddressInfo).port}/api/v1/channel`,
+          credential: "rnc_test-credential-not-secret-here",
+          maxFrameBytes: 1 << 20,
+          logger: captureLogger().logger,
+          ports: recordingPorts().ports,
+          companions: [companion],
+        },
+      );
+      void driver.start();
+      onCleanup(t, () => driver.dispose());
+      await until(() => heard.length === 1, "the companion to hear of the connection");
+      assert.deepEqual(heard, ["connected 1024"]);
+      const sendOnFirst = sends[0]!;
+      assert.equal(sendOnFirst({ type: "goodbye", reason: "x".repeat(2000) }), false, "over the welcome's limit");
+      assert.equal(sendOnFirst({ type: "goodbye", reason: "companion" }), true);
+      await until(() => received.length === 3, "the companion's frame");
+      assert.deepEqual(
+        received.map((m) => m.type),
+        ["hello", "ready", "goodbye"],
+        "the welcome's own ready goes first",
+      );
+      sockets[0]!.terminate();
+      await until(() => heard.length === 2, "the companion to hear of the loss");
+      assert.deepEqual(heard, ["connected 1024", "disconnected"]);
+      assert.equal(sendOnFirst({ type: "goodbye", reason: "late" }), false, "a send bound to a gone connection");
+    },
+  );
 
-  test("a huge unknown frame, error message or cancel reason from the control plane makes a bounded log line", async (t) => {
-    const server = loopbackServer(t);
-    const { sockets } = welcomingPeer(server, 1 << 20);
-    await new Promise((r) => server.once("listening", r));
-    const capture = captureLogger();
-    const { ports, started } = recordingPorts();
-    const driver = new ChannelDriver(
-      config("rnr_cccccccccccccccccccccccc"),
-      {},
-      {
-        url: `ws://127.0.0.1:${(server.address() as AddressInfo).port}/api/v1/channel`,
-        credential: "rnc_test-credential-not-secret-here",
-        maxFrameBytes: 1 << 20,
-        logger: capture.logger,
-        ports,
-      },
-    );
-    void driver.start();
-    onCleanup(t, () => driver.dispose());
-    await until(() => driver.current.connection.phase === "connected", "the welcome");
+  test(
+    "a huge unknown frame, error message or cancel reason from the control plane makes a bounded log line",
+    { timeout: 60_000 },
+    async (t) => {
+      const server = loopbackServer(t);
+      const { sockets } = welcomingPeer(server, 1 << 20);
+      await new Promise((r) => server.once("listening", r));
+      const capture = captureLogger();
+      const { ports, started } = recordingPorts();
+      const driver = new ChannelDriver(
+        config("rnr_cccccccccccccccccccccccc"),
+        {},
+        {
+          url: `ws://127.0.0.1:${(server.address() as AddressInfo).port}/api/v1/channel`,
+          credential: "rnc_test-credential-not-secret-here",
+          maxFrameBytes: 1 << 20,
+          logger: capture.logger,
+          ports,
+        },
+      );
+      void driver.start();
+      onCleanup(t, () => driver.dispose());
+      await until(() => driver.current.connection.phase === "connected", "the welcome");
 
-    const huge = "\u0001".repeat(150_000); // 900 KB once escaped
-    const socket = sockets[0]!;
-    socket.send(JSON.stringify({ type: huge }));
-    socket.send(JSON.stringify({ type: "error", code: "invalid", message: huge }));
-    socket.send(JSON.stringify({ type: "cancel", jobId: "j1", attempt: 1, reason: "x" }));
-    socket.send(encode(assignment("j1")));
-    await until(() => started.length === 1, "the assignment after the huge frames");
-    const longestLine = () => Math.max(...capture.lines.map((l) => l.length));
-    assert.ok(longestLine() < 16_000, `the longest log line is ${longestLine()} characters`);
-    socket.send(JSON.stringify({ type: "cancel", jobId: "j1", attempt: 1, reason: "y".repeat(1024) }));
-    socket.send(JSON.stringify({ type: "pause", reason: "z".repeat(1024) }));
-    await until(() => driver.current.mode === "paused", "the pause");
-    assert.match(capture.text(), /unknown message type/);
-    assert.match(capture.text(), /could not use a frame/);
-    assert.ok(longestLine() < 16_000, `the longest log line is ${longestLine()} characters`);
-  });
+      const huge = "\u0001".repeat(150_000); // 900 KB once escaped
+      const socket = sockets[0]!;
+      socket.send(JSON.stringify({ type: huge }));
+      socket.send(JSON.stringify({ type: "error", code: "invalid", message: huge }));
+      socket.send(JSON.stringify({ type: "cancel", jobId: "j1", attempt: 1, reason: "x" }));
+      socket.send(encode(assignment("j1")));
+      await until(() => started.length === 1, "the assignment after the huge frames");
+      const longestLine = () => Math.max(...capture.lines.map((l) => l.length));
+      assert.ok(longestLine() < 16_000, `the longest log line is ${longestLine()} characters`);
+      socket.send(JSON.stringify({ type: "cancel", jobId: "j1", attempt: 1, reason: "y".repeat(1024) }));
+      socket.send(JSON.stringify({ type: "pause", reason: "z".repeat(1024) }));
+      await until(() => driver.current.mode === "paused", "the pause");
+      assert.match(capture.text(), /unknown message type/);
+      assert.match(capture.text(), /could not use a frame/);
+      assert.ok(longestLine() < 16_000, `the longest log line is ${longestLine()} characters`);
+    },
+  );
 });

@@ -63,7 +63,7 @@ async function waitForJob(
   }
 }
 
-describe("the channel's limits", { timeout: 120_000 }, () => {
+describe("the channel's limits", () => {
   test(
     "against a control plane announcing 1024-byte frames, every byte of escaped, multi-byte output arrives in order, and no frame is refused",
     { timeout: 90_000 },

@@ -83,43 +83,47 @@ function argvOf(line: string): string[] {
   return words.slice(1);
 }
 
-describe("each verb's help", { timeout: 120_000 }, () => {
-  test("the real CLI's help for each verb lists exactly the settings it declared, --config with them, and examples", async () => {
-    const verbs = verbsOf(buildProgram());
-    assert.ok(verbs.length >= 11, verbs.map((v) => v.path.join(" ")).join(", "));
-    // A few at a time: each is a node process on a machine shared with other test files.
-    for (let i = 0; i < verbs.length; i += 3) {
-      await Promise.all(
-        verbs.slice(i, i + 3).map(async ({ path: words, command }) => {
-          const name = words.join(" ");
-          const result = await runCli([...words, "--help"]);
-          assert.equal(result.code, ExitCode.OK, result.all);
-          const listed = optionsListed(result.stdout);
-          const declared = declaredSettings(command);
-          assert.deepEqual(
-            listed.filter((flag) => SETTING_FLAGS.has(flag)).sort(),
-            (declared ?? []).map(flagOf).sort(),
-            `runner ${name} --help`,
-          );
-          assert.equal(
-            listed.includes(CONFIG_FILE_FLAG),
-            declared !== undefined,
-            `${name}: --config with its settings`,
-          );
-          if (declared !== undefined)
-            assert.match(
-              result.stdout,
-              /ignored, not\nrefused: every command shares the environment and the config file/,
+describe("each verb's help", () => {
+  test(
+    "the real CLI's help for each verb lists exactly the settings it declared, --config with them, and examples",
+    { timeout: 120_000 },
+    async () => {
+      const verbs = verbsOf(buildProgram());
+      assert.ok(verbs.length >= 11, verbs.map((v) => v.path.join(" ")).join(", "));
+      // A few at a time: each is a node process on a machine shared with other test files.
+      for (let i = 0; i < verbs.length; i += 3) {
+        await Promise.all(
+          verbs.slice(i, i + 3).map(async ({ path: words, command }) => {
+            const name = words.join(" ");
+            const result = await runCli([...words, "--help"]);
+            assert.equal(result.code, ExitCode.OK, result.all);
+            const listed = optionsListed(result.stdout);
+            const declared = declaredSettings(command);
+            assert.deepEqual(
+              listed.filter((flag) => SETTING_FLAGS.has(flag)).sort(),
+              (declared ?? []).map(flagOf).sort(),
+              `runner ${name} --help`,
             );
-          const examples = examplesIn(result.stdout);
-          assert.ok(examples.length >= 1 && examples.length <= 3, `${name}: 1-3 examples, not ${examples.length}`);
-          assert.ok((command.summary() || command.description()).length > 10, `${name} says what it does`);
-        }),
-      );
-    }
-  });
+            assert.equal(
+              listed.includes(CONFIG_FILE_FLAG),
+              declared !== undefined,
+              `${name}: --config with its settings`,
+            );
+            if (declared !== undefined)
+              assert.match(
+                result.stdout,
+                /ignored, not\nrefused: every command shares the environment and the config file/,
+              );
+            const examples = examplesIn(result.stdout);
+            assert.ok(examples.length >= 1 && examples.length <= 3, `${name}: 1-3 examples, not ${examples.length}`);
+            assert.ok((command.summary() || command.description()).length > 10, `${name} says what it does`);
+          }),
+        );
+      }
+    },
+  );
 
-  test("every example in a verb's help parses, as that verb, against the real program", () => {
+  test("every example in a verb's help parses, as that verb, against the real program", { timeout: 120_000 }, () => {
     let count = 0;
     for (const { path: words, command } of verbsOf(buildProgram())) {
       let text = "";
@@ -138,7 +142,7 @@ describe("each verb's help", { timeout: 120_000 }, () => {
     assert.ok(count >= 20, `${count} examples`);
   });
 
-  test("runner --help is a clean list of the verbs, without any setting", async () => {
+  test("runner --help is a clean list of the verbs, without any setting", { timeout: 120_000 }, async () => {
     const result = await runCli(["--help"]);
     assert.equal(result.code, ExitCode.OK, result.all);
     assert.deepEqual(
@@ -151,8 +155,8 @@ describe("each verb's help", { timeout: 120_000 }, () => {
   });
 });
 
-describe("a setting's flag on a verb that does not use it", { timeout: 60_000 }, () => {
-  test("is refused on every verb with exit 2, naming the verbs that do use it", () => {
+describe("a setting's flag on a verb that does not use it", () => {
+  test("is refused on every verb with exit 2, naming the verbs that do use it", { timeout: 60_000 }, () => {
     const program = buildProgram();
     const users = (key: SettingKey) =>
       verbsOf(program)
@@ -194,33 +198,41 @@ describe("a setting's flag on a verb that does not use it", { timeout: 60_000 },
     assert.ok(refused > 50, `${refused} refusals checked`);
   });
 
-  test("the real CLI exits 2 with the message and a one-line hint, and runs nothing", async (t) => {
-    const dir = await tempDir(t);
-    const stateDir = path.join(dir, "state");
-    const result = await runCli(["status", "--state-dir", stateDir, "--capacity", "5"]);
-    assert.equal(result.code, ExitCode.USAGE, result.all);
-    assert.equal(result.stdout, "");
-    assert.equal(
-      result.stderr,
-      "error: unknown option '--capacity' (runner status does not use it; runner start, runner service install do; " +
-        "see runner status --help)\n(add --help for the command's options and examples)\n",
-    );
-    const boolean = await runCli(["unregister", "--state-dir", stateDir, "--once"]);
-    assert.equal(boolean.code, ExitCode.USAGE, boolean.all);
-    assert.match(boolean.stderr, /^error: unknown option '--once' \(runner unregister does not use it; runner start/);
-    await assert.rejects(fs.access(stateDir), { code: "ENOENT" });
-  });
+  test(
+    "the real CLI exits 2 with the message and a one-line hint, and runs nothing",
+    { timeout: 60_000 },
+    async (t) => {
+      const dir = await tempDir(t);
+      const stateDir = path.join(dir, "state");
+      const result = await runCli(["status", "--state-dir", stateDir, "--capacity", "5"]);
+      assert.equal(result.code, ExitCode.USAGE, result.all);
+      assert.equal(result.stdout, "");
+      assert.equal(
+        result.stderr,
+        "error: unknown option '--capacity' (runner status does not use it; runner start, runner service install do; " +
+          "see runner status --help)\n(add --help for the command's options and examples)\n",
+      );
+      const boolean = await runCli(["unregister", "--state-dir", stateDir, "--once"]);
+      assert.equal(boolean.code, ExitCode.USAGE, boolean.all);
+      assert.match(boolean.stderr, /^error: unknown option '--once' \(runner unregister does not use it; runner start/);
+      await assert.rejects(fs.access(stateDir), { code: "ENOENT" });
+    },
+  );
 
-  test("its environment variable and config-file key are not refused: every verb shares them", async (t) => {
-    const dir = await tempDir(t);
-    const configFile = path.join(dir, "config.json");
-    await fs.writeFile(configFile, JSON.stringify({ capacity: 4, credentialStore: "file", deviceBatchSize: 50 }));
-    const result = await runCli(["status", "--json", "--config", configFile, "--state-dir", path.join(dir, "s")], {
-      env: { RUNNER_CAPACITY: "3", RUNNER_ONCE: "1", RUNNER_WORKER_MAX_JOBS: "1" },
-    });
-    assert.equal(result.code, ExitCode.OK, result.all);
-    assert.equal((JSON.parse(result.stdout) as { registered: boolean }).registered, false);
-  });
+  test(
+    "its environment variable and config-file key are not refused: every verb shares them",
+    { timeout: 60_000 },
+    async (t) => {
+      const dir = await tempDir(t);
+      const configFile = path.join(dir, "config.json");
+      await fs.writeFile(configFile, JSON.stringify({ capacity: 4, credentialStore: "file", deviceBatchSize: 50 }));
+      const result = await runCli(["status", "--json", "--config", configFile, "--state-dir", path.join(dir, "s")], {
+        env: { RUNNER_CAPACITY: "3", RUNNER_ONCE: "1", RUNNER_WORKER_MAX_JOBS: "1" },
+      });
+      assert.equal(result.code, ExitCode.OK, result.all);
+      assert.equal((JSON.parse(result.stdout) as { registered: boolean }).registered, false);
+    },
+  );
 });
 
 test("the README's table of the settings each verb takes matches the code", async () => {

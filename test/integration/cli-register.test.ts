@@ -7,7 +7,7 @@ import { runCli } from "../helpers/cli.js";
 import { registerRunner, startTestControlPlane, tempDir } from "../helpers/fixtures.js";
 import { ExitCode } from "../../src/errors.js";
 
-describe("runner register", { timeout: 60_000 }, () => {
+describe("runner register", () => {
   test(
     "reads the token from stdin, records the store, and status shows the local view",
     { timeout: 60_000 },

@@ -12,40 +12,48 @@ import { ExitCode } from "../../src/errors.js";
 import { LAUNCHD_MARKER_ENV } from "../../src/state/blocked.js";
 import { onCleanup } from "../helpers/cleanup.js";
 
-describe("runner start", { timeout: 60_000 }, () => {
-  test("applies safe fixes, logs them, passes its checks, connects, and exits 0 on SIGTERM", async (t) => {
-    const plane = await startTestControlPlane(t);
-    const runner = await registerRunner(t, plane);
-    await fs.chmod(runner.stateDir, 0o750);
-    const daemon = startDaemon(t, runner.flags);
-    await daemon.waitForLog((l) => l.msg === "connected to the control plane");
-    assert.ok(
-      daemon.lines.some((l) => l.finding === "state_dir_permissions" && /^repaired:/.test(l.msg)),
-      daemon.stderr(),
-    );
-    assert.ok(daemon.lines.some((l) => l.msg === "startup checks passed"));
-    assert.equal((await fs.stat(runner.stateDir)).mode & 0o777, 0o700);
-    const lock = JSON.parse(await fs.readFile(path.join(runner.stateDir, "runner.lock"), "utf8")) as { pid: number };
-    assert.equal(lock.pid, daemon.child.pid, "the daemon holds the lock while it runs");
-    assert.equal(await daemon.stop("SIGTERM"), ExitCode.OK);
-    await assert.rejects(
-      fs.stat(path.join(runner.stateDir, "runner.lock")),
-      { code: "ENOENT" },
-      "the lock is released",
-    );
-  });
+describe("runner start", () => {
+  test(
+    "applies safe fixes, logs them, passes its checks, connects, and exits 0 on SIGTERM",
+    { timeout: 60_000 },
+    async (t) => {
+      const plane = await startTestControlPlane(t);
+      const runner = await registerRunner(t, plane);
+      await fs.chmod(runner.stateDir, 0o750);
+      const daemon = startDaemon(t, runner.flags);
+      await daemon.waitForLog((l) => l.msg === "connected to the control plane");
+      assert.ok(
+        daemon.lines.some((l) => l.finding === "state_dir_permissions" && /^repaired:/.test(l.msg)),
+        daemon.stderr(),
+      );
+      assert.ok(daemon.lines.some((l) => l.msg === "startup checks passed"));
+      assert.equal((await fs.stat(runner.stateDir)).mode & 0o777, 0o700);
+      const lock = JSON.parse(await fs.readFile(path.join(runner.stateDir, "runner.lock"), "utf8")) as { pid: number };
+      assert.equal(lock.pid, daemon.child.pid, "the daemon holds the lock while it runs");
+      assert.equal(await daemon.stop("SIGTERM"), ExitCode.OK);
+      await assert.rejects(
+        fs.stat(path.join(runner.stateDir, "runner.lock")),
+        { code: "ENOENT" },
+        "the lock is released",
+      );
+    },
+  );
 
-  test("stops with the needs-operator exit code and the exact command when the credential was revoked", async (t) => {
-    const plane = await startTestControlPlane(t);
-    const runner = await registerRunner(t, plane);
-    const [record] = await plane.admin.listRunners();
-    await plane.admin.revokeRunner(record!.runnerId);
-    const start = await runCli(["start", ...runner.flags]);
-    assert.equal(start.code, ExitCode.NEEDS_OPERATOR, start.all);
-    assert.match(start.stderr, /runner repair --token-file <file with a new registration token>/);
-  });
+  test(
+    "stops with the needs-operator exit code and the exact command when the credential was revoked",
+    { timeout: 60_000 },
+    async (t) => {
+      const plane = await startTestControlPlane(t);
+      const runner = await registerRunner(t, plane);
+      const [record] = await plane.admin.listRunners();
+      await plane.admin.revokeRunner(record!.runnerId);
+      const start = await runCli(["start", ...runner.flags]);
+      assert.equal(start.code, ExitCode.NEEDS_OPERATOR, start.all);
+      assert.match(start.stderr, /runner repair --token-file <file with a new registration token>/);
+    },
+  );
 
-  test("exits with the upgrade code when the control plane wants a newer agent", async (t) => {
+  test("exits with the upgrade code when the control plane wants a newer agent", { timeout: 60_000 }, async (t) => {
     const { startControlPlane } = await import("../../src/control-plane/control-plane.js");
     const plane = await startTestControlPlane(t);
     const runner = await registerRunner(t, plane);
@@ -67,7 +75,7 @@ describe("runner start", { timeout: 60_000 }, () => {
     assert.equal(JSON.parse(await fs.readFile(marker, "utf8")).exitCode, ExitCode.UPGRADE_REQUIRED, "launchd is held");
   });
 
-  test("refuses to start while a live process holds the lock", async (t) => {
+  test("refuses to start while a live process holds the lock", { timeout: 60_000 }, async (t) => {
     const plane = await startTestControlPlane(t);
     const runner = await registerRunner(t, plane);
     const holder = spawn(process.execPath, ["-e", "setTimeout(() => {}, 60000)"]);
@@ -80,91 +88,107 @@ describe("runner start", { timeout: 60_000 }, () => {
     assert.match(start.stderr, new RegExp(`another runner \\(pid ${pid}`));
   });
 
-  test("exits 78 naming the directory when the state dir or the work dir cannot be created", async (t) => {
-    const dir = await tempDir(t);
-    const file = path.join(dir, "a-file");
-    await fs.writeFile(file, "");
-    const underFile = await runCli(["start", "--state-dir", path.join(file, "state")]);
-    assert.equal(underFile.code, ExitCode.NEEDS_OPERATOR, underFile.all);
-    assert.match(underFile.stderr, /cannot create the directory .*a-file\/state: ENOTDIR/);
-    assert.doesNotMatch(underFile.stderr, /unexpected error/);
-    const repair = await runCli(["repair", "--state-dir", path.join(file, "state")]);
-    assert.equal(repair.code, ExitCode.NEEDS_OPERATOR, repair.all);
-    assert.match(repair.stderr, /cannot create the directory/);
-    if (process.platform === "linux") {
-      // /proc refuses a new dir with ENOENT although its parent exists: Node's recursive mkdir
-      // then retried for ever at full CPU, and `start` never returned.
-      const underProc = await runCli(["start", "--state-dir", "/proc/self/runner-state"], { timeoutMs: 20_000 });
-      assert.equal(underProc.code, ExitCode.NEEDS_OPERATOR, underProc.all);
-      assert.match(underProc.stderr, /cannot create the directory \/proc\/self\/runner-state/);
-    }
-    const plane = await startTestControlPlane(t);
-    const runner = await registerRunner(t, plane);
-    const badWorkDir = await runCli(["start", ...runner.flags, "--work-dir", path.join(file, "work")]);
-    assert.equal(badWorkDir.code, ExitCode.NEEDS_OPERATOR, badWorkDir.all);
-    assert.match(badWorkDir.stderr, /cannot create the directory .*a-file\/work: ENOTDIR/);
-  });
+  test(
+    "exits 78 naming the directory when the state dir or the work dir cannot be created",
+    { timeout: 60_000 },
+    async (t) => {
+      const dir = await tempDir(t);
+      const file = path.join(dir, "a-file");
+      await fs.writeFile(file, "");
+      const underFile = await runCli(["start", "--state-dir", path.join(file, "state")]);
+      assert.equal(underFile.code, ExitCode.NEEDS_OPERATOR, underFile.all);
+      assert.match(underFile.stderr, /cannot create the directory .*a-file\/state: ENOTDIR/);
+      assert.doesNotMatch(underFile.stderr, /unexpected error/);
+      const repair = await runCli(["repair", "--state-dir", path.join(file, "state")]);
+      assert.equal(repair.code, ExitCode.NEEDS_OPERATOR, repair.all);
+      assert.match(repair.stderr, /cannot create the directory/);
+      if (process.platform === "linux") {
+        // /proc refuses a new dir with ENOENT although its parent exists: Node's recursive mkdir
+        // then retried for ever at full CPU, and `start` never returned.
+        const underProc = await runCli(["start", "--state-dir", "/proc/self/runner-state"], { timeoutMs: 20_000 });
+        assert.equal(underProc.code, ExitCode.NEEDS_OPERATOR, underProc.all);
+        assert.match(underProc.stderr, /cannot create the directory \/proc\/self\/runner-state/);
+      }
+      const plane = await startTestControlPlane(t);
+      const runner = await registerRunner(t, plane);
+      const badWorkDir = await runCli(["start", ...runner.flags, "--work-dir", path.join(file, "work")]);
+      assert.equal(badWorkDir.code, ExitCode.NEEDS_OPERATOR, badWorkDir.all);
+      assert.match(badWorkDir.stderr, /cannot create the directory .*a-file\/work: ENOTDIR/);
+    },
+  );
 
-  test("under launchd, a command line start refuses (an unknown flag) exits 2 and leaves the marker", async (t) => {
-    const dir = await tempDir(t);
-    const marker = path.join(dir, "needs-operator");
-    // A plist written by another version of the runner may carry a flag this one does not know.
-    const unknown = await runCli(["start", "--no-such-flag"], { env: { [LAUNCHD_MARKER_ENV]: marker } });
-    assert.equal(unknown.code, ExitCode.USAGE, unknown.all);
-    const kept = JSON.parse(await fs.readFile(marker, "utf8")) as { exitCode: number; reason: string };
-    assert.equal(kept.exitCode, ExitCode.USAGE);
-    assert.match(kept.reason, /unknown option '--no-such-flag'/);
-    await fs.rm(marker);
-    const help = await runCli(["start", "--help"], { env: { [LAUNCHD_MARKER_ENV]: marker } });
-    assert.equal(help.code, ExitCode.OK, help.all);
-    const otherVerb = await runCli(["status", "--no-such-flag"], { env: { [LAUNCHD_MARKER_ENV]: marker } });
-    assert.equal(otherVerb.code, ExitCode.USAGE, otherVerb.all);
-    await assert.rejects(fs.access(marker), { code: "ENOENT" }, "only start leaves the marker");
-  });
+  test(
+    "under launchd, a command line start refuses (an unknown flag) exits 2 and leaves the marker",
+    { timeout: 60_000 },
+    async (t) => {
+      const dir = await tempDir(t);
+      const marker = path.join(dir, "needs-operator");
+      // A plist written by another version of the runner may carry a flag this one does not know.
+      const unknown = await runCli(["start", "--no-such-flag"], { env: { [LAUNCHD_MARKER_ENV]: marker } });
+      assert.equal(unknown.code, ExitCode.USAGE, unknown.all);
+      const kept = JSON.parse(await fs.readFile(marker, "utf8")) as { exitCode: number; reason: string };
+      assert.equal(kept.exitCode, ExitCode.USAGE);
+      assert.match(kept.reason, /unknown option '--no-such-flag'/);
+      await fs.rm(marker);
+      const help = await runCli(["start", "--help"], { env: { [LAUNCHD_MARKER_ENV]: marker } });
+      assert.equal(help.code, ExitCode.OK, help.all);
+      const otherVerb = await runCli(["status", "--no-such-flag"], { env: { [LAUNCHD_MARKER_ENV]: marker } });
+      assert.equal(otherVerb.code, ExitCode.USAGE, otherVerb.all);
+      await assert.rejects(fs.access(marker), { code: "ENOENT" }, "only start leaves the marker");
+    },
+  );
 
-  test("starts anyway when the control plane cannot be reached, and connects once it is back", async (t) => {
-    const dataDir = await tempDir(t, "runner-cp-");
-    const plane = await startTestControlPlane(t, { dataDir });
-    const runner = await registerRunner(t, plane);
-    const port = Number(new URL(plane.cp.url).port);
-    await plane.cp.close();
-    const daemon = startDaemon(t, [
-      ...runner.flags,
-      "--request-timeout-ms",
-      "2000",
-      "--reconnect-base-ms",
-      "100",
-      "--reconnect-cap-ms",
-      "300",
-    ]);
-    await daemon.waitForLog((l) => /cannot reach the control plane/.test(l.msg));
-    await daemon.waitForLog((l) => /reconnecting in/.test(l.msg));
-    await startTestControlPlane(t, { dataDir, port });
-    await daemon.waitForLog((l) => l.msg === "connected to the control plane");
-    assert.equal(await daemon.stop("SIGTERM"), ExitCode.OK);
-  });
+  test(
+    "starts anyway when the control plane cannot be reached, and connects once it is back",
+    { timeout: 60_000 },
+    async (t) => {
+      const dataDir = await tempDir(t, "runner-cp-");
+      const plane = await startTestControlPlane(t, { dataDir });
+      const runner = await registerRunner(t, plane);
+      const port = Number(new URL(plane.cp.url).port);
+      await plane.cp.close();
+      const daemon = startDaemon(t, [
+        ...runner.flags,
+        "--request-timeout-ms",
+        "2000",
+        "--reconnect-base-ms",
+        "100",
+        "--reconnect-cap-ms",
+        "300",
+      ]);
+      await daemon.waitForLog((l) => /cannot reach the control plane/.test(l.msg));
+      await daemon.waitForLog((l) => /reconnecting in/.test(l.msg));
+      await startTestControlPlane(t, { dataDir, port });
+      await daemon.waitForLog((l) => l.msg === "connected to the control plane");
+      assert.equal(await daemon.stop("SIGTERM"), ExitCode.OK);
+    },
+  );
 });
 
-describe("ephemeral runners", { timeout: 60_000 }, () => {
-  test("start --once runs exactly one job, reports it, unregisters and exits 0; the next job waits for another runner", async (t) => {
-    const plane = await startTestControlPlane(t);
-    const runner = await registerRunner(t, plane);
-    const first = await plane.admin.submitJob({ job: { kind: "command", argv: ["sh", "-c", "echo one"], env: {} } });
-    const second = await plane.admin.submitJob({ job: { kind: "command", argv: ["true"], env: {} } });
-    const daemon = startDaemon(t, [...runner.flags, "--once", "--capacity", "2", "--device-providers", "none"]);
-    assert.equal(await daemon.exited, ExitCode.OK, daemon.stderr());
+describe("ephemeral runners", () => {
+  test(
+    "start --once runs exactly one job, reports it, unregisters and exits 0; the next job waits for another runner",
+    { timeout: 60_000 },
+    async (t) => {
+      const plane = await startTestControlPlane(t);
+      const runner = await registerRunner(t, plane);
+      const first = await plane.admin.submitJob({ job: { kind: "command", argv: ["sh", "-c", "echo one"], env: {} } });
+      const second = await plane.admin.submitJob({ job: { kind: "command", argv: ["true"], env: {} } });
+      const daemon = startDaemon(t, [...runner.flags, "--once", "--capacity", "2", "--device-providers", "none"]);
+      assert.equal(await daemon.exited, ExitCode.OK, daemon.stderr());
 
-    const jobs = await Promise.all([first, second].map(async (s) => (await plane.admin.getJob(s.job.jobId)).job));
-    assert.deepEqual(jobs.map((job) => job.status).sort(), ["queued", "succeeded"], JSON.stringify(jobs));
-    await assert.rejects(fs.access(path.join(runner.stateDir, "registration.json")), { code: "ENOENT" });
-    assert.deepEqual(await plane.admin.listRunners(), [], "unregistered on the control plane");
-    assert.ok(
-      daemon.lines.some((line) => line.msg === "once: its one job is done and its result acknowledged"),
-      daemon.stderr(),
-    );
-  });
+      const jobs = await Promise.all([first, second].map(async (s) => (await plane.admin.getJob(s.job.jobId)).job));
+      assert.deepEqual(jobs.map((job) => job.status).sort(), ["queued", "succeeded"], JSON.stringify(jobs));
+      await assert.rejects(fs.access(path.join(runner.stateDir, "registration.json")), { code: "ENOENT" });
+      assert.deepEqual(await plane.admin.listRunners(), [], "unregistered on the control plane");
+      assert.ok(
+        daemon.lines.some((line) => line.msg === "once: its one job is done and its result acknowledged"),
+        daemon.stderr(),
+      );
+    },
+  );
 
-  test("start --exit-after-idle exits 0 after that long without a job", async (t) => {
+  test("start --exit-after-idle exits 0 after that long without a job", { timeout: 60_000 }, async (t) => {
     const plane = await startTestControlPlane(t);
     const runner = await registerRunner(t, plane);
     const daemon = startDaemon(t, [...runner.flags, "--exit-after-idle", "1", "--device-providers", "none"]);

@@ -131,27 +131,31 @@ async function waitGone(file: string, ms: number): Promise<void> {
   }
 }
 
-describe("a command job's own directory", { timeout: 30_000, skip: posixOnly }, () => {
-  test("a job without a cwd runs in a fresh directory of its own, which is removed once its result is in", async (t) => {
-    const root = await tempDir(t);
-    const a = assignment(["sh", "-c", "pwd; ls -A | wc -l; echo x > made-here"]);
-    const dir = jobWorkDir(root, a);
-    const o = run(t, a, { workDir: dir });
-    const result = await o.job.done;
-    assert.equal(result.outcome, "succeeded", result.reason ?? undefined);
-    assert.deepEqual(
-      o
-        .text("stdout")
-        .split("\n")
-        .map((line) => line.trim())
-        .slice(0, 2),
-      [dir, "0"],
-      "fresh and empty",
-    );
-    await waitGone(dir, 10_000);
-  });
+describe("a command job's own directory", { skip: posixOnly }, () => {
+  test(
+    "a job without a cwd runs in a fresh directory of its own, which is removed once its result is in",
+    { timeout: 30_000 },
+    async (t) => {
+      const root = await tempDir(t);
+      const a = assignment(["sh", "-c", "pwd; ls -A | wc -l; echo x > made-here"]);
+      const dir = jobWorkDir(root, a);
+      const o = run(t, a, { workDir: dir });
+      const result = await o.job.done;
+      assert.equal(result.outcome, "succeeded", result.reason ?? undefined);
+      assert.deepEqual(
+        o
+          .text("stdout")
+          .split("\n")
+          .map((line) => line.trim())
+          .slice(0, 2),
+        [dir, "0"],
+        "fresh and empty",
+      );
+      await waitGone(dir, 10_000);
+    },
+  );
 
-  test("keepWorkDir keeps the directory and what the job made there", async (t) => {
+  test("keepWorkDir keeps the directory and what the job made there", { timeout: 30_000 }, async (t) => {
     const root = await tempDir(t);
     const a = assignment(["sh", "-c", "echo kept > made-here"], { keepWorkDir: true });
     const dir = jobWorkDir(root, a);
@@ -160,7 +164,7 @@ describe("a command job's own directory", { timeout: 30_000, skip: posixOnly }, 
     assert.equal((await fs.stat(dir)).mode & 0o777, 0o700);
   });
 
-  test("a job that names its cwd runs there, and no directory is made for it", async (t) => {
+  test("a job that names its cwd runs there, and no directory is made for it", { timeout: 30_000 }, async (t) => {
     const root = await tempDir(t);
     const cwd = await tempDir(t);
     const a = assignment(["pwd"], { cwd });
@@ -170,18 +174,22 @@ describe("a command job's own directory", { timeout: 30_000, skip: posixOnly }, 
     assert.deepEqual(await fs.readdir(root), []);
   });
 
-  test("at start the work dir is created, and what killed runs left in it is removed", async (t) => {
-    const root = path.join(await tempDir(t), "work");
-    assert.deepEqual(await prepareWorkRoot(root), []);
-    assert.equal((await fs.stat(root)).mode & 0o777, 0o700);
-    await fs.mkdir(path.join(root, "job_a-1", "deep"), { recursive: true });
-    await fs.writeFile(path.join(root, "job_a-1", "deep", "f"), "x");
-    assert.deepEqual(await prepareWorkRoot(root), ["job_a-1"]);
-    assert.deepEqual(await fs.readdir(root), []);
-  });
+  test(
+    "at start the work dir is created, and what killed runs left in it is removed",
+    { timeout: 30_000 },
+    async (t) => {
+      const root = path.join(await tempDir(t), "work");
+      assert.deepEqual(await prepareWorkRoot(root), []);
+      assert.equal((await fs.stat(root)).mode & 0o777, 0o700);
+      await fs.mkdir(path.join(root, "job_a-1", "deep"), { recursive: true });
+      await fs.writeFile(path.join(root, "job_a-1", "deep", "f"), "x");
+      assert.deepEqual(await prepareWorkRoot(root), ["job_a-1"]);
+      assert.deepEqual(await fs.readdir(root), []);
+    },
+  );
 });
 
-describe("command job outcomes", { timeout: 30_000 }, () => {
+describe("command job outcomes", () => {
   test(
     "a job that exits 0 succeeds, with its stdout and stderr delivered in order after onStarted",
     { timeout: 10_000 },
@@ -241,7 +249,7 @@ describe("command job outcomes", { timeout: 30_000 }, () => {
   );
 });
 
-describe("command jobs that cannot start", { timeout: 30_000 }, () => {
+describe("command jobs that cannot start", () => {
   const expectNoStart = async (t: TestContext, a: Assignment, reason: string) => {
     const observed = run(t, a);
     assert.equal(observed.job.pid, null);
@@ -279,7 +287,7 @@ describe("command jobs that cannot start", { timeout: 30_000 }, () => {
   });
 });
 
-describe("the environment a command job sees", { timeout: 30_000 }, () => {
+describe("the environment a command job sees", () => {
   const printEnv = nodeScript("process.stdout.write(JSON.stringify(process.env))");
   // The base, plus the job's own marks (its reference, which crash recovery finds its processes by).
   const allowed = new Set([
@@ -342,7 +350,7 @@ describe("the environment a command job sees", { timeout: 30_000 }, () => {
   });
 });
 
-describe("command job timeouts and cancels", { timeout: 60_000, skip: posixOnly }, () => {
+describe("command job timeouts and cancels", { skip: posixOnly }, () => {
   test(
     "a job past its timeout is stopped and reported timed_out within a bounded margin",
     { timeout: 10_000 },
@@ -447,7 +455,7 @@ describe("command job timeouts and cancels", { timeout: 60_000, skip: posixOnly 
   );
 });
 
-describe("command job output", { timeout: 60_000 }, () => {
+describe("command job output", () => {
   test("20 MB of output arrives in full, in chunks of at most 64 KiB", { timeout: 30_000 }, async (t) => {
     const total = 20 * 1024 * 1024;
     const script = `
@@ -495,7 +503,7 @@ describe("command job output", { timeout: 60_000 }, () => {
     }
   });
 
-  test("the chunker holds back a character written one byte at a time", () => {
+  test("the chunker holds back a character written one byte at a time", { timeout: 60_000 }, () => {
     const chunks: string[] = [];
     const chunker = createLogChunker("stdout", (c) => chunks.push(c.data), 8);
     for (const byte of Buffer.from("a€😀bcdefghij€")) chunker.write(Buffer.from([byte]));

@@ -16,8 +16,8 @@ const value = {
   credential: "rnc_" + "k".repeat(43),
 };
 
-describe("keychain credential store", { timeout: 30_000 }, () => {
-  test("writes, reads back and removes an entry in the real Secret Service", async (t) => {
+describe("keychain credential store", () => {
+  test("writes, reads back and removes an entry in the real Secret Service", { timeout: 30_000 }, async (t) => {
     if (!requireKeychain(t)) return;
     const store = new KeychainCredentialStore(`/test/${process.pid}/${Date.now()}`);
     assert.deepEqual(await store.read(), { kind: "missing" });
@@ -28,7 +28,7 @@ describe("keychain credential store", { timeout: 30_000 }, () => {
     assert.equal(await store.remove(), false);
   });
 
-  test("entries for two state dirs do not collide", async (t) => {
+  test("entries for two state dirs do not collide", { timeout: 30_000 }, async (t) => {
     if (!requireKeychain(t)) return;
     const a = new KeychainCredentialStore(`/test/a-${Date.now()}`);
     const b = new KeychainCredentialStore(`/test/b-${Date.now()}`);
@@ -40,22 +40,26 @@ describe("keychain credential store", { timeout: 30_000 }, () => {
     await b.remove();
   });
 
-  test("auto picks the keychain when it works and says so; registration records it and writes no credential file", async (t) => {
-    if (!requireKeychain(t)) return;
-    const dir = await tempDir(t);
-    const choice = await chooseStore("auto", { stateDir: dir, credentialFile: path.join(dir, "credential") });
-    assert.equal(choice.store.kind, "keychain");
-    assert.match(choice.why, /keychain works/);
+  test(
+    "auto picks the keychain when it works and says so; registration records it and writes no credential file",
+    { timeout: 30_000 },
+    async (t) => {
+      if (!requireKeychain(t)) return;
+      const dir = await tempDir(t);
+      const choice = await chooseStore("auto", { stateDir: dir, credentialFile: path.join(dir, "credential") });
+      assert.equal(choice.store.kind, "keychain");
+      assert.match(choice.why, /keychain works/);
 
-    const plane = await startTestControlPlane(t);
-    const runner = await registerRunner(t, plane, { store: "auto" });
-    const registration = JSON.parse(await fs.readFile(path.join(runner.stateDir, "registration.json"), "utf8")) as {
-      credentialStore: string;
-    };
-    assert.equal(registration.credentialStore, "keychain");
-    await assert.rejects(fs.access(path.join(runner.stateDir, "credential")), { code: "ENOENT" });
-    await new KeychainCredentialStore(runner.stateDir).remove();
-  });
+      const plane = await startTestControlPlane(t);
+      const runner = await registerRunner(t, plane, { store: "auto" });
+      const registration = JSON.parse(await fs.readFile(path.join(runner.stateDir, "registration.json"), "utf8")) as {
+        credentialStore: string;
+      };
+      assert.equal(registration.credentialStore, "keychain");
+      await assert.rejects(fs.access(path.join(runner.stateDir, "credential")), { code: "ENOENT" });
+      await new KeychainCredentialStore(runner.stateDir).remove();
+    },
+  );
 
   test("a keychain call that never answers (a prompt nobody sees) is given up at the timeout, however the native side ignores its abort", async () => {
     const calls: string[] = [];
@@ -79,23 +83,27 @@ describe("keychain credential store", { timeout: 30_000 }, () => {
     assert.deepEqual(calls, ["get", "set", "delete", "set"]);
   });
 
-  test("without a session bus, the keychain is reported unusable and auto falls back to a file, saying why", async () => {
-    const { spawnSync } = await import("node:child_process");
-    const script = `
+  test(
+    "without a session bus, the keychain is reported unusable and auto falls back to a file, saying why",
+    { timeout: 30_000 },
+    async () => {
+      const { spawnSync } = await import("node:child_process");
+      const script = `
       import { chooseStore } from ${JSON.stringify(path.resolve("dist/src/credentials/select.js"))};
       const c = await chooseStore("auto", { stateDir: "/tmp/x", credentialFile: "/tmp/x/credential" });
       console.log(JSON.stringify({ kind: c.store.kind, why: c.why }));`;
-    const env = { ...process.env, DBUS_SESSION_BUS_ADDRESS: "unix:path=/nonexistent/bus" };
-    const run = spawnSync(process.execPath, ["--input-type=module", "-e", script], {
-      env,
-      encoding: "utf8",
-      timeout: 20_000,
-    });
-    assert.equal(run.status, 0, run.stderr);
-    const chosen = JSON.parse(run.stdout) as { kind: string; why: string };
-    assert.equal(chosen.kind, "file");
-    assert.match(chosen.why, /using a 0600 file because the .* is not usable/);
-  });
+      const env = { ...process.env, DBUS_SESSION_BUS_ADDRESS: "unix:path=/nonexistent/bus" };
+      const run = spawnSync(process.execPath, ["--input-type=module", "-e", script], {
+        env,
+        encoding: "utf8",
+        timeout: 20_000,
+      });
+      assert.equal(run.status, 0, run.stderr);
+      const chosen = JSON.parse(run.stdout) as { kind: string; why: string };
+      assert.equal(chosen.kind, "file");
+      assert.match(chosen.why, /using a 0600 file because the .* is not usable/);
+    },
+  );
 });
 
 describe("file credential store", () => {

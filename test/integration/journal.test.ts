@@ -91,8 +91,8 @@ async function spawnGroup(
   return { child, pid, childPid: Number(out.trim()) };
 }
 
-describe("job journal", { timeout: 20_000 }, () => {
-  test("records, lists, re-records and removes entries, one file per job attempt", async (t) => {
+describe("job journal", () => {
+  test("records, lists, re-records and removes entries, one file per job attempt", { timeout: 20_000 }, async (t) => {
     const dir = path.join(await tempDir(t), "running");
     const journal = new JobJournal(dir);
     assert.deepEqual(await journal.list(), { entries: [], setAside: [] }, "a missing directory is an empty journal");
@@ -122,7 +122,7 @@ describe("job journal", { timeout: 20_000 }, () => {
     ]);
   });
 
-  test("concurrent records of one entry land in call order", async (t) => {
+  test("concurrent records of one entry land in call order", { timeout: 20_000 }, async (t) => {
     const journal = new JobJournal(await tempDir(t));
     await Promise.all([
       journal.record(entry("job-c")),
@@ -135,7 +135,7 @@ describe("job journal", { timeout: 20_000 }, () => {
     );
   });
 
-  test("a corrupted or misshapen file is moved aside, reported and skipped", async (t) => {
+  test("a corrupted or misshapen file is moved aside, reported and skipped", { timeout: 20_000 }, async (t) => {
     const dir = await tempDir(t);
     const journal = new JobJournal(dir);
     await journal.record(entry("good"));
@@ -159,7 +159,7 @@ describe("job journal", { timeout: 20_000 }, () => {
   });
 });
 
-describe("recovering orphaned jobs after a crash", { timeout: 30_000, skip: posixOnly }, () => {
+describe("recovering orphaned jobs after a crash", { skip: posixOnly }, () => {
   const now = new Date("2024-05-01T12:00:00.000Z");
 
   test(
@@ -260,7 +260,7 @@ describe("recovering orphaned jobs after a crash", { timeout: 30_000, skip: posi
     },
   );
 
-  test("passes on damaged journal files for the caller to log", async (t) => {
+  test("passes on damaged journal files for the caller to log", { timeout: 30_000 }, async (t) => {
     const dir = await tempDir(t);
     await fs.writeFile(path.join(dir, "torn.1.json"), "{");
     const recovery = await recoverOrphans(new JobJournal(dir), now);

@@ -93,94 +93,106 @@ async function healthy(cp: ControlPlane): Promise<void> {
 }
 
 for (const engine of engines) {
-  describe(`U+0000 on ${engine.name}`, { timeout: 60_000 }, () => {
-    test("an admin's pause reason, job id or list cursor with a NUL is refused as bad input", async (t) => {
-      const plane = await start(t, engine);
-      if (!plane) return;
-      const { cp, admin } = plane;
-      const identity = await registerRawRunner(cp.url, admin, "paused");
-      const pause = await adminCall(cp, "POST", `/runners/${identity.runnerId}/pause`, { reason: `a${NUL}b` });
-      assert.deepEqual([pause.status, pause.code], [400, "bad_request"], pause.text);
-      assert.match(pause.text, /must not contain a NUL character/);
-      const job = await adminCall(cp, "GET", `/jobs/job_${encodeURIComponent(NUL)}x`);
-      assert.deepEqual([job.status, job.code], [404, "not_found"], job.text);
-      const cursor = Buffer.from(JSON.stringify(`job_${NUL}`)).toString("base64url");
-      const list = await adminCall(cp, "GET", `/jobs?after=${cursor}`);
-      assert.deepEqual([list.status, list.code], [400, "bad_request"], list.text);
-      await admin.pauseRunner(identity.runnerId, "still works");
-      await healthy(cp);
-    });
+  describe(`U+0000 on ${engine.name}`, () => {
+    test(
+      "an admin's pause reason, job id or list cursor with a NUL is refused as bad input",
+      { timeout: 60_000 },
+      async (t) => {
+        const plane = await start(t, engine);
+        if (!plane) return;
+        const { cp, admin } = plane;
+        const identity = await registerRawRunner(cp.url, admin, "paused");
+        const pause = await adminCall(cp, "POST", `/runners/${identity.runnerId}/pause`, { reason: `a${NUL}b` });
+        assert.deepEqual([pause.status, pause.code], [400, "bad_request"], pause.text);
+        assert.match(pause.text, /must not contain a NUL character/);
+        const job = await adminCall(cp, "GET", `/jobs/job_${encodeURIComponent(NUL)}x`);
+        assert.deepEqual([job.status, job.code], [404, "not_found"], job.text);
+        const cursor = Buffer.from(JSON.stringify(`job_${NUL}`)).toString("base64url");
+        const list = await adminCall(cp, "GET", `/jobs?after=${cursor}`);
+        assert.deepEqual([list.status, list.code], [400, "bad_request"], list.text);
+        await admin.pauseRunner(identity.runnerId, "still works");
+        await healthy(cp);
+      },
+    );
 
-    test("a runner's job id, device name or attribute, or batch id with a NUL gets the documented answer, not internal", async (t) => {
-      const plane = await startWithRunner(t, engine, "sender");
-      if (!plane) return;
-      const { cp, admin, runner } = plane;
-      for (const type of ["accept", "started"] as const) {
-        runner.send(JSON.stringify({ type, jobId: `job_${NUL}`, attempt: 1, startedAt: new Date().toISOString() }));
-        const error = await runner.next("error");
-        assert.equal(error.code, "invalid", `${type}: ${error.message}`);
-        assert.match(error.message, /must not contain a NUL character/);
-      }
-      const device = (name: string, attributes: Record<string, string>) => ({
-        id: "usb-1",
-        kind: "usb",
-        name,
-        state: "online",
-        attributes,
-        fingerprint: "fingerprint-1",
-      });
-      runner.send(JSON.stringify({ type: "devices_summary", batchId: `s${NUL}`, count: 0, digest: "0".repeat(64) }));
-      assert.equal((await runner.next("error")).code, "invalid");
-      const batches = [
-        { batchId: "b1", upserts: [device(`phone${NUL}`, {})], removals: [] },
-        { batchId: "b2", upserts: [device("phone", { [`k${NUL}`]: "v" })], removals: [] },
-        { batchId: "b3", upserts: [device("phone", { k: `v${NUL}` })], removals: [] },
-        { batchId: "b4", snapshotId: `snap${NUL}`, last: true, upserts: [device("phone", {})], removals: [] },
-      ];
-      for (const batch of batches) {
-        runner.send(JSON.stringify({ type: "devices", ...batch }));
-        const answer = await runner.nextOf(["devices_ack", "devices_resync", "error"]);
-        assert.notEqual(answer.type === "error" && answer.code, "internal", JSON.stringify(answer));
-      }
-      assert.ok(!runner.received.some((m) => m.type === "error" && m.code === "internal"), "no internal error");
-      assert.deepEqual(await admin.listDevices(), [], "no row with a NUL was stored");
-      await healthy(cp);
-    });
+    test(
+      "a runner's job id, device name or attribute, or batch id with a NUL gets the documented answer, not internal",
+      { timeout: 60_000 },
+      async (t) => {
+        const plane = await startWithRunner(t, engine, "sender");
+        if (!plane) return;
+        const { cp, admin, runner } = plane;
+        for (const type of ["accept", "started"] as const) {
+          runner.send(JSON.stringify({ type, jobId: `job_${NUL}`, attempt: 1, startedAt: new Date().toISOString() }));
+          const error = await runner.next("error");
+          assert.equal(error.code, "invalid", `${type}: ${error.message}`);
+          assert.match(error.message, /must not contain a NUL character/);
+        }
+        const device = (name: string, attributes: Record<string, string>) => ({
+          id: "usb-1",
+          kind: "usb",
+          name,
+          state: "online",
+          attributes,
+          fingerprint: "fingerprint-1",
+        });
+        runner.send(JSON.stringify({ type: "devices_summary", batchId: `s${NUL}`, count: 0, digest: "0".repeat(64) }));
+        assert.equal((await runner.next("error")).code, "invalid");
+        const batches = [
+          { batchId: "b1", upserts: [device(`phone${NUL}`, {})], removals: [] },
+          { batchId: "b2", upserts: [device("phone", { [`k${NUL}`]: "v" })], removals: [] },
+          { batchId: "b3", upserts: [device("phone", { k: `v${NUL}` })], removals: [] },
+          { batchId: "b4", snapshotId: `snap${NUL}`, last: true, upserts: [device("phone", {})], removals: [] },
+        ];
+        for (const batch of batches) {
+          runner.send(JSON.stringify({ type: "devices", ...batch }));
+          const answer = await runner.nextOf(["devices_ack", "devices_resync", "error"]);
+          assert.notEqual(answer.type === "error" && answer.code, "internal", JSON.stringify(answer));
+        }
+        assert.ok(!runner.received.some((m) => m.type === "error" && m.code === "internal"), "no internal error");
+        assert.deepEqual(await admin.listDevices(), [], "no row with a NUL was stored");
+        await healthy(cp);
+      },
+    );
 
-    test("log chunks, a module job's payload and a result's reason keep a NUL as sent", async (t) => {
-      const plane = await startWithRunner(t, engine, "logger");
-      if (!plane) return;
-      const { cp, admin, runner } = plane;
-      runner.ready(1);
-      const payload = { text: `a${NUL}b`, [`key${NUL}`]: 1 };
-      const {
-        job: { jobId },
-      } = await admin.submitJob({ job: { kind: "module", handler: "echo", payload } });
-      const assign = await runner.next("assign");
-      assert.deepEqual(assign.job, { kind: "module", handler: "echo", payload });
-      const ref = { jobId, attempt: assign.attempt };
-      runner.send({ type: "accept", ...ref });
-      runner.send({ type: "log", ...ref, seq: 0, stream: "stdout", data: `out${NUL}put\n` });
-      const at = new Date().toISOString();
-      const result = {
-        ...ref,
-        outcome: "failed" as const,
-        exitCode: 1,
-        signal: null,
-        reason: `died${NUL}`,
-        startedAt: at,
-        finishedAt: at,
-      };
-      runner.send({ type: "result", result });
-      assert.equal((await runner.next("result_ack")).applied, true);
-      const stored = await admin.getJob(jobId);
-      assert.deepEqual(
-        stored.logs.map((chunk) => chunk.data),
-        [`out${NUL}put\n`],
-      );
-      assert.deepEqual(stored.job.job, { kind: "module", handler: "echo", payload });
-      assert.equal(stored.job.result?.reason, `died${NUL}`);
-      await healthy(cp);
-    });
+    test(
+      "log chunks, a module job's payload and a result's reason keep a NUL as sent",
+      { timeout: 60_000 },
+      async (t) => {
+        const plane = await startWithRunner(t, engine, "logger");
+        if (!plane) return;
+        const { cp, admin, runner } = plane;
+        runner.ready(1);
+        const payload = { text: `a${NUL}b`, [`key${NUL}`]: 1 };
+        const {
+          job: { jobId },
+        } = await admin.submitJob({ job: { kind: "module", handler: "echo", payload } });
+        const assign = await runner.next("assign");
+        assert.deepEqual(assign.job, { kind: "module", handler: "echo", payload });
+        const ref = { jobId, attempt: assign.attempt };
+        runner.send({ type: "accept", ...ref });
+        runner.send({ type: "log", ...ref, seq: 0, stream: "stdout", data: `out${NUL}put\n` });
+        const at = new Date().toISOString();
+        const result = {
+          ...ref,
+          outcome: "failed" as const,
+          exitCode: 1,
+          signal: null,
+          reason: `died${NUL}`,
+          startedAt: at,
+          finishedAt: at,
+        };
+        runner.send({ type: "result", result });
+        assert.equal((await runner.next("result_ack")).applied, true);
+        const stored = await admin.getJob(jobId);
+        assert.deepEqual(
+          stored.logs.map((chunk) => chunk.data),
+          [`out${NUL}put\n`],
+        );
+        assert.deepEqual(stored.job.job, { kind: "module", handler: "echo", payload });
+        assert.equal(stored.job.result?.reason, `died${NUL}`);
+        await healthy(cp);
+      },
+    );
   });
 }

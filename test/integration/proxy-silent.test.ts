@@ -72,45 +72,49 @@ async function startSilentProxy(t: TestContext): Promise<SilentProxy> {
 const TARGET = "http://127.0.0.1:59999";
 const ATTEMPTS = 4;
 
-describe("a proxy that accepts and never answers CONNECT", { timeout: 60_000 }, () => {
-  test("each channel attempt through it closes its socket: at most the one being made and the one just given up are open at once", async (t) => {
-    const proxy = await startSilentProxy(t);
-    const choice = chooseProxy(TARGET, proxyConfig(proxy.url, {}));
-    assert.ok(choice);
-    // Well under the handshake timeout, so that this attempt fails on the agent's timer.
-    const answerTimeoutMs = 200;
-    const tunnel = await channelTunnel(choice, answerTimeoutMs);
-    const capture = captureLogger();
-    const driver = new ChannelDriver(
-      { ...machineConfig, handshakeTimeoutMs: 5_000, reconnectBaseMs: 20, reconnectCapMs: 50 },
-      {},
-      {
-        url: TARGET.replace(/^http/, "ws") + "/api/v1/channel",
-        credential: "rnc_test-credential-not-secret-here",
-        maxFrameBytes: 65_536,
-        logger: capture.logger,
-        ports: {
-          startJob: async () => undefined,
-          cancelJob: () => undefined,
-          persistResult: async () => undefined,
-          discardResult: async () => undefined,
+describe("a proxy that accepts and never answers CONNECT", () => {
+  test(
+    "each channel attempt through it closes its socket: at most the one being made and the one just given up are open at once",
+    { timeout: 60_000 },
+    async (t) => {
+      const proxy = await startSilentProxy(t);
+      const choice = chooseProxy(TARGET, proxyConfig(proxy.url, {}));
+      assert.ok(choice);
+      // Well under the handshake timeout, so that this attempt fails on the agent's timer.
+      const answerTimeoutMs = 200;
+      const tunnel = await channelTunnel(choice, answerTimeoutMs);
+      const capture = captureLogger();
+      const driver = new ChannelDriver(
+        { ...machineConfig, handshakeTimeoutMs: 5_000, reconnectBaseMs: 20, reconnectCapMs: 50 },
+        {},
+        {
+          url: TARGET.replace(/^http/, "ws") + "/api/v1/channel",
+          credential: "rnc_test-credential-not-secret-here",
+          maxFrameBytes: 65_536,
+          logger: capture.logger,
+          ports: {
+            startJob: async () => undefined,
+            cancelJob: () => undefined,
+            persistResult: async () => undefined,
+            discardResult: async () => undefined,
+          },
+          tunnel,
         },
-        tunnel,
-      },
-    );
-    void driver.start();
-    onCleanup(t, () => driver.dispose());
-    let mostOpen = 0;
-    await proxy.until(
-      `${ATTEMPTS} attempts`,
-      () => ((mostOpen = Math.max(mostOpen, proxy.open())), proxy.accepted() >= ATTEMPTS),
-      20_000,
-    );
-    await driver.dispose();
-    await proxy.until("every socket closed once the driver stopped", () => proxy.open() === 0, 5_000);
-    assert.match(capture.text(), /the proxy did not answer the CONNECT within 200 ms/);
-    assert.ok(mostOpen <= 2, `at most the attempt being made and the one just given up: ${mostOpen} open at once`);
-  });
+      );
+      void driver.start();
+      onCleanup(t, () => driver.dispose());
+      let mostOpen = 0;
+      await proxy.until(
+        `${ATTEMPTS} attempts`,
+        () => ((mostOpen = Math.max(mostOpen, proxy.open())), proxy.accepted() >= ATTEMPTS),
+        20_000,
+      );
+      await driver.dispose();
+      await proxy.until("every socket closed once the driver stopped", () => proxy.open() === 0, 5_000);
+      assert.match(capture.text(), /the proxy did not answer the CONNECT within 200 ms/);
+      assert.ok(mostOpen <= 2, `at most the attempt being made and the one just given up: ${mostOpen} open at once`);
+    },
+  );
 
   test("each API request through it closes its socket when it times out", async (t) => {
     const proxy = await startSilentProxy(t);

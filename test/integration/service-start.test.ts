@@ -154,117 +154,129 @@ async function reachableDir(t: TestContext): Promise<string> {
   return dir;
 }
 
-describe("service install starts the runner and waits for it", { timeout: 120_000 }, () => {
-  test("a machine-wide install registered by root runs as a non-root service user that reads its state, connects and runs a job", async (t) => {
-    const user = await throwAwayUser(t);
-    if (user === null) return;
-    const plane = await startTestControlPlane(t);
-    const root = await reachableDir(t);
-    const { stateDir, flags } = await registerIn(plane, root, { system: true });
+describe("service install starts the runner and waits for it", () => {
+  test(
+    "a machine-wide install registered by root runs as a non-root service user that reads its state, connects and runs a job",
+    { timeout: 120_000 },
+    async (t) => {
+      const user = await throwAwayUser(t);
+      if (user === null) return;
+      const plane = await startTestControlPlane(t);
+      const root = await reachableDir(t);
+      const { stateDir, flags } = await registerIn(plane, root, { system: true });
 
-    const stub = await managerStub(t);
-    const name = `runner-e2e-${process.pid}`;
-    const unitFile = path.join("/etc/systemd/system", `${name}.service`);
-    onCleanup(t, () => fs.rm(unitFile, { force: true }));
-    const env = { PATH: `${stub.dir}:/usr/bin:/bin` };
-    const install = await runCli(
-      ["service", "install", ...flags, "--run-as", user, "--name", name, "--device-providers", "none"],
-      { env, timeoutMs: 60_000 },
-    );
-    onCleanup(t, async () => {
-      await runCli(["service", "uninstall", ...flags, "--name", name], { env, timeoutMs: 60_000 });
-    });
-    assert.equal(install.code, ExitCode.OK, `${install.all}\n--- service output:\n${await stub.serviceLog()}`);
-    assert.match(install.stdout, /running: it passed its start-up checks/);
-    assert.match(
-      (await fs.readFile(unitFile, "utf8")).split("\n").find((l) => l.startsWith("User="))!,
-      /User=rn-e2e/,
-    );
-
-    const { job } = await plane.admin.submitJob({ job: { kind: "command", argv: ["id", "-un"], env: {} } });
-    const done = await waitForJob(plane, job.jobId, stub);
-    assert.equal(done.status, "succeeded", JSON.stringify(done));
-    const { logs } = await plane.admin.getJob(job.jobId);
-    assert.equal(logs.map((l) => l.data).join(""), `${user}\n`, "the job ran as the service user");
-
-    // Both root and the service user find the state healthy (no file of root's left in it).
-    const asRoot = await runCli(["verify", ...flags]);
-    assert.equal(asRoot.code, ExitCode.OK, asRoot.all);
-    const { stdout: owner } = await execFileAsync("stat", ["-c", "%U %a", stateDir]);
-    assert.equal(owner.trim(), `${user} 700`);
-
-    const uninstall = await runCli(["service", "uninstall", ...flags, "--name", name], { env, timeoutMs: 60_000 });
-    assert.equal(uninstall.code, ExitCode.OK, uninstall.all);
-    assert.equal(await stub.exitCode(), ExitCode.OK, await stub.serviceLog());
-  });
-
-  test("install fails, showing the unit's last log lines, when the runner stops during its start-up checks", async (t) => {
-    const plane = await startTestControlPlane(t);
-    const root = await tempDir(t);
-    const { flags } = await registerIn(plane, root, { system: false });
-    const [record] = await plane.admin.listRunners();
-    await plane.admin.revokeRunner(record!.runnerId);
-
-    const stub = await managerStub(t);
-    const home = await tempDir(t, "runner-home-");
-    const env = { HOME: home, XDG_CONFIG_HOME: path.join(home, ".config"), PATH: `${stub.dir}:/usr/bin:/bin` };
-    const install = await runCli(["service", "install", ...flags, "--device-providers", "none"], {
-      env,
-      timeoutMs: 60_000,
-    });
-    assert.equal(install.code, ExitCode.INTERNAL, install.all);
-    assert.match(install.stderr, /runner\.service stopped during its start-up checks \(exit 78\)/);
-    assert.match(install.stderr, /credential_revoked/, "the unit's last log lines are shown");
-    assert.ok((await stub.calls()).includes("journalctl --user -u runner.service -n 20 --no-pager"));
-    await fs.access(path.join(home, ".config", "systemd", "user", "runner.service")); // kept, to fix and restart
-  });
-
-  test("a state dir root made is reported to its service user, stops its start with 78, and repair as root gives it over", async (t) => {
-    const user = await throwAwayUser(t);
-    if (user === null) return;
-    const plane = await startTestControlPlane(t);
-    const root = await reachableDir(t);
-    const { stateDir, flags } = await registerIn(plane, root, { system: false });
-    /** The CLI run as the service user, in its own environment (no HOME or keyring of root's). */
-    const asUser = (args: string[]) =>
-      new Promise<{ code: number; stdout: string; all: string }>((resolve) =>
-        execFile(
-          "/usr/sbin/runuser",
-          ["-u", user, "--", process.execPath, RUNNER_BIN, ...args],
-          { env: { PATH: "/usr/bin:/bin", RUNNER_LOG_FORMAT: "json" }, timeout: 30_000, cwd: "/" },
-          (error, stdout, stderr) =>
-            resolve({ code: error === null ? 0 : Number(error.code), stdout, all: stdout + stderr }),
-        ),
+      const stub = await managerStub(t);
+      const name = `runner-e2e-${process.pid}`;
+      const unitFile = path.join("/etc/systemd/system", `${name}.service`);
+      onCleanup(t, () => fs.rm(unitFile, { force: true }));
+      const env = { PATH: `${stub.dir}:/usr/bin:/bin` };
+      const install = await runCli(
+        ["service", "install", ...flags, "--run-as", user, "--name", name, "--device-providers", "none"],
+        { env, timeoutMs: 60_000 },
+      );
+      onCleanup(t, async () => {
+        await runCli(["service", "uninstall", ...flags, "--name", name], { env, timeoutMs: 60_000 });
+      });
+      assert.equal(install.code, ExitCode.OK, `${install.all}\n--- service output:\n${await stub.serviceLog()}`);
+      assert.match(install.stdout, /running: it passed its start-up checks/);
+      assert.match(
+        (await fs.readFile(unitFile, "utf8")).split("\n").find((l) => l.startsWith("User="))!,
+        /User=rn-e2e/,
       );
 
-    const verify = await asUser(["verify", ...flags]);
-    assert.equal(verify.code, ExitCode.UNHEALTHY, verify.all);
-    assert.match(
-      verify.stdout,
-      /the state dir .* belongs to root, not rn-e2e-\d+ \(who runs this\).*\[state_dir_owner\]/,
-    );
-    assert.ok(verify.stdout.includes(`sudo runner repair --state-dir ${stateDir} --owner ${user}`), verify.stdout);
-    const start = await asUser(["start", ...flags]);
-    assert.equal(start.code, ExitCode.NEEDS_OPERATOR, `not a restart loop: ${start.all}`);
+      const { job } = await plane.admin.submitJob({ job: { kind: "command", argv: ["id", "-un"], env: {} } });
+      const done = await waitForJob(plane, job.jobId, stub);
+      assert.equal(done.status, "succeeded", JSON.stringify(done));
+      const { logs } = await plane.admin.getJob(job.jobId);
+      assert.equal(logs.map((l) => l.data).join(""), `${user}\n`, "the job ran as the service user");
 
-    const repair = await runCli(["repair", ...flags, "--owner", user]);
-    assert.equal(repair.code, ExitCode.OK, repair.all);
-    assert.match(repair.stdout, new RegExp(`gave ${stateDir}/registration.json to ${user}`));
-    assert.equal((await asUser(["verify", ...flags])).code, ExitCode.OK);
+      // Both root and the service user find the state healthy (no file of root's left in it).
+      const asRoot = await runCli(["verify", ...flags]);
+      assert.equal(asRoot.code, ExitCode.OK, asRoot.all);
+      const { stdout: owner } = await execFileAsync("stat", ["-c", "%U %a", stateDir]);
+      assert.equal(owner.trim(), `${user} 700`);
 
-    // Root replaces a file in the user's state dir (as `register --replace` run by root would).
-    await fs.chown(path.join(stateDir, "registration.json"), 0, 0);
-    const found = await asUser(["verify", ...flags]);
-    assert.equal(found.code, ExitCode.UNHEALTHY, found.all);
-    assert.match(found.stdout, /registration\.json belongs to root, not rn-e2e-\d+ .*\[file_owner\]/);
-    const asRoot = await runCli(["verify", ...flags]);
-    assert.match(
-      asRoot.stdout,
-      /registration\.json belongs to root, not rn-e2e-\d+ \(the state dir's owner\).*\[file_owner\]/,
-    );
-    const fixed = await runCli(["repair", ...flags]);
-    assert.equal(fixed.code, ExitCode.OK, fixed.all);
-    const after = await asUser(["verify", ...flags]);
-    assert.equal(after.code, ExitCode.OK, after.all);
-  });
+      const uninstall = await runCli(["service", "uninstall", ...flags, "--name", name], { env, timeoutMs: 60_000 });
+      assert.equal(uninstall.code, ExitCode.OK, uninstall.all);
+      assert.equal(await stub.exitCode(), ExitCode.OK, await stub.serviceLog());
+    },
+  );
+
+  test(
+    "install fails, showing the unit's last log lines, when the runner stops during its start-up checks",
+    { timeout: 120_000 },
+    async (t) => {
+      const plane = await startTestControlPlane(t);
+      const root = await tempDir(t);
+      const { flags } = await registerIn(plane, root, { system: false });
+      const [record] = await plane.admin.listRunners();
+      await plane.admin.revokeRunner(record!.runnerId);
+
+      const stub = await managerStub(t);
+      const home = await tempDir(t, "runner-home-");
+      const env = { HOME: home, XDG_CONFIG_HOME: path.join(home, ".config"), PATH: `${stub.dir}:/usr/bin:/bin` };
+      const install = await runCli(["service", "install", ...flags, "--device-providers", "none"], {
+        env,
+        timeoutMs: 60_000,
+      });
+      assert.equal(install.code, ExitCode.INTERNAL, install.all);
+      assert.match(install.stderr, /runner\.service stopped during its start-up checks \(exit 78\)/);
+      assert.match(install.stderr, /credential_revoked/, "the unit's last log lines are shown");
+      assert.ok((await stub.calls()).includes("journalctl --user -u runner.service -n 20 --no-pager"));
+      await fs.access(path.join(home, ".config", "systemd", "user", "runner.service")); // kept, to fix and restart
+    },
+  );
+
+  test(
+    "a state dir root made is reported to its service user, stops its start with 78, and repair as root gives it over",
+    { timeout: 120_000 },
+    async (t) => {
+      const user = await throwAwayUser(t);
+      if (user === null) return;
+      const plane = await startTestControlPlane(t);
+      const root = await reachableDir(t);
+      const { stateDir, flags } = await registerIn(plane, root, { system: false });
+      /** The CLI run as the service user, in its own environment (no HOME or keyring of root's). */
+      const asUser = (args: string[]) =>
+        new Promise<{ code: number; stdout: string; all: string }>((resolve) =>
+          execFile(
+            "/usr/sbin/runuser",
+            ["-u", user, "--", process.execPath, RUNNER_BIN, ...args],
+            { env: { PATH: "/usr/bin:/bin", RUNNER_LOG_FORMAT: "json" }, timeout: 30_000, cwd: "/" },
+            (error, stdout, stderr) =>
+              resolve({ code: error === null ? 0 : Number(error.code), stdout, all: stdout + stderr }),
+          ),
+        );
+
+      const verify = await asUser(["verify", ...flags]);
+      assert.equal(verify.code, ExitCode.UNHEALTHY, verify.all);
+      assert.match(
+        verify.stdout,
+        /the state dir .* belongs to root, not rn-e2e-\d+ \(who runs this\).*\[state_dir_owner\]/,
+      );
+      assert.ok(verify.stdout.includes(`sudo runner repair --state-dir ${stateDir} --owner ${user}`), verify.stdout);
+      const start = await asUser(["start", ...flags]);
+      assert.equal(start.code, ExitCode.NEEDS_OPERATOR, `not a restart loop: ${start.all}`);
+
+      const repair = await runCli(["repair", ...flags, "--owner", user]);
+      assert.equal(repair.code, ExitCode.OK, repair.all);
+      assert.match(repair.stdout, new RegExp(`gave ${stateDir}/registration.json to ${user}`));
+      assert.equal((await asUser(["verify", ...flags])).code, ExitCode.OK);
+
+      // Root replaces a file in the user's state dir (as `register --replace` run by root would).
+      await fs.chown(path.join(stateDir, "registration.json"), 0, 0);
+      const found = await asUser(["verify", ...flags]);
+      assert.equal(found.code, ExitCode.UNHEALTHY, found.all);
+      assert.match(found.stdout, /registration\.json belongs to root, not rn-e2e-\d+ .*\[file_owner\]/);
+      const asRoot = await runCli(["verify", ...flags]);
+      assert.match(
+        asRoot.stdout,
+        /registration\.json belongs to root, not rn-e2e-\d+ \(the state dir's owner\).*\[file_owner\]/,
+      );
+      const fixed = await runCli(["repair", ...flags]);
+      assert.equal(fixed.code, ExitCode.OK, fixed.all);
+      const after = await asUser(["verify", ...flags]);
+      assert.equal(after.code, ExitCode.OK, after.all);
+    },
+  );
 });

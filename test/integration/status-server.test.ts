@@ -35,8 +35,8 @@ function healthz(where: { socketPath: string } | { port: number }): Promise<numb
   });
 }
 
-describe("status server", { timeout: 30_000 }, () => {
-  test("serves on a fresh socket with mode 0600 and removes it when closed", async (t) => {
+describe("status server", () => {
+  test("serves on a fresh socket with mode 0600 and removes it when closed", { timeout: 30_000 }, async (t) => {
     const dir = await tempDir(t);
     const socketPath = path.join(dir, "status.sock");
     const { logger } = captureLogger();
@@ -48,31 +48,39 @@ describe("status server", { timeout: 30_000 }, () => {
     await assert.rejects(fs.lstat(socketPath), { code: "ENOENT" });
   });
 
-  test("leaves a file that is not a socket alone, says so, and serves on the port anyway", async (t) => {
-    const dir = await tempDir(t);
-    const socketPath = path.join(dir, "status.sock");
-    await fs.writeFile(socketPath, "not mine to delete");
-    const log = captureLogger();
-    const server = await startStatusServer(options(log.logger, { socketPath, port: 0 }));
-    onCleanup(t, () => server.close());
-    assert.equal(server.socketPath, null);
-    assert.equal(await fs.readFile(socketPath, "utf8"), "not mine to delete");
-    assert.match(log.text(), /something that is not a socket is in the status socket's place/);
-    assert.ok(server.port !== null && server.port > 0);
-    assert.equal(await healthz({ port: server.port }), 200);
-  });
+  test(
+    "leaves a file that is not a socket alone, says so, and serves on the port anyway",
+    { timeout: 30_000 },
+    async (t) => {
+      const dir = await tempDir(t);
+      const socketPath = path.join(dir, "status.sock");
+      await fs.writeFile(socketPath, "not mine to delete");
+      const log = captureLogger();
+      const server = await startStatusServer(options(log.logger, { socketPath, port: 0 }));
+      onCleanup(t, () => server.close());
+      assert.equal(server.socketPath, null);
+      assert.equal(await fs.readFile(socketPath, "utf8"), "not mine to delete");
+      assert.match(log.text(), /something that is not a socket is in the status socket's place/);
+      assert.ok(server.port !== null && server.port > 0);
+      assert.equal(await healthz({ port: server.port }), 200);
+    },
+  );
 
-  test("a state dir too deep for a socket path gets no socket and an error naming the way out", async (t) => {
-    const dir = await tempDir(t);
-    const deep = path.join(dir, "d".repeat(maxSocketPathBytes(process.platform)));
-    const log = captureLogger();
-    const server = await startStatusServer(options(log.logger, { socketPath: path.join(deep, "status.sock") }));
-    assert.equal(server.socketPath, null);
-    assert.match(log.text(), /too long for a Unix socket: no status socket \(use --status-port/);
-    await server.close();
-  });
+  test(
+    "a state dir too deep for a socket path gets no socket and an error naming the way out",
+    { timeout: 30_000 },
+    async (t) => {
+      const dir = await tempDir(t);
+      const deep = path.join(dir, "d".repeat(maxSocketPathBytes(process.platform)));
+      const log = captureLogger();
+      const server = await startStatusServer(options(log.logger, { socketPath: path.join(deep, "status.sock") }));
+      assert.equal(server.socketPath, null);
+      assert.match(log.text(), /too long for a Unix socket: no status socket \(use --status-port/);
+      await server.close();
+    },
+  );
 
-  test("a port in use is logged as an error and the rest still serves", async (t) => {
+  test("a port in use is logged as an error and the rest still serves", { timeout: 30_000 }, async (t) => {
     const dir = await tempDir(t);
     const socketPath = path.join(dir, "status.sock");
     const taken = net.createServer().listen(0, "127.0.0.1");
@@ -89,30 +97,34 @@ describe("status server", { timeout: 30_000 }, () => {
     assert.equal(await healthz({ socketPath }), 200);
   });
 
-  test("runner status's reader gives up on a daemon that does not answer, and refuses an answer that is not a status", async (t) => {
-    const dir = await tempDir(t);
-    const silent = path.join(dir, "silent.sock");
-    const held: net.Socket[] = [];
-    const mute = net.createServer((socket) => void held.push(socket)).listen(silent);
-    await once(mute, "listening");
-    onCleanup(t, () => {
-      for (const socket of held) socket.destroy();
-      mute.close();
-    });
-    assert.deepEqual(await readDaemonStatus(silent, 300), {
-      kind: "none",
-      reason: `the daemon did not answer on ${silent} within 300 ms`,
-    });
+  test(
+    "runner status's reader gives up on a daemon that does not answer, and refuses an answer that is not a status",
+    { timeout: 30_000 },
+    async (t) => {
+      const dir = await tempDir(t);
+      const silent = path.join(dir, "silent.sock");
+      const held: net.Socket[] = [];
+      const mute = net.createServer((socket) => void held.push(socket)).listen(silent);
+      await once(mute, "listening");
+      onCleanup(t, () => {
+        for (const socket of held) socket.destroy();
+        mute.close();
+      });
+      assert.deepEqual(await readDaemonStatus(silent, 300), {
+        kind: "none",
+        reason: `the daemon did not answer on ${silent} within 300 ms`,
+      });
 
-    const odd = path.join(dir, "odd.sock");
-    const impostor = http.createServer((_request, response) => response.end('{"pid":"not a number"}')).listen(odd);
-    await once(impostor, "listening");
-    onCleanup(t, () => impostor.close());
-    const answer = await readDaemonStatus(odd, 5000);
-    assert.equal(answer.kind, "none");
-    assert.match(
-      answer.kind === "none" ? answer.reason : "",
-      /^the daemon's status is not what this runner expects \(pid: /,
-    );
-  });
+      const odd = path.join(dir, "odd.sock");
+      const impostor = http.createServer((_request, response) => response.end('{"pid":"not a number"}')).listen(odd);
+      await once(impostor, "listening");
+      onCleanup(t, () => impostor.close());
+      const answer = await readDaemonStatus(odd, 5000);
+      assert.equal(answer.kind, "none");
+      assert.match(
+        answer.kind === "none" ? answer.reason : "",
+        /^the daemon's status is not what this runner expects \(pid: /,
+      );
+    },
+  );
 });
