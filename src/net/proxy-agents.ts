@@ -32,7 +32,20 @@ export interface FetchAnswer {
  */
 export async function fetchThroughProxy(proxy: ProxyChoice): Promise<{ fetch: FetchLike; close: () => void }> {
   const undici = await import("undici");
-  const dispatcher = new undici.ProxyAgent({ uri: proxy.url.href, token: proxyAuthorization(proxy.url) });
+  // The client that speaks to the proxy, kept to be destroyed first: ProxyAgent's destroy ends
+  // its agent before this client, and the agent waits for a CONNECT still unanswered (undici
+  // does not pass the request's abort on to it), so a request given up while a silent proxy
+  // held its CONNECT kept that socket open for ever (seen on a loaded machine).
+  const proxyClients: InstanceType<typeof undici.Pool>[] = [];
+  const dispatcher = new undici.ProxyAgent({
+    uri: proxy.url.href,
+    token: proxyAuthorization(proxy.url),
+    clientFactory: (origin, options) => {
+      const client = new undici.Pool(origin, options);
+      proxyClients.push(client);
+      return client;
+    },
+  });
   return {
     fetch: async (url, init) => {
       const answer = await undici.fetch(url, { ...init, dispatcher });
@@ -44,7 +57,10 @@ export async function fetchThroughProxy(proxy: ProxyChoice): Promise<{ fetch: Fe
       };
     },
     // One request per agent (register, verify... are rare): its tunnel is closed after it.
-    close: () => void dispatcher.destroy().catch(() => undefined),
+    close: () => {
+      for (const client of proxyClients) void client.destroy().catch(() => undefined);
+      void dispatcher.destroy().catch(() => undefined);
+    },
   };
 }
 

@@ -235,7 +235,7 @@ describe("a setting's flag on a verb that does not use it", () => {
   );
 });
 
-test("the README's table of the settings each verb takes matches the code", async () => {
+test("the README's table of the settings each verb takes matches the code", { timeout: 30_000 }, async () => {
   const readme = await fs.readFile(path.join(REPO_ROOT, "README.md"), "utf8");
   for (const { path: words, command } of verbsOf(buildProgram())) {
     const declared = declaredSettings(command);

@@ -452,19 +452,23 @@ describe("launchd install (stubbed launchctl)", () => {
     },
   );
 
-  test("a job that outlives its stop timeout stops install and uninstall, and its plist is kept as it was", async (t) => {
-    const { stubs, plan } = await launchdPlan(t, { stillLoadedFor: 1_000_000 });
-    await fs.mkdir(path.dirname(plan.unitFile), { recursive: true });
-    await fs.writeFile(plan.unitFile, "the old plist");
-    const quick = { ...plan, stopTimeoutMs: 100 };
-    await assert.rejects(installService(quick, viaStubsOf(stubs), { start: true }, FAST_WAIT), {
-      code: "service_failed",
-      message: /still stopping .*drains its running jobs/,
-    });
-    await assert.rejects(uninstallService(quick, viaStubsOf(stubs), FAST_WAIT), { code: "service_failed" });
-    assert.equal(await fs.readFile(plan.unitFile, "utf8"), "the old plist");
-    assert.ok(!(await stubs.calls()).some((call) => call.includes("bootstrap")), "nothing was bootstrapped");
-  });
+  test(
+    "a job that outlives its stop timeout stops install and uninstall, and its plist is kept as it was",
+    { timeout: 30_000 },
+    async (t) => {
+      const { stubs, plan } = await launchdPlan(t, { stillLoadedFor: 1_000_000 });
+      await fs.mkdir(path.dirname(plan.unitFile), { recursive: true });
+      await fs.writeFile(plan.unitFile, "the old plist");
+      const quick = { ...plan, stopTimeoutMs: 100 };
+      await assert.rejects(installService(quick, viaStubsOf(stubs), { start: true }, FAST_WAIT), {
+        code: "service_failed",
+        message: /still stopping .*drains its running jobs/,
+      });
+      await assert.rejects(uninstallService(quick, viaStubsOf(stubs), FAST_WAIT), { code: "service_failed" });
+      assert.equal(await fs.readFile(plan.unitFile, "utf8"), "the old plist");
+      assert.ok(!(await stubs.calls()).some((call) => call.includes("bootstrap")), "nothing was bootstrapped");
+    },
+  );
 
   test(
     "a bootstrap that fails while the old job still runs keeps the plist that job came from",

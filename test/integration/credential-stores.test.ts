@@ -61,27 +61,34 @@ describe("keychain credential store", () => {
     },
   );
 
-  test("a keychain call that never answers (a prompt nobody sees) is given up at the timeout, however the native side ignores its abort", async () => {
-    const calls: string[] = [];
-    const never =
-      <T>(name: string) =>
-      (): Promise<T> => (calls.push(name), new Promise<T>(() => undefined));
-    const open = async () => ({
-      getPassword: never<string | null>("get"),
-      setPassword: never<void>("set"),
-      deleteCredential: never<boolean>("delete"),
-    });
-    const store = new KeychainCredentialStore("/test/hung", { timeoutMs: 200, open });
-    const read = await store.read();
-    assert.equal(read.kind, "unavailable");
-    assert.match(read.kind === "unavailable" ? read.reason : "", /did not answer within 0\.2 s/);
-    await assert.rejects(store.write(value), { code: "keychain_unavailable", message: /did not answer within 0\.2 s/ });
-    await assert.rejects(store.remove(), { code: "keychain_unavailable" });
-    const probe = await KeychainCredentialStore.probe({ timeoutMs: 200, open });
-    assert.equal(probe.usable, false);
-    assert.match(probe.usable ? "" : probe.reason, /did not answer/);
-    assert.deepEqual(calls, ["get", "set", "delete", "set"]);
-  });
+  test(
+    "a keychain call that never answers (a prompt nobody sees) is given up at the timeout, however the native side ignores its abort",
+    { timeout: 30_000 },
+    async () => {
+      const calls: string[] = [];
+      const never =
+        <T>(name: string) =>
+        (): Promise<T> => (calls.push(name), new Promise<T>(() => undefined));
+      const open = async () => ({
+        getPassword: never<string | null>("get"),
+        setPassword: never<void>("set"),
+        deleteCredential: never<boolean>("delete"),
+      });
+      const store = new KeychainCredentialStore("/test/hung", { timeoutMs: 200, open });
+      const read = await store.read();
+      assert.equal(read.kind, "unavailable");
+      assert.match(read.kind === "unavailable" ? read.reason : "", /did not answer within 0\.2 s/);
+      await assert.rejects(store.write(value), {
+        code: "keychain_unavailable",
+        message: /did not answer within 0\.2 s/,
+      });
+      await assert.rejects(store.remove(), { code: "keychain_unavailable" });
+      const probe = await KeychainCredentialStore.probe({ timeoutMs: 200, open });
+      assert.equal(probe.usable, false);
+      assert.match(probe.usable ? "" : probe.reason, /did not answer/);
+      assert.deepEqual(calls, ["get", "set", "delete", "set"]);
+    },
+  );
 
   test(
     "without a session bus, the keychain is reported unusable and auto falls back to a file, saying why",
@@ -107,15 +114,19 @@ describe("keychain credential store", () => {
 });
 
 describe("file credential store", () => {
-  test("writes the credential 0600, reads it back, and reports a damaged file as invalid without quoting it", async (t) => {
-    const dir = await tempDir(t);
-    const store = new FileCredentialStore(path.join(dir, "credential"));
-    await store.write(value);
-    assert.equal((await fs.stat(store.location)).mode & 0o777, 0o600);
-    assert.deepEqual(await store.read(), { kind: "ok", value });
-    await fs.writeFile(store.location, JSON.stringify({ ...value, credential: "short" }));
-    const damaged = await store.read();
-    assert.equal(damaged.kind, "invalid");
-    assert.ok(!JSON.stringify(damaged).includes("short"));
-  });
+  test(
+    "writes the credential 0600, reads it back, and reports a damaged file as invalid without quoting it",
+    { timeout: 30_000 },
+    async (t) => {
+      const dir = await tempDir(t);
+      const store = new FileCredentialStore(path.join(dir, "credential"));
+      await store.write(value);
+      assert.equal((await fs.stat(store.location)).mode & 0o777, 0o600);
+      assert.deepEqual(await store.read(), { kind: "ok", value });
+      await fs.writeFile(store.location, JSON.stringify({ ...value, credential: "short" }));
+      const damaged = await store.read();
+      assert.equal(damaged.kind, "invalid");
+      assert.ok(!JSON.stringify(damaged).includes("short"));
+    },
+  );
 });

@@ -216,59 +216,63 @@ describe("the daemon and the control plane", () => {
   );
 
   for (const variant of ["the daemon alone", "the daemon and its workers together"] as const) {
-    test(`after kill -9 of ${variant} mid-job, the restarted daemon leaves no process behind and reports the job failed once`, async (t) => {
-      const { plane, runner } = await setUp(t);
-      const pidFile = path.join(runner.stateDir, "..", "pids");
-      const first = startDaemon(t, [...runner.flags, ...FAST]);
-      await connectedLine(first);
-      const { job } = await plane.admin.submitJob({
-        job: { kind: "command", argv: ["sh", "-c", `sleep 300 & echo $$ $! > ${pidFile}; wait`], env: {} },
-      });
-      await waitForJob(plane, job.jobId, (j) => j.status === "running");
-      await waitFor(
-        async () => (await fs.readFile(pidFile, "utf8").catch(() => "")).trim().split(" ").length === 2,
-        "the job's pids",
-      );
-      const pids = (await fs.readFile(pidFile, "utf8")).trim().split(" ").map(Number);
-      const workers = childrenOf(first.child.pid!);
-      assert.ok(workers.length >= 1, "the job runs under a worker process");
-      if (variant === "the daemon and its workers together") {
-        // Held still first, so it cannot see its workers die and clean up after them: the two
-        // deaths are then one crash, as when the machine's OOM killer takes the whole tree.
-        process.kill(first.child.pid!, "SIGSTOP");
-        // The daemon's children are its workers and maybe a short-lived device probe, gone by now.
-        for (const worker of workers) killIfAlive(worker);
-      }
-      await first.stop("SIGKILL");
-      if (variant === "the daemon and its workers together") {
-        for (const pid of pids)
-          assert.ok(isRunning(pid), `job process ${pid} outlived its daemon and worker, as orphans do`);
-      }
-
-      const second = startDaemon(t, [...runner.flags, ...FAST]);
-      await second.waitForLog((l) => /orphaned job\(s\) as failed: agent restarted/.test(l.msg));
-      if (variant === "the daemon and its workers together") {
-        assert.ok(
-          second.lines.some((l) => /killed the process tree of a job orphaned/.test(l.msg)),
-          second.stderr(),
+    test(
+      `after kill -9 of ${variant} mid-job, the restarted daemon leaves no process behind and reports the job failed once`,
+      { timeout: 120_000 },
+      async (t) => {
+        const { plane, runner } = await setUp(t);
+        const pidFile = path.join(runner.stateDir, "..", "pids");
+        const first = startDaemon(t, [...runner.flags, ...FAST]);
+        await connectedLine(first);
+        const { job } = await plane.admin.submitJob({
+          job: { kind: "command", argv: ["sh", "-c", `sleep 300 & echo $$ $! > ${pidFile}; wait`], env: {} },
+        });
+        await waitForJob(plane, job.jobId, (j) => j.status === "running");
+        await waitFor(
+          async () => (await fs.readFile(pidFile, "utf8").catch(() => "")).trim().split(" ").length === 2,
+          "the job's pids",
         );
-      }
-      const done = await waitForJob(plane, job.jobId, finished);
-      assert.equal(done.status, "failed");
-      assert.equal(done.result?.reason, "agent restarted");
-      assert.equal(done.attempt, 1);
-      // Gone, or a zombie waiting for PID 1 to reap it (dead either way: it runs nothing).
-      await waitFor(async () => pids.every((pid) => !isRunning(pid)), "every job process to be gone");
-      await waitFor(async () => (await outboxFiles(runner.stateDir)).length === 0, "the outbox to empty");
-      assert.deepEqual(await fs.readdir(path.join(runner.stateDir, "running")), [], "the journal is clear");
+        const pids = (await fs.readFile(pidFile, "utf8")).trim().split(" ").map(Number);
+        const workers = childrenOf(first.child.pid!);
+        assert.ok(workers.length >= 1, "the job runs under a worker process");
+        if (variant === "the daemon and its workers together") {
+          // Held still first, so it cannot see its workers die and clean up after them: the two
+          // deaths are then one crash, as when the machine's OOM killer takes the whole tree.
+          process.kill(first.child.pid!, "SIGSTOP");
+          // The daemon's children are its workers and maybe a short-lived device probe, gone by now.
+          for (const worker of workers) killIfAlive(worker);
+        }
+        await first.stop("SIGKILL");
+        if (variant === "the daemon and its workers together") {
+          for (const pid of pids)
+            assert.ok(isRunning(pid), `job process ${pid} outlived its daemon and worker, as orphans do`);
+        }
 
-      // A third start finds nothing to report: exactly once.
-      await second.stop("SIGTERM");
-      const third = startDaemon(t, [...runner.flags, ...FAST]);
-      await connectedLine(third);
-      assert.ok(!third.lines.some((l) => /orphaned/.test(l.msg)));
-      assert.equal(await third.stop("SIGTERM"), ExitCode.OK);
-    });
+        const second = startDaemon(t, [...runner.flags, ...FAST]);
+        await second.waitForLog((l) => /orphaned job\(s\) as failed: agent restarted/.test(l.msg));
+        if (variant === "the daemon and its workers together") {
+          assert.ok(
+            second.lines.some((l) => /killed the process tree of a job orphaned/.test(l.msg)),
+            second.stderr(),
+          );
+        }
+        const done = await waitForJob(plane, job.jobId, finished);
+        assert.equal(done.status, "failed");
+        assert.equal(done.result?.reason, "agent restarted");
+        assert.equal(done.attempt, 1);
+        // Gone, or a zombie waiting for PID 1 to reap it (dead either way: it runs nothing).
+        await waitFor(async () => pids.every((pid) => !isRunning(pid)), "every job process to be gone");
+        await waitFor(async () => (await outboxFiles(runner.stateDir)).length === 0, "the outbox to empty");
+        assert.deepEqual(await fs.readdir(path.join(runner.stateDir, "running")), [], "the journal is clear");
+
+        // A third start finds nothing to report: exactly once.
+        await second.stop("SIGTERM");
+        const third = startDaemon(t, [...runner.flags, ...FAST]);
+        await connectedLine(third);
+        assert.ok(!third.lines.some((l) => /orphaned/.test(l.msg)));
+        assert.equal(await third.stop("SIGTERM"), ExitCode.OK);
+      },
+    );
   }
 
   test(

@@ -6,7 +6,7 @@ import { test } from "node:test";
 import { homebrewOptPath, stableNodePath } from "../../src/service/node-path.js";
 import { tempDir } from "../helpers/fixtures.js";
 
-test("a node in Homebrew's Cellar maps to its opt link; other paths do not", () => {
+test("a node in Homebrew's Cellar maps to its opt link; other paths do not", { timeout: 10_000 }, () => {
   assert.equal(homebrewOptPath("/opt/homebrew/Cellar/node@20/20.11.1/bin/node"), "/opt/homebrew/opt/node@20/bin/node");
   assert.equal(homebrewOptPath("/usr/local/Cellar/node/22.3.0/bin/node"), "/usr/local/opt/node/bin/node");
   assert.equal(homebrewOptPath("/usr/bin/node"), null);

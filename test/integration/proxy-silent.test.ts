@@ -116,7 +116,7 @@ describe("a proxy that accepts and never answers CONNECT", () => {
     },
   );
 
-  test("each API request through it closes its socket when it times out", async (t) => {
+  test("each API request through it closes its socket when it times out", { timeout: 60_000 }, async (t) => {
     const proxy = await startSilentProxy(t);
     const api = { url: TARGET, timeoutMs: 200, proxy: proxyConfig(proxy.url, {}) };
     for (let i = 1; i <= ATTEMPTS; i++) {
