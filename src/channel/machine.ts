@@ -17,7 +17,7 @@ import { ExitCode, unreachable } from "../errors.js";
 import { capText } from "../log/cap-text.js";
 import { logEffect as log, type LogEffect, type LogEffectLevel } from "../log/log-effect.js";
 import {
-  withBoundedReason,
+  withBoundedFields,
   type Assignment,
   type ControlMessage,
   type JobRef,
@@ -841,7 +841,7 @@ function onJobOutput(state: State, input: Extract<Input, { type: "job_output" }>
 }
 
 function onJobFinished(state: State, finished: JobResult): Step {
-  const result = withBoundedReason(finished);
+  const result = withBoundedFields(finished);
   const key = keyOf(result);
   const { [key]: _done, ...running } = state.running;
   const next: State = { ...state, running, pending: { ...state.pending, [key]: result } };

@@ -146,12 +146,17 @@ export type Outcome = z.infer<typeof outcomeSchema>;
 
 /** The longest `reason` a result may carry (PROTOCOL.md, JobResult). */
 export const MAX_RESULT_REASON_CHARS = 4096;
+/**
+ * The longest `signal` a result may carry: a signal's name (`SIGKILL`), 1-32 characters
+ * (PROTOCOL.md, JobResult). Bounded like every string from the wire that is kept and shown.
+ */
+export const MAX_RESULT_SIGNAL_CHARS = 32;
 
 export const jobResultSchema = z.object({
   ...jobRef,
   outcome: outcomeSchema,
   exitCode: z.number().int().nullable(),
-  signal: z.string().nullable(),
+  signal: z.string().min(1).max(MAX_RESULT_SIGNAL_CHARS).nullable(),
   /** Why it failed or was cancelled, in words or a stable code (e.g. "agent restarted"). */
   reason: z.string().max(MAX_RESULT_REASON_CHARS).nullable(),
   startedAt: z.string().nullable(),
@@ -160,15 +165,22 @@ export const jobResultSchema = z.object({
 export type JobResult = z.infer<typeof jobResultSchema>;
 
 /**
- * `result` with a reason too long for the protocol cut, with a marker that says how much was
- * cut. A reason can quote the job (`cannot start: ENOENT: <argv[0]>`, up to 64 KiB): uncut, the
- * result could be neither written to the outbox nor applied, and its job would never end.
+ * `result` within the protocol's bounds: a reason too long cut, with a marker that says how much
+ * was cut, and a signal name too long cut to its first 32 characters (an empty one is no
+ * signal). A reason can quote the job (`cannot start: ENOENT: <argv[0]>`, up to 64 KiB): uncut,
+ * the result could be neither written to the outbox nor applied, and its job would never end.
+ * The signals Node reports are short names; the bound holds whatever reports one.
  */
-export function withBoundedReason(result: JobResult): JobResult {
-  const reason = result.reason;
-  if (reason === null || reason.length <= MAX_RESULT_REASON_CHARS) return result;
+export function withBoundedFields(result: JobResult): JobResult {
+  const { reason, signal } = result;
+  const boundedSignal = signal === "" ? null : (signal?.slice(0, MAX_RESULT_SIGNAL_CHARS) ?? null);
+  if ((reason === null || reason.length <= MAX_RESULT_REASON_CHARS) && boundedSignal === signal) return result;
   // capText appends "… [N more chars]": 32 characters leave room for it.
-  return { ...result, reason: capText(reason, MAX_RESULT_REASON_CHARS - 32) };
+  const boundedReason =
+    reason === null || reason.length <= MAX_RESULT_REASON_CHARS
+      ? reason
+      : capText(reason, MAX_RESULT_REASON_CHARS - 32);
+  return { ...result, reason: boundedReason, signal: boundedSignal };
 }
 
 // ---- runner → control plane ----

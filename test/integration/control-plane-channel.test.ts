@@ -547,6 +547,27 @@ describe("results, logs and fencing", () => {
   );
 
   test(
+    "a result whose signal is over 32 characters is refused as invalid and not applied; a 32-character one applies",
+    TIMEOUT,
+    async (t) => {
+      const h = await startHarness(t);
+      const runner = await connected(h, await registerRunner(h, "long-signal"));
+      runner.ready(1);
+      const job = await submit(h);
+      const assign = await runner.next("assign");
+      const ref = { jobId: assign.jobId, attempt: assign.attempt };
+      runner.send({ type: "result", result: { ...finishedResult(ref), signal: "S".repeat(33) } });
+      const error = await runner.next("error");
+      assert.equal(error.code, "invalid");
+      assert.match(error.message, /result\.signal/);
+      assert.equal((await jobOf(h, job.jobId)).status, "assigned", "nothing applied");
+      runner.send({ type: "result", result: { ...finishedResult(ref), signal: "S".repeat(32) } });
+      assert.deepEqual(await runner.next("result_ack"), { type: "result_ack", ...ref, applied: true });
+      assert.equal((await jobOf(h, job.jobId)).result?.signal, "S".repeat(32));
+    },
+  );
+
+  test(
     "a result the store failed to apply closes the connection (1011); the result re-sent after the next hello applies",
     TIMEOUT,
     async (t) => {
