@@ -17,6 +17,7 @@ import { ExitCode, unreachable } from "../errors.js";
 import { capText } from "../log/cap-text.js";
 import { logEffect as log, type LogEffect, type LogEffectLevel } from "../log/log-effect.js";
 import {
+  HELLO_MAX_JOB_REFS,
   withBoundedFields,
   type Assignment,
   type ControlMessage,
@@ -398,8 +399,13 @@ function stepConnecting(
         agentVersion: state.config.agentVersion,
         runnerId: state.config.runnerId,
         capacity: state.config.capacity,
+        // At most its capacity (≤ HELLO_MAX_JOB_REFS): assignments past it are rejected.
         running: Object.values(state.running).map((r) => r.ref),
-        pendingResults: Object.values(state.pending).map((r) => ({ jobId: r.jobId, attempt: r.attempt })),
+        // After a long outage the outbox may hold more than the hello may list: the first
+        // HELLO_MAX_JOB_REFS are listed, and every held result is re-sent after the welcome all the same.
+        pendingResults: Object.values(state.pending)
+          .slice(0, HELLO_MAX_JOB_REFS)
+          .map((r) => ({ jobId: r.jobId, attempt: r.attempt })),
         labels: state.config.labels,
       };
       // The handshake deadline set at `connect` holds until the welcome.

@@ -3,7 +3,7 @@
 // Both the agent and the reference control plane decode every frame through `decode*`.
 import { z } from "zod";
 import { capText } from "../log/cap-text.js";
-import { handlerNameSchema, labelsSchema, runnerIdSchema, withoutNul } from "./common.js";
+import { MAX_CAPACITY, handlerNameSchema, labelsSchema, runnerIdSchema, withoutNul } from "./common.js";
 import { devicesAckSchema, devicesBatchSchema, devicesResyncSchema, devicesSummarySchema } from "./devices.js";
 
 /** The upgrade path. Auth: `Authorization: Bearer <credential>`, `X-Runner-Id`, `X-Runner-Protocol`. */
@@ -185,16 +185,23 @@ export function withBoundedFields(result: JobResult): JobResult {
 
 // ---- runner → control plane ----
 
+/**
+ * The most job refs `hello.running` and `hello.pendingResults` may each list. A runner runs at
+ * most its capacity (≤ MAX_CAPACITY) at once; it may hold more unacknowledged results than that
+ * after a long outage, and then lists this many of them (machine.ts).
+ */
+export const HELLO_MAX_JOB_REFS = MAX_CAPACITY;
+
 export const helloSchema = z.object({
   type: z.literal("hello"),
   protocolVersion: z.number().int().positive(),
   agentVersion: z.string().min(1).max(64),
   runnerId: runnerIdSchema,
-  capacity: z.number().int().min(0).max(1024),
+  capacity: z.number().int().min(0).max(MAX_CAPACITY),
   /** Jobs this runner is still running (survived a disconnect). */
-  running: z.array(jobRefSchema),
+  running: z.array(jobRefSchema).max(HELLO_MAX_JOB_REFS),
   /** Results this runner holds that the control plane has not acknowledged; they follow as `result` messages. */
-  pendingResults: z.array(jobRefSchema),
+  pendingResults: z.array(jobRefSchema).max(HELLO_MAX_JOB_REFS),
   labels: labelsSchema.optional(),
 });
 

@@ -336,6 +336,26 @@ describe("channel upgrade", () => {
     assert.equal((await impostor.closed).code, 1008, "hello for another runner id");
   });
 
+  test(
+    "a hello listing more than 1024 running jobs or held results closes with 1008; 1024 of each is welcomed",
+    TIMEOUT,
+    async (t) => {
+      const h = await startHarness(t);
+      const identity = await registerRunner(h, "hoarder");
+      const refs = (n: number, prefix: string) =>
+        Array.from({ length: n }, (_, i) => ({ jobId: `${prefix}_${i}`, attempt: 1 }));
+      const tooManyRunning = await connect(h, identity);
+      tooManyRunning.sendHello({ running: refs(1025, "run") });
+      assert.equal((await tooManyRunning.closed).code, 1008);
+      const tooManyResults = await connect(h, identity);
+      tooManyResults.sendHello({ pendingResults: refs(1025, "res") });
+      assert.equal((await tooManyResults.closed).code, 1008);
+      const atTheLimit = await connect(h, identity);
+      const welcome = await atTheLimit.hello({ running: refs(1024, "run"), pendingResults: refs(1024, "res") });
+      assert.equal(welcome.fenced.length, 1024, "unknown running jobs are fenced");
+    },
+  );
+
   test("a second connection of the same runner replaces the first (4000 replaced)", TIMEOUT, async (t) => {
     const h = await startHarness(t);
     const identity = await registerRunner(h, "twice");

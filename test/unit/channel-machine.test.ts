@@ -88,6 +88,23 @@ describe("the channel state machine", () => {
     );
   });
 
+  test(
+    "a hello lists at most 1024 held results; every held result is re-sent after the welcome",
+    { timeout: 5000 },
+    () => {
+      const pending = Array.from({ length: 1030 }, (_, i) => result(`j${i}`));
+      const opened = run(initialState(config, { pending }), { type: "start" }, { type: "socket_open" });
+      const hello = sent(opened.effects)[0];
+      assert.ok(hello?.type === "hello");
+      assert.deepEqual(
+        hello.pendingResults,
+        pending.slice(0, 1024).map((r) => ({ jobId: r.jobId, attempt: r.attempt })),
+      );
+      const welcomed = run(opened.state, { type: "message", message: welcome });
+      assert.equal(sent(welcomed.effects).filter((m) => m.type === "result").length, 1030);
+    },
+  );
+
   test("the welcome starts the heartbeat, re-sends held results and grants the free slots", () => {
     const held = { running: [{ jobId: "j1", attempt: 1 }], pending: [result("j0")] };
     const { state, effects } = run(
