@@ -4,7 +4,14 @@
 import { z } from "zod";
 import { capText } from "../log/cap-text.js";
 import { MAX_CAPACITY, handlerNameSchema, labelsSchema, runnerIdSchema, withoutNul } from "./common.js";
-import { devicesAckSchema, devicesBatchSchema, devicesResyncSchema, devicesSummarySchema } from "./devices.js";
+import {
+  describeRepeatedRow,
+  devicesAckSchema,
+  devicesBatchSchema,
+  devicesResyncSchema,
+  devicesSummarySchema,
+  repeatedDeviceRows,
+} from "./devices.js";
 
 /** The upgrade path. Auth: `Authorization: Bearer <credential>`, `X-Runner-Id`, `X-Runner-Protocol`. */
 export const CHANNEL_PATH = "/api/v1/channel";
@@ -222,7 +229,7 @@ export const resultSchema = z.object({ type: z.literal("result"), result: jobRes
 /** The runner is going away (drain finished, or shutting down): no more assignments. */
 export const goodbyeSchema = z.object({ type: z.literal("goodbye"), reason: z.string().max(1024) });
 
-export const runnerMessageSchema = z.discriminatedUnion("type", [
+const runnerMessageUnion = z.discriminatedUnion("type", [
   helloSchema,
   readySchema,
   acceptSchema,
@@ -234,6 +241,16 @@ export const runnerMessageSchema = z.discriminatedUnion("type", [
   devicesSummarySchema,
   devicesBatchSchema,
 ]);
+/**
+ * Every runner message; a `devices` batch also names each device at most once (a rule across
+ * its two lists, checked here because a discriminated union holds only plain objects).
+ */
+export const runnerMessageSchema = runnerMessageUnion.superRefine((message, ctx) => {
+  if (message.type !== "devices") return;
+  const upsertIds = message.upserts.map((device) => device.id);
+  for (const row of repeatedDeviceRows(upsertIds, message.removals))
+    ctx.addIssue({ code: z.ZodIssueCode.custom, path: [row.list, row.index], message: describeRepeatedRow(row) });
+});
 export type RunnerMessage = z.infer<typeof runnerMessageSchema>;
 
 // ---- control plane → runner ----
@@ -349,7 +366,7 @@ function decodeWith<T>(
   return { ok: true, message: result.data };
 }
 
-const runnerTypes = new Set(runnerMessageSchema.options.map((o) => o.shape.type.value));
+const runnerTypes = new Set(runnerMessageUnion.options.map((o) => o.shape.type.value));
 const controlTypes = new Set(controlMessageSchema.options.map((o) => o.shape.type.value));
 
 export function decodeRunnerMessage(data: string): Decoded<RunnerMessage> {

@@ -1321,6 +1321,58 @@ describe("invalid device batches", () => {
   );
 
   test(
+    "a batch naming a device id twice is invalid: outside a snapshot devices_resync, in a snapshot the repeated row is dropped",
+    TIMEOUT,
+    async (t) => {
+      const h = await startHarness(t);
+      const runner = await connected(h, await registerRunner(h, "twice-named"));
+      runner.send(
+        JSON.stringify({
+          type: "devices",
+          batchId: "d-1",
+          upserts: [device("x"), device("y"), device("x", { name: "again" })],
+          removals: [],
+        }),
+      );
+      const resync = await runner.next("devices_resync");
+      assert.equal(resync.batchId, "d-1");
+      assert.match(resync.reason, /upserts\.2: device id "x" is already named by upserts\[0\]/);
+      runner.send(JSON.stringify({ type: "devices", batchId: "d-2", upserts: [device("z")], removals: ["z"] }));
+      assert.match(
+        (await runner.next("devices_resync")).reason,
+        /removals\.0: device id "z" is already named by upserts\[0\]/,
+      );
+      await runner.expectNo("error", 50);
+      assert.deepEqual(await h.admin.listRunnerDevices(runner.identity.runnerId), [], "nothing of either applied");
+
+      runner.send(
+        JSON.stringify({
+          type: "devices",
+          batchId: "s-1",
+          snapshotId: "snap",
+          upserts: [device("a"), device("b"), device("a", { name: "again" })],
+          removals: ["b"],
+        }),
+      );
+      const dropped = await runner.next("error");
+      assert.equal(dropped.code, "device_rows_dropped");
+      assert.match(dropped.message, /s-1: 2 invalid row\(s\) dropped/);
+      assert.match(dropped.message, /upserts\[2\]: device id "a" is already named by upserts\[0\]/);
+      assert.match(dropped.message, /removals\[0\]: device id "b" is already named by upserts\[1\]/);
+      assert.equal((await runner.next("devices_ack")).batchId, "s-1");
+      const stored = await h.admin.listRunnerDevices(runner.identity.runnerId);
+      assert.deepEqual(
+        stored.map((d) => [d.id, d.name, d.present]),
+        [
+          ["a", "a", true],
+          ["b", "b", true],
+        ],
+        "the first row naming each device stands",
+      );
+    },
+  );
+
+  test(
     "the runner's own device sync ends when one of its devices is invalid: one full snapshot, then quiet, again after a reconnect",
     TIMEOUT,
     async (t) => {
