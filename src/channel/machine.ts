@@ -436,7 +436,18 @@ function stepConnecting(
 function stepHandshaking(state: State, input: ConnectionInput, env: StepEnv): Step {
   switch (input.type) {
     case "message":
-      if (input.message.type === "welcome") return onWelcome(state, input.message, env);
+      if (input.message.type === "welcome") {
+        // The welcome confirms the version the runner stated (X-Runner-Protocol, hello): another
+        // one is a control plane this runner cannot speak with, as a 426 would have said.
+        if (input.message.protocolVersion !== state.config.protocolVersion)
+          return stopWith(
+            state,
+            ExitCode.UPGRADE_REQUIRED,
+            `the control plane's welcome states protocol version ${input.message.protocolVersion}; this runner speaks ${state.config.protocolVersion}`,
+            { code: CLOSE_PROTOCOL_ERROR, reason: "protocol version not spoken" },
+          );
+        return onWelcome(state, input.message, env);
+      }
       if (input.message.type === "error")
         return {
           state,
@@ -955,10 +966,18 @@ function finishIfDone(current: Step): Step {
   return { state: done.state, effects: [...current.effects, ...done.effects] };
 }
 
-function stopWith(state: State, code: number, reason: string): Step {
+/** RFC 6455's "protocol error": the runner closes with it on a welcome of a version it does not speak. */
+export const CLOSE_PROTOCOL_ERROR = 1002;
+
+function stopWith(
+  state: State,
+  code: number,
+  reason: string,
+  close: { code: number; reason: string } = { code: 1000, reason: "runner stopping" },
+): Step {
   const effects: Effect[] = leaveConnection(state);
   if (state.connection.phase === "connected" || state.connection.phase === "handshaking")
-    effects.push({ type: "close", code: 1000, reason: "runner stopping" });
+    effects.push({ type: "close", ...close });
   effects.push(log(code === ExitCode.OK ? "info" : "error", reason), { type: "exit", code, reason });
   return { state: stopped(state), effects };
 }

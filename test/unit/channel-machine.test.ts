@@ -105,6 +105,29 @@ describe("the channel state machine", () => {
     },
   );
 
+  test(
+    "a welcome stating another protocol version closes the connection with 1002 and stops with exit 79, sending nothing",
+    { timeout: 5000 },
+    () => {
+      const held = { pending: [result("j0")] };
+      const opened = run(initialState(config, held), { type: "start" }, { type: "socket_open" });
+      const { state, effects } = run(opened.state, {
+        type: "message",
+        message: { ...welcome, protocolVersion: 2 } as ControlMessage,
+      });
+      assert.equal(state.connection.phase, "stopped");
+      assert.deepEqual(sent(effects), [], "no result, no ready");
+      assert.deepEqual(
+        effects.filter((e) => e.type === "close"),
+        [{ type: "close", code: 1002, reason: "protocol version not spoken" }],
+      );
+      const exit = effects.find((e) => e.type === "exit");
+      assert.equal(exit?.type === "exit" ? exit.code : undefined, ExitCode.UPGRADE_REQUIRED);
+      assert.match(exit?.type === "exit" ? exit.reason : "", /protocol version 2; this runner speaks 1/);
+      assert.equal(nextDeadline(state), null);
+    },
+  );
+
   test("the welcome starts the heartbeat, re-sends held results and grants the free slots", () => {
     const held = { running: [{ jobId: "j1", attempt: 1 }], pending: [result("j0")] };
     const { state, effects } = run(
