@@ -627,9 +627,17 @@ function leaveConnection(state: State): Effect[] {
   return state.connection.phase === "connected" ? [{ type: "tell_disconnected" }] : [];
 }
 
+/**
+ * The runner's close code when it gives up on a live socket: a code of its own, not the
+ * control plane's 4001 (revoked), which a control plane reading the close would misread.
+ */
+export const CLOSE_TIMED_OUT = 4003;
+
 /** We give up on a live socket (no pong, no welcome): close it and reconnect later. */
 function dropConnection(state: State, reason: string, env: StepEnv): Step {
-  return reconnectLater(state, reason, env, [{ type: "close", code: 4001, reason: "heartbeat or handshake timeout" }]);
+  return reconnectLater(state, reason, env, [
+    { type: "close", code: CLOSE_TIMED_OUT, reason: "heartbeat or handshake timeout" },
+  ]);
 }
 
 /** Full jitter: a uniform delay in [0, min(cap, base·2^failures)). */

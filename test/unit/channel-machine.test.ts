@@ -363,7 +363,11 @@ describe("the channel state machine", () => {
       { type: "timer", timer: "pong" },
     );
     assert.equal(state.connection.phase, "disconnected");
-    assert.ok(effects.some((e) => e.type === "close"));
+    assert.deepEqual(
+      effects.filter((e) => e.type === "close"),
+      [{ type: "close", code: 4003, reason: "heartbeat or handshake timeout" }],
+      "the runner's own close code, not the control plane's 4001 (revoked)",
+    );
     assert.ok(effects.some((e) => e.type === "log" && /no pong within 1000 ms/.test(e.message)));
     assert.notEqual(deadlineOf(state, "reconnect"), undefined);
   });
