@@ -401,11 +401,7 @@ function stepConnecting(
         capacity: state.config.capacity,
         // At most its capacity (≤ HELLO_MAX_JOB_REFS): assignments past it are rejected.
         running: Object.values(state.running).map((r) => r.ref),
-        // After a long outage the outbox may hold more than the hello may list: the first
-        // HELLO_MAX_JOB_REFS are listed, and every held result is re-sent after the welcome all the same.
-        pendingResults: Object.values(state.pending)
-          .slice(0, HELLO_MAX_JOB_REFS)
-          .map((r) => ({ jobId: r.jobId, attempt: r.attempt })),
+        pendingResults: listedPendingResults(Object.values(state.pending)),
         labels: state.config.labels,
       };
       // The handshake deadline set at `connect` holds until the welcome.
@@ -469,6 +465,22 @@ function stepHandshaking(state: State, input: ConnectionInput, env: StepEnv): St
     default:
       return unreachable(input, "input");
   }
+}
+
+/**
+ * The held results a hello lists. After a long outage the outbox may hold more than a hello
+ * may list: then the HELLO_MAX_JOB_REFS finished last, whose jobs the control plane most likely
+ * still has assigned to this runner (the older ones' leases have likely expired). Every held
+ * result is re-sent after the welcome all the same.
+ */
+function listedPendingResults(pending: JobResult[]): JobRef[] {
+  const listed =
+    pending.length <= HELLO_MAX_JOB_REFS
+      ? pending
+      : [...pending]
+          .sort((a, b) => (a.finishedAt < b.finishedAt ? 1 : a.finishedAt > b.finishedAt ? -1 : 0))
+          .slice(0, HELLO_MAX_JOB_REFS);
+  return listed.map((r) => ({ jobId: r.jobId, attempt: r.attempt }));
 }
 
 /** A connection attempt (connecting, then handshaking) holds one deadline: the handshake's. */

@@ -89,16 +89,19 @@ describe("the channel state machine", () => {
   });
 
   test(
-    "a hello lists at most 1024 held results; every held result is re-sent after the welcome",
+    "a hello lists at most 1024 held results, those finished last; every held result is re-sent after the welcome",
     { timeout: 5000 },
     () => {
-      const pending = Array.from({ length: 1030 }, (_, i) => result(`j${i}`));
+      const finishedAt = (i: number) => new Date(Date.UTC(2026, 0, 1) + i * 1000).toISOString();
+      const pending = Array.from({ length: 1030 }, (_, i) => ({ ...result(`j${i}`), finishedAt: finishedAt(i) }));
       const opened = run(initialState(config, { pending }), { type: "start" }, { type: "socket_open" });
       const hello = sent(opened.effects)[0];
       assert.ok(hello?.type === "hello");
+      assert.equal(hello.pendingResults.length, 1024);
       assert.deepEqual(
-        hello.pendingResults,
-        pending.slice(0, 1024).map((r) => ({ jobId: r.jobId, attempt: r.attempt })),
+        new Set(hello.pendingResults.map((r) => r.jobId)),
+        new Set(pending.slice(6).map((r) => r.jobId)),
+        "the six finished first are left out",
       );
       const welcomed = run(opened.state, { type: "message", message: welcome });
       assert.equal(sent(welcomed.effects).filter((m) => m.type === "result").length, 1030);
