@@ -17,7 +17,8 @@ import { ExitCode, unreachable } from "../errors.js";
 import { capText } from "../log/cap-text.js";
 import { logEffect as log, type LogEffect, type LogEffectLevel } from "../log/log-effect.js";
 import {
-  withBoundedReason,
+  HELLO_MAX_JOB_REFS,
+  withBoundedFields,
   type Assignment,
   type ControlMessage,
   type JobRef,
@@ -398,8 +399,9 @@ function stepConnecting(
         agentVersion: state.config.agentVersion,
         runnerId: state.config.runnerId,
         capacity: state.config.capacity,
+        // At most its capacity (≤ HELLO_MAX_JOB_REFS): assignments past it are rejected.
         running: Object.values(state.running).map((r) => r.ref),
-        pendingResults: Object.values(state.pending).map((r) => ({ jobId: r.jobId, attempt: r.attempt })),
+        pendingResults: listedPendingResults(Object.values(state.pending)),
         labels: state.config.labels,
       };
       // The handshake deadline set at `connect` holds until the welcome.
@@ -430,7 +432,18 @@ function stepConnecting(
 function stepHandshaking(state: State, input: ConnectionInput, env: StepEnv): Step {
   switch (input.type) {
     case "message":
-      if (input.message.type === "welcome") return onWelcome(state, input.message, env);
+      if (input.message.type === "welcome") {
+        // The welcome confirms the version the runner stated (X-Runner-Protocol, hello): another
+        // one is a control plane this runner cannot speak with, as a 426 would have said.
+        if (input.message.protocolVersion !== state.config.protocolVersion)
+          return stopWith(
+            state,
+            ExitCode.UPGRADE_REQUIRED,
+            `the control plane's welcome states protocol version ${input.message.protocolVersion}; this runner speaks ${state.config.protocolVersion}`,
+            { code: CLOSE_PROTOCOL_ERROR, reason: "protocol version not spoken" },
+          );
+        return onWelcome(state, input.message, env);
+      }
       if (input.message.type === "error")
         return {
           state,
@@ -452,6 +465,22 @@ function stepHandshaking(state: State, input: ConnectionInput, env: StepEnv): St
     default:
       return unreachable(input, "input");
   }
+}
+
+/**
+ * The held results a hello lists. After a long outage the outbox may hold more than a hello
+ * may list: then the HELLO_MAX_JOB_REFS finished last, whose jobs the control plane most likely
+ * still has assigned to this runner (the older ones' leases have likely expired). Every held
+ * result is re-sent after the welcome all the same.
+ */
+function listedPendingResults(pending: JobResult[]): JobRef[] {
+  const listed =
+    pending.length <= HELLO_MAX_JOB_REFS
+      ? pending
+      : [...pending]
+          .sort((a, b) => (a.finishedAt < b.finishedAt ? 1 : a.finishedAt > b.finishedAt ? -1 : 0))
+          .slice(0, HELLO_MAX_JOB_REFS);
+  return listed.map((r) => ({ jobId: r.jobId, attempt: r.attempt }));
 }
 
 /** A connection attempt (connecting, then handshaking) holds one deadline: the handshake's. */
@@ -610,9 +639,17 @@ function leaveConnection(state: State): Effect[] {
   return state.connection.phase === "connected" ? [{ type: "tell_disconnected" }] : [];
 }
 
+/**
+ * The runner's close code when it gives up on a live socket: a code of its own, not the
+ * control plane's 4001 (revoked), which a control plane reading the close would misread.
+ */
+export const CLOSE_TIMED_OUT = 4003;
+
 /** We give up on a live socket (no pong, no welcome): close it and reconnect later. */
 function dropConnection(state: State, reason: string, env: StepEnv): Step {
-  return reconnectLater(state, reason, env, [{ type: "close", code: 4001, reason: "heartbeat or handshake timeout" }]);
+  return reconnectLater(state, reason, env, [
+    { type: "close", code: CLOSE_TIMED_OUT, reason: "heartbeat or handshake timeout" },
+  ]);
 }
 
 /** Full jitter: a uniform delay in [0, min(cap, base·2^failures)). */
@@ -841,7 +878,7 @@ function onJobOutput(state: State, input: Extract<Input, { type: "job_output" }>
 }
 
 function onJobFinished(state: State, finished: JobResult): Step {
-  const result = withBoundedReason(finished);
+  const result = withBoundedFields(finished);
   const key = keyOf(result);
   const { [key]: _done, ...running } = state.running;
   const next: State = { ...state, running, pending: { ...state.pending, [key]: result } };
@@ -949,10 +986,18 @@ function finishIfDone(current: Step): Step {
   return { state: done.state, effects: [...current.effects, ...done.effects] };
 }
 
-function stopWith(state: State, code: number, reason: string): Step {
+/** RFC 6455's "protocol error": the runner closes with it on a welcome of a version it does not speak. */
+export const CLOSE_PROTOCOL_ERROR = 1002;
+
+function stopWith(
+  state: State,
+  code: number,
+  reason: string,
+  close: { code: number; reason: string } = { code: 1000, reason: "runner stopping" },
+): Step {
   const effects: Effect[] = leaveConnection(state);
   if (state.connection.phase === "connected" || state.connection.phase === "handshaking")
-    effects.push({ type: "close", code: 1000, reason: "runner stopping" });
+    effects.push({ type: "close", ...close });
   effects.push(log(code === ExitCode.OK ? "info" : "error", reason), { type: "exit", code, reason });
   return { state: stopped(state), effects };
 }

@@ -3,7 +3,7 @@
 import path from "node:path";
 import { z } from "zod";
 import { DEVICE_PROVIDER_NAMES, type DeviceProviderName } from "../devices/provider-names.js";
-import { handlerNameSchema } from "../protocol/common.js";
+import { MAX_CAPACITY, handlerNameSchema } from "../protocol/common.js";
 import { isProxyOff, parseProxyUrl } from "../net/proxy.js";
 
 export interface SettingSpec<T> {
@@ -198,7 +198,7 @@ export const SETTINGS = {
     flag: "--capacity",
     arg: "<n>",
     help: "how many jobs this runner runs at once",
-    schema: z.number().int().min(1).max(1024),
+    schema: z.number().int().min(1).max(MAX_CAPACITY),
     fromString: int,
     defaultValue: 1,
   }),

@@ -3,8 +3,15 @@
 // Both the agent and the reference control plane decode every frame through `decode*`.
 import { z } from "zod";
 import { capText } from "../log/cap-text.js";
-import { handlerNameSchema, labelsSchema, runnerIdSchema, withoutNul } from "./common.js";
-import { devicesAckSchema, devicesBatchSchema, devicesResyncSchema, devicesSummarySchema } from "./devices.js";
+import { MAX_CAPACITY, handlerNameSchema, labelsSchema, runnerIdSchema, withoutNul } from "./common.js";
+import {
+  describeRepeatedRow,
+  devicesAckSchema,
+  devicesBatchSchema,
+  devicesResyncSchema,
+  devicesSummarySchema,
+  repeatedDeviceRows,
+} from "./devices.js";
 
 /** The upgrade path. Auth: `Authorization: Bearer <credential>`, `X-Runner-Id`, `X-Runner-Protocol`. */
 export const CHANNEL_PATH = "/api/v1/channel";
@@ -146,12 +153,17 @@ export type Outcome = z.infer<typeof outcomeSchema>;
 
 /** The longest `reason` a result may carry (PROTOCOL.md, JobResult). */
 export const MAX_RESULT_REASON_CHARS = 4096;
+/**
+ * The longest `signal` a result may carry: a signal's name (`SIGKILL`), 1-32 characters
+ * (PROTOCOL.md, JobResult). Bounded like every string from the wire that is kept and shown.
+ */
+export const MAX_RESULT_SIGNAL_CHARS = 32;
 
 export const jobResultSchema = z.object({
   ...jobRef,
   outcome: outcomeSchema,
   exitCode: z.number().int().nullable(),
-  signal: z.string().nullable(),
+  signal: z.string().min(1).max(MAX_RESULT_SIGNAL_CHARS).nullable(),
   /** Why it failed or was cancelled, in words or a stable code (e.g. "agent restarted"). */
   reason: z.string().max(MAX_RESULT_REASON_CHARS).nullable(),
   startedAt: z.string().nullable(),
@@ -160,29 +172,43 @@ export const jobResultSchema = z.object({
 export type JobResult = z.infer<typeof jobResultSchema>;
 
 /**
- * `result` with a reason too long for the protocol cut, with a marker that says how much was
- * cut. A reason can quote the job (`cannot start: ENOENT: <argv[0]>`, up to 64 KiB): uncut, the
- * result could be neither written to the outbox nor applied, and its job would never end.
+ * `result` within the protocol's bounds: a reason too long cut, with a marker that says how much
+ * was cut, and a signal name too long cut to its first 32 characters (an empty one is no
+ * signal). A reason can quote the job (`cannot start: ENOENT: <argv[0]>`, up to 64 KiB): uncut,
+ * the result could be neither written to the outbox nor applied, and its job would never end.
+ * The signals Node reports are short names; the bound holds whatever reports one.
  */
-export function withBoundedReason(result: JobResult): JobResult {
-  const reason = result.reason;
-  if (reason === null || reason.length <= MAX_RESULT_REASON_CHARS) return result;
+export function withBoundedFields(result: JobResult): JobResult {
+  const { reason, signal } = result;
+  const boundedSignal = signal === "" ? null : (signal?.slice(0, MAX_RESULT_SIGNAL_CHARS) ?? null);
+  if ((reason === null || reason.length <= MAX_RESULT_REASON_CHARS) && boundedSignal === signal) return result;
   // capText appends "… [N more chars]": 32 characters leave room for it.
-  return { ...result, reason: capText(reason, MAX_RESULT_REASON_CHARS - 32) };
+  const boundedReason =
+    reason === null || reason.length <= MAX_RESULT_REASON_CHARS
+      ? reason
+      : capText(reason, MAX_RESULT_REASON_CHARS - 32);
+  return { ...result, reason: boundedReason, signal: boundedSignal };
 }
 
 // ---- runner → control plane ----
+
+/**
+ * The most job refs `hello.running` and `hello.pendingResults` may each list. A runner runs at
+ * most its capacity (≤ MAX_CAPACITY) at once; it may hold more unacknowledged results than that
+ * after a long outage, and then lists this many of them (machine.ts).
+ */
+export const HELLO_MAX_JOB_REFS = MAX_CAPACITY;
 
 export const helloSchema = z.object({
   type: z.literal("hello"),
   protocolVersion: z.number().int().positive(),
   agentVersion: z.string().min(1).max(64),
   runnerId: runnerIdSchema,
-  capacity: z.number().int().min(0).max(1024),
+  capacity: z.number().int().min(0).max(MAX_CAPACITY),
   /** Jobs this runner is still running (survived a disconnect). */
-  running: z.array(jobRefSchema),
+  running: z.array(jobRefSchema).max(HELLO_MAX_JOB_REFS),
   /** Results this runner holds that the control plane has not acknowledged; they follow as `result` messages. */
-  pendingResults: z.array(jobRefSchema),
+  pendingResults: z.array(jobRefSchema).max(HELLO_MAX_JOB_REFS),
   labels: labelsSchema.optional(),
 });
 
@@ -203,7 +229,7 @@ export const resultSchema = z.object({ type: z.literal("result"), result: jobRes
 /** The runner is going away (drain finished, or shutting down): no more assignments. */
 export const goodbyeSchema = z.object({ type: z.literal("goodbye"), reason: z.string().max(1024) });
 
-export const runnerMessageSchema = z.discriminatedUnion("type", [
+const runnerMessageUnion = z.discriminatedUnion("type", [
   helloSchema,
   readySchema,
   acceptSchema,
@@ -215,6 +241,16 @@ export const runnerMessageSchema = z.discriminatedUnion("type", [
   devicesSummarySchema,
   devicesBatchSchema,
 ]);
+/**
+ * Every runner message; a `devices` batch also names each device at most once (a rule across
+ * its two lists, checked here because a discriminated union holds only plain objects).
+ */
+export const runnerMessageSchema = runnerMessageUnion.superRefine((message, ctx) => {
+  if (message.type !== "devices") return;
+  const upsertIds = message.upserts.map((device) => device.id);
+  for (const row of repeatedDeviceRows(upsertIds, message.removals))
+    ctx.addIssue({ code: z.ZodIssueCode.custom, path: [row.list, row.index], message: describeRepeatedRow(row) });
+});
 export type RunnerMessage = z.infer<typeof runnerMessageSchema>;
 
 // ---- control plane → runner ----
@@ -330,7 +366,7 @@ function decodeWith<T>(
   return { ok: true, message: result.data };
 }
 
-const runnerTypes = new Set(runnerMessageSchema.options.map((o) => o.shape.type.value));
+const runnerTypes = new Set(runnerMessageUnion.options.map((o) => o.shape.type.value));
 const controlTypes = new Set(controlMessageSchema.options.map((o) => o.shape.type.value));
 
 export function decodeRunnerMessage(data: string): Decoded<RunnerMessage> {

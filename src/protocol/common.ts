@@ -35,4 +35,7 @@ export const withoutNul = (what: string, max: number, min = 0) =>
     .max(max)
     .refine((value) => !value.includes("\0"), `${what} must not contain a NUL character`);
 
+/** The most jobs a runner may run at once: `hello.capacity`'s maximum and the `capacity` setting's. */
+export const MAX_CAPACITY = 1024;
+
 export const runnerIdSchema = z.string().regex(/^rnr_[A-Za-z0-9]{16,64}$/, "a runner id (rnr_...)");

@@ -122,6 +122,45 @@ export const devicesBatchEnvelopeSchema = devicesBatchSchema.extend({
   removals: z.array(z.unknown()).max(DEVICE_LIMITS.batchRows),
 });
 
+/** A row of a `devices` batch naming a device that an earlier row of the same batch names. */
+export interface RepeatedDeviceRow {
+  list: "upserts" | "removals";
+  index: number;
+  id: string;
+  /** The row that names it first, e.g. `upserts[0]`. */
+  first: string;
+}
+
+/**
+ * The rows of a `devices` batch that name a device id an earlier row of the batch already
+ * names (upserts first, then removals, each in order; `null` stands for a row that is invalid
+ * anyway). A batch names each device at most once, so that what it means does not depend on
+ * the order a control plane applies its rows in: a repeated row is an invalid row (PROTOCOL.md,
+ * "A batch that fails validation"). The reference runner's batches come from a map by id.
+ */
+export function repeatedDeviceRows(
+  upsertIds: readonly (string | null)[],
+  removalIds: readonly (string | null)[],
+): RepeatedDeviceRow[] {
+  const firstNamed = new Map<string, string>();
+  const repeated: RepeatedDeviceRow[] = [];
+  const visit = (list: RepeatedDeviceRow["list"], ids: readonly (string | null)[]) =>
+    ids.forEach((id, index) => {
+      if (id === null) return;
+      const first = firstNamed.get(id);
+      if (first === undefined) firstNamed.set(id, `${list}[${index}]`);
+      else repeated.push({ list, index, id, first });
+    });
+  visit("upserts", upsertIds);
+  visit("removals", removalIds);
+  return repeated;
+}
+
+/** How a repeated row is named in an `invalid` detail or a `device_rows_dropped` message. */
+export function describeRepeatedRow(row: RepeatedDeviceRow): string {
+  return `device id ${JSON.stringify(row.id.slice(0, 64))} is already named by ${row.first}`;
+}
+
 // ---- control plane → runner ----
 
 /** The summary matched, or the batch was applied. */

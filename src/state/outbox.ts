@@ -4,7 +4,7 @@
 import { promises as fs } from "node:fs";
 import path from "node:path";
 import { createHash } from "node:crypto";
-import { jobResultSchema, withBoundedReason, type JobRef, type JobResult } from "../protocol/channel.js";
+import { jobResultSchema, withBoundedFields, type JobRef, type JobResult } from "../protocol/channel.js";
 import { readJsonDir, writeJsonAtomic, type SetAsideFile } from "./files.js";
 
 export class Outbox {
@@ -12,7 +12,7 @@ export class Outbox {
 
   async put(result: JobResult): Promise<void> {
     // Every result is kept, whatever its reason's length (a stop's results come straight here).
-    await writeJsonAtomic(this.fileFor(result), jobResultSchema.parse(withBoundedReason(result)));
+    await writeJsonAtomic(this.fileFor(result), jobResultSchema.parse(withBoundedFields(result)));
   }
 
   /**

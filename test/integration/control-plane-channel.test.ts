@@ -336,6 +336,26 @@ describe("channel upgrade", () => {
     assert.equal((await impostor.closed).code, 1008, "hello for another runner id");
   });
 
+  test(
+    "a hello listing more than 1024 running jobs or held results closes with 1008; 1024 of each is welcomed",
+    TIMEOUT,
+    async (t) => {
+      const h = await startHarness(t);
+      const identity = await registerRunner(h, "hoarder");
+      const refs = (n: number, prefix: string) =>
+        Array.from({ length: n }, (_, i) => ({ jobId: `${prefix}_${i}`, attempt: 1 }));
+      const tooManyRunning = await connect(h, identity);
+      tooManyRunning.sendHello({ running: refs(1025, "run") });
+      assert.equal((await tooManyRunning.closed).code, 1008);
+      const tooManyResults = await connect(h, identity);
+      tooManyResults.sendHello({ pendingResults: refs(1025, "res") });
+      assert.equal((await tooManyResults.closed).code, 1008);
+      const atTheLimit = await connect(h, identity);
+      const welcome = await atTheLimit.hello({ running: refs(1024, "run"), pendingResults: refs(1024, "res") });
+      assert.equal(welcome.fenced.length, 1024, "unknown running jobs are fenced");
+    },
+  );
+
   test("a second connection of the same runner replaces the first (4000 replaced)", TIMEOUT, async (t) => {
     const h = await startHarness(t);
     const identity = await registerRunner(h, "twice");
@@ -543,6 +563,27 @@ describe("results, logs and fencing", () => {
       const { job: view } = await h.admin.getJob(job.jobId);
       assert.deepEqual([view.result?.startedAt, view.result?.finishedAt], ["t0", "1700000000"]);
       for (const at of [view.startedAt, view.finishedAt]) assert.ok(Date.parse(at ?? "") >= before - 5, String(at));
+    },
+  );
+
+  test(
+    "a result whose signal is over 32 characters is refused as invalid and not applied; a 32-character one applies",
+    TIMEOUT,
+    async (t) => {
+      const h = await startHarness(t);
+      const runner = await connected(h, await registerRunner(h, "long-signal"));
+      runner.ready(1);
+      const job = await submit(h);
+      const assign = await runner.next("assign");
+      const ref = { jobId: assign.jobId, attempt: assign.attempt };
+      runner.send({ type: "result", result: { ...finishedResult(ref), signal: "S".repeat(33) } });
+      const error = await runner.next("error");
+      assert.equal(error.code, "invalid");
+      assert.match(error.message, /result\.signal/);
+      assert.equal((await jobOf(h, job.jobId)).status, "assigned", "nothing applied");
+      runner.send({ type: "result", result: { ...finishedResult(ref), signal: "S".repeat(32) } });
+      assert.deepEqual(await runner.next("result_ack"), { type: "result_ack", ...ref, applied: true });
+      assert.equal((await jobOf(h, job.jobId)).result?.signal, "S".repeat(32));
     },
   );
 
@@ -1275,6 +1316,58 @@ describe("invalid device batches", () => {
           ["b", true],
           ["e", true],
         ],
+      );
+    },
+  );
+
+  test(
+    "a batch naming a device id twice is invalid: outside a snapshot devices_resync, in a snapshot the repeated row is dropped",
+    TIMEOUT,
+    async (t) => {
+      const h = await startHarness(t);
+      const runner = await connected(h, await registerRunner(h, "twice-named"));
+      runner.send(
+        JSON.stringify({
+          type: "devices",
+          batchId: "d-1",
+          upserts: [device("x"), device("y"), device("x", { name: "again" })],
+          removals: [],
+        }),
+      );
+      const resync = await runner.next("devices_resync");
+      assert.equal(resync.batchId, "d-1");
+      assert.match(resync.reason, /upserts\.2: device id "x" is already named by upserts\[0\]/);
+      runner.send(JSON.stringify({ type: "devices", batchId: "d-2", upserts: [device("z")], removals: ["z"] }));
+      assert.match(
+        (await runner.next("devices_resync")).reason,
+        /removals\.0: device id "z" is already named by upserts\[0\]/,
+      );
+      await runner.expectNo("error", 50);
+      assert.deepEqual(await h.admin.listRunnerDevices(runner.identity.runnerId), [], "nothing of either applied");
+
+      runner.send(
+        JSON.stringify({
+          type: "devices",
+          batchId: "s-1",
+          snapshotId: "snap",
+          upserts: [device("a"), device("b"), device("a", { name: "again" })],
+          removals: ["b"],
+        }),
+      );
+      const dropped = await runner.next("error");
+      assert.equal(dropped.code, "device_rows_dropped");
+      assert.match(dropped.message, /s-1: 2 invalid row\(s\) dropped/);
+      assert.match(dropped.message, /upserts\[2\]: device id "a" is already named by upserts\[0\]/);
+      assert.match(dropped.message, /removals\[0\]: device id "b" is already named by upserts\[1\]/);
+      assert.equal((await runner.next("devices_ack")).batchId, "s-1");
+      const stored = await h.admin.listRunnerDevices(runner.identity.runnerId);
+      assert.deepEqual(
+        stored.map((d) => [d.id, d.name, d.present]),
+        [
+          ["a", "a", true],
+          ["b", "b", true],
+        ],
+        "the first row naming each device stands",
       );
     },
   );

@@ -163,6 +163,20 @@ describe("health", () => {
     });
     assert.match(h.cp.url, /^http:\/\/127\.0\.0\.1:\d+$/);
   });
+
+  test("answers HEAD like GET, without a body; another method is 405 allowing GET and HEAD", TIMEOUT, async (t) => {
+    const h = await startHarness(t);
+    const get = await fetch(`${h.cp.url}/api/v1/health`);
+    const getBody = await get.text();
+    const head = await fetch(`${h.cp.url}/api/v1/health`, { method: "HEAD" });
+    assert.equal(head.status, 200);
+    assert.equal(await head.text(), "");
+    assert.equal(head.headers.get("content-type"), get.headers.get("content-type"));
+    assert.equal(head.headers.get("content-length"), String(Buffer.byteLength(getBody)));
+    const post = await call(h.cp, "POST", "/health");
+    assertError(post, 405, "not_found");
+    assert.equal(post.headers.get("allow"), "GET, HEAD");
+  });
 });
 
 describe("registration", () => {

@@ -88,6 +88,49 @@ describe("the channel state machine", () => {
     );
   });
 
+  test(
+    "a hello lists at most 1024 held results, those finished last; every held result is re-sent after the welcome",
+    { timeout: 5000 },
+    () => {
+      const finishedAt = (i: number) => new Date(Date.UTC(2026, 0, 1) + i * 1000).toISOString();
+      const pending = Array.from({ length: 1030 }, (_, i) => ({ ...result(`j${i}`), finishedAt: finishedAt(i) }));
+      const opened = run(initialState(config, { pending }), { type: "start" }, { type: "socket_open" });
+      const hello = sent(opened.effects)[0];
+      assert.ok(hello?.type === "hello");
+      assert.equal(hello.pendingResults.length, 1024);
+      assert.deepEqual(
+        new Set(hello.pendingResults.map((r) => r.jobId)),
+        new Set(pending.slice(6).map((r) => r.jobId)),
+        "the six finished first are left out",
+      );
+      const welcomed = run(opened.state, { type: "message", message: welcome });
+      assert.equal(sent(welcomed.effects).filter((m) => m.type === "result").length, 1030);
+    },
+  );
+
+  test(
+    "a welcome stating another protocol version closes the connection with 1002 and stops with exit 79, sending nothing",
+    { timeout: 5000 },
+    () => {
+      const held = { pending: [result("j0")] };
+      const opened = run(initialState(config, held), { type: "start" }, { type: "socket_open" });
+      const { state, effects } = run(opened.state, {
+        type: "message",
+        message: { ...welcome, protocolVersion: 2 } as ControlMessage,
+      });
+      assert.equal(state.connection.phase, "stopped");
+      assert.deepEqual(sent(effects), [], "no result, no ready");
+      assert.deepEqual(
+        effects.filter((e) => e.type === "close"),
+        [{ type: "close", code: 1002, reason: "protocol version not spoken" }],
+      );
+      const exit = effects.find((e) => e.type === "exit");
+      assert.equal(exit?.type === "exit" ? exit.code : undefined, ExitCode.UPGRADE_REQUIRED);
+      assert.match(exit?.type === "exit" ? exit.reason : "", /protocol version 2; this runner speaks 1/);
+      assert.equal(nextDeadline(state), null);
+    },
+  );
+
   test("the welcome starts the heartbeat, re-sends held results and grants the free slots", () => {
     const held = { running: [{ jobId: "j1", attempt: 1 }], pending: [result("j0")] };
     const { state, effects } = run(
@@ -323,7 +366,11 @@ describe("the channel state machine", () => {
       { type: "timer", timer: "pong" },
     );
     assert.equal(state.connection.phase, "disconnected");
-    assert.ok(effects.some((e) => e.type === "close"));
+    assert.deepEqual(
+      effects.filter((e) => e.type === "close"),
+      [{ type: "close", code: 4003, reason: "heartbeat or handshake timeout" }],
+      "the runner's own close code, not the control plane's 4001 (revoked)",
+    );
     assert.ok(effects.some((e) => e.type === "log" && /no pong within 1000 ms/.test(e.message)));
     assert.notEqual(deadlineOf(state, "reconnect"), undefined);
   });

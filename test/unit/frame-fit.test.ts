@@ -6,7 +6,7 @@ import { encodedStringBytes, fitRejectFrame, fitResultFrame, splitLogData } from
 import {
   decodeRunnerMessage,
   encode,
-  withBoundedReason,
+  withBoundedFields,
   jobResultSchema,
   type JobResult,
 } from "../../src/protocol/channel.js";
@@ -131,10 +131,34 @@ describe("frame sizing", () => {
       startedAt: null,
       finishedAt: new Date().toISOString(),
     };
-    const bounded = withBoundedReason(result);
+    const bounded = withBoundedFields(result);
     assert.ok(jobResultSchema.safeParse(bounded).success);
     assert.match(bounded.reason ?? "", /^cannot start: ENOENT: x+… \[\d+ more chars\]$/);
     const short = { ...result, reason: "x".repeat(4096) };
-    assert.equal(withBoundedReason(short), short);
+    assert.equal(withBoundedFields(short), short);
   });
+
+  test(
+    "a result's signal is a name of 1-32 characters: a longer one is cut to 32, an empty one is none",
+    { timeout: 5000 },
+    () => {
+      const result: JobResult = {
+        jobId: "j",
+        attempt: 1,
+        outcome: "failed",
+        exitCode: null,
+        signal: "SIGKILL",
+        reason: "killed by SIGKILL",
+        startedAt: null,
+        finishedAt: new Date().toISOString(),
+      };
+      assert.equal(withBoundedFields(result), result);
+      const long = withBoundedFields({ ...result, signal: "S".repeat(33) });
+      assert.equal(long.signal, "S".repeat(32));
+      assert.ok(jobResultSchema.safeParse(long).success);
+      assert.equal(withBoundedFields({ ...result, signal: "" }).signal, null);
+      assert.ok(!jobResultSchema.safeParse({ ...result, signal: "S".repeat(33) }).success, "the schema refuses 33");
+      assert.ok(!jobResultSchema.safeParse({ ...result, signal: "" }).success, "the schema refuses an empty name");
+    },
+  );
 });

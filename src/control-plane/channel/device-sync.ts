@@ -9,9 +9,11 @@ import type { Logger } from "../../log/logger.js";
 import type { ControlMessage } from "../../protocol/channel.js";
 import {
   batchIdSchema,
+  describeRepeatedRow,
   deviceIdSchema,
   deviceSchema,
   devicesBatchEnvelopeSchema,
+  repeatedDeviceRows,
   type Device,
   type DevicesBatchMessage,
   type DevicesSummaryMessage,
@@ -164,25 +166,40 @@ export class DeviceSyncEndpoint {
   }
 }
 
-/** Splits a batch's rows into the valid ones and a description of each invalid one. */
+/**
+ * Splits a batch's rows into the valid ones and a description of each invalid one: a row that
+ * breaks the schema, or that names a device an earlier valid row names (the first one stays).
+ */
 function checkRows(
   rawUpserts: readonly unknown[],
   rawRemovals: readonly unknown[],
 ): { upserts: Device[]; removals: string[]; dropped: string[] } {
-  const upserts: Device[] = [];
-  const removals: string[] = [];
   const dropped: string[] = [];
-  rawUpserts.forEach((row, index) => {
+  const upserts = rawUpserts.map((row, index) => {
     const device = deviceSchema.safeParse(row);
-    if (device.success) upserts.push(device.data);
-    else dropped.push(`upserts[${index}]${idOf(row)}: ${firstIssue(device.error)}`);
+    if (device.success) return device.data;
+    dropped.push(`upserts[${index}]${idOf(row)}: ${firstIssue(device.error)}`);
+    return null;
   });
-  rawRemovals.forEach((row, index) => {
+  const removals = rawRemovals.map((row, index) => {
     const id = deviceIdSchema.safeParse(row);
-    if (id.success) removals.push(id.data);
-    else dropped.push(`removals[${index}]: ${firstIssue(id.error)}`);
+    if (id.success) return id.data;
+    dropped.push(`removals[${index}]: ${firstIssue(id.error)}`);
+    return null;
   });
-  return { upserts, removals, dropped };
+  const repeated = repeatedDeviceRows(
+    upserts.map((device) => device?.id ?? null),
+    removals,
+  );
+  for (const row of repeated) {
+    (row.list === "upserts" ? upserts : removals)[row.index] = null;
+    dropped.push(`${row.list}[${row.index}]: ${describeRepeatedRow(row)}`);
+  }
+  return {
+    upserts: upserts.filter((device) => device !== null),
+    removals: removals.filter((id) => id !== null),
+    dropped,
+  };
 }
 
 function idOf(row: unknown): string {

@@ -33,7 +33,8 @@ export interface Reply {
 export type Auth = "none" | "bearer" | "registration" | "admin";
 
 export interface Route {
-  method: "GET" | "POST" | "PUT" | "DELETE";
+  /** HEAD is answered like GET without the body (node:http drops a body written to a HEAD answer). */
+  method: "GET" | "HEAD" | "POST" | "PUT" | "DELETE";
   /** Relative to API_PREFIX; `:name` segments become params. */
   path: string;
   auth: Auth;

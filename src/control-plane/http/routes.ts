@@ -20,6 +20,8 @@ import {
 
 export const ROUTES: readonly Route[] = [
   { method: "GET", path: "/health", auth: "none", handle: getHealth },
+  // Load balancers' health checks often send HEAD: the same answer, headers only.
+  { method: "HEAD", path: "/health", auth: "none", handle: getHealth },
   // The channel itself is served on the HTTP server's `upgrade` event; this answers the rest.
   { method: "GET", path: "/channel", auth: "none", handle: refusePlainChannelRequest },
   { method: "POST", path: "/runners/register", auth: "registration", handle: registerRunner },
