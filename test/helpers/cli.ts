@@ -24,11 +24,35 @@ export interface CliOptions {
   uid?: number;
   /** The working directory (relative paths in arguments resolve against it). */
   cwd?: string;
+  /**
+   * Run in a mount namespace of its own where this dir is a read-only bind of itself (Linux,
+   * root: `unshare -m`), so that even root gets EROFS there and nothing outlives the process.
+   */
+  readOnlyDir?: string;
 }
+
+/** Mounts "$1" read-only on itself, then runs the rest of the arguments. */
+const READ_ONLY_BIND = 'mount --bind "$1" "$1" && mount -o remount,ro,bind "$1" && shift && exec "$@"';
 
 export function runCli(args: string[], options: CliOptions = {}): Promise<CliResult> {
   return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [options.bin ?? RUNNER_BIN, ...args], {
+    const command = [process.execPath, options.bin ?? RUNNER_BIN, ...args];
+    const [file, ...argv] =
+      options.readOnlyDir === undefined
+        ? command
+        : [
+            "unshare",
+            "--mount",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            READ_ONLY_BIND,
+            "sh",
+            options.readOnlyDir,
+            ...command,
+          ];
+    const child = spawn(file!, argv, {
       env: { ...process.env, RUNNER_LOG_FORMAT: "json", ...options.env },
       stdio: [options.input === undefined ? "ignore" : "pipe", "pipe", "pipe"],
       ...(options.uid === undefined ? {} : { uid: options.uid }),

@@ -113,7 +113,12 @@ describe("runner start", () => {
       const runner = await registerRunner(t, plane);
       const badWorkDir = await runCli(["start", ...runner.flags, "--work-dir", path.join(file, "work")]);
       assert.equal(badWorkDir.code, ExitCode.NEEDS_OPERATOR, badWorkDir.all);
-      assert.match(badWorkDir.stderr, /cannot create the directory .*a-file\/work: ENOTDIR/);
+      // Found by the start-up checks, before the daemon would try to create it.
+      assert.match(
+        badWorkDir.stderr,
+        /the work dir .*a-file\/work does not exist and cannot be created in .*a-file: ENOTDIR/,
+      );
+      assert.match(badWorkDir.stderr, /\[work_dir_unwritable\]/);
     },
   );
 
