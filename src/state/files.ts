@@ -260,7 +260,9 @@ function describeWriteCode(code: string): string {
  * not (`EROFS (the file system is read-only)`). It creates and removes an empty file there, as
  * only trying tells: mode bits say nothing to root, nor about a read-only mount, an immutable
  * dir or an ACL. The file is named like an atomic write's temp file, so that a start removes it
- * should this process be killed in between.
+ * should this process be killed in between. A full file system (ENOSPC, EDQUOT) counts as
+ * writable: it is a passing state that the daemon waits out (it rejects jobs while the work
+ * dir is short of --min-free-disk-mb), not something a person must change before a start.
  */
 export async function probeWritable(dir: string): Promise<string | null> {
   const probe = path.join(dir, `.write-probe.${process.pid}.${Date.now()}.tmp`);
@@ -270,8 +272,8 @@ export async function probeWritable(dir: string): Promise<string | null> {
   } catch (error) {
     const code = (error as NodeJS.ErrnoException).code;
     if (code === undefined) throw error;
-    // Another probe of this pid in the same millisecond: the dir took a file, so it is writable.
-    return code === "EEXIST" ? null : describeWriteCode(code);
+    // EEXIST: another probe of this pid in the same millisecond, so the dir takes files.
+    return ["EEXIST", "ENOSPC", "EDQUOT"].includes(code) ? null : describeWriteCode(code);
   }
   await handle.close();
   await fs.rm(probe, { force: true });

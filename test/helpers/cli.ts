@@ -29,16 +29,20 @@ export interface CliOptions {
    * root: `unshare -m`), so that even root gets EROFS there and nothing outlives the process.
    */
   readOnlyDir?: string;
+  /** Likewise, a dir over which a file system with no free inode is mounted: creating a file there is ENOSPC. */
+  fullDir?: string;
 }
 
 /** Mounts "$1" read-only on itself, then runs the rest of the arguments. */
 const READ_ONLY_BIND = 'mount --bind "$1" "$1" && mount -o remount,ro,bind "$1" && shift && exec "$@"';
+/** Mounts over "$1" a tmpfs whose one inode is its root dir, then runs the rest of the arguments. */
+const FULL_MOUNT = 'mount -t tmpfs -o size=1m,nr_inodes=1,mode=0700 tmpfs "$1" && shift && exec "$@"';
 
 export function runCli(args: string[], options: CliOptions = {}): Promise<CliResult> {
   return new Promise((resolve, reject) => {
     const command = [process.execPath, options.bin ?? RUNNER_BIN, ...args];
     const [file, ...argv] =
-      options.readOnlyDir === undefined
+      options.readOnlyDir === undefined && options.fullDir === undefined
         ? command
         : [
             "unshare",
@@ -47,9 +51,9 @@ export function runCli(args: string[], options: CliOptions = {}): Promise<CliRes
             "private",
             "sh",
             "-c",
-            READ_ONLY_BIND,
+            options.readOnlyDir === undefined ? FULL_MOUNT : READ_ONLY_BIND,
             "sh",
-            options.readOnlyDir,
+            (options.readOnlyDir ?? options.fullDir)!,
             ...command,
           ];
     const child = spawn(file!, argv, {

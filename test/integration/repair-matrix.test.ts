@@ -178,6 +178,13 @@ describe("repair matrix", () => {
       assert.equal(startWork.code, ExitCode.NEEDS_OPERATOR, `not a runner whose every job fails: ${startWork.all}`);
       assert.match(startWork.stderr, /work_dir_unwritable/);
 
+      // A full file system is not a dir the runner cannot write: the low-disk guard waits it out.
+      const full = await runCliWithin(["verify", ...runner.flags, "--work-dir", workDir], {
+        fullDir: workDir,
+        timeoutMs: 90_000,
+      });
+      assert.equal(full.code, ExitCode.OK, `no inode left is no finding: ${full.all}`);
+
       // The probes left nothing behind; outside the namespace the same dirs are writable and healthy.
       assert.deepEqual(
         (await fs.readdir(workDir)).filter((name) => name.startsWith(".")),
