@@ -42,6 +42,8 @@ export type ErrorCode =
   | "already_registered"
   | "lock_held"
   | "state_invalid"
+  /** The state dir belongs to another user than the one running the command (root included). */
+  | "state_dir_owner"
   | "keychain_unavailable"
   | "credential_missing"
   | "credential_revoked"
@@ -66,6 +68,7 @@ const exitCodes: Record<ErrorCode, ExitCode> = {
   lock_held: ExitCode.ALREADY_RUNNING,
   // A link or foreign file type where a state file belongs: `runner repair` moves it aside.
   state_invalid: ExitCode.NEEDS_OPERATOR,
+  state_dir_owner: ExitCode.NEEDS_OPERATOR,
   keychain_unavailable: ExitCode.NEEDS_OPERATOR,
   credential_missing: ExitCode.NEEDS_OPERATOR,
   credential_revoked: ExitCode.NEEDS_OPERATOR,

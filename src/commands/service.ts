@@ -8,7 +8,7 @@ import os from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 import { Command } from "commander";
-import { ExitCode, RunnerError } from "../errors.js";
+import { ExitCode, NO_RESTART_EXITS, RunnerError } from "../errors.js";
 import { checkContextFor, loadContext, STATE_SETTINGS, withSettings, type Context } from "../cli/context.js";
 import { withExamples } from "../cli/examples.js";
 import { action, print } from "../cli/output.js";
@@ -61,7 +61,7 @@ export function defineServiceCommand(program: Command): void {
       "Runs `runner start` at boot under systemd (Linux) or launchd (macOS). " +
         "Per user by default; machine-wide with --system (installed by root, run as --run-as). " +
         "Stopping the service drains it: running jobs finish and their results are delivered first. " +
-        `Exits that a restart cannot fix (${ExitCode.USAGE}, ${ExitCode.NEEDS_OPERATOR}, ${ExitCode.UPGRADE_REQUIRED}) are not restarted: fix the cause, then run \`runner repair\`.`,
+        `Exits that a restart cannot fix (${NO_RESTART_EXITS.join(", ")}) are not restarted: fix the cause, then run \`runner repair\`.`,
     );
   const nameOption = (command: Command) =>
     command.option(
@@ -142,7 +142,7 @@ export function defineServiceCommand(program: Command): void {
     service
       .command("status")
       .summary(
-        `the unit, what the service manager says, and why it stopped (exit ${ExitCode.UNHEALTHY} unless installed and running)`,
+        `the unit, what the service manager says, and why it stopped (exit ${ExitCode.UNHEALTHY} unless installed, running and not stopped for a person)`,
       ),
   );
   withSettings(status, STATE_SETTINGS);

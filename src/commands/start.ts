@@ -4,7 +4,7 @@
 // which the service units treat as "do not restart" (and leaves the needs-operator marker,
 // which launchd watches). Then the daemon runs until drained.
 import { Command } from "commander";
-import { describeError, exitCodeFor, ExitCode, NO_RESTART_EXITS } from "../errors.js";
+import { describeError, exitCodeFor, ExitCode, NO_RESTART_EXITS, RunnerError } from "../errors.js";
 import {
   checkContextFor,
   CONTROL_PLANE_SETTINGS,
@@ -17,7 +17,7 @@ import {
 import { withExamples } from "../cli/examples.js";
 import type { SettingKey } from "../config/settings.js";
 import { action, describeFinding, exitCodeForRemaining } from "../cli/output.js";
-import { repairProblems, repairStateDirFirst } from "../startup/check.js";
+import { refuseRootOnAnotherUsersStateDir, repairProblems, repairStateDirFirst } from "../startup/check.js";
 import { acquireLock } from "../state/lock.js";
 import { loadIdentity } from "../startup/identity.js";
 import { runDaemon } from "../daemon/daemon.js";
@@ -66,7 +66,7 @@ export function defineStartCommand(program: Command): void {
         `state and the registration, then serves the control plane until SIGTERM (which drains: running jobs finish, results ` +
         `are delivered; a second signal cancels them). An unreachable control plane is retried for ever, with backoff. ` +
         `Exits ${ExitCode.NEEDS_OPERATOR} when a person must act ` +
-        `(revoked credential, deleted registration...) and ${ExitCode.UPGRADE_REQUIRED} when the control plane needs a newer runner.`,
+        `(revoked credential, deleted registration, a state dir of another user's, even run by root...) and ${ExitCode.UPGRADE_REQUIRED} when the control plane needs a newer runner.`,
     );
   withSettings(command, START_SETTINGS);
   withExamples(command, [
@@ -90,7 +90,11 @@ export function defineStartCommand(program: Command): void {
         ctx = await loadContext(options, process.env, { forDaemon: true });
         return await serve(ctx);
       } catch (error) {
-        await stopFor(ctx, exitCodeFor(error), describeError(error));
+        // A state dir of another user's is left as it was: no marker of this user's in it (it is
+        // its owner's service that would have stopped for a person, and it has not). Under launchd
+        // the marker still holds the job, as for any exit that restarting cannot fix.
+        const notOurs = error instanceof RunnerError && error.code === "state_dir_owner";
+        await stopFor(ctx, exitCodeFor(error), describeError(error), !notOurs);
         throw error;
       }
     }),
@@ -100,6 +104,7 @@ export function defineStartCommand(program: Command): void {
 async function serve(ctx: Context): Promise<number> {
   const log = ctx.logger;
   const check = await checkContextFor(ctx, undefined);
+  await refuseRootOnAnotherUsersStateDir(check);
   await repairStateDirFirst(check);
   const lock = await acquireLock(ctx.files.lock);
   let logCap: { stop(): void } | null = null;
@@ -170,10 +175,11 @@ export async function stopForUsageError(message: string): Promise<void> {
  * `service status` show. Under launchd (which cannot be told which exits not to restart) every
  * exit in NO_RESTART_EXITS leaves it, at the path the plist gives, so that launchd leaves the
  * runner stopped until a person has acted. `ctx` is missing when the settings could not be read.
+ * `inStateDir: false` leaves none in the state dir outside launchd.
  */
-async function stopFor(ctx: Context | undefined, code: number, reason: string): Promise<number> {
+async function stopFor(ctx: Context | undefined, code: number, reason: string, inStateDir = true): Promise<number> {
   const underLaunchd = process.env[LAUNCHD_MARKER_ENV] || undefined;
-  const forPerson = code === ExitCode.NEEDS_OPERATOR || code === ExitCode.UPGRADE_REQUIRED;
+  const forPerson = inStateDir && (code === ExitCode.NEEDS_OPERATOR || code === ExitCode.UPGRADE_REQUIRED);
   const marker = forPerson ? (underLaunchd ?? ctx?.files.blocked) : underLaunchd;
   if (marker === undefined || !NO_RESTART_EXITS.includes(code)) return code;
   try {

@@ -14,12 +14,17 @@ import type { SettingKey } from "../config/settings.js";
 import { action, describeFinding, print, printJson } from "../cli/output.js";
 import { findProblems } from "../startup/check.js";
 
-/** The settings verify reads: the state dir, and what it needs to ask the control plane about this host. */
+/**
+ * The settings verify reads: the state dir, the work dir (whose owner and writability are
+ * judged with it: the one the service's `--work-dir` names, not only the default), and what it
+ * needs to ask the control plane about this host.
+ */
 export const CHECK_SETTINGS: readonly SettingKey[] = [
   ...STATE_SETTINGS,
   ...LOG_SETTINGS,
   ...CONTROL_PLANE_SETTINGS,
   "machineId",
+  "workDir",
 ];
 
 export function defineVerifyCommand(program: Command): void {
@@ -27,8 +32,9 @@ export function defineVerifyCommand(program: Command): void {
     .command("verify")
     .summary("check local state, credential and registration; exit 0 when healthy")
     .description(
-      `Checks the state dir, its files and their permissions, the lock, the credential store and the control plane's ` +
-        `view of this runner. Changes nothing. Exits ${ExitCode.OK} when healthy, ${ExitCode.UNHEALTHY} with the list of findings otherwise.`,
+      `Checks the state dir, its files and their permissions, whether the runner can write the state dir and the work dir, ` +
+        `the lock, the credential store and the control plane's view of this runner. Changes nothing (it learns whether a ` +
+        `dir is writable by creating and removing an empty file there). Exits ${ExitCode.OK} when healthy, ${ExitCode.UNHEALTHY} with the list of findings otherwise.`,
     )
     .option("--json", "print the findings as JSON");
   withSettings(command, CHECK_SETTINGS);

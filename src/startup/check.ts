@@ -72,7 +72,7 @@ export async function repairStateDirFirst(ctx: CheckContext): Promise<RepairStep
   // Not even the lock can be taken in a state dir of someone else's: stop before trying.
   const owner = findings.find((f) => f.code === "state_dir_owner" && f.fix.kind === "operator");
   if (owner?.fix.kind === "operator")
-    throw new RunnerError("needs_operator", owner.problem, {
+    throw new RunnerError("state_dir_owner", owner.problem, {
       hint: `${owner.fix.description}: ${owner.fix.command ?? ""}`,
     });
   const [first] = findings;
@@ -80,6 +80,26 @@ export async function repairStateDirFirst(ctx: CheckContext): Promise<RepairStep
   const outcome = await applyFix(first.fix.action, ctx);
   ctx.logger.info({ finding: first.code, outcome }, `repaired: ${first.problem}`);
   return { finding: first, ok: true, outcome };
+}
+
+/**
+ * `runner start` run by root on a state dir another user owns (`sudo runner start` on the
+ * service user's): the daemon would create its lock, status socket, job journal, results and
+ * devices.json there as root's, and the service user could no longer use them. Refused before
+ * anything is written; giving the dir to root first (`repair --owner root`) is the way to run
+ * it as root on purpose.
+ */
+export async function refuseRootOnAnotherUsersStateDir(ctx: CheckContext): Promise<void> {
+  const ownership = (await observeStateDirOnly(ctx)).ownership;
+  const dir = ownership?.entries[0];
+  if (ownership?.runningAs.uid !== 0 || dir === undefined || dir.uid === 0) return;
+  throw new RunnerError(
+    "state_dir_owner",
+    `refusing to run as root on the state dir ${dir.path}, which belongs to ${dir.owner}: the runner would leave files there (its lock, status socket, job journal, results) that ${dir.owner} cannot use`,
+    {
+      hint: `run it as ${dir.owner} (its service, or \`sudo -u ${dir.owner} runner start\` with the same options); to run it as root instead, first give the state dir to root: sudo runner repair --state-dir ${dir.path} --owner root`,
+    },
+  );
 }
 
 /**

@@ -10,11 +10,18 @@ import type { StateFiles } from "../config/paths.js";
 import os from "node:os";
 import path from "node:path";
 import { promises as fs } from "node:fs";
-import { entryAt, isRecordName, modeOf } from "../state/files.js";
+import { entryAt, isRecordName, modeOf, probeWritable } from "../state/files.js";
 import { inspectLock } from "../state/lock.js";
 import { readRegistration } from "../state/registration.js";
 import { accountName, type Account } from "../state/owner.js";
-import { ownershipBlocks, type ForeignEntry, type Observations, type OwnedEntry, type OwnershipSeen } from "./plan.js";
+import {
+  ownershipBlocks,
+  type ForeignEntry,
+  type Observations,
+  type OwnedEntry,
+  type OwnershipSeen,
+  type UnwritableDir,
+} from "./plan.js";
 import type { ProxyConfig } from "../net/proxy.js";
 
 export interface ObserveContext {
@@ -39,6 +46,7 @@ export async function observe(ctx: ObserveContext): Promise<Observations> {
   seen.ownership = await observeOwnership(ctx, true);
   if (seen.ownership !== null && ownershipBlocks(seen.ownership)) return seen;
   const foreign = new Set(seen.foreign.map((f) => f.path));
+  seen.unwritable = await findUnwritableDirs(ctx, foreign);
   seen.outboxMode = foreign.has(files.outbox) ? null : await modeFor(files.outbox);
   seen.fileModes = [];
   for (const file of [files.registration, files.credentialFile]) {
@@ -91,6 +99,7 @@ export async function observeStateDirOnly(ctx: ObserveContext): Promise<Observat
     registration: { kind: "missing" },
     fileModes: [],
     foreign: [],
+    unwritable: [],
     lock: { kind: "free" },
     credential: null,
     recoverable: null,
@@ -147,6 +156,44 @@ export async function observeOwnership(ctx: ObserveContext, inside: boolean): Pr
     wanted: ctx.owner ? { uid: ctx.owner.uid, name: ctx.owner.name } : null,
     entries: found.map((entry) => ({ ...entry, owner: names.get(entry.uid)! })),
   };
+}
+
+/**
+ * The dirs the runner creates files in that it cannot: the state dir (its lock), outbox/ and
+ * running/ (results, the job journal), and the work dir (jobs' dirs), or the nearest dir above
+ * a work dir that does not exist yet (where `start` would create it). Found by trying (see
+ * probeWritable). A state dir that cannot be written is one finding: the dirs inside it (a
+ * read-only mount, mostly) are not probed then.
+ */
+async function findUnwritableDirs(ctx: ObserveContext, foreign: Set<string>): Promise<UnwritableDir[]> {
+  const { files } = ctx;
+  const found: UnwritableDir[] = [];
+  const probed = new Set<string>();
+  const probe = async (dir: string, role: UnwritableDir["role"], at: string) => {
+    if (probed.has(at)) return;
+    probed.add(at);
+    const cause = await probeWritable(at);
+    if (cause !== null) found.push({ path: dir, role, probed: at, cause });
+  };
+  await probe(files.stateDir, "state dir", files.stateDir);
+  const stateDirWritable = found.length === 0;
+  if (stateDirWritable)
+    for (const [dir, role] of [
+      [files.outbox, "outbox dir"],
+      [files.running, "journal dir"],
+    ] as const)
+      if (!foreign.has(dir) && (await entryAt(dir))?.type === "directory") await probe(dir, role, dir);
+  const workDir = path.resolve(ctx.workDir ?? files.work);
+  const inStateDir = !path.relative(files.stateDir, workDir).startsWith("..");
+  if (stateDirWritable || !inStateDir) await probe(workDir, "work dir", await nearestExisting(workDir));
+  return found;
+}
+
+/** `p` itself when something is there (a file too: creating in it then fails, ENOTDIR), else the nearest dir above it that is. */
+async function nearestExisting(p: string): Promise<string> {
+  for (let at = p; ; at = path.dirname(at)) {
+    if ((await entryAt(at).catch(() => null)) !== null || path.dirname(at) === at) return at;
+  }
 }
 
 /** A path inside the state dir by its name there; anything else by its full path. */

@@ -20,6 +20,17 @@ export interface ForeignEntry {
   target: string | null;
 }
 
+/** A dir the runner must create files in and cannot, as found by trying. */
+export interface UnwritableDir {
+  /** The state dir, its outbox/ or running/, or the work dir. */
+  path: string;
+  role: "state dir" | "outbox dir" | "journal dir" | "work dir";
+  /** Where creating a file failed: `path`, or the nearest dir above a work dir that does not exist yet. */
+  probed: string;
+  /** The errno code and its cause in words, e.g. `EROFS (the file system is read-only)`. */
+  cause: string;
+}
+
 /** Everything the planner needs to know, gathered by `observe`. */
 export interface Observations {
   stateDir: string;
@@ -30,6 +41,8 @@ export interface Observations {
   fileModes: { path: string; mode: number | null }[];
   /** Links and foreign file types where state files belong; nothing else is judged on those paths. */
   foreign: ForeignEntry[];
+  /** The dirs the runner must write in and cannot (a read-only mount, no write permission...). */
+  unwritable: UnwritableDir[];
   lock: LockState;
   /** The credential from the store the registration names; null without a valid registration. */
   credential: CredentialRead | null;
@@ -96,6 +109,8 @@ export type FindingCode =
   | "file_permissions"
   | "state_dir_owner"
   | "file_owner"
+  | "state_dir_unwritable"
+  | "work_dir_unwritable"
   | "registration_invalid"
   | "not_registered"
   | "stale_lock"
@@ -186,6 +201,26 @@ export function planOwnership(seen: OwnershipSeen): Finding[] {
     });
 }
 
+/**
+ * A dir the runner cannot write in: no repair can make a file system writable or decide who
+ * may write there, so a person must (and `start` would fail on the lock, a result or a job).
+ */
+function planUnwritable(dir: UnwritableDir): Finding {
+  const work = dir.role === "work dir";
+  const problem =
+    dir.probed === dir.path
+      ? `the ${dir.role} ${dir.path} cannot be written: ${dir.cause}`
+      : `the ${dir.role} ${dir.path} does not exist and cannot be created in ${dir.probed}: ${dir.cause}`;
+  return {
+    code: work ? "work_dir_unwritable" : "state_dir_unwritable",
+    problem: `${problem}; the runner keeps ${work ? "its jobs' directories" : "its lock, results and job journal"} there`,
+    fix: {
+      kind: "operator",
+      description: `make it writable for the user the runner runs as (remount the file system read-write, or fix its owner or mode; \`runner repair\` changes neither), or give the runner another ${work ? "--work-dir" : "--state-dir"}`,
+    },
+  };
+}
+
 function planForeign(entry: ForeignEntry): Finding {
   const what =
     entry.found === "symlink"
@@ -204,7 +239,7 @@ function planForeign(entry: ForeignEntry): Finding {
 
 /** `foreign` holds the paths of the foreign entries. */
 function planLocal(seen: Observations, files: StateFiles, foreign: Set<string>): Finding[] {
-  const findings: Finding[] = seen.foreign.map(planForeign);
+  const findings: Finding[] = [...seen.unwritable.map(planUnwritable), ...seen.foreign.map(planForeign)];
   if (looser(seen.stateDirMode, DIR_MODE)) {
     findings.push({
       code: "state_dir_permissions",

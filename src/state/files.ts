@@ -249,15 +249,45 @@ const WRITE_CAUSES: Record<string, string> = {
   EDQUOT: "disk quota exceeded",
 };
 
+/** `EROFS (the file system is read-only)`: an errno code with its cause in words, when it has one. */
+function describeWriteCode(code: string): string {
+  const why = WRITE_CAUSES[code];
+  return why === undefined ? code : `${code} (${why})`;
+}
+
+/**
+ * Whether this process can create (and so write) files in `dir`: null when it can, else why
+ * not (`EROFS (the file system is read-only)`). It creates and removes an empty file there, as
+ * only trying tells: mode bits say nothing to root, nor about a read-only mount, an immutable
+ * dir or an ACL. The file is named like an atomic write's temp file, so that a start removes it
+ * should this process be killed in between. A full file system (ENOSPC, EDQUOT) counts as
+ * writable: it is a passing state that the daemon waits out (it rejects jobs while the work
+ * dir is short of --min-free-disk-mb), not something a person must change before a start.
+ */
+export async function probeWritable(dir: string): Promise<string | null> {
+  const probe = path.join(dir, `.write-probe.${process.pid}.${Date.now()}.tmp`);
+  let handle: fs.FileHandle;
+  try {
+    handle = await fs.open(probe, constants.O_CREAT | constants.O_EXCL | constants.O_WRONLY, SECRET_FILE_MODE);
+  } catch (error) {
+    const code = (error as NodeJS.ErrnoException).code;
+    if (code === undefined) throw error;
+    // EEXIST: another probe of this pid in the same millisecond, so the dir takes files.
+    return ["EEXIST", "ENOSPC", "EDQUOT"].includes(code) ? null : describeWriteCode(code);
+  }
+  await handle.close();
+  await fs.rm(probe, { force: true });
+  return null;
+}
+
 /**
  * A state or work dir the runner cannot write, as a RunnerError (state_invalid: exit 78, no
  * restart loop) naming the path and the cause; any other error is returned as it is.
  */
 export function unwritable(what: string, error: unknown): unknown {
   const code = (error as NodeJS.ErrnoException).code;
-  const why = code === undefined ? undefined : WRITE_CAUSES[code];
-  if (why === undefined) return error;
-  return new RunnerError("state_invalid", `cannot ${what}: ${code} (${why})`, {
+  if (code === undefined || WRITE_CAUSES[code] === undefined) return error;
+  return new RunnerError("state_invalid", `cannot ${what}: ${describeWriteCode(code)}`, {
     cause: error,
     hint: "give the runner a directory it can write (--state-dir, --work-dir), or fix the file system's mount or permissions",
   });

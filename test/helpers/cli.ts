@@ -24,11 +24,39 @@ export interface CliOptions {
   uid?: number;
   /** The working directory (relative paths in arguments resolve against it). */
   cwd?: string;
+  /**
+   * Run in a mount namespace of its own where this dir is a read-only bind of itself (Linux,
+   * root: `unshare -m`), so that even root gets EROFS there and nothing outlives the process.
+   */
+  readOnlyDir?: string;
+  /** Likewise, a dir over which a file system with no free inode is mounted: creating a file there is ENOSPC. */
+  fullDir?: string;
 }
+
+/** Mounts "$1" read-only on itself, then runs the rest of the arguments. */
+const READ_ONLY_BIND = 'mount --bind "$1" "$1" && mount -o remount,ro,bind "$1" && shift && exec "$@"';
+/** Mounts over "$1" a tmpfs whose one inode is its root dir, then runs the rest of the arguments. */
+const FULL_MOUNT = 'mount -t tmpfs -o size=1m,nr_inodes=1,mode=0700 tmpfs "$1" && shift && exec "$@"';
 
 export function runCli(args: string[], options: CliOptions = {}): Promise<CliResult> {
   return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [options.bin ?? RUNNER_BIN, ...args], {
+    const command = [process.execPath, options.bin ?? RUNNER_BIN, ...args];
+    const [file, ...argv] =
+      options.readOnlyDir === undefined && options.fullDir === undefined
+        ? command
+        : [
+            "unshare",
+            "--mount",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            options.readOnlyDir === undefined ? FULL_MOUNT : READ_ONLY_BIND,
+            "sh",
+            (options.readOnlyDir ?? options.fullDir)!,
+            ...command,
+          ];
+    const child = spawn(file!, argv, {
       env: { ...process.env, RUNNER_LOG_FORMAT: "json", ...options.env },
       stdio: [options.input === undefined ? "ignore" : "pipe", "pipe", "pipe"],
       ...(options.uid === undefined ? {} : { uid: options.uid }),

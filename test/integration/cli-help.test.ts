@@ -13,7 +13,7 @@ import { tempDir } from "../helpers/fixtures.js";
 import { declaredSettings } from "../../src/cli/context.js";
 import { EXAMPLES_HEADING } from "../../src/cli/examples.js";
 import { CONFIG_FILE_FLAG, SETTINGS, type SettingKey } from "../../src/config/settings.js";
-import { ExitCode } from "../../src/errors.js";
+import { ExitCode, NO_RESTART_EXITS } from "../../src/errors.js";
 import { buildProgram } from "../../src/program.js";
 
 const SETTING_FLAGS = new Set(Object.values(SETTINGS).map((spec) => spec.flag));
@@ -153,6 +153,20 @@ describe("each verb's help", () => {
     // Every exit code of the README's table, 77 (a refused registration token) included.
     for (const code of [0, 1, 2, 3, 4, 69, 77, 78, 79]) assert.match(result.stdout, new RegExp(`\\b${code} [a-z]`));
   });
+
+  test(
+    "service --help and the README name every exit the service units never restart, as the units do",
+    { timeout: 120_000 },
+    async () => {
+      const result = await runCli(["service", "--help"]);
+      assert.equal(result.code, ExitCode.OK, result.all);
+      assert.ok(result.stdout.replace(/\s+/g, " ").includes(`(${NO_RESTART_EXITS.join(", ")})`), result.stdout);
+      const readme = (await fs.readFile(path.join(REPO_ROOT, "README.md"), "utf8")).replace(/\s+/g, " ");
+      const listed = `${NO_RESTART_EXITS.slice(0, -1).join(", ")} or ${NO_RESTART_EXITS.at(-1)}`;
+      assert.ok(readme.includes(`neither service unit restarts \`start\` after ${listed}`), "README: exit codes");
+      assert.ok(readme.includes(`never after exit ${listed}`), "README: Running as a service");
+    },
+  );
 });
 
 describe("a setting's flag on a verb that does not use it", () => {

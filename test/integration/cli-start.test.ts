@@ -113,7 +113,12 @@ describe("runner start", () => {
       const runner = await registerRunner(t, plane);
       const badWorkDir = await runCli(["start", ...runner.flags, "--work-dir", path.join(file, "work")]);
       assert.equal(badWorkDir.code, ExitCode.NEEDS_OPERATOR, badWorkDir.all);
-      assert.match(badWorkDir.stderr, /cannot create the directory .*a-file\/work: ENOTDIR/);
+      // Found by the start-up checks, before the daemon would try to create it.
+      assert.match(
+        badWorkDir.stderr,
+        /the work dir .*a-file\/work does not exist and cannot be created in .*a-file: ENOTDIR/,
+      );
+      assert.match(badWorkDir.stderr, /\[work_dir_unwritable\]/);
     },
   );
 
@@ -161,6 +166,57 @@ describe("runner start", () => {
       await startTestControlPlane(t, { dataDir, port });
       await daemon.waitForLog((l) => l.msg === "connected to the control plane");
       assert.equal(await daemon.stop("SIGTERM"), ExitCode.OK);
+    },
+  );
+
+  test(
+    "run by root on a state dir another user owns, start exits 78 and leaves nothing of root's there",
+    { timeout: 60_000 },
+    async (t) => {
+      if (process.getuid?.() !== 0) return t.skip("needs root: it is root's start on another user's state dir");
+      const nobody = 65534;
+      const plane = await startTestControlPlane(t);
+      const runner = await registerRunner(t, plane);
+      // The state dir of a service user (as `service install --system --run-as` leaves it).
+      const giveAway = async (p: string): Promise<void> => {
+        await fs.lchown(p, nobody, nobody);
+        if ((await fs.lstat(p)).isDirectory())
+          for (const name of await fs.readdir(p)) await giveAway(path.join(p, name));
+      };
+      await giveAway(runner.stateDir);
+      const entries = async () => {
+        const found: string[] = [];
+        const walk = async (dir: string): Promise<void> => {
+          for (const name of (await fs.readdir(dir)).sort()) {
+            const p = path.join(dir, name);
+            const stat = await fs.lstat(p);
+            found.push(`${path.relative(runner.stateDir, p)} ${stat.uid}`);
+            if (stat.isDirectory()) await walk(p);
+          }
+        };
+        await walk(runner.stateDir);
+        return found;
+      };
+      const before = await entries();
+
+      const start = await runCli(["start", ...runner.flags]);
+      assert.equal(start.code, ExitCode.NEEDS_OPERATOR, `no restart loop: ${start.all}`);
+      assert.match(start.stderr, /refusing to run as root on the state dir .*, which belongs to (nobody|65534)/);
+      assert.ok(
+        start.stderr.includes(`sudo runner repair --state-dir ${runner.stateDir} --owner root`),
+        "it names how to run it as root on purpose",
+      );
+      assert.deepEqual(await entries(), before, "no lock, socket, journal or marker of root's in the state dir");
+      assert.equal((await fs.stat(runner.stateDir)).uid, nobody);
+
+      // Under launchd, which cannot be told which exits not to restart, the plist's marker still holds the job.
+      const marker = path.join(await tempDir(t), "needs-operator");
+      const underLaunchd = await runCli(["start", ...runner.flags], { env: { [LAUNCHD_MARKER_ENV]: marker } });
+      assert.equal(underLaunchd.code, ExitCode.NEEDS_OPERATOR, underLaunchd.all);
+      assert.equal(JSON.parse(await fs.readFile(marker, "utf8")).exitCode, ExitCode.NEEDS_OPERATOR);
+
+      const verify = await runCli(["verify", ...runner.flags]);
+      assert.equal(verify.code, ExitCode.OK, `root's verify finds nothing of root's left: ${verify.all}`);
     },
   );
 });

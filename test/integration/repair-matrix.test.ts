@@ -19,6 +19,7 @@ import {
 import { KeychainCredentialStore } from "../../src/credentials/keychain-store.js";
 import { processStartTime } from "../../src/state/process-start.js";
 import { ExitCode } from "../../src/errors.js";
+import { onCleanup } from "../helpers/cleanup.js";
 
 const PENDING_RESULT = JSON.stringify({ jobId: "job-1", attempt: 1, outcome: "succeeded" });
 
@@ -123,7 +124,113 @@ async function keptAside(dir: string, name: string): Promise<string> {
   return path.join(dir, kept[0]!);
 }
 
+/** Whether this process may make a dir read-only for itself: root, on Linux, with `unshare -m` working. */
+async function readOnlyMountsWork(t: TestContext): Promise<boolean> {
+  if (process.platform !== "linux" || process.getuid?.() !== 0) return false;
+  const probe = await runCliWithin(["--version"], { readOnlyDir: await tempDir(t), timeoutMs: 90_000 }).catch(
+    () => null,
+  );
+  return probe?.code === 0;
+}
+
 describe("repair matrix", () => {
+  test(
+    "a state dir or work dir on a read-only mount is reported with no automatic fix; repair and start exit 78",
+    CASE,
+    async (t) => {
+      // Root writes through any mode bits; a read-only bind mount is what stops root too (EROFS).
+      if (!(await readOnlyMountsWork(t)))
+        return t.skip(
+          "needs root on Linux with unshare(1), to mount the dir read-only in a namespace of the test's own",
+        );
+      const { runner } = await setUp(t);
+      const inReadOnly = (dir: string, args: string[], env: Record<string, string> = {}) =>
+        runCliWithin(args, { readOnlyDir: dir, env, timeoutMs: 90_000 });
+
+      const verify = await inReadOnly(runner.stateDir, ["verify", ...runner.flags]);
+      assert.equal(verify.code, ExitCode.UNHEALTHY, verify.all);
+      assert.match(
+        verify.stdout,
+        /the state dir .* cannot be written: EROFS \(the file system is read-only\).*\[state_dir_unwritable\]/,
+      );
+      assert.match(verify.stdout, /none that `runner repair` fixes by itself/);
+      const json = await inReadOnly(runner.stateDir, ["verify", "--json", ...runner.flags]);
+      const report = JSON.parse(json.stdout) as { findings: { code: string; fix: { kind: string } }[] };
+      assert.deepEqual(
+        report.findings.map((f) => [f.code, f.fix.kind]),
+        [["state_dir_unwritable", "operator"]],
+        "one finding for the mount, not one per dir in it",
+      );
+      const repair = await inReadOnly(runner.stateDir, ["repair", ...runner.flags]);
+      assert.equal(repair.code, ExitCode.NEEDS_OPERATOR, repair.all);
+      const start = await inReadOnly(runner.stateDir, ["start", ...runner.flags]);
+      assert.equal(start.code, ExitCode.NEEDS_OPERATOR, start.all);
+      assert.match(start.stderr, /cannot write the lock .*: EROFS/);
+
+      const workDir = await tempDir(t, "runner-work-");
+      const verifyWork = await inReadOnly(workDir, ["verify", ...runner.flags, "--work-dir", workDir]);
+      assert.equal(verifyWork.code, ExitCode.UNHEALTHY, verifyWork.all);
+      assert.match(verifyWork.stdout, /the work dir .* cannot be written: EROFS .*\[work_dir_unwritable\]/);
+      // The same dir named by the environment (as a config file would): every source of the setting counts.
+      const viaEnv = await inReadOnly(workDir, ["verify", ...runner.flags], { RUNNER_WORK_DIR: workDir });
+      assert.equal(viaEnv.code, ExitCode.UNHEALTHY, viaEnv.all);
+      const startWork = await inReadOnly(workDir, ["start", ...runner.flags, "--work-dir", workDir]);
+      assert.equal(startWork.code, ExitCode.NEEDS_OPERATOR, `not a runner whose every job fails: ${startWork.all}`);
+      assert.match(startWork.stderr, /work_dir_unwritable/);
+
+      // A full file system is not a dir the runner cannot write: the low-disk guard waits it out.
+      const full = await runCliWithin(["verify", ...runner.flags, "--work-dir", workDir], {
+        fullDir: workDir,
+        timeoutMs: 90_000,
+      });
+      assert.equal(full.code, ExitCode.OK, `no inode left is no finding: ${full.all}`);
+
+      // The probes left nothing behind; outside the namespace the same dirs are writable and healthy.
+      assert.deepEqual(
+        (await fs.readdir(workDir)).filter((name) => name.startsWith(".")),
+        [],
+        "no probe file is left in the work dir",
+      );
+      await fs.rm(path.join(runner.stateDir, "needs-operator"), { force: true });
+      await expectHealthy(runner);
+    },
+  );
+
+  test(
+    "a state dir without write permission for the runner's user is reported, and start exits 78",
+    CASE,
+    async (t) => {
+      // Mode bits bind only a user who is not root: as root, run the CLI as uid 65534 on its own state dir.
+      const nobody = 65534;
+      const asRoot = process.getuid?.() === 0;
+      const as = asRoot ? { uid: nobody, env: { HOME: "/" }, timeoutMs: 90_000 } : { timeoutMs: 90_000 };
+      if (asRoot && (await runCliWithin(["--version"], as).catch(() => null))?.code !== 0)
+        return t.skip("the checkout is not readable by uid 65534");
+      const { runner } = await setUp(t);
+      if (asRoot) {
+        await fs.chmod(path.dirname(runner.stateDir), 0o755);
+        for (const entry of ["", "registration.json", "credential", "outbox", "outbox/job-1.1.json"])
+          await fs.chown(path.join(runner.stateDir, entry), nobody, nobody);
+      }
+      await fs.chmod(runner.stateDir, 0o500);
+      onCleanup(t, () => fs.chmod(runner.stateDir, 0o700));
+
+      const verify = await runCliWithin(["verify", ...runner.flags], as);
+      assert.equal(verify.code, ExitCode.UNHEALTHY, verify.all);
+      assert.match(
+        verify.stdout,
+        /the state dir .* cannot be written: EACCES \(permission denied\).*\[state_dir_unwritable\]/,
+      );
+      const start = await runCliWithin(["start", ...runner.flags], as);
+      assert.equal(start.code, ExitCode.NEEDS_OPERATOR, start.all);
+      assert.match(start.stderr, /cannot write the lock .*: EACCES/);
+
+      await fs.chmod(runner.stateDir, 0o700);
+      const fixed = await runCliWithin(["verify", ...runner.flags], as);
+      assert.equal(fixed.code, ExitCode.OK, fixed.all);
+    },
+  );
+
   test("a truncated registration.json is set aside, kept, and rebuilt from the credential store", CASE, async (t) => {
     const { runner } = await setUp(t);
     const file = path.join(runner.stateDir, "registration.json");

@@ -28,6 +28,7 @@ function healthy(): Observations {
     registration: { kind: "ok", value: registration },
     fileModes: [{ path: "/s/registration.json", mode: 0o600 }],
     foreign: [],
+    unwritable: [],
     lock: { kind: "free" },
     credential: { kind: "ok", value: credential },
     recoverable: null,
@@ -73,6 +74,30 @@ describe("the repair planner", () => {
       mode: 0o700,
       type: "directory",
     });
+  });
+
+  test("a state dir or work dir the runner cannot write is a finding for a person, with no automatic fix", () => {
+    const findings = planRepairs(
+      {
+        ...healthy(),
+        unwritable: [
+          { path: "/s", role: "state dir", probed: "/s", cause: "EROFS (the file system is read-only)" },
+          { path: "/w/jobs", role: "work dir", probed: "/w", cause: "EACCES (permission denied)" },
+        ],
+      },
+      noToken,
+    );
+    assert.deepEqual(
+      findings.map((f) => [f.code, f.fix.kind]),
+      [
+        ["state_dir_unwritable", "operator"],
+        ["work_dir_unwritable", "operator"],
+      ],
+    );
+    assert.match(findings[0]!.problem, /^the state dir \/s cannot be written: EROFS \(the file system is read-only\)/);
+    assert.match(findings[0]!.fix.description, /another --state-dir/);
+    assert.match(findings[1]!.problem, /^the work dir \/w\/jobs does not exist and cannot be created in \/w: EACCES/);
+    assert.match(findings[1]!.fix.description, /another --work-dir/);
   });
 
   test("a stricter mode than required is not a finding", () => {
