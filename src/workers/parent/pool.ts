@@ -428,7 +428,10 @@ export class WorkerPool {
         const { kind, reason } = action.cause;
         this.counters.killed[kind]++;
         const jobId = before.job?.ref.jobId;
-        this.options.logger.warn({ worker: worker.pid, kind, jobId }, `killing worker ${worker.pid}: ${reason}`);
+        // A worker still starting when the pool closes (a replacement after a recycle) holds no
+        // job: its end is part of a clean stop, not something to warn about.
+        const level = kind === "shutdown" ? "info" : "warn";
+        this.options.logger[level]({ worker: worker.pid, kind, jobId }, `killing worker ${worker.pid}: ${reason}`);
         before.job?.killCommandGroup();
         worker.kill();
         break;
