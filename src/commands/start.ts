@@ -17,7 +17,7 @@ import {
 import { withExamples } from "../cli/examples.js";
 import type { SettingKey } from "../config/settings.js";
 import { action, describeFinding, exitCodeForRemaining } from "../cli/output.js";
-import { refuseRootOnAnotherUsersStateDir, repairProblems, repairStateDirFirst } from "../startup/check.js";
+import { repairProblems, repairStateDirFirst } from "../startup/check.js";
 import { acquireLock } from "../state/lock.js";
 import { loadIdentity } from "../startup/identity.js";
 import { runDaemon } from "../daemon/daemon.js";
@@ -104,8 +104,8 @@ export function defineStartCommand(program: Command): void {
 async function serve(ctx: Context): Promise<number> {
   const log = ctx.logger;
   const check = await checkContextFor(ctx, undefined);
-  await refuseRootOnAnotherUsersStateDir(check);
-  await repairStateDirFirst(check);
+  // Run by root on another user's state dir, start refuses before it writes anything there.
+  await repairStateDirFirst(check, { forDaemon: true });
   const lock = await acquireLock(ctx.files.lock);
   let logCap: { stop(): void } | null = null;
   try {

@@ -6,7 +6,7 @@ import { RunnerError, type ErrorCode } from "../errors.js";
 import type { Logger } from "../log/logger.js";
 import { applyFix, type ApplyContext } from "./apply.js";
 import { observe, observeOwnership, observeStateDirOnly, type ObserveContext } from "./observe.js";
-import { planOwnership, planRepairs, type Finding } from "./plan.js";
+import { planOwnership, planRepairs, type Finding, type OwnershipSeen } from "./plan.js";
 
 export type CheckContext = ObserveContext & ApplyContext & { logger: Logger };
 
@@ -66,9 +66,15 @@ export async function repairProblems(ctx: CheckContext): Promise<RepairReport> {
 /**
  * Creates a missing state dir on its own, before anything else, so that the lock inside it
  * can be taken before the other repairs run. Returns the step, or null when it existed.
+ * `forDaemon` (`start`): root on another user's state dir is refused first.
  */
-export async function repairStateDirFirst(ctx: CheckContext): Promise<RepairStep | null> {
-  const findings = planRepairs(await observeStateDirOnly(ctx), { haveRegistrationToken: false });
+export async function repairStateDirFirst(
+  ctx: CheckContext,
+  options: { forDaemon?: boolean } = {},
+): Promise<RepairStep | null> {
+  const seen = await observeStateDirOnly(ctx);
+  if (options.forDaemon) refuseRootOnAnotherUsersStateDir(seen.ownership);
+  const findings = planRepairs(seen, { haveRegistrationToken: false });
   // Not even the lock can be taken in a state dir of someone else's: stop before trying.
   const owner = findings.find((f) => f.code === "state_dir_owner" && f.fix.kind === "operator");
   if (owner?.fix.kind === "operator")
@@ -89,8 +95,7 @@ export async function repairStateDirFirst(ctx: CheckContext): Promise<RepairStep
  * anything is written; giving the dir to root first (`repair --owner root`) is the way to run
  * it as root on purpose.
  */
-export async function refuseRootOnAnotherUsersStateDir(ctx: CheckContext): Promise<void> {
-  const ownership = (await observeStateDirOnly(ctx)).ownership;
+function refuseRootOnAnotherUsersStateDir(ownership: OwnershipSeen | null): void {
   const dir = ownership?.entries[0];
   if (ownership?.runningAs.uid !== 0 || dir === undefined || dir.uid === 0) return;
   throw new RunnerError(
