@@ -314,8 +314,9 @@ describe("the channel driver", () => {
         "the welcome's own ready goes first",
       );
       sockets[0]!.terminate();
-      await until(() => heard.length === 2, "the companion to hear of the loss");
-      assert.deepEqual(heard, ["connected 1024", "disconnected"]);
+      // The driver reconnects at once: a new welcome may be heard before this looks again.
+      await until(() => heard.length >= 2, "the companion to hear of the loss");
+      assert.deepEqual(heard.slice(0, 2), ["connected 1024", "disconnected"]);
       assert.equal(sendOnFirst({ type: "goodbye", reason: "late" }), false, "a send bound to a gone connection");
     },
   );
